@@ -1,0 +1,94 @@
+# kubetier developer menu. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+KUBETIER := $(VENV)/bin/kubetier
+# Cluster tooling cache (binaries, kubeconfig, kwok state): outside the repository.
+export KUBETIER_CACHE ?= $(HOME)/.cache/kubetier
+CLUSTER := $(PY) e2e/cluster/cluster.py
+
+# pytest exit code 5 means "no tests collected": never a pass.
+define pytest_strict
+	rc=0; $(PY) -m pytest $(1) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests in $(1)" >&2; exit 1; fi; \
+	exit $$rc
+endef
+
+.PHONY: help
+help: ## this menu
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## .venv with kubetier and its dev dependencies (idempotent)
+
+.PHONY: demo
+demo: install ## the main job: local cluster + operator + router + simulated engines + traffic
+	$(KUBETIER) demo
+
+.PHONY: unit
+unit: install ## fast tests only (no cluster)
+	@$(call pytest_strict,tests)
+
+.PHONY: lint-imports
+lint-imports: install ## layer contract: api/policy import no Kubernetes, HTTP or metrics library
+	$(VENV)/bin/lint-imports
+
+.PHONY: e2e
+e2e: install ## e2e on the local cluster (brings it up, runs, brings it down even on failure)
+	@start=$$(date +%s); \
+	$(CLUSTER) up; \
+	trap '$(CLUSTER) down' EXIT; \
+	echo "[phase] cluster-up took $$(( $$(date +%s) - start ))s"; \
+	t=$$(date +%s); \
+	export KUBECONFIG=$$($(CLUSTER) kubeconfig-path); \
+	$(call pytest_strict,e2e) ; \
+	echo "[phase] e2e tests took $$(( $$(date +%s) - t ))s"
+
+.PHONY: test
+test: install ## everything: unit, then e2e on the local cluster (the README's test command; .ci/run calls it)
+	@t=$$(date +%s); $(MAKE) --no-print-directory unit; echo "[phase] unit took $$(( $$(date +%s) - t ))s"
+	@$(MAKE) --no-print-directory lint-imports
+	@$(MAKE) --no-print-directory verify
+	@$(MAKE) --no-print-directory e2e
+
+.PHONY: cluster-up
+cluster-up: install ## build/install the cluster ingredients (cached) and start a local KWOK GPU cluster
+	$(CLUSTER) up
+
+.PHONY: cluster-down
+cluster-down: install ## stop the local cluster and every process it started
+	$(CLUSTER) down
+
+.PHONY: generate
+generate: install ## regenerate CRDs, chart CRDs and other generated files
+	$(KUBETIER) crds --write crds/
+	@if [ -d charts/kubetier ]; then $(KUBETIER) crds --write charts/kubetier/crds/; fi
+
+.PHONY: verify
+verify: install ## fail when anything generated has drifted from its source
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	$(KUBETIER) crds --write $$tmp/crds; \
+	diff -ru --exclude=samples crds $$tmp/crds || { echo "crds/ drifted: run make generate" >&2; exit 1; }; \
+	if [ -d charts/kubetier/crds ]; then diff -ru charts/kubetier/crds $$tmp/crds --exclude=samples || { echo "charts/kubetier/crds drifted: run make generate" >&2; exit 1; }; fi
+	@echo "generated files are up to date"
+
+.PHONY: bench
+bench: install ## benchmarks: print figures, write JSON under bench-results/
+	mkdir -p bench-results
+	$(KUBETIER) engine-sim bench --output bench-results/engine-sim.json
+	$(KUBETIER) router bench --output bench-results/router.json
+	$(KUBETIER) simulate bench --output bench-results/sim.json
+
+.PHONY: clean
+clean: ## remove the venv and local results (not the cluster cache)
+	rm -rf $(VENV) bench-results sim-results

@@ -1,0 +1,1 @@
+"""Built-in latency profiles (YAML), loaded by kubetier.policy.latency."""
