@@ -1,0 +1,440 @@
+"""The latency model: how long one engine iteration takes, and what it draws.
+
+Every part of kubetier that predicts latency (router, operator, fleet simulator,
+engine simulator) asks this module, so they all agree. A *profile* (YAML, format in
+docs/contracts.md) holds profiled points; :class:`LatencyModel` interpolates them.
+
+Semantics (all times in seconds, returned as floats):
+
+``decode_iteration_s(batch, kv_tokens)``
+    One iteration in which ``batch`` sequences each produce one token while the batch
+    holds ``kv_tokens`` tokens of KV cache in total. Bilinear interpolation over the
+    grid ``decode.batchSizes`` x ``decode.kvTokens``. Outside the grid:
+
+    * ``batch == 0`` -> 0.0 (no decode work); negative arguments -> ValueError.
+    * ``batch`` above the last grid size, or ``kv_tokens`` above the last grid KV,
+      extrapolate *linearly* from the last grid cell. Decode time grows linearly with
+      KV tokens (each is read once per step) and, once compute-bound, with batch, so a
+      straight line is the physically right continuation; because validation demands
+      non-decreasing rows and columns the extrapolation never decreases.
+    * The grid must start at batch 1 and KV 0, so there is nothing below it.
+
+``iteration_s(decode_batch, kv_tokens, prefill_tokens)``
+    One chunked-prefill iteration (Sarathi-Serve): the decode tokens of the running
+    batch plus up to ``max_num_batched_tokens - decode_batch`` prompt tokens share a
+    single forward pass. With ``P(n)`` the prefill table (an iteration carrying ``n``
+    prompt tokens and no decode) and ``D(b, k)`` the decode table::
+
+        P(0) := D(1, 0)        (an iteration that reads the weights once)
+        iteration_s(b, k, 0) = D(b, k)
+        iteration_s(0, k, n) = P(n)
+        iteration_s(b, k, n) = D(b, k) + P(n) - P(0)
+
+    i.e. the prompt chunk adds its cost beyond the one weight read that the decode
+    part already pays. Small chunks ride almost free on a memory-bound decode step;
+    large chunks add their compute. ``P`` interpolates piecewise-linearly from the
+    anchor ``(0, D(1, 0))`` through ``prefill.tokens``/``prefill.ms`` and extrapolates
+    linearly past the last point. Prompt chunks are costed independently of earlier
+    chunks of the same prompt (attention to the already-prefilled context is left out:
+    under 10% of prefill FLOPs below 8k tokens for the shipped models).
+
+``prefill_s(prompt_tokens)``
+    The prompt alone on an idle server, split into ``max_num_batched_tokens`` chunks:
+    ``q * P(C) + P(r)`` with ``C = max_num_batched_tokens``, ``q, r = divmod(n, C)``.
+    This is exactly the sum of the ``iteration_s(0, ., chunk)`` calls an engine makes.
+
+``power_watts(decode_batch, prefill_tokens)``
+    Board power during such an iteration: ``idleWatts`` with no work; decode power
+    interpolated over ``power.decodeWatts`` (clamped at its ends); a prompt chunk
+    raises power toward ``prefillWatts`` in proportion to the chunk's share of the
+    token budget; the larger of the two, never above ``tdpWatts``.
+
+Hot paths (``decode_iteration_s``, ``iteration_s``) are called per simulated iteration
+by the fleet simulator, so the grids are precomputed into tuples and looked up with
+``bisect``; no allocation per call.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+DEFAULT_PROFILE = "llama-3.1-8b-h100"
+
+# Sanity bounds that catch unit mistakes (seconds written as ms, bytes as tokens).
+_MAX_ITERATION_MS = 60_000.0
+_MAX_KV_TOKENS = 1_000_000_000
+_MAX_SEQS = 1_000_000
+_MAX_WATTS = 100_000.0
+
+_TOP_LEVEL_KEYS = {
+    "name", "model", "gpu", "kvCapacityTokens", "maxNumSeqs", "maxNumBatchedTokens",
+    "decode", "prefill", "power", "sources",
+}
+_REQUIRED_TOP_LEVEL = _TOP_LEVEL_KEYS - {"sources", "model", "gpu"}
+
+
+class ProfileError(ValueError):
+    """A latency profile is malformed or out of range; the message names the field."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _mapping(d: Any, path: str, allowed: set[str], required: set[str]) -> dict:
+    if not isinstance(d, dict):
+        raise ProfileError(f"{path or 'profile'}: must be a mapping, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in allowed)
+    if unknown:
+        raise ProfileError(
+            f"{_join(path, unknown[0])}: unknown field (allowed: {', '.join(sorted(allowed))})"
+        )
+    for key in sorted(required):
+        if key not in d:
+            raise ProfileError(f"{_join(path, key)}: required field is missing")
+    return d
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _int(v: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProfileError(f"{path}: must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise ProfileError(f"{path}: {v} is out of range [{lo}, {hi}]")
+    return v
+
+
+def _num(v: Any, path: str, lo: float, hi: float, lo_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ProfileError(f"{path}: must be a number, got {v!r}")
+    x = float(v)
+    if not math.isfinite(x) or x > hi or x < lo or (lo_open and x == lo):
+        bracket = "(" if lo_open else "["
+        raise ProfileError(f"{path}: {v} is out of range {bracket}{lo:g}, {hi:g}]")
+    return x
+
+
+def _str(v: Any, path: str) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ProfileError(f"{path}: must be a non-empty string, got {v!r}")
+    return v
+
+
+def _list(v: Any, path: str, min_len: int) -> list:
+    if not isinstance(v, list):
+        raise ProfileError(f"{path}: must be a list, got {type(v).__name__}")
+    if len(v) < min_len:
+        raise ProfileError(f"{path}: needs at least {min_len} entries, got {len(v)}")
+    return v
+
+
+def _increasing_ints(v: Any, path: str, lo: int, hi: int, min_len: int) -> tuple[int, ...]:
+    items = _list(v, path, min_len)
+    out = tuple(_int(x, f"{path}[{i}]", lo, hi) for i, x in enumerate(items))
+    for i in range(1, len(out)):
+        if out[i] <= out[i - 1]:
+            raise ProfileError(
+                f"{path}[{i}]: must be strictly increasing ({out[i]} after {out[i - 1]})"
+            )
+    return out
+
+
+def _non_decreasing(values: tuple[float, ...], path: str, what: str) -> None:
+    for i in range(1, len(values)):
+        if values[i] < values[i - 1]:
+            raise ProfileError(
+                f"{path}[{i}]: {values[i]:g} is below {values[i - 1]:g}; {what}"
+            )
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    name: str
+    kv_capacity_tokens: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    idle_watts: float
+    tdp_watts: float
+    model: str = ""
+    gpu_product: str = ""
+    gpu_count: int = 1
+    sources: tuple[str, ...] = ()
+    # Precomputed grids (seconds / watts); private, compared by the public fields only.
+    _d_batch: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    _d_kv: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    _d_s: tuple[tuple[float, ...], ...] = field(default=(), repr=False, compare=False)
+    _p_tokens: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    _p_s: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    _w_batch: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    _w_watts: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    _prefill_watts: float = field(default=0.0, repr=False, compare=False)
+    _raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatencyModel":
+        """Validate a profile (contract shape, camelCase keys) and build the model."""
+        _mapping(d, "", _TOP_LEVEL_KEYS, _REQUIRED_TOP_LEVEL)
+        name = _str(d["name"], "name")
+        model = _str(d["model"], "model") if "model" in d else ""
+        gpu_product, gpu_count = "", 1
+        if "gpu" in d:
+            gpu = _mapping(d["gpu"], "gpu", {"product", "count"}, {"product", "count"})
+            gpu_product = _str(gpu["product"], "gpu.product")
+            gpu_count = _int(gpu["count"], "gpu.count", 1, 1024)
+        kv_cap = _int(d["kvCapacityTokens"], "kvCapacityTokens", 1, _MAX_KV_TOKENS)
+        max_seqs = _int(d["maxNumSeqs"], "maxNumSeqs", 1, _MAX_SEQS)
+        max_batched = _int(d["maxNumBatchedTokens"], "maxNumBatchedTokens", 1, _MAX_KV_TOKENS)
+        if max_batched < max_seqs:
+            # vLLM refuses this too: every running sequence needs a token slot per step.
+            raise ProfileError(
+                f"maxNumBatchedTokens: {max_batched} is below maxNumSeqs ({max_seqs})"
+            )
+
+        dec = _mapping(d["decode"], "decode", {"batchSizes", "kvTokens", "iterationMs"},
+                       {"batchSizes", "kvTokens", "iterationMs"})
+        batches = _increasing_ints(dec["batchSizes"], "decode.batchSizes", 1, _MAX_SEQS, 2)
+        if batches[0] != 1:
+            raise ProfileError(f"decode.batchSizes[0]: must be 1 (the grid starts at batch 1), got {batches[0]}")
+        kvs = _increasing_ints(dec["kvTokens"], "decode.kvTokens", 0, _MAX_KV_TOKENS, 2)
+        if kvs[0] != 0:
+            raise ProfileError(f"decode.kvTokens[0]: must be 0 (the grid starts at an empty cache), got {kvs[0]}")
+        rows = _list(dec["iterationMs"], "decode.iterationMs", len(batches))
+        if len(rows) != len(batches):
+            raise ProfileError(
+                f"decode.iterationMs: has {len(rows)} rows, decode.batchSizes has {len(batches)}"
+            )
+        grid: list[tuple[float, ...]] = []
+        for i, row in enumerate(rows):
+            rp = f"decode.iterationMs[{i}]"
+            row = _list(row, rp, len(kvs))
+            if len(row) != len(kvs):
+                raise ProfileError(f"{rp}: has {len(row)} columns, decode.kvTokens has {len(kvs)}")
+            vals = tuple(_num(x, f"{rp}[{j}]", 0.0, _MAX_ITERATION_MS, lo_open=True)
+                         for j, x in enumerate(row))
+            _non_decreasing(vals, rp, "iteration time cannot fall as the KV cache grows")
+            grid.append(vals)
+        for j in range(len(kvs)):
+            col = tuple(r[j] for r in grid)
+            for i in range(1, len(col)):
+                if col[i] < col[i - 1]:
+                    raise ProfileError(
+                        f"decode.iterationMs[{i}][{j}]: {col[i]:g} is below "
+                        f"decode.iterationMs[{i - 1}][{j}] ({col[i - 1]:g}); "
+                        "iteration time cannot fall as the batch grows"
+                    )
+
+        pre = _mapping(d["prefill"], "prefill", {"tokens", "ms"}, {"tokens", "ms"})
+        ptok = _increasing_ints(pre["tokens"], "prefill.tokens", 1, _MAX_KV_TOKENS, 1)
+        pms_list = _list(pre["ms"], "prefill.ms", 1)
+        if len(pms_list) != len(ptok):
+            raise ProfileError(f"prefill.ms: has {len(pms_list)} entries, prefill.tokens has {len(ptok)}")
+        pms = tuple(_num(x, f"prefill.ms[{i}]", 0.0, _MAX_ITERATION_MS, lo_open=True)
+                    for i, x in enumerate(pms_list))
+        _non_decreasing(pms, "prefill.ms", "more prompt tokens cannot take less time")
+        if pms[0] < grid[0][0]:
+            raise ProfileError(
+                f"prefill.ms[0]: {pms[0]:g} is below decode.iterationMs[0][0] ({grid[0][0]:g}); "
+                "an iteration carrying prompt tokens cannot beat a one-token decode step"
+            )
+
+        pw = _mapping(d["power"], "power",
+                      {"idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"},
+                      {"idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"})
+        idle = _num(pw["idleWatts"], "power.idleWatts", 0.0, _MAX_WATTS, lo_open=True)
+        tdp = _num(pw["tdpWatts"], "power.tdpWatts", idle, _MAX_WATTS)
+        dw = _mapping(pw["decodeWatts"], "power.decodeWatts", {"batchSizes", "watts"},
+                      {"batchSizes", "watts"})
+        wb = _increasing_ints(dw["batchSizes"], "power.decodeWatts.batchSizes", 1, _MAX_SEQS, 1)
+        ww_list = _list(dw["watts"], "power.decodeWatts.watts", 1)
+        if len(ww_list) != len(wb):
+            raise ProfileError(
+                f"power.decodeWatts.watts: has {len(ww_list)} entries, "
+                f"power.decodeWatts.batchSizes has {len(wb)}"
+            )
+        ww = tuple(_num(x, f"power.decodeWatts.watts[{i}]", idle, tdp) for i, x in enumerate(ww_list))
+        _non_decreasing(ww, "power.decodeWatts.watts", "a larger batch cannot draw less power")
+        pwatts = _num(pw["prefillWatts"], "power.prefillWatts", idle, tdp)
+
+        sources: tuple[str, ...] = ()
+        if "sources" in d:
+            src = _list(d["sources"], "sources", 0)
+            sources = tuple(_str(s, f"sources[{i}]") for i, s in enumerate(src))
+
+        return cls(
+            name=name, kv_capacity_tokens=kv_cap, max_num_seqs=max_seqs,
+            max_num_batched_tokens=max_batched, idle_watts=idle, tdp_watts=tdp,
+            model=model, gpu_product=gpu_product, gpu_count=gpu_count, sources=sources,
+            _d_batch=tuple(float(b) for b in batches), _d_kv=tuple(float(k) for k in kvs),
+            _d_s=tuple(tuple(v / 1000.0 for v in row) for row in grid),
+            # The prefill table is anchored at (0 tokens, one batch-1 decode step).
+            _p_tokens=(0.0,) + tuple(float(t) for t in ptok),
+            _p_s=(grid[0][0] / 1000.0,) + tuple(v / 1000.0 for v in pms),
+            _w_batch=tuple(float(b) for b in wb), _w_watts=ww, _prefill_watts=pwatts,
+            _raw=_plain_copy(d),
+        )
+
+    def to_dict(self) -> dict:
+        """The validated profile in its contract shape (a deep copy)."""
+        return _plain_copy(self._raw)
+
+    # ------------------------------------------------------------------ hot paths
+
+    def decode_iteration_s(self, batch: int, kv_tokens: int) -> float:
+        if batch < 1 or kv_tokens < 0:
+            if batch == 0 and kv_tokens >= 0:
+                return 0.0
+            raise ValueError(f"batch ({batch}) and kv_tokens ({kv_tokens}) must be >= 0")
+        bs, ks, g = self._d_batch, self._d_kv, self._d_s
+        i = bisect_right(bs, batch) - 1
+        if i > len(bs) - 2:
+            i = len(bs) - 2
+        j = bisect_right(ks, kv_tokens) - 1
+        if j > len(ks) - 2:
+            j = len(ks) - 2
+        b0 = bs[i]
+        k0 = ks[j]
+        u = (batch - b0) / (bs[i + 1] - b0)
+        v = (kv_tokens - k0) / (ks[j + 1] - k0)
+        r0 = g[i]
+        r1 = g[i + 1]
+        lo = r0[j] + (r0[j + 1] - r0[j]) * v
+        hi = r1[j] + (r1[j + 1] - r1[j]) * v
+        return lo + (hi - lo) * u
+
+    def _prefill_iteration_s(self, tokens: int) -> float:
+        ts, ps = self._p_tokens, self._p_s
+        i = bisect_right(ts, tokens) - 1
+        if i > len(ts) - 2:
+            i = len(ts) - 2
+        t0 = ts[i]
+        return ps[i] + (ps[i + 1] - ps[i]) * (tokens - t0) / (ts[i + 1] - t0)
+
+    def iteration_s(self, decode_batch: int, kv_tokens: int, prefill_tokens: int) -> float:
+        if prefill_tokens <= 0:
+            if prefill_tokens < 0:
+                raise ValueError(f"prefill_tokens ({prefill_tokens}) must be >= 0")
+            return self.decode_iteration_s(decode_batch, kv_tokens)
+        if decode_batch + prefill_tokens > self.max_num_batched_tokens:
+            raise ValueError(
+                f"decode_batch ({decode_batch}) + prefill_tokens ({prefill_tokens}) exceeds "
+                f"max_num_batched_tokens ({self.max_num_batched_tokens})"
+            )
+        p = self._prefill_iteration_s(prefill_tokens)
+        if decode_batch == 0:
+            return p
+        return self.decode_iteration_s(decode_batch, kv_tokens) + p - self._p_s[0]
+
+    def prefill_s(self, prompt_tokens: int) -> float:
+        if prompt_tokens <= 0:
+            if prompt_tokens < 0:
+                raise ValueError(f"prompt_tokens ({prompt_tokens}) must be >= 0")
+            return 0.0
+        q, r = divmod(prompt_tokens, self.max_num_batched_tokens)
+        t = q * self._prefill_iteration_s(self.max_num_batched_tokens) if q else 0.0
+        if r:
+            t += self._prefill_iteration_s(r)
+        return t
+
+    def power_watts(self, decode_batch: int, prefill_tokens: int) -> float:
+        if decode_batch < 0 or prefill_tokens < 0:
+            raise ValueError(
+                f"decode_batch ({decode_batch}) and prefill_tokens ({prefill_tokens}) must be >= 0"
+            )
+        if decode_batch == 0 and prefill_tokens == 0:
+            return self.idle_watts
+        w = self._decode_watts(max(decode_batch, 1))
+        if prefill_tokens:
+            share = min(1.0, prefill_tokens / self.max_num_batched_tokens)
+            base = self._w_watts[0]
+            pw = base + (self._prefill_watts - base) * share
+            if pw > w:
+                w = pw
+        return min(w, self.tdp_watts)
+
+    def _decode_watts(self, batch: int) -> float:
+        bs, ws = self._w_batch, self._w_watts
+        if batch <= bs[0]:
+            return ws[0]
+        if batch >= bs[-1]:
+            return ws[-1]
+        i = bisect_right(bs, batch) - 1
+        return ws[i] + (ws[i + 1] - ws[i]) * (batch - bs[i]) / (bs[i + 1] - bs[i])
+
+
+def _plain_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _plain_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_plain_copy(v) for v in d]
+    return d
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _profiles_dir():
+    return resources.files("kubetier.profiles")
+
+
+def list_profiles() -> list[str]:
+    """Names of the built-in profiles (``operator/kubetier/profiles/<name>.yaml``)."""
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in _profiles_dir().iterdir()
+        if p.name.endswith(".yaml") and not p.name.startswith("_")
+    )
+
+
+def _parse_yaml(text: str, where: str) -> LatencyModel:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ProfileError(f"{where}: not valid YAML: {e}") from e
+    try:
+        return LatencyModel.from_dict(data)
+    except ProfileError as e:
+        raise ProfileError(f"{where}: {e}") from e
+
+
+@lru_cache(maxsize=None)
+def _load_builtin(name: str) -> LatencyModel:
+    text = _profiles_dir().joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    model = _parse_yaml(text, f"profile {name!r}")
+    if model.name != name:
+        raise ProfileError(f"profile {name!r}: name: {model.name!r} does not match its file name")
+    return model
+
+
+def load_profile(name_or_path: str) -> LatencyModel:
+    """A built-in profile by name, or a profile YAML file by path."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ProfileError(f"profile: expected a built-in name or a YAML path, got {name_or_path!r}")
+    if name_or_path in list_profiles():
+        return _load_builtin(name_or_path)
+    looks_like_path = os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml"))
+    if looks_like_path or os.path.exists(name_or_path):
+        try:
+            with open(name_or_path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ProfileError(f"profile {name_or_path!r}: cannot read: {e.strerror}") from e
+        return _parse_yaml(text, f"profile {name_or_path!r}")
+    raise ProfileError(
+        f"profile {name_or_path!r}: no such built-in profile "
+        f"(available: {', '.join(list_profiles())}) and no such file"
+    )
