@@ -1,0 +1,389 @@
+"""The ``ModelService`` API (kubetier.io/v1alpha1, namespaced, short name ``ms``).
+
+Field names follow docs/contracts.md. The pydantic models are the single source of
+truth: ``kubetier crds`` generates the CRD from them, and every CEL rule below has a
+pydantic twin with the same message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from kubetier.api.common import (
+    DNS_LABEL_PATTERN,
+    MAX_ACCESS_ENTRIES,
+    MAX_NAME_LENGTH,
+    MAX_SERVICE_NAME_LENGTH,
+    MAX_TIER_NAME_LENGTH,
+    MAX_TIERS,
+    QUANTITY_PATTERN,
+    ApiModel,
+    Condition,
+    cel,
+)
+
+GROUP = "kubetier.io"
+VERSION = "v1alpha1"
+KIND = "ModelService"
+PLURAL = "modelservices"
+DEFAULT_BUILTIN_PROFILE = "llama-3.1-8b-h100"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+# Profiles are tables of profiled points: a handful to a few dozen per axis.
+_MAX_GRID = 64
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ModelRef(ApiModel):
+    name: str = Field(
+        min_length=1, max_length=256,
+        description="Name clients put in the OpenAI `model` field (vLLM --served-model-name).",
+    )
+    source: str = Field(
+        min_length=1, max_length=1024,
+        description='Where the engine loads weights from: "hf://<org>/<repo>" or a path/URI the engine understands.',
+    )
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class EnvVar(ApiModel):
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = Field(default="", max_length=32768)
+
+
+class Engine(ApiModel):
+    kind: Literal["vllm", "sglang", "simulator"] = Field(
+        default="vllm", description="Serving engine: vllm, sglang, or kubetier's engine simulator."
+    )
+    image: str | None = Field(
+        default=None, max_length=512,
+        description="Container image; empty picks the operator's default image for the engine kind.",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the engine serves HTTP on.")
+    args: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="Extra engine arguments, appended after the ones kubetier renders.",
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
+    max_num_seqs: int = Field(
+        default=256, ge=1, le=4096, description="Most sequences in one batch (vLLM --max-num-seqs)."
+    )
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=1, le=1_048_576,
+        description="Chunked-prefill token budget per iteration (vLLM --max-num-batched-tokens); empty = engine default.",
+    )
+
+
+# --------------------------------------------------------------------------- resources
+
+
+class Resources(ApiModel):
+    gpus_per_replica: int = Field(
+        default=1, ge=0, le=16,
+        description="nvidia.com/gpu per replica (vLLM tensor-parallel size). 0 only makes sense for the simulator.",
+    )
+    gpu_product: str | None = Field(
+        default=None, max_length=128,
+        description=f"Required value of the node label {GPU_PRODUCT_LABEL}, e.g. NVIDIA-H100-80GB-HBM3.",
+    )
+    cpu: str = Field(default="8", max_length=32, pattern=QUANTITY_PATTERN, description="CPU request per replica.")
+    memory: str = Field(default="64Gi", max_length=32, pattern=QUANTITY_PATTERN, description="Memory request and limit per replica.")
+
+
+# --------------------------------------------------------------------------- latency profile
+
+
+class ProfileGpu(ApiModel):
+    product: str = Field(max_length=128)
+    count: int = Field(ge=1, le=64)
+
+
+class DecodeTable(ApiModel):
+    batch_sizes: list[int] = Field(min_length=1, max_length=_MAX_GRID)
+    kv_tokens: list[int] = Field(min_length=1, max_length=_MAX_GRID)
+    iteration_ms: list[list[float]] = Field(
+        min_length=1, max_length=_MAX_GRID,
+        description="Rows follow batchSizes, columns follow kvTokens.",
+    )
+
+
+class PrefillTable(ApiModel):
+    tokens: list[int] = Field(min_length=1, max_length=_MAX_GRID)
+    ms: list[float] = Field(min_length=1, max_length=_MAX_GRID)
+
+
+class DecodeWatts(ApiModel):
+    batch_sizes: list[int] = Field(min_length=1, max_length=_MAX_GRID)
+    watts: list[float] = Field(min_length=1, max_length=_MAX_GRID)
+
+
+class PowerTable(ApiModel):
+    idle_watts: float = Field(gt=0)
+    tdp_watts: float = Field(gt=0)
+    decode_watts: DecodeWatts
+    prefill_watts: float = Field(gt=0)
+
+
+class InlineProfile(ApiModel):
+    """The latency profile format of docs/contracts.md. Structure is checked here;
+    numeric consistency (monotone grids, matching lengths) by ``LatencyModel.from_dict``."""
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    model: str | None = Field(default=None, max_length=256)
+    gpu: ProfileGpu | None = None
+    kv_capacity_tokens: int = Field(ge=1, description="Tokens of KV cache the engine can hold.")
+    max_num_seqs: int = Field(ge=1)
+    max_num_batched_tokens: int = Field(ge=1)
+    decode: DecodeTable
+    prefill: PrefillTable
+    power: PowerTable
+    sources: list[str] = Field(default_factory=list, max_length=32)
+
+
+class ConfigMapKeyRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, description="ConfigMap in the ModelService's namespace.")
+    key: str = Field(default="profile.yaml", min_length=1, max_length=253, description="Key holding the profile YAML.")
+
+
+_ONE_PROFILE_SOURCE = cel(
+    "(has(self.builtin) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) + (has(self.inline) ? 1 : 0) == 1",
+    "latencyProfile: set exactly one of builtin, configMapRef, inline",
+)
+
+
+class LatencyProfileSpec(ApiModel):
+    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_ONE_PROFILE_SOURCE]}}
+
+    builtin: str | None = Field(
+        default=None, max_length=MAX_NAME_LENGTH, pattern=r"^[a-z0-9][-a-z0-9.]*$",
+        description="Name of a profile shipped with kubetier (`kubetier profiles list`).",
+    )
+    config_map_ref: ConfigMapKeyRef | None = Field(default=None, description="A ConfigMap key holding the profile YAML.")
+    inline: InlineProfile | None = Field(default=None, description="The profile itself.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "LatencyProfileSpec":
+        if sum(x is not None for x in (self.builtin, self.config_map_ref, self.inline)) != 1:
+            raise ValueError(_ONE_PROFILE_SOURCE["message"])
+        return self
+
+
+# --------------------------------------------------------------------------- tiers
+
+
+_REPLICAS_ORDER = cel("self.min <= self.max", "replicas.min must be less than or equal to replicas.max")
+
+
+class Replicas(ApiModel):
+    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_REPLICAS_ORDER]}}
+
+    min: int = Field(default=1, ge=0, le=1000, description="Fewest serving replicas (0 only with prewarm.scaleToZero).")
+    max: int = Field(default=4, ge=1, le=1000, description="Most serving replicas the autoscaler may run.")
+
+    @model_validator(mode="after")
+    def _order(self) -> "Replicas":
+        if self.min > self.max:
+            raise ValueError(_REPLICAS_ORDER["message"])
+        return self
+
+
+class Capacity(ApiModel):
+    spot: Literal["never", "allowed", "preferred"] = Field(
+        default="never",
+        description="Spot capacity: never (on-demand only), allowed (either), preferred (spot first).",
+    )
+    on_demand_floor: int = Field(
+        default=0, ge=0, le=1000,
+        description="Replicas kept on on-demand capacity whatever the spot policy.",
+    )
+
+
+class Prewarm(ApiModel):
+    standby: int = Field(default=0, ge=0, le=100, description="Warm replicas with the model loaded but not routed to.")
+    scale_to_zero: bool = Field(default=False, description="Allow zero serving replicas when idle.")
+    keep_alive_seconds: int = Field(default=300, ge=0, le=86400, description="Idle time before scale-in.")
+
+
+_FLOOR_WITHIN_MAX = cel(
+    "self.capacity.onDemandFloor <= self.replicas.max",
+    "capacity.onDemandFloor must be less than or equal to replicas.max",
+)
+_ZERO_NEEDS_SCALE_TO_ZERO = cel(
+    "self.replicas.min > 0 || self.prewarm.scaleToZero",
+    "replicas.min: 0 requires prewarm.scaleToZero: true",
+)
+
+
+class Tier(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [_FLOOR_WITHIN_MAX, _ZERO_NEEDS_SCALE_TO_ZERO]}
+    }
+
+    name: str = Field(
+        min_length=1, max_length=MAX_TIER_NAME_LENGTH, pattern=DNS_LABEL_PATTERN,
+        description="Tier name (a DNS label); clients ask for it in X-Kubetier-Tier.",
+    )
+    ttft_ms: int = Field(gt=0, le=3_600_000, description="Time-to-first-token target in milliseconds.")
+    tpot_ms: int = Field(gt=0, le=60_000, description="Time-per-output-token target in milliseconds.")
+    attainment_percent: float = Field(
+        default=90, gt=0, le=100, description="Share of requests that must meet both targets."
+    )
+    priority: int = Field(
+        default=0, ge=0, le=1000, description="Higher is more important: capped last, preempted last."
+    )
+    mean_output_tokens: int = Field(
+        default=256, ge=1, le=1_000_000, description="Expected output length, for the worst-future-iteration check."
+    )
+    on_late: Literal["reject", "queue"] = Field(
+        default="reject", description="What the router does with a request that can no longer meet its TTFT."
+    )
+    replicas: Replicas = Field(default_factory=Replicas)
+    capacity: Capacity = Field(default_factory=Capacity)
+    prewarm: Prewarm = Field(default_factory=Prewarm)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "Tier":
+        if self.capacity.on_demand_floor > self.replicas.max:
+            raise ValueError(_FLOOR_WITHIN_MAX["message"])
+        if self.replicas.min == 0 and not self.prewarm.scale_to_zero:
+            raise ValueError(_ZERO_NEEDS_SCALE_TO_ZERO["message"])
+        return self
+
+
+# --------------------------------------------------------------------------- access
+
+
+class SecretRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, description="Secret in the ModelService's namespace; key `api-key`.")
+
+
+class AccessRule(ApiModel):
+    secret_ref: SecretRef
+    tiers: list[str] = Field(
+        min_length=1, max_length=MAX_TIERS,
+        description="Tiers a request bearing this key may use.",
+        json_schema_extra={"items": {"type": "string", "maxLength": MAX_TIER_NAME_LENGTH}},
+    )
+
+
+# --------------------------------------------------------------------------- spec
+
+
+_UNIQUE_TIER_NAMES = cel(
+    "self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
+    "tiers[].name must be unique",
+)
+_DISTINCT_TPOT = cel(
+    "self.tiers.all(t, self.tiers.exists_one(u, u.tpotMs == t.tpotMs))",
+    "tiers[].tpotMs must differ between tiers (tiers are bins by per-token latency)",
+)
+_ACCESS_NAMES_TIERS = cel(
+    "!has(self.access) || self.access.all(a, a.tiers.all(n, self.tiers.exists(t, t.name == n)))",
+    "access[].tiers must name tiers listed in spec.tiers",
+)
+
+
+class ModelServiceSpec(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [_UNIQUE_TIER_NAMES, _DISTINCT_TPOT, _ACCESS_NAMES_TIERS]}
+    }
+
+    model: ModelRef
+    engine: Engine = Field(default_factory=Engine)
+    resources: Resources = Field(default_factory=Resources)
+    latency_profile: LatencyProfileSpec = Field(
+        default_factory=lambda: LatencyProfileSpec(builtin=DEFAULT_BUILTIN_PROFILE),
+        json_schema_extra={"default": {"builtin": DEFAULT_BUILTIN_PROFILE}},
+        description="Latency profile the router and autoscaler predict with.",
+    )
+    tiers: list[Tier] = Field(min_length=1, max_length=MAX_TIERS, description="SLO tiers, each with its own servers.")
+    access: list[AccessRule] = Field(
+        default_factory=list, max_length=MAX_ACCESS_ENTRIES,
+        description="Which API-key Secrets may use which tiers.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "ModelServiceSpec":
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(_UNIQUE_TIER_NAMES["message"])
+        tpots = [t.tpot_ms for t in self.tiers]
+        if len(set(tpots)) != len(tpots):
+            raise ValueError(_DISTINCT_TPOT["message"])
+        for rule in self.access:
+            if any(n not in names for n in rule.tiers):
+                raise ValueError(_ACCESS_NAMES_TIERS["message"])
+        return self
+
+    def tier(self, name: str) -> Tier:
+        return next(t for t in self.tiers if t.name == name)
+
+
+# --------------------------------------------------------------------------- status
+
+
+class TierStatus(ApiModel):
+    name: str = Field(max_length=MAX_TIER_NAME_LENGTH)
+    replicas: int = Field(default=0, ge=0, description="Serving pods that exist.")
+    ready_replicas: int = Field(default=0, ge=0, description="Serving pods passing readiness.")
+    standby_replicas: int = Field(default=0, ge=0, description="Warm standby pods ready to be promoted.")
+    spot_replicas: int = Field(default=0, ge=0, description="Serving pods on spot capacity.")
+    attainment_percent: float | None = Field(
+        default=None, ge=0, le=100, description="Observed share of requests meeting the SLO (from the router)."
+    )
+
+
+class ModelServiceStatus(ApiModel):
+    observed_generation: int = Field(default=0, ge=0)
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    tiers: list[TierStatus] = Field(default_factory=list, max_length=MAX_TIERS)
+    endpoint: str | None = Field(default=None, max_length=1024, description="OpenAI-compatible base URL clients call.")
+
+
+# --------------------------------------------------------------------------- object
+
+_NAME_FITS_CHILDREN = cel(
+    f"self.metadata.name.size() <= {MAX_SERVICE_NAME_LENGTH}",
+    f"metadata.name must be at most {MAX_SERVICE_NAME_LENGTH} characters "
+    "(child Services are named <name>-<tier>, limited to 63)",
+)
+
+
+class ModelService(ApiModel):
+    """A whole object, as ``kubectl get ms -o yaml`` shows it (metadata kept as a dict)."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    api_version: Literal["kubetier.io/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", alias="apiVersion")
+    kind: Literal["ModelService"] = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelServiceSpec
+    status: ModelServiceStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _name_fits(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        name = metadata.get("name", "")
+        if len(name) > MAX_SERVICE_NAME_LENGTH:
+            raise ValueError(_NAME_FITS_CHILDREN["message"])
+        return metadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata["name"]
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.get("namespace", "default")
+
+
+ROOT_VALIDATIONS = [_NAME_FITS_CHILDREN]

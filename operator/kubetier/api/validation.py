@@ -1,0 +1,60 @@
+"""Admit an object the way the cluster would: schema defaults, OpenAPI checks, then the
+pydantic models (whose cross-field validators mirror the CRD's CEL rules)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import pydantic
+
+from kubetier.api import openapi
+from kubetier.api.modelservice import ModelService
+from kubetier.api.powerbudget import PowerBudget
+
+
+class InvalidObject(ValueError):
+    """The object would be rejected; ``errors`` lists every reason, each naming its field."""
+
+    def __init__(self, kind: str, name: str, errors: list[str]):
+        self.errors = errors
+        super().__init__(f"{kind} {name!r} is invalid: " + "; ".join(errors))
+
+
+@lru_cache(maxsize=None)
+def _schemas() -> dict[str, dict[str, Any]]:
+    from kubetier.api.crdgen import all_crds
+
+    return {crd["spec"]["names"]["kind"]: crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"] for crd in all_crds()}
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def admit(obj: dict[str, Any]) -> ModelService | PowerBudget:
+    """Default, check and parse a ModelService or PowerBudget dict; raise InvalidObject."""
+    kind = obj.get("kind")
+    models = {"ModelService": ModelService, "PowerBudget": PowerBudget}
+    name = (obj.get("metadata") or {}).get("name", "")
+    if kind not in models:
+        raise InvalidObject(str(kind), name, [f"kind: Unsupported value: {kind!r}: supported values: {', '.join(models)}"])
+    schema = _schemas()[kind]
+    defaulted = openapi.default(schema, obj)
+    errors = openapi.check(schema, defaulted)
+    if errors:
+        raise InvalidObject(kind, name, errors)
+    try:
+        return models[kind].model_validate(defaulted)
+    except pydantic.ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            messages.append(f"{_path(err['loc'])}: {msg}" if err["loc"] else msg)
+        raise InvalidObject(kind, name, messages) from None
