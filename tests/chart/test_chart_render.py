@@ -1,0 +1,190 @@
+"""`helm template` over a matrix of values files: valid ones render objects with the
+properties the chart promises; invalid ones fail with the message their first line
+names (`# expect: <substring>`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CHART, NAMESPACE, RELEASE, VALUES_DIR, RenderError, by_kind, one
+
+OK_VALUES = sorted(VALUES_DIR.glob("ok-*.yaml"))
+BAD_VALUES = sorted(VALUES_DIR.glob("bad-*.yaml"))
+WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
+
+
+def expected_message(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name}: first line must be `# expect: <substring>`"
+    return first.removeprefix("# expect: ").strip()
+
+
+def pod_specs(objs: list[dict]) -> list[tuple[str, dict]]:
+    return [(o["metadata"]["name"], o["spec"]["template"]["spec"]) for o in objs if o["kind"] in WORKLOAD_KINDS]
+
+
+def test_matrix_has_failing_cases():
+    assert len(BAD_VALUES) >= 5
+
+
+@pytest.mark.parametrize("values_file", BAD_VALUES, ids=lambda p: p.stem)
+def test_bad_values_fail_with_named_message(render, values_file):
+    want = expected_message(values_file)
+    with pytest.raises(RenderError) as err:
+        render(values_file)
+    assert want in str(err.value), f"{values_file.name}: wanted {want!r} in:\n{err.value}"
+
+
+@pytest.mark.parametrize("values_file", OK_VALUES, ids=lambda p: p.stem)
+def test_ok_values_render_restricted_pods(render, values_file):
+    """PodSecurity `restricted`: non-root, seccomp RuntimeDefault, no privilege escalation,
+    all capabilities dropped, read-only root filesystem; plus requests and probes."""
+    objs = render(values_file)
+    specs = pod_specs(objs)
+    assert specs, f"{values_file.name} rendered no workload"
+    for name, spec in specs:
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True, name
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec.get("hostNetwork") is not True and spec.get("hostPID") is not True, name
+        assert spec["serviceAccountName"] != "default", name
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, f"{name}/{c['name']}"
+            assert sc["readOnlyRootFilesystem"] is True, f"{name}/{c['name']}"
+            assert sc["capabilities"]["drop"] == ["ALL"], f"{name}/{c['name']}"
+            assert sc.get("privileged") is not True, f"{name}/{c['name']}"
+            assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], f"{name}/{c['name']}"
+            if not name.endswith("node-agent"):
+                assert "livenessProbe" in c and "readinessProbe" in c, f"{name}/{c['name']} has no probes"
+        for v in spec.get("volumes", []):
+            assert set(v) & {"emptyDir", "configMap", "secret", "projected", "downwardAPI"}, f"{name}: volume {v}"
+
+
+@pytest.mark.parametrize("values_file", OK_VALUES, ids=lambda p: p.stem)
+def test_every_object_is_labelled_and_namespaced(render, values_file):
+    objs = render(values_file)
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterKopfPeering", "Namespace"}
+    for o in objs:
+        labels = o["metadata"].get("labels") or {}
+        assert labels.get("app.kubernetes.io/instance") == RELEASE, f"{o['kind']} {o['metadata']['name']}"
+        assert labels.get("app.kubernetes.io/part-of") == "kubetier"
+        if o["kind"] not in cluster_scoped:
+            assert o["metadata"].get("namespace"), f"{o['kind']} {o['metadata']['name']} has no namespace"
+
+
+def test_defaults(render):
+    objs = render()
+    kinds = sorted({o["kind"] for o in objs})
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"], kinds
+    op = one(objs, "Deployment", "kt-kubetier-operator")
+    assert op["spec"]["replicas"] == 1
+    assert op["spec"]["strategy"]["type"] == "Recreate"
+    c = op["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "ghcr.io/kubetier/kubetier:0.1.0"
+    assert c["command"] == ["kubetier", "operator"]
+    assert "--all-namespaces" in c["args"] and "--standalone" in c["args"]
+    assert f"--router-url=http://kubetier-router.{NAMESPACE}.svc:8080/v1" in c["args"]
+    annotations = op["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "9090"
+    svc = one(objs, "Service", "kubetier-router")
+    assert svc["spec"]["ports"][0]["port"] == 8080
+    router = one(objs, "Deployment", "kt-kubetier-router")
+    assert router["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    assert not by_kind(objs, "DaemonSet") and not by_kind(objs, "NetworkPolicy")
+    assert not by_kind(objs, "CustomResourceDefinition"), "kubetier CRDs belong in crds/, not templates/"
+
+
+def test_ha_uses_kopf_peering(render):
+    objs = render(VALUES_DIR / "ok-ha.yaml")
+    op = one(objs, "Deployment", "kt-kubetier-operator")
+    args = op["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert op["spec"]["replicas"] == 2 and "--peering=kubetier" in args and "--standalone" not in args
+    env = {e["name"] for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {"POD_NAME", "POD_ID"} <= env, "peers need a per-pod identity"
+    peering = one(objs, "ClusterKopfPeering", "kubetier")
+    assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
+    crds = {c["metadata"]["name"] for c in by_kind(objs, "CustomResourceDefinition")}
+    assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    op_rules = one(objs, "ClusterRole", "kt-kubetier-operator")["rules"]
+    assert any("clusterkopfpeerings" in r["resources"] for r in op_rules)
+    router = one(objs, "Deployment", "kt-kubetier-router")
+    assert router["spec"]["replicas"] == 3
+    assert "@sha256:" in router["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert {t["topologyKey"] for t in router["spec"]["template"]["spec"]["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    pdb = one(objs, "PodDisruptionBudget", "kt-kubetier-router")
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_watch_namespaces_uses_roles(render):
+    objs = render(VALUES_DIR / "ok-watch-namespaces.yaml")
+    roles = by_kind(objs, "Role")
+    assert sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in roles) == [
+        ("team-a", "kt-kubetier-operator"), ("team-a", "kt-kubetier-router"),
+        ("team-b", "kt-kubetier-operator"), ("team-b", "kt-kubetier-router")]
+    assert len(by_kind(objs, "RoleBinding")) == 4
+    # The router needs nothing cluster-wide in namespaced mode.
+    assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == ["kt-kubetier-operator"]
+    op = one(objs, "Deployment", "kt-kubetier-operator")
+    args = op["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+    peerings = by_kind(objs, "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+
+
+def test_observability_and_network_policy(render):
+    objs = render(VALUES_DIR / "ok-observability.yaml")
+    monitors = by_kind(objs, "ServiceMonitor")
+    assert sorted(m["metadata"]["name"] for m in monitors) == ["kt-kubetier-operator", "kt-kubetier-router"]
+    for m in monitors:
+        assert m["metadata"]["labels"]["release"] == "prometheus"
+        sel = m["spec"]["selector"]["matchLabels"]
+        svc = [s for s in by_kind(objs, "Service")
+               if all(s["metadata"]["labels"].get(k) == v for k, v in sel.items())]
+        assert len(svc) == 1 and svc[0]["spec"]["ports"][0]["name"] == "metrics", m["metadata"]["name"]
+    for d in by_kind(objs, "Deployment"):
+        assert "prometheus.io/scrape" not in (d["spec"]["template"]["metadata"].get("annotations") or {})
+    router_np = one(objs, "NetworkPolicy", "kt-kubetier-router")
+    peers = router_np["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubetier.io/clients": "true"}}} in peers
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in peers
+    agent = one(objs, "DaemonSet", "kt-kubetier-node-agent")
+    assert "--dry-run" in agent["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_network_policy_without_clients_admits_any_source(render):
+    objs = render(None, "networkPolicy.enabled=true")
+    np = one(objs, "NetworkPolicy", "kt-kubetier-router")
+    assert "from" not in np["spec"]["ingress"][0]
+
+
+def test_operator_only(render):
+    objs = render(VALUES_DIR / "ok-operator-only.yaml")
+    assert [d["metadata"]["name"] for d in by_kind(objs, "Deployment")] == ["kt-kubetier-operator"]
+    assert not [o for o in objs if "router" in o["metadata"]["name"]]
+    assert all(o["metadata"]["labels"]["team"] == "platform" for o in objs)
+
+
+def test_values_yaml_documents_every_top_level_key():
+    """values.yaml and values.schema.json describe the same top-level keys."""
+    import json
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values) <= set(schema["properties"]), set(values) - set(schema["properties"])
+    assert schema["additionalProperties"] is False
+
+
+def test_chart_crds_are_the_generated_ones():
+    """CRDs ship in the chart's crds/ folder, byte-identical to `kubetier crds` output
+    (`make generate` writes both; `make verify` diffs them)."""
+    from kubetier.api import crdgen
+
+    want = {crdgen.file_name(c): crdgen.render(c) for c in crdgen.all_crds()}
+    have = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
+    assert set(have) == set(want), "charts/kubetier/crds drifted: run `make generate`"
+    for name, text in want.items():
+        assert have[name] == text, f"charts/kubetier/crds/{name} drifted: run `make generate`"
