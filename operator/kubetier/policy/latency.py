@@ -74,11 +74,12 @@ _MAX_KV_TOKENS = 1_000_000_000
 _MAX_SEQS = 1_000_000
 _MAX_WATTS = 100_000.0
 
-_TOP_LEVEL_KEYS = {
+# In document order, so a profile missing several fields is told about the first one.
+_TOP_LEVEL_KEYS = (
     "name", "model", "gpu", "kvCapacityTokens", "maxNumSeqs", "maxNumBatchedTokens",
     "decode", "prefill", "power", "sources",
-}
-_REQUIRED_TOP_LEVEL = _TOP_LEVEL_KEYS - {"sources", "model", "gpu"}
+)
+_REQUIRED_TOP_LEVEL = tuple(k for k in _TOP_LEVEL_KEYS if k not in ("model", "gpu", "sources"))
 
 
 class ProfileError(ValueError):
@@ -88,15 +89,15 @@ class ProfileError(ValueError):
 # --------------------------------------------------------------------------- parsing
 
 
-def _mapping(d: Any, path: str, allowed: set[str], required: set[str]) -> dict:
+def _mapping(d: Any, path: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
     if not isinstance(d, dict):
         raise ProfileError(f"{path or 'profile'}: must be a mapping, got {type(d).__name__}")
     unknown = sorted(str(k) for k in d if k not in allowed)
     if unknown:
         raise ProfileError(
-            f"{_join(path, unknown[0])}: unknown field (allowed: {', '.join(sorted(allowed))})"
+            f"{_join(path, unknown[0])}: unknown field (allowed: {', '.join(allowed)})"
         )
-    for key in sorted(required):
+    for key in required:
         if key not in d:
             raise ProfileError(f"{_join(path, key)}: required field is missing")
     return d
@@ -193,7 +194,7 @@ class LatencyModel:
         model = _str(d["model"], "model") if "model" in d else ""
         gpu_product, gpu_count = "", 1
         if "gpu" in d:
-            gpu = _mapping(d["gpu"], "gpu", {"product", "count"}, {"product", "count"})
+            gpu = _mapping(d["gpu"], "gpu", ("product", "count"), ("product", "count"))
             gpu_product = _str(gpu["product"], "gpu.product")
             gpu_count = _int(gpu["count"], "gpu.count", 1, 1024)
         kv_cap = _int(d["kvCapacityTokens"], "kvCapacityTokens", 1, _MAX_KV_TOKENS)
@@ -205,8 +206,8 @@ class LatencyModel:
                 f"maxNumBatchedTokens: {max_batched} is below maxNumSeqs ({max_seqs})"
             )
 
-        dec = _mapping(d["decode"], "decode", {"batchSizes", "kvTokens", "iterationMs"},
-                       {"batchSizes", "kvTokens", "iterationMs"})
+        dec = _mapping(d["decode"], "decode", ("batchSizes", "kvTokens", "iterationMs"),
+                       ("batchSizes", "kvTokens", "iterationMs"))
         batches = _increasing_ints(dec["batchSizes"], "decode.batchSizes", 1, _MAX_SEQS, 2)
         if batches[0] != 1:
             raise ProfileError(f"decode.batchSizes[0]: must be 1 (the grid starts at batch 1), got {batches[0]}")
@@ -238,7 +239,7 @@ class LatencyModel:
                         "iteration time cannot fall as the batch grows"
                     )
 
-        pre = _mapping(d["prefill"], "prefill", {"tokens", "ms"}, {"tokens", "ms"})
+        pre = _mapping(d["prefill"], "prefill", ("tokens", "ms"), ("tokens", "ms"))
         ptok = _increasing_ints(pre["tokens"], "prefill.tokens", 1, _MAX_KV_TOKENS, 1)
         pms_list = _list(pre["ms"], "prefill.ms", 1)
         if len(pms_list) != len(ptok):
@@ -253,12 +254,12 @@ class LatencyModel:
             )
 
         pw = _mapping(d["power"], "power",
-                      {"idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"},
-                      {"idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"})
+                      ("idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"),
+                      ("idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"))
         idle = _num(pw["idleWatts"], "power.idleWatts", 0.0, _MAX_WATTS, lo_open=True)
         tdp = _num(pw["tdpWatts"], "power.tdpWatts", idle, _MAX_WATTS)
-        dw = _mapping(pw["decodeWatts"], "power.decodeWatts", {"batchSizes", "watts"},
-                      {"batchSizes", "watts"})
+        dw = _mapping(pw["decodeWatts"], "power.decodeWatts", ("batchSizes", "watts"),
+                      ("batchSizes", "watts"))
         wb = _increasing_ints(dw["batchSizes"], "power.decodeWatts.batchSizes", 1, _MAX_SEQS, 1)
         ww_list = _list(dw["watts"], "power.decodeWatts.watts", 1)
         if len(ww_list) != len(wb):
