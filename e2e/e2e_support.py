@@ -1,0 +1,252 @@
+"""What the e2e tests share: kubectl, waiting, the operator process, test objects.
+
+The suite talks to whatever cluster ``KUBECONFIG`` names (the local KWOK cluster from
+``make cluster-up``, or kind); nothing here assumes which.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("KUBETIER_CACHE") or Path.home() / ".cache" / "kubetier").expanduser()
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CLUSTER_UP = "make cluster-up && export KUBECONFIG=$(.venv/bin/python e2e/cluster/cluster.py kubeconfig-path)"
+
+GROUP = "kubetier.io"
+MANAGED = "app.kubernetes.io/managed-by=kubetier"
+SERVICE_LABEL = "kubetier.io/service"
+TIER_LABEL = "kubetier.io/tier"
+ROLE_LABEL = "kubetier.io/role"
+GPU = "nvidia.com/gpu"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+CAPACITY_LABEL = "karpenter.sh/capacity-type"
+
+T = TypeVar("T")
+
+
+def need(ok: Any, missing: str, how: str) -> None:
+    """Skip (outside CI) or fail (in CI) when a prerequisite of the suite is absent."""
+    if ok:
+        return
+    msg = f"{missing}; {how}"
+    if IN_CI:
+        pytest.fail(f"CI=true and {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
+def find_kubectl() -> str | None:
+    for candidate in (os.environ.get("KUBECTL"), shutil.which("kubectl"), str(CACHE / "bin" / "kubectl")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class KubectlError(RuntimeError):
+    def __init__(self, args: list[str], rc: int, out: str, err: str) -> None:
+        super().__init__(f"kubectl {' '.join(args)} exited {rc}:\n{err or out}")
+        self.rc, self.out, self.err = rc, out, err
+
+
+class Kubectl:
+    """The real kubectl against ``kubeconfig`` (what a user types)."""
+
+    def __init__(self, binary: str, kubeconfig: str) -> None:
+        self.binary, self.kubeconfig = binary, kubeconfig
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> str:
+        argv = [self.binary, "--kubeconfig", self.kubeconfig, *args]
+        res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise KubectlError(list(args), res.returncode, res.stdout, res.stderr)
+        return res.stdout
+
+    def run(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        argv = [self.binary, "--kubeconfig", self.kubeconfig, *args]
+        return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "-o", "json"))
+
+    def apply(self, obj: dict | list[dict], *extra: str) -> str:
+        return self("apply", *extra, "-f", "-", input=json.dumps(_as_list(obj)))
+
+    def items(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[dict]:
+        args = ["get", kind]
+        args += ["-n", namespace] if namespace else ["-A"]
+        if selector:
+            args += ["-l", selector]
+        return self.json(*args)["items"]
+
+
+def _as_list(obj: dict | list[dict]) -> dict:
+    if isinstance(obj, list):
+        return {"apiVersion": "v1", "kind": "List", "items": obj}
+    return obj
+
+
+def wait_until(fn: Callable[[], T], what: str, timeout: float = 60, interval: float = 0.25,
+               describe: Callable[[], str] | None = None) -> T:
+    """Poll ``fn`` until it returns something truthy; fail naming ``what`` and the last state."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            detail = describe() if describe else repr(last)
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\nlast state: {detail}", pytrace=False)
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def tier(name: str, ttft_ms: int, tpot_ms: int, priority: int, replicas: int, spot: str = "never",
+         on_demand_floor: int = 0, max_replicas: int | None = None) -> dict:
+    return {
+        "name": name, "ttftMs": ttft_ms, "tpotMs": tpot_ms, "priority": priority, "attainmentPercent": 90,
+        "replicas": {"min": replicas, "max": max(replicas, max_replicas or replicas)},
+        "capacity": {"spot": spot, "onDemandFloor": on_demand_floor},
+    }
+
+
+def model_service(name: str, namespace: str, tiers: list[dict], gpus_per_replica: int = 2,
+                  gpu_product: str | None = "NVIDIA-H100-80GB-HBM3") -> dict:
+    resources: dict[str, Any] = {"gpusPerReplica": gpus_per_replica, "cpu": "4", "memory": "16Gi"}
+    if gpu_product:
+        resources["gpuProduct"] = gpu_product
+    return {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": "llama-3.1-8b", "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+            "engine": {"kind": "simulator", "port": 8000},
+            "resources": resources,
+            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
+            "tiers": tiers,
+        },
+    }
+
+
+def three_tier_service(name: str, namespace: str) -> dict:
+    """interactive on on-demand only, standard may use spot, batch prefers spot."""
+    return model_service(name, namespace, [
+        tier("interactive", 300, 30, 100, replicas=2, spot="never"),
+        tier("standard", 1000, 60, 50, replicas=2, spot="allowed", on_demand_floor=1),
+        tier("batch", 5000, 150, 10, replicas=3, spot="preferred"),
+    ])
+
+
+# --------------------------------------------------------------------------- observing
+
+
+def condition(obj: dict, ctype: str) -> dict | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return c
+    return None
+
+
+def tier_status(obj: dict, name: str) -> dict | None:
+    for t in (obj.get("status") or {}).get("tiers") or []:
+        if t.get("name") == name:
+            return t
+    return None
+
+
+def gpu_request(pod: dict) -> int:
+    total = 0
+    for c in pod["spec"].get("containers", []):
+        res = c.get("resources") or {}
+        total += int((res.get("limits") or {}).get(GPU) or (res.get("requests") or {}).get(GPU) or 0)
+    return total
+
+
+def serving_pods(kubectl: Kubectl, namespace: str, service: str, tier_name: str | None = None) -> list[dict]:
+    selector = f"{SERVICE_LABEL}={service},{ROLE_LABEL}=serving"
+    if tier_name:
+        selector += f",{TIER_LABEL}={tier_name}"
+    return [p for p in kubectl.items("pods", namespace, selector) if not p["metadata"].get("deletionTimestamp")]
+
+
+def running(pods: list[dict]) -> list[dict]:
+    return [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+
+
+# --------------------------------------------------------------------------- the operator
+
+
+class OperatorProcess:
+    """`kubetier operator` as a subprocess with its own kubeconfig (ServiceAccount token)."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: list[str] | None = None) -> None:
+        self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.args = extra_args if extra_args is not None else operator_args()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "operator already running"
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PYTHONUNBUFFERED"] = "1"
+        # never fall back to an in-cluster identity or the admin kubeconfig
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        self.starts += 1
+        with open(self.log_path, "a") as out:
+            out.write(f"\n===== operator start #{self.starts} {time.strftime('%H:%M:%S')} =====\n")
+            out.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kubetier.cli", "operator", *self.args],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as a crash or an OOM kill would be."""
+        if self.alive():
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def forbidden_lines(self) -> list[str]:
+        """Lines where the API server refused the operator something (RBAC)."""
+        text = self.log_tail(2_000_000)
+        return [line for line in text.splitlines() if "403" in line or "forbidden" in line.lower()]
+
+
+def operator_args() -> list[str]:
+    extra = os.environ.get("KUBETIER_OPERATOR_ARGS")
+    return extra.split() if extra is not None else ["--all-namespaces"]

@@ -1,0 +1,96 @@
+"""(e) An operator killed in the middle of a reconcile converges after restart with no
+duplicate objects. (f) Asking for more GPUs than the cluster has is reported in status
+with a reason, and nothing crashes."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+
+from e2e_support import (
+    ROLE_LABEL,
+    SERVICE_LABEL,
+    TIER_LABEL,
+    Kubectl,
+    condition,
+    model_service,
+    running,
+    serving_pods,
+    three_tier_service,
+    tier,
+    tier_status,
+    wait_until,
+)
+from test_reconcile import CHILD_KINDS, EXPECTED, describe, ready_with_counts
+
+WORKLOAD_KINDS = "deployments,statefulsets"
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(kubectl: Kubectl, crds, operator, gpu_nodes,
+                                                                    namespace):
+    ms = three_tier_service("restart", namespace)
+    kubectl.apply(ms)
+    # The first child object proves a reconcile is under way; kill the operator right then.
+    wait_until(lambda: kubectl.items(CHILD_KINDS, namespace, f"{SERVICE_LABEL}=restart"), "the first child object",
+               timeout=60, interval=0.05, describe=operator.log_tail)
+    operator.kill()
+    children_at_kill = len(kubectl.items(CHILD_KINDS, namespace, f"{SERVICE_LABEL}=restart"))
+    # change the spec while the operator is down: the restart must pick it up too
+    ms["spec"]["tiers"][1]["replicas"] = {"min": 1, "max": 3}
+    expected = dict(EXPECTED, standard=1)
+    kubectl.apply(ms)
+    operator.start()
+    wait_until(lambda: ready_with_counts(kubectl, namespace, "restart", expected), f"Ready with {expected}",
+               timeout=120, describe=lambda: describe(kubectl, namespace, "restart"))
+
+    time.sleep(3)  # let a duplicate, if any were made, show up
+    workloads = kubectl.items(WORKLOAD_KINDS, namespace, f"{SERVICE_LABEL}=restart")
+    per_tier_role = Counter((w["metadata"]["labels"].get(TIER_LABEL), w["metadata"]["labels"].get(ROLE_LABEL))
+                            for w in workloads)
+    dupes = {k: n for k, n in per_tier_role.items() if n > 1}
+    assert not dupes, f"duplicate workloads after restart: {dupes} (children at kill: {children_at_kill})"
+    assert {t for t, _ in per_tier_role} == set(expected), per_tier_role
+
+    pods = serving_pods(kubectl, namespace, "restart")
+    assert Counter(p["metadata"]["labels"][TIER_LABEL] for p in pods) == Counter(expected)
+    assert len(kubectl.items("configmaps", namespace, f"{SERVICE_LABEL}=restart,kubetier.io/routing-config=true")) <= 1
+    assert operator.alive(), operator.log_tail()
+
+
+def test_not_enough_gpus_is_reported_in_status(kubectl: Kubectl, crds, operator, gpu_nodes, namespace):
+    total_gpus = sum(int(n["status"]["allocatable"]["nvidia.com/gpu"]) for n in gpu_nodes)
+    per_replica = 8
+    replicas = total_gpus // per_replica + 2  # more whole-node replicas than there are GPU nodes
+    ms = model_service("huge", namespace, [tier("bulk", 5000, 150, 10, replicas=replicas, spot="allowed")],
+                       gpus_per_replica=per_replica)
+    kubectl.apply(ms)
+
+    pattern = re.compile(r"gpu|capacity|unschedulable|insufficient|pending", re.I)
+
+    def reported():
+        obj = kubectl.json("get", "modelservice", "huge", "-n", namespace)
+        ready = condition(obj, "Ready")
+        if ready is None or ready["status"] == "True":
+            return None
+        conds = (obj.get("status") or {}).get("conditions") or []
+        if any(c.get("reason") and pattern.search(f"{c.get('reason')} {c.get('message', '')}") for c in conds
+               if c["type"] != "Ready" or c["status"] != "True"):
+            return obj
+        return None
+
+    obj = wait_until(reported, "a status condition that names the GPU shortage", timeout=90,
+                     describe=lambda: describe(kubectl, namespace, "huge"))
+    ready = condition(obj, "Ready")
+    assert ready["reason"], ready
+    pods = serving_pods(kubectl, namespace, "huge")
+    ts = tier_status(obj, "bulk")
+    assert ts is not None
+    assert ts["readyReplicas"] < replicas
+    assert len(running(pods)) <= total_gpus // per_replica
+    assert operator.alive(), f"operator died:\n{operator.log_tail()}"
+    # and it keeps reconciling: the service can be fixed by lowering the ask
+    ms["spec"]["tiers"][0]["replicas"] = {"min": 2, "max": 2}
+    kubectl.apply(ms)
+    wait_until(lambda: ready_with_counts(kubectl, namespace, "huge", {"bulk": 2}), "Ready after lowering replicas",
+               timeout=90, describe=lambda: describe(kubectl, namespace, "huge"))
