@@ -376,3 +376,25 @@ async def test_runs_on_uvloop():
     import uvloop
 
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+async def test_abort_cuts_a_stream_and_fires_disconnect_callbacks(serve):
+    fired = []
+
+    async def cut(request: Request, response: Response) -> None:
+        response.start_stream()
+        response.add_disconnect_callback(lambda: fired.append("cb"))
+        response.write(b"data: 1\n\n")
+        response.abort()
+        response.write(b"data: never\n\n")  # a no-op after abort
+        assert response.disconnected
+
+    port = await serve(cut)
+    got = b""
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with client.stream("GET", f"http://127.0.0.1:{port}/") as r:
+                async for part in r.aiter_bytes():
+                    got += part
+    assert got == b"data: 1\n\n"
+    assert fired == ["cb"]

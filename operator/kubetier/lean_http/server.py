@@ -251,6 +251,19 @@ class Response:
             self._conn._write(b"0\r\n\r\n")
         self._conn._response_finished(self)
 
+    def abort(self) -> None:
+        """Cut the connection now, mid-response (a failed upstream, fault injection).
+
+        A stream is left without its terminating chunk, so the client sees an error."""
+        if self._disconnected or self._finished:
+            return
+        self._started = True
+        self._keep_alive = False
+        self._conn._abort()  # marks this response disconnected: its callbacks run
+        self._mark_disconnected()
+        self._finished = True
+        self._conn._response_finished(self)
+
     # --- client state ---------------------------------------------------------------
 
     @property
@@ -620,6 +633,7 @@ class _Connection(asyncio.Protocol):
             self._transport.close()  # flushes what is buffered first
 
     def _abort(self) -> None:
+        self._failed = True  # parse nothing more from this connection
         if self._transport is not None and not self._closed:
             self._transport.abort()
         if self._current is not None:

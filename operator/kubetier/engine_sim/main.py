@@ -1,0 +1,124 @@
+"""`kubetier engine-sim`: run the engine simulator, or `kubetier engine-sim bench ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from kubetier.policy.latency import DEFAULT_PROFILE, LatencyModel, ProfileError, load_profile
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubetier engine-sim",
+        description="A GPU-free vLLM stand-in: OpenAI-compatible HTTP, continuous batching timed by a "
+        "latency profile, vLLM metric names.",
+        epilog="`kubetier engine-sim bench --help`: the fidelity benchmark (measured vs. modelled TTFT/TPOT).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 = any free port)")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help="built-in latency profile name or YAML path (default: %(default)s)")
+    parser.add_argument("--model", default="", help="served model name (default: the profile's model)")
+    parser.add_argument("--model-load-seconds", type=_non_negative_float, default=0.0,
+                        help="simulated model load: /health answers 503 until it ends (default: 0)")
+    parser.add_argument("--time-scale", type=_positive_float, default=1.0,
+                        help="speed-up: every duration is divided by this (default: 1 = real time)")
+    parser.add_argument("--max-num-seqs", type=_positive_int, default=None,
+                        help="running sequences at most (default: the profile's maxNumSeqs)")
+    parser.add_argument("--max-model-len", type=_positive_int, default=None,
+                        help="prompt + output tokens at most (default: min(131072, KV capacity))")
+    parser.add_argument("--mean-output-tokens", type=_positive_float, default=256.0,
+                        help="mean output length of requests without max_tokens (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (output lengths, faults)")
+    faults = parser.add_argument_group("fault injection")
+    faults.add_argument("--slowdown", type=_positive_float, default=1.0,
+                        help="multiply every iteration's duration by F (default: 1)")
+    faults.add_argument("--fail-fraction", type=_fraction, default=0.0,
+                        help="answer this fraction of generation requests with 500 (default: 0)")
+    faults.add_argument("--abort-after-tokens", type=_positive_int, default=None,
+                        help="cut the connection after N tokens (all requests, or --abort-fraction of them)")
+    faults.add_argument("--abort-fraction", type=_fraction, default=None,
+                        help="cut this fraction of requests mid-stream (at N tokens, or at a random token)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    return parser
+
+
+async def _serve(args: argparse.Namespace, model: LatencyModel) -> int:
+    from kubetier.engine_sim.app import EngineSimulator, SimConfig
+    from kubetier.lean_http import close_connections
+
+    if args.max_num_seqs is not None and args.max_num_seqs > model.max_num_batched_tokens:
+        print(f"kubetier engine-sim: --max-num-seqs {args.max_num_seqs} exceeds the profile's "
+              f"maxNumBatchedTokens ({model.max_num_batched_tokens})", file=sys.stderr)
+        return 2
+    config = SimConfig(
+        model_name=args.model, model_load_seconds=args.model_load_seconds, time_scale=args.time_scale,
+        max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, seed=args.seed,
+        mean_output_tokens=args.mean_output_tokens, slowdown=args.slowdown, fail_fraction=args.fail_fraction,
+        abort_after_tokens=args.abort_after_tokens, abort_fraction=args.abort_fraction,
+    )
+    sim = EngineSimulator(model, config)
+    server = await sim.serve(args.host, args.port)
+    port = server.sockets[0].getsockname()[1]
+    logging.getLogger("kubetier.engine_sim").info(
+        "engine-sim serving %s (profile %s) on http://%s:%d, time scale %g, model load %gs",
+        sim.served_model, model.name, args.host, port, args.time_scale, args.model_load_seconds,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    close_connections(server)
+    await sim.stop()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "bench":
+        from kubetier.engine_sim import fidelity
+
+        return int(fidelity.main(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        model = load_profile(args.profile)
+    except ProfileError as exc:
+        print(f"kubetier engine-sim: {exc}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    return uvloop.run(_serve(args, model))
