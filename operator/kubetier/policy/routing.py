@@ -1,0 +1,555 @@
+"""PolyServe-style routing: SLO bins by TPOT, most-loaded-feasible, spill upward only.
+
+The same code decides for the router (live traffic) and the fleet simulator (traces),
+so it is pure: no clock (the caller passes how long the request has waited), no I/O,
+randomness only through the ``rng`` argument.
+
+Rules of kind ``"slo"`` (PolyServe, 2025), for a request of tier T:
+
+1. **Own bin.** Servers of tier T, scanned from the most loaded (largest running batch)
+   down; the first one that passes :meth:`RoutingPolicy._feasible` wins. Piling load on
+   the fullest feasible server drains the emptiest ones, which makes scale-in safe.
+2. **Spill upward.** If no server of T is feasible, the servers of tiers with a strictly
+   tighter TPOT, nearest tighter first (keep the tightest capacity for last). A host
+   server is judged against the *host's* TPOT, so the host's own requests stay
+   protected; the request's own TTFT still applies. Never onto looser tiers.
+3. **Wait** when no server is feasible but the request could still meet its TTFT once
+   capacity frees or a scale-up lands (``scale_up_s``); ``retry_after_s`` then says how
+   long it can wait before it is late. A "wait" is the demand signal for the tier.
+4. **Late.** When even an idle server could no longer deliver the first token in time
+   (waited + scale_up_s + prefill of the prompt > TTFT): tier ``on_late="reject"`` ->
+   ``reject`` with ``retry_after_s``; ``on_late="queue"`` -> route ignoring the
+   request's own TTFT (the TPOT and KV checks that protect others remain), else wait.
+
+Feasibility of request (prompt P, tier T) on server S with host TPOT ``tpot`` (S's tier)
+using S's latency model (D = decode iteration, chunks = chunked-prefill iterations):
+
+* **capacity**: running + 1 <= maxNumSeqs and KV after the horizon fits:
+  ``kv + P + (running + 1) * H <= kvCapacityTokens`` with H = T's meanOutputTokens.
+* **first token**: waited + time to prefill S's queued prompt tokens plus P, in chunks of
+  ``maxNumBatchedTokens - running`` next to the running batch, <= T's TTFT.
+* **second token**: first token + D(running + 1, kv + P) <= TTFT + TPOT.
+* **worst future iteration**: the per-token time over the request's life, with the batch
+  grown to running + 1, the KV grown by H tokens per sequence, *and the prefill chunks
+  the server will interleave*: its queued prompts, ours, and one prompt like ours for
+  every running sequence (each finishes and is replaced once within the horizon, on
+  average). Each chunk costs what an iteration carrying it costs beyond a decode step:
+  ``D(B', kv_end) + n_chunks * (P(chunk) - P(0)) / H <= tpot``.
+  design.md measured the pitfall: leaving the prefill chunks out packs the tight tier
+  until its attainment collapses to 2-5%. Spreading the chunks over the horizon (rather
+  than demanding that a single prefill-carrying iteration fit TPOT) matches the
+  deadline-based SLO (token i due by arrival + TTFT + i * TPOT), where slack from fast
+  decode steps absorbs an occasional slow one.
+
+Cost: the routable servers of a tier are kept sorted by (running batch, KV tokens);
+for a (horizon, prompt class) the highest batch that could pass at all, and for each
+batch the most KV a feasible server may hold, are memoised, so a decision jumps with
+``bisect`` to the most loaded candidate of each level instead of visiting servers that
+are too full. Iteration costs are memoised per model (KV rounded *up* to
+``_KV_QUANTUM`` tokens: conservative). ``max_checks`` full checks per decision (and
+``max_checks_per_level``) bound the worst case, e.g. many servers with long prefill
+queues; beyond it the answer is "wait".
+
+Baselines (the fleet simulator compares them): ``"least-loaded"`` (own bin, smallest
+batch with room) and ``"round-robin"`` (own bin, next server with room); both ignore
+the SLO checks, never spill, and wait/reject with the same lateness rule.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_left, bisect_right, insort
+from dataclasses import dataclass
+from typing import Literal
+
+from kubetier.policy.latency import LatencyModel
+
+__all__ = ["Decision", "KINDS", "RoutingPolicy", "ServerLoad", "TierSLO"]
+
+KINDS = ("slo", "least-loaded", "round-robin")
+
+# KV tokens are rounded up to this many for the memoised decode cost: the decode table
+# is linear in KV between grid points, so the error is under one quantum's worth of
+# time (microseconds), and rounding up keeps it on the safe side.
+_KV_QUANTUM = 512
+# Memo tables are cleared when they grow past this many entries (bounded memory).
+_MEMO_LIMIT = 200_000
+_INF = float("inf")
+_MAX_ID = "\U0010ffff"  # sorts after every server id
+
+
+@dataclass(frozen=True)
+class TierSLO:
+    name: str
+    ttft_ms: float
+    tpot_ms: float
+    priority: int
+    mean_output_tokens: int = 256
+    on_late: Literal["reject", "queue"] = "reject"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("TierSLO.name must be non-empty")
+        if not self.ttft_ms > 0:
+            raise ValueError(f"tier {self.name!r}: ttft_ms must be > 0, got {self.ttft_ms!r}")
+        if not self.tpot_ms > 0:
+            raise ValueError(f"tier {self.name!r}: tpot_ms must be > 0, got {self.tpot_ms!r}")
+        if self.mean_output_tokens < 1:
+            raise ValueError(
+                f"tier {self.name!r}: mean_output_tokens must be >= 1, got {self.mean_output_tokens!r}"
+            )
+        if self.on_late not in ("reject", "queue"):
+            raise ValueError(f"tier {self.name!r}: on_late must be 'reject' or 'queue', got {self.on_late!r}")
+
+
+@dataclass(slots=True)
+class ServerLoad:
+    server_id: str
+    tier: str
+    model: LatencyModel
+    ready: bool = True
+    draining: bool = False
+    running: int = 0  # sequences in the batch (admitted ones still prefilling included)
+    kv_tokens: int = 0  # KV tokens held
+    queued_prefill_tokens: int = 0  # prompt tokens admitted but not yet prefilled
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["route", "wait", "reject"]
+    server_id: str | None
+    spilled: bool = False
+    reason: str = ""
+    # reject: when to try again; wait: how long the request may still wait before it
+    # can no longer meet its TTFT (0 when it is already late and its tier queues).
+    retry_after_s: float | None = None
+
+
+class _Costs:
+    """Memoised iteration costs of one latency model (seconds)."""
+
+    __slots__ = ("model", "mbt", "max_seqs", "kv_cap", "p0", "_dec", "_pre", "_prefill_s")
+
+    def __init__(self, model: LatencyModel) -> None:
+        self.model = model
+        self.mbt = model.max_num_batched_tokens
+        self.max_seqs = model.max_num_seqs
+        self.kv_cap = model.kv_capacity_tokens
+        # An iteration carrying prompt tokens and no decode, with zero tokens: one weight read.
+        self.p0 = model.decode_iteration_s(1, 0)
+        self._dec: dict[int, float] = {}
+        self._pre: dict[int, float] = {}
+        self._prefill_s: dict[int, float] = {}
+
+    def decode(self, batch: int, kv: int) -> float:
+        q = -(-kv // _KV_QUANTUM)
+        key = (batch << 32) | q
+        v = self._dec.get(key)
+        if v is None:
+            if len(self._dec) > _MEMO_LIMIT:
+                self._dec.clear()
+            v = self._dec[key] = self.model.decode_iteration_s(batch, q * _KV_QUANTUM)
+        return v
+
+    def chunk_extra(self, tokens: int) -> float:
+        """What an iteration carrying ``tokens`` prompt tokens costs beyond a decode step."""
+        v = self._pre.get(tokens)
+        if v is None:
+            if len(self._pre) > _MEMO_LIMIT:
+                self._pre.clear()
+            v = self._pre[tokens] = max(0.0, self.model.iteration_s(0, 0, tokens) - self.p0)
+        return v
+
+    def idle_prefill(self, tokens: int) -> float:
+        v = self._prefill_s.get(tokens)
+        if v is None:
+            if len(self._prefill_s) > _MEMO_LIMIT:
+                self._prefill_s.clear()
+            v = self._prefill_s[tokens] = self.model.prefill_s(tokens)
+        return v
+
+
+class _Entry:
+    __slots__ = ("load", "costs", "key", "in_order")
+
+    def __init__(self, load: ServerLoad, costs: _Costs) -> None:
+        self.load = load
+        self.costs = costs
+        self.key: tuple[int, int, str] | None = None  # (running, kv, id) in its bin; None = not routable
+        self.in_order = False  # listed in its bin's round-robin order
+
+
+class _Bin:
+    """The routable servers of one tier, kept sorted by (running batch, KV tokens, id).
+
+    The order is the load order: the most loaded server is last. A decision walks the
+    running levels downward and, inside a level, jumps straight to the most loaded
+    server whose KV is under that level's threshold, so servers that are too full are
+    never visited one by one.
+    """
+
+    __slots__ = ("tier", "keys", "order", "rr_next", "costs", "cap_memo", "kv_memo")
+
+    def __init__(self, tier: TierSLO) -> None:
+        self.tier = tier
+        self.keys: list[tuple[int, int, str]] = []
+        self.order: list[str] = []  # routable server ids, for round-robin
+        self.rr_next = 0
+        self.costs: list[_Costs] = []  # the distinct latency models of its servers
+        self.cap_memo: dict[tuple[int, int], int] = {}  # (horizon, prompt class) -> highest level
+        self.kv_memo: dict[tuple[int, int, int], int] = {}  # (level, horizon, prompt class) -> KV threshold
+
+    def add(self, e: _Entry, key: tuple[int, int, str]) -> None:
+        insort(self.keys, key)
+        e.key = key
+
+    def discard(self, e: _Entry) -> None:
+        keys = self.keys
+        del keys[bisect_left(keys, e.key)]
+        e.key = None
+
+
+def _prompt_class(prompt: int) -> tuple[int, int]:
+    """(class, lower bound): prompts grouped 8 per octave, bounded below (optimistic)."""
+    if prompt < 16:
+        return prompt, prompt
+    e = prompt.bit_length() - 4
+    top = prompt >> e  # 8..15
+    return (e << 4) | top, top << e
+
+
+class RoutingPolicy:
+    """Routing decisions plus the load state they rest on (see the module docstring)."""
+
+    def __init__(
+        self,
+        tiers: list[TierSLO],
+        kind: str = "slo",
+        rng: random.Random | None = None,
+        *,
+        scale_up_s: float = 0.0,
+        reject_retry_after_s: float = 1.0,
+        max_checks: int = 64,
+        max_checks_per_level: int = 8,
+        turnover: float = 1.0,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"routing kind {kind!r} is unknown (known: {', '.join(KINDS)})")
+        if not tiers:
+            raise ValueError("routing needs at least one tier")
+        names = [t.name for t in tiers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"tier names must be unique, repeated: {sorted(dup)}")
+        if scale_up_s < 0 or reject_retry_after_s <= 0 or max_checks < 1 or turnover < 0:
+            raise ValueError("scale_up_s >= 0, reject_retry_after_s > 0, max_checks >= 1, turnover >= 0 required")
+        self.kind = kind
+        self.rng = rng if rng is not None else random.Random(0)
+        self.scale_up_s = scale_up_s
+        self.reject_retry_after_s = reject_retry_after_s
+        self.max_checks = max_checks
+        self.max_checks_per_level = max(1, max_checks_per_level)
+        self.turnover = turnover
+        self.tiers: dict[str, TierSLO] = {t.name: t for t in tiers}
+        self._bins: dict[str, _Bin] = {t.name: _Bin(t) for t in tiers}
+        # For each tier: the bins a request may use, own first, then strictly tighter
+        # TPOT tiers from the nearest to the tightest.
+        self._route_bins: dict[str, list[_Bin]] = {}
+        for t in tiers:
+            tighter = sorted((u for u in tiers if u.tpot_ms < t.tpot_ms), key=lambda u: (-u.tpot_ms, -u.priority, u.name))
+            self._route_bins[t.name] = [self._bins[t.name]] + [self._bins[u.name] for u in tighter]
+        self._servers: dict[str, _Entry] = {}
+        self._costs: dict[int, _Costs] = {}  # id(model) -> memo (models are few and long-lived)
+
+    # ------------------------------------------------------------------ load state
+
+    def upsert_server(self, load: ServerLoad) -> None:
+        if load.tier not in self.tiers:
+            raise ValueError(f"server {load.server_id!r}: tier {load.tier!r} is not a known tier ({', '.join(self.tiers)})")
+        old = self._servers.get(load.server_id)
+        if old is not None:
+            self._unbucket(load.server_id, old)
+        costs = self._costs.get(id(load.model))
+        if costs is None or costs.model is not load.model:
+            costs = self._costs[id(load.model)] = _Costs(load.model)
+        e = _Entry(load, costs)
+        self._servers[load.server_id] = e
+        b = self._bins[load.tier]
+        if costs not in b.costs:
+            b.costs.append(costs)
+            b.cap_memo.clear()
+            b.kv_memo.clear()
+        self._rebucket(load.server_id, e)
+
+    def remove_server(self, server_id: str) -> None:
+        e = self._servers.pop(server_id, None)
+        if e is not None:
+            self._unbucket(server_id, e)
+
+    def server(self, server_id: str) -> ServerLoad | None:
+        e = self._servers.get(server_id)
+        return e.load if e is not None else None
+
+    def servers(self) -> list[ServerLoad]:
+        return [e.load for e in self._servers.values()]
+
+    def set_state(self, server_id: str, *, ready: bool | None = None, draining: bool | None = None) -> None:
+        e = self._servers[server_id]
+        if ready is not None:
+            e.load.ready = ready
+        if draining is not None:
+            e.load.draining = draining
+        self._rebucket(server_id, e)
+
+    def on_admit(self, server_id: str, prompt_tokens: int, expected_output_tokens: int) -> None:
+        e = self._servers.get(server_id)
+        if e is None:
+            return
+        ld = e.load
+        ld.running += 1
+        ld.kv_tokens += prompt_tokens
+        ld.queued_prefill_tokens += prompt_tokens
+        self._rebucket(server_id, e)
+
+    def on_prefill_done(self, server_id: str, prompt_tokens: int) -> None:
+        e = self._servers.get(server_id)
+        if e is None:
+            return
+        q = e.load.queued_prefill_tokens - prompt_tokens
+        e.load.queued_prefill_tokens = q if q > 0 else 0
+
+    def on_finish(self, server_id: str, prompt_tokens: int, output_tokens: int) -> None:
+        e = self._servers.get(server_id)
+        if e is None:
+            return
+        ld = e.load
+        ld.running = ld.running - 1 if ld.running > 0 else 0
+        kv = ld.kv_tokens - prompt_tokens - output_tokens
+        ld.kv_tokens = kv if kv > 0 else 0
+        if ld.running == 0:
+            ld.queued_prefill_tokens = 0
+        self._rebucket(server_id, e)
+
+    def observe(self, server_id: str, running: int, kv_tokens: int, queued_prefill_tokens: int) -> None:
+        e = self._servers.get(server_id)
+        if e is None:
+            return
+        ld = e.load
+        ld.running = max(0, running)
+        ld.kv_tokens = max(0, kv_tokens)
+        ld.queued_prefill_tokens = max(0, queued_prefill_tokens)
+        self._rebucket(server_id, e)
+
+    def _rebucket(self, sid: str, e: _Entry) -> None:
+        ld = e.load
+        if ld.ready and not ld.draining:
+            key = (ld.running, ld.kv_tokens, sid)
+            if key == e.key:
+                return
+            b = self._bins[ld.tier]
+            if e.key is not None:
+                b.discard(e)
+            b.add(e, key)
+            if not e.in_order:
+                b.order.append(sid)
+                e.in_order = True
+        elif e.key is not None:
+            self._bins[ld.tier].discard(e)
+
+    def _unbucket(self, sid: str, e: _Entry) -> None:
+        b = self._bins[e.load.tier]
+        if e.key is not None:
+            b.discard(e)
+        if e.in_order:
+            b.order.remove(sid)
+            e.in_order = False
+
+    # ------------------------------------------------------------------ decisions
+
+    def decide(self, tier: str, prompt_tokens: int, waited_s: float) -> Decision:
+        t = self.tiers.get(tier)
+        if t is None:
+            raise ValueError(f"tier {tier!r} is not a known tier ({', '.join(self.tiers)})")
+        if prompt_tokens < 0:
+            raise ValueError(f"prompt_tokens must be >= 0, got {prompt_tokens}")
+        ttft_s = t.ttft_ms / 1000.0
+        late = self._is_late(t, prompt_tokens, waited_s)
+        if late and t.on_late == "reject":
+            return Decision("reject", None, reason="ttft-unreachable", retry_after_s=self.reject_retry_after_s)
+        if self.kind == "slo":
+            # A late request of a queueing tier only needs to leave others unharmed.
+            budget = _INF if late else ttft_s - waited_s
+            d = self._decide_slo(t, prompt_tokens, budget)
+        elif self.kind == "least-loaded":
+            d = self._decide_least_loaded(t, prompt_tokens)
+        else:
+            d = self._decide_round_robin(t, prompt_tokens)
+        if d is not None:
+            return d
+        if late:
+            return Decision("wait", None, reason="late-queued", retry_after_s=0.0)
+        return Decision("wait", None, reason="no-feasible-server", retry_after_s=self._wait_budget(t, prompt_tokens, waited_s))
+
+    def _idle_prefill(self, t: TierSLO, prompt_tokens: int) -> float:
+        """Fastest possible first token: the prompt alone on an idle server of the
+        fastest model among the bins the request may use (any known model if none)."""
+        best = _INF
+        for b in self._route_bins[t.name]:
+            for c in b.costs:
+                v = c.idle_prefill(prompt_tokens)
+                if v < best:
+                    best = v
+        if best == _INF:
+            for c in self._costs.values():
+                v = c.idle_prefill(prompt_tokens)
+                if v < best:
+                    best = v
+        return best if best != _INF else 0.0
+
+    def _is_late(self, t: TierSLO, prompt_tokens: int, waited_s: float) -> bool:
+        return waited_s + self.scale_up_s + self._idle_prefill(t, prompt_tokens) > t.ttft_ms / 1000.0
+
+    def _wait_budget(self, t: TierSLO, prompt_tokens: int, waited_s: float) -> float:
+        return max(0.0, t.ttft_ms / 1000.0 - waited_s - self.scale_up_s - self._idle_prefill(t, prompt_tokens))
+
+    def _decide_slo(self, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
+        checks = self.max_checks
+        per_level = self.max_checks_per_level
+        own = True
+        H = t.mean_output_tokens
+        pc, p_lb = _prompt_class(prompt)
+        for b in self._route_bins[t.name]:
+            keys = b.keys
+            if not keys:
+                own = False
+                continue
+            tpot_s = b.tier.tpot_ms / 1000.0
+            cap = b.cap_memo.get((H, pc))
+            if cap is None:
+                cap = b.cap_memo[(H, pc)] = self._level_bound(b, H, p_lb, tpot_s)
+            kv_memo = b.kv_memo
+            hi = bisect_left(keys, (cap + 1,))  # keys[:hi] have running <= cap
+            while hi > 0:
+                level = keys[hi - 1][0]
+                lo = bisect_left(keys, (level,))  # keys[lo:hi] are this level
+                kv_max = kv_memo.get((level, H, pc))
+                if kv_max is None:
+                    kv_max = kv_memo[(level, H, pc)] = self._kv_bound(b, level, H, p_lb, tpot_s)
+                j = bisect_right(keys, (level, kv_max, _MAX_ID), lo, hi)
+                n = per_level
+                while j > lo:
+                    j -= 1
+                    sid = keys[j][2]
+                    if self._feasible(self._servers[sid], prompt, H, ttft_budget_s, tpot_s):
+                        return Decision("route", sid, spilled=not own, reason="own-bin" if own else "spill")
+                    checks -= 1
+                    if checks <= 0:
+                        return None
+                    n -= 1
+                    if n <= 0:
+                        break
+                hi = lo
+            own = False
+        return None
+
+    def _level_bound(self, b: _Bin, H: int, prompt: int, tpot_s: float) -> int:
+        """Highest running batch at which some server of the bin could pass the TPOT and
+        KV checks (empty cache, nothing queued, prompt rounded down): levels above it
+        cannot hold a feasible server. The check is monotone in the batch: binary search."""
+        best = -1
+        for c in b.costs:
+            lo, hi = -1, c.max_seqs - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self._tpot_kv_ok(c, mid, 0, 0, prompt, H, tpot_s):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            best = max(best, lo)
+        return best
+
+    def _kv_bound(self, b: _Bin, running: int, H: int, prompt: int, tpot_s: float) -> int:
+        """Most KV a server at this batch may hold and still pass the TPOT and KV checks
+        (nothing queued, prompt rounded down); -1 if none. Monotone in KV: binary search
+        to _KV_QUANTUM, rounded up so that no feasible server is cut off."""
+        best = -1
+        for c in b.costs:
+            if not self._tpot_kv_ok(c, running, 0, 0, prompt, H, tpot_s):
+                continue
+            lo, hi = 0, c.kv_cap // _KV_QUANTUM + 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self._tpot_kv_ok(c, running, mid * _KV_QUANTUM, 0, prompt, H, tpot_s):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            best = max(best, (lo + 1) * _KV_QUANTUM)
+        return best
+
+    def _tpot_kv_ok(self, c: _Costs, running: int, kv: int, queued: int, prompt: int, H: int, tpot_s: float) -> bool:
+        """Capacity and the worst-future-iteration check (see the module docstring)."""
+        B = running + 1
+        if B > c.max_seqs:
+            return False
+        kv_end = kv + prompt + B * H
+        if kv_end > c.kv_cap:
+            return False
+        chunk_b = c.mbt - B
+        if chunk_b < 1:
+            return False
+        per_token = c.decode(B, kv_end)
+        future_prefill = queued + prompt + int(running * prompt * self.turnover)
+        if future_prefill > 0:
+            size = prompt if 0 < prompt < chunk_b else chunk_b
+            per_token += -(-future_prefill // size) * c.chunk_extra(size) / H
+        return per_token <= tpot_s
+
+    def _feasible(self, e: _Entry, prompt: int, H: int, ttft_budget_s: float, tpot_s: float) -> bool:
+        ld = e.load
+        c = e.costs
+        running = ld.running
+        if not self._tpot_kv_ok(c, running, ld.kv_tokens, ld.queued_prefill_tokens, prompt, H, tpot_s):
+            return False
+        if ttft_budget_s == _INF:
+            return True  # a late request of a queueing tier: only others' TPOT matters
+        # First token: queued prompts and ours, chunked next to the running batch.
+        chunk = c.mbt - running
+        pending = ld.queued_prefill_tokens + prompt
+        if pending > 0:
+            n_full, rest = divmod(pending, chunk)
+            d_now = c.decode(running, ld.kv_tokens) if running else c.p0
+            t1 = n_full * (d_now + c.chunk_extra(chunk)) + (d_now + c.chunk_extra(rest) if rest else 0.0)
+        else:
+            t1 = 0.0
+        if t1 > ttft_budget_s:
+            return False
+        # Second token, due TPOT after the first (the host's TPOT is never looser).
+        return t1 + c.decode(running + 1, ld.kv_tokens + prompt) <= ttft_budget_s + tpot_s
+
+    def _has_room(self, e: _Entry, prompt: int, H: int) -> bool:
+        ld = e.load
+        c = e.costs
+        return ld.running + 1 <= c.max_seqs and ld.kv_tokens + prompt + H <= c.kv_cap
+
+    def _decide_least_loaded(self, t: TierSLO, prompt: int) -> Decision | None:
+        keys = self._bins[t.name].keys
+        H = t.mean_output_tokens
+        for k in range(min(len(keys), self.max_checks)):
+            sid = keys[k][2]
+            if self._has_room(self._servers[sid], prompt, H):
+                return Decision("route", sid, reason="least-loaded")
+        return None
+
+    def _decide_round_robin(self, t: TierSLO, prompt: int) -> Decision | None:
+        b = self._bins[t.name]
+        n = len(b.order)
+        if n == 0:
+            return None
+        start = b.rr_next % n
+        for k in range(min(n, self.max_checks)):
+            sid = b.order[(start + k) % n]
+            e = self._servers[sid]
+            if e.key is not None and self._has_room(e, prompt, t.mean_output_tokens):
+                b.rr_next = (start + k + 1) % n
+                return Decision("route", sid, reason="round-robin")
+        return None
