@@ -1,0 +1,338 @@
+"""``desired(ms, observed)``: every object a ModelService should own (pure, no I/O).
+
+Per tier:
+
+* serving **Deployments**. A Deployment rather than bare pods: the ReplicaSet
+  controller replaces preempted spot pods and evicted pods without the operator in the
+  loop, rolling updates with surge keep a tier's capacity during an image or argument
+  change, and the autoscaler only has to move ``spec.replicas``. Picking *which* pod
+  goes on scale-in (the least loaded, PolyServe's gradient) stays possible through the
+  ``controller.kubernetes.io/pod-deletion-cost`` annotation, which ReplicaSets honour.
+  A tier whose spot policy is ``allowed``/``preferred`` and that has an
+  ``onDemandFloor`` gets two: ``<ms>-<tier>-floor`` (on-demand required, ``floor``
+  replicas) and ``<ms>-<tier>`` (the rest, spot-eligible). One Deployment cannot
+  express "N of these pods on on-demand, the rest anywhere": node affinity applies to
+  every pod of a template alike.
+* a **standby** Deployment ``<ms>-<tier>-standby`` (role ``standby``) when
+  ``prewarm.standby > 0``: warm replicas with the model loaded that the router does not
+  route to.
+* a headless **Service** ``<ms>-<tier>`` over the serving pods: the router balances by
+  its own SLO policy over pod addresses, so kube-proxy's load balancing would only get
+  in the way; the Service gives EndpointSlices and DNS per tier.
+* a **PodDisruptionBudget** ``<ms>-<tier>``: voluntary disruptions (drains, Karpenter
+  consolidation) take at most one serving pod of a tier at a time.
+
+Per service: the routing ConfigMap ``<ms>-routing`` (docs/contracts.md).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubetier.api.modelservice import GROUP, KIND, VERSION, ModelService, ModelServiceSpec, Tier
+from kubetier.operator import engines
+from kubetier.operator.model import (
+    CAPACITY_TYPE_LABEL,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    MANAGED_BY,
+    POOL_LABEL,
+    ROLE_LABEL,
+    ROUTING_CONFIG_LABEL,
+    SERVICE_LABEL,
+    TIER_LABEL,
+    ZONE_LABEL,
+    Observed,
+    OperatorConfig,
+)
+from kubetier.operator.profile import resolve_profile
+
+ROUTING_KEY = "routing.json"
+
+
+def desired(ms: ModelService, observed: Observed, config: OperatorConfig | None = None) -> list[dict[str, Any]]:
+    """All children of ``ms``; raises ``Unsatisfiable`` when the profile cannot be resolved."""
+    config = config or OperatorConfig()
+    profile = resolve_profile(ms.spec, observed.profile_configmap)
+    objects: list[dict[str, Any]] = [routing_configmap(ms, profile)]
+    for tier in ms.spec.tiers:
+        objects += tier_deployments(ms, tier, serving_replicas(tier, observed), config)
+        objects.append(tier_service(ms, tier))
+        objects.append(tier_pdb(ms, tier))
+    return objects
+
+
+# --------------------------------------------------------------------------- sizing
+
+
+def serving_replicas(tier: Tier, observed: Observed) -> int:
+    wanted = observed.tier_replicas.get(tier.name, tier.replicas.min)
+    return max(tier.replicas.min, min(tier.replicas.max, wanted))
+
+
+def pools(tier: Tier, total: int) -> list[tuple[str, int, str]]:
+    """(pool, replicas, placement) of a tier's serving Deployments.
+
+    placement is ``on-demand`` (required), ``either`` (spot or on-demand) or
+    ``prefer-spot``. The floor is on-demand whatever the policy; ``never`` is all floor.
+    """
+    policy = tier.capacity.spot
+    if policy == "never":
+        return [("main", total, "on-demand")]
+    placement = "either" if policy == "allowed" else "prefer-spot"
+    floor = tier.capacity.on_demand_floor
+    if floor == 0:
+        return [("main", total, placement)]
+    on_demand = min(floor, total)
+    return [("floor", on_demand, "on-demand"), ("main", total - on_demand, placement)]
+
+
+# --------------------------------------------------------------------------- naming and metadata
+
+
+def tier_object_name(ms: ModelService, tier: Tier, pool: str = "main") -> str:
+    base = f"{ms.name}-{tier.name}"
+    return base if pool == "main" else f"{base}-{pool}"
+
+
+def routing_configmap_name(ms: ModelService) -> str:
+    return f"{ms.name}-routing"
+
+
+def owner_reference(ms: ModelService) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": ms.name,
+        "uid": ms.metadata.get("uid", ""),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(ms: ModelService, tier: Tier | None = None, role: str | None = None) -> dict[str, str]:
+    out = {MANAGED_BY: "kubetier", SERVICE_LABEL: ms.name}
+    if tier is not None:
+        out[TIER_LABEL] = tier.name
+    if role is not None:
+        out[ROLE_LABEL] = role
+    return out
+
+
+def _metadata(ms: ModelService, name: str, object_labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": ms.namespace,
+        "labels": object_labels,
+        "ownerReferences": [owner_reference(ms)],
+    }
+
+
+# --------------------------------------------------------------------------- routing config
+
+
+def routing_document(ms: ModelService, profile: dict[str, Any]) -> dict[str, Any]:
+    spec = ms.spec
+    return {
+        "model": spec.model.name,
+        "namespace": ms.namespace,
+        "service": ms.name,
+        "tiers": [
+            {
+                "name": t.name,
+                "ttftMs": t.ttft_ms,
+                "tpotMs": t.tpot_ms,
+                "priority": t.priority,
+                "meanOutputTokens": t.mean_output_tokens,
+                "onLate": t.on_late,
+            }
+            for t in spec.tiers
+        ],
+        "profile": profile,
+        "access": [{"secretName": a.secret_ref.name, "tiers": list(a.tiers)} for a in spec.access],
+        "port": spec.engine.port,
+    }
+
+
+def routing_configmap(ms: ModelService, profile: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(ms, routing_configmap_name(ms), {**labels(ms), ROUTING_CONFIG_LABEL: "true"}),
+        "data": {
+            # sort_keys: the same spec always renders byte-identical data, so an
+            # unchanged service never looks changed.
+            ROUTING_KEY: json.dumps(routing_document(ms, profile), sort_keys=True, indent=2),
+            # The simulator engine reads its profile from here (JSON is valid YAML).
+            engines.PROFILE_FILE: json.dumps(profile, sort_keys=True, indent=2),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def node_affinity(spec: ModelServiceSpec, placement: str) -> dict[str, Any]:
+    capacity_types = ["on-demand"] if placement == "on-demand" else ["on-demand", "spot"]
+    required = [{"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": capacity_types}]
+    if spec.resources.gpu_product:
+        required.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [spec.resources.gpu_product]})
+    affinity: dict[str, Any] = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": required}]}
+    }
+    if placement == "prefer-spot":
+        affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
+            {"weight": 100, "preference": {"matchExpressions": [
+                {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": ["spot"]}]}}
+        ]
+    return affinity
+
+
+def tolerations(spec: ModelServiceSpec, placement: str) -> list[dict[str, Any]]:
+    out = []
+    if spec.resources.gpus_per_replica > 0:
+        out.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if placement != "on-demand":
+        # Some clusters taint spot nodes so that only workloads that accept preemption land there.
+        out.append({"key": CAPACITY_TYPE_LABEL, "operator": "Equal", "value": "spot", "effect": "NoSchedule"})
+    return out
+
+
+def container_resources(spec: ModelServiceSpec) -> dict[str, Any]:
+    r = spec.resources
+    # Quantities as strings: that is how the apiserver returns them, so the no-write
+    # comparison sees equal values.
+    requests = {"cpu": r.cpu, "memory": r.memory}
+    limits = {"memory": r.memory}
+    if r.gpus_per_replica > 0:
+        requests[GPU_RESOURCE] = str(r.gpus_per_replica)
+        limits[GPU_RESOURCE] = str(r.gpus_per_replica)
+    return {"requests": requests, "limits": limits}
+
+
+def pod_spec(ms: ModelService, tier: Tier, placement: str, pod_labels: dict[str, str], config: OperatorConfig) -> dict[str, Any]:
+    spec = ms.spec
+    port = spec.engine.port
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    container: dict[str, Any] = {
+        "name": "engine",
+        "image": engines.engine_image(spec, config),
+        "command": engines.engine_command(spec),
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "resources": container_resources(spec),
+        # Loading weights takes minutes: the startup probe covers it (up to 30 min) so
+        # liveness never kills a pod that is still loading.
+        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**health, "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 5},
+        # Stay up while the endpoint removal propagates, so no new request is routed to
+        # a pod that is about to receive SIGTERM; the engine then finishes in-flight work.
+        "lifecycle": {"preStop": {"sleep": {"seconds": config.pre_stop_sleep_seconds}}},
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    # Empty lists are left out: the apiserver omits them, and a field we send but the
+    # live object lacks would make every reconcile look like a change.
+    if spec.engine.env:
+        container["env"] = engines.engine_env(spec)
+    # Tensor-parallel workers exchange tensors through shared memory; the container
+    # default of 64 MiB is far too small.
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    if spec.engine.kind == "simulator":
+        container["volumeMounts"].append({"name": "profile", "mountPath": engines.PROFILE_MOUNT_DIR, "readOnly": True})
+        volumes.append({
+            "name": "profile",
+            "configMap": {"name": routing_configmap_name(ms), "items": [
+                {"key": engines.PROFILE_FILE, "path": engines.PROFILE_FILE}]},
+        })
+    selector_labels = {k: pod_labels[k] for k in (SERVICE_LABEL, TIER_LABEL, ROLE_LABEL)}
+    result: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "affinity": {"nodeAffinity": node_affinity(spec, placement)},
+        "topologySpreadConstraints": [{
+            "maxSkew": 1,
+            "topologyKey": ZONE_LABEL,
+            # GPUs are scarce and unevenly spread over zones: a hard constraint would
+            # leave replicas Pending while another zone has free GPUs. The scheduler
+            # still scores for an even spread.
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels},
+        }],
+        "terminationGracePeriodSeconds": config.pre_stop_sleep_seconds + config.termination_grace_seconds,
+        "enableServiceLinks": False,
+    }
+    if tolerations(spec, placement):
+        result["tolerations"] = tolerations(spec, placement)
+    return result
+
+
+def _deployment(ms: ModelService, tier: Tier, pool: str, role: str, replicas: int, placement: str,
+                config: OperatorConfig) -> dict[str, Any]:
+    pod_labels = {**labels(ms, tier, role), POOL_LABEL: pool}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(ms, tier_object_name(ms, tier, pool), pod_labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {k: v for k, v in pod_labels.items() if k != MANAGED_BY}},
+            # Add the new pod before removing an old one: a tier keeps its capacity
+            # during a rollout (at the price of one spare GPU replica).
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": pod_spec(ms, tier, placement, pod_labels, config),
+            },
+        },
+    }
+
+
+def tier_deployments(ms: ModelService, tier: Tier, total: int, config: OperatorConfig) -> list[dict[str, Any]]:
+    out = [_deployment(ms, tier, pool, "serving", n, placement, config) for pool, n, placement in pools(tier, total)]
+    if tier.prewarm.standby > 0:
+        # Standby capacity is spare: it goes where the tier's main pool may go.
+        placement = pools(tier, total)[-1][2]
+        out.append(_deployment(ms, tier, "standby", "standby", tier.prewarm.standby, placement, config))
+    return out
+
+
+def tier_service(ms: ModelService, tier: Tier) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(ms, tier_object_name(ms, tier), labels(ms, tier, "serving")),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {SERVICE_LABEL: ms.name, TIER_LABEL: tier.name, ROLE_LABEL: "serving"},
+            "ports": [{"name": "http", "port": ms.spec.engine.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def tier_pdb(ms: ModelService, tier: Tier) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(ms, tier_object_name(ms, tier), labels(ms, tier, "serving")),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": {SERVICE_LABEL: ms.name, TIER_LABEL: tier.name, ROLE_LABEL: "serving"}},
+            # A pod that never became ready (stuck loading) may always be evicted;
+            # otherwise it would block node drains.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def required_gpus(ms: ModelService, observed: Observed) -> dict[str, int]:
+    """GPUs the spec asks for: total, and on on-demand capacity only."""
+    per = ms.spec.resources.gpus_per_replica
+    total = on_demand = 0
+    for tier in ms.spec.tiers:
+        for _pool, n, placement in pools(tier, serving_replicas(tier, observed)):
+            total += n * per
+            on_demand += n * per if placement == "on-demand" else 0
+        total += tier.prewarm.standby * per
+    return {"total": total, "onDemand": on_demand}

@@ -1,0 +1,48 @@
+"""``kubetier operator``: run the ModelService operator (kopf).
+
+    kubetier operator --kubeconfig ~/.kube/config --all-namespaces
+    kubetier operator --namespace team-a --standalone
+
+In a pod it logs in with its ServiceAccount; elsewhere with ``--kubeconfig`` (or
+$KUBECONFIG, or ~/.kube/config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kubetier operator", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", metavar="NS",
+                       help="watch only this namespace (repeatable; kopf globs allowed)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--standalone", action="store_true",
+                        help="no kopf peering: assume this is the only operator instance")
+    parser.add_argument("--liveness", metavar="URL", default=None,
+                        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+
+    if args.kubeconfig:
+        if not os.path.exists(args.kubeconfig):
+            parser.error(f"--kubeconfig: no such file: {args.kubeconfig}")
+        os.environ["KUBECONFIG"] = args.kubeconfig
+
+    import kopf
+
+    import kubetier.operator.handlers  # noqa: F401  (registers the handlers)
+    from kubetier.operator.model import OperatorConfig
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        standalone=args.standalone,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(config=OperatorConfig.from_env()),
+    )
+    return 0

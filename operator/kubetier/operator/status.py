@@ -1,0 +1,242 @@
+"""A ModelService's status, computed purely from the spec and what was observed.
+
+Conditions follow ``metav1.Condition``; ``Ready`` rolls up the others:
+
+* ``Degraded``: the spec cannot be satisfied as it stands (profile missing or invalid,
+  not enough schedulable GPUs of the product, no node big enough for one replica).
+* ``Progressing``: some tier has fewer pods, ready pods or updated pods than it should.
+* ``SLOAtRisk``: a tier's observed attainment is below its target, or a tier that
+  should serve has no ready replica; ``Unknown`` until the router reports attainment.
+* ``Ready``: not Degraded and every tier has all its serving replicas ready.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from kubetier.api.modelservice import ModelService
+from kubetier.operator.desired import pools, required_gpus, serving_replicas, tier_object_name
+from kubetier.operator.model import (
+    CAPACITY_TYPE_LABEL,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    ROLE_LABEL,
+    SERVICE_LABEL,
+    TIER_LABEL,
+    Observed,
+    OperatorConfig,
+)
+from kubetier.operator.profile import Unsatisfiable
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "SLOAtRisk")
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or ()
+    )
+
+
+def _gpus(node: dict[str, Any]) -> int:
+    raw = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
+    try:
+        return int(str(raw))
+    except ValueError:
+        return 0
+
+
+def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
+    node_capacity = {
+        n["metadata"]["name"]: _labels(n).get(CAPACITY_TYPE_LABEL) for n in observed.nodes
+    }
+    out = []
+    for tier in ms.spec.tiers:
+        pods = [
+            p for p in observed.pods
+            if _labels(p).get(SERVICE_LABEL) == ms.name and _labels(p).get(TIER_LABEL) == tier.name
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+        serving = [p for p in pods if _labels(p).get(ROLE_LABEL) == "serving"]
+        standby = [p for p in pods if _labels(p).get(ROLE_LABEL) == "standby"]
+        entry: dict[str, Any] = {
+            "name": tier.name,
+            "replicas": len(serving),
+            "readyReplicas": sum(_pod_ready(p) for p in serving),
+            "standbyReplicas": sum(_pod_ready(p) for p in standby),
+            "spotReplicas": sum(
+                node_capacity.get((p.get("spec") or {}).get("nodeName", "")) == "spot" for p in serving
+            ),
+        }
+        if tier.name in observed.attainment:
+            entry["attainmentPercent"] = round(float(observed.attainment[tier.name]), 2)
+        out.append(entry)
+    return out
+
+
+def capacity_problem(ms: ModelService, observed: Observed) -> Unsatisfiable | None:
+    """Whether the cluster's nodes can hold the spec at all (allocatable, not free, GPUs)."""
+    per = ms.spec.resources.gpus_per_replica
+    if per == 0:
+        return None
+    product = ms.spec.resources.gpu_product
+    what = f"nvidia.com/gpu ({product})" if product else "nvidia.com/gpu"
+    nodes = [
+        n for n in observed.nodes
+        if not (n.get("spec") or {}).get("unschedulable")
+        and (product is None or _labels(n).get(GPU_PRODUCT_LABEL) == product)
+    ]
+    if not any(_gpus(n) >= per for n in nodes):
+        return Unsatisfiable(
+            "NoNodeFitsReplica",
+            f"spec.resources.gpusPerReplica: no schedulable node has {per} allocatable {what}",
+        )
+    need = required_gpus(ms, observed)
+    usable = sum(_gpus(n) // per * per for n in nodes)
+    if need["total"] > usable:
+        return Unsatisfiable(
+            "InsufficientGPUs",
+            f"spec.tiers: replicas and standby need {need['total']} {what}, "
+            f"schedulable nodes have {usable} allocatable",
+        )
+    on_demand = sum(_gpus(n) // per * per for n in nodes if _labels(n).get(CAPACITY_TYPE_LABEL) == "on-demand")
+    if need["onDemand"] > on_demand:
+        return Unsatisfiable(
+            "InsufficientOnDemandGPUs",
+            f"spec.tiers: on-demand replicas (spot: never, onDemandFloor) need {need['onDemand']} {what}, "
+            f"on-demand nodes have {on_demand} allocatable",
+        )
+    return None
+
+
+def _rollout_incomplete(ms: ModelService, observed: Observed) -> list[str]:
+    """Names of this service's Deployments whose rollout has not finished."""
+    late = []
+    for (kind, name), obj in observed.children.items():
+        if kind != "Deployment":
+            continue
+        want = (obj.get("spec") or {}).get("replicas", 1)
+        st = obj.get("status") or {}
+        if (
+            st.get("observedGeneration", 0) < obj["metadata"].get("generation", 0)
+            or st.get("updatedReplicas", 0) < want
+            or st.get("availableReplicas", 0) < want
+            or st.get("replicas", 0) > want
+        ):
+            late.append(name)
+    return sorted(late)
+
+
+def _timestamp(now: dt.datetime) -> str:
+    return now.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def compute_status(
+    ms: ModelService,
+    observed: Observed,
+    now: dt.datetime,
+    config: OperatorConfig | None = None,
+    spec_problem: Unsatisfiable | None = None,
+    current: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole ``status`` in wire form. ``spec_problem`` is what rendering raised;
+    ``current`` the status as stored (its lastTransitionTimes are kept when unchanged)."""
+    config = config or OperatorConfig()
+    generation = ms.metadata.get("generation", 0)
+    tiers = tier_statuses(ms, observed)
+    by_name = {t["name"]: t for t in tiers}
+    problem = spec_problem or capacity_problem(ms, observed)
+
+    short: list[str] = []  # tiers below their expected serving replicas
+    for tier in ms.spec.tiers:
+        want = serving_replicas(tier, observed)
+        have = by_name[tier.name]
+        if have["readyReplicas"] < want or have["replicas"] != want or have["standbyReplicas"] < tier.prewarm.standby:
+            short.append(f"{tier.name} {have['readyReplicas']}/{want} ready")
+    missing = [
+        name for tier in ms.spec.tiers for pool, _n, _p in pools(tier, serving_replicas(tier, observed))
+        if ("Deployment", name := tier_object_name(ms, tier, pool)) not in observed.children
+    ]
+    late = _rollout_incomplete(ms, observed)
+
+    conds: dict[str, tuple[str, str, str]] = {}
+    if problem:
+        conds["Degraded"] = ("True", problem.reason, problem.message)
+    else:
+        conds["Degraded"] = ("False", "AsExpected", "the spec fits the cluster")
+    if missing:
+        conds["Progressing"] = ("True", "Creating", "waiting for Deployments: " + ", ".join(sorted(missing)))
+    elif short or late:
+        conds["Progressing"] = ("True", "RollingOut", "; ".join(short + [f"rollout of {n}" for n in late]))
+    else:
+        conds["Progressing"] = ("False", "Complete", "every tier runs its desired replicas")
+
+    below = [
+        f"{t.name} {by_name[t.name]['attainmentPercent']}% < {t.attainment_percent:g}%"
+        for t in ms.spec.tiers
+        if "attainmentPercent" in by_name[t.name] and by_name[t.name]["attainmentPercent"] < t.attainment_percent
+    ]
+    dark = [t.name for t in ms.spec.tiers if serving_replicas(t, observed) > 0 and by_name[t.name]["readyReplicas"] == 0]
+    if below:
+        conds["SLOAtRisk"] = ("True", "AttainmentBelowTarget", "; ".join(below))
+    elif dark:
+        conds["SLOAtRisk"] = ("True", "NoReadyReplicas", "no ready replica in tier(s): " + ", ".join(dark))
+    elif not observed.attainment:
+        conds["SLOAtRisk"] = ("Unknown", "NoMeasurements", "the router has not reported attainment yet")
+    else:
+        conds["SLOAtRisk"] = ("False", "AttainmentMet", "every tier meets its attainment target")
+
+    if problem:
+        conds["Ready"] = ("False", "Degraded", problem.message)
+    elif short or missing:
+        conds["Ready"] = ("False", "TiersNotReady", "; ".join(short) or "children are being created")
+    else:
+        conds["Ready"] = ("True", "AllTiersReady", "every tier has all its serving replicas ready")
+
+    if current is None and ms.status is not None:
+        current = ms.status.wire()
+    previous = {c.get("type"): c for c in (current or {}).get("conditions") or ()}
+    conditions = []
+    for ctype in CONDITION_TYPES:
+        status, reason, message = conds[ctype]
+        before = previous.get(ctype)
+        since = before["lastTransitionTime"] if before and before.get("status") == status else _timestamp(now)
+        conditions.append({
+            "type": ctype, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since, "observedGeneration": generation,
+        })
+    router_ns = config.router_namespace or ms.namespace
+    return {
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "tiers": tiers,
+        "endpoint": f"http://{config.router_service}.{router_ns}.svc:{config.router_port}/v1",
+    }
+
+
+def status_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    current = current or {}
+    return any(current.get(key) != value for key, value in new.items())
+
+
+def transitions(current: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, str]]:
+    """Events to post: one per condition whose status or reason changed."""
+    before = {c.get("type"): c for c in (current or {}).get("conditions") or ()}
+    events = []
+    for cond in new["conditions"]:
+        old = before.get(cond["type"])
+        if old and (old.get("status"), old.get("reason")) == (cond["status"], cond["reason"]):
+            continue
+        bad = (cond["type"] in ("Degraded", "SLOAtRisk") and cond["status"] == "True") or (
+            cond["type"] == "Ready" and cond["status"] == "False" and cond["reason"] == "Degraded")
+        events.append({
+            "type": "Warning" if bad else "Normal",
+            "reason": cond["reason"],
+            "message": f"{cond['type']}={cond['status']}: {cond['message']}"[:1024],
+        })
+    return events

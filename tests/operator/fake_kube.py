@@ -1,0 +1,228 @@
+"""A small in-memory Kubernetes API over real HTTP on 127.0.0.1 (stdlib only).
+
+Enough of the API for the reconcile: GET/LIST (label selectors), server-side apply
+(PATCH application/apply-patch+yaml creates or merges), merge-patch of the status
+subresource, POST (events), DELETE. Like the apiserver it fills in defaults we never
+send (imagePullPolicy, clusterIPs, ...) and bumps metadata.generation on spec changes,
+so "nothing to change" is tested against a live object that is a superset of ours.
+Every request is recorded, to count writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+KINDS = {
+    "configmaps": "ConfigMap", "services": "Service", "pods": "Pod", "events": "Event", "nodes": "Node",
+    "deployments": "Deployment", "poddisruptionbudgets": "PodDisruptionBudget", "modelservices": "ModelService",
+}
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """JSON merge patch (RFC 7386)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(base) if isinstance(base, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge(out.get(key), value)
+    return out
+
+
+def _server_defaults(obj: dict[str, Any]) -> None:
+    kind = obj.get("kind")
+    if kind == "Deployment":
+        spec = obj["spec"]
+        spec.setdefault("progressDeadlineSeconds", 600)
+        pod = spec["template"]["spec"]
+        pod.setdefault("restartPolicy", "Always")
+        pod.setdefault("dnsPolicy", "ClusterFirst")
+        pod.setdefault("schedulerName", "default-scheduler")
+        for c in pod["containers"]:
+            c.setdefault("imagePullPolicy", "IfNotPresent")
+            c.setdefault("terminationMessagePath", "/dev/termination-log")
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in c:
+                    c[probe].setdefault("successThreshold", 1)
+                    c[probe].setdefault("timeoutSeconds", 1)
+                    c[probe]["httpGet"].setdefault("scheme", "HTTP")
+            # The apiserver rewrites quantities canonically: "1.5" -> "1500m".
+            for section in c.get("resources", {}).values():
+                for key, value in section.items():
+                    if value == "0.5":
+                        section[key] = "500m"
+    elif kind == "Service":
+        spec = obj["spec"]
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("sessionAffinity", "None")
+        spec["clusterIPs"] = [spec.get("clusterIP", "10.0.0.1")]
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._rv = itertools.count(1)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "FakeKube":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # ------------------------------------------------------------------ test helpers
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("generation", 1)
+        meta["resourceVersion"] = str(next(self._rv))
+        meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+        with self._lock:
+            self.objects[(obj["kind"], meta.get("namespace"), meta["name"])] = obj
+        return obj
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self.objects.get((kind, namespace, name))
+            return copy.deepcopy(found)
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [copy.deepcopy(o) for (k, _, _), o in self.objects.items() if k == kind]
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [r for r in self.requests if r[0] != "GET"]
+
+    def reset_requests(self) -> None:
+        self.requests.clear()
+
+    # ------------------------------------------------------------------ HTTP
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _send(self, code: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> Any:
+                length = int(self.headers.get("Content-Length") or 0)
+                return json.loads(self.rfile.read(length) or b"null")
+
+            def _route(self) -> tuple[str, str | None, str | None, str | None, dict[str, list[str]]]:
+                url = urlsplit(self.path)
+                parts = [p for p in url.path.split("/") if p]
+                parts = parts[2:] if parts[0] == "api" else parts[3:]
+                namespace = None
+                if parts and parts[0] == "namespaces" and len(parts) > 2:
+                    namespace, parts = parts[1], parts[2:]
+                kind = KINDS[parts[0]]
+                name = parts[1] if len(parts) > 1 else None
+                sub = parts[2] if len(parts) > 2 else None
+                return kind, namespace, name, sub, parse_qs(url.query)
+
+            def _not_found(self, what: str) -> None:
+                self._send(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "message": what})
+
+            def do_GET(self) -> None:
+                fake.requests.append(("GET", self.path))
+                kind, ns, name, _sub, query = self._route()
+                if name:
+                    obj = fake.get(kind, ns, name)
+                    return self._send(200, obj) if obj else self._not_found(name)
+                selector = dict(
+                    term.split("=", 1) for term in (query.get("labelSelector", [""])[0]).split(",") if term)
+                with fake._lock:
+                    items = [
+                        copy.deepcopy(o) for (k, n, _), o in fake.objects.items()
+                        if k == kind and (ns is None or n == ns)
+                        and all(o["metadata"].get("labels", {}).get(a) == b for a, b in selector.items())
+                    ]
+                for item in items:  # like the apiserver: list items carry no kind
+                    item.pop("kind", None)
+                self._send(200, {"kind": f"{kind}List", "items": items})
+
+            def do_PATCH(self) -> None:
+                fake.requests.append(("PATCH", self.path))
+                kind, ns, name, sub, _query = self._route()
+                body = self._body()
+                ctype = self.headers.get("Content-Type", "")
+                current = fake.get(kind, ns, name)
+                if sub == "status":
+                    if current is None:
+                        return self._not_found(name)
+                    current["status"] = _merge(current.get("status"), body["status"])
+                    current["metadata"]["resourceVersion"] = str(next(fake._rv))
+                    with fake._lock:
+                        fake.objects[(kind, ns, name)] = current
+                    return self._send(200, current)
+                if ctype != "application/apply-patch+yaml":
+                    if current is None:
+                        return self._not_found(name)
+                    merged = _merge(current, body)
+                    with fake._lock:
+                        fake.objects[(kind, ns, name)] = merged
+                    return self._send(200, merged)
+                applied = copy.deepcopy(body)
+                _server_defaults(applied)
+                if current is None:
+                    return self._send(201, fake.put(applied))
+                merged = copy.deepcopy(current)
+                merged["metadata"] = _merge(current["metadata"], applied["metadata"])
+                for key, value in applied.items():
+                    if key not in ("metadata", "status", "apiVersion", "kind"):
+                        merged[key] = value
+                if merged.get("spec") != current.get("spec"):
+                    merged["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
+                merged["metadata"]["resourceVersion"] = str(next(fake._rv))
+                with fake._lock:
+                    fake.objects[(kind, ns, name)] = merged
+                self._send(200, merged)
+
+            def do_POST(self) -> None:
+                fake.requests.append(("POST", self.path))
+                kind, ns, _name, _sub, _q = self._route()
+                obj = self._body()
+                obj.setdefault("kind", kind)
+                meta = obj.setdefault("metadata", {})
+                if "generateName" in meta and "name" not in meta:
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:8]
+                meta.setdefault("namespace", ns)
+                self._send(201, fake.put(obj))
+
+            def do_DELETE(self) -> None:
+                fake.requests.append(("DELETE", self.path))
+                kind, ns, name, _sub, _q = self._route()
+                with fake._lock:
+                    gone = fake.objects.pop((kind, ns, name), None)
+                self._send(200, gone) if gone else self._not_found(name)
+
+        return Handler
