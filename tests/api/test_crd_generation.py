@@ -73,9 +73,12 @@ def test_cel_rules_sit_on_lists_bounded_for_cost():
 def test_defaults_live_in_the_schema():
     spec = _ms_schema()["properties"]["spec"]["properties"]
     tier = spec["tiers"]["items"]["properties"]
-    assert spec["engine"]["default"] == {} and spec["engine"]["properties"]["kind"]["default"] == "vllm"
+    assert spec["engine"]["default"]["kind"] == "vllm" and spec["engine"]["properties"]["kind"]["default"] == "vllm"
     assert spec["latencyProfile"]["default"] == {"builtin": "llama-3.1-8b-h100"}
-    assert tier["capacity"]["default"] == {} and tier["capacity"]["properties"]["spot"]["default"] == "never"
+    assert tier["capacity"]["default"] == {"spot": "never", "onDemandFloor": 0}
+    assert tier["capacity"]["properties"]["spot"]["default"] == "never"
+    # a defaulted object with a CEL rule must satisfy it (the apiserver checks defaults)
+    assert tier["replicas"]["default"] == {"min": 1, "max": 4}
     assert tier["capacity"]["properties"]["spot"]["enum"] == ["never", "allowed", "preferred"]
     assert tier["onLate"]["enum"] == ["reject", "queue"]
     assert tier["ttftMs"]["minimum"] == 0 and tier["ttftMs"]["exclusiveMinimum"] is True

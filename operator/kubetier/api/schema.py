@@ -77,8 +77,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if out.get("type") == "object" and "properties" in out:
         required = set(out.get("required", ()))
         for name, sub in out["properties"].items():
-            # An optional nested object whose fields all have defaults defaults to {}, so
-            # the apiserver fills its fields in too and GitOps diffs stay clean.
+            # An optional nested object whose fields all have defaults defaults to those
+            # defaults, so the apiserver fills its fields in too and GitOps diffs stay
+            # clean. Not `{}`: the apiserver checks a default against the object's CEL
+            # rules as written, and `self.min <= self.max` fails on `{}` ("no such key").
             if (
                 name not in required
                 and "default" not in sub
@@ -86,7 +88,7 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 and "properties" in sub
                 and not sub.get("required")
             ):
-                sub["default"] = {}
+                sub["default"] = {k: copy.deepcopy(v["default"]) for k, v in sub["properties"].items() if "default" in v}
                 out["properties"][name] = _ordered(sub)
         if not out.get("required"):
             out.pop("required", None)
