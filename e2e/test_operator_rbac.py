@@ -41,8 +41,9 @@ def test_a_missing_permission_makes_reconcile_fail(kubectl: Kubectl, kubeconfig,
     sa, role = "kubetier-operator-crippled", "kubetier-operator-crippled-e2e"
     objs = operator_rbac_objects(OPERATOR_NAMESPACE, sa, role)
     rules = objs[0]["rules"]
-    kept = [r for r in rules if not ({"deployments", "statefulsets"} & set(r.get("resources", [])))]
-    assert len(kept) < len(rules), f"no rule grants deployments/statefulsets: {rules}"
+    workload_kinds = {"pods", "deployments", "statefulsets"}
+    kept = [r for r in rules if not (workload_kinds & set(r.get("resources", [])))]
+    assert len(kept) < len(rules), f"no rule grants any of {sorted(workload_kinds)}: {rules}"
     objs[0]["rules"] = kept
     kubectl.apply([{"apiVersion": "v1", "kind": "ServiceAccount",
                     "metadata": {"name": sa, "namespace": OPERATOR_NAMESPACE}}, *objs])

@@ -160,12 +160,14 @@ def test_deleting_the_service_removes_every_child(kubectl: Kubectl, crds, operat
     children = kubectl.items(CHILD_KINDS, namespace, f"{SERVICE_LABEL}=gone")
     kinds = {c["kind"] for c in children}
     assert "Pod" in kinds and "ConfigMap" in kinds, kinds
+    # every child is owned by the ModelService, directly or through another child
+    uids = {c["metadata"]["uid"] for c in children}
+    ms_uid = kubectl.json("get", "modelservice", "gone", "-n", namespace)["metadata"]["uid"]
     for child in children:
-        if child["kind"] in ("Pod", "ReplicaSet"):
-            continue  # owned by a workload, not by the ModelService directly
         owners = child["metadata"].get("ownerReferences") or []
-        assert any(o["kind"] == "ModelService" and o["name"] == "gone" and o.get("controller") for o in owners), (
-            f"{child['kind']}/{child['metadata']['name']} has no controller ownerReference to the ModelService")
+        assert any(o["uid"] == ms_uid and o.get("controller") for o in owners) or any(
+            o["uid"] in uids for o in owners), (
+            f"{child['kind']}/{child['metadata']['name']} is not owned by the ModelService: {owners}")
 
     kubectl("delete", "modelservice", "gone", "-n", namespace, "--wait=true", "--timeout=60s")
     wait_until(lambda: not kubectl.items(CHILD_KINDS, namespace, f"{SERVICE_LABEL}=gone"),

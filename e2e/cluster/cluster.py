@@ -63,6 +63,10 @@ class ClusterError(RuntimeError):
     """A step failed; the message says which and what to do."""
 
 
+class InstallError(ClusterError):
+    """An ingredient could not be built or unpacked."""
+
+
 def log(msg: str) -> None:
     print(f"[cluster {time.monotonic() - _T0:6.1f}s] {msg}", flush=True)
 
@@ -134,7 +138,7 @@ def run_with_progress(cmd: list[str], what: str, cwd: Path | None = None, env: d
 def go_env() -> dict:
     go = shutil.which("go")
     if not go:
-        raise ClusterError(
+        raise InstallError(
             "the Go toolchain (>= 1.26) is needed to build the control plane from the Go module proxy: "
             "install Go from https://go.dev/dl or your package manager, then re-run `make cluster-up`"
         )
@@ -244,10 +248,7 @@ INGREDIENTS = [
     Ingredient("etcd", ("etcd",), f"etcd Version: {ETCD_VERSION}", _version_flag, _build_etcd),
     Ingredient("kubernetes", ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
                f"Kubernetes {K8S_VERSION}", _version_flag, _build_k8s),
-    # kwok's own --version is stamped by its Makefile, not by `go install`; the module
-    # version recorded in the binary's build info is what `go install @v` guarantees.
-    Ingredient("kwok", ("kwok", "kwokctl"), f"sigs.k8s.io/kwok\t{KWOK_VERSION}",
-               lambda p: ["go", "version", "-m", str(p)], _build_kwok),
+    Ingredient("kwok", ("kwok", "kwokctl"), f"version {KWOK_VERSION}", _version_flag, _build_kwok),
 ]
 
 
@@ -260,12 +261,10 @@ def install() -> None:
             with phase(f"build/unpack {ing.name}"):
                 try:
                     ing.build()
-                except ClusterError:
-                    raise
-                except Exception as exc:  # a broken download or archive: name the ingredient
-                    raise ClusterError(f"installing {ing.name} failed: {exc!r}") from exc
+                except Exception as exc:  # a failed build, download or archive: name the ingredient
+                    raise InstallError(f"installing {ing.name} failed: {exc}") from exc
             if not ing.installed():
-                raise ClusterError(f"{ing.name} was built but its version check does not show {ing.want!r}")
+                raise InstallError(f"{ing.name} was built but its version check does not show {ing.want!r}")
 
 
 def missing_ingredients() -> list[str]:
@@ -294,6 +293,9 @@ def _config_file() -> Path:
             "kubectlBinary": str(BIN / "kubectl"),
             "kubeAuthorization": True,
             "kubeAdmission": True,
+            # the versions of the binaries above, so kwokctl renders flags for them
+            "kubeVersion": K8S_VERSION,
+            "etcdVersion": ETCD_VERSION,
         },
     }
     path = CACHE / "kwokctl-config.yaml"
@@ -392,8 +394,7 @@ def gpu_node(name: str, capacity_type: str, zone: str) -> dict:
             },
         },
         "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-        "status": {"capacity": resources, "allocatable": resources,
-                   "nodeInfo": {"kubeletVersion": "fake", "architecture": "amd64", "operatingSystem": "linux"}},
+        "status": {"capacity": resources, "allocatable": resources},
     }
 
 
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if missing else 0
     except ClusterError as exc:
         print(f"cluster.py {args.command}: error: {exc}", file=sys.stderr)
-        if not IN_CI and args.command in ("install", "up"):
+        if isinstance(exc, InstallError) and not IN_CI:
             print("hint: a cold build needs Go >= 1.26 and access to the Go module proxy and PyPI; "
                   "re-run `make cluster-up` once they are available", file=sys.stderr)
         return 1
