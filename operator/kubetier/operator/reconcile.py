@@ -21,7 +21,7 @@ from kubetier.operator.diff import covers, first_difference
 from kubetier.operator.kube import CHILD_KINDS, KubeApi
 from kubetier.operator.model import FIELD_MANAGER, SERVICE_LABEL, Observed, OperatorConfig
 from kubetier.operator.profile import Unsatisfiable
-from kubetier.operator.status import compute_status, status_changed, transitions
+from kubetier.operator.status import capacity_problem, compute_status, status_changed, transitions
 
 log = logging.getLogger("kubetier.operator")
 
@@ -156,6 +156,7 @@ async def reconcile(api: KubeApi, body: dict[str, Any], config: OperatorConfig, 
             await api.delete(key[0], ms.namespace, key[1])
             outcome.deleted.append(f"{key[0]}/{key[1]}")
 
+    outcome.problem = outcome.problem or capacity_problem(ms, observed)
     new_status = compute_status(ms, observed, now, config, outcome.problem, current=body.get("status"))
     await _write_status(api, body, new_status, now, outcome)
     return outcome

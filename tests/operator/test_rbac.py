@@ -1,0 +1,70 @@
+"""kubetier.operator.rbac allows every request the reconcile makes, and no more than
+the operator needs (checked by replaying a reconcile's recorded HTTP requests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import urlsplit
+
+from conftest import cluster_nodes, sample_body
+from kubetier.operator.kube import KubeApi
+from kubetier.operator.model import OperatorConfig
+from kubetier.operator.rbac import RULES, cluster_role
+from kubetier.operator.reconcile import reconcile
+
+
+def allowed(group: str, resource: str, verb: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in RULES)
+
+
+def request_to_rbac(method: str, path: str, existed: bool) -> list[tuple[str, str, str]]:
+    parts = [p for p in urlsplit(path).path.split("/") if p]
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if rest[0] == "namespaces" and len(rest) > 2:
+        rest = rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    named = len(rest) > 1
+    verb = {"GET": "get" if named else "list", "POST": "create", "DELETE": "delete", "PATCH": "patch"}[method]
+    needed = [(group, resource, verb)]
+    if method == "PATCH" and not existed and "/" not in resource:
+        needed.append((group, resource, "create"))  # an apply that creates also needs create
+    return needed
+
+
+async def test_every_request_of_a_reconcile_is_allowed(fake_kube):
+    for node in cluster_nodes():
+        fake_kube.put(node)
+    body = sample_body()
+    fake_kube.put(body)
+    api = KubeApi.for_url(fake_kube.url)
+    try:
+        await reconcile(api, fake_kube.get("ModelService", "default", "llama-8b"), OperatorConfig(),
+                        dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+        first = list(fake_kube.requests)
+        fake_kube.reset_requests()
+        body = fake_kube.get("ModelService", "default", "llama-8b")
+        body["spec"]["tiers"][0]["prewarm"]["standby"] = 0  # forces a prune (DELETE)
+        fake_kube.objects[("ModelService", "default", "llama-8b")] = body
+        await reconcile(api, body, OperatorConfig(), dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc))
+        second = list(fake_kube.requests)
+    finally:
+        await api.aclose()
+    verbs_seen = set()
+    for i, (method, path) in enumerate(first + second):
+        for need in request_to_rbac(method, path, existed=i >= len(first)):
+            assert allowed(*need), f"{method} {path} needs {need}, which rbac.RULES lacks"
+            verbs_seen.add(need)
+    assert ("apps", "deployments", "delete") in verbs_seen and ("", "events", "create") in verbs_seen
+
+
+def test_least_privilege():
+    for rule in RULES:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        # the operator never reads or writes Secrets (the router does), nor escalates RBAC
+        assert "secrets" not in rule["resources"]
+        assert not {"rbac.authorization.k8s.io"} & set(rule["apiGroups"])
+    assert not allowed("", "pods", "delete") and not allowed("", "nodes", "patch")
+    # kopf's own needs
+    assert allowed("kubetier.io", "modelservices", "watch") and allowed("kubetier.io", "modelservices", "patch")
+    assert allowed("apiextensions.k8s.io", "customresourcedefinitions", "watch")
+    assert cluster_role()["rules"] == RULES

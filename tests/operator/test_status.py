@@ -1,0 +1,93 @@
+"""compute_status / capacity_problem / transitions: pure, with the clock as a parameter."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from conftest import cluster_nodes, gpu_node, parse, sample_body
+from kubetier.operator.desired import desired
+from kubetier.operator.model import Observed
+from kubetier.operator.status import capacity_problem, compute_status, status_changed, transitions
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def conds(status):
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def ready_pods(ms, tier, n, role="serving", node="od-a"):
+    return [{"metadata": {"name": f"{tier}-{role}-{i}", "labels": {
+        "kubetier.io/service": ms.name, "kubetier.io/tier": tier, "kubetier.io/role": role}},
+        "spec": {"nodeName": node}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+        for i in range(n)]
+
+
+def all_up(ms):
+    children = {}
+    for o in desired(ms, Observed()):
+        if o["kind"] == "Deployment":
+            n = o["spec"]["replicas"]
+            o["status"] = {"observedGeneration": 1, "replicas": n, "updatedReplicas": n, "availableReplicas": n}
+        children[(o["kind"], o["metadata"]["name"])] = o
+    for o in children.values():
+        o["metadata"]["generation"] = 1
+    pods = (ready_pods(ms, "interactive", 2) + ready_pods(ms, "interactive", 1, "standby")
+            + ready_pods(ms, "standard", 2) + ready_pods(ms, "batch", 1, node="spot-a"))
+    return Observed(children=children, pods=pods, nodes=cluster_nodes())
+
+
+def test_everything_up_is_ready_and_slo_unknown_without_measurements():
+    ms = parse(sample_body())
+    status = compute_status(ms, all_up(ms), NOW)
+    assert conds(status) == {
+        "Ready": ("True", "AllTiersReady"), "Progressing": ("False", "Complete"),
+        "Degraded": ("False", "AsExpected"), "SLOAtRisk": ("Unknown", "NoMeasurements"),
+    }
+    assert [c["type"] for c in status["conditions"]] == ["Ready", "Progressing", "Degraded", "SLOAtRisk"]
+    assert all(set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
+               for c in status["conditions"])
+    assert {t["name"]: t["spotReplicas"] for t in status["tiers"]} == {"interactive": 0, "standard": 0, "batch": 1}
+
+
+def test_attainment_below_target_is_slo_at_risk():
+    ms = parse(sample_body())
+    up = all_up(ms)
+    observed = Observed(children=up.children, pods=up.pods, nodes=up.nodes,
+                        attainment={"interactive": 91.5, "standard": 97.0, "batch": 99.0})
+    status = compute_status(ms, observed, NOW)
+    assert conds(status)["SLOAtRisk"] == ("True", "AttainmentBelowTarget")
+    assert "interactive 91.5% < 95%" in next(c for c in status["conditions"] if c["type"] == "SLOAtRisk")["message"]
+    assert status["tiers"][0]["attainmentPercent"] == 91.5
+    assert conds(status)["Ready"] == ("True", "AllTiersReady")  # SLO risk is not part of the rollup
+
+
+def test_last_transition_time_only_moves_on_change():
+    ms = parse(sample_body())
+    first = compute_status(ms, Observed(nodes=cluster_nodes()), NOW)
+    later = NOW + dt.timedelta(minutes=5)
+    same = compute_status(ms, Observed(nodes=cluster_nodes()), later, current=first)
+    assert same == first and not status_changed(first, same) and transitions(first, same) == []
+    up = compute_status(ms, all_up(ms), later, current=first)
+    ready = next(c for c in up["conditions"] if c["type"] == "Ready")
+    degraded = next(c for c in up["conditions"] if c["type"] == "Degraded")
+    assert ready["lastTransitionTime"] == "2026-11-23T12:05:00Z"
+    assert degraded["lastTransitionTime"] == "2026-11-23T12:00:00Z"
+    events = transitions(first, up)
+    assert {e["reason"] for e in events} == {"AllTiersReady", "Complete", "NoMeasurements"}
+    assert all(e["type"] == "Normal" for e in events)
+
+
+def test_capacity_problems_name_the_field():
+    ms = parse(sample_body())
+    assert capacity_problem(ms, Observed(nodes=cluster_nodes())) is None
+    # 2+1 interactive + 2 standard + 1 batch = 6 GPUs, 3 of them (interactive 2 + floor 1) on-demand
+    small = capacity_problem(ms, Observed(nodes=[gpu_node("a", gpus=4)]))
+    assert small.reason == "InsufficientGPUs" and "need 6" in small.message and "spec.tiers" in small.message
+    spot_only = capacity_problem(ms, Observed(nodes=[gpu_node("s", gpus=8, capacity="spot")]))
+    assert spot_only.reason == "InsufficientOnDemandGPUs" and "need 3" in spot_only.message
+    wrong_product = capacity_problem(ms, Observed(nodes=[gpu_node("a", product="NVIDIA-A10G")]))
+    assert wrong_product.reason == "NoNodeFitsReplica" and "gpusPerReplica" in wrong_product.message
+    cordoned = gpu_node("a")
+    cordoned["spec"] = {"unschedulable": True}
+    assert capacity_problem(ms, Observed(nodes=[cordoned])).reason == "NoNodeFitsReplica"
