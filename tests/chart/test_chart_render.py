@@ -85,10 +85,13 @@ def test_defaults(render):
     c = op["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "ghcr.io/kubetier/kubetier:0.1.0"
     assert c["command"] == ["kubetier", "operator"]
-    assert "--all-namespaces" in c["args"] and "--standalone" in c["args"]
-    assert f"--router-url=http://kubetier-router.{NAMESPACE}.svc:8080/v1" in c["args"]
-    annotations = op["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "9090"
+    assert c["args"] == ["--all-namespaces", "--standalone", "--liveness=http://0.0.0.0:8081/healthz"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    # status.endpoint = http://<service>.<namespace>.svc:<port>/v1
+    assert (env["KUBETIER_ROUTER_SERVICE"], env["KUBETIER_ROUTER_NAMESPACE"], env["KUBETIER_ROUTER_PORT"]) == (
+        "kubetier-router", NAMESPACE, "8080")
+    assert env["KUBETIER_SIMULATOR_IMAGE"] == c["image"]
+    assert c["livenessProbe"]["httpGet"]["port"] == "health" and c["ports"][0]["containerPort"] == 8081
     svc = one(objs, "Service", "kubetier-router")
     assert svc["spec"]["ports"][0]["port"] == 8080
     router = one(objs, "Deployment", "kt-kubetier-router")
@@ -97,26 +100,20 @@ def test_defaults(render):
     assert not by_kind(objs, "CustomResourceDefinition"), "kubetier CRDs belong in crds/, not templates/"
 
 
-def test_ha_uses_kopf_peering(render):
+def test_ha_routers(render):
     objs = render(VALUES_DIR / "ok-ha.yaml")
     op = one(objs, "Deployment", "kt-kubetier-operator")
-    args = op["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert op["spec"]["replicas"] == 2 and "--peering=kubetier" in args and "--standalone" not in args
-    env = {e["name"] for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert {"POD_NAME", "POD_ID"} <= env, "peers need a per-pod identity"
-    peering = one(objs, "ClusterKopfPeering", "kubetier")
-    assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
-    crds = {c["metadata"]["name"] for c in by_kind(objs, "CustomResourceDefinition")}
-    assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
-    op_rules = one(objs, "ClusterRole", "kt-kubetier-operator")["rules"]
-    assert any("clusterkopfpeerings" in r["resources"] for r in op_rules)
+    assert op["spec"]["replicas"] == 1 and op["spec"]["strategy"]["type"] == "Recreate"
+    assert not by_kind(objs, "ClusterKopfPeering")
     router = one(objs, "Deployment", "kt-kubetier-router")
     assert router["spec"]["replicas"] == 3
-    assert "@sha256:" in router["spec"]["template"]["spec"]["containers"][0]["image"]
+    c = router["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"].startswith("ghcr.io/kubetier/kubetier@sha256:")
     assert {t["topologyKey"] for t in router["spec"]["template"]["spec"]["topologySpreadConstraints"]} == {
         "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
     pdb = one(objs, "PodDisruptionBudget", "kt-kubetier-router")
     assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == router["spec"]["selector"]
 
 
 def test_watch_namespaces_uses_roles(render):
@@ -131,14 +128,13 @@ def test_watch_namespaces_uses_roles(render):
     op = one(objs, "Deployment", "kt-kubetier-operator")
     args = op["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
-    peerings = by_kind(objs, "KopfPeering")
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    assert "--verbose" in args
 
 
 def test_observability_and_network_policy(render):
     objs = render(VALUES_DIR / "ok-observability.yaml")
     monitors = by_kind(objs, "ServiceMonitor")
-    assert sorted(m["metadata"]["name"] for m in monitors) == ["kt-kubetier-operator", "kt-kubetier-router"]
+    assert [m["metadata"]["name"] for m in monitors] == ["kt-kubetier-router"]
     for m in monitors:
         assert m["metadata"]["labels"]["release"] == "prometheus"
         sel = m["spec"]["selector"]["matchLabels"]
@@ -151,6 +147,8 @@ def test_observability_and_network_policy(render):
     peers = router_np["spec"]["ingress"][0]["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubetier.io/clients": "true"}}} in peers
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in peers
+    op_np = one(objs, "NetworkPolicy", "kt-kubetier-operator")
+    assert op_np["spec"]["policyTypes"] == ["Ingress"] and not op_np["spec"].get("ingress")
     agent = one(objs, "DaemonSet", "kt-kubetier-node-agent")
     assert "--dry-run" in agent["spec"]["template"]["spec"]["containers"][0]["args"]
 

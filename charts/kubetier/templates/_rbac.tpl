@@ -1,12 +1,32 @@
 {{- /*
-Least-privilege rules. These lists are written out by hand on purpose, so that a
-reviewer reads exactly what the chart grants; tests/chart/test_rbac.py renders the
-chart and fails when they differ from the rules the code declares it uses
-(kubetier.operator.rbac, kubetier.router.rbac).
+Least-privilege rules, written out by hand so a reviewer reads exactly what the chart
+grants. tests/chart/test_chart_rbac.py renders the chart and fails when they differ
+from the rules the code declares it uses (kubetier.operator.rbac.RULES; the router's
+from its discovery code).
 */ -}}
 
-{{/* Operator rules on namespaced resources: ClusterRole, or a Role per watched namespace. */}}
+{{/* Operator rules on cluster-scoped resources (and kopf's own): always a ClusterRole. */}}
+{{- define "kubetier.operator.clusterScopedRules" -}}
+# kopf notices CRDs and namespaces appearing at runtime.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+# kopf peering objects (read/patched only when peering is on).
+- apiGroups: [kopf.dev]
+  resources: [clusterkopfpeerings, kopfpeerings]
+  verbs: [get, list, watch, patch]
+# GPU allocatable and capacity type, for status and placement.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list]
+{{- end -}}
+
+{{/* Operator rules on namespaced resources: in the ClusterRole, or a Role per watched namespace. */}}
 {{- define "kubetier.operator.namespacedRules" -}}
+# ModelServices: watched; patched for kopf's finalizer and annotations (never spec).
 - apiGroups: [kubetier.io]
   resources: [modelservices]
   verbs: [get, list, watch, patch]
@@ -14,43 +34,22 @@ chart and fails when they differ from the rules the code declares it uses
   resources: [modelservices/status]
   verbs: [get, patch]
 - apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch, create, patch, delete]
+  resources: [events]
+  verbs: [create]
+# Children, applied server-side and pruned when no longer desired.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [""]
   resources: [services, configmaps]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, create, patch, delete]
+# Pods of each tier (readiness, spot placement): read only.
 - apiGroups: [""]
-  resources: [events]
-  verbs: [create]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create]
-{{- end -}}
-
-{{/* Operator rules on cluster-scoped resources: always a ClusterRole. */}}
-{{- define "kubetier.operator.clusterRules" -}}
-- apiGroups: [kubetier.io]
-  resources: [powerbudgets]
-  verbs: [get, list, watch, patch]
-- apiGroups: [kubetier.io]
-  resources: [powerbudgets/status]
-  verbs: [get, patch]
-- apiGroups: [""]
-  resources: [nodes]
-  verbs: [get, list, watch]
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [list, watch]
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [list, watch]
-{{- end -}}
-
-{{/* kopf peering (only with operator.replicas > 1). */}}
-{{- define "kubetier.operator.peeringRules" -}}
-- apiGroups: [kopf.dev]
-  resources: [clusterkopfpeerings, kopfpeerings]
-  verbs: [get, list, watch, patch]
+  resources: [pods]
+  verbs: [list]
 {{- end -}}
 
 {{- define "kubetier.router.rules" -}}
