@@ -1,0 +1,312 @@
+"""A lean HTTP/1.1 upstream client: pooled keep-alive connections, httptools parsing.
+
+The router relays token streams from engines; design.md measured that a client layer
+with heavy per-chunk bookkeeping (httpx/httpcore) collapses at a few hundred streams.
+Here one asyncio Protocol per connection feeds body bytes into a list and wakes the
+reader at most once per batch of arrivals, so a busy stream costs one future wake-up
+per event-loop turn, not per chunk.
+
+- ``UpstreamPool(host, port)``: idle keep-alive connections to one engine, reused LIFO.
+- ``await pool.request(method, path, body, headers)`` -> ``UpstreamResponse`` once the
+  status line and headers arrived (``connect_timeout_s``, ``header_timeout_s``).
+- ``await resp.read_some(timeout)`` -> the body bytes received since the last call, or
+  ``b""`` at the end of the body. Connection loss or a timeout mid-body raises
+  ``UpstreamError`` (the router resumes the stream elsewhere).
+- ``resp.close()`` returns the connection to the pool when the body was read to its
+  end and the server keeps the connection alive; otherwise closes it.
+
+Back-pressure: when more than ``max_buffer_bytes`` are buffered unread, reading from
+the upstream socket pauses until the consumer catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import httptools
+
+__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse"]
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or failed mid-response.
+
+    ``phase``: ``"connect"``, ``"headers"`` (sent, no response head yet) or ``"body"``.
+    ``reused``: the request went out on a reused keep-alive connection (a stale one may
+    have been closed by the server before it saw the request: safe to retry once).
+    """
+
+    def __init__(self, message: str, phase: str, reused: bool = False) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.reused = reused
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = (
+        "pool", "transport", "parser", "status", "headers", "_hname", "head_done", "buf",
+        "buffered", "complete", "keep_alive", "error", "waiter", "reading_paused", "closed",
+        "max_buffer",
+    )
+
+    def __init__(self, pool: "UpstreamPool") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.max_buffer = pool.max_buffer_bytes
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._hname = ""
+        self.head_done = False
+        self.buf: list[bytes] = []
+        self.buffered = 0
+        self.complete = False
+        self.keep_alive = True
+        self.error: str | None = None
+        self.waiter: asyncio.Future | None = None
+        self.reading_paused = False
+
+    # --- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail("upstream tried to upgrade the connection")
+        except httptools.HttpParserError as exc:
+            self._fail(f"malformed upstream response: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete:
+            if not self.head_done:
+                self._fail("upstream closed the connection before answering")
+            else:
+                self._fail("upstream closed the connection mid-response")
+
+    # --- httptools callbacks --------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        self.headers[key] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        self.head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.buf.append(body)
+        self.buffered += len(body)
+        if self.buffered > self.max_buffer and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._wake()
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def _fail(self, message: str) -> None:
+        if self.error is None:
+            self.error = message
+        self.keep_alive = False
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        self._wake()
+
+    async def _wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        w = self.waiter = loop.create_future()
+        handle = loop.call_later(timeout, _timeout_waiter, w)
+        try:
+            await w
+        finally:
+            handle.cancel()
+
+    def reusable(self) -> bool:
+        return not self.closed and self.complete and self.keep_alive and self.error is None
+
+
+def _timeout_waiter(w: asyncio.Future) -> None:
+    if not w.done():
+        w.set_exception(asyncio.TimeoutError())
+
+
+class UpstreamResponse:
+    __slots__ = ("_conn", "status", "headers", "_released")
+
+    def __init__(self, conn: _Conn) -> None:
+        self._conn = conn
+        self.status = conn.status
+        self.headers = conn.headers
+        self._released = False
+
+    async def read_some(self, timeout: float = 60.0) -> bytes:
+        """Body bytes received since the last call (waits for some); ``b""`` at the end."""
+        c = self._conn
+        while True:
+            if c.buf:
+                data = c.buf[0] if len(c.buf) == 1 else b"".join(c.buf)
+                c.buf.clear()
+                c.buffered = 0
+                if c.reading_paused and c.transport is not None and not c.closed:
+                    c.reading_paused = False
+                    c.transport.resume_reading()
+                return data
+            if c.error is not None:
+                raise UpstreamError(c.error, "body")
+            if c.complete:
+                return b""
+            try:
+                await c._wait(timeout)
+            except asyncio.TimeoutError:
+                c._fail("upstream sent nothing for %.1f s" % timeout)
+                raise UpstreamError(f"upstream stalled: no bytes for {timeout:.1f} s", "body") from None
+
+    async def read_all(self, timeout: float = 60.0, limit: int = 64 * 1024 * 1024) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            data = await self.read_some(timeout)
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+            size += len(data)
+            if size > limit:
+                self._conn._fail("upstream body too large")
+                raise UpstreamError(f"upstream body exceeds {limit} bytes", "body")
+
+    @property
+    def complete(self) -> bool:
+        return self._conn.complete
+
+    def close(self) -> None:
+        """Give the connection back (if reusable) or close it. Idempotent."""
+        if self._released:
+            return
+        self._released = True
+        c = self._conn
+        if c.reusable():
+            c.pool._put(c)
+        else:
+            c.keep_alive = False
+            if c.transport is not None and not c.closed:
+                c.transport.abort()
+
+    abort = close
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream ``host:port``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_idle: int = 512,
+        connect_timeout_s: float = 2.0,
+        header_timeout_s: float = 60.0,
+        max_buffer_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.max_idle = max_idle
+        self.connect_timeout_s = connect_timeout_s
+        self.header_timeout_s = header_timeout_s
+        self.max_buffer_bytes = max_buffer_bytes
+        self._idle: list[_Conn] = []
+        self._host_header = f"{host}:{port}"
+        self.closed = False
+
+    def _put(self, c: _Conn) -> None:
+        if self.closed or len(self._idle) >= self.max_idle:
+            if c.transport is not None:
+                c.transport.close()
+            return
+        c._reset()
+        self._idle.append(c)
+
+    async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _Conn(self), self.host, self.port), self.connect_timeout_s
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise UpstreamError(f"cannot connect to {self._host_header}: {exc or 'timeout'}", "connect") from None
+        return proto  # type: ignore[return-value]
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        header_timeout_s: float | None = None,
+    ) -> UpstreamResponse:
+        """Send one request; return once the response head arrived."""
+        if self.closed:
+            raise UpstreamError("pool closed", "connect")
+        head = [f"{method} {path} HTTP/1.1\r\nhost: {self._host_header}\r\n"]
+        for k, v in headers:
+            head.append(f"{k}: {v}\r\n")
+        head.append(f"content-length: {len(body)}\r\n\r\n")
+        data = "".join(head).encode("latin-1") + body
+        timeout = self.header_timeout_s if header_timeout_s is None else header_timeout_s
+        for attempt in (0, 1):
+            reused = False
+            c = None
+            while self._idle:
+                cand = self._idle.pop()
+                if not cand.closed:
+                    c = cand
+                    reused = True
+                    break
+            if c is None:
+                c = await self._connect()
+            c.transport.write(data)  # type: ignore[union-attr]
+            while not c.head_done and c.error is None:
+                try:
+                    await c._wait(timeout)
+                except asyncio.TimeoutError:
+                    c._fail("no response head")
+                    raise UpstreamError(
+                        f"{self._host_header} sent no response within {timeout:.1f} s", "headers"
+                    ) from None
+            if c.error is not None and not c.head_done:
+                if reused and attempt == 0:
+                    continue  # a stale keep-alive connection: one more try on a fresh one
+                raise UpstreamError(f"{self._host_header}: {c.error}", "headers", reused)
+            return UpstreamResponse(c)
+        raise UpstreamError(f"{self._host_header}: no response", "headers")  # pragma: no cover
+
+    def close(self) -> None:
+        self.closed = True
+        for c in self._idle:
+            if c.transport is not None:
+                c.transport.close()
+        self._idle.clear()

@@ -1,0 +1,305 @@
+"""The router's live view of one model's servers: routing policy, wait queue, health.
+
+Load comes from the router's own in-flight accounting (``on_admit`` / ``on_prefill_done``
+/ ``on_finish`` through the shared policy) and is corrected every ``scrape_interval_s``
+from each engine's ``/metrics`` (vLLM names: running + waiting requests, KV-cache
+usage), which is also how several workers or router replicas see each other's load.
+A server that fails a health check or a request is marked not ready until its next
+successful scrape; discovery marks servers draining or gone.
+
+Waiting requests sit in one queue per model ordered by (tier priority, arrival). When
+capacity frees, the head of the queue is woken to decide again; each waiter also wakes
+on its own at the end of its wait budget (the policy then rejects it, or routes it late
+if its tier queues), and a slow tick wakes the head in case no event comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from kubetier.lean_http.client import UpstreamError, UpstreamPool
+from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.router.config import ModelSpec, ServerSpec
+from kubetier.router.metrics import RouterMetrics
+
+log = logging.getLogger("kubetier.router")
+
+_WAKE_BATCH = 4  # waiters woken per capacity change
+_TICK_S = 0.05
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Upstream:
+    spec: ServerSpec
+    pool: UpstreamPool
+    healthy: bool = True  # last health check / request outcome
+
+
+class _Waiter:
+    __slots__ = ("key", "future", "cancelled")
+
+    def __init__(self, key: tuple, future: asyncio.Future) -> None:
+        self.key = key
+        self.future = future
+        self.cancelled = False
+
+    def __lt__(self, other: "_Waiter") -> bool:
+        return self.key < other.key
+
+
+class ModelFleet:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        metrics: RouterMetrics,
+        *,
+        kind: str = "slo",
+        scale_up_s: float = 0.0,
+        max_queue: int = 10_000,
+        scrape_interval_s: float = 1.0,
+        clock=time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.metrics = metrics
+        self.clock = clock
+        self.tiers: dict[str, TierSLO] = {t.name: t for t in spec.tiers}
+        self.policy = RoutingPolicy(spec.tiers, kind=kind, rng=random.Random(0), scale_up_s=scale_up_s)
+        self.upstreams: dict[str, Upstream] = {}
+        self.max_queue = max_queue
+        self.scrape_interval_s = scrape_interval_s
+        self._queue: list[_Waiter] = []
+        self._seq = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+        self.set_servers(spec.servers)
+
+    # ------------------------------------------------------------------ membership
+
+    def set_servers(self, specs: list[ServerSpec]) -> None:
+        """Make the fleet match ``specs`` (static config or discovery)."""
+        wanted = {s.server_id: s for s in specs}
+        for sid in list(self.upstreams):
+            if sid not in wanted:
+                up = self.upstreams.pop(sid)
+                self.policy.remove_server(sid)
+                up.pool.close()
+        for sid, s in wanted.items():
+            up = self.upstreams.get(sid)
+            if up is None or (up.spec.host, up.spec.port, up.spec.tier) != (s.host, s.port, s.tier):
+                if up is not None:
+                    up.pool.close()
+                    self.policy.remove_server(sid)
+                up = self.upstreams[sid] = Upstream(s, UpstreamPool(s.host, s.port))
+                self.policy.upsert_server(ServerLoad(sid, s.tier, self.spec.profile))
+            else:
+                up.spec = s
+            self._apply_state(sid)
+        self.pump()
+
+    def _apply_state(self, sid: str) -> None:
+        up = self.upstreams[sid]
+        ready = up.spec.ready and up.healthy
+        self.policy.set_state(sid, ready=ready, draining=up.spec.draining)
+        labels = (self.name, sid, up.spec.tier, self.metrics.worker)
+        self.metrics.server_ready.labels(*labels).set(1 if ready and not up.spec.draining else 0)
+
+    def mark_unhealthy(self, sid: str) -> None:
+        up = self.upstreams.get(sid)
+        if up is not None and up.healthy:
+            up.healthy = False
+            self._apply_state(sid)
+
+    # ------------------------------------------------------------------ admission
+
+    async def acquire(self, tier: str, prompt_tokens: int, arrival: float) -> tuple[Upstream, bool]:
+        """A server for the request, waiting if the policy says so. Raises Rejected/QueueFull."""
+        t = self.tiers[tier]
+        d = self.policy.decide(tier, prompt_tokens, self.clock() - arrival)
+        if d.action == "route":
+            return self._admit(d.server_id, prompt_tokens, t), d.spilled
+        if d.action == "reject":
+            raise Rejected(d.reason, d.retry_after_s or 1.0)
+        if len(self._queue) >= self.max_queue:
+            raise QueueFull()
+        tally = self.metrics.tally(self.name, tier)
+        gauge = self.metrics.queue_length.labels(self.name, tier, self.metrics.worker)
+        tally.waiting += 1
+        gauge.inc()
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter((-t.priority, arrival, next(self._seq)), loop.create_future())
+        heapq.heappush(self._queue, waiter)
+        try:
+            while True:
+                budget = d.retry_after_s if d.retry_after_s else _TICK_S * 4
+                handle = loop.call_later(max(budget, 0.001), _wake_one, waiter)
+                try:
+                    await waiter.future
+                finally:
+                    handle.cancel()
+                waiter.future = loop.create_future()
+                d = self.policy.decide(tier, prompt_tokens, self.clock() - arrival)
+                if d.action == "route":
+                    self.pump()  # chain: the next waiter may fit too
+                    return self._admit(d.server_id, prompt_tokens, t), d.spilled
+                if d.action == "reject":
+                    raise Rejected(d.reason, d.retry_after_s or 1.0)
+        finally:
+            waiter.cancelled = True
+            tally.waiting -= 1
+            gauge.dec()
+            self.metrics.queue_wait.labels(self.name, tier, self.metrics.worker).observe(self.clock() - arrival)
+
+    def _admit(self, sid: str, prompt_tokens: int, t: TierSLO) -> Upstream:
+        self.policy.on_admit(sid, prompt_tokens, t.mean_output_tokens)
+        return self.upstreams[sid]
+
+    def prefill_done(self, sid: str, prompt_tokens: int) -> None:
+        self.policy.on_prefill_done(sid, prompt_tokens)
+        self.pump()
+
+    def release(self, sid: str, prompt_tokens: int, output_tokens: int, prefilled: bool) -> None:
+        if not prefilled:
+            self.policy.on_prefill_done(sid, prompt_tokens)
+        self.policy.on_finish(sid, prompt_tokens, output_tokens)
+        self.pump()
+
+    def pump(self) -> None:
+        """Capacity changed: wake the head of the wait queue (the first heap slots are
+        the most urgent waiters, close enough to exact order for a wake-up)."""
+        q = self._queue
+        while q and q[0].cancelled:
+            heapq.heappop(q)
+        for w in q[:_WAKE_BATCH]:
+            if not w.cancelled and not w.future.done():
+                w.future.set_result(None)
+
+    # ------------------------------------------------------------------ background
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self._tick_loop()))
+        self._tasks.append(asyncio.ensure_future(self._scrape_loop()))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        for up in self.upstreams.values():
+            up.pool.close()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK_S)
+            self.pump()
+
+    async def _scrape_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._scrape(sid) for sid in list(self.upstreams)), return_exceptions=True)
+            self._export_loads()
+            await asyncio.sleep(self.scrape_interval_s)
+
+    async def _scrape(self, sid: str) -> None:
+        up = self.upstreams.get(sid)
+        if up is None:
+            return
+        try:
+            r = await up.pool.request("GET", "/health", header_timeout_s=2.0)
+            await r.read_all(timeout=2.0)
+            r.close()
+            if r.status != 200:
+                raise UpstreamError(f"/health answered {r.status}", "headers")
+            r = await up.pool.request("GET", "/metrics", header_timeout_s=2.0)
+            text = await r.read_all(timeout=2.0)
+            r.close()
+        except UpstreamError as exc:
+            if up.healthy:
+                log.warning("server %s (%s:%d) unhealthy: %s", sid, up.spec.host, up.spec.port, exc)
+            self.mark_unhealthy(sid)
+            return
+        if sid not in self.upstreams:
+            return
+        if not up.healthy:
+            up.healthy = True
+            self._apply_state(sid)
+            self.pump()
+        load = parse_engine_metrics(text)
+        if load is not None:
+            running, kv_frac = load
+            cur = self.policy.server(sid)
+            if cur is not None:
+                kv = int(kv_frac * self.spec.profile.kv_capacity_tokens)
+                self.policy.observe(sid, running, kv, cur.queued_prefill_tokens)
+
+    def _export_loads(self) -> None:
+        w = self.metrics.worker
+        for sid, up in self.upstreams.items():
+            ld = self.policy.server(sid)
+            if ld is not None:
+                self.metrics.server_running.labels(self.name, sid, up.spec.tier, w).set(ld.running)
+                self.metrics.server_kv.labels(self.name, sid, up.spec.tier, w).set(ld.kv_tokens)
+
+    def status(self) -> dict:
+        servers = []
+        for sid, up in self.upstreams.items():
+            ld = self.policy.server(sid)
+            servers.append({
+                "id": sid, "tier": up.spec.tier, "endpoint": f"{up.spec.host}:{up.spec.port}",
+                "ready": bool(ld and ld.ready), "draining": bool(ld and ld.draining),
+                "running": ld.running if ld else 0, "kvTokens": ld.kv_tokens if ld else 0,
+            })
+        return {
+            "tiers": {t: self.metrics.tally(self.name, t).as_dict() for t in self.tiers},
+            "servers": servers,
+            "queueLength": sum(1 for w in self._queue if not w.cancelled),
+        }
+
+
+def _wake_one(w: _Waiter) -> None:
+    if not w.future.done():
+        w.future.set_result(None)
+
+
+def parse_engine_metrics(text: bytes) -> tuple[int, float] | None:
+    """(running + waiting requests, KV-cache usage fraction) from vLLM-style metrics."""
+    running = waiting = 0.0
+    kv = 0.0
+    found = False
+    for line in text.split(b"\n"):
+        if not line.startswith(b"vllm:"):
+            continue
+        name, _, rest = line.partition(b"{")
+        value = line.rsplit(b" ", 1)[-1]
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        if name == b"vllm:num_requests_running":
+            running += v
+            found = True
+        elif name == b"vllm:num_requests_waiting":
+            waiting += v
+        elif name == b"vllm:gpu_cache_usage_perc":
+            kv = v
+    if not found:
+        return None
+    return int(running + waiting), kv

@@ -1,0 +1,141 @@
+"""``kubetier router``: the SLO-tier router, and ``kubetier router bench``.
+
+Static mode: ``kubetier router --port 8080 --config router.yaml`` (format below).
+Cluster mode: ``kubetier router --port 8080`` learns models, tiers, API keys and servers
+from the ``<service>-routing`` ConfigMaps the operator writes and the pods labelled
+``kubetier.io/*`` (``--local-endpoints``: use a pod's ``kubetier.io/local-endpoint``
+annotation instead of its IP, for KWOK clusters whose pods run no containers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from kubetier.router import config as config_mod
+
+log = logging.getLogger("kubetier.router")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kubetier router",
+        description="The SLO-tier router: OpenAI-compatible front, PolyServe routing over engine servers.",
+        epilog="--config FILE format:\n" + (config_mod.__doc__ or "").split("FILE (YAML)::", 1)[-1]
+        + "\n`kubetier router bench --help`: the router benchmark.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.add_argument("--config", help="static configuration file (YAML); without it: cluster discovery")
+    p.add_argument("--namespace", default=None, help="cluster mode: watch one namespace (default: all)")
+    p.add_argument("--local-endpoints", action="store_true",
+                   help="cluster mode: send a pod's traffic to its kubetier.io/local-endpoint annotation")
+    p.add_argument("--discovery-interval", type=float, default=2.0, help="cluster mode: seconds between syncs")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default: 1)")
+    p.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between engine /metrics scrapes")
+    p.add_argument("--max-queue", type=int, default=10_000, help="waiting requests per model before 429")
+    p.add_argument("--stall-timeout", type=float, default=30.0, help="seconds without bytes before a stream is resumed elsewhere")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from kubetier.lean_http import Limits, close_connections, start_server
+    from kubetier.router.app import Router
+    from kubetier.router.config import RouterConfig
+
+    if args.config:
+        cfg = config_mod.load_config(args.config)
+    else:
+        cfg = RouterConfig(models={})
+    router = Router(cfg, max_queue=args.max_queue, scrape_interval_s=args.scrape_interval,
+                    stall_timeout_s=args.stall_timeout)
+    router.start()
+    discovery_task = None
+    if not args.config:
+        from kubetier.router.discovery import run_discovery
+
+        discovery_task = asyncio.ensure_future(
+            run_discovery(router, namespace=args.namespace, local_endpoints=args.local_endpoints,
+                          interval_s=args.discovery_interval))
+    limits = Limits(max_body_bytes=8 * 1024 * 1024, request_timeout_s=30.0, keepalive_timeout_s=75.0,
+                    write_stall_timeout_s=60.0)
+    server = await start_server(router.handle, args.host, args.port, reuse_port=args.workers > 1 or args.reuse_port,
+                                limits=limits)
+    log.info("router listening on %s:%d (%d models)", args.host, args.port, len(router.fleets))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    close_connections(server)
+    if discovery_task:
+        discovery_task.cancel()
+    await router.stop()
+    return 0
+
+
+def _run_workers(argv: list[str], workers: int) -> int:
+    """K worker processes on one port (SO_REUSEPORT); the kernel spreads connections."""
+    child_argv = [a for a in argv]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "kubetier.cli", "router", *child_argv, "--workers", "1",
+                          "--reuse-port"])
+        for _ in range(workers)
+    ]
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    rc = 0
+    for p in procs:
+        rc = p.wait() or rc
+    return rc
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "bench":
+        from kubetier.router.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    parser = build_parser()
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.config:
+        try:
+            config_mod.load_config(args.config)  # fail fast, before forking workers
+        except config_mod.ConfigError as exc:
+            print(f"kubetier router: {exc}", file=sys.stderr)
+            return 2
+    if args.workers > 1:
+        rest = []
+        skip = False
+        for i, a in enumerate(argv):
+            if skip:
+                skip = False
+                continue
+            if a == "--workers":
+                skip = True
+                continue
+            if a.startswith("--workers="):
+                continue
+            rest.append(a)
+        return _run_workers(rest, args.workers)
+    import uvloop
+
+    os.environ.setdefault("PYTHONASYNCIODEBUG", "0")
+    return uvloop.run(_serve(args))

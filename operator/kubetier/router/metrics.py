@@ -1,0 +1,89 @@
+"""The router's Prometheus metrics and the per-tier tallies behind its status endpoint.
+
+Per request, never per token: TTFT and the request's mean TPOT are observed once at
+the end; SLO attainment is deadline-based (token i, counted from 0, is due by
+arrival + TTFT + i x TPOT) and checked once per relayed batch of events, against the
+earliest token of the batch (the one with the tightest deadline).
+
+With ``--workers K`` each worker exports its own series (label ``worker``), so a
+Prometheus scrape of the Service sums them correctly with ``sum by (model, tier)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+# The *_created series double the exposition for no use here.
+disable_created_metrics()
+
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
+_TPOT_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1)
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+@dataclass
+class TierTally:
+    """What the status endpoint reports for one (model, tier); cheap to update."""
+
+    requests: int = 0
+    completed: int = 0
+    slo_met: int = 0
+    rejected: int = 0
+    failed: int = 0
+    spilled: int = 0
+    waiting: int = 0
+    inflight: int = 0
+    retries: int = 0
+    migrations: int = 0
+
+    def as_dict(self) -> dict:
+        done = self.completed + self.failed
+        return {
+            "requests": self.requests,
+            "completed": self.completed,
+            "sloMet": self.slo_met,
+            "attainmentPercent": round(100.0 * self.slo_met / done, 2) if done else None,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "spilled": self.spilled,
+            "waiting": self.waiting,
+            "inflight": self.inflight,
+            "demand": self.waiting + self.inflight,
+            "retries": self.retries,
+            "migrations": self.migrations,
+        }
+
+
+class RouterMetrics:
+    def __init__(self, worker: str | None = None) -> None:
+        self.worker = worker if worker is not None else str(os.getpid())
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        mt = ["model", "tier", "worker"]
+        self.requests = Counter("kubetier_router_requests", "Requests received, by outcome.", mt + ["outcome"], registry=r)
+        self.slo_met = Counter("kubetier_router_slo_met", "Requests whose every token met its deadline.", mt, registry=r)
+        self.ttft = Histogram("kubetier_router_ttft_seconds", "Time to first token seen by the router.", mt, buckets=_TTFT_BUCKETS, registry=r)
+        self.tpot = Histogram("kubetier_router_tpot_seconds", "Mean time per output token of a request.", mt, buckets=_TPOT_BUCKETS, registry=r)
+        self.spills = Counter("kubetier_router_spills", "Requests served by a tighter tier's server.", mt, registry=r)
+        self.rejections = Counter("kubetier_router_rejections", "Requests refused (429).", mt + ["reason"], registry=r)
+        self.retries = Counter("kubetier_router_retries", "Requests retried on another server before the first token.", mt, registry=r)
+        self.migrations = Counter("kubetier_router_migrations", "Streams resumed on another server mid-stream.", mt, registry=r)
+        self.queue_length = Gauge("kubetier_router_queue_length", "Requests waiting for a server.", mt, registry=r)
+        self.queue_wait = Histogram("kubetier_router_queue_wait_seconds", "Time spent waiting for a server.", mt, buckets=_WAIT_BUCKETS, registry=r)
+        self.inflight = Gauge("kubetier_router_inflight", "Requests being served.", mt, registry=r)
+        st = ["model", "server", "tier", "worker"]
+        self.server_running = Gauge("kubetier_router_server_running", "Sequences the router believes a server runs.", st, registry=r)
+        self.server_kv = Gauge("kubetier_router_server_kv_tokens", "KV tokens the router believes a server holds.", st, registry=r)
+        self.server_ready = Gauge("kubetier_router_server_ready", "1 if the server takes new requests.", st, registry=r)
+        self.tallies: dict[tuple[str, str], TierTally] = {}
+
+    def tally(self, model: str, tier: str) -> TierTally:
+        t = self.tallies.get((model, tier))
+        if t is None:
+            t = self.tallies[(model, tier)] = TierTally()
+        return t
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
