@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kubetier engine-sim",
         description="A GPU-free vLLM stand-in: OpenAI-compatible HTTP, continuous batching timed by a "
         "latency profile, vLLM metric names.",
-        epilog="`kubetier engine-sim bench --help`: the fidelity benchmark (measured vs. modelled TTFT/TPOT).",
+        epilog="`kubetier engine-sim bench --help`: the fidelity benchmark (measured vs. modelled TTFT/TPOT); "
+        "`kubetier engine-sim capacity --help`: concurrent streams one simulator core holds.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 = any free port)")
@@ -112,6 +113,10 @@ def main(argv: list[str]) -> int:
         from kubetier.engine_sim import fidelity
 
         return int(fidelity.main(argv[1:]) or 0)
+    if argv and argv[0] == "capacity":
+        from kubetier.engine_sim import capacity
+
+        return int(capacity.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -119,6 +124,19 @@ def main(argv: list[str]) -> int:
     except ProfileError as exc:
         print(f"kubetier engine-sim: {exc}", file=sys.stderr)
         return 2
+    raise_fd_limit()
     import uvloop
 
     return uvloop.run(_serve(args, model))
+
+
+def raise_fd_limit() -> None:
+    """Thousands of streams need thousands of sockets: lift the soft limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
