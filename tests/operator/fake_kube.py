@@ -13,16 +13,61 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import queue
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jsonpatch  # installed with kmock (a pinned dev dependency)
+
 KINDS = {
     "configmaps": "ConfigMap", "services": "Service", "pods": "Pod", "events": "Event", "nodes": "Node",
-    "deployments": "Deployment", "poddisruptionbudgets": "PodDisruptionBudget", "modelservices": "ModelService",
+    "namespaces": "Namespace", "deployments": "Deployment", "poddisruptionbudgets": "PodDisruptionBudget",
+    "modelservices": "ModelService", "customresourcedefinitions": "CustomResourceDefinition",
 }
+CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"}
+# Discovery: group/version -> plurals served there (what kopf scans at start-up).
+GROUP_VERSIONS = {
+    "v1": ["configmaps", "services", "pods", "events", "nodes", "namespaces"],
+    "apps/v1": ["deployments"],
+    "policy/v1": ["poddisruptionbudgets"],
+    "apiextensions.k8s.io/v1": ["customresourcedefinitions"],
+    "kubetier.io/v1alpha1": ["modelservices"],
+}
+VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+
+
+def _resource_list(group_version: str) -> dict[str, Any]:
+    resources = []
+    for plural in GROUP_VERSIONS[group_version]:
+        base = {"namespaced": plural not in CLUSTER_SCOPED, "kind": KINDS[plural]}
+        resources.append({"name": plural, "singularName": KINDS[plural].lower(), "verbs": VERBS, **base})
+        if plural in ("modelservices", "deployments"):
+            resources.append({"name": f"{plural}/status", "singularName": "", "verbs": ["get", "patch"], **base})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
+
+
+def _discovery(path: str) -> dict[str, Any] | None:
+    if path == "/api":
+        return {"kind": "APIVersions", "versions": ["v1"]}
+    if path == "/apis":
+        groups = [
+            {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+             "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
+            for gv in GROUP_VERSIONS if "/" in gv
+        ]
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+    if path == "/api/v1":
+        return _resource_list("v1")
+    parts = [p for p in path.split("/") if p]
+    if len(parts) == 3 and parts[0] == "apis" and f"{parts[1]}/{parts[2]}" in GROUP_VERSIONS:
+        return _resource_list(f"{parts[1]}/{parts[2]}")
+    if path == "/version":
+        return {"major": "1", "minor": "34", "gitVersion": "v1.34.4-fake"}
+    return None
 
 
 def _merge(base: Any, patch: Any) -> Any:
@@ -73,6 +118,8 @@ class FakeKube:
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._rv = itertools.count(1)
+        self._watchers: list[tuple[str, queue.Queue]] = []
+        self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -87,20 +134,41 @@ class FakeKube:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
 
     # ------------------------------------------------------------------ test helpers
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace an object (as a controller or kubectl would)."""
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("generation", 1)
-        meta["resourceVersion"] = str(next(self._rv))
         meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
-        with self._lock:
-            self.objects[(obj["kind"], meta.get("namespace"), meta["name"])] = obj
+        self.store(obj)
         return obj
+
+    def store(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        meta["resourceVersion"] = str(next(self._rv))
+        key = (obj["kind"], meta.get("namespace"), meta["name"])
+        with self._lock:
+            event = "MODIFIED" if key in self.objects else "ADDED"
+            self.objects[key] = obj
+        self._notify(event, obj)
+
+    def remove(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            gone = self.objects.pop((kind, namespace, name), None)
+        if gone:
+            self._notify("DELETED", gone)
+        return gone
+
+    def _notify(self, event: str, obj: dict[str, Any]) -> None:
+        for kind, q in list(self._watchers):
+            if kind == obj["kind"]:
+                q.put({"type": event, "object": copy.deepcopy(obj)})
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -154,7 +222,12 @@ class FakeKube:
 
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path))
+                found = _discovery(urlsplit(self.path).path)
+                if found is not None:
+                    return self._send(200, found)
                 kind, ns, name, _sub, query = self._route()
+                if query.get("watch", ["false"])[0] in ("true", "1"):
+                    return self._watch(kind, float(query.get("timeoutSeconds", ["30"])[0]))
                 if name:
                     obj = fake.get(kind, ns, name)
                     return self._send(200, obj) if obj else self._not_found(name)
@@ -168,7 +241,29 @@ class FakeKube:
                     ]
                 for item in items:  # like the apiserver: list items carry no kind
                     item.pop("kind", None)
-                self._send(200, {"kind": f"{kind}List", "items": items})
+                self._send(200, {"kind": f"{kind}List", "metadata": {"resourceVersion": str(next(fake._rv))},
+                                 "items": items})
+
+            def _watch(self, kind: str, timeout: float) -> None:
+                """Stream events as JSON lines until the timeout (HTTP/1.0: EOF ends it)."""
+                q: queue.Queue = queue.Queue()
+                fake._watchers.append((kind, q))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                deadline = time.monotonic() + min(timeout, 30)
+                try:
+                    while time.monotonic() < deadline and not fake._closing.is_set():
+                        try:
+                            event = q.get(timeout=0.05)
+                        except queue.Empty:
+                            continue
+                        self.wfile.write(json.dumps(event).encode() + b"\n")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    fake._watchers.remove((kind, q))
 
             def do_PATCH(self) -> None:
                 fake.requests.append(("PATCH", self.path))
@@ -180,16 +275,16 @@ class FakeKube:
                     if current is None:
                         return self._not_found(name)
                     current["status"] = _merge(current.get("status"), body["status"])
-                    current["metadata"]["resourceVersion"] = str(next(fake._rv))
-                    with fake._lock:
-                        fake.objects[(kind, ns, name)] = current
+                    fake.store(current)
                     return self._send(200, current)
                 if ctype != "application/apply-patch+yaml":
                     if current is None:
                         return self._not_found(name)
-                    merged = _merge(current, body)
-                    with fake._lock:
-                        fake.objects[(kind, ns, name)] = merged
+                    if ctype == "application/json-patch+json":  # kopf patches finalizers this way
+                        merged = jsonpatch.apply_patch(current, body)
+                    else:
+                        merged = _merge(current, body)
+                    fake.store(merged)
                     return self._send(200, merged)
                 applied = copy.deepcopy(body)
                 _server_defaults(applied)
@@ -202,9 +297,7 @@ class FakeKube:
                         merged[key] = value
                 if merged.get("spec") != current.get("spec"):
                     merged["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
-                merged["metadata"]["resourceVersion"] = str(next(fake._rv))
-                with fake._lock:
-                    fake.objects[(kind, ns, name)] = merged
+                fake.store(merged)
                 self._send(200, merged)
 
             def do_POST(self) -> None:
@@ -221,8 +314,7 @@ class FakeKube:
             def do_DELETE(self) -> None:
                 fake.requests.append(("DELETE", self.path))
                 kind, ns, name, _sub, _q = self._route()
-                with fake._lock:
-                    gone = fake.objects.pop((kind, ns, name), None)
+                gone = fake.remove(kind, ns, name)
                 self._send(200, gone) if gone else self._not_found(name)
 
         return Handler

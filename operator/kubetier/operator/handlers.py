@@ -34,14 +34,12 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
 
 
-@kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_settings(settings)
     memo.setdefault("config", OperatorConfig.from_env())
     memo.setdefault("locks", {})
 
 
-@kopf.on.login()
 def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, then the kubeconfig (``--kubeconfig`` sets
     KUBECONFIG). The same credentials feed our KubeApi (see ``_api``)."""
@@ -54,14 +52,16 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 def _api(memo: kopf.Memo) -> KubeApi:
     if memo.get("api") is None:
-        if memo.get("api_url"):  # tests point the operator at a fake API server
-            memo["api"] = KubeApi.for_url(memo["api_url"])
-        else:
-            memo["api"] = KubeApi.from_connection_info(memo["connection"])
+        memo["api"] = KubeApi.from_connection_info(memo["connection"])
     return memo["api"]
 
 
-async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> None:
+async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("api") is not None:
+        await memo["api"].aclose()
+
+
+async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     key = (body.metadata.namespace, body.metadata.name)
     locks: dict[Any, asyncio.Lock] = memo.setdefault("locks", {})
     async with locks.setdefault(key, asyncio.Lock()):
@@ -76,13 +76,18 @@ async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> N
         logger.warning(f"{outcome.problem.reason}: {outcome.problem.message}")
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def on_spec(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    await _reconcile(body, memo, logger)
+def register(registry: kopf.OperatorRegistry, resync_seconds: float = RESYNC_SECONDS) -> None:
+    """Register kubetier's handlers into ``registry`` (tests use their own registry and a
+    short resync)."""
+    kopf.on.startup(registry=registry)(_startup)
+    kopf.on.login(registry=registry)(_login)
+    kopf.on.cleanup(registry=registry)(_cleanup)
+    # Distinct ids: kopf keeps each handler's progress under its id.
+    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-on-resume")(_reconcile)
+    kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-on-create")(_reconcile)
+    kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry, id="reconcile-on-update")(_reconcile)
+    kopf.timer(GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds,
+               registry=registry, id="resync")(_reconcile)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    await _reconcile(body, memo, logger)
+register(kopf.get_default_registry())
