@@ -277,10 +277,11 @@ class Router:
         path = req.path
         attempts = 0
         last_error = "no server answered"
+        tried: frozenset[str] = frozenset()
         while attempts < self.max_attempts:
             attempts += 1
             try:
-                up, spilled = await fleet.acquire(ctx.tier, ctx.prompt_tokens, ctx.arrival)
+                up, spilled = await fleet.acquire(ctx.tier, ctx.prompt_tokens, ctx.arrival, tried)
             except Rejected as exc:
                 m.rejections.labels(*labels, exc.reason).inc()
                 m.tally(fleet.name, ctx.tier).rejected += 1
@@ -299,6 +300,7 @@ class Router:
             ctx.server = up
             ctx.prefilled = False
             ctx.prompt_tokens_on_server = ctx.prompt_tokens
+            tried = tried | {up.spec.server_id}
             try:
                 upr = await up.pool.request("POST", path, raw, _JSON, header_timeout_s=self.first_byte_timeout_s)
             except UpstreamError as exc:
@@ -398,14 +400,16 @@ class Router:
             m.tally(fleet.name, ctx.tier).migrations += 1
             upr = None
             prompt = ctx.prompt_tokens + done_tokens
+            tried = frozenset({failed_sid}) if failed_sid else frozenset()
             for _ in range(self.max_attempts):
                 try:
-                    up, _spilled = await fleet.acquire(ctx.tier, prompt, time.monotonic())
+                    up, _spilled = await fleet.acquire(ctx.tier, prompt, time.monotonic(), tried)
                 except (Rejected, QueueFull):
                     break
                 ctx.server = up
                 ctx.prefilled = False
                 ctx.prompt_tokens_on_server = prompt
+                tried = tried | {up.spec.server_id}
                 try:
                     cand = await up.pool.request("POST", req.path, new_body, _JSON, header_timeout_s=self.first_byte_timeout_s)
                 except UpstreamError:

@@ -128,10 +128,24 @@ class ModelFleet:
 
     # ------------------------------------------------------------------ admission
 
-    async def acquire(self, tier: str, prompt_tokens: int, arrival: float) -> tuple[Upstream, bool]:
+    def _decide(self, tier: str, prompt_tokens: int, arrival: float, exclude: frozenset[str]):
+        if not exclude:
+            return self.policy.decide(tier, prompt_tokens, self.clock() - arrival)
+        # Servers that already failed this request sit out this one decision.
+        hidden = [sid for sid in exclude if sid in self.upstreams]
+        for sid in hidden:
+            self.policy.set_state(sid, ready=False)
+        try:
+            return self.policy.decide(tier, prompt_tokens, self.clock() - arrival)
+        finally:
+            for sid in hidden:
+                self._apply_state(sid)
+
+    async def acquire(self, tier: str, prompt_tokens: int, arrival: float,
+                      exclude: frozenset[str] = frozenset()) -> tuple[Upstream, bool]:
         """A server for the request, waiting if the policy says so. Raises Rejected/QueueFull."""
         t = self.tiers[tier]
-        d = self.policy.decide(tier, prompt_tokens, self.clock() - arrival)
+        d = self._decide(tier, prompt_tokens, arrival, exclude)
         if d.action == "route":
             return self._admit(d.server_id, prompt_tokens, t), d.spilled
         if d.action == "reject":
@@ -154,7 +168,7 @@ class ModelFleet:
                 finally:
                     handle.cancel()
                 waiter.future = loop.create_future()
-                d = self.policy.decide(tier, prompt_tokens, self.clock() - arrival)
+                d = self._decide(tier, prompt_tokens, arrival, exclude)
                 if d.action == "route":
                     self.pump()  # chain: the next waiter may fit too
                     return self._admit(d.server_id, prompt_tokens, t), d.spilled

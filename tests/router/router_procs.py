@@ -1,0 +1,95 @@
+"""Real processes on loopback: engine simulators and the router, started as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from kubetier.policy.latency import load_profile
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, timeout=1.0)
+            if r.status_code == 200:
+                return
+            last = r.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not up: {last}")
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args: str) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", "kubetier.cli", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def engine(self, port: int, model: str, profile: str, *extra: str) -> subprocess.Popen:
+        p = self.start("engine-sim", "--port", str(port), "--model", model, "--profile", profile,
+                       "--log-level", "WARNING", *extra)
+        return p
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    ps = Procs()
+    try:
+        yield ps
+    finally:
+        ps.stop_all()
+
+
+@pytest.fixture
+def small_profile(tmp_path: Path) -> str:
+    """The shipped H100 profile with 4 sequences per server, so a bin saturates fast."""
+    d = load_profile("llama-3.1-8b-h100").to_dict()
+    d["name"] = "h100-4seq"
+    d["maxNumSeqs"] = 4
+    path = tmp_path / "h100-4seq.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return str(path)
+
+
+def write_config(tmp_path: Path, cfg: dict) -> str:
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
