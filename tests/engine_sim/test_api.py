@@ -293,3 +293,18 @@ async def test_client_disconnect_frees_the_slot(sim_server):
         # The single slot is free again: a new request completes.
         r = await http.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
     assert r.status_code == 200
+
+
+async def test_engine_loop_crash_fails_requests_instead_of_hanging(sim_server):
+    sim, url = await sim_server(time_scale=20)
+
+    def broken(*args):
+        raise RuntimeError("model bug")
+
+    sim.model = sim.engine.model = type("Broken", (), {"iteration_s": broken, "power_watts": broken,
+                                                        "idle_watts": 0.0})()
+    async with httpx.AsyncClient() as http:
+        r = await asyncio.wait_for(
+            http.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3}), 5)
+        again = await http.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3})
+    assert r.status_code == 500 and again.status_code == 500

@@ -398,3 +398,14 @@ async def test_abort_cuts_a_stream_and_fires_disconnect_callbacks(serve):
                     got += part
     assert got == b"data: 1\n\n"
     assert fired == ["cb"]
+
+
+async def test_write_before_start_stream_is_a_handler_error(serve, connect):
+    async def wrong(request: Request, response: Response) -> None:
+        response.write(b"data: too early\n\n")
+
+    port = await serve(wrong)
+    client = await connect(port)
+    client.send(get())
+    response = await client.response()
+    assert response.status == 500 and b"too early" not in response.body

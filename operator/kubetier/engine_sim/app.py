@@ -169,6 +169,9 @@ class EngineSimulator:
         if not self.loaded:
             response.send(503, error_body(503, "model is loading"))
             return
+        if self.engine.error is not None:
+            response.send(500, error_body(500, "engine loop crashed"))
+            return
         try:
             params = parse_request(request.body, chat=chat, served_model=self.served_model,
                                    max_model_len=self.max_model_len)
@@ -208,6 +211,13 @@ class EngineSimulator:
         response.add_disconnect_callback(lambda: engine.abort(seq))
         engine.submit(seq)
         await state.done
+        if engine.error is not None and not seq.finished:
+            # The loop died under this request: fail it visibly, never end it cleanly.
+            if response.started:
+                response.abort()
+            else:
+                response.send(500, error_body(500, "engine loop crashed"))
+            return
         if params.stream or seq.aborted or response.disconnected:
             return  # the stream was written by the engine loop, or nobody is listening
         response.send_json(200, completion_body(

@@ -53,6 +53,7 @@ class Engine:
         self.max_lag_s = max_lag_s
         self.power_watts = model.idle_watts
         self.iterations = 0
+        self.error: BaseException | None = None  # set if the loop crashed
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._last_step_end = 0.0
@@ -70,11 +71,15 @@ class Engine:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            except Exception:
+                pass  # already logged when the loop crashed
             self._task = None
 
     # --- requests ---------------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"engine loop crashed: {self.error!r}")
         seq.arrival = self.clock()
         self.scheduler.add(seq)
         self._wake.set()
@@ -97,8 +102,14 @@ class Engine:
             await self._loop()
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug here would silently hang every request: make it loud
+        except Exception as exc:  # a bug here would silently hang every request: make it loud
             log.exception("engine loop crashed")
+            self.error = exc
+            # Release every request in flight; their handlers see `error` and fail them.
+            s = self.scheduler
+            for seq in [*s.waiting, *s.prefilling, *s.decoding]:
+                seq.aborted = True
+                self._resolve(seq)
             raise
 
     async def _loop(self) -> None:

@@ -219,9 +219,9 @@ class Response:
 
     def write(self, chunk: bytes) -> None:
         """Send one chunk of a stream; no await. A no-op once the client is gone."""
+        if not self._started:
+            raise RuntimeError("write() before start_stream()")
         if self._finished or self._disconnected or not chunk:
-            if not self._started:
-                raise RuntimeError("write() before start_stream()")
             return
         conn = self._conn
         if self._chunked:
