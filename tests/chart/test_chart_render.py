@@ -120,15 +120,24 @@ def test_watch_namespaces_uses_roles(render):
     objs = render(VALUES_DIR / "ok-watch-namespaces.yaml")
     roles = by_kind(objs, "Role")
     assert sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in roles) == [
-        ("team-a", "kt-kubetier-operator"), ("team-a", "kt-kubetier-router"),
-        ("team-b", "kt-kubetier-operator"), ("team-b", "kt-kubetier-router")]
-    assert len(by_kind(objs, "RoleBinding")) == 4
-    # The router needs nothing cluster-wide in namespaced mode.
+        ("team-a", "kt-kubetier-operator"), ("team-b", "kt-kubetier-operator")]
+    assert len(by_kind(objs, "RoleBinding")) == 2
     assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == ["kt-kubetier-operator"]
     op = one(objs, "Deployment", "kt-kubetier-operator")
     args = op["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
     assert "--verbose" in args
+
+
+def test_one_namespace_scopes_the_router_too(render):
+    objs = render(VALUES_DIR / "ok-one-namespace.yaml")
+    assert sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(objs, "Role")) == [
+        ("team-a", "kt-kubetier-operator"), ("team-a", "kt-kubetier-router")]
+    # The router needs nothing cluster-wide in namespaced mode.
+    assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == ["kt-kubetier-operator"]
+    router = one(objs, "Deployment", "kt-kubetier-router")
+    args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--log-level=DEBUG" in args
 
 
 def test_observability_and_network_policy(render):
