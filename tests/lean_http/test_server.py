@@ -409,3 +409,19 @@ async def test_write_before_start_stream_is_a_handler_error(serve, connect):
     client.send(get())
     response = await client.response()
     assert response.status == 500 and b"too early" not in response.body
+
+
+async def test_deep_pipelining_pauses_reading_and_answers_everything_in_order(serve, connect):
+    seen = []
+
+    async def slowish(request: Request, response: Response) -> None:
+        seen.append(request.path)
+        await asyncio.sleep(0.01)
+        response.send(200, request.path.encode(), content_type="text/plain")
+
+    port = await serve(slowish, Limits(max_pipelined=2))
+    client = await connect(port)
+    client.send(b"".join(get(f"/{i}") for i in range(12)))
+    got = await client.responses(12)
+    assert [r.body for r in got] == [f"/{i}".encode() for i in range(12)]
+    assert seen == [f"/{i}" for i in range(12)]

@@ -64,7 +64,9 @@ class Limits:
     keepalive_timeout_s: float = 75.0  # idle connection between requests
     write_stall_timeout_s: float = 60.0  # drain() waiting on a client that does not read
     max_write_buffer_bytes: int = 8 * 1024 * 1024  # buffered output to a paused client
-    max_pipelined: int = 32  # parsed requests queued behind the one being answered
+    # Parsed requests queued behind the one being answered before reading pauses. Soft:
+    # httptools cannot stop mid-buffer, so one read's worth more may be parsed.
+    max_pipelined: int = 32
 
     def __post_init__(self) -> None:
         for name in ("max_header_bytes", "max_headers", "max_body_bytes", "max_write_buffer_bytes", "max_pipelined"):
