@@ -114,12 +114,11 @@ def operator_rbac_objects(namespace: str, sa: str, role_name: str) -> list[dict]
     (the same rules the Helm chart ships), bound to the operator's ServiceAccount."""
     from kubetier.operator import rbac
 
-    rules = rbac.cluster_rules()
-    assert rules, "kubetier.operator.rbac.cluster_rules() returned no rules"
+    role = rbac.cluster_role(role_name)
+    assert role["rules"], "kubetier.operator.rbac declares no rules"
     subject = [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]
     return [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": role_name}, "rules": rules},
+        role,
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": {"name": role_name},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},

@@ -211,7 +211,7 @@ class OperatorProcess:
             out.write(f"\n===== operator start #{self.starts} {time.strftime('%H:%M:%S')} =====\n")
             out.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubetier.cli", "operator", *self.args],
+                [sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig", str(self.kubeconfig), *self.args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
 
@@ -249,4 +249,4 @@ class OperatorProcess:
 
 def operator_args() -> list[str]:
     extra = os.environ.get("KUBETIER_OPERATOR_ARGS")
-    return extra.split() if extra is not None else ["--all-namespaces"]
+    return extra.split() if extra is not None else ["--all-namespaces", "--standalone"]

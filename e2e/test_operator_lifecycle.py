@@ -4,12 +4,16 @@ with a reason, and nothing crashes."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 
+import yaml
+
 from e2e_support import (
-    ROLE_LABEL,
     SERVICE_LABEL,
     TIER_LABEL,
     Kubectl,
@@ -24,18 +28,34 @@ from e2e_support import (
 )
 from test_reconcile import CHILD_KINDS, EXPECTED, describe, ready_with_counts
 
-WORKLOAD_KINDS = "deployments,statefulsets"
+OWNED_KINDS = "deployments,statefulsets,services,configmaps,poddisruptionbudgets"
+
+
+def rendered_children(ms: dict) -> set[tuple[str, str]]:
+    """(kind, name) of every object `kubetier render` says the operator applies for ``ms``."""
+    res = subprocess.run([sys.executable, "-m", "kubetier.cli", "render", "-"], input=json.dumps(ms),
+                         capture_output=True, text=True, timeout=60, check=True)
+    return {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(res.stdout) if d}
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(kubectl: Kubectl, crds, operator, gpu_nodes,
                                                                     namespace):
     ms = three_tier_service("restart", namespace)
-    kubectl.apply(ms)
-    # The first child object proves a reconcile is under way; kill the operator right then.
-    wait_until(lambda: kubectl.items(CHILD_KINDS, namespace, f"{SERVICE_LABEL}=restart"), "the first child object",
-               timeout=60, interval=0.05, describe=operator.log_tail)
-    operator.kill()
-    children_at_kill = len(kubectl.items(CHILD_KINDS, namespace, f"{SERVICE_LABEL}=restart"))
+    # Watch for the first child and SIGKILL the operator the moment it appears, so the
+    # kill lands inside the reconcile that is creating the children.
+    watcher = subprocess.Popen([kubectl.binary, "--kubeconfig", kubectl.kubeconfig, "get", "deployments",
+                                "-n", namespace, "-l", f"{SERVICE_LABEL}=restart", "--watch", "-o", "name"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)  # the watch is established
+        kubectl.apply(ms)
+        first = watcher.stdout.readline() if watcher.stdout else ""
+        operator.kill()
+    finally:
+        watcher.kill()
+        watcher.wait()
+    assert first, "no child object appeared"
+    children_at_kill = len(kubectl.items(OWNED_KINDS, namespace, f"{SERVICE_LABEL}=restart"))
     # change the spec while the operator is down: the restart must pick it up too
     ms["spec"]["tiers"][1]["replicas"] = {"min": 1, "max": 3}
     expected = dict(EXPECTED, standard=1)
@@ -45,13 +65,14 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(kubectl: Kub
                timeout=120, describe=lambda: describe(kubectl, namespace, "restart"))
 
     time.sleep(3)  # let a duplicate, if any were made, show up
-    workloads = kubectl.items(WORKLOAD_KINDS, namespace, f"{SERVICE_LABEL}=restart")
-    per_tier_role = Counter((w["metadata"]["labels"].get(TIER_LABEL), w["metadata"]["labels"].get(ROLE_LABEL))
-                            for w in workloads)
-    dupes = {k: n for k, n in per_tier_role.items() if n > 1}
-    assert not dupes, f"duplicate workloads after restart: {dupes} (children at kill: {children_at_kill})"
-    if workloads:  # the operator may own pods directly; then the pod counts below are the check
-        assert {t for t, _ in per_tier_role} == set(expected), per_tier_role
+    # exactly the objects the operator's own renderer says this spec needs: nothing
+    # twice under another name, nothing left from the spec before the edit
+    want = rendered_children(ms)
+    have = {(c["kind"], c["metadata"]["name"])
+            for c in kubectl.items(OWNED_KINDS, namespace, f"{SERVICE_LABEL}=restart")}
+    print(f"children when the operator was killed: {children_at_kill} of {len(want)}")
+    assert have == want, (f"children after restart differ from `kubetier render`: extra {sorted(have - want)}, "
+                          f"missing {sorted(want - have)} (children at kill: {children_at_kill})")
 
     pods = serving_pods(kubectl, namespace, "restart")
     assert Counter(p["metadata"]["labels"][TIER_LABEL] for p in pods) == Counter(expected)
