@@ -111,6 +111,13 @@ async def test_ttft_and_tpot_follow_the_model_at_real_speed():
 async def test_a_single_request_matches_the_closed_form():
     model = load_profile(PROFILE)
     with engine_process("--time-scale", "2") as (_, url):
-        (_, ttft, tpot), = await measure(url, [6000], max_tokens=40)
-    assert ttft == pytest.approx(model.prefill_s(6000) / 2, rel=0.10, abs=0.002)
-    assert tpot == pytest.approx(model.decode_iteration_s(1, 6020) / 2, rel=0.10, abs=0.0005)
+        port = int(url.rsplit(":", 1)[1])
+        body = {"model": MODEL, "prompt": "x", "prompt_tokens": 6000, "max_tokens": 60, "stream": True}
+        (result,) = await run_concurrent("127.0.0.1", port, "/v1/completions", [body])
+    assert result.tokens == 60
+    gaps = [b - a for a, b in zip(result.token_times, result.token_times[1:])]
+    assert result.ttft == pytest.approx(model.prefill_s(6000) / 2, rel=0.10, abs=0.002)
+    # A trimmed mean: one scheduling hiccup on a shared machine does not move it, and the
+    # 1 ms timer rounding of single gaps still averages out.
+    trimmed = sorted(gaps)[len(gaps) // 10: -(len(gaps) // 10)]
+    assert statistics.mean(trimmed) == pytest.approx(model.decode_iteration_s(1, 6030) / 2, rel=0.10, abs=0.0003)
