@@ -239,9 +239,11 @@ class FakeKube:
                         if k == kind and (ns is None or n == ns)
                         and all(o["metadata"].get("labels", {}).get(a) == b for a, b in selector.items())
                     ]
-                for item in items:  # like the apiserver: list items carry no kind
+                api_version = items[0].get("apiVersion", "v1") if items else "v1"
+                for item in items:  # like the apiserver: list items carry neither kind nor apiVersion
                     item.pop("kind", None)
-                self._send(200, {"kind": f"{kind}List", "metadata": {"resourceVersion": str(next(fake._rv))},
+                    item.pop("apiVersion", None)
+                self._send(200, {"kind": f"{kind}List", "apiVersion": api_version, "metadata": {"resourceVersion": str(next(fake._rv))},
                                  "items": items})
 
             def _watch(self, kind: str, timeout: float) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import httpx
 import kopf
 
 from kubetier.api.modelservice import GROUP, PLURAL, VERSION
@@ -70,6 +71,8 @@ async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_:
         except KubeError as exc:
             # Conflicts and transient API errors: retry with kopf's backoff, not a crash.
             raise kopf.TemporaryError(str(exc), delay=5 if exc.status == 409 else 15) from exc
+        except httpx.HTTPError as exc:  # the API server is unreachable or restarting
+            raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc!r}", delay=15) from exc
     if outcome.applied or outcome.deleted:
         logger.info(f"applied {outcome.applied}, deleted {outcome.deleted}")
     if outcome.problem:

@@ -113,9 +113,13 @@ class KubeApi:
         response = await self._request("GET", RESOURCES[kind].path(namespace), params=params)
         if response.status_code == 404:
             return []
-        items = response.json().get("items") or []
-        for item in items:  # list items carry no kind; put it back for uniform handling
+        listing = response.json()
+        items = listing.get("items") or []
+        # List items carry neither kind nor apiVersion; put them back so a listed object
+        # compares equal to the object we render (else every reconcile would write).
+        for item in items:
             item.setdefault("kind", kind)
+            item.setdefault("apiVersion", listing.get("apiVersion") or _api_version(RESOURCES[kind]))
         return items
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +148,10 @@ class KubeApi:
         response = await self._request("POST", RESOURCES[kind].path(namespace), json=obj,
                                        params={"fieldManager": FIELD_MANAGER})
         return response.json()
+
+
+def _api_version(resource: Resource) -> str:
+    return resource.prefix.removeprefix("/apis/").removeprefix("/api/")
 
 
 def _pem(data: str | bytes) -> bytes:
