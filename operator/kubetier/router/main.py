@@ -137,5 +137,4 @@ def main(argv: list[str]) -> int:
         return _run_workers(rest, args.workers)
     import uvloop
 
-    os.environ.setdefault("PYTHONASYNCIODEBUG", "0")
     return uvloop.run(_serve(args))
