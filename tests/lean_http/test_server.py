@@ -425,3 +425,22 @@ async def test_deep_pipelining_pauses_reading_and_answers_everything_in_order(se
     got = await client.responses(12)
     assert [r.body for r in got] == [f"/{i}".encode() for i in range(12)]
     assert seen == [f"/{i}" for i in range(12)]
+
+
+async def test_pipelined_requests_after_a_failed_stream_are_not_served(serve, connect):
+    served = []
+
+    async def first_breaks(request: Request, response: Response) -> None:
+        served.append(request.path)
+        if request.path == "/1":
+            response.start_stream()
+            response.write(b"data: x\n\n")
+            raise RuntimeError("upstream died")
+        response.send(200, b"ok", content_type="text/plain")
+
+    port = await serve(first_breaks)
+    client = await connect(port)
+    client.send(get("/1") + get("/2"))
+    assert await client.closed_by_server()
+    await asyncio.sleep(0.05)
+    assert served == ["/1"]

@@ -341,6 +341,7 @@ class _Connection(asyncio.Protocol):
         "_timer",
         "_closed",
         "_failed",
+        "_aborted",
         "_close_when_idle",
         "_reading_paused",
         "_write_paused",
@@ -366,6 +367,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._failed = False
+        self._aborted = False
         self._close_when_idle = False
         self._reading_paused = False
         self._write_paused = False
@@ -549,7 +551,7 @@ class _Connection(asyncio.Protocol):
         self._after_response()
 
     def _after_response(self) -> None:
-        if self._closed:
+        if self._closed or self._aborted:
             return
         if self._reading_paused and len(self._pending) < self._limits.max_pipelined:
             self._reading_paused = False
@@ -608,7 +610,7 @@ class _Connection(asyncio.Protocol):
     # --- writing --------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if not self._closed:
+        if not self._closed and not self._aborted:
             self._transport.write(data)
 
     def _check_write_buffer(self) -> None:
@@ -636,6 +638,7 @@ class _Connection(asyncio.Protocol):
 
     def _abort(self) -> None:
         self._failed = True  # parse nothing more from this connection
+        self._aborted = True
         if self._transport is not None and not self._closed:
             self._transport.abort()
         if self._current is not None:
