@@ -444,3 +444,22 @@ async def test_pipelined_requests_after_a_failed_stream_are_not_served(serve, co
     assert await client.closed_by_server()
     await asyncio.sleep(0.05)
     assert served == ["/1"]
+
+
+async def test_http10_stream_is_close_delimited(serve, connect):
+    async def sse(request: Request, response: Response) -> None:
+        response.start_stream()
+        response.write(b"data: a\n\n")
+        response.write(b"data: b\n\n")
+        response.end()
+
+    port = await serve(sse)
+    client = await connect(port)
+    client.send(b"GET / HTTP/1.0\r\n\r\n")
+    raw = b""
+    async with asyncio.timeout(5):
+        while chunk := await client.reader.read(4096):
+            raw += chunk
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding" not in head.lower() and b"connection: close" in head.lower()
+    assert body == b"data: a\n\ndata: b\n\n"
