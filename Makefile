@@ -33,7 +33,9 @@ install: $(VENV)/.installed ## .venv with kubetier and its dev dependencies (ide
 
 .PHONY: demo
 demo: install ## the main job: local cluster + operator + router + simulated engines + traffic
-	$(KUBETIER) demo
+	@$(CLUSTER) up; \
+	trap '$(CLUSTER) down' EXIT; \
+	KUBECONFIG=$$($(CLUSTER) kubeconfig-path) $(KUBETIER) demo --output demo-summary.json
 
 .PHONY: unit
 unit: install ## fast tests only (no cluster)

@@ -1,0 +1,374 @@
+"""``kubetier demo``: the whole system on a real local cluster, end to end.
+
+What it does, each step printed with its duration:
+
+1. installs the CRDs (generated from the models) with the real kubectl;
+2. runs ``kubetier operator`` under its own ServiceAccount and least-privilege RBAC;
+3. applies a three-tier ``ModelService`` (engine: the simulator) and API-key Secrets,
+   and waits for the operator to report it ``Ready`` with pods on the fake GPU nodes;
+4. starts one engine-simulator process on loopback per Running pod (KWOK pods run no
+   containers) and ``kubetier router`` with cluster discovery;
+5. sends open-loop streaming traffic through the router with a tier mix, plus one
+   tier-escalation attempt that must be refused;
+6. prints per-tier TTFT/TPOT and SLO attainment as a client saw them, and the router's
+   own view (spills, rejections), then cleans up.
+
+``make demo`` brings the local cluster up first and down afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from kubetier.localdev.access import Kubectl, find_kubectl, service_account_objects, token_kubeconfig
+
+MODEL = "llama-3.1-8b"
+SERVICE = "llama-demo"
+OPERATOR_SA = "kubetier-operator"
+TEAM_KEY = "sk-demo-team-a"  # may use every tier
+BATCH_KEY = "sk-demo-batch"  # may use only the batch tier
+
+# (tier, ttftMs, tpotMs, share of traffic, max_tokens)
+TIERS = [
+    ("interactive", 500, 40, 0.3, 64),
+    ("standard", 1500, 80, 0.4, 96),
+    ("batch", 8000, 200, 0.3, 128),
+]
+
+
+def demo_objects(namespace: str) -> list[dict]:
+    """The API-key Secrets and the three-tier ModelService the demo applies."""
+    secrets = [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+         "stringData": {"api-key": key}}
+        for name, key in (("team-a-key", TEAM_KEY), ("batch-jobs-key", BATCH_KEY))
+    ]
+    tiers = []
+    for name, ttft, tpot, _, max_tokens in TIERS:
+        tier = {"name": name, "ttftMs": ttft, "tpotMs": tpot, "priority": {"interactive": 100, "standard": 50}.get(name, 10),
+                "meanOutputTokens": max_tokens, "replicas": {"min": 1, "max": 4}}
+        tier["capacity"] = {"spot": "never"} if name == "interactive" else {"spot": "preferred" if name == "batch" else "allowed"}
+        if name == "batch":
+            tier["onLate"] = "queue"
+        tiers.append(tier)
+    ms = {
+        "apiVersion": "kubetier.io/v1alpha1", "kind": "ModelService",
+        "metadata": {"name": SERVICE, "namespace": namespace},
+        "spec": {
+            "model": {"name": MODEL, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+            "engine": {"kind": "simulator", "args": ["--model-load-seconds", "2"]},
+            "resources": {"gpusPerReplica": 1, "cpu": "500m", "memory": "512Mi"},
+            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
+            "tiers": tiers,
+            "access": [
+                {"secretRef": {"name": "team-a-key"}, "tiers": [t[0] for t in TIERS]},
+                {"secretRef": {"name": "batch-jobs-key"}, "tiers": ["batch"]},
+            ],
+        },
+    }
+    return [*secrets, ms]
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+@dataclass
+class TierStats:
+    ttft_ms: int
+    tpot_ms: int
+    ttfts: list[float] = field(default_factory=list)
+    tpots: list[float] = field(default_factory=list)
+    met: int = 0
+    sent: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def record_error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def one_request(client: httpx.AsyncClient, tier: str, max_tokens: int, stats: TierStats) -> None:
+    body = {"model": MODEL, "prompt": "Explain SLO tiers to a platform engineer. " * 8,
+            "max_tokens": max_tokens, "stream": True}
+    headers = {"Authorization": f"Bearer {TEAM_KEY}", "X-Kubetier-Tier": tier}
+    stats.sent += 1
+    start = time.monotonic()
+    first = last = None
+    tokens = 0
+    try:
+        async with client.stream("POST", "/v1/completions", json=body, headers=headers) as resp:
+            if resp.status_code != 200:
+                stats.record_error(f"http {resp.status_code}")
+                await resp.aread()
+                return
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                if '"error"' in line:
+                    stats.record_error("stream error event")
+                    return
+                now = time.monotonic()
+                first = first or now
+                last = now
+                tokens += 1
+    except httpx.HTTPError as exc:
+        stats.record_error(type(exc).__name__)
+        return
+    if first is None:
+        stats.record_error("no tokens")
+        return
+    ttft = (first - start) * 1000
+    tpot = (last - first) * 1000 / max(1, tokens - 1)
+    stats.ttfts.append(ttft)
+    stats.tpots.append(tpot)
+    if ttft <= stats.ttft_ms and tpot <= stats.tpot_ms:
+        stats.met += 1
+
+
+async def drive_traffic(base_url: str, rate: float, duration_s: float, seed: int) -> dict[str, TierStats]:
+    """Open-loop Poisson arrivals at ``rate`` requests/s for ``duration_s``; every request
+    is awaited to its end (nothing is abandoned when the clock runs out)."""
+    rng = random.Random(seed)
+    stats = {name: TierStats(ttft, tpot) for name, ttft, tpot, _, _ in TIERS}
+    shares = [t[3] for t in TIERS]
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+        tasks = []
+        t_end = time.monotonic() + duration_s
+        next_at = time.monotonic()
+        while next_at < t_end:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            name, _, _, _, max_tokens = rng.choices(TIERS, weights=shares)[0]
+            tasks.append(asyncio.ensure_future(one_request(client, name, max_tokens, stats[name])))
+            next_at += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+    return stats
+
+
+async def escalation_attempt(base_url: str) -> tuple[int, str]:
+    """The batch-only key asks for the interactive tier: the router must refuse."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        resp = await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 4},
+                                 headers={"Authorization": f"Bearer {BATCH_KEY}", "X-Kubetier-Tier": "interactive"})
+        return resp.status_code, resp.text
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+class Step:
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> "Step":
+        self.t0 = time.monotonic()
+        print(f"[demo] {self.what} ...", flush=True)
+        return self
+
+    def __exit__(self, exc_type, *_: object) -> None:
+        took = time.monotonic() - self.t0
+        print(f"[demo]   {'done' if exc_type is None else 'FAILED'} in {took:.1f}s", flush=True)
+
+
+def wait_for(fn, what: str, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_process(argv: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def ready_condition(ms: dict) -> dict | None:
+    for cond in ms.get("status", {}).get("conditions", []):
+        if cond.get("type") == "Ready":
+            return cond
+    return None
+
+
+def router_servers(base_url: str) -> list[dict]:
+    try:
+        status = httpx.get(f"{base_url}/kubetier/status", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return []
+    return status.get("models", {}).get(MODEL, {}).get("servers", [])
+
+
+def print_report(stats: dict[str, TierStats], router_status: dict, duration_s: float) -> dict:
+    print()
+    print(f"{'tier':<12}{'SLO ttft/tpot':>15}{'sent':>6}{'ok':>5}{'ttft p50':>10}{'ttft p99':>10}"
+          f"{'tpot p50':>10}{'tpot p99':>10}{'attain':>8}  errors")
+    summary = {}
+    router_tiers = router_status.get("models", {}).get(MODEL, {}).get("tiers", {})
+    for name, st in stats.items():
+        ok = len(st.ttfts)
+        attain = st.met / st.sent if st.sent else None
+
+        def ms(x: float | None) -> str:
+            return f"{x:.0f}ms" if x is not None else "-"
+
+        print(f"{name:<12}{f'{st.ttft_ms}/{st.tpot_ms}ms':>15}{st.sent:>6}{ok:>5}{ms(percentile(st.ttfts, .5)):>10}"
+              f"{ms(percentile(st.ttfts, .99)):>10}{ms(percentile(st.tpots, .5)):>10}{ms(percentile(st.tpots, .99)):>10}"
+              f"{(f'{attain:.0%}' if attain is not None else '-'):>8}  {st.errors or ''}")
+        summary[name] = {"sent": st.sent, "completed": ok, "met_slo": st.met, "attainment": attain,
+                         "ttft_p50_ms": percentile(st.ttfts, .5), "ttft_p99_ms": percentile(st.ttfts, .99),
+                         "tpot_p50_ms": percentile(st.tpots, .5), "tpot_p99_ms": percentile(st.tpots, .99),
+                         "errors": st.errors, "router": router_tiers.get(name)}
+    total = sum(s.sent for s in stats.values())
+    print(f"\n{total} streaming requests in {duration_s:.0f}s through the router; "
+          "router's own per-tier view (spills, rejections) in the JSON summary.")
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
+    if not kubeconfig or not Path(kubeconfig).is_file():
+        print("kubetier demo: no cluster. Run `make demo` (it brings up a local cluster), or pass --kubeconfig.",
+              file=sys.stderr)
+        return 2
+    binary = find_kubectl()
+    if not binary:
+        print("kubetier demo: kubectl not found. Run `make cluster-up` to install it.", file=sys.stderr)
+        return 2
+    kubectl = Kubectl(binary, kubeconfig)
+    ns = args.namespace
+    repo_crds = Path(__file__).resolve().parents[2] / "crds"
+    workdir = Path(tempfile.mkdtemp(prefix="kubetier-demo-"))
+    print(f"[demo] logs in {workdir}")
+    from kubernetes import config as kconfig
+
+    from kubetier.api.crdgen import all_crds
+    from kubetier.localdev import LocalEngines
+    from kubetier.operator import rbac
+
+    with ExitStack() as cleanup:
+        with Step("installing CRDs (generated from the pydantic models)"):
+            kubectl.apply(all_crds(), "--server-side", "--force-conflicts", "--field-manager=kubetier-demo")
+            for crd in all_crds():
+                kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}")
+        with Step(f"starting the operator under ServiceAccount {ns}/{OPERATOR_SA} (least-privilege RBAC)"):
+            kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            kubectl.apply(service_account_objects(ns, OPERATOR_SA, rbac.cluster_role("kubetier-demo-operator")))
+            token = kubectl("create", "token", OPERATOR_SA, "-n", ns, "--duration=1h").strip()
+            op_kubeconfig = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig", "kubetier-operator")
+            operator = start_process([sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig",
+                                      str(op_kubeconfig), "--namespace", ns, "--standalone"], workdir / "operator.log")
+            cleanup.callback(stop_process, operator)
+        with Step("applying a three-tier ModelService (engine: simulator) and its API-key Secrets"):
+            kubectl.apply(demo_objects(ns))
+            cleanup.callback(lambda: kubectl("delete", "modelservice", SERVICE, "-n", ns, "--ignore-not-found",
+                                             "--wait=true", "--timeout=60s", check=False))
+
+            def ready():
+                cond = ready_condition(kubectl.json("get", "modelservice", SERVICE, "-n", ns))
+                return cond if cond and cond.get("status") == "True" else None
+
+            try:
+                wait_for(ready, "ModelService Ready", timeout=args.ready_timeout)
+            except TimeoutError:
+                print(kubectl("get", "modelservice", SERVICE, "-n", ns, "-o", "yaml", check=False))
+                print((workdir / "operator.log").read_text()[-4000:])
+                raise
+            print(kubectl("get", "modelservice", "-n", ns, check=False))
+            print(kubectl("get", "pods", "-n", ns, "-o", "wide", check=False))
+        pods = kubectl.items("pods", ns, "app.kubernetes.io/managed-by=kubetier")
+        serving = [p for p in pods if p["metadata"]["labels"].get("kubetier.io/role", "serving") == "serving"]
+        with Step(f"starting {len(pods)} engine simulators on loopback (one per pod)"):
+            engines = LocalEngines(kconfig.new_client_from_config(config_file=kubeconfig), namespace=ns,
+                                   log_dir=workdir / "engines")
+            engines.start()
+            cleanup.callback(engines.close)
+            engines.wait_for(lambda eps: len(eps) >= len(pods), timeout_s=90)
+        port = args.router_port or free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        with Step(f"starting the router on {base_url} (cluster discovery, local endpoints)"):
+            router = start_process([sys.executable, "-m", "kubetier.cli", "router", "--port", str(port),
+                                    "--namespace", ns, "--local-endpoints", "--discovery-interval", "1"],
+                                   workdir / "router.log", env={"KUBECONFIG": kubeconfig})
+            cleanup.callback(stop_process, router)
+            try:
+                wait_for(lambda: sum(1 for s in router_servers(base_url) if s.get("ready")) >= len(serving),
+                         f"the router to see {len(serving)} ready servers", timeout=60)
+            except TimeoutError:
+                print((workdir / "router.log").read_text()[-4000:])
+                raise
+        with Step("tier escalation: the batch-only key asks for the interactive tier"):
+            status, body = asyncio.run(escalation_attempt(base_url))
+            print(f"[demo]   router answered {status}: {body.strip()[:160]}")
+            if status != 403:
+                print("[demo] expected 403: the router let a key use a tier it is not entitled to", file=sys.stderr)
+                return 1
+        with Step(f"open-loop traffic: {args.rate:g} req/s for {args.duration:g}s, tiers "
+                  + ", ".join(f"{t[0]} {t[3]:.0%}" for t in TIERS)):
+            stats = asyncio.run(drive_traffic(base_url, args.rate, args.duration, args.seed))
+        router_status = httpx.get(f"{base_url}/kubetier/status", timeout=5).json()
+        summary = print_report(stats, router_status, args.duration)
+        if args.output:
+            Path(args.output).write_text(json.dumps({"tiers": summary, "router": router_status}, indent=2))
+            print(f"[demo] summary written to {args.output}")
+        if args.keep:
+            cleanup.pop_all()
+            print(f"[demo] --keep: operator, router and engines are still running; see {workdir}")
+            return 0
+    lost = sum(s.sent - len(s.ttfts) for s in stats.values())
+    return 0 if lost == 0 else 1
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kubetier demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kubeconfig", help="cluster to run on (default: $KUBECONFIG; `make demo` sets it)")
+    p.add_argument("--namespace", default="kubetier-demo")
+    p.add_argument("--rate", type=float, default=8.0, help="requests per second (Poisson)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of traffic")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--router-port", type=int, default=0, help="default: a free port on 127.0.0.1")
+    p.add_argument("--ready-timeout", type=float, default=120.0)
+    p.add_argument("--output", help="write a JSON summary here")
+    p.add_argument("--keep", action="store_true", help="leave everything running at the end")
+    return run(p.parse_args(argv))
