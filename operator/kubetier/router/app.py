@@ -103,11 +103,9 @@ class Router:
         self.max_migrations = max_migrations
         self.stall_timeout_s = stall_timeout_s
         self.first_byte_timeout_s = first_byte_timeout_s
-        self.fleets: dict[str, ModelFleet] = {
-            name: ModelFleet(spec, self.metrics, kind=config.kind, scale_up_s=config.scale_up_s,
-                             max_queue=max_queue, scrape_interval_s=scrape_interval_s)
-            for name, spec in config.models.items()
-        }
+        self.max_queue = max_queue
+        self.scrape_interval_s = scrape_interval_s
+        self.fleets: dict[str, ModelFleet] = {name: self._new_fleet(spec) for name, spec in config.models.items()}
         self.created = int(time.time())
 
     # ------------------------------------------------------------------ lifecycle
@@ -120,18 +118,23 @@ class Router:
         for f in self.fleets.values():
             await f.stop()
 
+    def _new_fleet(self, spec) -> ModelFleet:
+        return ModelFleet(spec, self.metrics, kind=self.config.kind, scale_up_s=self.config.scale_up_s,
+                          max_queue=self.max_queue, scrape_interval_s=self.scrape_interval_s)
+
     def update_models(self, config: RouterConfig) -> None:
         """Discovery: add, update or remove models and their servers."""
         self.config.keys = config.keys
         for name, spec in config.models.items():
             f = self.fleets.get(name)
-            if f is None or [t for t in f.spec.tiers] != spec.tiers or f.spec.profile != spec.profile:
+            if f is None or f.spec.tiers != spec.tiers or f.spec.profile != spec.profile:
                 if f is not None:
                     asyncio.ensure_future(f.stop())
-                f = self.fleets[name] = ModelFleet(spec, self.metrics, kind=self.config.kind,
-                                                   scale_up_s=self.config.scale_up_s)
+                f = self.fleets[name] = self._new_fleet(spec)
                 f.start()
             else:
+                f.spec.public = spec.public
+                f.spec.max_prompt_tokens = spec.max_prompt_tokens
                 f.set_servers(spec.servers)
         for name in list(self.fleets):
             if name not in config.models:
@@ -180,7 +183,7 @@ class Router:
         tiers = fleet.spec.tiers
         names = {t.name for t in tiers}
         keys = self.config.keys
-        if keys:
+        if not fleet.spec.public:
             auth = req.headers.get("authorization", "")
             scheme, _, key = auth.partition(" ")
             if scheme.lower() != "bearer" or not key.strip():

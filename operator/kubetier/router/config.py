@@ -55,6 +55,7 @@ class ModelSpec:
     tiers: list[TierSLO]
     servers: list[ServerSpec] = field(default_factory=list)
     max_prompt_tokens: int = 131072
+    public: bool = False  # no API key needed, every tier open (no keys configured for it)
 
 
 @dataclass
@@ -203,6 +204,9 @@ def parse_config(data: Any) -> RouterConfig:
                 raise ConfigError(f"{where}.models: {mname!r} is not a configured model")
             grant = keys.setdefault(key, {})
             grant[mname] = grant.get(mname, frozenset()) | frozenset(tiers)
+    if not keys:
+        for spec in models.values():
+            spec.public = True
     return RouterConfig(models, keys, kind, scale_up_s)
 
 
