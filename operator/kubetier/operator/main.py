@@ -22,10 +22,18 @@ def main(argv: list[str]) -> int:
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
     parser.add_argument("--standalone", action="store_true",
                         help="no kopf peering: assume this is the only operator instance")
+    parser.add_argument("--peering", metavar="NAME", default=None,
+                        help="kopf peering object (ClusterKopfPeering with --all-namespaces, KopfPeering "
+                             "otherwise) through which replicas elect the active one; default: kopf's "
+                             "'default', falling back to standalone when it does not exist")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="this replica's kopf peering priority (the highest one runs)")
     parser.add_argument("--liveness", metavar="URL", default=None,
                         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    if args.standalone and args.peering:
+        parser.error("--standalone and --peering exclude each other")
 
     if args.kubeconfig:
         if not os.path.exists(args.kubeconfig):
@@ -40,6 +48,8 @@ def main(argv: list[str]) -> int:
     kopf.configure(verbose=args.verbose)
     kopf.run(
         standalone=args.standalone,
+        peering_name=args.peering,
+        priority=args.priority,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
