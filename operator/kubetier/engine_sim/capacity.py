@@ -15,7 +15,6 @@ simulator adds to TTFT (median, p99) are reported beside.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
