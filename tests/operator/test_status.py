@@ -91,3 +91,17 @@ def test_capacity_problems_name_the_field():
     cordoned = gpu_node("a")
     cordoned["spec"] = {"unschedulable": True}
     assert capacity_problem(ms, Observed(nodes=[cordoned])).reason == "NoNodeFitsReplica"
+
+
+def test_unschedulable_pods_are_explained_in_progressing():
+    ms = parse(sample_body())
+    up = all_up(ms)
+    stuck = {"metadata": {"name": "batch-x", "labels": {
+        "kubetier.io/service": ms.name, "kubetier.io/tier": "batch", "kubetier.io/role": "serving"}},
+        "spec": {}, "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                               "message": "0/8 nodes are available: 8 Insufficient nvidia.com/gpu."}]}}
+    status = compute_status(ms, Observed(children=up.children, pods=up.pods + [stuck], nodes=up.nodes), NOW)
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("True", "PodsUnschedulable")
+    assert "batch: 1 pod(s) unschedulable: 0/8 nodes are available: 8 Insufficient nvidia.com/gpu." == progressing["message"]
+    assert conds(status)["Ready"] == ("False", "TiersNotReady")

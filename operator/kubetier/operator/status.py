@@ -132,6 +132,22 @@ def _rollout_incomplete(ms: ModelService, observed: Observed) -> list[str]:
     return sorted(late)
 
 
+def _unschedulable(ms: ModelService, observed: Observed) -> list[str]:
+    """Per tier, how many of its pods the scheduler could not place, and its reason."""
+    out = []
+    for tier in ms.spec.tiers:
+        stuck = [
+            c for p in observed.pods
+            if _labels(p).get(SERVICE_LABEL) == ms.name and _labels(p).get(TIER_LABEL) == tier.name
+            and not p["metadata"].get("deletionTimestamp")
+            for c in (p.get("status") or {}).get("conditions") or ()
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+        ]
+        if stuck:
+            out.append(f"{tier.name}: {len(stuck)} pod(s) unschedulable: {stuck[0].get('message', '')}"[:512])
+    return out
+
+
 def _timestamp(now: dt.datetime) -> str:
     return now.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -163,6 +179,7 @@ def compute_status(
         if ("Deployment", name := tier_object_name(ms, tier, pool)) not in observed.children
     ]
     late = _rollout_incomplete(ms, observed)
+    unschedulable = _unschedulable(ms, observed)
 
     conds: dict[str, tuple[str, str, str]] = {}
     if problem:
@@ -171,6 +188,9 @@ def compute_status(
         conds["Degraded"] = ("False", "AsExpected", "the spec fits the cluster")
     if missing:
         conds["Progressing"] = ("True", "Creating", "waiting for Deployments: " + ", ".join(sorted(missing)))
+    elif unschedulable:
+        # Not Degraded: capacity may yet appear (Karpenter, a freed node), but say why.
+        conds["Progressing"] = ("True", "PodsUnschedulable", "; ".join(unschedulable))
     elif short or late:
         conds["Progressing"] = ("True", "RollingOut", "; ".join(short + [f"rollout of {n}" for n in late]))
     else:
