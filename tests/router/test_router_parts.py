@@ -200,3 +200,23 @@ async def test_upstream_client_streams_reuses_connections_and_reports_failures()
     with pytest.raises(UpstreamError) as exc:
         await UpstreamPool("127.0.0.1", port, connect_timeout_s=1).request("GET", "/")
     assert exc.value.phase == "connect"
+
+
+async def test_upstream_client_times_out_a_stalled_stream():
+    async def handler(req, res):
+        res.start_stream(200)
+        res.write(b"data: 0\n\n")
+        await asyncio.sleep(1.0)
+        res.end()
+
+    server = await start_server(handler, "127.0.0.1", 0)
+    pool = UpstreamPool("127.0.0.1", port_of(server))
+    try:
+        r = await pool.request("GET", "/")
+        assert await r.read_some(0.2) == b"data: 0\n\n"
+        with pytest.raises(UpstreamError, match="stalled"):
+            await r.read_some(0.2)
+        r.close()
+    finally:
+        pool.close()
+        server.close()

@@ -47,7 +47,7 @@ class _Conn(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "status", "headers", "_hname", "head_done", "buf",
         "buffered", "complete", "keep_alive", "error", "waiter", "reading_paused", "closed",
-        "max_buffer",
+        "max_buffer", "last_activity", "stall_handle", "stall_timeout",
     )
 
     def __init__(self, pool: "UpstreamPool") -> None:
@@ -56,9 +56,14 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.max_buffer = pool.max_buffer_bytes
+        self.last_activity = 0.0
+        self.stall_handle: asyncio.TimerHandle | None = None
+        self.stall_timeout = 0.0
         self._reset()
 
     def _reset(self) -> None:
+        if getattr(self, "stall_handle", None) is not None:
+            self._cancel_stall()
         self.status = 0
         self.headers: dict[str, str] = {}
         self._hname = ""
@@ -77,6 +82,7 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = -1.0  # "since the stall timer last looked": it reads the clock lazily
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -86,6 +92,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._cancel_stall()
         if not self.complete:
             if not self.head_done:
                 self._fail("upstream closed the connection before answering")
@@ -137,21 +144,42 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     async def _wait(self, timeout: float) -> None:
+        """Wait for the next parser event, at most ``timeout`` seconds without any bytes.
+
+        One stall timer per connection, re-armed only when it fires, instead of a timer
+        per wait: a streaming relay waits once per event, and a timer each time would
+        cost a heap insert and cancel per token."""
         loop = asyncio.get_running_loop()
         w = self.waiter = loop.create_future()
-        handle = loop.call_later(timeout, _timeout_waiter, w)
-        try:
-            await w
-        finally:
-            handle.cancel()
+        if self.stall_handle is None or self.stall_timeout != timeout:
+            self._cancel_stall()
+            self.stall_timeout = timeout
+            self.last_activity = loop.time()
+            self.stall_handle = loop.call_later(timeout, self._check_stall)
+        await w
+
+    def _check_stall(self) -> None:
+        self.stall_handle = None
+        w = self.waiter
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.last_activity < 0:  # bytes arrived since the last look: start a new window
+            self.last_activity = now
+        idle = now - self.last_activity
+        if w is not None and not w.done() and idle >= self.stall_timeout:
+            self.waiter = None
+            w.set_exception(asyncio.TimeoutError())
+            return
+        if not self.closed and self.error is None and not self.complete:
+            self.stall_handle = loop.call_later(max(self.stall_timeout - idle, 0.001), self._check_stall)
+
+    def _cancel_stall(self) -> None:
+        if self.stall_handle is not None:
+            self.stall_handle.cancel()
+            self.stall_handle = None
 
     def reusable(self) -> bool:
         return not self.closed and self.complete and self.keep_alive and self.error is None
-
-
-def _timeout_waiter(w: asyncio.Future) -> None:
-    if not w.done():
-        w.set_exception(asyncio.TimeoutError())
 
 
 class UpstreamResponse:
@@ -208,6 +236,7 @@ class UpstreamResponse:
             return
         self._released = True
         c = self._conn
+        c._cancel_stall()
         if c.reusable():
             c.pool._put(c)
         else:

@@ -257,6 +257,7 @@ class Router:
         try:
             outcome = await self._serve(req, res, body, chat, stream, ctx)
         finally:
+            self._release(ctx)  # no-op unless an unexpected error skipped it: keep the load honest
             tally.inflight -= 1
             inflight.dec()
             m.requests.labels(fleet.name, tier_name, w, outcome).inc()
