@@ -54,3 +54,22 @@ def test_inline_profile_sample_passes_the_latency_models_own_checks():
     ms = admit(yaml.safe_load((SAMPLES / "modelservice-inline-profile.yaml").read_text()))
     model = LatencyModel.from_dict(ms.spec.latency_profile.inline.wire())
     assert model.kv_capacity_tokens > 0
+
+
+def test_every_cel_rule_has_an_invalid_sample():
+    """Each CEL rule is exercised by an invalid sample (e2e applies them to a real
+    apiserver), and its pydantic twin refuses that sample with the same message."""
+    from kubetier.api.crdgen import all_crds
+
+    def messages(node):
+        for rule in node.get("x-kubernetes-validations", ()):
+            yield rule["message"]
+        for sub in node.get("properties", {}).values():
+            yield from messages(sub)
+        if "items" in node:
+            yield from messages(node["items"])
+
+    expects = [p.read_text().splitlines()[0].removeprefix("# expect: ") for p in INVALID]
+    for crd in all_crds():
+        for message in messages(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]):
+            assert any(e in message for e in expects), f"no invalid sample exercises CEL rule {message!r}"
