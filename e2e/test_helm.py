@@ -1,0 +1,384 @@
+"""The Helm chart on a real cluster, with the real helm binary.
+
+1. Every valid values file renders manifests the API server accepts
+   (`kubectl apply --dry-run=server`).
+2. `helm install` with the defaults (what the README says), then the operator and the
+   router run as local processes under the chart's own ServiceAccounts (a TokenRequest
+   token: KWOK pods run no containers) with the arguments the chart's Deployments carry;
+   the three-tier sample becomes Ready and a streaming completion goes through the router.
+3. `helm upgrade` with changed values converges; a bad upgrade is refused by the schema.
+4. `helm uninstall` removes every object of the release; CRDs and ModelServices stay
+   (the documented policy: charts/kubetier/README.md, "Uninstall").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import token_kubeconfig
+from e2e_support import CACHE, REPO, Kubectl, OperatorProcess, condition, need, wait_until
+
+CHART = REPO / "charts" / "kubetier"
+VALUES_DIR = REPO / "tests" / "chart" / "values"
+SAMPLE = REPO / "crds" / "samples" / "modelservice-three-tier.yaml"
+# Unique per run: the suite may run from several checkouts against one cluster.
+RUN = uuid.uuid4().hex[:5]
+RELEASE = f"kt-{RUN}"
+CHART_NS = f"kubetier-helm-{RUN}"
+INSTANCE = f"app.kubernetes.io/instance={RELEASE}"
+# Kinds the chart can create, namespaced and cluster-scoped (for "nothing left behind").
+RELEASE_KINDS = ("deployments,services,serviceaccounts,configmaps,secrets,roles,rolebindings,"
+                 "poddisruptionbudgets,networkpolicies,daemonsets")
+CLUSTER_KINDS = "clusterroles,clusterrolebindings"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def find_helm() -> str | None:
+    for candidate in (os.environ.get("HELM"), str(CACHE / "bin" / "helm"), shutil.which("helm")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class Helm:
+    def __init__(self, binary: str, kubeconfig: str) -> None:
+        self.binary, self.kubeconfig = binary, kubeconfig
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([self.binary, "--kubeconfig", self.kubeconfig, *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def __call__(self, *args: str, timeout: float = 120) -> str:
+        res = self.run(*args, timeout=timeout)
+        assert res.returncode == 0, f"helm {' '.join(args)} exited {res.returncode}:\n{res.stderr or res.stdout}"
+        return res.stdout
+
+
+@pytest.fixture(scope="module")
+def helm(kubeconfig: str, kubectl: Kubectl) -> Helm:
+    binary = find_helm()
+    need(binary, "helm not found ($HELM, the cluster cache or PATH)",
+         "run: .venv/bin/python e2e/cluster/cluster.py install")
+    return Helm(binary, kubeconfig)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def container(kubectl: Kubectl, deployment: str) -> dict:
+    d = kubectl.json("get", "deployment", deployment, "-n", CHART_NS)
+    return d["spec"]["template"]["spec"]["containers"][0]
+
+
+def loopback_args(args: list[str], ports: dict[str, int]) -> list[str]:
+    """The chart's container arguments, rebound to loopback and free ports for a local run."""
+    out = []
+    for a in args:
+        a = a.replace("0.0.0.0", "127.0.0.1")
+        for flag, port in ports.items():
+            if a.startswith(f"--{flag}="):
+                a = re.sub(r"(:|=)\d+(/|$)", lambda m: f"{m.group(1)}{port}{m.group(2)}", a, count=1)
+        out.append(a)
+    return out
+
+
+def sa_token(kubectl: Kubectl, sa: str) -> str:
+    return kubectl("create", "token", sa, "-n", CHART_NS, "--duration=1h").strip()
+
+
+def pause_session_operator(request) -> OperatorProcess | None:
+    """The suite's own operator (conftest `operator`, all namespaces) must not reconcile
+    alongside the chart's: stop it if this session started it; the caller restarts it."""
+    try:
+        defs = request._fixturemanager.getfixturedefs("operator", request.node) or ()
+    except Exception:  # pytest internals moved: nothing to pause is the safe reading
+        return None
+    for fd in defs:
+        cached = getattr(fd, "cached_result", None)
+        if cached and isinstance(cached[0], OperatorProcess) and cached[0].alive():
+            cached[0].stop()
+            return cached[0]
+    return None
+
+
+def plain_env(c: dict) -> dict[str, str]:
+    """The container's literal environment (the settings the chart passes), minus HOME."""
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e and e["name"] != "HOME"}
+
+
+class LocalProcess:
+    """A `kubetier ...` subprocess with its own kubeconfig and log file."""
+
+    def __init__(self, argv: list[str], kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ, **(env or {}), KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1")
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "kubetier.cli", *argv], stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, chars: int = 3000) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def forbidden(self) -> list[str]:
+        return [ln for ln in self.tail(5_000_000).splitlines() if " 403" in ln or "forbidden" in ln.lower()]
+
+    def stop(self) -> None:
+        if self.alive():
+            import signal
+
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+# --------------------------------------------------------------------------- 1. dry-run
+
+
+def _dry_run_docs(docs: list[dict]) -> tuple[list[dict], list[str]]:
+    """Drop what the API server cannot check here: ServiceMonitors (no Prometheus Operator
+    CRDs on the test cluster) and helm hooks (instances of CRDs the same render creates)."""
+    kept, dropped = [], []
+    for d in docs:
+        hook = (d["metadata"].get("annotations") or {}).get("helm.sh/hook")
+        if d["kind"] == "ServiceMonitor" or hook:
+            dropped.append(f"{d['kind']}/{d['metadata']['name']}")
+        else:
+            kept.append(d)
+    return kept, dropped
+
+
+@pytest.mark.parametrize("values_file", sorted(VALUES_DIR.glob("ok-*.yaml")), ids=lambda p: p.stem)
+def test_rendered_manifests_pass_server_side_dry_run(kubectl: Kubectl, helm: Helm, crds, values_file: Path):
+    out = helm("template", f"{RELEASE}-dry", str(CHART), "-n", CHART_NS, "-f", str(values_file), "--include-crds",
+               "--set", f"router.service.name={RELEASE}-dry-router")
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kept, dropped = _dry_run_docs(docs)
+    namespaces = {CHART_NS} | {d["metadata"].get("namespace") for d in kept if d["metadata"].get("namespace")}
+    kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in sorted(namespaces)])
+    res = kubectl.run("apply", "--dry-run=server", "--server-side", "--force-conflicts", "--field-manager=helm-e2e",
+                      "-f", "-",
+                      input=json.dumps({"apiVersion": "v1", "kind": "List", "items": kept}))
+    assert res.returncode == 0, f"the API server refused the {values_file.stem} render:\n{res.stderr}"
+    assert res.stdout.count("(server dry run)") == len(kept), res.stdout
+    if "observability" in values_file.stem:
+        assert any(x.startswith("ServiceMonitor/") for x in dropped)
+
+
+# --------------------------------------------------------------------------- 2-4. lifecycle
+
+
+@pytest.fixture(scope="module")
+def app_ns(kubectl: Kubectl, helm: Helm):
+    name = f"helm-e2e-{uuid.uuid4().hex[:5]}"
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    wait_until(lambda: kubectl("get", "serviceaccount", "default", "-n", name, "--ignore-not-found", "-o", "name"),
+               f"the default ServiceAccount in {name}", timeout=30)
+    yield name
+    # ModelServices kept across uninstall lose their operator: drop finalizers, then the namespace.
+    for ms in kubectl.items("modelservices.kubetier.io", name) if _crd_served(kubectl) else []:
+        kubectl("patch", "modelservice", ms["metadata"]["name"], "-n", name, "--type=merge",
+                "-p", '{"metadata":{"finalizers":null}}', check=False)
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # A failed run must not leave its release behind (cluster-scoped RBAC included).
+    helm.run("uninstall", RELEASE, "-n", CHART_NS, "--ignore-not-found", "--wait", "--timeout=60s")
+    kubectl("delete", "namespace", CHART_NS, "--wait=false", "--ignore-not-found", check=False)
+
+
+def _crd_served(kubectl: Kubectl) -> bool:
+    return bool(kubectl("get", "crd", "modelservices.kubetier.io", "--ignore-not-found", "-o", "name", check=False))
+
+
+def _release_objects(kubectl: Kubectl) -> list[str]:
+    names = kubectl("get", RELEASE_KINDS, "-A", "-l", INSTANCE, "-o", "name", check=False).split()
+    names += kubectl("get", CLUSTER_KINDS, "-l", INSTANCE, "-o", "name", check=False).split()
+    return names
+
+
+def _sample(namespace: str) -> dict:
+    (doc,) = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
+    doc["metadata"]["namespace"] = namespace
+    return doc
+
+
+def _ready(kubectl: Kubectl, namespace: str, name: str):
+    ms = kubectl.json("get", "modelservice", name, "-n", namespace)
+    c = condition(ms, "Ready")
+    ok = c and c["status"] == "True" and (ms.get("status") or {}).get("observedGeneration") == ms["metadata"]["generation"]
+    return ms if ok else None
+
+
+class Lifecycle:
+    """State shared by the lifecycle tests below, which run in file order."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, LocalProcess] = {}
+        self.router_port = 0
+        self.installed = False
+        self.sample: dict = {}
+
+
+@pytest.fixture(scope="module")
+def lifecycle(kubectl: Kubectl, helm: Helm, kubeconfig: str, app_ns: str, workdir: Path, request):
+    """`helm install` (defaults, as the README says), then the operator and the router as
+    local processes under the chart's ServiceAccounts with the chart's arguments."""
+    state = Lifecycle()
+    out = helm("install", RELEASE, str(CHART), "-n", CHART_NS, "--create-namespace")
+    state.installed = True
+    state.notes = out
+    for crd in ("modelservices.kubetier.io", "powerbudgets.kubetier.io"):
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+    paused = pause_session_operator(request)
+    try:
+        for component, flags in (("operator", {"liveness": free_port()}), ("router", {"port": free_port()})):
+            sa = f"{RELEASE}-kubetier-{component}"
+            kc = token_kubeconfig(kubeconfig, sa_token(kubectl, sa), workdir / f"helm-{component}.kubeconfig")
+            c = container(kubectl, f"{RELEASE}-kubetier-{component}")
+            assert c["command"] == ["kubetier", component]
+            args = loopback_args(c["args"], flags)
+            if component == "router":
+                state.router_port = flags["port"]
+                args.append("--local-endpoints")  # KWOK pods: loopback engine simulators
+            state.procs[component] = LocalProcess([component, *args], kc, workdir / f"helm-{component}.log",
+                                                  plain_env(c))
+        yield state
+    finally:
+        for proc in state.procs.values():
+            proc.stop()
+        if paused is not None:
+            paused.start()
+
+
+def test_install_prints_next_steps(lifecycle: Lifecycle, helm: Helm):
+    assert "STATUS: deployed" in lifecycle.notes
+    assert "kubectl apply" in lifecycle.notes and f"kubetier-router.{CHART_NS}.svc:8080/v1" in lifecycle.notes
+    manifest = [d for d in yaml.safe_load_all(helm("get", "manifest", RELEASE, "-n", CHART_NS)) if d]
+    assert {d["kind"] for d in manifest} >= {"Deployment", "Service", "ServiceAccount", "ClusterRole",
+                                             "ClusterRoleBinding"}
+
+
+def test_sample_ready_under_the_chart_rbac(lifecycle: Lifecycle, kubectl: Kubectl, app_ns: str):
+    """The three-tier sample reconciles to Ready with the operator holding only the chart's grants."""
+    operator = lifecycle.procs["operator"]
+    for secret, key in (("team-a-key", "sk-team-a-e2e"), ("batch-jobs-key", "sk-batch-e2e")):
+        kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": app_ns},
+                       "stringData": {"api-key": key}})
+    lifecycle.sample = sample = _sample(app_ns)
+    kubectl.apply(sample)
+    name = sample["metadata"]["name"]
+    ms = wait_until(lambda: _ready(kubectl, app_ns, name), f"ModelService {name} Ready under the chart's RBAC",
+                    timeout=120, describe=lambda: f"operator log:\n{operator.tail()}")
+    assert operator.alive(), operator.tail()
+    assert ms["status"]["endpoint"] == f"http://kubetier-router.{CHART_NS}.svc:8080/v1", ms["status"]
+    assert not operator.forbidden(), f"the operator was refused by RBAC:\n{operator.forbidden()[:5]}"
+
+
+def test_streaming_completion_through_the_router(lifecycle: Lifecycle, api_client, app_ns: str):
+    """The router, holding only the chart's read-only grants, discovers the sample and
+    streams a completion from the (loopback) engines."""
+    from kubetier.localdev.engines import LocalEngines, engine_sim_command
+
+    assert lifecycle.sample, "needs test_sample_ready_under_the_chart_rbac"
+    router = lifecycle.procs["router"]
+    with LocalEngines(api_client, namespace=app_ns, command=engine_sim_command(time_scale=1.0)) as engines:
+        engines.wait_for(lambda eps: len(eps) >= 5, timeout_s=90)
+        text = _stream_completion(lifecycle.router_port, router, api_key="sk-team-a-e2e", tier="interactive",
+                                  model=lifecycle.sample["spec"]["model"]["name"])
+    assert text, "the router streamed no tokens"
+    assert not router.forbidden(), f"the router was refused by RBAC:\n{router.forbidden()[:5]}"
+
+
+def test_upgrade_with_changed_values_converges(lifecycle: Lifecycle, kubectl: Kubectl, helm: Helm):
+    helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values",
+         "--set", "router.replicas=2", "--set", "operator.verbose=true")
+    assert kubectl.json("get", "deployment", f"{RELEASE}-kubetier-router", "-n", CHART_NS)["spec"]["replicas"] == 2
+    assert "--verbose" in container(kubectl, f"{RELEASE}-kubetier-operator")["args"]
+    pdb = kubectl.json("get", "pdb", f"{RELEASE}-kubetier-router", "-n", CHART_NS)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    history = json.loads(helm("history", RELEASE, "-n", CHART_NS, "-o", "json"))
+    assert (history[-1]["revision"], history[-1]["status"]) == (2, "deployed")
+    bad = helm.run("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values", "--set", "operator.replicas=0")
+    assert bad.returncode != 0 and "/operator/replicas" in bad.stderr, bad.stderr
+    assert json.loads(helm("history", RELEASE, "-n", CHART_NS, "-o", "json"))[-1]["revision"] == 2
+    # Back to one router: the PodDisruptionBudget goes away again.
+    helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values", "--set", "router.replicas=1")
+    assert not kubectl("get", "pdb", "-n", CHART_NS, "-l", INSTANCE, "-o", "name")
+
+
+def test_uninstall_keeps_only_crds_and_instances(lifecycle: Lifecycle, kubectl: Kubectl, helm: Helm, app_ns: str):
+    """Documented policy: delete ModelServices first (their children go with them while
+    the operator runs); `helm uninstall` then removes every object of the release and
+    keeps the CRDs and any ModelService still there."""
+    assert lifecycle.procs["operator"].alive(), lifecycle.procs["operator"].tail()
+    kept = _sample(app_ns)
+    kept["metadata"]["name"] = "kept"
+    kept["spec"]["tiers"] = [t for t in kept["spec"]["tiers"] if t["name"] == "batch"]
+    kept["spec"]["access"] = [{"secretRef": {"name": "batch-jobs-key"}, "tiers": ["batch"]}]
+    kubectl.apply(kept)
+    wait_until(lambda: _ready(kubectl, app_ns, "kept"), "ModelService kept Ready", timeout=90)
+    name = lifecycle.sample.get("metadata", {}).get("name", "llama-8b")
+    kubectl("delete", "modelservice", name, "-n", app_ns, "--wait=true", "--timeout=60s", "--ignore-not-found",
+            timeout=90)
+    wait_until(lambda: not kubectl("get", "deployments,services,configmaps,pods", "-n", app_ns, "-l",
+                                   f"kubetier.io/service={name}", "-o", "name"),
+               f"the children of {name} to be garbage-collected", timeout=60)
+    for proc in lifecycle.procs.values():
+        proc.stop()
+
+    helm("uninstall", RELEASE, "-n", CHART_NS, "--wait", "--timeout=60s")
+    wait_until(lambda: not _release_objects(kubectl), "every object of the release to be deleted", timeout=60,
+               describe=lambda: str(_release_objects(kubectl)))
+    assert not kubectl("get", "secrets", "-n", CHART_NS, "-l", f"owner=helm,name={RELEASE}", "-o", "name")
+    assert _crd_served(kubectl), "helm uninstall deleted the ModelService CRD (it must keep CRDs)"
+    assert kubectl("get", "modelservice", "kept", "-n", app_ns, "-o", "name"), "uninstall removed a ModelService"
+
+
+def _stream_completion(port: int, router: LocalProcess, api_key: str, tier: str, model: str) -> str:
+    """One streaming completion through the router; returns the streamed text."""
+    import httpx
+
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    body = {"model": model, "prompt": "Say hello to the helm chart.", "max_tokens": 16, "stream": True}
+    headers = {"Authorization": f"Bearer {api_key}", "X-Kubetier-Tier": tier}
+    deadline = time.monotonic() + 60
+    last = ""
+    while time.monotonic() < deadline:
+        assert router.alive(), f"the router exited:\n{router.tail()}"
+        try:
+            with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as resp:
+                if resp.status_code == 200:
+                    chunks = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+                    assert chunks and chunks[-1] == "[DONE]", chunks[-3:]
+                    return "".join(json.loads(c)["choices"][0].get("text", "") for c in chunks[:-1])
+                last = f"HTTP {resp.status_code}: {resp.read()[:300]!r}"
+        except httpx.TransportError as exc:  # router still starting
+            last = repr(exc)
+        time.sleep(0.5)
+    pytest.fail(f"no streaming completion through the router within 60s; last: {last}\n{router.tail()}")
