@@ -220,3 +220,122 @@ async def test_upstream_client_times_out_a_stalled_stream():
     finally:
         pool.close()
         server.close()
+
+
+def test_discovery_reads_kubernetes_client_objects():
+    """The same path as the cluster: client model objects -> sanitize -> build_config
+    (checks the API field names the pure builder relies on)."""
+    from kubernetes import client
+
+    from kubetier.router.discovery import ClusterSource
+
+    cm = _routing_cm(access=[{"secretName": "k", "tiers": ["interactive"]}])
+    v1cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(**{k: v for k, v in cm["metadata"].items()}), data=cm["data"])
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p1", namespace="team-a", labels=_pod("p1", "batch")["metadata"]["labels"],
+                                     deletion_timestamp=None),
+        status=client.V1PodStatus(pod_ip="10.1.2.3", conditions=[client.V1PodCondition(type="Ready", status="True")]),
+    )
+    secret = client.V1Secret(data={"api-key": base64.b64encode(b"sk-z").decode()})
+
+    class FakeApi:
+        def list_config_map_for_all_namespaces(self, label_selector):
+            assert label_selector == "kubetier.io/routing-config=true"
+            return client.V1ConfigMapList(items=[v1cm])
+
+        def list_pod_for_all_namespaces(self, label_selector):
+            assert "kubetier.io/role=serving" in label_selector
+            return client.V1PodList(items=[pod])
+
+        def read_namespaced_secret(self, name, ns):
+            assert (name, ns) == ("k", "team-a")
+            return secret
+
+    src = ClusterSource.__new__(ClusterSource)
+    src.api, src.serializer, src.namespace = FakeApi(), client.ApiClient(), None
+    c = build_config(*src.snapshot())
+    s = c.models["llama"].servers[0]
+    assert (s.server_id, s.host, s.port, s.tier, s.ready) == ("team-a/p1", "10.1.2.3", 8000, "batch", True)
+    assert c.keys == {"sk-z": {"llama": frozenset({"interactive"})}}
+
+
+async def test_router_follows_discovery_updates_in_process():
+    """Discovery output drives the live router: a model appears, a draining pod gets no
+    traffic, the model disappears (404)."""
+    import httpx
+
+    from kubetier.router.app import Router
+    from kubetier.router.config import RouterConfig
+
+    hits: dict[int, int] = {}
+
+    def engine(port_box):
+        async def handler(req, res):
+            if req.path == "/health":
+                res.send(200, b"")
+            elif req.path == "/metrics":
+                res.send(200, b"", content_type="text/plain")
+            else:
+                hits[port_box[0]] = hits.get(port_box[0], 0) + 1
+                res.start_stream(200)
+                for w in ("a", "b"):
+                    res.write(b'data: {"choices":[{"index":0,"text":" %s"}]}\n\n' % w.encode())
+                res.write(b"data: [DONE]\n\n")
+                res.end()
+        return handler
+
+    boxes = [[0], [0]]
+    engines = [await start_server(engine(b), "127.0.0.1", 0) for b in boxes]
+    for b, e in zip(boxes, engines):
+        b[0] = port_of(e)
+    router = Router(RouterConfig(models={}), scrape_interval_s=0.05)
+    router.start()
+    front = await start_server(router.handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port_of(front)}/v1/completions"
+    try:
+        pods = [_pod("p0", "batch", local=f"127.0.0.1:{boxes[0][0]}"),
+                _pod("p1", "batch", local=f"127.0.0.1:{boxes[1][0]}", deleting=True)]
+        router.update_models(build_config([_routing_cm()], pods, {}, local_endpoints=True))
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(3):
+                r = await client.post(url, json={"model": "llama", "prompt": "x", "stream": True})
+                assert r.status_code == 200 and r.text.count('"text"') == 2
+            assert hits == {boxes[0][0]: 3}  # the draining pod got nothing
+            router.update_models(build_config([], [], {}, local_endpoints=True))
+            r = await client.post(url, json={"model": "llama", "prompt": "x"})
+            assert r.status_code == 404
+    finally:
+        front.close()
+        await router.stop()
+        for e in engines:
+            e.close()
+
+
+async def test_wait_queue_admits_when_capacity_frees_and_rejects_when_late():
+    from kubetier.policy.latency import LatencyModel
+    from kubetier.router.config import ModelSpec, ServerSpec
+    from kubetier.router.fleet import ModelFleet, Rejected
+    from kubetier.router.metrics import RouterMetrics
+    from kubetier.policy.routing import TierSLO
+
+    d = load_profile("llama-3.1-8b-h100").to_dict()
+    d["maxNumSeqs"] = 1
+    spec = ModelSpec("m", LatencyModel.from_dict(d), [
+        TierSLO("t", ttft_ms=400, tpot_ms=100, priority=1, mean_output_tokens=16),
+    ], [ServerSpec("s", "127.0.0.1", 9, "t")])
+    fleet = ModelFleet(spec, RouterMetrics("test"))
+    import time as _t
+
+    up, spilled = await fleet.acquire("t", 100, _t.monotonic())
+    assert up.spec.server_id == "s" and not spilled
+    waiting = asyncio.ensure_future(fleet.acquire("t", 100, _t.monotonic()))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and fleet.metrics.tally("m", "t").waiting == 1
+    fleet.release("s", 100, 5, prefilled=False)  # capacity frees: the waiter is admitted
+    up2, _ = await asyncio.wait_for(waiting, 1)
+    assert up2.spec.server_id == "s" and fleet.metrics.tally("m", "t").waiting == 0
+    # Nobody releases now: the next request waits out its TTFT budget, then is refused.
+    t0 = _t.monotonic()
+    with pytest.raises(Rejected):
+        await asyncio.wait_for(fleet.acquire("t", 100, t0), 2)
+    assert 0.2 < _t.monotonic() - t0 < 1.0
