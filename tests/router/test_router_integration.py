@@ -171,3 +171,33 @@ def test_retry_before_first_token_and_resume_after_an_engine_is_killed(procs, tm
     st = httpx.get(base + "/kubetier/status").json()["models"]["k"]
     assert st["tiers"]["std"]["migrations"] == 1 and st["tiers"]["std"]["completed"] == 1
     assert {s["id"]: s["ready"] for s in st["servers"]}["z-victim"] is False
+
+
+def test_two_workers_share_one_port_and_report_together(procs, tmp_path):
+    eport, rport = free_port(), free_port()
+    procs.engine(eport, "w", "llama-3.1-8b-h100")
+    cfg = {"models": [{"name": "w", "profile": "llama-3.1-8b-h100",
+                       "tiers": [{"name": "std", "ttftMs": 2000, "tpotMs": 100}],
+                       "servers": [{"url": f"http://127.0.0.1:{eport}", "tier": "std"}]}]}
+    procs.start("router", "--port", str(rport), "--config", write_config(tmp_path, cfg), "--workers", "2",
+                "--log-level", "WARNING")
+    wait_http(f"http://127.0.0.1:{eport}/health")
+    wait_http(f"http://127.0.0.1:{rport}/health")
+    base = f"http://127.0.0.1:{rport}"
+    n = 12
+    for _ in range(n):  # a new connection each time: the kernel spreads them over the workers
+        with httpx.Client() as c:
+            r = c.post(base + "/v1/completions", json={"model": "w", "prompt": "x", "max_tokens": 2})
+            assert r.status_code == 200
+    workers = set()
+    for _ in range(8):
+        with httpx.Client() as c:
+            st = c.get(base + "/kubetier/status").json()
+        workers.add(st["worker"])
+        # Whichever worker answers reports every worker's requests.
+        assert st["models"]["w"]["tiers"]["std"]["completed"] == n
+    metrics = httpx.get(base + "/metrics").text
+    served = [l for l in metrics.splitlines() if l.startswith('kubetier_router_requests_total{') and 'outcome="ok"' in l]
+    assert sum(float(l.rsplit(" ", 1)[1]) for l in served) == n
+    # Both workers served some (all 12 connections hashed onto one worker: p ~ 0.05%).
+    assert len(served) == 2

@@ -175,7 +175,8 @@ class Router:
         }
 
     def status(self) -> dict:
-        return {"worker": self.metrics.worker, "models": {name: f.status() for name, f in self.fleets.items()}}
+        tallies = self.metrics.aggregated_tallies()  # every worker's, in multiprocess mode
+        return {"worker": self.metrics.worker, "models": {name: f.status(tallies) for name, f in self.fleets.items()}}
 
     # ------------------------------------------------------------------ classification
 

@@ -272,7 +272,12 @@ class ModelFleet:
                 self.metrics.server_running.labels(self.name, sid, up.spec.tier, w).set(ld.running)
                 self.metrics.server_kv.labels(self.name, sid, up.spec.tier, w).set(ld.kv_tokens)
 
-    def status(self) -> dict:
+    def _tally(self, tallies: dict | None, tier: str):
+        if tallies is not None and (self.name, tier) in tallies:
+            return tallies[(self.name, tier)]
+        return self.metrics.tally(self.name, tier)
+
+    def status(self, tallies: dict | None = None) -> dict:
         servers = []
         for sid, up in self.upstreams.items():
             ld = self.policy.server(sid)
@@ -282,7 +287,7 @@ class ModelFleet:
                 "running": ld.running if ld else 0, "kvTokens": ld.kv_tokens if ld else 0,
             })
         return {
-            "tiers": {t: self.metrics.tally(self.name, t).as_dict() for t in self.tiers},
+            "tiers": {t: self._tally(tallies, t).as_dict() for t in self.tiers},
             "servers": servers,
             "queueLength": sum(1 for w in self._queue if not w.cancelled),
         }

@@ -83,11 +83,19 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def _run_workers(argv: list[str], workers: int) -> int:
-    """K worker processes on one port (SO_REUSEPORT); the kernel spreads connections."""
-    child_argv = [a for a in argv]
+    """K worker processes on one port (SO_REUSEPORT); the kernel spreads connections.
+    Their metrics meet in a shared directory (prometheus_client multiprocess mode)."""
+    import shutil
+    import tempfile
+
+    own_dir = None
+    env = dict(os.environ)
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="kubetier-router-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = own_dir
     procs = [
-        subprocess.Popen([sys.executable, "-m", "kubetier.cli", "router", *child_argv, "--workers", "1",
-                          "--reuse-port"])
+        subprocess.Popen([sys.executable, "-m", "kubetier.cli", "router", *argv, "--workers", "1", "--reuse-port"],
+                         env=env)
         for _ in range(workers)
     ]
 
@@ -99,8 +107,12 @@ def _run_workers(argv: list[str], workers: int) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     rc = 0
-    for p in procs:
-        rc = p.wait() or rc
+    try:
+        for p in procs:
+            rc = p.wait() or rc
+    finally:
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
     return rc
 
 

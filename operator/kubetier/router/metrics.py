@@ -5,8 +5,11 @@ the end; SLO attainment is deadline-based (token i, counted from 0, is due by
 arrival + TTFT + i x TPOT) and checked once per relayed batch of events, against the
 earliest token of the batch (the one with the tightest deadline).
 
-With ``--workers K`` each worker exports its own series (label ``worker``), so a
-Prometheus scrape of the Service sums them correctly with ``sum by (model, tier)``.
+With ``--workers K`` the workers write their samples to a shared directory
+(prometheus_client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``, set up by the
+parent process), so whichever worker answers ``/metrics`` or ``/kubetier/status``
+reports the whole router: series carry a ``worker`` label (sum over it), and the
+status endpoint sums the workers' counters and live gauges.
 """
 
 from __future__ import annotations
@@ -70,13 +73,18 @@ class RouterMetrics:
         self.rejections = Counter("kubetier_router_rejections", "Requests refused (429).", mt + ["reason"], registry=r)
         self.retries = Counter("kubetier_router_retries", "Requests retried on another server before the first token.", mt, registry=r)
         self.migrations = Counter("kubetier_router_migrations", "Streams resumed on another server mid-stream.", mt, registry=r)
-        self.queue_length = Gauge("kubetier_router_queue_length", "Requests waiting for a server.", mt, registry=r)
+        self.queue_length = Gauge("kubetier_router_queue_length", "Requests waiting for a server.", mt, registry=r,
+                                  multiprocess_mode="livesum")
         self.queue_wait = Histogram("kubetier_router_queue_wait_seconds", "Time spent waiting for a server.", mt, buckets=_WAIT_BUCKETS, registry=r)
-        self.inflight = Gauge("kubetier_router_inflight", "Requests being served.", mt, registry=r)
+        self.inflight = Gauge("kubetier_router_inflight", "Requests being served.", mt, registry=r,
+                              multiprocess_mode="livesum")
         st = ["model", "server", "tier", "worker"]
-        self.server_running = Gauge("kubetier_router_server_running", "Sequences the router believes a server runs.", st, registry=r)
-        self.server_kv = Gauge("kubetier_router_server_kv_tokens", "KV tokens the router believes a server holds.", st, registry=r)
-        self.server_ready = Gauge("kubetier_router_server_ready", "1 if the server takes new requests.", st, registry=r)
+        self.server_running = Gauge("kubetier_router_server_running", "Sequences the router believes a server runs.", st,
+                                    registry=r, multiprocess_mode="liveall")
+        self.server_kv = Gauge("kubetier_router_server_kv_tokens", "KV tokens the router believes a server holds.", st,
+                               registry=r, multiprocess_mode="liveall")
+        self.server_ready = Gauge("kubetier_router_server_ready", "1 if the server takes new requests.", st,
+                                  registry=r, multiprocess_mode="liveall")
         self.tallies: dict[tuple[str, str], TierTally] = {}
 
     def tally(self, model: str, tier: str) -> TierTally:
@@ -85,5 +93,63 @@ class RouterMetrics:
             t = self.tallies[(model, tier)] = TierTally()
         return t
 
+    @staticmethod
+    def multiprocess() -> bool:
+        return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+    def _aggregate_registry(self) -> CollectorRegistry:
+        from prometheus_client import multiprocess
+
+        reg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)
+        return reg
+
     def render(self) -> bytes:
+        if self.multiprocess():
+            return generate_latest(self._aggregate_registry())
         return generate_latest(self.registry)
+
+    def aggregated_tallies(self) -> dict[tuple[str, str], TierTally]:
+        """Per (model, tier) tallies summed over every worker (multiprocess mode), or
+        this process's own."""
+        if not self.multiprocess():
+            return dict(self.tallies)
+        out: dict[tuple[str, str], TierTally] = {}
+
+        def t(labels) -> TierTally:
+            key = (labels["model"], labels["tier"])
+            if key not in out:
+                out[key] = TierTally()
+            return out[key]
+
+        for fam in self._aggregate_registry().collect():
+            for smp in fam.samples:
+                lb, v = smp.labels, int(smp.value)
+                if "model" not in lb or "tier" not in lb:
+                    continue
+                n = smp.name
+                if n == "kubetier_router_requests_total":
+                    tl = t(lb)
+                    tl.requests += v
+                    o = lb.get("outcome")
+                    if o == "ok":
+                        tl.completed += v
+                    elif o == "rejected":
+                        tl.rejected += v
+                    elif o in ("error", "upstream_error"):
+                        tl.failed += v
+                elif n == "kubetier_router_slo_met_total":
+                    t(lb).slo_met += v
+                elif n == "kubetier_router_spills_total":
+                    t(lb).spilled += v
+                elif n == "kubetier_router_retries_total":
+                    t(lb).retries += v
+                elif n == "kubetier_router_migrations_total":
+                    t(lb).migrations += v
+                elif n == "kubetier_router_queue_length":
+                    t(lb).waiting += v
+                elif n == "kubetier_router_inflight":
+                    t(lb).inflight += v
+        for tl in out.values():
+            tl.requests += tl.inflight  # counted at their end by the counter; still running here
+        return out
