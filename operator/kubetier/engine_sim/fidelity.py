@@ -29,7 +29,10 @@ streams, prompt ``P``, output ``O`` and the streams' phases spread evenly:
 * when ``C`` would need more than ``max_num_seqs`` (or the KV cache) running, the
   engine runs full and the rest queue: throughput ``X = M / (O' tau)`` requests/s
   with ``M`` running and ``O' = n_p + O - 1`` iterations each, a stream's cycle is
-  ``C / X``, and TTFT = cycle - ``(O - 1) tau`` (Little's law).
+  ``C / X``, and TTFT = cycle - ``(O - 1) tau`` (Little's law). This case is rough:
+  fixed-length streams through a full engine fall into waves (admitted together,
+  finished together) that an even spread does not describe, so the benchmark keeps
+  its points unsaturated (the sustain check raises ``--max-num-seqs``).
 
 Times are model seconds; with ``--time-scale F`` the simulator runs ``F`` times faster
 and the measured times are multiplied by ``F`` before comparing.
@@ -80,13 +83,9 @@ def _even_spread(mean: float, g) -> tuple[float, float]:
     r = mean - f
     lo, hi = g(f), g(f + 1)
     per_iteration = (1 - r) * lo + r * hi
-    if mean <= 0:
+    if f == 0 or mean <= 0:
         return per_iteration, hi
-    if f == 0:
-        per_prompt = hi
-    else:
-        per_prompt = ((1 - r) * f * lo + r * (f + 1) * hi) / mean
-    return per_iteration, per_prompt
+    return per_iteration, ((1 - r) * f * lo + r * (f + 1) * hi) / mean
 
 
 def predict_closed_loop(
@@ -120,13 +119,14 @@ def predict_closed_loop(
 
         return _even_spread(prompts_in_prefill, tau)
 
+    def prefill_iterations(decodes: float) -> int:
+        return max(1, math.ceil(P / max(1.0, budget - decodes)))
+
     # Unsaturated: every stream is admitted as soon as it arrives. n_p depends on the
     # decode batch, which depends on n_p: a few rounds settle it.
     n_p = 1
     for _ in range(4):
-        cycle_iters = 1 + n_p + O - 1
-        decodes = C * (O - 1) / cycle_iters
-        n_p = max(1, math.ceil(P / max(1.0, budget - decodes)))
+        n_p = prefill_iterations(C * (O - 1) / (1 + n_p + O - 1))
     cycle_iters = 1 + n_p + O - 1
     decodes = C * (O - 1) / cycle_iters
     running = C * (n_p + O - 1) / cycle_iters
@@ -148,14 +148,14 @@ def predict_closed_loop(
             regime="unsaturated",
         )
 
-    # Saturated: seq_cap sequences run, the others queue.
+    # Saturated: seq_cap sequences run, the others queue (FIFO); a finished sequence's
+    # slot is refilled at the next iteration, so no iteration is waited out.
     M = seq_cap
     n_p = 1
     for _ in range(4):
-        per_seq_iters = n_p + O - 1
-        decodes = M * (O - 1) / per_seq_iters
-        n_p = max(1, math.ceil(P / max(1.0, budget - decodes)))
+        n_p = prefill_iterations(M * (O - 1) / (n_p + O - 1))
     per_seq_iters = n_p + O - 1
+    decodes = M * (O - 1) / per_seq_iters
     prompts = M * n_p / per_seq_iters
     tau, _ = iteration(decodes, prompts, P / n_p)
     throughput = M / (per_seq_iters * tau)  # requests per second
@@ -298,6 +298,12 @@ class PointResult:
     server_cpu_cores: float | None
     client_cpu_cores: float
     concurrent_streams_peak: int = 0
+    # The simulator's own vLLM histograms over the same window (arrival at the engine to
+    # token, no HTTP): client minus server is the HTTP path and both processes' CPU.
+    server_ttft_ms: float = math.nan
+    server_tpot_ms: float = math.nan
+    server_ttft_error_pct: float = math.nan
+    server_tpot_error_pct: float = math.nan
     notes: list[str] = field(default_factory=list)
 
 
@@ -310,6 +316,39 @@ def _proc_cpu_s(pid: int | None) -> float | None:
         return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+_SERVER_HISTOGRAMS = {"ttft": "vllm:time_to_first_token_seconds", "tpot": "vllm:time_per_output_token_seconds"}
+
+
+async def _scrape_server(host: str, port: int) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the simulator's own TTFT/TPOT histograms, from /metrics."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        text = (await asyncio.wait_for(reader.read(), timeout=10)).decode(errors="replace")
+        writer.close()
+    except (OSError, asyncio.TimeoutError):
+        return {}
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for key, name in _SERVER_HISTOGRAMS.items():
+            for suffix, idx in (("_sum", 0), ("_count", 1)):
+                if line.startswith(name + suffix):
+                    try:
+                        value = float(line.rsplit(" ", 1)[1])
+                    except ValueError:
+                        continue
+                    out.setdefault(key, [0.0, 0.0])[idx] += value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def _server_mean(before: dict, after: dict, key: str) -> float:
+    if key not in before or key not in after:
+        return math.nan
+    d_sum = after[key][0] - before[key][0]
+    d_count = after[key][1] - before[key][1]
+    return d_sum / d_count if d_count > 0 else math.nan
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -400,9 +439,11 @@ async def run_point(
     t_stop = t_warm + measure
     await asyncio.sleep(max(0.0, t_warm - time.perf_counter()))
     cpu0_server, cpu0_client, wall0 = _proc_cpu_s(server_pid), time.process_time(), time.perf_counter()
+    server0 = await _scrape_server(host, port)
     while time.perf_counter() < t_stop:  # uvloop timers may fire up to 1 ms early
         await asyncio.sleep(max(0.0005, t_stop - time.perf_counter()))
     cpu1_server, cpu1_client, wall1 = _proc_cpu_s(server_pid), time.process_time(), time.perf_counter()
+    server1 = await _scrape_server(host, port)
     # Close every connection: requests still running do not count, and the server
     # aborts them, so the next point starts from an idle engine.
     state["stopping"] = True
@@ -426,6 +467,8 @@ async def run_point(
         server_cpu = (cpu1_server - cpu0_server) / span
     client_cpu = (cpu1_client - cpu0_client) / span if span > 0 else math.nan
     tokens_in_window = sum(r.tokens for r in window)
+    s_ttft = _server_mean(server0, server1, "ttft") * time_scale
+    s_tpot = _server_mean(server0, server1, "tpot") * time_scale
     return PointResult(
         concurrency=concurrency, requests=len(window), errors=state["errors"],
         measured_ttft_ms=m_ttft * 1e3, measured_tpot_ms=m_tpot * 1e3,
@@ -435,6 +478,8 @@ async def run_point(
         ttft_error_pct=(m_ttft / pred.ttft_s - 1) * 100, tpot_error_pct=(m_tpot / pred.tpot_s - 1) * 100,
         window_s=measure, output_tokens_per_s=tokens_in_window / measure if measure else math.nan,
         server_cpu_cores=server_cpu, client_cpu_cores=client_cpu, concurrent_streams_peak=state["peak"],
+        server_ttft_ms=s_ttft * 1e3, server_tpot_ms=s_tpot * 1e3,
+        server_ttft_error_pct=(s_ttft / pred.ttft_s - 1) * 100, server_tpot_error_pct=(s_tpot / pred.tpot_s - 1) * 100,
         notes=notes,
     )
 
@@ -530,16 +575,16 @@ async def run_sweep(host: str, port: int, model: LatencyModel, concurrencies, pr
     return points
 
 
-_HEADER = (f"{'streams':>7} {'reqs':>5} {'err':>4} | {'TTFT ms':>9} {'pred':>9} {'err%':>7} | "
-           f"{'TPOT ms':>8} {'pred':>8} {'err%':>7} | {'tok/s':>7} {'sim CPU':>7} {'regime':>11}")
+_HEADER = (f"{'streams':>7} {'reqs':>5} {'err':>4} | {'TTFT ms':>8} {'pred':>8} {'err%':>6} {'srv%':>6} | "
+           f"{'TPOT ms':>8} {'pred':>8} {'err%':>6} {'srv%':>6} | {'tok/s':>6} {'simCPU':>6} {'regime':>11}")
 
 
 def _row(p: PointResult) -> str:
     cpu = f"{p.server_cpu_cores:.2f}" if p.server_cpu_cores is not None else "-"
-    return (f"{p.concurrency:>7} {p.requests:>5} {p.errors:>4} | {p.measured_ttft_ms:>9.1f} "
-            f"{p.predicted['ttft_s']:>9.1f} {p.ttft_error_pct:>+7.1f} | {p.measured_tpot_ms:>8.2f} "
-            f"{p.predicted['tpot_s']:>8.2f} {p.tpot_error_pct:>+7.1f} | {p.output_tokens_per_s:>7.0f} "
-            f"{cpu:>7} {p.predicted['regime']:>11}")
+    return (f"{p.concurrency:>7} {p.requests:>5} {p.errors:>4} | {p.measured_ttft_ms:>8.1f} "
+            f"{p.predicted['ttft_s']:>8.1f} {p.ttft_error_pct:>+6.1f} {p.server_ttft_error_pct:>+6.1f} | "
+            f"{p.measured_tpot_ms:>8.2f} {p.predicted['tpot_s']:>8.2f} {p.tpot_error_pct:>+6.1f} "
+            f"{p.server_tpot_error_pct:>+6.1f} | {p.output_tokens_per_s:>6.0f} {cpu:>6} {p.predicted['regime']:>11}")
 
 
 def _uvloop_run(coro):
@@ -549,6 +594,19 @@ def _uvloop_run(coro):
         return uvloop.run(coro)
     except ImportError:  # pragma: no cover - uvloop is a dependency
         return asyncio.run(coro)
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """A thousand streams need a thousand sockets; many shells start with 1024."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def main(argv: list[str]) -> int:
@@ -569,7 +627,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sustain", type=int, default=1000,
                     help="streams for the sustain check, all decoding at once (0 skips; default: %(default)s)")
     ap.add_argument("--sustain-prompt-tokens", type=int, default=128)
-    ap.add_argument("--sustain-output-tokens", type=int, default=128)
+    ap.add_argument("--sustain-output-tokens", type=int, default=256)
     ap.add_argument("--server", default=None,
                     help="HOST:PORT of a running simulator (sweep only; default: start one on loopback)")
     ap.add_argument("--output", default=None, help="write the results as JSON to this file")
@@ -593,6 +651,7 @@ def main(argv: list[str]) -> int:
         print(f"kubetier engine-sim bench: {exc}", file=sys.stderr)
         return 2
 
+    _raise_fd_limit(args.sustain + max(concurrencies) + 64)
     result: dict = {
         "profile": model.name, "timeScale": args.time_scale, "promptTokens": args.prompt_tokens,
         "outputTokens": args.output_tokens, "cpuCount": os.cpu_count(),
