@@ -116,7 +116,7 @@ def run_with_progress(cmd: list[str], what: str, cwd: Path | None = None, env: d
     def heartbeat() -> None:
         while not done.wait(15):
             with lock:
-                log(f"  {what}: {time.monotonic() - start:.0f}s, {count} steps so far (last: {last or '-'})")
+                log(f"  {what}: {time.monotonic() - start:.0f}s, {count} lines of output so far (last: {last or '-'})")
 
     hb = threading.Thread(target=heartbeat, daemon=True)
     hb.start()
@@ -132,7 +132,7 @@ def run_with_progress(cmd: list[str], what: str, cwd: Path | None = None, env: d
     done.set()
     if rc != 0:
         raise ClusterError(f"{what} failed (exit {rc}):\n  " + "\n  ".join(tail[-25:]))
-    log(f"  {what}: finished in {time.monotonic() - start:.0f}s ({count} steps)")
+    log(f"  {what}: finished in {time.monotonic() - start:.0f}s")
 
 
 def go_env() -> dict:
