@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import yaml
@@ -60,6 +61,14 @@ def _print_summary(m: LatencyModel) -> None:
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `kubetier profiles show | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="kubetier profiles", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the built-in profiles")
