@@ -52,8 +52,14 @@ from its discovery code).
   verbs: [list]
 {{- end -}}
 
+{{/* Router discovery (kubetier.router.discovery) polls; it never watches or writes. */}}
 {{- define "kubetier.router.rules" -}}
+# <ms>-routing ConfigMaps and the model-server pods.
 - apiGroups: [""]
-  resources: [pods, configmaps, secrets]
-  verbs: [get, list, watch]
+  resources: [configmaps, pods]
+  verbs: [list]
+# The API-key Secrets named in spec.access, read one by one.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 {{- end -}}
