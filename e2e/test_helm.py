@@ -13,12 +13,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,10 +25,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import token_kubeconfig
 from e2e_support import CACHE, REPO, Kubectl, OperatorProcess, condition, need, wait_until
 
 CHART = REPO / "charts" / "kubetier"
+
+
+def _load_run_local():
+    """charts/kubetier/hack/run_local.py: what docs/install.md tells users to run on KWOK."""
+    spec = importlib.util.spec_from_file_location("kubetier_chart_run_local", CHART / "hack" / "run_local.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_local = _load_run_local()
 VALUES_DIR = REPO / "tests" / "chart" / "values"
 SAMPLE = REPO / "crds" / "samples" / "modelservice-three-tier.yaml"
 # Unique per run: the suite may run from several checkouts against one cluster.
@@ -75,33 +84,9 @@ def helm(kubeconfig: str, kubectl: Kubectl) -> Helm:
     return Helm(binary, kubeconfig)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def container(kubectl: Kubectl, deployment: str) -> dict:
     d = kubectl.json("get", "deployment", deployment, "-n", CHART_NS)
     return d["spec"]["template"]["spec"]["containers"][0]
-
-
-def loopback_args(args: list[str], ports: dict[str, int]) -> list[str]:
-    """The chart's container arguments, rebound to loopback and free ports for a local run."""
-    out = []
-    for a in args:
-        a = a.replace("0.0.0.0", "127.0.0.1")
-        for flag, port in ports.items():
-            if a.startswith(f"--{flag}="):
-                a = re.sub(r"(:|=)\d+(/|$)", lambda m: f"{m.group(1)}{port}{m.group(2)}", a, count=1)
-        out.append(a)
-    return out
-
-
-def sa_token(kubectl: Kubectl, sa: str) -> str:
-    return kubectl("create", "token", sa, "-n", CHART_NS, "--duration=1h").strip()
 
 
 def pause_session_operator(request) -> OperatorProcess | None:
@@ -117,46 +102,6 @@ def pause_session_operator(request) -> OperatorProcess | None:
             cached[0].stop()
             return cached[0]
     return None
-
-
-def plain_env(c: dict) -> dict[str, str]:
-    """The container's literal environment (the settings the chart passes), minus HOME."""
-    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e and e["name"] != "HOME"}
-
-
-class LocalProcess:
-    """A `kubetier ...` subprocess with its own kubeconfig and log file."""
-
-    def __init__(self, argv: list[str], kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
-        env = dict(os.environ, **(env or {}), KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1")
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kubetier.cli", *argv], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                     start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def forbidden(self) -> list[str]:
-        return [ln for ln in self.tail(5_000_000).splitlines() if " 403" in ln or "forbidden" in ln.lower()]
-
-    def stop(self) -> None:
-        if self.alive():
-            import signal
-
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.log.close()
 
 
 # --------------------------------------------------------------------------- 1. dry-run
@@ -238,40 +183,31 @@ def _ready(kubectl: Kubectl, namespace: str, name: str):
 class Lifecycle:
     """State shared by the lifecycle tests below, which run in file order."""
 
-    def __init__(self) -> None:
-        self.procs: dict[str, LocalProcess] = {}
-        self.router_port = 0
-        self.installed = False
+    def __init__(self, notes: str, chart) -> None:
+        self.notes, self.chart = notes, chart
+        self.procs = chart.procs
+        self.router_port = chart.router_port
         self.sample: dict = {}
 
 
 @pytest.fixture(scope="module")
 def lifecycle(kubectl: Kubectl, helm: Helm, kubeconfig: str, app_ns: str, workdir: Path, request):
     """`helm install` (defaults, as the README says), then the operator and the router as
-    local processes under the chart's ServiceAccounts with the chart's arguments."""
-    state = Lifecycle()
-    out = helm("install", RELEASE, str(CHART), "-n", CHART_NS, "--create-namespace")
-    state.installed = True
-    state.notes = out
+    local processes under the chart's ServiceAccounts with the chart's arguments
+    (charts/kubetier/hack/run_local.py, as docs/install.md says)."""
+    notes = helm("install", RELEASE, str(CHART), "-n", CHART_NS, "--create-namespace")
     for crd in ("modelservices.kubetier.io", "powerbudgets.kubetier.io"):
         kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
     paused = pause_session_operator(request)
+    chart = run_local.ChartOnLocalProcesses(kubectl, kubeconfig, RELEASE, CHART_NS, workdir / "helm-local")
+    (workdir / "helm-local").mkdir(exist_ok=True)
     try:
-        for component, flags in (("operator", {"liveness": free_port()}), ("router", {"port": free_port()})):
-            sa = f"{RELEASE}-kubetier-{component}"
-            kc = token_kubeconfig(kubeconfig, sa_token(kubectl, sa), workdir / f"helm-{component}.kubeconfig")
-            c = container(kubectl, f"{RELEASE}-kubetier-{component}")
-            assert c["command"] == ["kubetier", component]
-            args = loopback_args(c["args"], flags)
-            if component == "router":
-                state.router_port = flags["port"]
-                args.append("--local-endpoints")  # KWOK pods: loopback engine simulators
-            state.procs[component] = LocalProcess([component, *args], kc, workdir / f"helm-{component}.log",
-                                                  plain_env(c))
-        yield state
+        chart.start()
+        for c in ("operator", "router"):
+            assert chart.procs[c].argv[0] == c
+        yield Lifecycle(notes, chart)
     finally:
-        for proc in state.procs.values():
-            proc.stop()
+        chart.stop()
         if paused is not None:
             paused.start()
 
@@ -360,7 +296,7 @@ def test_uninstall_keeps_only_crds_and_instances(lifecycle: Lifecycle, kubectl: 
     assert kubectl("get", "modelservice", "kept", "-n", app_ns, "-o", "name"), "uninstall removed a ModelService"
 
 
-def _stream_completion(port: int, router: LocalProcess, api_key: str, tier: str, model: str) -> str:
+def _stream_completion(port: int, router, api_key: str, tier: str, model: str) -> str:
     """One streaming completion through the router; returns the streamed text."""
     import httpx
 

@@ -12,7 +12,6 @@ import copy
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
