@@ -319,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
         pods = kubectl.items("pods", ns, "app.kubernetes.io/managed-by=kubetier")
         serving = [p for p in pods if p["metadata"]["labels"].get("kubetier.io/role", "serving") == "serving"]
         with Step(f"starting {len(pods)} engine simulators on loopback (one per pod)"):
+            (workdir / "engines").mkdir()
             engines = LocalEngines(kconfig.new_client_from_config(config_file=kubeconfig), namespace=ns,
                                    log_dir=workdir / "engines")
             engines.start()

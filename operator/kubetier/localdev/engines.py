@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,23 @@ def engine_args_from_pod(pod: dict, default_profile: str = DEFAULT_PROFILE,
         model=_flag_value(argv, "--model") or default_model,
         model_load_seconds=float(load) if load is not None else None,
     )
+
+
+def configmap_mount_for(pod: dict, path: str) -> tuple[str, str] | None:
+    """(ConfigMap name, key) when ``path`` lies in a ConfigMap volume of the pod's first
+    container, else None. The operator points the simulator at a profile mounted from the
+    routing ConfigMap; a loopback process has no such mount."""
+    spec = pod.get("spec", {})
+    volumes = {v.get("name"): v.get("configMap") for v in spec.get("volumes") or [] if v.get("configMap")}
+    containers = spec.get("containers") or [{}]
+    for mount in containers[0].get("volumeMounts") or []:
+        cm = volumes.get(mount.get("name"))
+        root = str(mount.get("mountPath", "")).rstrip("/")
+        if cm and root and path.startswith(root + "/"):
+            rel = path[len(root) + 1:]
+            key = next((item["key"] for item in cm.get("items") or [] if item.get("path") == rel), rel)
+            return cm["name"], key
+    return None
 
 
 def engine_sim_command(time_scale: float = 1.0, python: str = sys.executable) -> CommandFactory:
@@ -298,6 +315,9 @@ class LocalEngines:
     def _start_engine(self, pod: dict) -> None:
         meta = pod["metadata"]
         args = engine_args_from_pod(pod, *self._defaults)
+        mounted = configmap_mount_for(pod, args.profile)
+        if mounted is not None:
+            args = replace(args, profile=str(self._materialise(meta["namespace"], *mounted)))
         port = free_loopback_port()
         cmd = self._command(args, port)
         log_path = self._log_dir / f"{meta['namespace']}_{meta['name']}.log"
@@ -310,6 +330,17 @@ class LocalEngines:
             self._engines[engine.uid] = engine
         log.info("started engine for %s on %s (pid %d)", pod_ref(pod), engine.endpoint, proc.pid)
         threading.Thread(target=self._annotate_when_serving, args=(engine,), daemon=True).start()
+
+    def _materialise(self, namespace: str, configmap: str, key: str) -> Path:
+        """Write a ConfigMap key to a local file: what kubelet's volume mount would show
+        the engine inside the pod."""
+        cm = self._core.read_namespaced_config_map(configmap, namespace)
+        data = (cm.data or {}).get(key)
+        if data is None:
+            raise FileNotFoundError(f"ConfigMap {namespace}/{configmap} has no key {key!r}")
+        path = self._log_dir / f"{namespace}_{configmap}_{key}"
+        path.write_text(data)
+        return path
 
     def _annotate_when_serving(self, engine: _Engine) -> None:
         deadline = time.monotonic() + self._ready_timeout_s
