@@ -8,10 +8,11 @@ What it does, each step printed with its duration:
    and waits for the operator to report it ``Ready`` with pods on the fake GPU nodes;
 4. starts one engine-simulator process on loopback per Running pod (KWOK pods run no
    containers) and ``kubetier router`` with cluster discovery;
-5. sends open-loop streaming traffic through the router with a tier mix, plus one
-   tier-escalation attempt that must be refused;
-6. prints per-tier TTFT/TPOT and SLO attainment as a client saw them, and the router's
-   own view (spills, rejections), then cleans up.
+5. tries a tier escalation (must be refused), then sends open-loop streaming traffic
+   through the router in two phases: a steady tier mix, and a burst of long-prompt
+   batch work that outgrows the batch tier's server and spills onto tighter tiers;
+6. prints per-tier TTFT/TPOT and SLO attainment as a client saw them, with the
+   router's spill and rejection counts, then cleans up.
 
 ``make demo`` brings the local cluster up first and down afterwards.
 """
@@ -43,12 +44,37 @@ OPERATOR_SA = "kubetier-operator"
 TEAM_KEY = "sk-demo-team-a"  # may use every tier
 BATCH_KEY = "sk-demo-batch"  # may use only the batch tier
 
-# (tier, ttftMs, tpotMs, share of traffic, max_tokens)
-TIERS = [
-    ("interactive", 500, 40, 0.3, 64),
-    ("standard", 1500, 80, 0.4, 96),
-    ("batch", 8000, 200, 0.3, 128),
-]
+# (tier, ttftMs, tpotMs, priority)
+TIERS = [("interactive", 500, 40, 100), ("standard", 1500, 80, 50), ("batch", 8000, 200, 10)]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One class of traffic in a phase: a tier, its share and its request shape."""
+
+    tier: str
+    share: float
+    max_tokens: int
+    prompt_tokens: int | None = None  # the simulator's length hint: long prompts without long bodies
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    rate: float
+    streams: tuple[Stream, ...]
+
+
+def phases(rate: float) -> list[Phase]:
+    """A steady mix, then a burst of long-prompt batch work that outgrows the batch
+    tier's server: it must spill onto the tighter tiers' servers (never the reverse)
+    while the interactive tier keeps its SLO."""
+    return [
+        Phase("steady mix", rate, (Stream("interactive", 0.3, 64), Stream("standard", 0.4, 96),
+                                   Stream("batch", 0.3, 128))),
+        Phase("batch burst (8k-token prompts)", rate * 2,
+              (Stream("interactive", 0.3, 64), Stream("batch", 0.7, 128, prompt_tokens=8000))),
+    ]
 
 
 def demo_objects(namespace: str) -> list[dict]:
@@ -59,9 +85,9 @@ def demo_objects(namespace: str) -> list[dict]:
         for name, key in (("team-a-key", TEAM_KEY), ("batch-jobs-key", BATCH_KEY))
     ]
     tiers = []
-    for name, ttft, tpot, _, max_tokens in TIERS:
-        tier = {"name": name, "ttftMs": ttft, "tpotMs": tpot, "priority": {"interactive": 100, "standard": 50}.get(name, 10),
-                "meanOutputTokens": max_tokens, "replicas": {"min": 1, "max": 4}}
+    for name, ttft, tpot, priority in TIERS:
+        tier = {"name": name, "ttftMs": ttft, "tpotMs": tpot, "priority": priority,
+                "meanOutputTokens": 128, "replicas": {"min": 1, "max": 4}}
         tier["capacity"] = {"spot": "never"} if name == "interactive" else {"spot": "preferred" if name == "batch" else "allowed"}
         if name == "batch":
             tier["onLate"] = "queue"
@@ -108,10 +134,12 @@ def percentile(xs: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def one_request(client: httpx.AsyncClient, tier: str, max_tokens: int, stats: TierStats) -> None:
+async def one_request(client: httpx.AsyncClient, stream: Stream, stats: TierStats) -> None:
     body = {"model": MODEL, "prompt": "Explain SLO tiers to a platform engineer. " * 8,
-            "max_tokens": max_tokens, "stream": True}
-    headers = {"Authorization": f"Bearer {TEAM_KEY}", "X-Kubetier-Tier": tier}
+            "max_tokens": stream.max_tokens, "stream": True}
+    if stream.prompt_tokens:
+        body["prompt_tokens"] = stream.prompt_tokens
+    headers = {"Authorization": f"Bearer {TEAM_KEY}", "X-Kubetier-Tier": stream.tier}
     stats.sent += 1
     start = time.monotonic()
     first = last = None
@@ -146,12 +174,12 @@ async def one_request(client: httpx.AsyncClient, tier: str, max_tokens: int, sta
         stats.met += 1
 
 
-async def drive_traffic(base_url: str, rate: float, duration_s: float, seed: int) -> dict[str, TierStats]:
-    """Open-loop Poisson arrivals at ``rate`` requests/s for ``duration_s``; every request
+async def drive_traffic(base_url: str, phase: Phase, duration_s: float, seed: int) -> dict[str, TierStats]:
+    """Open-loop Poisson arrivals at the phase's rate for ``duration_s``; every request
     is awaited to its end (nothing is abandoned when the clock runs out)."""
     rng = random.Random(seed)
-    stats = {name: TierStats(ttft, tpot) for name, ttft, tpot, _, _ in TIERS}
-    shares = [t[3] for t in TIERS]
+    stats = {name: TierStats(ttft, tpot) for name, ttft, tpot, _ in TIERS}
+    shares = [s.share for s in phase.streams]
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
         tasks = []
@@ -159,9 +187,9 @@ async def drive_traffic(base_url: str, rate: float, duration_s: float, seed: int
         next_at = time.monotonic()
         while next_at < t_end:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            name, _, _, _, max_tokens = rng.choices(TIERS, weights=shares)[0]
-            tasks.append(asyncio.ensure_future(one_request(client, name, max_tokens, stats[name])))
-            next_at += rng.expovariate(rate)
+            stream = rng.choices(phase.streams, weights=shares)[0]
+            tasks.append(asyncio.ensure_future(one_request(client, stream, stats[stream.tier])))
+            next_at += rng.expovariate(phase.rate)
         await asyncio.gather(*tasks)
     return stats
 
@@ -239,13 +267,22 @@ def router_servers(base_url: str) -> list[dict]:
     return status.get("models", {}).get(MODEL, {}).get("servers", [])
 
 
-def print_report(stats: dict[str, TierStats], router_status: dict, duration_s: float) -> dict:
-    print()
+def router_tiers(base_url: str) -> dict:
+    status = httpx.get(f"{base_url}/kubetier/status", timeout=5).json()
+    return status.get("models", {}).get(MODEL, {}).get("tiers", {})
+
+
+def print_report(stats: dict[str, TierStats], before: dict, after: dict) -> dict:
+    """Client-side latencies and attainment per tier, with the router's counters for
+    the phase (spilled onto a tighter tier's server, rejected, retried)."""
     print(f"{'tier':<12}{'SLO ttft/tpot':>15}{'sent':>6}{'ok':>5}{'ttft p50':>10}{'ttft p99':>10}"
-          f"{'tpot p50':>10}{'tpot p99':>10}{'attain':>8}  errors")
+          f"{'tpot p50':>10}{'tpot p99':>10}{'attain':>8}{'spilled':>8}{'rejected':>9}  errors")
     summary = {}
-    router_tiers = router_status.get("models", {}).get(MODEL, {}).get("tiers", {})
     for name, st in stats.items():
+        if not st.sent:
+            continue
+        delta = {k: after.get(name, {}).get(k, 0) - before.get(name, {}).get(k, 0)
+                 for k in ("spilled", "rejected", "retries", "migrations")}
         ok = len(st.ttfts)
         attain = st.met / st.sent if st.sent else None
 
@@ -254,14 +291,12 @@ def print_report(stats: dict[str, TierStats], router_status: dict, duration_s: f
 
         print(f"{name:<12}{f'{st.ttft_ms}/{st.tpot_ms}ms':>15}{st.sent:>6}{ok:>5}{ms(percentile(st.ttfts, .5)):>10}"
               f"{ms(percentile(st.ttfts, .99)):>10}{ms(percentile(st.tpots, .5)):>10}{ms(percentile(st.tpots, .99)):>10}"
-              f"{(f'{attain:.0%}' if attain is not None else '-'):>8}  {st.errors or ''}")
+              f"{(f'{attain:.0%}' if attain is not None else '-'):>8}{delta['spilled']:>8}{delta['rejected']:>9}"
+              f"  {st.errors or ''}")
         summary[name] = {"sent": st.sent, "completed": ok, "met_slo": st.met, "attainment": attain,
                          "ttft_p50_ms": percentile(st.ttfts, .5), "ttft_p99_ms": percentile(st.ttfts, .99),
                          "tpot_p50_ms": percentile(st.tpots, .5), "tpot_p99_ms": percentile(st.tpots, .99),
-                         "errors": st.errors, "router": router_tiers.get(name)}
-    total = sum(s.sent for s in stats.values())
-    print(f"\n{total} streaming requests in {duration_s:.0f}s through the router; "
-          "router's own per-tier view (spills, rejections) in the JSON summary.")
+                         "errors": st.errors, "router": delta}
     return summary
 
 
@@ -344,19 +379,24 @@ def run(args: argparse.Namespace) -> int:
             if status != 403:
                 print("[demo] expected 403: the router let a key use a tier it is not entitled to", file=sys.stderr)
                 return 1
-        with Step(f"open-loop traffic: {args.rate:g} req/s for {args.duration:g}s, tiers "
-                  + ", ".join(f"{t[0]} {t[3]:.0%}" for t in TIERS)):
-            stats = asyncio.run(drive_traffic(base_url, args.rate, args.duration, args.seed))
-        router_status = httpx.get(f"{base_url}/kubetier/status", timeout=5).json()
-        summary = print_report(stats, router_status, args.duration)
+        results = {}
+        lost = 0
+        for i, phase in enumerate(phases(args.rate)):
+            mix = ", ".join(f"{s.tier} {s.share:.0%}" for s in phase.streams)
+            before = router_tiers(base_url)
+            with Step(f"phase {i + 1}, {phase.name}: {phase.rate:g} req/s for {args.duration:g}s ({mix})"):
+                stats = asyncio.run(drive_traffic(base_url, phase, args.duration, args.seed + i))
+            results[phase.name] = print_report(stats, before, router_tiers(base_url))
+            lost += sum(s.sent - len(s.ttfts) for s in stats.values())
+        print(f"\n[demo] every request streamed through the router to a loopback engine; "
+              f"requests that did not complete: {lost}")
         if args.output:
-            Path(args.output).write_text(json.dumps({"tiers": summary, "router": router_status}, indent=2))
+            Path(args.output).write_text(json.dumps({"phases": results}, indent=2))
             print(f"[demo] summary written to {args.output}")
         if args.keep:
             cleanup.pop_all()
             print(f"[demo] --keep: operator, router and engines are still running; see {workdir}")
             return 0
-    lost = sum(s.sent - len(s.ttfts) for s in stats.values())
     return 0 if lost == 0 else 1
 
 
@@ -366,7 +406,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--kubeconfig", help="cluster to run on (default: $KUBECONFIG; `make demo` sets it)")
     p.add_argument("--namespace", default="kubetier-demo")
     p.add_argument("--rate", type=float, default=8.0, help="requests per second (Poisson)")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of traffic")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of traffic per phase")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--router-port", type=int, default=0, help="default: a free port on 127.0.0.1")
     p.add_argument("--ready-timeout", type=float, default=120.0)
