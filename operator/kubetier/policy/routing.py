@@ -128,7 +128,7 @@ class Decision:
 class _Costs:
     """Memoised iteration costs of one latency model (seconds)."""
 
-    __slots__ = ("model", "mbt", "max_seqs", "kv_cap", "p0", "_dec", "_pre", "_prefill_s")
+    __slots__ = ("model", "mbt", "max_seqs", "kv_cap", "p0", "_dec", "_pre", "_prefill_s", "_kv_grid", "_dvals")
 
     def __init__(self, model: LatencyModel) -> None:
         self.model = model
@@ -140,6 +140,27 @@ class _Costs:
         self._dec: dict[int, float] = {}
         self._pre: dict[int, float] = {}
         self._prefill_s: dict[int, float] = {}
+        # The decode table's KV grid: between its points the decode time is linear in KV,
+        # which lets max_kv() invert it exactly.
+        self._kv_grid: tuple[int, ...] = tuple(model.to_dict()["decode"]["kvTokens"])
+        self._dvals: dict[int, tuple[float, ...]] = {}
+
+    def max_kv(self, batch: int, budget_s: float) -> float:
+        """Largest KV with decode_iteration_s(batch, KV) <= budget_s (exact, unquantised);
+        -1 if even an empty cache is too slow; inf if KV never gets there."""
+        ds = self._dvals.get(batch)
+        if ds is None:
+            ds = self._dvals[batch] = tuple(self.model.decode_iteration_s(batch, k) for k in self._kv_grid)
+        if ds[0] > budget_s:
+            return -1.0
+        ks = self._kv_grid
+        j = bisect_right(ds, budget_s) - 1
+        if j >= len(ks) - 1:
+            j = len(ks) - 2  # beyond the grid the model extrapolates its last segment
+        slope = (ds[j + 1] - ds[j]) / (ks[j + 1] - ks[j])
+        if slope <= 0:
+            return _INF if j == len(ks) - 2 else float(ks[j + 1])
+        return ks[j] + (budget_s - ds[j]) / slope
 
     def decode(self, batch: int, kv: int) -> float:
         q = -(-kv // _KV_QUANTUM)
@@ -260,6 +281,10 @@ class RoutingPolicy:
             self._route_bins[t.name] = [self._bins[t.name]] + [self._bins[u.name] for u in tighter]
         self._servers: dict[str, _Entry] = {}
         self._costs: dict[int, _Costs] = {}  # id(model) -> memo (models are few and long-lived)
+        # Decisions are immutable: one object per (server, reason) instead of one per call.
+        self._route_cache: dict[tuple[str, str], Decision] = {}
+        # tier -> {prompt tokens: fastest idle-server prefill}; cleared when models change
+        self._idle_memo: dict[str, dict[int, float]] = {t.name: {} for t in tiers}
 
     # ------------------------------------------------------------------ load state
 
@@ -279,6 +304,8 @@ class RoutingPolicy:
             b.costs.append(costs)
             b.cap_memo.clear()
             b.kv_memo.clear()
+            for m in self._idle_memo.values():
+                m.clear()
         self._rebucket(load.server_id, e)
 
     def remove_server(self, server_id: str) -> None:
@@ -390,9 +417,26 @@ class RoutingPolicy:
             return Decision("wait", None, reason="late-queued", retry_after_s=0.0)
         return Decision("wait", None, reason="no-feasible-server", retry_after_s=self._wait_budget(t, prompt_tokens, waited_s))
 
+    def _route(self, sid: str, reason: str) -> Decision:
+        d = self._route_cache.get((sid, reason))
+        if d is None:
+            if len(self._route_cache) > _MEMO_LIMIT:
+                self._route_cache.clear()
+            d = self._route_cache[(sid, reason)] = Decision("route", sid, spilled=reason == "spill", reason=reason)
+        return d
+
     def _idle_prefill(self, t: TierSLO, prompt_tokens: int) -> float:
         """Fastest possible first token: the prompt alone on an idle server of the
         fastest model among the bins the request may use (any known model if none)."""
+        memo = self._idle_memo[t.name]
+        v = memo.get(prompt_tokens)
+        if v is None:
+            if len(memo) > _MEMO_LIMIT:
+                memo.clear()
+            v = memo[prompt_tokens] = self._idle_prefill_uncached(t, prompt_tokens)
+        return v
+
+    def _idle_prefill_uncached(self, t: TierSLO, prompt_tokens: int) -> float:
         best = _INF
         for b in self._route_bins[t.name]:
             for c in b.costs:
@@ -441,7 +485,7 @@ class RoutingPolicy:
                     j -= 1
                     sid = keys[j][2]
                     if self._feasible(self._servers[sid], prompt, H, ttft_budget_s, tpot_s):
-                        return Decision("route", sid, spilled=not own, reason="own-bin" if own else "spill")
+                        return self._route(sid, "own-bin" if own else "spill")
                     checks -= 1
                     if checks <= 0:
                         return None
@@ -468,22 +512,26 @@ class RoutingPolicy:
             best = max(best, lo)
         return best
 
-    def _kv_bound(self, b: _Bin, running: int, H: int, prompt: int, tpot_s: float) -> int:
+    def _kv_bound(self, b: _Bin, running: int, H: int, prompt: int, tpot_s: float) -> float:
         """Most KV a server at this batch may hold and still pass the TPOT and KV checks
-        (nothing queued, prompt rounded down); -1 if none. Monotone in KV: binary search
-        to _KV_QUANTUM, rounded up so that no feasible server is cut off."""
-        best = -1
+        (nothing queued, prompt rounded down); -1 if none. The TPOT check solved for KV:
+        D(B, kv + P + B*H) <= tpot - prefill share, with D linear in KV between grid
+        points. Only a pre-filter: the full check runs on the candidate it selects."""
+        best = -1.0
+        B = running + 1
         for c in b.costs:
-            if not self._tpot_kv_ok(c, running, 0, 0, prompt, H, tpot_s):
+            chunk_b = c.mbt - B
+            if B > c.max_seqs or chunk_b < 1:
                 continue
-            lo, hi = 0, c.kv_cap // _KV_QUANTUM + 1
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if self._tpot_kv_ok(c, running, mid * _KV_QUANTUM, 0, prompt, H, tpot_s):
-                    lo = mid
-                else:
-                    hi = mid - 1
-            best = max(best, (lo + 1) * _KV_QUANTUM)
+            budget = tpot_s
+            future_prefill = prompt + int(running * prompt * self.turnover)
+            if future_prefill > 0:
+                size = prompt if 0 < prompt < chunk_b else chunk_b
+                budget -= -(-future_prefill // size) * c.chunk_extra(size) / H
+            grow = prompt + B * H
+            kv = min(c.max_kv(B, budget) - grow, c.kv_cap - grow)
+            if kv >= 0:
+                best = max(best, kv + _KV_QUANTUM)  # the full check rounds KV up to a quantum
         return best
 
     def _tpot_kv_ok(self, c: _Costs, running: int, kv: int, queued: int, prompt: int, H: int, tpot_s: float) -> bool:
@@ -537,7 +585,7 @@ class RoutingPolicy:
         for k in range(min(len(keys), self.max_checks)):
             sid = keys[k][2]
             if self._has_room(self._servers[sid], prompt, H):
-                return Decision("route", sid, reason="least-loaded")
+                return self._route(sid, "least-loaded")
         return None
 
     def _decide_round_robin(self, t: TierSLO, prompt: int) -> Decision | None:
@@ -551,5 +599,5 @@ class RoutingPolicy:
             e = self._servers[sid]
             if e.key is not None and self._has_room(e, prompt, t.mean_output_tokens):
                 b.rr_next = (start + k + 1) % n
-                return Decision("route", sid, reason="round-robin")
+                return self._route(sid, "round-robin")
         return None

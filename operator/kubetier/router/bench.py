@@ -37,18 +37,23 @@ import yaml
 
 from kubetier.router import bench_routing
 
-FLAT_PROFILE = {
-    "name": "bench-flat-25ms",
+def flat_profile(token_ms: float) -> dict:
+    return {
+    "name": f"bench-flat-{token_ms:g}ms",
     "kvCapacityTokens": 50_000_000,
     "maxNumSeqs": 4096,
     "maxNumBatchedTokens": 8192,
-    "decode": {"batchSizes": [1, 4096], "kvTokens": [0, 50_000_000], "iterationMs": [[25, 25], [25, 25]]},
-    # A 128-token prompt adds 0.5 ms to the iteration carrying it: the SLO checks never
+    "decode": {"batchSizes": [1, 4096], "kvTokens": [0, 50_000_000],
+               "iterationMs": [[token_ms, token_ms], [token_ms, token_ms]]},
+    # A 128-token prompt adds 2% to the iteration carrying it: the SLO checks never
     # bind below ~1,900 streams per server, so the runs measure the data path.
-    "prefill": {"tokens": [128, 8192], "ms": [25.5, 40]},
+    "prefill": {"tokens": [128, 8192], "ms": [token_ms * 1.02, token_ms * 1.6]},
     "power": {"idleWatts": 90, "tdpWatts": 700, "decodeWatts": {"batchSizes": [1], "watts": [300]}, "prefillWatts": 600},
-    "sources": ["synthetic: flat 25 ms per token, ~25 ms prefill of a short prompt (router overhead benchmark)"],
-}
+    "sources": ["synthetic: flat time per token, a short prompt's prefill about one step (router overhead benchmark)"],
+    }
+
+
+FLAT_PROFILE = flat_profile(25.0)
 
 TIERS = [
     {"name": "interactive", "ttftMs": 300, "tpotMs": 40, "priority": 100, "meanOutputTokens": 64, "share": 0.2},
@@ -59,6 +64,12 @@ OUTPUT_TOKENS = 64
 PROMPT_TOKENS = 128
 # One stream lasts about prefill + 64 tokens x 25 ms: concurrency = rate x duration.
 STREAM_S = 0.040 + OUTPUT_TOKENS * 0.025
+
+
+def _set_token_ms(token_ms: float) -> None:
+    global FLAT_PROFILE, STREAM_S
+    FLAT_PROFILE = flat_profile(token_ms)
+    STREAM_S = (OUTPUT_TOKENS + 1.5) * token_ms / 1000.0
 TOKEN_MARK = b'"choices":[{'
 
 
@@ -69,6 +80,7 @@ def _free_port() -> int:
 
 
 _PINNING = True
+_TOKEN_MS = 25.0
 
 
 def _pin(cores: set[int]):
@@ -249,7 +261,7 @@ class Rig:
         self.model = model
         self.profile_path = os.path.join(tmp, "flat.yaml")
         with open(self.profile_path, "w") as f:
-            yaml.safe_dump(FLAT_PROFILE, f)
+            yaml.safe_dump(flat_profile(_TOKEN_MS), f)
         self.engines: dict[str, tuple[subprocess.Popen, int]] = {}
         self.router: subprocess.Popen | None = None
         self.router_port = 0
@@ -371,12 +383,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--skip-routing", action="store_true", help="skip the routing-decision micro-benchmark")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-pin", action="store_true", help="let the OS place every process (no CPU pinning)")
+    ap.add_argument("--token-ms", type=float, default=25.0,
+                    help="engine time per token (default: %(default)s; larger = fewer tokens/s per stream)")
     args = ap.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    global _TOKEN_MS
+    _TOKEN_MS = args.token_ms
+    _set_token_ms(args.token_ms)
     levels = [int(x) for x in args.concurrency.split(",") if x]
     worker_counts = [int(x) for x in args.workers.split(",") if x]
-    out: dict = {"rig": {"cpus": os.cpu_count(), "engine_profile": FLAT_PROFILE["name"], "output_tokens": OUTPUT_TOKENS,
+    out: dict = {"rig": {"cpus": os.cpu_count(), "engine_profile": FLAT_PROFILE["name"], "token_ms": args.token_ms, "output_tokens": OUTPUT_TOKENS,
                          "prompt_tokens": PROMPT_TOKENS, "duration_s": args.duration,
                          "pinning": "router: core 0 (1 worker) or cores 0-1 (2 workers); engines + load generator: core 1"}}
 

