@@ -2,7 +2,8 @@
 
 The same code decides for the router (live traffic) and the fleet simulator (traces),
 so it is pure: no clock (the caller passes how long the request has waited), no I/O,
-randomness only through the ``rng`` argument.
+randomness only through the ``rng`` argument (no rule draws today: ties go to the
+server id that sorts last, so runs are reproducible).
 
 Rules of kind ``"slo"`` (PolyServe, 2025), for a request of tier T:
 
@@ -10,7 +11,7 @@ Rules of kind ``"slo"`` (PolyServe, 2025), for a request of tier T:
    down; the first one that passes :meth:`RoutingPolicy._feasible` wins. Piling load on
    the fullest feasible server drains the emptiest ones, which makes scale-in safe.
 2. **Spill upward.** If no server of T is feasible, the servers of tiers with a strictly
-   tighter TPOT, nearest tighter first (keep the tightest capacity for last). A host
+   tighter TPOT (tiers with an equal TPOT do not share servers), nearest tighter first (keep the tightest capacity for last). A host
    server is judged against the *host's* TPOT, so the host's own requests stay
    protected; the request's own TTFT still applies. Never onto looser tiers.
 3. **Wait** when no server is feasible but the request could still meet its TTFT once
@@ -33,7 +34,7 @@ using S's latency model (D = decode iteration, chunks = chunked-prefill iteratio
   grown to running + 1, the KV grown by H tokens per sequence, *and the prefill chunks
   the server will interleave*: its queued prompts, ours, and one prompt like ours for
   every running sequence (each finishes and is replaced once within the horizon, on
-  average). Each chunk costs what an iteration carrying it costs beyond a decode step:
+  average; ``turnover`` scales this, 0 reproduces the pitfall below). Each chunk costs what an iteration carrying it costs beyond a decode step:
   ``D(B', kv_end) + n_chunks * (P(chunk) - P(0)) / H <= tpot``.
   design.md measured the pitfall: leaving the prefill chunks out packs the tight tier
   until its attainment collapses to 2-5%. Spreading the chunks over the horizon (rather
