@@ -376,13 +376,15 @@ class Router:
         migrations = 0
         drop_role = False
         while True:
+            # A client that goes away cuts the upstream at once: the engine frees the slot.
+            res.add_disconnect_callback(upr.close)
             failure = await self._pump_events(res, upr, ctx, sent, drop_role)
             upr.close()
             if failure is None:
                 self._release(ctx)
                 res.end()
                 return "ok"
-            if failure == "client-gone":
+            if failure == "client-gone" or res.disconnected:
                 self._release(ctx)
                 return "client_disconnected"
             # Mid-stream failure: resume elsewhere with what the client already has.
