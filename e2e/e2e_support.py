@@ -47,7 +47,9 @@ def need(ok: Any, missing: str, how: str) -> None:
 
 
 def find_kubectl() -> str | None:
-    for candidate in (os.environ.get("KUBECTL"), shutil.which("kubectl"), str(CACHE / "bin" / "kubectl")):
+    """$KUBECTL, else the pinned kubectl from the cluster cache, else the one on PATH
+    (the cache comes first: a system kubectl may be a distant version or a dispatcher)."""
+    for candidate in (os.environ.get("KUBECTL"), str(CACHE / "bin" / "kubectl"), shutil.which("kubectl")):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
