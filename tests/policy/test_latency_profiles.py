@@ -98,3 +98,40 @@ def test_cli_list_show_validate(capsys, tmp_path):
     bad.write_text("name: x\n")
     assert latency_cli.main(["validate", str(bad)]) == 1
     assert "kvCapacityTokens" in capsys.readouterr().err
+
+
+def test_derivation_physics():
+    d = profile_derivation
+    assert d.LLAMA_31_8B.kv_bytes_per_token == 128 * 1024  # 32 layers x 8 KV heads x 128 x K,V x bf16
+    assert d.LLAMA_31_70B.kv_bytes_per_token == 320 * 1024
+    h100_8b, h100_70b = d.SETUPS["llama-3.1-8b-h100"], d.SETUPS["llama-3.1-70b-h100-tp4"]
+    # TP4 splits weights and KV across four GPUs.
+    assert h100_70b.resident_weight_bytes == pytest.approx(2 * 70.55e9 / 4)
+    assert h100_70b.kv_bytes_per_token_per_gpu == 80 * 1024
+    # Batch-1 decode is the weight read plus fixed costs: never faster than the roofline.
+    roofline = h100_8b.streamed_weight_bytes / d.H100_SXM.hbm_bytes_per_s
+    assert roofline < h100_8b.decode_s(1, 0) < 1.25 * roofline + 1e-3
+    # Large batches turn compute-bound: 512 sequences cost more than the weight read.
+    assert h100_8b.decode_s(512, 0) > h100_8b.decode_s(1, 0) * 1.5
+    # Prefill grows ~linearly once compute-bound (plus the quadratic attention term).
+    assert 1.9 < h100_8b.prefill_iteration_s(4096) / h100_8b.prefill_iteration_s(2048) < 2.2
+    # The A100 has less bandwidth and compute than the H100: slower everywhere.
+    a100 = d.SETUPS["llama-3.1-8b-a100"]
+    for b in (1, 64, 256):
+        assert a100.decode_s(b, 100_000) > h100_8b.decode_s(b, 100_000)
+    assert a100.prefill_iteration_s(2048) > h100_8b.prefill_iteration_s(2048)
+    # Power: idle < decode < prefill <= TDP, per GPU of the group.
+    for s in d.SETUPS.values():
+        g = s.gpu
+        assert g.idle_watts * s.tp < s.decode_watts(1) < s.decode_watts(256) <= s.prefill_watts() <= g.tdp_watts * s.tp
+
+
+def test_derivation_cli_check_detects_drift(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(profile_derivation, "_profiles_dir", lambda: tmp_path)
+    assert profile_derivation.main(["--check", DEFAULT_PROFILE]) == 1  # missing file
+    assert profile_derivation.main(["--write", DEFAULT_PROFILE]) == 0
+    assert profile_derivation.main(["--check", DEFAULT_PROFILE]) == 0
+    f = tmp_path / f"{DEFAULT_PROFILE}.yaml"
+    f.write_text(f.read_text().replace("maxNumSeqs: 256", "maxNumSeqs: 255"))
+    assert profile_derivation.main(["--check", DEFAULT_PROFILE]) == 1
+    assert profile_derivation.main(["no-such-setup"]) == 2
