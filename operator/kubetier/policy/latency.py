@@ -392,13 +392,19 @@ def _profiles_dir():
     return resources.files("kubetier.profiles")
 
 
-def list_profiles() -> list[str]:
-    """Names of the built-in profiles (``operator/kubetier/profiles/<name>.yaml``)."""
-    return sorted(
+@lru_cache(maxsize=1)
+def _builtin_names() -> tuple[str, ...]:
+    # Package data does not change while the process runs.
+    return tuple(sorted(
         p.name[: -len(".yaml")]
         for p in _profiles_dir().iterdir()
         if p.name.endswith(".yaml") and not p.name.startswith("_")
-    )
+    ))
+
+
+def list_profiles() -> list[str]:
+    """Names of the built-in profiles (``operator/kubetier/profiles/<name>.yaml``)."""
+    return list(_builtin_names())
 
 
 def _parse_yaml(text: str, where: str) -> LatencyModel:
@@ -425,7 +431,7 @@ def load_profile(name_or_path: str) -> LatencyModel:
     """A built-in profile by name, or a profile YAML file by path."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ProfileError(f"profile: expected a built-in name or a YAML path, got {name_or_path!r}")
-    if name_or_path in list_profiles():
+    if name_or_path in _builtin_names():
         return _load_builtin(name_or_path)
     looks_like_path = os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml"))
     if looks_like_path or os.path.exists(name_or_path):
