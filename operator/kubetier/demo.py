@@ -320,7 +320,11 @@ def run(args: argparse.Namespace) -> int:
     from kubetier.api.crdgen import all_crds
     from kubetier.localdev import LocalEngines
     from kubetier.operator import rbac
+    from kubetier.operator.router_feed import attainment_from_status
 
+    # The router's address is fixed up front: the operator reads per-tier attainment from it.
+    port = args.router_port or free_port()
+    base_url = f"http://127.0.0.1:{port}"
     with ExitStack() as cleanup:
         with Step("installing CRDs (generated from the pydantic models)"):
             kubectl.apply(all_crds(), "--server-side", "--force-conflicts", "--field-manager=kubetier-demo")
@@ -332,7 +336,8 @@ def run(args: argparse.Namespace) -> int:
             token = kubectl("create", "token", OPERATOR_SA, "-n", ns, "--duration=1h").strip()
             op_kubeconfig = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig", "kubetier-operator")
             operator = start_process([sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig",
-                                      str(op_kubeconfig), "--namespace", ns, "--standalone"], workdir / "operator.log")
+                                      str(op_kubeconfig), "--namespace", ns, "--standalone",
+                                      "--router-status-url", f"{base_url}/kubetier/status"], workdir / "operator.log")
             cleanup.callback(stop_process, operator)
         with Step("applying a three-tier ModelService (engine: simulator) and its API-key Secrets"):
             kubectl.apply(demo_objects(ns))
@@ -360,8 +365,6 @@ def run(args: argparse.Namespace) -> int:
             engines.start()
             cleanup.callback(engines.close)
             engines.wait_for(lambda eps: len(eps) >= len(pods), timeout_s=90)
-        port = args.router_port or free_port()
-        base_url = f"http://127.0.0.1:{port}"
         with Step(f"starting the router on {base_url} (cluster discovery, local endpoints)"):
             router = start_process([sys.executable, "-m", "kubetier.cli", "router", "--port", str(port),
                                     "--namespace", ns, "--local-endpoints", "--discovery-interval", "1"],
@@ -388,6 +391,13 @@ def run(args: argparse.Namespace) -> int:
                 stats = asyncio.run(drive_traffic(base_url, phase, args.duration, args.seed + i))
             results[phase.name] = print_report(stats, before, router_tiers(base_url))
             lost += sum(s.sent - len(s.ttfts) for s in stats.values())
+        with Step("waiting for the operator to publish the router's attainment in status"):
+            measured = attainment_from_status(httpx.get(f"{base_url}/kubetier/status", timeout=5).json(), MODEL)
+            expected = "/".join(f"{round(measured[t[0]], 2):g}" if t[0] in measured else "-" for t in TIERS)
+            wait_for(lambda: kubectl.json("get", "modelservice", SERVICE, "-n", ns)
+                     .get("status", {}).get("attainmentSummary") == expected,
+                     f"status.attainmentSummary to read {expected}", timeout=40)
+        print(kubectl("get", "modelservice", "-n", ns, check=False))
         print(f"\n[demo] every request streamed through the router to a loopback engine; "
               f"requests that did not complete: {lost}")
         if args.output:

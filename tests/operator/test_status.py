@@ -105,3 +105,17 @@ def test_unschedulable_pods_are_explained_in_progressing():
     assert (progressing["status"], progressing["reason"]) == ("True", "PodsUnschedulable")
     assert "batch: 1 pod(s) unschedulable: 0/8 nodes are available: 8 Insufficient nvidia.com/gpu." == progressing["message"]
     assert conds(status)["Ready"] == ("False", "TiersNotReady")
+
+
+def test_summaries_for_kubectl_get_join_every_tier_in_spec_order():
+    ms = parse(sample_body())
+    up = all_up(ms)
+    status = compute_status(ms, up, NOW)
+    assert status["tierSummary"] == "interactive,standard,batch"
+    assert status["replicaSummary"] == "5/5"
+    assert status["attainmentSummary"] == "-/-/-"
+    measured = Observed(children=up.children, pods=up.pods[:-1], nodes=up.nodes,
+                        attainment={"interactive": 99.5, "batch": 80.0})
+    status = compute_status(ms, measured, NOW)
+    assert status["replicaSummary"] == "4/5"
+    assert status["attainmentSummary"] == "99.5/-/80"

@@ -79,10 +79,12 @@ def modelservice_crd() -> dict[str, Any]:
         schema=_root_schema(ms.ModelServiceSpec, ms.ModelServiceStatus, ms.ROOT_VALIDATIONS),
         columns=[
             {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
-            {"name": "Tiers", "type": "string", "jsonPath": ".spec.tiers[*].name"},
+            {"name": "Tiers", "type": "string", "jsonPath": ".status.tierSummary"},
             {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-            {"name": "Attainment", "type": "string", "jsonPath": ".status.tiers[*].attainmentPercent",
-             "description": "Observed SLO attainment per tier, in percent"},
+            {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary",
+             "description": "Ready serving replicas / desired, over all tiers"},
+            {"name": "Attainment", "type": "string", "jsonPath": ".status.attainmentSummary",
+             "description": "Observed SLO attainment per tier (spec order), in percent"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )

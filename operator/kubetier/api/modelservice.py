@@ -347,6 +347,14 @@ class ModelServiceStatus(ApiModel):
     )
     tiers: list[TierStatus] = Field(default_factory=list, max_length=MAX_TIERS)
     endpoint: str | None = Field(default=None, max_length=1024, description="OpenAI-compatible base URL clients call.")
+    # One-line summaries for `kubectl get ms` (a printer column's JSONPath shows only the
+    # first element of a list, so per-tier figures are joined here).
+    tier_summary: str | None = Field(default=None, max_length=256, description="Tier names in spec order.")
+    replica_summary: str | None = Field(
+        default=None, max_length=64, description="Ready serving replicas / desired, over all tiers (e.g. 5/6).")
+    attainment_summary: str | None = Field(
+        default=None, max_length=256,
+        description="Observed SLO attainment per tier in spec order, in percent ('-' until the router reports).")
 
 
 # --------------------------------------------------------------------------- object

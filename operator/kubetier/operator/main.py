@@ -10,6 +10,7 @@ $KUBECONFIG, or ~/.kube/config).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 
@@ -30,6 +31,9 @@ def main(argv: list[str]) -> int:
                         help="this replica's kopf peering priority (the highest one runs)")
     parser.add_argument("--liveness", metavar="URL", default=None,
                         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--router-status-url", metavar="URL", default=None,
+                        help="the router's status endpoint (http://…/kubetier/status), read for per-tier "
+                             "attainment (default: $KUBETIER_ROUTER_STATUS_URL; unset: attainment unknown)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.standalone and args.peering:
@@ -45,6 +49,9 @@ def main(argv: list[str]) -> int:
     import kubetier.operator.handlers  # noqa: F401  (registers the handlers)
     from kubetier.operator.model import OperatorConfig
 
+    config = OperatorConfig.from_env()
+    if args.router_status_url:
+        config = dataclasses.replace(config, router_status_url=args.router_status_url)
     kopf.configure(verbose=args.verbose)
     kopf.run(
         standalone=args.standalone,
@@ -53,6 +60,6 @@ def main(argv: list[str]) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(config=OperatorConfig.from_env()),
+        memo=kopf.Memo(config=config),
     )
     return 0

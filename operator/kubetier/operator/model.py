@@ -37,6 +37,8 @@ class OperatorConfig:
     router_service: str = "kubetier-router"
     router_namespace: str | None = None  # None: the ModelService's own namespace
     router_port: int = 8080
+    # The router's status endpoint (…/kubetier/status): per-tier attainment for status.
+    router_status_url: str | None = None
     # Seconds the pod keeps serving after it is marked for deletion, so the router and
     # EndpointSlices stop sending it new requests before SIGTERM arrives.
     pre_stop_sleep_seconds: int = 15
@@ -54,6 +56,7 @@ class OperatorConfig:
             router_service=env.get("KUBETIER_ROUTER_SERVICE", base.router_service),
             router_namespace=env.get("KUBETIER_ROUTER_NAMESPACE") or None,
             router_port=int(env.get("KUBETIER_ROUTER_PORT", base.router_port)),
+            router_status_url=env.get("KUBETIER_ROUTER_STATUS_URL") or None,
         )
 
 

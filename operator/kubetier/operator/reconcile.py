@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pydantic
@@ -21,6 +21,7 @@ from kubetier.operator.diff import covers, first_difference
 from kubetier.operator.kube import CHILD_KINDS, KubeApi
 from kubetier.operator.model import FIELD_MANAGER, SERVICE_LABEL, Observed, OperatorConfig
 from kubetier.operator.profile import Unsatisfiable
+from kubetier.operator.router_feed import fetch_attainment
 from kubetier.operator.status import capacity_problem, compute_status, status_changed, transitions
 
 log = logging.getLogger("kubetier.operator")
@@ -131,6 +132,8 @@ async def reconcile(api: KubeApi, body: dict[str, Any], config: OperatorConfig, 
         return outcome
 
     observed = await observe(api, ms)
+    if config.router_status_url:
+        observed = replace(observed, attainment=await fetch_attainment(config.router_status_url, ms.spec.model.name))
     try:
         objects = desired(ms, observed, config)
     except Unsatisfiable as exc:

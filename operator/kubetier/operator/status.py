@@ -231,11 +231,16 @@ def compute_status(
             "lastTransitionTime": since, "observedGeneration": generation,
         })
     router_ns = config.router_namespace or ms.namespace
+    desired_total = sum(serving_replicas(t, observed) for t in ms.spec.tiers)
     return {
         "observedGeneration": generation,
         "conditions": conditions,
         "tiers": tiers,
         "endpoint": f"http://{config.router_service}.{router_ns}.svc:{config.router_port}/v1",
+        "tierSummary": ",".join(t.name for t in ms.spec.tiers),
+        "replicaSummary": f"{sum(t['readyReplicas'] for t in tiers)}/{desired_total}",
+        "attainmentSummary": "/".join(
+            f"{t['attainmentPercent']:g}" if "attainmentPercent" in t else "-" for t in tiers),
     }
 
 
