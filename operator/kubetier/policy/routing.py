@@ -54,6 +54,12 @@ queues; beyond it the answer is "wait".
 Baselines (the fleet simulator compares them): ``"least-loaded"`` (own bin, smallest
 batch with room) and ``"round-robin"`` (own bin, next server with room); both ignore
 the SLO checks, never spill, and wait/reject with the same lateness rule.
+``"static-partition"`` is ``"least-loaded"`` under the name the literature uses (each
+tier on its own servers, no spill). Tier-blind load balancers over the whole fleet:
+``"pool-least-loaded"`` (join-shortest-queue: smallest batch, then least KV, over every
+server) and ``"pool-round-robin"``. ``"two-class"``: the tightest-TPOT tier(s) are the
+latency-sensitive class on their own servers; every other tier is best effort, pooled
+(least loaded) over all the remaining servers.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ from kubetier.policy.latency import LatencyModel
 
 __all__ = ["Decision", "KINDS", "RoutingPolicy", "ServerLoad", "TierSLO"]
 
-KINDS = ("slo", "least-loaded", "round-robin")
+KINDS = ("slo", "least-loaded", "round-robin", "static-partition", "two-class", "pool-least-loaded", "pool-round-robin")
 
 # KV tokens are rounded up to this many for the memoised decode cost: the decode table
 # is linear in KV between grid points, so the error is under one quantum's worth of
@@ -266,6 +272,7 @@ class RoutingPolicy:
         if scale_up_s < 0 or reject_retry_after_s <= 0 or max_checks < 1 or turnover < 0:
             raise ValueError("scale_up_s >= 0, reject_retry_after_s > 0, max_checks >= 1, turnover >= 0 required")
         self.kind = kind
+        self._pool_rr_next = 0  # "pool-round-robin" position over the whole fleet
         self.rng = rng if rng is not None else random.Random(0)
         self.scale_up_s = scale_up_s
         self.reject_retry_after_s = reject_retry_after_s
@@ -408,10 +415,12 @@ class RoutingPolicy:
             # A late request of a queueing tier only needs to leave others unharmed.
             budget = _INF if late else ttft_s - waited_s
             d = self._decide_slo(t, prompt_tokens, budget)
-        elif self.kind == "least-loaded":
+        elif self.kind == "least-loaded" or self.kind == "static-partition":
             d = self._decide_least_loaded(t, prompt_tokens)
-        else:
+        elif self.kind == "round-robin":
             d = self._decide_round_robin(t, prompt_tokens)
+        else:
+            d = self._decide_baseline_pool(t, prompt_tokens)
         if d is not None:
             return d
         if late:
@@ -588,6 +597,44 @@ class RoutingPolicy:
             if self._has_room(self._servers[sid], prompt, H):
                 return self._route(sid, "least-loaded")
         return None
+
+    def _pool_bins(self, t: TierSLO) -> list[_Bin]:
+        """The bins a tier-blind or two-class baseline request may use."""
+        if self.kind != "two-class":
+            return list(self._bins.values())
+        tightest = min(u.tpot_ms for u in self.tiers.values())
+        if t.tpot_ms == tightest:
+            return [b for b in self._bins.values() if b.tier.tpot_ms == tightest]
+        rest = [b for b in self._bins.values() if b.tier.tpot_ms != tightest]
+        return rest or [self._bins[t.name]]
+
+    def _decide_baseline_pool(self, t: TierSLO, prompt: int) -> Decision | None:
+        H = t.mean_output_tokens
+        bins = self._pool_bins(t)
+        if self.kind == "pool-round-robin":
+            order = [sid for b in bins for sid in b.order]
+            n = len(order)
+            if n == 0:
+                return None
+            start = self._pool_rr_next % n
+            for k in range(min(n, self.max_checks)):
+                sid = order[(start + k) % n]
+                e = self._servers[sid]
+                if e.key is not None and self._has_room(e, prompt, H):
+                    self._pool_rr_next = (start + k + 1) % n
+                    return self._route(sid, "round-robin")
+            return None
+        best = None  # least loaded (running, kv) with room across the bins
+        for b in bins:
+            keys = b.keys
+            for k in range(min(len(keys), self.max_checks)):
+                key = keys[k]
+                if best is not None and key >= best:
+                    break
+                if self._has_room(self._servers[key[2]], prompt, H):
+                    best = key
+                    break
+        return self._route(best[2], "least-loaded") if best is not None else None
 
     def _decide_round_robin(self, t: TierSLO, prompt: int) -> Decision | None:
         b = self._bins[t.name]
