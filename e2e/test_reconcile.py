@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+import yaml
+
 from e2e_support import (
+    REPO,
     CAPACITY_LABEL,
     GPU,
     SERVICE_LABEL,
@@ -174,3 +178,24 @@ def test_deleting_the_service_removes_every_child(kubectl: Kubectl, crds, operat
                "garbage collection of every child", timeout=60,
                describe=lambda: kubectl("get", CHILD_KINDS, "-n", namespace, "-l", f"{SERVICE_LABEL}=gone",
                                         check=False))
+
+
+MS_SAMPLES = sorted((REPO / "crds" / "samples").glob("modelservice-*.yaml"))
+
+
+@pytest.mark.parametrize("sample", MS_SAMPLES, ids=[p.name for p in MS_SAMPLES])
+def test_each_valid_sample_becomes_ready_on_gpu_nodes(kubectl: Kubectl, crds, operator, gpu_nodes, namespace,
+                                                      sample):
+    """What the README promises: `kubectl apply -f crds/samples/<valid>.yaml` gives a Ready
+    ModelService whose pods run on GPU nodes."""
+    (ms,) = [d for d in yaml.safe_load_all(sample.read_text()) if d and d.get("kind") == "ModelService"]
+    ms["metadata"]["namespace"] = namespace
+    expected = {t["name"]: t.get("replicas", {}).get("min", 1) for t in ms["spec"]["tiers"]}
+    apply_and_wait_ready(kubectl, ms, expected, timeout=120)
+    gpus = ms["spec"].get("resources", {}).get("gpusPerReplica", 1)
+    nodes = nodes_by_name(kubectl)
+    pods = running(serving_pods(kubectl, namespace, ms["metadata"]["name"]))
+    assert len(pods) == sum(expected.values())
+    for pod in pods:
+        assert int(nodes[pod["spec"]["nodeName"]]["status"]["allocatable"].get(GPU, 0)) > 0
+        assert gpu_request(pod) == gpus
