@@ -100,6 +100,7 @@ def pause_session_operator(request) -> OperatorProcess | None:
         cached = getattr(fd, "cached_result", None)
         if cached and isinstance(cached[0], OperatorProcess) and cached[0].alive():
             cached[0].stop()
+            print("test_helm: stopped the suite's operator while the chart's operator runs")
             return cached[0]
     return None
 
