@@ -60,6 +60,7 @@ TIERS = [
     {"name": "standard", "ttftMs": 1000, "tpotMs": 60, "priority": 50, "meanOutputTokens": 64, "share": 0.3},
     {"name": "batch", "ttftMs": 5000, "tpotMs": 200, "priority": 10, "meanOutputTokens": 64, "share": 0.5, "onLate": "queue"},
 ]
+_BASE_TIERS = TIERS
 OUTPUT_TOKENS = 64
 PROMPT_TOKENS = 128
 # One stream lasts about prefill + 64 tokens x 25 ms: concurrency = rate x duration.
@@ -67,9 +68,12 @@ STREAM_S = 0.040 + OUTPUT_TOKENS * 0.025
 
 
 def _set_token_ms(token_ms: float) -> None:
-    global FLAT_PROFILE, STREAM_S
+    """Slower engines: tier targets scale with the token time, so the SLOs bind alike."""
+    global FLAT_PROFILE, STREAM_S, TIERS
     FLAT_PROFILE = flat_profile(token_ms)
     STREAM_S = (OUTPUT_TOKENS + 1.5) * token_ms / 1000.0
+    f = token_ms / 25.0
+    TIERS = [dict(t, ttftMs=t["ttftMs"] * f, tpotMs=t["tpotMs"] * f) for t in _BASE_TIERS]
 TOKEN_MARK = b'"choices":[{'
 
 
@@ -238,9 +242,10 @@ def summarize(run: Run) -> dict:
                 met += 1
         met_total += met
         tiers[t["name"]] = {"requests": len(rs), "attainmentPercent": round(100.0 * met / len(rs), 2) if rs else None}
+    rejected = sum(1 for r in run.results if r.status == 429)
     return {
         "label": run.label, "concurrency": run.concurrency, "pattern": run.pattern,
-        "requests": len(run.results), "errors": len(run.results) - len(ok),
+        "requests": len(run.results), "errors": len(run.results) - len(ok) - rejected, "rejected_429": rejected,
         "error_examples": sorted({r.error for r in run.results if r.error})[:3],
         "ttft_ms_p50": _r(_pct(ttft, 0.5)), "ttft_ms_p99": _r(_pct(ttft, 0.99)),
         "tpot_ms_p50": _r(_pct(tpot, 0.5)), "tpot_ms_p99": _r(_pct(tpot, 0.99)),
@@ -349,6 +354,12 @@ def _measure(rig: Rig, label: str, targets: dict, concurrency: int, duration_s: 
     run = Run(label, concurrency, pattern, results, elapsed,
               {k: round(100.0 * (after[k] - before.get(k, 0.0)) / elapsed, 1) for k in after})
     row = summarize(run)
+    tokens = sum(r.tokens for r in results)
+    row["tokens_relayed"] = tokens
+    # CPU per token is what contention hides least: the time the process actually ran.
+    for who in ("router", "engines", "loadgen"):
+        if who in after and tokens:
+            row[f"{who}_cpu_us_per_token"] = round((after[who] - before.get(who, 0.0)) / tokens * 1e6, 2)
     # Other tenants of this machine show up here: a load average above the core count
     # means every figure of this run includes waiting for a CPU.
     row["load_average_1m"] = round(os.getloadavg()[0], 2)
@@ -397,6 +408,7 @@ def main(argv: list[str]) -> int:
                          "prompt_tokens": PROMPT_TOKENS, "duration_s": args.duration,
                          "pinning": "router: core 0 (1 worker) or cores 0-1 (2 workers); engines + load generator: core 1"}}
 
+    out["tiers"] = TIERS
     if not args.skip_routing:
         print("routing decision + load-state update (µs), shipped H100 profile, three tiers:")
         rows = bench_routing.run(steps=args.routing_steps)
@@ -458,23 +470,28 @@ def _overhead(rows: list[dict]) -> list[dict]:
         out.append({"label": r["label"], "concurrency": r["concurrency"],
                     "added_ttft_ms_p50": diff("ttft_ms_p50"), "added_ttft_ms_p99": diff("ttft_ms_p99"),
                     "added_tpot_ms_p50": diff("tpot_ms_p50"), "added_tpot_ms_p99": diff("tpot_ms_p99"),
-                    "errors": r["errors"], "router_cpu_percent": r["cpu_percent"].get("router")})
+                    "errors": r["errors"], "router_cpu_percent": r["cpu_percent"].get("router"),
+                    "router_cpu_us_per_token": r.get("router_cpu_us_per_token"),
+                    "load_average_1m": r.get("load_average_1m")})
     return out
 
 
 def _print_row(r: dict) -> None:
     tiers = " ".join(f"{k}={v['attainmentPercent']}%" for k, v in r["tiers"].items())
     print(f"  {r['label']:>10} c={r['concurrency']:<5} {r['pattern']:<7} n={r['requests']:<6} err={r['errors']:<4} "
+          f"429={r['rejected_429']:<4} "
           f"ttft p50/p99={r['ttft_ms_p50']}/{r['ttft_ms_p99']} ms tpot p50/p99={r['tpot_ms_p50']}/{r['tpot_ms_p99']} ms "
           f"goodput={r['goodput_rps']}/s {tiers} cpu={r['cpu_percent']}", flush=True)
 
 
 def print_tables(out: dict) -> None:
     print("router overhead vs direct (ms, client-side):")
-    print(f"{'run':>10} {'streams':>7} {'+TTFT p50':>9} {'+TTFT p99':>9} {'+TPOT p50':>9} {'+TPOT p99':>9} {'errors':>6} {'router CPU%':>11}")
+    print(f"{'run':>10} {'streams':>7} {'+TTFT p50':>9} {'+TTFT p99':>9} {'+TPOT p50':>9} {'+TPOT p99':>9} {'errors':>6} "
+          f"{'router CPU%':>11} {'CPU us/token':>12} {'load avg':>8}")
     for o in out["overhead"]:
         print(f"{o['label']:>10} {o['concurrency']:>7} {o['added_ttft_ms_p50']!s:>9} {o['added_ttft_ms_p99']!s:>9} "
-              f"{o['added_tpot_ms_p50']!s:>9} {o['added_tpot_ms_p99']!s:>9} {o['errors']:>6} {o['router_cpu_percent']!s:>11}")
+              f"{o['added_tpot_ms_p50']!s:>9} {o['added_tpot_ms_p99']!s:>9} {o['errors']:>6} {o['router_cpu_percent']!s:>11} "
+              f"{o['router_cpu_us_per_token']!s:>12} {o['load_average_1m']!s:>8}")
 
 
 if __name__ == "__main__":
