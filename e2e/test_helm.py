@@ -46,6 +46,8 @@ RUN = uuid.uuid4().hex[:5]
 RELEASE = f"kt-{RUN}"
 CHART_NS = f"kubetier-helm-{RUN}"
 INSTANCE = f"app.kubernetes.io/instance={RELEASE}"
+# The API server's PodSecurity admission judges the chart's pods against "restricted".
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
 # Kinds the chart can create, namespaced and cluster-scoped (for "nothing left behind").
 RELEASE_KINDS = ("deployments,services,serviceaccounts,configmaps,secrets,roles,rolebindings,"
                  "poddisruptionbudgets,networkpolicies,daemonsets")
@@ -128,11 +130,13 @@ def test_rendered_manifests_pass_server_side_dry_run(kubectl: Kubectl, helm: Hel
     docs = [d for d in yaml.safe_load_all(out) if d]
     kept, dropped = _dry_run_docs(docs)
     namespaces = {CHART_NS} | {d["metadata"].get("namespace") for d in kept if d["metadata"].get("namespace")}
-    kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in sorted(namespaces)])
+    kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": RESTRICTED}}
+                   for ns in sorted(namespaces)])
     res = kubectl.run("apply", "--dry-run=server", "--server-side", "--force-conflicts", "--field-manager=helm-e2e",
                       "-f", "-",
                       input=json.dumps({"apiVersion": "v1", "kind": "List", "items": kept}))
     assert res.returncode == 0, f"the API server refused the {values_file.stem} render:\n{res.stderr}"
+    assert "would violate PodSecurity" not in res.stderr, res.stderr
     assert res.stdout.count("(server dry run)") == len(kept), res.stdout
     if "observability" in values_file.stem:
         assert any(x.startswith("ServiceMonitor/") for x in dropped)
@@ -196,7 +200,8 @@ def lifecycle(kubectl: Kubectl, helm: Helm, kubeconfig: str, app_ns: str, workdi
     """`helm install` (defaults, as the README says), then the operator and the router as
     local processes under the chart's ServiceAccounts with the chart's arguments
     (charts/kubetier/hack/run_local.py, as docs/install.md says)."""
-    notes = helm("install", RELEASE, str(CHART), "-n", CHART_NS, "--create-namespace")
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CHART_NS, "labels": RESTRICTED}})
+    notes = helm("install", RELEASE, str(CHART), "-n", CHART_NS)
     for crd in ("modelservices.kubetier.io", "powerbudgets.kubetier.io"):
         kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
     paused = pause_session_operator(request)
@@ -219,6 +224,23 @@ def test_install_prints_next_steps(lifecycle: Lifecycle, helm: Helm):
     manifest = [d for d in yaml.safe_load_all(helm("get", "manifest", RELEASE, "-n", CHART_NS)) if d]
     assert {d["kind"] for d in manifest} >= {"Deployment", "Service", "ServiceAccount", "ClusterRole",
                                              "ClusterRoleBinding"}
+
+
+def test_chart_pods_pass_podsecurity_restricted(lifecycle: Lifecycle, kubectl: Kubectl):
+    """The release namespace enforces PodSecurity "restricted": the ReplicaSets could
+    create the operator and router pods (KWOK leaves them Pending: the fake nodes are
+    GPU-tainted, and they would run no container anyway)."""
+    def created():
+        pods = kubectl.items("pods", CHART_NS, INSTANCE)
+        return {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods} >= {"operator", "router"}
+
+    def rs_failures() -> str:
+        return "\n".join(f"{rs['metadata']['name']}: {c.get('message')}"
+                         for rs in kubectl.items("replicasets", CHART_NS, INSTANCE)
+                         for c in (rs.get("status") or {}).get("conditions") or [] if c["type"] == "ReplicaFailure")
+
+    wait_until(created, "the chart's pods to be admitted under PodSecurity restricted", timeout=30, describe=rs_failures)
+    assert not rs_failures()
 
 
 def test_sample_ready_under_the_chart_rbac(lifecycle: Lifecycle, kubectl: Kubectl, app_ns: str):
