@@ -260,6 +260,7 @@ class RoutingPolicy:
         max_checks: int = 64,
         max_checks_per_level: int = 8,
         turnover: float = 1.0,
+        rebin_idle: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"routing kind {kind!r} is unknown (known: {', '.join(KINDS)})")
@@ -273,6 +274,11 @@ class RoutingPolicy:
             raise ValueError("scale_up_s >= 0, reject_retry_after_s > 0, max_checks >= 1, turnover >= 0 required")
         self.kind = kind
         self._pool_rr_next = 0  # "pool-round-robin" position over the whole fleet
+        # Shared-pool mode (PolyServe's server reassignment): when no server of the
+        # request's own or tighter bins is feasible, an idle server of another bin that
+        # keeps at least one other idle server moves to the request's bin. The load
+        # gradient (most-loaded-first) is what leaves servers idle to move.
+        self.rebin_idle = rebin_idle
         self.rng = rng if rng is not None else random.Random(0)
         self.scale_up_s = scale_up_s
         self.reject_retry_after_s = reject_retry_after_s
@@ -415,6 +421,8 @@ class RoutingPolicy:
             # A late request of a queueing tier only needs to leave others unharmed.
             budget = _INF if late else ttft_s - waited_s
             d = self._decide_slo(t, prompt_tokens, budget)
+            if d is None and self.rebin_idle:
+                d = self._rebin_idle_server(t, prompt_tokens, budget)
         elif self.kind == "least-loaded" or self.kind == "static-partition":
             d = self._decide_least_loaded(t, prompt_tokens)
         elif self.kind == "round-robin":
@@ -597,6 +605,31 @@ class RoutingPolicy:
             if self._has_room(self._servers[sid], prompt, H):
                 return self._route(sid, "least-loaded")
         return None
+
+    def _rebin_idle_server(self, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
+        own = self._bins[t.name]
+        best, best_idle = None, 1
+        for b in self._bins.values():
+            if b is own:
+                continue
+            idle = bisect_left(b.keys, (0, 1))  # running 0 and no KV held
+            if idle > best_idle or (idle == best_idle and best is not None and idle > 1
+                                    and b.tier.tpot_ms > best.tier.tpot_ms):
+                best, best_idle = b, idle
+        if best is None:
+            return None
+        sid = best.keys[0][2]
+        e = self._servers[sid]
+        if e.load.queued_prefill_tokens:
+            return None
+        ld = e.load
+        self.remove_server(sid)
+        ld.tier = t.name
+        self.upsert_server(ld)
+        e = self._servers[sid]
+        if not self._feasible(e, prompt, t.mean_output_tokens, ttft_budget_s, t.tpot_ms / 1000.0):
+            return None
+        return self._route(sid, "rebin")
 
     def _pool_bins(self, t: TierSLO) -> list[_Bin]:
         """The bins a tier-blind or two-class baseline request may use."""

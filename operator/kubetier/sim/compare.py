@@ -47,7 +47,11 @@ def compare(sc: Scenario, policies: list[str], traces_dir: Path | None, out: Pat
     # Every policy at kubetier's goodput rate (full runs): who else holds the SLOs there?
     ref = results.get("kubetier") or next(iter(results.values()))
     common_scale = ref.goodput_scale or sc.goodput.min_scale
-    common = {p: run_once(sc, p, common_scale, model, traces_dir) for p in policies}
+    common = {}
+    for p in policies:
+        # reuse the search's full run at exactly this scale when there is one
+        done = [r for r in results[p].runs if r.rate_scale == round(common_scale, 6) and not r.aborted]
+        common[p] = done[0] if done else run_once(sc, p, round(common_scale, 6), model, traces_dir)
     for r in common.values():
         r.rate_rps = common_scale * shape.rate_rps
 

@@ -159,6 +159,7 @@ class SimConfig:
     model_load_s: float = 60.0
     track_power: bool = False
     hooks: list[Hook] = field(default_factory=list)
+    rebin_idle: bool = False  # shared pool: the policy may move idle servers between bins
 
 
 class Simulator:
@@ -172,7 +173,10 @@ class Simulator:
         self.exp_out = [t.mean_output_tokens for t in cfg.tiers]
         self.tier_names = [t.name for t in cfg.tiers]
         self.rng = random.Random(cfg.seed)
-        self.policy = policy or RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng)
+        if policy is None:
+            extra = {"rebin_idle": True} if cfg.rebin_idle else {}
+            policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng, **extra)
+        self.policy = policy
         self.sink = sink
         self.servers: list[Server] = []
         self.by_sid: dict[str, Server] = {}
@@ -550,7 +554,11 @@ class Simulator:
                     if th is None:
                         th = srv.tier_heaps[tier] = []
                     heapq.heappush(th, (req.t_arr + ttft[tier] + (req.base - G) * P, req.rid, req))
-        self._observe(srv.sid, srv.n_active, srv.kv, srv.queued_prefill)
+        # what the engine reports: requests running or waiting in it (vLLM's
+        # num_requests_running + num_requests_waiting), KV committed (held now plus the
+        # prompts still to prefill, as the policy's own on_admit accounting counts it),
+        # prompt tokens still to prefill
+        self._observe(srv.sid, srv.n_active + len(srv.waiting), srv.kv + srv.queued_prefill, srv.queued_prefill)
         if srv.removed:
             srv.busy = False
             return

@@ -23,8 +23,8 @@ from .scenario import Scenario
 # baselines see every server as one bin (they are tier-blind load balancers).
 POLICY_KINDS = {
     "kubetier": "slo",
-    "round-robin": "round-robin",
-    "least-loaded": "least-loaded",
+    "round-robin": "pool-round-robin",
+    "least-loaded": "pool-least-loaded",
     "static-partition": "static-partition",
     "two-class": "two-class",
 }
@@ -132,6 +132,11 @@ class RunResult:
         return d
 
 
+def _current_tier(sim: Simulator, srv) -> str:
+    load = sim.policy.server(srv.sid)
+    return load.tier if load is not None else srv.tier
+
+
 def server_tiers_for(sc: Scenario, policy: str) -> list[str]:
     return sc.server_tiers()
 
@@ -146,6 +151,7 @@ def run_once(sc: Scenario, policy: str, rate_scale: float, model: LatencyModel, 
         tiers=[t.slo() for t in sc.tiers], server_tiers=server_tiers_for(sc, policy), model=model,
         policy_kind=POLICY_KINDS[policy], seed=sc.seed, model_load_s=sc.fleet.model_load_s,
         track_power=track_power, hooks=list(hooks or []),
+        rebin_idle=policy == "kubetier" and sc.fleet.pool is not None,
     )
     budget = None
     if tier_requests is not None:
@@ -165,7 +171,7 @@ def run_once(sc: Scenario, policy: str, rate_scale: float, model: LatencyModel, 
         gpu_seconds=sim.gpu_seconds(), makespan_s=makespan, wall_s=wall, steps=sim.steps, waits=sim.n_waits,
         server_served=[s.served for s in sim.servers],
         server_busy=[s.busy_s / makespan if makespan > 0 else 0.0 for s in sim.servers],
-        server_tier=[s.tier for s in sim.servers], energy_j=sum(s.energy_j for s in sim.servers),
+        server_tier=[_current_tier(sim, s) for s in sim.servers], energy_j=sum(s.energy_j for s in sim.servers),
         aborted=col.settled,
     )
 
@@ -233,5 +239,5 @@ def search_goodput(sc: Scenario, policy: str, model: LatencyModel, base_rps: flo
             else:
                 hi = mid
     runs = [cache[k] for k in sorted(cache)]
-    scale = lo or 0.0
+    scale = round(lo, 6) if lo else 0.0
     return GoodputResult(policy, scale * base_rps, scale, runs)
