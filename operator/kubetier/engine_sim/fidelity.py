@@ -497,7 +497,7 @@ class SimulatorProcess:
     """`kubetier engine-sim` as a child process on loopback, stopped on exit."""
 
     def __init__(self, profile: str, *, time_scale: float, max_num_seqs: int | None = None,
-                 host: str = "127.0.0.1", startup_timeout_s: float = 30.0) -> None:
+                 host: str = "127.0.0.1", startup_timeout_s: float = 30.0, cpu: int | None = None) -> None:
         self.host = host
         self.port = _free_port(host)
         self._log = tempfile.TemporaryFile()
@@ -506,6 +506,8 @@ class SimulatorProcess:
         if max_num_seqs is not None:
             cmd += ["--max-num-seqs", str(max_num_seqs)]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        if cpu is not None:
+            os.sched_setaffinity(self.proc.pid, {cpu})  # "on one core" made literal
         deadline = time.monotonic() + startup_timeout_s
         while True:
             if self.proc.poll() is not None:
@@ -630,6 +632,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sustain-output-tokens", type=int, default=256)
     ap.add_argument("--server", default=None,
                     help="HOST:PORT of a running simulator (sweep only; default: start one on loopback)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the simulator to one CPU and this client to another (on a quiet machine "
+                         "this makes 'one core' literal; on a shared one it stops the OS moving either "
+                         "away from a busy neighbour, so it is off by default)")
     ap.add_argument("--output", default=None, help="write the results as JSON to this file")
     args = ap.parse_args(argv)
 
@@ -652,12 +658,18 @@ def main(argv: list[str]) -> int:
         return 2
 
     _raise_fd_limit(args.sustain + max(concurrencies) + 64)
+    sim_cpu = None
+    if args.pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2:
+        cpus = sorted(os.sched_getaffinity(0))
+        sim_cpu = cpus[0]
+        os.sched_setaffinity(0, {cpus[1]})
     result: dict = {
         "profile": model.name, "timeScale": args.time_scale, "promptTokens": args.prompt_tokens,
-        "outputTokens": args.output_tokens, "cpuCount": os.cpu_count(),
+        "outputTokens": args.output_tokens, "cpuCount": os.cpu_count(), "simulatorCpu": sim_cpu,
     }
     print(f"fidelity: profile {model.name}, prompt {args.prompt_tokens} / output {args.output_tokens} tokens, "
-          f"time scale {args.time_scale:g} (times below in model ms)")
+          f"time scale {args.time_scale:g} (times below in model ms)"
+          + (f"; simulator pinned to CPU {sim_cpu}, client to another" if sim_cpu is not None else ""))
     print(_HEADER)
     try:
         if args.server:
@@ -666,7 +678,7 @@ def main(argv: list[str]) -> int:
                                            args.output_tokens, time_scale=args.time_scale,
                                            measure_cycles=args.measure_cycles, echo=print))
         else:
-            with SimulatorProcess(args.profile, time_scale=args.time_scale) as sim:
+            with SimulatorProcess(args.profile, time_scale=args.time_scale, cpu=sim_cpu) as sim:
                 points = _uvloop_run(run_sweep(sim.host, sim.port, model, concurrencies, args.prompt_tokens,
                                                args.output_tokens, time_scale=args.time_scale,
                                                server_pid=sim.pid, measure_cycles=args.measure_cycles,
@@ -686,7 +698,7 @@ def main(argv: list[str]) -> int:
               f"{args.sustain_prompt_tokens} / output {args.sustain_output_tokens}")
         print(_HEADER)
         try:
-            with SimulatorProcess(args.profile, time_scale=args.time_scale, max_num_seqs=n) as sim:
+            with SimulatorProcess(args.profile, time_scale=args.time_scale, max_num_seqs=n, cpu=sim_cpu) as sim:
                 p = _uvloop_run(run_point(sim.host, sim.port, model, n, args.sustain_prompt_tokens,
                                           args.sustain_output_tokens, time_scale=args.time_scale,
                                           max_num_seqs=n, server_pid=sim.pid,
