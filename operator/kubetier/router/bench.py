@@ -348,6 +348,7 @@ def _wait_up(port: int, timeout: float = 30.0) -> None:
 def _measure(rig: Rig, label: str, targets: dict, concurrency: int, duration_s: float, pattern: str, seed: int) -> dict:
     import uvloop
 
+    status_before = _router_status(rig.router_port, rig.model) if rig.router is not None else None
     before = rig.cpu_snapshot()
     results, elapsed = uvloop.run(_drive(targets, concurrency, duration_s, pattern, seed, rig.model))
     after = rig.cpu_snapshot()
@@ -364,8 +365,21 @@ def _measure(rig: Rig, label: str, targets: dict, concurrency: int, duration_s: 
     # means every figure of this run includes waiting for a CPU.
     row["load_average_1m"] = round(os.getloadavg()[0], 2)
     if rig.router is not None:
-        row["router_status"] = _router_status(rig.router_port, rig.model)
+        row["router_status"] = _status_delta(status_before, _router_status(rig.router_port, rig.model))
     return row
+
+
+def _status_delta(before: dict | None, after: dict | None) -> dict | None:
+    """This run's share of the router's cumulative per-tier tallies."""
+    if after is None:
+        return None
+    out = {}
+    for tier, a in after.items():
+        b = (before or {}).get(tier, {})
+        d = {k: a[k] - b.get(k, 0) for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
+        d["attainmentPercent"] = round(100.0 * d["sloMet"] / d["requests"], 2) if d["requests"] else None
+        out[tier] = d
+    return out
 
 
 def _router_status(port: int, model: str) -> dict | None:
@@ -377,7 +391,7 @@ def _router_status(port: int, model: str) -> dict | None:
             while chunk := s.recv(65536):
                 data += chunk
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        return {t: {k: v[k] for k in ("requests", "attainmentPercent", "spilled", "rejected", "retries")}
+        return {t: {k: v[k] for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
                 for t, v in body["models"][model]["tiers"].items()}
     except (OSError, ValueError, KeyError, IndexError):
         return None
