@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e_support import CACHE, REPO, Kubectl, OperatorProcess, condition, need, wait_until
+from e2e_support import CACHE, REPO, Kubectl, OperatorProcess, condition, model_service, need, tier, wait_until
 
 CHART = REPO / "charts" / "kubetier"
 
@@ -289,6 +289,52 @@ def test_upgrade_with_changed_values_converges(lifecycle: Lifecycle, kubectl: Ku
     # Back to one router: the PodDisruptionBudget goes away again.
     helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values", "--set", "router.replicas=1")
     assert not kubectl("get", "pdb", "-n", CHART_NS, "-l", INSTANCE, "-o", "name")
+
+
+def _observed_generation(kubectl: Kubectl, namespace: str, name: str) -> int | None:
+    ms = kubectl.json("get", "modelservice", name, "-n", namespace)
+    return (ms.get("status") or {}).get("observedGeneration")
+
+
+def test_operator_replicas_elect_one_through_kopf_peering(lifecycle: Lifecycle, kubectl: Kubectl, helm: Helm,
+                                                          app_ns: str):
+    """operator.replicas=2: a StatefulSet whose replicas run with --priority=<pod index>
+    and the chart's peering object. Two replicas under the chart's identity: the lower
+    one pauses, the higher one reconciles; when it stops, the other resumes and takes over."""
+    helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values", "--set", "operator.replicas=2")
+    kubectl("get", "statefulset", f"{RELEASE}-kubetier-operator", "-n", CHART_NS)
+    assert not kubectl("get", "deployment", "-n", CHART_NS, "-l", f"{INSTANCE},app.kubernetes.io/component=operator",
+                       "-o", "name")
+    kubectl("get", "clusterkopfpeering", "kubetier")
+    lifecycle.chart.stop()  # the standalone operator must not reconcile beside the peers
+    chart = lifecycle.chart
+    replicas = [chart.replica("operator", 0), chart.replica("operator", 1)]
+    low, high = replicas
+    try:
+        wait_until(lambda: "Pausing operations in favour of" in low.tail(200_000), "replica 0 to pause for replica 1",
+                   timeout=60, describe=lambda: f"replica 0:\n{low.tail()}\nreplica 1:\n{high.tail()}")
+        assert "Pausing operations" not in high.tail(200_000), high.tail()
+        probe = model_service("ha-probe", app_ns, [tier("batch", 5000, 150, 10, replicas=1)], gpus_per_replica=1)
+        kubectl.apply(probe)
+        wait_until(lambda: _observed_generation(kubectl, app_ns, "ha-probe") == 1, "the active replica to reconcile",
+                   timeout=60, describe=high.tail)
+        assert "ha-probe" in high.tail(500_000) and "ha-probe" not in low.tail(500_000)
+        high.stop()
+        wait_until(lambda: "Resuming operations" in low.tail(200_000), "replica 0 to take over", timeout=60,
+                   describe=low.tail)
+        kubectl("patch", "modelservice", "ha-probe", "-n", app_ns, "--type=json", "-p",
+                json.dumps([{"op": "replace", "path": "/spec/tiers/0/replicas/max", "value": 2}]))
+        wait_until(lambda: _observed_generation(kubectl, app_ns, "ha-probe") == 2, "replica 0 to reconcile",
+                   timeout=60, describe=low.tail)
+        assert not low.forbidden() and not high.forbidden(), (low.forbidden() + high.forbidden())[:5]
+        kubectl("delete", "modelservice", "ha-probe", "-n", app_ns, "--wait=true", "--timeout=60s", timeout=90)
+    finally:
+        for r in replicas:
+            r.stop()
+    helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values", "--set", "operator.replicas=1")
+    kubectl("get", "deployment", f"{RELEASE}-kubetier-operator", "-n", CHART_NS)
+    assert not kubectl("get", "statefulsets", "-n", CHART_NS, "-l", INSTANCE, "-o", "name")
+    chart.start()
 
 
 def test_uninstall_keeps_only_crds_and_instances(lifecycle: Lifecycle, kubectl: Kubectl, helm: Helm, app_ns: str):

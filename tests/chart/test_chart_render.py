@@ -86,11 +86,13 @@ def test_defaults(render):
     assert c["image"] == "ghcr.io/kubetier/kubetier:0.1.0"
     assert c["command"] == ["kubetier", "operator"]
     assert c["args"] == ["--all-namespaces", "--standalone", "--liveness=http://0.0.0.0:8081/healthz"]
+    assert "POD_INDEX" not in {e["name"] for e in c["env"]}
     env = {e["name"]: e.get("value") for e in c["env"]}
     # status.endpoint = http://<service>.<namespace>.svc:<port>/v1
     assert (env["KUBETIER_ROUTER_SERVICE"], env["KUBETIER_ROUTER_NAMESPACE"], env["KUBETIER_ROUTER_PORT"]) == (
         "kubetier-router", NAMESPACE, "8080")
     assert env["KUBETIER_SIMULATOR_IMAGE"] == c["image"]
+    assert env["KUBETIER_ROUTER_STATUS_URL"] == f"http://kubetier-router.{NAMESPACE}.svc:8080/kubetier/status"
     assert c["livenessProbe"]["httpGet"]["port"] == "health" and c["ports"][0]["containerPort"] == 8081
     svc = one(objs, "Service", "kubetier-router")
     assert svc["spec"]["ports"][0]["port"] == 8080
@@ -100,20 +102,37 @@ def test_defaults(render):
     assert not by_kind(objs, "CustomResourceDefinition"), "kubetier CRDs belong in crds/, not templates/"
 
 
-def test_ha_routers(render):
+def test_ha(render):
     objs = render(VALUES_DIR / "ok-ha.yaml")
-    op = one(objs, "Deployment", "kt-kubetier-operator")
-    assert op["spec"]["replicas"] == 1 and op["spec"]["strategy"]["type"] == "Recreate"
-    assert not by_kind(objs, "ClusterKopfPeering")
+    assert not [d for d in by_kind(objs, "Deployment") if "operator" in d["metadata"]["name"]]
+    op = one(objs, "StatefulSet", "kt-kubetier-operator")
+    assert op["spec"]["replicas"] == 2 and op["spec"]["podManagementPolicy"] == "Parallel"
+    c = op["spec"]["template"]["spec"]["containers"][0]
+    assert "--peering=kubetier" in c["args"] and "--standalone" not in c["args"]
+    # A distinct kopf priority per replica: its pod index, expanded by the kubelet.
+    assert "--priority=$(POD_INDEX)" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert "POD_ID" in env
+    peering = one(objs, "ClusterKopfPeering", "kubetier")
+    assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
+    assert {c["metadata"]["name"] for c in by_kind(objs, "CustomResourceDefinition")} == {
+        "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
     router = one(objs, "Deployment", "kt-kubetier-router")
     assert router["spec"]["replicas"] == 3
-    c = router["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"].startswith("ghcr.io/kubetier/kubetier@sha256:")
+    rc = router["spec"]["template"]["spec"]["containers"][0]
+    assert rc["image"].startswith("ghcr.io/kubetier/kubetier@sha256:")
     assert {t["topologyKey"] for t in router["spec"]["template"]["spec"]["topologySpreadConstraints"]} == {
         "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
     pdb = one(objs, "PodDisruptionBudget", "kt-kubetier-router")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"] == router["spec"]["selector"]
+
+
+def test_ha_in_namespaced_mode_uses_kopfpeerings(render):
+    objs = render(VALUES_DIR / "ok-watch-namespaces.yaml", "operator.replicas=3")
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(objs, "KopfPeering")) == ["team-a", "team-b"]
+    assert not by_kind(objs, "ClusterKopfPeering")
 
 
 def test_watch_namespaces_uses_roles(render):

@@ -57,10 +57,15 @@ def plain_env(container: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e and e["name"] != "HOME"}
 
 
-def local_command(component: str, container: dict, ports: dict[str, int]) -> list[str]:
+def expand(arg: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion of container arguments (unknown names stay as they are)."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
+
+
+def local_command(component: str, container: dict, ports: dict[str, int], env: dict[str, str]) -> list[str]:
     """`kubetier <component> ...` for a local run of the chart's container."""
     assert container["command"] == ["kubetier", component], container["command"]
-    args = loopback_args(container.get("args", []), ports)
+    args = [expand(a, env) for a in loopback_args(container.get("args", []), ports)]
     if component == "router":
         args.append("--local-endpoints")
     return [component, *args]
@@ -85,7 +90,8 @@ class LocalProcess:
         return self.proc.poll() is None
 
     def tail(self, chars: int = 3000) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def forbidden(self) -> list[str]:
@@ -114,27 +120,35 @@ class ChartOnLocalProcesses:
         self.router_port = router_port or free_port()
         self.procs: dict[str, LocalProcess] = {}
 
-    def deployment(self, component: str) -> dict:
-        items = self.kubectl.items("deployments", self.namespace,
+    def workload(self, component: str) -> dict:
+        """The component's Deployment (or the operator's StatefulSet when it runs replicas)."""
+        items = self.kubectl.items("deployments,statefulsets", self.namespace,
                                    f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component={component}")
         if len(items) != 1:
-            raise SystemExit(f"expected one {component} Deployment of release {self.release!r} in namespace "
+            raise SystemExit(f"expected one {component} workload of release {self.release!r} in namespace "
                              f"{self.namespace!r}, found {len(items)}: is the chart installed there?")
         return items[0]
 
-    def start(self) -> "ChartOnLocalProcesses":
+    def replica(self, component: str, index: int = 0) -> LocalProcess:
+        """Start replica `index` of a component (the pod index a StatefulSet pod would have)."""
         from kubetier.localdev.access import token_kubeconfig
 
+        workload = self.workload(component)
+        pod = workload["spec"]["template"]["spec"]
+        sa = pod["serviceAccountName"]
+        token = self.kubectl("create", "token", sa, "-n", self.namespace, "--duration=2h").strip()
+        name = f"{component}-{index}"
+        kc = token_kubeconfig(self.admin_kubeconfig, token, self.workdir / f"{name}.kubeconfig", user=sa)
+        ports = {"liveness": free_port()} if component == "operator" else {"port": self.router_port}
+        container = pod["containers"][0]
+        pod_name = f"{workload['metadata']['name']}-{index}"
+        env = {**plain_env(container), "POD_INDEX": str(index), "POD_ID": pod_name, "POD_NAME": pod_name,
+               "POD_NAMESPACE": self.namespace}
+        return LocalProcess(local_command(component, container, ports, env), kc, self.workdir / f"{name}.log", env)
+
+    def start(self) -> "ChartOnLocalProcesses":
         for component in COMPONENTS:
-            dep = self.deployment(component)
-            pod = dep["spec"]["template"]["spec"]
-            sa = pod["serviceAccountName"]
-            token = self.kubectl("create", "token", sa, "-n", self.namespace, "--duration=2h").strip()
-            kc = token_kubeconfig(self.admin_kubeconfig, token, self.workdir / f"{component}.kubeconfig", user=sa)
-            ports = {"liveness": free_port()} if component == "operator" else {"port": self.router_port}
-            container = pod["containers"][0]
-            self.procs[component] = LocalProcess(local_command(component, container, ports), kc,
-                                                 self.workdir / f"{component}.log", plain_env(container))
+            self.procs[component] = self.replica(component)
         return self
 
     def stop(self) -> None:

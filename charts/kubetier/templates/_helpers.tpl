@@ -104,7 +104,4 @@ http://{{ .Values.router.service.name }}.{{ .Release.Namespace }}.svc:{{ .Values
 {{- if and .Values.router.enabled (gt (len .Values.watchNamespaces) 1) -}}
 {{- fail (printf "watchNamespaces has %d entries but `kubetier router` watches one namespace or all: set router.enabled=false and install a router per namespace, or leave watchNamespaces empty" (len .Values.watchNamespaces)) -}}
 {{- end -}}
-{{- if gt (int .Values.operator.replicas) 1 -}}
-{{- fail (printf "operator.replicas=%v: more than one operator replica needs kopf peering with a distinct priority per pod, which `kubetier operator` does not offer yet (no --peering/--priority flags); run 1 replica (the Deployment uses the Recreate strategy)" .Values.operator.replicas) -}}
-{{- end -}}
 {{- end -}}
