@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,7 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 CAPACITY_LABEL = "karpenter.sh/capacity-type"
 
 T = TypeVar("T")
+RBAC_DENIED = re.compile(r'forbidden: User \\?"[^"\\]+\\?" cannot ')
 
 
 def need(ok: Any, missing: str, how: str) -> None:
@@ -244,9 +246,10 @@ class OperatorProcess:
             return ""
 
     def forbidden_lines(self) -> list[str]:
-        """Lines where the API server refused the operator something (RBAC)."""
+        """Lines where RBAC refused the operator something (`... is forbidden: User "..."
+        cannot <verb> ...`); other 403s, such as writes into a terminating namespace, are not."""
         text = self.log_tail(2_000_000)
-        return [line for line in text.splitlines() if "403" in line or "forbidden" in line.lower()]
+        return [line for line in text.splitlines() if RBAC_DENIED.search(line)]
 
 
 def operator_args() -> list[str]:
