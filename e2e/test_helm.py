@@ -123,13 +123,25 @@ def _dry_run_docs(docs: list[dict]) -> tuple[list[dict], list[str]]:
     return kept, dropped
 
 
+@pytest.fixture(scope="module")
+def dry_run_namespaces(kubectl: Kubectl):
+    """Namespaces the renders name (watchNamespaces), removed after the module."""
+    created: set[str] = set()
+    yield created
+    for ns in sorted(created - {CHART_NS}):
+        kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+
 @pytest.mark.parametrize("values_file", sorted(VALUES_DIR.glob("ok-*.yaml")), ids=lambda p: p.stem)
-def test_rendered_manifests_pass_server_side_dry_run(kubectl: Kubectl, helm: Helm, crds, values_file: Path):
+def test_rendered_manifests_pass_server_side_dry_run(kubectl: Kubectl, helm: Helm, crds, values_file: Path,
+                                                     dry_run_namespaces: set):
     out = helm("template", f"{RELEASE}-dry", str(CHART), "-n", CHART_NS, "-f", str(values_file), "--include-crds",
                "--set", f"router.service.name={RELEASE}-dry-router")
     docs = [d for d in yaml.safe_load_all(out) if d]
     kept, dropped = _dry_run_docs(docs)
     namespaces = {CHART_NS} | {d["metadata"].get("namespace") for d in kept if d["metadata"].get("namespace")}
+    new = {ns for ns in namespaces if not kubectl("get", "namespace", ns, "--ignore-not-found", "-o", "name")}
+    dry_run_namespaces.update(new)
     kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": RESTRICTED}}
                    for ns in sorted(namespaces)])
     res = kubectl.run("apply", "--dry-run=server", "--server-side", "--force-conflicts", "--field-manager=helm-e2e",
