@@ -128,7 +128,7 @@ def dry_run_namespaces(kubectl: Kubectl):
     """Namespaces the renders name (watchNamespaces), removed after the module."""
     created: set[str] = set()
     yield created
-    for ns in sorted(created - {CHART_NS}):
+    for ns in sorted(created | {CHART_NS}):
         kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
 
 
