@@ -42,7 +42,7 @@ from .workload import Arrival
 # How long a request told to "wait" without a retry hint waits before it asks again; it
 # is also retried as soon as any server finishes work, so this only bounds the staleness.
 DEFAULT_RETRY_S = 0.1
-MIN_RETRY_S = 0.001
+MIN_RETRY_S = 0.01
 RETRY_COALESCE_S = 0.01
 
 _REJECTED = 2  # Request.state values
@@ -276,6 +276,8 @@ class Simulator:
         step_end = self._step_end
         route = self._route
         while True:
+            if self.stop:
+                break  # the sink decided the outcome is settled (goodput search)
             if events and (nxt is None or events[0][0] <= nxt[0]):
                 t, _, kind, payload = heappop(events)
                 self.now = t
@@ -284,8 +286,9 @@ class Simulator:
                     if ver == srv.version:
                         step_end(srv, t)
                 elif kind == 1:  # retry the requests the router holds
-                    self._wait_timer_at = math.inf
-                    self._retry_waiting(t)
+                    if t == self._wait_timer_at:  # else superseded by an earlier timer
+                        self._wait_timer_at = math.inf
+                        self._retry_waiting(t)
                 elif kind == 3:
                     payload(self, t)
                 elif kind == 4:
@@ -299,8 +302,6 @@ class Simulator:
                         if self.n_waiting:
                             self._retry_waiting(t)
             elif nxt is not None:
-                if self.stop:
-                    break  # the sink decided the outcome is settled (goodput search)
                 t = nxt[0]
                 self.now = t
                 req = Request(rid, nxt)
