@@ -339,3 +339,37 @@ async def test_wait_queue_admits_when_capacity_frees_and_rejects_when_late():
     with pytest.raises(Rejected):
         await asyncio.wait_for(fleet.acquire("t", 100, t0), 2)
     assert 0.2 < _t.monotonic() - t0 < 1.0
+
+
+async def test_single_failing_server_gives_502_quickly_not_an_endless_wait():
+    import time as _t
+
+    import httpx
+
+    from kubetier.router.app import Router
+
+    async def engine(req, res):
+        if req.path in ("/health", "/metrics"):
+            res.send(200, b"", content_type="text/plain")
+        else:
+            res.send(500, b'{"error": "boom"}')
+
+    eng = await start_server(engine, "127.0.0.1", 0)
+    config = parse_config({"models": [{
+        "name": "m", "profile": "llama-3.1-8b-h100",
+        "tiers": [{"name": "q", "ttftMs": 500, "tpotMs": 100, "onLate": "queue"}],
+        "servers": [{"url": f"http://127.0.0.1:{port_of(eng)}", "tier": "q"}],
+    }]})
+    router = Router(config)
+    router.start()
+    front = await start_server(router.handle, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            t0 = _t.monotonic()
+            r = await client.post(f"http://127.0.0.1:{port_of(front)}/v1/completions", json={"model": "m", "prompt": "x"})
+            assert r.status_code == 502 and "answered 500" in r.json()["error"]["message"]
+            assert _t.monotonic() - t0 < 2.0
+    finally:
+        front.close()
+        await router.stop()
+        eng.close()

@@ -32,7 +32,7 @@ from typing import Any
 from kubetier.lean_http import Request, Response, error_body
 from kubetier.lean_http.client import UpstreamError, UpstreamResponse
 from kubetier.router.config import RouterConfig
-from kubetier.router.fleet import ModelFleet, QueueFull, Rejected, Upstream
+from kubetier.router.fleet import ModelFleet, NoAlternative, QueueFull, Rejected, Upstream
 from kubetier.router.metrics import RouterMetrics
 
 log = logging.getLogger("kubetier.router")
@@ -299,6 +299,8 @@ class Router:
                 m.tally(fleet.name, ctx.tier).rejected += 1
                 res.send(429, error_body(429, "the router's wait queue is full; retry after 1 s"), [("retry-after", "1")])
                 return "rejected"
+            except NoAlternative:
+                break
             if spilled and attempts == 1:
                 m.spills.labels(*labels).inc()
                 m.tally(fleet.name, ctx.tier).spilled += 1
@@ -411,7 +413,7 @@ class Router:
             for _ in range(self.max_attempts):
                 try:
                     up, _spilled = await fleet.acquire(ctx.tier, prompt, time.monotonic(), tried)
-                except (Rejected, QueueFull):
+                except (Rejected, QueueFull, NoAlternative):
                     break
                 ctx.server = up
                 ctx.prefilled = False

@@ -45,6 +45,10 @@ class QueueFull(Exception):
     pass
 
 
+class NoAlternative(Exception):
+    """A retry found no other server free now; waiting would only delay the error."""
+
+
 @dataclass
 class Upstream:
     spec: ServerSpec
@@ -150,6 +154,8 @@ class ModelFleet:
             return self._admit(d.server_id, prompt_tokens, t), d.spilled
         if d.action == "reject":
             raise Rejected(d.reason, d.retry_after_s or 1.0)
+        if exclude:
+            raise NoAlternative()
         if len(self._queue) >= self.max_queue:
             raise QueueFull()
         tally = self.metrics.tally(self.name, tier)
