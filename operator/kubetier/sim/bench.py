@@ -1,0 +1,109 @@
+"""`kubetier simulate bench`: simulated requests per wall-second, and where the time goes.
+
+A synthetic three-tier workload (Poisson arrivals, conversation-like lengths) offered at
+a fraction of the fleet's fluid bound, run through the kubetier policy on one core.
+Prints the rate, the peak memory and the top cProfile entries; writes JSON. It is a
+benchmark: it asserts nothing about wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import resource
+import sys
+import time
+from pathlib import Path
+
+from kubetier.policy.latency import load_profile
+
+from . import runner
+from .scenario import parse_scenario
+
+
+def bench_scenario(servers: int, requests: int, load: float, profile: str) -> tuple:
+    per = servers // 4
+    tiers = [
+        {"name": "interactive", "ttftMs": 500, "tpotMs": 25, "meanOutputTokens": 128},
+        {"name": "standard", "ttftMs": 1500, "tpotMs": 50, "meanOutputTokens": 256},
+        {"name": "batch", "ttftMs": 8000, "tpotMs": 150, "meanOutputTokens": 256},
+    ]
+    doc = {
+        "name": "bench", "seed": 11, "profile": profile, "tiers": tiers,
+        "workload": {"maxRequests": requests, "sources": [{
+            "synthetic": {"arrival": "poisson", "rate": 1.0,
+                          "prompt": {"dist": "lognormal", "mean": 1100, "sd": 900, "min": 16, "max": 16000},
+                          "output": {"dist": "lognormal", "mean": 220, "sd": 200, "min": 1, "max": 2000}},
+            "mix": {"interactive": 0.3, "standard": 0.4, "batch": 0.3}}]},
+        "fleet": {"servers": {"interactive": per, "standard": per, "batch": servers - 2 * per}},
+    }
+    sc = parse_scenario(doc, "bench")
+    model = load_profile(profile)
+    # Offered rate: `load` times the fluid bound (the bound of the mix's mean lengths).
+    rows = [(t["name"], share, 1100.0, 220.0, t["tpotMs"] / 1000.0, t["ttftMs"] / 1000.0)
+            for t, share in zip(tiers, (0.3, 0.4, 0.3))]
+    from .bound import fluid_bound
+
+    bound, _ = fluid_bound(model, servers, rows)
+    return sc, model, max(0.01, load * bound), bound
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="kubetier simulate bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", type=int, default=64)
+    p.add_argument("--requests", type=int, default=200_000)
+    p.add_argument("--load", type=float, default=0.6, help="offered rate as a fraction of the fluid bound")
+    p.add_argument("--profile", default="llama-3.1-8b-h100")
+    p.add_argument("--policy", default="kubetier")
+    p.add_argument("--no-profile", action="store_true", help="skip the cProfile pass")
+    p.add_argument("--output", type=Path, default=None, help="JSON result file")
+    args = p.parse_args(argv)
+
+    sc, model, rate, bound = bench_scenario(args.servers, args.requests, args.load, args.profile)
+    print(f"bench: {args.servers} servers, {args.requests:,} requests, policy {args.policy}, "
+          f"offered {rate:.1f} req/s ({args.load:.0%} of the fluid bound {bound:.1f})", file=sys.stderr)
+
+    def progress(n: int) -> None:
+        print(f"\r  {n:,} requests", end="", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    r = runner.run_once(sc, args.policy, rate, model, None, progress=progress)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    print(file=sys.stderr)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result = {
+        "servers": args.servers, "requests": r.requests, "policy": args.policy, "offeredRps": rate,
+        "wallS": wall, "cpuS": cpu, "simRequestsPerWallS": r.requests / wall, "simRequestsPerCpuS": r.requests / cpu,
+        "serverSteps": r.steps, "stepsPerRequest": r.steps / max(1, r.requests), "peakRssMb": rss_mb,
+        "simulatedS": r.makespan_s,
+        "attainment": {t.name: t.attainment_deadline for t in r.tiers},
+    }
+    print(f"simulated {r.requests:,} requests in {wall:.2f} s wall / {cpu:.2f} s CPU: "
+          f"{r.requests / wall:,.0f} req/s wall, {r.requests / cpu:,.0f} req/s CPU "
+          f"({r.steps / max(1, r.requests):.2f} server steps per request, peak RSS {rss_mb:.0f} MB)")
+    print("attainment: " + ", ".join(f"{k} {v:.1f}%" for k, v in result["attainment"].items()))
+    if not args.no_profile:
+        n = min(args.requests, 50_000)
+        sc2, model2, rate2, _ = bench_scenario(args.servers, n, args.load, args.profile)
+        prof = cProfile.Profile()
+        prof.enable()
+        runner.run_once(sc2, args.policy, rate2, model2, None)
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
+        text = buf.getvalue()
+        start = text.find("   ncalls")
+        print(f"\nwhere the time goes (cProfile, {n:,} requests, top entries by own time; profiling slows it):")
+        print(text[start:].rstrip() if start >= 0 else text)
+        result["profileTop"] = text[start:].splitlines()[:17] if start >= 0 else []
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
