@@ -7,7 +7,6 @@ with CI=true it fails (docs: local-cluster.md, "CI shape").
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import tempfile
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from kubetier.localdev.access import service_account_objects, token_kubeconfig
 
 from e2e_support import (
     CLUSTER_UP,
@@ -110,43 +111,13 @@ def crds(kubectl: Kubectl, crd_files: list[Path]) -> list[dict]:
 
 
 def operator_rbac_objects(namespace: str, sa: str, role_name: str) -> list[dict]:
-    """ClusterRole and binding built from the rules the operator module exports
-    (the same rules the Helm chart ships), bound to the operator's ServiceAccount."""
+    """ServiceAccount, ClusterRole and binding, the role built from the rules the operator
+    module exports (the same rules the Helm chart ships)."""
     from kubetier.operator import rbac
 
     role = rbac.cluster_role(role_name)
     assert role["rules"], "kubetier.operator.rbac declares no rules"
-    subject = [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]
-    return [
-        role,
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": role_name},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-         "subjects": subject},
-    ]
-
-
-def token_kubeconfig(admin_kubeconfig: str, token: str, path: Path) -> Path:
-    """A kubeconfig for the same API server that authenticates with ``token`` only."""
-    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
-    ctx_name = admin.get("current-context")
-    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
-    cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    cluster = dict(cluster)
-    if "certificate-authority" in cluster:  # inline it: the file path is relative to the admin kubeconfig
-        ca_path = Path(cluster.pop("certificate-authority"))
-        if not ca_path.is_absolute():
-            ca_path = Path(admin_kubeconfig).parent / ca_path
-        cluster["certificate-authority-data"] = base64.b64encode(ca_path.read_bytes()).decode()
-    cfg = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "e2e", "cluster": cluster}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": "operator"}}],
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    path.chmod(0o600)
-    return path
+    return service_account_objects(namespace, sa, role)
 
 
 @pytest.fixture(scope="session")
@@ -160,8 +131,6 @@ def operator_identity(kubectl: Kubectl, kubeconfig: str, crds, workdir: Path) ->
     """ServiceAccount + ClusterRole from kubetier.operator.rbac + a token kubeconfig."""
     kubectl.apply([
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NAMESPACE}},
         *operator_rbac_objects(OPERATOR_NAMESPACE, OPERATOR_SA, OPERATOR_ROLE),
     ])
     token = kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE, "--duration=2h").strip()

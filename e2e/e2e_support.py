@@ -6,10 +6,8 @@ The suite talks to whatever cluster ``KUBECONFIG`` names (the local KWOK cluster
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +17,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from kubetier.localdev import access
+from kubetier.localdev.access import Kubectl, KubectlError  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KUBETIER_CACHE") or Path.home() / ".cache" / "kubetier").expanduser()
@@ -51,53 +52,10 @@ def need(ok: Any, missing: str, how: str) -> None:
 def find_kubectl() -> str | None:
     """$KUBECTL, else the pinned kubectl from the cluster cache, else the one on PATH
     (the cache comes first: a system kubectl may be a distant version or a dispatcher)."""
-    for candidate in (os.environ.get("KUBECTL"), str(CACHE / "bin" / "kubectl"), shutil.which("kubectl")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-class KubectlError(RuntimeError):
-    def __init__(self, args: list[str], rc: int, out: str, err: str) -> None:
-        super().__init__(f"kubectl {' '.join(args)} exited {rc}:\n{err or out}")
-        self.rc, self.out, self.err = rc, out, err
-
-
-class Kubectl:
-    """The real kubectl against ``kubeconfig`` (what a user types)."""
-
-    def __init__(self, binary: str, kubeconfig: str) -> None:
-        self.binary, self.kubeconfig = binary, kubeconfig
-
-    def __call__(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> str:
-        argv = [self.binary, "--kubeconfig", self.kubeconfig, *args]
-        res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
-        if check and res.returncode != 0:
-            raise KubectlError(list(args), res.returncode, res.stdout, res.stderr)
-        return res.stdout
-
-    def run(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        argv = [self.binary, "--kubeconfig", self.kubeconfig, *args]
-        return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "-o", "json"))
-
-    def apply(self, obj: dict | list[dict], *extra: str) -> str:
-        return self("apply", *extra, "-f", "-", input=json.dumps(_as_list(obj)))
-
-    def items(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[dict]:
-        args = ["get", kind]
-        args += ["-n", namespace] if namespace else ["-A"]
-        if selector:
-            args += ["-l", selector]
-        return self.json(*args)["items"]
-
-
-def _as_list(obj: dict | list[dict]) -> dict:
-    if isinstance(obj, list):
-        return {"apiVersion": "v1", "kind": "List", "items": obj}
-    return obj
+    explicit = os.environ.get("KUBECTL")
+    if explicit and Path(explicit).is_file() and os.access(explicit, os.X_OK):
+        return explicit
+    return access.find_kubectl()
 
 
 def wait_until(fn: Callable[[], T], what: str, timeout: float = 60, interval: float = 0.25,

@@ -40,13 +40,13 @@ def test_a_missing_permission_makes_reconcile_fail(kubectl: Kubectl, kubeconfig,
     create its workloads) must not reach Ready, so the suite would catch a missing rule."""
     sa, role = "kubetier-operator-crippled", "kubetier-operator-crippled-e2e"
     objs = operator_rbac_objects(OPERATOR_NAMESPACE, sa, role)
-    rules = objs[0]["rules"]
+    (role_obj,) = [o for o in objs if o["kind"] == "ClusterRole"]
+    rules = role_obj["rules"]
     workload_kinds = {"pods", "deployments", "statefulsets"}
     kept = [r for r in rules if not (workload_kinds & set(r.get("resources", [])))]
     assert len(kept) < len(rules), f"no rule grants any of {sorted(workload_kinds)}: {rules}"
-    objs[0]["rules"] = kept
-    kubectl.apply([{"apiVersion": "v1", "kind": "ServiceAccount",
-                    "metadata": {"name": sa, "namespace": OPERATOR_NAMESPACE}}, *objs])
+    role_obj["rules"] = kept
+    kubectl.apply(objs)
     token = kubectl("create", "token", sa, "-n", OPERATOR_NAMESPACE, "--duration=1h").strip()
     crippled = OperatorProcess(token_kubeconfig(kubeconfig, token, workdir / "crippled.kubeconfig"),
                                workdir / "crippled.log")
