@@ -206,3 +206,29 @@ def test_cli_writes_table_json_and_plots(tmp_path, capsys):
     for png in ("attainment_vs_rate.png", "goodput.png", "load_gradient.png"):
         assert (out / png).stat().st_size > 1000
     assert main(["--scenario", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_every_shipped_scenario_validates_and_uses_known_traces():
+    from kubetier.sim.scenario import load_scenario, shipped_scenarios
+    from kubetier.sim.workload import KNOWN_TRACES
+
+    names = shipped_scenarios()
+    assert {"azure-by-source-pool", "mooncake-code-pool"} <= set(names)
+    for name in names:
+        sc = load_scenario(name)
+        assert len(sc.tiers) == 3
+        for src in sc.workload.sources:
+            assert src.trace is None or src.trace in KNOWN_TRACES
+
+
+def test_shipped_trace_scenario_runs_when_traces_are_present():
+    from kubetier.sim.scenario import load_scenario
+    from kubetier.sim.workload import default_traces_dir
+
+    if not (default_traces_dir() / "azure_llm_2023_code.csv").is_file():
+        pytest.skip(f"public traces not found in {default_traces_dir()} (see ../shared/traces/README.md)")
+    sc = load_scenario("azure-by-source-pool")
+    sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"duration_s": 60.0})})
+    r = runner.run_once(sc, "kubetier", 1.0, load_profile(sc.profile), None)
+    assert r.requests > 300
+    assert all(t.requests > 0 for t in r.tiers)
