@@ -1,0 +1,74 @@
+"""A spot node is reclaimed (tainted the way termination handlers do, then deleted):
+the service's pods move to remaining capacity and it returns to Ready with its counts,
+the on-demand floor intact. Needs fake (KWOK) nodes, which can be recreated afterwards."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from e2e_support import CAPACITY_LABEL, TIER_LABEL, Kubectl, running, serving_pods, three_tier_service, wait_until
+from test_reconcile import EXPECTED, apply_and_wait_ready, describe, nodes_by_name, ready_with_counts
+
+# What AWS node-termination-handler puts on a node after a spot interruption notice.
+INTERRUPTION_TAINT = {"key": "aws-node-termination-handler/spot-itn", "value": "interrupted", "effect": "NoExecute"}
+
+
+def recreatable(node: dict) -> dict:
+    """The node as it was created (labels, taints, capacity), for putting it back."""
+    meta = node["metadata"]
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": meta["name"], "labels": meta.get("labels", {}),
+                         "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                                         if k.startswith("kwok.x-k8s.io/")}},
+            "spec": {"taints": [t for t in node["spec"].get("taints", []) if t["key"] != INTERRUPTION_TAINT["key"]]},
+            "status": {"capacity": node["status"]["capacity"], "allocatable": node["status"]["allocatable"]}}
+
+
+def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, crds, operator, gpu_nodes,
+                                                            namespace):
+    if not all((n["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake" for n in gpu_nodes):
+        pytest.skip("needs KWOK fake GPU nodes (a reclaimed kind node cannot be recreated)")
+    apply_and_wait_ready(kubectl, three_tier_service("spot", namespace), EXPECTED)
+
+    nodes = nodes_by_name(kubectl)
+    pods = running(serving_pods(kubectl, namespace, "spot"))
+    on_spot = [p for p in pods if nodes[p["spec"]["nodeName"]]["metadata"]["labels"].get(CAPACITY_LABEL) == "spot"]
+    assert on_spot, "three-tier service has nothing on spot to reclaim"
+    victim_name = on_spot[0]["spec"]["nodeName"]
+    victim = copy.deepcopy(nodes[victim_name])
+    moved = {p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == victim_name}
+
+    try:
+        # interruption notice: cordon + NoExecute taint evicts the pods ...
+        taints = victim["spec"].get("taints", []) + [INTERRUPTION_TAINT]
+        kubectl("patch", "node", victim_name, "--type=merge",
+                "-p", json.dumps({"spec": {"unschedulable": True, "taints": taints}}))
+        # ... and then the instance is gone
+        kubectl("delete", "node", victim_name, "--wait=true", "--timeout=60s")
+
+        def recovered():
+            if not ready_with_counts(kubectl, namespace, "spot", EXPECTED):
+                return None
+            now = running(serving_pods(kubectl, namespace, "spot"))
+            if any(p["spec"]["nodeName"] == victim_name or p["metadata"]["name"] in moved for p in now):
+                return None
+            return now if len(now) == sum(EXPECTED.values()) else None
+
+        now = wait_until(recovered, f"service Ready again without {victim_name}", timeout=120,
+                         describe=lambda: describe(kubectl, namespace, "spot"))
+        remaining = nodes_by_name(kubectl)
+        assert victim_name not in remaining
+        # spot: never stays on on-demand, whatever moved
+        for p in now:
+            if p["metadata"]["labels"][TIER_LABEL] == "interactive":
+                assert remaining[p["spec"]["nodeName"]]["metadata"]["labels"][CAPACITY_LABEL] == "on-demand"
+        assert operator.alive(), operator.log_tail()
+    finally:
+        if victim_name not in nodes_by_name(kubectl):
+            kubectl.apply(recreatable(victim))
+        wait_until(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
+                               kubectl.json("get", "node", victim_name).get("status", {}).get("conditions", [])),
+                   f"{victim_name} back and Ready", timeout=60)
