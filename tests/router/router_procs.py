@@ -93,3 +93,17 @@ def write_config(tmp_path: Path, cfg: dict) -> str:
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def wait_servers_ready(base: str, timeout: float = 20.0) -> None:
+    """Until the router's first health checks have seen every configured server."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            models = httpx.get(base + "/kubetier/status", timeout=2).json()["models"]
+            if all(s["ready"] for m in models.values() for s in m["servers"]):
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{base}: servers not all ready")

@@ -17,7 +17,7 @@ import signal
 import httpx
 import pytest
 
-from router_procs import free_port, wait_http, write_config
+from router_procs import free_port, wait_http, wait_servers_ready, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +72,7 @@ def test_tight_tier_meets_slo_while_loose_tier_spills_and_escalation_is_refused(
         wait_http(f"http://127.0.0.1:{p}/health")
     wait_http(f"http://127.0.0.1:{rport}/health")
     base = f"http://127.0.0.1:{rport}"
+    wait_servers_ready(base)
     url = base + "/v1/completions"
 
     async def run() -> tuple[list, list]:
@@ -149,11 +150,12 @@ def test_retry_before_first_token_and_resume_after_an_engine_is_killed(procs, tm
     for p in (good, failing, victim, spare, rport):
         wait_http(f"http://127.0.0.1:{p}/health")
     base = f"http://127.0.0.1:{rport}"
+    wait_servers_ready(base)
 
     r = httpx.post(base + "/v1/completions", json={"model": "r", "prompt": "hi", "max_tokens": 5}, timeout=30)
-    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5, r.text
     st = httpx.get(base + "/kubetier/status").json()["models"]["r"]["tiers"]["std"]
-    assert st["retries"] >= 1 and st["completed"] == 1
+    assert st["retries"] >= 1 and st["completed"] == 1, st
 
     async def run():
         async with httpx.AsyncClient(timeout=30) as client:
@@ -166,10 +168,10 @@ def test_retry_before_first_token_and_resume_after_an_engine_is_killed(procs, tm
             }, kill_at)
 
     texts, done, errors = asyncio.run(run())
-    assert not errors and done
+    assert not errors and done, (errors, done, len(texts))
     assert len(texts) == 120  # one stream, every token once
     st = httpx.get(base + "/kubetier/status").json()["models"]["k"]
-    assert st["tiers"]["std"]["migrations"] == 1 and st["tiers"]["std"]["completed"] == 1
+    assert st["tiers"]["std"]["migrations"] == 1 and st["tiers"]["std"]["completed"] == 1, st
     assert {s["id"]: s["ready"] for s in st["servers"]}["z-victim"] is False
 
 
@@ -184,6 +186,7 @@ def test_two_workers_share_one_port_and_report_together(procs, tmp_path):
     wait_http(f"http://127.0.0.1:{eport}/health")
     wait_http(f"http://127.0.0.1:{rport}/health")
     base = f"http://127.0.0.1:{rport}"
+    wait_servers_ready(base)
     n = 12
     for _ in range(n):  # a new connection each time: the kernel spreads them over the workers
         with httpx.Client() as c:
