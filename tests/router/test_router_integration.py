@@ -204,3 +204,29 @@ def test_two_workers_share_one_port_and_report_together(procs, tmp_path):
     assert sum(float(l.rsplit(" ", 1)[1]) for l in served) == n
     # Both workers served some (all 12 connections hashed onto one worker: p ~ 0.05%).
     assert len(served) == 2
+
+
+def test_stock_openai_client_through_the_router(procs, tmp_path):
+    import openai
+
+    eport, rport = free_port(), free_port()
+    procs.engine(eport, "o", "llama-3.1-8b-h100")
+    cfg = {"models": [{"name": "o", "profile": "llama-3.1-8b-h100",
+                       "tiers": [{"name": "fast", "ttftMs": 1000, "tpotMs": 50}, {"name": "slow", "ttftMs": 5000, "tpotMs": 200}],
+                       "servers": [{"url": f"http://127.0.0.1:{eport}", "tier": "fast"}]}],
+           "apiKeys": [{"key": "sk-slow", "tiers": ["slow"]}]}
+    procs.start("router", "--port", str(rport), "--config", write_config(tmp_path, cfg), "--log-level", "WARNING")
+    wait_http(f"http://127.0.0.1:{eport}/health")
+    wait_http(f"http://127.0.0.1:{rport}/health")
+    wait_servers_ready(f"http://127.0.0.1:{rport}")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{rport}/v1", api_key="sk-slow", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["o"]
+    # The slow tier has no server of its own: it spills onto the fast one.
+    stream = client.chat.completions.create(model="o", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=8, stream=True)
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) == 8
+    with pytest.raises(openai.PermissionDeniedError, match="may not use tier 'fast'"):
+        client.completions.create(model="o", prompt="x", max_tokens=2, extra_headers={"X-Kubetier-Tier": "fast"})
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
