@@ -373,3 +373,43 @@ async def test_single_failing_server_gives_502_quickly_not_an_endless_wait():
         front.close()
         await router.stop()
         eng.close()
+
+
+async def test_mid_stream_failure_without_another_server_ends_with_an_error_event():
+    import httpx
+
+    from kubetier.router.app import Router
+
+    async def engine(req, res):
+        if req.path in ("/health", "/metrics"):
+            res.send(200, b"", content_type="text/plain")
+            return
+        res.start_stream(200)
+        for w in (b"a", b"b"):
+            res.write(b'data: {"choices":[{"index":0,"text":" %s"}]}\n\n' % w)
+            await asyncio.sleep(0.01)
+        res.abort()  # the engine dies mid-stream
+
+    eng = await start_server(engine, "127.0.0.1", 0)
+    config = parse_config({"models": [{
+        "name": "m", "profile": "llama-3.1-8b-h100",
+        "tiers": [{"name": "t", "ttftMs": 1000, "tpotMs": 100}],
+        "servers": [{"url": f"http://127.0.0.1:{port_of(eng)}", "tier": "t"}],
+    }]})
+    router = Router(config)
+    router.start()
+    front = await start_server(router.handle, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.post(f"http://127.0.0.1:{port_of(front)}/v1/completions",
+                                  json={"model": "m", "prompt": "x", "max_tokens": 10, "stream": True})
+        events = [l[6:] for l in r.text.splitlines() if l.startswith("data: ")]
+        assert [json.loads(e)["choices"][0]["text"] for e in events[:2]] == [" a", " b"]
+        err = json.loads(events[-1])["error"]
+        assert "no server could resume it" in err["message"] and "[DONE]" not in r.text
+        st = router.status()["models"]["m"]["tiers"]["t"]
+        assert st["failed"] == 1 and st["migrations"] == 1
+    finally:
+        front.close()
+        await router.stop()
+        eng.close()
