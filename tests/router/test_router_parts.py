@@ -413,3 +413,31 @@ async def test_mid_stream_failure_without_another_server_ends_with_an_error_even
         front.close()
         await router.stop()
         eng.close()
+
+
+async def test_a_waiting_request_whose_client_left_gives_up_its_place():
+    import time as _t
+
+    from kubetier.policy.latency import LatencyModel
+    from kubetier.policy.routing import TierSLO
+    from kubetier.router.config import ModelSpec, ServerSpec
+    from kubetier.router.fleet import ClientGone, ModelFleet
+    from kubetier.router.metrics import RouterMetrics
+
+    d = load_profile("llama-3.1-8b-h100").to_dict()
+    d["maxNumSeqs"] = 1
+    spec = ModelSpec("m", LatencyModel.from_dict(d), [
+        TierSLO("t", ttft_ms=5000, tpot_ms=100, priority=1, mean_output_tokens=16, on_late="queue"),
+    ], [ServerSpec("s", "127.0.0.1", 9, "t")])
+    fleet = ModelFleet(spec, RouterMetrics("test"))
+    await fleet.acquire("t", 100, _t.monotonic())  # the only slot
+    left = {"gone": False}
+    waiting = asyncio.ensure_future(fleet.acquire("t", 100, _t.monotonic(), gone=lambda: left["gone"]))
+    await asyncio.sleep(0.05)
+    left["gone"] = True
+    fleet.pump()
+    with pytest.raises(ClientGone):
+        await asyncio.wait_for(waiting, 1)
+    assert fleet.metrics.tally("m", "t").waiting == 0
+    fleet.release("s", 100, 1, prefilled=True)
+    assert fleet.policy.server("s").running == 0  # the departed request never took the slot

@@ -32,7 +32,7 @@ from typing import Any
 from kubetier.lean_http import Request, Response, error_body
 from kubetier.lean_http.client import UpstreamError, UpstreamResponse
 from kubetier.router.config import RouterConfig
-from kubetier.router.fleet import ModelFleet, NoAlternative, QueueFull, Rejected, Upstream
+from kubetier.router.fleet import ClientGone, ModelFleet, NoAlternative, QueueFull, Rejected, Upstream
 from kubetier.router.metrics import RouterMetrics
 
 log = logging.getLogger("kubetier.router")
@@ -286,7 +286,8 @@ class Router:
         while attempts < self.max_attempts:
             attempts += 1
             try:
-                up, spilled = await fleet.acquire(ctx.tier, ctx.prompt_tokens, ctx.arrival, tried)
+                up, spilled = await fleet.acquire(ctx.tier, ctx.prompt_tokens, ctx.arrival, tried,
+                                                  gone=lambda: res.disconnected)
             except Rejected as exc:
                 m.rejections.labels(*labels, exc.reason).inc()
                 m.tally(fleet.name, ctx.tier).rejected += 1
@@ -301,6 +302,8 @@ class Router:
                 return "rejected"
             except NoAlternative:
                 break
+            except ClientGone:
+                return "client_disconnected"
             if spilled and attempts == 1:
                 m.spills.labels(*labels).inc()
                 m.tally(fleet.name, ctx.tier).spilled += 1

@@ -45,6 +45,10 @@ class QueueFull(Exception):
     pass
 
 
+class ClientGone(Exception):
+    """The client disconnected while its request waited for a server."""
+
+
 class NoAlternative(Exception):
     """A retry found no other server free now; waiting would only delay the error."""
 
@@ -146,7 +150,7 @@ class ModelFleet:
                 self._apply_state(sid)
 
     async def acquire(self, tier: str, prompt_tokens: int, arrival: float,
-                      exclude: frozenset[str] = frozenset()) -> tuple[Upstream, bool]:
+                      exclude: frozenset[str] = frozenset(), gone=None) -> tuple[Upstream, bool]:
         """A server for the request, waiting if the policy says so. Raises Rejected/QueueFull."""
         t = self.tiers[tier]
         d = self._decide(tier, prompt_tokens, arrival, exclude)
@@ -174,6 +178,8 @@ class ModelFleet:
                 finally:
                     handle.cancel()
                 waiter.future = loop.create_future()
+                if gone is not None and gone():
+                    raise ClientGone()  # checked at every wake-up: no capacity for a closed socket
                 d = self._decide(tier, prompt_tokens, arrival, exclude)
                 if d.action == "route":
                     self.pump()  # chain: the next waiter may fit too
