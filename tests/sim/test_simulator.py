@@ -232,3 +232,30 @@ def test_shipped_trace_scenario_runs_when_traces_are_present():
     r = runner.run_once(sc, "kubetier", 1.0, load_profile(sc.profile), None)
     assert r.requests > 300
     assert all(t.requests > 0 for t in r.tiers)
+
+
+def test_hooks_spot_preemption_migrates_and_power_cap_slows():
+    from kubetier.sim.engine import Hook
+
+    class Spot(Hook):
+        # notice at 50 ms (stop routing to s0), preemption at 100 ms
+        def schedule(self):
+            return [(0.05, lambda sim, now: sim.drain_server(sim.servers[0])),
+                    (0.10, lambda sim, now: sim.remove_server(sim.servers[0]))]
+
+    model = LatencyModel.from_dict(FLAT)
+    tiers = [TierSLO("only", ttft_ms=5000, tpot_ms=100, priority=1, mean_output_tokens=40)]
+    cfg = SimConfig(tiers=tiers, server_tiers=["only", "only"], model=model, policy_kind="static-partition", hooks=[Spot()])
+    col = Collector(1)
+    sim = Simulator(cfg, sink=col)
+    sim.run(iter([Arrival(0.001 * i, 100, 40, 0) for i in range(6)]))
+    assert sim.servers[0].removed
+    assert sim.n_done == 6 and len(col) == 6  # every request finished despite the preemption
+    assert sim.servers[1].served == 6  # the migrated continuations finished on s1
+
+    # power capping: a 2x slowdown doubles every iteration of the flat 10 ms profile
+    cfg = SimConfig(tiers=tiers, server_tiers=["only"], model=model, policy_kind="static-partition")
+    sim = Simulator(cfg, sink=Collector(1))
+    sim.set_slowdown(sim.servers[0], 2.0)
+    sim.run(iter([Arrival(0.0, 100, 5, 0)]))
+    assert sim.servers[0].busy_s == pytest.approx(0.100)
