@@ -447,7 +447,8 @@ class Router:
             try:
                 data = await upr.read_some(stall)
             except UpstreamError as exc:
-                return str(exc)
+                # Lost after [DONE]: the client already has the whole stream.
+                return None if done else str(exc)
             if not data:
                 if done:
                     return None
