@@ -39,6 +39,9 @@ from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 
 from .workload import Arrival
 
+_heappush = heapq.heappush
+_heappop = heapq.heappop
+
 # How long a request told to "wait" without a retry hint waits before it asks again; it
 # is also retried as soon as any server finishes work, so this only bounds the staleness.
 DEFAULT_RETRY_S = 0.1
@@ -82,7 +85,7 @@ class Server:
         "reserved", "n_active", "busy", "version", "step_t0", "step_a", "step_b", "step_n",
         "step_end", "step_B", "step_chunks", "busy_s", "energy_j", "served", "tokens_out",
         "spilled_in", "max_seqs", "kv_cap", "budget", "decode_s", "iter_s", "up_since",
-        "queued_prefill",
+        "queued_prefill", "step_p",
     )
 
     def __init__(self, idx: int, sid: str, tier: str, model: LatencyModel, ready_at: float = 0.0):
@@ -110,6 +113,7 @@ class Server:
         self.step_t0 = self.step_a = self.step_b = self.step_end = 0.0
         self.step_n = self.step_B = 0
         self.step_chunks: list | None = None
+        self.step_p = 0  # prompt tokens carried by the step in flight
         self.busy_s = 0.0
         self.energy_j = 0.0
         self.served = 0
@@ -192,6 +196,7 @@ class Simulator:
         self.n_rejected = 0
         self.n_waits = 0
         self.steps = 0
+        self._track_power = cfg.track_power
         self.stop = False  # set by the outcome sink to end a run early
         self._decide = self.policy.decide
         self._on_admit = self.policy.on_admit
@@ -453,6 +458,7 @@ class Simulator:
         if chunks is not None:
             dt = srv.iter_s(B, srv.kv, p) * slow
             srv.step_chunks = chunks
+            srv.step_p = p
             srv.step_n = 1
             srv.step_a = dt
             srv.step_b = 0.0
@@ -490,11 +496,8 @@ class Simulator:
         t0 = srv.step_t0
         srv.busy_s += t - t0
         chunks = srv.step_chunks
-        p = 0
-        if chunks is not None:
-            for _, c in chunks:
-                p += c
-        if self.cfg.track_power:
+        p = srv.step_p if chunks is not None else 0
+        if self._track_power:
             srv.energy_j += srv.model.power_watts(B, p) * (t - t0)
         freed = False
         if B:
@@ -505,20 +508,24 @@ class Simulator:
             t_first_iter = t0 + srv.step_a
             tpot = self.tpot_s
             for tier, heap in srv.tier_heaps.items():
+                if not heap:
+                    continue
                 P = tpot[tier]
+                first_due = (G0 + 1) * P - t_first_iter + 1e-9
+                last_due = G * P - t + 1e-9
                 while heap:
                     key, _, req = heap[0]
                     if req.state or req.failed or req.server is not srv:
-                        heapq.heappop(heap)
+                        _heappop(heap)
                         continue
-                    if key + (G0 + 1) * P < t_first_iter - 1e-9 or key + G * P < t - 1e-9:
+                    if key + first_due < 0.0 or key + last_due < 0.0:
                         req.failed = True
-                        heapq.heappop(heap)
+                        _heappop(heap)
                         continue
                     break
             rh = srv.running_heap
             while rh and rh[0][0] <= G:
-                req = heapq.heappop(rh)[2]
+                req = _heappop(rh)[2]
                 srv.n_running -= 1
                 self._finish(srv, req, t)
                 freed = True
@@ -554,6 +561,11 @@ class Simulator:
                     th = srv.tier_heaps.get(tier)
                     if th is None:
                         th = srv.tier_heaps[tier] = []
+                    elif len(th) > 2 * srv.n_running + 32:
+                        # finished sequences leave their entries behind (lazy deletion);
+                        # compact so memory stays O(running), not O(requests served)
+                        th[:] = [e for e in th if not e[2].state and not e[2].failed]
+                        heapq.heapify(th)
                     heapq.heappush(th, (req.t_arr + ttft[tier] + (req.base - G) * P, req.rid, req))
         # what the engine reports: requests running or waiting in it (vLLM's
         # num_requests_running + num_requests_waiting), KV committed (held now plus the
