@@ -213,7 +213,7 @@ def test_every_shipped_scenario_validates_and_uses_known_traces():
     from kubetier.sim.workload import KNOWN_TRACES
 
     names = shipped_scenarios()
-    assert {"azure-by-source-pool", "mooncake-code-pool"} <= set(names)
+    assert {"azure-by-source", "mooncake-code-pool"} <= set(names)
     for name in names:
         sc = load_scenario(name)
         assert len(sc.tiers) == 3
@@ -227,7 +227,7 @@ def test_shipped_trace_scenario_runs_when_traces_are_present():
 
     if not (default_traces_dir() / "azure_llm_2023_code.csv").is_file():
         pytest.skip(f"public traces not found in {default_traces_dir()} (see ../shared/traces/README.md)")
-    sc = load_scenario("azure-by-source-pool")
+    sc = load_scenario("azure-by-source")
     sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"duration_s": 60.0})})
     r = runner.run_once(sc, "kubetier", 1.0, load_profile(sc.profile), None)
     assert r.requests > 300

@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_FORMAT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scenario", default="azure-by-source-pool",
-                   help="shipped scenario name or YAML path (default: azure-by-source-pool; `kubetier simulate list`)")
+    p.add_argument("--scenario", default="azure-by-source",
+                   help="shipped scenario name or YAML path (default: azure-by-source; `kubetier simulate list`)")
     p.add_argument("--output", type=Path, default=None, help="directory for result.json and the PNG plots")
     p.add_argument("--traces-dir", type=Path, default=None, help="folder holding the public traces")
     p.add_argument("--policies", default=None, help="comma-separated subset of the scenario's policies")
