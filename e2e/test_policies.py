@@ -20,7 +20,6 @@ from e2e_support import REPO, Kubectl, model_service, tier, wait_until
 
 POLICY_FILES = sorted((REPO / "policies").glob("*.yaml"))
 RUN_LABEL = "kubetier.io/policy-e2e"
-PARAM_NS, PARAM_NAME = "kubetier-system", "kubetier-admission"
 LABELS = {"team": "search", "cost-centre": "cc-1234"}
 
 
@@ -51,7 +50,6 @@ def policies(kubectl: Kubectl, crds) -> dict:
     yield {"run": run, "policies": names, "bindings": bindings}
     kubectl("delete", "validatingadmissionpolicybinding", *bindings, "--ignore-not-found", check=False)
     kubectl("delete", "validatingadmissionpolicy", *names, "--ignore-not-found", check=False)
-    kubectl("delete", "configmap", PARAM_NAME, "-n", PARAM_NS, "--ignore-not-found", check=False)
 
 
 @pytest.fixture
@@ -173,21 +171,23 @@ def test_tight_tier_needs_a_labelled_namespace(kubectl: Kubectl, policy_ns):
                "the tight tier to be admitted once the namespace is labelled", timeout=15)
 
 
-def test_tight_tier_threshold_comes_from_the_param_configmap(kubectl: Kubectl, policy_ns):
+def _set_threshold(kubectl: Kubectl, ms_per_token: int) -> None:
+    policy = kubectl.json("get", "validatingadmissionpolicy", "kubetier-tight-tiers")
+    index = [v["name"] for v in policy["spec"]["variables"]].index("tightTierTpotMs")
+    kubectl("patch", "validatingadmissionpolicy", "kubetier-tight-tiers", "--type=json", "-p", json.dumps(
+        [{"op": "replace", "path": f"/spec/variables/{index}/expression", "value": str(ms_per_token)}]))
+
+
+def test_tight_tier_threshold_is_the_policy_variable(kubectl: Kubectl, policy_ns):
     ns = policy_ns()
-    kubectl("patch", "configmap", PARAM_NAME, "-n", PARAM_NS, "--type=merge", "-p",
-            json.dumps({"data": {"tightTierTpotMs": "15"}}))
+    _set_threshold(kubectl, 15)
     try:
         wait_until(lambda: create(kubectl, ms("tight", ns, tight_tiers())).returncode == 0,
-                   "tpotMs 20 to be admitted under a 15 ms threshold", timeout=15)
-        kubectl("patch", "configmap", PARAM_NAME, "-n", PARAM_NS, "--type=merge", "-p",
-                json.dumps({"data": {"tightTierTpotMs": "fast"}}))
-        wait_until(lambda: "tightTierTpotMs must be a whole number" in create(kubectl, ms("tight", ns)).stderr,
-                   "a malformed threshold to refuse every write", timeout=15)
+                   "tpotMs 20 to be admitted under a 15 ms threshold", timeout=15,
+                   describe=lambda: create(kubectl, ms("tight", ns, tight_tiers())).stderr)
     finally:
-        kubectl("patch", "configmap", PARAM_NAME, "-n", PARAM_NS, "--type=merge", "-p",
-                json.dumps({"data": {"tightTierTpotMs": "25"}}))
-    wait_until(lambda: create(kubectl, ms("tight", ns, tight_tiers())).returncode != 0,
+        _set_threshold(kubectl, 25)
+    wait_until(lambda: "below 25 ms" in create(kubectl, ms("tight", ns, tight_tiers())).stderr,
                "the 25 ms threshold to be back", timeout=15)
 
 
