@@ -63,8 +63,7 @@ def arrivals(sc: Scenario, rate_scale: float, traces_dir: Path | None) -> Iterat
             weights = [(sc.tier_index(src.tier), 1.0)]
         else:
             weights = [(sc.tier_index(name), w) for name, w in src.mix.items()]
-        tagged = wl.assign_tiers(rows, weights, rng)
-        streams.append(wl.scale_and_window(tagged, rate_scale, sc.workload.start_s, sc.workload.duration_s))
+        streams.append(wl.tag_and_window(rows, weights, rng, rate_scale, sc.workload.start_s, sc.workload.duration_s))
     return wl.limit(wl.merge(streams), sc.workload.max_requests)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import heapq
+import itertools
 import json
 import math
 import os
@@ -183,41 +184,44 @@ def synthetic(times: Iterator[float], prompt: LengthDist, output: LengthDist, rn
 # --- tier assignment, scaling, merging --------------------------------------------------
 
 
-def assign_tiers(rows: Iterator[tuple[float, int, int]], tier_weights: list[tuple[int, float]], rng: random.Random) -> Iterator[Arrival]:
-    """Give each row a tier: one fixed tier, or drawn from a mix (cumulative weights)."""
+def tag_and_window(rows: Iterator[tuple[float, int, int]], tier_weights: list[tuple[int, float]], rng: random.Random,
+                   rate_scale: float, start_s: float, duration_s: float | None) -> Iterator[Arrival]:
+    """Give each row a tier (one fixed tier, or drawn from a mix by cumulative weights),
+    keep source time [start_s, start_s + duration_s) and compress time by rate_scale.
+
+    The window is taken in the source's own time, so every rate scale replays the same
+    requests (comparable attainment across the goodput search), only closer together.
+    A tier is drawn for every row, inside the window or not, so the draws do not depend
+    on the window. One generator layer, one tuple per request: this is on the hot path.
+    """
+    inv = 1.0 / rate_scale
+    end = math.inf if duration_s is None else start_s + duration_s
     if len(tier_weights) == 1:
         tier = tier_weights[0][0]
         for t, p, o in rows:
-            yield Arrival(t, p, o, tier)
+            if t < start_s:
+                continue
+            if t >= end:
+                return
+            yield Arrival((t - start_s) * inv, p, o, tier)
         return
     total = sum(w for _, w in tier_weights)
     cum, acc = [], 0.0
     for idx, w in tier_weights:
         acc += w / total
         cum.append((acc, idx))
+    cum[-1] = (math.inf, cum[-1][1])  # rounding never leaves a draw without a tier
     rand = rng.random
     for t, p, o in rows:
         r = rand()
-        for edge, idx in cum:
+        for edge, tier in cum:
             if r <= edge:
                 break
-        yield Arrival(t, p, o, idx)
-
-
-def scale_and_window(stream: Iterator[Arrival], rate_scale: float, start_s: float, duration_s: float | None) -> Iterator[Arrival]:
-    """Keep trace time [start_s, start_s + duration_s), then compress time by rate_scale.
-
-    The window is taken in the source's own time, so every rate scale replays the same
-    requests (comparable attainment across the goodput search), only closer together.
-    """
-    inv = 1.0 / rate_scale
-    end = math.inf if duration_s is None else start_s + duration_s
-    for a in stream:
-        if a.t < start_s:
+        if t < start_s:
             continue
-        if a.t >= end:
+        if t >= end:
             return
-        yield Arrival((a.t - start_s) * inv, a.prompt_tokens, a.output_tokens, a.tier)
+        yield Arrival((t - start_s) * inv, p, o, tier)
 
 
 def merge(streams: list[Iterator[Arrival]]) -> Iterator[Arrival]:
@@ -227,10 +231,4 @@ def merge(streams: list[Iterator[Arrival]]) -> Iterator[Arrival]:
 
 
 def limit(stream: Iterator[Arrival], max_requests: int | None) -> Iterator[Arrival]:
-    if max_requests is None:
-        yield from stream
-        return
-    for i, a in enumerate(stream):
-        if i >= max_requests:
-            return
-        yield a
+    return stream if max_requests is None else itertools.islice(stream, max_requests)
