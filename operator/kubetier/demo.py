@@ -319,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kubetier.api.crdgen import all_crds
     from kubetier.localdev import LocalEngines
+    from kubetier.localdev.engines import wants_engine
     from kubetier.operator import rbac
     from kubetier.operator.router_feed import attainment_from_status
 
@@ -332,7 +333,12 @@ def run(args: argparse.Namespace) -> int:
                 kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}")
         with Step(f"starting the operator under ServiceAccount {ns}/{OPERATOR_SA} (least-privilege RBAC)"):
             kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-            kubectl.apply(service_account_objects(ns, OPERATOR_SA, rbac.cluster_role("kubetier-demo-operator")))
+            role = rbac.cluster_role(f"kubetier-demo-operator-{ns}")
+            kubectl.apply(service_account_objects(ns, OPERATOR_SA, role))
+            # Runs last (ExitStack is LIFO): after the operator has removed its finalizer.
+            cleanup.callback(lambda: kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False))
+            cleanup.callback(lambda: kubectl("delete", "clusterrolebinding,clusterrole", role["metadata"]["name"],
+                                             "--ignore-not-found", check=False))
             token = kubectl("create", "token", OPERATOR_SA, "-n", ns, "--duration=1h").strip()
             op_kubeconfig = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig", "kubetier-operator")
             operator = start_process([sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig",
@@ -356,7 +362,10 @@ def run(args: argparse.Namespace) -> int:
                 raise
             print(kubectl("get", "modelservice", "-n", ns, check=False))
             print(kubectl("get", "pods", "-n", ns, "-o", "wide", check=False))
-        pods = kubectl.items("pods", ns, "app.kubernetes.io/managed-by=kubetier")
+        def running_pods() -> list[dict]:
+            return [p for p in kubectl.items("pods", ns, "app.kubernetes.io/managed-by=kubetier") if wants_engine(p)]
+
+        pods = running_pods()
         serving = [p for p in pods if p["metadata"]["labels"].get("kubetier.io/role", "serving") == "serving"]
         with Step(f"starting {len(pods)} engine simulators on loopback (one per pod)"):
             (workdir / "engines").mkdir()
@@ -364,7 +373,9 @@ def run(args: argparse.Namespace) -> int:
                                    log_dir=workdir / "engines")
             engines.start()
             cleanup.callback(engines.close)
-            engines.wait_for(lambda eps: len(eps) >= len(pods), timeout_s=90)
+            # Compare names, not counts: a pod replaced meanwhile must not be waited for.
+            engines.wait_for(lambda eps: {f"{ns}/{p['metadata']['name']}" for p in running_pods()} <= set(eps),
+                             timeout_s=90)
         with Step(f"starting the router on {base_url} (cluster discovery, local endpoints)"):
             router = start_process([sys.executable, "-m", "kubetier.cli", "router", "--port", str(port),
                                     "--namespace", ns, "--local-endpoints", "--discovery-interval", "1"],

@@ -1,0 +1,46 @@
+"""`make demo` ends in `kubetier demo`: run it here, short, against the suite's cluster,
+so the README's first command is tested by the second."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+from e2e_support import Kubectl
+from test_helm import pause_session_operator
+
+
+def test_demo_serves_every_tier_through_the_router_and_cleans_up(kubeconfig: str, kubectl: Kubectl, crds,
+                                                                  request, tmp_path):
+    ns = f"e2e-demo-{uuid.uuid4().hex[:5]}"
+    out = tmp_path / "demo.json"
+    # The demo runs its own operator (under its own ServiceAccount); the suite's
+    # all-namespaces operator must not reconcile the same object meanwhile.
+    paused = pause_session_operator(request)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kubetier.cli", "demo", "--kubeconfig", kubeconfig, "--namespace", ns,
+             "--duration", "4", "--rate", "6", "--output", str(out)],
+            capture_output=True, text=True, timeout=420)
+    finally:
+        if paused is not None:
+            paused.start()
+    log = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, log
+    assert "router answered 403" in proc.stdout, log  # the escalation attempt
+    summary = json.loads(out.read_text())["phases"]
+    steady = summary["steady mix"]
+    assert set(steady) == {"interactive", "standard", "batch"}
+    for tier, figures in steady.items():
+        assert figures["sent"] > 0, tier
+        assert figures["completed"] == figures["sent"], (tier, figures)
+    burst = next(v for k, v in summary.items() if k.startswith("batch burst"))
+    assert burst["batch"]["completed"] == burst["batch"]["sent"] > 0
+    # status carried the router's attainment into `kubectl get ms` before cleanup
+    assert "ATTAINMENT" in proc.stdout and "interactive,standard,batch" in proc.stdout
+    # everything the demo created is gone or going
+    assert not kubectl("get", "clusterrole", f"kubetier-demo-operator-{ns}", "--ignore-not-found", "-o", "name")
+    phase = kubectl("get", "namespace", ns, "--ignore-not-found", "-o", "jsonpath={.status.phase}")
+    assert phase in ("", "Terminating")
