@@ -28,6 +28,7 @@ every step (the router gets the same correction from the engines' /metrics).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from collections import deque
@@ -273,6 +274,18 @@ class Simulator:
         heapq.heappush(self.events, (t, self._seq, kind, payload))
 
     def run(self, arrivals: Iterable[Arrival], progress: Callable[[int], None] | None = None) -> None:
+        # The loop allocates a few short-lived objects per request and frees them by
+        # reference counting; the cyclic collector would repeatedly scan every live
+        # request and heap entry for nothing (measured: a large share of the run time).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._run(arrivals, progress)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _run(self, arrivals: Iterable[Arrival], progress: Callable[[int], None] | None) -> None:
         events = self.events
         heappop = heapq.heappop
         it = iter(arrivals)
