@@ -259,3 +259,23 @@ def test_hooks_spot_preemption_migrates_and_power_cap_slows():
     sim.set_slowdown(sim.servers[0], 2.0)
     sim.run(iter([Arrival(0.0, 100, 5, 0)]))
     assert sim.servers[0].busy_s == pytest.approx(0.100)
+
+
+@pytest.mark.parametrize("arrival, cv_min, cv_max", [("poisson", 0.9, 1.1), ("gamma", 2.6, 3.4), ("diurnal", 0.9, 1.5)])
+def test_synthetic_arrivals_and_lengths_have_the_asked_shape(arrival, cv_min, cv_max):
+    import itertools
+    import statistics
+
+    from kubetier.sim.workload import LengthDist, synthetic
+
+    rows = list(itertools.islice(synthetic(arrival, 10.0, LengthDist("lognormal", 1000, 500, 1, 100_000),
+                                           LengthDist("zipf", 200, 0, 1, 100_000), seed=1, cv=3.0,
+                                           amplitude=0.5, period_s=100.0), 40_000))
+    t = [r[0] for r in rows]
+    gaps = [b - a for a, b in zip(t, t[1:])]
+    assert all(g >= 0 for g in gaps)
+    assert statistics.mean(gaps) == pytest.approx(0.1, rel=0.05)
+    cv = statistics.stdev(gaps) / statistics.mean(gaps)
+    assert cv_min <= cv <= cv_max
+    assert statistics.mean(r[1] for r in rows) == pytest.approx(1000, rel=0.05)
+    assert statistics.mean(r[2] for r in rows) == pytest.approx(200, rel=0.1)

@@ -48,15 +48,10 @@ def arrivals(sc: Scenario, rate_scale: float, traces_dir: Path | None) -> Iterat
             rows = wl.read_trace(wl.resolve_trace(src.trace, traces_dir))
         else:
             s = src.synthetic
-            if s.arrival == "poisson":
-                times = wl.poisson_times(s.rate, rng)
-            elif s.arrival == "gamma":
-                times = wl.gamma_times(s.rate, s.cv, rng)
-            else:
-                times = wl.diurnal_times(s.rate, s.amplitude, s.period_s, rng)
             pl = wl.LengthDist(s.prompt.dist, s.prompt.mean, s.prompt.sd, s.prompt.min, s.prompt.max)
             ol = wl.LengthDist(s.output.dist, s.output.mean, s.output.sd, s.output.min, s.output.max)
-            rows = wl.synthetic(times, pl, ol, rng)
+            rows = wl.synthetic(s.arrival, s.rate, pl, ol, sc.seed * 1_000_003 + i + 1, cv=s.cv,
+                                amplitude=s.amplitude, period_s=s.period_s)
             if sc.workload.duration_s is None and sc.workload.max_requests is None:
                 raise ValueError(f"workload.sources.{i}: a synthetic source needs workload.durationS or workload.maxRequests")
         if src.tier is not None:

@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 # Where the shared public traces live by default: ../shared/traces beside the checkout.
 TRACES_ENV = "KUBETIER_TRACES_DIR"
 KNOWN_TRACES = {
@@ -119,34 +121,6 @@ def read_trace(path: Path) -> Iterator[tuple[float, int, int]]:
 # --- synthetic arrivals -----------------------------------------------------------------
 
 
-def poisson_times(rate: float, rng: random.Random) -> Iterator[float]:
-    t = 0.0
-    while True:
-        t += rng.expovariate(rate)
-        yield t
-
-
-def gamma_times(rate: float, cv: float, rng: random.Random) -> Iterator[float]:
-    """Gamma inter-arrival times with mean 1/rate and coefficient of variation cv (BurstGPT)."""
-    shape = 1.0 / (cv * cv)
-    scale = 1.0 / (rate * shape)
-    t = 0.0
-    while True:
-        t += rng.gammavariate(shape, scale)
-        yield t
-
-
-def diurnal_times(rate: float, amplitude: float, period_s: float, rng: random.Random) -> Iterator[float]:
-    """Non-homogeneous Poisson with rate(t) = rate * (1 + amplitude*sin(2πt/period)), by thinning."""
-    peak = rate * (1.0 + amplitude)
-    t = 0.0
-    two_pi = 2.0 * math.pi
-    while True:
-        t += rng.expovariate(peak)
-        if rng.random() * peak <= rate * (1.0 + amplitude * math.sin(two_pi * t / period_s)):
-            yield t
-
-
 class LengthDist(NamedTuple):
     kind: str  # "fixed" | "lognormal" | "uniform" | "zipf"
     mean: float
@@ -154,31 +128,54 @@ class LengthDist(NamedTuple):
     min: int = 1
     max: int = 1 << 20
 
-    def sampler(self, rng: random.Random):
-        lo, hi = self.min, self.max
+    def sample(self, gen: np.random.Generator, n: int) -> np.ndarray:
         if self.kind == "fixed":
-            v = int(round(self.mean))
-            return lambda: v
-        if self.kind == "uniform":
-            a, b = max(lo, int(self.mean - self.sd * math.sqrt(3))), min(hi, int(self.mean + self.sd * math.sqrt(3)))
-            return lambda: rng.randint(a, max(a, b))
-        if self.kind == "lognormal":
+            v = np.full(n, round(self.mean), dtype=np.int64)
+        elif self.kind == "uniform":
+            half = self.sd * math.sqrt(3.0)
+            a = max(self.min, int(self.mean - half))
+            b = max(a, min(self.max, int(self.mean + half)))
+            v = gen.integers(a, b + 1, n)
+        elif self.kind == "lognormal":
             # parameters of the underlying normal from the wanted mean and sd
             var = math.log(1.0 + (self.sd / self.mean) ** 2)
-            mu, sigma = math.log(self.mean) - var / 2.0, math.sqrt(var)
-            return lambda: min(hi, max(lo, int(rng.lognormvariate(mu, sigma))))
-        if self.kind == "zipf":
-            # Pareto tail scaled to the wanted mean (BurstGPT's Zipf-like lengths); sd unused
+            v = gen.lognormal(math.log(self.mean) - var / 2.0, math.sqrt(var), n).astype(np.int64)
+        elif self.kind == "zipf":
+            # Pareto tail (alpha 2.5) scaled to the wanted mean: BurstGPT's Zipf-like lengths
             alpha = 2.5
-            xm = self.mean * (alpha - 1.0) / alpha
-            return lambda: min(hi, max(lo, int(xm * rng.paretovariate(alpha))))
-        raise ValueError(f"unknown length distribution {self.kind!r}")
+            v = (self.mean * (alpha - 1.0) / alpha * (gen.pareto(alpha, n) + 1.0)).astype(np.int64)
+        else:
+            raise ValueError(f"unknown length distribution {self.kind!r}")
+        return np.clip(v, self.min, self.max)
 
 
-def synthetic(times: Iterator[float], prompt: LengthDist, output: LengthDist, rng: random.Random) -> Iterator[tuple[float, int, int]]:
-    ps, os_ = prompt.sampler(rng), output.sampler(rng)
-    for t in times:
-        yield t, ps(), os_()
+def synthetic(arrival: str, rate: float, prompt: LengthDist, output: LengthDist, seed: int, *, cv: float = 1.0,
+              amplitude: float = 0.0, period_s: float = 3600.0, block: int = 1 << 14) -> Iterator[tuple[float, int, int]]:
+    """Endless (t, prompt_tokens, output_tokens) rows, generated in numpy blocks.
+
+    ``poisson``: exponential gaps; ``gamma``: Gamma gaps with mean 1/rate and coefficient
+    of variation ``cv`` (BurstGPT's bursty arrivals); ``diurnal``: non-homogeneous
+    Poisson with rate(t) = rate * (1 + amplitude * sin(2*pi*t/period_s)), by thinning.
+    """
+    gen = np.random.default_rng(seed)
+    t = 0.0
+    peak = rate * (1.0 + amplitude)
+    while True:
+        if arrival == "poisson":
+            times = t + np.cumsum(gen.exponential(1.0 / rate, block))
+        elif arrival == "gamma":
+            shape = 1.0 / (cv * cv)
+            times = t + np.cumsum(gen.gamma(shape, 1.0 / (rate * shape), block))
+        elif arrival == "diurnal":
+            times = t + np.cumsum(gen.exponential(1.0 / peak, block))
+        else:
+            raise ValueError(f"unknown arrival process {arrival!r}")
+        t = float(times[-1])
+        if arrival == "diurnal":
+            keep = gen.random(block) * peak <= rate * (1.0 + amplitude * np.sin(2.0 * math.pi * times / period_s))
+            times = times[keep]
+        n = len(times)
+        yield from zip(times.tolist(), prompt.sample(gen, n).tolist(), output.sample(gen, n).tolist())
 
 
 # --- tier assignment, scaling, merging --------------------------------------------------
