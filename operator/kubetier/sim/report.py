@@ -72,6 +72,7 @@ def write_plots(out: Path, tier_names: list[str], targets: list[float], results:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     paths = []
     # 1. attainment vs rate, one panel per tier
@@ -115,9 +116,14 @@ def write_plots(out: Path, tier_names: list[str], targets: list[float], results:
     # 3. load gradient: requests served per server (servers in fleet order, grouped by tier)
     fig, axes = plt.subplots(1, len(gradient), figsize=(5 * len(gradient), 3.4), squeeze=False)
     for ax, (policy, run) in zip(axes[0], gradient.items()):
-        order = sorted(range(len(run.server_served)), key=lambda k: (run.server_tier[k], -run.server_served[k]))
+        # Tiers in spec order, the busiest server of each first: the gradient is the
+        # slope within a tier (most-loaded-feasible routing drains the tail servers).
+        order = sorted(range(len(run.server_busy)),
+                       key=lambda k: (tier_names.index(run.server_tier[k]), -run.server_busy[k]))
         ax.bar(range(len(order)), [run.server_busy[k] * 100 for k in order],
                color=[f"C{tier_names.index(run.server_tier[k]) % 10}" for k in order])
+        ax.legend(handles=[Patch(color=f"C{i % 10}", label=name) for i, name in enumerate(tier_names)
+                           if name in run.server_tier], fontsize=7, loc="lower left")
         ax.set_title(f"{policy} at {run.rate_rps:.1f} req/s")
         ax.set_xlabel("server (grouped by tier, most loaded first)")
         ax.set_ylabel("busy (%)")
