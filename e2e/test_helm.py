@@ -312,7 +312,8 @@ def test_operator_replicas_elect_one_through_kopf_peering(lifecycle: Lifecycle, 
                                                           app_ns: str):
     """operator.replicas=2: a StatefulSet whose replicas run with --priority=<pod index>
     and the chart's peering object. Two replicas under the chart's identity: the lower
-    one pauses, the higher one reconciles; when it stops, the other resumes and takes over."""
+    one stands by (it does not touch a new ModelService), the higher one reconciles; when
+    it stops, the other takes over and reconciles the next change."""
     helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values", "--set", "operator.replicas=2")
     kubectl("get", "statefulset", f"{RELEASE}-kubetier-operator", "-n", CHART_NS)
     assert not kubectl("get", "deployment", "-n", CHART_NS, "-l", f"{INSTANCE},app.kubernetes.io/component=operator",
@@ -323,17 +324,22 @@ def test_operator_replicas_elect_one_through_kopf_peering(lifecycle: Lifecycle, 
     replicas = [chart.replica("operator", 0), chart.replica("operator", 1)]
     low, high = replicas
     try:
-        wait_until(lambda: "Pausing operations in favour of" in low.tail(200_000), "replica 0 to pause for replica 1",
-                   timeout=60, describe=lambda: f"replica 0:\n{low.tail()}\nreplica 1:\n{high.tail()}")
-        assert "Pausing operations" not in high.tail(200_000), high.tail()
+        def peers() -> dict:
+            status = kubectl.json("get", "clusterkopfpeering", "kubetier").get("status") or {}
+            return {ident: info.get("priority") for ident, info in status.items()}
+
+        statefulset = f"{RELEASE}-kubetier-operator"
+        wait_until(lambda: peers() == {f"{statefulset}-0": 0, f"{statefulset}-1": 1},
+                   "both replicas to register in the ClusterKopfPeering with priorities 0 and 1", timeout=60,
+                   describe=lambda: f"{peers()}\nreplica 0:\n{low.tail()}\nreplica 1:\n{high.tail()}")
         probe = model_service("ha-probe", app_ns, [tier("batch", 5000, 150, 10, replicas=1)], gpus_per_replica=1)
         kubectl.apply(probe)
         wait_until(lambda: _observed_generation(kubectl, app_ns, "ha-probe") == 1, "the active replica to reconcile",
                    timeout=60, describe=high.tail)
         assert "ha-probe" in high.tail(500_000) and "ha-probe" not in low.tail(500_000)
         high.stop()
-        wait_until(lambda: "Resuming operations" in low.tail(200_000), "replica 0 to take over", timeout=60,
-                   describe=low.tail)
+        wait_until(lambda: list(peers()) == [f"{statefulset}-0"], "replica 1 to leave the peering", timeout=30,
+                   describe=lambda: str(peers()))
         kubectl("patch", "modelservice", "ha-probe", "-n", app_ns, "--type=json", "-p",
                 json.dumps([{"op": "replace", "path": "/spec/tiers/0/replicas/max", "value": 2}]))
         wait_until(lambda: _observed_generation(kubectl, app_ns, "ha-probe") == 2, "replica 0 to reconcile",
@@ -343,10 +349,13 @@ def test_operator_replicas_elect_one_through_kopf_peering(lifecycle: Lifecycle, 
     finally:
         for r in replicas:
             r.stop()
-    helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values", "--set", "operator.replicas=1")
+        # Back to one replica and the standalone operator, whatever happened above.
+        helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values", "--set", "operator.replicas=1")
+        chart.start()
     kubectl("get", "deployment", f"{RELEASE}-kubetier-operator", "-n", CHART_NS)
     assert not kubectl("get", "statefulsets", "-n", CHART_NS, "-l", INSTANCE, "-o", "name")
-    chart.start()
+    assert not kubectl("get", "crd", "clusterkopfpeerings.kopf.dev", "--ignore-not-found", "-o", "name"), \
+        "the peering CRDs outlived operator.replicas=1"
 
 
 def test_uninstall_keeps_only_crds_and_instances(lifecycle: Lifecycle, kubectl: Kubectl, helm: Helm, app_ns: str):
