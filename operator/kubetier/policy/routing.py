@@ -8,7 +8,7 @@ server id that sorts last, so runs are reproducible).
 Rules of kind ``"slo"`` (PolyServe, 2025), for a request of tier T:
 
 1. **Own bin.** Servers of tier T, scanned from the most loaded (largest running batch)
-   down; the first one that passes :meth:`RoutingPolicy._feasible` wins. Piling load on
+   down; the first one that passes :func:`_feasible` wins. Piling load on
    the fullest feasible server drains the emptiest ones, which makes scale-in safe.
 2. **Spill upward.** If no server of T is feasible, the servers of tiers with a strictly
    tighter TPOT (tiers with an equal TPOT do not share servers), nearest tighter first (keep the tightest capacity for last). A host
@@ -82,7 +82,18 @@ _KV_QUANTUM = 512
 # Memo tables are cleared when they grow past this many entries (bounded memory).
 _MEMO_LIMIT = 200_000
 _INF = float("inf")
-_MAX_ID = "\U0010ffff"  # sorts after every server id
+# A bin orders its servers by one int per server, (running, KV, id rank) packed into
+# bit fields, so bisect compares machine-size ints instead of tuples with strings.
+# The id rank preserves the order of the server ids (ties go to the id sorting last);
+# ranks are spread out so a new id usually fits between its neighbours without
+# renumbering. KV beyond 2**32 - 1 tokens (far beyond any real cache) ties at the cap.
+_RANK_BITS = 32
+_KV_SHIFT = _RANK_BITS
+_RUN_SHIFT = _RANK_BITS + 32
+_RANK_MASK = (1 << _RANK_BITS) - 1
+_KV_MASK = (1 << 32) - 1
+_RANK_SPACE = 1 << _RANK_BITS
+_RANK_GAP = 1 << 16  # spacing of ids appended in sorted order
 
 
 @dataclass(frozen=True)
@@ -135,7 +146,7 @@ class Decision:
 class _Costs:
     """Memoised iteration costs of one latency model (seconds)."""
 
-    __slots__ = ("model", "mbt", "max_seqs", "kv_cap", "p0", "_dec", "_pre", "_prefill_s", "_kv_grid", "_dvals")
+    __slots__ = ("model", "mbt", "max_seqs", "kv_cap", "p0", "_dec", "_pre", "_prefill_s", "_kv_grid", "_dvals", "ce")
 
     def __init__(self, model: LatencyModel) -> None:
         self.model = model
@@ -151,6 +162,9 @@ class _Costs:
         # which lets max_kv() invert it exactly.
         self._kv_grid: tuple[int, ...] = tuple(model.to_dict()["decode"]["kvTokens"])
         self._dvals: dict[int, tuple[float, ...]] = {}
+        # chunk_extra(n) for 0 <= n <= maxNumBatchedTokens (every chunk a check sees),
+        # filled on first use: a list index is cheaper than a dict lookup in the hot loop.
+        self.ce: list[float | None] = [None] * (self.mbt + 1)
 
     def max_kv(self, batch: int, budget_s: float) -> float:
         """Largest KV with decode_iteration_s(batch, KV) <= budget_s (exact, unquantised);
@@ -181,6 +195,11 @@ class _Costs:
 
     def chunk_extra(self, tokens: int) -> float:
         """What an iteration carrying ``tokens`` prompt tokens costs beyond a decode step."""
+        if 0 <= tokens <= self.mbt:
+            v = self.ce[tokens]
+            if v is None:
+                v = self.ce[tokens] = max(0.0, self.model.iteration_s(0, 0, tokens) - self.p0)
+            return v
         v = self._pre.get(tokens)
         if v is None:
             if len(self._pre) > _MEMO_LIMIT:
@@ -198,13 +217,14 @@ class _Costs:
 
 
 class _Entry:
-    __slots__ = ("load", "costs", "key", "in_order")
+    __slots__ = ("load", "costs", "key", "in_order", "rank")
 
-    def __init__(self, load: ServerLoad, costs: _Costs) -> None:
+    def __init__(self, load: ServerLoad, costs: _Costs, rank: int) -> None:
         self.load = load
         self.costs = costs
-        self.key: tuple[int, int, str] | None = None  # (running, kv, id) in its bin; None = not routable
+        self.key: int | None = None  # packed (running, kv, id rank) in its bin; None = not routable
         self.in_order = False  # listed in its bin's round-robin order
+        self.rank = rank  # the id's position in sorted-id order (spread out, see _RANK_BITS)
 
 
 class _Bin:
@@ -216,18 +236,21 @@ class _Bin:
     never visited one by one.
     """
 
-    __slots__ = ("tier", "keys", "order", "rr_next", "costs", "cap_memo", "kv_memo")
+    __slots__ = ("tier", "tpot_s", "keys", "order", "rr_next", "costs", "level_memo")
 
     def __init__(self, tier: TierSLO) -> None:
         self.tier = tier
-        self.keys: list[tuple[int, int, str]] = []
+        self.tpot_s = tier.tpot_ms / 1000.0
+        self.keys: list[int] = []  # packed (running, kv, id rank), ascending
         self.order: list[str] = []  # routable server ids, for round-robin
         self.rr_next = 0
         self.costs: list[_Costs] = []  # the distinct latency models of its servers
-        self.cap_memo: dict[tuple[int, int], int] = {}  # (horizon, prompt class) -> highest level
-        self.kv_memo: dict[tuple[int, int, int], int] = {}  # (level, horizon, prompt class) -> KV threshold
+        # (horizon << 16 | prompt class) -> [highest level that can hold a feasible
+        # server, per level the largest key that passes the KV pre-filter (None until
+        # first needed)]; cleared when the bin's models change.
+        self.level_memo: dict[int, tuple[int, list[int | None]]] = {}
 
-    def add(self, e: _Entry, key: tuple[int, int, str]) -> None:
+    def add(self, e: _Entry, key: int) -> None:
         insort(self.keys, key)
         e.key = key
 
@@ -244,6 +267,77 @@ def _prompt_class(prompt: int) -> tuple[int, int]:
     e = prompt.bit_length() - 4
     top = prompt >> e  # 8..15
     return (e << 4) | top, top << e
+
+
+def _feasible(e: _Entry, prompt: int, H: int, ttft_budget_s: float, tpot_s: float, turnover: float) -> bool:
+    """The full feasibility check of request (prompt, horizon H) on server ``e`` (see the
+    module docstring): capacity, worst future iteration, first and second token.
+
+    One flat function with the memo lookups inlined: it runs for every candidate a
+    decision visits. RoutingPolicy._tpot_kv_ok is the same capacity/TPOT arithmetic
+    (used for the pre-filter bounds); keep the two in step.
+    """
+    ld = e.load
+    c = e.costs
+    running = ld.running
+    B = running + 1
+    if B > c.max_seqs:
+        return False
+    kv = ld.kv_tokens
+    kv_end = kv + prompt + B * H
+    if kv_end > c.kv_cap:
+        return False
+    chunk_b = c.mbt - B
+    if chunk_b < 1:
+        return False
+    dec = c._dec
+    per_token = dec.get((B << 32) | -(-kv_end // _KV_QUANTUM))
+    if per_token is None:
+        per_token = c.decode(B, kv_end)
+    queued = ld.queued_prefill_tokens
+    future_prefill = queued + prompt + int(running * prompt * turnover)
+    ce = c.ce
+    if future_prefill > 0:
+        size = prompt if 0 < prompt < chunk_b else chunk_b
+        x = ce[size]
+        if x is None:
+            x = c.chunk_extra(size)
+        per_token += -(-future_prefill // size) * x / H
+    if per_token > tpot_s:
+        return False
+    if ttft_budget_s == _INF:
+        return True  # a late request of a queueing tier: only others' TPOT matters
+    # First token: queued prompts and ours, chunked next to the running batch.
+    pending = queued + prompt
+    if pending > 0:
+        chunk = c.mbt - running
+        n_full, rest = divmod(pending, chunk)
+        if running:
+            d_now = dec.get((running << 32) | -(-kv // _KV_QUANTUM))
+            if d_now is None:
+                d_now = c.decode(running, kv)
+        else:
+            d_now = c.p0
+        x = ce[chunk]
+        if x is None:
+            x = c.chunk_extra(chunk)
+        if rest:
+            y = ce[rest]
+            if y is None:
+                y = c.chunk_extra(rest)
+            t1 = n_full * (d_now + x) + (d_now + y)
+        else:
+            t1 = n_full * (d_now + x) + 0.0
+    else:
+        t1 = 0.0
+    if t1 > ttft_budget_s:
+        return False
+    # Second token, due TPOT after the first (the host's TPOT is never looser).
+    kv2 = kv + prompt
+    d2 = dec.get((B << 32) | -(-kv2 // _KV_QUANTUM))
+    if d2 is None:
+        d2 = c.decode(B, kv2)
+    return t1 + d2 <= ttft_budget_s + tpot_s
 
 
 class RoutingPolicy:
@@ -294,6 +388,11 @@ class RoutingPolicy:
             tighter = sorted((u for u in tiers if u.tpot_ms < t.tpot_ms), key=lambda u: (-u.tpot_ms, -u.priority, u.name))
             self._route_bins[t.name] = [self._bins[t.name]] + [self._bins[u.name] for u in tighter]
         self._servers: dict[str, _Entry] = {}
+        # Server ids in sorted order with their ranks (see _RANK_BITS); rank -> entry.
+        # Ids of removed servers keep their rank until the next renumbering.
+        self._ids: list[str] = []
+        self._rank: dict[str, int] = {}
+        self._by_rank: dict[int, _Entry] = {}
         self._costs: dict[int, _Costs] = {}  # id(model) -> memo (models are few and long-lived)
         # Decisions are immutable: one object per (server, reason) instead of one per call.
         self._route_cache: dict[tuple[str, str], Decision] = {}
@@ -305,22 +404,68 @@ class RoutingPolicy:
     def upsert_server(self, load: ServerLoad) -> None:
         if load.tier not in self.tiers:
             raise ValueError(f"server {load.server_id!r}: tier {load.tier!r} is not a known tier ({', '.join(self.tiers)})")
+        for field in ("running", "kv_tokens", "queued_prefill_tokens"):
+            if getattr(load, field) < 0:
+                raise ValueError(f"server {load.server_id!r}: {field} must be >= 0, got {getattr(load, field)!r}")
         old = self._servers.get(load.server_id)
         if old is not None:
             self._unbucket(load.server_id, old)
         costs = self._costs.get(id(load.model))
         if costs is None or costs.model is not load.model:
             costs = self._costs[id(load.model)] = _Costs(load.model)
-        e = _Entry(load, costs)
-        self._servers[load.server_id] = e
+        sid = load.server_id
+        rank = self._rank.get(sid)
+        if rank is None:
+            rank = self._new_rank(sid)
+        e = _Entry(load, costs, rank)
+        self._servers[sid] = e
+        self._by_rank[rank] = e
         b = self._bins[load.tier]
         if costs not in b.costs:
             b.costs.append(costs)
-            b.cap_memo.clear()
-            b.kv_memo.clear()
+            b.level_memo.clear()
             for m in self._idle_memo.values():
                 m.clear()
-        self._rebucket(load.server_id, e)
+        self._rebucket(sid, e)
+
+    def _new_rank(self, sid: str) -> int:
+        """A rank for a new id between its sorted neighbours' ranks; renumbers every
+        known id (and re-keys the bins) only when there is no room left between them."""
+        ids = self._ids
+        i = bisect_left(ids, sid)
+        lo = self._rank[ids[i - 1]] if i > 0 else 0
+        if i == len(ids):
+            r = lo + _RANK_GAP
+            if r < _RANK_SPACE:
+                ids.append(sid)
+                self._rank[sid] = r
+                return r
+            hi = _RANK_SPACE
+        else:
+            hi = self._rank[ids[i]]
+        if hi - lo >= 2:
+            r = (lo + hi) // 2
+            ids.insert(i, sid)
+            self._rank[sid] = r
+            return r
+        # No room: renumber the ids still in use, evenly spread, and re-key every bin.
+        live = sorted(set(self._servers) | {sid})
+        step = min(_RANK_GAP, _RANK_SPACE // (len(live) + 1))
+        if step < 1:
+            raise ValueError(f"too many servers ({len(live)}) for the routing policy's id ranks")
+        self._ids = live
+        self._rank = {x: (k + 1) * step for k, x in enumerate(live)}
+        self._by_rank = {}
+        new_keys: dict[str, list[int]] = {t: [] for t in self._bins}
+        for x, e in self._servers.items():
+            e.rank = self._rank[x]
+            self._by_rank[e.rank] = e
+            if e.key is not None:
+                e.key = ((e.key >> _KV_SHIFT) << _KV_SHIFT) | e.rank
+                new_keys[e.load.tier].append(e.key)
+        for t, b in self._bins.items():
+            b.keys = sorted(new_keys[t])
+        return self._rank[sid]
 
     def remove_server(self, server_id: str) -> None:
         e = self._servers.pop(server_id, None)
@@ -384,7 +529,8 @@ class RoutingPolicy:
     def _rebucket(self, sid: str, e: _Entry) -> None:
         ld = e.load
         if ld.ready and not ld.draining:
-            key = (ld.running, ld.kv_tokens, sid)
+            kv = ld.kv_tokens
+            key = (ld.running << _RUN_SHIFT) | ((kv if kv <= _KV_MASK else _KV_MASK) << _KV_SHIFT) | e.rank
             if key == e.key:
                 return
             b = self._bins[ld.tier]
@@ -477,42 +623,66 @@ class RoutingPolicy:
     def _decide_slo(self, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
         checks = self.max_checks
         per_level = self.max_checks_per_level
+        turnover = self.turnover
+        by_rank = self._by_rank
         own = True
         H = t.mean_output_tokens
         pc, p_lb = _prompt_class(prompt)
+        memo_key = (H << 16) | pc
         for b in self._route_bins[t.name]:
             keys = b.keys
             if not keys:
                 own = False
                 continue
-            tpot_s = b.tier.tpot_ms / 1000.0
-            cap = b.cap_memo.get((H, pc))
-            if cap is None:
-                cap = b.cap_memo[(H, pc)] = self._level_bound(b, H, p_lb, tpot_s)
-            kv_memo = b.kv_memo
-            hi = bisect_left(keys, (cap + 1,))  # keys[:hi] have running <= cap
+            tpot_s = b.tpot_s
+            lm = b.level_memo.get(memo_key)
+            if lm is None:
+                if len(b.level_memo) > _MEMO_LIMIT:
+                    b.level_memo.clear()
+                cap = self._level_bound(b, H, p_lb, tpot_s)
+                lm = b.level_memo[memo_key] = (cap, [None] * (cap + 1) if cap >= 0 else [])
+            cap, thresholds = lm
+            hi = bisect_left(keys, (cap + 1) << _RUN_SHIFT)  # keys[:hi] have running <= cap
             while hi > 0:
-                level = keys[hi - 1][0]
-                lo = bisect_left(keys, (level,))  # keys[lo:hi] are this level
-                kv_max = kv_memo.get((level, H, pc))
-                if kv_max is None:
-                    kv_max = kv_memo[(level, H, pc)] = self._kv_bound(b, level, H, p_lb, tpot_s)
-                j = bisect_right(keys, (level, kv_max, _MAX_ID), lo, hi)
+                k = keys[hi - 1]
+                level = k >> _RUN_SHIFT
+                thr = thresholds[level]
+                if thr is None:
+                    thr = thresholds[level] = self._level_threshold(b, level, H, p_lb, tpot_s)
+                if k <= thr:
+                    j = hi  # the most loaded server of the level passes the pre-filter
+                else:
+                    j = bisect_right(keys, thr, 0, hi)
+                    if j == 0 or keys[j - 1] >> _RUN_SHIFT != level:
+                        hi = j  # no candidate at this level: on to the next lower one
+                        continue
                 n = per_level
-                while j > lo:
+                while True:
                     j -= 1
-                    sid = keys[j][2]
-                    if self._feasible(self._servers[sid], prompt, H, ttft_budget_s, tpot_s):
-                        return self._route(sid, "own-bin" if own else "spill")
+                    e = by_rank[keys[j] & _RANK_MASK]
+                    if _feasible(e, prompt, H, ttft_budget_s, tpot_s, turnover):
+                        return self._route(e.load.server_id, "own-bin" if own else "spill")
                     checks -= 1
                     if checks <= 0:
                         return None
                     n -= 1
                     if n <= 0:
+                        hi = bisect_left(keys, level << _RUN_SHIFT, 0, j)  # skip the rest of the level
                         break
-                hi = lo
+                    if j == 0 or keys[j - 1] >> _RUN_SHIFT != level:
+                        hi = j
+                        break
             own = False
         return None
+
+    def _level_threshold(self, b: _Bin, level: int, H: int, prompt: int, tpot_s: float) -> int:
+        """The largest packed key of this level that passes the KV pre-filter
+        (:meth:`_kv_bound`); below the level's first key when none can."""
+        kv_max = self._kv_bound(b, level, H, prompt, tpot_s)
+        if kv_max < 0:
+            return (level << _RUN_SHIFT) - 1
+        kv = _KV_MASK if kv_max >= _KV_MASK else int(kv_max)  # kv <= kv_max  <=>  kv <= floor(kv_max)
+        return (level << _RUN_SHIFT) | (kv << _KV_SHIFT) | _RANK_MASK
 
     def _level_bound(self, b: _Bin, H: int, prompt: int, tpot_s: float) -> int:
         """Highest running batch at which some server of the bin could pass the TPOT and
@@ -570,28 +740,6 @@ class RoutingPolicy:
             per_token += -(-future_prefill // size) * c.chunk_extra(size) / H
         return per_token <= tpot_s
 
-    def _feasible(self, e: _Entry, prompt: int, H: int, ttft_budget_s: float, tpot_s: float) -> bool:
-        ld = e.load
-        c = e.costs
-        running = ld.running
-        if not self._tpot_kv_ok(c, running, ld.kv_tokens, ld.queued_prefill_tokens, prompt, H, tpot_s):
-            return False
-        if ttft_budget_s == _INF:
-            return True  # a late request of a queueing tier: only others' TPOT matters
-        # First token: queued prompts and ours, chunked next to the running batch.
-        chunk = c.mbt - running
-        pending = ld.queued_prefill_tokens + prompt
-        if pending > 0:
-            n_full, rest = divmod(pending, chunk)
-            d_now = c.decode(running, ld.kv_tokens) if running else c.p0
-            t1 = n_full * (d_now + c.chunk_extra(chunk)) + (d_now + c.chunk_extra(rest) if rest else 0.0)
-        else:
-            t1 = 0.0
-        if t1 > ttft_budget_s:
-            return False
-        # Second token, due TPOT after the first (the host's TPOT is never looser).
-        return t1 + c.decode(running + 1, ld.kv_tokens + prompt) <= ttft_budget_s + tpot_s
-
     def _has_room(self, e: _Entry, prompt: int, H: int) -> bool:
         ld = e.load
         c = e.costs
@@ -601,9 +749,9 @@ class RoutingPolicy:
         keys = self._bins[t.name].keys
         H = t.mean_output_tokens
         for k in range(min(len(keys), self.max_checks)):
-            sid = keys[k][2]
-            if self._has_room(self._servers[sid], prompt, H):
-                return self._route(sid, "least-loaded")
+            e = self._by_rank[keys[k] & _RANK_MASK]
+            if self._has_room(e, prompt, H):
+                return self._route(e.load.server_id, "least-loaded")
         return None
 
     def _rebin_idle_server(self, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
@@ -612,13 +760,13 @@ class RoutingPolicy:
         for b in self._bins.values():
             if b is own:
                 continue
-            idle = bisect_left(b.keys, (0, 1))  # running 0 and no KV held
+            idle = bisect_left(b.keys, 1 << _KV_SHIFT)  # running 0 and no KV held
             if idle > best_idle or (idle == best_idle and best is not None and idle > 1
                                     and b.tier.tpot_ms > best.tier.tpot_ms):
                 best, best_idle = b, idle
         if best is None:
             return None
-        sid = best.keys[0][2]
+        sid = self._by_rank[best.keys[0] & _RANK_MASK].load.server_id
         e = self._servers[sid]
         if e.load.queued_prefill_tokens:
             return None
@@ -627,7 +775,7 @@ class RoutingPolicy:
         ld.tier = t.name
         self.upsert_server(ld)
         e = self._servers[sid]
-        if not self._feasible(e, prompt, t.mean_output_tokens, ttft_budget_s, t.tpot_ms / 1000.0):
+        if not _feasible(e, prompt, t.mean_output_tokens, ttft_budget_s, t.tpot_ms / 1000.0, self.turnover):
             return None
         return self._route(sid, "rebin")
 
@@ -664,10 +812,10 @@ class RoutingPolicy:
                 key = keys[k]
                 if best is not None and key >= best:
                     break
-                if self._has_room(self._servers[key[2]], prompt, H):
+                if self._has_room(self._by_rank[key & _RANK_MASK], prompt, H):
                     best = key
                     break
-        return self._route(best[2], "least-loaded") if best is not None else None
+        return self._route(self._by_rank[best & _RANK_MASK].load.server_id, "least-loaded") if best is not None else None
 
     def _decide_round_robin(self, t: TierSLO, prompt: int) -> Decision | None:
         b = self._bins[t.name]

@@ -1,0 +1,165 @@
+"""The optimised "slo" decision equals a straightforward full scan.
+
+RoutingPolicy keeps each bin's servers as packed ints in load order, pre-filters levels
+and KV with memoised bounds, and inlines the feasibility check. The reference below is
+the rule as the module docstring states it, written plainly: scan the request's bins
+(own, then strictly tighter TPOT, nearest first), servers from the most loaded
+(running, then KV, then the id sorting last), and take the first that passes the
+capacity, worst-future-iteration, first-token and second-token checks. With the check
+bounds lifted, both must return the same decision on random fleets and request streams
+that also mutate the state (admit, prefill done, finish, observe, readiness, servers
+added and removed).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kubetier.policy.latency import LatencyModel, list_profiles, load_profile
+from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+
+KV_QUANTUM = 512  # the policy rounds KV up to this for the decode cost (conservative)
+UNBOUNDED = 10**9
+
+TIERS = [
+    TierSLO("interactive", ttft_ms=400, tpot_ms=25, priority=100, mean_output_tokens=128),
+    TierSLO("standard", ttft_ms=1500, tpot_ms=50, priority=50, mean_output_tokens=256),
+    TierSLO("batch", ttft_ms=8000, tpot_ms=150, priority=10, mean_output_tokens=256, on_late="queue"),
+]
+
+
+def decode(m: LatencyModel, batch: int, kv: int) -> float:
+    return m.decode_iteration_s(batch, -(-kv // KV_QUANTUM) * KV_QUANTUM)
+
+
+def chunk_extra(m: LatencyModel, tokens: int) -> float:
+    return max(0.0, m.iteration_s(0, 0, tokens) - m.decode_iteration_s(1, 0))
+
+
+def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: float, turnover: float) -> bool:
+    m = s.model
+    B = s.running + 1
+    kv_end = s.kv_tokens + prompt + B * H
+    chunk_b = m.max_num_batched_tokens - B
+    if B > m.max_num_seqs or kv_end > m.kv_capacity_tokens or chunk_b < 1:
+        return False
+    per_token = decode(m, B, kv_end)
+    future = s.queued_prefill_tokens + prompt + int(s.running * prompt * turnover)
+    if future > 0:
+        size = prompt if 0 < prompt < chunk_b else chunk_b
+        per_token += -(-future // size) * chunk_extra(m, size) / H
+    if per_token > tpot:
+        return False
+    if budget == float("inf"):
+        return True
+    chunk = m.max_num_batched_tokens - s.running
+    pending = s.queued_prefill_tokens + prompt
+    t1 = 0.0
+    if pending > 0:
+        n_full, rest = divmod(pending, chunk)
+        d_now = decode(m, s.running, s.kv_tokens) if s.running else m.decode_iteration_s(1, 0)
+        t1 = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
+    if t1 > budget:
+        return False
+    return t1 + decode(m, B, s.kv_tokens + prompt) <= budget + tpot
+
+
+def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) -> tuple:
+    """(action, server id, spilled) by full scan; lateness as the policy's own rule."""
+    t = p.tiers[tier]
+    routable = [s for s in p.servers() if s.ready and not s.draining]
+    models = {id(s.model): s.model for s in p.servers()}
+    # Fastest idle first token over the models of the bins the request may use.
+    usable = [t] + sorted((u for u in TIERS if u.tpot_ms < t.tpot_ms), key=lambda u: -u.tpot_ms)
+    bin_models = {id(s.model): s.model for s in p.servers() if s.tier in {u.name for u in usable}}
+    pool = bin_models or models
+    idle = min((m.prefill_s(prompt) for m in pool.values()), default=0.0)
+    late = waited + idle > t.ttft_ms / 1000.0
+    if late and t.on_late == "reject":
+        return ("reject", None, False)
+    budget = float("inf") if late else t.ttft_ms / 1000.0 - waited
+    for k, host in enumerate(usable):
+        own = sorted((s for s in routable if s.tier == host.name),
+                     key=lambda s: (s.running, s.kv_tokens, s.server_id), reverse=True)
+        for s in own:
+            if reference_feasible(s, prompt, t.mean_output_tokens, budget, host.tpot_ms / 1000.0, p.turnover):
+                return ("route", s.server_id, k > 0)
+    return ("wait", None, False)
+
+
+def random_walk(seed: int, steps: int) -> int:
+    rng = random.Random(seed)
+    models = [load_profile("llama-3.1-8b-h100"), load_profile(sorted(list_profiles())[-1])]
+    p = RoutingPolicy(TIERS, "slo", max_checks=UNBOUNDED, max_checks_per_level=UNBOUNDED,
+                      turnover=rng.choice([1.0, 0.5, 0.0]))
+    n = rng.choice([2, 10, 60, 300])
+    ids: list[str] = []
+    for k in range(n):
+        sid = f"s{rng.randint(0, 9 * n)}-{k}"  # ids arrive out of sorted order
+        r = rng.randint(0, 200)
+        p.upsert_server(ServerLoad(sid, rng.choice(TIERS).name, rng.choice(models[:1] * 3 + models[1:]),
+                                   running=r, kv_tokens=r * rng.randint(0, 1500),
+                                   queued_prefill_tokens=rng.choice([0, 0, 0, 700, 6000])))
+        ids.append(sid)
+    inflight: list[tuple[str, int]] = []
+    compared = 0
+    for step in range(steps):
+        op = rng.random()
+        if op < 0.6:
+            tier = rng.choice(TIERS).name
+            prompt = rng.choice([0, 1, 15, 16, 300, rng.randint(1, 16_000)])
+            waited = rng.choice([0.0, 0.0, 0.2, 1.0, 7.9, 9.0])
+            d = p.decide(tier, prompt, waited)
+            want = reference_decide(p, tier, prompt, waited)
+            assert (d.action, d.server_id, d.spilled) == want, (seed, step, tier, prompt, waited)
+            compared += 1
+            if d.server_id is not None:
+                p.on_admit(d.server_id, prompt, 256)
+                inflight.append((d.server_id, prompt))
+        elif op < 0.72 and inflight:
+            p.on_prefill_done(*inflight[rng.randrange(len(inflight))])
+        elif op < 0.88 and inflight:
+            sid, pr = inflight.pop(rng.randrange(len(inflight)))
+            p.on_finish(sid, pr, rng.randint(0, 400))
+        elif op < 0.94 and ids:
+            r = rng.randint(0, 256)
+            p.observe(rng.choice(ids), r, r * rng.randint(0, 2000), rng.choice([0, 300, 5000]))
+        elif op < 0.96 and ids:
+            p.set_state(rng.choice(ids), ready=rng.random() < 0.8, draining=rng.random() < 0.1)
+        elif op < 0.98:
+            sid = f"n{rng.randint(0, 20 * n)}"
+            p.upsert_server(ServerLoad(sid, rng.choice(TIERS).name, models[0], running=rng.randint(0, 60)))
+            if sid not in ids:
+                ids.append(sid)
+        elif ids:
+            p.remove_server(ids.pop(rng.randrange(len(ids))))
+    return compared
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_optimised_slo_decision_equals_full_scan(seed):
+    assert random_walk(seed, 600) > 300
+
+
+def test_ids_renumbered_when_no_rank_room_is_left_keep_the_tie_order():
+    # Many ids inserted between the same two neighbours exhaust the rank gap and force a
+    # renumbering; ties in (running, KV) must still go to the id that sorts last.
+    model = load_profile("llama-3.1-8b-h100")
+    p = RoutingPolicy(TIERS[:1], "slo", max_checks=UNBOUNDED, max_checks_per_level=UNBOUNDED)
+    p.upsert_server(ServerLoad("a", "interactive", model, running=3))
+    p.upsert_server(ServerLoad("b", "interactive", model, running=3))
+    mids = ["a" + "m" * k for k in range(1, 40)]  # all sort between "a" and "b"
+    for sid in mids:
+        p.upsert_server(ServerLoad(sid, "interactive", model, running=3))
+    assert p.decide("interactive", 100, 0.0).server_id == "b"
+    p.remove_server("b")
+    assert p.decide("interactive", 100, 0.0).server_id == max(mids)
+    p.on_admit("a", 100, 128)  # "a" is now the most loaded: it wins despite its id
+    assert p.decide("interactive", 100, 0.0).server_id == "a"
+
+
+def test_negative_load_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match="kv_tokens"):
+        RoutingPolicy(TIERS).upsert_server(ServerLoad("x", "interactive", load_profile("llama-3.1-8b-h100"), kv_tokens=-1))
