@@ -217,11 +217,13 @@ class _Costs:
 
 
 class _Entry:
-    __slots__ = ("load", "costs", "key", "in_order", "rank")
+    __slots__ = ("load", "costs", "key", "in_order", "rank", "bin", "routes")
 
-    def __init__(self, load: ServerLoad, costs: _Costs, rank: int) -> None:
+    def __init__(self, load: ServerLoad, costs: _Costs, rank: int, b: "_Bin") -> None:
         self.load = load
         self.costs = costs
+        self.bin = b  # the bin of load.tier (a server changes tier only through upsert_server)
+        self.routes: tuple[Decision, Decision] | None = None  # its own-bin and spill decisions
         self.key: int | None = None  # packed (running, kv, id rank) in its bin; None = not routable
         self.in_order = False  # listed in its bin's round-robin order
         self.rank = rank  # the id's position in sorted-id order (spread out, see _RANK_BITS)
@@ -387,6 +389,8 @@ class RoutingPolicy:
         for t in tiers:
             tighter = sorted((u for u in tiers if u.tpot_ms < t.tpot_ms), key=lambda u: (-u.tpot_ms, -u.priority, u.name))
             self._route_bins[t.name] = [self._bins[t.name]] + [self._bins[u.name] for u in tighter]
+        # tier -> (TierSLO, TTFT in seconds): one lookup per decision
+        self._tier_ttft: dict[str, tuple[TierSLO, float]] = {t.name: (t, t.ttft_ms / 1000.0) for t in tiers}
         self._servers: dict[str, _Entry] = {}
         # Server ids in sorted order with their ranks (see _RANK_BITS); rank -> entry.
         # Ids of removed servers keep their rank until the next renumbering.
@@ -417,10 +421,10 @@ class RoutingPolicy:
         rank = self._rank.get(sid)
         if rank is None:
             rank = self._new_rank(sid)
-        e = _Entry(load, costs, rank)
+        b = self._bins[load.tier]
+        e = _Entry(load, costs, rank, b)
         self._servers[sid] = e
         self._by_rank[rank] = e
-        b = self._bins[load.tier]
         if costs not in b.costs:
             b.costs.append(costs)
             b.level_memo.clear()
@@ -521,9 +525,9 @@ class RoutingPolicy:
         if e is None:
             return
         ld = e.load
-        ld.running = max(0, running)
-        ld.kv_tokens = max(0, kv_tokens)
-        ld.queued_prefill_tokens = max(0, queued_prefill_tokens)
+        ld.running = running if running > 0 else 0
+        ld.kv_tokens = kv_tokens if kv_tokens > 0 else 0
+        ld.queued_prefill_tokens = queued_prefill_tokens if queued_prefill_tokens > 0 else 0
         self._rebucket(server_id, e)
 
     def _rebucket(self, sid: str, e: _Entry) -> None:
@@ -531,17 +535,20 @@ class RoutingPolicy:
         if ld.ready and not ld.draining:
             kv = ld.kv_tokens
             key = (ld.running << _RUN_SHIFT) | ((kv if kv <= _KV_MASK else _KV_MASK) << _KV_SHIFT) | e.rank
-            if key == e.key:
+            old = e.key
+            if key == old:
                 return
-            b = self._bins[ld.tier]
-            if e.key is not None:
-                b.discard(e)
-            b.add(e, key)
+            b = e.bin
+            keys = b.keys
+            if old is not None:
+                del keys[bisect_left(keys, old)]
+            insort(keys, key)
+            e.key = key
             if not e.in_order:
                 b.order.append(sid)
                 e.in_order = True
         elif e.key is not None:
-            self._bins[ld.tier].discard(e)
+            e.bin.discard(e)
 
     def _unbucket(self, sid: str, e: _Entry) -> None:
         b = self._bins[e.load.tier]
@@ -554,13 +561,16 @@ class RoutingPolicy:
     # ------------------------------------------------------------------ decisions
 
     def decide(self, tier: str, prompt_tokens: int, waited_s: float) -> Decision:
-        t = self.tiers.get(tier)
-        if t is None:
+        tt = self._tier_ttft.get(tier)
+        if tt is None:
             raise ValueError(f"tier {tier!r} is not a known tier ({', '.join(self.tiers)})")
         if prompt_tokens < 0:
             raise ValueError(f"prompt_tokens must be >= 0, got {prompt_tokens}")
-        ttft_s = t.ttft_ms / 1000.0
-        late = self._is_late(t, prompt_tokens, waited_s)
+        t, ttft_s = tt
+        idle = self._idle_memo[tier].get(prompt_tokens)
+        if idle is None:
+            idle = self._idle_prefill(t, prompt_tokens)
+        late = waited_s + self.scale_up_s + idle > ttft_s  # the rule of _is_late, inlined
         if late and t.on_late == "reject":
             return Decision("reject", None, reason="ttft-unreachable", retry_after_s=self.reject_retry_after_s)
         if self.kind == "slo":
@@ -661,7 +671,12 @@ class RoutingPolicy:
                     j -= 1
                     e = by_rank[keys[j] & _RANK_MASK]
                     if _feasible(e, prompt, H, ttft_budget_s, tpot_s, turnover):
-                        return self._route(e.load.server_id, "own-bin" if own else "spill")
+                        routes = e.routes
+                        if routes is None:
+                            sid = e.load.server_id
+                            routes = e.routes = (Decision("route", sid, spilled=False, reason="own-bin"),
+                                                 Decision("route", sid, spilled=True, reason="spill"))
+                        return routes[0] if own else routes[1]
                     checks -= 1
                     if checks <= 0:
                         return None
