@@ -87,5 +87,24 @@ def print_table(rows: list[dict]) -> None:
               f"{r['wall_us_per_decision_and_update']:>8} {r['route']:>7} {r['wait']:>6} {r['reject']:>6}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m kubetier.router.bench_routing", description=__doc__)
+    ap.add_argument("--sizes", default="10,100,1000", help="comma-separated fleet sizes")
+    ap.add_argument("--steps", type=int, default=20_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--output", type=Path, default=None, help="JSON result file")
+    args = ap.parse_args(argv)
+    rows = run(tuple(int(x) for x in args.sizes.split(",")), args.steps, args.repeats)
+    print_table(rows)
+    if args.output is not None:
+        args.output.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    return 0
+
+
 if __name__ == "__main__":
-    print_table(run())
+    raise SystemExit(main())
