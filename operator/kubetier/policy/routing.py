@@ -217,13 +217,16 @@ class _Costs:
 
 
 class _Entry:
-    __slots__ = ("load", "costs", "key", "in_order", "rank", "bin", "routes")
+    __slots__ = ("load", "costs", "key", "in_order", "rank", "bin", "routes", "step")
 
     def __init__(self, load: ServerLoad, costs: _Costs, rank: int, b: "_Bin") -> None:
         self.load = load
         self.costs = costs
         self.bin = b  # the bin of load.tier (a server changes tier only through upsert_server)
         self.routes: tuple[Decision, Decision] | None = None  # its own-bin and spill decisions
+        # (decode step now, prefill room next to the batch, cost of a full chunk): what
+        # the first-token estimate needs from (running, kv); None after they change.
+        self.step: tuple[float, int, float] | None = None
         self.key: int | None = None  # packed (running, kv, id rank) in its bin; None = not routable
         self.in_order = False  # listed in its bin's round-robin order
         self.rank = rank  # the id's position in sorted-id order (spread out, see _RANK_BITS)
@@ -273,11 +276,13 @@ def _prompt_class(prompt: int) -> tuple[int, int]:
 
 def _feasible(e: _Entry, prompt: int, H: int, ttft_budget_s: float, tpot_s: float, turnover: float) -> bool:
     """The full feasibility check of request (prompt, horizon H) on server ``e`` (see the
-    module docstring): capacity, worst future iteration, first and second token.
+    module docstring): capacity, first token, second token, worst future iteration.
 
     One flat function with the memo lookups inlined: it runs for every candidate a
-    decision visits. RoutingPolicy._tpot_kv_ok is the same capacity/TPOT arithmetic
-    (used for the pre-filter bounds); keep the two in step.
+    decision visits, and most candidates of a busy fleet fail the first-token check, so
+    that runs before the TPOT part (the result is the AND of all checks, order-free).
+    RoutingPolicy._tpot_kv_ok is the same capacity/TPOT arithmetic (used for the
+    pre-filter bounds); keep the two in step.
     """
     ld = e.load
     c = e.costs
@@ -292,13 +297,32 @@ def _feasible(e: _Entry, prompt: int, H: int, ttft_budget_s: float, tpot_s: floa
     chunk_b = c.mbt - B
     if chunk_b < 1:
         return False
+    queued = ld.queued_prefill_tokens
     dec = c._dec
+    ce = c.ce
+    t1 = 0.0
+    if ttft_budget_s != _INF:
+        # First token: queued prompts and ours, chunked next to the running batch.
+        pending = queued + prompt
+        if pending > 0:
+            st = e.step
+            if st is None:
+                st = e.step = _step_terms(c, running, kv)
+            d_now, chunk, x = st
+            n_full, rest = divmod(pending, chunk)
+            if rest:
+                y = ce[rest]
+                if y is None:
+                    y = c.chunk_extra(rest)
+                t1 = n_full * (d_now + x) + (d_now + y)
+            else:
+                t1 = n_full * (d_now + x) + 0.0
+        if t1 > ttft_budget_s:
+            return False
     per_token = dec.get((B << 32) | -(-kv_end // _KV_QUANTUM))
     if per_token is None:
         per_token = c.decode(B, kv_end)
-    queued = ld.queued_prefill_tokens
     future_prefill = queued + prompt + int(running * prompt * turnover)
-    ce = c.ce
     if future_prefill > 0:
         size = prompt if 0 < prompt < chunk_b else chunk_b
         x = ce[size]
@@ -309,37 +333,20 @@ def _feasible(e: _Entry, prompt: int, H: int, ttft_budget_s: float, tpot_s: floa
         return False
     if ttft_budget_s == _INF:
         return True  # a late request of a queueing tier: only others' TPOT matters
-    # First token: queued prompts and ours, chunked next to the running batch.
-    pending = queued + prompt
-    if pending > 0:
-        chunk = c.mbt - running
-        n_full, rest = divmod(pending, chunk)
-        if running:
-            d_now = dec.get((running << 32) | -(-kv // _KV_QUANTUM))
-            if d_now is None:
-                d_now = c.decode(running, kv)
-        else:
-            d_now = c.p0
-        x = ce[chunk]
-        if x is None:
-            x = c.chunk_extra(chunk)
-        if rest:
-            y = ce[rest]
-            if y is None:
-                y = c.chunk_extra(rest)
-            t1 = n_full * (d_now + x) + (d_now + y)
-        else:
-            t1 = n_full * (d_now + x) + 0.0
-    else:
-        t1 = 0.0
-    if t1 > ttft_budget_s:
-        return False
     # Second token, due TPOT after the first (the host's TPOT is never looser).
     kv2 = kv + prompt
     d2 = dec.get((B << 32) | -(-kv2 // _KV_QUANTUM))
     if d2 is None:
         d2 = c.decode(B, kv2)
     return t1 + d2 <= ttft_budget_s + tpot_s
+
+
+def _step_terms(c: _Costs, running: int, kv: int) -> tuple[float, int, float]:
+    """(decode step with this batch, prompt tokens that fit next to it, what a full chunk
+    of them adds): the first-token estimate's per-server terms."""
+    d_now = c.decode(running, kv) if running else c.p0
+    chunk = c.mbt - running
+    return d_now, chunk, c.chunk_extra(chunk)
 
 
 class RoutingPolicy:
@@ -532,6 +539,7 @@ class RoutingPolicy:
 
     def _rebucket(self, sid: str, e: _Entry) -> None:
         ld = e.load
+        e.step = None  # running or KV may have changed
         if ld.ready and not ld.draining:
             kv = ld.kv_tokens
             key = (ld.running << _RUN_SHIFT) | ((kv if kv <= _KV_MASK else _KV_MASK) << _KV_SHIFT) | e.rank
