@@ -75,14 +75,16 @@ cluster-down: install ## stop the local cluster and every process it started
 .PHONY: generate
 generate: install ## regenerate CRDs, chart CRDs and other generated files
 	$(KUBETIER) crds --write crds/
-	@if [ -d charts/kubetier ]; then $(KUBETIER) crds --write charts/kubetier/crds/; fi
+	$(KUBETIER) crds --write charts/kubetier/crds/
+	$(PY) charts/kubetier/hack/crd_reference.py --write
 
 .PHONY: verify
 verify: install ## fail when anything generated has drifted from its source
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(KUBETIER) crds --write $$tmp/crds; \
 	diff -ru --exclude=samples crds $$tmp/crds || { echo "crds/ drifted: run make generate" >&2; exit 1; }; \
-	if [ -d charts/kubetier/crds ]; then diff -ru charts/kubetier/crds $$tmp/crds --exclude=samples || { echo "charts/kubetier/crds drifted: run make generate" >&2; exit 1; }; fi
+	diff -ru charts/kubetier/crds $$tmp/crds --exclude=samples || { echo "charts/kubetier/crds drifted: run make generate" >&2; exit 1; }; \
+	$(PY) charts/kubetier/hack/crd_reference.py | diff -u docs/crd-reference.md - || { echo "docs/crd-reference.md drifted: run make generate" >&2; exit 1; }
 	@echo "generated files are up to date"
 
 .PHONY: bench

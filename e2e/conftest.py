@@ -20,6 +20,7 @@ import yaml
 from kubetier.localdev.access import service_account_objects, token_kubeconfig
 
 from e2e_support import (
+    SESSION_OPERATORS,
     CLUSTER_UP,
     GPU,
     IN_CI,
@@ -142,6 +143,7 @@ def operator_identity(kubectl: Kubectl, kubeconfig: str, crds, workdir: Path) ->
 def operator(operator_identity: dict, workdir: Path):
     """`kubetier operator` under its own ServiceAccount, for the whole session."""
     op = OperatorProcess(operator_identity["kubeconfig"], workdir / "operator.log")
+    SESSION_OPERATORS.append(op)
     op.start()
     time.sleep(1.0)
     assert op.alive(), f"kubetier operator exited at start:\n{op.log_tail()}"

@@ -6,6 +6,7 @@ The suite talks to whatever cluster ``KUBECONFIG`` names (the local KWOK cluster
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -208,6 +209,25 @@ class OperatorProcess:
         cannot <verb> ...`); other 403s, such as writes into a terminating namespace, are not."""
         text = self.log_tail(2_000_000)
         return [line for line in text.splitlines() if RBAC_DENIED.search(line)]
+
+
+# The suite's all-namespaces operator, once started (conftest's `operator` fixture).
+SESSION_OPERATORS: list[OperatorProcess] = []
+
+
+@contextlib.contextmanager
+def session_operator_paused(why: str):
+    """Stop the suite's all-namespaces operator while a test runs its own (the chart's,
+    the demo's): two operators must not reconcile the same objects. Restarted after."""
+    stopped = [op for op in SESSION_OPERATORS if op.alive()]
+    for op in stopped:
+        op.stop()
+        print(f"stopped the suite's operator: {why}")
+    try:
+        yield
+    finally:
+        for op in stopped:
+            op.start()
 
 
 def operator_args() -> list[str]:

@@ -8,25 +8,19 @@ import subprocess
 import sys
 import uuid
 
-from e2e_support import Kubectl
-from test_helm import pause_session_operator
+from e2e_support import Kubectl, session_operator_paused
 
 
-def test_demo_serves_every_tier_through_the_router_and_cleans_up(kubeconfig: str, kubectl: Kubectl, crds,
-                                                                  request, tmp_path):
+def test_demo_serves_every_tier_through_the_router_and_cleans_up(kubeconfig: str, kubectl: Kubectl, crds, tmp_path):
     ns = f"e2e-demo-{uuid.uuid4().hex[:5]}"
     out = tmp_path / "demo.json"
     # The demo runs its own operator (under its own ServiceAccount); the suite's
     # all-namespaces operator must not reconcile the same object meanwhile.
-    paused = pause_session_operator(request)
-    try:
+    with session_operator_paused("the demo runs its own operator"):
         proc = subprocess.run(
             [sys.executable, "-m", "kubetier.cli", "demo", "--kubeconfig", kubeconfig, "--namespace", ns,
              "--duration", "4", "--rate", "6", "--output", str(out)],
             capture_output=True, text=True, timeout=420)
-    finally:
-        if paused is not None:
-            paused.start()
     log = proc.stdout[-6000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, log
     assert "router answered 403" in proc.stdout, log  # the escalation attempt

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e_support import CACHE, REPO, Kubectl, OperatorProcess, condition, model_service, need, tier, wait_until
+from e2e_support import (CACHE, REPO, Kubectl, condition, model_service, need,
+                         session_operator_paused, tier, wait_until)
 
 CHART = REPO / "charts" / "kubetier"
 
@@ -89,22 +90,6 @@ def helm(kubeconfig: str, kubectl: Kubectl) -> Helm:
 def container(kubectl: Kubectl, deployment: str) -> dict:
     d = kubectl.json("get", "deployment", deployment, "-n", CHART_NS)
     return d["spec"]["template"]["spec"]["containers"][0]
-
-
-def pause_session_operator(request) -> OperatorProcess | None:
-    """The suite's own operator (conftest `operator`, all namespaces) must not reconcile
-    alongside the chart's: stop it if this session started it; the caller restarts it."""
-    try:
-        defs = request._fixturemanager.getfixturedefs("operator", request.node) or ()
-    except Exception:  # pytest internals moved: nothing to pause is the safe reading
-        return None
-    for fd in defs:
-        cached = getattr(fd, "cached_result", None)
-        if cached and isinstance(cached[0], OperatorProcess) and cached[0].alive():
-            cached[0].stop()
-            print("test_helm: stopped the suite's operator while the chart's operator runs")
-            return cached[0]
-    return None
 
 
 # --------------------------------------------------------------------------- 1. dry-run
@@ -208,7 +193,7 @@ class Lifecycle:
 
 
 @pytest.fixture(scope="module")
-def lifecycle(kubectl: Kubectl, helm: Helm, kubeconfig: str, app_ns: str, workdir: Path, request):
+def lifecycle(kubectl: Kubectl, helm: Helm, kubeconfig: str, app_ns: str, workdir: Path):
     """`helm install` (defaults, as the README says), then the operator and the router as
     local processes under the chart's ServiceAccounts with the chart's arguments
     (charts/kubetier/hack/run_local.py, as docs/install.md says)."""
@@ -216,18 +201,16 @@ def lifecycle(kubectl: Kubectl, helm: Helm, kubeconfig: str, app_ns: str, workdi
     notes = helm("install", RELEASE, str(CHART), "-n", CHART_NS)
     for crd in ("modelservices.kubetier.io", "powerbudgets.kubetier.io"):
         kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
-    paused = pause_session_operator(request)
     chart = run_local.ChartOnLocalProcesses(kubectl, kubeconfig, RELEASE, CHART_NS, workdir / "helm-local")
     (workdir / "helm-local").mkdir(exist_ok=True)
-    try:
-        chart.start()
-        for c in ("operator", "router"):
-            assert chart.procs[c].argv[0] == c
-        yield Lifecycle(notes, chart)
-    finally:
-        chart.stop()
-        if paused is not None:
-            paused.start()
+    with session_operator_paused("the chart's operator runs"):
+        try:
+            chart.start()
+            for c in ("operator", "router"):
+                assert chart.procs[c].argv[0] == c
+            yield Lifecycle(notes, chart)
+        finally:
+            chart.stop()
 
 
 def test_install_prints_next_steps(lifecycle: Lifecycle, helm: Helm):

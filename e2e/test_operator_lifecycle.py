@@ -26,7 +26,7 @@ from e2e_support import (
     tier_status,
     wait_until,
 )
-from test_reconcile import CHILD_KINDS, EXPECTED, describe, ready_with_counts
+from test_reconcile import EXPECTED, describe, ready_with_counts
 
 OWNED_KINDS = "deployments,statefulsets,services,configmaps,poddisruptionbudgets"
 

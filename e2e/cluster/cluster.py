@@ -22,13 +22,11 @@ import argparse
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 import zipfile

@@ -312,7 +312,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     kubectl = Kubectl(binary, kubeconfig)
     ns = args.namespace
-    repo_crds = Path(__file__).resolve().parents[2] / "crds"
     workdir = Path(tempfile.mkdtemp(prefix="kubetier-demo-"))
     print(f"[demo] logs in {workdir}")
     from kubernetes import config as kconfig
