@@ -81,6 +81,8 @@ KINDS = ("slo", "least-loaded", "round-robin", "static-partition", "two-class", 
 _KV_QUANTUM = 512
 # Memo tables are cleared when they grow past this many entries (bounded memory).
 _MEMO_LIMIT = 200_000
+_DEC_MEMO_MAX = 2_000_000  # the decode memo's bound (it holds a model's whole grid when it fits)
+_SHARED_COSTS_MAX = 32  # latency models whose memos are kept across policy instances
 _INF = float("inf")
 # A bin orders its servers by one int per server, (running, KV, id rank) packed into
 # bit fields, so bisect compares machine-size ints instead of tuples with strings.
@@ -146,7 +148,8 @@ class Decision:
 class _Costs:
     """Memoised iteration costs of one latency model (seconds)."""
 
-    __slots__ = ("model", "mbt", "max_seqs", "kv_cap", "p0", "_dec", "_pre", "_prefill_s", "_kv_grid", "_dvals", "ce")
+    __slots__ = ("model", "mbt", "max_seqs", "kv_cap", "p0", "_dec", "_dec_limit", "_pre", "_prefill_s", "_kv_grid",
+                 "_dvals", "ce")
 
     def __init__(self, model: LatencyModel) -> None:
         self.model = model
@@ -156,6 +159,9 @@ class _Costs:
         # An iteration carrying prompt tokens and no decode, with zero tokens: one weight read.
         self.p0 = model.decode_iteration_s(1, 0)
         self._dec: dict[int, float] = {}
+        # Every (batch, KV quantum) a check can ask for fits, up to a bound: a memo that
+        # is cleared while it is being filled would be refilled forever.
+        self._dec_limit = min(_DEC_MEMO_MAX, max(_MEMO_LIMIT, (self.max_seqs + 2) * (self.kv_cap // _KV_QUANTUM + 2)))
         self._pre: dict[int, float] = {}
         self._prefill_s: dict[int, float] = {}
         # The decode table's KV grid: between its points the decode time is linear in KV,
@@ -188,7 +194,7 @@ class _Costs:
         key = (batch << 32) | q
         v = self._dec.get(key)
         if v is None:
-            if len(self._dec) > _MEMO_LIMIT:
+            if len(self._dec) > self._dec_limit:
                 self._dec.clear()
             v = self._dec[key] = self.model.decode_iteration_s(batch, q * _KV_QUANTUM)
         return v
@@ -214,6 +220,22 @@ class _Costs:
                 self._prefill_s.clear()
             v = self._prefill_s[tokens] = self.model.prefill_s(tokens)
         return v
+
+
+# id(model) -> its memoised costs, shared by every RoutingPolicy of the process: they are
+# pure functions of the (immutable) model, and a fleet simulator's goodput search or a
+# router's config reload builds many policies over the same few models. Each _Costs
+# holds its model, so an id in this table cannot be reused by another model.
+_SHARED_COSTS: dict[int, _Costs] = {}
+
+
+def _costs_for(model: LatencyModel) -> _Costs:
+    c = _SHARED_COSTS.get(id(model))
+    if c is None or c.model is not model:
+        if len(_SHARED_COSTS) >= _SHARED_COSTS_MAX:
+            _SHARED_COSTS.clear()
+        c = _SHARED_COSTS[id(model)] = _Costs(model)
+    return c
 
 
 class _Entry:
@@ -423,7 +445,7 @@ class RoutingPolicy:
             self._unbucket(load.server_id, old)
         costs = self._costs.get(id(load.model))
         if costs is None or costs.model is not load.model:
-            costs = self._costs[id(load.model)] = _Costs(load.model)
+            costs = self._costs[id(load.model)] = _costs_for(load.model)
         sid = load.server_id
         rank = self._rank.get(sid)
         if rank is None:
@@ -548,10 +570,16 @@ class RoutingPolicy:
                 return
             b = e.bin
             keys = b.keys
-            if old is not None:
-                del keys[bisect_left(keys, old)]
-            insort(keys, key)
             e.key = key
+            if old is not None:
+                i = bisect_left(keys, old)
+                # Most updates move a server by a few tokens, past no neighbour: replace
+                # its key in place instead of deleting and re-inserting it.
+                if (i == 0 or keys[i - 1] < key) and (i + 1 == len(keys) or key < keys[i + 1]):
+                    keys[i] = key
+                    return
+                del keys[i]
+            insort(keys, key)
             if not e.in_order:
                 b.order.append(sid)
                 e.in_order = True
