@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -417,7 +418,11 @@ def run(args: argparse.Namespace) -> int:
             cleanup.pop_all()
             print(f"[demo] --keep: operator, router and engines are still running; see {workdir}")
             return 0
-    return 0 if lost == 0 else 1
+    if lost == 0:
+        shutil.rmtree(workdir, ignore_errors=True)  # kept on failure, for its logs
+        return 0
+    print(f"[demo] logs kept in {workdir}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str]) -> int:

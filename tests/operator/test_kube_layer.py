@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import types
 
 from kubetier.operator.kube import RESOURCES, KubeApi, _material, _pem
@@ -19,11 +20,13 @@ def test_kubeconfig_data_is_base64_of_pem_and_pem_passes_through(tmp_path):
     pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
     assert _pem(base64.b64encode(pem).decode()) == pem
     assert _pem(pem) == pem
-    written = _material(None, base64.b64encode(pem))
+    written, temporary = _material(None, base64.b64encode(pem))
+    assert temporary
     with open(written, "rb") as f:
         assert f.read() == pem
-    assert _material(tmp_path / "cert.pem", None) == str(tmp_path / "cert.pem")
-    assert _material(None, None) is None
+    os.unlink(written)
+    assert _material(tmp_path / "cert.pem", None) == (str(tmp_path / "cert.pem"), False)
+    assert _material(None, None) == (None, False)
 
 
 async def test_token_from_connection_info_is_sent():

@@ -8,6 +8,7 @@ the credentials kopf's login produced, so both act as the same identity.
 from __future__ import annotations
 
 import base64
+import os
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -84,8 +85,14 @@ class KubeApi:
                 ctx.load_verify_locations(cadata=_pem(info.ca_data).decode())
             cert, key = _material(info.certificate_path, info.certificate_data), _material(
                 info.private_key_path, info.private_key_data)
-            if cert:
-                ctx.load_cert_chain(certfile=cert, keyfile=key)
+            try:
+                if cert[0]:
+                    ctx.load_cert_chain(certfile=cert[0], keyfile=key[0])
+            finally:
+                # The context holds the key now: leave no private key behind in /tmp.
+                for path, temporary in (cert, key):
+                    if temporary:
+                        os.unlink(path)
             verify = ctx
         headers = {}
         if info.token:
@@ -160,14 +167,15 @@ def _pem(data: str | bytes) -> bytes:
     return raw if raw.lstrip().startswith(b"-----BEGIN") else base64.b64decode(raw)
 
 
-def _material(path: Any, data: Any) -> str | None:
-    """ssl wants files: write inline kubeconfig certificate data to a private temp file."""
+def _material(path: Any, data: Any) -> tuple[str | None, bool]:
+    """ssl wants files: write inline kubeconfig certificate data to a private temp file.
+    Returns (path, whether it is a temp file the caller must remove)."""
     if path:
-        return str(path)
+        return str(path), False
     if not data:
-        return None
+        return None, False
     raw = _pem(data)
     handle = tempfile.NamedTemporaryFile(prefix="kubetier-", suffix=".pem", delete=False)
     with handle:
         handle.write(raw)
-    return handle.name
+    return handle.name, True
