@@ -22,8 +22,11 @@ the worst at every iteration, so one heap per (server, tier) finds every miss.
 
 Routing goes through :class:`kubetier.policy.routing.RoutingPolicy`, called the same way
 the router calls it: ``decide`` on arrival (and on retries of a ``wait``), ``on_admit``,
-``on_prefill_done``, ``on_finish``, plus ``observe`` with the exact engine state after
-every step (the router gets the same correction from the engines' /metrics).
+plus ``observe`` with the exact engine state after every step (the router gets the same
+correction from the engines' /metrics). Prefill completions and finishes happen only
+at the end of a step, right before that ``observe``, which overwrites every field that
+``on_prefill_done`` / ``on_finish`` would change, so the simulator skips those two calls
+(the policy state, and so every decision, is the same; two calls fewer per request).
 """
 
 from __future__ import annotations
@@ -560,7 +563,7 @@ class Simulator:
                 # the token out now is token base+1, due at t_arr + ttft + base*tpot
                 if t - req.t_arr > ttft[tier] + req.base * P + 1e-9:
                     req.failed = True
-                self._on_prefill_done(srv.sid, req.prompt)
+                # (no policy.on_prefill_done: the observe() closing this step supersedes it)
                 if req.output <= 1:
                     self._finish(srv, req, t)
                     continue
@@ -606,7 +609,8 @@ class Simulator:
         srv.reserved -= need
         srv.served += 1
         self.n_done += 1
-        self._on_finish(srv.sid, req.prompt, req.output)
+        # No policy.on_finish: _finish runs only inside _step_end, whose closing observe()
+        # sets the exact state.
         if self.sink is not None:
             tpot = (t - req.t_first) / (req.output + req.base - 1) if req.output + req.base > 1 else 0.0
             queue = req.t_start - req.t_arr if req.t_start >= 0 else 0.0
