@@ -238,6 +238,23 @@ def _costs_for(model: LatencyModel) -> _Costs:
     return c
 
 
+# (the bin's models, its TPOT, turnover) -> that bin's level memo (see _Bin.level_memo),
+# shared the same way: the bounds are pure functions of this key. The key holds the
+# _Costs objects themselves (identity hash), so it cannot match a later model.
+_SHARED_LEVELS: dict[tuple, dict] = {}
+_SHARED_LEVELS_MAX = 256
+
+
+def _level_memo_for(costs: list[_Costs], tpot_s: float, turnover: float) -> dict:
+    key = (tuple(costs), tpot_s, turnover)
+    m = _SHARED_LEVELS.get(key)
+    if m is None:
+        if len(_SHARED_LEVELS) >= _SHARED_LEVELS_MAX:
+            _SHARED_LEVELS.clear()
+        m = _SHARED_LEVELS[key] = {}
+    return m
+
+
 class _Entry:
     __slots__ = ("load", "costs", "key", "in_order", "rank", "bin", "routes", "step")
 
@@ -274,7 +291,7 @@ class _Bin:
         self.costs: list[_Costs] = []  # the distinct latency models of its servers
         # (horizon << 16 | prompt class) -> [highest level that can hold a feasible
         # server, per level the largest key that passes the KV pre-filter (None until
-        # first needed)]; cleared when the bin's models change.
+        # first needed)]; replaced when the bin's models change (_level_memo_for).
         self.level_memo: dict[int, tuple[int, list[int | None]]] = {}
 
     def add(self, e: _Entry, key: int) -> None:
@@ -461,7 +478,7 @@ class RoutingPolicy:
         self._by_rank[rank] = e
         if costs not in b.costs:
             b.costs.append(costs)
-            b.level_memo.clear()
+            b.level_memo = _level_memo_for(b.costs, b.tpot_s, self.turnover)
             for m in self._idle_memo.values():
                 m.clear()
         self._rebucket(sid, e)
