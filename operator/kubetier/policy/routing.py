@@ -42,14 +42,26 @@ using S's latency model (D = decode iteration, chunks = chunked-prefill iteratio
   deadline-based SLO (token i due by arrival + TTFT + i * TPOT), where slack from fast
   decode steps absorbs an occasional slow one.
 
-Cost: the routable servers of a tier are kept sorted by (running batch, KV tokens);
-for a (horizon, prompt class) the highest batch that could pass at all, and for each
-batch the most KV a feasible server may hold, are memoised, so a decision jumps with
-``bisect`` to the most loaded candidate of each level instead of visiting servers that
-are too full. Iteration costs are memoised per model (KV rounded *up* to
-``_KV_QUANTUM`` tokens: conservative). ``max_checks`` full checks per decision (and
+Cost: the routable servers of a tier are kept sorted by (running batch, KV tokens, id),
+each as one int with those three packed into bit fields (``_RUN_SHIFT``, ``_KV_SHIFT``;
+the id enters as its rank in sorted-id order), so ``bisect`` compares plain ints. For a
+(horizon, prompt class) the highest batch that could pass at all, and for each batch the
+largest key a feasible server may have (the most KV it may hold), are memoised, so a
+decision jumps to the most loaded candidate of each level instead of visiting servers
+that are too full. These bounds are only pre-filters: every candidate gets the full
+check (:func:`_feasible`, one flat function; capacity, then first token with per-server
+cached decode-step terms, then TPOT), and a full scan in the same order returns the
+same decision (tests/policy/test_routing_equivalence.py). Iteration costs are memoised
+per model (KV rounded *up* to ``_KV_QUANTUM`` tokens: conservative); the memos are pure
+functions of the model (and the level bounds of the bin's models, TPOT and turnover), so
+every policy in the process shares them. ``max_checks`` full checks per decision (and
 ``max_checks_per_level``) bound the worst case, e.g. many servers with long prefill
 queues; beyond it the answer is "wait".
+
+Known inaccuracy (kept, it is the rule the simulator's results rest on): the
+first-token estimate starts the queued prefill now and ignores the remainder of the
+iteration already in flight on the server (up to one iteration, tens of ms, too
+optimistic).
 
 Baselines (the fleet simulator compares them): ``"least-loaded"`` (own bin, smallest
 batch with room) and ``"round-robin"`` (own bin, next server with room); both ignore
