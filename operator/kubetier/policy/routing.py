@@ -254,7 +254,7 @@ def _costs_for(model: LatencyModel) -> _Costs:
 # shared the same way: the bounds are pure functions of this key. The key holds the
 # _Costs objects themselves (identity hash), so it cannot match a later model.
 _SHARED_LEVELS: dict[tuple, dict] = {}
-_SHARED_LEVELS_MAX = 256
+_SHARED_LEVELS_MAX = 32  # each can hold thousands of level lists: keep few
 
 
 def _level_memo_for(costs: list[_Costs], tpot_s: float, turnover: float) -> dict:
