@@ -8,7 +8,7 @@ import pytest
 
 import kubetier.policy.routing as routing
 from kubetier.policy.latency import LatencyModel, load_profile
-from kubetier.policy.routing import RoutingPolicy, TierSLO
+from kubetier.policy.routing import TierSLO
 from kubetier.sim import runner
 from kubetier.sim.engine import SimConfig, Simulator
 from kubetier.sim.metrics import Collector, summarize

@@ -35,7 +35,7 @@ import gc
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from kubetier.policy.latency import LatencyModel

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kubetier.policy.latency import LatencyModel, load_profile
+from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing import KINDS
 
 from . import workload as wl
