@@ -33,8 +33,8 @@ install: $(VENV)/.installed ## .venv with kubetier and its dev dependencies (ide
 
 .PHONY: demo
 demo: install ## the main job: local cluster + operator + router + simulated engines + traffic
-	@$(CLUSTER) up; \
-	trap '$(CLUSTER) down' EXIT; \
+	@trap '$(CLUSTER) down' EXIT; \
+	$(CLUSTER) up; \
 	KUBECONFIG=$$($(CLUSTER) kubeconfig-path) $(KUBETIER) demo --output demo-summary.json
 
 .PHONY: unit
