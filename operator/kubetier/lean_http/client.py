@@ -11,7 +11,9 @@ per event-loop turn, not per chunk.
   status line and headers arrived (``connect_timeout_s``, ``header_timeout_s``).
 - ``await resp.read_some(timeout)`` -> the body bytes received since the last call, or
   ``b""`` at the end of the body. Connection loss or a timeout mid-body raises
-  ``UpstreamError`` (the router resumes the stream elsewhere).
+  ``UpstreamError`` (the router resumes the stream elsewhere). The relay's hot path
+  uses the same pieces without a coroutine per read: ``resp.read_nowait()`` (``None``
+  when nothing is buffered), ``await resp.wait_readable(timeout)``, ``resp.stalled()``.
 - ``resp.close()`` returns the connection to the pool when the body was read to its
   end and the server keeps the connection alive; otherwise closes it.
 
@@ -47,7 +49,7 @@ class _Conn(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "status", "headers", "_hname", "head_done", "buf",
         "buffered", "complete", "keep_alive", "error", "waiter", "reading_paused", "closed",
-        "max_buffer", "last_activity", "stall_handle", "stall_timeout",
+        "max_buffer", "last_activity", "stall_handle", "stall_timeout", "loop",
     )
 
     def __init__(self, pool: "UpstreamPool") -> None:
@@ -59,6 +61,7 @@ class _Conn(asyncio.Protocol):
         self.last_activity = 0.0
         self.stall_handle: asyncio.TimerHandle | None = None
         self.stall_timeout = 0.0
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -143,20 +146,27 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
         self._wake()
 
-    async def _wait(self, timeout: float) -> None:
-        """Wait for the next parser event, at most ``timeout`` seconds without any bytes.
+    def _arm(self, timeout: float) -> asyncio.Future:
+        """A future done at the next parser event; ``asyncio.TimeoutError`` after
+        ``timeout`` seconds without any bytes.
 
         One stall timer per connection, re-armed only when it fires, instead of a timer
         per wait: a streaming relay waits once per event, and a timer each time would
-        cost a heap insert and cancel per token."""
-        loop = asyncio.get_running_loop()
+        cost a heap insert and cancel per token. Returned as a bare future (no coroutine)
+        so a relay can await it directly, once per event."""
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
         w = self.waiter = loop.create_future()
         if self.stall_handle is None or self.stall_timeout != timeout:
             self._cancel_stall()
             self.stall_timeout = timeout
             self.last_activity = loop.time()
             self.stall_handle = loop.call_later(timeout, self._check_stall)
-        await w
+        return w
+
+    async def _wait(self, timeout: float) -> None:
+        await self._arm(timeout)
 
     def _check_stall(self) -> None:
         self.stall_handle = None
@@ -193,25 +203,45 @@ class UpstreamResponse:
 
     async def read_some(self, timeout: float = 60.0) -> bytes:
         """Body bytes received since the last call (waits for some); ``b""`` at the end."""
-        c = self._conn
         while True:
-            if c.buf:
-                data = c.buf[0] if len(c.buf) == 1 else b"".join(c.buf)
-                c.buf.clear()
-                c.buffered = 0
-                if c.reading_paused and c.transport is not None and not c.closed:
-                    c.reading_paused = False
-                    c.transport.resume_reading()
+            data = self.read_nowait()
+            if data is not None:
                 return data
-            if c.error is not None:
-                raise UpstreamError(c.error, "body")
-            if c.complete:
-                return b""
             try:
-                await c._wait(timeout)
+                await self._conn._arm(timeout)
             except asyncio.TimeoutError:
-                c._fail("upstream sent nothing for %.1f s" % timeout)
-                raise UpstreamError(f"upstream stalled: no bytes for {timeout:.1f} s", "body") from None
+                raise self.stalled(timeout) from None
+
+    def read_nowait(self) -> bytes | None:
+        """Body bytes received since the last call, ``b""`` at the end, or ``None`` when
+        nothing is buffered yet (then await ``wait_readable``). Raises ``UpstreamError``
+        when the connection failed. The relay's per-event path: no coroutine per read."""
+        c = self._conn
+        buf = c.buf
+        if buf:
+            data = buf[0] if len(buf) == 1 else b"".join(buf)
+            buf.clear()
+            c.buffered = 0
+            if c.reading_paused and c.transport is not None and not c.closed:
+                c.reading_paused = False
+                c.transport.resume_reading()
+            return data
+        if c.error is not None:
+            raise UpstreamError(c.error, "body")
+        if c.complete:
+            return b""
+        return None
+
+    def wait_readable(self, timeout: float) -> asyncio.Future:
+        """A future done when the connection has news (bytes, end, failure); it raises
+        ``asyncio.TimeoutError`` after ``timeout`` seconds without bytes (then call
+        ``stalled``). Call only after ``read_nowait`` returned ``None``."""
+        return self._conn._arm(timeout)
+
+    def stalled(self, timeout: float) -> UpstreamError:
+        """Fail the connection after a stall of ``timeout`` seconds; the error to raise."""
+        self._conn._fail("upstream sent nothing for %.1f s" % timeout)
+        return UpstreamError(f"upstream stalled: no bytes for {timeout:.1f} s", "body")
 
     async def read_all(self, timeout: float = 60.0, limit: int = 64 * 1024 * 1024) -> bytes:
         parts: list[bytes] = []

@@ -16,7 +16,8 @@ Behaviour:
   a cap on buffered output plus a stall timeout in ``drain()`` (connection aborted).
 - Responses: full (Content-Length) or streamed (chunked transfer encoding; on HTTP/1.0
   close-delimited). ``write()`` never awaits; ``drain()`` waits only while the transport
-  has paused writing. Client disconnects set ``Response.disconnected`` and fire the
+  has paused writing (``writing_paused`` says so without a coroutine). Client
+  disconnects set ``Response.disconnected`` and fire the
   callbacks added with ``add_disconnect_callback``; the handler is not cancelled.
 - A handler exception becomes a 500 with a JSON error body, or, when a stream had
   already started, an aborted connection (a truncated chunked stream, so the client
@@ -271,6 +272,12 @@ class Response:
     @property
     def disconnected(self) -> bool:
         return self._disconnected
+
+    @property
+    def writing_paused(self) -> bool:
+        """True when ``drain()`` would wait (the client is slow to read). A relay checks
+        this before awaiting ``drain()``, so the common case makes no coroutine per chunk."""
+        return self._conn._write_paused and not self._disconnected
 
     @property
     def started(self) -> bool:

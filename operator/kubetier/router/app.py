@@ -443,9 +443,18 @@ class Router:
         tail = b""
         done = False
         stall = self.stall_timeout_s
+        read = upr.read_nowait
         while True:
+            # Per event: take what is buffered, else await the connection's future directly
+            # (no coroutine per read); the same steps as ``read_some``.
             try:
-                data = await upr.read_some(stall)
+                data = read()
+                if data is None:
+                    try:
+                        await upr.wait_readable(stall)
+                    except asyncio.TimeoutError:
+                        raise upr.stalled(stall) from None
+                    continue
             except UpstreamError as exc:
                 # Lost after [DONE]: the client already has the whole stream.
                 return None if done else str(exc)
@@ -488,7 +497,8 @@ class Router:
                 done = True
             res.write(out)
             sent.append(out)
-            await res.drain()
+            if res.writing_paused:  # drain() only when it would wait: no coroutine per chunk
+                await res.drain()
             if res.disconnected:
                 return "client-gone"
 
