@@ -13,7 +13,9 @@ per event-loop turn, not per chunk.
   ``b""`` at the end of the body. Connection loss or a timeout mid-body raises
   ``UpstreamError`` (the router resumes the stream elsewhere). The relay's hot path
   uses the same pieces without a coroutine per read: ``resp.read_nowait()`` (``None``
-  when nothing is buffered), ``await resp.wait_readable(timeout)``, ``resp.stalled()``.
+  when nothing is buffered), ``await resp.wait_readable(timeout)``, ``resp.stalled()``,
+  and ``resp.set_sink(fn)``: while the reader waits, each read's bytes go straight to
+  ``fn`` from the protocol callback (no task wake-up per event).
 - ``resp.close()`` returns the connection to the pool when the body was read to its
   end and the server keeps the connection alive; otherwise closes it.
 
@@ -24,7 +26,7 @@ the upstream socket pauses until the consumer catches up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import httptools
 
@@ -49,7 +51,7 @@ class _Conn(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "status", "headers", "_hname", "head_done", "buf",
         "buffered", "complete", "keep_alive", "error", "waiter", "reading_paused", "closed",
-        "max_buffer", "last_activity", "stall_handle", "stall_timeout", "loop",
+        "max_buffer", "last_activity", "stall_handle", "stall_timeout", "loop", "sink", "sink_error",
     )
 
     def __init__(self, pool: "UpstreamPool") -> None:
@@ -78,6 +80,8 @@ class _Conn(asyncio.Protocol):
         self.error: str | None = None
         self.waiter: asyncio.Future | None = None
         self.reading_paused = False
+        self.sink: Callable[[bytes], bool] | None = None
+        self.sink_error: Exception | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -92,6 +96,8 @@ class _Conn(asyncio.Protocol):
             self._fail("upstream tried to upgrade the connection")
         except httptools.HttpParserError as exc:
             self._fail(f"malformed upstream response: {exc}")
+        if self.sink is not None and self.waiter is not None and self.buf:
+            self._deliver()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -123,7 +129,8 @@ class _Conn(asyncio.Protocol):
         if self.buffered > self.max_buffer and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self.sink is None:
+            self._wake()
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -137,6 +144,26 @@ class _Conn(asyncio.Protocol):
             self.waiter = None
             if not w.done():
                 w.set_result(None)
+
+    def _deliver(self) -> None:
+        """Hand this read's body bytes to the sink at once, while the reader waits: no
+        future, task step or coroutine resumption per event. The reader is woken when
+        the sink asks (returns False) or raises."""
+        buf = self.buf
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        buf.clear()
+        self.buffered = 0
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        try:
+            keep = self.sink(data)  # type: ignore[misc]
+        except Exception as exc:  # re-raised in the reader, as if it had processed the bytes
+            self.sink = None
+            self.sink_error = exc
+            keep = False
+        if not keep:
+            self._wake()
 
     def _fail(self, message: str) -> None:
         if self.error is None:
@@ -226,11 +253,23 @@ class UpstreamResponse:
                 c.reading_paused = False
                 c.transport.resume_reading()
             return data
+        if c.sink_error is not None:
+            exc, c.sink_error = c.sink_error, None
+            raise exc
         if c.error is not None:
             raise UpstreamError(c.error, "body")
         if c.complete:
             return b""
         return None
+
+    def set_sink(self, sink: Callable[[bytes], bool] | None) -> None:
+        """While the reader awaits ``wait_readable``, pass each read's body bytes straight
+        to ``sink(data)`` from the protocol callback instead of waking the reader; the
+        reader wakes only at the end of the body, on failure, on a stall, when ``sink``
+        returns False (e.g. the consumer must wait for its own client) or raises (the
+        exception comes out of ``read_nowait``). ``None`` stops it. Bytes that arrive while
+        the reader is not waiting are buffered as usual (back-pressure unchanged)."""
+        self._conn.sink = sink
 
     def wait_readable(self, timeout: float) -> asyncio.Future:
         """A future done when the connection has news (bytes, end, failure); it raises
@@ -267,6 +306,7 @@ class UpstreamResponse:
         self._released = True
         c = self._conn
         c._cancel_stall()
+        c.sink = None
         if c.reusable():
             c.pool._put(c)
         else:

@@ -9,7 +9,9 @@ header ``X-Kubetier-Tier`` asks for one of them (default: the loosest allowed). 
 for a tier the key does not allow is a 403 whose body says which tiers it does allow.
 
 The relay forwards complete server-sent events as they arrive (one ``rfind`` and one
-``count`` per batch of bytes, no JSON per token). Failure handling:
+``count`` per batch of bytes, no JSON per token), straight from the upstream
+connection's read callback while the request's task waits (``_EventRelay.feed`` as the
+client's sink): a token costs no task wake-up, future or coroutine. Failure handling:
 
 - before the first byte reaches the client: retry on another server (the failed one is
   marked not ready until its next good health check), up to ``max_attempts``;
@@ -439,68 +441,38 @@ class Router:
             drop_role = chat
 
     async def _pump_events(self, res: Response, upr: UpstreamResponse, ctx: "_Ctx", sent: list[bytes], drop_role: bool) -> str | None:
-        """Relay complete events until the upstream ends. None = finished normally."""
-        tail = b""
-        done = False
+        """Relay complete events until the upstream ends. None = finished normally.
+
+        While this task waits, the upstream connection hands each read straight to
+        ``relay.feed`` (``set_sink``): no task wake-up per event. The task wakes at the
+        end, on failure or stall, and when the client is slow (to drain) or gone."""
+        relay = _EventRelay(res, ctx, sent, drop_role)
         stall = self.stall_timeout_s
         read = upr.read_nowait
-        while True:
-            # Per event: take what is buffered, else await the connection's future directly
-            # (no coroutine per read); the same steps as ``read_some``.
-            try:
-                data = read()
-                if data is None:
-                    try:
-                        await upr.wait_readable(stall)
-                    except asyncio.TimeoutError:
-                        raise upr.stalled(stall) from None
-                    continue
-            except UpstreamError as exc:
-                # Lost after [DONE]: the client already has the whole stream.
-                return None if done else str(exc)
-            if not data:
-                if done:
-                    return None
-                return "upstream ended without [DONE]"
-            if tail:
-                data = tail + data
-            cut = data.rfind(b"\n\n")
-            if cut < 0:
-                tail = data
-                continue
-            cut += 2
-            out = data[:cut]
-            tail = data[cut:]
-            if drop_role and _ROLE_MARK in out:
-                out = b"".join(e + b"\n\n" for e in out.split(b"\n\n") if e and _ROLE_MARK not in e)
-                drop_role = False
-                if not out:
-                    continue
-            n = out.count(_TOKEN_MARK)
-            if n:
-                now = time.monotonic()
-                if ctx.tokens == 0 and _ROLE_MARK in out:
-                    n -= 1  # the chat stream's opening role chunk carries no token
-                if n > 0:
-                    if ctx.first_at == 0.0:
-                        ctx.first_at = now
-                    if not ctx.prefilled:
-                        ctx.prefilled = True
-                        ctx.fleet.prefill_done(ctx.server.spec.server_id, ctx.prompt_tokens_on_server)
-                    # Deadline of the batch's earliest token (index ctx.tokens, from 0).
-                    if now > ctx.arrival + ctx.ttft_s + ctx.tokens * ctx.tpot_s:
-                        ctx.missed = True
-                    ctx.tokens += n
-                    ctx.tokens_on_server += n
-                    ctx.last_at = now
-            if not done and _DONE in out:
-                done = True
-            res.write(out)
-            sent.append(out)
-            if res.writing_paused:  # drain() only when it would wait: no coroutine per chunk
-                await res.drain()
-            if res.disconnected:
-                return "client-gone"
+        upr.set_sink(relay.feed)
+        try:
+            while True:
+                try:
+                    data = read()
+                    if data is None:
+                        try:
+                            await upr.wait_readable(stall)
+                        except asyncio.TimeoutError:
+                            raise upr.stalled(stall) from None
+                        data = b""  # the sink may have relayed while we waited
+                    elif not data:
+                        return None if relay.done else "upstream ended without [DONE]"
+                except UpstreamError as exc:
+                    # Lost after [DONE]: the client already has the whole stream.
+                    return None if relay.done else str(exc)
+                if data:
+                    relay.feed(data)
+                if res.writing_paused:  # drain() only when it would wait: no coroutine per chunk
+                    await res.drain()
+                if res.disconnected:
+                    return "client-gone"
+        finally:
+            upr.set_sink(None)
 
     def _stream_error(self, res: Response, message: str) -> str:
         log.warning("stream error: %s", message)
@@ -508,6 +480,63 @@ class Router:
         res.write(b"data: " + ev.encode() + b"\n\n")
         res.end()
         return "upstream_error"
+
+
+class _EventRelay:
+    """One upstream stream's relay state: complete events out, SLO accounting per batch
+    (one ``rfind`` and one ``count`` per read, no JSON per token)."""
+
+    __slots__ = ("res", "ctx", "sent", "tail", "done", "drop_role")
+
+    def __init__(self, res: Response, ctx: "_Ctx", sent: list[bytes], drop_role: bool) -> None:
+        self.res = res
+        self.ctx = ctx
+        self.sent = sent  # complete events relayed: the text to resume from
+        self.tail = b""  # an incomplete event, kept for the next read
+        self.done = False  # [DONE] relayed
+        self.drop_role = drop_role  # a resumed chat stream: drop its opening role chunk
+
+    def feed(self, data: bytes) -> bool:
+        """Relay the complete events in ``data``. False when the pump must act (the
+        client is slow to read or gone), so the upstream stops feeding and wakes it."""
+        if self.tail:
+            data = self.tail + data
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            self.tail = data
+            return True
+        cut += 2
+        out = data[:cut]
+        self.tail = data[cut:]
+        if self.drop_role and _ROLE_MARK in out:
+            out = b"".join(e + b"\n\n" for e in out.split(b"\n\n") if e and _ROLE_MARK not in e)
+            self.drop_role = False
+            if not out:
+                return True
+        n = out.count(_TOKEN_MARK)
+        if n:
+            ctx = self.ctx
+            now = time.monotonic()
+            if ctx.tokens == 0 and _ROLE_MARK in out:
+                n -= 1  # the chat stream's opening role chunk carries no token
+            if n > 0:
+                if ctx.first_at == 0.0:
+                    ctx.first_at = now
+                if not ctx.prefilled:
+                    ctx.prefilled = True
+                    ctx.fleet.prefill_done(ctx.server.spec.server_id, ctx.prompt_tokens_on_server)
+                # Deadline of the batch's earliest token (index ctx.tokens, from 0).
+                if now > ctx.arrival + ctx.ttft_s + ctx.tokens * ctx.tpot_s:
+                    ctx.missed = True
+                ctx.tokens += n
+                ctx.tokens_on_server += n
+                ctx.last_at = now
+        if not self.done and _DONE in out:
+            self.done = True
+        res = self.res
+        res.write(out)
+        self.sent.append(out)
+        return not (res.writing_paused or res.disconnected)
 
 
 class _Ctx:
