@@ -25,6 +25,16 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    # Multi-line values (the routing ConfigMap's JSON documents) as literal blocks, the
+    # way `kubectl get -o yaml` users read them, not as one escaped line.
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_NoAliases.add_representer(str, _str_presenter)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="kubetier render", description=__doc__.strip().splitlines()[0])
     parser.add_argument("file", help="ModelService YAML ('-' for stdin)")
