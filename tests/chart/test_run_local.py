@@ -41,3 +41,10 @@ def test_plain_env_keeps_literal_values_only():
     c = {"env": [{"name": "A", "value": "1"}, {"name": "HOME", "value": "/tmp"},
                  {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}
     assert run_local.plain_env(c) == {"A": "1"}
+
+
+def test_operator_reads_router_status_from_the_local_router():
+    env = {"A": "1", "KUBETIER_ROUTER_STATUS_URL": "http://kubetier-router.kubetier-system.svc:8080/kubetier/status"}
+    assert run_local.loopback_router_status(env, 40002) == {
+        "A": "1", "KUBETIER_ROUTER_STATUS_URL": "http://127.0.0.1:40002/kubetier/status"}
+    assert run_local.loopback_router_status({"A": "1"}, 40002) == {"A": "1"}

@@ -62,6 +62,17 @@ def expand(arg: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
 
 
+def loopback_router_status(env: dict[str, str], router_port: int) -> dict[str, str]:
+    """The operator's environment with the router status URL pointing at the local router.
+
+    The chart gives the operator the router Service's cluster DNS name, which does not
+    resolve outside the cluster: without this the status never shows attainment.
+    """
+    if "KUBETIER_ROUTER_STATUS_URL" not in env:
+        return env  # router disabled in the chart: keep "attainment unknown"
+    return {**env, "KUBETIER_ROUTER_STATUS_URL": f"http://127.0.0.1:{router_port}/kubetier/status"}
+
+
 def local_command(component: str, container: dict, ports: dict[str, int], env: dict[str, str]) -> list[str]:
     """`kubetier <component> ...` for a local run of the chart's container."""
     assert container["command"] == ["kubetier", component], container["command"]
@@ -144,6 +155,8 @@ class ChartOnLocalProcesses:
         pod_name = f"{workload['metadata']['name']}-{index}"
         env = {**plain_env(container), "POD_INDEX": str(index), "POD_ID": pod_name, "POD_NAME": pod_name,
                "POD_NAMESPACE": self.namespace}
+        if component == "operator":
+            env = loopback_router_status(env, self.router_port)
         return LocalProcess(local_command(component, container, ports, env), kc, self.workdir / f"{name}.log", env)
 
     def start(self) -> "ChartOnLocalProcesses":

@@ -36,13 +36,17 @@ _NoAliases.add_representer(str, _str_presenter)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kubetier render", description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="kubetier render", description=__doc__.strip().split("\n\n")[0].replace("\n", " "))
     parser.add_argument("file", help="ModelService YAML ('-' for stdin)")
     parser.add_argument("--profile-configmap", metavar="FILE",
                         help="ConfigMap YAML to resolve spec.latencyProfile.configMapRef against")
     args = parser.parse_args(argv)
-    text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
-    docs = [d for d in yaml.safe_load_all(text) if d]
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"kubetier render: {args.file}: {exc}", file=sys.stderr)
+        return 1
     services = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ModelService"]
     if not services:
         print(f"kubetier render: {args.file}: no ModelService in the file", file=sys.stderr)
