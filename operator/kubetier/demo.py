@@ -348,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
         with Step("applying a three-tier ModelService (engine: simulator) and its API-key Secrets"):
             kubectl.apply(demo_objects(ns))
             cleanup.callback(lambda: kubectl("delete", "modelservice", SERVICE, "-n", ns, "--ignore-not-found",
-                                             "--wait=true", "--timeout=60s", check=False))
+                                             "--wait=true", "--timeout=60s", check=False, timeout=90))
 
             def ready():
                 cond = ready_condition(kubectl.json("get", "modelservice", SERVICE, "-n", ns))

@@ -68,3 +68,16 @@ def test_least_privilege():
     assert allowed("kubetier.io", "modelservices", "watch") and allowed("kubetier.io", "modelservices", "patch")
     assert allowed("apiextensions.k8s.io", "customresourcedefinitions", "watch")
     assert cluster_role()["rules"] == RULES
+
+
+def test_kopf_settings_keep_deletes_prompt_and_bookkeeping_under_our_domain():
+    import kopf
+
+    from kubetier.operator.handlers import configure_settings
+
+    settings = kopf.OperatorSettings()
+    configure_settings(settings)
+    assert settings.persistence.finalizer == "kubetier.io/finalizer"
+    # A timer caught mid-run on deletion is re-checked after this: it bounds how long
+    # `kubectl delete ms` waits on the finalizer.
+    assert settings.background.cancellation_polling <= 2
