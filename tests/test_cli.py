@@ -34,3 +34,12 @@ def test_subcommand_help(name):
     )
     assert proc.returncode == 0, proc.stderr
     assert "usage" in proc.stdout.lower()
+
+
+def test_router_refuses_a_port_out_of_range(capsys):
+    # The OS would otherwise bind the port modulo 65536.
+    from kubetier.router.main import build_parser as router_parser
+
+    with pytest.raises(SystemExit) as exc:
+        router_parser().parse_args(["--port", "70000"])
+    assert exc.value.code == 2 and "--port" in capsys.readouterr().err

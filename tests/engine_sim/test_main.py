@@ -23,7 +23,7 @@ def test_defaults_match_the_contract():
 @pytest.mark.parametrize(
     "argv",
     [["--time-scale", "0"], ["--fail-fraction", "1.5"], ["--abort-after-tokens", "0"], ["--slowdown", "-1"],
-     ["--model-load-seconds", "-2"], ["--max-num-seqs", "0"]],
+     ["--model-load-seconds", "-2"], ["--max-num-seqs", "0"], ["--port", "99999"], ["--port", "-1"]],
 )
 def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exc:
