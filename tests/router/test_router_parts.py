@@ -52,6 +52,12 @@ def test_config_parses_and_keys_grant_tiers():
     (lambda c: c["models"][0].update(profile="no-such-profile"), "models[0].profile"),
     (lambda c: c.update(routing={"kind": "random"}), "routing.kind"),
     (lambda c: c.update(apiKeys=[{"tiers": ["fast"]}]), "apiKeys[0]: needs 'key' or 'keyEnv'"),
+    # typos are refused, not silently replaced by the default
+    (lambda c: c["models"][0]["tiers"][1].update(onlate="queue"), "models[0].tiers[1].onlate: unknown field"),
+    (lambda c: c["models"][0].update(maxPromptToken=10), "models[0].maxPromptToken: unknown field"),
+    (lambda c: c["models"][0]["servers"][0].update(ID="a"), "models[0].servers[0].ID: unknown field"),
+    (lambda c: c.update(routing={"kind": "slo", "scaleUpSecond": 5}), "routing.scaleUpSecond: unknown field"),
+    (lambda c: c.update(apiKeys=[{"key": "k", "tiers": ["fast"], "model": ["m"]}]), "apiKeys[0].model: unknown field"),
 ])
 def test_config_errors_name_the_field(mutate, message):
     c = cfg()

@@ -79,6 +79,15 @@ def _mapping(v: Any, where: str) -> dict:
     return v
 
 
+def _known_fields(d: dict, allowed: tuple[str, ...], where: str) -> None:
+    # Static files only: a typo (`onlate`, `maxPromptToken`) would otherwise fall back to
+    # the default without a word. Discovery stays lenient, so the operator can add
+    # routing.json fields without breaking older routers.
+    unknown = sorted(set(d) - set(allowed), key=str)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown field (allowed: {', '.join(allowed)})")
+
+
 def _list(v: Any, where: str) -> list:
     if not isinstance(v, list):
         raise ConfigError(f"{where}: must be a list, got {type(v).__name__}")
@@ -95,6 +104,9 @@ def _int(v: Any, where: str, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"{where}: must be an integer >= {lo}, got {v!r}")
     return v
+
+
+TIER_FIELDS = ("name", "ttftMs", "tpotMs", "priority", "meanOutputTokens", "onLate")
 
 
 def parse_tier(d: Any, where: str) -> TierSLO:
@@ -145,6 +157,7 @@ def parse_config(data: Any) -> RouterConfig:
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown field (allowed: apiKeys, models, routing)")
     routing = _mapping(data.get("routing", {}) or {}, "routing")
+    _known_fields(routing, ("kind", "scaleUpSeconds"), "routing")
     kind = routing.get("kind", "slo")
     if kind not in KINDS:
         raise ConfigError(f"routing.kind: {kind!r} is not one of {', '.join(KINDS)}")
@@ -153,13 +166,18 @@ def parse_config(data: Any) -> RouterConfig:
     for i, m in enumerate(_list(_req(data, "models", "config"), "models")):
         where = f"models[{i}]"
         m = _mapping(m, where)
+        _known_fields(m, ("name", "profile", "maxPromptTokens", "tiers", "servers"), where)
         name = _req(m, "name", where)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}.name: must be a non-empty string")
         if name in models:
             raise ConfigError(f"{where}.name: model {name!r} is listed twice")
         profile = parse_profile(_req(m, "profile", where), f"{where}.profile")
-        tiers = [parse_tier(t, f"{where}.tiers[{j}]") for j, t in enumerate(_list(_req(m, "tiers", where), f"{where}.tiers"))]
+        tier_docs = _list(_req(m, "tiers", where), f"{where}.tiers")
+        for j, t in enumerate(tier_docs):
+            if isinstance(t, dict):
+                _known_fields(t, TIER_FIELDS, f"{where}.tiers[{j}]")
+        tiers = [parse_tier(t, f"{where}.tiers[{j}]") for j, t in enumerate(tier_docs)]
         if not tiers:
             raise ConfigError(f"{where}.tiers: needs at least one tier")
         names = [t.name for t in tiers]
@@ -171,6 +189,7 @@ def parse_config(data: Any) -> RouterConfig:
         for j, s in enumerate(_list(m.get("servers", []), f"{where}.servers")):
             sw = f"{where}.servers[{j}]"
             s = _mapping(s, sw)
+            _known_fields(s, ("url", "tier", "id"), sw)
             host, port = parse_url(_req(s, "url", sw), f"{sw}.url")
             tier = _req(s, "tier", sw)
             if tier not in names:
@@ -186,6 +205,7 @@ def parse_config(data: Any) -> RouterConfig:
     for i, k in enumerate(_list(data.get("apiKeys", []) or [], "apiKeys")):
         where = f"apiKeys[{i}]"
         k = _mapping(k, where)
+        _known_fields(k, ("key", "keyEnv", "tiers", "models"), where)
         if "key" in k:
             key = k["key"]
         elif "keyEnv" in k:
