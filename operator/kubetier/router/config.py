@@ -11,14 +11,16 @@ FILE (YAML)::
         tiers:
           - {name: interactive, ttftMs: 300, tpotMs: 30, priority: 100, meanOutputTokens: 256, onLate: reject}
           - {name: batch, ttftMs: 10000, tpotMs: 150, priority: 10, onLate: queue}
-        servers:
+        servers:                                 # engines serving this model under `name`, e.g.
+          # kubetier engine-sim --port 8001 --model llama-3.1-8b  (else the engine 404s)
           - {url: "http://127.0.0.1:8001", tier: interactive}
           - {url: "http://127.0.0.1:8002", tier: batch, id: batch-0}
     apiKeys:                                     # optional; absent = no authentication, every tier open
       - {key: sk-team-a, tiers: [interactive, batch]}           # tier names, any model that has them
       - {keyEnv: TEAM_B_KEY, tiers: [batch], models: [llama-3.1-8b]}
 
-Errors name the offending field (``models[0].tiers[1].tpotMs: ...``).
+Errors name the offending field (``models[0].tiers[1].tpotMs: ...``); unknown fields
+are refused.
 """
 
 from __future__ import annotations
