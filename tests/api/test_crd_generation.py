@@ -96,3 +96,12 @@ def test_modelservice_crd_shape():
     assert set(condition) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
     assert status["conditions"]["x-kubernetes-list-type"] == "map"
     assert crdgen.powerbudget_crd()["spec"]["scope"] == "Cluster"
+
+
+def test_write_to_a_file_path_is_a_clear_error(tmp_path, capsys):
+    from kubetier.api import crdgen
+
+    target = tmp_path / "not-a-dir"
+    target.write_text("x")
+    assert crdgen.main(["--write", str(target)]) == 1
+    assert "is not a directory" in capsys.readouterr().err

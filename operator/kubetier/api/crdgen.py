@@ -122,11 +122,18 @@ def main(argv: list[str]) -> int:
     crds = all_crds()
     if args.write:
         out = Path(args.write)
-        out.mkdir(parents=True, exist_ok=True)
-        for crd in crds:
-            path = out / file_name(crd)
-            path.write_text(render(crd))
-            print(f"wrote {path}", file=sys.stderr)
+        if out.exists() and not out.is_dir():
+            print(f"kubetier crds: --write {args.write}: exists and is not a directory", file=sys.stderr)
+            return 1
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for crd in crds:
+                path = out / file_name(crd)
+                path.write_text(render(crd))
+                print(f"wrote {path}", file=sys.stderr)
+        except OSError as exc:
+            print(f"kubetier crds: --write {args.write}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     else:
         sys.stdout.write("---\n".join(render(crd) for crd in crds))
     return 0
