@@ -73,3 +73,14 @@ def test_every_cel_rule_has_an_invalid_sample():
     for crd in all_crds():
         for message in messages(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]):
             assert any(e in message for e in expects), f"no invalid sample exercises CEL rule {message!r}"
+
+
+def test_readme_modelservice_admits():
+    # The first thing a reader copies: it must be a valid object, not just an illustration.
+    readme = (SAMPLES.parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]]
+    docs = [yaml.safe_load(b) for b in blocks if "kind: ModelService" in b]
+    assert docs, "README.md has no ModelService example"
+    for doc in docs:
+        doc["metadata"].setdefault("namespace", "default")
+        assert isinstance(admit(doc), ModelService)
