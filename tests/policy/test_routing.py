@@ -106,6 +106,42 @@ def test_spilled_request_is_judged_against_the_host_tpot():
     assert (d.action, d.server_id, d.spilled) == ("route", "m80", True)
 
 
+def test_spill_must_leave_the_host_tier_room_for_its_next_request():
+    # Loose request (TTFT 2,000 ms) spills onto an idle tight server (TTFT 500 ms, TPOT
+    # 30 ms) because the loose bin is full. Prompt 4,000 passes every check of its own:
+    #   TPOT on the host: D(1, 4,100 -> 4,608) = 10.46 ms + 5 chunks of 999 * 99.9 ms / 100
+    #   = 15.46 ms <= 30; its first token 4 * 110 = 440 ms <= 2,000.
+    # But a new tight request with the probe prompt (1,024) behind it: batch 1, KV 4,000
+    # (-> 4,096), D = 10.41 ms, chunks of 999 tokens (99.9 ms): 5,024 pending =
+    # 5 full + 29 -> 5 * 110.31 + 10.41 + 2.9 = 564.9 ms > 500 -> the spill is refused.
+    full = MODEL.max_num_seqs
+    p = policy(("t", "tight", 0), ("l", "loose", full), tiers=(TIGHT, LOOSE))
+    assert p.host_probe_prompt_tokens == 1024
+    d = p.decide("loose", 4000, 0.0)
+    assert (d.action, d.server_id) == ("wait", None)
+    # A short spill leaves room: 1,124 pending -> (10.05 + 99.9) + (10.05 + 12.5) = 132.5 ms.
+    d = p.decide("loose", 100, 0.0)
+    assert (d.action, d.server_id, d.spilled) == ("route", "t", True)
+    # Two tight hosts, prompt 3,000. The busier one (batch 1, KV 1,000, 1,000 queued)
+    # passes the TPOT check (D(2, 4,608) = 10.56 + 8 chunks * 99.8 / 100 = 18.5 ms) but the
+    # probe behind it waits 5,024 tokens in chunks of 998: 5 * 110.31 + 10.51 + 3.4 =
+    # 565.5 ms > 500 -> refused. The idle one: 4,024 pending, D(1, 3,072) = 10.31 ms,
+    # 4 * 110.21 + 10.31 + 2.8 = 453.9 ms <= 500 -> it takes the spill.
+    p = policy(("idle", "tight", 0), ("l", "loose", full), tiers=(TIGHT, LOOSE))
+    p.upsert_server(ServerLoad("busy", "tight", MODEL, running=1, kv_tokens=1000, queued_prefill_tokens=1000))
+    d = p.decide("loose", 3000, 0.0)
+    assert (d.action, d.server_id, d.spilled) == ("route", "idle", True)
+    p.remove_server("idle")
+    assert p.decide("loose", 3000, 0.0).action == "wait"
+    # Without the probe the long spill is taken (4 * 110.31 + 10.41 + 0.4 = 452 ms <= 500),
+    # and then the tight tier's next request finds its own server infeasible (564.9 ms).
+    p = policy(("t", "tight", 0), ("l", "loose", full), tiers=(TIGHT, LOOSE), host_probe_prompt_tokens=0)
+    d = p.decide("loose", 4000, 0.0)
+    assert (d.action, d.server_id, d.spilled) == ("route", "t", True)
+    p.on_admit("t", 4000, LOOSE.mean_output_tokens)
+    assert p.decide("tight", 1024, 0.0).action == "wait"
+
+
 def test_wait_reports_how_long_the_request_may_still_wait():
     full = MODEL.max_num_seqs
     p = policy(("t", "tight", full))

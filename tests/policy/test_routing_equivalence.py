@@ -66,6 +66,23 @@ def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: 
     return t1 + decode(m, B, s.kv_tokens + prompt) <= budget + tpot
 
 
+def reference_first_token(m: LatencyModel, running: int, kv: int, pending: int) -> float:
+    if pending <= 0:
+        return 0.0
+    chunk = m.max_num_batched_tokens - running
+    n_full, rest = divmod(pending, chunk)
+    d_now = decode(m, running, kv) if running else m.decode_iteration_s(1, 0)
+    return n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
+
+
+def reference_host_keeps_room(s: ServerLoad, prompt: int, host: TierSLO, probe: int) -> bool:
+    """A spill is refused when a new host-tier request with a ``probe``-token prompt
+    could no longer meet the host's TTFT behind the spilled prompt."""
+    t1 = reference_first_token(s.model, s.running + 1, s.kv_tokens + prompt,
+                               s.queued_prefill_tokens + prompt + probe)
+    return t1 <= host.ttft_ms / 1000.0
+
+
 def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) -> tuple:
     """(action, server id, spilled) by full scan; lateness as the policy's own rule."""
     t = p.tiers[tier]
@@ -84,7 +101,8 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
         own = sorted((s for s in routable if s.tier == host.name),
                      key=lambda s: (s.running, s.kv_tokens, s.server_id), reverse=True)
         for s in own:
-            if reference_feasible(s, prompt, t.mean_output_tokens, budget, host.tpot_ms / 1000.0, p.turnover):
+            if reference_feasible(s, prompt, t.mean_output_tokens, budget, host.tpot_ms / 1000.0, p.turnover) and (
+                    k == 0 or reference_host_keeps_room(s, prompt, host, p.host_probe_prompt_tokens)):
                 return ("route", s.server_id, k > 0)
     return ("wait", None, False)
 

@@ -14,6 +14,13 @@ Rules of kind ``"slo"`` (PolyServe, 2025), for a request of tier T:
    tighter TPOT (tiers with an equal TPOT do not share servers), nearest tighter first (keep the tightest capacity for last). A host
    server is judged against the *host's* TPOT, so the host's own requests stay
    protected; the request's own TTFT still applies. Never onto looser tiers.
+   A spill must also leave the host tier able to use its own server: with the spilled
+   prompt added to the host's queued prefill (and its sequence to the batch), a new
+   host-tier request with a typical prompt (``host_probe_prompt_tokens``, default
+   ``HOST_PROBE_PROMPT_TOKENS``) must still get its first token within the host's TTFT
+   (same first-token estimate as below). Without this, long batch prompts spilled onto
+   the interactive server queue their prefills there and the next interactive arrivals
+   find no feasible server (observed in ``kubetier demo``: 429s during a batch burst).
 3. **Wait** when no server is feasible but the request could still meet its TTFT once
    capacity frees or a scale-up lands (``scale_up_s``); ``retry_after_s`` then says how
    long it can wait before it is late. A "wait" is the demand signal for the tier.
@@ -83,7 +90,7 @@ from typing import Literal
 
 from kubetier.policy.latency import LatencyModel
 
-__all__ = ["Decision", "KINDS", "RoutingPolicy", "ServerLoad", "TierSLO"]
+__all__ = ["Decision", "HOST_PROBE_PROMPT_TOKENS", "KINDS", "RoutingPolicy", "ServerLoad", "TierSLO"]
 
 KINDS = ("slo", "least-loaded", "round-robin", "static-partition", "two-class", "pool-least-loaded", "pool-round-robin")
 
@@ -108,6 +115,11 @@ _RANK_MASK = (1 << _RANK_BITS) - 1
 _KV_MASK = (1 << 32) - 1
 _RANK_SPACE = 1 << _RANK_BITS
 _RANK_GAP = 1 << 16  # spacing of ids appended in sorted order
+# The prompt of the hypothetical next host-tier request a spill must leave room for (see
+# rule 2). The policy keeps no per-tier prompt statistics; about a thousand tokens is
+# taken as a typical chat prompt (a judgement, not measured here); a smaller probe
+# protects the host less, a larger one refuses more spills.
+HOST_PROBE_PROMPT_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -292,11 +304,12 @@ class _Bin:
     never visited one by one.
     """
 
-    __slots__ = ("tier", "tpot_s", "keys", "order", "rr_next", "costs", "level_memo")
+    __slots__ = ("tier", "tpot_s", "ttft_s", "keys", "order", "rr_next", "costs", "level_memo")
 
     def __init__(self, tier: TierSLO) -> None:
         self.tier = tier
         self.tpot_s = tier.tpot_ms / 1000.0
+        self.ttft_s = tier.ttft_ms / 1000.0
         self.keys: list[int] = []  # packed (running, kv, id rank), ascending
         self.order: list[str] = []  # routable server ids, for round-robin
         self.rr_next = 0
@@ -323,6 +336,30 @@ def _prompt_class(prompt: int) -> tuple[int, int]:
     e = prompt.bit_length() - 4
     top = prompt >> e  # 8..15
     return (e << 4) | top, top << e
+
+
+def _first_token_s(c: _Costs, running: int, kv: int, pending: int) -> float:
+    """First-token estimate: ``pending`` prompt tokens prefilled in chunks of
+    ``maxNumBatchedTokens - running`` next to a batch of ``running`` holding ``kv``
+    tokens. :func:`_feasible` inlines the same arithmetic (with a per-server cache of the
+    decode-step terms); keep the two in step."""
+    if pending <= 0:
+        return 0.0
+    d_now = c.decode(running, kv) if running else c.p0
+    chunk = c.mbt - running
+    n_full, rest = divmod(pending, chunk)
+    t = n_full * (d_now + c.chunk_extra(chunk))
+    if rest:
+        t += d_now + c.chunk_extra(rest)
+    return t
+
+
+def _host_keeps_room(e: _Entry, prompt: int, host_ttft_s: float, probe_prompt: int) -> bool:
+    """After spilling ``prompt`` onto ``e``, could a new host-tier request with a
+    ``probe_prompt``-token prompt still meet the host's TTFT there? (rule 2)"""
+    ld = e.load
+    return _first_token_s(e.costs, ld.running + 1, ld.kv_tokens + prompt,
+                          ld.queued_prefill_tokens + prompt + probe_prompt) <= host_ttft_s
 
 
 def _feasible(e: _Entry, prompt: int, H: int, ttft_budget_s: float, tpot_s: float, turnover: float) -> bool:
@@ -420,6 +457,7 @@ class RoutingPolicy:
         max_checks_per_level: int = 8,
         turnover: float = 1.0,
         rebin_idle: bool = False,
+        host_probe_prompt_tokens: int = HOST_PROBE_PROMPT_TOKENS,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"routing kind {kind!r} is unknown (known: {', '.join(KINDS)})")
@@ -431,6 +469,9 @@ class RoutingPolicy:
             raise ValueError(f"tier names must be unique, repeated: {sorted(dup)}")
         if scale_up_s < 0 or reject_retry_after_s <= 0 or max_checks < 1 or turnover < 0:
             raise ValueError("scale_up_s >= 0, reject_retry_after_s > 0, max_checks >= 1, turnover >= 0 required")
+        if host_probe_prompt_tokens < 0:
+            raise ValueError(f"host_probe_prompt_tokens must be >= 0, got {host_probe_prompt_tokens!r}")
+        self.host_probe_prompt_tokens = host_probe_prompt_tokens
         self.kind = kind
         self._pool_rr_next = 0  # "pool-round-robin" position over the whole fleet
         # Shared-pool mode (PolyServe's server reassignment): when no server of the
@@ -707,6 +748,7 @@ class RoutingPolicy:
         by_rank = self._by_rank
         own = True
         H = t.mean_output_tokens
+        probe = self.host_probe_prompt_tokens
         pc, p_lb = _prompt_class(prompt)
         memo_key = (H << 16) | pc
         for b in self._route_bins[t.name]:
@@ -740,7 +782,8 @@ class RoutingPolicy:
                 while True:
                     j -= 1
                     e = by_rank[keys[j] & _RANK_MASK]
-                    if _feasible(e, prompt, H, ttft_budget_s, tpot_s, turnover):
+                    if _feasible(e, prompt, H, ttft_budget_s, tpot_s, turnover) and (
+                            own or _host_keeps_room(e, prompt, b.ttft_s, probe)):
                         routes = e.routes
                         if routes is None:
                             sid = e.load.server_id
