@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 
+from kubetier.lean_http.server import tcp_port
 from kubetier.policy.latency import DEFAULT_PROFILE, LatencyModel, ProfileError, load_profile
 
 
@@ -39,14 +40,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _port(text: str) -> int:
-    # The OS would silently take a larger number modulo 65536 and serve somewhere else.
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port in [0, 65535], got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubetier engine-sim",
@@ -56,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`kubetier engine-sim capacity --help`: concurrent streams one simulator core holds.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=8000, help="port (default: %(default)s; 0 = any free port)")
+    parser.add_argument("--port", type=tcp_port, default=8000, help="port (default: %(default)s; 0 = any free port)")
     parser.add_argument("--profile", default=DEFAULT_PROFILE,
                         help="built-in latency profile name or YAML path (default: %(default)s)")
     parser.add_argument("--model", default="", help="served model name (default: the profile's model)")

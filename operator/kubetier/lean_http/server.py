@@ -29,6 +29,7 @@ repeated headers are joined with ", ".
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import json
@@ -698,3 +699,12 @@ def close_connections(server: asyncio.AbstractServer) -> int:
 def port_of(server: asyncio.AbstractServer) -> int:
     """The TCP port the server listens on (useful with ``port=0``)."""
     return server.sockets[0].getsockname()[1]
+
+
+def tcp_port(text: str) -> int:
+    """argparse type for a listening port: the OS would silently take a larger number
+    modulo 65536 and serve somewhere else."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in [0, 65535], got {text}")
+    return value

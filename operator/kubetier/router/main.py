@@ -17,17 +17,10 @@ import signal
 import subprocess
 import sys
 
+from kubetier.lean_http.server import tcp_port
 from kubetier.router import config as config_mod
 
 log = logging.getLogger("kubetier.router")
-
-
-def _port(text: str) -> int:
-    # The OS would silently take a larger number modulo 65536 and serve somewhere else.
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port in [0, 65535], got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    p.add_argument("--port", type=_port, default=8080, help="port (default: %(default)s)")
+    p.add_argument("--port", type=tcp_port, default=8080, help="port (default: %(default)s)")
     p.add_argument("--config", help="static configuration file (YAML); without it: cluster discovery")
     p.add_argument("--namespace", default=None, help="cluster mode: watch one namespace (default: all)")
     p.add_argument("--local-endpoints", action="store_true",
