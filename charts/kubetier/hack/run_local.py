@@ -44,7 +44,7 @@ def loopback_args(args: list[str], ports: dict[str, int]) -> list[str]:
     """The chart's container arguments rebound to 127.0.0.1, with `--<flag>=...` ports replaced."""
     out = []
     for a in args:
-        a = a.replace("0.0.0.0", "127.0.0.1")
+        a = a.replace("0.0.0.0", "127.0.0.1")  # the chart binds pod IPs; local processes stay on loopback
         for flag, port in ports.items():
             if a.startswith(f"--{flag}="):
                 a = re.sub(r"(:|=)\d+(/|$)", lambda m: f"{m.group(1)}{port}{m.group(2)}", a, count=1)

@@ -16,6 +16,11 @@ from kubetier.operator.model import OperatorConfig
 # Where the simulator finds the latency profile (a key of the routing ConfigMap).
 PROFILE_MOUNT_DIR = "/etc/kubetier/profile"
 PROFILE_FILE = "profile.yaml"
+# In-cluster only: an engine container must accept the router's connections on its pod
+# IP, and the pod's network namespace is its boundary. Every process kubetier starts on
+# a developer's machine (tests, demo, `kubetier engine-sim` defaults, the chart's
+# run_local.py which rewrites this address) binds 127.0.0.1 instead.
+POD_BIND_ADDRESS = "0.0.0.0"
 
 
 def weights_ref(source: str) -> str:
@@ -30,7 +35,7 @@ def engine_command(spec: ModelServiceSpec) -> list[str]:
         cmd = [
             "vllm", "serve", weights_ref(spec.model.source),
             "--served-model-name", spec.model.name,
-            "--host", "0.0.0.0",
+            "--host", POD_BIND_ADDRESS,
             "--port", port,
             "--max-num-seqs", str(e.max_num_seqs),
             "--tensor-parallel-size", gpus,
@@ -44,7 +49,7 @@ def engine_command(spec: ModelServiceSpec) -> list[str]:
             "python3", "-m", "sglang.launch_server",
             "--model-path", weights_ref(spec.model.source),
             "--served-model-name", spec.model.name,
-            "--host", "0.0.0.0",
+            "--host", POD_BIND_ADDRESS,
             "--port", port,
             "--max-running-requests", str(e.max_num_seqs),
             "--tp-size", gpus,
@@ -54,7 +59,7 @@ def engine_command(spec: ModelServiceSpec) -> list[str]:
     else:  # simulator
         cmd = [
             "kubetier", "engine-sim",
-            "--host", "0.0.0.0",
+            "--host", POD_BIND_ADDRESS,
             "--port", port,
             "--profile", f"{PROFILE_MOUNT_DIR}/{PROFILE_FILE}",
             "--model", spec.model.name,
