@@ -38,6 +38,7 @@ from pathlib import Path
 import httpx
 
 from kubetier.localdev.access import Kubectl, find_kubectl, service_account_objects, token_kubeconfig
+from kubetier.stats import percentile
 
 MODEL = "llama-3.1-8b"
 SERVICE = "llama-demo"
@@ -126,13 +127,6 @@ class TierStats:
 
     def record_error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
-
-
-def percentile(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 async def one_request(client: httpx.AsyncClient, stream: Stream, stats: TierStats) -> None:

@@ -29,6 +29,7 @@ import httpx
 from kubetier.engine_sim.loadgen import run_concurrent
 from kubetier.engine_sim.virtual import predict
 from kubetier.policy.latency import DEFAULT_PROFILE, load_profile
+from kubetier.stats import percentile
 
 
 def _free_port() -> int:
@@ -41,11 +42,6 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _level(port: int, pid: int, n: int, args: argparse.Namespace, model) -> dict:
@@ -74,11 +70,11 @@ async def _level(port: int, pid: int, n: int, args: argparse.Namespace, model) -
         "server_cpu_us_per_token": cpu / tokens * 1e6 if tokens else None,
         "ttft_model_p50_ms": statistics.median(p.ttft_s for _, p in pairs) * 1e3 if pairs else None,
         "ttft_added_p50_ms": statistics.median(ttft_added) * 1e3 if pairs else None,
-        "ttft_added_p99_ms": _pct(ttft_added, 0.99) * 1e3 if pairs else None,
+        "ttft_added_p99_ms": percentile(ttft_added, 0.99) * 1e3 if pairs else None,
         "tpot_model_p50_ms": statistics.median(p.tpot_s for _, p in pairs) * 1e3 if pairs else None,
         "tpot_measured_p50_ms": statistics.median(r.tpot for r, _ in pairs) * 1e3 if pairs else None,
         "tpot_ratio_p50": statistics.median(tpot_ratio) if tpot_ratio else None,
-        "tpot_ratio_p99": _pct(tpot_ratio, 0.99) if tpot_ratio else None,
+        "tpot_ratio_p99": percentile(tpot_ratio, 0.99) if tpot_ratio else None,
         "wall_s": wall,
     }
     ttft_ratio = [r.ttft / p.ttft_s for r, p in pairs]

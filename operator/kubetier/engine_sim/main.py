@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 
-from kubetier.lean_http.server import tcp_port
+from kubetier.lean_http.server import serve_until_signalled, tcp_port
 from kubetier.policy.latency import DEFAULT_PROFILE, LatencyModel, ProfileError, load_profile
 
 
@@ -79,7 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace, model: LatencyModel) -> int:
     from kubetier.engine_sim.app import EngineSimulator, SimConfig
-    from kubetier.lean_http import close_connections
 
     if args.max_num_seqs is not None and args.max_num_seqs > model.max_num_batched_tokens:
         print(f"kubetier engine-sim: --max-num-seqs {args.max_num_seqs} exceeds the profile's "
@@ -98,13 +95,7 @@ async def _serve(args: argparse.Namespace, model: LatencyModel) -> int:
         "engine-sim serving %s (profile %s) on http://%s:%d, time scale %g, model load %gs",
         sim.served_model, model.name, args.host, port, args.time_scale, args.model_load_seconds,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    close_connections(server)
+    await serve_until_signalled(server)
     await sim.stop()
     return 0
 

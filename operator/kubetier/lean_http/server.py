@@ -34,6 +34,7 @@ import asyncio
 import collections
 import json
 import logging
+import signal
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -699,6 +700,18 @@ def close_connections(server: asyncio.AbstractServer) -> int:
 def port_of(server: asyncio.AbstractServer) -> int:
     """The TCP port the server listens on (useful with ``port=0``)."""
     return server.sockets[0].getsockname()[1]
+
+
+async def serve_until_signalled(server: asyncio.AbstractServer) -> None:
+    """Serve until SIGINT or SIGTERM, then stop accepting and drain the connections
+    (idle ones close now, busy ones after their current response)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    close_connections(server)
 
 
 def tcp_port(text: str) -> int:

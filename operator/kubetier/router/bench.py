@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from kubetier.router import bench_routing
+from kubetier.stats import percentile
 
 def flat_profile(token_ms: float) -> dict:
     return {
@@ -217,13 +218,6 @@ async def _drive(targets: dict[str, tuple[str, int]], concurrency: int, duration
     return results, elapsed
 
 
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 def summarize(run: Run) -> dict:
     ok = [r for r in run.results if not r.error and r.tokens >= 1]
     ttft = [(r.first_at - r.sent_at) * 1000 for r in ok]
@@ -247,8 +241,8 @@ def summarize(run: Run) -> dict:
         "label": run.label, "concurrency": run.concurrency, "pattern": run.pattern,
         "requests": len(run.results), "errors": len(run.results) - len(ok) - rejected, "rejected_429": rejected,
         "error_examples": sorted({r.error for r in run.results if r.error})[:3],
-        "ttft_ms_p50": _r(_pct(ttft, 0.5)), "ttft_ms_p99": _r(_pct(ttft, 0.99)),
-        "tpot_ms_p50": _r(_pct(tpot, 0.5)), "tpot_ms_p99": _r(_pct(tpot, 0.99)),
+        "ttft_ms_p50": _r(percentile(ttft, 0.5)), "ttft_ms_p99": _r(percentile(ttft, 0.99)),
+        "tpot_ms_p50": _r(percentile(tpot, 0.5)), "tpot_ms_p99": _r(percentile(tpot, 0.99)),
         "goodput_rps": round(met_total / run.duration_s, 1) if run.duration_s else None,
         "tiers": tiers, "cpu_percent": run.cpu, "duration_s": round(run.duration_s, 2),
     }

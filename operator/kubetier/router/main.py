@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 
-from kubetier.lean_http.server import tcp_port
+from kubetier.lean_http.server import serve_until_signalled, tcp_port
 from kubetier.router import config as config_mod
 
 log = logging.getLogger("kubetier.router")
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from kubetier.lean_http import Limits, close_connections, start_server
+    from kubetier.lean_http import Limits, start_server
     from kubetier.router.app import Router
     from kubetier.router.config import RouterConfig
 
@@ -70,13 +70,7 @@ async def _serve(args: argparse.Namespace) -> int:
     server = await start_server(router.handle, args.host, args.port, reuse_port=args.workers > 1 or args.reuse_port,
                                 limits=limits)
     log.info("router listening on %s:%d (%d models)", args.host, args.port, len(router.fleets))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    close_connections(server)
+    await serve_until_signalled(server)
     if discovery_task:
         discovery_task.cancel()
     await router.stop()
