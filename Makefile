@@ -41,6 +41,21 @@ demo: install ## the main job: local cluster + operator + router + simulated eng
 unit: install ## fast tests only (no cluster)
 	@$(call pytest_strict,tests)
 
+.PHONY: lint
+lint: install ## ruff (lint + format check) and the import contracts
+	$(VENV)/bin/ruff check operator tests e2e charts
+	$(VENV)/bin/ruff format --check operator tests e2e charts
+	$(VENV)/bin/lint-imports
+
+.PHONY: typecheck
+typecheck: install ## mypy: strict for kubetier.api and kubetier.policy, checked elsewhere
+	$(VENV)/bin/mypy
+
+.PHONY: fmt
+fmt: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix operator tests e2e charts
+	$(VENV)/bin/ruff format operator tests e2e charts
+
 .PHONY: lint-imports
 lint-imports: install ## layer contract: api/policy import no Kubernetes, HTTP or metrics library
 	$(VENV)/bin/lint-imports
@@ -60,7 +75,7 @@ e2e: install ## e2e on the local cluster (brings it up, runs, brings it down eve
 .PHONY: test
 test: install ## everything: unit, then e2e on the local cluster (the README's test command; .ci/run calls it)
 	@t=$$(date +%s); $(MAKE) --no-print-directory unit; echo "[phase] unit took $$(( $$(date +%s) - t ))s"
-	@$(MAKE) --no-print-directory lint-imports
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory verify
 	@$(MAKE) --no-print-directory e2e
 

@@ -17,20 +17,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetier.localdev.access import service_account_objects, token_kubeconfig
-
 from e2e_support import (
-    SESSION_OPERATORS,
     CLUSTER_UP,
     GPU,
     IN_CI,
     REPO,
+    SESSION_OPERATORS,
     Kubectl,
     OperatorProcess,
     find_kubectl,
     need,
     wait_until,
 )
+from kubetier.localdev.access import service_account_objects, token_kubeconfig
 
 OPERATOR_NAMESPACE = "kubetier-system"
 OPERATOR_SA = "kubetier-operator"
@@ -56,13 +55,18 @@ def kubeconfig() -> str:
 @pytest.fixture(scope="session")
 def kubectl(kubeconfig: str) -> Kubectl:
     binary = find_kubectl()
-    need(binary, "kubectl not found (PATH, $KUBECTL or the cluster cache)",
-         "run: .venv/bin/python e2e/cluster/cluster.py install")
+    need(
+        binary,
+        "kubectl not found (PATH, $KUBECTL or the cluster cache)",
+        "run: .venv/bin/python e2e/cluster/cluster.py install",
+    )
     k = Kubectl(binary, kubeconfig)
     res = k.run("get", "--raw", "/readyz", timeout=20)
-    need(res.returncode == 0 and res.stdout.strip() == "ok",
-         f"the cluster in {kubeconfig} is not reachable ({(res.stderr or res.stdout).strip()[:200]})",
-         f"run: {CLUSTER_UP}")
+    need(
+        res.returncode == 0 and res.stdout.strip() == "ok",
+        f"the cluster in {kubeconfig} is not reachable ({(res.stderr or res.stdout).strip()[:200]})",
+        f"run: {CLUSTER_UP}",
+    )
     return k
 
 
@@ -79,10 +83,14 @@ def api_client(kubeconfig: str, kubectl: Kubectl):
 
 @pytest.fixture(scope="session")
 def gpu_nodes(kubectl: Kubectl) -> list[dict]:
-    nodes = [n for n in kubectl.items("nodes")
-             if int((n.get("status", {}).get("allocatable") or {}).get(GPU, "0") or 0) > 0]
-    need(nodes, f"no node in the cluster advertises {GPU}",
-         "run `make cluster-up` (it creates the fake GPU fleet); on kind, follow e2e/README.md")
+    nodes = [
+        n for n in kubectl.items("nodes") if int((n.get("status", {}).get("allocatable") or {}).get(GPU, "0") or 0) > 0
+    ]
+    need(
+        nodes,
+        f"no node in the cluster advertises {GPU}",
+        "run `make cluster-up` (it creates the fake GPU fleet); on kind, follow e2e/README.md",
+    )
     return nodes
 
 
@@ -130,10 +138,12 @@ def workdir():
 @pytest.fixture(scope="session")
 def operator_identity(kubectl: Kubectl, kubeconfig: str, crds, workdir: Path) -> dict:
     """ServiceAccount + ClusterRole from kubetier.operator.rbac + a token kubeconfig."""
-    kubectl.apply([
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
-        *operator_rbac_objects(OPERATOR_NAMESPACE, OPERATOR_SA, OPERATOR_ROLE),
-    ])
+    kubectl.apply(
+        [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+            *operator_rbac_objects(OPERATOR_NAMESPACE, OPERATOR_SA, OPERATOR_ROLE),
+        ]
+    )
     token = kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE, "--duration=2h").strip()
     path = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig")
     return {"kubeconfig": path, "user": f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"}
@@ -162,10 +172,14 @@ def namespace(kubectl: Kubectl, request):
     handled while the operator still runs) before the namespace goes."""
     short = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:30].strip("-")
     name = f"e2e-{short}-{uuid.uuid4().hex[:5]}"
-    kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
-                   "labels": {"kubetier.io/e2e": "true"}}})
-    wait_until(lambda: kubectl("get", "serviceaccount", "default", "-n", name, "--ignore-not-found", "-o", "name"),
-               f"the default ServiceAccount in {name}", timeout=30)
+    kubectl.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"kubetier.io/e2e": "true"}}}
+    )
+    wait_until(
+        lambda: kubectl("get", "serviceaccount", "default", "-n", name, "--ignore-not-found", "-o", "name"),
+        f"the default ServiceAccount in {name}",
+        timeout=30,
+    )
     yield name
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
     op = request.getfixturevalue("operator") if "operator" in request.fixturenames else None
@@ -173,8 +187,18 @@ def namespace(kubectl: Kubectl, request):
         print(f"----- operator log (tail) -----\n{op.log_tail()}")
     if failed:
         print(kubectl("get", "all,modelservices", "-n", name, "-o", "wide", check=False))
-    kubectl("delete", "modelservices.kubetier.io", "--all", "-n", name, "--wait=true", "--timeout=60s",
-            "--ignore-not-found", check=False, timeout=90)
+    kubectl(
+        "delete",
+        "modelservices.kubetier.io",
+        "--all",
+        "-n",
+        name,
+        "--wait=true",
+        "--timeout=60s",
+        "--ignore-not-found",
+        check=False,
+        timeout=90,
+    )
     kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
@@ -188,4 +212,3 @@ def pytest_sessionfinish(session, exitstatus):
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None and tr.stats.get("skipped") and not tr.stats.get("passed"):
             session.exitstatus = 1
-

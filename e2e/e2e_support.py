@@ -59,8 +59,13 @@ def find_kubectl() -> str | None:
     return access.find_kubectl()
 
 
-def wait_until(fn: Callable[[], T], what: str, timeout: float = 60, interval: float = 0.25,
-               describe: Callable[[], str] | None = None) -> T:
+def wait_until(
+    fn: Callable[[], T],
+    what: str,
+    timeout: float = 60,
+    interval: float = 0.25,
+    describe: Callable[[], str] | None = None,
+) -> T:
     """Poll ``fn`` until it returns something truthy; fail naming ``what`` and the last state."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -77,17 +82,34 @@ def wait_until(fn: Callable[[], T], what: str, timeout: float = 60, interval: fl
 # --------------------------------------------------------------------------- objects
 
 
-def tier(name: str, ttft_ms: int, tpot_ms: int, priority: int, replicas: int, spot: str = "never",
-         on_demand_floor: int = 0, max_replicas: int | None = None) -> dict:
+def tier(
+    name: str,
+    ttft_ms: int,
+    tpot_ms: int,
+    priority: int,
+    replicas: int,
+    spot: str = "never",
+    on_demand_floor: int = 0,
+    max_replicas: int | None = None,
+) -> dict:
     return {
-        "name": name, "ttftMs": ttft_ms, "tpotMs": tpot_ms, "priority": priority, "attainmentPercent": 90,
+        "name": name,
+        "ttftMs": ttft_ms,
+        "tpotMs": tpot_ms,
+        "priority": priority,
+        "attainmentPercent": 90,
         "replicas": {"min": replicas, "max": max(replicas, max_replicas or replicas)},
         "capacity": {"spot": spot, "onDemandFloor": on_demand_floor},
     }
 
 
-def model_service(name: str, namespace: str, tiers: list[dict], gpus_per_replica: int = 2,
-                  gpu_product: str | None = "NVIDIA-H100-80GB-HBM3") -> dict:
+def model_service(
+    name: str,
+    namespace: str,
+    tiers: list[dict],
+    gpus_per_replica: int = 2,
+    gpu_product: str | None = "NVIDIA-H100-80GB-HBM3",
+) -> dict:
     resources: dict[str, Any] = {"gpusPerReplica": gpus_per_replica, "cpu": "4", "memory": "16Gi"}
     if gpu_product:
         resources["gpuProduct"] = gpu_product
@@ -107,11 +129,15 @@ def model_service(name: str, namespace: str, tiers: list[dict], gpus_per_replica
 
 def three_tier_service(name: str, namespace: str) -> dict:
     """interactive on on-demand only, standard may use spot, batch prefers spot."""
-    return model_service(name, namespace, [
-        tier("interactive", 300, 30, 100, replicas=2, spot="never"),
-        tier("standard", 1000, 60, 50, replicas=2, spot="allowed", on_demand_floor=1),
-        tier("batch", 5000, 150, 10, replicas=3, spot="preferred"),
-    ])
+    return model_service(
+        name,
+        namespace,
+        [
+            tier("interactive", 300, 30, 100, replicas=2, spot="never"),
+            tier("standard", 1000, 60, 50, replicas=2, spot="allowed", on_demand_floor=1),
+            tier("batch", 5000, 150, 10, replicas=3, spot="preferred"),
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- observing
@@ -175,7 +201,11 @@ class OperatorProcess:
             out.flush()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig", str(self.kubeconfig), *self.args],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
 
     def alive(self) -> bool:

@@ -18,9 +18,26 @@ def test_demo_serves_every_tier_through_the_router_and_cleans_up(kubeconfig: str
     # all-namespaces operator must not reconcile the same object meanwhile.
     with session_operator_paused("the demo runs its own operator"):
         proc = subprocess.run(
-            [sys.executable, "-m", "kubetier.cli", "demo", "--kubeconfig", kubeconfig, "--namespace", ns,
-             "--duration", "4", "--rate", "6", "--output", str(out)],
-            capture_output=True, text=True, timeout=420)
+            [
+                sys.executable,
+                "-m",
+                "kubetier.cli",
+                "demo",
+                "--kubeconfig",
+                kubeconfig,
+                "--namespace",
+                ns,
+                "--duration",
+                "4",
+                "--rate",
+                "6",
+                "--output",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
     log = proc.stdout[-6000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, log
     assert "router answered 403" in proc.stdout, log  # the escalation attempt

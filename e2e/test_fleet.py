@@ -15,12 +15,14 @@ def test_gpu_fleet_has_zones_capacity_types_and_taints(gpu_nodes):
     for n in gpu_nodes:
         assert n["metadata"]["labels"].get("nvidia.com/gpu.product"), n["metadata"]["name"]
         assert any(t["key"] == GPU and t["effect"] == "NoSchedule" for t in n["spec"].get("taints", [])), (
-            f"{n['metadata']['name']} lacks the {GPU} NoSchedule taint")
+            f"{n['metadata']['name']} lacks the {GPU} NoSchedule taint"
+        )
 
 
 def gpu_pod(name: str, namespace: str, gpus: int, tolerate: bool = True) -> dict:
-    spec = {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
-                            "resources": {"limits": {GPU: str(gpus)}}}]}
+    spec = {
+        "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10", "resources": {"limits": {GPU: str(gpus)}}}]
+    }
     if tolerate:
         spec["tolerations"] = [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
@@ -28,8 +30,14 @@ def gpu_pod(name: str, namespace: str, gpus: int, tolerate: bool = True) -> dict
 
 def test_scheduler_honours_gpu_counts_and_taints(kubectl: Kubectl, gpu_nodes, namespace):
     per_node = min(int(n["status"]["allocatable"][GPU]) for n in gpu_nodes)
-    kubectl.apply([gpu_pod("whole-node-a", namespace, per_node), gpu_pod("whole-node-b", namespace, per_node),
-                   gpu_pod("too-big", namespace, per_node + 1), gpu_pod("no-toleration", namespace, 1, tolerate=False)])
+    kubectl.apply(
+        [
+            gpu_pod("whole-node-a", namespace, per_node),
+            gpu_pod("whole-node-b", namespace, per_node),
+            gpu_pod("too-big", namespace, per_node + 1),
+            gpu_pod("no-toleration", namespace, 1, tolerate=False),
+        ]
+    )
 
     def placed():
         pods = {p["metadata"]["name"]: p for p in kubectl.items("pods", namespace)}

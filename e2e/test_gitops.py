@@ -38,8 +38,7 @@ def get(kubectl: Kubectl, namespace: str, name: str) -> dict:
 
 def spec_owners(obj: dict) -> set[str]:
     """Field managers that own any field under spec."""
-    return {m["manager"] for m in obj["metadata"].get("managedFields", [])
-            if "f:spec" in (m.get("fieldsV1") or {})}
+    return {m["manager"] for m in obj["metadata"].get("managedFields", []) if "f:spec" in (m.get("fieldsV1") or {})}
 
 
 def test_samples_exist():
@@ -57,8 +56,19 @@ def assert_no_drift(kubectl: Kubectl, text: str, namespace: str, name: str, when
     """What a GitOps tool's server-side diff computes: the object a re-apply would store.
     Its spec and generation must equal the live ones. (`kubectl diff` itself also shows
     the status the operator writes between its two reads, so it is not usable here.)"""
-    would = json.loads(kubectl("apply", "--server-side", f"--field-manager={MANAGER}", "--dry-run=server",
-                               "-o", "json", "-f", "-", input=text))
+    would = json.loads(
+        kubectl(
+            "apply",
+            "--server-side",
+            f"--field-manager={MANAGER}",
+            "--dry-run=server",
+            "-o",
+            "json",
+            "-f",
+            "-",
+            input=text,
+        )
+    )
     live = get(kubectl, namespace, name)
     assert would["metadata"]["generation"] == live["metadata"]["generation"], f"{when}: a re-apply would change spec"
     assert would["spec"] == live["spec"], f"{when}: a re-apply would change spec"
@@ -66,8 +76,9 @@ def assert_no_drift(kubectl: Kubectl, text: str, namespace: str, name: str, when
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
-def test_apply_twice_is_a_no_op_and_reconcile_leaves_no_drift(kubectl: Kubectl, crds, operator, namespace: str,
-                                                              sample: Path):
+def test_apply_twice_is_a_no_op_and_reconcile_leaves_no_drift(
+    kubectl: Kubectl, crds, operator, namespace: str, sample: Path
+):
     text, doc = in_namespace(sample, namespace)
     name = doc["metadata"]["name"]
     ssa(kubectl, text)
@@ -80,8 +91,10 @@ def test_apply_twice_is_a_no_op_and_reconcile_leaves_no_drift(kubectl: Kubectl, 
 
     reconciled = wait_until(
         lambda: (o := get(kubectl, namespace, name)) and (o.get("status") or {}).get("observedGeneration") == 1 and o,
-        f"the operator to reconcile {name} (status.observedGeneration = 1)", timeout=90,
-        describe=lambda: f"{get(kubectl, namespace, name).get('status')}\n{operator.log_tail()}")
+        f"the operator to reconcile {name} (status.observedGeneration = 1)",
+        timeout=90,
+        describe=lambda: f"{get(kubectl, namespace, name).get('status')}\n{operator.log_tail()}",
+    )
     assert reconciled["metadata"]["generation"] == 1, "something wrote spec after the GitOps apply"
     assert spec_owners(reconciled) == {MANAGER}, f"spec fields owned by {spec_owners(reconciled)}"
     conditions = {c["type"]: c for c in reconciled["status"].get("conditions", [])}
@@ -98,10 +111,13 @@ def test_defaults_live_in_the_schema(kubectl: Kubectl, crds, namespace: str):
     """A minimal ModelService comes back from the API server with every default filled in,
     so what the operator reads equals what a GitOps diff compares against."""
     minimal = {
-        "apiVersion": "kubetier.io/v1alpha1", "kind": "ModelService",
+        "apiVersion": "kubetier.io/v1alpha1",
+        "kind": "ModelService",
         "metadata": {"name": "minimal", "namespace": namespace},
-        "spec": {"model": {"name": "m", "source": "hf://org/m"},
-                 "tiers": [{"name": "batch", "ttftMs": 5000, "tpotMs": 150}]},
+        "spec": {
+            "model": {"name": "m", "source": "hf://org/m"},
+            "tiers": [{"name": "batch", "ttftMs": 5000, "tpotMs": 150}],
+        },
     }
     res = kubectl.run("create", "--dry-run=server", "-o", "json", "-f", "-", input=yaml.safe_dump(minimal))
     assert res.returncode == 0, res.stderr

@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e_support import (CACHE, REPO, Kubectl, condition, model_service, need,
-                         session_operator_paused, tier, wait_until)
+from e2e_support import CACHE, REPO, Kubectl, condition, model_service, need, session_operator_paused, tier, wait_until
 
 CHART = REPO / "charts" / "kubetier"
 
@@ -50,8 +49,10 @@ INSTANCE = f"app.kubernetes.io/instance={RELEASE}"
 # The API server's PodSecurity admission judges the chart's pods against "restricted".
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
 # Kinds the chart can create, namespaced and cluster-scoped (for "nothing left behind").
-RELEASE_KINDS = ("deployments,services,serviceaccounts,configmaps,secrets,roles,rolebindings,"
-                 "poddisruptionbudgets,networkpolicies,daemonsets")
+RELEASE_KINDS = (
+    "deployments,services,serviceaccounts,configmaps,secrets,roles,rolebindings,"
+    "poddisruptionbudgets,networkpolicies,daemonsets"
+)
 CLUSTER_KINDS = "clusterroles,clusterrolebindings"
 
 
@@ -70,8 +71,9 @@ class Helm:
         self.binary, self.kubeconfig = binary, kubeconfig
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([self.binary, "--kubeconfig", self.kubeconfig, *args],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [self.binary, "--kubeconfig", self.kubeconfig, *args], capture_output=True, text=True, timeout=timeout
+        )
 
     def __call__(self, *args: str, timeout: float = 120) -> str:
         res = self.run(*args, timeout=timeout)
@@ -82,8 +84,11 @@ class Helm:
 @pytest.fixture(scope="module")
 def helm(kubeconfig: str, kubectl: Kubectl) -> Helm:
     binary = find_helm()
-    need(binary, "helm not found ($HELM, the cluster cache or PATH)",
-         "run: .venv/bin/python e2e/cluster/cluster.py install")
+    need(
+        binary,
+        "helm not found ($HELM, the cluster cache or PATH)",
+        "run: .venv/bin/python e2e/cluster/cluster.py install",
+    )
     return Helm(binary, kubeconfig)
 
 
@@ -118,20 +123,42 @@ def dry_run_namespaces(kubectl: Kubectl):
 
 
 @pytest.mark.parametrize("values_file", sorted(VALUES_DIR.glob("ok-*.yaml")), ids=lambda p: p.stem)
-def test_rendered_manifests_pass_server_side_dry_run(kubectl: Kubectl, helm: Helm, crds, values_file: Path,
-                                                     dry_run_namespaces: set):
-    out = helm("template", f"{RELEASE}-dry", str(CHART), "-n", CHART_NS, "-f", str(values_file), "--include-crds",
-               "--set", f"router.service.name={RELEASE}-dry-router")
+def test_rendered_manifests_pass_server_side_dry_run(
+    kubectl: Kubectl, helm: Helm, crds, values_file: Path, dry_run_namespaces: set
+):
+    out = helm(
+        "template",
+        f"{RELEASE}-dry",
+        str(CHART),
+        "-n",
+        CHART_NS,
+        "-f",
+        str(values_file),
+        "--include-crds",
+        "--set",
+        f"router.service.name={RELEASE}-dry-router",
+    )
     docs = [d for d in yaml.safe_load_all(out) if d]
     kept, dropped = _dry_run_docs(docs)
     namespaces = {CHART_NS} | {d["metadata"].get("namespace") for d in kept if d["metadata"].get("namespace")}
     new = {ns for ns in namespaces if not kubectl("get", "namespace", ns, "--ignore-not-found", "-o", "name")}
     dry_run_namespaces.update(new)
-    kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": RESTRICTED}}
-                   for ns in sorted(namespaces)])
-    res = kubectl.run("apply", "--dry-run=server", "--server-side", "--force-conflicts", "--field-manager=helm-e2e",
-                      "-f", "-",
-                      input=json.dumps({"apiVersion": "v1", "kind": "List", "items": kept}))
+    kubectl.apply(
+        [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": RESTRICTED}}
+            for ns in sorted(namespaces)
+        ]
+    )
+    res = kubectl.run(
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=helm-e2e",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": kept}),
+    )
     assert res.returncode == 0, f"the API server refused the {values_file.stem} render:\n{res.stderr}"
     assert "would violate PodSecurity" not in res.stderr, res.stderr
     assert res.stdout.count("(server dry run)") == len(kept), res.stdout
@@ -146,13 +173,25 @@ def test_rendered_manifests_pass_server_side_dry_run(kubectl: Kubectl, helm: Hel
 def app_ns(kubectl: Kubectl, helm: Helm):
     name = f"helm-e2e-{uuid.uuid4().hex[:5]}"
     kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    wait_until(lambda: kubectl("get", "serviceaccount", "default", "-n", name, "--ignore-not-found", "-o", "name"),
-               f"the default ServiceAccount in {name}", timeout=30)
+    wait_until(
+        lambda: kubectl("get", "serviceaccount", "default", "-n", name, "--ignore-not-found", "-o", "name"),
+        f"the default ServiceAccount in {name}",
+        timeout=30,
+    )
     yield name
     # ModelServices kept across uninstall lose their operator: drop finalizers, then the namespace.
     for ms in kubectl.items("modelservices.kubetier.io", name) if _crd_served(kubectl) else []:
-        kubectl("patch", "modelservice", ms["metadata"]["name"], "-n", name, "--type=merge",
-                "-p", '{"metadata":{"finalizers":null}}', check=False)
+        kubectl(
+            "patch",
+            "modelservice",
+            ms["metadata"]["name"],
+            "-n",
+            name,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
     kubectl("delete", "namespace", name, "--wait=false", check=False)
     # A failed run must not leave its release behind (cluster-scoped RBAC included).
     helm.run("uninstall", RELEASE, "-n", CHART_NS, "--ignore-not-found", "--wait", "--timeout=60s")
@@ -178,7 +217,11 @@ def _sample(namespace: str) -> dict:
 def _ready(kubectl: Kubectl, namespace: str, name: str):
     ms = kubectl.json("get", "modelservice", name, "-n", namespace)
     c = condition(ms, "Ready")
-    ok = c and c["status"] == "True" and (ms.get("status") or {}).get("observedGeneration") == ms["metadata"]["generation"]
+    ok = (
+        c
+        and c["status"] == "True"
+        and (ms.get("status") or {}).get("observedGeneration") == ms["metadata"]["generation"]
+    )
     return ms if ok else None
 
 
@@ -217,24 +260,35 @@ def test_install_prints_next_steps(lifecycle: Lifecycle, helm: Helm):
     assert "STATUS: deployed" in lifecycle.notes
     assert "kubectl apply" in lifecycle.notes and f"kubetier-router.{CHART_NS}.svc:8080/v1" in lifecycle.notes
     manifest = [d for d in yaml.safe_load_all(helm("get", "manifest", RELEASE, "-n", CHART_NS)) if d]
-    assert {d["kind"] for d in manifest} >= {"Deployment", "Service", "ServiceAccount", "ClusterRole",
-                                             "ClusterRoleBinding"}
+    assert {d["kind"] for d in manifest} >= {
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    }
 
 
 def test_chart_pods_pass_podsecurity_restricted(lifecycle: Lifecycle, kubectl: Kubectl):
     """The release namespace enforces PodSecurity "restricted": the ReplicaSets could
     create the operator and router pods (KWOK leaves them Pending: the fake nodes are
     GPU-tainted, and they would run no container anyway)."""
+
     def created():
         pods = kubectl.items("pods", CHART_NS, INSTANCE)
         return {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods} >= {"operator", "router"}
 
     def rs_failures() -> str:
-        return "\n".join(f"{rs['metadata']['name']}: {c.get('message')}"
-                         for rs in kubectl.items("replicasets", CHART_NS, INSTANCE)
-                         for c in (rs.get("status") or {}).get("conditions") or [] if c["type"] == "ReplicaFailure")
+        return "\n".join(
+            f"{rs['metadata']['name']}: {c.get('message')}"
+            for rs in kubectl.items("replicasets", CHART_NS, INSTANCE)
+            for c in (rs.get("status") or {}).get("conditions") or []
+            if c["type"] == "ReplicaFailure"
+        )
 
-    wait_until(created, "the chart's pods to be admitted under PodSecurity restricted", timeout=30, describe=rs_failures)
+    wait_until(
+        created, "the chart's pods to be admitted under PodSecurity restricted", timeout=30, describe=rs_failures
+    )
     assert not rs_failures()
 
 
@@ -242,13 +296,23 @@ def test_sample_ready_under_the_chart_rbac(lifecycle: Lifecycle, kubectl: Kubect
     """The three-tier sample reconciles to Ready with the operator holding only the chart's grants."""
     operator = lifecycle.procs["operator"]
     for secret, key in (("team-a-key", "sk-team-a-e2e"), ("batch-jobs-key", "sk-batch-e2e")):
-        kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": app_ns},
-                       "stringData": {"api-key": key}})
+        kubectl.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": secret, "namespace": app_ns},
+                "stringData": {"api-key": key},
+            }
+        )
     lifecycle.sample = sample = _sample(app_ns)
     kubectl.apply(sample)
     name = sample["metadata"]["name"]
-    ms = wait_until(lambda: _ready(kubectl, app_ns, name), f"ModelService {name} Ready under the chart's RBAC",
-                    timeout=120, describe=lambda: f"operator log:\n{operator.tail()}")
+    ms = wait_until(
+        lambda: _ready(kubectl, app_ns, name),
+        f"ModelService {name} Ready under the chart's RBAC",
+        timeout=120,
+        describe=lambda: f"operator log:\n{operator.tail()}",
+    )
     assert operator.alive(), operator.tail()
     assert ms["status"]["endpoint"] == f"http://kubetier-router.{CHART_NS}.svc:8080/v1", ms["status"]
     assert not operator.forbidden(), f"the operator was refused by RBAC:\n{operator.forbidden()[:5]}"
@@ -263,15 +327,30 @@ def test_streaming_completion_through_the_router(lifecycle: Lifecycle, api_clien
     router = lifecycle.procs["router"]
     with LocalEngines(api_client, namespace=app_ns, command=engine_sim_command(time_scale=1.0)) as engines:
         engines.wait_for(lambda eps: len(eps) >= 5, timeout_s=90)
-        text = _stream_completion(lifecycle.router_port, router, api_key="sk-team-a-e2e", tier="interactive",
-                                  model=lifecycle.sample["spec"]["model"]["name"])
+        text = _stream_completion(
+            lifecycle.router_port,
+            router,
+            api_key="sk-team-a-e2e",
+            tier="interactive",
+            model=lifecycle.sample["spec"]["model"]["name"],
+        )
     assert text, "the router streamed no tokens"
     assert not router.forbidden(), f"the router was refused by RBAC:\n{router.forbidden()[:5]}"
 
 
 def test_upgrade_with_changed_values_converges(lifecycle: Lifecycle, kubectl: Kubectl, helm: Helm):
-    helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values",
-         "--set", "router.replicas=2", "--set", "operator.verbose=true")
+    helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        CHART_NS,
+        "--reuse-values",
+        "--set",
+        "router.replicas=2",
+        "--set",
+        "operator.verbose=true",
+    )
     assert kubectl.json("get", "deployment", f"{RELEASE}-kubetier-router", "-n", CHART_NS)["spec"]["replicas"] == 2
     assert "--verbose" in container(kubectl, f"{RELEASE}-kubetier-operator")["args"]
     pdb = kubectl.json("get", "pdb", f"{RELEASE}-kubetier-router", "-n", CHART_NS)
@@ -291,42 +370,68 @@ def _observed_generation(kubectl: Kubectl, namespace: str, name: str) -> int | N
     return (ms.get("status") or {}).get("observedGeneration")
 
 
-def test_operator_replicas_elect_one_through_kopf_peering(lifecycle: Lifecycle, kubectl: Kubectl, helm: Helm,
-                                                          app_ns: str):
+def test_operator_replicas_elect_one_through_kopf_peering(
+    lifecycle: Lifecycle, kubectl: Kubectl, helm: Helm, app_ns: str
+):
     """operator.replicas=2: a StatefulSet whose replicas run with --priority=<pod index>
     and the chart's peering object. Two replicas under the chart's identity: the lower
     one stands by (it does not touch a new ModelService), the higher one reconciles; when
     it stops, the other takes over and reconciles the next change."""
     helm("upgrade", RELEASE, str(CHART), "-n", CHART_NS, "--reuse-values", "--set", "operator.replicas=2")
     kubectl("get", "statefulset", f"{RELEASE}-kubetier-operator", "-n", CHART_NS)
-    assert not kubectl("get", "deployment", "-n", CHART_NS, "-l", f"{INSTANCE},app.kubernetes.io/component=operator",
-                       "-o", "name")
+    assert not kubectl(
+        "get", "deployment", "-n", CHART_NS, "-l", f"{INSTANCE},app.kubernetes.io/component=operator", "-o", "name"
+    )
     kubectl("get", "clusterkopfpeering", "kubetier")
     lifecycle.chart.stop()  # the standalone operator must not reconcile beside the peers
     chart = lifecycle.chart
     replicas = [chart.replica("operator", 0), chart.replica("operator", 1)]
     low, high = replicas
     try:
+
         def peers() -> dict:
             status = kubectl.json("get", "clusterkopfpeering", "kubetier").get("status") or {}
             return {ident: info.get("priority") for ident, info in status.items()}
 
         statefulset = f"{RELEASE}-kubetier-operator"
-        wait_until(lambda: peers() == {f"{statefulset}-0": 0, f"{statefulset}-1": 1},
-                   "both replicas to register in the ClusterKopfPeering with priorities 0 and 1", timeout=60,
-                   describe=lambda: f"{peers()}\nreplica 0:\n{low.tail()}\nreplica 1:\n{high.tail()}")
+        wait_until(
+            lambda: peers() == {f"{statefulset}-0": 0, f"{statefulset}-1": 1},
+            "both replicas to register in the ClusterKopfPeering with priorities 0 and 1",
+            timeout=60,
+            describe=lambda: f"{peers()}\nreplica 0:\n{low.tail()}\nreplica 1:\n{high.tail()}",
+        )
         probe = model_service("ha-probe", app_ns, [tier("batch", 5000, 150, 10, replicas=1)], gpus_per_replica=1)
         kubectl.apply(probe)
-        wait_until(lambda: _observed_generation(kubectl, app_ns, "ha-probe") == 1, "the active replica to reconcile",
-                   timeout=60, describe=high.tail)
+        wait_until(
+            lambda: _observed_generation(kubectl, app_ns, "ha-probe") == 1,
+            "the active replica to reconcile",
+            timeout=60,
+            describe=high.tail,
+        )
         assert "ha-probe" in high.tail(500_000) and "ha-probe" not in low.tail(500_000)
         high.stop()
-        wait_until(lambda: list(peers()) == [f"{statefulset}-0"], "replica 1 to leave the peering", timeout=30,
-                   describe=lambda: str(peers()))
-        kubectl("patch", "modelservice", "ha-probe", "-n", app_ns, "--type=json", "-p",
-                json.dumps([{"op": "replace", "path": "/spec/tiers/0/replicas/max", "value": 2}]))
-        wait_until(lambda: _observed_generation(kubectl, app_ns, "ha-probe") == 2, "replica 0 to reconcile",
-                   timeout=60, describe=low.tail)
+        wait_until(
+            lambda: list(peers()) == [f"{statefulset}-0"],
+            "replica 1 to leave the peering",
+            timeout=30,
+            describe=lambda: str(peers()),
+        )
+        kubectl(
+            "patch",
+            "modelservice",
+            "ha-probe",
+            "-n",
+            app_ns,
+            "--type=json",
+            "-p",
+            json.dumps([{"op": "replace", "path": "/spec/tiers/0/replicas/max", "value": 2}]),
+        )
+        wait_until(
+            lambda: _observed_generation(kubectl, app_ns, "ha-probe") == 2,
+            "replica 0 to reconcile",
+            timeout=60,
+            describe=low.tail,
+        )
         assert not low.forbidden() and not high.forbidden(), (low.forbidden() + high.forbidden())[:5]
         kubectl("delete", "modelservice", "ha-probe", "-n", app_ns, "--wait=true", "--timeout=60s", timeout=90)
     finally:
@@ -337,8 +442,9 @@ def test_operator_replicas_elect_one_through_kopf_peering(lifecycle: Lifecycle, 
         chart.start()
     kubectl("get", "deployment", f"{RELEASE}-kubetier-operator", "-n", CHART_NS)
     assert not kubectl("get", "statefulsets", "-n", CHART_NS, "-l", INSTANCE, "-o", "name")
-    assert not kubectl("get", "crd", "clusterkopfpeerings.kopf.dev", "--ignore-not-found", "-o", "name"), \
+    assert not kubectl("get", "crd", "clusterkopfpeerings.kopf.dev", "--ignore-not-found", "-o", "name"), (
         "the peering CRDs outlived operator.replicas=1"
+    )
 
 
 def test_uninstall_keeps_only_crds_and_instances(lifecycle: Lifecycle, kubectl: Kubectl, helm: Helm, app_ns: str):
@@ -353,17 +459,35 @@ def test_uninstall_keeps_only_crds_and_instances(lifecycle: Lifecycle, kubectl: 
     kubectl.apply(kept)
     wait_until(lambda: _ready(kubectl, app_ns, "kept"), "ModelService kept Ready", timeout=90)
     name = lifecycle.sample.get("metadata", {}).get("name", "llama-8b")
-    kubectl("delete", "modelservice", name, "-n", app_ns, "--wait=true", "--timeout=60s", "--ignore-not-found",
-            timeout=90)
-    wait_until(lambda: not kubectl("get", "deployments,services,configmaps,pods", "-n", app_ns, "-l",
-                                   f"kubetier.io/service={name}", "-o", "name"),
-               f"the children of {name} to be garbage-collected", timeout=60)
+    kubectl(
+        "delete", "modelservice", name, "-n", app_ns, "--wait=true", "--timeout=60s", "--ignore-not-found", timeout=90
+    )
+    wait_until(
+        lambda: (
+            not kubectl(
+                "get",
+                "deployments,services,configmaps,pods",
+                "-n",
+                app_ns,
+                "-l",
+                f"kubetier.io/service={name}",
+                "-o",
+                "name",
+            )
+        ),
+        f"the children of {name} to be garbage-collected",
+        timeout=60,
+    )
     for proc in lifecycle.procs.values():
         proc.stop()
 
     helm("uninstall", RELEASE, "-n", CHART_NS, "--wait", "--timeout=60s")
-    wait_until(lambda: not _release_objects(kubectl), "every object of the release to be deleted", timeout=60,
-               describe=lambda: str(_release_objects(kubectl)))
+    wait_until(
+        lambda: not _release_objects(kubectl),
+        "every object of the release to be deleted",
+        timeout=60,
+        describe=lambda: str(_release_objects(kubectl)),
+    )
     assert not kubectl("get", "secrets", "-n", CHART_NS, "-l", f"owner=helm,name={RELEASE}", "-o", "name")
     assert _crd_served(kubectl), "helm uninstall deleted the ModelService CRD (it must keep CRDs)"
     assert kubectl("get", "modelservice", "kept", "-n", app_ns, "-o", "name"), "uninstall removed a ModelService"

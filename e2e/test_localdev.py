@@ -15,20 +15,41 @@ from kubetier.localdev import LOCAL_ENDPOINT_ANNOTATION, EngineArgs, LocalEngine
 
 
 def managed_deployment(name: str, namespace: str, replicas: int) -> dict:
-    labels = {"app.kubernetes.io/managed-by": "kubetier", "kubetier.io/service": name,
-              "kubetier.io/tier": "t", "kubetier.io/role": "serving"}
+    labels = {
+        "app.kubernetes.io/managed-by": "kubetier",
+        "kubetier.io/service": name,
+        "kubetier.io/tier": "t",
+        "kubetier.io/role": "serving",
+    }
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"kubetier.io/service": name}},
-            "template": {"metadata": {"labels": labels}, "spec": {
-                "tolerations": [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}],
-                "containers": [{"name": "engine", "image": "kubetier/engine-sim",
-                                "args": ["engine-sim", "--port", "8000", "--profile", "llama-3.1-8b-h100",
-                                         "--model", "llama-local"],
-                                "resources": {"limits": {GPU: "1"}}}]}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "tolerations": [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [
+                        {
+                            "name": "engine",
+                            "image": "kubetier/engine-sim",
+                            "args": [
+                                "engine-sim",
+                                "--port",
+                                "8000",
+                                "--profile",
+                                "llama-3.1-8b-h100",
+                                "--model",
+                                "llama-local",
+                            ],
+                            "resources": {"limits": {GPU: "1"}},
+                        }
+                    ],
+                },
+            },
         },
     }
 
@@ -48,16 +69,23 @@ def alive(pid: int) -> bool:
 
 
 def annotations(kubectl: Kubectl, namespace: str) -> dict[str, str | None]:
-    return {f"{namespace}/{p['metadata']['name']}": (p["metadata"].get("annotations") or {}).get(LOCAL_ENDPOINT_ANNOTATION)
-            for p in kubectl.items("pods", namespace) if not p["metadata"].get("deletionTimestamp")}
+    return {
+        f"{namespace}/{p['metadata']['name']}": (p["metadata"].get("annotations") or {}).get(LOCAL_ENDPOINT_ANNOTATION)
+        for p in kubectl.items("pods", namespace)
+        if not p["metadata"].get("deletionTimestamp")
+    }
 
 
 def exercise(kubectl: Kubectl, api_client, namespace: str, command, probe_path: str) -> None:
     kubectl.apply(managed_deployment("local", namespace, 2))
     with LocalEngines(api_client, namespace=namespace, command=command, ready_timeout_s=60) as engines:
         eps = engines.wait_for(lambda e: len(e) == 2, timeout_s=90)
-        wait_until(lambda: annotations(kubectl, namespace) == eps, "pods annotated with their endpoints", timeout=30,
-                   describe=lambda: f"{annotations(kubectl, namespace)} vs {eps}")
+        wait_until(
+            lambda: annotations(kubectl, namespace) == eps,
+            "pods annotated with their endpoints",
+            timeout=30,
+            describe=lambda: f"{annotations(kubectl, namespace)} vs {eps}",
+        )
         for ep in eps.values():
             assert ep.startswith("127.0.0.1:")
             with urllib.request.urlopen(f"http://{ep}{probe_path}", timeout=10) as resp:
@@ -71,8 +99,11 @@ def exercise(kubectl: Kubectl, api_client, namespace: str, command, probe_path: 
         wait_until(lambda: not alive(gone[0]), "the removed pod's engine to stop", timeout=15)
         still = engines.processes()
     assert not any(alive(pid) for pid in still.values()), "LocalEngines left processes behind"
-    wait_until(lambda: set(annotations(kubectl, namespace).values()) == {None},
-               "local-endpoint annotations removed on close", timeout=15)
+    wait_until(
+        lambda: set(annotations(kubectl, namespace).values()) == {None},
+        "local-endpoint annotations removed on close",
+        timeout=15,
+    )
 
 
 def test_local_engines_with_a_stand_in_command(kubectl: Kubectl, api_client, gpu_nodes, namespace):

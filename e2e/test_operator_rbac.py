@@ -17,8 +17,12 @@ def test_operator_identity_is_its_service_account(kubectl: Kubectl, operator_ide
 
 def test_operator_is_not_cluster_admin(kubectl: Kubectl, operator_identity):
     user = operator_identity["user"]
-    for verb, resource in (("*", "*"), ("delete", "nodes"), ("create", "clusterrolebindings"),
-                           ("escalate", "clusterroles")):
+    for verb, resource in (
+        ("*", "*"),
+        ("delete", "nodes"),
+        ("create", "clusterrolebindings"),
+        ("escalate", "clusterroles"),
+    ):
         res = kubectl.run("auth", "can-i", verb, resource, f"--as={user}", "-A")
         assert res.stdout.strip() == "no", f"{user} may {verb} {resource}: the operator must not be admin"
     # and it may do its job
@@ -34,8 +38,9 @@ def test_operator_log_shows_no_forbidden_requests(operator, kubectl, crds, gpu_n
     assert not operator.forbidden_lines(), "\n".join(operator.forbidden_lines()[:20])
 
 
-def test_a_missing_permission_makes_reconcile_fail(kubectl: Kubectl, kubeconfig, crds, operator, gpu_nodes,
-                                                   namespace, workdir):
+def test_a_missing_permission_makes_reconcile_fail(
+    kubectl: Kubectl, kubeconfig, crds, operator, gpu_nodes, namespace, workdir
+):
     """Guard for the guard: the same operator with one rule removed (the one that lets it
     create its workloads) must not reach Ready, so the suite would catch a missing rule."""
     sa, role = "kubetier-operator-crippled", "kubetier-operator-crippled-e2e"
@@ -48,14 +53,16 @@ def test_a_missing_permission_makes_reconcile_fail(kubectl: Kubectl, kubeconfig,
     role_obj["rules"] = kept
     kubectl.apply(objs)
     token = kubectl("create", "token", sa, "-n", OPERATOR_NAMESPACE, "--duration=1h").strip()
-    crippled = OperatorProcess(token_kubeconfig(kubeconfig, token, workdir / "crippled.kubeconfig"),
-                               workdir / "crippled.log")
+    crippled = OperatorProcess(
+        token_kubeconfig(kubeconfig, token, workdir / "crippled.kubeconfig"), workdir / "crippled.log"
+    )
     operator.stop()
     try:
         crippled.start()
         kubectl.apply(three_tier_service("denied", namespace))
-        wait_until(crippled.forbidden_lines, "a 403 in the crippled operator's log", timeout=45,
-                   describe=crippled.log_tail)
+        wait_until(
+            crippled.forbidden_lines, "a 403 in the crippled operator's log", timeout=45, describe=crippled.log_tail
+        )
         for _ in range(5):  # and the service does not become Ready anyway
             ms = kubectl.json("get", "modelservice", "denied", "-n", namespace)
             ready = condition(ms, "Ready")

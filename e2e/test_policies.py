@@ -71,16 +71,25 @@ def policy_ns(kubectl: Kubectl, namespace: str, policies: dict):
 def _wait_active(kubectl: Kubectl, namespace: str) -> None:
     """Bindings take effect asynchronously: wait until an unlabelled object is refused."""
     probe = ms("policy-probe", namespace, labels={})
-    wait_until(lambda: "kubetier-required-labels" in create(kubectl, probe).stderr,
-               "the admission policies to take effect", timeout=30, interval=0.5)
+    wait_until(
+        lambda: "kubetier-required-labels" in create(kubectl, probe).stderr,
+        "the admission policies to take effect",
+        timeout=30,
+        interval=0.5,
+    )
 
 
-def ms(name: str, namespace: str, tiers: list[dict] | None = None, gpus: int = 1,
-       labels: dict | None = None) -> dict:
-    obj = model_service(name, namespace, tiers or [
-        tier("standard", 1000, 60, 50, replicas=1, max_replicas=2, spot="allowed"),
-        tier("batch", 5000, 150, 10, replicas=1, max_replicas=2, spot="preferred"),
-    ], gpus_per_replica=gpus)
+def ms(name: str, namespace: str, tiers: list[dict] | None = None, gpus: int = 1, labels: dict | None = None) -> dict:
+    obj = model_service(
+        name,
+        namespace,
+        tiers
+        or [
+            tier("standard", 1000, 60, 50, replicas=1, max_replicas=2, spot="allowed"),
+            tier("batch", 5000, 150, 10, replicas=1, max_replicas=2, spot="preferred"),
+        ],
+        gpus_per_replica=gpus,
+    )
     obj["metadata"]["labels"] = dict(LABELS if labels is None else labels)
     return obj
 
@@ -159,36 +168,56 @@ def tight_tiers() -> list[dict]:
 
 def test_tight_tier_needs_a_labelled_namespace(kubectl: Kubectl, policy_ns):
     ns = policy_ns()
-    assert_rejected(kubectl, ms("tight", ns, tight_tiers()),
-                    "kubetier-tight-tiers", "spec.tiers realtime (tpotMs 20)", "below 25 ms",
-                    "kubetier.io/tight-tiers-allowed=true")
+    assert_rejected(
+        kubectl,
+        ms("tight", ns, tight_tiers()),
+        "kubetier-tight-tiers",
+        "spec.tiers realtime (tpotMs 20)",
+        "below 25 ms",
+        "kubetier.io/tight-tiers-allowed=true",
+    )
     # At the threshold is not below it.
     at = tight_tiers()
     at[0]["tpotMs"] = 25
     assert_allowed(kubectl, ms("at-threshold", ns, at))
     policy_ns({"kubetier.io/tight-tiers-allowed": "true"})
-    wait_until(lambda: create(kubectl, ms("tight", ns, tight_tiers())).returncode == 0,
-               "the tight tier to be admitted once the namespace is labelled", timeout=15)
+    wait_until(
+        lambda: create(kubectl, ms("tight", ns, tight_tiers())).returncode == 0,
+        "the tight tier to be admitted once the namespace is labelled",
+        timeout=15,
+    )
 
 
 def _set_threshold(kubectl: Kubectl, ms_per_token: int) -> None:
     policy = kubectl.json("get", "validatingadmissionpolicy", "kubetier-tight-tiers")
     index = [v["name"] for v in policy["spec"]["variables"]].index("tightTierTpotMs")
-    kubectl("patch", "validatingadmissionpolicy", "kubetier-tight-tiers", "--type=json", "-p", json.dumps(
-        [{"op": "replace", "path": f"/spec/variables/{index}/expression", "value": str(ms_per_token)}]))
+    kubectl(
+        "patch",
+        "validatingadmissionpolicy",
+        "kubetier-tight-tiers",
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "replace", "path": f"/spec/variables/{index}/expression", "value": str(ms_per_token)}]),
+    )
 
 
 def test_tight_tier_threshold_is_the_policy_variable(kubectl: Kubectl, policy_ns):
     ns = policy_ns()
     _set_threshold(kubectl, 15)
     try:
-        wait_until(lambda: create(kubectl, ms("tight", ns, tight_tiers())).returncode == 0,
-                   "tpotMs 20 to be admitted under a 15 ms threshold", timeout=15,
-                   describe=lambda: create(kubectl, ms("tight", ns, tight_tiers())).stderr)
+        wait_until(
+            lambda: create(kubectl, ms("tight", ns, tight_tiers())).returncode == 0,
+            "tpotMs 20 to be admitted under a 15 ms threshold",
+            timeout=15,
+            describe=lambda: create(kubectl, ms("tight", ns, tight_tiers())).stderr,
+        )
     finally:
         _set_threshold(kubectl, 25)
-    wait_until(lambda: "below 25 ms" in create(kubectl, ms("tight", ns, tight_tiers())).stderr,
-               "the 25 ms threshold to be back", timeout=15)
+    wait_until(
+        lambda: "below 25 ms" in create(kubectl, ms("tight", ns, tight_tiers())).stderr,
+        "the 25 ms threshold to be back",
+        timeout=15,
+    )
 
 
 # --------------------------------------------------------------------------- spot only
@@ -197,8 +226,14 @@ def test_tight_tier_threshold_is_the_policy_variable(kubectl: Kubectl, policy_ns
 def test_spot_only_namespace(kubectl: Kubectl, policy_ns):
     ns = policy_ns({"kubetier.io/spot-only": "true"})
     assert_allowed(kubectl, ms("all-spot", ns), dry_run=False)
-    on_demand = ms("on-demand", ns, [tier("interactive", 300, 30, 100, replicas=1, spot="never"),
-                                     tier("batch", 5000, 150, 10, replicas=1, spot="preferred")])
+    on_demand = ms(
+        "on-demand",
+        ns,
+        [
+            tier("interactive", 300, 30, 100, replicas=1, spot="never"),
+            tier("batch", 5000, 150, 10, replicas=1, spot="preferred"),
+        ],
+    )
     assert_rejected(kubectl, on_demand, "kubetier-spot-only", "spec.tiers interactive", "capacity.spot")
     floor = ms("floor", ns, [tier("standard", 1000, 60, 50, replicas=2, spot="allowed", on_demand_floor=1)])
     assert_rejected(kubectl, floor, "kubetier-spot-only", "spec.tiers standard", "capacity.onDemandFloor to 0")
@@ -214,12 +249,23 @@ def test_metadata_updates_pass_spec_updates_are_checked(kubectl: Kubectl, policy
     obj = ms("legacy", ns, [tier("interactive", 300, 30, 100, replicas=1, spot="never")])
     assert_allowed(kubectl, obj, dry_run=False)
     policy_ns({"kubetier.io/spot-only": "true"})
-    wait_until(lambda: create(kubectl, ms("probe", ns, obj["spec"]["tiers"])).returncode != 0,
-               "spot-only to apply to the namespace", timeout=15)
+    wait_until(
+        lambda: create(kubectl, ms("probe", ns, obj["spec"]["tiers"])).returncode != 0,
+        "spot-only to apply to the namespace",
+        timeout=15,
+    )
     res = kubectl.run("annotate", "modelservice", "legacy", "-n", ns, "example.com/touched=yes")
     assert res.returncode == 0, f"a metadata-only update was refused:\n{res.stderr}"
-    res = kubectl.run("patch", "modelservice", "legacy", "-n", ns, "--type=json", "-p",
-                      json.dumps([{"op": "replace", "path": "/spec/tiers/0/replicas/max", "value": 2}]))
+    res = kubectl.run(
+        "patch",
+        "modelservice",
+        "legacy",
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "replace", "path": "/spec/tiers/0/replicas/max", "value": 2}]),
+    )
     assert res.returncode != 0 and "kubetier-spot-only" in res.stderr, res.stderr
 
 
@@ -229,17 +275,25 @@ def test_metadata_updates_pass_spec_updates_are_checked(kubectl: Kubectl, policy
 def test_required_labels(kubectl: Kubectl, policy_ns):
     ns = policy_ns()
     assert_allowed(kubectl, ms("labelled", ns))
-    assert_rejected(kubectl, ms("no-cc", ns, labels={"team": "search"}),
-                    "kubetier-required-labels", "metadata.labels cost-centre")
+    assert_rejected(
+        kubectl, ms("no-cc", ns, labels={"team": "search"}), "kubetier-required-labels", "metadata.labels cost-centre"
+    )
     assert_rejected(kubectl, ms("none", ns, labels={}), "kubetier-required-labels", "team, cost-centre")
-    assert_rejected(kubectl, ms("empty", ns, labels={"team": "", "cost-centre": "cc-1"}),
-                    "kubetier-required-labels", "metadata.labels team")
+    assert_rejected(
+        kubectl,
+        ms("empty", ns, labels={"team": "", "cost-centre": "cc-1"}),
+        "kubetier-required-labels",
+        "metadata.labels team",
+    )
 
 
 def test_required_labels_exempt_namespace(kubectl: Kubectl, policy_ns):
     ns = policy_ns({"kubetier.io/required-labels-exempt": "true"})
-    wait_until(lambda: create(kubectl, ms("sandbox", ns, labels={})).returncode == 0,
-               "an exempt namespace to admit an unlabelled ModelService", timeout=15)
+    wait_until(
+        lambda: create(kubectl, ms("sandbox", ns, labels={})).returncode == 0,
+        "an exempt namespace to admit an unlabelled ModelService",
+        timeout=15,
+    )
 
 
 def test_removing_a_required_label_is_rejected(kubectl: Kubectl, policy_ns):

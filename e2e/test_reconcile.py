@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from e2e_support import (
-    REPO,
     CAPACITY_LABEL,
     GPU,
+    REPO,
     SERVICE_LABEL,
     TIER_LABEL,
     ZONE_LABEL,
@@ -63,8 +63,12 @@ def nodes_by_name(kubectl: Kubectl) -> dict[str, dict]:
 def apply_and_wait_ready(kubectl: Kubectl, ms: dict, expected: dict[str, int], timeout: float = 90) -> dict:
     kubectl.apply(ms)
     ns, name = ms["metadata"]["namespace"], ms["metadata"]["name"]
-    return wait_until(lambda: ready_with_counts(kubectl, ns, name, expected), f"{name} Ready with {expected}",
-                      timeout=timeout, describe=lambda: describe(kubectl, ns, name))
+    return wait_until(
+        lambda: ready_with_counts(kubectl, ns, name, expected),
+        f"{name} Ready with {expected}",
+        timeout=timeout,
+        describe=lambda: describe(kubectl, ns, name),
+    )
 
 
 def test_three_tier_service_is_scheduled_on_gpu_nodes(kubectl: Kubectl, crds, operator, gpu_nodes, namespace):
@@ -106,8 +110,11 @@ def test_three_tier_service_is_scheduled_on_gpu_nodes(kubectl: Kubectl, crds, op
     # the zones that hold nodes the tier may use)
     for tier_name, tier_pods in by_tier.items():
         zones = Counter(nodes[p["spec"]["nodeName"]]["metadata"]["labels"][ZONE_LABEL] for p in tier_pods)
-        allowed = {n["metadata"]["labels"][ZONE_LABEL] for n in gpu_nodes
-                   if tier_name != "interactive" or n["metadata"]["labels"].get(CAPACITY_LABEL) != "spot"}
+        allowed = {
+            n["metadata"]["labels"][ZONE_LABEL]
+            for n in gpu_nodes
+            if tier_name != "interactive" or n["metadata"]["labels"].get(CAPACITY_LABEL) != "spot"
+        }
         assert len(zones) >= min(len(allowed), len(tier_pods)), f"tier {tier_name} not spread over zones: {dict(zones)}"
 
     # status: per-tier spot counts agree with where the pods are
@@ -120,8 +127,12 @@ def test_three_tier_service_is_scheduled_on_gpu_nodes(kubectl: Kubectl, crds, op
 def test_kubectl_get_ms_shows_the_printer_columns(kubectl: Kubectl, crds, operator, gpu_nodes, namespace):
     apply_and_wait_ready(kubectl, three_tier_service("cols", namespace), EXPECTED)
     crd = kubectl.json("get", "crd", "modelservices.kubetier.io")
-    columns = [c["name"].upper() for v in crd["spec"]["versions"] if v.get("served")
-               for c in v.get("additionalPrinterColumns", [])]
+    columns = [
+        c["name"].upper()
+        for v in crd["spec"]["versions"]
+        if v.get("served")
+        for c in v.get("additionalPrinterColumns", [])
+    ]
     assert columns, "the ModelService CRD defines no additionalPrinterColumns"
     out = kubectl("get", "ms", "-n", namespace)
     header, row = out.splitlines()[0], out.splitlines()[1]
@@ -148,8 +159,9 @@ def test_editing_a_tier_converges(kubectl: Kubectl, crds, operator, gpu_nodes, n
         counts = Counter(p["metadata"]["labels"][TIER_LABEL] for p in running(pods))
         return counts == Counter(expected) and len(pods) == sum(expected.values())
 
-    wait_until(pods_match, f"serving pods {expected}", timeout=60,
-               describe=lambda: describe(kubectl, namespace, "edit"))
+    wait_until(
+        pods_match, f"serving pods {expected}", timeout=60, describe=lambda: describe(kubectl, namespace, "edit")
+    )
 
     routing = kubectl.json("get", "configmap", "edit-routing", "-n", namespace)
     cfg = json.loads(routing["data"]["routing.json"])
@@ -170,22 +182,23 @@ def test_deleting_the_service_removes_every_child(kubectl: Kubectl, crds, operat
     for child in children:
         owners = child["metadata"].get("ownerReferences") or []
         assert any(o["uid"] == ms_uid and o.get("controller") for o in owners) or any(
-            o["uid"] in uids for o in owners), (
-            f"{child['kind']}/{child['metadata']['name']} is not owned by the ModelService: {owners}")
+            o["uid"] in uids for o in owners
+        ), f"{child['kind']}/{child['metadata']['name']} is not owned by the ModelService: {owners}"
 
     kubectl("delete", "modelservice", "gone", "-n", namespace, "--wait=true", "--timeout=60s")
-    wait_until(lambda: not kubectl.items(CHILD_KINDS, namespace, f"{SERVICE_LABEL}=gone"),
-               "garbage collection of every child", timeout=60,
-               describe=lambda: kubectl("get", CHILD_KINDS, "-n", namespace, "-l", f"{SERVICE_LABEL}=gone",
-                                        check=False))
+    wait_until(
+        lambda: not kubectl.items(CHILD_KINDS, namespace, f"{SERVICE_LABEL}=gone"),
+        "garbage collection of every child",
+        timeout=60,
+        describe=lambda: kubectl("get", CHILD_KINDS, "-n", namespace, "-l", f"{SERVICE_LABEL}=gone", check=False),
+    )
 
 
 MS_SAMPLES = sorted((REPO / "crds" / "samples").glob("modelservice-*.yaml"))
 
 
 @pytest.mark.parametrize("sample", MS_SAMPLES, ids=[p.name for p in MS_SAMPLES])
-def test_each_valid_sample_becomes_ready_on_gpu_nodes(kubectl: Kubectl, crds, operator, gpu_nodes, namespace,
-                                                      sample):
+def test_each_valid_sample_becomes_ready_on_gpu_nodes(kubectl: Kubectl, crds, operator, gpu_nodes, namespace, sample):
     """What the README promises: `kubectl apply -f crds/samples/<valid>.yaml` gives a Ready
     ModelService whose pods run on GPU nodes."""
     (ms,) = [d for d in yaml.safe_load_all(sample.read_text()) if d and d.get("kind") == "ModelService"]

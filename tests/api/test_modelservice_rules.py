@@ -11,7 +11,8 @@ from kubetier.api import InvalidObject, admit
 
 def ms(**spec_overrides):
     obj = {
-        "apiVersion": "kubetier.io/v1alpha1", "kind": "ModelService",
+        "apiVersion": "kubetier.io/v1alpha1",
+        "kind": "ModelService",
         "metadata": {"name": "m", "namespace": "ns"},
         "spec": {
             "model": {"name": "m", "source": "hf://org/m"},
@@ -57,14 +58,22 @@ def test_too_many_tiers_is_a_bounded_list():
 
 
 def test_scale_to_zero_allows_min_zero():
-    tiers = [{"name": "only", "ttftMs": 100, "tpotMs": 10,
-              "replicas": {"min": 0, "max": 2}, "prewarm": {"scaleToZero": True}}]
+    tiers = [
+        {
+            "name": "only",
+            "ttftMs": 100,
+            "tpotMs": 10,
+            "replicas": {"min": 0, "max": 2},
+            "prewarm": {"scaleToZero": True},
+        }
+    ]
     assert admit(ms(tiers=tiers)).spec.tiers[0].replicas.min == 0
 
 
 def test_unknown_fields_are_reported_with_their_path():
     assert 'spec.tiers[0].tpot: unknown field "tpot"' in refused(
-        ms(tiers=[{"name": "x", "ttftMs": 1, "tpotMs": 1, "tpot": 3}]))
+        ms(tiers=[{"name": "x", "ttftMs": 1, "tpotMs": 1, "tpot": 3}])
+    )
 
 
 def test_wire_round_trip_is_camel_case():

@@ -71,5 +71,7 @@ def by_kind(objs: list[dict], kind: str) -> list[dict]:
 
 def one(objs: list[dict], kind: str, name: str) -> dict:
     found = [o for o in objs if o.get("kind") == kind and o["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)} among {[(o['kind'], o['metadata']['name']) for o in objs]}"
+    assert len(found) == 1, (
+        f"expected one {kind} {name}, found {len(found)} among {[(o['kind'], o['metadata']['name']) for o in objs]}"
+    )
     return found[0]

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import yaml
+
 from conftest import REPO
 
 DOC = REPO / "docs" / "argocd-health.md"
@@ -31,13 +32,23 @@ def health(obj: dict) -> tuple[str, str]:
 
 
 def cond(ctype: str, status: str, reason: str = "R", message: str = "m", generation: int = 2) -> dict:
-    return {"type": ctype, "status": status, "reason": reason, "message": message,
-            "observedGeneration": generation, "lastTransitionTime": "2026-11-23T15:00:00Z"}
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": "2026-11-23T15:00:00Z",
+    }
 
 
 def ms(generation: int = 2, status: dict | None = None) -> dict:
-    obj = {"apiVersion": "kubetier.io/v1alpha1", "kind": "ModelService",
-           "metadata": {"name": "llama-8b", "generation": generation}, "spec": {}}
+    obj = {
+        "apiVersion": "kubetier.io/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": "llama-8b", "generation": generation},
+        "spec": {},
+    }
     if status is not None:
         obj["status"] = status
     return obj
@@ -54,25 +65,61 @@ def test_stale_generation_is_progressing_even_if_ready():
 
 
 def test_ready_is_healthy():
-    status, message = health(ms(status={"observedGeneration": 2, "conditions": [
-        cond("Ready", "True", "AllTiersReady", "3 tiers ready"), cond("Degraded", "False"),
-        cond("SLOAtRisk", "Unknown")]}))
+    status, message = health(
+        ms(
+            status={
+                "observedGeneration": 2,
+                "conditions": [
+                    cond("Ready", "True", "AllTiersReady", "3 tiers ready"),
+                    cond("Degraded", "False"),
+                    cond("SLOAtRisk", "Unknown"),
+                ],
+            }
+        )
+    )
     assert (status, message) == ("Healthy", "3 tiers ready")
 
 
 def test_slo_at_risk_stays_healthy_with_a_message():
-    status, message = health(ms(status={"observedGeneration": 2, "conditions": [
-        cond("Ready", "True"), cond("SLOAtRisk", "True", "AttainmentLow", "interactive at 71% < 95%")]}))
+    status, message = health(
+        ms(
+            status={
+                "observedGeneration": 2,
+                "conditions": [
+                    cond("Ready", "True"),
+                    cond("SLOAtRisk", "True", "AttainmentLow", "interactive at 71% < 95%"),
+                ],
+            }
+        )
+    )
     assert status == "Healthy" and "interactive at 71%" in message
 
 
 def test_degraded_wins():
-    status, message = health(ms(status={"observedGeneration": 2, "conditions": [
-        cond("Ready", "False"), cond("Degraded", "True", "InsufficientGPUs", "needs 16 NVIDIA-H100, 8 schedulable")]}))
+    status, message = health(
+        ms(
+            status={
+                "observedGeneration": 2,
+                "conditions": [
+                    cond("Ready", "False"),
+                    cond("Degraded", "True", "InsufficientGPUs", "needs 16 NVIDIA-H100, 8 schedulable"),
+                ],
+            }
+        )
+    )
     assert status == "Degraded" and message == "InsufficientGPUs: needs 16 NVIDIA-H100, 8 schedulable"
 
 
 def test_not_ready_is_progressing():
-    status, message = health(ms(status={"observedGeneration": 2, "conditions": [
-        cond("Ready", "False", "TiersNotReady", "batch: 1/3 ready"), cond("Progressing", "True")]}))
+    status, message = health(
+        ms(
+            status={
+                "observedGeneration": 2,
+                "conditions": [
+                    cond("Ready", "False", "TiersNotReady", "batch: 1/3 ready"),
+                    cond("Progressing", "True"),
+                ],
+            }
+        )
+    )
     assert (status, message) == ("Progressing", "TiersNotReady: batch: 1/3 ready")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+
 from conftest import CHART, VALUES_DIR
 
 OK_VALUES = sorted(VALUES_DIR.glob("ok-*.yaml"))
@@ -26,7 +27,11 @@ def test_helm_lint_strict(helm, values_file):
 
 def test_helm_lint_fails_on_bad_values(helm):
     """lint applies values.schema.json too: a values file that must fail makes it fail."""
-    res = subprocess.run([helm, "lint", str(CHART), "-f", str(VALUES_DIR / "bad-replicas-zero.yaml")],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [helm, "lint", str(CHART), "-f", str(VALUES_DIR / "bad-replicas-zero.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode != 0
     assert "/operator/replicas" in res.stdout + res.stderr

@@ -16,15 +16,29 @@ from pathlib import Path
 
 from conftest import REPO, VALUES_DIR, by_kind, one
 
-CLUSTER_SCOPED = {("", "nodes"), ("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"),
-                  ("kopf.dev", "clusterkopfpeerings"), ("kubetier.io", "powerbudgets"),
-                  ("kubetier.io", "powerbudgets/status")}
+CLUSTER_SCOPED = {
+    ("", "nodes"),
+    ("", "namespaces"),
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("kopf.dev", "clusterkopfpeerings"),
+    ("kubetier.io", "powerbudgets"),
+    ("kubetier.io", "powerbudgets/status"),
+}
 ROUTER_PACKAGE = REPO / "operator" / "kubetier" / "router"
 # kubernetes-client method prefix -> RBAC verb
-CLIENT_VERBS = {"list": "list", "read": "get", "create": "create", "patch": "patch", "replace": "update",
-                "delete": "delete", "watch": "watch"}
-CLIENT_METHOD = re.compile(r"^(list|read|create|patch|replace|delete|watch)_(?:namespaced_)?([a-z_]+?)"
-                           r"(?:_for_all_namespaces)?$")
+CLIENT_VERBS = {
+    "list": "list",
+    "read": "get",
+    "create": "create",
+    "patch": "patch",
+    "replace": "update",
+    "delete": "delete",
+    "watch": "watch",
+}
+CLIENT_METHOD = re.compile(
+    r"^(list|read|create|patch|replace|delete|watch)_(?:namespaced_)?([a-z_]+?)"
+    r"(?:_for_all_namespaces)?$"
+)
 
 
 def client_calls_grants(package: Path) -> set[tuple[str, str, str]]:
@@ -68,8 +82,9 @@ def test_operator_cluster_role_equals_the_code(render):
     assert have == want, f"chart grants more: {sorted(have - want)}\nchart grants less: {sorted(want - have)}"
     binding = one(objs, "ClusterRoleBinding", "kt-kubetier-operator")
     assert binding["roleRef"]["name"] == "kt-kubetier-operator"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kt-kubetier-operator",
-                                    "namespace": "kubetier-system"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kt-kubetier-operator", "namespace": "kubetier-system"}
+    ]
     op = one(objs, "Deployment", "kt-kubetier-operator")
     assert op["spec"]["template"]["spec"]["serviceAccountName"] == "kt-kubetier-operator"
 
@@ -77,8 +92,9 @@ def test_operator_cluster_role_equals_the_code(render):
 def test_operator_namespaced_mode_splits_the_same_rules(render):
     objs = render(VALUES_DIR / "ok-watch-namespaces.yaml")
     cluster = grants(one(objs, "ClusterRole", "kt-kubetier-operator")["rules"])
-    assert all((g, r) in CLUSTER_SCOPED or r == "kopfpeerings" for g, r, _ in cluster), \
+    assert all((g, r) in CLUSTER_SCOPED or r == "kopfpeerings" for g, r, _ in cluster), (
         f"namespaced resources granted cluster-wide: {sorted(x for x in cluster if (x[0], x[1]) not in CLUSTER_SCOPED)}"
+    )
     roles = [r for r in by_kind(objs, "Role") if r["metadata"]["name"] == "kt-kubetier-operator"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for r in roles:
@@ -104,5 +120,6 @@ def test_call_scan_maps_client_methods(tmp_path):
         "def f(self):\n"
         "    self.api.list_pod_for_all_namespaces()\n"
         "    self.api.read_namespaced_secret('a', 'b')\n"
-        "    self.api.patch_namespaced_config_map('a', 'b', {})\n")
+        "    self.api.patch_namespaced_config_map('a', 'b', {})\n"
+    )
     assert client_calls_grants(tmp_path) == {("", "pods", "list"), ("", "secrets", "get"), ("", "configmaps", "patch")}

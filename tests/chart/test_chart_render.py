@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import CHART, NAMESPACE, RELEASE, VALUES_DIR, RenderError, by_kind, one
 
 OK_VALUES = sorted(VALUES_DIR.glob("ok-*.yaml"))
@@ -66,7 +67,13 @@ def test_ok_values_render_restricted_pods(render, values_file):
 @pytest.mark.parametrize("values_file", OK_VALUES, ids=lambda p: p.stem)
 def test_every_object_is_labelled_and_namespaced(render, values_file):
     objs = render(values_file)
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterKopfPeering", "Namespace"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "ClusterKopfPeering",
+        "Namespace",
+    }
     for o in objs:
         labels = o["metadata"].get("labels") or {}
         assert labels.get("app.kubernetes.io/instance") == RELEASE, f"{o['kind']} {o['metadata']['name']}"
@@ -90,7 +97,10 @@ def test_defaults(render):
     env = {e["name"]: e.get("value") for e in c["env"]}
     # status.endpoint = http://<service>.<namespace>.svc:<port>/v1
     assert (env["KUBETIER_ROUTER_SERVICE"], env["KUBETIER_ROUTER_NAMESPACE"], env["KUBETIER_ROUTER_PORT"]) == (
-        "kubetier-router", NAMESPACE, "8080")
+        "kubetier-router",
+        NAMESPACE,
+        "8080",
+    )
     assert env["KUBETIER_SIMULATOR_IMAGE"] == c["image"]
     assert env["KUBETIER_ROUTER_STATUS_URL"] == f"http://kubetier-router.{NAMESPACE}.svc:8080/kubetier/status"
     assert c["livenessProbe"]["httpGet"]["port"] == "health" and c["ports"][0]["containerPort"] == 8081
@@ -117,13 +127,17 @@ def test_ha(render):
     peering = one(objs, "ClusterKopfPeering", "kubetier")
     assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
     assert {c["metadata"]["name"] for c in by_kind(objs, "CustomResourceDefinition")} == {
-        "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    }
     router = one(objs, "Deployment", "kt-kubetier-router")
     assert router["spec"]["replicas"] == 3
     rc = router["spec"]["template"]["spec"]["containers"][0]
     assert rc["image"].startswith("ghcr.io/kubetier/kubetier@sha256:")
     assert {t["topologyKey"] for t in router["spec"]["template"]["spec"]["topologySpreadConstraints"]} == {
-        "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
     pdb = one(objs, "PodDisruptionBudget", "kt-kubetier-router")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"] == router["spec"]["selector"]
@@ -139,7 +153,9 @@ def test_watch_namespaces_uses_roles(render):
     objs = render(VALUES_DIR / "ok-watch-namespaces.yaml")
     roles = by_kind(objs, "Role")
     assert sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in roles) == [
-        ("team-a", "kt-kubetier-operator"), ("team-b", "kt-kubetier-operator")]
+        ("team-a", "kt-kubetier-operator"),
+        ("team-b", "kt-kubetier-operator"),
+    ]
     assert len(by_kind(objs, "RoleBinding")) == 2
     assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == ["kt-kubetier-operator"]
     op = one(objs, "Deployment", "kt-kubetier-operator")
@@ -151,7 +167,9 @@ def test_watch_namespaces_uses_roles(render):
 def test_one_namespace_scopes_the_router_too(render):
     objs = render(VALUES_DIR / "ok-one-namespace.yaml")
     assert sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(objs, "Role")) == [
-        ("team-a", "kt-kubetier-operator"), ("team-a", "kt-kubetier-router")]
+        ("team-a", "kt-kubetier-operator"),
+        ("team-a", "kt-kubetier-router"),
+    ]
     # The router needs nothing cluster-wide in namespaced mode.
     assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == ["kt-kubetier-operator"]
     router = one(objs, "Deployment", "kt-kubetier-router")
@@ -166,8 +184,7 @@ def test_observability_and_network_policy(render):
     for m in monitors:
         assert m["metadata"]["labels"]["release"] == "prometheus"
         sel = m["spec"]["selector"]["matchLabels"]
-        svc = [s for s in by_kind(objs, "Service")
-               if all(s["metadata"]["labels"].get(k) == v for k, v in sel.items())]
+        svc = [s for s in by_kind(objs, "Service") if all(s["metadata"]["labels"].get(k) == v for k, v in sel.items())]
         assert len(svc) == 1 and svc[0]["spec"]["ports"][0]["name"] == "metrics", m["metadata"]["name"]
     for d in by_kind(objs, "Deployment"):
         assert "prometheus.io/scrape" not in (d["spec"]["template"]["metadata"].get("annotations") or {})

@@ -15,4 +15,5 @@ def test_crd_reference_is_up_to_date():
     assert "`spec.tiers[].tpotMs`" in text and "`spec.budgetWatts`" in text
     assert (REPO / "docs" / "crd-reference.md").read_text() == text, (
         "docs/crd-reference.md drifted from the CRD models: run "
-        "`.venv/bin/python charts/kubetier/hack/crd_reference.py --write`")
+        "`.venv/bin/python charts/kubetier/hack/crd_reference.py --write`"
+    )

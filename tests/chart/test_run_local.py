@@ -19,12 +19,23 @@ run_local = load()
 
 
 def test_operator_args_rebound_to_loopback_and_index_expanded():
-    container = {"command": ["kubetier", "operator"],
-                 "args": ["--all-namespaces", "--peering=kubetier", "--priority=$(POD_INDEX)",
-                          "--liveness=http://0.0.0.0:8081/healthz"]}
+    container = {
+        "command": ["kubetier", "operator"],
+        "args": [
+            "--all-namespaces",
+            "--peering=kubetier",
+            "--priority=$(POD_INDEX)",
+            "--liveness=http://0.0.0.0:8081/healthz",
+        ],
+    }
     argv = run_local.local_command("operator", container, {"liveness": 40001}, {"POD_INDEX": "1"})
-    assert argv == ["operator", "--all-namespaces", "--peering=kubetier", "--priority=1",
-                    "--liveness=http://127.0.0.1:40001/healthz"]
+    assert argv == [
+        "operator",
+        "--all-namespaces",
+        "--peering=kubetier",
+        "--priority=1",
+        "--liveness=http://127.0.0.1:40001/healthz",
+    ]
 
 
 def test_router_gets_local_endpoints_and_its_port():
@@ -38,13 +49,20 @@ def test_unknown_variables_stay_as_kubernetes_leaves_them():
 
 
 def test_plain_env_keeps_literal_values_only():
-    c = {"env": [{"name": "A", "value": "1"}, {"name": "HOME", "value": "/tmp"},
-                 {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}
+    c = {
+        "env": [
+            {"name": "A", "value": "1"},
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ]
+    }
     assert run_local.plain_env(c) == {"A": "1"}
 
 
 def test_operator_reads_router_status_from_the_local_router():
     env = {"A": "1", "KUBETIER_ROUTER_STATUS_URL": "http://kubetier-router.kubetier-system.svc:8080/kubetier/status"}
     assert run_local.loopback_router_status(env, 40002) == {
-        "A": "1", "KUBETIER_ROUTER_STATUS_URL": "http://127.0.0.1:40002/kubetier/status"}
+        "A": "1",
+        "KUBETIER_ROUTER_STATUS_URL": "http://127.0.0.1:40002/kubetier/status",
+    }
     assert run_local.loopback_router_status({"A": "1"}, 40002) == {"A": "1"}

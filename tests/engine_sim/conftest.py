@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import uvloop
 import pytest
+import uvloop
 
 from kubetier.engine_sim.app import EngineSimulator, SimConfig
 from kubetier.lean_http import close_connections, port_of

@@ -74,8 +74,9 @@ async def test_openai_client_chat_both_ways(sim_server):
 async def test_prompt_tokens_hint_and_token_id_prompts(sim_server):
     _, url = await sim_server(time_scale=20)
     async with client_for(url) as client:
-        hinted = await client.completions.create(model=MODEL, prompt="hi", max_tokens=1,
-                                                 extra_body={"prompt_tokens": 1234})
+        hinted = await client.completions.create(
+            model=MODEL, prompt="hi", max_tokens=1, extra_body={"prompt_tokens": 1234}
+        )
         ids = await client.completions.create(model=MODEL, prompt=[1, 2, 3, 4, 5], max_tokens=1)
     assert hinted.usage.prompt_tokens == 1234
     assert ids.usage.prompt_tokens == 5
@@ -84,9 +85,7 @@ async def test_prompt_tokens_hint_and_token_id_prompts(sim_server):
 async def test_output_length_is_drawn_when_max_tokens_is_absent(sim_server):
     _, url = await sim_server(time_scale=50, mean_output_tokens=20, seed=3)
     async with client_for(url) as client:
-        results = await asyncio.gather(*[
-            client.completions.create(model=MODEL, prompt="tell me") for _ in range(8)
-        ])
+        results = await asyncio.gather(*[client.completions.create(model=MODEL, prompt="tell me") for _ in range(8)])
     lengths = [r.usage.completion_tokens for r in results]
     assert all(r.choices[0].finish_reason == "stop" for r in results)
     assert all(n >= 1 for n in lengths) and len(set(lengths)) > 1
@@ -108,11 +107,18 @@ async def test_metrics_parse_and_count(sim_server):
         r = await http.get(url + "/metrics")
     assert r.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
-    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:gpu_cache_usage_perc",
-                 "kubetier_engine_power_watts"):
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:gpu_cache_usage_perc",
+        "kubetier_engine_power_watts",
+    ):
         assert families[name].type == "gauge"
-    for name in ("vllm:time_to_first_token_seconds", "vllm:time_per_output_token_seconds",
-                 "vllm:e2e_request_latency_seconds"):
+    for name in (
+        "vllm:time_to_first_token_seconds",
+        "vllm:time_per_output_token_seconds",
+        "vllm:e2e_request_latency_seconds",
+    ):
         assert families[name].type == "histogram"
     assert all(s.labels.get("model_name") == MODEL for f in families.values() for s in f.samples)
     values = metric_values(r.text)
@@ -151,8 +157,9 @@ async def test_model_load_time_is_scaled(sim_server):
 async def test_max_num_seqs_makes_extra_requests_wait(sim_server):
     sim, url = await sim_server(max_num_seqs=2, time_scale=1)
     async with client_for(url) as client:
-        tasks = [asyncio.create_task(client.completions.create(model=MODEL, prompt="go", max_tokens=40))
-                 for _ in range(5)]
+        tasks = [
+            asyncio.create_task(client.completions.create(model=MODEL, prompt="go", max_tokens=40)) for _ in range(5)
+        ]
         await asyncio.sleep(0.1)  # ~15 decode iterations in: two run, three wait
         async with httpx.AsyncClient() as http:
             values = metric_values((await http.get(url + "/metrics")).text)
@@ -173,16 +180,28 @@ async def test_max_num_seqs_makes_extra_requests_wait(sim_server):
         ("/v1/completions", {"model": MODEL, "prompt": "x", "temperature": 5}, 400, "temperature"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "stream": "yes"}, 400, "stream"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 2}, 400, "n"),
-        ("/v1/completions", {"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}}, 400,
-         "stream_options"),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}},
+            400,
+            "stream_options",
+        ),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 200000}, 400, "max_tokens"),
         ("/v1/completions", {"model": 7, "prompt": "x"}, 400, "model"),
         ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "model"),
         ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
-        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, 400,
-         "messages[0].role"),
-        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": 5}]}, 400,
-         "messages[0].content"),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]},
+            400,
+            "messages[0].role",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": 5}]},
+            400,
+            "messages[0].content",
+        ),
     ],
 )
 async def test_bad_requests_get_openai_errors_naming_the_field(sim_server, path, body, status, param):
@@ -240,7 +259,9 @@ async def test_fail_fraction_half_fails_about_half(sim_server):
     _, url = await sim_server(fail_fraction=0.5, time_scale=50, seed=7)
     async with httpx.AsyncClient() as http:
         codes = [
-            (await http.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1})).status_code
+            (
+                await http.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1})
+            ).status_code
             for _ in range(60)
         ]
     failures = codes.count(500)
@@ -284,8 +305,9 @@ async def test_slowdown_stretches_iterations(sim_server):
 async def test_client_disconnect_frees_the_slot(sim_server):
     sim, url = await sim_server(time_scale=1, max_num_seqs=1)
     async with httpx.AsyncClient() as http:
-        async with http.stream("POST", url + "/v1/completions",
-                               json={"model": MODEL, "prompt": "x", "max_tokens": 5000, "stream": True}) as r:
+        async with http.stream(
+            "POST", url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5000, "stream": True}
+        ) as r:
             async for _ in r.aiter_bytes():
                 break  # one chunk, then hang up
         await asyncio.sleep(0.05)
@@ -301,10 +323,12 @@ async def test_engine_loop_crash_fails_requests_instead_of_hanging(sim_server):
     def broken(*args):
         raise RuntimeError("model bug")
 
-    sim.model = sim.engine.model = type("Broken", (), {"iteration_s": broken, "power_watts": broken,
-                                                        "idle_watts": 0.0})()
+    sim.model = sim.engine.model = type(
+        "Broken", (), {"iteration_s": broken, "power_watts": broken, "idle_watts": 0.0}
+    )()
     async with httpx.AsyncClient() as http:
         r = await asyncio.wait_for(
-            http.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3}), 5)
+            http.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3}), 5
+        )
         again = await http.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3})
     assert r.status_code == 500 and again.status_code == 500

@@ -34,6 +34,7 @@ async def test_overhead_per_iteration_does_not_accumulate():
     engine = Engine(model, EngineMetrics("m"), time_scale=2)
     engine.start()
     try:
+
         def busy(seq: Sequence) -> None:
             # 1 ms of CPU after every token: a third of each ~3.3 ms scaled iteration.
             end = time.perf_counter() + 0.001

@@ -38,8 +38,9 @@ def _tpot_ok(p) -> bool:
 
 
 def _ttft_ok(p) -> bool:
-    return (_within(p.measured_ttft_ms, p.predicted["ttft_s"], 0.25, HTTP_SLACK_MS)
-            and _within(p.server_ttft_ms, p.predicted["ttft_s"], 0.25, HTTP_SLACK_MS / 2))
+    return _within(p.measured_ttft_ms, p.predicted["ttft_s"], 0.25, HTTP_SLACK_MS) and _within(
+        p.server_ttft_ms, p.predicted["ttft_s"], 0.25, HTTP_SLACK_MS / 2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,20 @@ def sweep():
     with fidelity.SimulatorProcess(PROFILE, time_scale=TIME_SCALE) as sim:
         for c in (1, 8, 32):
             for _ in range(3):
-                (p,) = fidelity._uvloop_run(fidelity.run_sweep(
-                    sim.host, sim.port, model, [c], 256, 32, time_scale=TIME_SCALE,
-                    server_pid=sim.pid, measure_cycles=3, min_requests=8,
-                ))
+                (p,) = fidelity._uvloop_run(
+                    fidelity.run_sweep(
+                        sim.host,
+                        sim.port,
+                        model,
+                        [c],
+                        256,
+                        32,
+                        time_scale=TIME_SCALE,
+                        server_pid=sim.pid,
+                        measure_cycles=3,
+                        min_requests=8,
+                    )
+                )
                 if p.errors == 0 and _tpot_ok(p) and _ttft_ok(p):
                     break
             points.append(p)
@@ -89,9 +100,24 @@ def test_median_absolute_error(sweep):
 
 def test_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "fidelity.json"
-    rc = fidelity.main(["--concurrency", "4", "--prompt-tokens", "128", "--output-tokens", "16",
-                        "--time-scale", "4", "--measure-cycles", "2", "--sustain", "0",
-                        "--output", str(out)])
+    rc = fidelity.main(
+        [
+            "--concurrency",
+            "4",
+            "--prompt-tokens",
+            "128",
+            "--output-tokens",
+            "16",
+            "--time-scale",
+            "4",
+            "--measure-cycles",
+            "2",
+            "--sustain",
+            "0",
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "median absolute error" in text

@@ -13,17 +13,24 @@ import statistics
 
 import pytest
 
-from kubetier.engine_sim.fidelity import median_abs_error_pct, predict_closed_loop, PointResult
+from kubetier.engine_sim.fidelity import PointResult, median_abs_error_pct, predict_closed_loop
 from kubetier.engine_sim.scheduler import BatchScheduler, Sequence
 from kubetier.policy.latency import load_profile
 
 
-def replay(model, concurrency: int, prompt: int, output: int, *, cycles: int = 8,
-           client_delay_s: float = 0.0003, max_num_seqs: int | None = None) -> tuple[float, float]:
+def replay(
+    model,
+    concurrency: int,
+    prompt: int,
+    output: int,
+    *,
+    cycles: int = 8,
+    client_delay_s: float = 0.0003,
+    max_num_seqs: int | None = None,
+) -> tuple[float, float]:
     """Mean (TTFT, TPOT) of closed-loop streams through BatchScheduler in virtual time."""
     pred = predict_closed_loop(model, concurrency, prompt, output, max_num_seqs)
-    sched = BatchScheduler(max_num_seqs or model.max_num_seqs, model.max_num_batched_tokens,
-                           model.kv_capacity_tokens)
+    sched = BatchScheduler(max_num_seqs or model.max_num_seqs, model.max_num_batched_tokens, model.kv_capacity_tokens)
     due: dict[int, list[int]] = {}
     for i in range(1, concurrency):
         due.setdefault(i * output // concurrency, []).append(i)
@@ -120,10 +127,22 @@ def test_bad_arguments_are_refused(h100):
 
 def _point(ttft_err: float, tpot_err: float) -> PointResult:
     return PointResult(
-        concurrency=1, requests=1, errors=0, measured_ttft_ms=1, measured_tpot_ms=1,
-        measured_ttft_p50_ms=1, measured_ttft_p90_ms=1, measured_tpot_p50_ms=1, measured_tpot_p90_ms=1,
-        predicted={}, ttft_error_pct=ttft_err, tpot_error_pct=tpot_err, window_s=1,
-        output_tokens_per_s=1, server_cpu_cores=None, client_cpu_cores=0,
+        concurrency=1,
+        requests=1,
+        errors=0,
+        measured_ttft_ms=1,
+        measured_tpot_ms=1,
+        measured_ttft_p50_ms=1,
+        measured_ttft_p90_ms=1,
+        measured_tpot_p50_ms=1,
+        measured_tpot_p90_ms=1,
+        predicted={},
+        ttft_error_pct=ttft_err,
+        tpot_error_pct=tpot_err,
+        window_s=1,
+        output_tokens_per_s=1,
+        server_cpu_cores=None,
+        client_cpu_cores=0,
     )
 
 

@@ -22,8 +22,16 @@ def test_defaults_match_the_contract():
 
 @pytest.mark.parametrize(
     "argv",
-    [["--time-scale", "0"], ["--fail-fraction", "1.5"], ["--abort-after-tokens", "0"], ["--slowdown", "-1"],
-     ["--model-load-seconds", "-2"], ["--max-num-seqs", "0"], ["--port", "99999"], ["--port", "-1"]],
+    [
+        ["--time-scale", "0"],
+        ["--fail-fraction", "1.5"],
+        ["--abort-after-tokens", "0"],
+        ["--slowdown", "-1"],
+        ["--model-load-seconds", "-2"],
+        ["--max-num-seqs", "0"],
+        ["--port", "99999"],
+        ["--port", "-1"],
+    ],
 )
 def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -46,8 +54,10 @@ def test_process_serves_and_stops_on_sigterm():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "kubetier.cli", "engine-sim", "--port", str(port),
-                             "--model-load-seconds", "0.5"], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetier.cli", "engine-sim", "--port", str(port), "--model-load-seconds", "0.5"],
+        stderr=subprocess.PIPE,
+    )
     try:
         codes = []
         for _ in range(100):

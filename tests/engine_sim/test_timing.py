@@ -34,7 +34,8 @@ def engine_process(*flags: str):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubetier.cli", "engine-sim", "--port", str(port), "--profile", PROFILE, *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -62,8 +63,9 @@ def engine_process(*flags: str):
 async def measure(url: str, prompts: list[int], max_tokens: int) -> list[tuple[float, float, float]]:
     """(sent_at - t0, ttft, mean tpot) per streamed completion, stamped client-side."""
     port = int(url.rsplit(":", 1)[1])
-    bodies = [{"model": MODEL, "prompt": "x", "prompt_tokens": p, "max_tokens": max_tokens, "stream": True}
-              for p in prompts]
+    bodies = [
+        {"model": MODEL, "prompt": "x", "prompt_tokens": p, "max_tokens": max_tokens, "stream": True} for p in prompts
+    ]
     results = await run_concurrent("127.0.0.1", port, "/v1/completions", bodies)
     t0 = min(r.sent for r in results)
     for r in results:
@@ -79,8 +81,10 @@ def compare(measured, prompts, max_tokens, **model_args):
     ttft_p = statistics.median(p.ttft_s for p in predicted)
     tpot_m = statistics.median(m[2] for m in measured)
     tpot_p = statistics.median(p.tpot_s for p in predicted)
-    print(f"TTFT median measured {ttft_m * 1e3:.2f} ms, model {ttft_p * 1e3:.2f} ms; "
-          f"TPOT median measured {tpot_m * 1e3:.3f} ms, model {tpot_p * 1e3:.3f} ms")
+    print(
+        f"TTFT median measured {ttft_m * 1e3:.2f} ms, model {ttft_p * 1e3:.2f} ms; "
+        f"TPOT median measured {tpot_m * 1e3:.3f} ms, model {tpot_p * 1e3:.3f} ms"
+    )
     return ttft_m, ttft_p, tpot_m, tpot_p
 
 
@@ -119,5 +123,5 @@ async def test_a_single_request_matches_the_closed_form():
     assert result.ttft == pytest.approx(model.prefill_s(6000) / 2, rel=0.10, abs=0.002)
     # A trimmed mean: one scheduling hiccup on a shared machine does not move it, and the
     # 1 ms timer rounding of single gaps still averages out.
-    trimmed = sorted(gaps)[len(gaps) // 10: -(len(gaps) // 10)]
+    trimmed = sorted(gaps)[len(gaps) // 10 : -(len(gaps) // 10)]
     assert statistics.mean(trimmed) == pytest.approx(model.decode_iteration_s(1, 6030) / 2, rel=0.10, abs=0.0003)

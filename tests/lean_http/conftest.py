@@ -123,4 +123,3 @@ async def connect() -> AsyncIterator:
     yield _connect
     for client in clients:
         client.close()
-

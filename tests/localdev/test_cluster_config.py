@@ -33,7 +33,9 @@ def test_fleet_is_four_on_demand_and_four_spot_gpu_nodes_over_three_zones(cluste
     assert {lb["topology.kubernetes.io/zone"] for lb in labels} == {"zone-a", "zone-b", "zone-c"}
     # both capacity types exist in more than one zone, so spread and spot policy can both hold
     for ctype in ("on-demand", "spot"):
-        assert len({lb["topology.kubernetes.io/zone"] for lb in labels if lb["karpenter.sh/capacity-type"] == ctype}) >= 2
+        assert (
+            len({lb["topology.kubernetes.io/zone"] for lb in labels if lb["karpenter.sh/capacity-type"] == ctype}) >= 2
+        )
     for n in nodes:
         assert n["status"]["capacity"]["nvidia.com/gpu"] == "8" == n["status"]["allocatable"]["nvidia.com/gpu"]
         assert n["metadata"]["labels"]["nvidia.com/gpu.product"]
@@ -46,8 +48,14 @@ def test_kwokctl_configuration_binds_loopback_with_rbac_and_local_binaries(clust
     assert cfg["kind"] == "KwokctlConfiguration" and opts["runtime"] == "binary"
     assert opts["bindAddress"] == "127.0.0.1"
     assert opts["kubeAuthorization"] is True and opts["kubeAdmission"] is True
-    for key in ("kubeApiserverBinary", "kubeControllerManagerBinary", "kubeSchedulerBinary", "kwokControllerBinary",
-                "etcdBinary", "kubectlBinary"):
+    for key in (
+        "kubeApiserverBinary",
+        "kubeControllerManagerBinary",
+        "kubeSchedulerBinary",
+        "kwokControllerBinary",
+        "etcdBinary",
+        "kubectlBinary",
+    ):
         assert opts[key].startswith(str(cluster.CACHE)), key
         assert "://" not in opts[key]  # plain paths, never downloads
 

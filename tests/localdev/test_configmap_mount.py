@@ -7,11 +7,19 @@ def _pod(items=None):
     cm = {"name": "llama-routing"}
     if items is not None:
         cm["items"] = items
-    return {"spec": {
-        "volumes": [{"name": "profile", "configMap": cm}, {"name": "scratch", "emptyDir": {}}],
-        "containers": [{"volumeMounts": [{"name": "scratch", "mountPath": "/tmp"},
-                                         {"name": "profile", "mountPath": "/etc/kubetier/profile/"}]}],
-    }}
+    return {
+        "spec": {
+            "volumes": [{"name": "profile", "configMap": cm}, {"name": "scratch", "emptyDir": {}}],
+            "containers": [
+                {
+                    "volumeMounts": [
+                        {"name": "scratch", "mountPath": "/tmp"},
+                        {"name": "profile", "mountPath": "/etc/kubetier/profile/"},
+                    ]
+                }
+            ],
+        }
+    }
 
 
 def test_path_inside_a_configmap_mount_names_the_configmap_and_key():

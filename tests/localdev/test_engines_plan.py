@@ -35,8 +35,19 @@ def test_plan_does_not_restart_a_pod_it_gave_up_on():
 
 
 def test_engine_args_come_from_the_pods_engine_sim_flags():
-    p = pod("a", args=["engine-sim", "--port", "8000", "--profile", "qwen-7b-a100", "--model=Qwen/Qwen2-7B",
-                       "--model-load-seconds", "2.5"])
+    p = pod(
+        "a",
+        args=[
+            "engine-sim",
+            "--port",
+            "8000",
+            "--profile",
+            "qwen-7b-a100",
+            "--model=Qwen/Qwen2-7B",
+            "--model-load-seconds",
+            "2.5",
+        ],
+    )
     assert engine_args_from_pod(p) == EngineArgs(profile="qwen-7b-a100", model="Qwen/Qwen2-7B", model_load_seconds=2.5)
 
 
@@ -49,8 +60,14 @@ def test_engine_sim_command_uses_the_contract_flags_on_loopback():
     cmd = engine_sim_command(time_scale=0.1)(EngineArgs("prof", "mod", 3.0), 4321)
     assert cmd[:4] == [sys.executable, "-m", "kubetier.cli", "engine-sim"]
     flags = dict(zip(cmd[4::2], cmd[5::2]))
-    assert flags == {"--host": "127.0.0.1", "--port": "4321", "--profile": "prof", "--model": "mod",
-                     "--time-scale": "0.1", "--model-load-seconds": "3.0"}
+    assert flags == {
+        "--host": "127.0.0.1",
+        "--port": "4321",
+        "--profile": "prof",
+        "--model": "mod",
+        "--time-scale": "0.1",
+        "--model-load-seconds": "3.0",
+    }
 
 
 def test_free_loopback_port_is_bindable():

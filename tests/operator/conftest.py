@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from fake_kube import FakeKube
+
 from kubetier.api import ModelService, admit
 
 SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
@@ -28,22 +28,33 @@ def parse(body: dict[str, Any]) -> ModelService:
     return ms
 
 
-def gpu_node(name: str, *, gpus: int = 8, capacity: str = "on-demand", zone: str = "zone-a",
-             product: str = "NVIDIA-H100-80GB-HBM3") -> dict[str, Any]:
+def gpu_node(
+    name: str,
+    *,
+    gpus: int = 8,
+    capacity: str = "on-demand",
+    zone: str = "zone-a",
+    product: str = "NVIDIA-H100-80GB-HBM3",
+) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "karpenter.sh/capacity-type": capacity,
-            "topology.kubernetes.io/zone": zone,
-            "nvidia.com/gpu.product": product,
-        }},
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "karpenter.sh/capacity-type": capacity,
+                "topology.kubernetes.io/zone": zone,
+                "nvidia.com/gpu.product": product,
+            },
+        },
         "status": {"allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "96", "memory": "1Ti"}},
     }
 
 
 def cluster_nodes() -> list[dict[str, Any]]:
     return [
-        gpu_node("od-a", zone="zone-a"), gpu_node("od-b", zone="zone-b"),
+        gpu_node("od-a", zone="zone-a"),
+        gpu_node("od-b", zone="zone-b"),
         gpu_node("spot-a", capacity="spot", zone="zone-a"),
     ]
 

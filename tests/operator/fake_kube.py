@@ -24,9 +24,16 @@ from urllib.parse import parse_qs, urlsplit
 import jsonpatch  # installed with kmock (a pinned dev dependency)
 
 KINDS = {
-    "configmaps": "ConfigMap", "services": "Service", "pods": "Pod", "events": "Event", "nodes": "Node",
-    "namespaces": "Namespace", "deployments": "Deployment", "poddisruptionbudgets": "PodDisruptionBudget",
-    "modelservices": "ModelService", "customresourcedefinitions": "CustomResourceDefinition",
+    "configmaps": "ConfigMap",
+    "services": "Service",
+    "pods": "Pod",
+    "events": "Event",
+    "nodes": "Node",
+    "namespaces": "Namespace",
+    "deployments": "Deployment",
+    "poddisruptionbudgets": "PodDisruptionBudget",
+    "modelservices": "ModelService",
+    "customresourcedefinitions": "CustomResourceDefinition",
 }
 CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"}
 # Discovery: group/version -> plurals served there (what kopf scans at start-up).
@@ -55,9 +62,13 @@ def _discovery(path: str) -> dict[str, Any] | None:
         return {"kind": "APIVersions", "versions": ["v1"]}
     if path == "/apis":
         groups = [
-            {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
-             "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
-            for gv in GROUP_VERSIONS if "/" in gv
+            {
+                "name": gv.split("/")[0],
+                "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]},
+            }
+            for gv in GROUP_VERSIONS
+            if "/" in gv
         ]
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
     if path == "/api/v1":
@@ -129,7 +140,7 @@ class FakeKube:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "FakeKube":
+    def __enter__(self) -> FakeKube:
         self._thread.start()
         return self
 
@@ -231,20 +242,28 @@ class FakeKube:
                 if name:
                     obj = fake.get(kind, ns, name)
                     return self._send(200, obj) if obj else self._not_found(name)
-                selector = dict(
-                    term.split("=", 1) for term in (query.get("labelSelector", [""])[0]).split(",") if term)
+                selector = dict(term.split("=", 1) for term in (query.get("labelSelector", [""])[0]).split(",") if term)
                 with fake._lock:
                     items = [
-                        copy.deepcopy(o) for (k, n, _), o in fake.objects.items()
-                        if k == kind and (ns is None or n == ns)
+                        copy.deepcopy(o)
+                        for (k, n, _), o in fake.objects.items()
+                        if k == kind
+                        and (ns is None or n == ns)
                         and all(o["metadata"].get("labels", {}).get(a) == b for a, b in selector.items())
                     ]
                 api_version = items[0].get("apiVersion", "v1") if items else "v1"
                 for item in items:  # like the apiserver: list items carry neither kind nor apiVersion
                     item.pop("kind", None)
                     item.pop("apiVersion", None)
-                self._send(200, {"kind": f"{kind}List", "apiVersion": api_version, "metadata": {"resourceVersion": str(next(fake._rv))},
-                                 "items": items})
+                self._send(
+                    200,
+                    {
+                        "kind": f"{kind}List",
+                        "apiVersion": api_version,
+                        "metadata": {"resourceVersion": str(next(fake._rv))},
+                        "items": items,
+                    },
+                )
 
             def _watch(self, kind: str, timeout: float) -> None:
                 """Stream events as JSON lines until the timeout (HTTP/1.0: EOF ends it)."""

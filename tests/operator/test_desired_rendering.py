@@ -33,19 +33,28 @@ def required_terms(deploy):
 
 def preferred_spot_weight(deploy):
     prefs = pod(deploy)["affinity"]["nodeAffinity"].get("preferredDuringSchedulingIgnoredDuringExecution", [])
-    return sum(p["weight"] for p in prefs
-               if {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}
-               in p["preference"]["matchExpressions"])
+    return sum(
+        p["weight"]
+        for p in prefs
+        if {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}
+        in p["preference"]["matchExpressions"]
+    )
 
 
 def test_three_tier_sample_renders_every_child():
     objs = render()
     assert set(objs) == {
         ("ConfigMap", "llama-8b-routing"),
-        ("Deployment", "llama-8b-interactive"), ("Deployment", "llama-8b-interactive-standby"),
-        ("Deployment", "llama-8b-standard-floor"), ("Deployment", "llama-8b-standard"),
+        ("Deployment", "llama-8b-interactive"),
+        ("Deployment", "llama-8b-interactive-standby"),
+        ("Deployment", "llama-8b-standard-floor"),
+        ("Deployment", "llama-8b-standard"),
         ("Deployment", "llama-8b-batch"),
-        *((k, f"llama-8b-{t}") for k in ("Service", "PodDisruptionBudget") for t in ("interactive", "standard", "batch")),
+        *(
+            (k, f"llama-8b-{t}")
+            for k in ("Service", "PodDisruptionBudget")
+            for t in ("interactive", "standard", "batch")
+        ),
     }
 
 
@@ -53,8 +62,14 @@ def test_every_child_is_owned_and_labelled():
     for (kind, name), obj in render().items():
         meta = obj["metadata"]
         [owner] = meta["ownerReferences"]
-        assert owner == {"apiVersion": "kubetier.io/v1alpha1", "kind": "ModelService", "name": "llama-8b",
-                         "uid": "uid-1234", "controller": True, "blockOwnerDeletion": True}, name
+        assert owner == {
+            "apiVersion": "kubetier.io/v1alpha1",
+            "kind": "ModelService",
+            "name": "llama-8b",
+            "uid": "uid-1234",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }, name
         assert meta["namespace"] == "default"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubetier"
         assert meta["labels"][SERVICE] == "llama-8b"
@@ -63,7 +78,7 @@ def test_every_child_is_owned_and_labelled():
 
 
 def test_gpu_requests_and_tolerations():
-    for (kind, name), obj in render().items():
+    for (kind, _name), obj in render().items():
         if kind != "Deployment":
             continue
         [c] = pod(obj)["containers"]
@@ -101,7 +116,7 @@ def test_replicas_follow_min_and_the_autoscalers_choice_within_bounds():
 
 
 def test_zone_spread_on_every_workload():
-    for (kind, name), obj in render().items():
+    for (kind, _name), obj in render().items():
         if kind != "Deployment":
             continue
         [spread] = pod(obj)["topologySpreadConstraints"]
@@ -117,7 +132,10 @@ def test_selectors_are_disjoint_and_match_their_templates():
     for a in deployments:
         for b in deployments:
             if a is not b:
-                assert not a["spec"]["selector"]["matchLabels"].items() <= b["spec"]["template"]["metadata"]["labels"].items()
+                assert (
+                    not a["spec"]["selector"]["matchLabels"].items()
+                    <= b["spec"]["template"]["metadata"]["labels"].items()
+                )
 
 
 def test_service_and_pdb_select_serving_pods_of_their_tier_only():
@@ -191,12 +209,24 @@ def test_routing_configmap_follows_the_contract():
     assert cm["metadata"]["labels"]["kubetier.io/routing-config"] == "true"
     doc = json.loads(cm["data"]["routing.json"])
     assert set(doc) == {"model", "namespace", "service", "tiers", "profile", "access", "port"}
-    assert (doc["model"], doc["namespace"], doc["service"], doc["port"]) == ("llama-3.1-8b", "default", "llama-8b", 8000)
-    assert [set(t) for t in doc["tiers"]] == [{"name", "ttftMs", "tpotMs", "priority", "meanOutputTokens", "onLate"}] * 3
+    assert (doc["model"], doc["namespace"], doc["service"], doc["port"]) == (
+        "llama-3.1-8b",
+        "default",
+        "llama-8b",
+        8000,
+    )
+    assert [set(t) for t in doc["tiers"]] == [
+        {"name", "ttftMs", "tpotMs", "priority", "meanOutputTokens", "onLate"}
+    ] * 3
     assert [(t["name"], t["tpotMs"], t["onLate"]) for t in doc["tiers"]] == [
-        ("interactive", 30, "reject"), ("standard", 60, "reject"), ("batch", 150, "queue")]
-    assert doc["access"] == [{"secretName": "team-a-key", "tiers": ["interactive", "standard", "batch"]},
-                             {"secretName": "batch-jobs-key", "tiers": ["batch"]}]
+        ("interactive", 30, "reject"),
+        ("standard", 60, "reject"),
+        ("batch", 150, "queue"),
+    ]
+    assert doc["access"] == [
+        {"secretName": "team-a-key", "tiers": ["interactive", "standard", "batch"]},
+        {"secretName": "batch-jobs-key", "tiers": ["batch"]},
+    ]
     assert doc["profile"]["kvCapacityTokens"] > 0 and "decode" in doc["profile"]
     # deterministic: the same spec renders byte-identical data
     assert render()[("ConfigMap", "llama-8b-routing")]["data"] == cm["data"]
@@ -235,5 +265,6 @@ def test_no_empty_lists_that_the_apiserver_would_drop():
                 yield path
             for i, v in enumerate(node):
                 yield from walk(v, f"{path}[{i}]")
+
     for key, obj in render().items():
         assert list(walk(obj, "")) == [], key

@@ -10,11 +10,11 @@ import time
 import kopf
 import pytest
 import yaml
+from test_reconcile_http import run_controllers
 
 from conftest import cluster_nodes, sample_body
 from kubetier.operator import handlers
 from kubetier.operator.model import OperatorConfig
-from test_reconcile_http import run_controllers
 
 
 async def wait_for(predicate, timeout=15.0, what=""):
@@ -34,12 +34,18 @@ def ready(fake) -> str | None:
 @pytest.mark.timeout(60)
 async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeypatch):
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": fake_kube.url}}],
-        "users": [{"name": "u", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": "default"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": fake_kube.url}}],
+                "users": [{"name": "u", "user": {"token": "test-token"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": "default"}}],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     for node in cluster_nodes():
@@ -49,9 +55,11 @@ async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeyp
     handlers.register(registry, resync_seconds=0.3)
     stop, started = asyncio.Event(), asyncio.Event()
     memo = kopf.Memo(config=OperatorConfig())
-    operator = asyncio.create_task(kopf.operator(
-        registry=registry, clusterwide=True, standalone=True, memo=memo,
-        stop_flag=stop, ready_flag=started))
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=registry, clusterwide=True, standalone=True, memo=memo, stop_flag=stop, ready_flag=started
+        )
+    )
     try:
         await asyncio.wait_for(started.wait(), 15)
         fake_kube.put(sample_body())
@@ -85,7 +93,8 @@ async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeyp
         fake_kube.store(body)
         await wait_for(
             lambda: fake_kube.get("Deployment", "default", "llama-8b-batch")["spec"]["replicas"] == 2,
-            what="batch scaled to 2")
+            what="batch scaled to 2",
+        )
     finally:
         stop.set()
         await asyncio.wait_for(operator, 20)

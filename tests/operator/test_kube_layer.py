@@ -11,8 +11,10 @@ from kubetier.operator.kube import RESOURCES, KubeApi, _material, _pem
 
 def test_paths():
     assert RESOURCES["Deployment"].path("ns", "d") == "/apis/apps/v1/namespaces/ns/deployments/d"
-    assert RESOURCES["ModelService"].path("ns", "m", "status") == \
-        "/apis/kubetier.io/v1alpha1/namespaces/ns/modelservices/m/status"
+    assert (
+        RESOURCES["ModelService"].path("ns", "m", "status")
+        == "/apis/kubetier.io/v1alpha1/namespaces/ns/modelservices/m/status"
+    )
     assert RESOURCES["Node"].path("ignored") == "/api/v1/nodes"
 
 
@@ -30,9 +32,20 @@ def test_kubeconfig_data_is_base64_of_pem_and_pem_passes_through(tmp_path):
 
 
 async def test_token_from_connection_info_is_sent():
-    info = types.SimpleNamespace(server="http://127.0.0.1:1", insecure=None, ca_path=None, ca_data=None,
-                                 certificate_path=None, certificate_data=None, private_key_path=None,
-                                 private_key_data=None, token="t0k", scheme=None, username=None, password=None)
+    info = types.SimpleNamespace(
+        server="http://127.0.0.1:1",
+        insecure=None,
+        ca_path=None,
+        ca_data=None,
+        certificate_path=None,
+        certificate_data=None,
+        private_key_path=None,
+        private_key_data=None,
+        token="t0k",
+        scheme=None,
+        username=None,
+        password=None,
+    )
     api = KubeApi.from_connection_info(info)
     try:
         assert api._client.headers["Authorization"] == "Bearer t0k"

@@ -38,14 +38,18 @@ async def test_every_request_of_a_reconcile_is_allowed(fake_kube):
     fake_kube.put(body)
     api = KubeApi.for_url(fake_kube.url)
     try:
-        await reconcile(api, fake_kube.get("ModelService", "default", "llama-8b"), OperatorConfig(),
-                        dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+        await reconcile(
+            api,
+            fake_kube.get("ModelService", "default", "llama-8b"),
+            OperatorConfig(),
+            dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        )
         first = list(fake_kube.requests)
         fake_kube.reset_requests()
         body = fake_kube.get("ModelService", "default", "llama-8b")
         body["spec"]["tiers"][0]["prewarm"]["standby"] = 0  # forces a prune (DELETE)
         fake_kube.objects[("ModelService", "default", "llama-8b")] = body
-        await reconcile(api, body, OperatorConfig(), dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc))
+        await reconcile(api, body, OperatorConfig(), dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
         second = list(fake_kube.requests)
     finally:
         await api.aclose()

@@ -13,7 +13,7 @@ from kubetier.operator.kube import KubeApi
 from kubetier.operator.model import OperatorConfig
 from kubetier.operator.reconcile import reconcile
 
-T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
 
 def conditions(body):
@@ -28,16 +28,32 @@ def run_controllers(fake):
     for d in fake.of_kind("Deployment"):
         spec = d["spec"]
         terms = spec["template"]["spec"]["affinity"]["nodeAffinity"]
-        allowed = terms["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+        allowed = terms["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][
+            0
+        ]["values"]
         node = "spot-a" if "spot" in allowed and "preferredDuringSchedulingIgnoredDuringExecution" in terms else "od-a"
         for i in range(spec["replicas"]):
-            fake.put({"apiVersion": "v1", "kind": "Pod", "metadata": {
-                "name": f"{d['metadata']['name']}-{i}", "namespace": d["metadata"]["namespace"],
-                "labels": spec["template"]["metadata"]["labels"]},
-                "spec": {"nodeName": node}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+            fake.put(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": f"{d['metadata']['name']}-{i}",
+                        "namespace": d["metadata"]["namespace"],
+                        "labels": spec["template"]["metadata"]["labels"],
+                    },
+                    "spec": {"nodeName": node},
+                    "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+                }
+            )
         n = spec["replicas"]
-        d["status"] = {"observedGeneration": d["metadata"]["generation"], "replicas": n, "updatedReplicas": n,
-                       "readyReplicas": n, "availableReplicas": n}
+        d["status"] = {
+            "observedGeneration": d["metadata"]["generation"],
+            "replicas": n,
+            "updatedReplicas": n,
+            "readyReplicas": n,
+            "availableReplicas": n,
+        }
         fake.objects[("Deployment", d["metadata"]["namespace"], d["metadata"]["name"])] = d
 
 
@@ -82,8 +98,13 @@ async def test_create_apply_status_then_steady_state_makes_no_writes(fake_kube, 
     assert conditions(body)["Ready"] == ("True", "AllTiersReady")
     assert conditions(body)["Progressing"] == ("False", "Complete")
     tiers = {t["name"]: t for t in body["status"]["tiers"]}
-    assert tiers["interactive"] == {"name": "interactive", "replicas": 2, "readyReplicas": 2,
-                                    "standbyReplicas": 1, "spotReplicas": 0}
+    assert tiers["interactive"] == {
+        "name": "interactive",
+        "replicas": 2,
+        "readyReplicas": 2,
+        "standbyReplicas": 1,
+        "spotReplicas": 0,
+    }
     assert tiers["batch"]["spotReplicas"] == 1 and tiers["standard"]["spotReplicas"] == 0
     ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
     assert ready["lastTransitionTime"] == "2026-11-23T12:00:10Z" and ready["observedGeneration"] == 1
@@ -105,8 +126,8 @@ async def test_spec_change_applies_only_what_changed_and_prunes(fake_kube, api):
     await tick(fake_kube, api)
 
     body = fake_kube.get("ModelService", "default", "llama-8b")
-    body["spec"]["tiers"][2]["replicas"]["min"] = 3          # batch: 1 -> 3
-    body["spec"]["tiers"][0]["prewarm"]["standby"] = 0        # interactive: drop the standby
+    body["spec"]["tiers"][2]["replicas"]["min"] = 3  # batch: 1 -> 3
+    body["spec"]["tiers"][0]["prewarm"]["standby"] = 0  # interactive: drop the standby
     body["metadata"]["generation"] = 2
     fake_kube.objects[("ModelService", "default", "llama-8b")] = body
     outcome = await tick(fake_kube, api, T0 + dt.timedelta(minutes=1))
@@ -122,8 +143,11 @@ async def test_objects_we_do_not_own_are_never_pruned(fake_kube, api):
     for node in cluster_nodes():
         fake_kube.put(node)
     fake_kube.put(sample_body())
-    stranger = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-        "name": "someone-elses", "namespace": "default", "labels": {"kubetier.io/service": "llama-8b"}}}
+    stranger = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "someone-elses", "namespace": "default", "labels": {"kubetier.io/service": "llama-8b"}},
+    }
     fake_kube.put(stranger)
     outcome = await tick(fake_kube, api)
     assert "ConfigMap/someone-elses" not in outcome.deleted

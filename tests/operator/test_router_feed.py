@@ -9,11 +9,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kubetier.operator.router_feed import attainment_from_status, fetch_attainment
 
-STATUS = {"models": {"llama": {"tiers": {
-    "interactive": {"requests": 40, "completed": 40, "failed": 0, "attainmentPercent": 97.5},
-    "batch": {"requests": 3, "completed": 3, "failed": 0, "attainmentPercent": 100.0},
-    "standard": {"requests": 9, "completed": 8, "failed": 1, "attainmentPercent": 88.9},
-}}}}
+STATUS = {
+    "models": {
+        "llama": {
+            "tiers": {
+                "interactive": {"requests": 40, "completed": 40, "failed": 0, "attainmentPercent": 97.5},
+                "batch": {"requests": 3, "completed": 3, "failed": 0, "attainmentPercent": 100.0},
+                "standard": {"requests": 9, "completed": 8, "failed": 1, "attainmentPercent": 88.9},
+            }
+        }
+    }
+}
 
 
 def test_tiers_with_enough_finished_requests_are_reported():
@@ -27,7 +33,7 @@ def test_other_models_and_empty_documents_report_nothing():
 
 def _serve(body: bytes, status: int = 200):
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()

@@ -9,7 +9,7 @@ from kubetier.operator.desired import desired
 from kubetier.operator.model import Observed
 from kubetier.operator.status import capacity_problem, compute_status, status_changed, transitions
 
-NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
 
 def conds(status):
@@ -17,10 +17,17 @@ def conds(status):
 
 
 def ready_pods(ms, tier, n, role="serving", node="od-a"):
-    return [{"metadata": {"name": f"{tier}-{role}-{i}", "labels": {
-        "kubetier.io/service": ms.name, "kubetier.io/tier": tier, "kubetier.io/role": role}},
-        "spec": {"nodeName": node}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
-        for i in range(n)]
+    return [
+        {
+            "metadata": {
+                "name": f"{tier}-{role}-{i}",
+                "labels": {"kubetier.io/service": ms.name, "kubetier.io/tier": tier, "kubetier.io/role": role},
+            },
+            "spec": {"nodeName": node},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }
+        for i in range(n)
+    ]
 
 
 def all_up(ms):
@@ -32,8 +39,12 @@ def all_up(ms):
         children[(o["kind"], o["metadata"]["name"])] = o
     for o in children.values():
         o["metadata"]["generation"] = 1
-    pods = (ready_pods(ms, "interactive", 2) + ready_pods(ms, "interactive", 1, "standby")
-            + ready_pods(ms, "standard", 2) + ready_pods(ms, "batch", 1, node="spot-a"))
+    pods = (
+        ready_pods(ms, "interactive", 2)
+        + ready_pods(ms, "interactive", 1, "standby")
+        + ready_pods(ms, "standard", 2)
+        + ready_pods(ms, "batch", 1, node="spot-a")
+    )
     return Observed(children=children, pods=pods, nodes=cluster_nodes())
 
 
@@ -41,20 +52,28 @@ def test_everything_up_is_ready_and_slo_unknown_without_measurements():
     ms = parse(sample_body())
     status = compute_status(ms, all_up(ms), NOW)
     assert conds(status) == {
-        "Ready": ("True", "AllTiersReady"), "Progressing": ("False", "Complete"),
-        "Degraded": ("False", "AsExpected"), "SLOAtRisk": ("Unknown", "NoMeasurements"),
+        "Ready": ("True", "AllTiersReady"),
+        "Progressing": ("False", "Complete"),
+        "Degraded": ("False", "AsExpected"),
+        "SLOAtRisk": ("Unknown", "NoMeasurements"),
     }
     assert [c["type"] for c in status["conditions"]] == ["Ready", "Progressing", "Degraded", "SLOAtRisk"]
-    assert all(set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
-               for c in status["conditions"])
+    assert all(
+        set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
+        for c in status["conditions"]
+    )
     assert {t["name"]: t["spotReplicas"] for t in status["tiers"]} == {"interactive": 0, "standard": 0, "batch": 1}
 
 
 def test_attainment_below_target_is_slo_at_risk():
     ms = parse(sample_body())
     up = all_up(ms)
-    observed = Observed(children=up.children, pods=up.pods, nodes=up.nodes,
-                        attainment={"interactive": 91.5, "standard": 97.0, "batch": 99.0})
+    observed = Observed(
+        children=up.children,
+        pods=up.pods,
+        nodes=up.nodes,
+        attainment={"interactive": 91.5, "standard": 97.0, "batch": 99.0},
+    )
     status = compute_status(ms, observed, NOW)
     assert conds(status)["SLOAtRisk"] == ("True", "AttainmentBelowTarget")
     assert "interactive 91.5% < 95%" in next(c for c in status["conditions"] if c["type"] == "SLOAtRisk")["message"]
@@ -96,14 +115,30 @@ def test_capacity_problems_name_the_field():
 def test_unschedulable_pods_are_explained_in_progressing():
     ms = parse(sample_body())
     up = all_up(ms)
-    stuck = {"metadata": {"name": "batch-x", "labels": {
-        "kubetier.io/service": ms.name, "kubetier.io/tier": "batch", "kubetier.io/role": "serving"}},
-        "spec": {}, "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                               "message": "0/8 nodes are available: 8 Insufficient nvidia.com/gpu."}]}}
+    stuck = {
+        "metadata": {
+            "name": "batch-x",
+            "labels": {"kubetier.io/service": ms.name, "kubetier.io/tier": "batch", "kubetier.io/role": "serving"},
+        },
+        "spec": {},
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/8 nodes are available: 8 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        },
+    }
     status = compute_status(ms, Observed(children=up.children, pods=up.pods + [stuck], nodes=up.nodes), NOW)
     progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
     assert (progressing["status"], progressing["reason"]) == ("True", "PodsUnschedulable")
-    assert "batch: 1 pod(s) unschedulable: 0/8 nodes are available: 8 Insufficient nvidia.com/gpu." == progressing["message"]
+    assert (
+        progressing["message"]
+        == "batch: 1 pod(s) unschedulable: 0/8 nodes are available: 8 Insufficient nvidia.com/gpu."
+    )
     assert conds(status)["Ready"] == ("False", "TiersNotReady")
 
 
@@ -114,8 +149,9 @@ def test_summaries_for_kubectl_get_join_every_tier_in_spec_order():
     assert status["tierSummary"] == "interactive,standard,batch"
     assert status["replicaSummary"] == "5/5"
     assert status["attainmentSummary"] == "-/-/-"
-    measured = Observed(children=up.children, pods=up.pods[:-1], nodes=up.nodes,
-                        attainment={"interactive": 99.5, "batch": 80.0})
+    measured = Observed(
+        children=up.children, pods=up.pods[:-1], nodes=up.nodes, attainment={"interactive": 99.5, "batch": 80.0}
+    )
     status = compute_status(ms, measured, NOW)
     assert status["replicaSummary"] == "4/5"
     assert status["attainmentSummary"] == "99.5/-/80"

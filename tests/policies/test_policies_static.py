@@ -97,9 +97,12 @@ def test_policy_files_exist():
 
 
 def test_kinds_and_api_versions():
-    allowed = {("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"),
-               ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"),
-               ("v1", "ConfigMap"), ("v1", "Namespace")}
+    allowed = {
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"),
+        ("v1", "ConfigMap"),
+        ("v1", "Namespace"),
+    }
     for d in load_all():
         assert (d["apiVersion"], d["kind"]) in allowed, (d["apiVersion"], d["kind"], d["metadata"]["name"])
 
@@ -136,7 +139,9 @@ def test_variables_are_defined_before_use():
         defined: list[str] = []
         for v in p["spec"].get("variables", []):
             for used in re.findall(r"variables\.(\w+)", v["expression"]):
-                assert used in defined, f"{p['metadata']['name']}: variable {v['name']} uses {used} before it is defined"
+                assert used in defined, (
+                    f"{p['metadata']['name']}: variable {v['name']} uses {used} before it is defined"
+                )
             defined.append(v["name"])
         for expr in expressions(p):
             for used in re.findall(r"variables\.(\w+)", expr):
@@ -150,7 +155,9 @@ def test_cel_reads_only_fields_of_the_crd_schema(policy):
     if policy["metadata"]["name"] != "kubetier-required-labels":
         assert any(r and r[0] == "tiers" for r in refs), "the reference extractor found nothing: is it broken?"
     for ref in refs:
-        assert resolve(schema, ref), f"{policy['metadata']['name']}: spec.{'.'.join(ref)} is not in the ModelService CRD schema"
+        assert resolve(schema, ref), (
+            f"{policy['metadata']['name']}: spec.{'.'.join(ref)} is not in the ModelService CRD schema"
+        )
 
 
 def test_reference_checker_catches_a_misspelt_field():

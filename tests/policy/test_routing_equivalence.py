@@ -43,7 +43,7 @@ def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: 
     B = s.running + 1
     kv_end = s.kv_tokens + prompt + B * H
     chunk_b = m.max_num_batched_tokens - B
-    if B > m.max_num_seqs or kv_end > m.kv_capacity_tokens or chunk_b < 1:
+    if m.max_num_seqs < B or kv_end > m.kv_capacity_tokens or chunk_b < 1:
         return False
     per_token = decode(m, B, kv_end)
     future = s.queued_prefill_tokens + prompt + int(s.running * prompt * turnover)
@@ -78,8 +78,7 @@ def reference_first_token(m: LatencyModel, running: int, kv: int, pending: int) 
 def reference_host_keeps_room(s: ServerLoad, prompt: int, host: TierSLO, probe: int) -> bool:
     """A spill is refused when a new host-tier request with a ``probe``-token prompt
     could no longer meet the host's TTFT behind the spilled prompt."""
-    t1 = reference_first_token(s.model, s.running + 1, s.kv_tokens + prompt,
-                               s.queued_prefill_tokens + prompt + probe)
+    t1 = reference_first_token(s.model, s.running + 1, s.kv_tokens + prompt, s.queued_prefill_tokens + prompt + probe)
     return t1 <= host.ttft_ms / 1000.0
 
 
@@ -98,11 +97,15 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
         return ("reject", None, False)
     budget = float("inf") if late else t.ttft_ms / 1000.0 - waited
     for k, host in enumerate(usable):
-        own = sorted((s for s in routable if s.tier == host.name),
-                     key=lambda s: (s.running, s.kv_tokens, s.server_id), reverse=True)
+        own = sorted(
+            (s for s in routable if s.tier == host.name),
+            key=lambda s: (s.running, s.kv_tokens, s.server_id),
+            reverse=True,
+        )
         for s in own:
             if reference_feasible(s, prompt, t.mean_output_tokens, budget, host.tpot_ms / 1000.0, p.turnover) and (
-                    k == 0 or reference_host_keeps_room(s, prompt, host, p.host_probe_prompt_tokens)):
+                k == 0 or reference_host_keeps_room(s, prompt, host, p.host_probe_prompt_tokens)
+            ):
                 return ("route", s.server_id, k > 0)
     return ("wait", None, False)
 
@@ -110,16 +113,24 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
 def random_walk(seed: int, steps: int) -> int:
     rng = random.Random(seed)
     models = [load_profile("llama-3.1-8b-h100"), load_profile(sorted(list_profiles())[-1])]
-    p = RoutingPolicy(TIERS, "slo", max_checks=UNBOUNDED, max_checks_per_level=UNBOUNDED,
-                      turnover=rng.choice([1.0, 0.5, 0.0]))
+    p = RoutingPolicy(
+        TIERS, "slo", max_checks=UNBOUNDED, max_checks_per_level=UNBOUNDED, turnover=rng.choice([1.0, 0.5, 0.0])
+    )
     n = rng.choice([2, 10, 60, 300])
     ids: list[str] = []
     for k in range(n):
         sid = f"s{rng.randint(0, 9 * n)}-{k}"  # ids arrive out of sorted order
         r = rng.randint(0, 200)
-        p.upsert_server(ServerLoad(sid, rng.choice(TIERS).name, rng.choice(models[:1] * 3 + models[1:]),
-                                   running=r, kv_tokens=r * rng.randint(0, 1500),
-                                   queued_prefill_tokens=rng.choice([0, 0, 0, 700, 6000])))
+        p.upsert_server(
+            ServerLoad(
+                sid,
+                rng.choice(TIERS).name,
+                rng.choice(models[:1] * 3 + models[1:]),
+                running=r,
+                kv_tokens=r * rng.randint(0, 1500),
+                queued_prefill_tokens=rng.choice([0, 0, 0, 700, 6000]),
+            )
+        )
         ids.append(sid)
     inflight: list[tuple[str, int]] = []
     compared = 0
@@ -180,4 +191,6 @@ def test_ids_renumbered_when_no_rank_room_is_left_keep_the_tie_order():
 
 def test_negative_load_is_refused_naming_the_field():
     with pytest.raises(ValueError, match="kv_tokens"):
-        RoutingPolicy(TIERS).upsert_server(ServerLoad("x", "interactive", load_profile("llama-3.1-8b-h100"), kv_tokens=-1))
+        RoutingPolicy(TIERS).upsert_server(
+            ServerLoad("x", "interactive", load_profile("llama-3.1-8b-h100"), kv_tokens=-1)
+        )

@@ -44,14 +44,19 @@ class Procs:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *args: str) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-m", "kubetier.cli", *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "kubetier.cli", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         self.procs.append(p)
         return p
 
     def engine(self, port: int, model: str, profile: str, *extra: str) -> subprocess.Popen:
-        p = self.start("engine-sim", "--port", str(port), "--model", model, "--profile", profile,
-                       "--log-level", "WARNING", *extra)
+        p = self.start(
+            "engine-sim", "--port", str(port), "--model", model, "--profile", profile, "--log-level", "WARNING", *extra
+        )
         return p
 
     def stop_all(self) -> None:

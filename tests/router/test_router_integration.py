@@ -16,13 +16,14 @@ import signal
 
 import httpx
 import pytest
-
 from router_procs import free_port, wait_http, wait_servers_ready, write_config
 
 pytestmark = pytest.mark.slow
 
 
-async def stream_tokens(client: httpx.AsyncClient, url: str, headers: dict, body: dict, on_token=None) -> tuple[list[str], bool, list[dict]]:
+async def stream_tokens(
+    client: httpx.AsyncClient, url: str, headers: dict, body: dict, on_token=None
+) -> tuple[list[str], bool, list[dict]]:
     texts: list[str] = []
     errors: list[dict] = []
     done = False
@@ -51,20 +52,29 @@ async def stream_tokens(client: httpx.AsyncClient, url: str, headers: dict, body
 
 def test_tight_tier_meets_slo_while_loose_tier_spills_and_escalation_is_refused(procs, small_profile, tmp_path):
     ports = {"tight": free_port(), "mid": free_port(), "loose": free_port()}
-    for tier, port in ports.items():
+    for _tier, port in ports.items():
         procs.engine(port, "m", small_profile)
     rport = free_port()
     cfg = {
-        "models": [{
-            "name": "m",
-            "profile": small_profile,
-            "tiers": [
-                {"name": "tight", "ttftMs": 1500, "tpotMs": 50, "priority": 100, "meanOutputTokens": 32},
-                {"name": "mid", "ttftMs": 3000, "tpotMs": 100, "priority": 50, "meanOutputTokens": 32},
-                {"name": "loose", "ttftMs": 10000, "tpotMs": 250, "priority": 10, "meanOutputTokens": 32, "onLate": "queue"},
-            ],
-            "servers": [{"url": f"http://127.0.0.1:{p}", "tier": t, "id": t} for t, p in ports.items()],
-        }],
+        "models": [
+            {
+                "name": "m",
+                "profile": small_profile,
+                "tiers": [
+                    {"name": "tight", "ttftMs": 1500, "tpotMs": 50, "priority": 100, "meanOutputTokens": 32},
+                    {"name": "mid", "ttftMs": 3000, "tpotMs": 100, "priority": 50, "meanOutputTokens": 32},
+                    {
+                        "name": "loose",
+                        "ttftMs": 10000,
+                        "tpotMs": 250,
+                        "priority": 10,
+                        "meanOutputTokens": 32,
+                        "onLate": "queue",
+                    },
+                ],
+                "servers": [{"url": f"http://127.0.0.1:{p}", "tier": t, "id": t} for t, p in ports.items()],
+            }
+        ],
         "apiKeys": [{"key": "k-loose", "tiers": ["loose"]}, {"key": "k-all", "tiers": ["tight", "mid", "loose"]}],
     }
     procs.start("router", "--port", str(rport), "--config", write_config(tmp_path, cfg), "--log-level", "WARNING")
@@ -112,8 +122,11 @@ def test_tight_tier_meets_slo_while_loose_tier_spills_and_escalation_is_refused(
     assert 'kubetier_router_spills_total{model="m",tier="loose"' in metrics
 
     # Escalation: a loose-only key asking for the tight tier.
-    r = httpx.post(url, headers={"authorization": "Bearer k-loose", "x-kubetier-tier": "tight"},
-                   json={"model": "m", "prompt": "x", "max_tokens": 2})
+    r = httpx.post(
+        url,
+        headers={"authorization": "Bearer k-loose", "x-kubetier-tier": "tight"},
+        json={"model": "m", "prompt": "x", "max_tokens": 2},
+    )
     assert r.status_code == 403
     assert "may not use tier 'tight'" in r.json()["error"]["message"]
     # Bad input gets a 4xx naming the problem, never a 500.
@@ -123,7 +136,9 @@ def test_tight_tier_meets_slo_while_loose_tier_spills_and_escalation_is_refused(
     assert r.status_code == 404
     r = httpx.post(url, headers={"authorization": "Bearer k-all"}, json={"model": "m"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
-    r = httpx.post(url, headers={"authorization": "Bearer k-all"}, json={"model": "m", "prompt": "x", "prompt_tokens": 10**6})
+    r = httpx.post(
+        url, headers={"authorization": "Bearer k-all"}, json={"model": "m", "prompt": "x", "prompt_tokens": 10**6}
+    )
     assert r.status_code == 400 and "tokens" in r.json()["error"]["message"]
     r = httpx.post(url, headers={"authorization": "Bearer wrong"}, json={"model": "m", "prompt": "x"})
     assert r.status_code == 401
@@ -137,15 +152,29 @@ def test_retry_before_first_token_and_resume_after_an_engine_is_killed(procs, tm
     procs.engine(spare, "k", "llama-3.1-8b-h100")
     rport = free_port()
     tier = [{"name": "std", "ttftMs": 2000, "tpotMs": 100, "priority": 1, "meanOutputTokens": 64}]
-    cfg = {"models": [
-        # Ties go to the server that sorts last by id: the failing one is tried first.
-        {"name": "r", "profile": "llama-3.1-8b-h100", "tiers": tier, "servers": [
-            {"url": f"http://127.0.0.1:{good}", "tier": "std", "id": "a-good"},
-            {"url": f"http://127.0.0.1:{failing}", "tier": "std", "id": "z-failing"}]},
-        {"name": "k", "profile": "llama-3.1-8b-h100", "tiers": tier, "servers": [
-            {"url": f"http://127.0.0.1:{spare}", "tier": "std", "id": "a-spare"},
-            {"url": f"http://127.0.0.1:{victim}", "tier": "std", "id": "z-victim"}]},
-    ]}
+    cfg = {
+        "models": [
+            # Ties go to the server that sorts last by id: the failing one is tried first.
+            {
+                "name": "r",
+                "profile": "llama-3.1-8b-h100",
+                "tiers": tier,
+                "servers": [
+                    {"url": f"http://127.0.0.1:{good}", "tier": "std", "id": "a-good"},
+                    {"url": f"http://127.0.0.1:{failing}", "tier": "std", "id": "z-failing"},
+                ],
+            },
+            {
+                "name": "k",
+                "profile": "llama-3.1-8b-h100",
+                "tiers": tier,
+                "servers": [
+                    {"url": f"http://127.0.0.1:{spare}", "tier": "std", "id": "a-spare"},
+                    {"url": f"http://127.0.0.1:{victim}", "tier": "std", "id": "z-victim"},
+                ],
+            },
+        ]
+    }
     procs.start("router", "--port", str(rport), "--config", write_config(tmp_path, cfg), "--log-level", "WARNING")
     for p in (good, failing, victim, spare, rport):
         wait_http(f"http://127.0.0.1:{p}/health")
@@ -159,13 +188,23 @@ def test_retry_before_first_token_and_resume_after_an_engine_is_killed(procs, tm
 
     async def run():
         async with httpx.AsyncClient(timeout=30) as client:
+
             async def kill_at(n):
                 if n == 10:
                     victim_proc.send_signal(signal.SIGKILL)
 
-            return await stream_tokens(client, base + "/v1/chat/completions", {}, {
-                "model": "k", "messages": [{"role": "user", "content": "tell me"}], "max_tokens": 120, "stream": True,
-            }, kill_at)
+            return await stream_tokens(
+                client,
+                base + "/v1/chat/completions",
+                {},
+                {
+                    "model": "k",
+                    "messages": [{"role": "user", "content": "tell me"}],
+                    "max_tokens": 120,
+                    "stream": True,
+                },
+                kill_at,
+            )
 
     texts, done, errors = asyncio.run(run())
     assert not errors and done, (errors, done, len(texts))
@@ -178,11 +217,27 @@ def test_retry_before_first_token_and_resume_after_an_engine_is_killed(procs, tm
 def test_two_workers_share_one_port_and_report_together(procs, tmp_path):
     eport, rport = free_port(), free_port()
     procs.engine(eport, "w", "llama-3.1-8b-h100")
-    cfg = {"models": [{"name": "w", "profile": "llama-3.1-8b-h100",
-                       "tiers": [{"name": "std", "ttftMs": 2000, "tpotMs": 100}],
-                       "servers": [{"url": f"http://127.0.0.1:{eport}", "tier": "std"}]}]}
-    procs.start("router", "--port", str(rport), "--config", write_config(tmp_path, cfg), "--workers", "2",
-                "--log-level", "WARNING")
+    cfg = {
+        "models": [
+            {
+                "name": "w",
+                "profile": "llama-3.1-8b-h100",
+                "tiers": [{"name": "std", "ttftMs": 2000, "tpotMs": 100}],
+                "servers": [{"url": f"http://127.0.0.1:{eport}", "tier": "std"}],
+            }
+        ]
+    }
+    procs.start(
+        "router",
+        "--port",
+        str(rport),
+        "--config",
+        write_config(tmp_path, cfg),
+        "--workers",
+        "2",
+        "--log-level",
+        "WARNING",
+    )
     wait_http(f"http://127.0.0.1:{eport}/health")
     wait_http(f"http://127.0.0.1:{rport}/health")
     base = f"http://127.0.0.1:{rport}"
@@ -200,7 +255,9 @@ def test_two_workers_share_one_port_and_report_together(procs, tmp_path):
         # Whichever worker answers reports every worker's requests.
         assert st["models"]["w"]["tiers"]["std"]["completed"] == n
     metrics = httpx.get(base + "/metrics").text
-    served = [l for l in metrics.splitlines() if l.startswith('kubetier_router_requests_total{') and 'outcome="ok"' in l]
+    served = [
+        l for l in metrics.splitlines() if l.startswith("kubetier_router_requests_total{") and 'outcome="ok"' in l
+    ]
     assert sum(float(l.rsplit(" ", 1)[1]) for l in served) == n
     # Both workers served some (all 12 connections hashed onto one worker: p ~ 0.05%).
     assert len(served) == 2
@@ -211,10 +268,20 @@ def test_stock_openai_client_through_the_router(procs, tmp_path):
 
     eport, rport = free_port(), free_port()
     procs.engine(eport, "o", "llama-3.1-8b-h100")
-    cfg = {"models": [{"name": "o", "profile": "llama-3.1-8b-h100",
-                       "tiers": [{"name": "fast", "ttftMs": 1000, "tpotMs": 50}, {"name": "slow", "ttftMs": 5000, "tpotMs": 200}],
-                       "servers": [{"url": f"http://127.0.0.1:{eport}", "tier": "fast"}]}],
-           "apiKeys": [{"key": "sk-slow", "tiers": ["slow"]}]}
+    cfg = {
+        "models": [
+            {
+                "name": "o",
+                "profile": "llama-3.1-8b-h100",
+                "tiers": [
+                    {"name": "fast", "ttftMs": 1000, "tpotMs": 50},
+                    {"name": "slow", "ttftMs": 5000, "tpotMs": 200},
+                ],
+                "servers": [{"url": f"http://127.0.0.1:{eport}", "tier": "fast"}],
+            }
+        ],
+        "apiKeys": [{"key": "sk-slow", "tiers": ["slow"]}],
+    }
     procs.start("router", "--port", str(rport), "--config", write_config(tmp_path, cfg), "--log-level", "WARNING")
     wait_http(f"http://127.0.0.1:{eport}/health")
     wait_http(f"http://127.0.0.1:{rport}/health")
@@ -222,8 +289,9 @@ def test_stock_openai_client_through_the_router(procs, tmp_path):
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{rport}/v1", api_key="sk-slow", max_retries=0)
     assert [m.id for m in client.models.list()] == ["o"]
     # The slow tier has no server of its own: it spills onto the fast one.
-    stream = client.chat.completions.create(model="o", messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=8, stream=True)
+    stream = client.chat.completions.create(
+        model="o", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True
+    )
     pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert len(pieces) == 8
     with pytest.raises(openai.PermissionDeniedError, match="may not use tier 'fast'"):

@@ -26,11 +26,17 @@ def pytest_asyncio_loop_factories(config, item):
 
 def cfg(**over) -> dict:
     c = {
-        "models": [{
-            "name": "m", "profile": "llama-3.1-8b-h100",
-            "tiers": [{"name": "fast", "ttftMs": 300, "tpotMs": 30}, {"name": "slow", "ttftMs": 5000, "tpotMs": 200}],
-            "servers": [{"url": "http://127.0.0.1:9001", "tier": "fast"}],
-        }],
+        "models": [
+            {
+                "name": "m",
+                "profile": "llama-3.1-8b-h100",
+                "tiers": [
+                    {"name": "fast", "ttftMs": 300, "tpotMs": 30},
+                    {"name": "slow", "ttftMs": 5000, "tpotMs": 200},
+                ],
+                "servers": [{"url": "http://127.0.0.1:9001", "tier": "fast"}],
+            }
+        ],
     }
     c.update(over)
     return c
@@ -45,20 +51,26 @@ def test_config_parses_and_keys_grant_tiers():
     assert parse_config(cfg()).models["m"].public
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda c: c["models"][0]["servers"][0].update(tier="gold"), "models[0].servers[0].tier: 'gold' is not a tier"),
-    (lambda c: c["models"][0]["servers"][0].update(url="https://x:1"), "models[0].servers[0].url"),
-    (lambda c: c["models"][0]["tiers"][1].pop("tpotMs"), "models[0].tiers[1].tpotMs: required"),
-    (lambda c: c["models"][0].update(profile="no-such-profile"), "models[0].profile"),
-    (lambda c: c.update(routing={"kind": "random"}), "routing.kind"),
-    (lambda c: c.update(apiKeys=[{"tiers": ["fast"]}]), "apiKeys[0]: needs 'key' or 'keyEnv'"),
-    # typos are refused, not silently replaced by the default
-    (lambda c: c["models"][0]["tiers"][1].update(onlate="queue"), "models[0].tiers[1].onlate: unknown field"),
-    (lambda c: c["models"][0].update(maxPromptToken=10), "models[0].maxPromptToken: unknown field"),
-    (lambda c: c["models"][0]["servers"][0].update(ID="a"), "models[0].servers[0].ID: unknown field"),
-    (lambda c: c.update(routing={"kind": "slo", "scaleUpSecond": 5}), "routing.scaleUpSecond: unknown field"),
-    (lambda c: c.update(apiKeys=[{"key": "k", "tiers": ["fast"], "model": ["m"]}]), "apiKeys[0].model: unknown field"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["models"][0]["servers"][0].update(tier="gold"), "models[0].servers[0].tier: 'gold' is not a tier"),
+        (lambda c: c["models"][0]["servers"][0].update(url="https://x:1"), "models[0].servers[0].url"),
+        (lambda c: c["models"][0]["tiers"][1].pop("tpotMs"), "models[0].tiers[1].tpotMs: required"),
+        (lambda c: c["models"][0].update(profile="no-such-profile"), "models[0].profile"),
+        (lambda c: c.update(routing={"kind": "random"}), "routing.kind"),
+        (lambda c: c.update(apiKeys=[{"tiers": ["fast"]}]), "apiKeys[0]: needs 'key' or 'keyEnv'"),
+        # typos are refused, not silently replaced by the default
+        (lambda c: c["models"][0]["tiers"][1].update(onlate="queue"), "models[0].tiers[1].onlate: unknown field"),
+        (lambda c: c["models"][0].update(maxPromptToken=10), "models[0].maxPromptToken: unknown field"),
+        (lambda c: c["models"][0]["servers"][0].update(ID="a"), "models[0].servers[0].ID: unknown field"),
+        (lambda c: c.update(routing={"kind": "slo", "scaleUpSecond": 5}), "routing.scaleUpSecond: unknown field"),
+        (
+            lambda c: c.update(apiKeys=[{"key": "k", "tiers": ["fast"], "model": ["m"]}]),
+            "apiKeys[0].model: unknown field",
+        ),
+    ],
+)
 def test_config_errors_name_the_field(mutate, message):
     c = cfg()
     mutate(c)
@@ -91,7 +103,9 @@ def test_resume_body_for_completions_appends_streamed_text():
 def test_resume_body_for_chat_continues_the_assistant_message():
     sent = _events(" x", " y", chat=True)
     assert streamed_text(sent) == (" x y", 2)  # the role chunk is no token
-    body, n = build_resume_body({"model": "m", "messages": [{"role": "user", "content": "q"}], "max_tokens": 5}, True, sent)
+    body, n = build_resume_body(
+        {"model": "m", "messages": [{"role": "user", "content": "q"}], "max_tokens": 5}, True, sent
+    )
     d = json.loads(body)
     assert n == 2 and d["max_tokens"] == 3
     assert d["messages"][-1] == {"role": "assistant", "content": " x y"}
@@ -110,8 +124,10 @@ def test_prompt_estimate_and_errors():
 
 
 def test_engine_metrics_parsing():
-    text = (b'# HELP x\nvllm:num_requests_running{model_name="m"} 7\n'
-            b'vllm:num_requests_waiting{model_name="m"} 2\nvllm:gpu_cache_usage_perc{model_name="m"} 0.25\n')
+    text = (
+        b'# HELP x\nvllm:num_requests_running{model_name="m"} 7\n'
+        b'vllm:num_requests_waiting{model_name="m"} 2\nvllm:gpu_cache_usage_perc{model_name="m"} 0.25\n'
+    )
     assert parse_engine_metrics(text) == (9, 0.25)
     assert parse_engine_metrics(b"other_metric 1\n") is None
 
@@ -120,38 +136,82 @@ def _routing_cm(access=None) -> dict:
     profile = load_profile("llama-3.1-8b-h100").to_dict()
     return {
         "metadata": {"name": "chat-routing", "namespace": "team-a", "labels": {"kubetier.io/routing-config": "true"}},
-        "data": {"routing.json": json.dumps({
-            "model": "llama", "namespace": "team-a", "service": "chat", "port": 8000, "profile": profile,
-            "tiers": [{"name": "interactive", "ttftMs": 300, "tpotMs": 30, "priority": 100, "meanOutputTokens": 256, "onLate": "reject"},
-                      {"name": "batch", "ttftMs": 9000, "tpotMs": 150, "priority": 1, "meanOutputTokens": 256, "onLate": "queue"}],
-            "access": access or [],
-        })},
+        "data": {
+            "routing.json": json.dumps(
+                {
+                    "model": "llama",
+                    "namespace": "team-a",
+                    "service": "chat",
+                    "port": 8000,
+                    "profile": profile,
+                    "tiers": [
+                        {
+                            "name": "interactive",
+                            "ttftMs": 300,
+                            "tpotMs": 30,
+                            "priority": 100,
+                            "meanOutputTokens": 256,
+                            "onLate": "reject",
+                        },
+                        {
+                            "name": "batch",
+                            "ttftMs": 9000,
+                            "tpotMs": 150,
+                            "priority": 1,
+                            "meanOutputTokens": 256,
+                            "onLate": "queue",
+                        },
+                    ],
+                    "access": access or [],
+                }
+            )
+        },
     }
 
 
 def _pod(name, tier, ready=True, deleting=False, ip="10.0.0.5", local=None, service="chat") -> dict:
-    meta = {"name": name, "namespace": "team-a",
-            "labels": {"app.kubernetes.io/managed-by": "kubetier", "kubetier.io/service": service,
-                       "kubetier.io/tier": tier, "kubetier.io/role": "serving"},
-            "annotations": {"kubetier.io/local-endpoint": local} if local else {}}
+    meta = {
+        "name": name,
+        "namespace": "team-a",
+        "labels": {
+            "app.kubernetes.io/managed-by": "kubetier",
+            "kubetier.io/service": service,
+            "kubetier.io/tier": tier,
+            "kubetier.io/role": "serving",
+        },
+        "annotations": {"kubetier.io/local-endpoint": local} if local else {},
+    }
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    return {"metadata": meta, "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": meta,
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
 
 
 def test_discovery_builds_models_servers_and_keys():
     secret = {"data": {"api-key": base64.b64encode(b"sk-a").decode()}}
-    cms = [_routing_cm(access=[{"secretName": "team-a-key", "tiers": ["batch"]}]),
-           {"metadata": {"name": "broken-routing", "namespace": "x"}, "data": {"routing.json": "{not json"}}]
-    pods = [_pod("p1", "interactive"), _pod("p2", "batch", ready=False), _pod("p3", "batch", deleting=True),
-            _pod("p4", "batch", service="other")]
+    cms = [
+        _routing_cm(access=[{"secretName": "team-a-key", "tiers": ["batch"]}]),
+        {"metadata": {"name": "broken-routing", "namespace": "x"}, "data": {"routing.json": "{not json"}},
+    ]
+    pods = [
+        _pod("p1", "interactive"),
+        _pod("p2", "batch", ready=False),
+        _pod("p3", "batch", deleting=True),
+        _pod("p4", "batch", service="other"),
+    ]
     c = build_config(cms, pods, {("team-a", "team-a-key"): secret})
     assert list(c.models) == ["llama"]  # the broken ConfigMap is skipped
     m = c.models["llama"]
     assert not m.public
     servers = {s.server_id: s for s in m.servers}
     assert set(servers) == {"team-a/p1", "team-a/p2", "team-a/p3"}
-    assert (servers["team-a/p1"].host, servers["team-a/p1"].port, servers["team-a/p1"].ready) == ("10.0.0.5", 8000, True)
+    assert (servers["team-a/p1"].host, servers["team-a/p1"].port, servers["team-a/p1"].ready) == (
+        "10.0.0.5",
+        8000,
+        True,
+    )
     assert servers["team-a/p2"].ready is False and servers["team-a/p3"].draining is True
     assert c.keys == {"sk-a": {"llama": frozenset({"batch"})}}
 
@@ -231,6 +291,7 @@ async def test_upstream_client_times_out_a_stalled_stream():
 async def test_upstream_sink_gets_reads_while_the_reader_waits_and_wakes_it_on_demand():
     """The relay's hot path: bytes go to the sink from the protocol callback; the reader
     wakes only at the end, when the sink returns False, or when the sink raises."""
+
     async def handler(req, res):
         res.start_stream(200)
         for i in range(4):
@@ -288,10 +349,13 @@ def test_discovery_reads_kubernetes_client_objects():
     from kubetier.router.discovery import ClusterSource
 
     cm = _routing_cm(access=[{"secretName": "k", "tiers": ["interactive"]}])
-    v1cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(**{k: v for k, v in cm["metadata"].items()}), data=cm["data"])
+    v1cm = client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(**{k: v for k, v in cm["metadata"].items()}), data=cm["data"]
+    )
     pod = client.V1Pod(
-        metadata=client.V1ObjectMeta(name="p1", namespace="team-a", labels=_pod("p1", "batch")["metadata"]["labels"],
-                                     deletion_timestamp=None),
+        metadata=client.V1ObjectMeta(
+            name="p1", namespace="team-a", labels=_pod("p1", "batch")["metadata"]["labels"], deletion_timestamp=None
+        ),
         status=client.V1PodStatus(pod_ip="10.1.2.3", conditions=[client.V1PodCondition(type="Ready", status="True")]),
     )
     secret = client.V1Secret(data={"api-key": base64.b64encode(b"sk-z").decode()})
@@ -340,6 +404,7 @@ async def test_router_follows_discovery_updates_in_process():
                     res.write(b'data: {"choices":[{"index":0,"text":" %s"}]}\n\n' % w.encode())
                 res.write(b"data: [DONE]\n\n")
                 res.end()
+
         return handler
 
     boxes = [[0], [0]]
@@ -351,8 +416,10 @@ async def test_router_follows_discovery_updates_in_process():
     front = await start_server(router.handle, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{port_of(front)}/v1/completions"
     try:
-        pods = [_pod("p0", "batch", local=f"127.0.0.1:{boxes[0][0]}"),
-                _pod("p1", "batch", local=f"127.0.0.1:{boxes[1][0]}", deleting=True)]
+        pods = [
+            _pod("p0", "batch", local=f"127.0.0.1:{boxes[0][0]}"),
+            _pod("p1", "batch", local=f"127.0.0.1:{boxes[1][0]}", deleting=True),
+        ]
         router.update_models(build_config([_routing_cm()], pods, {}, local_endpoints=True))
         async with httpx.AsyncClient(timeout=10) as client:
             for _ in range(3):
@@ -371,16 +438,21 @@ async def test_router_follows_discovery_updates_in_process():
 
 async def test_wait_queue_admits_when_capacity_frees_and_rejects_when_late():
     from kubetier.policy.latency import LatencyModel
+    from kubetier.policy.routing import TierSLO
     from kubetier.router.config import ModelSpec, ServerSpec
     from kubetier.router.fleet import ModelFleet, Rejected
     from kubetier.router.metrics import RouterMetrics
-    from kubetier.policy.routing import TierSLO
 
     d = load_profile("llama-3.1-8b-h100").to_dict()
     d["maxNumSeqs"] = 1
-    spec = ModelSpec("m", LatencyModel.from_dict(d), [
-        TierSLO("t", ttft_ms=400, tpot_ms=100, priority=1, mean_output_tokens=16),
-    ], [ServerSpec("s", "127.0.0.1", 9, "t")])
+    spec = ModelSpec(
+        "m",
+        LatencyModel.from_dict(d),
+        [
+            TierSLO("t", ttft_ms=400, tpot_ms=100, priority=1, mean_output_tokens=16),
+        ],
+        [ServerSpec("s", "127.0.0.1", 9, "t")],
+    )
     fleet = ModelFleet(spec, RouterMetrics("test"))
     import time as _t
 
@@ -413,18 +485,27 @@ async def test_single_failing_server_gives_502_quickly_not_an_endless_wait():
             res.send(500, b'{"error": "boom"}')
 
     eng = await start_server(engine, "127.0.0.1", 0)
-    config = parse_config({"models": [{
-        "name": "m", "profile": "llama-3.1-8b-h100",
-        "tiers": [{"name": "q", "ttftMs": 500, "tpotMs": 100, "onLate": "queue"}],
-        "servers": [{"url": f"http://127.0.0.1:{port_of(eng)}", "tier": "q"}],
-    }]})
+    config = parse_config(
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "profile": "llama-3.1-8b-h100",
+                    "tiers": [{"name": "q", "ttftMs": 500, "tpotMs": 100, "onLate": "queue"}],
+                    "servers": [{"url": f"http://127.0.0.1:{port_of(eng)}", "tier": "q"}],
+                }
+            ]
+        }
+    )
     router = Router(config)
     router.start()
     front = await start_server(router.handle, "127.0.0.1", 0)
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             t0 = _t.monotonic()
-            r = await client.post(f"http://127.0.0.1:{port_of(front)}/v1/completions", json={"model": "m", "prompt": "x"})
+            r = await client.post(
+                f"http://127.0.0.1:{port_of(front)}/v1/completions", json={"model": "m", "prompt": "x"}
+            )
             assert r.status_code == 502 and "answered 500" in r.json()["error"]["message"]
             assert _t.monotonic() - t0 < 2.0
     finally:
@@ -449,18 +530,27 @@ async def test_mid_stream_failure_without_another_server_ends_with_an_error_even
         res.abort()  # the engine dies mid-stream
 
     eng = await start_server(engine, "127.0.0.1", 0)
-    config = parse_config({"models": [{
-        "name": "m", "profile": "llama-3.1-8b-h100",
-        "tiers": [{"name": "t", "ttftMs": 1000, "tpotMs": 100}],
-        "servers": [{"url": f"http://127.0.0.1:{port_of(eng)}", "tier": "t"}],
-    }]})
+    config = parse_config(
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "profile": "llama-3.1-8b-h100",
+                    "tiers": [{"name": "t", "ttftMs": 1000, "tpotMs": 100}],
+                    "servers": [{"url": f"http://127.0.0.1:{port_of(eng)}", "tier": "t"}],
+                }
+            ]
+        }
+    )
     router = Router(config)
     router.start()
     front = await start_server(router.handle, "127.0.0.1", 0)
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            r = await client.post(f"http://127.0.0.1:{port_of(front)}/v1/completions",
-                                  json={"model": "m", "prompt": "x", "max_tokens": 10, "stream": True})
+            r = await client.post(
+                f"http://127.0.0.1:{port_of(front)}/v1/completions",
+                json={"model": "m", "prompt": "x", "max_tokens": 10, "stream": True},
+            )
         events = [l[6:] for l in r.text.splitlines() if l.startswith("data: ")]
         assert [json.loads(e)["choices"][0]["text"] for e in events[:2]] == [" a", " b"]
         err = json.loads(events[-1])["error"]
@@ -484,9 +574,14 @@ async def test_a_waiting_request_whose_client_left_gives_up_its_place():
 
     d = load_profile("llama-3.1-8b-h100").to_dict()
     d["maxNumSeqs"] = 1
-    spec = ModelSpec("m", LatencyModel.from_dict(d), [
-        TierSLO("t", ttft_ms=5000, tpot_ms=100, priority=1, mean_output_tokens=16, on_late="queue"),
-    ], [ServerSpec("s", "127.0.0.1", 9, "t")])
+    spec = ModelSpec(
+        "m",
+        LatencyModel.from_dict(d),
+        [
+            TierSLO("t", ttft_ms=5000, tpot_ms=100, priority=1, mean_output_tokens=16, on_late="queue"),
+        ],
+        [ServerSpec("s", "127.0.0.1", 9, "t")],
+    )
     fleet = ModelFleet(spec, RouterMetrics("test"))
     await fleet.acquire("t", 100, _t.monotonic())  # the only slot
     left = {"gone": False}

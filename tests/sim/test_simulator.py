@@ -18,10 +18,18 @@ from kubetier.sim.workload import Arrival
 # A profile where every iteration takes exactly 10 ms (decode grid flat, prefill table
 # flat at the one-weight-read cost), so outcomes can be worked out by hand.
 FLAT = {
-    "name": "flat-10ms", "kvCapacityTokens": 100_000, "maxNumSeqs": 8, "maxNumBatchedTokens": 512,
+    "name": "flat-10ms",
+    "kvCapacityTokens": 100_000,
+    "maxNumSeqs": 8,
+    "maxNumBatchedTokens": 512,
     "decode": {"batchSizes": [1, 8], "kvTokens": [0, 100_000], "iterationMs": [[10, 10], [10, 10]]},
     "prefill": {"tokens": [512], "ms": [10]},
-    "power": {"idleWatts": 50, "tdpWatts": 500, "decodeWatts": {"batchSizes": [1], "watts": [300]}, "prefillWatts": 400},
+    "power": {
+        "idleWatts": 50,
+        "tdpWatts": 500,
+        "decodeWatts": {"batchSizes": [1], "watts": [300]},
+        "prefillWatts": 400,
+    },
 }
 
 
@@ -84,10 +92,12 @@ def test_two_tiers_forced_spill_to_the_tighter_servers():
     # The loose tier has no server of its own: its requests must spill onto the tight
     # tier's server (allowed: a server that meets 20 ms/token meets 200 ms/token).
     model = load_profile("llama-3.1-8b-h100")
-    tiers = [TierSLO("tight", ttft_ms=1000, tpot_ms=40, priority=10, mean_output_tokens=32),
-             TierSLO("loose", ttft_ms=5000, tpot_ms=200, priority=1, mean_output_tokens=32)]
+    tiers = [
+        TierSLO("tight", ttft_ms=1000, tpot_ms=40, priority=10, mean_output_tokens=32),
+        TierSLO("loose", ttft_ms=5000, tpot_ms=200, priority=1, mean_output_tokens=32),
+    ]
     arrivals = [Arrival(0.1 * i, 200, 32, i % 2) for i in range(20)]
-    sim, col = _run(tiers, ["tight"], arrivals, model=model, kind="slo")
+    _sim, col = _run(tiers, ["tight"], arrivals, model=model, kind="slo")
     stats = summarize(col, ["tight", "loose"], [1000, 5000], [40, 200], [90, 90])
     assert stats[0].requests == 10 and stats[1].requests == 10
     assert stats[1].spilled == 10 and stats[0].spilled == 0
@@ -96,24 +106,38 @@ def test_two_tiers_forced_spill_to_the_tighter_servers():
 
 def test_no_spill_to_a_looser_tier():
     model = load_profile("llama-3.1-8b-h100")
-    tiers = [TierSLO("tight", ttft_ms=1000, tpot_ms=40, priority=10, mean_output_tokens=32, on_late="reject"),
-             TierSLO("loose", ttft_ms=5000, tpot_ms=200, priority=1, mean_output_tokens=32)]
+    tiers = [
+        TierSLO("tight", ttft_ms=1000, tpot_ms=40, priority=10, mean_output_tokens=32, on_late="reject"),
+        TierSLO("loose", ttft_ms=5000, tpot_ms=200, priority=1, mean_output_tokens=32),
+    ]
     sim, col = _run(tiers, ["loose"], [Arrival(0.0, 200, 8, 0)], model=model, kind="slo")
     # nothing may serve the tight request: it waits until it is late, then is rejected
     assert sim.n_done == 0 and sim.n_rejected == 1 and col.rejected[0] == 1
 
 
 SYNTH = {
-    "name": "tiny", "seed": 3, "profile": "llama-3.1-8b-h100",
+    "name": "tiny",
+    "seed": 3,
+    "profile": "llama-3.1-8b-h100",
     "tiers": [
         {"name": "interactive", "ttftMs": 400, "tpotMs": 25, "meanOutputTokens": 64},
         {"name": "batch", "ttftMs": 4000, "tpotMs": 100, "meanOutputTokens": 128},
     ],
-    "workload": {"durationS": 20, "sources": [{
-        "synthetic": {"arrival": "gamma", "rate": 20, "cv": 2,
-                      "prompt": {"dist": "lognormal", "mean": 800, "sd": 600, "min": 16, "max": 8000},
-                      "output": {"dist": "lognormal", "mean": 100, "sd": 80, "min": 1, "max": 1000}},
-        "mix": {"interactive": 0.5, "batch": 0.5}}]},
+    "workload": {
+        "durationS": 20,
+        "sources": [
+            {
+                "synthetic": {
+                    "arrival": "gamma",
+                    "rate": 20,
+                    "cv": 2,
+                    "prompt": {"dist": "lognormal", "mean": 800, "sd": 600, "min": 16, "max": 8000},
+                    "output": {"dist": "lognormal", "mean": 100, "sd": 80, "min": 1, "max": 1000},
+                },
+                "mix": {"interactive": 0.5, "batch": 0.5},
+            }
+        ],
+    },
     "fleet": {"servers": {"interactive": 1, "batch": 1}},
     "goodput": {"minScale": 0.25, "maxScale": 8, "iterations": 2},
 }
@@ -157,16 +181,19 @@ def test_simulator_and_router_use_the_same_policy_function(monkeypatch):
     assert calls.count("route") == sum(t.requests - t.rejected for t in r.tiers)
 
 
-@pytest.mark.parametrize("patch, field", [
-    ({"tiers": [{"name": "a", "ttftMs": -1, "tpotMs": 20}]}, "tiers.0.ttftMs"),
-    ({"fleet": {"servers": {"nope": 1}}}, "fleet.servers"),
-    ({"fleet": {"servers": {"interactive": 1}, "pool": 3}}, "fleet"),
-    ({"workload": {"sources": [{"trace": "x", "tier": "missing"}]}}, "workload.sources.0"),
-    ({"workload": {"sources": [{"trace": "x", "tier": "batch", "mix": {"batch": 1}}]}}, "workload.sources.0"),
-    ({"policies": ["kubetier", "magic"]}, "policies.1"),
-    ({"goodput": {"minScale": 4, "maxScale": 2}}, "goodput.minScale"),
-    ({"tiers": [{"name": "a", "ttftMs": 1, "tpotMs": 20, "colour": "red"}]}, "tiers.0.colour"),
-])
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"tiers": [{"name": "a", "ttftMs": -1, "tpotMs": 20}]}, "tiers.0.ttftMs"),
+        ({"fleet": {"servers": {"nope": 1}}}, "fleet.servers"),
+        ({"fleet": {"servers": {"interactive": 1}, "pool": 3}}, "fleet"),
+        ({"workload": {"sources": [{"trace": "x", "tier": "missing"}]}}, "workload.sources.0"),
+        ({"workload": {"sources": [{"trace": "x", "tier": "batch", "mix": {"batch": 1}}]}}, "workload.sources.0"),
+        ({"policies": ["kubetier", "magic"]}, "policies.1"),
+        ({"goodput": {"minScale": 4, "maxScale": 2}}, "goodput.minScale"),
+        ({"tiers": [{"name": "a", "ttftMs": 1, "tpotMs": 20, "colour": "red"}]}, "tiers.0.colour"),
+    ],
+)
 def test_scenario_errors_name_the_field(patch, field):
     with pytest.raises(ValueError) as exc:
         parse_scenario({**SYNTH, **patch}, origin="s.yaml")
@@ -174,16 +201,22 @@ def test_scenario_errors_name_the_field(patch, field):
 
 
 def test_trace_reader_streams_azure_and_mooncake_columns(tmp_path):
-    from kubetier.sim.workload import read_trace, resolve_trace, TraceMissingError
+    from kubetier.sim.workload import TraceMissingError, read_trace, resolve_trace
 
     csv = tmp_path / "code.csv"
-    csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-                   "2023-11-16 18:17:03.9799600,4808,10\n2023-11-16 18:17:04.4799600,3180,8\n")
+    csv.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:17:03.9799600,4808,10\n2023-11-16 18:17:04.4799600,3180,8\n"
+    )
     rows = list(read_trace(csv))
     assert rows[0] == (0.0, 4808, 10) and rows[1][0] == pytest.approx(0.5) and rows[1][1:] == (3180, 8)
     js = tmp_path / "m.jsonl"
-    js.write_text(json.dumps({"timestamp": 0, "input_length": 6758, "output_length": 500, "hash_ids": [0]}) + "\n"
-                  + json.dumps({"timestamp": 1500, "input_length": 10, "output_length": 3, "hash_ids": [1]}) + "\n")
+    js.write_text(
+        json.dumps({"timestamp": 0, "input_length": 6758, "output_length": 500, "hash_ids": [0]})
+        + "\n"
+        + json.dumps({"timestamp": 1500, "input_length": 10, "output_length": 3, "hash_ids": [1]})
+        + "\n"
+    )
     assert list(read_trace(js)) == [(0.0, 6758, 500), (1.5, 10, 3)]
     with pytest.raises(TraceMissingError, match="--traces-dir"):
         resolve_trace("azure_llm_2023_code", tmp_path)
@@ -240,12 +273,16 @@ def test_hooks_spot_preemption_migrates_and_power_cap_slows():
     class Spot(Hook):
         # notice at 50 ms (stop routing to s0), preemption at 100 ms
         def schedule(self):
-            return [(0.05, lambda sim, now: sim.drain_server(sim.servers[0])),
-                    (0.10, lambda sim, now: sim.remove_server(sim.servers[0]))]
+            return [
+                (0.05, lambda sim, now: sim.drain_server(sim.servers[0])),
+                (0.10, lambda sim, now: sim.remove_server(sim.servers[0])),
+            ]
 
     model = LatencyModel.from_dict(FLAT)
     tiers = [TierSLO("only", ttft_ms=5000, tpot_ms=100, priority=1, mean_output_tokens=40)]
-    cfg = SimConfig(tiers=tiers, server_tiers=["only", "only"], model=model, policy_kind="static-partition", hooks=[Spot()])
+    cfg = SimConfig(
+        tiers=tiers, server_tiers=["only", "only"], model=model, policy_kind="static-partition", hooks=[Spot()]
+    )
     col = Collector(1)
     sim = Simulator(cfg, sink=col)
     sim.run(iter([Arrival(0.001 * i, 100, 40, 0) for i in range(6)]))
@@ -268,9 +305,21 @@ def test_synthetic_arrivals_and_lengths_have_the_asked_shape(arrival, cv_min, cv
 
     from kubetier.sim.workload import LengthDist, synthetic
 
-    rows = list(itertools.islice(synthetic(arrival, 10.0, LengthDist("lognormal", 1000, 500, 1, 100_000),
-                                           LengthDist("zipf", 200, 0, 1, 100_000), seed=1, cv=3.0,
-                                           amplitude=0.5, period_s=100.0), 40_000))
+    rows = list(
+        itertools.islice(
+            synthetic(
+                arrival,
+                10.0,
+                LengthDist("lognormal", 1000, 500, 1, 100_000),
+                LengthDist("zipf", 200, 0, 1, 100_000),
+                seed=1,
+                cv=3.0,
+                amplitude=0.5,
+                period_s=100.0,
+            ),
+            40_000,
+        )
+    )
     t = [r[0] for r in rows]
     gaps = [b - a for a, b in zip(t, t[1:])]
     assert all(g >= 0 for g in gaps)

@@ -47,7 +47,7 @@ def loopback_args(args: list[str], ports: dict[str, int]) -> list[str]:
         a = a.replace("0.0.0.0", "127.0.0.1")  # the chart binds pod IPs; local processes stay on loopback
         for flag, port in ports.items():
             if a.startswith(f"--{flag}="):
-                a = re.sub(r"(:|=)\d+(/|$)", lambda m: f"{m.group(1)}{port}{m.group(2)}", a, count=1)
+                a = re.sub(r"(:|=)\d+(/|$)", lambda m, port=port: f"{m.group(1)}{port}{m.group(2)}", a, count=1)
         out.append(a)
     return out
 
@@ -92,10 +92,15 @@ class LocalProcess:
         full_env = dict(os.environ, **env, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1")
         full_env.pop("KUBERNETES_SERVICE_HOST", None)  # never an in-cluster identity
         self.argv, self.log_path = argv, log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kubetier.cli", *argv], stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
-                                     start_new_session=True)
+        self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetier.cli", *argv],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -124,8 +129,9 @@ class LocalProcess:
 class ChartOnLocalProcesses:
     """The release's operator and router as local processes (context manager)."""
 
-    def __init__(self, kubectl, admin_kubeconfig: str, release: str, namespace: str, workdir: Path,
-                 router_port: int = 0) -> None:
+    def __init__(
+        self, kubectl, admin_kubeconfig: str, release: str, namespace: str, workdir: Path, router_port: int = 0
+    ) -> None:
         self.kubectl, self.admin_kubeconfig = kubectl, admin_kubeconfig
         self.release, self.namespace, self.workdir = release, namespace, workdir
         self.router_port = router_port or free_port()
@@ -133,11 +139,16 @@ class ChartOnLocalProcesses:
 
     def workload(self, component: str) -> dict:
         """The component's Deployment (or the operator's StatefulSet when it runs replicas)."""
-        items = self.kubectl.items("deployments,statefulsets", self.namespace,
-                                   f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component={component}")
+        items = self.kubectl.items(
+            "deployments,statefulsets",
+            self.namespace,
+            f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component={component}",
+        )
         if len(items) != 1:
-            raise SystemExit(f"expected one {component} workload of release {self.release!r} in namespace "
-                             f"{self.namespace!r}, found {len(items)}: is the chart installed there?")
+            raise SystemExit(
+                f"expected one {component} workload of release {self.release!r} in namespace "
+                f"{self.namespace!r}, found {len(items)}: is the chart installed there?"
+            )
         return items[0]
 
     def replica(self, component: str, index: int = 0) -> LocalProcess:
@@ -153,13 +164,18 @@ class ChartOnLocalProcesses:
         ports = {"liveness": free_port()} if component == "operator" else {"port": self.router_port}
         container = pod["containers"][0]
         pod_name = f"{workload['metadata']['name']}-{index}"
-        env = {**plain_env(container), "POD_INDEX": str(index), "POD_ID": pod_name, "POD_NAME": pod_name,
-               "POD_NAMESPACE": self.namespace}
+        env = {
+            **plain_env(container),
+            "POD_INDEX": str(index),
+            "POD_ID": pod_name,
+            "POD_NAME": pod_name,
+            "POD_NAMESPACE": self.namespace,
+        }
         if component == "operator":
             env = loopback_router_status(env, self.router_port)
         return LocalProcess(local_command(component, container, ports, env), kc, self.workdir / f"{name}.log", env)
 
-    def start(self) -> "ChartOnLocalProcesses":
+    def start(self) -> ChartOnLocalProcesses:
         for component in COMPONENTS:
             self.procs[component] = self.replica(component)
         return self
@@ -168,7 +184,7 @@ class ChartOnLocalProcesses:
         for proc in self.procs.values():
             proc.stop()
 
-    def __enter__(self) -> "ChartOnLocalProcesses":
+    def __enter__(self) -> ChartOnLocalProcesses:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -184,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-scale", type=float, default=1.0, help="engine simulator time factor (default: 1.0)")
     args = p.parse_args(argv)
     if not args.kubeconfig or not Path(args.kubeconfig).is_file():
-        p.error("--kubeconfig (or $KUBECONFIG) must name the cluster's admin kubeconfig; on the local cluster: "
-                "export KUBECONFIG=$(.venv/bin/python e2e/cluster/cluster.py kubeconfig-path)")
+        p.error(
+            "--kubeconfig (or $KUBECONFIG) must name the cluster's admin kubeconfig; on the local cluster: "
+            "export KUBECONFIG=$(.venv/bin/python e2e/cluster/cluster.py kubeconfig-path)"
+        )
 
     from kubernetes import client, config
 
@@ -198,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     kubectl = Kubectl(binary, args.kubeconfig)
     cfg = client.Configuration()
     config.load_kube_config(config_file=args.kubeconfig, client_configuration=cfg)
-    with tempfile.TemporaryDirectory(prefix="kubetier-local-") as d, \
-            ChartOnLocalProcesses(kubectl, args.kubeconfig, args.release, args.namespace, Path(d),
-                                  args.router_port) as chart, \
-            client.ApiClient(cfg) as api, \
-            LocalEngines(api, command=engine_sim_command(time_scale=args.time_scale)):
-        print(f"operator and router of release {args.release} running under their ServiceAccounts "
-              f"(logs in {d})")
+    with (
+        tempfile.TemporaryDirectory(prefix="kubetier-local-") as d,
+        ChartOnLocalProcesses(
+            kubectl, args.kubeconfig, args.release, args.namespace, Path(d), args.router_port
+        ) as chart,
+        client.ApiClient(cfg) as api,
+        LocalEngines(api, command=engine_sim_command(time_scale=args.time_scale)),
+    ):
+        print(f"operator and router of release {args.release} running under their ServiceAccounts (logs in {d})")
         print(f"router: http://127.0.0.1:{chart.router_port}/v1   (Ctrl-C to stop)", flush=True)
         stop = []
         signal.signal(signal.SIGINT, lambda *_: stop.append(1))

@@ -6,6 +6,13 @@ from kubetier.api.powerbudget import PowerBudget, PowerBudgetSpec
 from kubetier.api.validation import InvalidObject, admit
 
 __all__ = [
-    "GROUP", "VERSION", "ModelService", "ModelServiceSpec", "Tier",
-    "PowerBudget", "PowerBudgetSpec", "InvalidObject", "admit",
+    "GROUP",
+    "VERSION",
+    "InvalidObject",
+    "ModelService",
+    "ModelServiceSpec",
+    "PowerBudget",
+    "PowerBudgetSpec",
+    "Tier",
+    "admit",
 ]

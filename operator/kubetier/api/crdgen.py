@@ -1,7 +1,7 @@
 """``kubetier crds``: the CustomResourceDefinitions, generated from the pydantic models.
 
-    kubetier crds                 # print every CRD as one YAML stream
-    kubetier crds --write DIR     # one file per CRD: DIR/<plural>.<group>.yaml
+kubetier crds                 # print every CRD as one YAML stream
+kubetier crds --write DIR     # one file per CRD: DIR/<plural>.<group>.yaml
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ def _root_schema(spec_model: type, status_model: type, root_validations: list[di
 
 
 def _crd(
-    *, kind: str, plural: str, scope: str, short_names: list[str], categories: list[str],
-    schema: dict[str, Any], columns: list[dict[str, Any]],
+    *,
+    kind: str,
+    plural: str,
+    scope: str,
+    short_names: list[str],
+    categories: list[str],
+    schema: dict[str, Any],
+    columns: list[dict[str, Any]],
 ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -75,16 +81,28 @@ def _crd(
 
 def modelservice_crd() -> dict[str, Any]:
     return _crd(
-        kind=ms.KIND, plural=ms.PLURAL, scope="Namespaced", short_names=["ms"], categories=["kubetier"],
+        kind=ms.KIND,
+        plural=ms.PLURAL,
+        scope="Namespaced",
+        short_names=["ms"],
+        categories=["kubetier"],
         schema=_root_schema(ms.ModelServiceSpec, ms.ModelServiceStatus, ms.ROOT_VALIDATIONS),
         columns=[
             {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
             {"name": "Tiers", "type": "string", "jsonPath": ".status.tierSummary"},
             {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-            {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary",
-             "description": "Ready serving replicas / desired, over all tiers"},
-            {"name": "Attainment", "type": "string", "jsonPath": ".status.attainmentSummary",
-             "description": "Observed SLO attainment per tier (spec order), in percent"},
+            {
+                "name": "Replicas",
+                "type": "string",
+                "jsonPath": ".status.replicaSummary",
+                "description": "Ready serving replicas / desired, over all tiers",
+            },
+            {
+                "name": "Attainment",
+                "type": "string",
+                "jsonPath": ".status.attainmentSummary",
+                "description": "Observed SLO attainment per tier (spec order), in percent",
+            },
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )
@@ -92,7 +110,11 @@ def modelservice_crd() -> dict[str, Any]:
 
 def powerbudget_crd() -> dict[str, Any]:
     return _crd(
-        kind=pb.KIND, plural=pb.PLURAL, scope="Cluster", short_names=["pwb"], categories=["kubetier"],
+        kind=pb.KIND,
+        plural=pb.PLURAL,
+        scope="Cluster",
+        short_names=["pwb"],
+        categories=["kubetier"],
         schema=_root_schema(pb.PowerBudgetSpec, pb.PowerBudgetStatus),
         columns=[
             {"name": "Budget", "type": "integer", "jsonPath": ".spec.budgetWatts"},

@@ -40,11 +40,13 @@ _MAX_GRID = 64
 
 class ModelRef(ApiModel):
     name: str = Field(
-        min_length=1, max_length=256,
+        min_length=1,
+        max_length=256,
         description="Name clients put in the OpenAI `model` field (vLLM --served-model-name).",
     )
     source: str = Field(
-        min_length=1, max_length=1024,
+        min_length=1,
+        max_length=1024,
         description='Where the engine loads weights from: "hf://<org>/<repo>" or a path/URI the engine understands.',
     )
 
@@ -62,12 +64,14 @@ class Engine(ApiModel):
         default="vllm", description="Serving engine: vllm, sglang, or kubetier's engine simulator."
     )
     image: str | None = Field(
-        default=None, max_length=512,
+        default=None,
+        max_length=512,
         description="Container image; empty picks the operator's default image for the engine kind.",
     )
     port: int = Field(default=8000, ge=1, le=65535, description="Port the engine serves HTTP on.")
     args: list[str] = Field(
-        default_factory=list, max_length=64,
+        default_factory=list,
+        max_length=64,
         description="Extra engine arguments, appended after the ones kubetier renders.",
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
@@ -75,7 +79,9 @@ class Engine(ApiModel):
         default=256, ge=1, le=4096, description="Most sequences in one batch (vLLM --max-num-seqs)."
     )
     max_num_batched_tokens: int | None = Field(
-        default=None, ge=1, le=1_048_576,
+        default=None,
+        ge=1,
+        le=1_048_576,
         description="Chunked-prefill token budget per iteration (vLLM --max-num-batched-tokens); empty = engine default.",
     )
 
@@ -85,15 +91,20 @@ class Engine(ApiModel):
 
 class Resources(ApiModel):
     gpus_per_replica: int = Field(
-        default=1, ge=0, le=16,
+        default=1,
+        ge=0,
+        le=16,
         description="nvidia.com/gpu per replica (vLLM tensor-parallel size). 0 only makes sense for the simulator.",
     )
     gpu_product: str | None = Field(
-        default=None, max_length=128,
+        default=None,
+        max_length=128,
         description=f"Required value of the node label {GPU_PRODUCT_LABEL}, e.g. NVIDIA-H100-80GB-HBM3.",
     )
     cpu: str = Field(default="8", max_length=32, pattern=QUANTITY_PATTERN, description="CPU request per replica.")
-    memory: str = Field(default="64Gi", max_length=32, pattern=QUANTITY_PATTERN, description="Memory request and limit per replica.")
+    memory: str = Field(
+        default="64Gi", max_length=32, pattern=QUANTITY_PATTERN, description="Memory request and limit per replica."
+    )
 
 
 # --------------------------------------------------------------------------- latency profile
@@ -108,7 +119,8 @@ class DecodeTable(ApiModel):
     batch_sizes: list[int] = Field(min_length=1, max_length=_MAX_GRID)
     kv_tokens: list[int] = Field(min_length=1, max_length=_MAX_GRID)
     iteration_ms: list[list[float]] = Field(
-        min_length=1, max_length=_MAX_GRID,
+        min_length=1,
+        max_length=_MAX_GRID,
         description="Rows follow batchSizes, columns follow kvTokens.",
     )
 
@@ -161,14 +173,18 @@ class LatencyProfileSpec(ApiModel):
     model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_ONE_PROFILE_SOURCE]}}
 
     builtin: str | None = Field(
-        default=None, max_length=MAX_NAME_LENGTH, pattern=r"^[a-z0-9][-a-z0-9.]*$",
+        default=None,
+        max_length=MAX_NAME_LENGTH,
+        pattern=r"^[a-z0-9][-a-z0-9.]*$",
         description="Name of a profile shipped with kubetier (`kubetier profiles list`).",
     )
-    config_map_ref: ConfigMapKeyRef | None = Field(default=None, description="A ConfigMap key holding the profile YAML.")
+    config_map_ref: ConfigMapKeyRef | None = Field(
+        default=None, description="A ConfigMap key holding the profile YAML."
+    )
     inline: InlineProfile | None = Field(default=None, description="The profile itself.")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "LatencyProfileSpec":
+    def _exactly_one(self) -> LatencyProfileSpec:
         if sum(x is not None for x in (self.builtin, self.config_map_ref, self.inline)) != 1:
             raise ValueError(_ONE_PROFILE_SOURCE["message"])
         return self
@@ -187,7 +203,7 @@ class Replicas(ApiModel):
     max: int = Field(default=4, ge=1, le=1000, description="Most serving replicas the autoscaler may run.")
 
     @model_validator(mode="after")
-    def _order(self) -> "Replicas":
+    def _order(self) -> Replicas:
         if self.min > self.max:
             raise ValueError(_REPLICAS_ORDER["message"])
         return self
@@ -199,7 +215,9 @@ class Capacity(ApiModel):
         description="Spot capacity: never (on-demand only), allowed (either), preferred (spot first).",
     )
     on_demand_floor: int = Field(
-        default=0, ge=0, le=1000,
+        default=0,
+        ge=0,
+        le=1000,
         description="Replicas kept on on-demand capacity whatever the spot policy.",
     )
 
@@ -226,7 +244,9 @@ class Tier(ApiModel):
     }
 
     name: str = Field(
-        min_length=1, max_length=MAX_TIER_NAME_LENGTH, pattern=DNS_LABEL_PATTERN,
+        min_length=1,
+        max_length=MAX_TIER_NAME_LENGTH,
+        pattern=DNS_LABEL_PATTERN,
         description="Tier name (a DNS label); clients ask for it in X-Kubetier-Tier.",
     )
     ttft_ms: int = Field(gt=0, le=3_600_000, description="Time-to-first-token target in milliseconds.")
@@ -248,7 +268,7 @@ class Tier(ApiModel):
     prewarm: Prewarm = Field(default_factory=Prewarm)
 
     @model_validator(mode="after")
-    def _cross_field(self) -> "Tier":
+    def _cross_field(self) -> Tier:
         if self.capacity.on_demand_floor > self.replicas.max:
             raise ValueError(_FLOOR_WITHIN_MAX["message"])
         if self.replicas.min == 0 and not self.prewarm.scale_to_zero:
@@ -260,13 +280,16 @@ class Tier(ApiModel):
 
 
 class SecretRef(ApiModel):
-    name: str = Field(min_length=1, max_length=253, description="Secret in the ModelService's namespace; key `api-key`.")
+    name: str = Field(
+        min_length=1, max_length=253, description="Secret in the ModelService's namespace; key `api-key`."
+    )
 
 
 class AccessRule(ApiModel):
     secret_ref: SecretRef
     tiers: list[str] = Field(
-        min_length=1, max_length=MAX_TIERS,
+        min_length=1,
+        max_length=MAX_TIERS,
         description="Tiers a request bearing this key may use.",
         json_schema_extra={"items": {"type": "string", "maxLength": MAX_TIER_NAME_LENGTH}},
     )
@@ -304,12 +327,13 @@ class ModelServiceSpec(ApiModel):
     )
     tiers: list[Tier] = Field(min_length=1, max_length=MAX_TIERS, description="SLO tiers, each with its own servers.")
     access: list[AccessRule] = Field(
-        default_factory=list, max_length=MAX_ACCESS_ENTRIES,
+        default_factory=list,
+        max_length=MAX_ACCESS_ENTRIES,
         description="Which API-key Secrets may use which tiers.",
     )
 
     @model_validator(mode="after")
-    def _cross_field(self) -> "ModelServiceSpec":
+    def _cross_field(self) -> ModelServiceSpec:
         names = [t.name for t in self.tiers]
         if len(set(names)) != len(names):
             raise ValueError(_UNIQUE_TIER_NAMES["message"])
@@ -342,7 +366,8 @@ class TierStatus(ApiModel):
 class ModelServiceStatus(ApiModel):
     observed_generation: int = Field(default=0, ge=0)
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=16,
+        default_factory=list,
+        max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     tiers: list[TierStatus] = Field(default_factory=list, max_length=MAX_TIERS)
@@ -351,10 +376,13 @@ class ModelServiceStatus(ApiModel):
     # first element of a list, so per-tier figures are joined here).
     tier_summary: str | None = Field(default=None, max_length=256, description="Tier names in spec order.")
     replica_summary: str | None = Field(
-        default=None, max_length=64, description="Ready serving replicas / desired, over all tiers (e.g. 5/6).")
+        default=None, max_length=64, description="Ready serving replicas / desired, over all tiers (e.g. 5/6)."
+    )
     attainment_summary: str | None = Field(
-        default=None, max_length=256,
-        description="Observed SLO attainment per tier in spec order, in percent ('-' until the router reports).")
+        default=None,
+        max_length=256,
+        description="Observed SLO attainment per tier in spec order, in percent ('-' until the router reports).",
+    )
 
 
 # --------------------------------------------------------------------------- object

@@ -35,8 +35,12 @@ def _default(schema: dict[str, Any], obj: Any) -> None:
 
 
 _TYPES = {
-    "object": dict, "array": list, "string": str, "boolean": bool,
-    "integer": int, "number": (int, float),
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "number": (int, float),
 }
 
 
@@ -74,26 +78,38 @@ def _check(schema: dict[str, Any], value: Any, path: str, errors: list[str]) -> 
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema:
             if schema.get("exclusiveMinimum") and value <= schema["minimum"]:
-                errors.append(f"{where}: Invalid value: {value}: {where} in body should be greater than {schema['minimum']}")
+                errors.append(
+                    f"{where}: Invalid value: {value}: {where} in body should be greater than {schema['minimum']}"
+                )
             elif value < schema["minimum"]:
-                errors.append(f"{where}: Invalid value: {value}: {where} in body should be greater than or equal to {schema['minimum']}")
+                errors.append(
+                    f"{where}: Invalid value: {value}: {where} in body should be greater than or equal to {schema['minimum']}"
+                )
         if "maximum" in schema:
             if schema.get("exclusiveMaximum") and value >= schema["maximum"]:
-                errors.append(f"{where}: Invalid value: {value}: {where} in body should be less than {schema['maximum']}")
+                errors.append(
+                    f"{where}: Invalid value: {value}: {where} in body should be less than {schema['maximum']}"
+                )
             elif value > schema["maximum"]:
-                errors.append(f"{where}: Invalid value: {value}: {where} in body should be less than or equal to {schema['maximum']}")
+                errors.append(
+                    f"{where}: Invalid value: {value}: {where} in body should be less than or equal to {schema['maximum']}"
+                )
     if isinstance(value, str):
         if "pattern" in schema and not re.search(schema["pattern"], value):
             errors.append(f"{where}: Invalid value: {_fmt(value)}: {where} in body should match '{schema['pattern']}'")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append(f"{where}: Too long: may not be more than {schema['maxLength']} bytes")
         if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append(f"{where}: Invalid value: {_fmt(value)}: {where} in body should be at least {schema['minLength']} chars long")
+            errors.append(
+                f"{where}: Invalid value: {_fmt(value)}: {where} in body should be at least {schema['minLength']} chars long"
+            )
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             errors.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxItems']} items")
         if "minItems" in schema and len(value) < schema["minItems"]:
-            errors.append(f"{where}: Invalid value: {len(value)}: {where} in body should have at least {schema['minItems']} items")
+            errors.append(
+                f"{where}: Invalid value: {len(value)}: {where} in body should have at least {schema['minItems']} items"
+            )
         for i, item in enumerate(value):
             _check(schema.get("items", {}), item, f"{path}[{i}]", errors)
     if isinstance(value, dict):

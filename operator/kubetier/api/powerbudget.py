@@ -25,7 +25,8 @@ class LabelSelectorRequirement(ApiModel):
     key: str = Field(min_length=1, max_length=317)
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = Field(
-        default_factory=list, max_length=64,
+        default_factory=list,
+        max_length=64,
         json_schema_extra={"items": {"type": "string", "maxLength": _MAX_LABEL_VALUE}},
     )
 
@@ -38,8 +39,7 @@ class NodeSelector(ApiModel):
 
 
 _THRESHOLD_ORDER = cel(
-    "self.uncapThresholdPercent < self.capThresholdPercent && "
-    "self.capThresholdPercent <= self.hardCapThresholdPercent",
+    "self.uncapThresholdPercent < self.capThresholdPercent && self.capThresholdPercent <= self.hardCapThresholdPercent",
     "thresholds must satisfy uncapThresholdPercent < capThresholdPercent <= hardCapThresholdPercent",
 )
 
@@ -55,12 +55,10 @@ class PowerBudgetSpec(ApiModel):
     uncap_threshold_percent: int = Field(
         default=80, ge=0, lt=100, description="Below this share, lift caps (hysteresis)."
     )
-    hard_cap_threshold_percent: int = Field(
-        default=97, gt=0, le=100, description="Above this share, cap everything."
-    )
+    hard_cap_threshold_percent: int = Field(default=97, gt=0, le=100, description="Above this share, cap everything.")
 
     @model_validator(mode="after")
-    def _order(self) -> "PowerBudgetSpec":
+    def _order(self) -> PowerBudgetSpec:
         if not (self.uncap_threshold_percent < self.cap_threshold_percent <= self.hard_cap_threshold_percent):
             raise ValueError(_THRESHOLD_ORDER["message"])
         return self
@@ -69,7 +67,8 @@ class PowerBudgetSpec(ApiModel):
 class PowerBudgetStatus(ApiModel):
     observed_generation: int = Field(default=0, ge=0)
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=16,
+        default_factory=list,
+        max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     nodes: int = Field(default=0, ge=0, description="Nodes the selector matches.")

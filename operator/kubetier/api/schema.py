@@ -14,12 +14,32 @@ from typing import Any
 # JSON Schema keywords a structural schema may carry; anything else pydantic emits
 # (title, additionalProperties: false, ...) is dropped.
 _KEEP = {
-    "type", "description", "default", "enum", "format", "pattern",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
-    "items", "properties", "required", "additionalProperties",
-    "x-kubernetes-validations", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
-    "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields", "anyOf",
+    "type",
+    "description",
+    "default",
+    "enum",
+    "format",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "items",
+    "properties",
+    "required",
+    "additionalProperties",
+    "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "anyOf",
 }
 
 
@@ -88,7 +108,9 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 and "properties" in sub
                 and not sub.get("required")
             ):
-                sub["default"] = {k: copy.deepcopy(v["default"]) for k, v in sub["properties"].items() if "default" in v}
+                sub["default"] = {
+                    k: copy.deepcopy(v["default"]) for k, v in sub["properties"].items() if "default" in v
+                }
                 out["properties"][name] = _ordered(sub)
         if not out.get("required"):
             out.pop("required", None)
@@ -98,15 +120,34 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 # Reading order for a schema node in the generated YAML: what it is, then its bounds,
 # then its children, then the rules over them.
 _ORDER = [
-    "type", "format", "description", "default", "enum", "pattern",
-    "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum",
-    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
-    "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
-    "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
-    "required", "properties", "items", "additionalProperties", "anyOf", "x-kubernetes-validations",
+    "type",
+    "format",
+    "description",
+    "default",
+    "enum",
+    "pattern",
+    "minimum",
+    "exclusiveMinimum",
+    "maximum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "required",
+    "properties",
+    "items",
+    "additionalProperties",
+    "anyOf",
+    "x-kubernetes-validations",
 ]
 
 
 def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     return {key: node[key] for key in _ORDER if key in node}
-

@@ -3,7 +3,7 @@ pydantic models (whose cross-field validators mirror the CRD's CEL rules)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import pydantic
@@ -21,7 +21,7 @@ class InvalidObject(ValueError):
         super().__init__(f"{kind} {name!r} is invalid: " + "; ".join(errors))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schemas() -> dict[str, dict[str, Any]]:
     from kubetier.api.crdgen import all_crds
 
@@ -44,7 +44,9 @@ def admit(obj: dict[str, Any]) -> ModelService | PowerBudget:
     models = {"ModelService": ModelService, "PowerBudget": PowerBudget}
     name = (obj.get("metadata") or {}).get("name", "")
     if kind not in models:
-        raise InvalidObject(str(kind), name, [f"kind: Unsupported value: {kind!r}: supported values: {', '.join(models)}"])
+        raise InvalidObject(
+            str(kind), name, [f"kind: Unsupported value: {kind!r}: supported values: {', '.join(models)}"]
+        )
     schema = _schemas()[kind]
     defaulted = openapi.default(schema, obj)
     errors = openapi.check(schema, defaulted)

@@ -111,8 +111,9 @@ class EngineSimulator:
         self.loaded = True
         log.info("model %s loaded", self.served_model)
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 8000, *, limits: Limits | None = None,
-                    reuse_port: bool = False) -> asyncio.AbstractServer:
+    async def serve(
+        self, host: str = "127.0.0.1", port: int = 8000, *, limits: Limits | None = None, reuse_port: bool = False
+    ) -> asyncio.AbstractServer:
         server = await start_server(self.handle, host, port, limits=limits, reuse_port=reuse_port)
         self.start()
         return server
@@ -143,10 +144,23 @@ class EngineSimulator:
             if not self.loaded:
                 response.send(503, error_body(503, "model is loading"))
                 return
-            response.send_json(200, {"object": "list", "data": [{
-                "id": self.served_model, "object": "model", "created": self.created, "owned_by": "kubetier",
-                "root": self.served_model, "parent": None, "max_model_len": self.max_model_len,
-            }]})
+            response.send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": self.served_model,
+                            "object": "model",
+                            "created": self.created,
+                            "owned_by": "kubetier",
+                            "root": self.served_model,
+                            "parent": None,
+                            "max_model_len": self.max_model_len,
+                        }
+                    ],
+                },
+            )
         else:
             response.send(404, error_body(404, f"no route for {path}"))
 
@@ -173,8 +187,9 @@ class EngineSimulator:
             response.send(500, error_body(500, "engine loop crashed"))
             return
         try:
-            params = parse_request(request.body, chat=chat, served_model=self.served_model,
-                                   max_model_len=self.max_model_len)
+            params = parse_request(
+                request.body, chat=chat, served_model=self.served_model, max_model_len=self.max_model_len
+            )
         except ApiError as exc:
             response.send(exc.status, error_body(exc.status, exc.message, param=exc.param))
             return
@@ -200,8 +215,13 @@ class EngineSimulator:
         seq = Sequence(params.prompt_tokens, output_tokens, ctx=state)
 
         if params.stream:
-            fmt = StreamFormat(chat=chat, request_id=request_id, created=created, model=params.model,
-                               include_usage=params.include_usage)
+            fmt = StreamFormat(
+                chat=chat,
+                request_id=request_id,
+                created=created,
+                model=params.model,
+                include_usage=params.include_usage,
+            )
             seq.on_token = _stream_emitter(response, fmt, offset, abort_at, finish_reason, params.prompt_tokens)
             response.start_stream()
         elif abort_at is not None:
@@ -220,11 +240,19 @@ class EngineSimulator:
             return
         if params.stream or seq.aborted or response.disconnected:
             return  # the stream was written by the engine loop, or nobody is listening
-        response.send_json(200, completion_body(
-            chat=chat, request_id=request_id, created=created, model=params.model,
-            text=filler_text(offset, seq.generated), finish_reason=finish_reason,
-            prompt_tokens=params.prompt_tokens, completion_tokens=seq.generated,
-        ))
+        response.send_json(
+            200,
+            completion_body(
+                chat=chat,
+                request_id=request_id,
+                created=created,
+                model=params.model,
+                text=filler_text(offset, seq.generated),
+                finish_reason=finish_reason,
+                prompt_tokens=params.prompt_tokens,
+                completion_tokens=seq.generated,
+            ),
+        )
 
     def _abort_point(self, output_tokens: int) -> int | None:
         """The token after which this request is cut off, or None."""
@@ -240,8 +268,9 @@ class EngineSimulator:
         return at if at < output_tokens else None
 
 
-def _stream_emitter(response: Response, fmt: StreamFormat, offset: int, abort_at: int | None,
-                    finish_reason: str, prompt_tokens: int):
+def _stream_emitter(
+    response: Response, fmt: StreamFormat, offset: int, abort_at: int | None, finish_reason: str, prompt_tokens: int
+):
     """The per-token callback of one stream: one write per token, bytes spliced only."""
     write = response.write
     head, tail, opening = fmt.head, fmt.tail, fmt.opening

@@ -45,18 +45,29 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def _level(port: int, pid: int, n: int, args: argparse.Namespace, model) -> dict:
-    bodies = [{"model": args.model, "prompt": "x", "prompt_tokens": args.prompt_tokens,
-               "max_tokens": args.output_tokens, "stream": True} for _ in range(n)]
+    bodies = [
+        {
+            "model": args.model,
+            "prompt": "x",
+            "prompt_tokens": args.prompt_tokens,
+            "max_tokens": args.output_tokens,
+            "stream": True,
+        }
+        for _ in range(n)
+    ]
     cpu0, wall0, client0 = _cpu_seconds(pid), time.perf_counter(), time.process_time()
-    results = await run_concurrent("127.0.0.1", port, "/v1/completions", bodies,
-                                   stagger_s=args.ramp_s / n, timeout=120)
+    results = await run_concurrent("127.0.0.1", port, "/v1/completions", bodies, stagger_s=args.ramp_s / n, timeout=120)
     wall = time.perf_counter() - wall0
     cpu = _cpu_seconds(pid) - cpu0
     client_cpu = time.process_time() - client0
     ok = [r for r in results if r.error is None and r.status == 200 and r.tokens == args.output_tokens]
     t0 = min(r.sent for r in results)
-    predicted = predict(model, [(r.sent - t0, args.prompt_tokens, args.output_tokens) for r in results],
-                        max_num_seqs=args.max_num_seqs, time_scale=args.time_scale)
+    predicted = predict(
+        model,
+        [(r.sent - t0, args.prompt_tokens, args.output_tokens) for r in results],
+        max_num_seqs=args.max_num_seqs,
+        time_scale=args.time_scale,
+    )
     pairs = [(r, p) for r, p in zip(results, predicted) if r in ok]
     ttft_added = [r.ttft - p.ttft_s for r, p in pairs]
     tpot_ratio = [r.tpot / p.tpot_s for r, p in pairs if p.tpot_s > 0]
@@ -80,8 +91,10 @@ async def _level(port: int, pid: int, n: int, args: argparse.Namespace, model) -
     ttft_ratio = [r.ttft / p.ttft_s for r, p in pairs]
     row["ttft_ratio_p50"] = statistics.median(ttft_ratio) if pairs else None
     row["sustained"] = bool(
-        len(ok) == n and pairs
-        and abs(row["tpot_ratio_p50"] - 1) <= 0.10 and row["tpot_ratio_p99"] <= 1.25
+        len(ok) == n
+        and pairs
+        and abs(row["tpot_ratio_p50"] - 1) <= 0.10
+        and row["tpot_ratio_p99"] <= 1.25
         and abs(row["ttft_ratio_p50"] - 1) <= 0.10
     )
     return row
@@ -111,9 +124,24 @@ def main(argv: list[str]) -> int:
     levels = [int(x) for x in args.streams.split(",") if x]
     model = load_profile(args.profile)
     port = _free_port()
-    cmd = [sys.executable, "-m", "kubetier.cli", "engine-sim", "--port", str(port), "--profile", args.profile,
-           "--model", args.model, "--time-scale", str(args.time_scale), "--max-num-seqs", str(args.max_num_seqs),
-           "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kubetier.cli",
+        "engine-sim",
+        "--port",
+        str(port),
+        "--profile",
+        args.profile,
+        "--model",
+        args.model,
+        "--time-scale",
+        str(args.time_scale),
+        "--max-num-seqs",
+        str(args.max_num_seqs),
+        "--log-level",
+        "WARNING",
+    ]
     server_cpu = args.server_cpu
 
     def pin() -> None:
@@ -140,17 +168,22 @@ def main(argv: list[str]) -> int:
         import uvloop
 
         rows = []
-        header = (f"{'streams':>7} {'done':>5} {'cpu':>5} {'client':>6} {'tok/s':>7} {'us/tok':>6} {'ttft model':>10} "
-                  f"{'+p50':>6} {'+p99':>6} {'tpot model':>10} {'tpot meas':>9} {'ratio p99':>9}  sustained")
+        header = (
+            f"{'streams':>7} {'done':>5} {'cpu':>5} {'client':>6} {'tok/s':>7} {'us/tok':>6} {'ttft model':>10} "
+            f"{'+p50':>6} {'+p99':>6} {'tpot model':>10} {'tpot meas':>9} {'ratio p99':>9}  sustained"
+        )
         print(header)
         for n in levels:
             row = uvloop.run(_level(port, proc.pid, n, args, model))
             rows.append(row)
-            print(f"{n:>7} {row['completed']:>5} {row['server_cpu_fraction']:>5.2f} {row['client_cpu_fraction']:>6.2f} {row['tokens_per_s']:>7.0f} "
-                  f"{row['server_cpu_us_per_token'] or 0:>6.1f} {row['ttft_model_p50_ms'] or 0:>8.1f}ms "
-                  f"{row['ttft_added_p50_ms'] or 0:>5.1f} {row['ttft_added_p99_ms'] or 0:>6.1f} "
-                  f"{row['tpot_model_p50_ms'] or 0:>8.2f}ms {row['tpot_measured_p50_ms'] or 0:>7.2f}ms "
-                  f"{row['tpot_ratio_p99'] or 0:>9.3f}  {row['sustained']}", flush=True)
+            print(
+                f"{n:>7} {row['completed']:>5} {row['server_cpu_fraction']:>5.2f} {row['client_cpu_fraction']:>6.2f} {row['tokens_per_s']:>7.0f} "
+                f"{row['server_cpu_us_per_token'] or 0:>6.1f} {row['ttft_model_p50_ms'] or 0:>8.1f}ms "
+                f"{row['ttft_added_p50_ms'] or 0:>5.1f} {row['ttft_added_p99_ms'] or 0:>6.1f} "
+                f"{row['tpot_model_p50_ms'] or 0:>8.2f}ms {row['tpot_measured_p50_ms'] or 0:>7.2f}ms "
+                f"{row['tpot_ratio_p99'] or 0:>9.3f}  {row['sustained']}",
+                flush=True,
+            )
         best = max((r["streams"] for r in rows if r["sustained"]), default=0)
         print(f"max sustained concurrent streams on one core: {best}")
         with open(args.json, "w") as f:

@@ -68,12 +68,12 @@ DEFAULT_CONCURRENCIES = (1, 8, 32, 64, 128, 256)
 class Prediction:
     ttft_s: float
     tpot_s: float
-    iteration_s: float          # mean iteration time (= TPOT)
-    decode_batch: float         # mean sequences decoding per iteration
-    running: float              # mean sequences admitted (prefilling or decoding)
+    iteration_s: float  # mean iteration time (= TPOT)
+    decode_batch: float  # mean sequences decoding per iteration
+    running: float  # mean sequences admitted (prefilling or decoding)
     prefills_per_iteration: float
-    cycle_s: float              # one stream: request sent to next request sent
-    regime: str                 # "alone", "unsaturated" or "saturated"
+    cycle_s: float  # one stream: request sent to next request sent
+    regime: str  # "alone", "unsaturated" or "saturated"
 
 
 def _even_spread(mean: float, g) -> tuple[float, float]:
@@ -143,8 +143,13 @@ def predict_closed_loop(
         else:
             tau_waited = tau
         return Prediction(
-            ttft_s=tau_waited + n_p * tau_prefill, tpot_s=tau, iteration_s=tau, decode_batch=decodes,
-            running=running, prefills_per_iteration=prompts, cycle_s=cycle_iters * tau,
+            ttft_s=tau_waited + n_p * tau_prefill,
+            tpot_s=tau,
+            iteration_s=tau,
+            decode_batch=decodes,
+            running=running,
+            prefills_per_iteration=prompts,
+            cycle_s=cycle_iters * tau,
             regime="unsaturated",
         )
 
@@ -161,8 +166,14 @@ def predict_closed_loop(
     throughput = M / (per_seq_iters * tau)  # requests per second
     cycle = C / throughput
     return Prediction(
-        ttft_s=cycle - (O - 1) * tau, tpot_s=tau, iteration_s=tau, decode_batch=decodes, running=M,
-        prefills_per_iteration=prompts, cycle_s=cycle, regime="saturated",
+        ttft_s=cycle - (O - 1) * tau,
+        tpot_s=tau,
+        iteration_s=tau,
+        decode_batch=decodes,
+        running=M,
+        prefills_per_iteration=prompts,
+        cycle_s=cycle,
+        regime="saturated",
     )
 
 
@@ -236,7 +247,7 @@ class _StreamConnection(asyncio.Protocol):
             rec.last = now
             if self.on_tokens is not None:
                 self.on_tokens(n)
-        self._tail = body[-(len(_EVENT) - 1):]
+        self._tail = body[-(len(_EVENT) - 1) :]
 
     def on_message_complete(self) -> None:
         rec = self._record
@@ -265,17 +276,22 @@ class _StreamConnection(asyncio.Protocol):
 
 def _request_bytes(host: str, port: int, prompt_tokens: int, output_tokens: int) -> bytes:
     # Token ids give the server an exact prompt length; ignore_eos as vLLM's benchmark does.
-    body = json.dumps({
-        "prompt": [1000 + (i % 20000) for i in range(prompt_tokens)],
-        "max_tokens": output_tokens,
-        "min_tokens": output_tokens,
-        "ignore_eos": True,
-        "stream": True,
-        "temperature": 0.0,
-    }, separators=(",", ":")).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    body = json.dumps(
+        {
+            "prompt": [1000 + (i % 20000) for i in range(prompt_tokens)],
+            "max_tokens": output_tokens,
+            "min_tokens": output_tokens,
+            "ignore_eos": True,
+            "stream": True,
+            "temperature": 0.0,
+        },
+        separators=(",", ":"),
+    ).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -328,7 +344,7 @@ async def _scrape_server(host: str, port: int) -> dict[str, tuple[float, float]]
         writer.write(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         text = (await asyncio.wait_for(reader.read(), timeout=10)).decode(errors="replace")
         writer.close()
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return {}
     out: dict[str, list[float]] = {}
     for line in text.splitlines():
@@ -359,9 +375,18 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def run_point(
-    host: str, port: int, model: LatencyModel, concurrency: int, prompt_tokens: int,
-    output_tokens: int, *, time_scale: float = 1.0, max_num_seqs: int | None = None,
-    warmup_cycles: float = 1.0, measure_cycles: float = 2.0, min_requests: int = 16,
+    host: str,
+    port: int,
+    model: LatencyModel,
+    concurrency: int,
+    prompt_tokens: int,
+    output_tokens: int,
+    *,
+    time_scale: float = 1.0,
+    max_num_seqs: int | None = None,
+    warmup_cycles: float = 1.0,
+    measure_cycles: float = 2.0,
+    min_requests: int = 16,
     server_pid: int | None = None,
 ) -> PointResult:
     """Drive ``concurrency`` closed-loop streams and compare with the prediction.
@@ -430,7 +455,7 @@ async def run_point(
     try:
         # Stream 0 ticks O times per cycle; allow for slow ramps but never hang.
         await asyncio.wait_for(asyncio.shield(ramped), timeout=10 * cycle + 10)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     for i in sorted(j for js in due.values() for j in js):  # clock stalled: start the rest now
         tasks.append(loop.create_task(stream(i)))
@@ -470,16 +495,27 @@ async def run_point(
     s_ttft = _server_mean(server0, server1, "ttft") * time_scale
     s_tpot = _server_mean(server0, server1, "tpot") * time_scale
     return PointResult(
-        concurrency=concurrency, requests=len(window), errors=state["errors"],
-        measured_ttft_ms=m_ttft * 1e3, measured_tpot_ms=m_tpot * 1e3,
-        measured_ttft_p50_ms=_pct(ttft, 0.5) * 1e3, measured_ttft_p90_ms=_pct(ttft, 0.9) * 1e3,
-        measured_tpot_p50_ms=_pct(tpot, 0.5) * 1e3, measured_tpot_p90_ms=_pct(tpot, 0.9) * 1e3,
+        concurrency=concurrency,
+        requests=len(window),
+        errors=state["errors"],
+        measured_ttft_ms=m_ttft * 1e3,
+        measured_tpot_ms=m_tpot * 1e3,
+        measured_ttft_p50_ms=_pct(ttft, 0.5) * 1e3,
+        measured_ttft_p90_ms=_pct(ttft, 0.9) * 1e3,
+        measured_tpot_p50_ms=_pct(tpot, 0.5) * 1e3,
+        measured_tpot_p90_ms=_pct(tpot, 0.9) * 1e3,
         predicted={k: (round(v * 1e3, 3) if k.endswith("_s") else v) for k, v in asdict(pred).items()},
-        ttft_error_pct=(m_ttft / pred.ttft_s - 1) * 100, tpot_error_pct=(m_tpot / pred.tpot_s - 1) * 100,
-        window_s=measure, output_tokens_per_s=tokens_in_window / measure if measure else math.nan,
-        server_cpu_cores=server_cpu, client_cpu_cores=client_cpu, concurrent_streams_peak=state["peak"],
-        server_ttft_ms=s_ttft * 1e3, server_tpot_ms=s_tpot * 1e3,
-        server_ttft_error_pct=(s_ttft / pred.ttft_s - 1) * 100, server_tpot_error_pct=(s_tpot / pred.tpot_s - 1) * 100,
+        ttft_error_pct=(m_ttft / pred.ttft_s - 1) * 100,
+        tpot_error_pct=(m_tpot / pred.tpot_s - 1) * 100,
+        window_s=measure,
+        output_tokens_per_s=tokens_in_window / measure if measure else math.nan,
+        server_cpu_cores=server_cpu,
+        client_cpu_cores=client_cpu,
+        concurrent_streams_peak=state["peak"],
+        server_ttft_ms=s_ttft * 1e3,
+        server_tpot_ms=s_tpot * 1e3,
+        server_ttft_error_pct=(s_ttft / pred.ttft_s - 1) * 100,
+        server_tpot_error_pct=(s_tpot / pred.tpot_s - 1) * 100,
         notes=notes,
     )
 
@@ -496,13 +532,35 @@ def _free_port(host: str) -> int:
 class SimulatorProcess:
     """`kubetier engine-sim` as a child process on loopback, stopped on exit."""
 
-    def __init__(self, profile: str, *, time_scale: float, max_num_seqs: int | None = None,
-                 host: str = "127.0.0.1", startup_timeout_s: float = 30.0, cpu: int | None = None) -> None:
+    def __init__(
+        self,
+        profile: str,
+        *,
+        time_scale: float,
+        max_num_seqs: int | None = None,
+        host: str = "127.0.0.1",
+        startup_timeout_s: float = 30.0,
+        cpu: int | None = None,
+    ) -> None:
         self.host = host
         self.port = _free_port(host)
-        self._log = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "kubetier.cli", "engine-sim", "--host", host, "--port", str(self.port),
-               "--profile", profile, "--time-scale", repr(time_scale), "--log-level", "WARNING"]
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        cmd = [
+            sys.executable,
+            "-m",
+            "kubetier.cli",
+            "engine-sim",
+            "--host",
+            host,
+            "--port",
+            str(self.port),
+            "--profile",
+            profile,
+            "--time-scale",
+            repr(time_scale),
+            "--log-level",
+            "WARNING",
+        ]
         if max_num_seqs is not None:
             cmd += ["--max-num-seqs", str(max_num_seqs)]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
@@ -541,7 +599,7 @@ class SimulatorProcess:
                 self.proc.wait(timeout=5)
         self._log.close()
 
-    def __enter__(self) -> "SimulatorProcess":
+    def __enter__(self) -> SimulatorProcess:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -562,10 +620,22 @@ def median_abs_error_pct(points: list[PointResult]) -> dict[str, float]:
     }
 
 
-async def run_sweep(host: str, port: int, model: LatencyModel, concurrencies, prompt_tokens: int,
-                    output_tokens: int, *, time_scale: float, max_num_seqs: int | None = None,
-                    server_pid: int | None = None, measure_cycles: float = 2.0, min_requests: int = 16,
-                    repeat: int = 1, echo=None) -> list[PointResult]:
+async def run_sweep(
+    host: str,
+    port: int,
+    model: LatencyModel,
+    concurrencies,
+    prompt_tokens: int,
+    output_tokens: int,
+    *,
+    time_scale: float,
+    max_num_seqs: int | None = None,
+    server_pid: int | None = None,
+    measure_cycles: float = 2.0,
+    min_requests: int = 16,
+    repeat: int = 1,
+    echo=None,
+) -> list[PointResult]:
     """One point per concurrency. With ``repeat > 1`` each point is measured that many
     times and the run with the median client-side TTFT error is kept (a neighbour
     stealing the CPU for a moment spoils one run, not the figure); the others' errors
@@ -574,31 +644,47 @@ async def run_sweep(host: str, port: int, model: LatencyModel, concurrencies, pr
     for c in concurrencies:
         runs = []
         for _ in range(max(1, repeat)):
-            runs.append(await run_point(host, port, model, c, prompt_tokens, output_tokens,
-                                        time_scale=time_scale, max_num_seqs=max_num_seqs,
-                                        server_pid=server_pid, measure_cycles=measure_cycles,
-                                        min_requests=min_requests))
+            runs.append(
+                await run_point(
+                    host,
+                    port,
+                    model,
+                    c,
+                    prompt_tokens,
+                    output_tokens,
+                    time_scale=time_scale,
+                    max_num_seqs=max_num_seqs,
+                    server_pid=server_pid,
+                    measure_cycles=measure_cycles,
+                    min_requests=min_requests,
+                )
+            )
         runs.sort(key=lambda r: abs(r.ttft_error_pct) if math.isfinite(r.ttft_error_pct) else math.inf)
         p = runs[(len(runs) - 1) // 2]
         if len(runs) > 1:
-            p.notes.append("runs (TTFT%, TPOT%): " + ", ".join(
-                f"({r.ttft_error_pct:+.1f}, {r.tpot_error_pct:+.1f})" for r in runs))
+            p.notes.append(
+                "runs (TTFT%, TPOT%): " + ", ".join(f"({r.ttft_error_pct:+.1f}, {r.tpot_error_pct:+.1f})" for r in runs)
+            )
         points.append(p)
         if echo:
             echo(_row(p))
     return points
 
 
-_HEADER = (f"{'streams':>7} {'reqs':>5} {'err':>4} | {'TTFT ms':>8} {'pred':>8} {'err%':>6} {'srv%':>6} | "
-           f"{'TPOT ms':>8} {'pred':>8} {'err%':>6} {'srv%':>6} | {'tok/s':>6} {'simCPU':>6} {'regime':>11}")
+_HEADER = (
+    f"{'streams':>7} {'reqs':>5} {'err':>4} | {'TTFT ms':>8} {'pred':>8} {'err%':>6} {'srv%':>6} | "
+    f"{'TPOT ms':>8} {'pred':>8} {'err%':>6} {'srv%':>6} | {'tok/s':>6} {'simCPU':>6} {'regime':>11}"
+)
 
 
 def _row(p: PointResult) -> str:
     cpu = f"{p.server_cpu_cores:.2f}" if p.server_cpu_cores is not None else "-"
-    return (f"{p.concurrency:>7} {p.requests:>5} {p.errors:>4} | {p.measured_ttft_ms:>8.1f} "
-            f"{p.predicted['ttft_s']:>8.1f} {p.ttft_error_pct:>+6.1f} {p.server_ttft_error_pct:>+6.1f} | "
-            f"{p.measured_tpot_ms:>8.2f} {p.predicted['tpot_s']:>8.2f} {p.tpot_error_pct:>+6.1f} "
-            f"{p.server_tpot_error_pct:>+6.1f} | {p.output_tokens_per_s:>6.0f} {cpu:>6} {p.predicted['regime']:>11}")
+    return (
+        f"{p.concurrency:>7} {p.requests:>5} {p.errors:>4} | {p.measured_ttft_ms:>8.1f} "
+        f"{p.predicted['ttft_s']:>8.1f} {p.ttft_error_pct:>+6.1f} {p.server_ttft_error_pct:>+6.1f} | "
+        f"{p.measured_tpot_ms:>8.2f} {p.predicted['tpot_s']:>8.2f} {p.tpot_error_pct:>+6.1f} "
+        f"{p.server_tpot_error_pct:>+6.1f} | {p.output_tokens_per_s:>6.0f} {cpu:>6} {p.predicted['regime']:>11}"
+    )
 
 
 def _uvloop_run(coro):
@@ -627,29 +713,52 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="kubetier engine-sim bench",
         description="Fidelity benchmark: drive the engine simulator with closed-loop streaming clients "
-                    "and compare client-side TTFT/TPOT with the latency model's prediction.",
+        "and compare client-side TTFT/TPOT with the latency model's prediction.",
     )
     ap.add_argument("--profile", default=DEFAULT_PROFILE, help="latency profile (default: %(default)s)")
-    ap.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCIES)),
-                    help="comma-separated stream counts (default: %(default)s)")
+    ap.add_argument(
+        "--concurrency",
+        default=",".join(map(str, DEFAULT_CONCURRENCIES)),
+        help="comma-separated stream counts (default: %(default)s)",
+    )
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--output-tokens", type=int, default=128)
-    ap.add_argument("--time-scale", type=float, default=1.0,
-                    help="run the simulator this many times faster; measured times are scaled back")
-    ap.add_argument("--measure-cycles", type=float, default=2.0,
-                    help="measurement window per point, in predicted stream cycles (default: %(default)s)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="measure each point this many times and keep the median run (default: %(default)s)")
-    ap.add_argument("--sustain", type=int, default=1000,
-                    help="streams for the sustain check, all decoding at once (0 skips; default: %(default)s)")
+    ap.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="run the simulator this many times faster; measured times are scaled back",
+    )
+    ap.add_argument(
+        "--measure-cycles",
+        type=float,
+        default=2.0,
+        help="measurement window per point, in predicted stream cycles (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each point this many times and keep the median run (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--sustain",
+        type=int,
+        default=1000,
+        help="streams for the sustain check, all decoding at once (0 skips; default: %(default)s)",
+    )
     ap.add_argument("--sustain-prompt-tokens", type=int, default=128)
     ap.add_argument("--sustain-output-tokens", type=int, default=256)
-    ap.add_argument("--server", default=None,
-                    help="HOST:PORT of a running simulator (sweep only; default: start one on loopback)")
-    ap.add_argument("--pin", action="store_true",
-                    help="pin the simulator to one CPU and this client to another (on a quiet machine "
-                         "this makes 'one core' literal; on a shared one it stops the OS moving either "
-                         "away from a busy neighbour, so it is off by default)")
+    ap.add_argument(
+        "--server", default=None, help="HOST:PORT of a running simulator (sweep only; default: start one on loopback)"
+    )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the simulator to one CPU and this client to another (on a quiet machine "
+        "this makes 'one core' literal; on a shared one it stops the OS moving either "
+        "away from a busy neighbour, so it is off by default)",
+    )
     ap.add_argument("--output", default=None, help="write the results as JSON to this file")
     args = ap.parse_args(argv)
 
@@ -658,12 +767,17 @@ def main(argv: list[str]) -> int:
         if not concurrencies or min(concurrencies) < 1:
             raise ValueError
     except ValueError:
-        print(f"kubetier engine-sim bench: --concurrency: expected positive integers, got {args.concurrency!r}",
-              file=sys.stderr)
+        print(
+            f"kubetier engine-sim bench: --concurrency: expected positive integers, got {args.concurrency!r}",
+            file=sys.stderr,
+        )
         return 2
     if args.time_scale <= 0 or args.prompt_tokens < 1 or args.output_tokens < 2 or args.repeat < 1:
-        print("kubetier engine-sim bench: --time-scale must be > 0, --prompt-tokens >= 1, --output-tokens >= 2, "
-              "--repeat >= 1", file=sys.stderr)
+        print(
+            "kubetier engine-sim bench: --time-scale must be > 0, --prompt-tokens >= 1, --output-tokens >= 2, "
+            "--repeat >= 1",
+            file=sys.stderr,
+        )
         return 2
     try:
         model = load_profile(args.profile)
@@ -678,53 +792,95 @@ def main(argv: list[str]) -> int:
         sim_cpu = cpus[0]
         os.sched_setaffinity(0, {cpus[1]})
     result: dict = {
-        "profile": model.name, "timeScale": args.time_scale, "promptTokens": args.prompt_tokens,
-        "outputTokens": args.output_tokens, "cpuCount": os.cpu_count(), "simulatorCpu": sim_cpu,
+        "profile": model.name,
+        "timeScale": args.time_scale,
+        "promptTokens": args.prompt_tokens,
+        "outputTokens": args.output_tokens,
+        "cpuCount": os.cpu_count(),
+        "simulatorCpu": sim_cpu,
     }
-    print(f"fidelity: profile {model.name}, prompt {args.prompt_tokens} / output {args.output_tokens} tokens, "
-          f"time scale {args.time_scale:g} (times below in model ms)"
-          + (f"; simulator pinned to CPU {sim_cpu}, client to another" if sim_cpu is not None else ""))
+    print(
+        f"fidelity: profile {model.name}, prompt {args.prompt_tokens} / output {args.output_tokens} tokens, "
+        f"time scale {args.time_scale:g} (times below in model ms)"
+        + (f"; simulator pinned to CPU {sim_cpu}, client to another" if sim_cpu is not None else "")
+    )
     print(_HEADER)
     try:
         if args.server:
             host, _, port = args.server.rpartition(":")
-            points = _uvloop_run(run_sweep(host, int(port), model, concurrencies, args.prompt_tokens,
-                                           args.output_tokens, time_scale=args.time_scale,
-                                           measure_cycles=args.measure_cycles, repeat=args.repeat,
-                                           echo=print))
+            points = _uvloop_run(
+                run_sweep(
+                    host,
+                    int(port),
+                    model,
+                    concurrencies,
+                    args.prompt_tokens,
+                    args.output_tokens,
+                    time_scale=args.time_scale,
+                    measure_cycles=args.measure_cycles,
+                    repeat=args.repeat,
+                    echo=print,
+                )
+            )
         else:
             with SimulatorProcess(args.profile, time_scale=args.time_scale, cpu=sim_cpu) as sim:
-                points = _uvloop_run(run_sweep(sim.host, sim.port, model, concurrencies, args.prompt_tokens,
-                                               args.output_tokens, time_scale=args.time_scale,
-                                               server_pid=sim.pid, measure_cycles=args.measure_cycles,
-                                               repeat=args.repeat, echo=print))
+                points = _uvloop_run(
+                    run_sweep(
+                        sim.host,
+                        sim.port,
+                        model,
+                        concurrencies,
+                        args.prompt_tokens,
+                        args.output_tokens,
+                        time_scale=args.time_scale,
+                        server_pid=sim.pid,
+                        measure_cycles=args.measure_cycles,
+                        repeat=args.repeat,
+                        echo=print,
+                    )
+                )
     except RuntimeError as exc:
         print(f"kubetier engine-sim bench: {exc}", file=sys.stderr)
         return 1
     mae = median_abs_error_pct(points)
-    print(f"median absolute error: TTFT {mae['ttft']:.1f}%, TPOT {mae['tpot']:.1f}%, all {mae['all']:.1f}% "
-          f"(target < 10%)")
+    print(
+        f"median absolute error: TTFT {mae['ttft']:.1f}%, TPOT {mae['tpot']:.1f}%, all {mae['all']:.1f}% (target < 10%)"
+    )
     result["points"] = [asdict(p) for p in points]
     result["medianAbsErrorPct"] = mae
 
     if args.sustain and not args.server:
         n = args.sustain
-        print(f"sustain: {n} streams decoding at once (--max-num-seqs {n}), prompt "
-              f"{args.sustain_prompt_tokens} / output {args.sustain_output_tokens}")
+        print(
+            f"sustain: {n} streams decoding at once (--max-num-seqs {n}), prompt "
+            f"{args.sustain_prompt_tokens} / output {args.sustain_output_tokens}"
+        )
         print(_HEADER)
         try:
             with SimulatorProcess(args.profile, time_scale=args.time_scale, max_num_seqs=n, cpu=sim_cpu) as sim:
-                p = _uvloop_run(run_point(sim.host, sim.port, model, n, args.sustain_prompt_tokens,
-                                          args.sustain_output_tokens, time_scale=args.time_scale,
-                                          max_num_seqs=n, server_pid=sim.pid,
-                                          measure_cycles=args.measure_cycles))
+                p = _uvloop_run(
+                    run_point(
+                        sim.host,
+                        sim.port,
+                        model,
+                        n,
+                        args.sustain_prompt_tokens,
+                        args.sustain_output_tokens,
+                        time_scale=args.time_scale,
+                        max_num_seqs=n,
+                        server_pid=sim.pid,
+                        measure_cycles=args.measure_cycles,
+                    )
+                )
         except RuntimeError as exc:
             print(f"kubetier engine-sim bench: sustain: {exc}", file=sys.stderr)
             return 1
         print(_row(p))
-        print(f"sustain: {p.concurrent_streams_peak} concurrent streams, {p.requests} requests measured, "
-              f"{p.errors} errors, {p.output_tokens_per_s:.0f} tokens/s, simulator CPU "
-              f"{p.server_cpu_cores if p.server_cpu_cores is not None else float('nan'):.2f} cores")
+        print(
+            f"sustain: {p.concurrent_streams_peak} concurrent streams, {p.requests} requests measured, "
+            f"{p.errors} errors, {p.output_tokens_per_s:.0f} tokens/s, simulator CPU "
+            f"{p.server_cpu_cores if p.server_cpu_cores is not None else float('nan'):.2f} cores"
+        )
         result["sustain"] = asdict(p)
 
     if args.output:

@@ -125,7 +125,7 @@ class SSEConnection(asyncio.Protocol):
         self._transport.write(head + payload)
         try:
             await asyncio.wait_for(self._waiter, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             result.error = "timeout"
         self._result = None
         return result
@@ -141,12 +141,14 @@ async def connect(host: str, port: int) -> SSEConnection:
     return protocol
 
 
-async def run_concurrent(host: str, port: int, path: str, bodies: list[dict], *, timeout: float = 600.0,
-                         stagger_s: float = 0.0) -> list[StreamResult]:
+async def run_concurrent(
+    host: str, port: int, path: str, bodies: list[dict], *, timeout: float = 600.0, stagger_s: float = 0.0
+) -> list[StreamResult]:
     """Open one connection per body, then send all requests (``stagger_s`` apart) and
     wait for every answer. Results are in body order."""
     conns = await asyncio.gather(*[connect(host, port) for _ in bodies])
     try:
+
         async def one(i: int, conn: SSEConnection, body: dict) -> StreamResult:
             if stagger_s:
                 await asyncio.sleep(i * stagger_s)

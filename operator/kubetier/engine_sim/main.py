@@ -48,29 +48,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=tcp_port, default=8000, help="port (default: %(default)s; 0 = any free port)")
-    parser.add_argument("--profile", default=DEFAULT_PROFILE,
-                        help="built-in latency profile name or YAML path (default: %(default)s)")
+    parser.add_argument(
+        "--profile", default=DEFAULT_PROFILE, help="built-in latency profile name or YAML path (default: %(default)s)"
+    )
     parser.add_argument("--model", default="", help="served model name (default: the profile's model)")
-    parser.add_argument("--model-load-seconds", type=_non_negative_float, default=0.0,
-                        help="simulated model load: /health answers 503 until it ends (default: 0)")
-    parser.add_argument("--time-scale", type=_positive_float, default=1.0,
-                        help="speed-up: every duration is divided by this (default: 1 = real time)")
-    parser.add_argument("--max-num-seqs", type=_positive_int, default=None,
-                        help="running sequences at most (default: the profile's maxNumSeqs)")
-    parser.add_argument("--max-model-len", type=_positive_int, default=None,
-                        help="prompt + output tokens at most (default: min(131072, KV capacity))")
-    parser.add_argument("--mean-output-tokens", type=_positive_float, default=256.0,
-                        help="mean output length of requests without max_tokens (default: %(default)s)")
+    parser.add_argument(
+        "--model-load-seconds",
+        type=_non_negative_float,
+        default=0.0,
+        help="simulated model load: /health answers 503 until it ends (default: 0)",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=_positive_float,
+        default=1.0,
+        help="speed-up: every duration is divided by this (default: 1 = real time)",
+    )
+    parser.add_argument(
+        "--max-num-seqs",
+        type=_positive_int,
+        default=None,
+        help="running sequences at most (default: the profile's maxNumSeqs)",
+    )
+    parser.add_argument(
+        "--max-model-len",
+        type=_positive_int,
+        default=None,
+        help="prompt + output tokens at most (default: min(131072, KV capacity))",
+    )
+    parser.add_argument(
+        "--mean-output-tokens",
+        type=_positive_float,
+        default=256.0,
+        help="mean output length of requests without max_tokens (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (output lengths, faults)")
     faults = parser.add_argument_group("fault injection")
-    faults.add_argument("--slowdown", type=_positive_float, default=1.0,
-                        help="multiply every iteration's duration by F (default: 1)")
-    faults.add_argument("--fail-fraction", type=_fraction, default=0.0,
-                        help="answer this fraction of generation requests with 500 (default: 0)")
-    faults.add_argument("--abort-after-tokens", type=_positive_int, default=None,
-                        help="cut the connection after N tokens (all requests, or --abort-fraction of them)")
-    faults.add_argument("--abort-fraction", type=_fraction, default=None,
-                        help="cut this fraction of requests mid-stream (at N tokens, or at a random token)")
+    faults.add_argument(
+        "--slowdown", type=_positive_float, default=1.0, help="multiply every iteration's duration by F (default: 1)"
+    )
+    faults.add_argument(
+        "--fail-fraction",
+        type=_fraction,
+        default=0.0,
+        help="answer this fraction of generation requests with 500 (default: 0)",
+    )
+    faults.add_argument(
+        "--abort-after-tokens",
+        type=_positive_int,
+        default=None,
+        help="cut the connection after N tokens (all requests, or --abort-fraction of them)",
+    )
+    faults.add_argument(
+        "--abort-fraction",
+        type=_fraction,
+        default=None,
+        help="cut this fraction of requests mid-stream (at N tokens, or at a random token)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
     return parser
 
@@ -79,21 +113,36 @@ async def _serve(args: argparse.Namespace, model: LatencyModel) -> int:
     from kubetier.engine_sim.app import EngineSimulator, SimConfig
 
     if args.max_num_seqs is not None and args.max_num_seqs > model.max_num_batched_tokens:
-        print(f"kubetier engine-sim: --max-num-seqs {args.max_num_seqs} exceeds the profile's "
-              f"maxNumBatchedTokens ({model.max_num_batched_tokens})", file=sys.stderr)
+        print(
+            f"kubetier engine-sim: --max-num-seqs {args.max_num_seqs} exceeds the profile's "
+            f"maxNumBatchedTokens ({model.max_num_batched_tokens})",
+            file=sys.stderr,
+        )
         return 2
     config = SimConfig(
-        model_name=args.model, model_load_seconds=args.model_load_seconds, time_scale=args.time_scale,
-        max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, seed=args.seed,
-        mean_output_tokens=args.mean_output_tokens, slowdown=args.slowdown, fail_fraction=args.fail_fraction,
-        abort_after_tokens=args.abort_after_tokens, abort_fraction=args.abort_fraction,
+        model_name=args.model,
+        model_load_seconds=args.model_load_seconds,
+        time_scale=args.time_scale,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        seed=args.seed,
+        mean_output_tokens=args.mean_output_tokens,
+        slowdown=args.slowdown,
+        fail_fraction=args.fail_fraction,
+        abort_after_tokens=args.abort_after_tokens,
+        abort_fraction=args.abort_fraction,
     )
     sim = EngineSimulator(model, config)
     server = await sim.serve(args.host, args.port)
     port = server.sockets[0].getsockname()[1]
     logging.getLogger("kubetier.engine_sim").info(
         "engine-sim serving %s (profile %s) on http://%s:%d, time scale %g, model load %gs",
-        sim.served_model, model.name, args.host, port, args.time_scale, args.model_load_seconds,
+        sim.served_model,
+        model.name,
+        args.host,
+        port,
+        args.time_scale,
+        args.model_load_seconds,
     )
     await serve_until_signalled(server)
     await sim.stop()

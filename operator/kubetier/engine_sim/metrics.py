@@ -16,9 +16,74 @@ from __future__ import annotations
 from bisect import bisect_left
 
 # vLLM's bucket boundaries (vllm/engine/metrics.py), so dashboards built for vLLM fit.
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
-E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+TPOT_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+E2E_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 
 
 def _escape(value: str) -> str:
@@ -32,7 +97,7 @@ def _num(x: float) -> str:
 
 
 class Histogram:
-    __slots__ = ("bounds", "counts", "sum", "count")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -65,7 +130,7 @@ class Histogram:
             acc += c
             out.append(f'{name}_bucket{{{labels},le="{_num(bound)}"}} {acc}')
         out.append(f'{name}_bucket{{{labels},le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum{{{labels}}} {repr(self.sum)}")
+        out.append(f"{name}_sum{{{labels}}} {self.sum!r}")
         out.append(f"{name}_count{{{labels}}} {self.count}")
         return out
 
@@ -127,12 +192,30 @@ class EngineMetrics:
         histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.ttft)
         histogram("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", self.tpot)
         histogram("vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", self.e2e)
-        gauge("kubetier_engine_power_watts", "Simulated board power of the current iteration (idle when no work).", power_watts)
-        counter("kubetier_engine_energy_joules", "Simulated energy in model time (power x unscaled iteration time).", self.energy_joules)
+        gauge(
+            "kubetier_engine_power_watts",
+            "Simulated board power of the current iteration (idle when no work).",
+            power_watts,
+        )
+        counter(
+            "kubetier_engine_energy_joules",
+            "Simulated energy in model time (power x unscaled iteration time).",
+            self.energy_joules,
+        )
         gauge("kubetier_engine_kv_tokens", "KV-cache tokens held by running sequences.", kv_tokens)
-        gauge("kubetier_engine_queued_prefill_tokens", "Prompt tokens admitted or waiting, not yet prefilled.", queued_prefill_tokens)
-        gauge("kubetier_engine_time_scale", "Simulation speed-up: wall-clock durations are model durations / this.", time_scale)
+        gauge(
+            "kubetier_engine_queued_prefill_tokens",
+            "Prompt tokens admitted or waiting, not yet prefilled.",
+            queued_prefill_tokens,
+        )
+        gauge(
+            "kubetier_engine_time_scale",
+            "Simulation speed-up: wall-clock durations are model durations / this.",
+            time_scale,
+        )
         gauge("kubetier_engine_model_loaded", "1 once the simulated model load has finished.", 1 if loaded else 0)
-        counter("kubetier_engine_injected_failures", "Requests failed on purpose (--fail-fraction).", self.failed_injected)
+        counter(
+            "kubetier_engine_injected_failures", "Requests failed on purpose (--fail-fraction).", self.failed_injected
+        )
         lines.append("")
         return "\n".join(lines)

@@ -228,7 +228,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 class StreamFormat:
     """Pre-encoded pieces of one request's SSE stream."""
 
-    __slots__ = ("head", "tail", "opening", "_base", "_chat", "_include_usage")
+    __slots__ = ("_base", "_chat", "_include_usage", "head", "opening", "tail")
 
     def __init__(self, *, chat: bool, request_id: str, created: int, model: str, include_usage: bool) -> None:
         self._chat = chat
@@ -242,8 +242,12 @@ class StreamFormat:
         self._base = base
         self.head, self.tail = _split(self._chunk(_MARK, None))
         if chat:
-            opening = dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                           "logprobs": None, "finish_reason": None}])
+            opening = dict(
+                base,
+                choices=[
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                ],
+            )
             if include_usage:
                 opening["usage"] = None
             self.opening = b"data: " + _dumps(opening).encode() + b"\n\n"
@@ -264,18 +268,33 @@ class StreamFormat:
         """The last token's chunk, the usage chunk if asked for, and ``[DONE]``."""
         out = [b"data: ", _dumps(self._chunk(last_text, finish_reason)).encode(), b"\n\n"]
         if self._include_usage:
-            out += [b"data: ", _dumps(dict(self._base, choices=[], usage=usage(prompt_tokens, completion_tokens))).encode(), b"\n\n"]
+            out += [
+                b"data: ",
+                _dumps(dict(self._base, choices=[], usage=usage(prompt_tokens, completion_tokens))).encode(),
+                b"\n\n",
+            ]
         out.append(b"data: [DONE]\n\n")
         return b"".join(out)
 
 
 def completion_body(
-    *, chat: bool, request_id: str, created: int, model: str, text: str, finish_reason: str,
-    prompt_tokens: int, completion_tokens: int,
+    *,
+    chat: bool,
+    request_id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
 ) -> dict:
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                  "finish_reason": finish_reason}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
         kind = "chat.completion"
     else:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}

@@ -106,9 +106,7 @@ class BatchScheduler:
     @property
     def queued_prefill_tokens(self) -> int:
         """Prompt tokens admitted or waiting but not prefilled yet."""
-        return sum(s.prompt_tokens - s.prefilled for s in self.prefilling) + sum(
-            s.prompt_tokens for s in self.waiting
-        )
+        return sum(s.prompt_tokens - s.prefilled for s in self.prefilling) + sum(s.prompt_tokens for s in self.waiting)
 
     # --- changes ----------------------------------------------------------------------
 
@@ -119,9 +117,7 @@ class BatchScheduler:
         if seq.prompt_tokens < 1 or seq.output_tokens < 1:
             raise ValueError("a sequence needs at least one prompt and one output token")
         if not self.fits(seq):
-            raise ValueError(
-                f"sequence of {seq.footprint} tokens exceeds the KV capacity ({self.kv_capacity_tokens})"
-            )
+            raise ValueError(f"sequence of {seq.footprint} tokens exceeds the KV capacity ({self.kv_capacity_tokens})")
         self.waiting.append(seq)
 
     def abort(self, seq: Sequence) -> None:

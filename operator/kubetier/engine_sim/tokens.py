@@ -29,12 +29,58 @@ CHARS_PER_TOKEN = 4
 
 FILLER_WORDS: tuple[str, ...] = tuple(
     " " + w
-    for w in (
-        "the quick brown fox jumps over a lazy dog while seven bright lanterns glow "
-        "across quiet harbour streets and every careful reader counts tokens slowly "
-        "under the amber evening sky as distant engines hum in steady batches of "
-        "small predictable words that mean nothing at all but stream very quickly"
-    ).split()
+    for w in [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "seven",
+        "bright",
+        "lanterns",
+        "glow",
+        "across",
+        "quiet",
+        "harbour",
+        "streets",
+        "and",
+        "every",
+        "careful",
+        "reader",
+        "counts",
+        "tokens",
+        "slowly",
+        "under",
+        "the",
+        "amber",
+        "evening",
+        "sky",
+        "as",
+        "distant",
+        "engines",
+        "hum",
+        "in",
+        "steady",
+        "batches",
+        "of",
+        "small",
+        "predictable",
+        "words",
+        "that",
+        "mean",
+        "nothing",
+        "at",
+        "all",
+        "but",
+        "stream",
+        "very",
+        "quickly",
+    ]
 )
 FILLER_BYTES: tuple[bytes, ...] = tuple(w.encode("ascii") for w in FILLER_WORDS)
 

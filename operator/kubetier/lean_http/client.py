@@ -49,12 +49,31 @@ class UpstreamError(Exception):
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
-        "pool", "transport", "parser", "status", "headers", "_hname", "head_done", "buf",
-        "buffered", "complete", "keep_alive", "error", "waiter", "reading_paused", "closed",
-        "max_buffer", "last_activity", "stall_handle", "stall_timeout", "loop", "sink", "sink_error",
+        "_hname",
+        "buf",
+        "buffered",
+        "closed",
+        "complete",
+        "error",
+        "head_done",
+        "headers",
+        "keep_alive",
+        "last_activity",
+        "loop",
+        "max_buffer",
+        "parser",
+        "pool",
+        "reading_paused",
+        "sink",
+        "sink_error",
+        "stall_handle",
+        "stall_timeout",
+        "status",
+        "transport",
+        "waiter",
     )
 
-    def __init__(self, pool: "UpstreamPool") -> None:
+    def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -205,7 +224,7 @@ class _Conn(asyncio.Protocol):
         idle = now - self.last_activity
         if w is not None and not w.done() and idle >= self.stall_timeout:
             self.waiter = None
-            w.set_exception(asyncio.TimeoutError())
+            w.set_exception(TimeoutError())
             return
         if not self.closed and self.error is None and not self.complete:
             self.stall_handle = loop.call_later(max(self.stall_timeout - idle, 0.001), self._check_stall)
@@ -220,7 +239,7 @@ class _Conn(asyncio.Protocol):
 
 
 class UpstreamResponse:
-    __slots__ = ("_conn", "status", "headers", "_released")
+    __slots__ = ("_conn", "_released", "headers", "status")
 
     def __init__(self, conn: _Conn) -> None:
         self._conn = conn
@@ -236,7 +255,7 @@ class UpstreamResponse:
                 return data
             try:
                 await self._conn._arm(timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self.stalled(timeout) from None
 
     def read_nowait(self) -> bytes | None:
@@ -354,7 +373,7 @@ class UpstreamPool:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(lambda: _Conn(self), self.host, self.port), self.connect_timeout_s
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise UpstreamError(f"cannot connect to {self._host_header}: {exc or 'timeout'}", "connect") from None
         return proto  # type: ignore[return-value]
 
@@ -391,7 +410,7 @@ class UpstreamPool:
             while not c.head_done and c.error is None:
                 try:
                     await c._wait(timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     c._fail("no response head")
                     raise UpstreamError(
                         f"{self._host_header} sent no response within {timeout:.1f} s", "headers"

@@ -136,14 +136,14 @@ class Response:
     """The answer to one request. Exactly one of ``send``/``send_json``/``start_stream``."""
 
     __slots__ = (
-        "_conn",
-        "_keep_alive",
-        "_head_only",
-        "_chunked",
-        "_started",
-        "_finished",
-        "_disconnected",
         "_callbacks",
+        "_chunked",
+        "_conn",
+        "_disconnected",
+        "_finished",
+        "_head_only",
+        "_keep_alive",
+        "_started",
         "status",
     )
 
@@ -319,7 +319,7 @@ class Response:
 
 
 class _ServerState:
-    __slots__ = ("handler", "limits", "connections")
+    __slots__ = ("connections", "handler", "limits")
 
     def __init__(self, handler: Handler, limits: Limits) -> None:
         self.handler = handler
@@ -333,28 +333,28 @@ _STATES: weakref.WeakKeyDictionary[asyncio.AbstractServer, _ServerState] = weakr
 
 class _Connection(asyncio.Protocol):
     __slots__ = (
-        "_state",
-        "_limits",
-        "_loop",
-        "_transport",
-        "_client",
-        "_parser",
-        "_url",
-        "_headers",
-        "_header_bytes",
+        "_aborted",
         "_body",
         "_body_bytes",
-        "_in_request",
-        "_pending",
-        "_current",
-        "_timer",
-        "_closed",
-        "_failed",
-        "_aborted",
+        "_client",
         "_close_when_idle",
+        "_closed",
+        "_current",
+        "_failed",
+        "_header_bytes",
+        "_headers",
+        "_in_request",
+        "_limits",
+        "_loop",
+        "_parser",
+        "_pending",
         "_reading_paused",
-        "_write_paused",
+        "_state",
+        "_timer",
+        "_transport",
+        "_url",
         "_writable",
+        "_write_paused",
     )
 
     def __init__(self, state: _ServerState) -> None:
@@ -466,11 +466,7 @@ class _Connection(asyncio.Protocol):
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
             raise _Rejected(413, f"request body exceeds {self._limits.max_body_bytes} bytes")
-        if (
-            self._headers.get("expect", "").lower() == "100-continue"
-            and self._current is None
-            and not self._pending
-        ):
+        if self._headers.get("expect", "").lower() == "100-continue" and self._current is None and not self._pending:
             # Nothing else is being written, so the interim answer cannot interleave.
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -632,7 +628,7 @@ class _Connection(asyncio.Protocol):
             self._writable = self._loop.create_future()
         try:
             await asyncio.wait_for(asyncio.shield(self._writable), self._limits.write_stall_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("client %s stalled reading for %gs; aborting", self._client, self._limits.write_stall_timeout_s)
             self._abort()
 

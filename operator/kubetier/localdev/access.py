@@ -78,10 +78,13 @@ def service_account_objects(namespace: str, sa: str, cluster_role: dict) -> list
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": namespace}},
         cluster_role,
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": role_name},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": role_name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+        },
     ]
 
 
@@ -97,7 +100,9 @@ def token_kubeconfig(admin_kubeconfig: str | os.PathLike, token: str, path: Path
             ca_path = Path(admin_kubeconfig).parent / ca_path
         cluster["certificate-authority-data"] = base64.b64encode(ca_path.read_bytes()).decode()
     cfg = {
-        "apiVersion": "v1", "kind": "Config", "current-context": user,
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": user,
         "clusters": [{"name": "local", "cluster": cluster}],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": user, "context": {"cluster": "local", "user": user}}],

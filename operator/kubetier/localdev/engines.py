@@ -91,8 +91,9 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def engine_args_from_pod(pod: dict, default_profile: str = DEFAULT_PROFILE,
-                         default_model: str = DEFAULT_MODEL) -> EngineArgs:
+def engine_args_from_pod(
+    pod: dict, default_profile: str = DEFAULT_PROFILE, default_model: str = DEFAULT_MODEL
+) -> EngineArgs:
     """The engine arguments the operator gave the pod's first container, if any.
 
     The operator runs the engine simulator in the pod with the same flags as
@@ -121,7 +122,7 @@ def configmap_mount_for(pod: dict, path: str) -> tuple[str, str] | None:
         cm = volumes.get(mount.get("name"))
         root = str(mount.get("mountPath", "")).rstrip("/")
         if cm and root and path.startswith(root + "/"):
-            rel = path[len(root) + 1:]
+            rel = path[len(root) + 1 :]
             key = next((item["key"] for item in cm.get("items") or [] if item.get("path") == rel), rel)
             return cm["name"], key
     return None
@@ -131,8 +132,22 @@ def engine_sim_command(time_scale: float = 1.0, python: str = sys.executable) ->
     """The command line of `kubetier engine-sim` for one pod (flags from docs/contracts.md)."""
 
     def build(args: EngineArgs, port: int) -> list[str]:
-        cmd = [python, "-m", "kubetier.cli", "engine-sim", "--host", "127.0.0.1", "--port", str(port),
-               "--profile", args.profile, "--model", args.model, "--time-scale", str(time_scale)]
+        cmd = [
+            python,
+            "-m",
+            "kubetier.cli",
+            "engine-sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--profile",
+            args.profile,
+            "--model",
+            args.model,
+            "--time-scale",
+            str(time_scale),
+        ]
         if args.model_load_seconds is not None:
             cmd += ["--model-load-seconds", str(args.model_load_seconds)]
         return cmd
@@ -181,10 +196,19 @@ class LocalEngines:
     limits the watch to one namespace (default: all).
     """
 
-    def __init__(self, api_client: Any, *, namespace: str | None = None, command: CommandFactory | None = None,
-                 label_selector: str = MANAGED_SELECTOR, ready_timeout_s: float = 60.0,
-                 log_dir: str | os.PathLike | None = None, default_profile: str = DEFAULT_PROFILE,
-                 default_model: str = DEFAULT_MODEL, watch_timeout_s: int = 2) -> None:
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        namespace: str | None = None,
+        command: CommandFactory | None = None,
+        label_selector: str = MANAGED_SELECTOR,
+        ready_timeout_s: float = 60.0,
+        log_dir: str | os.PathLike | None = None,
+        default_profile: str = DEFAULT_PROFILE,
+        default_model: str = DEFAULT_MODEL,
+        watch_timeout_s: int = 2,
+    ) -> None:
         from kubernetes import client
 
         self._core = client.CoreV1Api(api_client)
@@ -251,8 +275,10 @@ class LocalEngines:
             if predicate(eps):
                 return eps
             if time.monotonic() > deadline:
-                raise TimeoutError(f"local engines did not reach the expected state in {timeout_s:.0f}s: "
-                                   f"endpoints={eps} errors={self.errors[-5:]}")
+                raise TimeoutError(
+                    f"local engines did not reach the expected state in {timeout_s:.0f}s: "
+                    f"endpoints={eps} errors={self.errors[-5:]}"
+                )
             time.sleep(0.1)
 
     # -- the loop
@@ -291,9 +317,12 @@ class LocalEngines:
                 # Any pod event wakes us for a full re-sync; with few pods that is cheap
                 # and leaves nothing to get out of step.
                 w = watch.Watch()
-                kwargs = {"label_selector": self._selector, "resource_version": rv,
-                          "timeout_seconds": self._watch_timeout_s,
-                          "_request_timeout": self._watch_timeout_s + 5}
+                kwargs = {
+                    "label_selector": self._selector,
+                    "resource_version": rv,
+                    "timeout_seconds": self._watch_timeout_s,
+                    "_request_timeout": self._watch_timeout_s + 5,
+                }
                 fn = self._core.list_namespaced_pod if self._namespace else self._core.list_pod_for_all_namespaces
                 args = (self._namespace,) if self._namespace else ()
                 for _event in w.stream(fn, *args, **kwargs):
@@ -323,10 +352,12 @@ class LocalEngines:
         cmd = self._command(args, port)
         log_path = self._log_dir / f"{meta['namespace']}_{meta['name']}.log"
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        engine = _Engine(uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], port=port, proc=proc,
-                         log_path=log_path)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        engine = _Engine(
+            uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], port=port, proc=proc, log_path=log_path
+        )
         with self._lock:
             self._engines[engine.uid] = engine
         log.info("started engine for %s on %s (pid %d)", pod_ref(pod), engine.endpoint, proc.pid)
@@ -354,8 +385,10 @@ class LocalEngines:
                     self._record(f"annotating {engine.namespace}/{engine.name} failed: {exc!r}")
                 return
             if time.monotonic() > deadline:
-                self._record(f"engine for {engine.namespace}/{engine.name} did not listen on {engine.endpoint} "
-                             f"within {self._ready_timeout_s:.0f}s (log: {engine.log_path})")
+                self._record(
+                    f"engine for {engine.namespace}/{engine.name} did not listen on {engine.endpoint} "
+                    f"within {self._ready_timeout_s:.0f}s (log: {engine.log_path})"
+                )
                 return
             time.sleep(0.05)
 

@@ -183,8 +183,12 @@ def node_affinity(spec: ModelServiceSpec, placement: str) -> dict[str, Any]:
     }
     if placement == "prefer-spot":
         affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
-            {"weight": 100, "preference": {"matchExpressions": [
-                {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": ["spot"]}]}}
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [{"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": ["spot"]}]
+                },
+            }
         ]
     return affinity
 
@@ -211,7 +215,9 @@ def container_resources(spec: ModelServiceSpec) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def pod_spec(ms: ModelService, tier: Tier, placement: str, pod_labels: dict[str, str], config: OperatorConfig) -> dict[str, Any]:
+def pod_spec(
+    ms: ModelService, tier: Tier, placement: str, pod_labels: dict[str, str], config: OperatorConfig
+) -> dict[str, Any]:
     spec = ms.spec
     port = spec.engine.port
     health = {"httpGet": {"path": "/health", "port": "http"}}
@@ -240,25 +246,31 @@ def pod_spec(ms: ModelService, tier: Tier, placement: str, pod_labels: dict[str,
     volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     if spec.engine.kind == "simulator":
         container["volumeMounts"].append({"name": "profile", "mountPath": engines.PROFILE_MOUNT_DIR, "readOnly": True})
-        volumes.append({
-            "name": "profile",
-            "configMap": {"name": routing_configmap_name(ms), "items": [
-                {"key": engines.PROFILE_FILE, "path": engines.PROFILE_FILE}]},
-        })
+        volumes.append(
+            {
+                "name": "profile",
+                "configMap": {
+                    "name": routing_configmap_name(ms),
+                    "items": [{"key": engines.PROFILE_FILE, "path": engines.PROFILE_FILE}],
+                },
+            }
+        )
     selector_labels = {k: pod_labels[k] for k in (SERVICE_LABEL, TIER_LABEL, ROLE_LABEL)}
     result: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
         "affinity": {"nodeAffinity": node_affinity(spec, placement)},
-        "topologySpreadConstraints": [{
-            "maxSkew": 1,
-            "topologyKey": ZONE_LABEL,
-            # GPUs are scarce and unevenly spread over zones: a hard constraint would
-            # leave replicas Pending while another zone has free GPUs. The scheduler
-            # still scores for an even spread.
-            "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": {"matchLabels": selector_labels},
-        }],
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": ZONE_LABEL,
+                # GPUs are scarce and unevenly spread over zones: a hard constraint would
+                # leave replicas Pending while another zone has free GPUs. The scheduler
+                # still scores for an even spread.
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector_labels},
+            }
+        ],
         "terminationGracePeriodSeconds": config.pre_stop_sleep_seconds + config.termination_grace_seconds,
         "enableServiceLinks": False,
     }
@@ -267,8 +279,9 @@ def pod_spec(ms: ModelService, tier: Tier, placement: str, pod_labels: dict[str,
     return result
 
 
-def _deployment(ms: ModelService, tier: Tier, pool: str, role: str, replicas: int, placement: str,
-                config: OperatorConfig) -> dict[str, Any]:
+def _deployment(
+    ms: ModelService, tier: Tier, pool: str, role: str, replicas: int, placement: str, config: OperatorConfig
+) -> dict[str, Any]:
     pod_labels = {**labels(ms, tier, role), POOL_LABEL: pool}
     return {
         "apiVersion": "apps/v1",

@@ -33,12 +33,19 @@ def engine_command(spec: ModelServiceSpec) -> list[str]:
     gpus = str(max(spec.resources.gpus_per_replica, 1))
     if e.kind == "vllm":
         cmd = [
-            "vllm", "serve", weights_ref(spec.model.source),
-            "--served-model-name", spec.model.name,
-            "--host", POD_BIND_ADDRESS,
-            "--port", port,
-            "--max-num-seqs", str(e.max_num_seqs),
-            "--tensor-parallel-size", gpus,
+            "vllm",
+            "serve",
+            weights_ref(spec.model.source),
+            "--served-model-name",
+            spec.model.name,
+            "--host",
+            POD_BIND_ADDRESS,
+            "--port",
+            port,
+            "--max-num-seqs",
+            str(e.max_num_seqs),
+            "--tensor-parallel-size",
+            gpus,
             # The latency model assumes chunked prefill (Sarathi-style mixed iterations).
             "--enable-chunked-prefill",
         ]
@@ -46,23 +53,36 @@ def engine_command(spec: ModelServiceSpec) -> list[str]:
             cmd += ["--max-num-batched-tokens", str(e.max_num_batched_tokens)]
     elif e.kind == "sglang":
         cmd = [
-            "python3", "-m", "sglang.launch_server",
-            "--model-path", weights_ref(spec.model.source),
-            "--served-model-name", spec.model.name,
-            "--host", POD_BIND_ADDRESS,
-            "--port", port,
-            "--max-running-requests", str(e.max_num_seqs),
-            "--tp-size", gpus,
+            "python3",
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            weights_ref(spec.model.source),
+            "--served-model-name",
+            spec.model.name,
+            "--host",
+            POD_BIND_ADDRESS,
+            "--port",
+            port,
+            "--max-running-requests",
+            str(e.max_num_seqs),
+            "--tp-size",
+            gpus,
         ]
         if e.max_num_batched_tokens:
             cmd += ["--chunked-prefill-size", str(e.max_num_batched_tokens)]
     else:  # simulator
         cmd = [
-            "kubetier", "engine-sim",
-            "--host", POD_BIND_ADDRESS,
-            "--port", port,
-            "--profile", f"{PROFILE_MOUNT_DIR}/{PROFILE_FILE}",
-            "--model", spec.model.name,
+            "kubetier",
+            "engine-sim",
+            "--host",
+            POD_BIND_ADDRESS,
+            "--port",
+            port,
+            "--profile",
+            f"{PROFILE_MOUNT_DIR}/{PROFILE_FILE}",
+            "--model",
+            spec.model.name,
         ]
     return cmd + list(e.args)
 

@@ -29,7 +29,8 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = f"{DOMAIN}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=DOMAIN)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=DOMAIN, key="last-handled-configuration")
+        prefix=DOMAIN, key="last-handled-configuration"
+    )
     settings.posting.level = 30  # logging.WARNING: kopf posts only warnings as Events; ours post transitions
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
@@ -71,7 +72,7 @@ async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_:
     locks: dict[Any, asyncio.Lock] = memo.setdefault("locks", {})
     async with locks.setdefault(key, asyncio.Lock()):
         try:
-            outcome = await reconcile(_api(memo), dict(body), memo["config"], dt.datetime.now(dt.timezone.utc))
+            outcome = await reconcile(_api(memo), dict(body), memo["config"], dt.datetime.now(dt.UTC))
         except KubeError as exc:
             # Conflicts and transient API errors: retry with kopf's backoff, not a crash.
             raise kopf.TemporaryError(str(exc), delay=5 if exc.status == 409 else 15) from exc
@@ -93,8 +94,9 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = RESYNC_SEC
     kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-on-resume")(_reconcile)
     kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-on-create")(_reconcile)
     kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry, id="reconcile-on-update")(_reconcile)
-    kopf.timer(GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds,
-               registry=registry, id="resync")(_reconcile)
+    kopf.timer(
+        GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry, id="resync"
+    )(_reconcile)
 
 
 register(kopf.get_default_registry())

@@ -66,12 +66,12 @@ class KubeApi:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def for_url(cls, url: str, token: str | None = None) -> "KubeApi":
+    def for_url(cls, url: str, token: str | None = None) -> KubeApi:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return cls(httpx.AsyncClient(base_url=url, headers=headers, timeout=30))
 
     @classmethod
-    def from_connection_info(cls, info: Any) -> "KubeApi":
+    def from_connection_info(cls, info: Any) -> KubeApi:
         """From kopf's ``ConnectionInfo`` (what ``login_with_kubeconfig`` etc. return)."""
         verify: ssl.SSLContext | bool = True
         if info.server.startswith("https"):
@@ -83,8 +83,10 @@ class KubeApi:
                 ctx.load_verify_locations(cafile=info.ca_path)
             elif info.ca_data:
                 ctx.load_verify_locations(cadata=_pem(info.ca_data).decode())
-            cert, key = _material(info.certificate_path, info.certificate_data), _material(
-                info.private_key_path, info.private_key_data)
+            cert, key = (
+                _material(info.certificate_path, info.certificate_data),
+                _material(info.private_key_path, info.private_key_data),
+            )
             try:
                 if cert[0]:
                     ctx.load_cert_chain(certfile=cert[0], keyfile=key[0])
@@ -115,7 +117,9 @@ class KubeApi:
         response = await self._request("GET", RESOURCES[kind].path(namespace, name))
         return None if response.status_code == 404 else response.json()
 
-    async def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else {}
         response = await self._request("GET", RESOURCES[kind].path(namespace), params=params)
         if response.status_code == 404:
@@ -133,27 +137,31 @@ class KubeApi:
         """Server-side apply under kubetier's field manager (forced: we own these fields)."""
         meta = obj["metadata"]
         response = await self._request(
-            "PATCH", RESOURCES[obj["kind"]].path(meta.get("namespace"), meta["name"]),
+            "PATCH",
+            RESOURCES[obj["kind"]].path(meta.get("namespace"), meta["name"]),
             params={"fieldManager": FIELD_MANAGER, "force": "true"},
-            json=obj, headers={"Content-Type": "application/apply-patch+yaml"},
+            json=obj,
+            headers={"Content-Type": "application/apply-patch+yaml"},
         )
         return response.json()
 
     async def delete(self, kind: str, namespace: str | None, name: str) -> None:
-        await self._request("DELETE", RESOURCES[kind].path(namespace, name),
-                            json={"propagationPolicy": "Background"})
+        await self._request("DELETE", RESOURCES[kind].path(namespace, name), json={"propagationPolicy": "Background"})
 
     async def patch_status(self, kind: str, namespace: str | None, name: str, status: dict[str, Any]) -> dict[str, Any]:
         response = await self._request(
-            "PATCH", RESOURCES[kind].path(namespace, name, "status"),
+            "PATCH",
+            RESOURCES[kind].path(namespace, name, "status"),
             params={"fieldManager": FIELD_MANAGER},
-            json={"status": status}, headers={"Content-Type": "application/merge-patch+json"},
+            json={"status": status},
+            headers={"Content-Type": "application/merge-patch+json"},
         )
         return response.json()
 
     async def create(self, kind: str, namespace: str | None, obj: dict[str, Any]) -> dict[str, Any]:
-        response = await self._request("POST", RESOURCES[kind].path(namespace), json=obj,
-                                       params={"fieldManager": FIELD_MANAGER})
+        response = await self._request(
+            "POST", RESOURCES[kind].path(namespace), json=obj, params={"fieldManager": FIELD_MANAGER}
+        )
         return response.json()
 
 
@@ -175,7 +183,7 @@ def _material(path: Any, data: Any) -> tuple[str | None, bool]:
     if not data:
         return None, False
     raw = _pem(data)
-    handle = tempfile.NamedTemporaryFile(prefix="kubetier-", suffix=".pem", delete=False)
+    handle = tempfile.NamedTemporaryFile(prefix="kubetier-", suffix=".pem", delete=False)  # noqa: SIM115
     with handle:
         handle.write(raw)
     return handle.name, True

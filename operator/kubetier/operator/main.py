@@ -18,22 +18,38 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="kubetier operator", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", "-n", action="append", metavar="NS",
-                       help="watch only this namespace (repeatable; kopf globs allowed)")
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        metavar="NS",
+        help="watch only this namespace (repeatable; kopf globs allowed)",
+    )
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
-    parser.add_argument("--standalone", action="store_true",
-                        help="no kopf peering: assume this is the only operator instance")
-    parser.add_argument("--peering", metavar="NAME", default=None,
-                        help="kopf peering object (ClusterKopfPeering with --all-namespaces, KopfPeering "
-                             "otherwise) through which replicas elect the active one; default: kopf's "
-                             "'default', falling back to standalone when it does not exist")
-    parser.add_argument("--priority", type=int, default=None,
-                        help="this replica's kopf peering priority (the highest one runs)")
-    parser.add_argument("--liveness", metavar="URL", default=None,
-                        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
-    parser.add_argument("--router-status-url", metavar="URL", default=None,
-                        help="the router's status endpoint (http://…/kubetier/status), read for per-tier "
-                             "attainment (default: $KUBETIER_ROUTER_STATUS_URL; unset: attainment unknown)")
+    parser.add_argument(
+        "--standalone", action="store_true", help="no kopf peering: assume this is the only operator instance"
+    )
+    parser.add_argument(
+        "--peering",
+        metavar="NAME",
+        default=None,
+        help="kopf peering object (ClusterKopfPeering with --all-namespaces, KopfPeering "
+        "otherwise) through which replicas elect the active one; default: kopf's "
+        "'default', falling back to standalone when it does not exist",
+    )
+    parser.add_argument(
+        "--priority", type=int, default=None, help="this replica's kopf peering priority (the highest one runs)"
+    )
+    parser.add_argument(
+        "--liveness", metavar="URL", default=None, help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument(
+        "--router-status-url",
+        metavar="URL",
+        default=None,
+        help="the router's status endpoint (http://…/kubetier/status), read for per-tier "
+        "attainment (default: $KUBETIER_ROUTER_STATUS_URL; unset: attainment unknown)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.standalone and args.peering:

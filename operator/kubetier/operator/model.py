@@ -46,7 +46,7 @@ class OperatorConfig:
     termination_grace_seconds: int = 180
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "OperatorConfig":
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
         base = cls()
         return cls(

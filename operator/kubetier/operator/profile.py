@@ -29,7 +29,9 @@ def resolve_profile(spec: ModelServiceSpec, configmap_data: dict[str, str] | Non
         ref = source.config_map_ref
         assert ref is not None  # the API guarantees exactly one source
         if configmap_data is None:
-            raise Unsatisfiable("ProfileNotFound", f"spec.latencyProfile.configMapRef: ConfigMap {ref.name!r} not found")
+            raise Unsatisfiable(
+                "ProfileNotFound", f"spec.latencyProfile.configMapRef: ConfigMap {ref.name!r} not found"
+            )
         if ref.key not in configmap_data:
             raise Unsatisfiable(
                 "ProfileNotFound", f"spec.latencyProfile.configMapRef: ConfigMap {ref.name!r} has no key {ref.key!r}"
@@ -37,7 +39,9 @@ def resolve_profile(spec: ModelServiceSpec, configmap_data: dict[str, str] | Non
         try:
             raw = yaml.safe_load(configmap_data[ref.key])
         except yaml.YAMLError as exc:
-            raise Unsatisfiable("ProfileInvalid", f"spec.latencyProfile.configMapRef: {ref.name}/{ref.key}: {exc}") from None
+            raise Unsatisfiable(
+                "ProfileInvalid", f"spec.latencyProfile.configMapRef: {ref.name}/{ref.key}: {exc}"
+            ) from None
         return LatencyModel.from_dict(raw).to_dict()
     except ProfileError as exc:
         raise Unsatisfiable("ProfileInvalid", f"spec.latencyProfile: {exc}") from None

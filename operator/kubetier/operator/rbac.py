@@ -21,8 +21,11 @@ RULES: list[dict[str, Any]] = [
     # kopf observes namespaces when run with namespace patterns.
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     # kopf's peering (when a KopfPeering exists; without one it runs standalone).
-    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"],
-     "verbs": ["get", "list", "watch", "patch"]},
+    {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings", "kopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
     # Events: kopf's warnings and ours on condition transitions.
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     # --- the reconcile

@@ -60,14 +60,17 @@ async def observe(api: KubeApi, ms: ModelService) -> Observed:
 
 def _event(ms_body: dict[str, Any], event: dict[str, str], now: dt.datetime) -> dict[str, Any]:
     meta = ms_body["metadata"]
-    stamp = now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace", "default")},
         "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
-            "namespace": meta.get("namespace", "default"), "uid": meta.get("uid", ""),
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta.get("namespace", "default"),
+            "uid": meta.get("uid", ""),
         },
         "type": event["type"],
         "reason": event["reason"],
@@ -80,8 +83,9 @@ def _event(ms_body: dict[str, Any], event: dict[str, str], now: dt.datetime) -> 
     }
 
 
-async def _write_status(api: KubeApi, body: dict[str, Any], new: dict[str, Any], now: dt.datetime,
-                        outcome: Outcome) -> None:
+async def _write_status(
+    api: KubeApi, body: dict[str, Any], new: dict[str, Any], now: dt.datetime, outcome: Outcome
+) -> None:
     current = body.get("status")
     if not status_changed(current, new):
         return
@@ -97,14 +101,20 @@ def invalid_spec_status(body: dict[str, Any], error: str, now: dt.datetime) -> d
     """Status for an object the apiserver admitted but the models refuse (a CRD older
     than the operator, say): Degraded, never a crash loop."""
     generation = body.get("metadata", {}).get("generation", 0)
-    stamp = now.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = now.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
     previous = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or ()}
 
     def cond(ctype: str, status: str, reason: str, message: str) -> dict[str, Any]:
         old = previous.get(ctype)
         since = old["lastTransitionTime"] if old and old.get("status") == status else stamp
-        return {"type": ctype, "status": status, "reason": reason, "message": message[:32768],
-                "lastTransitionTime": since, "observedGeneration": generation}
+        return {
+            "type": ctype,
+            "status": status,
+            "reason": reason,
+            "message": message[:32768],
+            "lastTransitionTime": since,
+            "observedGeneration": generation,
+        }
 
     return {
         **{k: v for k, v in (body.get("status") or {}).items() if k in ("tiers", "endpoint")},
@@ -125,8 +135,7 @@ async def reconcile(api: KubeApi, body: dict[str, Any], config: OperatorConfig, 
         # blocking the reconcile.
         ms = ModelService.model_validate({k: v for k, v in body.items() if k != "status"})
     except pydantic.ValidationError as exc:
-        message = "spec is invalid: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        message = "spec is invalid: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         outcome.problem = Unsatisfiable("InvalidSpec", message)
         await _write_status(api, body, invalid_spec_status(body, message, now), now, outcome)
         return outcome

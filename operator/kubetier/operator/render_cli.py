@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -36,13 +37,16 @@ _NoAliases.add_representer(str, _str_presenter)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kubetier render", description=__doc__.strip().split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(
+        prog="kubetier render", description=__doc__.strip().split("\n\n")[0].replace("\n", " ")
+    )
     parser.add_argument("file", help="ModelService YAML ('-' for stdin)")
-    parser.add_argument("--profile-configmap", metavar="FILE",
-                        help="ConfigMap YAML to resolve spec.latencyProfile.configMapRef against")
+    parser.add_argument(
+        "--profile-configmap", metavar="FILE", help="ConfigMap YAML to resolve spec.latencyProfile.configMapRef against"
+    )
     args = parser.parse_args(argv)
     try:
-        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
         docs = [d for d in yaml.safe_load_all(text) if d]
     except (OSError, yaml.YAMLError) as exc:
         print(f"kubetier render: {args.file}: {exc}", file=sys.stderr)
@@ -53,7 +57,7 @@ def main(argv: list[str]) -> int:
         return 1
     configmap = None
     if args.profile_configmap:
-        configmap = (yaml.safe_load(open(args.profile_configmap, encoding="utf-8")) or {}).get("data", {})
+        configmap = (yaml.safe_load(Path(args.profile_configmap).read_text(encoding="utf-8")) or {}).get("data", {})
     out: list[dict] = []
     for doc in services:
         doc.setdefault("metadata", {}).setdefault("namespace", "default")

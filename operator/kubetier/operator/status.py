@@ -52,14 +52,14 @@ def _gpus(node: dict[str, Any]) -> int:
 
 
 def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
-    node_capacity = {
-        n["metadata"]["name"]: _labels(n).get(CAPACITY_TYPE_LABEL) for n in observed.nodes
-    }
+    node_capacity = {n["metadata"]["name"]: _labels(n).get(CAPACITY_TYPE_LABEL) for n in observed.nodes}
     out = []
     for tier in ms.spec.tiers:
         pods = [
-            p for p in observed.pods
-            if _labels(p).get(SERVICE_LABEL) == ms.name and _labels(p).get(TIER_LABEL) == tier.name
+            p
+            for p in observed.pods
+            if _labels(p).get(SERVICE_LABEL) == ms.name
+            and _labels(p).get(TIER_LABEL) == tier.name
             and not p["metadata"].get("deletionTimestamp")
         ]
         serving = [p for p in pods if _labels(p).get(ROLE_LABEL) == "serving"]
@@ -87,7 +87,8 @@ def capacity_problem(ms: ModelService, observed: Observed) -> Unsatisfiable | No
     product = ms.spec.resources.gpu_product
     what = f"nvidia.com/gpu ({product})" if product else "nvidia.com/gpu"
     nodes = [
-        n for n in observed.nodes
+        n
+        for n in observed.nodes
         if not (n.get("spec") or {}).get("unschedulable")
         and (product is None or _labels(n).get(GPU_PRODUCT_LABEL) == product)
     ]
@@ -137,8 +138,10 @@ def _unschedulable(ms: ModelService, observed: Observed) -> list[str]:
     out = []
     for tier in ms.spec.tiers:
         stuck = [
-            c for p in observed.pods
-            if _labels(p).get(SERVICE_LABEL) == ms.name and _labels(p).get(TIER_LABEL) == tier.name
+            c
+            for p in observed.pods
+            if _labels(p).get(SERVICE_LABEL) == ms.name
+            and _labels(p).get(TIER_LABEL) == tier.name
             and not p["metadata"].get("deletionTimestamp")
             for c in (p.get("status") or {}).get("conditions") or ()
             if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
@@ -149,7 +152,7 @@ def _unschedulable(ms: ModelService, observed: Observed) -> list[str]:
 
 
 def _timestamp(now: dt.datetime) -> str:
-    return now.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def compute_status(
@@ -175,7 +178,9 @@ def compute_status(
         if have["readyReplicas"] < want or have["replicas"] != want or have["standbyReplicas"] < tier.prewarm.standby:
             short.append(f"{tier.name} {have['readyReplicas']}/{want} ready")
     missing = [
-        name for tier in ms.spec.tiers for pool, _n, _p in pools(tier, serving_replicas(tier, observed))
+        name
+        for tier in ms.spec.tiers
+        for pool, _n, _p in pools(tier, serving_replicas(tier, observed))
         if ("Deployment", name := tier_object_name(ms, tier, pool)) not in observed.children
     ]
     late = _rollout_incomplete(ms, observed)
@@ -201,7 +206,9 @@ def compute_status(
         for t in ms.spec.tiers
         if "attainmentPercent" in by_name[t.name] and by_name[t.name]["attainmentPercent"] < t.attainment_percent
     ]
-    dark = [t.name for t in ms.spec.tiers if serving_replicas(t, observed) > 0 and by_name[t.name]["readyReplicas"] == 0]
+    dark = [
+        t.name for t in ms.spec.tiers if serving_replicas(t, observed) > 0 and by_name[t.name]["readyReplicas"] == 0
+    ]
     if below:
         conds["SLOAtRisk"] = ("True", "AttainmentBelowTarget", "; ".join(below))
     elif dark:
@@ -226,10 +233,16 @@ def compute_status(
         status, reason, message = conds[ctype]
         before = previous.get(ctype)
         since = before["lastTransitionTime"] if before and before.get("status") == status else _timestamp(now)
-        conditions.append({
-            "type": ctype, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since, "observedGeneration": generation,
-        })
+        conditions.append(
+            {
+                "type": ctype,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": since,
+                "observedGeneration": generation,
+            }
+        )
     router_ns = config.router_namespace or ms.namespace
     desired_total = sum(serving_replicas(t, observed) for t in ms.spec.tiers)
     return {
@@ -240,7 +253,8 @@ def compute_status(
         "tierSummary": ",".join(t.name for t in ms.spec.tiers),
         "replicaSummary": f"{sum(t['readyReplicas'] for t in tiers)}/{desired_total}",
         "attainmentSummary": "/".join(
-            f"{t['attainmentPercent']:g}" if "attainmentPercent" in t else "-" for t in tiers),
+            f"{t['attainmentPercent']:g}" if "attainmentPercent" in t else "-" for t in tiers
+        ),
     }
 
 
@@ -258,10 +272,13 @@ def transitions(current: dict[str, Any] | None, new: dict[str, Any]) -> list[dic
         if old and (old.get("status"), old.get("reason")) == (cond["status"], cond["reason"]):
             continue
         bad = (cond["type"] in ("Degraded", "SLOAtRisk") and cond["status"] == "True") or (
-            cond["type"] == "Ready" and cond["status"] == "False" and cond["reason"] == "Degraded")
-        events.append({
-            "type": "Warning" if bad else "Normal",
-            "reason": cond["reason"],
-            "message": f"{cond['type']}={cond['status']}: {cond['message']}"[:1024],
-        })
+            cond["type"] == "Ready" and cond["status"] == "False" and cond["reason"] == "Degraded"
+        )
+        events.append(
+            {
+                "type": "Warning" if bad else "Normal",
+                "reason": cond["reason"],
+                "message": f"{cond['type']}={cond['status']}: {cond['message']}"[:1024],
+            }
+        )
     return events

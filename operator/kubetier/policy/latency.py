@@ -60,7 +60,7 @@ import math
 import os
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -76,8 +76,16 @@ _MAX_WATTS = 100_000.0
 
 # In document order, so a profile missing several fields is told about the first one.
 _TOP_LEVEL_KEYS = (
-    "name", "model", "gpu", "kvCapacityTokens", "maxNumSeqs", "maxNumBatchedTokens",
-    "decode", "prefill", "power", "sources",
+    "name",
+    "model",
+    "gpu",
+    "kvCapacityTokens",
+    "maxNumSeqs",
+    "maxNumBatchedTokens",
+    "decode",
+    "prefill",
+    "power",
+    "sources",
 )
 _REQUIRED_TOP_LEVEL = tuple(k for k in _TOP_LEVEL_KEYS if k not in ("model", "gpu", "sources"))
 
@@ -94,9 +102,7 @@ def _mapping(d: Any, path: str, allowed: tuple[str, ...], required: tuple[str, .
         raise ProfileError(f"{path or 'profile'}: must be a mapping, got {type(d).__name__}")
     unknown = sorted(str(k) for k in d if k not in allowed)
     if unknown:
-        raise ProfileError(
-            f"{_join(path, unknown[0])}: unknown field (allowed: {', '.join(allowed)})"
-        )
+        raise ProfileError(f"{_join(path, unknown[0])}: unknown field (allowed: {', '.join(allowed)})")
     for key in required:
         if key not in d:
             raise ProfileError(f"{_join(path, key)}: required field is missing")
@@ -144,18 +150,14 @@ def _increasing_ints(v: Any, path: str, lo: int, hi: int, min_len: int) -> tuple
     out = tuple(_int(x, f"{path}[{i}]", lo, hi) for i, x in enumerate(items))
     for i in range(1, len(out)):
         if out[i] <= out[i - 1]:
-            raise ProfileError(
-                f"{path}[{i}]: must be strictly increasing ({out[i]} after {out[i - 1]})"
-            )
+            raise ProfileError(f"{path}[{i}]: must be strictly increasing ({out[i]} after {out[i - 1]})")
     return out
 
 
 def _non_decreasing(values: tuple[float, ...], path: str, what: str) -> None:
     for i in range(1, len(values)):
         if values[i] < values[i - 1]:
-            raise ProfileError(
-                f"{path}[{i}]: {values[i]:g} is below {values[i - 1]:g}; {what}"
-            )
+            raise ProfileError(f"{path}[{i}]: {values[i]:g} is below {values[i - 1]:g}; {what}")
 
 
 # --------------------------------------------------------------------------- the model
@@ -187,7 +189,7 @@ class LatencyModel:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LatencyModel":
+    def from_dict(cls, d: dict) -> LatencyModel:
         """Validate a profile (contract shape, camelCase keys) and build the model."""
         _mapping(d, "", _TOP_LEVEL_KEYS, _REQUIRED_TOP_LEVEL)
         name = _str(d["name"], "name")
@@ -202,12 +204,11 @@ class LatencyModel:
         max_batched = _int(d["maxNumBatchedTokens"], "maxNumBatchedTokens", 1, _MAX_KV_TOKENS)
         if max_batched < max_seqs:
             # vLLM refuses this too: every running sequence needs a token slot per step.
-            raise ProfileError(
-                f"maxNumBatchedTokens: {max_batched} is below maxNumSeqs ({max_seqs})"
-            )
+            raise ProfileError(f"maxNumBatchedTokens: {max_batched} is below maxNumSeqs ({max_seqs})")
 
-        dec = _mapping(d["decode"], "decode", ("batchSizes", "kvTokens", "iterationMs"),
-                       ("batchSizes", "kvTokens", "iterationMs"))
+        dec = _mapping(
+            d["decode"], "decode", ("batchSizes", "kvTokens", "iterationMs"), ("batchSizes", "kvTokens", "iterationMs")
+        )
         batches = _increasing_ints(dec["batchSizes"], "decode.batchSizes", 1, _MAX_SEQS, 2)
         if batches[0] != 1:
             raise ProfileError(f"decode.batchSizes[0]: must be 1 (the grid starts at batch 1), got {batches[0]}")
@@ -216,17 +217,14 @@ class LatencyModel:
             raise ProfileError(f"decode.kvTokens[0]: must be 0 (the grid starts at an empty cache), got {kvs[0]}")
         rows = _list(dec["iterationMs"], "decode.iterationMs", len(batches))
         if len(rows) != len(batches):
-            raise ProfileError(
-                f"decode.iterationMs: has {len(rows)} rows, decode.batchSizes has {len(batches)}"
-            )
+            raise ProfileError(f"decode.iterationMs: has {len(rows)} rows, decode.batchSizes has {len(batches)}")
         grid: list[tuple[float, ...]] = []
         for i, row in enumerate(rows):
             rp = f"decode.iterationMs[{i}]"
             row = _list(row, rp, len(kvs))
             if len(row) != len(kvs):
                 raise ProfileError(f"{rp}: has {len(row)} columns, decode.kvTokens has {len(kvs)}")
-            vals = tuple(_num(x, f"{rp}[{j}]", 0.0, _MAX_ITERATION_MS, lo_open=True)
-                         for j, x in enumerate(row))
+            vals = tuple(_num(x, f"{rp}[{j}]", 0.0, _MAX_ITERATION_MS, lo_open=True) for j, x in enumerate(row))
             _non_decreasing(vals, rp, "iteration time cannot fall as the KV cache grows")
             grid.append(vals)
         for j in range(len(kvs)):
@@ -244,8 +242,7 @@ class LatencyModel:
         pms_list = _list(pre["ms"], "prefill.ms", 1)
         if len(pms_list) != len(ptok):
             raise ProfileError(f"prefill.ms: has {len(pms_list)} entries, prefill.tokens has {len(ptok)}")
-        pms = tuple(_num(x, f"prefill.ms[{i}]", 0.0, _MAX_ITERATION_MS, lo_open=True)
-                    for i, x in enumerate(pms_list))
+        pms = tuple(_num(x, f"prefill.ms[{i}]", 0.0, _MAX_ITERATION_MS, lo_open=True) for i, x in enumerate(pms_list))
         _non_decreasing(pms, "prefill.ms", "more prompt tokens cannot take less time")
         if pms[0] < grid[0][0]:
             raise ProfileError(
@@ -253,19 +250,20 @@ class LatencyModel:
                 "an iteration carrying prompt tokens cannot beat a one-token decode step"
             )
 
-        pw = _mapping(d["power"], "power",
-                      ("idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"),
-                      ("idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"))
+        pw = _mapping(
+            d["power"],
+            "power",
+            ("idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"),
+            ("idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"),
+        )
         idle = _num(pw["idleWatts"], "power.idleWatts", 0.0, _MAX_WATTS, lo_open=True)
         tdp = _num(pw["tdpWatts"], "power.tdpWatts", idle, _MAX_WATTS)
-        dw = _mapping(pw["decodeWatts"], "power.decodeWatts", ("batchSizes", "watts"),
-                      ("batchSizes", "watts"))
+        dw = _mapping(pw["decodeWatts"], "power.decodeWatts", ("batchSizes", "watts"), ("batchSizes", "watts"))
         wb = _increasing_ints(dw["batchSizes"], "power.decodeWatts.batchSizes", 1, _MAX_SEQS, 1)
         ww_list = _list(dw["watts"], "power.decodeWatts.watts", 1)
         if len(ww_list) != len(wb):
             raise ProfileError(
-                f"power.decodeWatts.watts: has {len(ww_list)} entries, "
-                f"power.decodeWatts.batchSizes has {len(wb)}"
+                f"power.decodeWatts.watts: has {len(ww_list)} entries, power.decodeWatts.batchSizes has {len(wb)}"
             )
         ww = tuple(_num(x, f"power.decodeWatts.watts[{i}]", idle, tdp) for i, x in enumerate(ww_list))
         _non_decreasing(ww, "power.decodeWatts.watts", "a larger batch cannot draw less power")
@@ -277,15 +275,25 @@ class LatencyModel:
             sources = tuple(_str(s, f"sources[{i}]") for i, s in enumerate(src))
 
         return cls(
-            name=name, kv_capacity_tokens=kv_cap, max_num_seqs=max_seqs,
-            max_num_batched_tokens=max_batched, idle_watts=idle, tdp_watts=tdp,
-            model=model, gpu_product=gpu_product, gpu_count=gpu_count, sources=sources,
-            _d_batch=tuple(float(b) for b in batches), _d_kv=tuple(float(k) for k in kvs),
+            name=name,
+            kv_capacity_tokens=kv_cap,
+            max_num_seqs=max_seqs,
+            max_num_batched_tokens=max_batched,
+            idle_watts=idle,
+            tdp_watts=tdp,
+            model=model,
+            gpu_product=gpu_product,
+            gpu_count=gpu_count,
+            sources=sources,
+            _d_batch=tuple(float(b) for b in batches),
+            _d_kv=tuple(float(k) for k in kvs),
             _d_s=tuple(tuple(v / 1000.0 for v in row) for row in grid),
             # The prefill table is anchored at (0 tokens, one batch-1 decode step).
             _p_tokens=(0.0,) + tuple(float(t) for t in ptok),
             _p_s=(grid[0][0] / 1000.0,) + tuple(v / 1000.0 for v in pms),
-            _w_batch=tuple(float(b) for b in wb), _w_watts=ww, _prefill_watts=pwatts,
+            _w_batch=tuple(float(b) for b in wb),
+            _w_watts=ww,
+            _prefill_watts=pwatts,
             _raw=_plain_copy(d),
         )
 
@@ -353,9 +361,7 @@ class LatencyModel:
 
     def power_watts(self, decode_batch: int, prefill_tokens: int) -> float:
         if decode_batch < 0 or prefill_tokens < 0:
-            raise ValueError(
-                f"decode_batch ({decode_batch}) and prefill_tokens ({prefill_tokens}) must be >= 0"
-            )
+            raise ValueError(f"decode_batch ({decode_batch}) and prefill_tokens ({prefill_tokens}) must be >= 0")
         if decode_batch == 0 and prefill_tokens == 0:
             return self.idle_watts
         w = self._decode_watts(max(decode_batch, 1))
@@ -395,11 +401,13 @@ def _profiles_dir():
 @lru_cache(maxsize=1)
 def _builtin_names() -> tuple[str, ...]:
     # Package data does not change while the process runs.
-    return tuple(sorted(
-        p.name[: -len(".yaml")]
-        for p in _profiles_dir().iterdir()
-        if p.name.endswith(".yaml") and not p.name.startswith("_")
-    ))
+    return tuple(
+        sorted(
+            p.name[: -len(".yaml")]
+            for p in _profiles_dir().iterdir()
+            if p.name.endswith(".yaml") and not p.name.startswith("_")
+        )
+    )
 
 
 def list_profiles() -> list[str]:
@@ -418,7 +426,7 @@ def _parse_yaml(text: str, where: str) -> LatencyModel:
         raise ProfileError(f"{where}: {e}") from e
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_builtin(name: str) -> LatencyModel:
     text = _profiles_dir().joinpath(f"{name}.yaml").read_text(encoding="utf-8")
     model = _parse_yaml(text, f"profile {name!r}")
@@ -442,6 +450,5 @@ def load_profile(name_or_path: str) -> LatencyModel:
             raise ProfileError(f"profile {name_or_path!r}: cannot read: {e.strerror}") from e
         return _parse_yaml(text, f"profile {name_or_path!r}")
     raise ProfileError(
-        f"profile {name_or_path!r}: no such built-in profile "
-        f"(available: {', '.join(list_profiles())}) and no such file"
+        f"profile {name_or_path!r}: no such built-in profile (available: {', '.join(list_profiles())}) and no such file"
     )

@@ -44,15 +44,18 @@ def summary(m: LatencyModel) -> dict:
 def _print_summary(m: LatencyModel) -> None:
     s = summary(m)
     print(f"{s['name']}: {s['model']} on {s['gpu']}")
-    print(f"  KV capacity {s['kvCapacityTokens']} tokens, maxNumSeqs {s['maxNumSeqs']}, "
-          f"maxNumBatchedTokens {s['maxNumBatchedTokens']}")
+    print(
+        f"  KV capacity {s['kvCapacityTokens']} tokens, maxNumSeqs {s['maxNumSeqs']}, "
+        f"maxNumBatchedTokens {s['maxNumBatchedTokens']}"
+    )
     kv_points = (0, m.kv_capacity_tokens // 2, m.kv_capacity_tokens)
     print("  decode iteration (ms)   " + "".join(f"{'kv ' + str(k):>14}" for k in kv_points))
     for b in _SUMMARY_BATCHES:
-        print(f"    batch {b:<5}          " + "".join(
-            f"{m.decode_iteration_s(b, k) * 1e3:>14.2f}" for k in kv_points))
-    print("  prefill on an idle server (ms): " + ", ".join(
-        f"{n} tok {v}" for n, v in ((n, s['prefillMs'][f'{n} tokens']) for n in _SUMMARY_PROMPTS)))
+        print(f"    batch {b:<5}          " + "".join(f"{m.decode_iteration_s(b, k) * 1e3:>14.2f}" for k in kv_points))
+    print(
+        "  prefill on an idle server (ms): "
+        + ", ".join(f"{n} tok {v}" for n, v in ((n, s["prefillMs"][f"{n} tokens"]) for n in _SUMMARY_PROMPTS))
+    )
     print("  power (W): " + ", ".join(f"{k} {v:g}" for k, v in s["watts"].items()))
     if s["sources"]:
         print("  sources:")
@@ -64,7 +67,7 @@ def main(argv: list[str]) -> int:
     try:
         return _main(argv)
     except BrokenPipeError:  # `kubetier profiles show | head`
-        sys.stdout = open(os.devnull, "w")
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces stdout for the rest of the process
         return 0
 
 
@@ -74,8 +77,13 @@ def _main(argv: list[str]) -> int:
     sub.add_parser("list", help="list the built-in profiles")
     show = sub.add_parser("show", help="key numbers of a profile (built-in name or YAML path)")
     show.add_argument("name", nargs="?", default=DEFAULT_PROFILE)
-    show.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
-                      help="text: summary; json: summary; yaml: the full profile")
+    show.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json", "yaml"),
+        default="text",
+        help="text: summary; json: summary; yaml: the full profile",
+    )
     val = sub.add_parser("validate", help="validate profile YAML files")
     val.add_argument("paths", nargs="+")
     args = ap.parse_args(argv)
@@ -85,8 +93,10 @@ def _main(argv: list[str]) -> int:
             for name in list_profiles():
                 m = load_profile(name)
                 default = "  (default)" if name == DEFAULT_PROFILE else ""
-                print(f"{name:<24} {m.model} on {m.gpu_count} x {m.gpu_product}, "
-                      f"KV {m.kv_capacity_tokens} tokens{default}")
+                print(
+                    f"{name:<24} {m.model} on {m.gpu_count} x {m.gpu_product}, "
+                    f"KV {m.kv_capacity_tokens} tokens{default}"
+                )
             return 0
         if args.cmd == "show":
             m = load_profile(args.name)

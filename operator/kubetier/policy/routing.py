@@ -90,7 +90,7 @@ from typing import Literal
 
 from kubetier.policy.latency import LatencyModel
 
-__all__ = ["Decision", "HOST_PROBE_PROMPT_TOKENS", "KINDS", "RoutingPolicy", "ServerLoad", "TierSLO"]
+__all__ = ["HOST_PROBE_PROMPT_TOKENS", "KINDS", "Decision", "RoutingPolicy", "ServerLoad", "TierSLO"]
 
 KINDS = ("slo", "least-loaded", "round-robin", "static-partition", "two-class", "pool-least-loaded", "pool-round-robin")
 
@@ -139,9 +139,7 @@ class TierSLO:
         if not self.tpot_ms > 0:
             raise ValueError(f"tier {self.name!r}: tpot_ms must be > 0, got {self.tpot_ms!r}")
         if self.mean_output_tokens < 1:
-            raise ValueError(
-                f"tier {self.name!r}: mean_output_tokens must be >= 1, got {self.mean_output_tokens!r}"
-            )
+            raise ValueError(f"tier {self.name!r}: mean_output_tokens must be >= 1, got {self.mean_output_tokens!r}")
         if self.on_late not in ("reject", "queue"):
             raise ValueError(f"tier {self.name!r}: on_late must be 'reject' or 'queue', got {self.on_late!r}")
 
@@ -172,8 +170,20 @@ class Decision:
 class _Costs:
     """Memoised iteration costs of one latency model (seconds)."""
 
-    __slots__ = ("model", "mbt", "max_seqs", "kv_cap", "p0", "_dec", "_dec_limit", "_pre", "_prefill_s", "_kv_grid",
-                 "_dvals", "ce")
+    __slots__ = (
+        "_dec",
+        "_dec_limit",
+        "_dvals",
+        "_kv_grid",
+        "_pre",
+        "_prefill_s",
+        "ce",
+        "kv_cap",
+        "max_seqs",
+        "mbt",
+        "model",
+        "p0",
+    )
 
     def __init__(self, model: LatencyModel) -> None:
         self.model = model
@@ -280,9 +290,9 @@ def _level_memo_for(costs: list[_Costs], tpot_s: float, turnover: float) -> dict
 
 
 class _Entry:
-    __slots__ = ("load", "costs", "key", "in_order", "rank", "bin", "routes", "step")
+    __slots__ = ("bin", "costs", "in_order", "key", "load", "rank", "routes", "step")
 
-    def __init__(self, load: ServerLoad, costs: _Costs, rank: int, b: "_Bin") -> None:
+    def __init__(self, load: ServerLoad, costs: _Costs, rank: int, b: _Bin) -> None:
         self.load = load
         self.costs = costs
         self.bin = b  # the bin of load.tier (a server changes tier only through upsert_server)
@@ -304,7 +314,7 @@ class _Bin:
     never visited one by one.
     """
 
-    __slots__ = ("tier", "tpot_s", "ttft_s", "keys", "order", "rr_next", "costs", "level_memo")
+    __slots__ = ("costs", "keys", "level_memo", "order", "rr_next", "tier", "tpot_s", "ttft_s")
 
     def __init__(self, tier: TierSLO) -> None:
         self.tier = tier
@@ -358,8 +368,10 @@ def _host_keeps_room(e: _Entry, prompt: int, host_ttft_s: float, probe_prompt: i
     """After spilling ``prompt`` onto ``e``, could a new host-tier request with a
     ``probe_prompt``-token prompt still meet the host's TTFT there? (rule 2)"""
     ld = e.load
-    return _first_token_s(e.costs, ld.running + 1, ld.kv_tokens + prompt,
-                          ld.queued_prefill_tokens + prompt + probe_prompt) <= host_ttft_s
+    return (
+        _first_token_s(e.costs, ld.running + 1, ld.kv_tokens + prompt, ld.queued_prefill_tokens + prompt + probe_prompt)
+        <= host_ttft_s
+    )
 
 
 def _feasible(e: _Entry, prompt: int, H: int, ttft_budget_s: float, tpot_s: float, turnover: float) -> bool:
@@ -376,7 +388,7 @@ def _feasible(e: _Entry, prompt: int, H: int, ttft_budget_s: float, tpot_s: floa
     c = e.costs
     running = ld.running
     B = running + 1
-    if B > c.max_seqs:
+    if c.max_seqs < B:
         return False
     kv = ld.kv_tokens
     kv_end = kv + prompt + B * H
@@ -491,7 +503,9 @@ class RoutingPolicy:
         # TPOT tiers from the nearest to the tightest.
         self._route_bins: dict[str, list[_Bin]] = {}
         for t in tiers:
-            tighter = sorted((u for u in tiers if u.tpot_ms < t.tpot_ms), key=lambda u: (-u.tpot_ms, -u.priority, u.name))
+            tighter = sorted(
+                (u for u in tiers if u.tpot_ms < t.tpot_ms), key=lambda u: (-u.tpot_ms, -u.priority, u.name)
+            )
             self._route_bins[t.name] = [self._bins[t.name]] + [self._bins[u.name] for u in tighter]
         # tier -> (TierSLO, TTFT in seconds): one lookup per decision
         self._tier_ttft: dict[str, tuple[TierSLO, float]] = {t.name: (t, t.ttft_ms / 1000.0) for t in tiers}
@@ -511,7 +525,9 @@ class RoutingPolicy:
 
     def upsert_server(self, load: ServerLoad) -> None:
         if load.tier not in self.tiers:
-            raise ValueError(f"server {load.server_id!r}: tier {load.tier!r} is not a known tier ({', '.join(self.tiers)})")
+            raise ValueError(
+                f"server {load.server_id!r}: tier {load.tier!r} is not a known tier ({', '.join(self.tiers)})"
+            )
         for field in ("running", "kv_tokens", "queued_prefill_tokens"):
             if getattr(load, field) < 0:
                 raise ValueError(f"server {load.server_id!r}: {field} must be >= 0, got {getattr(load, field)!r}")
@@ -700,7 +716,9 @@ class RoutingPolicy:
             return d
         if late:
             return Decision("wait", None, reason="late-queued", retry_after_s=0.0)
-        return Decision("wait", None, reason="no-feasible-server", retry_after_s=self._wait_budget(t, prompt_tokens, waited_s))
+        return Decision(
+            "wait", None, reason="no-feasible-server", retry_after_s=self._wait_budget(t, prompt_tokens, waited_s)
+        )
 
     def _route(self, sid: str, reason: str) -> Decision:
         d = self._route_cache.get((sid, reason))
@@ -783,12 +801,15 @@ class RoutingPolicy:
                     j -= 1
                     e = by_rank[keys[j] & _RANK_MASK]
                     if _feasible(e, prompt, H, ttft_budget_s, tpot_s, turnover) and (
-                            own or _host_keeps_room(e, prompt, b.ttft_s, probe)):
+                        own or _host_keeps_room(e, prompt, b.ttft_s, probe)
+                    ):
                         routes = e.routes
                         if routes is None:
                             sid = e.load.server_id
-                            routes = e.routes = (Decision("route", sid, spilled=False, reason="own-bin"),
-                                                 Decision("route", sid, spilled=True, reason="spill"))
+                            routes = e.routes = (
+                                Decision("route", sid, spilled=False, reason="own-bin"),
+                                Decision("route", sid, spilled=True, reason="spill"),
+                            )
                         return routes[0] if own else routes[1]
                     checks -= 1
                     if checks <= 0:
@@ -837,7 +858,7 @@ class RoutingPolicy:
         B = running + 1
         for c in b.costs:
             chunk_b = c.mbt - B
-            if B > c.max_seqs or chunk_b < 1:
+            if c.max_seqs < B or chunk_b < 1:
                 continue
             budget = tpot_s
             future_prefill = prompt + int(running * prompt * self.turnover)
@@ -853,7 +874,7 @@ class RoutingPolicy:
     def _tpot_kv_ok(self, c: _Costs, running: int, kv: int, queued: int, prompt: int, H: int, tpot_s: float) -> bool:
         """Capacity and the worst-future-iteration check (see the module docstring)."""
         B = running + 1
-        if B > c.max_seqs:
+        if c.max_seqs < B:
             return False
         kv_end = kv + prompt + B * H
         if kv_end > c.kv_cap:
@@ -889,8 +910,9 @@ class RoutingPolicy:
             if b is own:
                 continue
             idle = bisect_left(b.keys, 1 << _KV_SHIFT)  # running 0 and no KV held
-            if idle > best_idle or (idle == best_idle and best is not None and idle > 1
-                                    and b.tier.tpot_ms > best.tier.tpot_ms):
+            if idle > best_idle or (
+                idle == best_idle and best is not None and idle > 1 and b.tier.tpot_ms > best.tier.tpot_ms
+            ):
                 best, best_idle = b, idle
         if best is None:
             return None
@@ -943,7 +965,9 @@ class RoutingPolicy:
                 if self._has_room(self._by_rank[key & _RANK_MASK], prompt, H):
                     best = key
                     break
-        return self._route(self._by_rank[best & _RANK_MASK].load.server_id, "least-loaded") if best is not None else None
+        return (
+            self._route(self._by_rank[best & _RANK_MASK].load.server_id, "least-loaded") if best is not None else None
+        )
 
     def _decide_round_robin(self, t: TierSLO, prompt: int) -> Decision | None:
         b = self._bins[t.name]

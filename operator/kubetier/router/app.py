@@ -121,8 +121,14 @@ class Router:
             await f.stop()
 
     def _new_fleet(self, spec) -> ModelFleet:
-        return ModelFleet(spec, self.metrics, kind=self.config.kind, scale_up_s=self.config.scale_up_s,
-                          max_queue=self.max_queue, scrape_interval_s=self.scrape_interval_s)
+        return ModelFleet(
+            spec,
+            self.metrics,
+            kind=self.config.kind,
+            scale_up_s=self.config.scale_up_s,
+            max_queue=self.max_queue,
+            scrape_interval_s=self.scrape_interval_s,
+        )
 
     def update_models(self, config: RouterConfig) -> None:
         """Discovery: add, update or remove models and their servers."""
@@ -131,7 +137,7 @@ class Router:
             f = self.fleets.get(name)
             if f is None or f.spec.tiers != spec.tiers or f.spec.profile != spec.profile:
                 if f is not None:
-                    asyncio.ensure_future(f.stop())
+                    asyncio.ensure_future(f.stop())  # noqa: RUF006 - stop() ends on its own; nothing awaits it
                 f = self.fleets[name] = self._new_fleet(spec)
                 f.start()
             else:
@@ -140,7 +146,7 @@ class Router:
                 f.set_servers(spec.servers)
         for name in list(self.fleets):
             if name not in config.models:
-                asyncio.ensure_future(self.fleets.pop(name).stop())
+                asyncio.ensure_future(self.fleets.pop(name).stop())  # noqa: RUF006
         self.config.models = config.models
 
     # ------------------------------------------------------------------ dispatch
@@ -170,8 +176,13 @@ class Router:
         return {
             "object": "list",
             "data": [
-                {"id": name, "object": "model", "created": self.created, "owned_by": "kubetier",
-                 "tiers": [t.name for t in f.spec.tiers]}
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "kubetier",
+                    "tiers": [t.name for t in f.spec.tiers],
+                }
                 for name, f in self.fleets.items()
             ],
         }
@@ -203,11 +214,18 @@ class Router:
         if asked:
             asked = asked.strip()
             if asked not in names:
-                raise BadRequest(400, f"X-Kubetier-Tier: model '{fleet.name}' has no tier '{asked}' "
-                                 f"(tiers: {', '.join(sorted(names))})", "X-Kubetier-Tier")
+                raise BadRequest(
+                    400,
+                    f"X-Kubetier-Tier: model '{fleet.name}' has no tier '{asked}' (tiers: {', '.join(sorted(names))})",
+                    "X-Kubetier-Tier",
+                )
             if asked not in allowed:
-                raise BadRequest(403, f"X-Kubetier-Tier: this API key may not use tier '{asked}' of model "
-                                 f"'{fleet.name}' (allowed: {', '.join(sorted(allowed))})", "X-Kubetier-Tier")
+                raise BadRequest(
+                    403,
+                    f"X-Kubetier-Tier: this API key may not use tier '{asked}' of model "
+                    f"'{fleet.name}' (allowed: {', '.join(sorted(allowed))})",
+                    "X-Kubetier-Tier",
+                )
             return asked
         # The loosest allowed tier: the largest TPOT, then the lowest priority.
         return max((t for t in tiers if t.name in allowed), key=lambda t: (t.tpot_ms, -t.priority)).name
@@ -226,7 +244,9 @@ class Router:
             raise BadRequest(400, "'model' must be a string", "model")
         fleet = self.fleets.get(model)
         if fleet is None:
-            raise BadRequest(404, f"The model `{model}` does not exist (models: {', '.join(sorted(self.fleets))}).", "model")
+            raise BadRequest(
+                404, f"The model `{model}` does not exist (models: {', '.join(sorted(self.fleets))}).", "model"
+            )
         for key in ("max_tokens", "max_completion_tokens"):
             v = body.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -244,8 +264,12 @@ class Router:
         prompt_tokens = estimate_prompt_tokens(body, chat)
         field = "messages" if chat else "prompt"
         if prompt_tokens > fleet.spec.max_prompt_tokens:
-            raise BadRequest(400, f"'{field}' has {prompt_tokens} tokens, more than the {fleet.spec.max_prompt_tokens} "
-                             f"this model accepts", field)
+            raise BadRequest(
+                400,
+                f"'{field}' has {prompt_tokens} tokens, more than the {fleet.spec.max_prompt_tokens} "
+                f"this model accepts",
+                field,
+            )
         m = self.metrics
         w = m.worker
         tally = m.tally(fleet.name, tier_name)
@@ -276,7 +300,7 @@ class Router:
             elif outcome in ("error", "upstream_error"):
                 tally.failed += 1
 
-    async def _serve(self, req: Request, res: Response, body: dict, chat: bool, stream: bool, ctx: "_Ctx") -> str:
+    async def _serve(self, req: Request, res: Response, body: dict, chat: bool, stream: bool, ctx: _Ctx) -> str:
         fleet = ctx.fleet
         m = self.metrics
         labels = (fleet.name, ctx.tier, m.worker)
@@ -288,19 +312,29 @@ class Router:
         while attempts < self.max_attempts:
             attempts += 1
             try:
-                up, spilled = await fleet.acquire(ctx.tier, ctx.prompt_tokens, ctx.arrival, tried,
-                                                  gone=lambda: res.disconnected)
+                up, spilled = await fleet.acquire(
+                    ctx.tier, ctx.prompt_tokens, ctx.arrival, tried, gone=lambda: res.disconnected
+                )
             except Rejected as exc:
                 m.rejections.labels(*labels, exc.reason).inc()
                 m.tally(fleet.name, ctx.tier).rejected += 1
                 retry = max(1, math.ceil(exc.retry_after_s))
-                res.send(429, error_body(429, f"tier '{ctx.tier}' cannot meet its time-to-first-token target now "
-                                         f"({exc.reason}); retry after {retry} s"), [("retry-after", str(retry))])
+                res.send(
+                    429,
+                    error_body(
+                        429,
+                        f"tier '{ctx.tier}' cannot meet its time-to-first-token target now "
+                        f"({exc.reason}); retry after {retry} s",
+                    ),
+                    [("retry-after", str(retry))],
+                )
                 return "rejected"
             except QueueFull:
                 m.rejections.labels(*labels, "queue-full").inc()
                 m.tally(fleet.name, ctx.tier).rejected += 1
-                res.send(429, error_body(429, "the router's wait queue is full; retry after 1 s"), [("retry-after", "1")])
+                res.send(
+                    429, error_body(429, "the router's wait queue is full; retry after 1 s"), [("retry-after", "1")]
+                )
                 return "rejected"
             except NoAlternative:
                 break
@@ -338,18 +372,20 @@ class Router:
         res.send(502, error_body(502, f"no server could serve the request after {attempts} attempts: {last_error}"))
         return "upstream_error"
 
-    def _count_retry(self, ctx: "_Ctx", labels: tuple, attempts: int) -> None:
+    def _count_retry(self, ctx: _Ctx, labels: tuple, attempts: int) -> None:
         if attempts < self.max_attempts:
             self.metrics.retries.labels(*labels).inc()
             self.metrics.tally(ctx.fleet.name, ctx.tier).retries += 1
 
-    def _release(self, ctx: "_Ctx") -> None:
+    def _release(self, ctx: _Ctx) -> None:
         if ctx.server is not None:
-            ctx.fleet.release(ctx.server.spec.server_id, ctx.prompt_tokens_on_server, ctx.tokens_on_server, ctx.prefilled)
+            ctx.fleet.release(
+                ctx.server.spec.server_id, ctx.prompt_tokens_on_server, ctx.tokens_on_server, ctx.prefilled
+            )
             ctx.server = None
             ctx.tokens_on_server = 0
 
-    async def _relay_whole(self, res: Response, upr: UpstreamResponse, ctx: "_Ctx") -> str:
+    async def _relay_whole(self, res: Response, upr: UpstreamResponse, ctx: _Ctx) -> str:
         try:
             data = await upr.read_all(timeout=self.first_byte_timeout_s)
         except UpstreamError as exc:
@@ -374,7 +410,9 @@ class Router:
         res.send(upr.status, data, content_type=ctype)
         return "ok" if ok else f"upstream_{upr.status}"
 
-    async def _relay_stream(self, req: Request, res: Response, upr: UpstreamResponse, body: dict, chat: bool, ctx: "_Ctx") -> str:
+    async def _relay_stream(
+        self, req: Request, res: Response, upr: UpstreamResponse, body: dict, chat: bool, ctx: _Ctx
+    ) -> str:
         fleet = ctx.fleet
         m = self.metrics
         labels = (fleet.name, ctx.tier, m.worker)
@@ -401,7 +439,9 @@ class Router:
                 fleet.mark_unhealthy(failed_sid)
             migrations += 1
             if migrations > self.max_migrations:
-                return self._stream_error(res, f"stream failed ({failure}) and {self.max_migrations} resumptions were used up")
+                return self._stream_error(
+                    res, f"stream failed ({failure}) and {self.max_migrations} resumptions were used up"
+                )
             resume = build_resume_body(body, chat, sent)
             if resume is None:
                 return self._stream_error(res, f"stream failed ({failure}) and cannot be resumed (token-id prompt)")
@@ -425,7 +465,9 @@ class Router:
                 ctx.prompt_tokens_on_server = prompt
                 tried = tried | {up.spec.server_id}
                 try:
-                    cand = await up.pool.request("POST", req.path, new_body, _JSON, header_timeout_s=self.first_byte_timeout_s)
+                    cand = await up.pool.request(
+                        "POST", req.path, new_body, _JSON, header_timeout_s=self.first_byte_timeout_s
+                    )
                 except UpstreamError:
                     self._release(ctx)
                     fleet.mark_unhealthy(up.spec.server_id)
@@ -440,7 +482,9 @@ class Router:
                 return self._stream_error(res, f"stream failed ({failure}) and no server could resume it")
             drop_role = chat
 
-    async def _pump_events(self, res: Response, upr: UpstreamResponse, ctx: "_Ctx", sent: list[bytes], drop_role: bool) -> str | None:
+    async def _pump_events(
+        self, res: Response, upr: UpstreamResponse, ctx: _Ctx, sent: list[bytes], drop_role: bool
+    ) -> str | None:
         """Relay complete events until the upstream ends. None = finished normally.
 
         While this task waits, the upstream connection hands each read straight to
@@ -457,7 +501,7 @@ class Router:
                     if data is None:
                         try:
                             await upr.wait_readable(stall)
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             raise upr.stalled(stall) from None
                         data = b""  # the sink may have relayed while we waited
                     elif not data:
@@ -486,9 +530,9 @@ class _EventRelay:
     """One upstream stream's relay state: complete events out, SLO accounting per batch
     (one ``rfind`` and one ``count`` per read, no JSON per token)."""
 
-    __slots__ = ("res", "ctx", "sent", "tail", "done", "drop_role")
+    __slots__ = ("ctx", "done", "drop_role", "res", "sent", "tail")
 
-    def __init__(self, res: Response, ctx: "_Ctx", sent: list[bytes], drop_role: bool) -> None:
+    def __init__(self, res: Response, ctx: _Ctx, sent: list[bytes], drop_role: bool) -> None:
         self.res = res
         self.ctx = ctx
         self.sent = sent  # complete events relayed: the text to resume from
@@ -540,10 +584,26 @@ class _EventRelay:
 
 
 class _Ctx:
-    __slots__ = ("fleet", "tier", "ttft_s", "tpot_s", "arrival", "prompt_tokens", "prompt_tokens_on_server",
-                 "server", "prefilled", "tokens", "tokens_on_server", "first_at", "last_at", "missed")
+    __slots__ = (
+        "arrival",
+        "first_at",
+        "fleet",
+        "last_at",
+        "missed",
+        "prefilled",
+        "prompt_tokens",
+        "prompt_tokens_on_server",
+        "server",
+        "tier",
+        "tokens",
+        "tokens_on_server",
+        "tpot_s",
+        "ttft_s",
+    )
 
-    def __init__(self, fleet: ModelFleet, tier: str, ttft_s: float, tpot_s: float, arrival: float, prompt_tokens: int) -> None:
+    def __init__(
+        self, fleet: ModelFleet, tier: str, ttft_s: float, tpot_s: float, arrival: float, prompt_tokens: int
+    ) -> None:
         self.fleet = fleet
         self.tier = tier
         self.ttft_s = ttft_s

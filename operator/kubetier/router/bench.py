@@ -38,19 +38,30 @@ import yaml
 from kubetier.router import bench_routing
 from kubetier.stats import percentile
 
+
 def flat_profile(token_ms: float) -> dict:
     return {
-    "name": f"bench-flat-{token_ms:g}ms",
-    "kvCapacityTokens": 50_000_000,
-    "maxNumSeqs": 4096,
-    "maxNumBatchedTokens": 8192,
-    "decode": {"batchSizes": [1, 4096], "kvTokens": [0, 50_000_000],
-               "iterationMs": [[token_ms, token_ms], [token_ms, token_ms]]},
-    # A 128-token prompt adds 2% to the iteration carrying it: the SLO checks never
-    # bind below ~1,900 streams per server, so the runs measure the data path.
-    "prefill": {"tokens": [128, 8192], "ms": [token_ms * 1.02, token_ms * 1.6]},
-    "power": {"idleWatts": 90, "tdpWatts": 700, "decodeWatts": {"batchSizes": [1], "watts": [300]}, "prefillWatts": 600},
-    "sources": ["synthetic: flat time per token, a short prompt's prefill about one step (router overhead benchmark)"],
+        "name": f"bench-flat-{token_ms:g}ms",
+        "kvCapacityTokens": 50_000_000,
+        "maxNumSeqs": 4096,
+        "maxNumBatchedTokens": 8192,
+        "decode": {
+            "batchSizes": [1, 4096],
+            "kvTokens": [0, 50_000_000],
+            "iterationMs": [[token_ms, token_ms], [token_ms, token_ms]],
+        },
+        # A 128-token prompt adds 2% to the iteration carrying it: the SLO checks never
+        # bind below ~1,900 streams per server, so the runs measure the data path.
+        "prefill": {"tokens": [128, 8192], "ms": [token_ms * 1.02, token_ms * 1.6]},
+        "power": {
+            "idleWatts": 90,
+            "tdpWatts": 700,
+            "decodeWatts": {"batchSizes": [1], "watts": [300]},
+            "prefillWatts": 600,
+        },
+        "sources": [
+            "synthetic: flat time per token, a short prompt's prefill about one step (router overhead benchmark)"
+        ],
     }
 
 
@@ -59,7 +70,15 @@ FLAT_PROFILE = flat_profile(25.0)
 TIERS = [
     {"name": "interactive", "ttftMs": 300, "tpotMs": 40, "priority": 100, "meanOutputTokens": 64, "share": 0.2},
     {"name": "standard", "ttftMs": 1000, "tpotMs": 60, "priority": 50, "meanOutputTokens": 64, "share": 0.3},
-    {"name": "batch", "ttftMs": 5000, "tpotMs": 200, "priority": 10, "meanOutputTokens": 64, "share": 0.5, "onLate": "queue"},
+    {
+        "name": "batch",
+        "ttftMs": 5000,
+        "tpotMs": 200,
+        "priority": 10,
+        "meanOutputTokens": 64,
+        "share": 0.5,
+        "onLate": "queue",
+    },
 ]
 _BASE_TIERS = TIERS
 OUTPUT_TOKENS = 64
@@ -75,6 +94,8 @@ def _set_token_ms(token_ms: float) -> None:
     STREAM_S = (OUTPUT_TOKENS + 1.5) * token_ms / 1000.0
     f = token_ms / 25.0
     TIERS = [dict(t, ttftMs=t["ttftMs"] * f, tpotMs=t["tpotMs"] * f) for t in _BASE_TIERS]
+
+
 TOKEN_MARK = b'"choices":[{'
 
 
@@ -96,6 +117,7 @@ def _pin(cores: set[int]):
             os.sched_setaffinity(0, cores)
         except (AttributeError, OSError):
             pass
+
     return f
 
 
@@ -189,8 +211,9 @@ def _schedule(rate: float, duration_s: float, pattern: str, rng: random.Random) 
         out.append(t)
 
 
-async def _drive(targets: dict[str, tuple[str, int]], concurrency: int, duration_s: float, pattern: str,
-                 seed: int, model: str) -> tuple[list[Result], float]:
+async def _drive(
+    targets: dict[str, tuple[str, int]], concurrency: int, duration_s: float, pattern: str, seed: int, model: str
+) -> tuple[list[Result], float]:
     from kubetier.lean_http.client import UpstreamPool
 
     rng = random.Random(seed)
@@ -200,8 +223,15 @@ async def _drive(targets: dict[str, tuple[str, int]], concurrency: int, duration
     weights = [t["share"] for t in TIERS]
     tiers = rng.choices(names, weights, k=len(offsets))
     pools = {tier: UpstreamPool(h, p, max_idle=20000, connect_timeout_s=10.0) for tier, (h, p) in targets.items()}
-    body = json.dumps({"model": model, "prompt": "x" * 16, "prompt_tokens": PROMPT_TOKENS, "max_tokens": OUTPUT_TOKENS,
-                       "stream": True}).encode()
+    body = json.dumps(
+        {
+            "model": model,
+            "prompt": "x" * 16,
+            "prompt_tokens": PROMPT_TOKENS,
+            "max_tokens": OUTPUT_TOKENS,
+            "stream": True,
+        }
+    ).encode()
     results = [Result(t) for t in tiers]
     tasks = []
     start = time.monotonic()
@@ -231,20 +261,29 @@ def summarize(run: Run) -> dict:
             if r.error or not r.tokens:
                 continue
             # Deadline-based, checked at the first and the last token.
-            if (r.first_at - r.sent_at) * 1000 <= t["ttftMs"] and \
-               (r.last_at - r.sent_at) * 1000 <= t["ttftMs"] + (r.tokens - 1) * t["tpotMs"]:
+            if (r.first_at - r.sent_at) * 1000 <= t["ttftMs"] and (r.last_at - r.sent_at) * 1000 <= t["ttftMs"] + (
+                r.tokens - 1
+            ) * t["tpotMs"]:
                 met += 1
         met_total += met
         tiers[t["name"]] = {"requests": len(rs), "attainmentPercent": round(100.0 * met / len(rs), 2) if rs else None}
     rejected = sum(1 for r in run.results if r.status == 429)
     return {
-        "label": run.label, "concurrency": run.concurrency, "pattern": run.pattern,
-        "requests": len(run.results), "errors": len(run.results) - len(ok) - rejected, "rejected_429": rejected,
+        "label": run.label,
+        "concurrency": run.concurrency,
+        "pattern": run.pattern,
+        "requests": len(run.results),
+        "errors": len(run.results) - len(ok) - rejected,
+        "rejected_429": rejected,
         "error_examples": sorted({r.error for r in run.results if r.error})[:3],
-        "ttft_ms_p50": _r(percentile(ttft, 0.5)), "ttft_ms_p99": _r(percentile(ttft, 0.99)),
-        "tpot_ms_p50": _r(percentile(tpot, 0.5)), "tpot_ms_p99": _r(percentile(tpot, 0.99)),
+        "ttft_ms_p50": _r(percentile(ttft, 0.5)),
+        "ttft_ms_p99": _r(percentile(ttft, 0.99)),
+        "tpot_ms_p50": _r(percentile(tpot, 0.5)),
+        "tpot_ms_p99": _r(percentile(tpot, 0.99)),
         "goodput_rps": round(met_total / run.duration_s, 1) if run.duration_s else None,
-        "tiers": tiers, "cpu_percent": run.cpu, "duration_s": round(run.duration_s, 2),
+        "tiers": tiers,
+        "cpu_percent": run.cpu,
+        "duration_s": round(run.duration_s, 2),
     }
 
 
@@ -269,21 +308,41 @@ class Rig:
         for t in TIERS:
             port = _free_port()
             p = subprocess.Popen(
-                [sys.executable, "-m", "kubetier.cli", "engine-sim", "--port", str(port), "--model", self.model,
-                 "--profile", self.profile_path, "--log-level", "WARNING"],
-                preexec_fn=_pin({1 % os.cpu_count()}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "-m",
+                    "kubetier.cli",
+                    "engine-sim",
+                    "--port",
+                    str(port),
+                    "--model",
+                    self.model,
+                    "--profile",
+                    self.profile_path,
+                    "--log-level",
+                    "WARNING",
+                ],
+                preexec_fn=_pin({1 % os.cpu_count()}),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             self.engines[t["name"]] = (p, port)
         for _, port in self.engines.values():
             _wait_up(port)
 
     def start_router(self, workers: int) -> None:
         cfg = {
-            "models": [{
-                "name": self.model, "profile": self.profile_path,
-                "tiers": [{k: v for k, v in t.items() if k != "share"} for t in TIERS],
-                "servers": [{"url": f"http://127.0.0.1:{port}", "tier": name, "id": name}
-                            for name, (_, port) in self.engines.items()],
-            }],
+            "models": [
+                {
+                    "name": self.model,
+                    "profile": self.profile_path,
+                    "tiers": [{k: v for k, v in t.items() if k != "share"} for t in TIERS],
+                    "servers": [
+                        {"url": f"http://127.0.0.1:{port}", "tier": name, "id": name}
+                        for name, (_, port) in self.engines.items()
+                    ],
+                }
+            ],
         }
         path = os.path.join(self.tmp, "router.yaml")
         with open(path, "w") as f:
@@ -291,9 +350,25 @@ class Rig:
         self.router_port = _free_port()
         cores = {0} if workers == 1 else set(range(min(2, os.cpu_count() or 1)))
         self.router = subprocess.Popen(
-            [sys.executable, "-m", "kubetier.cli", "router", "--port", str(self.router_port), "--config", path,
-             "--workers", str(workers), "--log-level", "WARNING"],
-            preexec_fn=_pin(cores), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "kubetier.cli",
+                "router",
+                "--port",
+                str(self.router_port),
+                "--config",
+                path,
+                "--workers",
+                str(workers),
+                "--log-level",
+                "WARNING",
+            ],
+            preexec_fn=_pin(cores),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         _wait_up(self.router_port)
         time.sleep(1.5)  # first scrape: servers ready
 
@@ -318,8 +393,10 @@ class Rig:
                 p.kill()
 
     def cpu_snapshot(self) -> dict[str, float]:
-        snap = {"loadgen": _cpu_seconds(os.getpid()),
-                "engines": sum(_cpu_seconds(p.pid) for p, _ in self.engines.values())}
+        snap = {
+            "loadgen": _cpu_seconds(os.getpid()),
+            "engines": sum(_cpu_seconds(p.pid) for p, _ in self.engines.values()),
+        }
         if self.router is not None:
             snap["router"] = _cpu_seconds(self.router.pid, with_children=True)  # its workers
         return snap
@@ -346,8 +423,14 @@ def _measure(rig: Rig, label: str, targets: dict, concurrency: int, duration_s: 
     before = rig.cpu_snapshot()
     results, elapsed = uvloop.run(_drive(targets, concurrency, duration_s, pattern, seed, rig.model))
     after = rig.cpu_snapshot()
-    run = Run(label, concurrency, pattern, results, elapsed,
-              {k: round(100.0 * (after[k] - before.get(k, 0.0)) / elapsed, 1) for k in after})
+    run = Run(
+        label,
+        concurrency,
+        pattern,
+        results,
+        elapsed,
+        {k: round(100.0 * (after[k] - before.get(k, 0.0)) / elapsed, 1) for k in after},
+    )
     row = summarize(run)
     tokens = sum(r.tokens for r in results)
     row["tokens_relayed"] = tokens
@@ -385,36 +468,53 @@ def _router_status(port: int, model: str) -> dict | None:
             while chunk := s.recv(65536):
                 data += chunk
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        return {t: {k: v[k] for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
-                for t, v in body["models"][model]["tiers"].items()}
+        return {
+            t: {k: v[k] for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
+            for t, v in body["models"][model]["tiers"].items()
+        }
     except (OSError, ValueError, KeyError, IndexError):
         return None
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="kubetier router bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="kubetier router bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--output", default=None, help="write the results as JSON here")
-    ap.add_argument("--concurrency", default="100,1000,3000", help="comma-separated stream counts (default: %(default)s)")
+    ap.add_argument(
+        "--concurrency", default="100,1000,3000", help="comma-separated stream counts (default: %(default)s)"
+    )
     ap.add_argument("--duration", type=float, default=6.0, help="seconds of arrivals per run (default: %(default)s)")
     ap.add_argument("--workers", default="1,2", help="router worker counts to compare (default: %(default)s)")
     ap.add_argument("--routing-steps", type=int, default=20_000, help="decisions per routing micro-benchmark")
     ap.add_argument("--skip-routing", action="store_true", help="skip the routing-decision micro-benchmark")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-pin", action="store_true", help="let the OS place every process (no CPU pinning)")
-    ap.add_argument("--token-ms", type=float, default=25.0,
-                    help="engine time per token (default: %(default)s; larger = fewer tokens/s per stream)")
+    ap.add_argument(
+        "--token-ms",
+        type=float,
+        default=25.0,
+        help="engine time per token (default: %(default)s; larger = fewer tokens/s per stream)",
+    )
     args = ap.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     global _TOKEN_MS
     _TOKEN_MS = args.token_ms
     _set_token_ms(args.token_ms)
     levels = [int(x) for x in args.concurrency.split(",") if x]
     worker_counts = [int(x) for x in args.workers.split(",") if x]
-    out: dict = {"rig": {"cpus": os.cpu_count(), "engine_profile": FLAT_PROFILE["name"], "token_ms": args.token_ms, "output_tokens": OUTPUT_TOKENS,
-                         "prompt_tokens": PROMPT_TOKENS, "duration_s": args.duration,
-                         "pinning": "router: core 0 (1 worker) or cores 0-1 (2 workers); engines + load generator: core 1"}}
+    out: dict = {
+        "rig": {
+            "cpus": os.cpu_count(),
+            "engine_profile": FLAT_PROFILE["name"],
+            "token_ms": args.token_ms,
+            "output_tokens": OUTPUT_TOKENS,
+            "prompt_tokens": PROMPT_TOKENS,
+            "duration_s": args.duration,
+            "pinning": "router: core 0 (1 worker) or cores 0-1 (2 workers); engines + load generator: core 1",
+        }
+    }
 
     out["tiers"] = TIERS
     if not args.skip_routing:
@@ -473,33 +573,50 @@ def _overhead(rows: list[dict]) -> list[dict]:
         d = direct.get(r["concurrency"])
         if r["label"] == "direct" or d is None or r["pattern"] != "poisson":
             continue
-        def diff(k):
+
+        def diff(k, r=r, d=d):
             return None if r[k] is None or d[k] is None else round(r[k] - d[k], 2)
-        out.append({"label": r["label"], "concurrency": r["concurrency"],
-                    "added_ttft_ms_p50": diff("ttft_ms_p50"), "added_ttft_ms_p99": diff("ttft_ms_p99"),
-                    "added_tpot_ms_p50": diff("tpot_ms_p50"), "added_tpot_ms_p99": diff("tpot_ms_p99"),
-                    "errors": r["errors"], "router_cpu_percent": r["cpu_percent"].get("router"),
-                    "router_cpu_us_per_token": r.get("router_cpu_us_per_token"),
-                    "load_average_1m": r.get("load_average_1m")})
+
+        out.append(
+            {
+                "label": r["label"],
+                "concurrency": r["concurrency"],
+                "added_ttft_ms_p50": diff("ttft_ms_p50"),
+                "added_ttft_ms_p99": diff("ttft_ms_p99"),
+                "added_tpot_ms_p50": diff("tpot_ms_p50"),
+                "added_tpot_ms_p99": diff("tpot_ms_p99"),
+                "errors": r["errors"],
+                "router_cpu_percent": r["cpu_percent"].get("router"),
+                "router_cpu_us_per_token": r.get("router_cpu_us_per_token"),
+                "load_average_1m": r.get("load_average_1m"),
+            }
+        )
     return out
 
 
 def _print_row(r: dict) -> None:
     tiers = " ".join(f"{k}={v['attainmentPercent']}%" for k, v in r["tiers"].items())
-    print(f"  {r['label']:>10} c={r['concurrency']:<5} {r['pattern']:<7} n={r['requests']:<6} err={r['errors']:<4} "
-          f"429={r['rejected_429']:<4} "
-          f"ttft p50/p99={r['ttft_ms_p50']}/{r['ttft_ms_p99']} ms tpot p50/p99={r['tpot_ms_p50']}/{r['tpot_ms_p99']} ms "
-          f"goodput={r['goodput_rps']}/s {tiers} cpu={r['cpu_percent']}", flush=True)
+    print(
+        f"  {r['label']:>10} c={r['concurrency']:<5} {r['pattern']:<7} n={r['requests']:<6} err={r['errors']:<4} "
+        f"429={r['rejected_429']:<4} "
+        f"ttft p50/p99={r['ttft_ms_p50']}/{r['ttft_ms_p99']} ms tpot p50/p99={r['tpot_ms_p50']}/{r['tpot_ms_p99']} ms "
+        f"goodput={r['goodput_rps']}/s {tiers} cpu={r['cpu_percent']}",
+        flush=True,
+    )
 
 
 def print_tables(out: dict) -> None:
     print("router overhead vs direct (ms, client-side):")
-    print(f"{'run':>10} {'streams':>7} {'+TTFT p50':>9} {'+TTFT p99':>9} {'+TPOT p50':>9} {'+TPOT p99':>9} {'errors':>6} "
-          f"{'router CPU%':>11} {'CPU us/token':>12} {'load avg':>8}")
+    print(
+        f"{'run':>10} {'streams':>7} {'+TTFT p50':>9} {'+TTFT p99':>9} {'+TPOT p50':>9} {'+TPOT p99':>9} {'errors':>6} "
+        f"{'router CPU%':>11} {'CPU us/token':>12} {'load avg':>8}"
+    )
     for o in out["overhead"]:
-        print(f"{o['label']:>10} {o['concurrency']:>7} {o['added_ttft_ms_p50']!s:>9} {o['added_ttft_ms_p99']!s:>9} "
-              f"{o['added_tpot_ms_p50']!s:>9} {o['added_tpot_ms_p99']!s:>9} {o['errors']:>6} {o['router_cpu_percent']!s:>11} "
-              f"{o['router_cpu_us_per_token']!s:>12} {o['load_average_1m']!s:>8}")
+        print(
+            f"{o['label']:>10} {o['concurrency']:>7} {o['added_ttft_ms_p50']!s:>9} {o['added_ttft_ms_p99']!s:>9} "
+            f"{o['added_tpot_ms_p50']!s:>9} {o['added_tpot_ms_p99']!s:>9} {o['errors']:>6} {o['router_cpu_percent']!s:>11} "
+            f"{o['router_cpu_us_per_token']!s:>12} {o['load_average_1m']!s:>8}"
+        )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,13 @@ def measure(n_servers: int, steps: int = 20_000, kind: str = "slo", seed: int = 
     # which says nothing about what a decision costs.
     cpu = time.process_time() - c0
     return {
-        "servers": n_servers, "kind": kind, "max_checks": max_checks, "steps": steps,
+        "servers": n_servers,
+        "kind": kind,
+        "max_checks": max_checks,
+        "steps": steps,
         "us_per_decision_and_update": round(cpu / steps * 1e6, 2),
-        "wall_us_per_decision_and_update": round(dt / steps * 1e6, 2), **outcome,
+        "wall_us_per_decision_and_update": round(dt / steps * 1e6, 2),
+        **outcome,
     }
 
 
@@ -80,11 +84,15 @@ def run(sizes=(10, 100, 1000), steps: int = 20_000, repeats: int = 3) -> list[di
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'servers':>8} {'kind':>13} {'max_checks':>10} {'CPU us/decision+update':>23} {'wall us':>8} "
-          f"{'route':>7} {'wait':>6} {'reject':>6}")
+    print(
+        f"{'servers':>8} {'kind':>13} {'max_checks':>10} {'CPU us/decision+update':>23} {'wall us':>8} "
+        f"{'route':>7} {'wait':>6} {'reject':>6}"
+    )
     for r in rows:
-        print(f"{r['servers']:>8} {r['kind']:>13} {r['max_checks']:>10} {r['us_per_decision_and_update']:>23} "
-              f"{r['wall_us_per_decision_and_update']:>8} {r['route']:>7} {r['wait']:>6} {r['reject']:>6}")
+        print(
+            f"{r['servers']:>8} {r['kind']:>13} {r['max_checks']:>10} {r['us_per_decision_and_update']:>23} "
+            f"{r['wall_us_per_decision_and_update']:>8} {r['route']:>7} {r['wait']:>6} {r['reject']:>6}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

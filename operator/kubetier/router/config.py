@@ -201,7 +201,9 @@ def parse_config(data: Any) -> RouterConfig:
                 raise ConfigError(f"{sw}.id: server {sid!r} is listed twice")
             seen_ids.add(sid)
             servers.append(ServerSpec(sid, host, port, tier))
-        max_prompt = _int(m.get("maxPromptTokens", min(131072, profile.kv_capacity_tokens)), f"{where}.maxPromptTokens", 1)
+        max_prompt = _int(
+            m.get("maxPromptTokens", min(131072, profile.kv_capacity_tokens)), f"{where}.maxPromptTokens", 1
+        )
         models[name] = ModelSpec(name, profile, tiers, servers, max_prompt)
     keys: dict[str, dict[str, frozenset[str]]] = {}
     for i, k in enumerate(_list(data.get("apiKeys", []) or [], "apiKeys")):

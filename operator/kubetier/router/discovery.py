@@ -59,8 +59,9 @@ def pod_ready(pod: dict) -> bool:
     return False
 
 
-def build_config(configmaps: list[dict], pods: list[dict], secrets: dict[tuple[str, str], dict],
-                 local_endpoints: bool = False) -> RouterConfig:
+def build_config(
+    configmaps: list[dict], pods: list[dict], secrets: dict[tuple[str, str], dict], local_endpoints: bool = False
+) -> RouterConfig:
     """RouterConfig from ConfigMaps, Pods and Secrets given as plain (API-shaped) dicts."""
     models: dict[str, ModelSpec] = {}
     keys: dict[str, dict[str, frozenset[str]]] = {}
@@ -102,8 +103,12 @@ def build_config(configmaps: list[dict], pods: list[dict], secrets: dict[tuple[s
             secret = secrets.get((ns, str(entry.get("secretName"))))
             key = _secret_key(secret)
             if key is None:
-                log.warning("%s: access secret %s/%s has no usable api-key; its tiers stay closed",
-                            where, ns, entry.get("secretName"))
+                log.warning(
+                    "%s: access secret %s/%s has no usable api-key; its tiers stay closed",
+                    where,
+                    ns,
+                    entry.get("secretName"),
+                )
                 continue
             granted = frozenset(t for t in entry.get("tiers") or [] if t in tier_names)
             grant = keys.setdefault(key, {})
@@ -123,10 +128,16 @@ def build_config(configmaps: list[dict], pods: list[dict], secrets: dict[tuple[s
         ep = pod_endpoint(pod, port, local_endpoints)
         if ep is None:
             continue
-        spec.servers.append(ServerSpec(
-            server_id=f"{meta.get('namespace')}/{meta.get('name')}", host=ep[0], port=ep[1], tier=tier,
-            ready=pod_ready(pod), draining=bool(meta.get("deletionTimestamp")),
-        ))
+        spec.servers.append(
+            ServerSpec(
+                server_id=f"{meta.get('namespace')}/{meta.get('name')}",
+                host=ep[0],
+                port=ep[1],
+                tier=tier,
+                ready=pod_ready(pod),
+                draining=bool(meta.get("deletionTimestamp")),
+            )
+        )
     for spec in models.values():
         spec.servers.sort(key=lambda s: s.server_id)
     return RouterConfig(models, keys)
@@ -190,8 +201,14 @@ class ClusterSource:
         return cms, [self._plain(p) for p in pods], secrets
 
 
-async def run_discovery(router, *, namespace: str | None, local_endpoints: bool, interval_s: float = 2.0,
-                        source: ClusterSource | None = None) -> None:
+async def run_discovery(
+    router,
+    *,
+    namespace: str | None,
+    local_endpoints: bool,
+    interval_s: float = 2.0,
+    source: ClusterSource | None = None,
+) -> None:
     src = source or await asyncio.to_thread(ClusterSource, namespace)
     while True:
         try:

@@ -61,14 +61,14 @@ class Upstream:
 
 
 class _Waiter:
-    __slots__ = ("key", "future", "cancelled")
+    __slots__ = ("cancelled", "future", "key")
 
     def __init__(self, key: tuple, future: asyncio.Future) -> None:
         self.key = key
         self.future = future
         self.cancelled = False
 
-    def __lt__(self, other: "_Waiter") -> bool:
+    def __lt__(self, other: _Waiter) -> bool:
         return self.key < other.key
 
 
@@ -149,8 +149,9 @@ class ModelFleet:
             for sid in hidden:
                 self._apply_state(sid)
 
-    async def acquire(self, tier: str, prompt_tokens: int, arrival: float,
-                      exclude: frozenset[str] = frozenset(), gone=None) -> tuple[Upstream, bool]:
+    async def acquire(
+        self, tier: str, prompt_tokens: int, arrival: float, exclude: frozenset[str] = frozenset(), gone=None
+    ) -> tuple[Upstream, bool]:
         """A server for the request, waiting if the policy says so. Raises Rejected/QueueFull."""
         t = self.tiers[tier]
         d = self._decide(tier, prompt_tokens, arrival, exclude)
@@ -293,11 +294,17 @@ class ModelFleet:
         servers = []
         for sid, up in self.upstreams.items():
             ld = self.policy.server(sid)
-            servers.append({
-                "id": sid, "tier": up.spec.tier, "endpoint": f"{up.spec.host}:{up.spec.port}",
-                "ready": bool(ld and ld.ready), "draining": bool(ld and ld.draining),
-                "running": ld.running if ld else 0, "kvTokens": ld.kv_tokens if ld else 0,
-            })
+            servers.append(
+                {
+                    "id": sid,
+                    "tier": up.spec.tier,
+                    "endpoint": f"{up.spec.host}:{up.spec.port}",
+                    "ready": bool(ld and ld.ready),
+                    "draining": bool(ld and ld.draining),
+                    "running": ld.running if ld else 0,
+                    "kvTokens": ld.kv_tokens if ld else 0,
+                }
+            )
         return {
             "tiers": {t: self._tally(tallies, t).as_dict() for t in self.tiers},
             "servers": servers,
@@ -318,7 +325,7 @@ def parse_engine_metrics(text: bytes) -> tuple[int, float] | None:
     for line in text.split(b"\n"):
         if not line.startswith(b"vllm:"):
             continue
-        name, _, rest = line.partition(b"{")
+        name, _, _rest = line.partition(b"{")
         value = line.rsplit(b" ", 1)[-1]
         try:
             v = float(value)

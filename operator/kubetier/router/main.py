@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kubetier router",
         description="The SLO-tier router: OpenAI-compatible front, PolyServe routing over engine servers.",
-        epilog="--config FILE format:\n" + (config_mod.__doc__ or "").split("FILE (YAML)::", 1)[-1]
+        epilog="--config FILE format:\n"
+        + (config_mod.__doc__ or "").split("FILE (YAML)::", 1)[-1]
         + "\n`kubetier router bench --help`: the router benchmark.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -35,13 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=tcp_port, default=8080, help="port (default: %(default)s)")
     p.add_argument("--config", help="static configuration file (YAML); without it: cluster discovery")
     p.add_argument("--namespace", default=None, help="cluster mode: watch one namespace (default: all)")
-    p.add_argument("--local-endpoints", action="store_true",
-                   help="cluster mode: send a pod's traffic to its kubetier.io/local-endpoint annotation")
+    p.add_argument(
+        "--local-endpoints",
+        action="store_true",
+        help="cluster mode: send a pod's traffic to its kubetier.io/local-endpoint annotation",
+    )
     p.add_argument("--discovery-interval", type=float, default=2.0, help="cluster mode: seconds between syncs")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default: 1)")
     p.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between engine /metrics scrapes")
     p.add_argument("--max-queue", type=int, default=10_000, help="waiting requests per model before 429")
-    p.add_argument("--stall-timeout", type=float, default=30.0, help="seconds without bytes before a stream is resumed elsewhere")
+    p.add_argument(
+        "--stall-timeout", type=float, default=30.0, help="seconds without bytes before a stream is resumed elsewhere"
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -55,20 +61,28 @@ async def _serve(args: argparse.Namespace) -> int:
         cfg = config_mod.load_config(args.config)
     else:
         cfg = RouterConfig(models={})
-    router = Router(cfg, max_queue=args.max_queue, scrape_interval_s=args.scrape_interval,
-                    stall_timeout_s=args.stall_timeout)
+    router = Router(
+        cfg, max_queue=args.max_queue, scrape_interval_s=args.scrape_interval, stall_timeout_s=args.stall_timeout
+    )
     router.start()
     discovery_task = None
     if not args.config:
         from kubetier.router.discovery import run_discovery
 
         discovery_task = asyncio.ensure_future(
-            run_discovery(router, namespace=args.namespace, local_endpoints=args.local_endpoints,
-                          interval_s=args.discovery_interval))
-    limits = Limits(max_body_bytes=8 * 1024 * 1024, request_timeout_s=30.0, keepalive_timeout_s=75.0,
-                    write_stall_timeout_s=60.0)
-    server = await start_server(router.handle, args.host, args.port, reuse_port=args.workers > 1 or args.reuse_port,
-                                limits=limits)
+            run_discovery(
+                router,
+                namespace=args.namespace,
+                local_endpoints=args.local_endpoints,
+                interval_s=args.discovery_interval,
+            )
+        )
+    limits = Limits(
+        max_body_bytes=8 * 1024 * 1024, request_timeout_s=30.0, keepalive_timeout_s=75.0, write_stall_timeout_s=60.0
+    )
+    server = await start_server(
+        router.handle, args.host, args.port, reuse_port=args.workers > 1 or args.reuse_port, limits=limits
+    )
     log.info("router listening on %s:%d (%d models)", args.host, args.port, len(router.fleets))
     await serve_until_signalled(server)
     if discovery_task:
@@ -89,8 +103,9 @@ def _run_workers(argv: list[str], workers: int) -> int:
         own_dir = tempfile.mkdtemp(prefix="kubetier-router-metrics-")
         env["PROMETHEUS_MULTIPROC_DIR"] = own_dir
     procs = [
-        subprocess.Popen([sys.executable, "-m", "kubetier.cli", "router", *argv, "--workers", "1", "--reuse-port"],
-                         env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "kubetier.cli", "router", *argv, "--workers", "1", "--reuse-port"], env=env
+        )
         for _ in range(workers)
     ]
 
@@ -131,7 +146,7 @@ def main(argv: list[str]) -> int:
     if args.workers > 1:
         rest = []
         skip = False
-        for i, a in enumerate(argv):
+        for _i, a in enumerate(argv):
             if skip:
                 skip = False
                 continue

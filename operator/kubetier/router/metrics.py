@@ -65,26 +65,73 @@ class RouterMetrics:
         self.worker = worker if worker is not None else str(os.getpid())
         r = self.registry = CollectorRegistry(auto_describe=True)
         mt = ["model", "tier", "worker"]
-        self.requests = Counter("kubetier_router_requests", "Requests received, by outcome.", mt + ["outcome"], registry=r)
-        self.slo_met = Counter("kubetier_router_slo_met", "Requests whose every token met its deadline.", mt, registry=r)
-        self.ttft = Histogram("kubetier_router_ttft_seconds", "Time to first token seen by the router.", mt, buckets=_TTFT_BUCKETS, registry=r)
-        self.tpot = Histogram("kubetier_router_tpot_seconds", "Mean time per output token of a request.", mt, buckets=_TPOT_BUCKETS, registry=r)
+        self.requests = Counter(
+            "kubetier_router_requests", "Requests received, by outcome.", mt + ["outcome"], registry=r
+        )
+        self.slo_met = Counter(
+            "kubetier_router_slo_met", "Requests whose every token met its deadline.", mt, registry=r
+        )
+        self.ttft = Histogram(
+            "kubetier_router_ttft_seconds",
+            "Time to first token seen by the router.",
+            mt,
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "kubetier_router_tpot_seconds",
+            "Mean time per output token of a request.",
+            mt,
+            buckets=_TPOT_BUCKETS,
+            registry=r,
+        )
         self.spills = Counter("kubetier_router_spills", "Requests served by a tighter tier's server.", mt, registry=r)
         self.rejections = Counter("kubetier_router_rejections", "Requests refused (429).", mt + ["reason"], registry=r)
-        self.retries = Counter("kubetier_router_retries", "Requests retried on another server before the first token.", mt, registry=r)
-        self.migrations = Counter("kubetier_router_migrations", "Streams resumed on another server mid-stream.", mt, registry=r)
-        self.queue_length = Gauge("kubetier_router_queue_length", "Requests waiting for a server.", mt, registry=r,
-                                  multiprocess_mode="livesum")
-        self.queue_wait = Histogram("kubetier_router_queue_wait_seconds", "Time spent waiting for a server.", mt, buckets=_WAIT_BUCKETS, registry=r)
-        self.inflight = Gauge("kubetier_router_inflight", "Requests being served.", mt, registry=r,
-                              multiprocess_mode="livesum")
+        self.retries = Counter(
+            "kubetier_router_retries", "Requests retried on another server before the first token.", mt, registry=r
+        )
+        self.migrations = Counter(
+            "kubetier_router_migrations", "Streams resumed on another server mid-stream.", mt, registry=r
+        )
+        self.queue_length = Gauge(
+            "kubetier_router_queue_length",
+            "Requests waiting for a server.",
+            mt,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_wait = Histogram(
+            "kubetier_router_queue_wait_seconds",
+            "Time spent waiting for a server.",
+            mt,
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "kubetier_router_inflight", "Requests being served.", mt, registry=r, multiprocess_mode="livesum"
+        )
         st = ["model", "server", "tier", "worker"]
-        self.server_running = Gauge("kubetier_router_server_running", "Sequences the router believes a server runs.", st,
-                                    registry=r, multiprocess_mode="liveall")
-        self.server_kv = Gauge("kubetier_router_server_kv_tokens", "KV tokens the router believes a server holds.", st,
-                               registry=r, multiprocess_mode="liveall")
-        self.server_ready = Gauge("kubetier_router_server_ready", "1 if the server takes new requests.", st,
-                                  registry=r, multiprocess_mode="liveall")
+        self.server_running = Gauge(
+            "kubetier_router_server_running",
+            "Sequences the router believes a server runs.",
+            st,
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.server_kv = Gauge(
+            "kubetier_router_server_kv_tokens",
+            "KV tokens the router believes a server holds.",
+            st,
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.server_ready = Gauge(
+            "kubetier_router_server_ready",
+            "1 if the server takes new requests.",
+            st,
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.tallies: dict[tuple[str, str], TierTally] = {}
 
     def tally(self, model: str, tier: str) -> TierTally:

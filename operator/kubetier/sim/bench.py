@@ -32,19 +32,33 @@ def bench_scenario(servers: int, requests: int, load: float, profile: str) -> tu
         {"name": "batch", "ttftMs": 8000, "tpotMs": 150, "meanOutputTokens": 256},
     ]
     doc = {
-        "name": "bench", "seed": 11, "profile": profile, "tiers": tiers,
-        "workload": {"maxRequests": requests, "sources": [{
-            "synthetic": {"arrival": "poisson", "rate": 1.0,
-                          "prompt": {"dist": "lognormal", "mean": 1100, "sd": 900, "min": 16, "max": 16000},
-                          "output": {"dist": "lognormal", "mean": 220, "sd": 200, "min": 1, "max": 2000}},
-            "mix": {"interactive": 0.3, "standard": 0.4, "batch": 0.3}}]},
+        "name": "bench",
+        "seed": 11,
+        "profile": profile,
+        "tiers": tiers,
+        "workload": {
+            "maxRequests": requests,
+            "sources": [
+                {
+                    "synthetic": {
+                        "arrival": "poisson",
+                        "rate": 1.0,
+                        "prompt": {"dist": "lognormal", "mean": 1100, "sd": 900, "min": 16, "max": 16000},
+                        "output": {"dist": "lognormal", "mean": 220, "sd": 200, "min": 1, "max": 2000},
+                    },
+                    "mix": {"interactive": 0.3, "standard": 0.4, "batch": 0.3},
+                }
+            ],
+        },
         "fleet": {"servers": {"interactive": per, "standard": per, "batch": servers - 2 * per}},
     }
     sc = parse_scenario(doc, "bench")
     model = load_profile(profile)
     # Offered rate: `load` times the fluid bound (the bound of the mix's mean lengths).
-    rows = [(t["name"], share, 1100.0, 220.0, t["tpotMs"] / 1000.0, t["ttftMs"] / 1000.0)
-            for t, share in zip(tiers, (0.3, 0.4, 0.3))]
+    rows = [
+        (t["name"], share, 1100.0, 220.0, t["tpotMs"] / 1000.0, t["ttftMs"] / 1000.0)
+        for t, share in zip(tiers, (0.3, 0.4, 0.3))
+    ]
     from .bound import fluid_bound
 
     bound, _ = fluid_bound(model, servers, rows)
@@ -52,8 +66,9 @@ def bench_scenario(servers: int, requests: int, load: float, profile: str) -> tu
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="kubetier simulate bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="kubetier simulate bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--servers", type=int, default=64)
     p.add_argument("--requests", type=int, default=200_000)
     p.add_argument("--load", type=float, default=0.6, help="offered rate as a fraction of the fluid bound")
@@ -64,8 +79,11 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     sc, model, rate, bound = bench_scenario(args.servers, args.requests, args.load, args.profile)
-    print(f"bench: {args.servers} servers, {args.requests:,} requests, policy {args.policy}, "
-          f"offered {rate:.1f} req/s ({args.load:.0%} of the fluid bound {bound:.1f})", file=sys.stderr)
+    print(
+        f"bench: {args.servers} servers, {args.requests:,} requests, policy {args.policy}, "
+        f"offered {rate:.1f} req/s ({args.load:.0%} of the fluid bound {bound:.1f})",
+        file=sys.stderr,
+    )
 
     def progress(n: int) -> None:
         print(f"\r  {n:,} requests", end="", file=sys.stderr, flush=True)
@@ -78,15 +96,25 @@ def main(argv: list[str]) -> int:
     print(file=sys.stderr)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     result = {
-        "servers": args.servers, "requests": r.requests, "policy": args.policy, "offeredRps": rate,
-        "wallS": wall, "cpuS": cpu, "simRequestsPerWallS": r.requests / wall, "simRequestsPerCpuS": r.requests / cpu,
-        "serverSteps": r.steps, "stepsPerRequest": r.steps / max(1, r.requests), "peakRssMb": rss_mb,
+        "servers": args.servers,
+        "requests": r.requests,
+        "policy": args.policy,
+        "offeredRps": rate,
+        "wallS": wall,
+        "cpuS": cpu,
+        "simRequestsPerWallS": r.requests / wall,
+        "simRequestsPerCpuS": r.requests / cpu,
+        "serverSteps": r.steps,
+        "stepsPerRequest": r.steps / max(1, r.requests),
+        "peakRssMb": rss_mb,
         "simulatedS": r.makespan_s,
         "attainment": {t.name: t.attainment_deadline for t in r.tiers},
     }
-    print(f"simulated {r.requests:,} requests in {wall:.2f} s wall / {cpu:.2f} s CPU: "
-          f"{r.requests / wall:,.0f} req/s wall, {r.requests / cpu:,.0f} req/s CPU "
-          f"({r.steps / max(1, r.requests):.2f} server steps per request, peak RSS {rss_mb:.0f} MB)")
+    print(
+        f"simulated {r.requests:,} requests in {wall:.2f} s wall / {cpu:.2f} s CPU: "
+        f"{r.requests / wall:,.0f} req/s wall, {r.requests / cpu:,.0f} req/s CPU "
+        f"({r.steps / max(1, r.requests):.2f} server steps per request, peak RSS {rss_mb:.0f} MB)"
+    )
     print("attainment: " + ", ".join(f"{k} {v:.1f}%" for k, v in result["attainment"].items()))
     if not args.no_profile:
         n = min(args.requests, 50_000)

@@ -37,7 +37,9 @@ class TierCapacity:
     best_batch: int
 
 
-def tier_capacity(model: LatencyModel, mean_prompt: float, mean_output: float, tpot_s: float, ttft_s: float) -> tuple[float, int]:
+def tier_capacity(
+    model: LatencyModel, mean_prompt: float, mean_output: float, tpot_s: float, ttft_s: float
+) -> tuple[float, int]:
     if model.prefill_s(int(mean_prompt)) > ttft_s:
         return 0.0, 0
     p0 = model.decode_iteration_s(1, 0)  # P(0): one weight read, paid by the decode step
@@ -59,7 +61,9 @@ def tier_capacity(model: LatencyModel, mean_prompt: float, mean_output: float, t
     return best, best_b
 
 
-def fluid_bound(model: LatencyModel, n_servers: int, tiers: list[tuple[str, float, float, float, float, float]]) -> tuple[float, list[TierCapacity]]:
+def fluid_bound(
+    model: LatencyModel, n_servers: int, tiers: list[tuple[str, float, float, float, float, float]]
+) -> tuple[float, list[TierCapacity]]:
     """``tiers``: (name, share, mean_prompt, mean_output, tpot_s, ttft_s). Returns (requests/s, per-tier capacities)."""
     caps = []
     load = 0.0

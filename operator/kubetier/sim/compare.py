@@ -10,13 +10,24 @@ from kubetier.policy.latency import load_profile
 
 from . import report
 from .runner import (
-    RunResult, available_policies, run_once, search_goodput, upper_bound, workload_shape,
+    RunResult,
+    available_policies,
+    run_once,
+    search_goodput,
+    upper_bound,
+    workload_shape,
 )
 from .scenario import Scenario
 
 
-def compare(sc: Scenario, policies: list[str], traces_dir: Path | None, out: Path | None,
-            plots: bool = True, quiet: bool = False) -> dict:
+def compare(
+    sc: Scenario,
+    policies: list[str],
+    traces_dir: Path | None,
+    out: Path | None,
+    plots: bool = True,
+    quiet: bool = False,
+) -> dict:
     def say(msg: str) -> None:
         if not quiet:
             print(msg, file=sys.stderr, flush=True)
@@ -24,8 +35,10 @@ def compare(sc: Scenario, policies: list[str], traces_dir: Path | None, out: Pat
     model = load_profile(sc.profile)
     shape = workload_shape(sc, traces_dir)
     bound_rps, caps = upper_bound(sc, model, shape)
-    say(f"{sc.name}: {shape.requests} requests over {shape.duration_s:.0f} s of source time "
-        f"({shape.rate_rps:.2f} req/s at scale 1); fluid bound {bound_rps:.2f} req/s")
+    say(
+        f"{sc.name}: {shape.requests} requests over {shape.duration_s:.0f} s of source time "
+        f"({shape.rate_rps:.2f} req/s at scale 1); fluid bound {bound_rps:.2f} req/s"
+    )
     policies, missing = available_policies(policies)
     for p in missing:
         say(f"note: policy {p!r} skipped: its routing kind is not in kubetier.policy.routing.KINDS")
@@ -36,6 +49,7 @@ def compare(sc: Scenario, policies: list[str], traces_dir: Path | None, out: Pat
 
     results = {}
     for p in policies:
+
         def on_run(r: RunResult, p=p) -> None:
             verdict = "pass" if r.meets_targets else ("fail (stopped early)" if r.aborted else "fail")
             att = " ".join(f"{t.name}={t.attainment_deadline:.0f}%" for t in r.tiers)
@@ -78,9 +92,13 @@ def compare(sc: Scenario, policies: list[str], traces_dir: Path | None, out: Pat
         "upperBound": {"rps": bound_rps, "kind": "fluid", "tiers": [asdict(c) for c in caps]},
         "policies": {
             p: {
-                "goodputRps": g.goodput_rps, "goodputScale": g.goodput_scale,
-                "ratioToBestBaseline": (g.goodput_rps / results[best_base].goodput_rps
-                                        if best_base and results[best_base].goodput_rps > 0 else None),
+                "goodputRps": g.goodput_rps,
+                "goodputScale": g.goodput_scale,
+                "ratioToBestBaseline": (
+                    g.goodput_rps / results[best_base].goodput_rps
+                    if best_base and results[best_base].goodput_rps > 0
+                    else None
+                ),
                 "fractionOfBound": g.goodput_rps / bound_rps if bound_rps > 0 else None,
                 "searchRuns": [r.to_json() for r in g.runs],
                 "atCommonRate": common[p].to_json(),

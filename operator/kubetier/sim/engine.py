@@ -58,8 +58,21 @@ _DONE = 1
 
 class Request:
     __slots__ = (
-        "rid", "t_arr", "prompt", "output", "tier", "server", "prefill_left", "t_first",
-        "failed", "finish_iter", "state", "spilled", "t_start", "base", "waiting",
+        "base",
+        "failed",
+        "finish_iter",
+        "output",
+        "prefill_left",
+        "prompt",
+        "rid",
+        "server",
+        "spilled",
+        "state",
+        "t_arr",
+        "t_first",
+        "t_start",
+        "tier",
+        "waiting",
     )
 
     def __init__(self, rid: int, a: Arrival):
@@ -84,12 +97,45 @@ class Server:
     """One engine replica. ``step_*`` describe the step in flight (one event)."""
 
     __slots__ = (
-        "idx", "sid", "tier", "model", "slowdown", "ready_at", "removed", "draining",
-        "waiting", "prefilling", "running_heap", "n_running", "tier_heaps", "G", "kv",
-        "reserved", "n_active", "busy", "version", "step_t0", "step_a", "step_b", "step_n",
-        "step_end", "step_B", "step_chunks", "busy_s", "energy_j", "served", "tokens_out",
-        "spilled_in", "max_seqs", "kv_cap", "budget", "decode_s", "iter_s", "up_since",
-        "queued_prefill", "step_p",
+        "G",
+        "budget",
+        "busy",
+        "busy_s",
+        "decode_s",
+        "draining",
+        "energy_j",
+        "idx",
+        "iter_s",
+        "kv",
+        "kv_cap",
+        "max_seqs",
+        "model",
+        "n_active",
+        "n_running",
+        "prefilling",
+        "queued_prefill",
+        "ready_at",
+        "removed",
+        "reserved",
+        "running_heap",
+        "served",
+        "sid",
+        "slowdown",
+        "spilled_in",
+        "step_B",
+        "step_a",
+        "step_b",
+        "step_chunks",
+        "step_end",
+        "step_n",
+        "step_p",
+        "step_t0",
+        "tier",
+        "tier_heaps",
+        "tokens_out",
+        "up_since",
+        "version",
+        "waiting",
     )
 
     def __init__(self, idx: int, sid: str, tier: str, model: LatencyModel, ready_at: float = 0.0):
@@ -133,8 +179,17 @@ class Server:
 class OutcomeSink:
     """Receives one call per request when it completes or is rejected."""
 
-    def record(self, tier: int, ttft_s: float, tpot_s: float, deadline_ok: bool, rejected: bool,
-               spilled: bool, queue_s: float, server: int) -> None:  # pragma: no cover - interface
+    def record(
+        self,
+        tier: int,
+        ttft_s: float,
+        tpot_s: float,
+        deadline_ok: bool,
+        rejected: bool,
+        spilled: bool,
+        queue_s: float,
+        server: int,
+    ) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -150,10 +205,10 @@ class Hook:
 
     interval_s: float = 0.0
 
-    def schedule(self) -> Iterable[tuple[float, Callable[["Simulator", float], None]]]:
+    def schedule(self) -> Iterable[tuple[float, Callable[[Simulator, float], None]]]:
         return ()
 
-    def on_tick(self, sim: "Simulator", now: float) -> None:
+    def on_tick(self, sim: Simulator, now: float) -> None:
         pass
 
 
@@ -232,8 +287,18 @@ class Simulator:
     def drain_server(self, srv: Server) -> None:
         """Stop routing new requests to ``srv`` (a spot notice or a scale-in); in-flight work continues."""
         srv.draining = True
-        self.policy.upsert_server(ServerLoad(server_id=srv.sid, tier=srv.tier, model=srv.model, ready=True, draining=True,
-                                             running=srv.n_active, kv_tokens=srv.kv, queued_prefill_tokens=srv.queued_prefill))
+        self.policy.upsert_server(
+            ServerLoad(
+                server_id=srv.sid,
+                tier=srv.tier,
+                model=srv.model,
+                ready=True,
+                draining=True,
+                running=srv.n_active,
+                kv_tokens=srv.kv,
+                queued_prefill_tokens=srv.queued_prefill,
+            )
+        )
 
     def remove_server(self, srv: Server) -> None:
         """The server disappears (spot preemption). Its unfinished requests go back to the
@@ -247,7 +312,10 @@ class Simulator:
         srv.up_since = self.now - srv.up_since  # becomes the server's lifetime (see gpu_seconds)
         self.policy.remove_server(srv.sid)
         orphans = list(srv.waiting) + list(srv.prefilling) + [e[2] for e in srv.running_heap if not e[2].state]
-        srv.waiting.clear(); srv.prefilling.clear(); srv.running_heap.clear(); srv.tier_heaps.clear()
+        srv.waiting.clear()
+        srv.prefilling.clear()
+        srv.running_heap.clear()
+        srv.tier_heaps.clear()
         for req in orphans:
             if req.t_first >= 0:
                 streamed = 1 + srv.G - (req.finish_iter - req.output + 1)  # tokens out so far
@@ -318,8 +386,11 @@ class Simulator:
                         self._push(t + payload.interval_s, 4, payload)
                 elif kind == 5:  # a cold-started server finished loading its model
                     if not payload.removed:
-                        self.policy.upsert_server(ServerLoad(server_id=payload.sid, tier=payload.tier, model=payload.model,
-                                                             draining=payload.draining))
+                        self.policy.upsert_server(
+                            ServerLoad(
+                                server_id=payload.sid, tier=payload.tier, model=payload.model, draining=payload.draining
+                            )
+                        )
                         if self.n_waiting:
                             self._retry_waiting(t)
             elif nxt is not None:
@@ -451,7 +522,9 @@ class Simulator:
                         req.state = _REJECTED
                         self.n_rejected += 1
                         if self.sink is not None:
-                            self.sink.record(req.tier, math.inf, math.inf, False, True, req.spilled, now - req.t_arr, srv.idx)
+                            self.sink.record(
+                                req.tier, math.inf, math.inf, False, True, req.spilled, now - req.t_arr, srv.idx
+                            )
                         continue
                     break  # head-of-line blocking, as in vLLM's FCFS scheduler
                 waiting.popleft()
@@ -614,4 +687,6 @@ class Simulator:
         if self.sink is not None:
             tpot = (t - req.t_first) / (req.output + req.base - 1) if req.output + req.base > 1 else 0.0
             queue = req.t_start - req.t_arr if req.t_start >= 0 else 0.0
-            self.sink.record(req.tier, req.t_first - req.t_arr, tpot, not req.failed, False, req.spilled, queue, srv.idx)
+            self.sink.record(
+                req.tier, req.t_first - req.t_arr, tpot, not req.failed, False, req.spilled, queue, srv.idx
+            )

@@ -40,8 +40,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_FORMAT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scenario", default="azure-by-source",
-                   help="shipped scenario name or YAML path (default: azure-by-source; `kubetier simulate list`)")
+    p.add_argument(
+        "--scenario",
+        default="azure-by-source",
+        help="shipped scenario name or YAML path (default: azure-by-source; `kubetier simulate list`)",
+    )
     p.add_argument("--output", type=Path, default=None, help="directory for result.json and the PNG plots")
     p.add_argument("--traces-dir", type=Path, default=None, help="folder holding the public traces")
     p.add_argument("--policies", default=None, help="comma-separated subset of the scenario's policies")
@@ -74,7 +77,10 @@ def main(argv: list[str]) -> int:
         wanted = [p.strip() for p in args.policies.split(",") if p.strip()]
         unknown = [p for p in wanted if p not in sc.policies]
         if unknown:
-            print(f"kubetier simulate: --policies: {unknown} not in the scenario's policies {sc.policies}", file=sys.stderr)
+            print(
+                f"kubetier simulate: --policies: {unknown} not in the scenario's policies {sc.policies}",
+                file=sys.stderr,
+            )
             return 2
         policies = wanted
     t0 = time.perf_counter()

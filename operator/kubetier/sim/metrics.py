@@ -41,8 +41,17 @@ class Collector:
         self._buf: list[tuple] = []
         self._cols = (array("b"), array("f"), array("f"), array("b"), array("b"), array("b"), array("f"))
 
-    def record(self, tier: int, ttft_s: float, tpot_s: float, deadline_ok: bool, rejected: bool,
-               spilled: bool, queue_s: float, server: int) -> None:
+    def record(
+        self,
+        tier: int,
+        ttft_s: float,
+        tpot_s: float,
+        deadline_ok: bool,
+        rejected: bool,
+        spilled: bool,
+        queue_s: float,
+        server: int,
+    ) -> None:
         buf = self._buf
         buf.append((tier, ttft_s, tpot_s, deadline_ok, rejected, spilled, queue_s))
         if len(buf) >= self._FLUSH:
@@ -105,7 +114,9 @@ def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) * 1000.0
 
 
-def summarize(col: Collector, names: list[str], ttft_ms: list[float], tpot_ms: list[float], targets: list[float]) -> list[TierStats]:
+def summarize(
+    col: Collector, names: list[str], ttft_ms: list[float], tpot_ms: list[float], targets: list[float]
+) -> list[TierStats]:
     tier = np.frombuffer(col.tier, dtype=np.int8) if len(col) else np.zeros(0, np.int8)
     ttft = np.frombuffer(col.ttft, dtype=np.float32) if len(col) else np.zeros(0, np.float32)
     tpot = np.frombuffer(col.tpot, dtype=np.float32) if len(col) else np.zeros(0, np.float32)
@@ -120,13 +131,23 @@ def summarize(col: Collector, names: list[str], ttft_ms: list[float], tpot_ms: l
         served = m & (rej == 0)
         t1, t2 = ttft[served], tpot[served]
         simple = served & (ttft <= ttft_ms[i] / 1000.0 + 1e-6) & (tpot <= tpot_ms[i] / 1000.0 + 1e-6)
-        out.append(TierStats(
-            name=name, requests=n, rejected=int((m & (rej == 1)).sum()), spilled=int((m & (spl == 1)).sum()),
-            attainment_deadline=100.0 * float((m & (ok == 1)).sum()) / n if n else 100.0,
-            attainment_ttft_tpot=100.0 * float(simple.sum()) / n if n else 100.0,
-            target_percent=targets[i],
-            ttft_p50_ms=_pct(t1, 50), ttft_p90_ms=_pct(t1, 90), ttft_p99_ms=_pct(t1, 99),
-            tpot_p50_ms=_pct(t2, 50), tpot_p90_ms=_pct(t2, 90), tpot_p99_ms=_pct(t2, 99),
-            queue_p50_ms=_pct(que[served], 50), queue_p99_ms=_pct(que[served], 99),
-        ))
+        out.append(
+            TierStats(
+                name=name,
+                requests=n,
+                rejected=int((m & (rej == 1)).sum()),
+                spilled=int((m & (spl == 1)).sum()),
+                attainment_deadline=100.0 * float((m & (ok == 1)).sum()) / n if n else 100.0,
+                attainment_ttft_tpot=100.0 * float(simple.sum()) / n if n else 100.0,
+                target_percent=targets[i],
+                ttft_p50_ms=_pct(t1, 50),
+                ttft_p90_ms=_pct(t1, 90),
+                ttft_p99_ms=_pct(t1, 99),
+                tpot_p50_ms=_pct(t2, 50),
+                tpot_p90_ms=_pct(t2, 90),
+                tpot_p99_ms=_pct(t2, 99),
+                queue_p50_ms=_pct(que[served], 50),
+                queue_p99_ms=_pct(que[served], 99),
+            )
+        )
     return out

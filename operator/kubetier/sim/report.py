@@ -13,15 +13,25 @@ def _fmt(v: float, nd: int = 1) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
-def summary_table(scenario: str, bound_rps: float, results: dict[str, GoodputResult], common: dict[str, RunResult],
-                  common_rps: float, tier_names: list[str], targets: list[float]) -> str:
+def summary_table(
+    scenario: str,
+    bound_rps: float,
+    results: dict[str, GoodputResult],
+    common: dict[str, RunResult],
+    common_rps: float,
+    tier_names: list[str],
+    targets: list[float],
+) -> str:
     baselines = [p for p in results if p != "kubetier"]
     best = max((results[p].goodput_rps for p in baselines), default=0.0)
-    lines = [f"scenario {scenario}: goodput = highest request rate at which every tier meets its attainment target",
-             f"fluid upper bound: {bound_rps:.2f} req/s", ""]
+    lines = [
+        f"scenario {scenario}: goodput = highest request rate at which every tier meets its attainment target",
+        f"fluid upper bound: {bound_rps:.2f} req/s",
+        "",
+    ]
     head = f"{'policy':<17}{'goodput req/s':>14}{'x best base':>12}{'% of bound':>11}"
     tiers_head = "".join(f"{n[:12]:>13}" for n in tier_names)
-    lines.append(head + "   attainment % at " + f"{common_rps:.2f} req/s (kubetier's goodput): " )
+    lines.append(head + "   attainment % at " + f"{common_rps:.2f} req/s (kubetier's goodput): ")
     lines.append(" " * len(head) + tiers_head)
     for p, g in results.items():
         ratio = g.goodput_rps / best if best > 0 else float("inf")
@@ -34,15 +44,21 @@ def summary_table(scenario: str, bound_rps: float, results: dict[str, GoodputRes
 
 
 def tier_table(run: RunResult) -> str:
-    lines = [f"{run.policy} at {run.rate_rps:.2f} req/s: per tier (deadline / ttft+tpot attainment %, ms percentiles)",
-             f"  {'tier':<12}{'reqs':>7}{'deadln%':>9}{'simple%':>9}{'ttft p50':>9}{'p99':>8}{'tpot p50':>9}{'p99':>7}"
-             f"{'queue p99':>10}{'spilled':>8}{'rejected':>9}"]
+    lines = [
+        f"{run.policy} at {run.rate_rps:.2f} req/s: per tier (deadline / ttft+tpot attainment %, ms percentiles)",
+        f"  {'tier':<12}{'reqs':>7}{'deadln%':>9}{'simple%':>9}{'ttft p50':>9}{'p99':>8}{'tpot p50':>9}{'p99':>7}"
+        f"{'queue p99':>10}{'spilled':>8}{'rejected':>9}",
+    ]
     for t in run.tiers:
-        lines.append(f"  {t.name:<12}{t.requests:>7}{_fmt(t.attainment_deadline):>9}{_fmt(t.attainment_ttft_tpot):>9}"
-                     f"{_fmt(t.ttft_p50_ms, 0):>9}{_fmt(t.ttft_p99_ms, 0):>8}{_fmt(t.tpot_p50_ms):>9}{_fmt(t.tpot_p99_ms):>7}"
-                     f"{_fmt(t.queue_p99_ms, 0):>10}{t.spilled:>8}{t.rejected:>9}")
-    lines.append(f"  GPU-seconds {run.gpu_seconds:.0f}, makespan {run.makespan_s:.1f} s, {run.requests} requests "
-                 f"simulated in {run.wall_s:.2f} s ({run.requests / max(run.wall_s, 1e-9):,.0f} req/s)")
+        lines.append(
+            f"  {t.name:<12}{t.requests:>7}{_fmt(t.attainment_deadline):>9}{_fmt(t.attainment_ttft_tpot):>9}"
+            f"{_fmt(t.ttft_p50_ms, 0):>9}{_fmt(t.ttft_p99_ms, 0):>8}{_fmt(t.tpot_p50_ms):>9}{_fmt(t.tpot_p99_ms):>7}"
+            f"{_fmt(t.queue_p99_ms, 0):>10}{t.spilled:>8}{t.rejected:>9}"
+        )
+    lines.append(
+        f"  GPU-seconds {run.gpu_seconds:.0f}, makespan {run.makespan_s:.1f} s, {run.requests} requests "
+        f"simulated in {run.wall_s:.2f} s ({run.requests / max(run.wall_s, 1e-9):,.0f} req/s)"
+    )
     return "\n".join(lines)
 
 
@@ -66,8 +82,15 @@ def write_json(path: Path, doc: dict) -> None:
     path.write_text(json.dumps(_clean(doc), indent=2, default=_json_default) + "\n")
 
 
-def write_plots(out: Path, tier_names: list[str], targets: list[float], results: dict[str, GoodputResult],
-                curves: dict[str, list[RunResult]], bound_rps: float, gradient: dict[str, RunResult]) -> list[Path]:
+def write_plots(
+    out: Path,
+    tier_names: list[str],
+    targets: list[float],
+    results: dict[str, GoodputResult],
+    curves: dict[str, list[RunResult]],
+    bound_rps: float,
+    gradient: dict[str, RunResult],
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,12 +141,21 @@ def write_plots(out: Path, tier_names: list[str], targets: list[float], results:
     for ax, (policy, run) in zip(axes[0], gradient.items()):
         # Tiers in spec order, the busiest server of each first: the gradient is the
         # slope within a tier (most-loaded-feasible routing drains the tail servers).
-        order = sorted(range(len(run.server_busy)),
-                       key=lambda k: (tier_names.index(run.server_tier[k]), -run.server_busy[k]))
-        ax.bar(range(len(order)), [run.server_busy[k] * 100 for k in order],
-               color=[f"C{tier_names.index(run.server_tier[k]) % 10}" for k in order])
-        ax.legend(handles=[Patch(color=f"C{i % 10}", label=name) for i, name in enumerate(tier_names)
-                           if name in run.server_tier], fontsize=7, loc="lower left")
+        order = sorted(
+            range(len(run.server_busy)), key=lambda k: (tier_names.index(run.server_tier[k]), -run.server_busy[k])
+        )
+        ax.bar(
+            range(len(order)),
+            [run.server_busy[k] * 100 for k in order],
+            color=[f"C{tier_names.index(run.server_tier[k]) % 10}" for k in order],
+        )
+        ax.legend(
+            handles=[
+                Patch(color=f"C{i % 10}", label=name) for i, name in enumerate(tier_names) if name in run.server_tier
+            ],
+            fontsize=7,
+            loc="lower left",
+        )
         ax.set_title(f"{policy} at {run.rate_rps:.1f} req/s")
         ax.set_xlabel("server (grouped by tier, most loaded first)")
         ax.set_ylabel("busy (%)")

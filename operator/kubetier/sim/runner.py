@@ -50,10 +50,20 @@ def arrivals(sc: Scenario, rate_scale: float, traces_dir: Path | None) -> Iterat
             s = src.synthetic
             pl = wl.LengthDist(s.prompt.dist, s.prompt.mean, s.prompt.sd, s.prompt.min, s.prompt.max)
             ol = wl.LengthDist(s.output.dist, s.output.mean, s.output.sd, s.output.min, s.output.max)
-            rows = wl.synthetic(s.arrival, s.rate, pl, ol, sc.seed * 1_000_003 + i + 1, cv=s.cv,
-                                amplitude=s.amplitude, period_s=s.period_s)
+            rows = wl.synthetic(
+                s.arrival,
+                s.rate,
+                pl,
+                ol,
+                sc.seed * 1_000_003 + i + 1,
+                cv=s.cv,
+                amplitude=s.amplitude,
+                period_s=s.period_s,
+            )
             if sc.workload.duration_s is None and sc.workload.max_requests is None:
-                raise ValueError(f"workload.sources.{i}: a synthetic source needs workload.durationS or workload.maxRequests")
+                raise ValueError(
+                    f"workload.sources.{i}: a synthetic source needs workload.durationS or workload.maxRequests"
+                )
         if src.tier is not None:
             weights = [(sc.tier_index(src.tier), 1.0)]
         else:
@@ -84,8 +94,13 @@ def workload_shape(sc: Scenario, traces_dir: Path | None) -> WorkloadShape:
         total += 1
     dur = sc.workload.duration_s if sc.workload.duration_s and sc.workload.max_requests is None else max(last, 1e-9)
     per = [
-        {"tier": t.name, "requests": n[i], "share": n[i] / total if total else 0.0,
-         "meanPrompt": p[i] / n[i] if n[i] else 0.0, "meanOutput": o[i] / n[i] if n[i] else 0.0}
+        {
+            "tier": t.name,
+            "requests": n[i],
+            "share": n[i] / total if total else 0.0,
+            "meanPrompt": p[i] / n[i] if n[i] else 0.0,
+            "meanOutput": o[i] / n[i] if n[i] else 0.0,
+        }
         for i, t in enumerate(sc.tiers)
     ]
     return WorkloadShape(total, dur, total / dur if dur > 0 else 0.0, per)
@@ -93,8 +108,17 @@ def workload_shape(sc: Scenario, traces_dir: Path | None) -> WorkloadShape:
 
 def upper_bound(sc: Scenario, model: LatencyModel, shape: WorkloadShape) -> tuple[float, list[TierCapacity]]:
     n = sum(sc.fleet.servers.values()) if sc.fleet.servers is not None else sc.fleet.pool
-    rows = [(t.name, shape.per_tier[i]["share"], shape.per_tier[i]["meanPrompt"], shape.per_tier[i]["meanOutput"],
-             t.tpot_ms / 1000.0, t.ttft_ms / 1000.0) for i, t in enumerate(sc.tiers)]
+    rows = [
+        (
+            t.name,
+            shape.per_tier[i]["share"],
+            shape.per_tier[i]["meanPrompt"],
+            shape.per_tier[i]["meanOutput"],
+            t.tpot_ms / 1000.0,
+            t.ttft_ms / 1000.0,
+        )
+        for i, t in enumerate(sc.tiers)
+    ]
     return fluid_bound(model, n, rows)
 
 
@@ -135,16 +159,29 @@ def server_tiers_for(sc: Scenario, policy: str) -> list[str]:
     return sc.server_tiers()
 
 
-def run_once(sc: Scenario, policy: str, rate_scale: float, model: LatencyModel, traces_dir: Path | None,
-             hooks: list[Hook] | None = None, progress: Callable[[int], None] | None = None, track_power: bool = False,
-             tier_requests: list[int] | None = None) -> RunResult:
+def run_once(
+    sc: Scenario,
+    policy: str,
+    rate_scale: float,
+    model: LatencyModel,
+    traces_dir: Path | None,
+    hooks: list[Hook] | None = None,
+    progress: Callable[[int], None] | None = None,
+    track_power: bool = False,
+    tier_requests: list[int] | None = None,
+) -> RunResult:
     """One simulation. With ``tier_requests`` (requests per tier of the whole run) the run
     stops as soon as some tier has missed more than its target allows (``aborted``):
     the goodput search only needs the verdict, and overloaded runs are the slow ones."""
     cfg = SimConfig(
-        tiers=[t.slo() for t in sc.tiers], server_tiers=server_tiers_for(sc, policy), model=model,
-        policy_kind=POLICY_KINDS[policy], seed=sc.seed, model_load_s=sc.fleet.model_load_s,
-        track_power=track_power, hooks=list(hooks or []),
+        tiers=[t.slo() for t in sc.tiers],
+        server_tiers=server_tiers_for(sc, policy),
+        model=model,
+        policy_kind=POLICY_KINDS[policy],
+        seed=sc.seed,
+        model_load_s=sc.fleet.model_load_s,
+        track_power=track_power,
+        hooks=list(hooks or []),
         rebin_idle=policy == "kubetier" and sc.fleet.pool is not None,
     )
     budget = None
@@ -157,15 +194,29 @@ def run_once(sc: Scenario, policy: str, rate_scale: float, model: LatencyModel, 
     t0 = time.perf_counter()
     sim.run(arrivals(sc, rate_scale, traces_dir), progress=progress)
     wall = time.perf_counter() - t0
-    stats = summarize(col, [t.name for t in sc.tiers], [t.ttft_ms for t in sc.tiers], [t.tpot_ms for t in sc.tiers],
-                      [t.attainment_percent for t in sc.tiers])
+    stats = summarize(
+        col,
+        [t.name for t in sc.tiers],
+        [t.ttft_ms for t in sc.tiers],
+        [t.tpot_ms for t in sc.tiers],
+        [t.attainment_percent for t in sc.tiers],
+    )
     makespan = sim.now
     return RunResult(
-        policy=policy, rate_scale=rate_scale, rate_rps=0.0, requests=sim.n_arrived, tiers=stats,
-        gpu_seconds=sim.gpu_seconds(), makespan_s=makespan, wall_s=wall, steps=sim.steps, waits=sim.n_waits,
+        policy=policy,
+        rate_scale=rate_scale,
+        rate_rps=0.0,
+        requests=sim.n_arrived,
+        tiers=stats,
+        gpu_seconds=sim.gpu_seconds(),
+        makespan_s=makespan,
+        wall_s=wall,
+        steps=sim.steps,
+        waits=sim.n_waits,
         server_served=[s.served for s in sim.servers],
         server_busy=[s.busy_s / makespan if makespan > 0 else 0.0 for s in sim.servers],
-        server_tier=[_current_tier(sim, s) for s in sim.servers], energy_j=sum(s.energy_j for s in sim.servers),
+        server_tier=[_current_tier(sim, s) for s in sim.servers],
+        energy_j=sum(s.energy_j for s in sim.servers),
         aborted=col.settled,
     )
 
@@ -178,8 +229,16 @@ class GoodputResult:
     runs: list[RunResult]  # every run of the search, by rate scale
 
 
-def search_goodput(sc: Scenario, policy: str, model: LatencyModel, base_rps: float, traces_dir: Path | None,
-                   start_scale: float, tier_requests: list[int], on_run: Callable[[RunResult], None] | None = None) -> GoodputResult:
+def search_goodput(
+    sc: Scenario,
+    policy: str,
+    model: LatencyModel,
+    base_rps: float,
+    traces_dir: Path | None,
+    start_scale: float,
+    tier_requests: list[int],
+    on_run: Callable[[RunResult], None] | None = None,
+) -> GoodputResult:
     """Largest rate scale at which every tier meets its attainment target.
 
     Bracket by doubling/halving from ``start_scale`` within [minScale, maxScale], then

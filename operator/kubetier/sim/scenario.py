@@ -77,8 +77,12 @@ class Tier(_Model):
 
     def slo(self) -> TierSLO:
         return TierSLO(
-            name=self.name, ttft_ms=self.ttft_ms, tpot_ms=self.tpot_ms, priority=self.priority,
-            mean_output_tokens=self.mean_output_tokens, on_late=self.on_late,
+            name=self.name,
+            ttft_ms=self.ttft_ms,
+            tpot_ms=self.tpot_ms,
+            priority=self.priority,
+            mean_output_tokens=self.mean_output_tokens,
+            on_late=self.on_late,
         )
 
 
@@ -112,7 +116,9 @@ class Source(_Model):
             raise ValueError("give exactly one of trace or synthetic")
         if (self.tier is None) == (self.mix is None):
             raise ValueError("give exactly one of tier or mix")
-        if self.mix is not None and (not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0):
+        if self.mix is not None and (
+            not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0
+        ):
             raise ValueError("mix needs non-negative weights with a positive sum")
         return self
 

@@ -81,7 +81,9 @@ def _azure_rows(path: Path) -> Iterator[tuple[float, int, int]]:
         try:
             ti, pi, oi = cols["TIMESTAMP"], cols["ContextTokens"], cols["GeneratedTokens"]
         except KeyError as exc:
-            raise ValueError(f"{path}: missing column {exc.args[0]} (want TIMESTAMP, ContextTokens, GeneratedTokens)") from None
+            raise ValueError(
+                f"{path}: missing column {exc.args[0]} (want TIMESTAMP, ContextTokens, GeneratedTokens)"
+            ) from None
         t0 = None
         for row in reader:
             stamp = row[ti]
@@ -149,8 +151,18 @@ class LengthDist(NamedTuple):
         return np.clip(v, self.min, self.max)
 
 
-def synthetic(arrival: str, rate: float, prompt: LengthDist, output: LengthDist, seed: int, *, cv: float = 1.0,
-              amplitude: float = 0.0, period_s: float = 3600.0, block: int = 1 << 14) -> Iterator[tuple[float, int, int]]:
+def synthetic(
+    arrival: str,
+    rate: float,
+    prompt: LengthDist,
+    output: LengthDist,
+    seed: int,
+    *,
+    cv: float = 1.0,
+    amplitude: float = 0.0,
+    period_s: float = 3600.0,
+    block: int = 1 << 14,
+) -> Iterator[tuple[float, int, int]]:
     """Endless (t, prompt_tokens, output_tokens) rows, generated in numpy blocks.
 
     ``poisson``: exponential gaps; ``gamma``: Gamma gaps with mean 1/rate and coefficient
@@ -181,8 +193,14 @@ def synthetic(arrival: str, rate: float, prompt: LengthDist, output: LengthDist,
 # --- tier assignment, scaling, merging --------------------------------------------------
 
 
-def tag_and_window(rows: Iterator[tuple[float, int, int]], tier_weights: list[tuple[int, float]], rng: random.Random,
-                   rate_scale: float, start_s: float, duration_s: float | None) -> Iterator[Arrival]:
+def tag_and_window(
+    rows: Iterator[tuple[float, int, int]],
+    tier_weights: list[tuple[int, float]],
+    rng: random.Random,
+    rate_scale: float,
+    start_s: float,
+    duration_s: float | None,
+) -> Iterator[Arrival]:
     """Give each row a tier (one fixed tier, or drawn from a mix by cumulative weights),
     keep source time [start_s, start_s + duration_s) and compress time by rate_scale.
 
@@ -211,7 +229,7 @@ def tag_and_window(rows: Iterator[tuple[float, int, int]], tier_weights: list[tu
     rand = rng.random
     for t, p, o in rows:
         r = rand()
-        for edge, tier in cum:
+        for edge, tier in cum:  # noqa: B007 - the tier that breaks the loop is used below
             if r <= edge:
                 break
         if t < start_s:
