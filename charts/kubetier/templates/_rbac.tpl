@@ -56,12 +56,12 @@ from its discovery code).
   verbs: [list, watch]
 {{- end -}}
 
-{{/* Router discovery (kubetier.router.discovery) polls; it never watches or writes. */}}
+{{/* Router discovery (kubetier.router.discovery) lists once, then watches; it never writes. */}}
 {{- define "kubetier.router.rules" -}}
 # <ms>-routing ConfigMaps and the model-server pods.
 - apiGroups: [""]
   resources: [configmaps, pods]
-  verbs: [list]
+  verbs: [list, watch]
 # The API-key Secrets named in spec.access, read one by one.
 - apiGroups: [""]
   resources: [secrets]
