@@ -9,13 +9,13 @@ A power domain (rack, row) is the set of nodes its selector matches; the control
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, model_validator
 
-from kubetier.api.common import ApiModel, Condition, cel
+from kubetier.api.common import ApiModel, Condition, api_config, cel
 
-KIND = "PowerBudget"
+KIND: Final = "PowerBudget"
 PLURAL = "powerbudgets"
 
 _MAX_LABEL_VALUE = 63
@@ -45,7 +45,7 @@ _THRESHOLD_ORDER = cel(
 
 
 class PowerBudgetSpec(ApiModel):
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_THRESHOLD_ORDER]}}
+    model_config = api_config(rules=[_THRESHOLD_ORDER])
 
     node_selector: NodeSelector = Field(description="Nodes that form this power domain.")
     budget_watts: int = Field(gt=0, le=100_000_000, description="Power the domain may draw, in watts.")
@@ -77,7 +77,7 @@ class PowerBudgetStatus(ApiModel):
 
 
 class PowerBudget(ApiModel):
-    model_config = ApiModel.model_config | {"extra": "ignore"}
+    model_config = api_config(extra="ignore")
 
     api_version: Literal["kubetier.io/v1alpha1"] = Field(default="kubetier.io/v1alpha1", alias="apiVersion")
     kind: Literal["PowerBudget"] = KIND
