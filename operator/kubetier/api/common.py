@@ -70,6 +70,13 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+class DocumentModel(ApiModel):
+    """A document two running parts exchange (routing document, router status): unknown
+    fields are ignored, so a reader one version behind the writer keeps working."""
+
+    model_config = api_config(extra="ignore")
+
+
 class Condition(ApiModel):
     """The ``metav1.Condition`` shape."""
 

@@ -15,9 +15,6 @@ from pydantic import Field
 
 from kubetier.api.common import DNS_LABEL_PATTERN, MAX_TIER_NAME_LENGTH, ApiModel
 
-# Fields of SLOTier in wire (camelCase) form, for documents that embed a tier.
-SLO_TIER_FIELDS = ("name", "ttftMs", "tpotMs", "attainmentPercent", "priority", "meanOutputTokens", "onLate")
-
 
 class SLOTier(ApiModel):
     """One SLO tier: the latency targets a request of this tier is held to."""
@@ -49,7 +46,7 @@ class SLOTier(ApiModel):
         default="reject", description="What the router does with a request that can no longer meet its TTFT."
     )
 
-    def slo(self) -> SLOTier:
+    def as_slo_tier(self) -> SLOTier:
         """Just the SLO fields (drops what a subclass such as the CRD's ``Tier`` adds)."""
         if type(self) is SLOTier:
             return self

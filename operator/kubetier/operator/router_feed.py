@@ -1,8 +1,8 @@
 """Per-tier SLO attainment as the router measured it, for ``status.tiers[].attainmentPercent``
 and the ``SLOAtRisk`` condition.
 
-The router serves ``GET /kubetier/status`` (per model, per tier: requests, sloMet,
-attainmentPercent, ...). The operator reads it once per reconcile when
+The router serves ``GET /kubetier/status`` (``kubetier.api.router_status``: per model,
+per tier: requests, completed, sloMet, rejected, failed, ...). The operator reads it once per reconcile when
 ``KUBETIER_ROUTER_STATUS_URL`` (or ``--router-status-url``) names it; the Helm chart sets
 it to the router's Service. A router that cannot be reached leaves attainment unknown:
 status must never flap to "at risk" because a scrape failed.
@@ -14,21 +14,41 @@ import logging
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
+
+from kubetier.api.errors import describe
+from kubetier.api.router_status import RouterStatus
+from kubetier.policy.attainment import MIN_JUDGED_REQUESTS, attainment_percent, judged_requests
 
 log = logging.getLogger("kubetier.operator")
 
-# Below this many finished requests a tier's attainment is noise, not a measurement.
-MIN_REQUESTS = 5
+# Kept for callers; the threshold is defined in kubetier.policy.attainment.
+MIN_REQUESTS = MIN_JUDGED_REQUESTS
 
 
 def attainment_from_status(status: dict[str, Any], model: str, min_requests: int = MIN_REQUESTS) -> dict[str, float]:
-    """Attainment percent per tier of ``model`` from the router's status document."""
-    tiers = (status.get("models") or {}).get(model, {}).get("tiers") or {}
+    """Attainment percent per tier of ``model`` from the router's status document
+    (``kubetier.api.router_status``), computed from the router's counts with
+    ``kubetier.policy.attainment`` (a refused or failed request is a miss), so an older
+    router that left refusals out of its own percentage is still read the same way.
+    Tiers with fewer than ``min_requests`` judged requests are left out (noise)."""
+    try:
+        doc = RouterStatus.model_validate(status)
+    except ValidationError as exc:
+        log.info("router status document not understood: %s", "; ".join(describe(exc)))
+        return {}
+    found = doc.models.get(model)
+    if found is None:
+        return {}
     out = {}
-    for name, tally in tiers.items():
-        pct = tally.get("attainmentPercent")
-        if pct is not None and int(tally.get("completed", 0)) + int(tally.get("failed", 0)) >= min_requests:
-            out[name] = float(pct)
+    for name, counts in found.tiers.items():
+        if judged_requests(counts.completed, counts.rejected, counts.failed) < min_requests:
+            continue
+        pct = attainment_percent(
+            min(counts.slo_met, counts.completed), counts.completed, counts.rejected, counts.failed
+        )
+        if pct is not None:
+            out[name] = round(pct, 2)
     return out
 
 
