@@ -34,6 +34,8 @@ LOCAL_ENDPOINT_ANNOTATION: Final = "kubetier.io/local-endpoint"
 
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE: Final = "kubetier"
+# On objects that belong to kubetier's installation rather than to a ModelService (RBAC).
+PART_OF_LABEL: Final = "app.kubernetes.io/part-of"
 # Karpenter's capacity type (on-demand | spot); also what the local cluster's fake nodes carry.
 CAPACITY_TYPE_LABEL: Final = "karpenter.sh/capacity-type"
 CAPACITY_ON_DEMAND: Final = "on-demand"

@@ -30,6 +30,7 @@ from kubetier.api.tier import SLOTier
 GROUP: Final = "kubetier.io"
 VERSION: Final = "v1alpha1"
 KIND: Final = "ModelService"
+API_VERSION: Final = "kubetier.io/v1alpha1"  # f"{GROUP}/{VERSION}"
 PLURAL = "modelservices"
 DEFAULT_BUILTIN_PROFILE = "llama-3.1-8b-h100"
 

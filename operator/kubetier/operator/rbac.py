@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetier.api.labels import MANAGED_BY_VALUE, PART_OF_LABEL
+
 CHILD_WRITE_VERBS = ["get", "list", "create", "patch", "delete"]
 
 RULES: list[dict[str, Any]] = [
@@ -45,6 +47,6 @@ def cluster_role(name: str = "kubetier-operator") -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "kubetier"}},
+        "metadata": {"name": name, "labels": {PART_OF_LABEL: MANAGED_BY_VALUE}},
         "rules": [dict(rule) for rule in RULES],
     }

@@ -85,7 +85,7 @@ def capacity_problem(ms: ModelService, observed: Observed) -> Unsatisfiable | No
     if per == 0:
         return None
     product = ms.spec.resources.gpu_product
-    what = f"nvidia.com/gpu ({product})" if product else "nvidia.com/gpu"
+    what = f"{GPU_RESOURCE} ({product})" if product else GPU_RESOURCE
     nodes = [
         n
         for n in observed.nodes
