@@ -151,8 +151,24 @@ _REPLICAS_ORDER = cel("self.min <= self.max", "replicas.min must be less than or
 class Replicas(ApiModel):
     model_config = api_config(rules=[_REPLICAS_ORDER])
 
-    min: int = Field(default=1, ge=0, le=1000, description="Fewest serving replicas (0 only with prewarm.scaleToZero).")
-    max: int = Field(default=4, ge=1, le=1000, description="Most serving replicas the autoscaler may run.")
+    min: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "Fewest serving replicas (0 only with prewarm.scaleToZero). No autoscaler runs yet: "
+            "the operator runs exactly this many serving replicas."
+        ),
+    )
+    max: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description=(
+            "Most serving replicas the autoscaler may run. Accepted but not acted on yet (no autoscaler "
+            "runs; the tier runs replicas.min); today it only bounds capacity.onDemandFloor."
+        ),
+    )
 
     @model_validator(mode="after")
     def _order(self) -> Replicas:
@@ -175,9 +191,29 @@ class Capacity(ApiModel):
 
 
 class Prewarm(ApiModel):
-    standby: int = Field(default=0, ge=0, le=100, description="Warm replicas with the model loaded but not routed to.")
-    scale_to_zero: bool = Field(default=False, description="Allow zero serving replicas when idle.")
-    keep_alive_seconds: int = Field(default=300, ge=0, le=86400, description="Idle time before scale-in.")
+    standby: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description=(
+            "Warm replicas with the model loaded but not routed to (a Deployment <name>-<tier>-standby). "
+            "Promotion of a standby replica to serving is not implemented yet: they stay warm and idle."
+        ),
+    )
+    scale_to_zero: bool = Field(
+        default=False,
+        description=(
+            "Allow zero serving replicas when idle. Accepted but not acted on yet: there is no "
+            "scale-in on idleness and no scale-from-zero on demand; with replicas.min: 0 the tier "
+            "simply has no serving replica."
+        ),
+    )
+    keep_alive_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="Idle time before scale-in. Accepted but not acted on yet (no autoscaler runs).",
+    )
 
 
 _FLOOR_WITHIN_MAX = cel(
@@ -254,7 +290,7 @@ class ModelServiceSpec(ApiModel):
     latency_profile: LatencyProfileSpec = Field(
         default_factory=lambda: LatencyProfileSpec(builtin=DEFAULT_BUILTIN_PROFILE),
         json_schema_extra={"default": {"builtin": DEFAULT_BUILTIN_PROFILE}},
-        description="Latency profile the router and autoscaler predict with.",
+        description="Latency profile the router predicts with (and the coming autoscaler will).",
     )
     tiers: list[Tier] = Field(min_length=1, max_length=MAX_TIERS, description="SLO tiers, each with its own servers.")
     access: list[AccessRule] = Field(
@@ -287,10 +323,20 @@ class TierStatus(ApiModel):
     name: str = Field(max_length=MAX_TIER_NAME_LENGTH)
     replicas: int = Field(default=0, ge=0, description="Serving pods that exist.")
     ready_replicas: int = Field(default=0, ge=0, description="Serving pods passing readiness.")
-    standby_replicas: int = Field(default=0, ge=0, description="Warm standby pods ready to be promoted.")
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Ready standby pods (warm, not routed to; promotion to serving is not implemented yet).",
+    )
     spot_replicas: int = Field(default=0, ge=0, description="Serving pods on spot capacity.")
     attainment_percent: float | None = Field(
-        default=None, ge=0, le=100, description="Observed share of requests meeting the SLO (from the router)."
+        default=None,
+        ge=0,
+        le=100,
+        description=(
+            "Observed share of requests meeting the SLO, from the router's counts; requests refused "
+            "with 429 or failed count as misses. Unset until the router has judged 5 requests of the tier."
+        ),
     )
 
 

@@ -32,12 +32,18 @@ class SLOTier(ApiModel):
         gt=0,
         le=100,
         description=(
-            "Share of requests that must meet both targets. Requests the router refuses (429) or that fail "
-            "count as misses."
+            "Share of requests that must meet both targets; below it the ModelService reports SLOAtRisk. "
+            "Requests the router refuses (429) or that fail count as misses."
         ),
     )
     priority: int = Field(
-        default=0, ge=0, le=1000, description="Higher is more important: capped last, preempted last."
+        default=0,
+        ge=0,
+        le=1000,
+        description=(
+            "Higher is more important. Meant to order power capping (lowest priority capped first) and "
+            "preemption: accepted but not acted on yet (no power controller or preemption exists)."
+        ),
     )
     mean_output_tokens: int = Field(
         default=256, ge=1, le=1_000_000, description="Expected output length, for the worst-future-iteration check."
