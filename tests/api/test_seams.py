@@ -19,9 +19,9 @@ from kubetier.api.profile import LatencyProfile
 from kubetier.api.router_status import ModelStatus, RouterStatus, ServerState, TierCounts
 from kubetier.api.routing import ROUTING_KEY, RoutingDocument
 from kubetier.api.tier import SLOTier
-from kubetier.operator.desired import desired, routing_document
-from kubetier.operator.model import Observed
-from kubetier.operator.router_feed import attainment_from_status
+from kubetier.operator.modelservice.desired import desired, routing_document
+from kubetier.operator.modelservice.model import Observed
+from kubetier.operator.modelservice.router_feed import attainment_from_status
 from kubetier.policy.latency import LatencyModel, ProfileError, list_profiles, load_profile
 from kubetier.policy.routing import TierSLO
 from kubetier.router.config import RouterConfigFile, parse_config
@@ -238,15 +238,15 @@ def test_router_config_file_round_trips_and_uses_the_api_tier():
 def test_label_keys_are_defined_once():
     import kubetier.demo
     import kubetier.localdev.engines
-    import kubetier.operator.model
+    import kubetier.operator.modelservice.model
     import kubetier.router.discovery
 
-    assert kubetier.operator.model.SERVICE_LABEL is labels.SERVICE_LABEL
-    assert kubetier.operator.model.MANAGED_BY is labels.MANAGED_BY_LABEL
+    assert kubetier.operator.modelservice.model.SERVICE_LABEL is labels.SERVICE_LABEL
+    assert kubetier.operator.modelservice.model.MANAGED_BY is labels.MANAGED_BY_LABEL
     assert kubetier.router.discovery.LOCAL_ENDPOINT is labels.LOCAL_ENDPOINT_ANNOTATION
     assert kubetier.localdev.engines.LOCAL_ENDPOINT_ANNOTATION is labels.LOCAL_ENDPOINT_ANNOTATION
     # No module outside kubetier.api spells a kubetier.io/ label key itself.
-    root = Path(kubetier.operator.model.__file__).resolve().parents[1]
+    root = Path(kubetier.operator.modelservice.model.__file__).resolve().parents[2]
     offenders = []
     for path in root.rglob("*.py"):
         if path.parent.name == "api":

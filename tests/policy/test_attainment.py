@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from kubetier.operator.router_feed import attainment_from_status
+from kubetier.operator.modelservice.router_feed import attainment_from_status
 from kubetier.policy.attainment import (
     Outcome,
     attainment_percent,

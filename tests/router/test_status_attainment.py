@@ -12,7 +12,7 @@ import uvloop
 
 from kubetier.api.router_status import RouterStatus
 from kubetier.lean_http import port_of, start_server
-from kubetier.operator.router_feed import attainment_from_status
+from kubetier.operator.modelservice.router_feed import attainment_from_status
 from kubetier.policy.latency import load_profile
 from kubetier.router.app import Router
 from kubetier.router.config import parse_config

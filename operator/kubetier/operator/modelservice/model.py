@@ -1,14 +1,14 @@
 """Plain data the pure reconcile functions work on: operator settings and what the
-operator observed in the cluster. No I/O here; ``kubetier.operator.kube`` fills these in."""
+operator observed in the cluster. No I/O here; ``reconcile.observe`` fills these in."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubetier.api.labels import CAPACITY_TYPE_LABEL as CAPACITY_TYPE_LABEL
-from kubetier.api.labels import DOMAIN as DOMAIN
 from kubetier.api.labels import GPU_PRODUCT_LABEL as GPU_PRODUCT_LABEL
 from kubetier.api.labels import GPU_RESOURCE as GPU_RESOURCE
 from kubetier.api.labels import MANAGED_BY_LABEL
@@ -18,8 +18,24 @@ from kubetier.api.labels import ROUTING_CONFIG_LABEL as ROUTING_CONFIG_LABEL
 from kubetier.api.labels import SERVICE_LABEL as SERVICE_LABEL
 from kubetier.api.labels import TIER_LABEL as TIER_LABEL
 from kubetier.api.labels import ZONE_LABEL as ZONE_LABEL
+from kubetier.operator.identity import DOMAIN, FIELD_MANAGER
 
-FIELD_MANAGER = "kubetier-operator"
+__all__ = [
+    "CAPACITY_TYPE_LABEL",
+    "DOMAIN",
+    "FIELD_MANAGER",
+    "GPU_PRODUCT_LABEL",
+    "GPU_RESOURCE",
+    "MANAGED_BY",
+    "POOL_LABEL",
+    "ROLE_LABEL",
+    "ROUTING_CONFIG_LABEL",
+    "SERVICE_LABEL",
+    "TIER_LABEL",
+    "ZONE_LABEL",
+    "Observed",
+    "OperatorConfig",
+]
 
 # Label and annotation keys are defined once, in kubetier.api.labels (docs/contracts.md);
 # the names above are kept for the operator's modules.
@@ -46,8 +62,8 @@ class OperatorConfig:
     termination_grace_seconds: int = 180
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
-        env = os.environ if env is None else env
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        env: Mapping[str, str] = os.environ if environ is None else environ
         base = cls()
         return cls(
             vllm_image=env.get("KUBETIER_VLLM_IMAGE", base.vllm_image),

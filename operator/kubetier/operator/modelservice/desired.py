@@ -36,8 +36,8 @@ from kubetier.api.profile import LatencyProfile
 from kubetier.api.routing import ROUTING_KEY as ROUTING_KEY
 from kubetier.api.routing import AccessEntry, RoutingDocument, RoutingTier
 from kubetier.api.routing import routing_configmap_name as _routing_configmap_name
-from kubetier.operator import engines
-from kubetier.operator.model import (
+from kubetier.operator.modelservice import engines
+from kubetier.operator.modelservice.model import (
     CAPACITY_TYPE_LABEL,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -51,7 +51,7 @@ from kubetier.operator.model import (
     Observed,
     OperatorConfig,
 )
-from kubetier.operator.profile import resolve_profile
+from kubetier.operator.modelservice.profile import resolve_profile
 
 
 def desired(ms: ModelService, observed: Observed, config: OperatorConfig | None = None) -> list[dict[str, Any]]:

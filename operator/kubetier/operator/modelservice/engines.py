@@ -12,7 +12,7 @@ from typing import Any
 
 from kubetier.api.modelservice import ModelServiceSpec
 from kubetier.api.routing import PROFILE_KEY
-from kubetier.operator.model import OperatorConfig
+from kubetier.operator.modelservice.model import OperatorConfig
 
 # Where the simulator finds the latency profile (a key of the routing ConfigMap).
 PROFILE_MOUNT_DIR = "/etc/kubetier/profile"
