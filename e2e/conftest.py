@@ -2,7 +2,7 @@
 running under its own ServiceAccount, and a fresh namespace per test.
 
 Outside CI a missing prerequisite skips the suite with the command that provides it;
-with CI=true it fails (docs: local-cluster.md, "CI shape").
+with CI=true it fails (e2e/README.md).
 """
 
 from __future__ import annotations
