@@ -14,7 +14,7 @@ import ast
 import re
 from pathlib import Path
 
-from conftest import REPO, VALUES_DIR, by_kind, one
+from chart_support import REPO, VALUES_DIR, by_kind, one
 
 CLUSTER_SCOPED = {
     ("", "nodes"),

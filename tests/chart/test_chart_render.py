@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import CHART, NAMESPACE, RELEASE, VALUES_DIR, RenderError, by_kind, one
+from chart_support import CHART, NAMESPACE, RELEASE, VALUES_DIR, RenderError, by_kind, one
 
 OK_VALUES = sorted(VALUES_DIR.glob("ok-*.yaml"))
 BAD_VALUES = sorted(VALUES_DIR.glob("bad-*.yaml"))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
+from modelservice_builders import parse, sample_body
 
-from conftest import parse, sample_body
 from kubetier.operator.desired import desired
 from kubetier.operator.model import Observed, OperatorConfig
 from kubetier.operator.profile import Unsatisfiable

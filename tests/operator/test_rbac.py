@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from urllib.parse import urlsplit
 
-from conftest import cluster_nodes, sample_body
+from modelservice_builders import cluster_nodes, sample_body
+
 from kubetier.operator.kube import KubeApi
 from kubetier.operator.model import OperatorConfig
 from kubetier.operator.rbac import RULES, cluster_role

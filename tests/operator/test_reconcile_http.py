@@ -7,8 +7,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from modelservice_builders import cluster_nodes, gpu_node, sample_body
 
-from conftest import cluster_nodes, gpu_node, sample_body
 from kubetier.operator.kube import KubeApi
 from kubetier.operator.model import OperatorConfig
 from kubetier.operator.reconcile import reconcile
