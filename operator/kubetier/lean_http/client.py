@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 upstream client: pooled keep-alive connections, httptools parsing.
 
-The router relays token streams from engines; design.md measured that a client layer
+The router relays token streams from engines; docs/architecture.md (router data path) records that a client layer
 with heavy per-chunk bookkeeping (httpx/httpcore) collapses at a few hundred streams.
 Here one asyncio Protocol per connection feeds body bytes into a list and wakes the
 reader at most once per batch of arrivals, so a busy stream costs one future wake-up

@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 server core: one asyncio Protocol per connection, httptools parsing.
 
-Why not aiohttp or uvicorn: design.md ("Router data path") measured that only a
+Why not aiohttp or uvicorn: docs/architecture.md ("Router data path") records that only a
 minimal asyncio/uvloop path with a real parser holds ~1,000 token streams per core;
 framework layers cost 2-3x per relayed token. This module keeps the per-token path to
 one ``transport.write`` and everything else (parsing, limits, timers) per request.
@@ -669,7 +669,7 @@ async def start_server(
     """Listen on ``host:port`` and answer each request with ``await handler(request, response)``.
 
     Runs on whatever loop is running; install uvloop (``uvloop.run(main())``) for the
-    throughput design.md measured. ``port=0`` picks a free port: read it back from
+    throughput measured in docs/architecture.md. ``port=0`` picks a free port: read it back from
     ``server.sockets[0].getsockname()[1]``.
     """
     state = _ServerState(handler, limits or Limits())

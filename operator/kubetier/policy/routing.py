@@ -43,7 +43,7 @@ using S's latency model (D = decode iteration, chunks = chunked-prefill iteratio
   every running sequence (each finishes and is replaced once within the horizon, on
   average; ``turnover`` scales this, 0 reproduces the pitfall below). Each chunk costs what an iteration carrying it costs beyond a decode step:
   ``D(B', kv_end) + n_chunks * (P(chunk) - P(0)) / H <= tpot``.
-  design.md measured the pitfall: leaving the prefill chunks out packs the tight tier
+  docs/architecture.md records the pitfall: leaving the prefill chunks out packs the tight tier
   until its attainment collapses to 2-5%. Spreading the chunks over the horizon (rather
   than demanding that a single prefill-carrying iteration fit TPOT) matches the
   deadline-based SLO (token i due by arrival + TTFT + i * TPOT), where slack from fast

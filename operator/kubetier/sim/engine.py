@@ -8,7 +8,7 @@ sequence slot is free and its prompt plus output fit in the KV cache (reserved u
 so the engine never preempts; vLLM would instead preempt and recompute, which only makes
 an overloaded server slower).
 
-Speed (design.md, "Fleet simulator speed"): no Python work per token. An iteration that
+Speed (docs/architecture.md, "Fleet simulator speed"): no Python work per token. An iteration that
 carries prompt tokens is one event; a stretch of decode-only iterations between two
 changes of the batch (a sequence finishing, or a new request that can start prefilling)
 is ONE event. Within a stretch the batch is fixed and the KV cache grows by ``batch``
