@@ -41,10 +41,11 @@ class UpstreamError(Exception):
     have been closed by the server before it saw the request: safe to retry once).
     """
 
-    def __init__(self, message: str, phase: str, reused: bool = False) -> None:
+    def __init__(self, message: str, phase: str, reused: bool = False, timeout: bool = False) -> None:
         super().__init__(message)
         self.phase = phase
         self.reused = reused
+        self.timeout = timeout  # no bytes for the allowed time (slow, not necessarily broken)
 
 
 class _Conn(asyncio.Protocol):
@@ -309,7 +310,7 @@ class UpstreamResponse:
     def stalled(self, timeout: float) -> UpstreamError:
         """Fail the connection after a stall of ``timeout`` seconds; the error to raise."""
         self._conn._fail("upstream sent nothing for %.1f s" % timeout)
-        return UpstreamError(f"upstream stalled: no bytes for {timeout:.1f} s", "body")
+        return UpstreamError(f"upstream stalled: no bytes for {timeout:.1f} s", "body", timeout=True)
 
     async def read_all(self, timeout: float = 60.0, limit: int = 64 * 1024 * 1024) -> bytes:
         parts: list[bytes] = []
@@ -440,7 +441,7 @@ class UpstreamPool:
                 except TimeoutError:
                     c._fail("no response head")
                     raise UpstreamError(
-                        f"{self._host_header} sent no response within {timeout:.1f} s", "headers"
+                        f"{self._host_header} sent no response within {timeout:.1f} s", "headers", timeout=True
                     ) from None
             if c.error is not None and not c.head_done:
                 if reused and attempt == 0:

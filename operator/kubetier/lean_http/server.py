@@ -17,8 +17,9 @@ Behaviour:
 - Responses: full (Content-Length) or streamed (chunked transfer encoding; on HTTP/1.0
   close-delimited). ``write()`` never awaits; ``drain()`` waits only while the transport
   has paused writing (``writing_paused`` says so without a coroutine). Client
-  disconnects set ``Response.disconnected`` and fire the
-  callbacks added with ``add_disconnect_callback``; the handler is not cancelled.
+  disconnects (including EOF: a client that closes while its answer is computed) set
+  ``Response.disconnected`` and fire the callbacks added with ``add_disconnect_callback``;
+  the handler is not cancelled.
 - A handler exception becomes a 500 with a JSON error body, or, when a stream had
   already started, an aborted connection (a truncated chunked stream, so the client
   sees an error rather than a stream that looks complete). Malformed HTTP gets 400.
@@ -409,11 +410,12 @@ class _Connection(asyncio.Protocol):
             self._fail(400, f"malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool | None:
-        # A client may half-close after its last request and still read the answers.
-        if self._current is None and not self._pending:
-            return None  # close now
-        self._close_when_idle = True
-        return True
+        # EOF from the client means it left, as uvicorn and nginx read it: a client that
+        # closes its socket while its answer is computed sends exactly this, and without
+        # it the engine would keep working for nobody (a half-closing client that still
+        # reads is rare enough to lose its answer). Returning None closes the transport;
+        # connection_lost then marks the response in progress disconnected.
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from kubetier.lean_http import Request, Response, error_body
+from kubetier.lean_http.errors import error_code_for
 from kubetier.router.access import select_tier
 from kubetier.router.config import ModelSpec, RouterConfig
 from kubetier.router.context import RequestContext, ServeSettings
@@ -25,6 +26,9 @@ from kubetier.router.forwarding import Forwarder
 from kubetier.router.metrics import RouterMetrics
 from kubetier.router.parsing import check_generation_fields, estimate_prompt_tokens, parse_body
 from kubetier.router.resume import build_resume_body, streamed_text
+
+# Outcomes that count as failed requests (the others: ok, rejected, client_disconnected).
+FAILED_OUTCOMES = frozenset({"error", "upstream_error", "timeout", "unavailable"})
 
 __all__ = ["BadRequest", "Router", "build_resume_body", "estimate_prompt_tokens", "streamed_text"]
 
@@ -38,9 +42,12 @@ class Router:
         max_attempts: int = 3,
         max_migrations: int = 2,
         stall_timeout_s: float = 30.0,
-        first_byte_timeout_s: float = 120.0,
+        timeout_slack: float = 4.0,
+        timeout_floor_s: float = 10.0,
         scrape_interval_s: float = 1.0,
         max_queue: int = 10_000,
+        queue_timeout_s: float = 60.0,
+        resume_by_token_ids: bool = True,
     ) -> None:
         self.config = config
         self.metrics = metrics or RouterMetrics()
@@ -48,10 +55,13 @@ class Router:
             max_attempts=max_attempts,
             max_migrations=max_migrations,
             stall_timeout_s=stall_timeout_s,
-            first_byte_timeout_s=first_byte_timeout_s,
+            timeout_slack=timeout_slack,
+            timeout_floor_s=timeout_floor_s,
+            resume_by_token_ids=resume_by_token_ids,
         )
         self.forwarder = Forwarder(self.settings, self.metrics)
         self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
         self.scrape_interval_s = scrape_interval_s
         self.fleets: dict[str, ModelFleet] = {name: self._new_fleet(spec) for name, spec in config.models.items()}
         self.created = int(time.time())
@@ -74,6 +84,7 @@ class Router:
             scale_up_s=self.config.scale_up_s,
             max_queue=self.max_queue,
             scrape_interval_s=self.scrape_interval_s,
+            queue_timeout_s=self.queue_timeout_s,
         )
 
     def update_models(self, config: RouterConfig) -> None:
@@ -116,7 +127,8 @@ class Router:
                 raise ClientError(404, f"no route for {req.method} {path}")
         except ClientError as exc:
             if not res.started:
-                res.send(exc.status, error_body(exc.status, exc.message, param=exc.param), exc.headers)
+                code = exc.code or error_code_for(exc.status)
+                res.send(exc.status, error_body(exc.status, exc.message, param=exc.param, code=code), exc.headers)
 
     def _models(self) -> dict[str, Any]:
         return {
@@ -146,7 +158,10 @@ class Router:
         fleet = self.fleets.get(model)
         if fleet is None:
             raise ClientError(
-                404, f"The model `{model}` does not exist (models: {', '.join(sorted(self.fleets))}).", "model"
+                404,
+                f"The model `{model}` does not exist (models: {', '.join(sorted(self.fleets))}).",
+                "model",
+                code="model_not_found",
             )
         tier_name = select_tier(req.headers, fleet, self.config.keys)
         prompt_tokens = estimate_prompt_tokens(body, chat)
@@ -170,7 +185,8 @@ class Router:
         inflight.inc()
         outcome = "error"
         try:
-            outcome = await self.forwarder.serve(req, res, body, chat, stream, ctx)
+            max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or fleet.spec.max_prompt_tokens
+            outcome = await self.forwarder.serve(req, res, body, chat, stream, ctx, max_tokens)
         finally:
             ctx.release()  # no-op unless an unexpected error skipped it: keep the load honest
             tally.inflight -= 1
@@ -185,5 +201,5 @@ class Router:
                 if not ctx.missed:
                     tally.slo_met += 1
                     m.slo_met.labels(fleet.name, tier_name, w).inc()
-            elif outcome in ("error", "upstream_error"):
+            elif outcome in FAILED_OUTCOMES:
                 tally.failed += 1

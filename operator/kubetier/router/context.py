@@ -12,8 +12,12 @@ from kubetier.router.fleet import ModelFleet, Upstream
 class ServeSettings:
     max_attempts: int = 3  # servers tried before the first byte reaches the client
     max_migrations: int = 2  # mid-stream resumptions per request
-    stall_timeout_s: float = 30.0  # no bytes from the engine for this long: resume elsewhere
-    first_byte_timeout_s: float = 120.0
+    stall_timeout_s: float = 30.0  # no bytes mid-stream for this long (from the last byte): resume elsewhere
+    # Timeouts derived from the request: floor + slack x (the tier's TTFT + tokens x TPOT).
+    # The slack lets a loaded but healthy engine run late without being cut off.
+    timeout_slack: float = 4.0
+    timeout_floor_s: float = 10.0
+    resume_by_token_ids: bool = True  # ask engines for token ids (vLLM return_token_ids) on completions streams
 
 
 class RequestContext:

@@ -46,7 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between engine /metrics scrapes")
     p.add_argument("--max-queue", type=int, default=10_000, help="waiting requests per model before 429")
     p.add_argument(
-        "--stall-timeout", type=float, default=30.0, help="seconds without bytes before a stream is resumed elsewhere"
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="seconds without a byte (from the last one) before a stream is resumed elsewhere",
+    )
+    p.add_argument(
+        "--timeout-slack",
+        type=float,
+        default=4.0,
+        help="timeouts are FLOOR + SLACK x (tier TTFT + max_tokens x tier TPOT) for whole answers, "
+        "FLOOR + SLACK x TTFT for a stream's first token (default: %(default)s)",
+    )
+    p.add_argument("--timeout-floor", type=float, default=10.0, help="seconds added to every derived timeout")
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=60.0,
+        help="longest wait for a server in a tier with onLate: queue, then 429 (default: %(default)s)",
     )
     p.add_argument("--log-level", default="INFO")
     return p
@@ -62,7 +79,13 @@ async def _serve(args: argparse.Namespace) -> int:
     else:
         cfg = RouterConfig(models={})
     router = Router(
-        cfg, max_queue=args.max_queue, scrape_interval_s=args.scrape_interval, stall_timeout_s=args.stall_timeout
+        cfg,
+        max_queue=args.max_queue,
+        scrape_interval_s=args.scrape_interval,
+        stall_timeout_s=args.stall_timeout,
+        timeout_slack=args.timeout_slack,
+        timeout_floor_s=args.timeout_floor,
+        queue_timeout_s=args.queue_timeout,
     )
     router.start()
     discovery_task = None
