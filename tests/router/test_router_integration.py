@@ -130,7 +130,10 @@ def test_tight_tier_meets_slo_while_loose_tier_spills_and_escalation_is_refused(
     assert r.status_code == 403
     assert "may not use tier 'tight'" in r.json()["error"]["message"]
     # Bad input gets a 4xx naming the problem, never a 500.
-    r = httpx.post(url, headers={"authorization": "Bearer k-all"}, content=b'{"model": "m", "prompt": ')
+    r = httpx.post(url, headers={"authorization": "Bearer k-all"}, content=b'{"model": "m", "prompt": "x"}')
+    assert r.status_code == 415 and "Content-Type" in r.json()["error"]["message"]  # enforced
+    js = {"authorization": "Bearer k-all", "content-type": "application/json"}
+    r = httpx.post(url, headers=js, content=b'{"model": "m", "prompt": ')
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     r = httpx.post(url, headers={"authorization": "Bearer k-all"}, json={"model": "nope", "prompt": "x"})
     assert r.status_code == 404

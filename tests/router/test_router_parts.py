@@ -115,7 +115,7 @@ def test_resume_body_for_chat_continues_the_assistant_message():
 def test_prompt_estimate_and_errors():
     assert estimate_prompt_tokens({"prompt": "abcdefgh"}, False) == 2
     assert estimate_prompt_tokens({"prompt": [1, 2, 3]}, False) == 3
-    assert estimate_prompt_tokens({"prompt": "x", "prompt_tokens": 500}, False) == 500
+    assert estimate_prompt_tokens({"prompt": "x", "prompt_tokens": 500}, False) == 1  # a client's figure is ignored
     assert estimate_prompt_tokens({"messages": [{"role": "user", "content": "abcd"}]}, True) == 5
     with pytest.raises(Exception, match="'prompt' is required"):
         estimate_prompt_tokens({}, False)

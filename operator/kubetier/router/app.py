@@ -1,34 +1,54 @@
 """The router's HTTP front: routes, lifecycle, and per-request accounting.
 
-Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``,
-``GET /health``, ``GET /metrics`` (Prometheus), ``GET /kubetier/status`` (per-tier demand
-and attainment for the operator).
+Routes (client port): ``POST /v1/completions``, ``POST /v1/chat/completions``,
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``; admin routes ``GET /metrics``
+(Prometheus) and ``GET /kubetier/status`` (per-tier demand and attainment for the
+operator) are served on the admin port when one is configured (then not on the client
+port), else on the client port, behind ``Authorization: Bearer <admin key>`` when an
+admin key is set.
 
-The work is split by job: ``parsing`` (request validation, prompt length), ``access``
-(API keys and tier choice), ``forwarding`` (admission, retries, resumption), ``relay``
-(streaming the answer back), ``resume`` (the request that continues a broken stream).
+The work is split by job: ``front`` (request ids, CORS, checks from the head, access
+logs), ``parsing`` (request validation, prompt length), ``access`` (API keys, bad-key
+throttling, rate limits, tier choice), ``forwarding`` (admission, retries, resumption),
+``relay`` (streaming the answer back), ``resume`` (the request that continues a broken
+stream).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 import time
 from typing import Any
 
 from kubetier.lean_http import Request, Response, error_body
 from kubetier.lean_http.errors import error_code_for
-from kubetier.router.access import select_tier
+from kubetier.router.access import (
+    BadKeyThrottle,
+    KeyLimits,
+    KeyStore,
+    RateLimiter,
+    authorize,
+    bearer_key,
+    key_digest,
+    select_tier,
+)
 from kubetier.router.config import ModelSpec, RouterConfig
 from kubetier.router.context import RequestContext, ServeSettings
 from kubetier.router.errors import BadRequest, ClientError
 from kubetier.router.fleet import ModelFleet
 from kubetier.router.forwarding import Forwarder
+from kubetier.router.front import GENERATION_PATHS, AccessRecord, Cors, HeadGate, request_id
 from kubetier.router.metrics import RouterMetrics
-from kubetier.router.parsing import check_generation_fields, estimate_prompt_tokens, parse_body
+from kubetier.router.parsing import check_generation_fields, count_prompt_tokens, estimate_prompt_tokens, parse_body
 from kubetier.router.resume import build_resume_body, streamed_text
+
+log = logging.getLogger("kubetier.router")
 
 # Outcomes that count as failed requests (the others: ok, rejected, client_disconnected).
 FAILED_OUTCOMES = frozenset({"error", "upstream_error", "timeout", "unavailable"})
+ADMIN_PATHS = frozenset({"/metrics", "/kubetier/status"})
 
 __all__ = ["BadRequest", "Router", "build_resume_body", "estimate_prompt_tokens", "streamed_text"]
 
@@ -48,6 +68,12 @@ class Router:
         max_queue: int = 10_000,
         queue_timeout_s: float = 60.0,
         resume_by_token_ids: bool = True,
+        key_limits: KeyLimits | None = None,
+        bad_key_throttle: BadKeyThrottle | None = None,
+        admin_key: str | None = None,
+        admin_port_separate: bool = False,
+        cors_origins: tuple[str, ...] = (),
+        access_log: bool = True,
     ) -> None:
         self.config = config
         self.metrics = metrics or RouterMetrics()
@@ -63,6 +89,14 @@ class Router:
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
         self.scrape_interval_s = scrape_interval_s
+        self.keys = KeyStore(config.keys)
+        self.limiter = RateLimiter(key_limits or KeyLimits())
+        self.throttle = bad_key_throttle or BadKeyThrottle()
+        self._admin_digest = key_digest(admin_key) if admin_key else None
+        self.admin_port_separate = admin_port_separate
+        self.cors = Cors(tuple(cors_origins))
+        self.access_log = access_log
+        self.head_check = HeadGate(lambda: self.keys, self._all_need_keys, self.throttle)
         self.fleets: dict[str, ModelFleet] = {name: self._new_fleet(spec) for name, spec in config.models.items()}
         self.created = int(time.time())
 
@@ -87,8 +121,13 @@ class Router:
             queue_timeout_s=self.queue_timeout_s,
         )
 
+    def _all_need_keys(self) -> bool:
+        return bool(self.fleets) and not any(f.spec.public for f in self.fleets.values())
+
     def update_models(self, config: RouterConfig) -> None:
         """Discovery: add, update or remove models and their servers."""
+        if config.keys != self.config.keys:
+            self.keys = KeyStore(config.keys)
         self.config.keys = config.keys
         for name, spec in config.models.items():
             f = self.fleets.get(name)
@@ -109,40 +148,83 @@ class Router:
     # ------------------------------------------------------------------ dispatch
 
     async def handle(self, req: Request, res: Response) -> None:
+        """The client port."""
+        rid = request_id(req.headers)
+        res.add_header("x-request-id", rid)
+        origin = self.cors.allowed(req.headers.get("origin"))
+        if origin is not None and req.method != "OPTIONS":
+            for name, value in self.cors.response_headers(origin):
+                res.add_header(name, value)
         path = req.path.split("?", 1)[0]
+        rec = AccessRecord(rid, req.client[0] if req.client else "", req.method, path)
+        ctx: RequestContext | None = None
         try:
-            if path in ("/v1/completions", "/v1/chat/completions"):
+            if path in GENERATION_PATHS:
+                if req.method == "OPTIONS" and origin is not None:
+                    res.send(204, b"", self.cors.preflight_headers(origin))
+                    return
                 if req.method != "POST":
                     raise ClientError(405, f"{path} accepts POST only", headers=[("allow", "POST")])
-                await self._generate(req, res, chat=path.endswith("chat/completions"))
-            elif path == "/v1/models" and req.method in ("GET", "HEAD"):
-                res.send_json(200, self._models())
-            elif path in ("/health", "/healthz", "/readyz") and req.method in ("GET", "HEAD"):
+                ctx = await self._generate(req, res, path.endswith("chat/completions"), rec)
+            elif req.method not in ("GET", "HEAD"):
+                raise ClientError(404, f"no route for {req.method} {path[:128]}")
+            elif path == "/v1/models":
+                res.send_json(200, {"object": "list", "data": [self._model(n) for n in self.fleets]})
+            elif path.startswith("/v1/models/"):
+                name = path[len("/v1/models/") :]
+                if name not in self.fleets:
+                    raise ClientError(404, f"The model `{name[:128]}` does not exist.", "model", code="model_not_found")
+                res.send_json(200, self._model(name))
+            elif path in ("/health", "/healthz", "/readyz"):
                 res.send(200, b"ok", content_type="text/plain")
-            elif path == "/metrics" and req.method in ("GET", "HEAD"):
-                res.send(200, self.metrics.render(), content_type="text/plain; version=0.0.4")
-            elif path == "/kubetier/status" and req.method in ("GET", "HEAD"):
-                res.send_json(200, self.status())
+            elif path in ADMIN_PATHS and not self.admin_port_separate:
+                self._check_admin(req)
+                self._admin(path, res)
             else:
-                raise ClientError(404, f"no route for {req.method} {path}")
+                raise ClientError(404, f"no route for {req.method} {path[:128]}")
         except ClientError as exc:
             if not res.started:
                 code = exc.code or error_code_for(exc.status)
                 res.send(exc.status, error_body(exc.status, exc.message, param=exc.param, code=code), exc.headers)
+        finally:
+            if self.access_log:
+                if ctx is not None:
+                    ttft = ctx.first_at - ctx.arrival if ctx.first_at else None
+                    rec.emit(res.status, ctx.tokens, ttft)
+                else:
+                    rec.emit(res.status)
 
-    def _models(self) -> dict[str, Any]:
+    async def handle_admin(self, req: Request, res: Response) -> None:
+        """The admin port (``--admin-port``): metrics, status, health; no key."""
+        path = req.path.split("?", 1)[0]
+        if req.method in ("GET", "HEAD") and path in ADMIN_PATHS:
+            self._admin(path, res)
+        elif req.method in ("GET", "HEAD") and path in ("/health", "/healthz", "/readyz"):
+            res.send(200, b"ok", content_type="text/plain")
+        else:
+            res.send(404, error_body(404, f"no route for {req.method} {path[:128]}", code="not_found"))
+
+    def _check_admin(self, req: Request) -> None:
+        if self._admin_digest is None:
+            return
+        key = bearer_key(req.headers)
+        if key is None or not hmac.compare_digest(key_digest(key), self._admin_digest):
+            raise ClientError(401, "this endpoint needs the admin key: 'Authorization: Bearer <admin key>'")
+
+    def _admin(self, path: str, res: Response) -> None:
+        if path == "/metrics":
+            res.send(200, self.metrics.render(), content_type="text/plain; version=0.0.4")
+        else:
+            res.send_json(200, self.status())
+
+    def _model(self, name: str) -> dict[str, Any]:
+        f = self.fleets[name]
         return {
-            "object": "list",
-            "data": [
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": self.created,
-                    "owned_by": "kubetier",
-                    "tiers": [t.name for t in f.spec.tiers],
-                }
-                for name, f in self.fleets.items()
-            ],
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "kubetier",
+            "tiers": [t.name for t in f.spec.tiers],
         }
 
     def status(self) -> dict[str, Any]:
@@ -151,7 +233,7 @@ class Router:
 
     # ------------------------------------------------------------------ generation
 
-    async def _generate(self, req: Request, res: Response, chat: bool) -> None:
+    async def _generate(self, req: Request, res: Response, chat: bool, rec: AccessRecord) -> RequestContext | None:
         arrival = time.monotonic()
         body = parse_body(req.body)
         model = check_generation_fields(body)
@@ -159,12 +241,17 @@ class Router:
         if fleet is None:
             raise ClientError(
                 404,
-                f"The model `{model}` does not exist (models: {', '.join(sorted(self.fleets))}).",
+                f"The model `{model[:128]}` does not exist (models: {', '.join(sorted(self.fleets))}).",
                 "model",
                 code="model_not_found",
             )
-        tier_name = select_tier(req.headers, fleet, self.config.keys)
-        prompt_tokens = estimate_prompt_tokens(body, chat)
+        rec.model = model
+        allowed, key_fp = authorize(req.headers, fleet, self.keys)
+        rec.key = key_fp
+        tier_name = select_tier(req.headers, fleet, allowed)
+        rec.tier = tier_name
+        prompt_tokens = count_prompt_tokens(body, chat)
+        rec.prompt_tokens = prompt_tokens
         field = "messages" if chat else "prompt"
         if prompt_tokens > fleet.spec.max_prompt_tokens:
             raise ClientError(
@@ -172,22 +259,33 @@ class Router:
                 f"'{field}' has {prompt_tokens} tokens, more than the {fleet.spec.max_prompt_tokens} "
                 f"this model accepts",
                 field,
+                code="context_length_exceeded",
             )
+        tier = fleet.tiers[tier_name]
+        asked_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        # Rate limits per key (per address for models without keys) and tier.
+        limit_key = key_fp or f"address:{rec.client}"
+        for name, value in self.limiter.admit(
+            limit_key, tier_name, prompt_tokens + (asked_tokens or tier.mean_output_tokens)
+        ):
+            res.add_header(name, value)
         m = self.metrics
         w = m.worker
         tally = m.tally(fleet.name, tier_name)
         tally.requests += 1
-        tier = fleet.tiers[tier_name]
         stream = bool(body.get("stream"))
+        rec.stream = stream
         ctx = RequestContext(fleet, tier_name, tier.ttft_ms / 1000.0, tier.tpot_ms / 1000.0, arrival, prompt_tokens)
         inflight = m.inflight.labels(fleet.name, tier_name, w)
         tally.inflight += 1
         inflight.inc()
         outcome = "error"
         try:
-            max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or fleet.spec.max_prompt_tokens
+            max_tokens = asked_tokens or fleet.spec.max_prompt_tokens
             outcome = await self.forwarder.serve(req, res, body, chat, stream, ctx, max_tokens)
         finally:
+            self.limiter.release(limit_key, tier_name)
+            rec.outcome = outcome
             ctx.release()  # no-op unless an unexpected error skipped it: keep the load honest
             tally.inflight -= 1
             inflight.dec()
@@ -203,3 +301,4 @@ class Router:
                     m.slo_met.labels(fleet.name, tier_name, w).inc()
             elif outcome in FAILED_OUTCOMES:
                 tally.failed += 1
+        return ctx
