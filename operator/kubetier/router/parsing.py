@@ -113,7 +113,7 @@ def count_prompt_tokens(body: dict[str, Any], chat: bool) -> int:
             if not isinstance(m, dict):
                 raise ClientError(400, f"'messages[{i}]' must be an object with a 'role'", f"messages[{i}]")
             role = m.get("role")
-            if role not in _ROLES:
+            if not isinstance(role, str) or role not in _ROLES:
                 raise ClientError(
                     400,
                     f"'messages[{i}].role' must be one of {', '.join(sorted(_ROLES))}, got {_shown(role)}",
