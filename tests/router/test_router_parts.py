@@ -594,3 +594,11 @@ async def test_a_waiting_request_whose_client_left_gives_up_its_place():
     assert fleet.metrics.tally("m", "t").waiting == 0
     fleet.release("s", 100, 1, prefilled=True)
     assert fleet.policy.server("s").running == 0  # the departed request never took the slot
+
+
+def test_router_help_explains_tier_selection():
+    from kubetier.router.main import build_parser
+
+    text = build_parser().format_help()
+    for needle in ("X-Kubetier-Tier", "loosest tier", "403", "429", "503", "--admin-port", "--key-rpm"):
+        assert needle in text, needle

@@ -63,7 +63,8 @@ class Forwarder:
     def _refuse(self, res: Response, ctx: RequestContext, status: int, reason: str, message: str, retry: float) -> str:
         m = self.metrics
         m.rejections.labels(ctx.fleet.name, ctx.tier, m.worker, reason).inc()
-        m.tally(ctx.fleet.name, ctx.tier).rejected += 1
+        if status == 429:  # a 503 is counted as failed from its outcome
+            m.tally(ctx.fleet.name, ctx.tier).rejected += 1
         secs = max(1, math.ceil(retry))
         res.send(status, openai_error_body(status, f"{message}; retry after {secs} s"), [("retry-after", str(secs))])
         return "rejected" if status == 429 else "unavailable"

@@ -23,11 +23,30 @@ from kubetier.router import config as config_mod
 log = logging.getLogger("kubetier.router")
 
 
+TIER_SELECTION = """\
+How a request gets its tier:
+  1. The API key (Authorization: Bearer <key>) decides which tiers it may use (apiKeys
+     in --config, or the ModelService's spec.access in cluster mode). Models without keys
+     are open: every tier, no key needed.
+  2. The header X-Kubetier-Tier: <name> asks for one of them: an unknown tier is 400, a
+     tier the key may not use is 403 (the message lists the allowed ones).
+  3. Without the header: the loosest tier the key may use (largest TPOT target, then
+     lowest priority).
+  The answer names the tier in the X-Kubetier-Tier response header (streamed and whole).
+  Within the tier, requests go to the tier's own servers, may spill onto a tighter tier's
+  servers when those keep their own targets, wait when no server can meet the tier's
+  time-to-first-token target yet, and are refused when they can no longer meet it:
+  429 (load shedding) for tiers with onLate: reject, or after --queue-timeout for tiers
+  with onLate: queue; 503 + Retry-After when no server for the tier is ready at all.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kubetier router",
         description="The SLO-tier router: OpenAI-compatible front, PolyServe routing over engine servers.",
-        epilog="--config FILE format:\n"
+        epilog=TIER_SELECTION
+        + "\n--config FILE format:\n"
         + (config_mod.__doc__ or "").split("FILE (YAML)::", 1)[-1]
         + "\n`kubetier router bench --help`: the router benchmark.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
