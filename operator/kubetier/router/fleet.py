@@ -32,6 +32,7 @@ from kubetier.router.metrics import RouterMetrics
 log = logging.getLogger("kubetier.router")
 
 _WAKE_BATCH = 4  # waiters woken per capacity change
+_INF = float("inf")
 _TICK_S = 0.05
 
 
@@ -52,6 +53,24 @@ class ClientGone(Exception):
 
 class NoAlternative(Exception):
     """A retry found no other server free now; waiting would only delay the error."""
+
+
+class NoServer(Exception):
+    """No ready server can take the tier and none became ready in time: an outage (503),
+    not load shedding."""
+
+    def __init__(self, waited_s: float, retry_after_s: float) -> None:
+        super().__init__(f"no ready server within {waited_s:.1f} s")
+        self.waited_s = waited_s
+        self.retry_after_s = retry_after_s
+
+
+class QueueTimeout(Exception):
+    """A queueing tier's request waited its whole deadline without getting a server."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(f"waited {waited_s:.1f} s for a server")
+        self.waited_s = waited_s
 
 
 @dataclass
@@ -83,6 +102,7 @@ class ModelFleet:
         scale_up_s: float = 0.0,
         max_queue: int = 10_000,
         scrape_interval_s: float = 1.0,
+        queue_timeout_s: float = 60.0,
         clock=time.monotonic,
     ) -> None:
         self.spec = spec
@@ -94,6 +114,11 @@ class ModelFleet:
         self.upstreams: dict[str, Upstream] = {}
         self.max_queue = max_queue
         self.scrape_interval_s = scrape_interval_s
+        self.queue_timeout_s = queue_timeout_s
+        self.scale_up_s = scale_up_s
+        # In-flight streams per server: cut at once when the server is marked unready, so
+        # they resume elsewhere instead of waiting out a stall timeout.
+        self._streams: dict[str, set] = {}
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
@@ -109,6 +134,7 @@ class ModelFleet:
                 up = self.upstreams.pop(sid)
                 self.policy.remove_server(sid)
                 up.pool.close()
+                self._move_streams(sid, "server left the fleet")
         for sid, s in wanted.items():
             up = self.upstreams.get(sid)
             if up is None or (up.spec.host, up.spec.port, up.spec.tier) != (s.host, s.port, s.tier):
@@ -128,6 +154,47 @@ class ModelFleet:
         self.policy.set_state(sid, ready=ready, draining=up.spec.draining)
         labels = (self.name, sid, up.spec.tier, self.metrics.worker)
         self.metrics.server_ready.labels(*labels).set(1 if ready and not up.spec.draining else 0)
+        if not ready:
+            self._move_streams(sid, "server marked unready")
+
+    # ------------------------------------------------------------------ in-flight streams
+
+    def track_stream(self, sid: str, cut) -> None:
+        """Register ``cut(reason)`` for a stream relayed from ``sid``."""
+        self._streams.setdefault(sid, set()).add(cut)
+
+    def untrack_stream(self, sid: str, cut) -> None:
+        streams = self._streams.get(sid)
+        if streams is not None:
+            streams.discard(cut)
+            if not streams:
+                del self._streams[sid]
+
+    def _move_streams(self, sid: str, reason: str) -> None:
+        streams = self._streams.pop(sid, None)
+        if streams:
+            log.warning("server %s: %s; moving %d in-flight streams", sid, reason, len(streams))
+            for cut in list(streams):
+                cut(reason)
+
+    def can_serve(self, tier: str) -> bool:
+        """Some ready, non-draining server could take ``tier`` (its own servers, or a
+        tighter tier's, which the policy may spill onto)."""
+        t = self.tiers[tier]
+        for up in self.upstreams.values():
+            if not (up.healthy and up.spec.ready) or up.spec.draining:
+                continue
+            host = self.tiers.get(up.spec.tier)
+            if host is not None and (host.name == tier or host.tpot_ms <= t.tpot_ms):
+                return True
+        return False
+
+    def no_server_grace_s(self, tier: str) -> float:
+        """How long a request waits for a server to become ready when none can take its
+        tier: a scale-up (``scale_up_s``) or two health checks (an engine coming back),
+        and never longer than the tier's first-token target plus that."""
+        t = self.tiers[tier]
+        return max(self.scale_up_s, 2 * self.scrape_interval_s) + t.ttft_ms / 1000.0
 
     def mark_unhealthy(self, sid: str) -> None:
         up = self.upstreams.get(sid)
@@ -162,6 +229,9 @@ class ModelFleet:
             raise Rejected(d.reason, d.retry_after_s or 1.0)
         if exclude:
             raise NoAlternative()
+        grace = self.no_server_grace_s(tier)
+        # A queueing tier waits until its deadline, never forever.
+        deadline = arrival + (self.queue_timeout_s if t.on_late == "queue" else _INF)
         if len(self._queue) >= self.max_queue:
             raise QueueFull()
         tally = self.metrics.tally(self.name, tier)
@@ -173,7 +243,13 @@ class ModelFleet:
         heapq.heappush(self._queue, waiter)
         try:
             while True:
+                now = self.clock()
+                if now - arrival >= grace and not self.can_serve(tier):
+                    raise NoServer(now - arrival, max(1.0, self.scale_up_s))
+                if now >= deadline:
+                    raise QueueTimeout(now - arrival)
                 budget = d.retry_after_s if d.retry_after_s else _TICK_S * 4
+                budget = min(budget, deadline - now, max(arrival + grace - now, _TICK_S))
                 handle = loop.call_later(max(budget, 0.001), _wake_one, waiter)
                 try:
                     await waiter.future
