@@ -223,6 +223,10 @@ class SimConfig:
     track_power: bool = False
     hooks: list[Hook] = field(default_factory=list)
     rebin_idle: bool = False  # shared pool: the policy may move idle servers between bins
+    # Requests arriving outside [measure_from_s, measure_until_s) are simulated but not
+    # recorded (warm-up and cool-down are left out of every figure).
+    measure_from_s: float = 0.0
+    measure_until_s: float = math.inf
 
 
 class Simulator:
@@ -241,6 +245,8 @@ class Simulator:
             policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng, **extra)
         self.policy = policy
         self.sink = sink
+        self._m_from = cfg.measure_from_s
+        self._m_until = cfg.measure_until_s
         self.servers: list[Server] = []
         self.by_sid: dict[str, Server] = {}
         self.events: list = []  # (t, seq, kind, payload)
@@ -426,7 +432,7 @@ class Simulator:
         if action == "reject":
             req.state = _REJECTED
             self.n_rejected += 1
-            if self.sink is not None:
+            if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
                 self.sink.record(tier, math.inf, math.inf, False, True, req.spilled, now - req.t_arr, -1)
             return True
         # wait: the router holds it and asks again when a server frees capacity, or when
@@ -521,7 +527,7 @@ class Simulator:
                         self._on_finish(srv.sid, req.prompt, 0)
                         req.state = _REJECTED
                         self.n_rejected += 1
-                        if self.sink is not None:
+                        if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
                             self.sink.record(
                                 req.tier, math.inf, math.inf, False, True, req.spilled, now - req.t_arr, srv.idx
                             )
@@ -684,7 +690,7 @@ class Simulator:
         self.n_done += 1
         # No policy.on_finish: _finish runs only inside _step_end, whose closing observe()
         # sets the exact state.
-        if self.sink is not None:
+        if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
             tpot = (t - req.t_first) / (req.output + req.base - 1) if req.output + req.base > 1 else 0.0
             queue = req.t_start - req.t_arr if req.t_start >= 0 else 0.0
             self.sink.record(
