@@ -63,9 +63,7 @@ def test_no_policy_passes_where_the_bound_says_impossible(seed):
     bound = runner.bound_scale(sc, model, None, iterations=6)
     passed = 0
     for policy in sc.policies:
-        g = runner.search_goodput(
-            sc, policy, model, shape.rate_rps, None, max(bound / 8, 1 / 256), [1] * len(sc.tiers)
-        )
+        g = runner.search_goodput(sc, policy, model, shape.rate_rps, None, max(bound / 8, 1 / 256), [1] * len(sc.tiers))
         for r in g.runs:
             if r.meets_targets:
                 passed += 1

@@ -150,7 +150,9 @@ def necessary_condition(
     over the grid of D: a run can pass only if it is <= 1 (inf when some tier cannot
     meet its target at all). Every weight-read split ``wms`` gives a valid condition;
     the largest ratio is returned."""
-    return max(_ratio(t, prompt, output, tier, measure_from_s, measure_until_s, tiers, wm, n_servers, grid) for wm in wms)
+    return max(
+        _ratio(t, prompt, output, tier, measure_from_s, measure_until_s, tiers, wm, n_servers, grid) for wm in wms
+    )
 
 
 def work_models(model: LatencyModel) -> list[WorkModel]:
@@ -210,9 +212,7 @@ def fluid_estimate(
             C = model.max_num_batched_tokens - B
             if C < 1 or B * (p + o) > model.kv_capacity_tokens:
                 break
-            tau = model.decode_iteration_s(B, int(B * (p + o / 2))) + B * p / o / C * (
-                model.iteration_s(0, 0, C) - p0
-            )
+            tau = model.decode_iteration_s(B, int(B * (p + o / 2))) + B * p / o / C * (model.iteration_s(0, 0, C) - p0)
             if tau <= tpot_s:
                 best = max(best, B / (o * tau))
         if best <= 0:

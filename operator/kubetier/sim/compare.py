@@ -100,9 +100,15 @@ def compare(
     doc = {
         "scenario": sc.model_dump(by_alias=True),
         "workload": asdict(shape),
-        "upperBound": {"rps": bound_rps, "scale": b_scale, "kind": "work-conserving necessary condition (sim/bound.py)"},
+        "upperBound": {
+            "rps": bound_rps,
+            "scale": b_scale,
+            "kind": "work-conserving necessary condition (sim/bound.py)",
+        },
         "bestPartition": (
-            {"rps": part_rps, "scale": part.scale, "servers": part.servers, "runs": part.runs} if part is not None else None
+            {"rps": part_rps, "scale": part.scale, "servers": part.servers, "runs": part.runs}
+            if part is not None
+            else None
         ),
         "policies": {
             p: {
@@ -115,7 +121,9 @@ def compare(
                 ),
                 "fractionOfBound": g.goodput_rps / bound_rps if bound_rps > 0 else None,
                 "aboveBestPartition": (g.goodput_rps / part_rps - 1.0 if part_rps else None),
-                "simulatedDurationS": next((r.duration_s for r in g.runs if r.rate_scale == round(g.goodput_scale, 6)), None),
+                "simulatedDurationS": next(
+                    (r.duration_s for r in g.runs if r.rate_scale == round(g.goodput_scale, 6)), None
+                ),
                 "searchRuns": [r.to_json() for r in g.runs],
                 "atCommonRate": common[p].to_json(),
             }

@@ -42,7 +42,11 @@ TRACE_LENGTHS = {
     "conversation": {"prompt": (1155, 1109, 4142), "output": (211, 163, 601)},  # azure_llm_2023_conv
     "long-context": {"prompt": (12035, 15800, 85400), "output": (343, 250, 1118)},  # mooncake_conversation
 }
-TRACE_KIND = {"azure_llm_2023_code": "code", "azure_llm_2023_conv": "conversation", "mooncake_conversation": "long-context"}
+TRACE_KIND = {
+    "azure_llm_2023_code": "code",
+    "azure_llm_2023_conv": "conversation",
+    "mooncake_conversation": "long-context",
+}
 TRACE_SPAN_S = 3400.0  # every shipped trace covers a bit more than this
 
 
@@ -58,7 +62,9 @@ def _lengths(rng: random.Random, kind: str, heavy: bool, cap: int) -> tuple[dict
         if heavy:
             out.append({"dist": "zipf", "mean": float(mean), "min": 1, "max": int(min(cap, 4 * p99))})
         else:
-            out.append({"dist": "lognormal", "mean": float(mean), "sd": float(sd), "min": 1, "max": int(min(cap, 2 * p99))})
+            out.append(
+                {"dist": "lognormal", "mean": float(mean), "sd": float(sd), "min": 1, "max": int(min(cap, 2 * p99))}
+            )
     return out[0], out[1]
 
 
@@ -201,7 +207,9 @@ def generate(seed: int, max_servers: int = 1000, target_requests: int = 20_000) 
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="kubetier simulate generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="kubetier simulate generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seed", type=int, required=True, help="the draw (same seed, same scenario)")
     p.add_argument("--max-servers", type=int, default=1000, help="largest fleet drawn (default 1000)")
     p.add_argument("--target-requests", type=int, default=20_000, help="arrivals per run near the goodput point")

@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--policies", default=None, help="comma-separated subset of the scenario's policies")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--no-partition", action="store_true", help="skip the best-static-partition search (many short runs)")
+    p.add_argument(
+        "--no-partition", action="store_true", help="skip the best-static-partition search (many short runs)"
+    )
     return p
 
 
@@ -92,7 +94,12 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     try:
         compare(
-            sc, policies, args.traces_dir, args.output, plots=not args.no_plots, quiet=args.quiet,
+            sc,
+            policies,
+            args.traces_dir,
+            args.output,
+            plots=not args.no_plots,
+            quiet=args.quiet,
             partition=not args.no_partition,
         )
     except TraceMissingError as exc:

@@ -32,7 +32,9 @@ class PartitionResult:
     runs: int = 0
 
 
-def tier_alone_passes(sc: Scenario, model: LatencyModel, tier: int, servers: int, scale: float, traces_dir: Path | None) -> bool:
+def tier_alone_passes(
+    sc: Scenario, model: LatencyModel, tier: int, servers: int, scale: float, traces_dir: Path | None
+) -> bool:
     win = build_window(sc, scale, traces_dir)
     sel = win.tier == tier
     m = sel & win.measured()

@@ -78,7 +78,9 @@ def _base(sc: Scenario, traces_dir: Path | None) -> tuple:
     for i in range(len(w.sources)):
         rng = random.Random(sc.seed * 1_000_003 + i)
         per_source.append(
-            wl.window_rows(_source_rows(sc, i, traces_dir, 1.0), _weights(sc, i), rng, w.start_s, w.duration_s, w.max_requests)
+            wl.window_rows(
+                _source_rows(sc, i, traces_dir, 1.0), _weights(sc, i), rng, w.start_s, w.duration_s, w.max_requests
+            )
         )
     if w.duration_s is not None:
         duration = w.duration_s
@@ -120,7 +122,9 @@ def build_window(sc: Scenario, rate_scale: float, traces_dir: Path | None) -> wl
         else:
             rng = random.Random(sc.seed * 1_000_003 + i)
             parts.append(
-                wl.window_rows(_source_rows(sc, i, traces_dir, rate_scale), _weights(sc, i), rng, sc.workload.start_s, duration)
+                wl.window_rows(
+                    _source_rows(sc, i, traces_dir, rate_scale), _weights(sc, i), rng, sc.workload.start_s, duration
+                )
             )
     t = np.concatenate([x[0] for x in parts])
     order = np.argsort(t, kind="stable")
@@ -170,17 +174,28 @@ def workload_shape(sc: Scenario, traces_dir: Path | None) -> WorkloadShape:
             }
         )
     span = win.measure_until_s - win.measure_from_s
-    return WorkloadShape(total, win.duration_s, total / span if span > 0 else 0.0, per, win.measure_from_s, win.measure_until_s)
+    return WorkloadShape(
+        total, win.duration_s, total / span if span > 0 else 0.0, per, win.measure_from_s, win.measure_until_s
+    )
 
 
-def load_ratio(sc: Scenario, model: LatencyModel, rate_scale: float, traces_dir: Path | None, wms: list[WorkModel] | None = None) -> float:
+def load_ratio(
+    sc: Scenario, model: LatencyModel, rate_scale: float, traces_dir: Path | None, wms: list[WorkModel] | None = None
+) -> float:
     """Needed / available server time at this scale (:func:`bound.necessary_condition`):
     no policy can pass where it exceeds 1."""
     win = build_window(sc, rate_scale, traces_dir)
     tiers = [(t.ttft_ms / 1000.0, t.tpot_ms / 1000.0, t.attainment_percent) for t in sc.tiers]
     return necessary_condition(
-        win.t, win.prompt, win.output, win.tier, win.measure_from_s, win.measure_until_s, tiers,
-        wms or work_models(model), n_servers(sc),
+        win.t,
+        win.prompt,
+        win.output,
+        win.tier,
+        win.measure_from_s,
+        win.measure_until_s,
+        tiers,
+        wms or work_models(model),
+        n_servers(sc),
     )
 
 

@@ -247,6 +247,8 @@ def merge(streams: list[Iterator[Arrival]]) -> Iterator[Arrival]:
 
 def limit(stream: Iterator[Arrival], max_requests: int | None) -> Iterator[Arrival]:
     return stream if max_requests is None else itertools.islice(stream, max_requests)
+
+
 # --- rate scaling with the measured duration fixed ---------------------------------------
 
 
