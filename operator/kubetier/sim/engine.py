@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.policy.waiting import waiting_key
 
 from .workload import Arrival
 
@@ -252,8 +253,10 @@ class Simulator:
         self.events: list = []  # (t, seq, kind, payload)
         self._seq = 0
         self.now = 0.0
-        # Requests the policy told to wait, FIFO per tier (the router holds them).
-        self.waitq: list[deque[Request]] = [deque() for _ in cfg.tiers]
+        # Requests the policy told to wait (the router holds them), in the router's order
+        # (kubetier.policy.waiting.waiting_key): a heap of (key, request).
+        self.waitq: list[tuple[tuple[int, float, int], Request]] = []
+        self._prio = [t.priority for t in cfg.tiers]
         self.n_waiting = 0
         self._wait_timer_at = math.inf
         self.n_arrived = 0
@@ -268,6 +271,7 @@ class Simulator:
         self._on_prefill_done = self.policy.on_prefill_done
         self._on_finish = self.policy.on_finish
         self._observe = self.policy.observe
+        self._on_request_done = self.policy.on_request_done
         for tier in cfg.server_tiers:
             self.add_server(tier, ready_after_s=0.0)
         for hook in cfg.hooks:
@@ -426,7 +430,7 @@ class Simulator:
             if d.spilled:
                 req.spilled = True
                 srv.spilled_in += 1
-            self._on_admit(srv.sid, req.prompt, self.exp_out[tier])
+            self._on_admit(srv.sid, req.prompt, self.exp_out[tier], self.tier_names[tier])
             self._enqueue(srv, req, now)
             return True
         if action == "reject":
@@ -440,7 +444,8 @@ class Simulator:
         self.n_waits += 1
         if not req.waiting:
             req.waiting = True
-            self.waitq[tier].append(req)
+            self._seq += 1
+            heapq.heappush(self.waitq, (waiting_key(self._prio[tier], req.t_arr, self._seq), req))
             self.n_waiting += 1
         # Ask again when the policy's hint says it turns late (to reject or queue it), at
         # least every DEFAULT_RETRY_S, and never at the same instant (no progress then).
@@ -452,16 +457,27 @@ class Simulator:
         return False
 
     def _retry_waiting(self, now: float) -> None:
-        # Oldest first within each tier, and stop a tier at its first "wait": the ones
-        # behind it would get the same answer (bounded work per freed slot).
-        for q in self.waitq:
-            while q:
-                req = q[0]  # still marked waiting, so a new "wait" does not queue it twice
-                if not self._route(req, now):
-                    break
-                q.popleft()
+        # In the router's waiting order; once a tier gets "wait", its later requests are
+        # not asked again in this pass (they would get the same answer), and the pass
+        # ends when every tier has waited (bounded work per freed slot).
+        q = self.waitq
+        held = []
+        waited: set[int] = set()
+        n_tiers = len(self.tiers)
+        while q and len(waited) < n_tiers:
+            item = heapq.heappop(q)
+            req = item[1]
+            if req.tier in waited:
+                held.append(item)
+                continue
+            if self._route(req, now):  # still marked waiting, so a "wait" does not queue it twice
                 req.waiting = False
                 self.n_waiting -= 1
+            else:
+                held.append(item)
+                waited.add(req.tier)
+        for item in held:
+            heapq.heappush(q, item)
         if self.n_waiting and self._wait_timer_at == math.inf:
             self._wait_timer_at = now + DEFAULT_RETRY_S
             self._push(self._wait_timer_at, 1, None)
@@ -688,6 +704,7 @@ class Simulator:
         srv.reserved -= need
         srv.served += 1
         self.n_done += 1
+        self._on_request_done(self.tier_names[req.tier], req.output + req.base)
         # No policy.on_finish: _finish runs only inside _step_end, whose closing observe()
         # sets the exact state.
         if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
