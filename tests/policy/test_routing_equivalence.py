@@ -93,13 +93,15 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
     models = {id(s.model): s.model for s in p.servers()}
     # Fastest idle first token over the models of the bins the request may use.
     usable = [t] + sorted((u for u in TIERS if u.tpot_ms < t.tpot_ms), key=lambda u: -u.tpot_ms)
-    bin_models = {id(s.model): s.model for s in p.servers() if s.tier in {u.name for u in usable}}
+    # A bin remembers every model it has held (removed servers included), so the
+    # idle-prefill floor stays optimistic: the reference reads those from the bins.
+    bin_models = {id(c.model): c.model for u in usable for c in p._bins[u.name].costs}
     pool = bin_models or models
     idle = min((m.prefill_s(prompt) for m in pool.values()), default=0.0)
     late = waited + idle > t.ttft_ms / 1000.0
     if late and t.on_late == "reject":
         return ("reject", None, False)
-    budget = float("inf") if late else t.ttft_ms / 1000.0 - waited
+    budget = float("inf") if late else t.ttft_ms / 1000.0 * (1.0 - p.ttft_headroom) - waited
     for k, host in enumerate(usable):
         own = sorted(
             (s for s in routable if s.tier == host.name),
@@ -109,7 +111,7 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
         for s in own:
             H = p.traffic[t.name].horizon()
             refill = p.traffic[host.name].refill()[1] * p.turnover
-            if reference_feasible(s, prompt, H, budget, host.tpot_ms / 1000.0, refill) and (
+            if reference_feasible(s, prompt, H, budget, host.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom), refill) and (
                 k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())
             ):
                 return ("route", s.server_id, k > 0)
@@ -120,7 +122,13 @@ def random_walk(seed: int, steps: int) -> int:
     rng = random.Random(seed)
     models = [load_profile("llama-3.1-8b-h100"), load_profile(sorted(list_profiles())[-1])]
     p = RoutingPolicy(
-        TIERS, "slo", max_checks=UNBOUNDED, max_checks_per_level=UNBOUNDED, turnover=rng.choice([1.0, 0.5, 0.0])
+        TIERS,
+        "slo",
+        max_checks=UNBOUNDED,
+        max_checks_per_level=UNBOUNDED,
+        turnover=rng.choice([1.0, 0.5, 0.0]),
+        tpot_headroom=rng.choice([0.0, 0.1]),
+        ttft_headroom=rng.choice([0.0, 0.25]),
     )
     n = rng.choice([2, 10, 60, 300])
     ids: list[str] = []

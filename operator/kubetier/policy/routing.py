@@ -74,6 +74,12 @@ __all__ = ["HOST_PROBE_PROMPT_TOKENS", "KINDS", "POLICIES", "Decision", "Routing
 # policy now learns each tier's mean prompt and uses this only before any traffic.
 HOST_PROBE_PROMPT_TOKENS = PRIOR_PROMPT_TOKENS
 _INF = INF
+# Headroom the SLO policy keeps below each tier's targets when it admits: the share of
+# the TPOT (and of the TTFT) left unallocated, for what the estimate cannot see
+# (burst-aligned prefill chunks, output lengths above the mean, a slower server).
+# Tuned on generated scenarios (kubetier simulate generate), not on the shipped ones.
+TPOT_HEADROOM = 0.0
+TTFT_HEADROOM = 0.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,8 @@ class RoutingPolicy(ServerIndex):
         rebin_idle: bool = False,
         host_probe_prompt_tokens: int = HOST_PROBE_PROMPT_TOKENS,
         learn_traffic: bool = True,
+        tpot_headroom: float = TPOT_HEADROOM,
+        ttft_headroom: float = TTFT_HEADROOM,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"routing kind {kind!r} is unknown (known: {', '.join(KINDS)})")
@@ -173,6 +181,11 @@ class RoutingPolicy(ServerIndex):
             raise ValueError(f"tier names must be unique, repeated: {sorted(dup)}")
         if scale_up_s < 0 or reject_retry_after_s <= 0 or max_checks < 1 or turnover < 0:
             raise ValueError("scale_up_s >= 0, reject_retry_after_s > 0, max_checks >= 1, turnover >= 0 required")
+        if not (0.0 <= tpot_headroom < 1.0 and 0.0 <= ttft_headroom < 1.0):
+            raise ValueError("tpot_headroom and ttft_headroom must be in [0, 1)")
+        self.tpot_headroom = tpot_headroom
+        self.ttft_headroom = ttft_headroom
+        self._ttft_factor = 1.0 - ttft_headroom
         if host_probe_prompt_tokens < 0:
             raise ValueError(f"host_probe_prompt_tokens must be >= 0, got {host_probe_prompt_tokens!r}")
         self.host_probe_prompt_tokens = host_probe_prompt_tokens
@@ -198,7 +211,7 @@ class RoutingPolicy(ServerIndex):
         self.traffic: dict[str, TierTraffic] = {
             t.name: TierTraffic(t.mean_output_tokens, host_probe_prompt_tokens) for t in tiers
         }
-        self._bins: dict[str, Bin] = {t.name: Bin(t) for t in tiers}
+        self._bins: dict[str, Bin] = {t.name: Bin(t, 1.0 - tpot_headroom) for t in tiers}
         # For each tier: the bins a request may use, own first, then strictly tighter
         # TPOT tiers from the nearest to the tightest.
         self._route_bins: dict[str, list[Bin]] = {}
@@ -249,7 +262,7 @@ class RoutingPolicy(ServerIndex):
         if late and t.on_late == "reject":
             return Decision("reject", None, reason="ttft-unreachable", retry_after_s=self.reject_retry_after_s)
         # A late request of a queueing tier only needs to leave others unharmed.
-        d = self._decide_fn(self, t, prompt_tokens, _INF if late else ttft_s - waited_s)
+        d = self._decide_fn(self, t, prompt_tokens, _INF if late else ttft_s * self._ttft_factor - waited_s)
         if d is not None:
             return d
         if late:

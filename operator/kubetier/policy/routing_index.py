@@ -61,9 +61,11 @@ class Bin:
 
     __slots__ = ("costs", "keys", "level_memo", "order", "rr_next", "tier", "tpot_s", "ttft_s")
 
-    def __init__(self, tier: TierSLO) -> None:
+    def __init__(self, tier: TierSLO, tpot_factor: float = 1.0) -> None:
         self.tier = tier
-        self.tpot_s = tier.tpot_ms / 1000.0
+        # the per-token budget admission packs to: the tier's TPOT less the policy's
+        # headroom (RoutingPolicy.tpot_headroom)
+        self.tpot_s = tier.tpot_ms / 1000.0 * tpot_factor
         self.ttft_s = tier.ttft_ms / 1000.0
         self.keys: list[int] = []  # packed (running, kv, id rank), ascending
         self.order: list[str] = []  # routable server ids, for round-robin

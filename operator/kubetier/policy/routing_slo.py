@@ -193,6 +193,6 @@ def rebin_idle_server(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: 
     p.upsert_server(ld)
     e = p._servers[sid]
     refill = p.traffic[t.name].refill()[1] * p.turnover
-    if not feasible(e, prompt, p.traffic[t.name].horizon(), ttft_budget_s, t.tpot_ms / 1000.0, refill):
+    if not feasible(e, prompt, p.traffic[t.name].horizon(), ttft_budget_s, p._bins[t.name].tpot_s, refill):
         return None
     return p._route(sid, "rebin")

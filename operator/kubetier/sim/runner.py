@@ -32,6 +32,11 @@ POLICY_KINDS = {
 }
 
 
+# kubetier may move idle servers between bins in a per-tier fleet too (the fleet's
+# split is then its starting point, as the tier-blind baselines ignore it entirely).
+REBIN_PARTITIONS = True
+
+
 def available_policies(requested: list[str]) -> tuple[list[str], list[str]]:
     ok, missing = [], []
     for p in requested:
@@ -296,7 +301,7 @@ def run_once(
         model_load_s=sc.fleet.model_load_s,
         track_power=track_power,
         hooks=list(hooks or []),
-        rebin_idle=policy == "kubetier" and sc.fleet.pool is not None,
+        rebin_idle=policy == "kubetier" and (sc.fleet.pool is not None or REBIN_PARTITIONS),
         measure_from_s=win.measure_from_s,
         measure_until_s=win.measure_until_s,
     )
