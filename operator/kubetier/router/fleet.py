@@ -7,7 +7,8 @@ usage), which is also how several workers or router replicas see each other's lo
 A server that fails a health check or a request is marked not ready until its next
 successful scrape; discovery marks servers draining or gone.
 
-Waiting requests sit in one queue per model ordered by (tier priority, arrival). When
+Waiting requests sit in one queue per model in the policy's waiting order
+(kubetier.policy.waiting.waiting_key, the fleet simulator's too). When
 capacity frees, the head of the queue is woken to decide again; each waiter also wakes
 on its own at the end of its wait budget (the policy then rejects it, or routes it late
 if its tier queues), and a slow tick wakes the head in case no event comes.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from kubetier.api.router_status import ModelStatus, ServerState
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
 from kubetier.router.metrics import RouterMetrics
 
@@ -239,7 +241,7 @@ class ModelFleet:
         tally.waiting += 1
         gauge.inc()
         loop = asyncio.get_running_loop()
-        waiter = _Waiter((-t.priority, arrival, next(self._seq)), loop.create_future())
+        waiter = _Waiter(waiting_key(t.priority, arrival, next(self._seq)), loop.create_future())
         heapq.heappush(self._queue, waiter)
         try:
             while True:
@@ -271,14 +273,20 @@ class ModelFleet:
             self.metrics.queue_wait.labels(self.name, tier, self.metrics.worker).observe(self.clock() - arrival)
 
     def _admit(self, sid: str, prompt_tokens: int, t: TierSLO) -> Upstream:
-        self.policy.on_admit(sid, prompt_tokens, t.mean_output_tokens)
+        self.policy.on_admit(sid, prompt_tokens, t.mean_output_tokens, t.name)
         return self.upstreams[sid]
 
     def prefill_done(self, sid: str, prompt_tokens: int) -> None:
         self.policy.on_prefill_done(sid, prompt_tokens)
         self.pump()
 
-    def release(self, sid: str, prompt_tokens: int, output_tokens: int, prefilled: bool) -> None:
+    def release(
+        self, sid: str, prompt_tokens: int, output_tokens: int, prefilled: bool, tier: str | None = None
+    ) -> None:
+        """The request left ``sid``; with ``tier`` (a completed stream) its output length
+        also teaches the policy the tier's horizon."""
+        if tier is not None:
+            self.policy.on_request_done(tier, output_tokens)
         if not prefilled:
             self.policy.on_prefill_done(sid, prompt_tokens)
         self.policy.on_finish(sid, prompt_tokens, output_tokens)
