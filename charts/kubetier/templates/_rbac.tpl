@@ -22,6 +22,10 @@ from its discovery code).
 - apiGroups: [""]
   resources: [nodes]
   verbs: [list]
+# The spot controller watches Nodes for preemption notices.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [watch]
 {{- end -}}
 
 {{/* Operator rules on namespaced resources: in the ClusterRole, or a Role per watched namespace. */}}
@@ -50,6 +54,11 @@ from its discovery code).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# The spot controller marks pods on a noticed node with the deadline and deletes them
+# with a grace period so their replacements start at once.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch, delete]
 {{- end -}}
 
 {{/* Router discovery (kubetier.router.discovery) polls; it never watches or writes. */}}

@@ -38,6 +38,10 @@ RULES: list[dict[str, Any]] = [
     # Status: pods of each tier (ready, spot placement) and nodes (GPU allocatable,
     # capacity type) — read only.
     {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list"]},
+    # --- the spot controller: watch Nodes for preemption notices; mark the pods on a
+    # noticed node with the deadline and delete them with a grace period (replacement).
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch", "delete"]},
 ]
 
 

@@ -286,7 +286,7 @@ class SpotFleet(Hook):
                 # Back to spot: drain, then give the on-demand server back once idle.
                 sim.drain_server(m.server)
                 self.members.remove(m)
-                sim.call_at(now + 60.0, lambda s, t, srv=m.server: self._retire(s, t, srv))
+                sim.call_at(now + 60.0, self._retirer(m.server))
         self.timeline.append(
             {
                 "t": round(now, 1),
@@ -295,9 +295,12 @@ class SpotFleet(Hook):
             }
         )
 
-    def _retire(self, sim: Simulator, now: float, srv: Server) -> None:
-        if not srv.removed:
-            sim.remove_server(srv, migrate=True)
+    def _retirer(self, srv: Server) -> Callable[[Simulator, float], None]:
+        def retire(sim: Simulator, now: float) -> None:
+            if not srv.removed:
+                sim.remove_server(srv, migrate=True)
+
+        return retire
 
     def cost(self, sim: Simulator, prices: Prices, horizon_s: float) -> tuple[float, float, float]:
         """(USD, spot GPU-hours, on-demand GPU-hours) over ``[0, horizon_s]``: every policy is
