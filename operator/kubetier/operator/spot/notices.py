@@ -32,7 +32,9 @@ def node_notice(
         for t in (node.get("spec") or {}).get("taints") or []
         if isinstance(t, Mapping)
     ]
-    return notice_from_node(str(meta.get("name", "")), taints, meta.get("annotations") or {}, now, windows)
+    return notice_from_node(
+        str(meta.get("name", "")), taints, meta.get("annotations") or {}, now, windows or NoticeWindows()
+    )
 
 
 def rfc3339(epoch_s: float) -> str:
