@@ -23,9 +23,7 @@ POD_SOURCE_ANNOTATION = "kubetier.io/preemption-source"
 MANAGED_SERVING = "app.kubernetes.io/managed-by=kubetier,kubetier.io/role=serving"
 
 
-def node_notice(
-    node: Mapping[str, Any], now: float, windows: NoticeWindows = NoticeWindows()
-) -> PreemptionNotice | None:
+def node_notice(node: Mapping[str, Any], now: float, windows: NoticeWindows | None = None) -> PreemptionNotice | None:
     meta = node.get("metadata") or {}
     taints = [
         Taint(str(t.get("key", "")), str(t.get("effect", "")), str(t.get("value", "") or ""))
