@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetier.operator.identity import DOMAIN, FIELD_MANAGER
+from kubetier.policy.spot import DEFAULT_SCHEME, CapacityScheme, capacity_scheme
 
 __all__ = ["DOMAIN", "FIELD_MANAGER", "Observed", "OperatorConfig"]
 
@@ -46,6 +47,14 @@ class OperatorConfig:
     pre_stop_sleep_seconds: int = 15
     # After SIGTERM, vLLM finishes in-flight requests; long generations need minutes.
     termination_grace_seconds: int = 180
+    # How nodes say spot or on-demand: a preset (karpenter, eks, gke, gke-preemptible,
+    # aks) or, with capacity_label, a custom label and its spot value.
+    capacity_scheme: str = DEFAULT_SCHEME
+    capacity_label: str | None = None
+    capacity_spot_value: str | None = None
+
+    def capacity(self) -> CapacityScheme:
+        return capacity_scheme(self.capacity_scheme, self.capacity_label, self.capacity_spot_value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -59,6 +68,9 @@ class OperatorConfig:
             router_namespace=env.get("KUBETIER_ROUTER_NAMESPACE") or None,
             router_port=int(env.get("KUBETIER_ROUTER_PORT", base.router_port)),
             router_status_url=env.get("KUBETIER_ROUTER_STATUS_URL") or None,
+            capacity_scheme=env.get("KUBETIER_CAPACITY_SCHEME") or base.capacity_scheme,
+            capacity_label=env.get("KUBETIER_CAPACITY_LABEL") or None,
+            capacity_spot_value=env.get("KUBETIER_CAPACITY_SPOT_VALUE") or None,
         )
 
 
