@@ -7,8 +7,8 @@ from kubetier.operator.spot.notices import (
     mark_patch,
     node_notice,
     pods_on,
-    rfc3339,
 )
+from kubetier.policy.spot import rfc3339
 
 NOW = 1_800_000_000.0
 

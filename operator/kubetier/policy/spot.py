@@ -30,7 +30,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
@@ -173,6 +173,10 @@ def notice_from_node(
             continue
         found.append(PreemptionNotice(node, source, now, now + windows.for_source(source)))
     return min(found, key=lambda n: n.deadline) if found else None
+
+
+def rfc3339(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_rfc3339(text: str) -> float | None:

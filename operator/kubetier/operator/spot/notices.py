@@ -11,11 +11,17 @@ drained.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kubetier.policy.spot import DEADLINE_ANNOTATION, NoticeWindows, PreemptionNotice, Taint, notice_from_node
+from kubetier.policy.spot import (
+    DEADLINE_ANNOTATION,
+    NoticeWindows,
+    PreemptionNotice,
+    Taint,
+    notice_from_node,
+    rfc3339,
+)
 
 # On a pod: the same deadline as on the node, and which notice source said so.
 POD_DEADLINE_ANNOTATION = DEADLINE_ANNOTATION
@@ -33,10 +39,6 @@ def node_notice(node: Mapping[str, Any], now: float, windows: NoticeWindows | No
     return notice_from_node(
         str(meta.get("name", "")), taints, meta.get("annotations") or {}, now, windows or NoticeWindows()
     )
-
-
-def rfc3339(epoch_s: float) -> str:
-    return dt.datetime.fromtimestamp(epoch_s, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pods_on(node_name: str, pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
