@@ -194,11 +194,13 @@ def test_router_status_document_round_trips_and_the_operator_reads_it():
             )
         },
     )
-    wire = json.loads(json.dumps(doc.wire()))
+    wire = json.loads(json.dumps(doc.document()))
     assert RouterStatus.model_validate(wire) == doc
     assert wire["models"]["llama"]["tiers"]["interactive"]["attainmentPercent"] == 75.0  # 9 / (10 + 2)
     assert wire["models"]["llama"]["servers"][0]["kvTokens"] == 0
     assert attainment_from_status(wire, "llama") == {"interactive": 75.0}
+    # Unset values are sent as null, not left out.
+    assert TierCounts().document()["attainmentPercent"] is None
 
 
 def test_router_status_refuses_nonsense_naming_the_field():
