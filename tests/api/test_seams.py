@@ -112,6 +112,13 @@ def test_inline_profile_in_a_modelservice_is_the_same_model():
     assert LatencyModel.from_dict(inline.wire()).name == inline.name
 
 
+def test_an_inconsistent_inline_profile_is_refused_naming_the_field():
+    body = yaml.safe_load((SAMPLES / "modelservice-inline-profile.yaml").read_text())
+    body["spec"]["latencyProfile"]["inline"]["prefill"]["tokens"].reverse()
+    message = errors_of(ModelService, body)
+    assert "spec.latencyProfile.inline: prefill.tokens[1]: must be strictly increasing" in message
+
+
 def test_profile_consistency_is_checked_by_the_one_model():
     bad = load_profile("llama-3.1-8b-h100").to_dict()
     bad["decode"]["batchSizes"][1] = 1  # not strictly increasing
