@@ -11,7 +11,8 @@ from typing import Any
 
 from kubetier.api.labels import MANAGED_BY_VALUE, PART_OF_LABEL
 
-CHILD_WRITE_VERBS = ["get", "list", "create", "patch", "delete"]
+# list + watch: the controller keeps its children in a watch cache (modelservice/watches.py).
+CHILD_WRITE_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 
 RULES: list[dict[str, Any]] = [
     # --- kopf itself
@@ -38,8 +39,11 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": CHILD_WRITE_VERBS},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHILD_WRITE_VERBS},
     # Status: pods of each tier (ready, spot placement) and nodes (GPU allocatable,
-    # capacity type) — read only.
-    {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list"]},
+    # capacity type): read only, through watches.
+    {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list", "watch"]},
+    # Every router replica's status endpoint (router_feed.py): the router Service's
+    # EndpointSlices, read only.
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
 ]
 
 

@@ -1,6 +1,7 @@
 """Cluster discovery: the router's configuration from the objects the operator writes.
 
-Every ``interval_s`` the router lists (``kubetier.kube``):
+The router watches (``kubetier.kube``: list once, then watch) and rebuilds its
+configuration on every change:
 
 - ConfigMaps labelled ``kubetier.io/routing-config=true``, key ``routing.json``
   (docs/contracts.md): model name, tiers, latency profile, access entries, engine port;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 
 from pydantic import ValidationError
@@ -34,6 +36,7 @@ from kubetier.api.labels import (
 )
 from kubetier.api.routing import API_KEY_SECRET_KEY, ROUTING_CONFIGMAP_SUFFIX, ROUTING_KEY, RoutingDocument
 from kubetier.kube import KubeClient, KubeError
+from kubetier.kube.informer import Informer, wait_synced
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing import TierSLO
 from kubetier.router.config import ConfigError, ModelSpec, RouterConfig, ServerSpec
@@ -162,36 +165,62 @@ def _secret_key(secret: dict | None) -> str | None:
 
 
 class ClusterSource:
-    """Lists the objects through kubetier's Kubernetes layer (``kubetier.kube``)."""
+    """The cluster as the router sees it, through kubetier's Kubernetes layer: routing
+    ConfigMaps and serving pods kept current by watches (list once, then watch), the
+    access Secrets read one by one."""
 
     def __init__(self, namespace: str | None = None, api: KubeClient | None = None) -> None:
         self.api = api or KubeClient.connect(field_manager="kubetier-router")
         self.namespace = namespace
+        self.configmaps = Informer(self.api, "ConfigMap", namespace, ROUTING_LABEL)
+        self.pods = Informer(self.api, "Pod", namespace, POD_SELECTOR)
+        self._secrets: dict[tuple[str, str], dict] = {}
+        self._secrets_read_at = -1.0
+        self._secret_names: set[tuple[str, str]] = set()
 
     async def snapshot(self) -> tuple[list[dict], list[dict], dict[tuple[str, str], dict]]:
+        """One listing of everything (no watch): for tools and tests."""
         cms = await self.api.list("ConfigMap", self.namespace, ROUTING_LABEL)
         pods = await self.api.list("Pod", self.namespace, POD_SELECTOR)
+        return cms, pods, await self._read_secrets(_secret_refs(cms))
+
+    async def cached(self, secret_refresh_s: float) -> tuple[list[dict], list[dict], dict[tuple[str, str], dict]]:
+        """The watched ConfigMaps and pods; Secrets re-read when the set named changes or
+        every ``secret_refresh_s`` (a rotated API key takes effect within that time)."""
+        cms = self.configmaps.items()
+        names = _secret_refs(cms)
+        now = asyncio.get_running_loop().time()
+        if names != self._secret_names or now - self._secrets_read_at >= secret_refresh_s:
+            self._secrets = await self._read_secrets(names)
+            self._secret_names, self._secrets_read_at = names, now
+        return cms, self.pods.items(), self._secrets
+
+    async def _read_secrets(self, names: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
         secrets: dict[tuple[str, str], dict] = {}
-        for cm in cms:
-            ns = str(_meta(cm).get("namespace") or "")
+        for ns, name in sorted(names):
             try:
-                doc = RoutingDocument.from_json((cm.get("data") or {}).get(ROUTING_KEY) or "{}")
-            except ValueError:
-                continue  # build_config logs why
-            for entry in doc.access:
-                name = entry.secret_name
-                if (ns, name) in secrets:
-                    continue
-                try:
-                    secret = await self.api.get("Secret", ns, name)
-                except KubeError as exc:
-                    log.warning("cannot read Secret %s/%s: %s", ns, name, exc)
-                    continue
-                if secret is None:
-                    log.warning("cannot read Secret %s/%s: not found", ns, name)
-                    continue
-                secrets[(ns, name)] = secret
-        return cms, pods, secrets
+                secret = await self.api.get("Secret", ns, name)
+            except KubeError as exc:
+                log.warning("cannot read Secret %s/%s: %s", ns, name, exc)
+                continue
+            if secret is None:
+                log.warning("cannot read Secret %s/%s: not found", ns, name)
+                continue
+            secrets[(ns, name)] = secret
+        return secrets
+
+
+def _secret_refs(cms: list[dict]) -> set[tuple[str, str]]:
+    out = set()
+    for cm in cms:
+        ns = str(_meta(cm).get("namespace") or "")
+        try:
+            doc = RoutingDocument.from_json((cm.get("data") or {}).get(ROUTING_KEY) or "{}")
+        except ValueError:
+            continue  # build_config logs why
+        for entry in doc.access:
+            out.add((ns, entry.secret_name))
+    return out
 
 
 async def run_discovery(
@@ -201,15 +230,34 @@ async def run_discovery(
     local_endpoints: bool,
     interval_s: float = 2.0,
     source: ClusterSource | None = None,
+    debounce_s: float = 0.05,
 ) -> None:
+    """Keep ``router`` configured from the cluster: rebuild on every change the watches
+    report (batched over ``debounce_s``), and at least every ``interval_s`` x 15 (the
+    Secret refresh; default 30 s)."""
     src = source or ClusterSource(namespace)
-    while True:
-        try:
-            cms, pods, secrets = await src.snapshot()
-            cfg = build_config(cms, pods, secrets, local_endpoints)
-            router.update_models(cfg)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the API may be briefly unreachable: keep the last view
-            log.warning("discovery failed, keeping the last view: %s", exc)
-        await asyncio.sleep(interval_s)
+    changed = asyncio.Event()
+    for informer in (src.configmaps, src.pods):
+        informer.on_change(lambda *_: changed.set())
+    tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in (src.configmaps, src.pods)]
+    refresh_s = interval_s * 15
+    try:
+        await wait_synced([src.configmaps, src.pods])
+        while True:
+            changed.clear()
+            try:
+                cms, pods, secrets = await src.cached(refresh_s)
+                router.update_models(build_config(cms, pods, secrets, local_endpoints))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the last view
+                log.warning("discovery failed, keeping the last view: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), refresh_s)
+            await asyncio.sleep(debounce_s)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise RuntimeError(f"discovery watch stopped: {task.exception()}")
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -28,6 +28,7 @@ Per service: the routing ConfigMap ``<ms>-routing`` (docs/contracts.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from kubetier.api.labels import MANAGED_BY_VALUE
@@ -50,17 +51,27 @@ from kubetier.operator.modelservice.model import (
     ZONE_LABEL,
     Observed,
     OperatorConfig,
+    tier_sizing,
 )
 from kubetier.operator.modelservice.profile import resolve_profile
+from kubetier.policy import sizing
 
 
-def desired(ms: ModelService, observed: Observed, config: OperatorConfig | None = None) -> list[dict[str, Any]]:
-    """All children of ``ms``; raises ``Unsatisfiable`` when the profile cannot be resolved."""
+def desired(
+    ms: ModelService,
+    observed: Observed,
+    config: OperatorConfig | None = None,
+    replicas: Mapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """All children of ``ms``; raises ``Unsatisfiable`` when the profile cannot be resolved.
+
+    ``replicas``: serving replicas per tier as decided (by the autoscaler); a tier that
+    is absent runs ``replicas.min``."""
     config = config or OperatorConfig()
     profile = resolve_profile(ms.spec, observed.profile_configmap)
     objects: list[dict[str, Any]] = [routing_configmap(ms, profile)]
     for tier in ms.spec.tiers:
-        objects += tier_deployments(ms, tier, serving_replicas(tier, observed), config)
+        objects += tier_deployments(ms, tier, serving_replicas(tier, replicas), config)
         objects.append(tier_service(ms, tier))
         objects.append(tier_pdb(ms, tier))
     return objects
@@ -69,26 +80,14 @@ def desired(ms: ModelService, observed: Observed, config: OperatorConfig | None 
 # --------------------------------------------------------------------------- sizing
 
 
-def serving_replicas(tier: Tier, observed: Observed) -> int:
-    wanted = observed.tier_replicas.get(tier.name, tier.replicas.min)
-    return max(tier.replicas.min, min(tier.replicas.max, wanted))
+def serving_replicas(tier: Tier, replicas: Mapping[str, int] | None = None) -> int:
+    """Serving replicas of ``tier``: ``replicas`` (chosen by the autoscaler) clamped to
+    [min, max], else min (kubetier.policy.sizing)."""
+    return sizing.serving_replicas(tier_sizing(tier), replicas)
 
 
-def pools(tier: Tier, total: int) -> list[tuple[str, int, str]]:
-    """(pool, replicas, placement) of a tier's serving Deployments.
-
-    placement is ``on-demand`` (required), ``either`` (spot or on-demand) or
-    ``prefer-spot``. The floor is on-demand whatever the policy; ``never`` is all floor.
-    """
-    policy = tier.capacity.spot
-    if policy == "never":
-        return [("main", total, "on-demand")]
-    placement = "either" if policy == "allowed" else "prefer-spot"
-    floor = tier.capacity.on_demand_floor
-    if floor == 0:
-        return [("main", total, placement)]
-    on_demand = min(floor, total)
-    return [("floor", on_demand, "on-demand"), ("main", total - on_demand, placement)]
+def pools(tier: Tier, total: int) -> list[sizing.Pool]:
+    return sizing.pools(tier_sizing(tier), total)
 
 
 # --------------------------------------------------------------------------- naming and metadata
@@ -329,15 +328,3 @@ def tier_pdb(ms: ModelService, tier: Tier) -> dict[str, Any]:
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
-
-
-def required_gpus(ms: ModelService, observed: Observed) -> dict[str, int]:
-    """GPUs the spec asks for: total, and on on-demand capacity only."""
-    per = ms.spec.resources.gpus_per_replica
-    total = on_demand = 0
-    for tier in ms.spec.tiers:
-        for _pool, n, placement in pools(tier, serving_replicas(tier, observed)):
-            total += n * per
-            on_demand += n * per if placement == "on-demand" else 0
-        total += tier.prewarm.standby * per
-    return {"total": total, "onDemand": on_demand}

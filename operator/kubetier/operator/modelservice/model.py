@@ -18,7 +18,9 @@ from kubetier.api.labels import ROUTING_CONFIG_LABEL as ROUTING_CONFIG_LABEL
 from kubetier.api.labels import SERVICE_LABEL as SERVICE_LABEL
 from kubetier.api.labels import TIER_LABEL as TIER_LABEL
 from kubetier.api.labels import ZONE_LABEL as ZONE_LABEL
+from kubetier.api.modelservice import Tier
 from kubetier.operator.identity import DOMAIN, FIELD_MANAGER
+from kubetier.policy.sizing import NodeCapacity, TierSizing
 
 __all__ = [
     "CAPACITY_TYPE_LABEL",
@@ -35,6 +37,8 @@ __all__ = [
     "ZONE_LABEL",
     "Observed",
     "OperatorConfig",
+    "node_capacity",
+    "tier_sizing",
 ]
 
 # Label and annotation keys are defined once, in kubetier.api.labels (docs/contracts.md);
@@ -86,8 +90,34 @@ class Observed:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     # data of the ConfigMap named by spec.latencyProfile.configMapRef (None: not found).
     profile_configmap: dict[str, str] | None = None
-    # Serving replicas per tier chosen by the autoscaler (a later issue); a tier that is
-    # absent runs replicas.min.
-    tier_replicas: dict[str, int] = field(default_factory=dict)
     # Observed SLO attainment per tier in percent, from the router (a later issue).
     attainment: dict[str, float] = field(default_factory=dict)
+
+
+def tier_sizing(tier: Tier) -> TierSizing:
+    """The policy's view of a tier (kubetier.policy.sizing)."""
+    return TierSizing(
+        name=tier.name,
+        min_replicas=tier.replicas.min,
+        max_replicas=tier.replicas.max,
+        spot=tier.capacity.spot,
+        on_demand_floor=tier.capacity.on_demand_floor,
+        standby=tier.prewarm.standby,
+    )
+
+
+def node_capacity(node: dict[str, Any]) -> NodeCapacity:
+    """The policy's view of a Node object."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    raw = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
+    try:
+        gpus = int(str(raw))
+    except ValueError:
+        gpus = 0
+    return NodeCapacity(
+        name=str((node.get("metadata") or {}).get("name", "")),
+        gpus=gpus,
+        capacity_type=labels.get(CAPACITY_TYPE_LABEL),
+        gpu_product=labels.get(GPU_PRODUCT_LABEL),
+        schedulable=not (node.get("spec") or {}).get("unschedulable"),
+    )
