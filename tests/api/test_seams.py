@@ -267,3 +267,14 @@ def test_label_keys_are_defined_once():
             ):
                 offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_router_config_example_in_its_docstring_parses(monkeypatch):
+    import kubetier.router.config as config_module
+
+    doc = config_module.__doc__ or ""
+    example = doc[doc.index("FILE (YAML)::") + len("FILE (YAML)::") : doc.index("Errors name")]
+    monkeypatch.setenv("TEAM_B_KEY", "sk-team-b")
+    config = parse_config(yaml.safe_load(example))
+    assert [t.name for t in config.models["llama-3.1-8b"].tiers] == ["interactive", "batch"]
+    assert config.keys["sk-team-b"] == {"llama-3.1-8b": frozenset({"batch"})}
