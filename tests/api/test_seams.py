@@ -278,3 +278,21 @@ def test_the_router_config_example_in_its_docstring_parses(monkeypatch):
     config = parse_config(yaml.safe_load(example))
     assert [t.name for t in config.models["llama-3.1-8b"].tiers] == ["interactive", "batch"]
     assert config.keys["sk-team-b"] == {"llama-3.1-8b": frozenset({"batch"})}
+
+
+def test_the_status_the_operator_writes_is_the_apis_status_shape():
+    import datetime as dt
+
+    from kubetier.api.modelservice import ModelServiceStatus
+    from kubetier.operator.modelservice.status import compute_status
+
+    ms = sample("modelservice-three-tier").model_copy(update={"metadata": {"name": "llama-8b", "namespace": "ns"}})
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for attainment in ({}, {"interactive": 97.5, "standard": 80.0}):
+        status = compute_status(ms, Observed(attainment=attainment), now)
+        parsed = ModelServiceStatus.model_validate(status)
+        assert ModelServiceStatus.model_validate_json(json.dumps(parsed.wire())) == parsed
+        assert [t.attainment_percent for t in parsed.tiers][:2] == [
+            attainment.get("interactive"),
+            attainment.get("standard"),
+        ]
