@@ -25,9 +25,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +37,7 @@ import httpx
 from kubetier.api.labels import ROLE_LABEL, ROLE_SERVING
 from kubetier.api.modelservice import API_VERSION
 from kubetier.localdev.access import Kubectl, find_kubectl, service_account_objects, token_kubeconfig
+from kubetier.localdev.processes import free_loopback_port, start_process, stop_process
 from kubetier.stats import percentile
 
 MODEL = "llama-3.1-8b"
@@ -160,7 +158,8 @@ async def one_request(client: httpx.AsyncClient, stream: Stream, stats: TierStat
     headers = {"Authorization": f"Bearer {TEAM_KEY}", "X-Kubetier-Tier": stream.tier}
     stats.sent += 1
     start = time.monotonic()
-    first = last = None
+    first: float | None = None
+    last = start
     tokens = 0
     try:
         async with client.stream("POST", "/v1/completions", json=body, headers=headers) as resp:
@@ -251,29 +250,6 @@ def wait_for(fn, what: str, timeout: float, interval: float = 0.5):
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_process(argv: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
-    )
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def ready_condition(ms: dict) -> dict | None:
     for cond in ms.get("status", {}).get("conditions", []):
         if cond.get("type") == "Ready":
@@ -361,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
     from kubetier.operator.modelservice.router_feed import attainment_from_status
 
     # The router's address is fixed up front: the operator reads per-tier attainment from it.
-    port = args.router_port or free_port()
+    port = args.router_port or free_loopback_port()
     base_url = f"http://127.0.0.1:{port}"
     with ExitStack() as cleanup:
         with Step("installing CRDs (generated from the pydantic models)"):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
+from modelservice_builders import parse, sample_body
 
-from conftest import parse, sample_body
 from kubetier.operator.modelservice.desired import desired
 from kubetier.operator.modelservice.model import Observed, OperatorConfig
 from kubetier.operator.modelservice.profile import Unsatisfiable
@@ -105,7 +105,9 @@ def test_capacity_type_affinity_follows_the_spot_policy():
     assert preferred_spot_weight(batch) == 100
 
 
-def test_replicas_follow_min_and_the_autoscalers_choice_within_bounds():
+def test_replicas_default_to_min_and_a_requested_count_is_clamped_to_the_bounds():
+    # Observed.tier_replicas is the slot a replica decision fills (no autoscaler sets it
+    # yet): whatever it asks for, each tier stays within replicas.min..replicas.max.
     objs = render()
     assert objs[("Deployment", "llama-8b-interactive")]["spec"]["replicas"] == 2
     scaled = render(replicas={"interactive": 99, "standard": 0, "batch": 3})

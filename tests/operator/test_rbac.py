@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from urllib.parse import urlsplit
 
-from conftest import cluster_nodes, sample_body
+from modelservice_builders import cluster_nodes, sample_body
+
 from kubetier.kube import KubeClient
 from kubetier.operator.identity import FIELD_MANAGER
 from kubetier.operator.modelservice.model import OperatorConfig

@@ -7,8 +7,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from modelservice_builders import cluster_nodes, gpu_node, sample_body
 
-from conftest import cluster_nodes, gpu_node, sample_body
 from kubetier.kube import KubeClient
 from kubetier.operator.identity import FIELD_MANAGER
 from kubetier.operator.modelservice.model import OperatorConfig

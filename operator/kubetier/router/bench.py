@@ -11,7 +11,7 @@ workers); the engines and the load generator (this process) are pinned to core 1
 Every process's CPU share is reported, so a saturated load generator or engine core
 shows up in the table instead of being blamed on the router. The engines use a flat
 profile (one token every 25 ms at any batch, short prefills nearly free), close to
-design.md's data path measurement, so added latency is the router's and the rig's,
+the data path measurement in docs/architecture.md, so added latency is the router's and the rig's,
 not batching's.
 
 The benchmark prints figures and writes JSON; it asserts nothing about time.
