@@ -376,7 +376,7 @@ class ModelFleet:
         return self.metrics.tally(self.name, tier)
 
     def status(self, tallies: dict | None = None) -> dict:
-        return self.model_status(tallies).wire()
+        return self.model_status(tallies).document()
 
     def model_status(self, tallies: dict | None = None) -> ModelStatus:
         """This model's part of the router's status document (``kubetier.api.router_status``)."""

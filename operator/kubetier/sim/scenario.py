@@ -2,9 +2,10 @@
 
 A scenario says who sends what (workload sources, each tagged with a tier or a tier
 mix), what serves it (a fleet of servers per tier, or one shared pool, all with one
-latency profile), the SLO tiers, and which policies to compare. Keys are camelCase like
-the ModelService CRD (``ttftMs``, ``tpotMs``), so a tier block can be pasted from one to
-the other. Example (the shipped ones are in ``kubetier/sim/scenarios/``)::
+latency profile), the SLO tiers, and which policies to compare. A tier is the API's
+``kubetier.api.tier.SLOTier``, the same definition as a ModelService tier's SLO fields
+(``ttftMs``, ``tpotMs``, ...), so a tier block can be pasted from one to the other. Example (the shipped ones are in
+``kubetier/sim/scenarios/``)::
 
     name: azure-three-tier
     seed: 7
