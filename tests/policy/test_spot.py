@@ -162,3 +162,19 @@ def test_over_provisioning_and_zone_cooldown():
     plan = plan_capacity(_view(preempted_zones={"zone-a": NOW - 100, "zone-b": NOW - 700}), NOW, cfg)
     assert plan.spot_replicas == 5
     assert plan.avoid_zones == ("zone-a",)
+
+
+def test_return_to_spot_one_replica_when_spot_is_steady_and_has_room():
+    from kubetier.policy.spot import should_return_to_spot
+
+    cfg = SpotConfig(return_after_s=300)
+    ok = dict(
+        prefers_spot=True, on_demand_pods=2, ready_replicas=3, spot_free_gpus=1, gpus_per_replica=1, spot_steady_s=301
+    )
+    assert should_return_to_spot(**ok, cfg=cfg)
+    assert not should_return_to_spot(**{**ok, "spot_steady_s": 100}, cfg=cfg)  # spot not steady yet
+    assert not should_return_to_spot(**{**ok, "spot_free_gpus": 0}, cfg=cfg)  # no room
+    assert not should_return_to_spot(**{**ok, "gpus_per_replica": 4, "spot_free_gpus": 2}, cfg=cfg)
+    assert not should_return_to_spot(**{**ok, "ready_replicas": 1}, cfg=cfg)  # never restart the last one
+    assert not should_return_to_spot(**{**ok, "prefers_spot": False}, cfg=cfg)
+    assert not should_return_to_spot(**{**ok, "on_demand_pods": 0}, cfg=cfg)

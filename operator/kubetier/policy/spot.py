@@ -324,3 +324,29 @@ def plan_capacity(view: TierCapacity, now: float, cfg: SpotConfig = SpotConfig()
             return CapacityPlan(spot_target, 0, avoid, f"spot steady for {steady:.0f}s: returning to spot")
         return CapacityPlan(spot_target, view.fallback, avoid, "spot back; keeping fallback until steady")
     return CapacityPlan(spot_target, 0, avoid, "spot capacity sufficient")
+
+
+def should_return_to_spot(
+    prefers_spot: bool,
+    on_demand_pods: int,
+    ready_replicas: int,
+    spot_free_gpus: int,
+    gpus_per_replica: int,
+    spot_steady_s: float,
+    cfg: SpotConfig = SpotConfig(),
+) -> bool:
+    """Move one spot-eligible replica from on-demand back to spot now?
+
+    The scheduler (or Karpenter) already falls back to on-demand when spot is short: a
+    spot-eligible pod lands wherever capacity is. Nothing moves it back when spot returns,
+    so it keeps paying on-demand prices. One replica at a time moves back once spot has
+    been steady for ``return_after_s`` and has room for it, and never while the tier has
+    fewer than two Ready replicas (the move is a restart elsewhere).
+    """
+    return (
+        prefers_spot
+        and on_demand_pods > 0
+        and ready_replicas >= 2
+        and spot_free_gpus >= max(1, gpus_per_replica)
+        and spot_steady_s >= cfg.return_after_s
+    )

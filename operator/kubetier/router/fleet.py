@@ -31,6 +31,10 @@ from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
 from kubetier.router.metrics import RouterMetrics
 
+# Streams on a server under a preemption notice move this long before its deadline: one
+# re-prefill on the target plus a margin for the notice's own lateness.
+LEAVE_MARGIN_S = 5.0
+
 log = logging.getLogger("kubetier.router")
 
 _WAKE_BATCH = 4  # waiters woken per capacity change
@@ -121,6 +125,7 @@ class ModelFleet:
         # In-flight streams per server: cut at once when the server is marked unready, so
         # they resume elsewhere instead of waiting out a stall timeout.
         self._streams: dict[str, set] = {}
+        self._leaving: dict[str, asyncio.TimerHandle] = {}  # sid -> move at its preemption deadline
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
@@ -134,6 +139,9 @@ class ModelFleet:
         for sid in list(self.upstreams):
             if sid not in wanted:
                 up = self.upstreams.pop(sid)
+                leaving = self._leaving.pop(sid, None)
+                if leaving is not None:
+                    leaving.cancel()
                 self.policy.remove_server(sid)
                 up.pool.close()
                 self._move_streams(sid, "server left the fleet")
@@ -148,6 +156,7 @@ class ModelFleet:
             else:
                 up.spec = s
             self._apply_state(sid)
+            self._plan_leave(sid)
         self.pump()
 
     def _apply_state(self, sid: str) -> None:
@@ -158,6 +167,21 @@ class ModelFleet:
         self.metrics.server_ready.labels(*labels).set(1 if ready and not up.spec.draining else 0)
         if not ready:
             self._move_streams(sid, "server marked unready")
+
+    def _plan_leave(self, sid: str) -> None:
+        """A server under a preemption notice (already draining: no new requests) keeps
+        its streams until shortly before the deadline; whatever still runs then resumes on
+        another server from the tokens already sent (the client sees one stream)."""
+        leave_by = self.upstreams[sid].spec.leave_by
+        if leave_by is None or sid in self._leaving:
+            return
+        delay = max(0.0, leave_by - LEAVE_MARGIN_S - time.time())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside the event loop (tests): nothing in flight yet
+            return
+        self._leaving[sid] = loop.call_later(delay, self._move_streams, sid, "preemption deadline")
+        log.warning("server %s: preemption notice; streams still running in %.0fs move elsewhere", sid, delay)
 
     # ------------------------------------------------------------------ in-flight streams
 

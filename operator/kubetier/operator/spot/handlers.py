@@ -19,11 +19,14 @@ from typing import Any
 import kopf
 
 from kubetier.api.labels import SERVICE_LABEL
+from kubetier.api.modelservice import GROUP, PLURAL, VERSION
 from kubetier.kube import KubeError
 from kubetier.kube.events import event_body
 from kubetier.operator import runtime
+from kubetier.operator.modelservice.model import OperatorConfig
 from kubetier.operator.spot.notices import MANAGED_SERVING, grace_period_s, mark_patch, node_notice, pods_on
-from kubetier.policy.spot import NoticeWindows
+from kubetier.operator.spot.rebalance import return_to_spot
+from kubetier.policy.spot import NoticeWindows, SpotConfig
 
 COMPONENT = "kubetier-spot"
 DRAIN_MARGIN_S = 5.0
@@ -96,5 +99,34 @@ async def on_node(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
     logger.info(f"spot: notice on {notice.node} ({notice.source}); drained {len(pods)} pod(s)")
 
 
+RETURN_INTERVAL_S = 30.0
+
+
+def spot_config_from_env(env: dict[str, str] | None = None) -> SpotConfig:
+    env = dict(os.environ if env is None else env)
+    return SpotConfig(return_after_s=float(env.get("KUBETIER_SPOT_RETURN_AFTER_S", SpotConfig.return_after_s)))
+
+
+async def on_return_timer(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    config: OperatorConfig = memo.setdefault("config", OperatorConfig.from_env())
+    cfg: SpotConfig = memo.setdefault("spot_config", spot_config_from_env())
+    try:
+        moved = await return_to_spot(runtime.client(memo), dict(body), config, dt.datetime.now(dt.UTC), cfg)
+    except (KubeError, ValueError) as exc:
+        logger.warning(f"spot: return-to-spot check failed: {exc}")
+        return
+    if moved:
+        logger.info(f"spot: moving {', '.join(moved)} back to spot")
+
+
 def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.event("", "v1", "nodes", registry=registry, id="spot-notice")(on_node)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=RETURN_INTERVAL_S,
+        initial_delay=RETURN_INTERVAL_S,
+        registry=registry,
+        id="spot-return",
+    )(on_return_timer)
