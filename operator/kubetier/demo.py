@@ -471,7 +471,15 @@ def run(args: argparse.Namespace) -> int:
             refused += sum(s.errors.get("http 429", 0) for s in stats.values())
             lost += sum(s.sent - len(s.ttfts) - s.errors.get("http 429", 0) for s in stats.values())
         with Step("waiting for the operator to publish the router's attainment in status"):
-            measured = attainment_from_status(httpx.get(f"{base_url}/kubetier/status", timeout=5).json(), MODEL)
+            router_status = httpx.get(f"{base_url}/kubetier/status", timeout=5).json()
+            measured = attainment_from_status(router_status, MODEL)
+            if not measured:
+                # Every tier got traffic above: an empty tally means the router lost its
+                # counts, and "-/-/-" in status would be a demo that proved nothing.
+                raise RuntimeError(
+                    f"the router reports no attainment for {MODEL} after the traffic: "
+                    f"{json.dumps(router_status.get('models', {}).get(MODEL, {}).get('tiers'))}"
+                )
             expected = "/".join(f"{round(measured[t[0]], 2):g}" if t[0] in measured else "-" for t in TIERS)
             wait_for(
                 lambda: (
