@@ -125,6 +125,8 @@ SYNTH = {
     ],
     "workload": {
         "durationS": 20,
+        "warmupS": 0,
+        "cooldownS": 0,
         "sources": [
             {
                 "synthetic": {

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.policy.waiting import waiting_key
 
 from .workload import Arrival
 
@@ -223,6 +224,10 @@ class SimConfig:
     track_power: bool = False
     hooks: list[Hook] = field(default_factory=list)
     rebin_idle: bool = False  # shared pool: the policy may move idle servers between bins
+    # Requests arriving outside [measure_from_s, measure_until_s) are simulated but not
+    # recorded (warm-up and cool-down are left out of every figure).
+    measure_from_s: float = 0.0
+    measure_until_s: float = math.inf
 
 
 class Simulator:
@@ -241,13 +246,17 @@ class Simulator:
             policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng, **extra)
         self.policy = policy
         self.sink = sink
+        self._m_from = cfg.measure_from_s
+        self._m_until = cfg.measure_until_s
         self.servers: list[Server] = []
         self.by_sid: dict[str, Server] = {}
         self.events: list = []  # (t, seq, kind, payload)
         self._seq = 0
         self.now = 0.0
-        # Requests the policy told to wait, FIFO per tier (the router holds them).
-        self.waitq: list[deque[Request]] = [deque() for _ in cfg.tiers]
+        # Requests the policy told to wait (the router holds them), in the router's order
+        # (kubetier.policy.waiting.waiting_key): a heap of (key, request).
+        self.waitq: list[tuple[tuple[int, float, int], Request]] = []
+        self._prio = [t.priority for t in cfg.tiers]
         self.n_waiting = 0
         self._wait_timer_at = math.inf
         self.n_arrived = 0
@@ -262,6 +271,7 @@ class Simulator:
         self._on_prefill_done = self.policy.on_prefill_done
         self._on_finish = self.policy.on_finish
         self._observe = self.policy.observe
+        self._on_request_done = self.policy.on_request_done
         for tier in cfg.server_tiers:
             self.add_server(tier, ready_after_s=0.0)
         for hook in cfg.hooks:
@@ -420,13 +430,13 @@ class Simulator:
             if d.spilled:
                 req.spilled = True
                 srv.spilled_in += 1
-            self._on_admit(srv.sid, req.prompt, self.exp_out[tier])
+            self._on_admit(srv.sid, req.prompt, self.exp_out[tier], self.tier_names[tier])
             self._enqueue(srv, req, now)
             return True
         if action == "reject":
             req.state = _REJECTED
             self.n_rejected += 1
-            if self.sink is not None:
+            if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
                 self.sink.record(tier, math.inf, math.inf, False, True, req.spilled, now - req.t_arr, -1)
             return True
         # wait: the router holds it and asks again when a server frees capacity, or when
@@ -434,7 +444,8 @@ class Simulator:
         self.n_waits += 1
         if not req.waiting:
             req.waiting = True
-            self.waitq[tier].append(req)
+            self._seq += 1
+            heapq.heappush(self.waitq, (waiting_key(self._prio[tier], req.t_arr, self._seq), req))
             self.n_waiting += 1
         # Ask again when the policy's hint says it turns late (to reject or queue it), at
         # least every DEFAULT_RETRY_S, and never at the same instant (no progress then).
@@ -446,16 +457,27 @@ class Simulator:
         return False
 
     def _retry_waiting(self, now: float) -> None:
-        # Oldest first within each tier, and stop a tier at its first "wait": the ones
-        # behind it would get the same answer (bounded work per freed slot).
-        for q in self.waitq:
-            while q:
-                req = q[0]  # still marked waiting, so a new "wait" does not queue it twice
-                if not self._route(req, now):
-                    break
-                q.popleft()
+        # In the router's waiting order; once a tier gets "wait", its later requests are
+        # not asked again in this pass (they would get the same answer), and the pass
+        # ends when every tier has waited (bounded work per freed slot).
+        q = self.waitq
+        held = []
+        waited: set[int] = set()
+        n_tiers = len(self.tiers)
+        while q and len(waited) < n_tiers:
+            item = heapq.heappop(q)
+            req = item[1]
+            if req.tier in waited:
+                held.append(item)
+                continue
+            if self._route(req, now):  # still marked waiting, so a "wait" does not queue it twice
                 req.waiting = False
                 self.n_waiting -= 1
+            else:
+                held.append(item)
+                waited.add(req.tier)
+        for item in held:
+            heapq.heappush(q, item)
         if self.n_waiting and self._wait_timer_at == math.inf:
             self._wait_timer_at = now + DEFAULT_RETRY_S
             self._push(self._wait_timer_at, 1, None)
@@ -521,7 +543,7 @@ class Simulator:
                         self._on_finish(srv.sid, req.prompt, 0)
                         req.state = _REJECTED
                         self.n_rejected += 1
-                        if self.sink is not None:
+                        if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
                             self.sink.record(
                                 req.tier, math.inf, math.inf, False, True, req.spilled, now - req.t_arr, srv.idx
                             )
@@ -682,9 +704,10 @@ class Simulator:
         srv.reserved -= need
         srv.served += 1
         self.n_done += 1
+        self._on_request_done(self.tier_names[req.tier], req.output + req.base)
         # No policy.on_finish: _finish runs only inside _step_end, whose closing observe()
         # sets the exact state.
-        if self.sink is not None:
+        if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
             tpot = (t - req.t_first) / (req.output + req.base - 1) if req.output + req.base > 1 else 0.0
             queue = req.t_start - req.t_arr if req.t_start >= 0 else 0.0
             self.sink.record(

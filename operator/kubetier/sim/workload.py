@@ -267,3 +267,96 @@ def merge(streams: list[Iterator[Arrival]]) -> Iterator[Arrival]:
 
 def limit(stream: Iterator[Arrival], max_requests: int | None) -> Iterator[Arrival]:
     return stream if max_requests is None else itertools.islice(stream, max_requests)
+
+
+# --- rate scaling with the measured duration fixed ---------------------------------------
+
+
+class Window(NamedTuple):
+    """The arrivals of one run, as arrays sorted by time, plus the measurement window.
+
+    ``t`` (seconds from the run's start), ``prompt``, ``output``, ``tier`` (int index).
+    Requests arriving in ``[measure_from_s, measure_until_s)`` are the measured ones;
+    the rest load the fleet (warm-up fills it, cool-down keeps it loaded while the last
+    measured requests finish) but are left out of every figure.
+    """
+
+    t: np.ndarray
+    prompt: np.ndarray
+    output: np.ndarray
+    tier: np.ndarray
+    duration_s: float
+    measure_from_s: float
+    measure_until_s: float
+
+    def measured(self) -> np.ndarray:
+        return (self.t >= self.measure_from_s) & (self.t < self.measure_until_s)
+
+    def tier_counts(self, n_tiers: int) -> list[int]:
+        return np.bincount(self.tier[self.measured()], minlength=n_tiers).astype(int).tolist()
+
+    def arrivals(self) -> Iterator[Arrival]:
+        return map(Arrival._make, zip(self.t.tolist(), self.prompt.tolist(), self.output.tolist(), self.tier.tolist()))
+
+
+def superpose(
+    t: np.ndarray, prompt: np.ndarray, output: np.ndarray, tier: np.ndarray, duration_s: float, scale: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``scale`` times the rate over the same ``duration_s``: superpose time-shifted copies.
+
+    Copy 0 is the window itself; copy j >= 1 is the window rotated by a random offset
+    (``(t + offset_j) mod duration_s``), i.e. another independent stretch of the same
+    traffic. ``floor(scale)`` copies are whole; the last is thinned to ``scale -
+    floor(scale)`` of its rows (below scale 1, the window itself is thinned). Each copy
+    keeps the source's burst shape and length distributions, and the simulated time stays
+    the measured duration, unlike compressing time (a 900 s window at 25x lasting 36 s
+    lets a 10 s TTFT tier absorb a burst and drain it after arrivals stop). Draws depend
+    only on the seed and the copy index, so the rows kept at a scale are a subset of those
+    kept at any larger scale (the goodput search compares nested workloads).
+    """
+    if scale <= 0:
+        raise ValueError(f"rate scale must be > 0, got {scale}")
+    n = len(t)
+    whole = int(math.floor(scale + 1e-12))
+    frac = scale - whole
+    copies = whole + (1 if frac > 1e-9 else 0)
+    ts, ps, os_, ks = [], [], [], []
+    for j in range(copies):
+        g = np.random.default_rng([seed, j])
+        offset = 0.0 if j == 0 else float(g.uniform(0.0, duration_s))
+        keep_u = g.random(n)
+        sel = slice(None) if j < whole else keep_u < frac
+        tj = t[sel]
+        if offset:
+            tj = np.mod(tj + offset, duration_s)
+        ts.append(tj)
+        ps.append(prompt[sel])
+        os_.append(output[sel])
+        ks.append(tier[sel])
+    tt = np.concatenate(ts) if ts else np.zeros(0)
+    order = np.argsort(tt, kind="stable")
+    return tt[order], np.concatenate(ps)[order], np.concatenate(os_)[order], np.concatenate(ks)[order]
+
+
+def window_rows(
+    rows: Iterator[tuple[float, int, int]],
+    tier_weights: list[tuple[int, float]],
+    rng: random.Random,
+    start_s: float,
+    duration_s: float | None,
+    max_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of source time ``[start_s, start_s + duration_s)`` as arrays (time relative to
+    ``start_s``), each tagged with a tier (fixed, or drawn from the mix)."""
+    return _arrays(tag_and_window(rows, tier_weights, rng, 1.0, start_s, duration_s), max_rows)
+
+
+def _arrays(stream: Iterator[Arrival], max_rows: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if max_rows is not None:
+        stream = itertools.islice(stream, max_rows)
+    rows = list(stream)
+    if not rows:
+        z = np.zeros(0, dtype=np.int64)
+        return np.zeros(0), z, z, z
+    a = np.array(rows, dtype=np.float64)
+    return a[:, 0], a[:, 1].astype(np.int64), a[:, 2].astype(np.int64), a[:, 3].astype(np.int64)
