@@ -28,11 +28,8 @@ def run_controllers(fake):
         fake.remove("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
     for d in fake.of_kind("Deployment"):
         spec = d["spec"]
-        terms = spec["template"]["spec"]["affinity"]["nodeAffinity"]
-        allowed = terms["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][
-            0
-        ]["values"]
-        node = "spot-a" if "spot" in allowed and "preferredDuringSchedulingIgnoredDuringExecution" in terms else "od-a"
+        terms = spec["template"]["spec"].get("affinity", {}).get("nodeAffinity", {})
+        node = "spot-a" if "preferredDuringSchedulingIgnoredDuringExecution" in terms else "od-a"
         for i in range(spec["replicas"]):
             fake.put(
                 {

@@ -169,7 +169,7 @@ async def reconcile(
 
     if view is None:
         view = await ListedView().load(api, ms)
-    observed = view.observe(ms, await profile_configmap(api, ms))
+    observed = replace(view.observe(ms, await profile_configmap(api, ms)), capacity=config.capacity())
     if attainment is not None:
         observed = replace(observed, attainment=attainment(ms.spec.model.name))
     elif config.router_status_url:
