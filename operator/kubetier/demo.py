@@ -615,7 +615,15 @@ def run(args: argparse.Namespace) -> int:
             "replacements": notice.replacements,
         }
         with Step("waiting for the operator to publish the router's attainment in status"):
-            measured = attainment_from_status(httpx.get(f"{base_url}/kubetier/status", timeout=5).json(), MODEL)
+            router_status = httpx.get(f"{base_url}/kubetier/status", timeout=5).json()
+            measured = attainment_from_status(router_status, MODEL)
+            if not measured:
+                # Every tier got traffic above: an empty tally means the router lost its
+                # counts, and "-/-/-" in status would be a demo that proved nothing.
+                raise RuntimeError(
+                    f"the router reports no attainment for {MODEL} after the traffic: "
+                    f"{json.dumps(router_status.get('models', {}).get(MODEL, {}).get('tiers'))}"
+                )
             expected = "/".join(f"{round(measured[t[0]], 2):g}" if t[0] in measured else "-" for t in TIERS)
             wait_for(
                 lambda: (
