@@ -270,10 +270,17 @@ def preemption_notice(kubectl: Kubectl, ns: str, base_url: str, delay_s: float, 
             now = kubectl.items("pods", ns, f"{SERVICE_LABEL}={SERVICE}")
             return None if any(p["spec"].get("nodeName") == report.node for p in now) else now
 
-        now = wait_for(drained, f"pods on {report.node} drained", timeout=60, interval=0.2)
+        wait_for(drained, f"pods on {report.node} drained", timeout=60, interval=0.2)
         report.drained_s = time.monotonic() - t0
         old = {p["metadata"]["name"] for p in pods}
         kubectl("delete", "node", report.node, "--wait=false")
+
+        def replaced():
+            now = kubectl.items("pods", ns, f"{SERVICE_LABEL}={SERVICE}")
+            new = [p for p in now if p["metadata"]["name"] not in old and p["spec"].get("nodeName")]
+            return now if len(new) >= len(report.pods) else None
+
+        now = wait_for(replaced, "replacements scheduled", timeout=60, interval=0.2)
         for p in now:
             node = p["spec"].get("nodeName")
             if p["metadata"]["name"] not in old and node in nodes:
