@@ -50,6 +50,12 @@ def test_demo_serves_every_tier_through_the_router_and_cleans_up(kubeconfig: str
         assert figures["completed"] == figures["sent"], (tier, figures)
     burst = next(v for k, v in summary.items() if k.startswith("batch burst"))
     assert burst["batch"]["completed"] == burst["batch"]["sent"] > 0
+    # a preemption notice mid-traffic: nothing failed, no stream lost or repeated a token,
+    # the drained pods were replaced on another node
+    notice = summary["preemption notice"]["notice"]
+    assert notice["node"] and notice["pods"], notice
+    assert notice["failed"] == 0 and notice["incomplete"] == 0, notice
+    assert len(notice["replacements"]) >= len(notice["pods"]), notice
     # status carried the router's attainment into `kubectl get ms` before cleanup: the
     # service's last row (the demo also prints one before any traffic, with -/-/-; the
     # header is always printed) shows one measured percentage per tier.

@@ -227,6 +227,7 @@ async def drive_traffic(base_url: str, phase: Phase, duration_s: float, seed: in
     return stats
 
 
+NOTICE_WINDOW_S = 10
 NOTICE_TAINT = {"key": KARPENTER_DISRUPTED_TAINT, "effect": "NoSchedule"}
 
 
@@ -269,10 +270,17 @@ def preemption_notice(kubectl: Kubectl, ns: str, base_url: str, delay_s: float, 
             now = kubectl.items("pods", ns, f"{SERVICE_LABEL}={SERVICE}")
             return None if any(p["spec"].get("nodeName") == report.node for p in now) else now
 
-        now = wait_for(drained, f"pods on {report.node} drained", timeout=60, interval=0.2)
+        wait_for(drained, f"pods on {report.node} drained", timeout=60, interval=0.2)
         report.drained_s = time.monotonic() - t0
         old = {p["metadata"]["name"] for p in pods}
         kubectl("delete", "node", report.node, "--wait=false")
+
+        def replaced():
+            now = kubectl.items("pods", ns, f"{SERVICE_LABEL}={SERVICE}")
+            new = [p for p in now if p["metadata"]["name"] not in old and p["spec"].get("nodeName")]
+            return now if len(new) >= len(report.pods) else None
+
+        now = wait_for(replaced, "replacements scheduled", timeout=60, interval=0.2)
         for p in now:
             node = p["spec"].get("nodeName")
             if p["metadata"]["name"] not in old and node in nodes:
@@ -473,6 +481,9 @@ def run(args: argparse.Namespace) -> int:
                     f"{base_url}/kubetier/status",
                 ],
                 workdir / "operator.log",
+                # A short notice window (Karpenter's default here is 30 s) so that phase 3's
+                # long streams outlive it and move to another server mid-stream.
+                env={"KUBETIER_NOTICE_WINDOW_KARPENTER": str(NOTICE_WINDOW_S)},
             )
             cleanup.callback(stop_process, operator)
         with Step("applying a three-tier ModelService (engine: simulator) and its API-key Secrets"):
@@ -567,8 +578,13 @@ def run(args: argparse.Namespace) -> int:
             # reported outcome); anything else that did not complete is a failure.
             refused += sum(s.errors.get("http 429", 0) for s in stats.values())
             lost += sum(s.sent - len(s.ttfts) - s.errors.get("http 429", 0) for s in stats.values())
-        # Phase 3: a preemption notice on a spot node in the middle of steady traffic.
-        steady = phases(args.rate)[0]
+        # Phase 3: a preemption notice on a spot node in the middle of traffic whose batch
+        # answers (1,500 tokens) outlive the notice window.
+        steady = Phase(
+            "preemption notice",
+            args.rate,
+            (Stream("interactive", 0.3, 64), Stream("standard", 0.3, 96), Stream("batch", 0.4, 1500)),
+        )
         notice = NoticeReport()
         nodes_before = {n["metadata"]["name"]: n for n in kubectl.json("get", "nodes")["items"]}
         before = router_tiers(base_url)
