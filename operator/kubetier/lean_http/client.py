@@ -425,13 +425,19 @@ class UpstreamPool:
             c = None
             while self._idle:
                 cand = self._idle.pop()
-                if not cand.closed:
+                if not cand.closed and cand.transport is not None and not cand.transport.is_closing():
                     c = cand
                     reused = True
                     break
             if c is None:
                 c = await self._connect()
-            c.transport.write(data)  # type: ignore[union-attr]
+            try:
+                c.transport.write(data)  # type: ignore[union-attr]
+            except (RuntimeError, OSError) as exc:  # closed under us between checks
+                c._fail(f"connection closed: {exc}")
+                if reused and attempt == 0:
+                    continue
+                raise UpstreamError(f"{self._host_header}: {exc}", "connect") from None
             c.last_activity = c.loop.time() if c.loop is not None else 0.0  # the stall clock starts now
             if on_sent is not None:
                 on_sent(c.cancel)

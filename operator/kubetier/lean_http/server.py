@@ -278,19 +278,29 @@ class Response:
             self._finished = True
             self._conn._response_finished(self)
 
-    def write(self, chunk: bytes) -> None:
-        """Send one chunk of a stream; no await. A no-op once the client is gone."""
+    def write(self, chunk: bytes) -> bool:
+        """Send one chunk of a stream; no await. A no-op once the client is gone.
+
+        Returns whether the client keeps up: False when it is gone or slow to read (then
+        ``drain()``), so a relay needs no second look per chunk."""
         if not self._started:
             raise RuntimeError("write() before start_stream()")
-        if self._finished or self._disconnected or not chunk:
-            return
+        if self._finished or self._disconnected:
+            return False
+        if not chunk:
+            return True
         conn = self._conn
+        if conn._closed or conn._aborted:
+            return False
         if self._chunked:
-            conn._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            # One buffer: uvloop sends it at once (one syscall), no join in Python.
+            conn._transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))  # type: ignore[union-attr]
         else:
-            conn._write(chunk)
+            conn._transport.write(chunk)  # type: ignore[union-attr]
         if conn._write_paused:
             conn._check_write_buffer()
+            return False
+        return not self._disconnected
 
     async def drain(self) -> None:
         """Wait while the transport is paused (client slow to read); return at once otherwise.
