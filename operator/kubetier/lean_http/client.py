@@ -394,7 +394,7 @@ class UpstreamPool:
             )
         except (TimeoutError, OSError) as exc:
             raise UpstreamError(f"cannot connect to {self._host_header}: {exc or 'timeout'}", "connect") from None
-        return proto  # type: ignore[return-value]
+        return proto
 
     async def request(
         self,

@@ -637,7 +637,7 @@ class _Connection(asyncio.Protocol):
             self._start_next()
         elif len(self._pending) >= self._limits.max_pipelined and not self._reading_paused:
             self._reading_paused = True
-            self._transport.pause_reading()
+            self._transport.pause_reading()  # type: ignore[union-attr]
 
     # --- request dispatch -----------------------------------------------------------
 
@@ -691,7 +691,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._reading_paused and len(self._pending) < self._limits.max_pipelined:
             self._reading_paused = False
-            self._transport.resume_reading()
+            self._transport.resume_reading()  # type: ignore[union-attr]
         if self._pending:
             self._start_next()
         elif self._close_when_idle:
@@ -753,10 +753,10 @@ class _Connection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if not self._closed and not self._aborted:
-            self._transport.write(data)
+            self._transport.write(data)  # type: ignore[union-attr]
 
     def _check_write_buffer(self) -> None:
-        if self._transport.get_write_buffer_size() > self._limits.max_write_buffer_bytes:
+        if self._transport.get_write_buffer_size() > self._limits.max_write_buffer_bytes:  # type: ignore[union-attr]
             log.warning("client %s does not read its response; aborting the connection", self._client)
             self._abort()
 
@@ -834,7 +834,7 @@ def close_connections(server: asyncio.AbstractServer) -> int:
 
 def port_of(server: asyncio.AbstractServer) -> int:
     """The TCP port the server listens on (useful with ``port=0``)."""
-    return server.sockets[0].getsockname()[1]
+    return server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
 
 async def serve_until_signalled(server: asyncio.AbstractServer) -> None:

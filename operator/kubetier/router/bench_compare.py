@@ -200,6 +200,7 @@ def _summary(results: list, elapsed: float) -> dict:
         "tpot_ms_p50": _r(percentile(tpot, 0.5)),
         "tpot_ms_p99": _r(percentile(tpot, 0.99)),
         "attainment": tiers,
+        "error_examples": sorted({r.error for r in results if r.error})[:4],
         "duration_s": round(elapsed, 2),
     }
 
