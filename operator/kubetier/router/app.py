@@ -22,6 +22,7 @@ import logging
 import time
 from typing import Any
 
+from kubetier.api.router_status import RouterStatus
 from kubetier.lean_http import Request, Response, error_body
 from kubetier.lean_http.errors import error_code_for
 from kubetier.router.access import (
@@ -229,7 +230,10 @@ class Router:
 
     def status(self) -> dict[str, Any]:
         tallies = self.metrics.aggregated_tallies()  # every worker's, in multiprocess mode
-        return {"worker": self.metrics.worker, "models": {name: f.status(tallies) for name, f in self.fleets.items()}}
+        doc = RouterStatus(
+            worker=self.metrics.worker, models={name: f.model_status(tallies) for name, f in self.fleets.items()}
+        )
+        return doc.wire()
 
     # ------------------------------------------------------------------ generation
 
