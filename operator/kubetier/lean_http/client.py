@@ -1,7 +1,8 @@
 """A lean HTTP/1.1 upstream client: pooled keep-alive connections, httptools parsing.
 
-The router relays token streams from engines; design.md measured that a client layer
-with heavy per-chunk bookkeeping (httpx/httpcore) collapses at a few hundred streams.
+The router relays token streams from engines; a client layer with heavy per-chunk
+bookkeeping (httpx/httpcore) was measured on a 2-core machine to collapse at a few
+hundred streams (see docs/router.md, "Data path").
 Here one asyncio Protocol per connection feeds body bytes into a list and wakes the
 reader at most once per batch of arrivals, so a busy stream costs one future wake-up
 per event-loop turn, not per chunk.
@@ -423,7 +424,7 @@ class UpstreamPool:
         for attempt in (0, 1):
             reused = False
             c = None
-            while self._idle:
+            while self._idle and attempt == 0:  # a retry after a stale connection opens a fresh one
                 cand = self._idle.pop()
                 if not cand.closed and cand.transport is not None and not cand.transport.is_closing():
                     c = cand

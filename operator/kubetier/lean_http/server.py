@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 server core: one asyncio Protocol per connection, httptools parsing.
 
-Why not aiohttp or uvicorn: design.md ("Router data path") measured that only a
-minimal asyncio/uvloop path with a real parser holds ~1,000 token streams per core;
-framework layers cost 2-3x per relayed token. This module keeps the per-token path to
+Why not aiohttp or uvicorn: on a 2-core machine only a minimal asyncio/uvloop path
+with a real parser held ~1,000 token streams per core; framework layers cost 2-3x per
+relayed token (docs/router.md, "Data path"). This module keeps the per-token path to
 one ``transport.write`` and everything else (parsing, limits, timers) per request.
 
 Behaviour:
@@ -77,7 +77,7 @@ class Limits:
     # Open connections: per process, and per client address (one client cannot take them
     # all). Over either, a new connection gets 503 and is closed.
     max_connections: int = 10_000
-    max_connections_per_client: int = 1_000
+    max_connections_per_client: int = 4_096
     # A request refused from its head (``head_check``) has its body read and dropped, not
     # kept, up to this many bytes (so the client sees the answer, not a reset); beyond it
     # the answer goes out at once and the connection closes.
@@ -808,7 +808,7 @@ async def start_server(
     """Listen on ``host:port`` and answer each request with ``await handler(request, response)``.
 
     Runs on whatever loop is running; install uvloop (``uvloop.run(main())``) for the
-    throughput design.md measured. ``port=0`` picks a free port: read it back from
+    throughput docs/router.md reports. ``port=0`` picks a free port: read it back from
     ``server.sockets[0].getsockname()[1]``.
     """
     state = _ServerState(handler, limits or Limits(), head_check, error_body_fn)

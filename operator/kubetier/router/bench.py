@@ -10,9 +10,8 @@ Rig (2 cores here): the router is pinned to core 0 (1 worker) or cores 0-1 (2
 workers); the engines and the load generator (this process) are pinned to core 1.
 Every process's CPU share is reported, so a saturated load generator or engine core
 shows up in the table instead of being blamed on the router. The engines use a flat
-profile (one token every 25 ms at any batch, short prefills nearly free), close to
-design.md's data path measurement, so added latency is the router's and the rig's,
-not batching's.
+profile (one token every 25 ms at any batch, short prefills nearly free), so added
+latency is the router's and the rig's, not batching's.
 
 The benchmark prints figures and writes JSON; it asserts nothing about time.
 """

@@ -143,7 +143,9 @@ def _kubetier_router(
     cfg_path: str, port: int, cores: set[int], workers: int = 1, reuse: bool = False
 ) -> subprocess.Popen:
     args = [sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--config", cfg_path]
+    # One load generator is one client address: lift the per-address connection cap.
     args += ["--workers", str(workers), "--log-level", "WARNING", "--no-access-log"]
+    args += ["--max-connections-per-client", "100000", "--max-connections", "100000"]
     if reuse:
         args.append("--reuse-port")
     env = dict(os.environ)
