@@ -394,7 +394,11 @@ class UpstreamPool:
                 loop.create_connection(lambda: _Conn(self), self.host, self.port), self.connect_timeout_s
             )
         except (TimeoutError, OSError) as exc:
-            raise UpstreamError(f"cannot connect to {self._host_header}: {exc or 'timeout'}", "connect") from None
+            raise UpstreamError(
+                f"cannot connect to {self._host_header}: {exc or 'timeout'}",
+                "connect",
+                timeout=isinstance(exc, TimeoutError),
+            ) from None
         return proto
 
     async def request(
