@@ -101,10 +101,16 @@ class KubeClient:
         return None if response.status_code == 404 else response.json()
 
     async def list_versioned(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> tuple[list[dict[str, Any]], str]:
         """Items and the list's resourceVersion (where a watch continues from)."""
         params = {"labelSelector": label_selector} if label_selector else {}
+        if field_selector:
+            params["fieldSelector"] = field_selector
         response = await self._request("list", kind, "GET", resource(kind).path(namespace), params=params)
         if response.status_code == 404:
             return [], ""
@@ -118,9 +124,13 @@ class KubeClient:
         return items, str((listing.get("metadata") or {}).get("resourceVersion") or "")
 
     async def list(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[dict[str, Any]]:
-        return (await self.list_versioned(kind, namespace, label_selector))[0]
+        return (await self.list_versioned(kind, namespace, label_selector, field_selector))[0]
 
     async def watch(
         self,
@@ -178,14 +188,11 @@ class KubeClient:
         )
         return response.json()
 
-    async def delete(self, kind: str, namespace: str | None, name: str) -> None:
-        await self._request(
-            "delete",
-            kind,
-            "DELETE",
-            resource(kind).path(namespace, name),
-            json={"propagationPolicy": "Background"},
-        )
+    async def delete(self, kind: str, namespace: str | None, name: str, grace_period_s: int | None = None) -> None:
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if grace_period_s is not None:
+            options["gracePeriodSeconds"] = grace_period_s
+        await self._request("delete", kind, "DELETE", resource(kind).path(namespace, name), json=options)
 
     async def patch(
         self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], subresource: str | None = None

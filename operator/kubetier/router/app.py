@@ -234,7 +234,7 @@ class Router:
         doc = RouterStatus(
             worker=self.metrics.worker, models={name: f.model_status(tallies) for name, f in self.fleets.items()}
         )
-        return doc.wire()
+        return doc.document()
 
     # ------------------------------------------------------------------ generation
 

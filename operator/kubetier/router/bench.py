@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from kubetier.policy.attainment import attainment_percent
 from kubetier.router import bench_routing
 from kubetier.stats import percentile
 
@@ -448,6 +449,9 @@ def _measure(rig: Rig, label: str, targets: dict, concurrency: int, duration_s: 
     return row
 
 
+_STATUS_COUNTS = ("requests", "completed", "sloMet", "spilled", "rejected", "failed", "retries")
+
+
 def _status_delta(before: dict | None, after: dict | None) -> dict | None:
     """This run's share of the router's cumulative per-tier tallies."""
     if after is None:
@@ -455,8 +459,10 @@ def _status_delta(before: dict | None, after: dict | None) -> dict | None:
     out = {}
     for tier, a in after.items():
         b = (before or {}).get(tier, {})
-        d = {k: a[k] - b.get(k, 0) for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
-        d["attainmentPercent"] = round(100.0 * d["sloMet"] / d["requests"], 2) if d["requests"] else None
+        d = {k: a[k] - b.get(k, 0) for k in _STATUS_COUNTS}
+        # One definition of attainment (kubetier.policy.attainment): 429s and failures are misses.
+        pct = attainment_percent(min(d["sloMet"], d["completed"]), d["completed"], d["rejected"], d["failed"])
+        d["attainmentPercent"] = None if pct is None else round(pct, 2)
         out[tier] = d
     return out
 
@@ -470,10 +476,7 @@ def _router_status(port: int, model: str) -> dict | None:
             while chunk := s.recv(65536):
                 data += chunk
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        return {
-            t: {k: v[k] for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
-            for t, v in body["models"][model]["tiers"].items()
-        }
+        return {t: {k: v[k] for k in _STATUS_COUNTS} for t, v in body["models"][model]["tiers"].items()}
     except (OSError, ValueError, KeyError, IndexError):
         return None
 

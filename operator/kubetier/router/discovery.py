@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import logging
 
 from pydantic import ValidationError
@@ -29,6 +30,7 @@ from pydantic import ValidationError
 from kubetier.api.errors import describe
 from kubetier.api.labels import (
     LOCAL_ENDPOINT_ANNOTATION,
+    PREEMPTION_DEADLINE_ANNOTATION,
     ROUTING_CONFIG_SELECTOR,
     SERVICE_LABEL,
     SERVING_POD_SELECTOR,
@@ -136,6 +138,7 @@ def build_config(
         ep = pod_endpoint(pod, port, local_endpoints)
         if ep is None:
             continue
+        leave_by = preemption_deadline(meta.get("annotations") or {})
         spec.servers.append(
             ServerSpec(
                 server_id=f"{meta.get('namespace')}/{meta.get('name')}",
@@ -143,12 +146,25 @@ def build_config(
                 port=ep[1],
                 tier=tier,
                 ready=pod_ready(pod),
-                draining=bool(meta.get("deletionTimestamp")),
+                draining=bool(meta.get("deletionTimestamp")) or leave_by is not None,
+                leave_by=leave_by,
             )
         )
     for spec in models.values():
         spec.servers.sort(key=lambda s: s.server_id)
     return RouterConfig(models, keys)
+
+
+def preemption_deadline(annotations: dict) -> float | None:
+    """The deadline the spot controller wrote on a pod of a node under notice, or None."""
+    text = annotations.get(PREEMPTION_DEADLINE_ANNOTATION)
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        log.warning("unreadable %s %r: ignored", PREEMPTION_DEADLINE_ANNOTATION, text)
+        return None
 
 
 def _secret_key(secret: dict | None) -> str | None:

@@ -7,7 +7,8 @@ usage), which is also how several workers or router replicas see each other's lo
 A server that fails a health check or a request is marked not ready until its next
 successful scrape; discovery marks servers draining or gone.
 
-Waiting requests sit in one queue per model ordered by (tier priority, arrival). When
+Waiting requests sit in one queue per model in the policy's waiting order
+(kubetier.policy.waiting.waiting_key, the fleet simulator's too). When
 capacity frees, the head of the queue is woken to decide again; each waiter also wakes
 on its own at the end of its wait budget (the policy then rejects it, or routes it late
 if its tier queues), and a slow tick wakes the head in case no event comes.
@@ -26,8 +27,13 @@ from dataclasses import dataclass
 from kubetier.api.router_status import ModelStatus, ServerState
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
 from kubetier.router.metrics import RouterMetrics
+
+# Streams on a server under a preemption notice move this long before its deadline: one
+# re-prefill on the target plus a margin for the notice's own lateness.
+LEAVE_MARGIN_S = 5.0
 
 log = logging.getLogger("kubetier.router")
 
@@ -121,6 +127,7 @@ class ModelFleet:
         # In-flight streams per server: cut at once when the server is marked unready, so
         # they resume elsewhere instead of waiting out a stall timeout.
         self._streams: dict[str, set] = {}
+        self._leaving: dict[str, asyncio.TimerHandle] = {}  # sid -> move at its preemption deadline
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
@@ -134,6 +141,9 @@ class ModelFleet:
         for sid in list(self.upstreams):
             if sid not in wanted:
                 up = self.upstreams.pop(sid)
+                leaving = self._leaving.pop(sid, None)
+                if leaving is not None:
+                    leaving.cancel()
                 self.policy.remove_server(sid)
                 up.pool.close()
                 self._move_streams(sid, "server left the fleet")
@@ -148,6 +158,7 @@ class ModelFleet:
             else:
                 up.spec = s
             self._apply_state(sid)
+            self._plan_leave(sid)
         self.pump()
 
     def _apply_state(self, sid: str) -> None:
@@ -158,6 +169,21 @@ class ModelFleet:
         self.metrics.server_ready.labels(*labels).set(1 if ready and not up.spec.draining else 0)
         if not ready:
             self._move_streams(sid, "server marked unready")
+
+    def _plan_leave(self, sid: str) -> None:
+        """A server under a preemption notice (already draining: no new requests) keeps
+        its streams until shortly before the deadline; whatever still runs then resumes on
+        another server from the tokens already sent (the client sees one stream)."""
+        leave_by = self.upstreams[sid].spec.leave_by
+        if leave_by is None or sid in self._leaving:
+            return
+        delay = max(0.0, leave_by - LEAVE_MARGIN_S - time.time())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside the event loop (tests): nothing in flight yet
+            return
+        self._leaving[sid] = loop.call_later(delay, self._move_streams, sid, "preemption deadline")
+        log.warning("server %s: preemption notice; streams still running in %.0fs move elsewhere", sid, delay)
 
     # ------------------------------------------------------------------ in-flight streams
 
@@ -241,7 +267,7 @@ class ModelFleet:
         tally.waiting += 1
         gauge.inc()
         loop = asyncio.get_running_loop()
-        waiter = _Waiter((-t.priority, arrival, next(self._seq)), loop.create_future())
+        waiter = _Waiter(waiting_key(t.priority, arrival, next(self._seq)), loop.create_future())
         heapq.heappush(self._queue, waiter)
         try:
             while True:
@@ -273,14 +299,20 @@ class ModelFleet:
             self.metrics.queue_wait.labels(self.name, tier, self.metrics.worker).observe(self.clock() - arrival)
 
     def _admit(self, sid: str, prompt_tokens: int, t: TierSLO) -> Upstream:
-        self.policy.on_admit(sid, prompt_tokens, t.mean_output_tokens)
+        self.policy.on_admit(sid, prompt_tokens, t.mean_output_tokens, t.name)
         return self.upstreams[sid]
 
     def prefill_done(self, sid: str, prompt_tokens: int) -> None:
         self.policy.on_prefill_done(sid, prompt_tokens)
         self.pump()
 
-    def release(self, sid: str, prompt_tokens: int, output_tokens: int, prefilled: bool) -> None:
+    def release(
+        self, sid: str, prompt_tokens: int, output_tokens: int, prefilled: bool, tier: str | None = None
+    ) -> None:
+        """The request left ``sid``; with ``tier`` (a completed stream) its output length
+        also teaches the policy the tier's horizon."""
+        if tier is not None:
+            self.policy.on_request_done(tier, output_tokens)
         if not prefilled:
             self.policy.on_prefill_done(sid, prompt_tokens)
         self.policy.on_finish(sid, prompt_tokens, output_tokens)
@@ -379,7 +411,7 @@ class ModelFleet:
         return self.metrics.tally(self.name, tier)
 
     def status(self, tallies: dict | None = None) -> dict:
-        return self.model_status(tallies).wire()
+        return self.model_status(tallies).document()
 
     def model_status(self, tallies: dict | None = None) -> ModelStatus:
         """This model's part of the router's status document (``kubetier.api.router_status``)."""

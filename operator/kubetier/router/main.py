@@ -245,10 +245,7 @@ def _run_workers(argv: list[str], workers: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "bench":
-        from kubetier.router.bench import main as bench_main
-
-        return bench_main(argv[1:])
+    # `kubetier router bench` is dispatched by kubetier.cli: the router never imports it.
     parser = build_parser()
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

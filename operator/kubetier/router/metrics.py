@@ -69,7 +69,7 @@ class TierTally:
         )
 
     def as_dict(self) -> dict:
-        return self.counts().wire()
+        return self.counts().document()
 
 
 class RouterMetrics:

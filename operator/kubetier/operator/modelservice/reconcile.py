@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import pydantic
 
+from kubetier.api.errors import describe
 from kubetier.api.modelservice import GROUP, KIND, VERSION, ModelService
 from kubetier.kube import KubeClient
 from kubetier.kube.events import event_body
@@ -162,14 +163,14 @@ async def reconcile(
         # blocking the reconcile.
         ms = ModelService.model_validate({k: v for k, v in body.items() if k != "status"})
     except pydantic.ValidationError as exc:
-        message = "spec is invalid: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        message = "spec is invalid: " + "; ".join(describe(exc))
         outcome.problem = Unsatisfiable("InvalidSpec", message)
         await _write_status(api, body, invalid_spec_status(body, message, now), now, outcome, view)
         return outcome
 
     if view is None:
         view = await ListedView().load(api, ms)
-    observed = view.observe(ms, await profile_configmap(api, ms))
+    observed = replace(view.observe(ms, await profile_configmap(api, ms)), capacity=config.capacity())
     if attainment is not None:
         observed = replace(observed, attainment=attainment(ms.spec.model.name))
     elif config.router_status_url:
