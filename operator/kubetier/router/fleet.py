@@ -148,15 +148,15 @@ class ModelFleet:
                 up.pool.close()
                 self._move_streams(sid, "server left the fleet")
         for sid, s in wanted.items():
-            up = self.upstreams.get(sid)
-            if up is None or (up.spec.host, up.spec.port, up.spec.tier) != (s.host, s.port, s.tier):
-                if up is not None:
-                    up.pool.close()
+            cur = self.upstreams.get(sid)
+            if cur is None or (cur.spec.host, cur.spec.port, cur.spec.tier) != (s.host, s.port, s.tier):
+                if cur is not None:
+                    cur.pool.close()
                     self.policy.remove_server(sid)
-                up = self.upstreams[sid] = Upstream(s, UpstreamPool(s.host, s.port))
+                self.upstreams[sid] = Upstream(s, UpstreamPool(s.host, s.port))
                 self.policy.upsert_server(ServerLoad(sid, s.tier, self.spec.profile))
             else:
-                up.spec = s
+                cur.spec = s
             self._apply_state(sid)
             self._plan_leave(sid)
         self.pump()
