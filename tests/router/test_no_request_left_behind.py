@@ -234,3 +234,29 @@ async def test_reject_tier_outage_is_503_not_429():
         assert r.status_code == 503 and r.headers["retry-after"]
     finally:
         eng.close()
+
+
+async def test_health_checks_that_only_time_out_need_several_in_a_row():
+    """A starved CPU can make one health check time out; unready cuts every stream, so a
+    timeout alone must repeat before the server is marked unready. A refusal is definite."""
+    from kubetier.lean_http.client import UpstreamError
+    from kubetier.router import fleet as fleet_mod
+
+    (eng,) = await engines(Script())
+    try:
+        async with running(router_config([eng]), scrape_interval_s=3600) as (router, _base):
+            f = router.fleets["m"]
+            (sid,) = f.upstreams
+            up = f.upstreams[sid]
+
+            async def slow(*a, **k):
+                raise UpstreamError("no response within 2.0 s", "headers", timeout=True)
+
+            up.pool.request = slow
+            for _ in range(fleet_mod.SLOW_CHECKS_UNREADY - 1):
+                await f._scrape(sid)
+                assert f.can_serve("t")
+            await f._scrape(sid)
+            assert not f.can_serve("t")
+    finally:
+        eng.close()

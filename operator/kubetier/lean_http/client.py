@@ -1,7 +1,8 @@
 """A lean HTTP/1.1 upstream client: pooled keep-alive connections, httptools parsing.
 
-The router relays token streams from engines; docs/architecture.md (router data path) records that a client layer
-with heavy per-chunk bookkeeping (httpx/httpcore) collapses at a few hundred streams.
+The router relays token streams from engines; a client layer with heavy per-chunk
+bookkeeping (httpx/httpcore) was measured on a 2-core machine to collapse at a few
+hundred streams (see docs/router.md, "Data path").
 Here one asyncio Protocol per connection feeds body bytes into a list and wakes the
 reader at most once per batch of arrivals, so a busy stream costs one future wake-up
 per event-loop turn, not per chunk.
@@ -393,8 +394,12 @@ class UpstreamPool:
                 loop.create_connection(lambda: _Conn(self), self.host, self.port), self.connect_timeout_s
             )
         except (TimeoutError, OSError) as exc:
-            raise UpstreamError(f"cannot connect to {self._host_header}: {exc or 'timeout'}", "connect") from None
-        return proto  # type: ignore[return-value]
+            raise UpstreamError(
+                f"cannot connect to {self._host_header}: {exc or 'timeout'}",
+                "connect",
+                timeout=isinstance(exc, TimeoutError),
+            ) from None
+        return proto
 
     async def request(
         self,
@@ -423,15 +428,21 @@ class UpstreamPool:
         for attempt in (0, 1):
             reused = False
             c = None
-            while self._idle:
+            while self._idle and attempt == 0:  # a retry after a stale connection opens a fresh one
                 cand = self._idle.pop()
-                if not cand.closed:
+                if not cand.closed and cand.transport is not None and not cand.transport.is_closing():
                     c = cand
                     reused = True
                     break
             if c is None:
                 c = await self._connect()
-            c.transport.write(data)  # type: ignore[union-attr]
+            try:
+                c.transport.write(data)  # type: ignore[union-attr]
+            except (RuntimeError, OSError) as exc:  # closed under us between checks
+                c._fail(f"connection closed: {exc}")
+                if reused and attempt == 0:
+                    continue
+                raise UpstreamError(f"{self._host_header}: {exc}", "connect") from None
             c.last_activity = c.loop.time() if c.loop is not None else 0.0  # the stall clock starts now
             if on_sent is not None:
                 on_sent(c.cancel)

@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 server core: one asyncio Protocol per connection, httptools parsing.
 
-Why not aiohttp or uvicorn: docs/architecture.md ("Router data path") records that only a
-minimal asyncio/uvloop path with a real parser holds ~1,000 token streams per core;
-framework layers cost 2-3x per relayed token. This module keeps the per-token path to
+Why not aiohttp or uvicorn: on a 2-core machine only a minimal asyncio/uvloop path
+with a real parser held ~1,000 token streams per core; framework layers cost 2-3x per
+relayed token (docs/router.md, "Data path"). This module keeps the per-token path to
 one ``transport.write`` and everything else (parsing, limits, timers) per request.
 
 Behaviour:
@@ -77,7 +77,7 @@ class Limits:
     # Open connections: per process, and per client address (one client cannot take them
     # all). Over either, a new connection gets 503 and is closed.
     max_connections: int = 10_000
-    max_connections_per_client: int = 1_000
+    max_connections_per_client: int = 4_096
     # A request refused from its head (``head_check``) has its body read and dropped, not
     # kept, up to this many bytes (so the client sees the answer, not a reset); beyond it
     # the answer goes out at once and the connection closes.
@@ -278,19 +278,29 @@ class Response:
             self._finished = True
             self._conn._response_finished(self)
 
-    def write(self, chunk: bytes) -> None:
-        """Send one chunk of a stream; no await. A no-op once the client is gone."""
+    def write(self, chunk: bytes) -> bool:
+        """Send one chunk of a stream; no await. A no-op once the client is gone.
+
+        Returns whether the client keeps up: False when it is gone or slow to read (then
+        ``drain()``), so a relay needs no second look per chunk."""
         if not self._started:
             raise RuntimeError("write() before start_stream()")
-        if self._finished or self._disconnected or not chunk:
-            return
+        if self._finished or self._disconnected:
+            return False
+        if not chunk:
+            return True
         conn = self._conn
+        if conn._closed or conn._aborted:
+            return False
         if self._chunked:
-            conn._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            # One buffer: uvloop sends it at once (one syscall), no join in Python.
+            conn._transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))  # type: ignore[union-attr]
         else:
-            conn._write(chunk)
+            conn._transport.write(chunk)  # type: ignore[union-attr]
         if conn._write_paused:
             conn._check_write_buffer()
+            return False
+        return not self._disconnected
 
     async def drain(self) -> None:
         """Wait while the transport is paused (client slow to read); return at once otherwise.
@@ -627,7 +637,7 @@ class _Connection(asyncio.Protocol):
             self._start_next()
         elif len(self._pending) >= self._limits.max_pipelined and not self._reading_paused:
             self._reading_paused = True
-            self._transport.pause_reading()
+            self._transport.pause_reading()  # type: ignore[union-attr]
 
     # --- request dispatch -----------------------------------------------------------
 
@@ -681,7 +691,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._reading_paused and len(self._pending) < self._limits.max_pipelined:
             self._reading_paused = False
-            self._transport.resume_reading()
+            self._transport.resume_reading()  # type: ignore[union-attr]
         if self._pending:
             self._start_next()
         elif self._close_when_idle:
@@ -743,10 +753,10 @@ class _Connection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if not self._closed and not self._aborted:
-            self._transport.write(data)
+            self._transport.write(data)  # type: ignore[union-attr]
 
     def _check_write_buffer(self) -> None:
-        if self._transport.get_write_buffer_size() > self._limits.max_write_buffer_bytes:
+        if self._transport.get_write_buffer_size() > self._limits.max_write_buffer_bytes:  # type: ignore[union-attr]
             log.warning("client %s does not read its response; aborting the connection", self._client)
             self._abort()
 
@@ -798,7 +808,7 @@ async def start_server(
     """Listen on ``host:port`` and answer each request with ``await handler(request, response)``.
 
     Runs on whatever loop is running; install uvloop (``uvloop.run(main())``) for the
-    throughput measured in docs/architecture.md. ``port=0`` picks a free port: read it back from
+    throughput docs/router.md reports. ``port=0`` picks a free port: read it back from
     ``server.sockets[0].getsockname()[1]``.
     """
     state = _ServerState(handler, limits or Limits(), head_check, error_body_fn)
@@ -824,7 +834,7 @@ def close_connections(server: asyncio.AbstractServer) -> int:
 
 def port_of(server: asyncio.AbstractServer) -> int:
     """The TCP port the server listens on (useful with ``port=0``)."""
-    return server.sockets[0].getsockname()[1]
+    return server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
 
 async def serve_until_signalled(server: asyncio.AbstractServer) -> None:

@@ -50,6 +50,7 @@ log = logging.getLogger("kubetier.router")
 # Outcomes that count as failed requests (the others: ok, rejected, client_disconnected).
 FAILED_OUTCOMES = frozenset({"error", "upstream_error", "timeout", "unavailable"})
 ADMIN_PATHS = frozenset({"/metrics", "/kubetier/status"})
+HEALTH_PATHS = frozenset({"/health", "/healthz", "/readyz"})
 
 __all__ = ["BadRequest", "Router", "build_resume_body", "estimate_prompt_tokens", "streamed_text"]
 
@@ -176,7 +177,7 @@ class Router:
                 if name not in self.fleets:
                     raise ClientError(404, f"The model `{name[:128]}` does not exist.", "model", code="model_not_found")
                 res.send_json(200, self._model(name))
-            elif path in ("/health", "/healthz", "/readyz"):
+            elif path in HEALTH_PATHS:
                 res.send(200, b"ok", content_type="text/plain")
             elif path in ADMIN_PATHS and not self.admin_port_separate:
                 self._check_admin(req)
@@ -188,7 +189,7 @@ class Router:
                 code = exc.code or error_code_for(exc.status)
                 res.send(exc.status, error_body(exc.status, exc.message, param=exc.param, code=code), exc.headers)
         finally:
-            if self.access_log:
+            if self.access_log and path not in HEALTH_PATHS:  # probes every few seconds: not worth a line
                 if ctx is not None:
                     ttft = ctx.first_at - ctx.arrival if ctx.first_at else None
                     rec.emit(res.status, ctx.tokens, ttft)

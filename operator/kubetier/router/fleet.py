@@ -38,6 +38,7 @@ LEAVE_MARGIN_S = 5.0
 log = logging.getLogger("kubetier.router")
 
 _WAKE_BATCH = 4  # waiters woken per capacity change
+SLOW_CHECKS_UNREADY = 3  # health checks timing out in a row before a server is marked unready
 _INF = float("inf")
 _TICK_S = 0.05
 
@@ -84,6 +85,7 @@ class Upstream:
     spec: ServerSpec
     pool: UpstreamPool
     healthy: bool = True  # last health check / request outcome
+    slow_checks: int = 0  # health checks in a row that timed out
 
 
 class _Waiter:
@@ -146,15 +148,15 @@ class ModelFleet:
                 up.pool.close()
                 self._move_streams(sid, "server left the fleet")
         for sid, s in wanted.items():
-            up = self.upstreams.get(sid)
-            if up is None or (up.spec.host, up.spec.port, up.spec.tier) != (s.host, s.port, s.tier):
-                if up is not None:
-                    up.pool.close()
+            cur = self.upstreams.get(sid)
+            if cur is None or (cur.spec.host, cur.spec.port, cur.spec.tier) != (s.host, s.port, s.tier):
+                if cur is not None:
+                    cur.pool.close()
                     self.policy.remove_server(sid)
-                up = self.upstreams[sid] = Upstream(s, UpstreamPool(s.host, s.port))
+                self.upstreams[sid] = Upstream(s, UpstreamPool(s.host, s.port))
                 self.policy.upsert_server(ServerLoad(sid, s.tier, self.spec.profile))
             else:
-                up.spec = s
+                cur.spec = s
             self._apply_state(sid)
             self._plan_leave(sid)
         self.pump()
@@ -368,10 +370,19 @@ class ModelFleet:
             text = await r.read_all(timeout=2.0)
             r.close()
         except UpstreamError as exc:
+            # A refused connection or a bad answer is definite; a check that only timed out
+            # may be a starved CPU (seen on a loaded 2-core machine, where marking the
+            # engine unready at once cut hundreds of healthy streams): that takes
+            # SLOW_CHECKS_UNREADY in a row, since unready moves every in-flight stream.
+            if exc.timeout:
+                up.slow_checks += 1
+                if up.slow_checks < SLOW_CHECKS_UNREADY:
+                    return
             if up.healthy:
                 log.warning("server %s (%s:%d) unhealthy: %s", sid, up.spec.host, up.spec.port, exc)
             self.mark_unhealthy(sid)
             return
+        up.slow_checks = 0
         if sid not in self.upstreams:
             return
         if not up.healthy:

@@ -51,8 +51,12 @@ class Forwarder:
     # ------------------------------------------------------------------ timeouts
 
     def first_token_timeout_s(self, ctx: RequestContext) -> float:
+        """How long a stream may go without its first token before its engine is taken
+        for stalled. Never shorter than the mid-stream stall timeout: an engine that
+        queues a request under load is slow, not broken, and moving the request would
+        only add load (health checks catch a dead engine, and its streams move then)."""
         s = self.settings
-        return s.timeout_floor_s + s.timeout_slack * ctx.ttft_s
+        return max(s.stall_timeout_s, s.timeout_floor_s + s.timeout_slack * ctx.ttft_s)
 
     def whole_answer_timeout_s(self, ctx: RequestContext, max_tokens: int) -> float:
         s = self.settings

@@ -139,6 +139,8 @@ class AccessRecord:
     stream: bool | None = None
 
     def emit(self, status: int, completion_tokens: int | None = None, ttft_s: float | None = None) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         rec: dict[str, Any] = {
             "requestId": self.request_id,
             "client": self.client,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -191,6 +192,13 @@ async def _serve(args: argparse.Namespace) -> int:
         log.warning(
             "/metrics and /kubetier/status are open on the client port: set --admin-port or $%s", args.admin_key_env
         )
+    # Everything allocated so far lives as long as the process: keep it out of the
+    # collector's way, and collect the young generation less often (per-stream objects
+    # are short-lived and acyclic; a young collection per 700 allocations showed up in
+    # profiles of the relay).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     log.info("router listening on %s:%d (%d models)", args.host, args.port, len(router.fleets))
     await serve_until_signalled(server)
     if admin is not None:

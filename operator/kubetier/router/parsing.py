@@ -23,6 +23,7 @@ CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English BPE vocabularies
 TOKENS_PER_MESSAGE = 4  # chat template role headers (Llama 3's spends 4-5 per message)
 TOKENS_PER_MEDIA_PART = 85  # OpenAI's base cost of one low-detail image; a floor for other media
 _MEDIA_PARTS = {"image_url": "url", "input_audio": "data", "file": None}
+_INT_ONLY = {int}  # JSON numbers without a fraction; true/false are bool, not int
 _ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
 
 
@@ -133,7 +134,7 @@ def count_prompt_tokens(body: dict[str, Any], chat: bool) -> int:
         p = p[0]
     if isinstance(p, str):
         return max(1, -(-len(p) // CHARS_PER_TOKEN))
-    if isinstance(p, list) and p and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
+    if isinstance(p, list) and p and set(map(type, p)) == _INT_ONLY:  # one C-level pass over the ids
         return len(p)
     raise ClientError(400, "'prompt' must be a string or a list of token ids", "prompt")
 

@@ -32,6 +32,7 @@ log = logging.getLogger("kubetier.router")
 TOKEN_MARK = b'"choices":[{'  # one per token event (the usage event has "choices":[])
 ROLE_MARK = b'"role":"assistant"'
 DONE = b"data: [DONE]"
+DONE_EVENT = b"data: [DONE]\n\n"
 
 
 async def relay_whole(res: Response, upr: UpstreamResponse, ctx: RequestContext, timeout_s: float) -> str:
@@ -255,13 +256,17 @@ class EventRelay:
         client is slow to read or gone), so the upstream stops feeding and wakes it."""
         if self.tail:
             data = self.tail + data
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            self.tail = data
-            return True
-        cut += 2
-        out = data[:cut]
-        self.tail = data[cut:]
+            self.tail = b""
+        if data.endswith(b"\n\n"):  # the common case: whole events, passed on as they came
+            out = data
+        else:
+            cut = data.rfind(b"\n\n")
+            if cut < 0:
+                self.tail = data
+                return True
+            cut += 2
+            out = data[:cut]
+            self.tail = data[cut:]
         state = self.state
         if state.resumed:
             if state.drop_role and ROLE_MARK in out:
@@ -293,9 +298,8 @@ class EventRelay:
                 ctx.tokens += n
                 ctx.tokens_on_server += n
                 ctx.last_at = now
-        if not self.done and DONE in out:
+        if out.endswith(DONE_EVENT) or (not self.done and DONE in out):
             self.done = True
-        res = self.res
-        res.write(out)
         state.sent += out
-        return not (wake or res.writing_paused or res.disconnected)
+        # write() says whether the client keeps up (False: slow to read, or gone).
+        return self.res.write(out) and not wake
