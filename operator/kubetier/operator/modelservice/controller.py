@@ -52,6 +52,8 @@ class ModelServiceController:
         self._started = asyncio.Event()
         self._starting = asyncio.Lock()
         self.reconciles = 0  # for tests and the benchmark
+        self.watches.on_service_change(self.enqueue)
+        self.watches.on_nodes_change(self.enqueue_all)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -61,8 +63,6 @@ class ModelServiceController:
         async with self._starting:
             if self._started.is_set():
                 return
-            self.watches.on_service_change(self.enqueue)
-            self.watches.on_nodes_change(self.enqueue_all)
             await self.watches.start()
             self._tasks = [asyncio.create_task(self._work(), name=f"ms-worker-{i}") for i in range(self.workers)]
             if self.feed is not None:
