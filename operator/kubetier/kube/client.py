@@ -100,6 +100,13 @@ class KubeClient:
         response = await self._request("get", kind, "GET", resource(kind).path(namespace, name))
         return None if response.status_code == 404 else response.json()
 
+    async def get_raw(self, path: str) -> str:
+        """A non-resource path as text (``/metrics``, ``/readyz``)."""
+        response = await self._request("get", "raw", "GET", path)
+        if response.status_code == 404:
+            raise KubeError(404, "GET", path, response.text)
+        return response.text
+
     async def list_versioned(
         self, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> tuple[list[dict[str, Any]], str]:
