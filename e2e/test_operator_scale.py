@@ -6,6 +6,7 @@ watch cache, no request). The same code with --services 100/1000 is the benchmar
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from bench_reconcile import delete_namespace, print_report, run
 from e2e_support import session_operator_paused
@@ -19,7 +20,7 @@ def test_twenty_services_settle_and_steady_state_makes_no_writes(kubectl, crds, 
         finally:
             delete_namespace(namespace)
     print_report(result)
-    assert result["operator_alive"], open(result["operator_log"]).read()[-4000:]
+    assert result["operator_alive"], Path(result["operator_log"]).read_text()[-4000:]
     assert result["create"]["n"] == 20 and result["update"]["n"] == 5
     steady = result["steady"]
     assert steady["operator_writes"] == 0, steady["operator_requests_per_min"]
