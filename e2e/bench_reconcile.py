@@ -245,7 +245,11 @@ async def run(
         await wait_for(lambda: all(d in bench.seen for d in expected), 60 + services * 0.5, "every Deployment")
         converge_s = max(bench.seen[d] for d in expected) - t0
         latencies = [max(bench.seen[f"{ms}-t{j}"] for j in range(tiers)) - created[ms] for ms in created]
-        result["create"] = {**summary(latencies), "create_calls_s": round(create_s, 2), "all_children_s": round(converge_s, 2)}
+        result["create"] = {
+            **summary(latencies),
+            "create_calls_s": round(create_s, 2),
+            "all_children_s": round(converge_s, 2),
+        }
 
         def all_statused() -> bool:
             items = statuses.items()
@@ -317,7 +321,9 @@ def delete_namespace(namespace: str) -> None:
         try:
             for ms in await api.list("ModelService", namespace):
                 if ms["metadata"].get("finalizers"):
-                    await api.patch("ModelService", namespace, ms["metadata"]["name"], {"metadata": {"finalizers": None}})
+                    await api.patch(
+                        "ModelService", namespace, ms["metadata"]["name"], {"metadata": {"finalizers": None}}
+                    )
             await api.delete("Namespace", None, namespace)
         finally:
             await api.aclose()
@@ -354,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the namespace afterwards")
     args = parser.parse_args(argv)
     if not os.environ.get("KUBECONFIG"):
-        parser.error("KUBECONFIG is not set: export KUBECONFIG=$(.venv/bin/python e2e/cluster/cluster.py kubeconfig-path)")
+        parser.error(
+            "KUBECONFIG is not set: export KUBECONFIG=$(.venv/bin/python e2e/cluster/cluster.py kubeconfig-path)"
+        )
     from e2e_support import find_kubectl
 
     kubectl = find_kubectl()
