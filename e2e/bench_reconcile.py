@@ -194,6 +194,7 @@ async def run(
     workdir: Path | None = None,
     start_operator: bool = True,
     create_concurrency: int = 16,
+    operator_source: Path | None = None,
 ) -> dict[str, Any]:
     namespace = namespace or f"bench-{uuid.uuid4().hex[:6]}"
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kubetier-bench-"))
@@ -206,12 +207,19 @@ async def run(
     statuses = Informer(api, "ModelService", namespace)
     deployments.on_change(bench.on_deployment)
     tasks: list[asyncio.Task[None]] = []
-    result: dict[str, Any] = {"services": services, "tiers": tiers, "namespace": namespace}
+    result: dict[str, Any] = {
+        "services": services,
+        "tiers": tiers,
+        "namespace": namespace,
+        "operator_source": str(operator_source or REPO),
+    }
     try:
         await api.create("Namespace", None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         if start_operator:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             env.pop("KUBERNETES_SERVICE_HOST", None)
+            if operator_source is not None:  # another checkout's operator, for a side-by-side baseline
+                env["PYTHONPATH"] = str(operator_source / "operator")
             with open(log_path, "ab") as out:
                 operator = subprocess.Popen(
                     [sys.executable, "-m", "kubetier.cli", "operator", "--namespace", namespace, "--standalone"],
@@ -334,6 +342,7 @@ def delete_namespace(namespace: str) -> None:
 def print_report(result: dict[str, Any]) -> None:
     c, s, u = result["create"], result["steady"], result["update"]
     print(f"ModelServices: {result['services']} (tiers each: {result['tiers']}), namespace {result['namespace']}")
+    print(f"operator from: {result['operator_source']}")
     print(
         f"create burst: apply-to-children p50 {c['p50_s']} s, p99 {c['p99_s']} s, max {c['max_s']} s; "
         f"all children after {c['all_children_s']} s; settled after {result['settled_s']} s"
@@ -357,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=60.0, help="steady-state window, seconds (default 60)")
     parser.add_argument("--updates", type=int, default=20, help="single-service updates to time (default 20)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--operator-source",
+        type=Path,
+        help="run the operator from this checkout instead (e.g. a worktree of an older commit), for a baseline",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the namespace afterwards")
     args = parser.parse_args(argv)
     if not os.environ.get("KUBECONFIG"):
@@ -377,7 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     try:
-        result = asyncio.run(run(args.services, args.tiers, args.window, args.updates, namespace=namespace))
+        result = asyncio.run(
+            run(
+                args.services,
+                args.tiers,
+                args.window,
+                args.updates,
+                namespace=namespace,
+                operator_source=args.operator_source,
+            )
+        )
     finally:
         if not args.keep:
             delete_namespace(namespace)
