@@ -216,7 +216,7 @@ def test_routing_configmap_follows_the_contract():
         8000,
     )
     assert [set(t) for t in doc["tiers"]] == [
-        {"name", "ttftMs", "tpotMs", "priority", "meanOutputTokens", "onLate"}
+        {"name", "ttftMs", "tpotMs", "attainmentPercent", "priority", "meanOutputTokens", "onLate"}
     ] * 3
     assert [(t["name"], t["tpotMs"], t["onLate"]) for t in doc["tiers"]] == [
         ("interactive", 30, "reject"),

@@ -20,9 +20,9 @@ STATUS = {
     "models": {
         "llama": {
             "tiers": {
-                "interactive": {"requests": 40, "completed": 40, "failed": 0, "attainmentPercent": 97.5},
-                "batch": {"requests": 3, "completed": 3, "failed": 0, "attainmentPercent": 100.0},
-                "standard": {"requests": 9, "completed": 8, "failed": 1, "attainmentPercent": 88.9},
+                "interactive": {"requests": 40, "completed": 40, "sloMet": 39, "failed": 0, "attainmentPercent": 97.5},
+                "batch": {"requests": 3, "completed": 3, "sloMet": 3, "failed": 0, "attainmentPercent": 100.0},
+                "standard": {"requests": 9, "completed": 8, "sloMet": 8, "failed": 1, "attainmentPercent": 88.89},
             }
         }
     }
@@ -30,7 +30,22 @@ STATUS = {
 
 
 def test_tiers_with_enough_finished_requests_are_reported():
-    assert attainment_from_status(STATUS, "llama") == {"interactive": 97.5, "standard": 88.9}
+    assert attainment_from_status(STATUS, "llama") == {"interactive": 97.5, "standard": 88.89}
+
+
+def test_a_tier_shedding_load_is_not_reported_at_100_percent():
+    # Every request the router let through met its SLO, but it refused 30 with 429:
+    # those are misses (kubetier.policy.attainment), whatever the router's own figure says.
+    shedding = {"requests": 40, "completed": 10, "sloMet": 10, "rejected": 30, "failed": 0, "attainmentPercent": 100.0}
+    status = {"models": {"llama": {"tiers": {"interactive": shedding}}}}
+    assert attainment_from_status(status, "llama") == {"interactive": 25.0}
+    # Refusals alone count toward the minimum sample size.
+    only_refused = {"requests": 6, "completed": 0, "sloMet": 0, "rejected": 6}
+    assert attainment_from_status({"models": {"llama": {"tiers": {"batch": only_refused}}}}, "llama") == {"batch": 0.0}
+
+
+def test_a_status_document_that_is_not_understood_reports_nothing():
+    assert attainment_from_status({"models": {"llama": {"tiers": {"x": {"completed": "many"}}}}}, "llama") == {}
 
 
 def test_other_models_and_empty_documents_report_nothing():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetier.api.labels import MANAGED_BY_VALUE, PART_OF_LABEL
+
 # list + watch: the controller keeps its children in a watch cache (modelservice/watches.py).
 CHILD_WRITE_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 
@@ -49,6 +51,6 @@ def cluster_role(name: str = "kubetier-operator") -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "kubetier"}},
+        "metadata": {"name": name, "labels": {PART_OF_LABEL: MANAGED_BY_VALUE}},
         "rules": [dict(rule) for rule in RULES],
     }

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from kubetier.api.labels import GPU_RESOURCE
+
 SpotPolicy = Literal["never", "allowed", "preferred"]
 # on-demand: required; either: spot or on-demand; prefer-spot: either, spot preferred.
 Placement = Literal["on-demand", "either", "prefer-spot"]
@@ -107,7 +109,7 @@ def capacity_problem(
     if gpus_per_replica == 0:
         return None
     per = gpus_per_replica
-    what = f"nvidia.com/gpu ({gpu_product})" if gpu_product else "nvidia.com/gpu"
+    what = f"{GPU_RESOURCE} ({gpu_product})" if gpu_product else GPU_RESOURCE
     usable_nodes = [n for n in nodes if n.schedulable and (gpu_product is None or n.gpu_product == gpu_product)]
     if not any(n.gpus >= per for n in usable_nodes):
         return CapacityProblem(

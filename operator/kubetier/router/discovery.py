@@ -22,18 +22,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 
+from pydantic import ValidationError
+
+from kubetier.api.errors import describe
+from kubetier.api.labels import (
+    LOCAL_ENDPOINT_ANNOTATION,
+    ROUTING_CONFIG_SELECTOR,
+    SERVICE_LABEL,
+    SERVING_POD_SELECTOR,
+    TIER_LABEL,
+)
+from kubetier.api.routing import API_KEY_SECRET_KEY, ROUTING_CONFIGMAP_SUFFIX, ROUTING_KEY, RoutingDocument
 from kubetier.kube import KubeClient, KubeError
 from kubetier.kube.informer import Informer, wait_synced
-from kubetier.router.config import ConfigError, ModelSpec, RouterConfig, ServerSpec, parse_profile, parse_tier
+from kubetier.policy.latency import LatencyModel
+from kubetier.policy.routing import TierSLO
+from kubetier.router.config import ConfigError, ModelSpec, RouterConfig, ServerSpec
 
 log = logging.getLogger("kubetier.router.discovery")
 
-ROUTING_LABEL = "kubetier.io/routing-config=true"
-POD_SELECTOR = "app.kubernetes.io/managed-by=kubetier,kubetier.io/role=serving"
-LOCAL_ENDPOINT = "kubetier.io/local-endpoint"
+ROUTING_LABEL = ROUTING_CONFIG_SELECTOR
+POD_SELECTOR = SERVING_POD_SELECTOR
+LOCAL_ENDPOINT = LOCAL_ENDPOINT_ANNOTATION
 
 
 def _meta(obj: dict) -> dict:
@@ -73,47 +85,40 @@ def build_config(
         meta = _meta(cm)
         where = f"ConfigMap {meta.get('namespace')}/{meta.get('name')}"
         try:
-            raw = (cm.get("data") or {}).get("routing.json")
+            raw = (cm.get("data") or {}).get(ROUTING_KEY)
             if raw is None:
-                raise ConfigError("has no key routing.json")
-            d = json.loads(raw)
-            if not isinstance(d, dict):
-                raise ConfigError("routing.json must be a JSON object")
-            name = d.get("model")
-            if not isinstance(name, str) or not name:
-                raise ConfigError("routing.json: model: must be a non-empty string")
-            tiers = [parse_tier(t, f"routing.json: tiers[{i}]") for i, t in enumerate(d.get("tiers") or [])]
-            if not tiers:
-                raise ConfigError("routing.json: tiers: needs at least one tier")
-            profile = parse_profile(d.get("profile"), "routing.json: profile")
-            port = d.get("port", 8000)
-            if not isinstance(port, int) or not 0 < port < 65536:
-                raise ConfigError(f"routing.json: port: must be a TCP port, got {port!r}")
-            ns = d.get("namespace") or meta.get("namespace") or "default"
-            service = d.get("service") or str(meta.get("name", "")).removesuffix("-routing")
+                raise ConfigError(f"has no key {ROUTING_KEY}")
+            try:
+                doc = RoutingDocument.from_json(raw)
+            except ValidationError as exc:
+                raise ConfigError(f"{ROUTING_KEY}: " + "; ".join(describe(exc))) from None
+            name = doc.model
+            tiers = [TierSLO.from_api(t) for t in doc.tiers]
+            profile = LatencyModel.from_api(doc.profile)
+            port = doc.port
+            ns = doc.namespace or meta.get("namespace") or "default"
+            service = doc.service or str(meta.get("name", "")).removesuffix(ROUTING_CONFIGMAP_SUFFIX)
         except (ConfigError, ValueError) as exc:
             log.warning("%s skipped: %s", where, exc)
             continue
         if name in models:
             log.warning("%s skipped: model %r is already served by another ModelService", where, name)
             continue
-        access = d.get("access") or []
+        access = doc.access
         spec = ModelSpec(name, profile, tiers, [], min(131072, profile.kv_capacity_tokens), public=not access)
         tier_names = {t.name for t in tiers}
         for entry in access:
-            if not isinstance(entry, dict):
-                continue
-            secret = secrets.get((ns, str(entry.get("secretName"))))
+            secret = secrets.get((ns, entry.secret_name))
             key = _secret_key(secret)
             if key is None:
                 log.warning(
                     "%s: access secret %s/%s has no usable api-key; its tiers stay closed",
                     where,
                     ns,
-                    entry.get("secretName"),
+                    entry.secret_name,
                 )
                 continue
-            granted = frozenset(t for t in entry.get("tiers") or [] if t in tier_names)
+            granted = frozenset(t for t in entry.tiers if t in tier_names)
             grant = keys.setdefault(key, {})
             grant[name] = grant.get(name, frozenset()) | granted
         models[name] = spec
@@ -121,11 +126,11 @@ def build_config(
     for pod in pods:
         meta = _meta(pod)
         labels = meta.get("labels") or {}
-        found = by_service.get((str(meta.get("namespace")), str(labels.get("kubetier.io/service"))))
+        found = by_service.get((str(meta.get("namespace")), str(labels.get(SERVICE_LABEL))))
         if found is None:
             continue
         spec, port = found
-        tier = labels.get("kubetier.io/tier")
+        tier = labels.get(TIER_LABEL)
         if tier not in {t.name for t in spec.tiers}:
             continue
         ep = pod_endpoint(pod, port, local_endpoints)
@@ -150,12 +155,12 @@ def _secret_key(secret: dict | None) -> str | None:
     if not secret:
         return None
     data = secret.get("data") or {}
-    if "api-key" in data:
+    if API_KEY_SECRET_KEY in data:
         try:
-            return base64.b64decode(data["api-key"]).decode().strip() or None
+            return base64.b64decode(data[API_KEY_SECRET_KEY]).decode().strip() or None
         except (ValueError, UnicodeDecodeError):
             return None
-    v = (secret.get("stringData") or {}).get("api-key")
+    v = (secret.get("stringData") or {}).get(API_KEY_SECRET_KEY)
     return v.strip() if isinstance(v, str) and v.strip() else None
 
 
@@ -210,13 +215,11 @@ def _secret_refs(cms: list[dict]) -> set[tuple[str, str]]:
     for cm in cms:
         ns = str(_meta(cm).get("namespace") or "")
         try:
-            d = json.loads((cm.get("data") or {}).get("routing.json") or "{}")
+            doc = RoutingDocument.from_json((cm.get("data") or {}).get(ROUTING_KEY) or "{}")
         except ValueError:
-            continue
-        for entry in (d.get("access") or []) if isinstance(d, dict) else []:
-            name = entry.get("secretName") if isinstance(entry, dict) else None
-            if name:
-                out.add((ns, str(name)))
+            continue  # build_config logs why
+        for entry in doc.access:
+            out.add((ns, entry.secret_name))
     return out
 
 

@@ -31,7 +31,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from kubetier.api.labels import MANAGED_BY_VALUE
 from kubetier.api.modelservice import GROUP, KIND, VERSION, ModelService, ModelServiceSpec, Tier
+from kubetier.api.profile import LatencyProfile
+from kubetier.api.routing import ROUTING_KEY as ROUTING_KEY
+from kubetier.api.routing import AccessEntry, RoutingDocument, RoutingTier
+from kubetier.api.routing import routing_configmap_name as _routing_configmap_name
 from kubetier.operator.modelservice import engines
 from kubetier.operator.modelservice.model import (
     CAPACITY_TYPE_LABEL,
@@ -50,8 +55,6 @@ from kubetier.operator.modelservice.model import (
 )
 from kubetier.operator.modelservice.profile import resolve_profile
 from kubetier.policy import sizing
-
-ROUTING_KEY = "routing.json"
 
 
 def desired(
@@ -96,7 +99,7 @@ def tier_object_name(ms: ModelService, tier: Tier, pool: str = "main") -> str:
 
 
 def routing_configmap_name(ms: ModelService) -> str:
-    return f"{ms.name}-routing"
+    return _routing_configmap_name(ms.name)
 
 
 def owner_reference(ms: ModelService) -> dict[str, Any]:
@@ -111,7 +114,7 @@ def owner_reference(ms: ModelService) -> dict[str, Any]:
 
 
 def labels(ms: ModelService, tier: Tier | None = None, role: str | None = None) -> dict[str, str]:
-    out = {MANAGED_BY: "kubetier", SERVICE_LABEL: ms.name}
+    out = {MANAGED_BY: MANAGED_BY_VALUE, SERVICE_LABEL: ms.name}
     if tier is not None:
         out[TIER_LABEL] = tier.name
     if role is not None:
@@ -131,27 +134,18 @@ def _metadata(ms: ModelService, name: str, object_labels: dict[str, str]) -> dic
 # --------------------------------------------------------------------------- routing config
 
 
-def routing_document(ms: ModelService, profile: dict[str, Any]) -> dict[str, Any]:
+def routing_document(ms: ModelService, profile: dict[str, Any]) -> RoutingDocument:
+    """The routing document (``kubetier.api.routing``) for ``ms`` with its resolved profile."""
     spec = ms.spec
-    return {
-        "model": spec.model.name,
-        "namespace": ms.namespace,
-        "service": ms.name,
-        "tiers": [
-            {
-                "name": t.name,
-                "ttftMs": t.ttft_ms,
-                "tpotMs": t.tpot_ms,
-                "priority": t.priority,
-                "meanOutputTokens": t.mean_output_tokens,
-                "onLate": t.on_late,
-            }
-            for t in spec.tiers
-        ],
-        "profile": profile,
-        "access": [{"secretName": a.secret_ref.name, "tiers": list(a.tiers)} for a in spec.access],
-        "port": spec.engine.port,
-    }
+    return RoutingDocument(
+        model=spec.model.name,
+        namespace=ms.namespace,
+        service=ms.name,
+        tiers=[RoutingTier.model_validate(t.as_slo_tier().model_dump()) for t in spec.tiers],
+        profile=LatencyProfile.model_validate(profile),
+        access=[AccessEntry(secret_name=a.secret_ref.name, tiers=list(a.tiers)) for a in spec.access],
+        port=spec.engine.port,
+    )
 
 
 def routing_configmap(ms: ModelService, profile: dict[str, Any]) -> dict[str, Any]:
@@ -160,9 +154,7 @@ def routing_configmap(ms: ModelService, profile: dict[str, Any]) -> dict[str, An
         "kind": "ConfigMap",
         "metadata": _metadata(ms, routing_configmap_name(ms), {**labels(ms), ROUTING_CONFIG_LABEL: "true"}),
         "data": {
-            # sort_keys: the same spec always renders byte-identical data, so an
-            # unchanged service never looks changed.
-            ROUTING_KEY: json.dumps(routing_document(ms, profile), sort_keys=True, indent=2),
+            ROUTING_KEY: routing_document(ms, profile).to_json(),
             # The simulator engine reads its profile from here (JSON is valid YAML).
             engines.PROFILE_FILE: json.dumps(profile, sort_keys=True, indent=2),
         },

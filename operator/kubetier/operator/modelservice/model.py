@@ -8,26 +8,42 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetier.api.labels import CAPACITY_TYPE_LABEL as CAPACITY_TYPE_LABEL
+from kubetier.api.labels import GPU_PRODUCT_LABEL as GPU_PRODUCT_LABEL
+from kubetier.api.labels import GPU_RESOURCE as GPU_RESOURCE
+from kubetier.api.labels import MANAGED_BY_LABEL
+from kubetier.api.labels import POOL_LABEL as POOL_LABEL
+from kubetier.api.labels import ROLE_LABEL as ROLE_LABEL
+from kubetier.api.labels import ROUTING_CONFIG_LABEL as ROUTING_CONFIG_LABEL
+from kubetier.api.labels import SERVICE_LABEL as SERVICE_LABEL
+from kubetier.api.labels import TIER_LABEL as TIER_LABEL
+from kubetier.api.labels import ZONE_LABEL as ZONE_LABEL
 from kubetier.api.modelservice import Tier
 from kubetier.operator.identity import DOMAIN, FIELD_MANAGER
 from kubetier.policy.sizing import NodeCapacity, TierSizing
 
-__all__ = ["DOMAIN", "FIELD_MANAGER", "Observed", "OperatorConfig", "node_capacity", "tier_sizing"]
+__all__ = [
+    "CAPACITY_TYPE_LABEL",
+    "DOMAIN",
+    "FIELD_MANAGER",
+    "GPU_PRODUCT_LABEL",
+    "GPU_RESOURCE",
+    "MANAGED_BY",
+    "POOL_LABEL",
+    "ROLE_LABEL",
+    "ROUTING_CONFIG_LABEL",
+    "SERVICE_LABEL",
+    "TIER_LABEL",
+    "ZONE_LABEL",
+    "Observed",
+    "OperatorConfig",
+    "node_capacity",
+    "tier_sizing",
+]
 
-# Labels (docs/contracts.md).
-MANAGED_BY = "app.kubernetes.io/managed-by"
-SERVICE_LABEL = "kubetier.io/service"
-TIER_LABEL = "kubetier.io/tier"
-ROLE_LABEL = "kubetier.io/role"
-ROUTING_CONFIG_LABEL = "kubetier.io/routing-config"
-# Which of a tier's Deployments a pod belongs to (main, floor, standby): keeps the
-# selectors of a tier's Deployments disjoint.
-POOL_LABEL = "kubetier.io/pool"
-
-CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# Label and annotation keys are defined once, in kubetier.api.labels (docs/contracts.md);
+# the names above are kept for the operator's modules.
+MANAGED_BY = MANAGED_BY_LABEL
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Per-tier SLO attainment as the router measured it, for ``status.tiers[].attainmentPercent``
 and the ``SLOAtRisk`` condition.
 
-The router serves ``GET /kubetier/status`` (per model, per tier: requests, sloMet,
-attainmentPercent, ...). ``RouterStatusFeed`` reads it from EVERY router replica on one
+The router serves ``GET /kubetier/status`` (``kubetier.api.router_status``: per model, per tier:
+requests, completed, sloMet, rejected, failed, ...). ``RouterStatusFeed`` reads it from EVERY router replica on one
 long-lived HTTP client every ``interval_s``, sums the counts per model, and tells the
 controller which models' attainment changed (those ModelServices reconcile then, not at
 their next resync). The replicas come from the EndpointSlices of the router Service
@@ -26,46 +26,53 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import ValidationError
 
+from kubetier.api.errors import describe
+from kubetier.api.router_status import RouterStatus
 from kubetier.kube import KubeClient, KubeError
 from kubetier.kube.informer import Informer
+from kubetier.policy.attainment import MIN_JUDGED_REQUESTS, attainment_percent, judged_requests
 
 log = logging.getLogger("kubetier.operator")
 
-# Below this many finished requests a tier's attainment is noise, not a measurement.
-MIN_REQUESTS = 5
+# Kept for callers; the threshold is defined in kubetier.policy.attainment.
+MIN_REQUESTS = MIN_JUDGED_REQUESTS
 # Counters summed over replicas (the router's TierTally.as_dict fields).
 _SUMMED = ("requests", "completed", "sloMet", "rejected", "failed", "spilled", "waiting", "inflight", "demand")
 _SERVICE_HOST = re.compile(r"^(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?\.?$")
 
 
 def attainment_from_status(status: dict[str, Any], model: str, min_requests: int = MIN_REQUESTS) -> dict[str, float]:
-    """Attainment percent per tier of ``model`` from the router's status document."""
-    tiers = (status.get("models") or {}).get(model, {}).get("tiers") or {}
+    """Attainment percent per tier of ``model`` from the router's status document
+    (``kubetier.api.router_status``), computed from the router's counts with
+    ``kubetier.policy.attainment`` (a refused or failed request is a miss), so an older
+    router that left refusals out of its own percentage is still read the same way.
+    Tiers with fewer than ``min_requests`` judged requests are left out (noise)."""
+    try:
+        doc = RouterStatus.model_validate(status)
+    except ValidationError as exc:
+        log.info("router status document not understood: %s", "; ".join(describe(exc)))
+        return {}
+    found = doc.models.get(model)
+    if found is None:
+        return {}
     out = {}
-    for name, tally in tiers.items():
-        pct = tally.get("attainmentPercent")
-        if pct is not None and int(tally.get("completed", 0)) + int(tally.get("failed", 0)) >= min_requests:
-            out[name] = float(pct)
+    for name, counts in found.tiers.items():
+        if judged_requests(counts.completed, counts.rejected, counts.failed) < min_requests:
+            continue
+        pct = attainment_percent(
+            min(counts.slo_met, counts.completed), counts.completed, counts.rejected, counts.failed
+        )
+        if pct is not None:
+            out[name] = round(pct, 2)
     return out
-
-
-def _judged(tally: dict[str, Any]) -> float:
-    """The requests a replica's attainment was computed over, recovered from its own
-    sloMet and percent, so the sum below follows the router's definition of attainment
-    whatever it counts (completed, failed, rejected)."""
-    pct = tally.get("attainmentPercent")
-    met = float(tally.get("sloMet") or 0)
-    if pct:
-        return met * 100.0 / float(pct)
-    return float(tally.get("completed") or 0) + float(tally.get("failed") or 0) + float(tally.get("rejected") or 0)
 
 
 def aggregate_status(documents: list[dict[str, Any]]) -> dict[str, Any]:
     """One status document from several replicas': counts summed per model and tier,
     attainment recomputed over the summed requests."""
     models: dict[str, dict[str, Any]] = {}
-    judged: dict[tuple[str, str], float] = {}
     for doc in documents:
         for model, entry in (doc.get("models") or {}).items():
             tiers = models.setdefault(model, {"tiers": {}})["tiers"]
@@ -73,10 +80,10 @@ def aggregate_status(documents: list[dict[str, Any]]) -> dict[str, Any]:
                 into = tiers.setdefault(tier, {k: 0 for k in _SUMMED})
                 for key in _SUMMED:
                     into[key] += tally.get(key) or 0
-                judged[(model, tier)] = judged.get((model, tier), 0.0) + _judged(tally)
-    for (model, tier), n in judged.items():
-        tally = models[model]["tiers"][tier]
-        tally["attainmentPercent"] = round(100.0 * tally["sloMet"] / n, 2) if n > 0 else None
+    for entry in models.values():
+        for t in entry["tiers"].values():
+            pct = attainment_percent(min(t["sloMet"], t["completed"]), t["completed"], t["rejected"], t["failed"])
+            t["attainmentPercent"] = None if pct is None else round(pct, 2)
     return {"models": models, "replicas": len(documents)}
 
 
