@@ -250,7 +250,7 @@ async def run(
         await asyncio.gather(*(create(i) for i in range(services)))
         create_s = time.monotonic() - t0
         expected = {f"svc-{i:04d}-t{j}": f"svc-{i:04d}" for i in range(services) for j in range(tiers)}
-        await wait_for(lambda: all(d in bench.seen for d in expected), 60 + services * 0.5, "every Deployment")
+        await wait_for(lambda: all(d in bench.seen for d in expected), 120 + services * 2.0, "every Deployment")
         converge_s = max(bench.seen[d] for d in expected) - t0
         latencies = [max(bench.seen[f"{ms}-t{j}"] for j in range(tiers)) - created[ms] for ms in created]
         result["create"] = {
@@ -265,8 +265,13 @@ async def run(
                 (o.get("status") or {}).get("observedGeneration") == o["metadata"].get("generation") for o in items
             )
 
-        await wait_for(all_statused, 60 + services * 0.5, "every status written")
-        await quiet(bench, quiet_s=5.0, timeout_s=120 + services * 0.2)
+        await wait_for(all_statused, 120 + services * 2.0, "every status written")
+        try:
+            await quiet(bench, quiet_s=5.0, timeout_s=120 + services * 1.0)
+            result["quiet"] = True
+        except TimeoutError:
+            # An operator that never stops writing (a baseline may): measure it anyway.
+            result["quiet"] = False
         result["settled_s"] = round(time.monotonic() - t0, 2)
 
         # 2. steady state
@@ -345,7 +350,8 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"operator from: {result['operator_source']}")
     print(
         f"create burst: apply-to-children p50 {c['p50_s']} s, p99 {c['p99_s']} s, max {c['max_s']} s; "
-        f"all children after {c['all_children_s']} s; settled after {result['settled_s']} s"
+        f"all children after {c['all_children_s']} s; "
+        + (f"settled after {result['settled_s']} s" if result["quiet"] else "never quiet (writes kept coming)")
     )
     print(f"single updates at steady state ({u['n']}): p50 {u['p50_s']} s, p99 {u['p99_s']} s, max {u['max_s']} s")
     print(
