@@ -39,6 +39,7 @@ class ModelServiceController:
         namespaces: Sequence[str] | None = None,
         workers: int = 8,
         router_poll_s: float = 10.0,
+        max_concurrent_reconciles: int = 16,
     ) -> None:
         self.api = api
         self.config = config
@@ -46,6 +47,10 @@ class ModelServiceController:
         self.feed = RouterStatusFeed(config.router_status_url, api, router_poll_s) if config.router_status_url else None
         self.workers = workers
         self.locks: dict[Key, asyncio.Lock] = {}
+        # However many ModelServices kopf hands over at once (1,000 created together, or
+        # all of them on resume), at most this many reconcile at a time: unbounded, they
+        # queued for HTTP connections until the pool timed out (seen at 1,000 services).
+        self._slots = asyncio.Semaphore(max_concurrent_reconciles)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -106,7 +111,7 @@ class ModelServiceController:
         await self.ensure_started()
         meta = body["metadata"]
         key = (str(meta.get("namespace") or ""), str(meta["name"]))
-        async with self.locks.setdefault(key, asyncio.Lock()):
+        async with self.locks.setdefault(key, asyncio.Lock()), self._slots:
             # The cache may hold a newer body than kopf delivered (our own status write).
             cached = self.watches.modelservice(*key)
             if cached is not None and _newer(cached, body):
