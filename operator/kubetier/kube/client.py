@@ -72,10 +72,13 @@ class KubeClient:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         auth = httpx.BasicAuth(info.username, info.password) if info.username and info.password else None
         verify = ssl_context(info)
-        # Watches hold a connection each; leave room for them beside the reconcile's requests.
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        # Watches hold a connection each; leave room for them beside the requests of the
+        # callers' (bounded) concurrent work, and keep them open: a TLS handshake per
+        # request costs both ends CPU.
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        timeout = httpx.Timeout(30, pool=120)
         http = httpx.AsyncClient(
-            base_url=info.server, headers=headers, verify=verify, auth=auth, timeout=30, limits=limits
+            base_url=info.server, headers=headers, verify=verify, auth=auth, timeout=timeout, limits=limits
         )
         return cls(http, field_manager)
 
@@ -99,6 +102,13 @@ class KubeClient:
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         response = await self._request("get", kind, "GET", resource(kind).path(namespace, name))
         return None if response.status_code == 404 else response.json()
+
+    async def get_raw(self, path: str) -> str:
+        """A non-resource path as text (``/metrics``, ``/readyz``)."""
+        response = await self._request("get", "raw", "GET", path)
+        if response.status_code == 404:
+            raise KubeError(404, "GET", path, response.text)
+        return response.text
 
     async def list_versioned(
         self,

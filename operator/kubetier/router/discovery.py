@@ -249,14 +249,15 @@ async def run_discovery(
     debounce_s: float = 0.05,
 ) -> None:
     """Keep ``router`` configured from the cluster: rebuild on every change the watches
-    report (batched over ``debounce_s``), and at least every ``interval_s`` x 15 (the
-    Secret refresh; default 30 s)."""
+    report (pods, routing ConfigMaps; batched over ``debounce_s``), and every
+    ``interval_s`` re-read the access Secrets and rebuild (a rotated key takes effect
+    within that time; Secrets are not watched: the router may only get them by name)."""
     src = source or ClusterSource(namespace)
     changed = asyncio.Event()
     for informer in (src.configmaps, src.pods):
         informer.on_change(lambda *_: changed.set())
     tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in (src.configmaps, src.pods)]
-    refresh_s = interval_s * 15
+    refresh_s = interval_s
     try:
         await wait_synced([src.configmaps, src.pods])
         while True:
