@@ -143,7 +143,8 @@ def test_below_200_percent_is_no_panic() -> None:
 )
 def test_scale_out_before_attainment_drops(demand: TierDemand, needle: str) -> None:
     a = TierAutoscaler([tier()])
-    d = a.decide(0.0, {"chat": demand}, servers(2, running=3), 100).tier("chat")
+    # idle servers: the stable rule alone would keep 2 (and learns nothing from 0 concurrent)
+    d = a.decide(0.0, {"chat": demand}, servers(2, running=0), 100).tier("chat")
     assert d.desired == 3 and d.start == 1
     assert needle in d.reason
 
@@ -224,8 +225,8 @@ def test_scale_in_waits_for_the_delay_then_drains_the_least_loaded_one_at_a_time
 
 def test_no_scale_in_within_a_stable_window_of_pressure() -> None:
     a = TierAutoscaler([tier()])
+    a.decide(0.0, {"chat": TierDemand(tier="chat", rejected=1)}, servers(3, running=10), 100)
     fleet = servers(3, running=1)
-    a.decide(0.0, {"chat": TierDemand(tier="chat", waiting=1)}, fleet, 100)
     d = run(a, 2, 58, fleet).tier("chat")
     assert not d.drain and "pressure" in d.reason
     d = run(a, 60, 62, fleet).tier("chat")
@@ -309,3 +310,26 @@ def test_bad_config_is_refused() -> None:
         tier(min_replicas=0)
     with pytest.raises(ValueError):
         TierAutoscaler([tier()]).decide(0.0, {}, [], -1)
+
+
+def test_pressure_lowers_the_target_and_it_relaxes_back() -> None:
+    a = TierAutoscaler([tier()])
+    # 2 ready servers carry 8 concurrent and requests are rejected: a server saturates
+    # near 4, so the target becomes 4 * 0.7 = 2.8 and 8 concurrent want 3 servers
+    d = a.decide(0.0, {"chat": TierDemand(tier="chat", rejected=3)}, servers(2, running=4), 100).tier("chat")
+    assert "2.8 per server" in d.reason
+    assert d.desired == 3
+    # quiet stable windows move it back toward the model's 10 (a quarter of the gap each)
+    d = run(a, 62, 62, servers(3, running=2)).tier("chat")
+    assert "4.6 per server" in d.reason  # 2.8 + (10 - 2.8) / 4
+    d = run(a, 64, 1500, servers(3, running=2)).tier("chat")
+    assert "10.0 per server" in d.reason
+
+
+def test_surplus_standby_is_released_only_after_the_release_time() -> None:
+    a = TierAutoscaler([tier(standby=0)])
+    fleet = servers(1, running=2) + [ServerState(server_id="sb", tier="chat", standby=True)]
+    d = a.decide(0.0, {}, fleet, 4).tier("chat")
+    assert not d.remove_standby and d.standby_desired == 1
+    d = a.decide(60.0, {}, fleet, 4).tier("chat")
+    assert d.remove_standby == ("sb",)

@@ -103,3 +103,11 @@ def test_config_validation() -> None:
         PrewarmConfig(head_percentile=99, tail_percentile=5)
     with pytest.raises(ValueError):
         PrewarmConfig(bin_s=0)
+
+
+def test_pauses_shorter_than_min_idle_are_not_idle_periods() -> None:
+    p = TierPrewarmer(["chat"])
+    feed_idle_periods(p, "chat", [10.0] * 12)
+    assert p.histogram("chat").count == 0
+    feed_idle_periods(p, "chat", [45.0] * 2)
+    assert p.histogram("chat").count == 2

@@ -86,6 +86,13 @@ class AutoscalerConfig:
     wait_fraction_of_ttft: float = 0.25  # a held request older than this share of TTFT
     kv_saturation: float = 0.80  # llm-d's former saturation thresholds
     queue_saturation: int = 5
+    # Switches that turn the policy into simpler baselines (the fleet simulator's Knative
+    # stand-in): early signals off, scale in by any amount at once, no quiet period.
+    early_scale_out: bool = True
+    scale_in_step: int = 1  # servers drained per decision; 0 = as many as the windows allow
+    scale_in_quiet_s: float | None = None  # no wait/reject this long before scale-in; None = stable window
+    target_relax: float = 0.25  # share of the way back to the model's target per quiet stable window
+    standby_release_s: float = 60.0  # a surplus standby goes only after being surplus this long
 
     def __post_init__(self) -> None:
         if not 0 < self.panic_window_s <= self.stable_window_s:
@@ -270,6 +277,9 @@ class _TierState:
     last_pressure_s: float = -math.inf  # last wait/reject/saturation seen
     below_since: float | None = None  # stable desire below current since
     idle_since: float | None = None  # concurrency zero since
+    standby_surplus_since: float | None = None
+    learned_target: float | None = None  # per-server concurrency the routers' pressure showed
+    learned_at: float = 0.0
     last_reason: str = ""
 
 
@@ -325,7 +335,7 @@ class TierAutoscaler:
             plans[t.name] = d
         for t in order:  # standbys only from what serving left over
             want = (standby or {}).get(t.name, t.standby)
-            plans[t.name], gpus = self._plan_standby(t, plans[t.name], by_tier[t.name], want, gpus)
+            plans[t.name], gpus = self._plan_standby(now, t, plans[t.name], by_tier[t.name], want, gpus)
         for t in order:
             self._state[t.name].last_reason = plans[t.name].reason
         return FleetDecision(tiers=tuple(plans[t.name] for t in self.tiers.values()), free_gpus_left=gpus)
@@ -356,7 +366,7 @@ class TierAutoscaler:
         stable = sum(v for _, v in st.samples) / len(st.samples)
         recent = [v for ts, v in st.samples if ts > now - cfg.panic_window_s]
         panic_avg = sum(recent) / len(recent) if recent else conc
-        target = t.target_per_server
+        target = self._target(now, t, st, conc, len(ready), dm)
         want_stable = math.ceil(stable / target - 1e-9)
         want_panic = math.ceil(panic_avg / target - 1e-9)
 
@@ -365,7 +375,7 @@ class TierAutoscaler:
         )
         held_long = dm.waiting > 0 and dm.oldest_wait_s >= cfg.wait_fraction_of_ttft * t.ttft_s
         pressure = dm.rejected > 0 or held_long or saturated
-        if pressure or dm.waiting > 0:
+        if pressure:
             st.last_pressure_s = now
         if conc > 0:
             st.idle_since = None
@@ -374,6 +384,7 @@ class TierAutoscaler:
 
         # panic: demand over the short window at 200% of what the ready servers target
         capacity = max(len(ready), 1) * target
+
         if panic_avg / capacity >= cfg.panic_threshold and want_panic > len(ready):
             st.panic_since = now
         panic = st.panic_since is not None and now - st.panic_since < cfg.stable_window_s
@@ -402,7 +413,7 @@ class TierAutoscaler:
             early.append(f"{dm.rejected} rejected")
         if saturated:
             early.append(f"all {len(ready)} ready servers saturated (KV/queue)")
-        if early:
+        if early and cfg.early_scale_out:
             step_to = len(ready) + 1 if len(ready) == current else current
             if step_to > desired:
                 desired = step_to
@@ -448,22 +459,28 @@ class TierAutoscaler:
         if desired < current:
             if st.below_since is None:
                 st.below_since = now
-            quiet = now - st.last_pressure_s >= cfg.stable_window_s
+            quiet_s = cfg.stable_window_s if cfg.scale_in_quiet_s is None else cfg.scale_in_quiet_s
+            quiet = now - st.last_pressure_s >= quiet_s
             waited = now - st.below_since >= cfg.scale_in_delay_s
-            if not to_zero and (panic or not quiet or not waited or draining):
+            busy_draining = draining and cfg.scale_in_step != 0
+            if not to_zero and (panic or not quiet or not waited or busy_draining):
                 why = (
                     "panic"
                     if panic
                     else "pressure within the stable window"
                     if not quiet
                     else "a server is still draining"
-                    if draining
+                    if busy_draining
                     else f"below for {now - st.below_since:.0f}s < {cfg.scale_in_delay_s:g}s"
                 )
                 reasons.append(f"hold {current} (scale-in deferred: {why})")
                 desired = current
             else:
-                n_in = current - desired if to_zero else 1
+                n_in = (
+                    current - desired
+                    if to_zero or cfg.scale_in_step == 0
+                    else min(cfg.scale_in_step, current - desired)
+                )
                 victims = sorted(serving, key=lambda s: (s.running, s.kv_usage, -s.started_s, s.server_id))[:n_in]
                 drain = tuple(v.server_id for v in victims)
                 desired = current - n_in
@@ -498,6 +515,28 @@ class TierAutoscaler:
             reason="; ".join(reasons),
         )
 
+    def _target(self, now: float, t: TierScaling, st: _TierState, conc: float, ready: int, dm: TierDemand) -> float:
+        """The per-server target: the latency model's, lowered to what the routers showed.
+        When requests are rejected or held long while ``ready`` servers carry ``conc``, a
+        server saturates near conc/ready whatever the model said (long prompts, spills,
+        an optimistic profile); the target becomes that times the target utilisation and
+        relaxes back toward the model's by ``target_relax`` per stable window without
+        pressure. Without this, a too-high target scales in, meets rejections, scales out
+        again and pays a cold start each round (seen in the fleet simulator)."""
+        cfg = self.config
+        held_long = dm.waiting > 0 and dm.oldest_wait_s >= cfg.wait_fraction_of_ttft * t.ttft_s
+        if (dm.rejected > 0 or held_long) and ready > 0 and conc > 0:
+            seen = max(1.0, conc / ready * cfg.target_utilization)
+            if st.learned_target is None or seen < st.learned_target:
+                st.learned_target = min(seen, t.target_per_server)
+            st.learned_at = now
+        elif st.learned_target is not None and now - st.learned_at >= cfg.stable_window_s:
+            st.learned_target += (t.target_per_server - st.learned_target) * cfg.target_relax
+            st.learned_at = now
+            if t.target_per_server - st.learned_target < 0.5:
+                st.learned_target = None
+        return st.learned_target if st.learned_target is not None else t.target_per_server
+
     def _fit_gpus(self, t: TierScaling, d: TierDecision, gpus: int) -> tuple[TierDecision, int]:
         if d.start == 0 or t.gpus_per_replica == 0:
             return d, gpus
@@ -509,12 +548,15 @@ class TierAutoscaler:
         return replace(d, start=fits, desired=d.desired - cut, reason=reason), gpus - fits * t.gpus_per_replica
 
     def _plan_standby(
-        self, t: TierScaling, d: TierDecision, servers: list[ServerState], want: int, gpus: int
+        self, now: float, t: TierScaling, d: TierDecision, servers: list[ServerState], want: int, gpus: int
     ) -> tuple[TierDecision, int]:
+        st = self._state[t.name]
         standbys = [s for s in servers if s.standby]
         left = len(standbys) - len(d.promote)
         room = max(0, t.max_replicas - d.desired)  # standbys count against max, so a promotion fits
         want = max(0, min(want, room)) if d.desired > 0 or t.standby > 0 else 0
+        if left <= want:
+            st.standby_surplus_since = None
         if left < want:
             per = t.gpus_per_replica
             n = want - left if per == 0 else min(want - left, gpus // per)
@@ -522,6 +564,10 @@ class TierAutoscaler:
             reason = d.reason + (f"; start {n} standby (want {want})" if n else "")
             return replace(d, start_standby=n, standby_desired=left + n, reason=reason), gpus
         if left > want:
+            if st.standby_surplus_since is None:
+                st.standby_surplus_since = now
+            if now - st.standby_surplus_since < self.config.standby_release_s:
+                return replace(d, standby_desired=left), gpus
             spare = [s for s in standbys if s.server_id not in d.promote]
             spare.sort(key=lambda s: (s.ready, s.started_s))  # not-yet-ready, then oldest first
             gone = tuple(s.server_id for s in spare[: left - want])

@@ -6,7 +6,8 @@ The hybrid histogram policy of Shahrad et al., "Serverless in the Wild" (USENIX 
 
 * Each tier keeps a histogram of its **idle times**: the gap between the moment its last
   request finished (concurrency fell to zero) and the next arrival. Bins of one minute
-  over a four-hour range, as in the paper.
+  over a four-hour range, as in the paper. Gaps under ``min_idle_s`` (30 s) are pauses
+  inside a busy period and are not recorded (an unload for less than a load never pays).
 * When the histogram is **representative** (enough idle periods, few beyond the range,
   and bin counts concentrated: coefficient of variation >= 2, the paper's test), the
   **pre-warm window** is the 5th percentile of the idle time minus a 10% margin and the
@@ -48,7 +49,11 @@ class PrewarmConfig:
     head_percentile: float = 5.0
     tail_percentile: float = 99.0
     margin: float = 0.10  # 10% margin on both windows (the paper's)
-    min_samples: int = 10  # fewer idle periods than this: not representative
+    min_samples: int = 5  # fewer idle periods than this: not representative (a judgement)
+    # Gaps shorter than this are pauses inside one busy period, not idle periods: unloading
+    # for less than a model load takes (14-48 s for an 8B model on vLLM) can never pay,
+    # and counting them would pin the 5th percentile to zero for any bursty tier.
+    min_idle_s: float = 30.0
     min_cv: float = 2.0  # the paper's representativeness threshold on bin counts
     max_out_of_range: float = 0.5  # share of idle times beyond the range tolerated
     holt_alpha: float = 0.5  # level smoothing of the concurrency forecast
@@ -181,7 +186,8 @@ class TierPrewarmer:
         st.holt.observe(now, concurrency)
         if arrivals > 0 or concurrency > 0:
             if st.idle_since is not None:
-                st.hist.add(now - st.idle_since)
+                if now - st.idle_since >= self.config.min_idle_s:
+                    st.hist.add(now - st.idle_since)
                 st.idle_since = None
             st.busy = True
         elif st.busy or st.idle_since is None:
@@ -213,7 +219,8 @@ class TierPrewarmer:
         st = self._tiers[tier]
         fc = st.holt.forecast(load_s)
         need = math.ceil(fc / target_per_server - 1e-9) if target_per_server > 0 else 0
-        extra = max(0, need - serving)
+        # Only a serving tier grows into standbys; a tier at zero scales from zero on demand.
+        extra = max(0, need - serving) if serving > 0 else 0
         standby = max(0, min(max(spec_standby, extra), max_standby))
         ok, why = st.hist.representative()
         if not ok:
