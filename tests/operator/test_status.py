@@ -56,8 +56,15 @@ def test_everything_up_is_ready_and_slo_unknown_without_measurements():
         "Progressing": ("False", "Complete"),
         "Degraded": ("False", "AsExpected"),
         "SLOAtRisk": ("Unknown", "NoMeasurements"),
+        "ScaledToZero": ("False", "Serving"),
     }
-    assert [c["type"] for c in status["conditions"]] == ["Ready", "Progressing", "Degraded", "SLOAtRisk"]
+    assert [c["type"] for c in status["conditions"]] == [
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "SLOAtRisk",
+        "ScaledToZero",
+    ]
     assert all(
         set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
         for c in status["conditions"]

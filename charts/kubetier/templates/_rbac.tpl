@@ -50,6 +50,10 @@ from its discovery code).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# The autoscaler marks the scale-in victim (controller.kubernetes.io/pod-deletion-cost).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch]
 {{- end -}}
 
 {{/* Router discovery (kubetier.router.discovery) polls; it never watches or writes. */}}

@@ -356,6 +356,16 @@ class TierStatus(ApiModel):
     name: str = Field(max_length=MAX_TIER_NAME_LENGTH)
     replicas: int = Field(default=0, ge=0, description="Serving pods that exist.")
     ready_replicas: int = Field(default=0, ge=0, description="Serving pods passing readiness.")
+    desired_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="Serving replicas the autoscaler wants now (replicas.min until it has decided).",
+    )
+    last_scale_reason: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Why the autoscaler last set desiredReplicas (the rule and its figures).",
+    )
     standby_replicas: int = Field(default=0, ge=0, description="Warm standby pods ready to be promoted.")
     spot_replicas: int = Field(default=0, ge=0, description="Serving pods on spot capacity.")
     attainment_percent: float | None = Field(
@@ -377,6 +387,11 @@ class ModelServiceStatus(ApiModel):
     tier_summary: str | None = Field(default=None, max_length=256, description="Tier names in spec order.")
     replica_summary: str | None = Field(
         default=None, max_length=64, description="Ready serving replicas / desired, over all tiers (e.g. 5/6)."
+    )
+    scale_summary: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Desired/current serving replicas per tier in spec order (e.g. 2/2 0/0).",
     )
     attainment_summary: str | None = Field(
         default=None,

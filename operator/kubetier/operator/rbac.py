@@ -38,6 +38,9 @@ RULES: list[dict[str, Any]] = [
     # Status: pods of each tier (ready, spot placement) and nodes (GPU allocatable,
     # capacity type) — read only.
     {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list"]},
+    # The autoscaler marks the scale-in victim with controller.kubernetes.io/pod-deletion-cost
+    # so its ReplicaSet deletes exactly that (least-loaded) pod.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
 ]
 
 

@@ -72,8 +72,10 @@ class Observed:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     # data of the ConfigMap named by spec.latencyProfile.configMapRef (None: not found).
     profile_configmap: dict[str, str] | None = None
-    # Serving replicas per tier chosen by the autoscaler (a later issue); a tier that is
-    # absent runs replicas.min.
+    # Serving replicas per tier chosen by the autoscaler (kubetier.operator.modelservice.
+    # autoscaler); a tier that is absent runs replicas.min.
     tier_replicas: dict[str, int] = field(default_factory=dict)
+    # The autoscaler's last reason per tier (status.tiers[].lastScaleReason).
+    scale_reasons: dict[str, str] = field(default_factory=dict)
     # Observed SLO attainment per tier in percent, from the router (a later issue).
     attainment: dict[str, float] = field(default_factory=dict)

@@ -112,7 +112,17 @@ def invalid_spec_status(body: dict[str, Any], error: str, now: dt.datetime) -> d
     }
 
 
-async def reconcile(api: KubeClient, body: dict[str, Any], config: OperatorConfig, now: dt.datetime) -> Outcome:
+async def reconcile(
+    api: KubeClient,
+    body: dict[str, Any],
+    config: OperatorConfig,
+    now: dt.datetime,
+    *,
+    tier_replicas: dict[str, int] | None = None,
+    scale_reasons: dict[str, str] | None = None,
+) -> Outcome:
+    """``tier_replicas``/``scale_reasons``: the autoscaler's serving replicas per tier and
+    why (absent tiers run ``replicas.min``)."""
     outcome = Outcome()
     try:
         # Status is ours and recomputed; parsing only the spec keeps an odd status from
@@ -125,6 +135,8 @@ async def reconcile(api: KubeClient, body: dict[str, Any], config: OperatorConfi
         return outcome
 
     observed = await observe(api, ms)
+    if tier_replicas or scale_reasons:
+        observed = replace(observed, tier_replicas=dict(tier_replicas or {}), scale_reasons=dict(scale_reasons or {}))
     if config.router_status_url:
         observed = replace(observed, attainment=await fetch_attainment(config.router_status_url, ms.spec.model.name))
     try:

@@ -29,7 +29,7 @@ from kubetier.operator.modelservice.model import (
 )
 from kubetier.operator.modelservice.profile import Unsatisfiable
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "SLOAtRisk")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "SLOAtRisk", "ScaledToZero")
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:
@@ -73,6 +73,9 @@ def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
                 node_capacity.get((p.get("spec") or {}).get("nodeName", "")) == "spot" for p in serving
             ),
         }
+        entry["desiredReplicas"] = serving_replicas(tier, observed)
+        if observed.scale_reasons.get(tier.name):
+            entry["lastScaleReason"] = observed.scale_reasons[tier.name][:1024]
         if tier.name in observed.attainment:
             entry["attainmentPercent"] = round(float(observed.attainment[tier.name]), 2)
         out.append(entry)
@@ -225,6 +228,16 @@ def compute_status(
     else:
         conds["Ready"] = ("True", "AllTiersReady", "every tier has all its serving replicas ready")
 
+    at_zero = [t.name for t in ms.spec.tiers if serving_replicas(t, observed) == 0 and by_name[t.name]["replicas"] == 0]
+    if at_zero:
+        conds["ScaledToZero"] = (
+            "True",
+            "Idle",
+            "scaled to zero (the router holds a request and the autoscaler starts a server): " + ", ".join(at_zero),
+        )
+    else:
+        conds["ScaledToZero"] = ("False", "Serving", "every tier has serving replicas")
+
     if current is None and ms.status is not None:
         current = ms.status.wire()
     previous = {c.get("type"): c for c in (current or {}).get("conditions") or ()}
@@ -252,6 +265,7 @@ def compute_status(
         "endpoint": f"http://{config.router_service}.{router_ns}.svc:{config.router_port}/v1",
         "tierSummary": ",".join(t.name for t in ms.spec.tiers),
         "replicaSummary": f"{sum(t['readyReplicas'] for t in tiers)}/{desired_total}",
+        "scaleSummary": " ".join(f"{t['desiredReplicas']}/{t['replicas']}" for t in tiers),
         "attainmentSummary": "/".join(
             f"{t['attainmentPercent']:g}" if "attainmentPercent" in t else "-" for t in tiers
         ),
