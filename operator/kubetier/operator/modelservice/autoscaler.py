@@ -82,6 +82,8 @@ def tier_scalings(ms: ModelService, model: LatencyModel) -> list[TierScaling]:
         # the policy's target per server: the tier's TPOT under the profile, with a
         # prompt of 1,000 tokens (the router's host probe) and the tier's mean output
         target = target_concurrency(model, t.tpot_ms / 1000.0, 1000, t.mean_output_tokens)
+        # the engine runs at most spec.engine.maxNumSeqs sequences, whatever the profile says
+        target = min(target, max(1.0, ms.spec.engine.max_num_seqs * 0.7))
         out.append(
             TierScaling(
                 name=t.name,
@@ -229,6 +231,9 @@ async def autoscale_once(
     decision = st.scaler.decide(now_s, demand, states, free_gpus(nodes, all_pods), keep_alive_s=keep, warm_floor=warm)
     out = TickOutcome()
     for d in decision.tiers:
+        if d.concurrency > 0:
+            log.info("%s/%s tier %s: concurrency %.0f, desired %d: %s", ms.namespace, ms.name, d.tier,
+                      d.concurrency, d.desired, d.reason)  # fmt: skip
         before = st.desired.get(d.tier, d.current)
         for sid in d.drain:
             ns, _, pod = sid.partition("/")
