@@ -96,7 +96,7 @@ async def test_scale_out_on_held_requests_posts_an_event_and_reconciles(fake_kub
         assert out.changed.get("batch", (1, 1))[1] > 1, out
         events = [e for e in fake_kube.of_kind("Event") if e["reason"] == "ScaledOut"]
         assert events and "tier batch: 1 -> " in events[0]["message"] and "rejected" in events[0]["message"]
-        await reconcile(api, body, cfg, T0, tier_replicas=st.desired, scale_reasons=st.reasons)
+        await reconcile(api, body, cfg, T0, replicas=st.desired, scale_reasons=st.reasons)
         dep = fake_kube.get("Deployment", "default", "llama-8b-batch")
         assert dep["spec"]["replicas"] == st.desired["batch"]
         status = fake_kube.get("ModelService", "default", "llama-8b")["status"]

@@ -25,7 +25,7 @@ def run_controllers(fake):
     """Play Deployment controller + scheduler + kubelet: every Deployment gets its pods,
     ready, on a node whose capacity type its affinity allows (spot first if preferred)."""
     for pod in fake.of_kind("Pod"):
-        fake.objects.pop(("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"]))
+        fake.remove("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
     for d in fake.of_kind("Deployment"):
         spec = d["spec"]
         terms = spec["template"]["spec"]["affinity"]["nodeAffinity"]

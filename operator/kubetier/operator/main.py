@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(config=config),
+        memo=kopf.Memo(config=config, namespaces=list(args.namespace or ())),
     )
     return 0
 

@@ -14,11 +14,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetier.api.labels import POD_DELETION_COST_ANNOTATION as DELETION_COST
+from kubetier.api.labels import ROLE_LABEL, ROLE_SERVING, ROLE_STANDBY, TIER_LABEL
 from kubetier.policy.autoscale import ServerState, TierDemand, merge_demand
 
-ROLE_LABEL = "kubetier.io/role"
-TIER_LABEL = "kubetier.io/tier"
-DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+__all__ = ["DELETION_COST", "RouterCounters", "router_load", "server_states", "tier_demands"]
 
 
 @dataclass
@@ -105,7 +105,10 @@ def server_states(
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
         role = labels.get(ROLE_LABEL)
-        if role not in ("serving", "standby") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        if role not in (ROLE_SERVING, ROLE_STANDBY) or (pod.get("status") or {}).get("phase") in (
+            "Succeeded",
+            "Failed",
+        ):
             continue
         sid = f"{meta.get('namespace')}/{meta.get('name')}"
         running, kv = load.get(sid, (0, 0))
@@ -115,7 +118,7 @@ def server_states(
                 tier=labels.get(TIER_LABEL, ""),
                 ready=_ready(pod),
                 draining=bool(meta.get("deletionTimestamp")),
-                standby=role == "standby",
+                standby=role == ROLE_STANDBY,
                 running=running,
                 kv_usage=kv / kv_capacity_tokens if kv_capacity_tokens else 0.0,
                 started_s=_created_s(pod),

@@ -5,10 +5,10 @@ change: mark the scale-in victim with ``controller.kubernetes.io/pod-deletion-co
 reconcile with the new replica counts (``Observed.tier_replicas``), and post one Event
 per tier that changed (its reason names the rule and the figures).
 
-Demand sources: the routers' ``/kubetier/status`` documents, one per router replica,
-from ``KUBETIER_ROUTER_STATUS_URLS`` (comma-separated), else the single
-``--router-status-url``. With one URL behind a Service, each tick reads one replica of
-several; list the replicas' own URLs so none is missed.
+Demand sources: the routers' ``/kubetier/status`` documents, one per router replica:
+``KUBETIER_ROUTER_STATUS_URLS`` (comma-separated) when set, else the replicas the status
+feed (router_feed.RouterStatusFeed) finds behind the router Service's EndpointSlices, else
+the single ``--router-status-url``.
 
 Scale-in drains through Kubernetes: the ReplicaSet deletes the pod with the lowest
 deletion cost (the least-loaded one, marked here), the router sees its
@@ -143,6 +143,10 @@ def forget(memo: Any, namespace: str, name: str) -> None:
     memo.get("autoscale", {}).pop((namespace, name), None)
 
 
+def explicit_router_urls() -> bool:
+    return bool(os.environ.get(ROUTER_URLS_ENV, "").strip())
+
+
 def router_urls(config: OperatorConfig) -> list[str]:
     many = os.environ.get(ROUTER_URLS_ENV, "")
     urls = [u.strip() for u in many.split(",") if u.strip()]
@@ -206,12 +210,13 @@ async def autoscale_once(
     config: OperatorConfig,
     now_s: float | None = None,
     docs: dict[str, dict[str, Any]] | None = None,
+    urls: list[str] | None = None,
 ) -> TickOutcome:
     """One control step: observe, decide, mark victims, post Events. The caller reconciles
     when ``changed`` is not empty (st.desired holds the new counts)."""
     now_s = time.monotonic() if now_s is None else now_s
     if docs is None:
-        docs = await fetch_docs(router_urls(config))
+        docs = await fetch_docs(urls if urls is not None else router_urls(config))
     names = [t.name for t in ms.spec.tiers]
     demand = tier_demands(docs, ms.spec.model.name, names, st.counters)
     pods = await api.list("Pod", ms.namespace, f"{SERVICE_LABEL}={ms.name}")

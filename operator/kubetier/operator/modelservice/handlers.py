@@ -2,15 +2,15 @@
 (``register`` adds them to a registry; ``kubetier.operator.main`` does so).
 
 A ModelService is reconciled when it is created, when its spec changes, when the
-operator resumes, and every ``RESYNC_SECONDS`` by a timer: the timer is what notices
-pods becoming ready, nodes appearing and children drifting, and since a reconcile with
-nothing to change only reads, it is cheap. One lock per object keeps the timer and a
-spec change from reconciling the same object at once.
+operator resumes (kopf), when one of its children or pods, the nodes or its router
+attainment change (``controller``: watches), and every ``RESYNC_SECONDS`` by a timer as a
+safety net. A reconcile reads from the watch cache, so one with nothing to change makes
+no API request at all. One lock per object keeps two triggers from reconciling the same
+object at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Any
 
@@ -22,78 +22,81 @@ from kubetier.api.modelservice import GROUP, PLURAL, VERSION, ModelService
 from kubetier.kube import KubeError
 from kubetier.operator import runtime
 from kubetier.operator.modelservice import autoscaler
+from kubetier.operator.modelservice.controller import ModelServiceController
 from kubetier.operator.modelservice.model import OperatorConfig
-from kubetier.operator.modelservice.reconcile import reconcile
 
-RESYNC_SECONDS = 10.0
+# A safety net only: children, pods, nodes and router attainment reach the controller
+# through watches and the status feed (controller.py) as they change.
+RESYNC_SECONDS = 60.0
+
+
+def controller(memo: kopf.Memo) -> ModelServiceController:
+    """The operator's one ModelService controller (built on first use, after login)."""
+    state = runtime.shared(memo)
+    if state.get("modelservice") is None:
+        config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
+        built = ModelServiceController(runtime.client(memo), config, runtime.watched_namespaces(memo))
+        built.scale_state = lambda key, body: _scale(memo, key, body)
+        state["modelservice"] = built
+        runtime.stop_on_cleanup(memo, built.stop)
+    found: ModelServiceController = state["modelservice"]
+    return found
 
 
 def _scale(memo: kopf.Memo, key: tuple[Any, Any], body: dict[str, Any]) -> tuple[dict[str, int], dict[str, str]]:
     """The autoscaler's replica counts and reasons (status's after an operator restart)."""
-    st = memo.get("autoscale", {}).get(key)
+    st = memo.get("autoscale", {}).get(tuple(key))
     if st is None:
         return autoscaler.desired_from_status(body), {}
     return dict(st.desired), dict(st.reasons)
 
 
-async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    key = (body.metadata.namespace, body.metadata.name)
-    locks: dict[Any, asyncio.Lock] = memo.setdefault("locks", {})
-    config: OperatorConfig = memo.setdefault("config", OperatorConfig.from_env())
-    async with locks.setdefault(key, asyncio.Lock()):
-        try:
-            replicas, reasons = _scale(memo, key, dict(body))
-            outcome = await reconcile(
-                runtime.client(memo),
-                dict(body),
-                config,
-                dt.datetime.now(dt.UTC),
-                tier_replicas=replicas,
-                scale_reasons=reasons,
-            )
-        except KubeError as exc:
-            # Conflicts and transient API errors: retry with kopf's backoff, not a crash.
-            raise kopf.TemporaryError(str(exc), delay=5 if exc.status == 409 else 15) from exc
-        except httpx.HTTPError as exc:  # the API server is unreachable or restarting
-            raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc!r}", delay=15) from exc
-    if outcome.applied or outcome.deleted:
-        logger.info(f"applied {outcome.applied}, deleted {outcome.deleted}")
-    if outcome.problem:
-        logger.warning(f"{outcome.problem.reason}: {outcome.problem.message}")
-
-
 async def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """The autoscaler's tick (kubetier.operator.modelservice.autoscaler); reconciles at
     once when a tier's desired replicas change."""
-    key = (body.metadata.namespace, body.metadata.name)
-    config: OperatorConfig = memo.setdefault("config", OperatorConfig.from_env())
     raw = dict(body)
     try:
         ms = ModelService.model_validate({k: v for k, v in raw.items() if k != "status"})
     except pydantic.ValidationError:
         return  # the reconcile reports an invalid spec
-    api = runtime.client(memo)
+    ctl = controller(memo)
     try:
         st = autoscaler.service_scaler(memo, raw, ms)
-        out = await autoscaler.autoscale_once(api, raw, st, ms, config)
+        out = await autoscaler.autoscale_once(ctl.api, raw, st, ms, ctl.config, urls=_router_urls(ctl))
     except (KubeError, httpx.HTTPError) as exc:
         logger.info(f"autoscale tick skipped: {exc}")
         return
     if not out.changed:
         return
-    locks: dict[Any, asyncio.Lock] = memo.setdefault("locks", {})
-    async with locks.setdefault(key, asyncio.Lock()):
-        try:
-            await reconcile(
-                api,
-                raw,
-                config,
-                dt.datetime.now(dt.UTC),
-                tier_replicas=dict(st.desired),
-                scale_reasons=dict(st.reasons),
-            )
-        except (KubeError, httpx.HTTPError) as exc:
-            logger.info(f"reconcile after scaling deferred to the resync: {exc}")
+    try:
+        await ctl.reconcile(raw)
+    except (KubeError, httpx.HTTPError, TimeoutError) as exc:
+        logger.info(f"reconcile after scaling deferred: {exc}")
+
+
+def _router_urls(ctl: ModelServiceController) -> list[str]:
+    """Every router replica's status URL: $KUBETIER_ROUTER_STATUS_URLS, else the replicas
+    the status feed found behind the router Service (EndpointSlices)."""
+    urls = autoscaler.router_urls(ctl.config)
+    if ctl.feed is not None and not autoscaler.explicit_router_urls():
+        urls = ctl.feed.targets() or urls
+    return urls
+
+
+async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    try:
+        outcome = await controller(memo).reconcile(dict(body), dt.datetime.now(dt.UTC))
+    except KubeError as exc:
+        # Conflicts and transient API errors: retry with kopf's backoff, not a crash.
+        raise kopf.TemporaryError(str(exc), delay=5 if exc.status == 409 else 15) from exc
+    except httpx.HTTPError as exc:  # the API server is unreachable or restarting
+        raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc!r}", delay=15) from exc
+    except TimeoutError as exc:  # the watches did not sync
+        raise kopf.TemporaryError(f"watches not synced: {exc!r}", delay=15) from exc
+    if outcome.applied or outcome.deleted:
+        logger.info(f"applied {outcome.applied}, deleted {outcome.deleted}")
+    if outcome.problem:
+        logger.warning(f"{outcome.problem.reason}: {outcome.problem.message}")
 
 
 def register(registry: kopf.OperatorRegistry, resync_seconds: float = RESYNC_SECONDS) -> None:
