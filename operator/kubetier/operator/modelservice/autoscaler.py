@@ -113,10 +113,11 @@ def desired_from_status(body: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def service_scaler(memo: Any, body: dict[str, Any], ms: ModelService) -> ServiceScaler:
-    """The memo's ServiceScaler of this object, created (seeded from status) or updated
-    after a spec change."""
-    states: dict[tuple[str, str], ServiceScaler] = memo.setdefault("autoscale", {})
+def service_scaler(shared: Any, body: dict[str, Any], ms: ModelService) -> ServiceScaler:
+    """The ServiceScaler of this object in ``shared`` (the operator-wide state,
+    ``runtime.shared(memo)``: kopf's per-object memo copies would each hold their own),
+    created (seeded from status) or updated after a spec change."""
+    states: dict[tuple[str, str], ServiceScaler] = shared.setdefault("autoscale", {})
     key = (ms.namespace, ms.name)
     gen = int(ms.metadata.get("generation", 0))
     st = states.get(key)
@@ -139,8 +140,8 @@ def service_scaler(memo: Any, body: dict[str, Any], ms: ModelService) -> Service
     return st
 
 
-def forget(memo: Any, namespace: str, name: str) -> None:
-    memo.get("autoscale", {}).pop((namespace, name), None)
+def forget(shared: Any, namespace: str, name: str) -> None:
+    shared.get("autoscale", {}).pop((namespace, name), None)
 
 
 def explicit_router_urls() -> bool:

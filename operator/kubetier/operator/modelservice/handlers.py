@@ -45,7 +45,7 @@ def controller(memo: kopf.Memo) -> ModelServiceController:
 
 def _scale(memo: kopf.Memo, key: tuple[Any, Any], body: dict[str, Any]) -> tuple[dict[str, int], dict[str, str]]:
     """The autoscaler's replica counts and reasons (status's after an operator restart)."""
-    st = memo.get("autoscale", {}).get(tuple(key))
+    st = runtime.shared(memo).get("autoscale", {}).get(tuple(key))
     if st is None:
         return autoscaler.desired_from_status(body), {}
     return dict(st.desired), dict(st.reasons)
@@ -61,7 +61,7 @@ async def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_:
         return  # the reconcile reports an invalid spec
     ctl = controller(memo)
     try:
-        st = autoscaler.service_scaler(memo, raw, ms)
+        st = autoscaler.service_scaler(runtime.shared(memo), raw, ms)
         out = await autoscaler.autoscale_once(ctl.api, raw, st, ms, ctl.config, urls=_router_urls(ctl))
     except (KubeError, httpx.HTTPError) as exc:
         logger.info(f"autoscale tick skipped: {exc}")
