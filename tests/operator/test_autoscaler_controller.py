@@ -108,3 +108,13 @@ async def test_scale_out_on_held_requests_posts_an_event_and_reconciles(fake_kub
         assert again.desired["batch"] == st.desired["batch"]
     finally:
         await api.aclose()
+
+
+def test_demo_zero_service_is_admitted_and_starts_at_zero() -> None:
+    from kubetier.api import admit
+    from kubetier.demo import zero_service
+
+    ms = admit(zero_service("demo"))
+    tier = ms.spec.tiers[0]
+    assert len(ms.spec.tiers) == 1 and tier.replicas.min == 0 and tier.prewarm.scale_to_zero
+    assert tier.on_late == "queue"  # the router holds the first request while the server starts
