@@ -8,7 +8,10 @@ simulators (kubetier.localdev.LocalEngines). Checked:
    streamed request after a scale-from-zero, with no request lost; the first-token time
    is printed;
 2. a burst split over both routers scales the interactive tier out (Event ScaledOut);
-3. the idle ``min: 0`` tier goes back to zero after its keep-alive (Event ScaledToZero).
+3. after the burst the interactive tier scales in: the least-loaded server named in the
+   ScaledIn Event is the one deleted (pod-deletion-cost), with light traffic through
+   both routers completing meanwhile (no failed stream);
+4. the idle ``min: 0`` tier goes back to zero after its keep-alive (Event ScaledToZero).
 
 Timings are printed (``-s``), not asserted beyond the tiers' own TTFT bounds.
 """
@@ -20,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -215,7 +219,46 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
         )
         assert "interactive" in out[0]["message"]
 
-        # 3. batch idle for its keep-alive (20 s): back to zero
+        # 3. scale-in once the burst is over: the least-loaded server is drained and exactly
+        #    it is deleted (pod-deletion-cost), while light traffic keeps flowing unharmed
+        def interactive_pods() -> set[str]:
+            return {
+                p["metadata"]["name"]
+                for p in kubectl.items("pods", ns, f"kubetier.io/service={SERVICE}")
+                if not p["metadata"].get("deletionTimestamp")
+            }
+
+        wait_until(lambda: len(interactive_pods()) == 3 or None, "3 interactive pods", timeout=60)
+        before = interactive_pods()
+        stop = threading.Event()
+        outcomes: list[tuple[int, int]] = []
+
+        def light_traffic() -> None:
+            i = 0
+            while not stop.is_set():
+                r = asyncio.run(stream_one(bases[i % 2], "interactive", 40))
+                outcomes.append((r[0], r[3]))
+                i += 1
+                time.sleep(0.5)
+
+        t0 = time.perf_counter()
+        traffic = threading.Thread(target=light_traffic, daemon=True)
+        traffic.start()
+        try:
+            ev = wait_until(lambda: events(kubectl, ns, "ScaledIn"), "a ScaledIn Event after the burst", timeout=300)
+            victim = ev[0]["message"].split("drain least-loaded ")[1].split(" ")[0].split("/")[-1]
+            assert victim in before, (victim, before)
+            wait_until(lambda: victim not in interactive_pods() or None, f"{victim} deleted", timeout=240)
+            time.sleep(3)
+        finally:
+            stop.set()
+            traffic.join(timeout=60)
+        after = interactive_pods()
+        print(f"[autoscale e2e] scale-in {time.perf_counter() - t0:.0f} s after the burst: {ev[0]['message']}")
+        assert after == before - {victim}, f"only the drained server goes: before {before}, after {after}"
+        assert outcomes and all(o == (200, 40) for o in outcomes), outcomes
+
+        # 4. batch idle for its keep-alive (20 s): back to zero
         t0 = time.perf_counter()
         wait_until(lambda: events(kubectl, ns, "ScaledToZero"), "a ScaledToZero Event", timeout=120)
         wait_until(

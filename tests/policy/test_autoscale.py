@@ -229,7 +229,7 @@ def test_no_scale_in_within_a_stable_window_of_pressure() -> None:
     fleet = servers(3, running=1)
     d = run(a, 2, 58, fleet).tier("chat")
     assert not d.drain and "pressure" in d.reason
-    d = run(a, 60, 62, fleet).tier("chat")
+    d = run(a, 60, 60, fleet).tier("chat")
     assert d.drain
 
 
@@ -333,3 +333,14 @@ def test_surplus_standby_is_released_only_after_the_release_time() -> None:
     assert not d.remove_standby and d.standby_desired == 1
     d = a.decide(60.0, {}, fleet, 4).tier("chat")
     assert d.remove_standby == ("sb",)
+
+
+def test_each_scale_in_waits_a_whole_delay_even_when_the_victim_vanishes_at_once() -> None:
+    a = TierAutoscaler([tier()])
+    d = run(a, 0, 30, servers(3, running=0)).tier("chat")
+    assert len(d.drain) == 1
+    # the drained pod is gone by the next tick: 2 left, still more than wanted
+    d = run(a, 32, 58, servers(2, running=0)).tier("chat")
+    assert not d.drain and "deferred" in d.reason
+    d = run(a, 60, 60, servers(2, running=0)).tier("chat")
+    assert len(d.drain) == 1

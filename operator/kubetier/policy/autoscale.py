@@ -484,6 +484,9 @@ class TierAutoscaler:
                 victims = sorted(serving, key=lambda s: (s.running, s.kv_usage, -s.started_s, s.server_id))[:n_in]
                 drain = tuple(v.server_id for v in victims)
                 desired = current - n_in
+                # the next scale-in waits a whole delay again (a drained pod can vanish at
+                # once; seen in e2e: 3 -> 2 -> 1 within 4 s without this)
+                st.below_since = now
                 reasons.append(
                     "scale in: drain least-loaded " + ", ".join(f"{v.server_id} (running {v.running})" for v in victims)
                 )
