@@ -212,18 +212,24 @@ async def autoscale_once(
     now_s: float | None = None,
     docs: dict[str, dict[str, Any]] | None = None,
     urls: list[str] | None = None,
+    cluster: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]] | None = None,
 ) -> TickOutcome:
     """One control step: observe, decide, mark victims, post Events. The caller reconciles
-    when ``changed`` is not empty (st.desired holds the new counts)."""
+    when ``changed`` is not empty (st.desired holds the new counts). ``cluster``: (this
+    service's pods, every pod that may hold GPUs, nodes) from the controller's caches;
+    absent, they are listed."""
     now_s = time.monotonic() if now_s is None else now_s
     if docs is None:
         docs = await fetch_docs(urls if urls is not None else router_urls(config))
     names = [t.name for t in ms.spec.tiers]
     demand = tier_demands(docs, ms.spec.model.name, names, st.counters)
-    pods = await api.list("Pod", ms.namespace, f"{SERVICE_LABEL}={ms.name}")
+    if cluster is None:
+        pods = await api.list("Pod", ms.namespace, f"{SERVICE_LABEL}={ms.name}")
+        all_pods = await api.list("Pod")
+        nodes = await api.list("Node")
+    else:
+        pods, all_pods, nodes = cluster
     states = [s for s in server_states(pods, router_load(docs, ms.spec.model.name), st.kv_capacity) if not s.standby]
-    all_pods = await api.list("Pod")
-    nodes = await api.list("Node")
     keep: dict[str, float] = {}
     warm: dict[str, int] = {}
     for t in st.scaler.tiers.values():

@@ -61,9 +61,16 @@ async def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_:
         return  # the reconcile reports an invalid spec
     ctl = controller(memo)
     try:
+        await ctl.ensure_started()
         st = autoscaler.service_scaler(runtime.shared(memo), raw, ms)
-        out = await autoscaler.autoscale_once(ctl.api, raw, st, ms, ctl.config, urls=_router_urls(ctl))
-    except (KubeError, httpx.HTTPError) as exc:
+        seen = ctl.watches.observe(ms, None)
+        # GPUs in use: every kubetier pod the watches cache (other workloads' pods are not
+        # watched; the scheduler leaves an extra pod Pending if they hold the GPUs)
+        managed = [p for informer in ctl.watches.pods.values() for p in informer.items()]
+        out = await autoscaler.autoscale_once(
+            ctl.api, raw, st, ms, ctl.config, urls=_router_urls(ctl), cluster=(seen.pods, managed, seen.nodes)
+        )
+    except (KubeError, httpx.HTTPError, TimeoutError) as exc:
         logger.info(f"autoscale tick skipped: {exc}")
         return
     if not out.changed:
