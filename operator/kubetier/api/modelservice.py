@@ -156,8 +156,8 @@ class Replicas(ApiModel):
         ge=0,
         le=1000,
         description=(
-            "Fewest serving replicas (0 only with prewarm.scaleToZero). No autoscaler runs yet: "
-            "the operator runs exactly this many serving replicas."
+            "Fewest serving replicas the autoscaler keeps (0 only with prewarm.scaleToZero; the tier "
+            "then starts at zero and gets a server when a request arrives)."
         ),
     )
     max: int = Field(
