@@ -349,7 +349,7 @@ def zero_service(namespace: str) -> dict:
     """One tier that may scale to zero. One tier, so its first request cannot spill onto a
     tighter tier's server: the router holds it until the autoscaler's server is up."""
     return {
-        "apiVersion": "kubetier.io/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "ModelService",
         "metadata": {"name": ZERO_SERVICE, "namespace": namespace},
         "spec": {
