@@ -17,7 +17,10 @@ What it does, each step printed with its duration:
    Karpenter sets) mid-traffic: the operator drains and replaces its pods at once, the
    router moves the streams still running on it to other servers at token level, the
    node then goes; the demo reports requests in flight, migrated and failed (zero), the
-   replacement's capacity type and the time from notice to drained; then cleans up.
+   replacement's capacity type and the time from notice to drained;
+8. applies a one-tier ModelService with ``replicas.min: 0``, shows it Ready at zero
+   replicas, and times its first streamed request through the router: the router holds
+   it while the operator's autoscaler scales the tier from zero; then cleans up.
 
 ``make demo`` brings the local cluster up first and down afterwards.
 """
@@ -415,6 +418,77 @@ def print_report(stats: dict[str, TierStats], before: dict, after: dict) -> dict
     return summary
 
 
+# --------------------------------------------------------------------------- scale from zero
+
+ZERO_SERVICE = "llama-demo-zero"
+ZERO_MODEL = "llama-3.1-8b-zero"
+
+
+def zero_service(namespace: str) -> dict:
+    """One tier that may scale to zero. One tier, so its first request cannot spill onto a
+    tighter tier's server: the router holds it until the autoscaler's server is up."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelService",
+        "metadata": {"name": ZERO_SERVICE, "namespace": namespace},
+        "spec": {
+            "model": {"name": ZERO_MODEL, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+            "engine": {"kind": "simulator"},
+            "resources": {"gpusPerReplica": 1, "cpu": "500m", "memory": "512Mi"},
+            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
+            "tiers": [
+                {
+                    "name": "batch",
+                    "ttftMs": 60000,
+                    "tpotMs": 200,
+                    "priority": 10,
+                    "onLate": "queue",
+                    "replicas": {"min": 0, "max": 2},
+                    "prewarm": {"scaleToZero": True, "keepAliveSeconds": 60},
+                }
+            ],
+        },
+    }
+
+
+def scale_from_zero(kubectl: Kubectl, ns: str, base_url: str, cleanup: ExitStack) -> float:
+    """Apply the zero service, wait until it is Ready at zero and the router knows it, send
+    one streamed request and return its first-token time (a scale-from-zero)."""
+    kubectl.apply(zero_service(ns))
+    cleanup.callback(
+        lambda: kubectl(
+            "delete", "modelservice", ZERO_SERVICE, "-n", ns, "--ignore-not-found", "--wait=true", "--timeout=60s",
+            check=False, timeout=90,
+        )
+    )  # fmt: skip
+
+    def at_zero() -> bool:
+        status = kubectl.json("get", "modelservice", ZERO_SERVICE, "-n", ns).get("status") or {}
+        conds = {c.get("type"): c.get("status") for c in status.get("conditions") or ()}
+        known = ZERO_MODEL in (httpx.get(f"{base_url}/kubetier/status", timeout=5).json().get("models") or {})
+        return conds.get("ScaledToZero") == "True" and conds.get("Ready") == "True" and known
+
+    wait_for(at_zero, f"{ZERO_SERVICE} Ready at zero replicas and known to the router", timeout=60)
+    print(kubectl("get", "modelservice", ZERO_SERVICE, "-n", ns, check=False))
+    body = {"model": ZERO_MODEL, "prompt": "Wake up. " * 8, "max_tokens": 16, "stream": True}
+    start = time.monotonic()
+    first = None
+    tokens = 0
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=120) as resp:
+        if resp.status_code != 200:
+            raise RuntimeError(f"the scale-from-zero request got HTTP {resp.status_code}: {resp.read()[:200]!r}")
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:]).get("choices"):
+                first = first or time.monotonic()
+                tokens += 1
+    if first is None:
+        raise RuntimeError("the scale-from-zero request streamed no token")
+    took = first - start
+    print(f"[demo]   first token after {took:.2f} s (router held it while the autoscaler started a server)")
+    print(kubectl("get", "modelservice", ZERO_SERVICE, "-n", ns, check=False))
+    return took
+
+
 def run(args: argparse.Namespace) -> int:
     kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
     if not kubeconfig or not Path(kubeconfig).is_file():
@@ -649,6 +723,9 @@ def run(args: argparse.Namespace) -> int:
                 f"status.attainmentSummary to read {expected}",
                 timeout=40,
             )
+        with Step(f"scale from zero: a one-tier ModelService with replicas.min 0 ({ZERO_SERVICE})"):
+            zero_first_token_s = scale_from_zero(kubectl, ns, base_url, cleanup)
+            results["scaleFromZero"] = {"firstTokenSeconds": round(zero_first_token_s, 2)}
         print(kubectl("get", "modelservice", "-n", ns, check=False))
         print(
             f"\n[demo] every request streamed through the router to a loopback engine; "

@@ -99,6 +99,7 @@ async def test_create_apply_status_then_steady_state_makes_no_writes(fake_kube, 
     assert tiers["interactive"] == {
         "name": "interactive",
         "replicas": 2,
+        "desiredReplicas": 2,
         "readyReplicas": 2,
         "standbyReplicas": 1,
         "spotReplicas": 0,

@@ -58,6 +58,7 @@ def test_everything_up_is_ready_and_slo_unknown_without_measurements():
         "Degraded": ("False", "AsExpected"),
         "SLOAtRisk": ("Unknown", "NoMeasurements"),
         "FieldsNotActedOn": ("False", "AllFieldsActedOn"),
+        "ScaledToZero": ("False", "Serving"),
     }
     assert [c["type"] for c in status["conditions"]] == [
         "Ready",
@@ -65,6 +66,7 @@ def test_everything_up_is_ready_and_slo_unknown_without_measurements():
         "Degraded",
         "SLOAtRisk",
         "FieldsNotActedOn",
+        "ScaledToZero",
     ]
     assert all(
         set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
@@ -186,19 +188,15 @@ def test_fields_not_acted_on_yet_are_a_condition_and_one_warning_event():
     ms = parse(body)
     lines = fields_not_acted_on(ms)
     name0, name1 = ms.spec.tiers[0].name, ms.spec.tiers[1].name
-    assert [line.split(":")[0] for line in lines] == [
-        f"spec.tiers[{name0}].replicas.max",
-        f"spec.tiers[{name0}].prewarm.standby",
-        f"spec.tiers[{name0}].prewarm.keepAliveSeconds",
-        f"spec.tiers[{name1}].replicas.max",
-        f"spec.tiers[{name1}].prewarm.scaleToZero",
-    ]
+    # replicas.max, prewarm.scaleToZero and keepAliveSeconds are acted on (the autoscaler)
+    assert [line.split(":")[0] for line in lines] == [f"spec.tiers[{name0}].prewarm.standby"]
+    assert name1 not in " ".join(lines)
     status = compute_status(ms, all_up(ms), NOW, not_acted_on=lines, current=first)
     assert conds(status)["FieldsNotActedOn"] == ("True", "NotActedOnYet")
     without = compute_status(ms, all_up(ms), NOW, not_acted_on=[], current=first)
     assert conds(status)["Ready"] == conds(without)["Ready"], "a field not acted on does not change Ready"
     events = [e for e in transitions(first, status) if e["reason"] == "NotActedOnYet"]
-    assert len(events) == 1 and events[0]["type"] == "Warning" and "replicas.max" in events[0]["message"]
+    assert len(events) == 1 and events[0]["type"] == "Warning" and "prewarm.standby" in events[0]["message"]
     assert transitions(status, status) == [], "the Event is posted on the transition only"
     # The table is the one place to shrink when a controller lands.
-    assert fields_not_acted_on(ms, NOT_ACTED_ON_YET[1:])[0].startswith(f"spec.tiers[{name0}].prewarm.standby")
+    assert fields_not_acted_on(ms, NOT_ACTED_ON_YET[1:]) == []

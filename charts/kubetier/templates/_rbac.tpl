@@ -51,6 +51,10 @@ from its discovery code).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# The autoscaler marks the scale-in victim (controller.kubernetes.io/pod-deletion-cost).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch]
 # The router Service's EndpointSlices: the operator reads every router replica's status.
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]

@@ -101,6 +101,12 @@ def modelservice_crd() -> dict[str, Any]:
                 "description": "Ready serving replicas / desired, over all tiers",
             },
             {
+                "name": "Scale",
+                "type": "string",
+                "jsonPath": ".status.scaleSummary",
+                "description": "Desired/current serving replicas per tier (spec order)",
+            },
+            {
                 "name": "Attainment",
                 "type": "string",
                 "jsonPath": ".status.attainmentSummary",

@@ -162,8 +162,8 @@ class Replicas(ApiModel):
         ge=0,
         le=1000,
         description=(
-            "Fewest serving replicas (0 only with prewarm.scaleToZero). No autoscaler runs yet: "
-            "the operator runs exactly this many serving replicas."
+            "Fewest serving replicas the autoscaler keeps (0 only with prewarm.scaleToZero; the tier "
+            "then starts at zero and gets a server when a request arrives)."
         ),
     )
     max: int = Field(
@@ -171,8 +171,8 @@ class Replicas(ApiModel):
         ge=1,
         le=1000,
         description=(
-            "Most serving replicas the autoscaler may run. Accepted but not acted on yet (no autoscaler "
-            "runs; the tier runs replicas.min); today it only bounds capacity.onDemandFloor."
+            "Most serving replicas the autoscaler may run (it scales each tier between replicas.min "
+            "and this from the routers' demand; status.tiers[].desiredReplicas shows its choice)."
         ),
     )
 
@@ -209,16 +209,20 @@ class Prewarm(ApiModel):
     scale_to_zero: bool = Field(
         default=False,
         description=(
-            "Allow zero serving replicas when idle. Accepted but not acted on yet: there is no "
-            "scale-in on idleness and no scale-from-zero on demand; with replicas.min: 0 the tier "
-            "simply has no serving replica."
+            "Allow zero serving replicas when idle (with replicas.min: 0): the autoscaler removes the "
+            "last server after keepAliveSeconds without requests (or the pre-warm policy's choice), and "
+            "starts one as soon as a router holds a request for the tier; the router holds it meanwhile "
+            "(onLate: queue waits; reject answers 429 once the TTFT can no longer be met)."
         ),
     )
     keep_alive_seconds: int = Field(
         default=300,
         ge=0,
         le=86400,
-        description="Idle time before scale-in. Accepted but not acted on yet (no autoscaler runs).",
+        description=(
+            "Idle time before a scale-to-zero tier loses its last server; once the tier's idle-time "
+            "histogram is representative the pre-warm policy (hybrid histogram) chooses instead."
+        ),
     )
 
 
@@ -329,6 +333,16 @@ class TierStatus(ApiModel):
     name: str = Field(max_length=MAX_TIER_NAME_LENGTH)
     replicas: int = Field(default=0, ge=0, description="Serving pods that exist.")
     ready_replicas: int = Field(default=0, ge=0, description="Serving pods passing readiness.")
+    desired_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="Serving replicas the autoscaler wants now (replicas.min until it has decided).",
+    )
+    last_scale_reason: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Why the autoscaler last set desiredReplicas (the rule and its figures).",
+    )
     standby_replicas: int = Field(
         default=0,
         ge=0,
@@ -360,6 +374,11 @@ class ModelServiceStatus(ApiModel):
     tier_summary: str | None = Field(default=None, max_length=256, description="Tier names in spec order.")
     replica_summary: str | None = Field(
         default=None, max_length=64, description="Ready serving replicas / desired, over all tiers (e.g. 5/6)."
+    )
+    scale_summary: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Desired/current serving replicas per tier in spec order (e.g. 2/2 0/0).",
     )
     attainment_summary: str | None = Field(
         default=None,

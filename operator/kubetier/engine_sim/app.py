@@ -3,6 +3,17 @@
 Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health
 (503 until the simulated model load ends, then 200), GET /metrics (vLLM names).
 
+Sleep mode (``enable_sleep_mode``, vLLM's ``--enable-sleep-mode`` with
+``VLLM_SERVER_DEV_MODE=1``): ``POST /sleep?level=1|2`` (level 1 keeps the weights in host
+memory, level 2 discards them), ``POST /wake_up`` (answers once awake: ``wake_seconds``
+after level 1, a whole ``model_load_seconds`` after level 2), ``GET /is_sleeping``
+(``{"is_sleeping": bool}``, true until the wake has finished), gauge
+``vllm:engine_sleep_state{sleep_state="awake"|"weights_offloaded"|"discard_all"}``.
+While asleep, generation answers 503 "model is sleeping" (vLLM's protected endpoints) and
+/health stays 200 (the process is alive). The simulator refuses ``/sleep`` with 409 while
+requests are in flight: kubetier drains a server before putting it to sleep, so a sleep
+under load is a bug to surface, not to paper over.
+
 Fault injection (for reliability tests), decided per request with the seeded RNG:
 ``fail_fraction`` answers 500 at once; ``abort_after_tokens`` / ``abort_fraction``
 cut the connection abruptly after N tokens (a stream without its terminating chunk,
@@ -44,8 +55,12 @@ class SimConfig:
     fail_fraction: float = 0.0
     abort_after_tokens: int | None = None
     abort_fraction: float | None = None
+    enable_sleep_mode: bool = False
+    wake_seconds: float = 1.0  # level-1 wake (vLLM: 0.26-0.82 s small models, 3-6 s large)
 
     def __post_init__(self) -> None:
+        if self.wake_seconds < 0:
+            raise ValueError(f"wake_seconds must be >= 0, got {self.wake_seconds}")
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
         if not self.slowdown > 0:
@@ -95,6 +110,8 @@ class EngineSimulator:
         self._id_prefix = f"{self.rng.getrandbits(32):08x}"
         self._next_id = 0
         self._load_timer: asyncio.TimerHandle | None = None
+        self.sleep_level = 0  # 0 awake, 1 weights offloaded, 2 weights discarded
+        self._waking: asyncio.Future | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -133,6 +150,8 @@ class EngineSimulator:
                 response.send(405, error_body(405, f"{method} not allowed on {path}; use POST"), [("allow", "POST")])
                 return
             await self._generate(request, response, chat=path == "/v1/chat/completions")
+        elif path in ("/sleep", "/wake_up", "/is_sleeping") and self.config.enable_sleep_mode:
+            await self._sleep_routes(request, response)
         elif path == "/health":
             if self.loaded:
                 response.send(200, b"", content_type="text/plain")
@@ -164,6 +183,64 @@ class EngineSimulator:
         else:
             response.send(404, error_body(404, f"no route for {path}"))
 
+    # --- sleep mode -------------------------------------------------------------------
+
+    @property
+    def sleeping(self) -> bool:
+        return self.sleep_level > 0
+
+    async def _sleep_routes(self, request: Request, response: Response) -> None:
+        path, method = request.path, request.method
+        want = "GET" if path == "/is_sleeping" else "POST"
+        if method != want:
+            response.send(405, error_body(405, f"{method} not allowed on {path}; use {want}"), [("allow", want)])
+            return
+        if path == "/is_sleeping":
+            response.send_json(200, {"is_sleeping": self.sleeping})
+            return
+        if path == "/sleep":
+            level_text = dict(p.partition("=")[::2] for p in request.query.split("&") if p).get("level", "1")
+            if level_text not in ("1", "2"):
+                response.send(400, error_body(400, f"level must be 1 or 2, got {level_text!r}", param="level"))
+                return
+            if not self.loaded:
+                response.send(503, error_body(503, "model is loading"))
+                return
+            s = self.engine.scheduler
+            if s.num_running or s.num_waiting:
+                response.send(
+                    409,
+                    error_body(409, f"{s.num_running + s.num_waiting} requests in flight: drain before /sleep"),
+                )
+                return
+            if self._waking is None:
+                self.sleep_level = max(self.sleep_level, int(level_text))
+                log.info("engine asleep (level %d)", self.sleep_level)
+            response.send(200, b"", content_type="text/plain")
+            return
+        await self.wake_up()
+        response.send(200, b"", content_type="text/plain")
+
+    async def wake_up(self) -> None:
+        """Back to serving: ``wake_seconds`` after level 1, a model load after level 2.
+        Concurrent callers share one wake."""
+        if not self.sleeping:
+            return
+        if self._waking is None:
+            seconds = self.config.wake_seconds if self.sleep_level == 1 else self.config.model_load_seconds
+            loop = asyncio.get_running_loop()
+            fut = self._waking = loop.create_future()
+
+            def done() -> None:
+                self.sleep_level = 0
+                self._waking = None
+                log.info("engine awake")
+                if not fut.done():
+                    fut.set_result(None)
+
+            loop.call_later(seconds / self.config.time_scale, done)
+        await asyncio.shield(self._waking)
+
     def render_metrics(self) -> str:
         s = self.engine.scheduler
         return self.metrics.render(
@@ -175,6 +252,7 @@ class EngineSimulator:
             power_watts=self.engine.power_watts,
             time_scale=self.config.time_scale,
             loaded=self.loaded,
+            sleep_state=("awake", "weights_offloaded", "discard_all")[self.sleep_level],
         )
 
     # --- generation -------------------------------------------------------------------
@@ -182,6 +260,9 @@ class EngineSimulator:
     async def _generate(self, request: Request, response: Response, *, chat: bool) -> None:
         if not self.loaded:
             response.send(503, error_body(503, "model is loading"))
+            return
+        if self.sleeping:
+            response.send(503, error_body(503, "model is sleeping"))
             return
         if self.engine.error is not None:
             response.send(500, error_body(500, "engine loop crashed"))

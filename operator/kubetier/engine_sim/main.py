@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="mean output length of requests without max_tokens (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (output lengths, faults)")
+    parser.add_argument(
+        "--enable-sleep-mode",
+        action="store_true",
+        help="serve vLLM's sleep-mode endpoints: POST /sleep?level=1|2, POST /wake_up, GET /is_sleeping",
+    )
+    parser.add_argument(
+        "--wake-seconds",
+        type=_non_negative_float,
+        default=1.0,
+        help="time a level-1 /wake_up takes (vLLM: 0.26-0.82 s small models, 3-6 s large; default: %(default)s); "
+        "a level-2 wake takes --model-load-seconds",
+    )
     faults = parser.add_argument_group("fault injection")
     faults.add_argument(
         "--slowdown", type=_positive_float, default=1.0, help="multiply every iteration's duration by F (default: 1)"
@@ -131,6 +143,8 @@ async def _serve(args: argparse.Namespace, model: LatencyModel) -> int:
         fail_fraction=args.fail_fraction,
         abort_after_tokens=args.abort_after_tokens,
         abort_fraction=args.abort_fraction,
+        enable_sleep_mode=args.enable_sleep_mode,
+        wake_seconds=args.wake_seconds,
     )
     sim = EngineSimulator(model, config)
     server = await sim.serve(args.host, args.port)

@@ -161,6 +161,7 @@ class EngineMetrics:
         power_watts: float,
         time_scale: float,
         loaded: bool,
+        sleep_state: str = "awake",
     ) -> str:
         lab = self.labels
         lines: list[str] = []
@@ -213,6 +214,10 @@ class EngineMetrics:
             "Simulation speed-up: wall-clock durations are model durations / this.",
             time_scale,
         )
+        lines.append("# HELP vllm:engine_sleep_state Engine sleep state (1 for the current state).")
+        lines.append("# TYPE vllm:engine_sleep_state gauge")
+        for state in ("awake", "weights_offloaded", "discard_all"):
+            lines.append(f'vllm:engine_sleep_state{{{lab},sleep_state="{state}"}} {1 if state == sleep_state else 0}')
         gauge("kubetier_engine_model_loaded", "1 once the simulated model load has finished.", 1 if loaded else 0)
         counter(
             "kubetier_engine_injected_failures", "Requests failed on purpose (--fail-fraction).", self.failed_injected

@@ -41,6 +41,9 @@ RULES: list[dict[str, Any]] = [
     # Status: pods of each tier (ready, spot placement) and nodes (GPU allocatable,
     # capacity type): read only, through watches.
     {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list", "watch"]},
+    # The autoscaler marks the scale-in victim with controller.kubernetes.io/pod-deletion-cost
+    # so its ReplicaSet deletes exactly that (least-loaded) pod.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
     # Every router replica's status endpoint (router_feed.py): the router Service's
     # EndpointSlices, read only.
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},

@@ -29,7 +29,8 @@ their licences); --traces-dir or $KUBETIER_TRACES_DIR reads them from another fo
 Commands: `kubetier simulate --scenario NAME_OR_PATH --output DIR`,
 `kubetier simulate list`, `kubetier simulate bench --output FILE`,
 `kubetier simulate generate --seed N [--output FILE]` (a random realistic scenario),
-`kubetier simulate spot --help` (spot policies: cost and attainment).
+`kubetier simulate spot --help` (spot policies: cost and attainment),
+`kubetier simulate autoscale --help` (autoscaling and pre-warm against baselines).
 """
 
 
@@ -76,6 +77,10 @@ def main(argv: list[str]) -> int:
         from .spot_compare import main as spot_main
 
         return spot_main(argv[1:])
+    if argv and argv[0] == "autoscale":
+        from .autoscale_cli import main as autoscale_main
+
+        return autoscale_main(argv[1:])
     if argv and argv[0] == "list":
         for name in shipped_scenarios():
             sc = load_scenario(name)

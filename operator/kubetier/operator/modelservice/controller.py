@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -63,6 +63,9 @@ class ModelServiceController:
         self.active: set[Key] = set()
         self.watches.on_service_change(self.enqueue)
         self.watches.on_nodes_change(self.enqueue_all)
+        # The autoscaler's serving replicas and reasons per tier of a ModelService (set by
+        # the handlers; None: replicas.min).
+        self.scale_state: Callable[[Key, dict[str, Any]], tuple[dict[str, int], dict[str, str]]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,6 +124,7 @@ class ModelServiceController:
             if cached is not None and _newer(cached, body):
                 body = cached
             self.reconciles += 1
+            replicas, reasons = self.scale_state(key, body) if self.scale_state else (None, None)
             return await reconcile(
                 self.api,
                 body,
@@ -128,6 +132,8 @@ class ModelServiceController:
                 now or dt.datetime.now(dt.UTC),
                 view=self.watches,
                 attainment=self.feed.attainment if self.feed else None,
+                replicas=replicas,
+                scale_reasons=reasons,
             )
 
     async def _work(self) -> None:

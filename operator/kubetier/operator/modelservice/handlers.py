@@ -16,10 +16,12 @@ from typing import Any
 
 import httpx
 import kopf
+import pydantic
 
-from kubetier.api.modelservice import GROUP, PLURAL, VERSION
+from kubetier.api.modelservice import GROUP, PLURAL, VERSION, ModelService
 from kubetier.kube import KubeError
 from kubetier.operator import runtime
+from kubetier.operator.modelservice import autoscaler
 from kubetier.operator.modelservice.controller import ModelServiceController
 from kubetier.operator.modelservice.model import OperatorConfig
 
@@ -34,10 +36,58 @@ def controller(memo: kopf.Memo) -> ModelServiceController:
     if state.get("modelservice") is None:
         config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
         built = ModelServiceController(runtime.client(memo), config, runtime.watched_namespaces(memo))
+        built.scale_state = lambda key, body: _scale(memo, key, body)
         state["modelservice"] = built
         runtime.stop_on_cleanup(memo, built.stop)
     found: ModelServiceController = state["modelservice"]
     return found
+
+
+def _scale(memo: kopf.Memo, key: tuple[Any, Any], body: dict[str, Any]) -> tuple[dict[str, int], dict[str, str]]:
+    """The autoscaler's replica counts and reasons (status's after an operator restart)."""
+    st = runtime.shared(memo).get("autoscale", {}).get(tuple(key))
+    if st is None:
+        return autoscaler.desired_from_status(body), {}
+    return dict(st.desired), dict(st.reasons)
+
+
+async def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """The autoscaler's tick (kubetier.operator.modelservice.autoscaler); reconciles at
+    once when a tier's desired replicas change."""
+    raw = dict(body)
+    try:
+        ms = ModelService.model_validate({k: v for k, v in raw.items() if k != "status"})
+    except pydantic.ValidationError:
+        return  # the reconcile reports an invalid spec
+    ctl = controller(memo)
+    try:
+        await ctl.ensure_started()
+        st = autoscaler.service_scaler(runtime.shared(memo), raw, ms)
+        seen = ctl.watches.observe(ms, None)
+        # GPUs in use: every kubetier pod the watches cache (other workloads' pods are not
+        # watched; the scheduler leaves an extra pod Pending if they hold the GPUs)
+        managed = [p for informer in ctl.watches.pods.values() for p in informer.items()]
+        out = await autoscaler.autoscale_once(
+            ctl.api, raw, st, ms, ctl.config, urls=_router_urls(ctl), cluster=(seen.pods, managed, seen.nodes)
+        )
+    except (KubeError, httpx.HTTPError, TimeoutError) as exc:
+        logger.info(f"autoscale tick skipped: {exc}")
+        return
+    if not out.changed:
+        return
+    try:
+        await ctl.reconcile(raw)
+    except (KubeError, httpx.HTTPError, TimeoutError) as exc:
+        logger.info(f"reconcile after scaling deferred: {exc}")
+
+
+def _router_urls(ctl: ModelServiceController) -> list[str]:
+    """Every router replica's status URL: $KUBETIER_ROUTER_STATUS_URLS, else the replicas
+    the status feed found behind the router Service (EndpointSlices)."""
+    urls = autoscaler.router_urls(ctl.config)
+    if ctl.feed is not None and not autoscaler.explicit_router_urls():
+        urls = ctl.feed.targets() or urls
+    return urls
 
 
 async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
@@ -80,3 +130,12 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = RESYNC_SEC
         GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry, id="resync"
     )(_reconcile)
     kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="active", cancellation_timeout=1.0)(_active)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=autoscaler.AUTOSCALE_INTERVAL_S,
+        initial_delay=autoscaler.AUTOSCALE_INTERVAL_S,
+        registry=registry,
+        id="autoscale",
+    )(_autoscale)

@@ -26,24 +26,9 @@ class NotActedOn:
 
 NOT_ACTED_ON_YET: tuple[NotActedOn, ...] = (
     NotActedOn(
-        "replicas.max",
-        lambda t: t.replicas.max > t.replicas.min,
-        "no autoscaler yet: the tier runs replicas.min serving replicas",
-    ),
-    NotActedOn(
         "prewarm.standby",
         lambda t: t.prewarm.standby > 0,
         "standby replicas run warm but are never promoted to serving",
-    ),
-    NotActedOn(
-        "prewarm.scaleToZero",
-        lambda t: t.prewarm.scale_to_zero,
-        "no scale-to-zero yet: the tier runs replicas.min serving replicas",
-    ),
-    NotActedOn(
-        "prewarm.keepAliveSeconds",
-        lambda t: t.prewarm.keep_alive_seconds != DEFAULT_KEEP_ALIVE_SECONDS,
-        "nothing scales in yet, so no idle time is waited for",
     ),
 )
 

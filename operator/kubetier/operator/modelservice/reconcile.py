@@ -153,11 +153,12 @@ async def reconcile(
     view: ClusterView | None = None,
     attainment: Callable[[str], dict[str, float]] | None = None,
     replicas: Mapping[str, int] | None = None,
+    scale_reasons: Mapping[str, str] | None = None,
 ) -> Outcome:
     """One reconcile of ``body``. ``view``: the cluster as cached (default: list it);
     ``attainment``: the router's per-tier attainment of a model (default: read
     ``config.router_status_url`` once); ``replicas``: serving replicas per tier as
-    decided by the autoscaler (absent: replicas.min)."""
+    decided by the autoscaler (absent: replicas.min); ``scale_reasons``: why, per tier."""
     outcome = Outcome()
     try:
         # Status is ours and recomputed; parsing only the spec keeps an odd status from
@@ -223,6 +224,7 @@ async def reconcile(
         current=body.get("status"),
         replicas=replicas,
         not_acted_on=fields_not_acted_on(ms),
+        scale_reasons=scale_reasons,
     )
     await _write_status(api, body, new_status, now, outcome, view)
     return outcome

@@ -33,7 +33,7 @@ from kubetier.operator.modelservice.model import (
 from kubetier.operator.modelservice.profile import Unsatisfiable
 from kubetier.policy import sizing
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "SLOAtRisk", "FieldsNotActedOn")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "SLOAtRisk", "FieldsNotActedOn", "ScaledToZero")
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:
@@ -136,6 +136,7 @@ def compute_status(
     current: dict[str, Any] | None = None,
     replicas: Mapping[str, int] | None = None,
     not_acted_on: list[str] | None = None,
+    scale_reasons: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` in wire form. ``spec_problem`` is what rendering raised;
     ``current`` the status as stored (its lastTransitionTimes are kept when unchanged);
@@ -144,6 +145,11 @@ def compute_status(
     config = config or OperatorConfig()
     generation = ms.metadata.get("generation", 0)
     tiers = tier_statuses(ms, observed)
+    for entry, tier in zip(tiers, ms.spec.tiers):
+        # the autoscaler's decision and why (kubetier.operator.modelservice.autoscaler)
+        entry["desiredReplicas"] = serving_replicas(tier, replicas)
+        if scale_reasons and scale_reasons.get(tier.name):
+            entry["lastScaleReason"] = scale_reasons[tier.name][:1024]
     by_name = {t["name"]: t for t in tiers}
     problem = spec_problem or capacity_problem(ms, observed, replicas)
 
@@ -206,6 +212,16 @@ def compute_status(
     else:
         conds["FieldsNotActedOn"] = ("False", "AllFieldsActedOn", "the operator acts on every field the spec sets")
 
+    at_zero = [t.name for t in ms.spec.tiers if serving_replicas(t, replicas) == 0 and by_name[t.name]["replicas"] == 0]
+    if at_zero:
+        conds["ScaledToZero"] = (
+            "True",
+            "Idle",
+            "scaled to zero (the router holds a request and the autoscaler starts a server): " + ", ".join(at_zero),
+        )
+    else:
+        conds["ScaledToZero"] = ("False", "Serving", "every tier has serving replicas")
+
     if current is None and ms.status is not None:
         current = ms.status.wire()
     previous = {c.get("type"): c for c in (current or {}).get("conditions") or ()}
@@ -233,6 +249,7 @@ def compute_status(
         "endpoint": f"http://{config.router_service}.{router_ns}.svc:{config.router_port}/v1",
         "tierSummary": ",".join(t.name for t in ms.spec.tiers),
         "replicaSummary": f"{sum(t['readyReplicas'] for t in tiers)}/{desired_total}",
+        "scaleSummary": " ".join(f"{t['desiredReplicas']}/{t['replicas']}" for t in tiers),
         "attainmentSummary": "/".join(
             f"{t['attainmentPercent']:g}" if "attainmentPercent" in t else "-" for t in tiers
         ),
