@@ -6,9 +6,9 @@ from __future__ import annotations
 import datetime as dt
 
 import kopf
+from modelservice_builders import cluster_nodes, parse, sample_body
 from test_reconcile_http import run_controllers
 
-from conftest import cluster_nodes, parse, sample_body
 from kubetier.kube import KubeClient
 from kubetier.operator.modelservice import autoscaler
 from kubetier.operator.modelservice.autoscale_feed import (

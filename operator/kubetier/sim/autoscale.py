@@ -394,8 +394,14 @@ class AutoscaleHook(Hook):
                 self.acc.idle_gpu_s += TICK_S
             states.append(ServerState(server_id=sb.sid, tier=sb.tier, ready=ready, standby=True, started_s=sb.created))
         demand: dict[str, TierDemand] = {}
+        # The router's wait queue is one heap in waiting order (kubetier.policy.waiting):
+        # per tier, the requests held and the oldest arrival among them.
+        held: list[list[float]] = [[] for _ in self.names]
+        for _key, req in sim.waitq:
+            if req.waiting:
+                held[req.tier].append(req.t_arr)
         for i, name in enumerate(self.names):
-            q = sim.waitq[i]
+            q = sorted(held[i])
             arrivals = self.arrived[i] - self._arrived_prev[i]
             rejected = self.sink.rejected[i] - self._rejected_prev[i]
             self._arrived_prev[i] = self.arrived[i]
@@ -408,7 +414,7 @@ class AutoscaleHook(Hook):
             demand[name] = TierDemand(
                 tier=name,
                 waiting=len(q),
-                oldest_wait_s=(now - q[0].t_arr) if q else 0.0,
+                oldest_wait_s=(now - q[0]) if q else 0.0,
                 spilled_out_running=spilled_out[i],
                 spilled_in_running=spilled_in[i],
                 arrivals=arrivals,
@@ -421,7 +427,7 @@ class AutoscaleHook(Hook):
         if self.prewarmer is not None:
             keep, standby, warm = {}, {}, {}
             for i, t in enumerate(self.scalings):
-                conc = float(own[i] + spilled_out[i] + len(sim.waitq[i]))
+                conc = float(own[i] + spilled_out[i] + len(held[i]))
                 self.prewarmer.observe(now, t.name, conc, demand[t.name].arrivals)
                 serving = sum(1 for s in states if s.tier == t.name and not s.standby and not s.draining)
                 p = self.prewarmer.decide(
@@ -459,7 +465,7 @@ class AutoscaleHook(Hook):
                 sb = next(b for b in self.standby if b.sid == sid)
                 self.standby.remove(sb)
                 self.acc.standby_s += now - sb.created
-            if d.start and ready_serving[i] == 0 and not d.promote and (sim.waitq[i] or demand[d.tier].arrivals):
+            if d.start and ready_serving[i] == 0 and not d.promote and (held[i] or demand[d.tier].arrivals):
                 self.acc.cold_start_events += 1
             for _ in range(d.start):
                 self._start(sim, d.tier, self.load.sample(self.rng))
