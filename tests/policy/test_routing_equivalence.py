@@ -102,7 +102,7 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
     late = waited + idle > t.ttft_ms / 1000.0
     if late and t.on_late == "reject":
         return ("reject", None, False)
-    budget = float("inf") if late else (t.ttft_ms / 1000.0 - waited) * (1.0 - p.ttft_headroom)
+    budget = float("inf") if late else idle + (t.ttft_ms / 1000.0 - waited - idle) * (1.0 - p.ttft_headroom)
     for k, host in enumerate(usable):
         own = sorted(
             (s for s in routable if s.tier == host.name),

@@ -267,7 +267,11 @@ class RoutingPolicy(ServerIndex):
         if late and t.on_late == "reject":
             return Decision("reject", None, reason="ttft-unreachable", retry_after_s=self.reject_retry_after_s)
         # A late request of a queueing tier only needs to leave others unharmed.
-        d = self._decide_fn(self, t, prompt_tokens, _INF if late else (ttft_s - waited_s) * self._ttft_factor)
+        # The headroom applies to the slack beyond the prompt's own (fastest) prefill:
+        # a long prompt that an idle server can still serve in time is not refused.
+        d = self._decide_fn(
+            self, t, prompt_tokens, _INF if late else idle + (ttft_s - waited_s - idle) * self._ttft_factor
+        )
         if d is not None:
             return d
         if late:

@@ -52,6 +52,7 @@ class TierTraffic:
         "prompt_mean",
         "r_class",
         "r_value",
+        "seen",
         "warmup",
     )
 
@@ -76,22 +77,30 @@ class TierTraffic:
         self.r_class = 0
         self.r_value = 0.0
         self.probe = 0
+        self.seen = 0
         self._derive()
 
     def observe_prompt(self, tokens: int) -> None:
         self.n_prompt = min(self.n_prompt + 1.0, self.half_life)
         self.prompt_mean += (tokens - self.prompt_mean) / self._weight(self.n_prompt)
-        self._derive()
+        self._tick()
 
     def observe_output(self, tokens: int) -> None:
         self.n_output = min(self.n_output + 1.0, self.half_life)
         self.output_mean += (max(1, tokens) - self.output_mean) / self._weight(self.n_output)
-        self._derive()
+        self._tick()
 
     def _weight(self, n: float) -> float:
         # 1/n averaging while n is small (prior included as `warmup` pseudo-observations),
         # then a fixed exponential decay with the given half-life
         return min(n + self.warmup, self.half_life / math.log(2.0))
+
+    def _tick(self) -> None:
+        # the quantised values move by 1/8 octave at the least: re-deriving them on
+        # every 16th observation (every one while the first 64 arrive) loses nothing
+        self.seen += 1
+        if self.seen < 64 or not self.seen & 15:
+            self._derive()
 
     def _derive(self) -> None:
         self.h = max(1, int(quantise(self.output_mean)[1]))
