@@ -76,7 +76,7 @@ def test_most_loaded_feasible_server_wins_and_prefill_chunks_count():
 
 def test_turnover_zero_would_reproduce_the_pitfall():
     # Leaving the future prefill chunks out (turnover 0) makes r35 look feasible: the
-    # packing that design.md measured collapsing tight-tier attainment.
+    # packing that docs/architecture.md records collapsing tight-tier attainment.
     p = policy(("idle", "tight", 0), ("r30", "tight", 30), ("r35", "tight", 35), turnover=0.0)
     assert p.decide("tight", 500, 0.0).server_id == "r35"
 

@@ -60,6 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from kubetier.api.tier import SLOTier
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing_baselines import decide_least_loaded, decide_pool, decide_round_robin
 from kubetier.policy.routing_costs import INF, MEMO_LIMIT
@@ -87,12 +88,30 @@ TTFT_HEADROOM = 0.5
 
 @dataclass(frozen=True)
 class TierSLO:
+    """The routing policy's view of an SLO tier: a plain frozen dataclass, read on every
+    decision. The one definition of a tier, and its validation with field-naming
+    messages, is ``kubetier.api.tier.SLOTier``; build this with :meth:`from_api` from
+    anything that came from outside (a ModelService, a routing document, a config file,
+    a scenario). ``__post_init__`` only guards direct construction in code against
+    values the policy cannot work with."""
+
     name: str
     ttft_ms: float
     tpot_ms: float
     priority: int
     mean_output_tokens: int = 256
     on_late: Literal["reject", "queue"] = "reject"
+
+    @classmethod
+    def from_api(cls, tier: SLOTier) -> TierSLO:
+        return cls(
+            name=tier.name,
+            ttft_ms=float(tier.ttft_ms),
+            tpot_ms=float(tier.tpot_ms),
+            priority=tier.priority,
+            mean_output_tokens=tier.mean_output_tokens,
+            on_late=tier.on_late,
+        )
 
     def __post_init__(self) -> None:
         if not self.name:

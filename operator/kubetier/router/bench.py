@@ -11,7 +11,7 @@ workers); the engines and the load generator (this process) are pinned to core 1
 Every process's CPU share is reported, so a saturated load generator or engine core
 shows up in the table instead of being blamed on the router. The engines use a flat
 profile (one token every 25 ms at any batch, short prefills nearly free), close to
-design.md's data path measurement, so added latency is the router's and the rig's,
+the data path measurement in docs/architecture.md, so added latency is the router's and the rig's,
 not batching's.
 
 The benchmark prints figures and writes JSON; it asserts nothing about time.
@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from kubetier.policy.attainment import attainment_percent
 from kubetier.router import bench_routing
 from kubetier.stats import percentile
 
@@ -93,7 +94,8 @@ def _set_token_ms(token_ms: float) -> None:
     FLAT_PROFILE = flat_profile(token_ms)
     STREAM_S = (OUTPUT_TOKENS + 1.5) * token_ms / 1000.0
     f = token_ms / 25.0
-    TIERS = [dict(t, ttftMs=t["ttftMs"] * f, tpotMs=t["tpotMs"] * f) for t in _BASE_TIERS]
+    # Whole milliseconds: tier targets are integers (kubetier.api.tier.SLOTier).
+    TIERS = [dict(t, ttftMs=round(t["ttftMs"] * f), tpotMs=round(t["tpotMs"] * f)) for t in _BASE_TIERS]
 
 
 TOKEN_MARK = b'"choices":[{'
@@ -446,6 +448,9 @@ def _measure(rig: Rig, label: str, targets: dict, concurrency: int, duration_s: 
     return row
 
 
+_STATUS_COUNTS = ("requests", "completed", "sloMet", "spilled", "rejected", "failed", "retries")
+
+
 def _status_delta(before: dict | None, after: dict | None) -> dict | None:
     """This run's share of the router's cumulative per-tier tallies."""
     if after is None:
@@ -453,8 +458,10 @@ def _status_delta(before: dict | None, after: dict | None) -> dict | None:
     out = {}
     for tier, a in after.items():
         b = (before or {}).get(tier, {})
-        d = {k: a[k] - b.get(k, 0) for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
-        d["attainmentPercent"] = round(100.0 * d["sloMet"] / d["requests"], 2) if d["requests"] else None
+        d = {k: a[k] - b.get(k, 0) for k in _STATUS_COUNTS}
+        # One definition of attainment (kubetier.policy.attainment): 429s and failures are misses.
+        pct = attainment_percent(min(d["sloMet"], d["completed"]), d["completed"], d["rejected"], d["failed"])
+        d["attainmentPercent"] = None if pct is None else round(pct, 2)
         out[tier] = d
     return out
 
@@ -468,10 +475,7 @@ def _router_status(port: int, model: str) -> dict | None:
             while chunk := s.recv(65536):
                 data += chunk
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        return {
-            t: {k: v[k] for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
-            for t, v in body["models"][model]["tiers"].items()
-        }
+        return {t: {k: v[k] for k in _STATUS_COUNTS} for t, v in body["models"][model]["tiers"].items()}
     except (OSError, ValueError, KeyError, IndexError):
         return None
 

@@ -8,7 +8,7 @@ sequence slot is free and its prompt plus output fit in the KV cache (reserved u
 so the engine never preempts; vLLM would instead preempt and recompute, which only makes
 an overloaded server slower).
 
-Speed (design.md, "Fleet simulator speed"): no Python work per token. An iteration that
+Speed (docs/architecture.md, "Fleet simulator speed"): no Python work per token. An iteration that
 carries prompt tokens is one event; a stretch of decode-only iterations between two
 changes of the batch (a sequence finishing, or a new request that can start prefilling)
 is ONE event. Within a stretch the batch is fixed and the KV cache grows by ``batch``
@@ -35,7 +35,7 @@ import gc
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kubetier.policy.latency import LatencyModel
@@ -105,6 +105,7 @@ class Server:
         "busy_s",
         "decode_s",
         "draining",
+        "ended_at",
         "energy_j",
         "idx",
         "iter_s",
@@ -124,6 +125,7 @@ class Server:
         "sid",
         "slowdown",
         "spilled_in",
+        "started_at",
         "step_B",
         "step_a",
         "step_b",
@@ -148,6 +150,8 @@ class Server:
         self.slowdown = 1.0  # power capping multiplies iteration times
         self.ready_at = ready_at
         self.up_since = ready_at
+        self.started_at = 0.0  # when the server was asked for (model loading is paid for too)
+        self.ended_at = math.inf  # when it was removed
         self.removed = False
         self.draining = False
         self.waiting: deque[Request] = deque()  # routed, not yet admitted into the engine
@@ -268,6 +272,7 @@ class Simulator:
         self.n_done = 0
         self.n_rejected = 0
         self.n_waits = 0
+        self.n_broken = 0  # streams cut by a server removed without migration
         self.steps = 0
         self._track_power = cfg.track_power
         self.stop = False  # set by the outcome sink to end a run early
@@ -297,6 +302,7 @@ class Simulator:
         delay = self.cfg.model_load_s if ready_after_s is None else ready_after_s
         idx = len(self.servers)
         srv = Server(idx, f"s{idx}-{tier}", tier, self.cfg.model, ready_at=self.now + delay)
+        srv.started_at = self.now
         self.servers.append(srv)
         self.by_sid[srv.sid] = srv
         self.policy.upsert_server(ServerLoad(server_id=srv.sid, tier=tier, model=self.cfg.model, ready=delay <= 0))
@@ -320,13 +326,19 @@ class Simulator:
             )
         )
 
-    def remove_server(self, srv: Server) -> None:
-        """The server disappears (spot preemption). Its unfinished requests go back to the
-        router as continuations: prompt plus the tokens already streamed, the rest of the
-        output, same arrival time and per-token deadlines (the client sees one stream)."""
+    def remove_server(self, srv: Server, migrate: bool = True) -> None:
+        """The server disappears (spot preemption, or a drained server given back).
+
+        ``migrate``: its unfinished requests go back to the router as continuations: prompt
+        plus the tokens already streamed, the rest of the output, same arrival time and
+        per-token deadlines (the client sees one stream). Without it a started stream breaks:
+        the client retries from scratch (the whole prompt and output again, same deadlines),
+        the request counts as missed and ``n_broken`` counts it.
+        """
         if srv.removed:
             return
         srv.removed = True
+        srv.ended_at = self.now
         srv.busy = False
         srv.version += 1
         srv.up_since = self.now - srv.up_since  # becomes the server's lifetime (see gpu_seconds)
@@ -337,7 +349,13 @@ class Simulator:
         srv.running_heap.clear()
         srv.tier_heaps.clear()
         for req in orphans:
-            if req.t_first >= 0:
+            if not migrate and (req.t_first >= 0 or req.base):
+                self.n_broken += 1
+                req.failed = True
+                req.prompt -= req.base
+                req.output += req.base
+                req.base = 0
+            elif req.t_first >= 0:
                 streamed = 1 + srv.G - (req.finish_iter - req.output + 1)  # tokens out so far
                 streamed = max(1, min(req.output - 1, streamed))
                 req.prompt += streamed
@@ -346,6 +364,15 @@ class Simulator:
             req.prefill_left = req.prompt
             req.server = None
             self._route(req, self.now)
+
+    def call_at(self, t: float, callback: Callable[[Simulator, float], None]) -> None:
+        """Run ``callback(sim, t)`` at simulated time ``t`` (hooks' timed actions)."""
+        self._push(max(t, self.now), 3, callback)
+
+    def server_lifetimes(self) -> Iterator[tuple[float, float, Server]]:
+        """(asked for, removed or now, server) for every server ever started."""
+        for srv in self.servers:
+            yield srv.started_at, min(srv.ended_at, self.now), srv
 
     def set_slowdown(self, srv: Server, factor: float) -> None:
         """Power capping: iterations take ``factor`` (>= 1) times longer from the next step on."""

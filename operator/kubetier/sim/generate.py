@@ -75,9 +75,9 @@ def generate(seed: int, max_servers: int = 1000, target_requests: int = 20_000) 
     model = load_profile(profile)
     d1 = model.decode_iteration_s(1, 0) * 1000.0
     k = rng.randint(2, 4)
-    tpots: list[float] = []
+    tpots: list[int] = []  # whole milliseconds, like the ModelService's tpotMs
     while len(tpots) < k:
-        v = round(_log_uniform(rng, max(15.0, 1.5 * d1), 200.0), 1)
+        v = round(_log_uniform(rng, max(15.0, 1.5 * d1), 200.0))
         if all(abs(v - u) > 1.0 for u in tpots):
             tpots.append(v)
     tpots.sort()
@@ -144,7 +144,7 @@ def generate(seed: int, max_servers: int = 1000, target_requests: int = 20_000) 
         tiers.append(
             {
                 "name": names[i],
-                "ttftMs": float(min(ttft, 60_000)),
+                "ttftMs": int(min(ttft, 60_000)),
                 "tpotMs": tpots[i],
                 "attainmentPercent": 90,
                 "priority": 100 * (k - i),

@@ -22,15 +22,16 @@ kubetier.sim.scenario as s; print(s.__doc__)"`). In short:
   policies: [kubetier, round-robin, least-loaded, static-partition, two-class]
   goodput:  {minScale, maxScale, iterations, curveScales}
 
-Traces: known names are read from --traces-dir (default ../shared/traces beside the
-checkout, or $KUBETIER_TRACES_DIR): azure_llm_2023_code, azure_llm_2023_conv,
-mooncake_conversation.
+Traces: known names ship with kubetier (gzip-compressed, in kubetier/sim/traces/ with
+their licences); --traces-dir or $KUBETIER_TRACES_DIR reads them from another folder
+(plain or .gz): azure_llm_2023_code, azure_llm_2023_conv, mooncake_conversation.
 
 Commands: `kubetier simulate --scenario NAME_OR_PATH --output DIR`,
 `kubetier simulate list`, `kubetier simulate bench --output FILE`,
 `kubetier simulate generate --seed N [--output FILE]` (a random realistic scenario),
 `kubetier simulate learning-bench` (online latency correction vs slower/faster engines),
-`kubetier simulate scenario-bench` (shipped + generated: ratio, % of bound, % above best partition).
+`kubetier simulate scenario-bench` (shipped + generated: ratio, % of bound, % above best partition),
+`kubetier simulate spot --help` (spot policies: cost and attainment).
 """
 
 
@@ -49,7 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         help="shipped scenario name or YAML path (default: azure-by-source; `kubetier simulate list`)",
     )
     p.add_argument("--output", type=Path, default=None, help="directory for result.json and the PNG plots")
-    p.add_argument("--traces-dir", type=Path, default=None, help="folder holding the public traces")
+    p.add_argument(
+        "--traces-dir",
+        type=Path,
+        default=None,
+        help="folder holding the public traces (default: the ones shipped with kubetier)",
+    )
     p.add_argument("--policies", default=None, help="comma-separated subset of the scenario's policies")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -76,6 +82,10 @@ def main(argv: list[str]) -> int:
         from .generate import main as generate_main
 
         return generate_main(argv[1:])
+    if argv and argv[0] == "spot":
+        from .spot_compare import main as spot_main
+
+        return spot_main(argv[1:])
     if argv and argv[0] == "list":
         for name in shipped_scenarios():
             sc = load_scenario(name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubetier.policy.latency import LatencyModel
+from kubetier.policy.routing import TierSLO
 
 from .engine import SimConfig, Simulator
 from .metrics import Collector
@@ -47,7 +48,7 @@ def tier_alone_passes(
     budget = [0] * len(sc.tiers)
     budget[tier] = int(n * (1.0 - t.attainment_percent / 100.0) + 1e-9)
     cfg = SimConfig(
-        tiers=[x.slo() for x in sc.tiers],
+        tiers=[TierSLO.from_api(x) for x in sc.tiers],
         server_tiers=[t.name] * servers,
         model=model,
         policy_kind="static-partition",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kubetier.policy.latency import LatencyModel
-from kubetier.policy.routing import KINDS
+from kubetier.policy.routing import KINDS, TierSLO
 
 from . import workload as wl
 from .bound import WorkModel, necessary_condition, work_models
@@ -308,7 +308,7 @@ def run_once(
     the goodput search only needs the verdict, and overloaded runs are the slow ones."""
     win = build_window(sc, rate_scale, traces_dir)
     cfg = SimConfig(
-        tiers=[t.slo() for t in sc.tiers],
+        tiers=[TierSLO.from_api(t) for t in sc.tiers],
         server_tiers=server_tiers_for(sc, policy),
         model=model,
         policy_kind=POLICY_KINDS[policy],
