@@ -113,6 +113,9 @@ bench: install ## benchmarks: print figures, write JSON under bench-results/
 	$(KUBETIER) engine-sim bench --output bench-results/engine-sim.json
 	$(KUBETIER) router bench --output bench-results/router.json
 	$(KUBETIER) simulate bench --output bench-results/sim.json
+	$(KUBETIER) simulate bench --servers 1000 --requests 200000 --no-profile --output bench-results/sim-1000.json
+	$(KUBETIER) simulate learning-bench --output bench-results/sim-learning.json
+	$(KUBETIER) simulate scenario-bench --output bench-results/sim-scenarios.json
 
 .PHONY: clean
 clean: ## remove the venv and local results (not the cluster cache)

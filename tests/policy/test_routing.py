@@ -12,6 +12,7 @@ import random
 
 import pytest
 
+import kubetier.policy.routing as routing
 from kubetier.policy.latency import LatencyModel, load_profile
 from kubetier.policy.routing import Decision, RoutingPolicy, ServerLoad, TierSLO
 
@@ -43,6 +44,7 @@ def policy(*servers: tuple[str, str, int], tiers=(TIGHT, MID, LOOSE), kind="slo"
     prompt prior is 500 tokens (the hand checks' steady refill: 500 / 100 = 5 prompt
     tokens per iteration per running sequence) unless a test says otherwise."""
     kw.setdefault("host_probe_prompt_tokens", 500)
+    kw.setdefault("ttft_headroom", 0.0)  # the hand checks use the whole TTFT
     p = RoutingPolicy(list(tiers), kind=kind, rng=random.Random(1), **kw)
     for sid, tier, running in servers:
         p.upsert_server(ServerLoad(sid, tier, MODEL, running=running))
@@ -200,6 +202,20 @@ def test_ttft_counts_time_waited_and_queued_prefill():
     assert p.decide("tight", 500, 0.2).server_id == "free"
     # Without the wait it fits on the more loaded server.
     assert p.decide("tight", 500, 0.0).server_id == "queued"
+
+
+def test_ttft_headroom_keeps_queued_prefill_off_the_budget_edge():
+    # The default policy packs queued prompts only up to half the TTFT left: the same
+    # 390 ms (+ 5 ms in flight) first token of "queued" is over 0.5 * 500 ms.
+    p = policy(ttft_headroom=routing.TTFT_HEADROOM)
+    assert routing.TTFT_HEADROOM == 0.5
+    p.upsert_server(ServerLoad("queued", "tight", MODEL, running=1, queued_prefill_tokens=3000))
+    p.upsert_server(ServerLoad("free", "tight", MODEL, running=0))
+    assert p.decide("tight", 500, 0.0).server_id == "free"
+    # The headroom is kept on the slack beyond the prompt's own idle prefill (60 ms):
+    # after a wait of 0.42 s the budget is 60 + (500 - 420 - 60) * 0.5 = 70 ms, and the
+    # idle server (60 ms) still takes it
+    assert p.decide("tight", 500, 0.42).server_id == "free"
 
 
 def test_kv_capacity_limits_a_lightly_loaded_server():

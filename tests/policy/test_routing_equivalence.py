@@ -49,7 +49,8 @@ def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: 
     # pending prompts (queued + ours) once, in full chunks and a remainder, over H tokens
     pending = s.queued_prefill_tokens + prompt
     n_full, rest = divmod(pending, chunk_b)
-    per_token += (n_full * chunk_extra(m, chunk_b) + (chunk_extra(m, rest) if rest else 0.0)) / H
+    if s.running:  # only sequences that are decoding are delayed by the pending prompts
+        per_token += (n_full * chunk_extra(m, chunk_b) + (chunk_extra(m, rest) if rest else 0.0)) / H
     # steady refill: each running sequence replaced as it finishes
     per_token += s.running * refill * chunk_extra(m, chunk_b) / chunk_b
     if per_token > tpot:
@@ -101,7 +102,7 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
     late = waited + idle > t.ttft_ms / 1000.0
     if late and t.on_late == "reject":
         return ("reject", None, False)
-    budget = float("inf") if late else t.ttft_ms / 1000.0 * (1.0 - p.ttft_headroom) - waited
+    budget = float("inf") if late else idle + (t.ttft_ms / 1000.0 - waited - idle) * (1.0 - p.ttft_headroom)
     for k, host in enumerate(usable):
         own = sorted(
             (s for s in routable if s.tier == host.name),

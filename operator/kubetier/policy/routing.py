@@ -76,11 +76,14 @@ __all__ = ["HOST_PROBE_PROMPT_TOKENS", "KINDS", "POLICIES", "Decision", "Routing
 HOST_PROBE_PROMPT_TOKENS = PRIOR_PROMPT_TOKENS
 _INF = INF
 # Headroom the SLO policy keeps below each tier's targets when it admits: the share of
-# the TPOT (and of the TTFT) left unallocated, for what the estimate cannot see
+# the TPOT (and of the TTFT still left) not allocated, for what the estimate cannot see
 # (burst-aligned prefill chunks, output lengths above the mean, a slower server).
-# Tuned on generated scenarios (kubetier simulate generate), not on the shipped ones.
+# Packing queued prompts up to the whole TTFT gains no batching (a chunk is full once a
+# queue exists) and turns every estimation error into a miss: at 1,000 servers from an
+# empty fleet (200-server repro, Poisson, three tiers) no TTFT headroom left the
+# standard tier at 80.5% with TTFT p90 at 95% of its target; half of it gave 100%.
 TPOT_HEADROOM = 0.0
-TTFT_HEADROOM = 0.0
+TTFT_HEADROOM = 0.5
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,8 @@ class RoutingPolicy(ServerIndex):
         # keeps at least one other idle server moves to the request's bin. The load
         # gradient (most-loaded-first) is what leaves servers idle to move.
         self.rebin_idle = rebin_idle
+        if kind == "slo" and not rebin_idle:
+            self._decide_fn = decide_slo  # the registry's entry without the rebin step: one call less
         self.rng = rng if rng is not None else random.Random(0)
         self.scale_up_s = scale_up_s
         self.reject_retry_after_s = reject_retry_after_s
@@ -281,7 +286,11 @@ class RoutingPolicy(ServerIndex):
         if late and t.on_late == "reject":
             return Decision("reject", None, reason="ttft-unreachable", retry_after_s=self.reject_retry_after_s)
         # A late request of a queueing tier only needs to leave others unharmed.
-        d = self._decide_fn(self, t, prompt_tokens, _INF if late else ttft_s * self._ttft_factor - waited_s)
+        # The headroom applies to the slack beyond the prompt's own (fastest) prefill:
+        # a long prompt that an idle server can still serve in time is not refused.
+        d = self._decide_fn(
+            self, t, prompt_tokens, _INF if late else idle + (ttft_s - waited_s - idle) * self._ttft_factor
+        )
         if d is not None:
             return d
         if late:

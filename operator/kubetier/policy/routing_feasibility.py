@@ -16,7 +16,9 @@ by its learned correction (``IterationCosts.scale``):
 * **worst future iteration** (:func:`prefill_share_s`): per output token over the
   request's life, the decode step at the end of its horizon (batch ``running + 1``, KV
   grown by H tokens per sequence) plus the prefill the server will interleave, spread
-  over the H tokens: the pending prompts (queued + ours) once, and a *steady refill*:
+  over the H tokens: the pending prompts (queued + ours) once when sequences are
+  decoding (they are interleaved into those sequences' iterations; on an idle server
+  they all precede our first token, which the TTFT check covers), and a *steady refill*:
   each running sequence is replaced when it finishes, so the server prefills on average
   ``running * refill`` prompt tokens per iteration, ``refill`` being the host tier's
   observed mean prompt over its observed mean output (learned online, decayed:
@@ -54,11 +56,14 @@ IN_FLIGHT_SHARE = 0.5
 def prefill_share_s(c: IterationCosts, running: int, pending: int, H: int, refill: float) -> float:
     """Per-output-token time the server's prefill work adds over the request's life
     (profile seconds, unscaled): ``pending`` prompt tokens once (full chunks and a
-    remainder next to the grown batch), plus the steady refill of ``running`` sequences."""
+    remainder next to the grown batch), plus the steady refill of ``running`` sequences.
+    Both only when sequences are decoding (``running`` > 0): on an idle server the
+    pending prompts all come before the new request's first token, which the TTFT check
+    covers, and nobody's tokens are delayed by them."""
     chunk_b = c.mbt - running - 1
     ce = c.ce
     share = 0.0
-    if pending > 0:
+    if pending > 0 and running:
         n_full, rest = divmod(pending, chunk_b)
         x = ce[chunk_b]
         if x is None:

@@ -47,7 +47,7 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
     by_rank = p._by_rank
     traffic = p.traffic
     own = True
-    H = traffic[t.name].horizon()
+    H = traffic[t.name].h
     pc, p_lb = prompt_class(prompt)
     for b in p._route_bins[t.name]:
         keys = b.keys
@@ -56,9 +56,8 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
             continue
         tpot_s = b.tpot_s
         host = traffic[b.tier.name]
-        r_class, refill = host.refill()
-        refill *= p.turnover
-        memo_key = (r_class << 40) | (H << 16) | pc
+        refill = host.r_value * p.turnover
+        memo_key = (host.r_class << 40) | (H << 16) | pc
         lm = b.level_memo.get(memo_key)
         if lm is None:
             if len(b.level_memo) > MEMO_LIMIT:
@@ -67,7 +66,7 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
             empty: list[int | None] = [None] * (cap + 1) if cap >= 0 else []
             lm = b.level_memo[memo_key] = (cap, empty)
         cap, thresholds = lm
-        probe = 0 if own else host.probe_prompt()
+        probe = 0 if own else host.probe
         hi = bisect_left(keys, (cap + 1) << RUN_SHIFT)  # keys[:hi] have running <= cap
         while hi > 0:
             k = keys[hi - 1]

@@ -41,15 +41,18 @@ class TierTraffic:
     """Decayed mean prompt and output length of one tier."""
 
     __slots__ = (
-        "_h_cache",
-        "_r_cache",
+        "h",
         "half_life",
         "n_output",
         "n_prompt",
         "output_mean",
         "prior_output",
         "prior_prompt",
+        "probe",
         "prompt_mean",
+        "r_class",
+        "r_value",
+        "seen",
         "warmup",
     )
 
@@ -68,40 +71,51 @@ class TierTraffic:
         self.output_mean = self.prior_output
         self.n_prompt = 0.0  # effective (decayed) observation counts
         self.n_output = 0.0
-        self._h_cache: int | None = None
-        self._r_cache: tuple[int, float] | None = None
+        # What the policy reads on every decision, kept current by the observe calls
+        # (plain attributes: no method call on the hot path).
+        self.h = 1
+        self.r_class = 0
+        self.r_value = 0.0
+        self.probe = 0
+        self.seen = 0
+        self._derive()
 
     def observe_prompt(self, tokens: int) -> None:
         self.n_prompt = min(self.n_prompt + 1.0, self.half_life)
         self.prompt_mean += (tokens - self.prompt_mean) / self._weight(self.n_prompt)
-        self._r_cache = None
+        self._tick()
 
     def observe_output(self, tokens: int) -> None:
         self.n_output = min(self.n_output + 1.0, self.half_life)
         self.output_mean += (max(1, tokens) - self.output_mean) / self._weight(self.n_output)
-        self._h_cache = None
-        self._r_cache = None
+        self._tick()
 
     def _weight(self, n: float) -> float:
         # 1/n averaging while n is small (prior included as `warmup` pseudo-observations),
         # then a fixed exponential decay with the given half-life
         return min(n + self.warmup, self.half_life / math.log(2.0))
 
+    def _tick(self) -> None:
+        # the quantised values move by 1/8 octave at the least: re-deriving them on
+        # every 16th observation (every one while the first 64 arrive) loses nothing
+        self.seen += 1
+        if self.seen < 64 or not self.seen & 15:
+            self._derive()
+
+    def _derive(self) -> None:
+        self.h = max(1, int(quantise(self.output_mean)[1]))
+        self.r_class, self.r_value = quantise(self.prompt_mean / max(1.0, self.output_mean))
+        self.probe = int(-(-self.prompt_mean // 64) * 64)
+
     def horizon(self) -> int:
         """Expected output tokens of a new request (quantised, >= 1)."""
-        h = self._h_cache
-        if h is None:
-            h = self._h_cache = max(1, int(quantise(self.output_mean)[1]))
-        return h
+        return self.h
 
     def refill(self) -> tuple[int, float]:
         """(class, prompt tokens per iteration per running sequence): mean prompt over
         mean output, quantised."""
-        r = self._r_cache
-        if r is None:
-            r = self._r_cache = quantise(self.prompt_mean / max(1.0, self.output_mean))
-        return r
+        return self.r_class, self.r_value
 
     def probe_prompt(self) -> int:
         """A typical prompt of this tier (the mean, rounded up to 64 tokens)."""
-        return int(-(-self.prompt_mean // 64) * 64)
+        return self.probe

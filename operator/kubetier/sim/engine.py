@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kubetier.policy.latency import LatencyModel
+from kubetier.policy.latency_learning import LatencyCorrection
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.waiting import waiting_key
 
@@ -232,6 +233,10 @@ class SimConfig:
     # recorded (warm-up and cool-down are left out of every figure).
     measure_from_s: float = 0.0
     measure_until_s: float = math.inf
+    # Learn a latency correction online (kubetier.policy.latency_learning) from the
+    # engines' step timings, each seen with lognormal noise of this sigma.
+    learn_latency: bool = False
+    timing_noise: float = 0.2
 
 
 class Simulator:
@@ -277,8 +282,13 @@ class Simulator:
         self._on_finish = self.policy.on_finish
         self._observe = self.policy.observe
         self._on_request_done = self.policy.on_request_done
+        self.learner: LatencyCorrection | None = None
+        if cfg.learn_latency:
+            self.learner = LatencyCorrection(self.policy)
         for tier in cfg.server_tiers:
             self.add_server(tier, ready_after_s=0.0)
+        if self.learner is not None:
+            self.learner.reset()  # memos are shared per model: start from the profile
         for hook in cfg.hooks:
             for t, cb in hook.schedule():
                 self._push(t, 3, cb)
@@ -633,6 +643,11 @@ class Simulator:
         srv.G = G
         t0 = srv.step_t0
         srv.busy_s += t - t0
+        if self.learner is not None and t > t0:
+            # the engine's own timing of this step (vLLM exposes it as iteration
+            # histograms), against what the profile predicts for it
+            obs = (t - t0) * math.exp(self.rng.gauss(0.0, self.cfg.timing_noise))
+            self.learner.observe(srv.sid, (t - t0) / srv.slowdown, obs)
         chunks = srv.step_chunks
         p = srv.step_p if chunks is not None else 0
         if self._track_power:

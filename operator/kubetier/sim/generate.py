@@ -17,7 +17,8 @@ result generalises to workloads and fleets the project has not seen. A draw pick
   or a random partition (every tier at least one server).
 
 The window is sized so a run at the estimated capacity holds about
-``target_requests`` arrivals (60-600 s). Output is a scenario document (the YAML
+``target_requests`` arrivals (300-600 s: long enough that a tier has tens of measured
+requests even at low rate scales). Output is a scenario document (the YAML
 format of ``kubetier simulate --scenario``).
 """
 
@@ -170,7 +171,7 @@ def generate(seed: int, max_servers: int = 1000, target_requests: int = 20_000) 
         for i in range(k)
     ]
     capacity = max(1.0, fluid_estimate(model, n, rows))
-    duration = float(min(600.0, max(60.0, round(target_requests / capacity))))
+    duration = float(min(600.0, max(300.0, round(target_requests / capacity))))
     n_syn = sum(1 for s_ in sources if s_[1] is not None)
     n_trace = len(sources) - n_syn
     out_sources = []

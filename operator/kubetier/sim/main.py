@@ -29,6 +29,8 @@ their licences); --traces-dir or $KUBETIER_TRACES_DIR reads them from another fo
 Commands: `kubetier simulate --scenario NAME_OR_PATH --output DIR`,
 `kubetier simulate list`, `kubetier simulate bench --output FILE`,
 `kubetier simulate generate --seed N [--output FILE]` (a random realistic scenario),
+`kubetier simulate learning-bench` (online latency correction vs slower/faster engines),
+`kubetier simulate scenario-bench` (shipped + generated: ratio, % of bound, % above best partition),
 `kubetier simulate spot --help` (spot policies: cost and attainment),
 `kubetier simulate autoscale --help` (autoscaling and pre-warm against baselines).
 """
@@ -69,6 +71,14 @@ def main(argv: list[str]) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "scenario-bench":
+        from .scenario_bench import main as scenario_bench_main
+
+        return scenario_bench_main(argv[1:])
+    if argv and argv[0] == "learning-bench":
+        from .learning_bench import main as learning_main
+
+        return learning_main(argv[1:])
     if argv and argv[0] == "generate":
         from .generate import main as generate_main
 

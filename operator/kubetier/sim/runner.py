@@ -48,20 +48,29 @@ _BASE_CACHE: dict[tuple[str, str], tuple] = {}
 _BASE_CACHE_MAX = 8
 
 
-def _source_rows(sc: Scenario, i: int, traces_dir: Path | None, rate_scale: float):
+def _source_rows(sc: Scenario, i: int, traces_dir: Path | None):
     src = sc.workload.sources[i]
-    if src.trace is not None:
-        return wl.read_trace(wl.resolve_trace(src.trace, traces_dir))
-    s = src.synthetic
-    if sc.workload.duration_s is None and sc.workload.max_requests is None:
-        raise ValueError(f"workload.sources.{i}: a synthetic source needs workload.durationS or workload.maxRequests")
+    return wl.read_trace(wl.resolve_trace(src.trace, traces_dir))
+
+
+def _synthetic(sc: Scenario, i: int, rate_scale: float, duration: float) -> tuple:
+    """A synthetic source resampled at the scaled rate (same process, same CV, same
+    diurnal period in seconds) over the window; the seed depends on the scale."""
+    s = sc.workload.sources[i].synthetic
     pl = wl.LengthDist(s.prompt.dist, s.prompt.mean, s.prompt.sd, s.prompt.min, s.prompt.max)
     ol = wl.LengthDist(s.output.dist, s.output.mean, s.output.sd, s.output.min, s.output.max)
-    # Synthetic sources are resampled at the scaled rate (same process, same CV, same
-    # diurnal period in seconds); the seed depends on the scale so scales differ.
     seed = sc.seed * 1_000_003 + i + 1 + (0 if rate_scale == 1.0 else int(rate_scale * 1_000_000) * 7919)
-    return wl.synthetic(
-        s.arrival, s.rate * rate_scale, pl, ol, seed, cv=s.cv, amplitude=s.amplitude, period_s=s.period_s
+    return wl.synthetic_window(
+        s.arrival,
+        s.rate * rate_scale,
+        pl,
+        ol,
+        seed,
+        duration,
+        _weights(sc, i),
+        cv=s.cv,
+        amplitude=s.amplitude,
+        period_s=s.period_s,
     )
 
 
@@ -79,18 +88,29 @@ def _base(sc: Scenario, traces_dir: Path | None) -> tuple:
     if hit is not None:
         return hit
     w = sc.workload
-    per_source = []
-    for i in range(len(w.sources)):
-        rng = random.Random(sc.seed * 1_000_003 + i)
-        per_source.append(
-            wl.window_rows(
-                _source_rows(sc, i, traces_dir, 1.0), _weights(sc, i), rng, w.start_s, w.duration_s, w.max_requests
-            )
-        )
-    if w.duration_s is not None:
-        duration = w.duration_s
+    if w.duration_s is None and w.max_requests is None and any(src.synthetic for src in w.sources):
+        i = next(i for i, src in enumerate(w.sources) if src.synthetic)
+        raise ValueError(f"workload.sources.{i}: a synthetic source needs workload.durationS or workload.maxRequests")
+    duration = w.duration_s
+    if duration is None:
+        # maxRequests alone: the window is the time the first maxRequests arrivals span;
+        # synthetic sources alone would reach it by maxRequests / total rate
+        syn_rate = sum(src.synthetic.rate for src in w.sources if src.synthetic)
+        guess = (w.max_requests or 1) / syn_rate if syn_rate > 0 else None
     else:
-        # maxRequests alone: the window is the time the first maxRequests arrivals span
+        guess = duration
+    per_source = []
+    for i, src in enumerate(w.sources):
+        if src.trace is not None:
+            rng = random.Random(sc.seed * 1_000_003 + i)
+            per_source.append(
+                wl.window_rows(
+                    _source_rows(sc, i, traces_dir), _weights(sc, i), rng, w.start_s, duration, w.max_requests
+                )
+            )
+        else:
+            per_source.append(_synthetic(sc, i, 1.0, guess if guess is not None else 3600.0))
+    if duration is None:
         t_all = np.sort(np.concatenate([a[0] for a in per_source]))[: w.max_requests]
         duration = float(t_all[-1]) + 1e-6 if len(t_all) else 1.0
         per_source = [tuple(x[a[0] < duration] for x in a) for a in per_source]
@@ -125,12 +145,7 @@ def build_window(sc: Scenario, rate_scale: float, traces_dir: Path | None) -> wl
         elif rate_scale == 1.0:
             parts.append(per_source[i])
         else:
-            rng = random.Random(sc.seed * 1_000_003 + i)
-            parts.append(
-                wl.window_rows(
-                    _source_rows(sc, i, traces_dir, rate_scale), _weights(sc, i), rng, sc.workload.start_s, duration
-                )
-            )
+            parts.append(_synthetic(sc, i, rate_scale, duration))
     t = np.concatenate([x[0] for x in parts])
     order = np.argsort(t, kind="stable")
     warm, until = measure_window(sc, duration)

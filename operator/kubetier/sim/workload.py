@@ -360,3 +360,48 @@ def _arrays(stream: Iterator[Arrival], max_rows: int | None) -> tuple[np.ndarray
         return np.zeros(0), z, z, z
     a = np.array(rows, dtype=np.float64)
     return a[:, 0], a[:, 1].astype(np.int64), a[:, 2].astype(np.int64), a[:, 3].astype(np.int64)
+
+
+def synthetic_window(
+    arrival: str,
+    rate: float,
+    prompt: LengthDist,
+    output: LengthDist,
+    seed: int,
+    duration_s: float,
+    tier_weights: list[tuple[int, float]],
+    *,
+    cv: float = 1.0,
+    amplitude: float = 0.0,
+    period_s: float = 3600.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A synthetic source over ``[0, duration_s)`` as arrays (the same processes as
+    :func:`synthetic`, drawn in numpy blocks; tiers drawn from the weights)."""
+    gen = np.random.default_rng(seed)
+    parts = []
+    t = 0.0
+    peak = rate * (1.0 + amplitude)
+    block = max(1024, min(1 << 20, int(peak * duration_s * 1.1) + 64))
+    while t < duration_s:
+        if arrival == "poisson":
+            times = t + np.cumsum(gen.exponential(1.0 / rate, block))
+        elif arrival == "gamma":
+            shape = 1.0 / (cv * cv)
+            times = t + np.cumsum(gen.gamma(shape, 1.0 / (rate * shape), block))
+        elif arrival == "diurnal":
+            times = t + np.cumsum(gen.exponential(1.0 / peak, block))
+        else:
+            raise ValueError(f"unknown arrival process {arrival!r}")
+        t = float(times[-1])
+        if arrival == "diurnal":
+            keep = gen.random(block) * peak <= rate * (1.0 + amplitude * np.sin(2.0 * math.pi * times / period_s))
+            times = times[keep]
+        parts.append(times[times < duration_s])
+    tt = np.concatenate(parts) if parts else np.zeros(0)
+    n = len(tt)
+    p = prompt.sample(gen, n).astype(np.int64)
+    o = output.sample(gen, n).astype(np.int64)
+    idx = np.array([i for i, _ in tier_weights], dtype=np.int64)
+    w = np.array([max(0.0, x) for _, x in tier_weights], dtype=np.float64)
+    k = idx[gen.choice(len(idx), size=n, p=w / w.sum())] if len(idx) > 1 else np.full(n, idx[0], dtype=np.int64)
+    return tt, p, o, k
