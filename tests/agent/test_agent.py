@@ -1,0 +1,133 @@
+"""The agent against real engine simulators on loopback (simulated backend) and an in-memory Node API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from kubetier.agent.backend import BackendError
+from kubetier.agent.loop import Agent, AgentConfig
+from kubetier.agent.main import build_parser, main
+from kubetier.agent.simulated import SimulatedBackend, parse_power_metrics
+from kubetier.api.node_power import POWER_CAP_ANNOTATION, POWER_REPORT_ANNOTATION, NodePowerReport
+
+
+class MemoryNodes:
+    """Nodes as the apiserver would hold them; merge-patches of annotations only."""
+
+    def __init__(self, *names: str) -> None:
+        self.nodes = {n: {"metadata": {"name": n, "annotations": {}}} for n in names}
+
+    async def get(self, kind, namespace, name):
+        assert kind == "Node" and namespace is None
+        return json.loads(json.dumps(self.nodes.get(name))) if name in self.nodes else None
+
+    async def patch(self, kind, namespace, name, patch):
+        ann = self.nodes[name]["metadata"]["annotations"]
+        for k, v in patch["metadata"]["annotations"].items():
+            if v is None:
+                ann.pop(k, None)
+            else:
+                ann[k] = v
+        return self.nodes[name]
+
+    def report(self, name: str) -> NodePowerReport:
+        return NodePowerReport.model_validate_json(self.nodes[name]["metadata"]["annotations"][POWER_REPORT_ANNOTATION])
+
+
+def test_parse_power_metrics_ignores_other_series():
+    text = (
+        "# HELP kubetier_engine_power_watts x\n"
+        'kubetier_engine_power_watts{model_name="m"} 303.2\n'
+        'kubetier_engine_power_cap_watts{model_name="m"} 0\n'
+        'kubetier_engine_kv_tokens{model_name="m"} 5\n'
+        'kubetier_engine_max_power_watts{model_name="m"} 700\n'
+    )
+    assert parse_power_metrics(text) == {
+        "kubetier_engine_power_watts": 303.2,
+        "kubetier_engine_power_cap_watts": 0.0,
+        "kubetier_engine_max_power_watts": 700.0,
+    }
+
+
+async def test_agent_applies_the_requested_cap_and_reports_it(engine_url):
+    sims = [await engine_url(time_scale=10) for _ in range(2)]
+    backend = SimulatedBackend([u for _, u in sims])
+    nodes = MemoryNodes("gpu-a")
+    agent = Agent(backend, nodes, AgentConfig(node="gpu-a", report_interval_s=0.1, sample_interval_s=0.05))
+    try:
+        r = await agent.report_once()
+        assert nodes.report("gpu-a") == r
+        assert r.backend == "simulated" and len(r.gpus) == 2
+        assert r.watts == pytest.approx(160.0)  # two idle engines at 80 W
+        assert not r.capped and r.requested_cap_watts is None
+
+        nodes.nodes["gpu-a"]["metadata"]["annotations"][POWER_CAP_ANNOTATION] = "420"
+        r = await agent.report_once()
+        assert [s.engine.power_cap_watts for s, _ in sims] == [420.0, 420.0]
+        assert r.requested_cap_watts == 420.0 and r.actuation_ms is not None
+        await agent.sample()
+        assert [g.cap_watts for g in agent.build_report().gpus] == [420.0, 420.0]
+
+        nodes.nodes["gpu-a"]["metadata"]["annotations"][POWER_CAP_ANNOTATION] = ""
+        await agent.report_once()
+        assert [s.engine.power_cap_watts for s, _ in sims] == [None, None]
+    finally:
+        await asyncio.to_thread(backend.close)
+
+
+async def test_bad_cap_annotation_is_reported_not_applied(engine_url):
+    sim, url = await engine_url(time_scale=10)
+    backend = SimulatedBackend([url])
+    nodes = MemoryNodes("gpu-a")
+    nodes.nodes["gpu-a"]["metadata"]["annotations"][POWER_CAP_ANNOTATION] = "lots"
+    agent = Agent(backend, nodes, AgentConfig(node="gpu-a"))
+    try:
+        r = await agent.report_once()
+        assert "not a number of watts" in r.error
+        assert sim.engine.power_cap_watts is None
+    finally:
+        await asyncio.to_thread(backend.close)
+
+
+async def test_unreachable_engine_is_a_backend_error():
+    backend = SimulatedBackend(["http://127.0.0.1:9"], timeout_s=0.5)
+    try:
+        with pytest.raises(BackendError, match="cannot read /metrics"):
+            await asyncio.to_thread(backend.read)
+    finally:
+        backend.close()
+
+
+async def test_run_loop_reports_at_its_cadence_and_stops(engine_url):
+    _, url = await engine_url(time_scale=10)
+    backend = SimulatedBackend([url])
+    nodes = MemoryNodes("gpu-a")
+    agent = Agent(backend, nodes, AgentConfig(node="gpu-a", report_interval_s=0.2, sample_interval_s=0.05))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    await asyncio.to_thread(backend.close)
+    assert 3 <= agent.reports <= 7
+    assert nodes.report("gpu-a").gpus[0].max_watts == 700.0
+
+
+async def test_cli_once_prints_a_report(engine_url, capsys):
+    _, url = await engine_url(time_scale=10)
+    rc = await asyncio.to_thread(main, ["--node", "n1", "--backend", "simulated", "--engine", url, "--once"])
+    assert rc == 0
+    report = NodePowerReport.model_validate_json(capsys.readouterr().out.strip())
+    assert report.node == "n1" and report.gpus[0].watts == 80.0
+
+
+def test_cli_refuses_missing_node_and_misplaced_engine(capsys, monkeypatch):
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    assert main(["--backend", "simulated", "--engine", "http://127.0.0.1:1", "--once"]) == 2
+    assert "--node" in capsys.readouterr().err
+    assert main(["--node", "n", "--backend", "nvml", "--engine", "http://x"]) == 2
+    assert "--engine applies to --backend simulated only" in capsys.readouterr().err
+    assert "kubetier.io/power-report" in build_parser().format_help()
