@@ -27,7 +27,8 @@ checkout, or $KUBETIER_TRACES_DIR): azure_llm_2023_code, azure_llm_2023_conv,
 mooncake_conversation.
 
 Commands: `kubetier simulate --scenario NAME_OR_PATH --output DIR`,
-`kubetier simulate list`, `kubetier simulate bench --output FILE`.
+`kubetier simulate list`, `kubetier simulate bench --output FILE`,
+`kubetier simulate power --help` (power-capped oversubscription, POLCA).
 """
 
 
@@ -58,6 +59,10 @@ def main(argv: list[str]) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "power":
+        from .power_cli import main as power_main
+
+        return power_main(argv[1:])
     if argv and argv[0] == "list":
         for name in shipped_scenarios():
             sc = load_scenario(name)
