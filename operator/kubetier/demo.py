@@ -356,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
     from kubetier.localdev import LocalEngines
     from kubetier.localdev.engines import wants_engine
     from kubetier.operator import rbac
-    from kubetier.operator.router_feed import attainment_from_status
+    from kubetier.operator.modelservice.router_feed import attainment_from_status
 
     # The router's address is fixed up front: the operator reads per-tier attainment from it.
     port = args.router_port or free_port()

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import parse, sample_body
-from kubetier.operator.desired import desired
-from kubetier.operator.model import Observed, OperatorConfig
-from kubetier.operator.profile import Unsatisfiable
+from kubetier.operator.modelservice.desired import desired
+from kubetier.operator.modelservice.model import Observed, OperatorConfig
+from kubetier.operator.modelservice.profile import Unsatisfiable
 from kubetier.policy.latency import load_profile
 
 SERVICE, TIER, ROLE = "kubetier.io/service", "kubetier.io/tier", "kubetier.io/role"

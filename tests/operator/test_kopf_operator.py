@@ -13,8 +13,8 @@ import yaml
 from test_reconcile_http import run_controllers
 
 from conftest import cluster_nodes, sample_body
-from kubetier.operator import handlers
-from kubetier.operator.model import OperatorConfig
+from kubetier.operator import main as operator_main
+from kubetier.operator.modelservice.model import OperatorConfig
 
 
 async def wait_for(predicate, timeout=15.0, what=""):
@@ -52,7 +52,7 @@ async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeyp
         fake_kube.put(node)
 
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, resync_seconds=0.3)
+    operator_main.register(registry, modelservice_resync_seconds=0.3)
     stop, started = asyncio.Event(), asyncio.Event()
     memo = kopf.Memo(config=OperatorConfig())
     operator = asyncio.create_task(

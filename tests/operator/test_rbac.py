@@ -7,10 +7,11 @@ import datetime as dt
 from urllib.parse import urlsplit
 
 from conftest import cluster_nodes, sample_body
-from kubetier.operator.kube import KubeApi
-from kubetier.operator.model import OperatorConfig
+from kubetier.kube import KubeClient
+from kubetier.operator.identity import FIELD_MANAGER
+from kubetier.operator.modelservice.model import OperatorConfig
+from kubetier.operator.modelservice.reconcile import reconcile
 from kubetier.operator.rbac import RULES, cluster_role
-from kubetier.operator.reconcile import reconcile
 
 
 def allowed(group: str, resource: str, verb: str) -> bool:
@@ -36,7 +37,7 @@ async def test_every_request_of_a_reconcile_is_allowed(fake_kube):
         fake_kube.put(node)
     body = sample_body()
     fake_kube.put(body)
-    api = KubeApi.for_url(fake_kube.url)
+    api = KubeClient.for_url(fake_kube.url, field_manager=FIELD_MANAGER)
     try:
         await reconcile(
             api,
@@ -77,7 +78,7 @@ def test_least_privilege():
 def test_kopf_settings_keep_deletes_prompt_and_bookkeeping_under_our_domain():
     import kopf
 
-    from kubetier.operator.handlers import configure_settings
+    from kubetier.operator.runtime import configure_settings
 
     settings = kopf.OperatorSettings()
     configure_settings(settings)

@@ -9,9 +9,10 @@ import datetime as dt
 import pytest
 
 from conftest import cluster_nodes, gpu_node, sample_body
-from kubetier.operator.kube import KubeApi
-from kubetier.operator.model import OperatorConfig
-from kubetier.operator.reconcile import reconcile
+from kubetier.kube import KubeClient
+from kubetier.operator.identity import FIELD_MANAGER
+from kubetier.operator.modelservice.model import OperatorConfig
+from kubetier.operator.modelservice.reconcile import reconcile
 
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
@@ -65,7 +66,7 @@ async def tick(fake, api, when=T0):
 
 @pytest.fixture
 async def api(fake_kube):
-    client = KubeApi.for_url(fake_kube.url)
+    client = KubeClient.for_url(fake_kube.url, field_manager=FIELD_MANAGER)
     yield client
     await client.aclose()
 

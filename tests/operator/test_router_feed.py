@@ -7,7 +7,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from kubetier.operator.router_feed import attainment_from_status, fetch_attainment
+from kubetier.operator.modelservice.router_feed import attainment_from_status, fetch_attainment
 
 STATUS = {
     "models": {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 
 from conftest import cluster_nodes, gpu_node, parse, sample_body
-from kubetier.operator.desired import desired
-from kubetier.operator.model import Observed
-from kubetier.operator.status import capacity_problem, compute_status, status_changed, transitions
+from kubetier.operator.modelservice.desired import desired
+from kubetier.operator.modelservice.model import Observed
+from kubetier.operator.modelservice.status import capacity_problem, compute_status, status_changed, transitions
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 

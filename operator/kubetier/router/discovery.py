@@ -1,6 +1,6 @@
 """Cluster discovery: the router's configuration from the objects the operator writes.
 
-Every ``interval_s`` the router lists (kubernetes client, in a thread):
+Every ``interval_s`` the router lists (``kubetier.kube``):
 
 - ConfigMaps labelled ``kubetier.io/routing-config=true``, key ``routing.json``
   (docs/contracts.md): model name, tiers, latency profile, access entries, engine port;
@@ -22,8 +22,8 @@ import asyncio
 import base64
 import json
 import logging
-from typing import Any
 
+from kubetier.kube import KubeClient, KubeError
 from kubetier.router.config import ConfigError, ModelSpec, RouterConfig, ServerSpec, parse_profile, parse_tier
 
 log = logging.getLogger("kubetier.router.discovery")
@@ -118,7 +118,7 @@ def build_config(
     for pod in pods:
         meta = _meta(pod)
         labels = meta.get("labels") or {}
-        found = by_service.get((meta.get("namespace"), labels.get("kubetier.io/service")))
+        found = by_service.get((str(meta.get("namespace")), str(labels.get("kubetier.io/service"))))
         if found is None:
             continue
         spec, port = found
@@ -157,35 +157,18 @@ def _secret_key(secret: dict | None) -> str | None:
 
 
 class ClusterSource:
-    """Lists the objects through the kubernetes client (sync, called in a thread)."""
+    """Lists the objects through kubetier's Kubernetes layer (``kubetier.kube``)."""
 
-    def __init__(self, namespace: str | None = None) -> None:
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        self.api = client.CoreV1Api()
-        self.serializer = client.ApiClient()
+    def __init__(self, namespace: str | None = None, api: KubeClient | None = None) -> None:
+        self.api = api or KubeClient.connect(field_manager="kubetier-router")
         self.namespace = namespace
 
-    def _plain(self, obj: Any) -> dict:
-        return self.serializer.sanitize_for_serialization(obj)
-
-    def snapshot(self) -> tuple[list[dict], list[dict], dict[tuple[str, str], dict]]:
-        from kubernetes.client.exceptions import ApiException
-
-        if self.namespace:
-            cms = self.api.list_namespaced_config_map(self.namespace, label_selector=ROUTING_LABEL).items
-            pods = self.api.list_namespaced_pod(self.namespace, label_selector=POD_SELECTOR).items
-        else:
-            cms = self.api.list_config_map_for_all_namespaces(label_selector=ROUTING_LABEL).items
-            pods = self.api.list_pod_for_all_namespaces(label_selector=POD_SELECTOR).items
-        cms = [self._plain(c) for c in cms]
+    async def snapshot(self) -> tuple[list[dict], list[dict], dict[tuple[str, str], dict]]:
+        cms = await self.api.list("ConfigMap", self.namespace, ROUTING_LABEL)
+        pods = await self.api.list("Pod", self.namespace, POD_SELECTOR)
         secrets: dict[tuple[str, str], dict] = {}
         for cm in cms:
-            ns = _meta(cm).get("namespace")
+            ns = str(_meta(cm).get("namespace") or "")
             try:
                 d = json.loads((cm.get("data") or {}).get("routing.json") or "{}")
             except ValueError:
@@ -195,10 +178,15 @@ class ClusterSource:
                 if not name or (ns, name) in secrets:
                     continue
                 try:
-                    secrets[(ns, name)] = self._plain(self.api.read_namespaced_secret(name, ns))
-                except ApiException as exc:
-                    log.warning("cannot read Secret %s/%s: %s", ns, name, exc.reason)
-        return cms, [self._plain(p) for p in pods], secrets
+                    secret = await self.api.get("Secret", ns, name)
+                except KubeError as exc:
+                    log.warning("cannot read Secret %s/%s: %s", ns, name, exc)
+                    continue
+                if secret is None:
+                    log.warning("cannot read Secret %s/%s: not found", ns, name)
+                    continue
+                secrets[(ns, name)] = secret
+        return cms, pods, secrets
 
 
 async def run_discovery(
@@ -209,10 +197,10 @@ async def run_discovery(
     interval_s: float = 2.0,
     source: ClusterSource | None = None,
 ) -> None:
-    src = source or await asyncio.to_thread(ClusterSource, namespace)
+    src = source or ClusterSource(namespace)
     while True:
         try:
-            cms, pods, secrets = await asyncio.to_thread(src.snapshot)
+            cms, pods, secrets = await src.snapshot()
             cfg = build_config(cms, pods, secrets, local_endpoints)
             router.update_models(cfg)
         except asyncio.CancelledError:

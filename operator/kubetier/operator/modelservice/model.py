@@ -1,14 +1,16 @@
 """Plain data the pure reconcile functions work on: operator settings and what the
-operator observed in the cluster. No I/O here; ``kubetier.operator.kube`` fills these in."""
+operator observed in the cluster. No I/O here; ``reconcile.observe`` fills these in."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-FIELD_MANAGER = "kubetier-operator"
-DOMAIN = "kubetier.io"
+from kubetier.operator.identity import DOMAIN, FIELD_MANAGER
+
+__all__ = ["DOMAIN", "FIELD_MANAGER", "Observed", "OperatorConfig"]
 
 # Labels (docs/contracts.md).
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -46,8 +48,8 @@ class OperatorConfig:
     termination_grace_seconds: int = 180
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
-        env = os.environ if env is None else env
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        env: Mapping[str, str] = os.environ if environ is None else environ
         base = cls()
         return cls(
             vllm_image=env.get("KUBETIER_VLLM_IMAGE", base.vllm_image),

@@ -2,7 +2,7 @@
 no longer wanted, write status if it changed, post Events on condition transitions.
 
 Decisions live in pure functions (``desired``, ``compute_status``, ``covers``,
-``transitions``); this module only sequences them around ``KubeApi`` calls. A
+``transitions``); this module only sequences them around ``KubeClient`` calls. A
 reconcile with nothing to change makes reads only.
 """
 
@@ -16,15 +16,19 @@ from typing import Any
 import pydantic
 
 from kubetier.api.modelservice import GROUP, KIND, VERSION, ModelService
-from kubetier.operator.desired import desired
-from kubetier.operator.diff import covers, first_difference
-from kubetier.operator.kube import CHILD_KINDS, KubeApi
-from kubetier.operator.model import FIELD_MANAGER, SERVICE_LABEL, Observed, OperatorConfig
-from kubetier.operator.profile import Unsatisfiable
-from kubetier.operator.router_feed import fetch_attainment
-from kubetier.operator.status import capacity_problem, compute_status, status_changed, transitions
+from kubetier.kube import KubeClient
+from kubetier.kube.events import event_body
+from kubetier.operator.modelservice.desired import desired
+from kubetier.operator.modelservice.diff import covers, first_difference
+from kubetier.operator.modelservice.model import FIELD_MANAGER, SERVICE_LABEL, Observed, OperatorConfig
+from kubetier.operator.modelservice.profile import Unsatisfiable
+from kubetier.operator.modelservice.router_feed import fetch_attainment
+from kubetier.operator.modelservice.status import capacity_problem, compute_status, status_changed, transitions
 
 log = logging.getLogger("kubetier.operator")
+
+# The kinds desired() produces, i.e. what the operator lists, applies and prunes.
+CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget")
 
 
 @dataclass
@@ -40,7 +44,7 @@ def _owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or ())
 
 
-async def observe(api: KubeApi, ms: ModelService) -> Observed:
+async def observe(api: KubeClient, ms: ModelService) -> Observed:
     namespace, uid = ms.namespace, ms.metadata.get("uid", "")
     selector = f"{SERVICE_LABEL}={ms.name}"
     children: dict[tuple[str, str], dict[str, Any]] = {}
@@ -59,32 +63,12 @@ async def observe(api: KubeApi, ms: ModelService) -> Observed:
 
 
 def _event(ms_body: dict[str, Any], event: dict[str, str], now: dt.datetime) -> dict[str, Any]:
-    meta = ms_body["metadata"]
-    stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace", "default")},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": meta["name"],
-            "namespace": meta.get("namespace", "default"),
-            "uid": meta.get("uid", ""),
-        },
-        "type": event["type"],
-        "reason": event["reason"],
-        "message": event["message"],
-        "source": {"component": FIELD_MANAGER},
-        "reportingComponent": FIELD_MANAGER,
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
+    involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": ms_body["metadata"]}
+    return event_body(involved, event["type"], event["reason"], event["message"], FIELD_MANAGER, now)
 
 
 async def _write_status(
-    api: KubeApi, body: dict[str, Any], new: dict[str, Any], now: dt.datetime, outcome: Outcome
+    api: KubeClient, body: dict[str, Any], new: dict[str, Any], now: dt.datetime, outcome: Outcome
 ) -> None:
     current = body.get("status")
     if not status_changed(current, new):
@@ -128,7 +112,7 @@ def invalid_spec_status(body: dict[str, Any], error: str, now: dt.datetime) -> d
     }
 
 
-async def reconcile(api: KubeApi, body: dict[str, Any], config: OperatorConfig, now: dt.datetime) -> Outcome:
+async def reconcile(api: KubeClient, body: dict[str, Any], config: OperatorConfig, now: dt.datetime) -> Outcome:
     outcome = Outcome()
     try:
         # Status is ours and recomputed; parsing only the spec keeps an odd status from

@@ -16,8 +16,8 @@ import datetime as dt
 from typing import Any
 
 from kubetier.api.modelservice import ModelService
-from kubetier.operator.desired import pools, required_gpus, serving_replicas, tier_object_name
-from kubetier.operator.model import (
+from kubetier.operator.modelservice.desired import pools, required_gpus, serving_replicas, tier_object_name
+from kubetier.operator.modelservice.model import (
     CAPACITY_TYPE_LABEL,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -27,7 +27,7 @@ from kubetier.operator.model import (
     Observed,
     OperatorConfig,
 )
-from kubetier.operator.profile import Unsatisfiable
+from kubetier.operator.modelservice.profile import Unsatisfiable
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "SLOAtRisk")
 

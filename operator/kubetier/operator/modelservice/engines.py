@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetier.api.modelservice import ModelServiceSpec
-from kubetier.operator.model import OperatorConfig
+from kubetier.operator.modelservice.model import OperatorConfig
 
 # Where the simulator finds the latency profile (a key of the routing ConfigMap).
 PROFILE_MOUNT_DIR = "/etc/kubetier/profile"

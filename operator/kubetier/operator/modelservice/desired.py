@@ -31,8 +31,8 @@ import json
 from typing import Any
 
 from kubetier.api.modelservice import GROUP, KIND, VERSION, ModelService, ModelServiceSpec, Tier
-from kubetier.operator import engines
-from kubetier.operator.model import (
+from kubetier.operator.modelservice import engines
+from kubetier.operator.modelservice.model import (
     CAPACITY_TYPE_LABEL,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -46,7 +46,7 @@ from kubetier.operator.model import (
     Observed,
     OperatorConfig,
 )
-from kubetier.operator.profile import resolve_profile
+from kubetier.operator.modelservice.profile import resolve_profile
 
 ROUTING_KEY = "routing.json"
 
