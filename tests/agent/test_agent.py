@@ -131,3 +131,17 @@ def test_cli_refuses_missing_node_and_misplaced_engine(capsys, monkeypatch):
     assert main(["--node", "n", "--backend", "nvml", "--engine", "http://x"]) == 2
     assert "--engine applies to --backend simulated only" in capsys.readouterr().err
     assert "kubetier.io/power-report" in build_parser().format_help()
+
+
+async def test_dry_run_reports_the_request_but_never_caps(engine_url):
+    sim, url = await engine_url(time_scale=10)
+    backend = SimulatedBackend([url])
+    nodes = MemoryNodes("gpu-a")
+    nodes.nodes["gpu-a"]["metadata"]["annotations"][POWER_CAP_ANNOTATION] = "420"
+    agent = Agent(backend, nodes, AgentConfig(node="gpu-a"), apply_caps=False)
+    try:
+        r = await agent.report_once()
+        assert r.requested_cap_watts == 420.0 and not r.capped
+        assert sim.engine.power_cap_watts is None
+    finally:
+        await asyncio.to_thread(backend.close)

@@ -33,16 +33,17 @@ KINDS = {
     "deployments": "Deployment",
     "poddisruptionbudgets": "PodDisruptionBudget",
     "modelservices": "ModelService",
+    "powerbudgets": "PowerBudget",
     "customresourcedefinitions": "CustomResourceDefinition",
 }
-CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"}
+CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions", "powerbudgets"}
 # Discovery: group/version -> plurals served there (what kopf scans at start-up).
 GROUP_VERSIONS = {
     "v1": ["configmaps", "services", "pods", "events", "nodes", "namespaces"],
     "apps/v1": ["deployments"],
     "policy/v1": ["poddisruptionbudgets"],
     "apiextensions.k8s.io/v1": ["customresourcedefinitions"],
-    "kubetier.io/v1alpha1": ["modelservices"],
+    "kubetier.io/v1alpha1": ["modelservices", "powerbudgets"],
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
@@ -52,7 +53,7 @@ def _resource_list(group_version: str) -> dict[str, Any]:
     for plural in GROUP_VERSIONS[group_version]:
         base = {"namespaced": plural not in CLUSTER_SCOPED, "kind": KINDS[plural]}
         resources.append({"name": plural, "singularName": KINDS[plural].lower(), "verbs": VERBS, **base})
-        if plural in ("modelservices", "deployments"):
+        if plural in ("modelservices", "deployments", "powerbudgets"):
             resources.append({"name": f"{plural}/status", "singularName": "", "verbs": ["get", "patch"], **base})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
 
@@ -242,7 +243,9 @@ class FakeKube:
                 if name:
                     obj = fake.get(kind, ns, name)
                     return self._send(200, obj) if obj else self._not_found(name)
-                selector = dict(term.split("=", 1) for term in (query.get("labelSelector", [""])[0]).split(",") if term)
+                terms = [term for term in (query.get("labelSelector", [""])[0]).split(",") if term]
+                selector = dict(term.split("=", 1) for term in terms if "=" in term)
+                exists = [term for term in terms if "=" not in term]  # "key": the label is set
                 with fake._lock:
                     items = [
                         copy.deepcopy(o)
@@ -250,6 +253,7 @@ class FakeKube:
                         if k == kind
                         and (ns is None or n == ns)
                         and all(o["metadata"].get("labels", {}).get(a) == b for a, b in selector.items())
+                        and all(a in o["metadata"].get("labels", {}) for a in exists)
                     ]
                 api_version = items[0].get("apiVersion", "v1") if items else "v1"
                 for item in items:  # like the apiserver: list items carry neither kind nor apiVersion

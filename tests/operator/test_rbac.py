@@ -68,7 +68,9 @@ def test_least_privilege():
         # the operator never reads or writes Secrets (the router does), nor escalates RBAC
         assert "secrets" not in rule["resources"]
         assert not {"rbac.authorization.k8s.io"} & set(rule["apiGroups"])
-    assert not allowed("", "pods", "delete") and not allowed("", "nodes", "patch")
+    assert not allowed("", "pods", "delete")
+    # nodes: patch only for the PowerBudget controller's cap annotation (kubetier.io/power-cap)
+    assert allowed("", "nodes", "patch") and not allowed("", "nodes", "delete")
     # kopf's own needs
     assert allowed("kubetier.io", "modelservices", "watch") and allowed("kubetier.io", "modelservices", "patch")
     assert allowed("apiextensions.k8s.io", "customresourcedefinitions", "watch")

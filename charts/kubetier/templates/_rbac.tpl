@@ -18,10 +18,18 @@ from its discovery code).
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings, kopfpeerings]
   verbs: [get, list, watch, patch]
-# GPU allocatable and capacity type, for status and placement.
+# GPU allocatable and capacity type, for status and placement; the node agents' power
+# reports (read) and the PowerBudget controller's caps (annotation kubetier.io/power-cap).
 - apiGroups: [""]
   resources: [nodes]
-  verbs: [list]
+  verbs: [list, patch]
+# PowerBudgets (cluster-scoped): a kopf timer per domain; status written every tick.
+- apiGroups: [kubetier.io]
+  resources: [powerbudgets]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kubetier.io]
+  resources: [powerbudgets/status]
+  verbs: [get, patch]
 {{- end -}}
 
 {{/* Operator rules on namespaced resources: in the ClusterRole, or a Role per watched namespace. */}}

@@ -82,12 +82,14 @@ class Agent:
         *,
         clock: Callable[[], float] = time.time,
         emit: Callable[[NodePowerReport], None] | None = None,
+        apply_caps: bool = True,
     ) -> None:
         self.backend = backend
         self.api = api  # None: no apiserver (reports go to ``emit`` only)
         self.config = config
         self.clock = clock
         self.emit = emit
+        self.apply_caps = apply_caps  # False: dry run (report the requested cap, never apply it)
         self.applied_cap: float | None = None
         self.requested_cap: float | None = None
         self.actuation_ms: float | None = None
@@ -113,7 +115,7 @@ class Agent:
 
     async def apply(self, cap: float | None) -> None:
         self.requested_cap = cap
-        if cap == self.applied_cap:
+        if cap == self.applied_cap or not self.apply_caps:
             return
         t0 = time.perf_counter()
         await asyncio.to_thread(self.backend.set_cap, cap)

@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(Node annotation kubetier.io/power-cap, watts per GPU) and reports power and cap state in the Node "
         "annotation kubetier.io/power-report at a fixed cadence.",
     )
-    p.add_argument("--node", default=os.environ.get("NODE_NAME", ""), help="this node's name (default: $NODE_NAME)")
+    p.add_argument(
+        "--node", "--node-name", default=os.environ.get("NODE_NAME", ""), help="this node's name (default: $NODE_NAME)"
+    )
     p.add_argument(
         "--backend",
         choices=("nvml", "simulated"),
@@ -52,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-kube",
         action="store_true",
         help="do not talk to the apiserver: print one JSON report per line (dry run; caps stay as they are)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and report power, never apply a cap (the requested cap is still reported)",
     )
     p.add_argument("--once", action="store_true", help="sample, print one report and exit (implies --no-kube)")
     p.add_argument("--log-level", default="INFO", help="(default: %(default)s)")
@@ -82,7 +89,7 @@ async def _run(args: argparse.Namespace, backend: PowerBackend) -> int:
         from kubetier.kube.client import KubeClient
 
         api = KubeClient.connect(args.kubeconfig, field_manager="kubetier-agent")
-    agent = Agent(backend, api, config, emit=_print if no_kube else None)
+    agent = Agent(backend, api, config, emit=_print if no_kube else None, apply_caps=not args.dry_run)
     try:
         if args.once:
             await agent.sample()

@@ -4,7 +4,7 @@ Layout: one package per controller under ``kubetier.operator``, each registering
 kopf handlers from ``register`` below:
 
 - ``modelservice/``: ModelService -> Deployments, Services, PDBs, routing ConfigMap, status;
-- ``powerbudget/`` (next): the PowerBudget controller;
+- ``powerbudget/``: the PowerBudget controller (POLCA power capping);
 - ``spot/`` (next): the spot-interruption handler.
 
 Shared: ``runtime`` (kopf settings, login, the one KubeClient), ``identity`` (field
@@ -97,9 +97,11 @@ def register(registry: Any, modelservice_resync_seconds: float | None = None) ->
     short resync)."""
     from kubetier.operator import runtime
     from kubetier.operator.modelservice import handlers as modelservice
+    from kubetier.operator.powerbudget import handlers as powerbudget
 
     runtime.register(registry)
     if modelservice_resync_seconds is None:
         modelservice.register(registry)
     else:
         modelservice.register(registry, resync_seconds=modelservice_resync_seconds)
+    powerbudget.register(registry)

@@ -38,6 +38,13 @@ RULES: list[dict[str, Any]] = [
     # Status: pods of each tier (ready, spot placement) and nodes (GPU allocatable,
     # capacity type) — read only.
     {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list"]},
+    # --- the PowerBudget controller
+    # A kopf timer per PowerBudget (watch) and kopf's finalizer/progress annotations (patch).
+    {"apiGroups": ["kubetier.io"], "resources": ["powerbudgets"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["kubetier.io"], "resources": ["powerbudgets/status"], "verbs": ["get", "patch"]},
+    # Caps are written to the domain's nodes (annotation kubetier.io/power-cap); the agents'
+    # reports are read from them (listed above).
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]},
 ]
 
 
