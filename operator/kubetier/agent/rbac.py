@@ -1,0 +1,20 @@
+"""The node agent's RBAC, as data: it reads its own Node (the requested cap) and patches
+it (its power report). The chart's node-agent ClusterRole renders the same rules
+(tests/chart/test_chart_node_agent.py compares them); the e2e runs the agent under them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+]
+
+
+def cluster_role(name: str = "kubetier-node-agent") -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "kubetier"}},
+        "rules": [dict(rule) for rule in RULES],
+    }
