@@ -109,6 +109,7 @@ async def _run(args: argparse.Namespace, backend: PowerBackend) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per sample otherwise
     if not args.node:
         print("kubetier agent: --node (or $NODE_NAME) is required", file=sys.stderr)
         return 2
