@@ -311,14 +311,31 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
         with Traffic(base_url) as traffic:
             t_load = time.monotonic()
 
+            t_above: float | None = None  # first time the agents' reports summed above the cap threshold
+
             def batch_cap_annotated():
-                nonlocal interactive_ever_capped
-                if node_annotation(kubectl, node_of["interactive"], POWER_CAP_ANNOTATION):
+                nonlocal interactive_ever_capped, t_above
+                nodes = {
+                    n["metadata"]["name"]: n["metadata"].get("annotations") or {}
+                    for n in kubectl.items("nodes", None, f"{DOMAIN_LABEL}={pb_name}")
+                }
+                if nodes[node_of["interactive"]].get(POWER_CAP_ANNOTATION):
                     interactive_ever_capped = True
-                return node_annotation(kubectl, node_of["batch"], POWER_CAP_ANNOTATION)
+                watts = sum(
+                    NodePowerReport.model_validate_json(a[POWER_REPORT_ANNOTATION]).watts
+                    for a in nodes.values()
+                    if POWER_REPORT_ANNOTATION in a
+                )
+                if t_above is None and watts > BUDGET["capThresholdPercent"] / 100 * BUDGET["budgetWatts"]:
+                    t_above = time.monotonic()
+                return nodes[node_of["batch"]].get(POWER_CAP_ANNOTATION)
 
             cap = wait_until(batch_cap_annotated, "the batch node to be capped", timeout=90, interval=0.1)
             t_annotated = time.monotonic()
+            if t_above is not None:
+                # Telemetry above the threshold (as the apiserver holds it) -> cap written:
+                # the controller's share of the loop (its tick plus one list/patch round).
+                latencies["reports_above_threshold_to_cap_annotation_s"] = round(t_annotated - t_above, 2)
             assert cap == "420", cap  # 60 % of 700 W per GPU
             wait_until(lambda: engine_cap(endpoint_of["batch"]) == 420.0, "the batch engine to run capped", 30, 0.05)
             t_engine_capped = time.monotonic()

@@ -145,3 +145,47 @@ async def test_dry_run_reports_the_request_but_never_caps(engine_url):
         assert sim.engine.power_cap_watts is None
     finally:
         await asyncio.to_thread(backend.close)
+
+
+class WatchedNodes(MemoryNodes):
+    """MemoryNodes with a watch: every annotation change is an event (like the apiserver's)."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__(*names)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.selectors: list[str | None] = []
+
+    def set_cap(self, name: str, value: str) -> None:
+        self.nodes[name]["metadata"]["annotations"][POWER_CAP_ANNOTATION] = value
+        self.queue.put_nowait(json.loads(json.dumps(self.nodes[name])))
+
+    async def watch(
+        self, kind, namespace=None, label_selector=None, resource_version="", timeout_s=300, field_selector=None
+    ):
+        self.selectors.append(field_selector)
+        while True:
+            obj = await self.queue.get()
+            yield type("Ev", (), {"type": "MODIFIED", "object": obj})()
+
+
+async def test_watch_applies_a_new_cap_without_waiting_for_the_next_report(engine_url):
+    sim, url = await engine_url(time_scale=10)
+    backend = SimulatedBackend([url])
+    nodes = WatchedNodes("gpu-a")
+    # Reports every 30 s: only the watch can apply the cap within the test's 2 s.
+    agent = Agent(backend, nodes, AgentConfig(node="gpu-a", report_interval_s=30, sample_interval_s=0.05))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.sleep(0.3)
+        nodes.set_cap("gpu-a", "350")
+        for _ in range(40):
+            if sim.engine.power_cap_watts == 350.0:
+                break
+            await asyncio.sleep(0.05)
+        assert sim.engine.power_cap_watts == 350.0
+        assert nodes.selectors == ["metadata.name=gpu-a"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await asyncio.to_thread(backend.close)

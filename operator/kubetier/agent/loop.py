@@ -1,8 +1,9 @@
 """The node agent's loop: sample the GPUs, apply the cap the controller asks for, report.
 
-Every ``sample_interval_s`` the backend is read (instantaneous power); every
-``report_interval_s`` the agent reads the Node's ``kubetier.io/power-cap`` annotation,
-applies a changed cap through the backend (timing it: the actuation latency), and writes
+Every ``sample_interval_s`` the backend is read (instantaneous power). A watch on the
+agent's own Node applies a changed ``kubetier.io/power-cap`` annotation as soon as the
+controller writes it (timing it: the actuation latency); every ``report_interval_s`` the
+agent also reads the annotation (fallback when the watch is down) and writes
 the mean power per GPU since the last report to ``kubetier.io/power-report``. Averaging
 samples rather than reporting the last one keeps a single prefill spike from looking
 like a sustained draw, while staying far faster than NVML's own 1 s average or
@@ -35,7 +36,7 @@ log = logging.getLogger("kubetier.agent")
 
 
 class NodeApi(Protocol):
-    """The two Kubernetes calls the agent makes (``kubetier.kube`` client's signatures)."""
+    """The Kubernetes calls the agent makes (``kubetier.kube`` client's signatures)."""
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
 
@@ -96,6 +97,7 @@ class Agent:
         self.error: str | None = None
         self._samples = _Samples()
         self.reports = 0
+        self._apply_lock = asyncio.Lock()
 
     async def sample(self) -> None:
         try:
@@ -114,14 +116,43 @@ class Agent:
         return parse_cap_annotation(value)
 
     async def apply(self, cap: float | None) -> None:
-        self.requested_cap = cap
-        if cap == self.applied_cap or not self.apply_caps:
+        async with self._apply_lock:
+            self.requested_cap = cap
+            if cap == self.applied_cap or not self.apply_caps:
+                return
+            t0 = time.perf_counter()
+            await asyncio.to_thread(self.backend.set_cap, cap)
+            self.actuation_ms = (time.perf_counter() - t0) * 1000.0
+            log.info("cap %s in %.1f ms", "lifted" if cap is None else f"{cap:g} W per GPU", self.actuation_ms)
+            self.applied_cap = cap
+
+    async def watch_caps(self, stop: asyncio.Event) -> None:
+        """Apply a new cap as soon as the controller writes it: a watch on this Node only
+        (fieldSelector metadata.name), so the actuation latency is the watch's, not the
+        report interval's. The report-time read stays as the fallback."""
+        watch = getattr(self.api, "watch", None)
+        if watch is None:
             return
-        t0 = time.perf_counter()
-        await asyncio.to_thread(self.backend.set_cap, cap)
-        self.actuation_ms = (time.perf_counter() - t0) * 1000.0
-        log.info("cap %s in %.1f ms", "lifted" if cap is None else f"{cap:g} W per GPU", self.actuation_ms)
-        self.applied_cap = cap
+        while not stop.is_set():
+            try:
+                async for ev in watch("Node", None, field_selector=f"metadata.name={self.config.node}", timeout_s=300):
+                    if ev.type in ("ADDED", "MODIFIED"):
+                        value = ((ev.object.get("metadata") or {}).get("annotations") or {}).get(POWER_CAP_ANNOTATION)
+                        try:
+                            await self.apply(parse_cap_annotation(value))
+                        except (BackendError, ValueError) as exc:
+                            self.error = str(exc)
+                            log.warning("%s", exc)
+                    if stop.is_set():
+                        return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the apiserver went away or the watch expired: watch again
+                log.info("node watch ended (%s); re-watching", exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
 
     def build_report(self) -> NodePowerReport:
         gpus = self._samples.mean()
@@ -157,6 +188,18 @@ class Agent:
         return report
 
     async def run(self, stop: asyncio.Event) -> None:
+        watcher = asyncio.create_task(self.watch_caps(stop)) if self.api is not None else None
+        try:
+            await self._sample_and_report(stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                try:
+                    await watcher
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    async def _sample_and_report(self, stop: asyncio.Event) -> None:
         cfg = self.config
         next_report = time.monotonic()
         while not stop.is_set():

@@ -1,5 +1,5 @@
-"""The node agent's RBAC, as data: it reads its own Node (the requested cap) and patches
-it (its power report). The chart's node-agent ClusterRole renders the same rules
+"""The node agent's RBAC, as data: it reads and watches its own Node (the requested cap;
+the watch carries fieldSelector metadata.name) and patches it (its power report). The chart's node-agent ClusterRole renders the same rules
 (tests/chart/test_chart_node_agent.py compares them); the e2e runs the agent under them."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 RULES: list[dict[str, Any]] = [
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "watch", "patch"]},
 ]
 
 

@@ -17,7 +17,8 @@ from kubetier.kube import KubeError
 from kubetier.operator import runtime
 from kubetier.operator.powerbudget.controller import DomainMemory, lift_all, tick
 
-CONTROL_INTERVAL_S = float(os.environ.get("KUBETIER_POWER_CONTROL_INTERVAL", "1.0"))
+# Half a second: the agents report every 0.5-1 s; a tick costs three list calls and a status patch.
+CONTROL_INTERVAL_S = float(os.environ.get("KUBETIER_POWER_CONTROL_INTERVAL", "0.5"))
 
 
 def _memory(memo: kopf.Memo, name: str) -> tuple[DomainMemory, asyncio.Lock]:
