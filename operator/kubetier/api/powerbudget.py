@@ -100,10 +100,11 @@ class PowerBudgetSpec(ApiModel):
         "telemetry delay plus the actuation latency, so the previous cap shows in the readings first.",
     )
     lift_after_seconds: int = Field(
-        default=15,
+        default=30,
         ge=0,
         le=86_400,
-        description="Lift one group of caps after the draw stayed below uncapThresholdPercent this long.",
+        description="Lift one group of caps after the draw stayed below uncapThresholdPercent this long. "
+        "30 s: in the fleet simulator 15 s made caps flap (twice the cap changes, more brakes).",
     )
     window_seconds: int = Field(
         default=300, ge=10, le=86_400, description="Window of status.p99Watts (the oversubscription judgement)."

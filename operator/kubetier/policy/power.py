@@ -68,7 +68,7 @@ class PowerPolicyConfig:
     """Every server's cap while braking: deep enough to pull a domain back from the hard limit."""
     stale_after_s: float = 10.0
     escalate_every_s: float = 2.0
-    lift_after_s: float = 15.0
+    lift_after_s: float = 30.0
     uniform: bool = False
     """Baseline for comparison: every server is in one group, capped alike."""
 
