@@ -205,6 +205,11 @@ class CapWatcher:
         self.thread.join(timeout=5)
 
 
+def say(kubectl: Kubectl, pb_name: str, what: str) -> None:
+    """One line of narrative and `kubectl get powerbudget` (what `make demo-power` shows)."""
+    print(f"\n[power] {what}\n{kubectl('get', 'powerbudget', pb_name, '-o', 'wide', check=False)}", flush=True)
+
+
 def pb_status(kubectl: Kubectl, name: str) -> dict:
     return kubectl.json("get", "powerbudget", name).get("status") or {}
 
@@ -335,6 +340,7 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
             return st if ok and st.get("drawnWatts") is not None and st["drawnWatts"] < 0.25 * 1400 else None
 
         st = wait_until(idle_normal, "PowerBudget Normal with both agents reporting", timeout=60)
+        say(kubectl, pb_name, f"idle: two engines, agents reporting ({node_of})")
         assert st["budgetWatts"] == 1400 and st["cappedNodes"] == 0
         report = NodePowerReport.model_validate_json(
             node_annotation(kubectl, node_of["batch"], POWER_REPORT_ANNOTATION) or "{}"
@@ -370,6 +376,7 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
             latencies["load_to_engine_capped_s"] = round(t_engine_capped - t_load, 2)
             assert st["cappedByTier"].get("batch") == 1 and st["cappedByTier"].get("interactive") == 0, st
             assert st["cappedSummary"].startswith("batch 1/1"), st["cappedSummary"]
+            say(kubectl, pb_name, "traffic through the router: above the cap threshold, the batch node is capped")
             # Keep the load on: the interactive node must stay uncapped while the batch node holds its cap.
             t_hold = time.monotonic() + 12
             peak = 0.0
@@ -401,6 +408,7 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
         t_uncapped = watcher.first(None, t_stop) or time.monotonic()
         latencies["load_end_to_engine_uncapped_s"] = round(t_uncapped - t_stop, 2)
         st = wait_until(lambda: (s := pb_status(kubectl, pb_name)).get("level") == "Normal" and s, "status Normal", 30)
+        say(kubectl, pb_name, f"traffic stopped: caps lifted after liftAfterSeconds ({TIMING['liftAfterSeconds']} s)")
         assert st["secondsAboveCap"] > 0 and st["p99Watts"] > st["drawnWatts"]
         reasons = [e["reason"] for e in pb_events(kubectl, pb_name)]
         assert "CapsApplied" in reasons and "CapsLifted" in reasons, reasons
@@ -438,6 +446,13 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
         latencies["stale_after_seconds"] = TIMING["staleAfterSeconds"]
         reasons = [e["reason"] for e in pb_events(kubectl, pb_name)]
         assert "TelemetryMissing" in reasons and "Brake" in reasons, reasons
+        say(kubectl, pb_name, "the batch node's agent stopped: counted at its maximum, the domain brakes")
+        print(
+            kubectl(
+                "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={pb_name}", check=False
+            ),
+            flush=True,
+        )
 
         # --- delete the PowerBudget: every cap lifted
         kubectl("delete", "powerbudget", pb_name, "--wait=true", "--timeout=60s")
