@@ -242,3 +242,18 @@ def test_node_with_several_tiers_takes_the_most_protected_and_gpu_less_nodes_are
     assert only.name == "shared" and only.tier == "interactive" and only.engine_pods == 2
     (idle,) = domain.domain_nodes([node("idle")], [], tiers)
     assert idle.tier == domain.IDLE_TIER and idle.priority < 0
+
+
+async def test_p99_window_holds_measured_draw_only(cluster):
+    fake, memory = cluster, DomainMemory()
+    report(fake, "n-int", 300, at=100)
+    report(fake, "n-std", 300, at=100)
+    await run_tick(fake, memory, 100)  # n-batch never reported: counted at 700 W, not in the window
+    st = fake.get("PowerBudget", None, "rack-a")["status"]
+    assert st["drawnWatts"] == 1300 and st.get("p99Watts") is None
+    report(fake, "n-batch", 200, at=101)
+    report(fake, "n-int", 300, at=101)
+    report(fake, "n-std", 300, at=101)
+    await run_tick(fake, memory, 101)
+    st = fake.get("PowerBudget", None, "rack-a")["status"]
+    assert st["p99Watts"] == 800 and st["serversAllowed"] == 3

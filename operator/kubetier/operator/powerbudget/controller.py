@@ -119,7 +119,10 @@ async def tick(
         await api.patch("Node", None, name, {"metadata": {"annotations": {POWER_CAP_ANNOTATION: value}}})
 
     memory.clock.observe(now, decision.domain_watts, config)
-    memory.window.add(now, decision.domain_watts)
+    if not decision.stale:
+        # The oversubscription judgement rests on *measured* draw: a tick with a node
+        # counted at its maximum (fail-safe) is left out of the p99 window.
+        memory.window.add(now, decision.domain_watts)
     p99 = memory.window.percentile(0.99)
     by_tier, summary = domain.capped_summary(dnodes, decision)
     capped_nodes = {n.name for n in dnodes if decision.caps.get(n.name) is not None}
