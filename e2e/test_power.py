@@ -429,8 +429,8 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
 
         # --- a missing agent: its node counts at its maximum (8 x 700 W): brake everything
         braked = CapWatcher(endpoint_of["interactive"]).__enter__()
+        t_killed = time.monotonic()  # SIGTERM sent now; the agent reports nothing after this
         procs.stop("agent-batch")
-        t_killed = time.monotonic()
         st = wait_until(
             lambda: (s := pb_status(kubectl, pb_name)).get("staleNodes") == [node_of["batch"]] and s,
             "the batch node to be reported stale",
