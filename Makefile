@@ -49,8 +49,8 @@ unit: install ## fast tests only (no cluster)
 
 .PHONY: lint
 lint: install ## ruff (lint + format check) and the import contracts
-	$(VENV)/bin/ruff check operator tests e2e charts
-	$(VENV)/bin/ruff format --check operator tests e2e charts
+	$(VENV)/bin/ruff check operator tests e2e charts conftest.py
+	$(VENV)/bin/ruff format --check operator tests e2e charts conftest.py
 	$(VENV)/bin/lint-imports
 
 .PHONY: typecheck
@@ -59,8 +59,8 @@ typecheck: install ## mypy: strict for kubetier.api and kubetier.policy, checked
 
 .PHONY: fmt
 fmt: install ## apply ruff's fixes and formatting
-	$(VENV)/bin/ruff check --fix operator tests e2e charts
-	$(VENV)/bin/ruff format operator tests e2e charts
+	$(VENV)/bin/ruff check --fix operator tests e2e charts conftest.py
+	$(VENV)/bin/ruff format operator tests e2e charts conftest.py
 
 .PHONY: lint-imports
 lint-imports: install ## layer contract: api/policy import no Kubernetes, HTTP or metrics library
@@ -79,11 +79,16 @@ e2e: install ## e2e on the local cluster (brings it up, runs, brings it down eve
 	exit $$rc
 
 .PHONY: test
-test: install ## everything: unit, then e2e on the local cluster (the README's test command; .ci/run calls it)
-	@t=$$(date +%s); $(MAKE) --no-print-directory unit; echo "[phase] unit took $$(( $$(date +%s) - t ))s"
+test: install ## everything, in order: cluster ingredients, lint, unit, verify, e2e (the README's test command; .ci/run calls it)
+	@t=$$(date +%s); $(MAKE) --no-print-directory ingredients; echo "[phase] ingredients took $$(( $$(date +%s) - t ))s"
 	@$(MAKE) --no-print-directory lint
+	@t=$$(date +%s); $(MAKE) --no-print-directory unit; echo "[phase] unit took $$(( $$(date +%s) - t ))s"
 	@$(MAKE) --no-print-directory verify
 	@$(MAKE) --no-print-directory e2e
+
+.PHONY: ingredients
+ingredients: install ## build/unpack the cluster ingredients into the cache (helm and kubectl for the chart tests, the local cluster's binaries)
+	$(CLUSTER) install
 
 .PHONY: cluster-up
 cluster-up: install ## build/install the cluster ingredients (cached) and start a local KWOK GPU cluster

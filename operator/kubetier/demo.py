@@ -25,9 +25,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +34,10 @@ from pathlib import Path
 
 import httpx
 
+from kubetier.api.labels import ROLE_LABEL, ROLE_SERVING
+from kubetier.api.modelservice import API_VERSION
 from kubetier.localdev.access import Kubectl, find_kubectl, service_account_objects, token_kubeconfig
+from kubetier.localdev.processes import free_loopback_port, start_process, stop_process
 from kubetier.stats import percentile
 
 MODEL = "llama-3.1-8b"
@@ -111,7 +111,7 @@ def demo_objects(namespace: str) -> list[dict]:
             tier["onLate"] = "queue"
         tiers.append(tier)
     ms = {
-        "apiVersion": "kubetier.io/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "ModelService",
         "metadata": {"name": SERVICE, "namespace": namespace},
         "spec": {
@@ -158,7 +158,8 @@ async def one_request(client: httpx.AsyncClient, stream: Stream, stats: TierStat
     headers = {"Authorization": f"Bearer {TEAM_KEY}", "X-Kubetier-Tier": stream.tier}
     stats.sent += 1
     start = time.monotonic()
-    first = last = None
+    first: float | None = None
+    last = start
     tokens = 0
     try:
         async with client.stream("POST", "/v1/completions", json=body, headers=headers) as resp:
@@ -249,29 +250,6 @@ def wait_for(fn, what: str, timeout: float, interval: float = 0.5):
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_process(argv: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
-    )
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def ready_condition(ms: dict) -> dict | None:
     for cond in ms.get("status", {}).get("conditions", []):
         if cond.get("type") == "Ready":
@@ -354,12 +332,12 @@ def run(args: argparse.Namespace) -> int:
 
     from kubetier.api.crdgen import all_crds
     from kubetier.localdev import LocalEngines
-    from kubetier.localdev.engines import wants_engine
+    from kubetier.localdev.engines import MANAGED_SELECTOR, wants_engine
     from kubetier.operator import rbac
     from kubetier.operator.modelservice.router_feed import attainment_from_status
 
     # The router's address is fixed up front: the operator reads per-tier attainment from it.
-    port = args.router_port or free_port()
+    port = args.router_port or free_loopback_port()
     base_url = f"http://127.0.0.1:{port}"
     with ExitStack() as cleanup:
         with Step("installing CRDs (generated from the pydantic models)"):
@@ -433,10 +411,10 @@ def run(args: argparse.Namespace) -> int:
             print(kubectl("get", "pods", "-n", ns, "-o", "wide", check=False))
 
         def running_pods() -> list[dict]:
-            return [p for p in kubectl.items("pods", ns, "app.kubernetes.io/managed-by=kubetier") if wants_engine(p)]
+            return [p for p in kubectl.items("pods", ns, MANAGED_SELECTOR) if wants_engine(p)]
 
         pods = running_pods()
-        serving = [p for p in pods if p["metadata"]["labels"].get("kubetier.io/role", "serving") == "serving"]
+        serving = [p for p in pods if p["metadata"]["labels"].get(ROLE_LABEL, ROLE_SERVING) == ROLE_SERVING]
         with Step(f"starting {len(pods)} engine simulators on loopback (one per pod)"):
             (workdir / "engines").mkdir()
             engines = LocalEngines(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import by_kind, one
+from chart_support import by_kind, one
+
 from kubetier.agent import rbac
 from kubetier.agent.main import build_parser
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from urllib.parse import urlsplit
 
-from conftest import cluster_nodes, sample_body
+from modelservice_builders import cluster_nodes, sample_body
+
 from kubetier.kube import KubeClient
 from kubetier.operator.identity import FIELD_MANAGER
 from kubetier.operator.modelservice.model import OperatorConfig
@@ -26,6 +27,8 @@ def request_to_rbac(method: str, path: str, existed: bool) -> list[tuple[str, st
     resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
     named = len(rest) > 1
     verb = {"GET": "get" if named else "list", "POST": "create", "DELETE": "delete", "PATCH": "patch"}[method]
+    if method == "GET" and "watch=true" in path:
+        verb = "watch"
     needed = [(group, resource, verb)]
     if method == "PATCH" and not existed and "/" not in resource:
         needed.append((group, resource, "create"))  # an apply that creates also needs create
@@ -62,15 +65,44 @@ async def test_every_request_of_a_reconcile_is_allowed(fake_kube):
     assert ("apps", "deployments", "delete") in verbs_seen and ("", "events", "create") in verbs_seen
 
 
+async def test_every_request_of_the_controller_is_allowed(fake_kube):
+    """The long-lived controller: its watches (children, pods, nodes, ModelServices, the
+    router's EndpointSlices) and its reconciles."""
+    import asyncio
+
+    from kubetier.operator.modelservice.controller import ModelServiceController
+
+    for node in cluster_nodes():
+        fake_kube.put(node)
+    fake_kube.put(sample_body())
+    api = KubeClient.for_url(fake_kube.url, field_manager=FIELD_MANAGER)
+    config = OperatorConfig(router_status_url="http://kubetier-router.kubetier-system.svc:8080/kubetier/status")
+    controller = ModelServiceController(api, config, router_poll_s=60)
+    try:
+        await controller.reconcile(fake_kube.get("ModelService", "default", "llama-8b"))
+        await asyncio.sleep(0.3)  # the feed's EndpointSlice watch opens
+    finally:
+        await controller.stop()
+        await api.aclose()
+    needs = {need for method, path in fake_kube.requests for need in request_to_rbac(method, path, existed=False)}
+    for need in needs:
+        assert allowed(*need), f"{need} is not in rbac.RULES"
+    for watched in ("deployments", "pods", "nodes", "configmaps", "services", "poddisruptionbudgets"):
+        assert any(r == watched and v == "watch" for _g, r, v in needs), f"no watch on {watched}"
+    assert ("discovery.k8s.io", "endpointslices", "watch") in needs
+
+
 def test_least_privilege():
     for rule in RULES:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         # the operator never reads or writes Secrets (the router does), nor escalates RBAC
         assert "secrets" not in rule["resources"]
         assert not {"rbac.authorization.k8s.io"} & set(rule["apiGroups"])
-    assert not allowed("", "pods", "delete")
-    # nodes: patch only for the PowerBudget controller's cap annotation (kubetier.io/power-cap)
+    # Nodes are patched only by the PowerBudget controller (its cap annotation,
+    # kubetier.io/power-cap), never deleted; pods are deleted only by the spot controller,
+    # on a noticed node (a replacement starts at once), and Secrets are never touched.
     assert allowed("", "nodes", "patch") and not allowed("", "nodes", "delete")
+    assert allowed("", "pods", "delete") and not allowed("", "pods", "create")
     # kopf's own needs
     assert allowed("kubetier.io", "modelservices", "watch") and allowed("kubetier.io", "modelservices", "patch")
     assert allowed("apiextensions.k8s.io", "customresourcedefinitions", "watch")

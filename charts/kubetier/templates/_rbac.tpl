@@ -18,11 +18,13 @@ from its discovery code).
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings, kopfpeerings]
   verbs: [get, list, watch, patch]
-# GPU allocatable and capacity type, for status and placement; the node agents' power
-# reports (read) and the PowerBudget controller's caps (annotation kubetier.io/power-cap).
+# GPU allocatable and capacity type, for status and placement (a watch cache); the spot
+# controller watches the same Nodes for preemption notices; the PowerBudget controller
+# reads the node agents' power reports from them and writes its caps (annotation
+# kubetier.io/power-cap).
 - apiGroups: [""]
   resources: [nodes]
-  verbs: [list, patch]
+  verbs: [list, watch, patch]
 # PowerBudgets (cluster-scoped): a kopf timer per domain; status written every tick.
 - apiGroups: [kubetier.io]
   resources: [powerbudgets]
@@ -44,28 +46,37 @@ from its discovery code).
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# Children, applied server-side and pruned when no longer desired.
+# Children, applied server-side and pruned when no longer desired; watched into a cache.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services, configmaps]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, create, patch, delete]
-# Pods of each tier (readiness, spot placement): read only.
+  verbs: [get, list, watch, create, patch, delete]
+# Pods of each tier (readiness, spot placement): read only, watched.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
+# The router Service's EndpointSlices: the operator reads every router replica's status.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+# The spot controller marks pods on a noticed node with the deadline and deletes them
+# with a grace period so their replacements start at once.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch, delete]
 {{- end -}}
 
-{{/* Router discovery (kubetier.router.discovery) polls; it never watches or writes. */}}
+{{/* Router discovery (kubetier.router.discovery) lists once, then watches; it never writes. */}}
 {{- define "kubetier.router.rules" -}}
 # <ms>-routing ConfigMaps and the model-server pods.
 - apiGroups: [""]
   resources: [configmaps, pods]
-  verbs: [list]
+  verbs: [list, watch]
 # The API-key Secrets named in spec.access, read one by one.
 - apiGroups: [""]
   resources: [secrets]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetier.api.labels import MANAGED_BY_VALUE, PART_OF_LABEL
+
 RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "watch", "patch"]},
 ]
@@ -15,6 +17,6 @@ def cluster_role(name: str = "kubetier-node-agent") -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "kubetier"}},
+        "metadata": {"name": name, "labels": {PART_OF_LABEL: MANAGED_BY_VALUE}},
         "rules": [dict(rule) for rule in RULES],
     }

@@ -12,13 +12,13 @@ important work first when the domain's draw crosses ``capThresholdPercent`` of
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, model_validator
 
-from kubetier.api.common import ApiModel, Condition, cel
+from kubetier.api.common import ApiModel, Condition, api_config, cel
 
-KIND = "PowerBudget"
+KIND: Final = "PowerBudget"
 PLURAL = "powerbudgets"
 
 _MAX_LABEL_VALUE = 63
@@ -41,21 +41,23 @@ class NodeSelector(ApiModel):
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
 
 
-_CAP_ORDER = cel(
-    "self.brakePercentOfMax <= self.capPercentOfMax",
-    "brakePercentOfMax must not exceed capPercentOfMax (the brake is the deeper cap)",
-)
-
 _THRESHOLD_ORDER = cel(
     "self.uncapThresholdPercent < self.capThresholdPercent && self.capThresholdPercent <= self.hardCapThresholdPercent",
     "thresholds must satisfy uncapThresholdPercent < capThresholdPercent <= hardCapThresholdPercent",
 )
 
 
+_CAP_ORDER = cel(
+    "self.brakePercentOfMax <= self.capPercentOfMax",
+    "brakePercentOfMax must not exceed capPercentOfMax (the brake is the deeper cap)",
+)
+
+
 class PowerBudgetSpec(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [_THRESHOLD_ORDER, _CAP_ORDER]}
-    }
+    """A power domain and its budget; the PowerBudget controller in ``kubetier operator``
+    acts on every field (docs/power.md)."""
+
+    model_config = api_config(rules=[_THRESHOLD_ORDER, _CAP_ORDER])
 
     node_selector: NodeSelector = Field(description="Nodes that form this power domain.")
     budget_watts: int = Field(gt=0, le=100_000_000, description="Power the domain may draw, in watts.")
@@ -159,7 +161,7 @@ class PowerBudgetStatus(ApiModel):
 
 
 class PowerBudget(ApiModel):
-    model_config = ApiModel.model_config | {"extra": "ignore"}
+    model_config = api_config(extra="ignore")
 
     api_version: Literal["kubetier.io/v1alpha1"] = Field(default="kubetier.io/v1alpha1", alias="apiVersion")
     kind: Literal["PowerBudget"] = KIND

@@ -181,14 +181,11 @@ class KubeClient:
         )
         return response.json()
 
-    async def delete(self, kind: str, namespace: str | None, name: str) -> None:
-        await self._request(
-            "delete",
-            kind,
-            "DELETE",
-            resource(kind).path(namespace, name),
-            json={"propagationPolicy": "Background"},
-        )
+    async def delete(self, kind: str, namespace: str | None, name: str, grace_period_s: int | None = None) -> None:
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if grace_period_s is not None:
+            options["gracePeriodSeconds"] = grace_period_s
+        await self._request("delete", kind, "DELETE", resource(kind).path(namespace, name), json=options)
 
     async def patch(
         self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], subresource: str | None = None

@@ -5,7 +5,7 @@ kopf handlers from ``register`` below:
 
 - ``modelservice/``: ModelService -> Deployments, Services, PDBs, routing ConfigMap, status;
 - ``powerbudget/``: the PowerBudget controller (POLCA power capping);
-- ``spot/`` (next): the spot-interruption handler.
+- ``spot/``: preemption notices on Nodes -> drained pods, replacements, Events.
 
 Shared: ``runtime`` (kopf settings, login, the one KubeClient), ``identity`` (field
 manager), and the Kubernetes access layer ``kubetier.kube``.
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(config=config),
+        memo=kopf.Memo(config=config, namespaces=list(args.namespace or ())),
     )
     return 0
 
@@ -98,6 +98,7 @@ def register(registry: Any, modelservice_resync_seconds: float | None = None) ->
     from kubetier.operator import runtime
     from kubetier.operator.modelservice import handlers as modelservice
     from kubetier.operator.powerbudget import handlers as powerbudget
+    from kubetier.operator.spot import handlers as spot
 
     runtime.register(registry)
     if modelservice_resync_seconds is None:
@@ -105,3 +106,4 @@ def register(registry: Any, modelservice_resync_seconds: float | None = None) ->
     else:
         modelservice.register(registry, resync_seconds=modelservice_resync_seconds)
     powerbudget.register(registry)
+    spot.register(registry)

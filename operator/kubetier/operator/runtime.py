@@ -7,6 +7,7 @@ handler next) register their own handlers and get the client with ``client(memo)
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -31,8 +32,17 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.background.cancellation_polling = 1
 
 
-async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+def shared(memo: kopf.Memo) -> dict[str, Any]:
+    """State every handler shares. kopf gives each object a *shallow copy* of the
+    operator's memo, so a key set later on one object's copy is invisible to the others;
+    this dict, created at start-up, is the same object in every copy."""
+    found: dict[str, Any] = memo.setdefault("shared", {})
+    return found
+
+
+async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_settings(settings)
+    shared(memo)
 
 
 def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -47,15 +57,33 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 def client(memo: kopf.Memo) -> KubeClient:
     """The operator's one KubeClient (built on first use from kopf's login)."""
-    if memo.get("api") is None:
-        memo["api"] = KubeClient.from_connection(memo["connection"], FIELD_MANAGER)
-    api: KubeClient = memo["api"]
+    state = shared(memo)
+    if state.get("api") is None:
+        state["api"] = KubeClient.from_connection(memo["connection"], FIELD_MANAGER)
+    api: KubeClient = state["api"]
     return api
 
 
+def watched_namespaces(memo: kopf.Memo) -> list[str] | None:
+    """The namespaces to watch children in, or None for cluster-wide (also when a kopf
+    glob pattern is among them: informers need exact namespaces)."""
+    namespaces = list(memo.get("namespaces") or ())
+    if not namespaces or any(ch in ns for ns in namespaces for ch in "*?[!"):
+        return None
+    return namespaces
+
+
+def stop_on_cleanup(memo: kopf.Memo, stop: Callable[[], Awaitable[None]]) -> None:
+    """Have ``stop`` awaited when the operator shuts down (before the client closes)."""
+    shared(memo).setdefault("stoppers", []).append(stop)
+
+
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
-    if memo.get("api") is not None:
-        await memo["api"].aclose()
+    state = shared(memo)
+    for stop in state.get("stoppers") or ():
+        await stop()
+    if state.get("api") is not None:
+        await state["api"].aclose()
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

@@ -11,7 +11,7 @@ workers); the engines and the load generator (this process) are pinned to core 1
 Every process's CPU share is reported, so a saturated load generator or engine core
 shows up in the table instead of being blamed on the router. The engines use a flat
 profile (one token every 25 ms at any batch, short prefills nearly free), close to
-design.md's data path measurement, so added latency is the router's and the rig's,
+the data path measurement in docs/architecture.md, so added latency is the router's and the rig's,
 not batching's.
 
 The benchmark prints figures and writes JSON; it asserts nothing about time.
@@ -93,7 +93,8 @@ def _set_token_ms(token_ms: float) -> None:
     FLAT_PROFILE = flat_profile(token_ms)
     STREAM_S = (OUTPUT_TOKENS + 1.5) * token_ms / 1000.0
     f = token_ms / 25.0
-    TIERS = [dict(t, ttftMs=t["ttftMs"] * f, tpotMs=t["tpotMs"] * f) for t in _BASE_TIERS]
+    # Whole milliseconds: tier targets are integers (kubetier.api.tier.SLOTier).
+    TIERS = [dict(t, ttftMs=round(t["ttftMs"] * f), tpotMs=round(t["tpotMs"] * f)) for t in _BASE_TIERS]
 
 
 TOKEN_MARK = b'"choices":[{'

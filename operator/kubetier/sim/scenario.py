@@ -17,6 +17,8 @@ the other. Example (the shipped ones are in ``kubetier/sim/scenarios/``)::
       startS: 0                         # window of the sources' own time
       durationS: 600
       maxRequests: 100000
+      warmupS: 60                       # arrivals left out of the figures (default 10%)
+      cooldownS: 60
       sources:
         - trace: azure_llm_2023_code    # known trace name (in --traces-dir) or a file path
           tier: interactive             # every request of this source -> one tier
@@ -53,7 +55,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from kubetier.policy.routing import TierSLO
+from kubetier.api.tier import SLOTier
 
 POLICY_NAMES = ("kubetier", "round-robin", "least-loaded", "static-partition", "two-class")
 
@@ -66,24 +68,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-class Tier(_Model):
-    name: str = Field(min_length=1)
-    ttft_ms: float = Field(gt=0)
-    tpot_ms: float = Field(gt=0)
-    attainment_percent: float = Field(default=90.0, gt=0, le=100)
-    priority: int = 0
-    mean_output_tokens: int = Field(default=256, ge=1)
-    on_late: Literal["reject", "queue"] = "reject"
-
-    def slo(self) -> TierSLO:
-        return TierSLO(
-            name=self.name,
-            ttft_ms=self.ttft_ms,
-            tpot_ms=self.tpot_ms,
-            priority=self.priority,
-            mean_output_tokens=self.mean_output_tokens,
-            on_late=self.on_late,
-        )
+# A scenario's tier is the API's SLO tier (the same block as a ModelService's tier,
+# without replicas/capacity/prewarm): one definition, one validation.
+Tier = SLOTier
 
 
 class Length(_Model):
@@ -128,6 +115,11 @@ class Workload(_Model):
     start_s: float = Field(default=0.0, ge=0)
     duration_s: float | None = Field(default=None, gt=0)
     max_requests: int | None = Field(default=None, ge=1)
+    # Left out of every figure: the first warmupS (an empty fleet fills) and the last
+    # cooldownS of arrivals (load falls off while the last measured requests finish).
+    # Default: 10% of the window each.
+    warmup_s: float | None = Field(default=None, ge=0)
+    cooldown_s: float | None = Field(default=None, ge=0)
 
 
 class Fleet(_Model):

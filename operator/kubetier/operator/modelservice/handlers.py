@@ -2,15 +2,15 @@
 (``register`` adds them to a registry; ``kubetier.operator.main`` does so).
 
 A ModelService is reconciled when it is created, when its spec changes, when the
-operator resumes, and every ``RESYNC_SECONDS`` by a timer: the timer is what notices
-pods becoming ready, nodes appearing and children drifting, and since a reconcile with
-nothing to change only reads, it is cheap. One lock per object keeps the timer and a
-spec change from reconciling the same object at once.
+operator resumes (kopf), when one of its children or pods, the nodes or its router
+attainment change (``controller``: watches), and every ``RESYNC_SECONDS`` by a timer as a
+safety net. A reconcile reads from the watch cache, so one with nothing to change makes
+no API request at all. One lock per object keeps two triggers from reconciling the same
+object at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Any
 
@@ -20,24 +20,36 @@ import kopf
 from kubetier.api.modelservice import GROUP, PLURAL, VERSION
 from kubetier.kube import KubeError
 from kubetier.operator import runtime
+from kubetier.operator.modelservice.controller import ModelServiceController
 from kubetier.operator.modelservice.model import OperatorConfig
-from kubetier.operator.modelservice.reconcile import reconcile
 
-RESYNC_SECONDS = 10.0
+# A safety net only: children, pods, nodes and router attainment reach the controller
+# through watches and the status feed (controller.py) as they change.
+RESYNC_SECONDS = 60.0
+
+
+def controller(memo: kopf.Memo) -> ModelServiceController:
+    """The operator's one ModelService controller (built on first use, after login)."""
+    state = runtime.shared(memo)
+    if state.get("modelservice") is None:
+        config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
+        built = ModelServiceController(runtime.client(memo), config, runtime.watched_namespaces(memo))
+        state["modelservice"] = built
+        runtime.stop_on_cleanup(memo, built.stop)
+    found: ModelServiceController = state["modelservice"]
+    return found
 
 
 async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    key = (body.metadata.namespace, body.metadata.name)
-    locks: dict[Any, asyncio.Lock] = memo.setdefault("locks", {})
-    config: OperatorConfig = memo.setdefault("config", OperatorConfig.from_env())
-    async with locks.setdefault(key, asyncio.Lock()):
-        try:
-            outcome = await reconcile(runtime.client(memo), dict(body), config, dt.datetime.now(dt.UTC))
-        except KubeError as exc:
-            # Conflicts and transient API errors: retry with kopf's backoff, not a crash.
-            raise kopf.TemporaryError(str(exc), delay=5 if exc.status == 409 else 15) from exc
-        except httpx.HTTPError as exc:  # the API server is unreachable or restarting
-            raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc!r}", delay=15) from exc
+    try:
+        outcome = await controller(memo).reconcile(dict(body), dt.datetime.now(dt.UTC))
+    except KubeError as exc:
+        # Conflicts and transient API errors: retry with kopf's backoff, not a crash.
+        raise kopf.TemporaryError(str(exc), delay=5 if exc.status == 409 else 15) from exc
+    except httpx.HTTPError as exc:  # the API server is unreachable or restarting
+        raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc!r}", delay=15) from exc
+    except TimeoutError as exc:  # the watches did not sync
+        raise kopf.TemporaryError(f"watches not synced: {exc!r}", delay=15) from exc
     if outcome.applied or outcome.deleted:
         logger.info(f"applied {outcome.applied}, deleted {outcome.deleted}")
     if outcome.problem:

@@ -8,24 +8,43 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetier.api.labels import CAPACITY_TYPE_LABEL as CAPACITY_TYPE_LABEL
+from kubetier.api.labels import GPU_PRODUCT_LABEL as GPU_PRODUCT_LABEL
+from kubetier.api.labels import GPU_RESOURCE as GPU_RESOURCE
+from kubetier.api.labels import MANAGED_BY_LABEL
+from kubetier.api.labels import POOL_LABEL as POOL_LABEL
+from kubetier.api.labels import ROLE_LABEL as ROLE_LABEL
+from kubetier.api.labels import ROUTING_CONFIG_LABEL as ROUTING_CONFIG_LABEL
+from kubetier.api.labels import SERVICE_LABEL as SERVICE_LABEL
+from kubetier.api.labels import TIER_LABEL as TIER_LABEL
+from kubetier.api.labels import ZONE_LABEL as ZONE_LABEL
+from kubetier.api.modelservice import Tier
 from kubetier.operator.identity import DOMAIN, FIELD_MANAGER
+from kubetier.policy.sizing import NodeCapacity, TierSizing
+from kubetier.policy.spot import DEFAULT_SCHEME, CapacityScheme, capacity_scheme
 
-__all__ = ["DOMAIN", "FIELD_MANAGER", "Observed", "OperatorConfig"]
+__all__ = [
+    "CAPACITY_TYPE_LABEL",
+    "DOMAIN",
+    "FIELD_MANAGER",
+    "GPU_PRODUCT_LABEL",
+    "GPU_RESOURCE",
+    "MANAGED_BY",
+    "POOL_LABEL",
+    "ROLE_LABEL",
+    "ROUTING_CONFIG_LABEL",
+    "SERVICE_LABEL",
+    "TIER_LABEL",
+    "ZONE_LABEL",
+    "Observed",
+    "OperatorConfig",
+    "node_capacity",
+    "tier_sizing",
+]
 
-# Labels (docs/contracts.md).
-MANAGED_BY = "app.kubernetes.io/managed-by"
-SERVICE_LABEL = "kubetier.io/service"
-TIER_LABEL = "kubetier.io/tier"
-ROLE_LABEL = "kubetier.io/role"
-ROUTING_CONFIG_LABEL = "kubetier.io/routing-config"
-# Which of a tier's Deployments a pod belongs to (main, floor, standby): keeps the
-# selectors of a tier's Deployments disjoint.
-POOL_LABEL = "kubetier.io/pool"
-
-CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# Label and annotation keys are defined once, in kubetier.api.labels (docs/contracts.md);
+# the names above are kept for the operator's modules.
+MANAGED_BY = MANAGED_BY_LABEL
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,14 @@ class OperatorConfig:
     pre_stop_sleep_seconds: int = 15
     # After SIGTERM, vLLM finishes in-flight requests; long generations need minutes.
     termination_grace_seconds: int = 180
+    # How nodes say spot or on-demand: a preset (karpenter, eks, gke, gke-preemptible,
+    # aks) or, with capacity_label, a custom label and its spot value.
+    capacity_scheme: str = DEFAULT_SCHEME
+    capacity_label: str | None = None
+    capacity_spot_value: str | None = None
+
+    def capacity(self) -> CapacityScheme:
+        return capacity_scheme(self.capacity_scheme, self.capacity_label, self.capacity_spot_value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -59,6 +86,9 @@ class OperatorConfig:
             router_namespace=env.get("KUBETIER_ROUTER_NAMESPACE") or None,
             router_port=int(env.get("KUBETIER_ROUTER_PORT", base.router_port)),
             router_status_url=env.get("KUBETIER_ROUTER_STATUS_URL") or None,
+            capacity_scheme=env.get("KUBETIER_CAPACITY_SCHEME") or base.capacity_scheme,
+            capacity_label=env.get("KUBETIER_CAPACITY_LABEL") or None,
+            capacity_spot_value=env.get("KUBETIER_CAPACITY_SPOT_VALUE") or None,
         )
 
 
@@ -72,8 +102,36 @@ class Observed:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     # data of the ConfigMap named by spec.latencyProfile.configMapRef (None: not found).
     profile_configmap: dict[str, str] | None = None
-    # Serving replicas per tier chosen by the autoscaler (a later issue); a tier that is
-    # absent runs replicas.min.
-    tier_replicas: dict[str, int] = field(default_factory=dict)
     # Observed SLO attainment per tier in percent, from the router (a later issue).
     attainment: dict[str, float] = field(default_factory=dict)
+    # How this cluster's nodes say spot or on-demand (OperatorConfig.capacity()).
+    capacity: CapacityScheme = field(default_factory=lambda: capacity_scheme(DEFAULT_SCHEME))
+
+
+def tier_sizing(tier: Tier) -> TierSizing:
+    """The policy's view of a tier (kubetier.policy.sizing)."""
+    return TierSizing(
+        name=tier.name,
+        min_replicas=tier.replicas.min,
+        max_replicas=tier.replicas.max,
+        spot=tier.capacity.spot,
+        on_demand_floor=tier.capacity.on_demand_floor,
+        standby=tier.prewarm.standby,
+    )
+
+
+def node_capacity(node: dict[str, Any], scheme: CapacityScheme | None = None) -> NodeCapacity:
+    """The policy's view of a Node object (capacity type read with ``scheme``, default Karpenter's)."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    raw = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
+    try:
+        gpus = int(str(raw))
+    except ValueError:
+        gpus = 0
+    return NodeCapacity(
+        name=str((node.get("metadata") or {}).get("name", "")),
+        gpus=gpus,
+        capacity_type=(scheme or capacity_scheme(DEFAULT_SCHEME)).capacity_type(labels),
+        gpu_product=labels.get(GPU_PRODUCT_LABEL),
+        schedulable=not (node.get("spec") or {}).get("unschedulable"),
+    )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic
 
@@ -21,14 +22,13 @@ from kubetier.kube.events import event_body
 from kubetier.operator.modelservice.desired import desired
 from kubetier.operator.modelservice.diff import covers, first_difference
 from kubetier.operator.modelservice.model import FIELD_MANAGER, SERVICE_LABEL, Observed, OperatorConfig
+from kubetier.operator.modelservice.not_acted_on import fields_not_acted_on
 from kubetier.operator.modelservice.profile import Unsatisfiable
 from kubetier.operator.modelservice.router_feed import fetch_attainment
 from kubetier.operator.modelservice.status import capacity_problem, compute_status, status_changed, transitions
+from kubetier.operator.modelservice.watches import CHILD_KINDS, owned_by
 
 log = logging.getLogger("kubetier.operator")
-
-# The kinds desired() produces, i.e. what the operator lists, applies and prunes.
-CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget")
 
 
 @dataclass
@@ -40,26 +40,49 @@ class Outcome:
     problem: Unsatisfiable | None = None
 
 
-def _owned_by(obj: dict[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or ())
+class ClusterView(Protocol):
+    """Where a reconcile reads the cluster from: the watch cache (``watches``) in the
+    operator, plain lists (``ListedView``) in tests and one-off tools."""
+
+    def observe(self, ms: ModelService, profile_configmap: dict[str, str] | None) -> Observed: ...
+
+    def remember(self, obj: dict[str, Any]) -> None: ...
 
 
-async def observe(api: KubeClient, ms: ModelService) -> Observed:
-    namespace, uid = ms.namespace, ms.metadata.get("uid", "")
-    selector = f"{SERVICE_LABEL}={ms.name}"
-    children: dict[tuple[str, str], dict[str, Any]] = {}
-    for kind in CHILD_KINDS:
-        for obj in await api.list(kind, namespace, selector):
-            if _owned_by(obj, uid):
-                children[(kind, obj["metadata"]["name"])] = obj
-    pods = await api.list("Pod", namespace, selector)
-    nodes = await api.list("Node")
-    profile_data = None
+class ListedView:
+    """Lists what one reconcile needs (six lists per call: the cost the watches remove)."""
+
+    def __init__(self) -> None:
+        self.children: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
+        self.nodes: list[dict[str, Any]] = []
+
+    async def load(self, api: KubeClient, ms: ModelService) -> ListedView:
+        namespace, uid = ms.namespace, ms.metadata.get("uid", "")
+        selector = f"{SERVICE_LABEL}={ms.name}"
+        for kind in CHILD_KINDS:
+            for obj in await api.list(kind, namespace, selector):
+                if owned_by(obj, uid):
+                    self.children[(kind, obj["metadata"]["name"])] = obj
+        self.pods = await api.list("Pod", namespace, selector)
+        self.nodes = await api.list("Node")
+        return self
+
+    def observe(self, ms: ModelService, profile_configmap: dict[str, str] | None) -> Observed:
+        return Observed(children=self.children, pods=self.pods, nodes=self.nodes, profile_configmap=profile_configmap)
+
+    def remember(self, obj: dict[str, Any]) -> None:
+        pass
+
+
+async def profile_configmap(api: KubeClient, ms: ModelService) -> dict[str, str] | None:
+    """data of the ConfigMap spec.latencyProfile.configMapRef names (None: no such
+    ConfigMap, or no reference). Read per reconcile: it is any ConfigMap of the user's."""
     ref = ms.spec.latency_profile.config_map_ref
-    if ref is not None:
-        cm = await api.get("ConfigMap", namespace, ref.name)
-        profile_data = (cm.get("data") or {}) if cm else None
-    return Observed(children=children, pods=pods, nodes=nodes, profile_configmap=profile_data)
+    if ref is None:
+        return None
+    cm = await api.get("ConfigMap", ms.namespace, ref.name)
+    return (cm.get("data") or {}) if cm else None
 
 
 def _event(ms_body: dict[str, Any], event: dict[str, str], now: dt.datetime) -> dict[str, Any]:
@@ -68,13 +91,20 @@ def _event(ms_body: dict[str, Any], event: dict[str, str], now: dt.datetime) -> 
 
 
 async def _write_status(
-    api: KubeClient, body: dict[str, Any], new: dict[str, Any], now: dt.datetime, outcome: Outcome
+    api: KubeClient,
+    body: dict[str, Any],
+    new: dict[str, Any],
+    now: dt.datetime,
+    outcome: Outcome,
+    view: ClusterView | None = None,
 ) -> None:
     current = body.get("status")
     if not status_changed(current, new):
         return
     meta = body["metadata"]
-    await api.patch_status(KIND, meta.get("namespace"), meta["name"], new)
+    written = await api.patch_status(KIND, meta.get("namespace"), meta["name"], new)
+    if view is not None and isinstance(written, dict) and written.get("metadata"):
+        view.remember({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, **written})
     outcome.status_written = True
     for event in transitions(current, new):
         await api.create("Event", meta.get("namespace"), _event(body, event, now))
@@ -112,7 +142,20 @@ def invalid_spec_status(body: dict[str, Any], error: str, now: dt.datetime) -> d
     }
 
 
-async def reconcile(api: KubeClient, body: dict[str, Any], config: OperatorConfig, now: dt.datetime) -> Outcome:
+async def reconcile(
+    api: KubeClient,
+    body: dict[str, Any],
+    config: OperatorConfig,
+    now: dt.datetime,
+    *,
+    view: ClusterView | None = None,
+    attainment: Callable[[str], dict[str, float]] | None = None,
+    replicas: Mapping[str, int] | None = None,
+) -> Outcome:
+    """One reconcile of ``body``. ``view``: the cluster as cached (default: list it);
+    ``attainment``: the router's per-tier attainment of a model (default: read
+    ``config.router_status_url`` once); ``replicas``: serving replicas per tier as
+    decided by the autoscaler (absent: replicas.min)."""
     outcome = Outcome()
     try:
         # Status is ours and recomputed; parsing only the spec keeps an odd status from
@@ -121,14 +164,18 @@ async def reconcile(api: KubeClient, body: dict[str, Any], config: OperatorConfi
     except pydantic.ValidationError as exc:
         message = "spec is invalid: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         outcome.problem = Unsatisfiable("InvalidSpec", message)
-        await _write_status(api, body, invalid_spec_status(body, message, now), now, outcome)
+        await _write_status(api, body, invalid_spec_status(body, message, now), now, outcome, view)
         return outcome
 
-    observed = await observe(api, ms)
-    if config.router_status_url:
+    if view is None:
+        view = await ListedView().load(api, ms)
+    observed = replace(view.observe(ms, await profile_configmap(api, ms)), capacity=config.capacity())
+    if attainment is not None:
+        observed = replace(observed, attainment=attainment(ms.spec.model.name))
+    elif config.router_status_url:
         observed = replace(observed, attainment=await fetch_attainment(config.router_status_url, ms.spec.model.name))
     try:
-        objects = desired(ms, observed, config)
+        objects = desired(ms, observed, config, replicas)
     except Unsatisfiable as exc:
         # Keep what runs (a missing profile ConfigMap must not tear serving pods down);
         # report it and try again on the next reconcile.
@@ -145,14 +192,25 @@ async def reconcile(api: KubeClient, body: dict[str, Any], config: OperatorConfi
                 continue
             why = "missing" if live is None else f"differs at {first_difference(live, obj)}"
             log.info("applying %s/%s (%s)", *key, why)
-            await api.apply(obj)
+            applied = await api.apply(obj)
+            if isinstance(applied, dict) and applied.get("metadata"):
+                view.remember({"kind": obj["kind"], "apiVersion": obj["apiVersion"], **applied})
             outcome.applied.append(f"{key[0]}/{key[1]}")
         for key in sorted(set(observed.children) - wanted):
             log.info("deleting %s/%s (no longer desired)", *key)
             await api.delete(key[0], ms.namespace, key[1])
             outcome.deleted.append(f"{key[0]}/{key[1]}")
 
-    outcome.problem = outcome.problem or capacity_problem(ms, observed)
-    new_status = compute_status(ms, observed, now, config, outcome.problem, current=body.get("status"))
-    await _write_status(api, body, new_status, now, outcome)
+    outcome.problem = outcome.problem or capacity_problem(ms, observed, replicas)
+    new_status = compute_status(
+        ms,
+        observed,
+        now,
+        config,
+        outcome.problem,
+        current=body.get("status"),
+        replicas=replicas,
+        not_acted_on=fields_not_acted_on(ms),
+    )
+    await _write_status(api, body, new_status, now, outcome, view)
     return outcome
