@@ -189,3 +189,38 @@ async def test_watch_applies_a_new_cap_without_waiting_for_the_next_report(engin
         stop.set()
         await asyncio.wait_for(task, 5)
         await asyncio.to_thread(backend.close)
+
+
+async def test_agent_relays_a_preemption_notice_beside_its_power_loop(engine_url):
+    from test_preemption_metadata import MetadataMock
+
+    from kubetier.agent.main import run_agent
+    from kubetier.policy.spot import DEADLINE_ANNOTATION, SOURCE_ANNOTATION
+
+    _, url = await engine_url(time_scale=10)
+    meta = MetadataMock()
+    backend = SimulatedBackend([url])
+    nodes = MemoryNodes("gpu-a")
+    agent = Agent(backend, nodes, AgentConfig(node="gpu-a", report_interval_s=0.2, sample_interval_s=0.05))
+    args = build_parser().parse_args(
+        ["--node", "gpu-a", "--preemption", "gcp", "--metadata-url", meta.url, "--preemption-interval", "0.05"]
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_agent(agent, nodes, args, stop))
+    try:
+        await asyncio.sleep(0.4)
+        assert DEADLINE_ANNOTATION not in nodes.nodes["gpu-a"]["metadata"]["annotations"]
+        meta.notice = True
+        for _ in range(40):
+            if DEADLINE_ANNOTATION in nodes.nodes["gpu-a"]["metadata"]["annotations"]:
+                break
+            await asyncio.sleep(0.05)
+        ann = nodes.nodes["gpu-a"]["metadata"]["annotations"]
+        assert ann[SOURCE_ANNOTATION] == "gcp"
+        assert POWER_REPORT_ANNOTATION in ann  # the power loop kept reporting
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await asyncio.to_thread(backend.close)
+        meta.close()

@@ -23,6 +23,7 @@ def test_node_agent_runs_kubetier_agent_with_flags_it_accepts_and_the_code_rbac(
     assert c["command"] == ["kubetier", "agent"]
     args = build_parser().parse_args([a.replace("$(NODE_NAME)", "n1") for a in c["args"]])
     assert args.node == "n1" and args.backend == "nvml" and args.dry_run  # applyCaps defaults to false
+    assert args.preemption == "none"
     assert not c["securityContext"].get("privileged")
     role = one(objs, "ClusterRole", "kt-kubetier-node-agent")
     assert role["rules"] == rbac.RULES

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from kubetier.agent.backend import BackendError, PowerBackend
 from kubetier.agent.loop import Agent, AgentConfig
@@ -60,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read and report power, never apply a cap (the requested cap is still reported)",
     )
+    p.add_argument(
+        "--preemption",
+        choices=("none", "aws", "gcp", "azure"),
+        default="none",
+        help="also poll this cloud's instance metadata for a spot preemption notice and write its deadline on "
+        "the Node (kubetier.io/preemption-deadline) for the spot controller (default: none)",
+    )
+    p.add_argument("--metadata-url", default=None, help="metadata endpoint base URL (default: the cloud's own)")
+    p.add_argument("--vm-name", default="", help="Azure: this VM's name in scheduled events")
+    p.add_argument(
+        "--preemption-interval", type=_positive_float, default=2.0, help="seconds between metadata polls (default: 2)"
+    )
     p.add_argument("--once", action="store_true", help="sample, print one report and exit (implies --no-kube)")
     p.add_argument("--log-level", default="INFO", help="(default: %(default)s)")
     return p
@@ -99,11 +112,35 @@ async def _run(args: argparse.Namespace, backend: PowerBackend) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await agent.run(stop)
+        await run_agent(agent, api, args, stop)
         return 0
     finally:
         if api is not None:
             await api.aclose()
+
+
+async def run_agent(agent: Agent, api: Any, args: argparse.Namespace, stop: asyncio.Event) -> None:
+    """The power loop, and the preemption-notice poller beside it when ``--preemption`` names a cloud."""
+    if args.preemption == "none" or api is None:
+        await agent.run(stop)
+        return
+    import httpx
+
+    from kubetier.agent.preemption import MetadataPoller, watch_for_notice
+
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        poller = MetadataPoller(args.preemption, http, base_url=args.metadata_url, vm_name=args.vm_name)
+        notice = asyncio.create_task(
+            watch_for_notice(poller, agent.config.node, api, interval_s=args.preemption_interval, stop=stop)
+        )
+        try:
+            await agent.run(stop)
+        finally:
+            notice.cancel()
+            try:
+                await notice
+            except (asyncio.CancelledError, Exception):
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:
