@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from kubetier.agent import rbac as agent_rbac
 from kubetier.api.node_power import POWER_CAP_ANNOTATION, POWER_REPORT_ANNOTATION, NodePowerReport
 from kubetier.localdev import LocalEngines
 from kubetier.localdev.access import service_account_objects, token_kubeconfig
+from kubetier.localdev.processes import free_loopback_port, start_process, stop_process
 
 SERVICE = "pw"
 MODEL = "power-e2e-model"
@@ -74,34 +76,22 @@ def power_service(namespace: str) -> dict:
     }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Procs:
     """Local processes this test starts; all stopped at the end (by pid, never by name)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.procs: dict[str, object] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, argv: list[str], env: dict | None = None):
-        from kubetier.demo import start_process
-
         proc = start_process(argv, self.workdir / f"{name}.log", env=env)
         self.procs[name] = proc
         return proc
 
     def stop(self, name: str) -> None:
-        from kubetier.demo import stop_process
-
         proc = self.procs.pop(name, None)
         if proc is not None:
-            stop_process(proc)  # type: ignore[arg-type]
+            stop_process(proc)
 
     def log(self, name: str) -> str:
         p = self.workdir / f"{name}.log"
@@ -257,7 +247,7 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
         eps = engines.wait_for(lambda e: {f"{namespace}/{p['metadata']['name']}" for p in pods} <= set(e), 90)
         endpoint_of = {p["metadata"]["labels"][TIER_LABEL]: eps[f"{namespace}/{p['metadata']['name']}"] for p in pods}
 
-        port = free_port()
+        port = free_loopback_port()
         base_url = f"http://127.0.0.1:{port}"
         procs.start(
             "router",
