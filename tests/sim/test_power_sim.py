@@ -10,6 +10,7 @@ import pytest
 
 from kubetier.policy.latency import load_profile
 from kubetier.policy.power_cap import capped_model
+from kubetier.policy.routing import TierSLO
 from kubetier.sim.engine import SimConfig, Simulator
 from kubetier.sim.power import PowerSimSpec, compare_power, split_servers, table
 from kubetier.sim.power_cli import main as power_main
@@ -105,7 +106,7 @@ def test_table_and_verdict_report_every_arm(result):
 def test_set_model_makes_the_router_see_a_slower_server():
     model = load_profile("llama-3.1-8b-h100")
     sc = load_scenario("azure-by-source")
-    sim = Simulator(SimConfig(tiers=[t.slo() for t in sc.tiers], server_tiers=["interactive"], model=model))
+    sim = Simulator(SimConfig(tiers=[TierSLO.from_api(t) for t in sc.tiers], server_tiers=["interactive"], model=model))
     srv = sim.servers[0]
     capped = capped_model(model, 315)
     sim.set_model(srv, capped)

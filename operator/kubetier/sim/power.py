@@ -50,6 +50,7 @@ from kubetier.policy.power import (
     servers_allowed,
 )
 from kubetier.policy.power_cap import capped_model
+from kubetier.policy.routing import TierSLO
 
 from .engine import Hook, OutcomeSink, Server, SimConfig, Simulator
 from .metrics import Collector, summarize
@@ -314,7 +315,7 @@ def run_arm(spec: PowerSimSpec, arm: str, traces_dir: Path | None = None) -> Arm
     mode = {"nominal": "watch", "oversubscribed-uncapped": "watch", "uniform": "uniform", "polca": "polca"}[arm]
     hook = PowerControlHook(spec, sc, model, budget, mode)
     cfg = SimConfig(
-        tiers=[t.slo() for t in sc.tiers],
+        tiers=[TierSLO.from_api(t) for t in sc.tiers],
         server_tiers=split_servers(sc, n),
         model=model,
         policy_kind=POLICY_KINDS["kubetier"],
