@@ -37,6 +37,12 @@ demo: install ## the main job: local cluster + operator + router + simulated eng
 	$(CLUSTER) up; \
 	KUBECONFIG=$$($(CLUSTER) kubeconfig-path) $(KUBETIER) demo --output demo-summary.json
 
+.PHONY: demo-power
+demo-power: install ## power capping (POLCA) on the local cluster: low tier capped under load, lifted after (docs/power.md)
+	@trap '$(CLUSTER) down' EXIT; \
+	$(CLUSTER) up; \
+	KUBECONFIG=$$($(CLUSTER) kubeconfig-path) $(PY) -m pytest e2e/test_power.py -s -q
+
 .PHONY: unit
 unit: install ## fast tests only (no cluster)
 	@$(call pytest_strict,tests)

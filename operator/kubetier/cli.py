@@ -18,6 +18,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("kubetier.operator.main", "run the ModelService operator (kopf)"),
     "router": ("kubetier.router.main", "run the SLO-tier router (OpenAI-compatible front)"),
+    "agent": ("kubetier.agent.main", "run the per-node power agent (GPU power telemetry and caps)"),
     "engine-sim": ("kubetier.engine_sim.main", "run the engine simulator (vLLM stand-in)"),
     "simulate": ("kubetier.sim.main", "run the fleet simulator on a scenario"),
     "crds": ("kubetier.api.crdgen", "print or write the generated CRD YAML"),

@@ -35,9 +35,10 @@ KINDS = {
     "deployments": "Deployment",
     "poddisruptionbudgets": "PodDisruptionBudget",
     "modelservices": "ModelService",
+    "powerbudgets": "PowerBudget",
     "customresourcedefinitions": "CustomResourceDefinition",
 }
-CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"}
+CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions", "powerbudgets"}
 # Discovery: group/version -> plurals served there (what kopf scans at start-up).
 GROUP_VERSIONS = {
     "v1": ["configmaps", "services", "pods", "events", "nodes", "namespaces", "secrets"],
@@ -45,7 +46,7 @@ GROUP_VERSIONS = {
     "apps/v1": ["deployments"],
     "policy/v1": ["poddisruptionbudgets"],
     "apiextensions.k8s.io/v1": ["customresourcedefinitions"],
-    "kubetier.io/v1alpha1": ["modelservices"],
+    "kubetier.io/v1alpha1": ["modelservices", "powerbudgets"],
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
@@ -55,7 +56,7 @@ def _resource_list(group_version: str) -> dict[str, Any]:
     for plural in GROUP_VERSIONS[group_version]:
         base = {"namespaced": plural not in CLUSTER_SCOPED, "kind": KINDS[plural]}
         resources.append({"name": plural, "singularName": KINDS[plural].lower(), "verbs": VERBS, **base})
-        if plural in ("modelservices", "deployments"):
+        if plural in ("modelservices", "deployments", "powerbudgets"):
             resources.append({"name": f"{plural}/status", "singularName": "", "verbs": ["get", "patch"], **base})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
 
@@ -84,14 +85,16 @@ def _discovery(path: str) -> dict[str, Any] | None:
     return None
 
 
-def _selector(query: dict[str, list[str]]) -> dict[str, str]:
-    """Equality terms of a labelSelector (all the operator and router use)."""
-    return dict(term.split("=", 1) for term in (query.get("labelSelector", [""])[0]).split(",") if term)
+def _selector(query: dict[str, list[str]]) -> dict[str, str | None]:
+    """Equality terms of a labelSelector (all the operator and router use), and existence
+    terms ("key": the label is set, value None; the PowerBudget controller's pod list)."""
+    terms = [term for term in (query.get("labelSelector", [""])[0]).split(",") if term]
+    return {k: v for k, _, v in (t.partition("=") for t in terms)} | {t: None for t in terms if "=" not in t}
 
 
-def _matches(obj: dict[str, Any], selector: dict[str, str]) -> bool:
+def _matches(obj: dict[str, Any], selector: dict[str, str | None]) -> bool:
     labels = obj["metadata"].get("labels") or {}
-    return all(labels.get(a) == b for a, b in selector.items())
+    return all((a in labels) if b is None else labels.get(a) == b for a, b in selector.items())
 
 
 def _merge(base: Any, patch: Any) -> Any:

@@ -98,9 +98,10 @@ def test_least_privilege():
         # the operator never reads or writes Secrets (the router does), nor escalates RBAC
         assert "secrets" not in rule["resources"]
         assert not {"rbac.authorization.k8s.io"} & set(rule["apiGroups"])
-    # Nodes are never written; pods are deleted only by the spot controller, on a noticed
-    # node (a replacement starts at once), and Secrets are never touched.
-    assert not allowed("", "nodes", "patch") and not allowed("", "nodes", "delete")
+    # Nodes are patched only by the PowerBudget controller (its cap annotation,
+    # kubetier.io/power-cap), never deleted; pods are deleted only by the spot controller,
+    # on a noticed node (a replacement starts at once), and Secrets are never touched.
+    assert allowed("", "nodes", "patch") and not allowed("", "nodes", "delete")
     assert allowed("", "pods", "delete") and not allowed("", "pods", "create")
     # kopf's own needs
     assert allowed("kubetier.io", "modelservices", "watch") and allowed("kubetier.io", "modelservices", "patch")

@@ -19,10 +19,19 @@ from its discovery code).
   resources: [clusterkopfpeerings, kopfpeerings]
   verbs: [get, list, watch, patch]
 # GPU allocatable and capacity type, for status and placement (a watch cache); the spot
-# controller watches the same Nodes for preemption notices.
+# controller watches the same Nodes for preemption notices; the PowerBudget controller
+# reads the node agents' power reports from them and writes its caps (annotation
+# kubetier.io/power-cap).
 - apiGroups: [""]
   resources: [nodes]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
+# PowerBudgets (cluster-scoped): a kopf timer per domain; status written every tick.
+- apiGroups: [kubetier.io]
+  resources: [powerbudgets]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kubetier.io]
+  resources: [powerbudgets/status]
+  verbs: [get, patch]
 {{- end -}}
 
 {{/* Operator rules on namespaced resources: in the ClusterRole, or a Role per watched namespace. */}}

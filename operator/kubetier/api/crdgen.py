@@ -128,7 +128,16 @@ def powerbudget_crd() -> dict[str, Any]:
         columns=[
             {"name": "Budget", "type": "integer", "jsonPath": ".spec.budgetWatts"},
             {"name": "Drawn", "type": "number", "jsonPath": ".status.drawnWatts"},
+            {"name": "P99", "type": "number", "jsonPath": ".status.p99Watts", "priority": 1},
+            {"name": "Level", "type": "string", "jsonPath": ".status.level"},
+            {
+                "name": "Capped",
+                "type": "string",
+                "jsonPath": ".status.cappedSummary",
+                "description": "Capped nodes per tier",
+            },
             {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes"},
+            {"name": "Brakes", "type": "integer", "jsonPath": ".status.brakeEvents", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )

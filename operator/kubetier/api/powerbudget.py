@@ -1,11 +1,13 @@
 """The ``PowerBudget`` API (kubetier.io/v1alpha1, cluster-scoped).
 
-A power domain (rack, row) is the set of nodes its selector matches. The design: a
-controller caps the least important work first when the domain's draw crosses
-``capThresholdPercent`` of ``budgetWatts``, caps everything above
-``hardCapThresholdPercent``, and lifts caps below ``uncapThresholdPercent``
-(hysteresis, after POLCA). No PowerBudget controller exists yet: the API is accepted and
-validated, and the descriptions say so, so nobody mistakes it for a working cap.
+A power domain (rack, row) is the set of nodes its selector matches. The PowerBudget
+controller (``kubetier.operator.powerbudget``) sums the power the node agents report
+(``kubetier agent``, Node annotation ``kubetier.io/power-report``), caps the least
+important work first when the domain's draw crosses ``capThresholdPercent`` of
+``budgetWatts``, caps everything above ``hardCapThresholdPercent``, and lifts caps below
+``uncapThresholdPercent`` (hysteresis, after POLCA), by writing the cap to each node's
+``kubetier.io/power-cap`` annotation, which its agent applies. The decisions are
+``kubetier.policy.power``.
 """
 
 from __future__ import annotations
@@ -45,34 +47,77 @@ _THRESHOLD_ORDER = cel(
 )
 
 
-_NOT_ACTED_ON = " Accepted but not acted on yet: no PowerBudget controller runs, nothing is capped."
+_CAP_ORDER = cel(
+    "self.brakePercentOfMax <= self.capPercentOfMax",
+    "brakePercentOfMax must not exceed capPercentOfMax (the brake is the deeper cap)",
+)
 
 
 class PowerBudgetSpec(ApiModel):
-    """A power domain and its budget. Accepted but not acted on yet: no PowerBudget
-    controller runs, so no power is measured and nothing is capped."""
+    """A power domain and its budget; the PowerBudget controller in ``kubetier operator``
+    acts on every field (docs/power.md)."""
 
-    model_config = api_config(rules=[_THRESHOLD_ORDER])
+    model_config = api_config(rules=[_THRESHOLD_ORDER, _CAP_ORDER])
 
-    node_selector: NodeSelector = Field(description="Nodes that form this power domain." + _NOT_ACTED_ON)
-    budget_watts: int = Field(gt=0, le=100_000_000, description="Power the domain may draw, in watts." + _NOT_ACTED_ON)
+    node_selector: NodeSelector = Field(description="Nodes that form this power domain.")
+    budget_watts: int = Field(gt=0, le=100_000_000, description="Power the domain may draw, in watts.")
     cap_threshold_percent: int = Field(
-        default=90,
-        gt=0,
-        le=100,
-        description="Above this share of the budget, cap the lowest-priority work." + _NOT_ACTED_ON,
+        default=90, gt=0, le=100, description="Above this share of the budget, cap the lowest-priority work."
     )
     uncap_threshold_percent: int = Field(
-        default=80, ge=0, lt=100, description="Below this share, lift caps (hysteresis)." + _NOT_ACTED_ON
+        default=80, ge=0, lt=100, description="Below this share, lift caps (hysteresis)."
     )
-    hard_cap_threshold_percent: int = Field(
-        default=97, gt=0, le=100, description="Above this share, cap everything." + _NOT_ACTED_ON
+    hard_cap_threshold_percent: int = Field(default=97, gt=0, le=100, description="Above this share, cap everything.")
+    oversubscription_ratio: float = Field(
+        default=1.3,
+        ge=1.0,
+        le=3.0,
+        description="GPU servers the domain may host, as a multiple of budgetWatts / gpuMaxWatts; the controller "
+        "reports servers allowed at the measured p99 draw (status.serversAllowed) and sets the Oversubscribed "
+        "condition when the domain holds more. It does not place or evict pods.",
+    )
+    gpu_max_watts: int = Field(
+        default=700,
+        gt=0,
+        le=10_000,
+        description="A GPU's maximum draw (TDP), for GPUs whose agent never reported: they count at this much.",
+    )
+    cap_percent_of_max: int = Field(
+        default=60, gt=0, le=100, description="A capped node's cap, per GPU, as a share of its maximum draw."
+    )
+    brake_percent_of_max: int = Field(
+        default=45, gt=0, le=100, description="Every node's cap while braking (above hardCapThresholdPercent)."
+    )
+    stale_after_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        description="A node whose report is older than this counts at its maximum draw (fail-safe).",
+    )
+    escalate_after_seconds: int = Field(
+        default=3,
+        ge=0,
+        le=3600,
+        description="Wait this long after a cap change before capping the next priority group: at least the "
+        "telemetry delay plus the actuation latency, so the previous cap shows in the readings first.",
+    )
+    lift_after_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=86_400,
+        description="Lift one group of caps after the draw stayed below uncapThresholdPercent this long. "
+        "30 s: in the fleet simulator 15 s made caps flap (twice the cap changes, more brakes).",
+    )
+    window_seconds: int = Field(
+        default=300, ge=10, le=86_400, description="Window of status.p99Watts (the oversubscription judgement)."
     )
 
     @model_validator(mode="after")
     def _order(self) -> PowerBudgetSpec:
         if not (self.uncap_threshold_percent < self.cap_threshold_percent <= self.hard_cap_threshold_percent):
             raise ValueError(_THRESHOLD_ORDER["message"])
+        if self.brake_percent_of_max > self.cap_percent_of_max:
+            raise ValueError(_CAP_ORDER["message"])
         return self
 
 
@@ -83,19 +128,36 @@ class PowerBudgetStatus(ApiModel):
         max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    nodes: int = Field(
-        default=0, ge=0, description="Nodes the selector matches (not set yet: no PowerBudget controller runs)."
-    )
+    nodes: int = Field(default=0, ge=0, description="Nodes the selector matches.")
     drawn_watts: float | None = Field(
-        default=None,
-        ge=0,
-        description="Latest measured draw of the domain (not set yet: no PowerBudget controller runs).",
+        default=None, ge=0, description="Latest draw of the domain (stale nodes counted at their maximum)."
     )
-    capped_pods: int = Field(
-        default=0,
-        ge=0,
-        description="Engine pods currently power-capped (always 0 yet: no PowerBudget controller runs).",
+    capped_pods: int = Field(default=0, ge=0, description="Engine pods on power-capped nodes.")
+    budget_watts: int | None = Field(default=None, ge=0, description="spec.budgetWatts, for kubectl get.")
+    p99_watts: float | None = Field(default=None, ge=0, description="p99 of the domain draw over spec.windowSeconds.")
+    percent_of_budget: float | None = Field(default=None, ge=0, description="drawnWatts as a share of the budget.")
+    level: Literal["Normal", "Capping", "Braking"] | None = Field(
+        default=None, description="Normal: no caps; Capping: low-priority groups capped; Braking: every node capped."
     )
+    capped_nodes: int = Field(default=0, ge=0, description="Nodes asked to run capped now.")
+    capped_summary: str | None = Field(
+        default=None, max_length=512, description="Capped nodes per tier, e.g. 'batch 2/2, interactive 0/1'."
+    )
+    capped_by_tier: dict[str, int] = Field(default_factory=dict, description="Capped nodes per serving tier.")
+    stale_nodes: list[str] = Field(
+        default_factory=list, max_length=1024, description="Nodes counted at their maximum (no fresh agent report)."
+    )
+    servers: int = Field(default=0, ge=0, description="GPU servers (nodes with GPUs) in the domain.")
+    servers_allowed: int | None = Field(
+        default=None, ge=0, description="GPU servers the domain may host (oversubscriptionRatio, measured p99)."
+    )
+    seconds_above_cap: float = Field(default=0, ge=0, description="Time the draw spent above capThresholdPercent.")
+    seconds_above_hard_cap: float = Field(
+        default=0, ge=0, description="Time the draw spent above hardCapThresholdPercent."
+    )
+    seconds_above_budget: float = Field(default=0, ge=0, description="Time the draw spent above budgetWatts.")
+    brake_events: int = Field(default=0, ge=0, description="Times the domain crossed hardCapThresholdPercent.")
+    last_decision: str | None = Field(default=None, max_length=1024, description="Why the last caps are what they are.")
 
 
 class PowerBudget(ApiModel):

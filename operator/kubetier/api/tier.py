@@ -41,8 +41,9 @@ class SLOTier(ApiModel):
         ge=0,
         le=1000,
         description=(
-            "Higher is more important. Meant to order power capping (lowest priority capped first) and "
-            "preemption: accepted but not acted on yet (no power controller or preemption exists)."
+            "Higher is more important. Orders power capping: the PowerBudget controller caps the nodes of the "
+            "lowest-priority tiers first (then the loosest TPOT), the highest only above the hard threshold. "
+            "Preemption order: not acted on."
         ),
     )
     mean_output_tokens: int = Field(

@@ -1,7 +1,8 @@
 """The engine simulator's HTTP front: OpenAI-compatible routes on the lean HTTP server.
 
 Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health
-(503 until the simulated model load ends, then 200), GET /metrics (vLLM names).
+(503 until the simulated model load ends, then 200), GET /metrics (vLLM names),
+GET/PUT /admin/power-cap (loopback only: the node agent's power-cap actuator).
 
 Sleep mode (``enable_sleep_mode``, vLLM's ``--enable-sleep-mode`` with
 ``VLLM_SERVER_DEV_MODE=1``): ``POST /sleep?level=1|2`` (level 1 keeps the weights in host
@@ -24,6 +25,7 @@ iteration (in Engine).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import time
@@ -38,6 +40,8 @@ from kubetier.lean_http import Limits, Request, Response, error_body, start_serv
 from kubetier.policy.latency import LatencyModel
 
 log = logging.getLogger("kubetier.engine_sim")
+
+POWER_CAP_PATH = "/admin/power-cap"
 
 DEFAULT_MAX_MODEL_LEN = 131072  # Llama 3.1's context; capped by the profile's KV capacity
 
@@ -77,6 +81,13 @@ class SimConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _RequestState:
@@ -180,6 +191,8 @@ class EngineSimulator:
                     ],
                 },
             )
+        elif path == POWER_CAP_PATH:
+            self._power_cap(request, response)
         else:
             response.send(404, error_body(404, f"no route for {path}"))
 
@@ -241,6 +254,42 @@ class EngineSimulator:
             loop.call_later(seconds / self.config.time_scale, done)
         await asyncio.shield(self._waking)
 
+    def _power_cap(self, request: Request, response: Response) -> None:
+        """The node agent's actuator: GET the cap state, PUT ``{"capWatts": W | null}``.
+
+        Loopback clients only (403 otherwise): on a GPU node capping needs node
+        privileges (NVML), so here it needs to be on the same host.
+        """
+        client = request.client
+        if client is None or not _is_loopback(client[0]):
+            response.send(403, error_body(403, f"{POWER_CAP_PATH} accepts loopback clients only"))
+            return
+        if request.method == "PUT":
+            try:
+                body = request.json()
+                if not isinstance(body, dict) or "capWatts" not in body:
+                    raise ValueError('expected a JSON object {"capWatts": <watts> | null}')
+                cap = body["capWatts"]
+                if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float))):
+                    raise ValueError(f"capWatts must be a number or null, got {cap!r}")
+                self.engine.set_power_cap(None if cap is None else float(cap))
+            except ValueError as exc:
+                response.send(400, error_body(400, str(exc)))
+                return
+            log.info("power cap %s", "lifted" if cap is None else f"set to {cap:g} W")
+        elif request.method != "GET":
+            response.send(405, error_body(405, f"{request.method} not allowed on {POWER_CAP_PATH}; use GET or PUT"))
+            return
+        response.send_json(
+            200,
+            {
+                "capWatts": self.engine.power_cap_watts,
+                "powerWatts": self.engine.power_watts,
+                "maxWatts": self.model.tdp_watts,
+                "idleWatts": self.model.idle_watts,
+            },
+        )
+
     def render_metrics(self) -> str:
         s = self.engine.scheduler
         return self.metrics.render(
@@ -253,6 +302,8 @@ class EngineSimulator:
             time_scale=self.config.time_scale,
             loaded=self.loaded,
             sleep_state=("awake", "weights_offloaded", "discard_all")[self.sleep_level],
+            power_cap_watts=self.engine.power_cap_watts,
+            max_power_watts=self.model.tdp_watts,
         )
 
     # --- generation -------------------------------------------------------------------

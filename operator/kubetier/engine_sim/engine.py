@@ -22,6 +22,7 @@ from collections.abc import Callable
 from kubetier.engine_sim.metrics import EngineMetrics
 from kubetier.engine_sim.scheduler import BatchScheduler, Sequence
 from kubetier.policy.latency import LatencyModel
+from kubetier.policy.power_cap import capped_model
 
 log = logging.getLogger("kubetier.engine_sim")
 
@@ -52,6 +53,9 @@ class Engine:
         self.clock = clock
         self.max_lag_s = max_lag_s
         self.power_watts = model.idle_watts
+        # Power cap (node agent, POLCA): the loop runs the capped model, a slower server.
+        self.power_cap_watts: float | None = None
+        self._capped_model: LatencyModel | None = None
         self.iterations = 0
         self.error: BaseException | None = None  # set if the loop crashed
         self._wake = asyncio.Event()
@@ -90,6 +94,12 @@ class Engine:
         self.scheduler.abort(seq)
         self.metrics.success["abort"] += 1
         self._resolve(seq)
+
+    def set_power_cap(self, cap_watts: float | None) -> None:
+        """Run capped from the next iteration on (None lifts the cap); refuses a cap at or below idle."""
+        capped = capped_model(self.model, cap_watts)
+        self._capped_model = None if capped is self.model else capped
+        self.power_cap_watts = None if self._capped_model is None else float(cap_watts or 0.0)
 
     @property
     def kv_usage(self) -> float:
@@ -131,8 +141,9 @@ class Engine:
                 # Nothing admissible yet (aborted sequences only): go round again.
                 await asyncio.sleep(0)
                 continue
-            model_s = model.iteration_s(step.decode_batch, step.kv_tokens, step.prefill_tokens) * self.slowdown
-            watts = model.power_watts(step.decode_batch, step.prefill_tokens)
+            active = self._capped_model or model  # the capped model while a power cap is set
+            model_s = active.iteration_s(step.decode_batch, step.kv_tokens, step.prefill_tokens) * self.slowdown
+            watts = active.power_watts(step.decode_batch, step.prefill_tokens)
             self.power_watts = watts
             metrics.energy_joules += watts * model_s
             if now - schedule > self.max_lag_s:

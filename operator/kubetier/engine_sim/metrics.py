@@ -162,6 +162,8 @@ class EngineMetrics:
         time_scale: float,
         loaded: bool,
         sleep_state: str = "awake",
+        power_cap_watts: float | None = None,
+        max_power_watts: float | None = None,
     ) -> str:
         lab = self.labels
         lines: list[str] = []
@@ -198,6 +200,15 @@ class EngineMetrics:
             "Simulated board power of the current iteration (idle when no work).",
             power_watts,
         )
+        if max_power_watts is not None:
+            gauge(
+                "kubetier_engine_power_cap_watts",
+                "Power cap the engine runs under (node agent, POLCA); 0 = uncapped.",
+                power_cap_watts or 0.0,
+            )
+            gauge(
+                "kubetier_engine_max_power_watts", "The profile's TDP: the most this server can draw.", max_power_watts
+            )
         counter(
             "kubetier_engine_energy_joules",
             "Simulated energy in model time (power x unscaled iteration time).",

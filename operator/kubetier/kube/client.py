@@ -149,6 +149,7 @@ class KubeClient:
         label_selector: str | None = None,
         resource_version: str = "",
         timeout_s: int = 300,
+        field_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """Events after ``resource_version`` until the server ends the watch (after
         ``timeout_s``). Raises ``WatchExpired`` when that version is too old (410)."""
@@ -161,6 +162,8 @@ class KubeClient:
             params["resourceVersion"] = resource_version
         if label_selector:
             params["labelSelector"] = label_selector
+        if field_selector:  # e.g. metadata.name=<node>: the node agent watches only its own Node
+            params["fieldSelector"] = field_selector
         path = resource(kind).path(namespace)
         self.counts[("watch", kind)] += 1
         timeout = httpx.Timeout(30, read=timeout_s + 30)

@@ -42,6 +42,7 @@ RESOURCES: dict[str, Resource] = {
     "EndpointSlice": Resource("/apis/discovery.k8s.io/v1", "endpointslices"),
     "PodDisruptionBudget": Resource("/apis/policy/v1", "poddisruptionbudgets"),
     "ModelService": Resource(f"/apis/{GROUP}/{VERSION}", PLURAL),
+    "PowerBudget": Resource(f"/apis/{GROUP}/{VERSION}", "powerbudgets", namespaced=False),
 }
 
 

@@ -1,7 +1,7 @@
 """The kubetier operator: one package per controller, registered by ``main.register``.
 
 - ``modelservice/``: the ModelService controller (children, status, Events);
-- ``powerbudget/``: the PowerBudget controller goes here (not written yet);
+- ``powerbudget/``: the PowerBudget controller (POLCA power capping per domain);
 - ``spot/``: the spot-interruption handler goes here (not written yet);
 - ``runtime``: kopf settings, login and the one ``kubetier.kube.KubeClient`` every
   controller shares; ``identity``: field manager and annotation domain;

@@ -4,7 +4,7 @@ Layout: one package per controller under ``kubetier.operator``, each registering
 kopf handlers from ``register`` below:
 
 - ``modelservice/``: ModelService -> Deployments, Services, PDBs, routing ConfigMap, status;
-- ``powerbudget/`` (next): the PowerBudget controller;
+- ``powerbudget/``: the PowerBudget controller (POLCA power capping);
 - ``spot/``: preemption notices on Nodes -> drained pods, replacements, Events.
 
 Shared: ``runtime`` (kopf settings, login, the one KubeClient), ``identity`` (field
@@ -97,6 +97,7 @@ def register(registry: Any, modelservice_resync_seconds: float | None = None) ->
     short resync)."""
     from kubetier.operator import runtime
     from kubetier.operator.modelservice import handlers as modelservice
+    from kubetier.operator.powerbudget import handlers as powerbudget
     from kubetier.operator.spot import handlers as spot
 
     runtime.register(registry)
@@ -104,4 +105,5 @@ def register(registry: Any, modelservice_resync_seconds: float | None = None) ->
         modelservice.register(registry)
     else:
         modelservice.register(registry, resync_seconds=modelservice_resync_seconds)
+    powerbudget.register(registry)
     spot.register(registry)

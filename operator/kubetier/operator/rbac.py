@@ -50,6 +50,13 @@ RULES: list[dict[str, Any]] = [
     # --- the spot controller: watches Nodes (above) for preemption notices; marks the pods
     # on a noticed node with the deadline and deletes them with a grace period (replacement).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch", "delete"]},
+    # --- the PowerBudget controller
+    # A kopf timer per PowerBudget (watch) and kopf's finalizer/progress annotations (patch).
+    {"apiGroups": ["kubetier.io"], "resources": ["powerbudgets"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["kubetier.io"], "resources": ["powerbudgets/status"], "verbs": ["get", "patch"]},
+    # Caps are written to the domain's nodes (annotation kubetier.io/power-cap); the agents'
+    # reports are read from them (listed above).
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]},
 ]
 
 

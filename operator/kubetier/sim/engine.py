@@ -204,7 +204,8 @@ class Hook:
 
     ``interval_s`` > 0 makes the simulator call :meth:`on_tick` every interval with the
     :class:`Simulator`; hooks act only through its public methods (``add_server``,
-    ``drain_server``, ``remove_server``, ``set_slowdown``, ``servers``, ``now``).
+    ``drain_server``, ``remove_server``, ``set_slowdown``, ``set_model``, ``call_at``, ``servers``,
+    ``now``).
     ``schedule()`` may return one-off ``(time, callback(sim, now))`` pairs, e.g. a spot
     preemption schedule (notice = drain, then remove).
     """
@@ -377,6 +378,30 @@ class Simulator:
     def set_slowdown(self, srv: Server, factor: float) -> None:
         """Power capping: iterations take ``factor`` (>= 1) times longer from the next step on."""
         srv.slowdown = max(1.0, factor)
+
+    def set_model(self, srv: Server, model: LatencyModel) -> None:
+        """Power capping: ``srv`` runs, and is routed, as ``model`` (its capped latency model)
+        from the next iteration on; a decode stretch in flight is cut at the next iteration
+        boundary (a locked clock takes effect in milliseconds, not at the end of a stretch)."""
+        srv.model = model
+        srv.decode_s = model.decode_iteration_s
+        srv.iter_s = model.iteration_s
+        if srv.removed:
+            return
+        if srv.busy and srv.step_chunks is None and srv.step_n > 1:
+            self._cut_stretch(srv, self.now)
+        self.policy.upsert_server(
+            ServerLoad(
+                server_id=srv.sid,
+                tier=srv.tier,
+                model=model,
+                ready=self.now >= srv.ready_at,
+                draining=srv.draining,
+                running=srv.n_active + len(srv.waiting),
+                kv_tokens=srv.kv + srv.queued_prefill,
+                queued_prefill_tokens=srv.queued_prefill,
+            )
+        )
 
     def gpu_seconds(self) -> float:
         """Server lifetime summed over the fleet (idle time included: a GPU held is paid for)."""

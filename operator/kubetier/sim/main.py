@@ -32,7 +32,8 @@ Commands: `kubetier simulate --scenario NAME_OR_PATH --output DIR`,
 `kubetier simulate learning-bench` (online latency correction vs slower/faster engines),
 `kubetier simulate scenario-bench` (shipped + generated: ratio, % of bound, % above best partition),
 `kubetier simulate spot --help` (spot policies: cost and attainment),
-`kubetier simulate autoscale --help` (autoscaling and pre-warm against baselines).
+`kubetier simulate autoscale --help` (autoscaling and pre-warm against baselines),
+`kubetier simulate power --help` (power-capped oversubscription, POLCA).
 """
 
 
@@ -79,6 +80,10 @@ def main(argv: list[str]) -> int:
         from .learning_bench import main as learning_main
 
         return learning_main(argv[1:])
+    if argv and argv[0] == "power":
+        from .power_cli import main as power_main
+
+        return power_main(argv[1:])
     if argv and argv[0] == "generate":
         from .generate import main as generate_main
 
