@@ -48,9 +48,10 @@ unit: install ## fast tests only (no cluster)
 	@$(call pytest_strict,tests)
 
 .PHONY: lint
-lint: install ## ruff (lint + format check) and the import contracts
+lint: install ## ruff (lint + format check), mypy (strict for api/policy) and the import contracts
 	$(VENV)/bin/ruff check operator tests e2e charts conftest.py
 	$(VENV)/bin/ruff format --check operator tests e2e charts conftest.py
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 .PHONY: typecheck

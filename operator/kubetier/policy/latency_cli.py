@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 import yaml
 
@@ -15,7 +16,7 @@ _SUMMARY_BATCHES = (1, 8, 32, 64, 128, 256)
 _SUMMARY_PROMPTS = (128, 512, 2048, 8192)
 
 
-def summary(m: LatencyModel) -> dict:
+def summary(m: LatencyModel) -> dict[str, Any]:
     """The numbers a person checks first, in milliseconds and watts."""
     kv_points = (0, m.kv_capacity_tokens // 2, m.kv_capacity_tokens)
     return {

@@ -51,6 +51,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -197,7 +198,7 @@ class Setup:
         cap = self.kv_capacity_tokens()
         return (0, cap // 4 // 1024 * 1024, cap // 2 // 1024 * 1024, cap)
 
-    def profile(self) -> dict:
+    def profile(self) -> dict[str, Any]:
         kvs = self.kv_grid()
 
         def ms(s: float) -> float:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from kubetier.policy.latency import load_profile
+from kubetier.policy.routing import TierSLO
 
 from .engine import SimConfig, Simulator
 from .metrics import Collector, summarize
@@ -80,7 +81,7 @@ def run(factor: float, learn: bool, servers: int, rate: float, duration: float) 
     model = load_profile(sc.profile)
     win = build_window(sc, 1.0, None)
     cfg = SimConfig(
-        tiers=[t.slo() for t in sc.tiers],
+        tiers=[TierSLO.from_api(t) for t in sc.tiers],
         server_tiers=sc.server_tiers(),
         model=model,
         policy_kind="slo",
