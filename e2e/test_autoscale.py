@@ -31,8 +31,9 @@ import httpx
 import pytest
 
 from e2e_support import Kubectl, wait_until
-from kubetier.demo import free_port, start_process, stop_process
 from kubetier.localdev.access import service_account_objects, token_kubeconfig
+from kubetier.localdev.processes import free_loopback_port as free_port
+from kubetier.localdev.processes import start_process, stop_process
 
 SERVICE = "as-e2e"
 MODEL = "llama-3.1-8b"
