@@ -43,8 +43,8 @@ unit: install ## fast tests only (no cluster)
 
 .PHONY: lint
 lint: install ## ruff (lint + format check) and the import contracts
-	$(VENV)/bin/ruff check operator tests e2e charts
-	$(VENV)/bin/ruff format --check operator tests e2e charts
+	$(VENV)/bin/ruff check operator tests e2e charts image
+	$(VENV)/bin/ruff format --check operator tests e2e charts image
 	$(VENV)/bin/lint-imports
 
 .PHONY: typecheck
@@ -53,8 +53,8 @@ typecheck: install ## mypy: strict for kubetier.api and kubetier.policy, checked
 
 .PHONY: fmt
 fmt: install ## apply ruff's fixes and formatting
-	$(VENV)/bin/ruff check --fix operator tests e2e charts
-	$(VENV)/bin/ruff format operator tests e2e charts
+	$(VENV)/bin/ruff check --fix operator tests e2e charts image
+	$(VENV)/bin/ruff format operator tests e2e charts image
 
 .PHONY: lint-imports
 lint-imports: install ## layer contract: api/policy import no Kubernetes, HTTP or metrics library
@@ -77,7 +77,17 @@ test: install ## everything: unit, then e2e on the local cluster (the README's t
 	@t=$$(date +%s); $(MAKE) --no-print-directory unit; echo "[phase] unit took $$(( $$(date +%s) - t ))s"
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory verify
+	@t=$$(date +%s); $(MAKE) --no-print-directory image-test; echo "[phase] image-test took $$(( $$(date +%s) - t ))s"
 	@$(MAKE) --no-print-directory e2e
+
+.PHONY: image
+image: install ## the container image without Docker: OCI layout + tarball under build/image, digest and size
+	$(PY) image/build.py build
+
+.PHONY: image-test
+image-test: image ## run the built image's root (read-only, non-root) and check the Dockerfile matches
+	$(PY) image/gotools.py install crane
+	@$(call pytest_strict,image/tests)
 
 .PHONY: cluster-up
 cluster-up: install ## build/install the cluster ingredients (cached) and start a local KWOK GPU cluster
