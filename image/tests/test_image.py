@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -27,8 +28,10 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "image"))
-import build as image_build  # noqa: E402
+_spec = importlib.util.spec_from_file_location("kubetier_image_build", REPO / "image" / "build.py")
+assert _spec and _spec.loader
+image_build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(image_build)
 
 IMAGE_DIR = Path(os.environ.get("KUBETIER_IMAGE_DIR", REPO / "build" / "image"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
