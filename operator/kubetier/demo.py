@@ -37,6 +37,8 @@ from pathlib import Path
 
 import httpx
 
+from kubetier.api.labels import ROLE_LABEL, ROLE_SERVING
+from kubetier.api.modelservice import API_VERSION
 from kubetier.localdev.access import Kubectl, find_kubectl, service_account_objects, token_kubeconfig
 from kubetier.stats import percentile
 
@@ -111,7 +113,7 @@ def demo_objects(namespace: str) -> list[dict]:
             tier["onLate"] = "queue"
         tiers.append(tier)
     ms = {
-        "apiVersion": "kubetier.io/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "ModelService",
         "metadata": {"name": SERVICE, "namespace": namespace},
         "spec": {
@@ -354,9 +356,9 @@ def run(args: argparse.Namespace) -> int:
 
     from kubetier.api.crdgen import all_crds
     from kubetier.localdev import LocalEngines
-    from kubetier.localdev.engines import wants_engine
+    from kubetier.localdev.engines import MANAGED_SELECTOR, wants_engine
     from kubetier.operator import rbac
-    from kubetier.operator.router_feed import attainment_from_status
+    from kubetier.operator.modelservice.router_feed import attainment_from_status
 
     # The router's address is fixed up front: the operator reads per-tier attainment from it.
     port = args.router_port or free_port()
@@ -433,10 +435,10 @@ def run(args: argparse.Namespace) -> int:
             print(kubectl("get", "pods", "-n", ns, "-o", "wide", check=False))
 
         def running_pods() -> list[dict]:
-            return [p for p in kubectl.items("pods", ns, "app.kubernetes.io/managed-by=kubetier") if wants_engine(p)]
+            return [p for p in kubectl.items("pods", ns, MANAGED_SELECTOR) if wants_engine(p)]
 
         pods = running_pods()
-        serving = [p for p in pods if p["metadata"]["labels"].get("kubetier.io/role", "serving") == "serving"]
+        serving = [p for p in pods if p["metadata"]["labels"].get(ROLE_LABEL, ROLE_SERVING) == ROLE_SERVING]
         with Step(f"starting {len(pods)} engine simulators on loopback (one per pod)"):
             (workdir / "engines").mkdir()
             engines = LocalEngines(

@@ -4,14 +4,14 @@ Operator: the rules the chart renders equal `kubetier.operator.rbac.RULES` (the 
 operator's e2e identity is built from), in both modes: cluster-wide (one ClusterRole) and
 watchNamespaces (cluster-scoped rules in a ClusterRole, namespaced ones in a Role per
 watched namespace). Router: the grants are derived from the Kubernetes API calls in the
-router package's source (CoreV1Api method names -> resource and verb).
+router package's source (kubetier.kube calls: ``api.get/list("Kind", ...)`` and
+``Informer(api, "Kind", ...)``, which lists and watches -> resource and verb).
 Rules are compared as sets of (apiGroup, resource, verb) grants.
 """
 
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 from conftest import REPO, VALUES_DIR, by_kind, one
@@ -25,35 +25,51 @@ CLUSTER_SCOPED = {
     ("kubetier.io", "powerbudgets/status"),
 }
 ROUTER_PACKAGE = REPO / "operator" / "kubetier" / "router"
-# kubernetes-client method prefix -> RBAC verb
+# kubetier.kube.KubeClient method -> RBAC verbs
 CLIENT_VERBS = {
-    "list": "list",
-    "read": "get",
-    "create": "create",
-    "patch": "patch",
-    "replace": "update",
-    "delete": "delete",
-    "watch": "watch",
+    "get": ["get"],
+    "list": ["list"],
+    "list_versioned": ["list"],
+    "watch": ["watch"],
+    "apply": ["patch", "create"],
+    "patch": ["patch"],
+    "create": ["create"],
+    "delete": ["delete"],
 }
-CLIENT_METHOD = re.compile(
-    r"^(list|read|create|patch|replace|delete|watch)_(?:namespaced_)?([a-z_]+?)"
-    r"(?:_for_all_namespaces)?$"
-)
+
+
+def _kind_grants(kind: str, verbs: list[str]) -> set[tuple[str, str, str]]:
+    from kubetier.kube import RESOURCES
+
+    res = RESOURCES[kind]
+    group = "" if res.prefix == "/api/v1" else res.api_version.split("/")[0]
+    return {(group, res.plural, v) for v in verbs}
 
 
 def client_calls_grants(package: Path) -> set[tuple[str, str, str]]:
-    """(""-group, resource, verb) for every `<obj>.api.<method>(...)` CoreV1Api call in the
-    package, e.g. list_namespaced_config_map -> configmaps list, read_namespaced_secret ->
-    secrets get. Also counts `watch.Watch().stream(api.list_x)` as a watch."""
-    out = set()
+    """(apiGroup, resource, verb) for every Kubernetes call in the package's source:
+    ``<x>.api.<verb>("Kind", ...)`` (e.g. ``self.api.get("Secret", ns, name)`` -> secrets
+    get) and ``Informer(api, "Kind", ...)`` (list and watch)."""
+    out: set[tuple[str, str, str]] = set()
     for path in package.rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "api":
-                m = CLIENT_METHOD.match(node.attr)
-                if m:
-                    verb, kind = m.groups()
-                    out.add(("", kind.replace("_", "") + "s", CLIENT_VERBS[verb]))
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name == "Informer" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+                out |= _kind_grants(node.args[1].value, ["list", "watch"])
+            elif (
+                isinstance(func, ast.Attribute)
+                and func.attr in CLIENT_VERBS
+                and isinstance(func.value, ast.Attribute)
+                and func.value.attr == "api"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                out |= _kind_grants(node.args[0].value, CLIENT_VERBS[func.attr])
     return out
 
 
@@ -118,8 +134,15 @@ def test_router_grants_equal_its_api_calls(render):
 def test_call_scan_maps_client_methods(tmp_path):
     (tmp_path / "m.py").write_text(
         "def f(self):\n"
-        "    self.api.list_pod_for_all_namespaces()\n"
-        "    self.api.read_namespaced_secret('a', 'b')\n"
-        "    self.api.patch_namespaced_config_map('a', 'b', {})\n"
+        "    self.api.list('Pod', None, 'a=b')\n"
+        "    self.api.get('Secret', 'ns', 'b')\n"
+        "    self.api.patch('ConfigMap', 'ns', 'b', {})\n"
+        "    Informer(self.api, 'EndpointSlice', 'ns')\n"
     )
-    assert client_calls_grants(tmp_path) == {("", "pods", "list"), ("", "secrets", "get"), ("", "configmaps", "patch")}
+    assert client_calls_grants(tmp_path) == {
+        ("", "pods", "list"),
+        ("", "secrets", "get"),
+        ("", "configmaps", "patch"),
+        ("discovery.k8s.io", "endpointslices", "list"),
+        ("discovery.k8s.io", "endpointslices", "watch"),
+    }

@@ -30,6 +30,8 @@ KINDS = {
     "events": "Event",
     "nodes": "Node",
     "namespaces": "Namespace",
+    "secrets": "Secret",
+    "endpointslices": "EndpointSlice",
     "deployments": "Deployment",
     "poddisruptionbudgets": "PodDisruptionBudget",
     "modelservices": "ModelService",
@@ -38,7 +40,8 @@ KINDS = {
 CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"}
 # Discovery: group/version -> plurals served there (what kopf scans at start-up).
 GROUP_VERSIONS = {
-    "v1": ["configmaps", "services", "pods", "events", "nodes", "namespaces"],
+    "v1": ["configmaps", "services", "pods", "events", "nodes", "namespaces", "secrets"],
+    "discovery.k8s.io/v1": ["endpointslices"],
     "apps/v1": ["deployments"],
     "policy/v1": ["poddisruptionbudgets"],
     "apiextensions.k8s.io/v1": ["customresourcedefinitions"],
@@ -79,6 +82,16 @@ def _discovery(path: str) -> dict[str, Any] | None:
     if path == "/version":
         return {"major": "1", "minor": "34", "gitVersion": "v1.34.4-fake"}
     return None
+
+
+def _selector(query: dict[str, list[str]]) -> dict[str, str]:
+    """Equality terms of a labelSelector (all the operator and router use)."""
+    return dict(term.split("=", 1) for term in (query.get("labelSelector", [""])[0]).split(",") if term)
+
+
+def _matches(obj: dict[str, Any], selector: dict[str, str]) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return all(labels.get(a) == b for a, b in selector.items())
 
 
 def _merge(base: Any, patch: Any) -> Any:
@@ -130,6 +143,10 @@ class FakeKube:
         self._lock = threading.Lock()
         self._rv = itertools.count(1)
         self._watchers: list[tuple[str, queue.Queue]] = []
+        # Every change with its resourceVersion, so a watch resumes where a list ended
+        # (like etcd's history); compact() forgets it, so old versions get 410 Gone.
+        self._history: list[tuple[int, dict[str, Any]]] = []
+        self._compacted = 0
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -162,24 +179,34 @@ class FakeKube:
 
     def store(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
-        meta["resourceVersion"] = str(next(self._rv))
         key = (obj["kind"], meta.get("namespace"), meta["name"])
         with self._lock:
+            meta["resourceVersion"] = str(next(self._rv))
             event = "MODIFIED" if key in self.objects else "ADDED"
             self.objects[key] = obj
-        self._notify(event, obj)
+            self._notify(event, obj)
 
     def remove(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         with self._lock:
             gone = self.objects.pop((kind, namespace, name), None)
-        if gone:
-            self._notify("DELETED", gone)
+            if gone:
+                gone["metadata"]["resourceVersion"] = str(next(self._rv))
+                self._notify("DELETED", gone)
         return gone
 
+    def compact(self) -> None:
+        """Forget the change history: a watch from an older resourceVersion gets 410 Gone."""
+        with self._lock:
+            self._history.clear()
+            self._compacted = next(self._rv)
+
     def _notify(self, event: str, obj: dict[str, Any]) -> None:
+        """Called with the lock held."""
+        entry = {"type": event, "object": copy.deepcopy(obj)}
+        self._history.append((int(obj["metadata"]["resourceVersion"]), entry))
         for kind, q in list(self._watchers):
             if kind == obj["kind"]:
-                q.put({"type": event, "object": copy.deepcopy(obj)})
+                q.put(entry)
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -238,19 +265,18 @@ class FakeKube:
                     return self._send(200, found)
                 kind, ns, name, _sub, query = self._route()
                 if query.get("watch", ["false"])[0] in ("true", "1"):
-                    return self._watch(kind, float(query.get("timeoutSeconds", ["30"])[0]))
+                    return self._watch(kind, ns, query)
                 if name:
                     obj = fake.get(kind, ns, name)
                     return self._send(200, obj) if obj else self._not_found(name)
-                selector = dict(term.split("=", 1) for term in (query.get("labelSelector", [""])[0]).split(",") if term)
+                selector = _selector(query)
                 with fake._lock:
                     items = [
                         copy.deepcopy(o)
                         for (k, n, _), o in fake.objects.items()
-                        if k == kind
-                        and (ns is None or n == ns)
-                        and all(o["metadata"].get("labels", {}).get(a) == b for a, b in selector.items())
+                        if k == kind and (ns is None or n == ns) and _matches(o, selector)
                     ]
+                    version = str(next(fake._rv))
                 api_version = items[0].get("apiVersion", "v1") if items else "v1"
                 for item in items:  # like the apiserver: list items carry neither kind nor apiVersion
                     item.pop("kind", None)
@@ -260,24 +286,48 @@ class FakeKube:
                     {
                         "kind": f"{kind}List",
                         "apiVersion": api_version,
-                        "metadata": {"resourceVersion": str(next(fake._rv))},
+                        "metadata": {"resourceVersion": version},
                         "items": items,
                     },
                 )
 
-            def _watch(self, kind: str, timeout: float) -> None:
-                """Stream events as JSON lines until the timeout (HTTP/1.0: EOF ends it)."""
+            def _watch(self, kind: str, ns: str | None, query: dict[str, list[str]]) -> None:
+                """Stream events as JSON lines until the timeout (HTTP/1.0: EOF ends it),
+                from ``resourceVersion`` on when given, filtered by namespace and labels."""
+                timeout = float(query.get("timeoutSeconds", ["30"])[0])
+                since = int(query.get("resourceVersion", ["0"])[0] or 0)
+                selector = _selector(query)
                 q: queue.Queue = queue.Queue()
-                fake._watchers.append((kind, q))
+                with fake._lock:
+                    gone = 0 < since < fake._compacted
+                    backlog = [e for rv, e in fake._history if rv > since] if since else []
+                    fake._watchers.append((kind, q))
+                for entry in backlog:
+                    q.put(entry)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
+                if gone:
+                    expired = {
+                        "kind": "Status",
+                        "code": 410,
+                        "reason": "Expired",
+                        "message": "too old resource version",
+                    }
+                    self.wfile.write(json.dumps({"type": "ERROR", "object": expired}).encode() + b"\n")
+                    fake._watchers.remove((kind, q))
+                    return
                 deadline = time.monotonic() + min(timeout, 30)
                 try:
                     while time.monotonic() < deadline and not fake._closing.is_set():
                         try:
                             event = q.get(timeout=0.05)
                         except queue.Empty:
+                            continue
+                        obj = event["object"]
+                        if obj["kind"] != kind or (ns is not None and obj["metadata"].get("namespace") != ns):
+                            continue
+                        if not _matches(obj, selector):
                             continue
                         self.wfile.write(json.dumps(event).encode() + b"\n")
                         self.wfile.flush()

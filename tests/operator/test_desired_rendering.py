@@ -8,16 +8,16 @@ import pytest
 import yaml
 
 from conftest import parse, sample_body
-from kubetier.operator.desired import desired
-from kubetier.operator.model import Observed, OperatorConfig
-from kubetier.operator.profile import Unsatisfiable
+from kubetier.operator.modelservice.desired import desired
+from kubetier.operator.modelservice.model import Observed, OperatorConfig
+from kubetier.operator.modelservice.profile import Unsatisfiable
 from kubetier.policy.latency import load_profile
 
 SERVICE, TIER, ROLE = "kubetier.io/service", "kubetier.io/tier", "kubetier.io/role"
 
 
-def render(body=None, observed=None):
-    objs = desired(parse(body or sample_body()), observed or Observed(), OperatorConfig())
+def render(body=None, observed=None, replicas=None):
+    objs = desired(parse(body or sample_body()), observed or Observed(), OperatorConfig(), replicas)
     return {(o["kind"], o["metadata"]["name"]): o for o in objs}
 
 
@@ -108,7 +108,7 @@ def test_capacity_type_affinity_follows_the_spot_policy():
 def test_replicas_follow_min_and_the_autoscalers_choice_within_bounds():
     objs = render()
     assert objs[("Deployment", "llama-8b-interactive")]["spec"]["replicas"] == 2
-    scaled = render(observed=Observed(tier_replicas={"interactive": 99, "standard": 0, "batch": 3}))
+    scaled = render(replicas={"interactive": 99, "standard": 0, "batch": 3})
     assert scaled[("Deployment", "llama-8b-interactive")]["spec"]["replicas"] == 6  # max
     assert scaled[("Deployment", "llama-8b-standard-floor")]["spec"]["replicas"] == 1
     assert scaled[("Deployment", "llama-8b-standard")]["spec"]["replicas"] == 1  # min 2
@@ -216,7 +216,7 @@ def test_routing_configmap_follows_the_contract():
         8000,
     )
     assert [set(t) for t in doc["tiers"]] == [
-        {"name", "ttftMs", "tpotMs", "priority", "meanOutputTokens", "onLate"}
+        {"name", "ttftMs", "tpotMs", "attainmentPercent", "priority", "meanOutputTokens", "onLate"}
     ] * 3
     assert [(t["name"], t["tpotMs"], t["onLate"]) for t in doc["tiers"]] == [
         ("interactive", 30, "reject"),

@@ -13,8 +13,8 @@ import yaml
 from test_reconcile_http import run_controllers
 
 from conftest import cluster_nodes, sample_body
-from kubetier.operator import handlers
-from kubetier.operator.model import OperatorConfig
+from kubetier.operator import main as operator_main
+from kubetier.operator.modelservice.model import OperatorConfig
 
 
 async def wait_for(predicate, timeout=15.0, what=""):
@@ -24,6 +24,21 @@ async def wait_for(predicate, timeout=15.0, what=""):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def write_kubeconfig(path, url):
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": {"token": "test-token"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": "default"}}],
+            }
+        )
+    )
 
 
 def ready(fake) -> str | None:
@@ -52,7 +67,7 @@ async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeyp
         fake_kube.put(node)
 
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, resync_seconds=0.3)
+    operator_main.register(registry, modelservice_resync_seconds=0.3)
     stop, started = asyncio.Event(), asyncio.Event()
     memo = kopf.Memo(config=OperatorConfig())
     operator = asyncio.create_task(
@@ -80,11 +95,14 @@ async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeyp
         await wait_for(lambda: ready(fake_kube) == "True", what="Ready=True")
         await asyncio.sleep(1.0)  # let in-flight handlers finish
 
+        controller = memo["shared"]["modelservice"]
+        reconciles = controller.reconciles
         fake_kube.reset_requests()
         await asyncio.sleep(1.5)  # about five resync ticks
-        gets = [r for r in fake_kube.requests if r[0] == "GET" and "watch=" not in r[1]]
-        assert len(gets) >= 10, "the resync timer should have reconciled (read) several times"
-        assert fake_kube.writes() == [], f"steady state wrote: {fake_kube.writes()}"
+        assert controller.reconciles >= reconciles + 3, "the resync timer should have reconciled several times"
+        # ... from the watch cache: no list, no get, no write (watches may be re-opened).
+        requests = [r for r in fake_kube.requests if "watch=" not in r[1]]
+        assert requests == [], f"steady state made API requests: {requests}"
 
         # a spec change reaches the cluster through kopf's update handler
         body = fake_kube.get("ModelService", "default", "llama-8b")
@@ -95,6 +113,55 @@ async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeyp
             lambda: fake_kube.get("Deployment", "default", "llama-8b-batch")["spec"]["replicas"] == 2,
             what="batch scaled to 2",
         )
+    finally:
+        stop.set()
+        await asyncio.wait_for(operator, 20)
+
+
+@pytest.mark.timeout(60)
+async def test_child_and_pod_changes_reconcile_without_waiting_for_the_resync(fake_kube, tmp_path, monkeypatch):
+    """With the resync timer out of the way (300 s), only the watches can make the
+    operator notice pods becoming ready or a child deleted behind its back."""
+    write_kubeconfig(tmp_path / "kubeconfig", fake_kube.url)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    for node in cluster_nodes():
+        fake_kube.put(node)
+    registry = kopf.OperatorRegistry()
+    operator_main.register(registry, modelservice_resync_seconds=300)
+    stop, started = asyncio.Event(), asyncio.Event()
+    memo = kopf.Memo(config=OperatorConfig())
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=registry, clusterwide=True, standalone=True, memo=memo, stop_flag=stop, ready_flag=started
+        )
+    )
+    try:
+        await asyncio.wait_for(started.wait(), 15)
+        fake_kube.put(sample_body())
+        await wait_for(lambda: ready(fake_kube) == "False", what="first status")
+        run_controllers(fake_kube)  # pods appear and turn ready: watch events, not a resync
+        await wait_for(lambda: ready(fake_kube) == "True", timeout=10, what="Ready=True from pod events")
+
+        fake_kube.remove("Deployment", "default", "llama-8b-batch")
+        await wait_for(
+            lambda: fake_kube.get("Deployment", "default", "llama-8b-batch") is not None,
+            timeout=10,
+            what="deleted Deployment re-applied",
+        )
+        # A node heartbeat (a field no decision reads) triggers nothing.
+        controller = memo["shared"]["modelservice"]
+        await asyncio.sleep(0.5)
+        before = controller.reconciles
+        node = fake_kube.get("Node", None, cluster_nodes()[0]["metadata"]["name"])
+        node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True", "lastHeartbeatTime": "x"}]
+        fake_kube.store(node)
+        await asyncio.sleep(0.5)
+        assert controller.reconciles == before
+        # A cordoned node (spec.unschedulable) does.
+        node["spec"] = {"unschedulable": True}
+        fake_kube.store(node)
+        await wait_for(lambda: controller.reconciles > before, timeout=5, what="reconcile after cordon")
     finally:
         stop.set()
         await asyncio.wait_for(operator, 20)

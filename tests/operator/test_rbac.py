@@ -7,10 +7,11 @@ import datetime as dt
 from urllib.parse import urlsplit
 
 from conftest import cluster_nodes, sample_body
-from kubetier.operator.kube import KubeApi
-from kubetier.operator.model import OperatorConfig
+from kubetier.kube import KubeClient
+from kubetier.operator.identity import FIELD_MANAGER
+from kubetier.operator.modelservice.model import OperatorConfig
+from kubetier.operator.modelservice.reconcile import reconcile
 from kubetier.operator.rbac import RULES, cluster_role
-from kubetier.operator.reconcile import reconcile
 
 
 def allowed(group: str, resource: str, verb: str) -> bool:
@@ -25,6 +26,8 @@ def request_to_rbac(method: str, path: str, existed: bool) -> list[tuple[str, st
     resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
     named = len(rest) > 1
     verb = {"GET": "get" if named else "list", "POST": "create", "DELETE": "delete", "PATCH": "patch"}[method]
+    if method == "GET" and "watch=true" in path:
+        verb = "watch"
     needed = [(group, resource, verb)]
     if method == "PATCH" and not existed and "/" not in resource:
         needed.append((group, resource, "create"))  # an apply that creates also needs create
@@ -36,7 +39,7 @@ async def test_every_request_of_a_reconcile_is_allowed(fake_kube):
         fake_kube.put(node)
     body = sample_body()
     fake_kube.put(body)
-    api = KubeApi.for_url(fake_kube.url)
+    api = KubeClient.for_url(fake_kube.url, field_manager=FIELD_MANAGER)
     try:
         await reconcile(
             api,
@@ -61,6 +64,33 @@ async def test_every_request_of_a_reconcile_is_allowed(fake_kube):
     assert ("apps", "deployments", "delete") in verbs_seen and ("", "events", "create") in verbs_seen
 
 
+async def test_every_request_of_the_controller_is_allowed(fake_kube):
+    """The long-lived controller: its watches (children, pods, nodes, ModelServices, the
+    router's EndpointSlices) and its reconciles."""
+    import asyncio
+
+    from kubetier.operator.modelservice.controller import ModelServiceController
+
+    for node in cluster_nodes():
+        fake_kube.put(node)
+    fake_kube.put(sample_body())
+    api = KubeClient.for_url(fake_kube.url, field_manager=FIELD_MANAGER)
+    config = OperatorConfig(router_status_url="http://kubetier-router.kubetier-system.svc:8080/kubetier/status")
+    controller = ModelServiceController(api, config, router_poll_s=60)
+    try:
+        await controller.reconcile(fake_kube.get("ModelService", "default", "llama-8b"))
+        await asyncio.sleep(0.3)  # the feed's EndpointSlice watch opens
+    finally:
+        await controller.stop()
+        await api.aclose()
+    needs = {need for method, path in fake_kube.requests for need in request_to_rbac(method, path, existed=False)}
+    for need in needs:
+        assert allowed(*need), f"{need} is not in rbac.RULES"
+    for watched in ("deployments", "pods", "nodes", "configmaps", "services", "poddisruptionbudgets"):
+        assert any(r == watched and v == "watch" for _g, r, v in needs), f"no watch on {watched}"
+    assert ("discovery.k8s.io", "endpointslices", "watch") in needs
+
+
 def test_least_privilege():
     for rule in RULES:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
@@ -77,7 +107,7 @@ def test_least_privilege():
 def test_kopf_settings_keep_deletes_prompt_and_bookkeeping_under_our_domain():
     import kopf
 
-    from kubetier.operator.handlers import configure_settings
+    from kubetier.operator.runtime import configure_settings
 
     settings = kopf.OperatorSettings()
     configure_settings(settings)

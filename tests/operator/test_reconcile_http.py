@@ -9,9 +9,10 @@ import datetime as dt
 import pytest
 
 from conftest import cluster_nodes, gpu_node, sample_body
-from kubetier.operator.kube import KubeApi
-from kubetier.operator.model import OperatorConfig
-from kubetier.operator.reconcile import reconcile
+from kubetier.kube import KubeClient
+from kubetier.operator.identity import FIELD_MANAGER
+from kubetier.operator.modelservice.model import OperatorConfig
+from kubetier.operator.modelservice.reconcile import reconcile
 
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
@@ -24,7 +25,7 @@ def run_controllers(fake):
     """Play Deployment controller + scheduler + kubelet: every Deployment gets its pods,
     ready, on a node whose capacity type its affinity allows (spot first if preferred)."""
     for pod in fake.of_kind("Pod"):
-        fake.objects.pop(("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"]))
+        fake.remove("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
     for d in fake.of_kind("Deployment"):
         spec = d["spec"]
         terms = spec["template"]["spec"]["affinity"]["nodeAffinity"]
@@ -65,7 +66,7 @@ async def tick(fake, api, when=T0):
 
 @pytest.fixture
 async def api(fake_kube):
-    client = KubeApi.for_url(fake_kube.url)
+    client = KubeClient.for_url(fake_kube.url, field_manager=FIELD_MANAGER)
     yield client
     await client.aclose()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 
 from conftest import cluster_nodes, gpu_node, parse, sample_body
-from kubetier.operator.desired import desired
-from kubetier.operator.model import Observed
-from kubetier.operator.status import capacity_problem, compute_status, status_changed, transitions
+from kubetier.operator.modelservice.desired import desired
+from kubetier.operator.modelservice.model import Observed
+from kubetier.operator.modelservice.status import capacity_problem, compute_status, status_changed, transitions
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
@@ -56,8 +56,15 @@ def test_everything_up_is_ready_and_slo_unknown_without_measurements():
         "Progressing": ("False", "Complete"),
         "Degraded": ("False", "AsExpected"),
         "SLOAtRisk": ("Unknown", "NoMeasurements"),
+        "FieldsNotActedOn": ("False", "AllFieldsActedOn"),
     }
-    assert [c["type"] for c in status["conditions"]] == ["Ready", "Progressing", "Degraded", "SLOAtRisk"]
+    assert [c["type"] for c in status["conditions"]] == [
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "SLOAtRisk",
+        "FieldsNotActedOn",
+    ]
     assert all(
         set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
         for c in status["conditions"]
@@ -155,3 +162,42 @@ def test_summaries_for_kubectl_get_join_every_tier_in_spec_order():
     status = compute_status(ms, measured, NOW)
     assert status["replicaSummary"] == "4/5"
     assert status["attainmentSummary"] == "99.5/-/80"
+
+
+def test_fields_not_acted_on_yet_are_a_condition_and_one_warning_event():
+    from kubetier.operator.modelservice.not_acted_on import NOT_ACTED_ON_YET, fields_not_acted_on
+
+    body = sample_body()
+    for tier in body["spec"]["tiers"]:
+        tier["replicas"] = {"min": 1, "max": 1}
+        tier["prewarm"] = {"standby": 0, "scaleToZero": False, "keepAliveSeconds": 300}
+    plain = parse(body)
+    assert fields_not_acted_on(plain) == []
+    first = compute_status(plain, all_up(plain), NOW, not_acted_on=[])
+    assert conds(first)["FieldsNotActedOn"] == ("False", "AllFieldsActedOn")
+    assert all(e["reason"] != "AllFieldsActedOn" for e in transitions(None, first)), "no news is no Event"
+
+    tier = body["spec"]["tiers"][0]
+    tier["replicas"] = {"min": 1, "max": 3}
+    tier["prewarm"] = {"standby": 1, "scaleToZero": False, "keepAliveSeconds": 60}
+    body["spec"]["tiers"][1]["replicas"] = {"min": 0, "max": 1}
+    body["spec"]["tiers"][1]["prewarm"]["scaleToZero"] = True
+    ms = parse(body)
+    lines = fields_not_acted_on(ms)
+    name0, name1 = ms.spec.tiers[0].name, ms.spec.tiers[1].name
+    assert [line.split(":")[0] for line in lines] == [
+        f"spec.tiers[{name0}].replicas.max",
+        f"spec.tiers[{name0}].prewarm.standby",
+        f"spec.tiers[{name0}].prewarm.keepAliveSeconds",
+        f"spec.tiers[{name1}].replicas.max",
+        f"spec.tiers[{name1}].prewarm.scaleToZero",
+    ]
+    status = compute_status(ms, all_up(ms), NOW, not_acted_on=lines, current=first)
+    assert conds(status)["FieldsNotActedOn"] == ("True", "NotActedOnYet")
+    without = compute_status(ms, all_up(ms), NOW, not_acted_on=[], current=first)
+    assert conds(status)["Ready"] == conds(without)["Ready"], "a field not acted on does not change Ready"
+    events = [e for e in transitions(first, status) if e["reason"] == "NotActedOnYet"]
+    assert len(events) == 1 and events[0]["type"] == "Warning" and "replicas.max" in events[0]["message"]
+    assert transitions(status, status) == [], "the Event is posted on the transition only"
+    # The table is the one place to shrink when a controller lands.
+    assert fields_not_acted_on(ms, NOT_ACTED_ON_YET[1:])[0].startswith(f"spec.tiers[{name0}].prewarm.standby")

@@ -341,41 +341,38 @@ async def test_upstream_sink_gets_reads_while_the_reader_waits_and_wakes_it_on_d
         server.close()
 
 
-def test_discovery_reads_kubernetes_client_objects():
-    """The same path as the cluster: client model objects -> sanitize -> build_config
-    (checks the API field names the pure builder relies on)."""
-    from kubernetes import client
+async def test_discovery_reads_objects_through_the_kube_layer():
+    """The same path as the cluster: HTTP lists through kubetier.kube -> build_config
+    (checks the API field names and selectors the pure builder relies on)."""
+    import httpx
 
+    from kubetier.kube import KubeClient
     from kubetier.router.discovery import ClusterSource
 
     cm = _routing_cm(access=[{"secretName": "k", "tiers": ["interactive"]}])
-    v1cm = client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(**{k: v for k, v in cm["metadata"].items()}), data=cm["data"]
-    )
-    pod = client.V1Pod(
-        metadata=client.V1ObjectMeta(
-            name="p1", namespace="team-a", labels=_pod("p1", "batch")["metadata"]["labels"], deletion_timestamp=None
-        ),
-        status=client.V1PodStatus(pod_ip="10.1.2.3", conditions=[client.V1PodCondition(type="Ready", status="True")]),
-    )
-    secret = client.V1Secret(data={"api-key": base64.b64encode(b"sk-z").decode()})
+    pod = _pod("p1", "batch")
+    pod["metadata"]["name"], pod["metadata"]["namespace"] = "p1", "team-a"
+    pod["status"] = {"podIP": "10.1.2.3", "conditions": [{"type": "Ready", "status": "True"}]}
+    secret = {"data": {"api-key": base64.b64encode(b"sk-z").decode()}}
+    seen = []
 
-    class FakeApi:
-        def list_config_map_for_all_namespaces(self, label_selector):
-            assert label_selector == "kubetier.io/routing-config=true"
-            return client.V1ConfigMapList(items=[v1cm])
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.url.params.get("labelSelector")))
+        if request.url.path == "/api/v1/configmaps":
+            return httpx.Response(200, json={"apiVersion": "v1", "items": [cm], "metadata": {"resourceVersion": "1"}})
+        if request.url.path == "/api/v1/pods":
+            return httpx.Response(200, json={"apiVersion": "v1", "items": [pod], "metadata": {"resourceVersion": "2"}})
+        if request.url.path == "/api/v1/namespaces/team-a/secrets/k":
+            return httpx.Response(200, json=secret)
+        return httpx.Response(404, json={})
 
-        def list_pod_for_all_namespaces(self, label_selector):
-            assert "kubetier.io/role=serving" in label_selector
-            return client.V1PodList(items=[pod])
-
-        def read_namespaced_secret(self, name, ns):
-            assert (name, ns) == ("k", "team-a")
-            return secret
-
-    src = ClusterSource.__new__(ClusterSource)
-    src.api, src.serializer, src.namespace = FakeApi(), client.ApiClient(), None
-    c = build_config(*src.snapshot())
+    api = KubeClient(httpx.AsyncClient(base_url="http://kube", transport=httpx.MockTransport(handler)))
+    try:
+        c = build_config(*await ClusterSource(None, api).snapshot())
+    finally:
+        await api.aclose()
+    assert ("/api/v1/configmaps", "kubetier.io/routing-config=true") in seen
+    assert any(path == "/api/v1/pods" and "kubetier.io/role=serving" in (sel or "") for path, sel in seen)
     s = c.models["llama"].servers[0]
     assert (s.server_id, s.host, s.port, s.tier, s.ready) == ("team-a/p1", "10.1.2.3", 8000, "batch", True)
     assert c.keys == {"sk-z": {"llama": frozenset({"interactive"})}}

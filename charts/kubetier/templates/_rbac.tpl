@@ -18,10 +18,10 @@ from its discovery code).
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings, kopfpeerings]
   verbs: [get, list, watch, patch]
-# GPU allocatable and capacity type, for status and placement.
+# GPU allocatable and capacity type, for status and placement (a watch cache).
 - apiGroups: [""]
   resources: [nodes]
-  verbs: [list]
+  verbs: [list, watch]
 {{- end -}}
 
 {{/* Operator rules on namespaced resources: in the ClusterRole, or a Role per watched namespace. */}}
@@ -36,28 +36,32 @@ from its discovery code).
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# Children, applied server-side and pruned when no longer desired.
+# Children, applied server-side and pruned when no longer desired; watched into a cache.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services, configmaps]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, create, patch, delete]
-# Pods of each tier (readiness, spot placement): read only.
+  verbs: [get, list, watch, create, patch, delete]
+# Pods of each tier (readiness, spot placement): read only, watched.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
+# The router Service's EndpointSlices: the operator reads every router replica's status.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
 {{- end -}}
 
-{{/* Router discovery (kubetier.router.discovery) polls; it never watches or writes. */}}
+{{/* Router discovery (kubetier.router.discovery) lists once, then watches; it never writes. */}}
 {{- define "kubetier.router.rules" -}}
 # <ms>-routing ConfigMaps and the model-server pods.
 - apiGroups: [""]
   resources: [configmaps, pods]
-  verbs: [list]
+  verbs: [list, watch]
 # The API-key Secrets named in spec.access, read one by one.
 - apiGroups: [""]
   resources: [secrets]

@@ -13,10 +13,11 @@ CRD schema (see ``kubetier.api.schema``). Two conventions make that work:
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 # Bounds that keep CEL cost estimation finite on the real apiserver: every list a rule
 # iterates over has maxItems, every string a rule compares has maxLength.
@@ -40,19 +41,40 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
     return entry
 
 
+def api_config(
+    *,
+    rules: list[dict[str, str]] | None = None,
+    extra: Literal["forbid", "ignore"] = "forbid",
+    strict: bool = False,
+) -> ConfigDict:
+    """The model config of every API model: camelCase aliases, frozen; ``rules`` are the
+    model's CEL rules (``cel(...)``); ``extra="ignore"`` for documents a newer writer may
+    extend (a reader of an older version keeps working); ``strict`` refuses lax
+    conversions (``1.5`` as an integer, ``true`` as a number)."""
+    config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra=extra, frozen=True)
+    if strict:
+        config["strict"] = True
+        config["allow_inf_nan"] = False
+    if rules:
+        config["json_schema_extra"] = cast(JsonDict, {"x-kubernetes-validations": rules})
+    return config
+
+
 class ApiModel(BaseModel):
     """camelCase aliases, unknown fields rejected (the apiserver prunes them; we say so)."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = api_config()
 
     def wire(self) -> dict[str, Any]:
         """The object as it appears in Kubernetes YAML (camelCase, defaults filled)."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class DocumentModel(ApiModel):
+    """A document two running parts exchange (routing document, router status): unknown
+    fields are ignored, so a reader one version behind the writer keeps working."""
+
+    model_config = api_config(extra="ignore")
 
 
 class Condition(ApiModel):

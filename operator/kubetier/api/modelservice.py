@@ -7,12 +7,11 @@ pydantic twin with the same message.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from kubetier.api.common import (
-    DNS_LABEL_PATTERN,
     MAX_ACCESS_ENTRIES,
     MAX_NAME_LENGTH,
     MAX_SERVICE_NAME_LENGTH,
@@ -21,18 +20,19 @@ from kubetier.api.common import (
     QUANTITY_PATTERN,
     ApiModel,
     Condition,
+    api_config,
     cel,
 )
+from kubetier.api.labels import GPU_PRODUCT_LABEL
+from kubetier.api.profile import LatencyProfile
+from kubetier.api.tier import SLOTier
 
-GROUP = "kubetier.io"
-VERSION = "v1alpha1"
-KIND = "ModelService"
+GROUP: Final = "kubetier.io"
+VERSION: Final = "v1alpha1"
+KIND: Final = "ModelService"
+API_VERSION: Final = "kubetier.io/v1alpha1"  # f"{GROUP}/{VERSION}"
 PLURAL = "modelservices"
 DEFAULT_BUILTIN_PROFILE = "llama-3.1-8b-h100"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-
-# Profiles are tables of profiled points: a handful to a few dozen per axis.
-_MAX_GRID = 64
 
 
 # --------------------------------------------------------------------------- model
@@ -110,54 +110,6 @@ class Resources(ApiModel):
 # --------------------------------------------------------------------------- latency profile
 
 
-class ProfileGpu(ApiModel):
-    product: str = Field(max_length=128)
-    count: int = Field(ge=1, le=64)
-
-
-class DecodeTable(ApiModel):
-    batch_sizes: list[int] = Field(min_length=1, max_length=_MAX_GRID)
-    kv_tokens: list[int] = Field(min_length=1, max_length=_MAX_GRID)
-    iteration_ms: list[list[float]] = Field(
-        min_length=1,
-        max_length=_MAX_GRID,
-        description="Rows follow batchSizes, columns follow kvTokens.",
-    )
-
-
-class PrefillTable(ApiModel):
-    tokens: list[int] = Field(min_length=1, max_length=_MAX_GRID)
-    ms: list[float] = Field(min_length=1, max_length=_MAX_GRID)
-
-
-class DecodeWatts(ApiModel):
-    batch_sizes: list[int] = Field(min_length=1, max_length=_MAX_GRID)
-    watts: list[float] = Field(min_length=1, max_length=_MAX_GRID)
-
-
-class PowerTable(ApiModel):
-    idle_watts: float = Field(gt=0)
-    tdp_watts: float = Field(gt=0)
-    decode_watts: DecodeWatts
-    prefill_watts: float = Field(gt=0)
-
-
-class InlineProfile(ApiModel):
-    """The latency profile format of docs/contracts.md. Structure is checked here;
-    numeric consistency (monotone grids, matching lengths) by ``LatencyModel.from_dict``."""
-
-    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
-    model: str | None = Field(default=None, max_length=256)
-    gpu: ProfileGpu | None = None
-    kv_capacity_tokens: int = Field(ge=1, description="Tokens of KV cache the engine can hold.")
-    max_num_seqs: int = Field(ge=1)
-    max_num_batched_tokens: int = Field(ge=1)
-    decode: DecodeTable
-    prefill: PrefillTable
-    power: PowerTable
-    sources: list[str] = Field(default_factory=list, max_length=32)
-
-
 class ConfigMapKeyRef(ApiModel):
     name: str = Field(min_length=1, max_length=253, description="ConfigMap in the ModelService's namespace.")
     key: str = Field(default="profile.yaml", min_length=1, max_length=253, description="Key holding the profile YAML.")
@@ -170,7 +122,7 @@ _ONE_PROFILE_SOURCE = cel(
 
 
 class LatencyProfileSpec(ApiModel):
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_ONE_PROFILE_SOURCE]}}
+    model_config = api_config(rules=[_ONE_PROFILE_SOURCE])
 
     builtin: str | None = Field(
         default=None,
@@ -181,7 +133,7 @@ class LatencyProfileSpec(ApiModel):
     config_map_ref: ConfigMapKeyRef | None = Field(
         default=None, description="A ConfigMap key holding the profile YAML."
     )
-    inline: InlineProfile | None = Field(default=None, description="The profile itself.")
+    inline: LatencyProfile | None = Field(default=None, description="The profile itself.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LatencyProfileSpec:
@@ -197,10 +149,26 @@ _REPLICAS_ORDER = cel("self.min <= self.max", "replicas.min must be less than or
 
 
 class Replicas(ApiModel):
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_REPLICAS_ORDER]}}
+    model_config = api_config(rules=[_REPLICAS_ORDER])
 
-    min: int = Field(default=1, ge=0, le=1000, description="Fewest serving replicas (0 only with prewarm.scaleToZero).")
-    max: int = Field(default=4, ge=1, le=1000, description="Most serving replicas the autoscaler may run.")
+    min: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "Fewest serving replicas (0 only with prewarm.scaleToZero). No autoscaler runs yet: "
+            "the operator runs exactly this many serving replicas."
+        ),
+    )
+    max: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description=(
+            "Most serving replicas the autoscaler may run. Accepted but not acted on yet (no autoscaler "
+            "runs; the tier runs replicas.min); today it only bounds capacity.onDemandFloor."
+        ),
+    )
 
     @model_validator(mode="after")
     def _order(self) -> Replicas:
@@ -223,9 +191,29 @@ class Capacity(ApiModel):
 
 
 class Prewarm(ApiModel):
-    standby: int = Field(default=0, ge=0, le=100, description="Warm replicas with the model loaded but not routed to.")
-    scale_to_zero: bool = Field(default=False, description="Allow zero serving replicas when idle.")
-    keep_alive_seconds: int = Field(default=300, ge=0, le=86400, description="Idle time before scale-in.")
+    standby: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description=(
+            "Warm replicas with the model loaded but not routed to (a Deployment <name>-<tier>-standby). "
+            "Promotion of a standby replica to serving is not implemented yet: they stay warm and idle."
+        ),
+    )
+    scale_to_zero: bool = Field(
+        default=False,
+        description=(
+            "Allow zero serving replicas when idle. Accepted but not acted on yet: there is no "
+            "scale-in on idleness and no scale-from-zero on demand; with replicas.min: 0 the tier "
+            "simply has no serving replica."
+        ),
+    )
+    keep_alive_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="Idle time before scale-in. Accepted but not acted on yet (no autoscaler runs).",
+    )
 
 
 _FLOOR_WITHIN_MAX = cel(
@@ -238,31 +226,12 @@ _ZERO_NEEDS_SCALE_TO_ZERO = cel(
 )
 
 
-class Tier(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [_FLOOR_WITHIN_MAX, _ZERO_NEEDS_SCALE_TO_ZERO]}
-    }
+class Tier(SLOTier):
+    """An SLO tier and the replicas, capacity and pre-warm settings that serve it."""
 
-    name: str = Field(
-        min_length=1,
-        max_length=MAX_TIER_NAME_LENGTH,
-        pattern=DNS_LABEL_PATTERN,
-        description="Tier name (a DNS label); clients ask for it in X-Kubetier-Tier.",
-    )
-    ttft_ms: int = Field(gt=0, le=3_600_000, description="Time-to-first-token target in milliseconds.")
-    tpot_ms: int = Field(gt=0, le=60_000, description="Time-per-output-token target in milliseconds.")
-    attainment_percent: float = Field(
-        default=90, gt=0, le=100, description="Share of requests that must meet both targets."
-    )
-    priority: int = Field(
-        default=0, ge=0, le=1000, description="Higher is more important: capped last, preempted last."
-    )
-    mean_output_tokens: int = Field(
-        default=256, ge=1, le=1_000_000, description="Expected output length, for the worst-future-iteration check."
-    )
-    on_late: Literal["reject", "queue"] = Field(
-        default="reject", description="What the router does with a request that can no longer meet its TTFT."
-    )
+    # The SLO fields come from kubetier.api.tier.SLOTier, the shape every part shares.
+    model_config = api_config(rules=[_FLOOR_WITHIN_MAX, _ZERO_NEEDS_SCALE_TO_ZERO])
+
     replicas: Replicas = Field(default_factory=Replicas)
     capacity: Capacity = Field(default_factory=Capacity)
     prewarm: Prewarm = Field(default_factory=Prewarm)
@@ -313,9 +282,7 @@ _ACCESS_NAMES_TIERS = cel(
 
 
 class ModelServiceSpec(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [_UNIQUE_TIER_NAMES, _DISTINCT_TPOT, _ACCESS_NAMES_TIERS]}
-    }
+    model_config = api_config(rules=[_UNIQUE_TIER_NAMES, _DISTINCT_TPOT, _ACCESS_NAMES_TIERS])
 
     model: ModelRef
     engine: Engine = Field(default_factory=Engine)
@@ -323,7 +290,7 @@ class ModelServiceSpec(ApiModel):
     latency_profile: LatencyProfileSpec = Field(
         default_factory=lambda: LatencyProfileSpec(builtin=DEFAULT_BUILTIN_PROFILE),
         json_schema_extra={"default": {"builtin": DEFAULT_BUILTIN_PROFILE}},
-        description="Latency profile the router and autoscaler predict with.",
+        description="Latency profile the router predicts with (and the coming autoscaler will).",
     )
     tiers: list[Tier] = Field(min_length=1, max_length=MAX_TIERS, description="SLO tiers, each with its own servers.")
     access: list[AccessRule] = Field(
@@ -356,10 +323,20 @@ class TierStatus(ApiModel):
     name: str = Field(max_length=MAX_TIER_NAME_LENGTH)
     replicas: int = Field(default=0, ge=0, description="Serving pods that exist.")
     ready_replicas: int = Field(default=0, ge=0, description="Serving pods passing readiness.")
-    standby_replicas: int = Field(default=0, ge=0, description="Warm standby pods ready to be promoted.")
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Ready standby pods (warm, not routed to; promotion to serving is not implemented yet).",
+    )
     spot_replicas: int = Field(default=0, ge=0, description="Serving pods on spot capacity.")
     attainment_percent: float | None = Field(
-        default=None, ge=0, le=100, description="Observed share of requests meeting the SLO (from the router)."
+        default=None,
+        ge=0,
+        le=100,
+        description=(
+            "Observed share of requests meeting the SLO, from the router's counts; requests refused "
+            "with 429 or failed count as misses. Unset until the router has judged 5 requests of the tier."
+        ),
     )
 
 
@@ -397,9 +374,9 @@ _NAME_FITS_CHILDREN = cel(
 class ModelService(ApiModel):
     """A whole object, as ``kubectl get ms -o yaml`` shows it (metadata kept as a dict)."""
 
-    model_config = ApiModel.model_config | {"extra": "ignore"}
+    model_config = api_config(extra="ignore")
 
-    api_version: Literal["kubetier.io/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", alias="apiVersion")
+    api_version: Literal["kubetier.io/v1alpha1"] = Field(default="kubetier.io/v1alpha1", alias="apiVersion")
     kind: Literal["ModelService"] = KIND
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ModelServiceSpec
@@ -415,11 +392,11 @@ class ModelService(ApiModel):
 
     @property
     def name(self) -> str:
-        return self.metadata["name"]
+        return str(self.metadata["name"])
 
     @property
     def namespace(self) -> str:
-        return self.metadata.get("namespace", "default")
+        return str(self.metadata.get("namespace", "default"))
 
 
 ROOT_VALIDATIONS = [_NAME_FITS_CHILDREN]

@@ -34,7 +34,7 @@ def _default(schema: dict[str, Any], obj: Any) -> None:
             _default(schema["items"], item)
 
 
-_TYPES = {
+_TYPES: dict[str, type | tuple[type, ...]] = {
     "object": dict,
     "array": list,
     "string": str,

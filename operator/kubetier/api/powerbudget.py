@@ -1,21 +1,22 @@
 """The ``PowerBudget`` API (kubetier.io/v1alpha1, cluster-scoped).
 
-A power domain (rack, row) is the set of nodes its selector matches; the controller
-(a later issue) caps the least important work first when the domain's draw crosses
+A power domain (rack, row) is the set of nodes its selector matches. The design: a
+controller caps the least important work first when the domain's draw crosses
 ``capThresholdPercent`` of ``budgetWatts``, caps everything above
 ``hardCapThresholdPercent``, and lifts caps below ``uncapThresholdPercent``
-(hysteresis, after POLCA).
+(hysteresis, after POLCA). No PowerBudget controller exists yet: the API is accepted and
+validated, and the descriptions say so, so nobody mistakes it for a working cap.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, model_validator
 
-from kubetier.api.common import ApiModel, Condition, cel
+from kubetier.api.common import ApiModel, Condition, api_config, cel
 
-KIND = "PowerBudget"
+KIND: Final = "PowerBudget"
 PLURAL = "powerbudgets"
 
 _MAX_LABEL_VALUE = 63
@@ -44,18 +45,29 @@ _THRESHOLD_ORDER = cel(
 )
 
 
-class PowerBudgetSpec(ApiModel):
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_THRESHOLD_ORDER]}}
+_NOT_ACTED_ON = " Accepted but not acted on yet: no PowerBudget controller runs, nothing is capped."
 
-    node_selector: NodeSelector = Field(description="Nodes that form this power domain.")
-    budget_watts: int = Field(gt=0, le=100_000_000, description="Power the domain may draw, in watts.")
+
+class PowerBudgetSpec(ApiModel):
+    """A power domain and its budget. Accepted but not acted on yet: no PowerBudget
+    controller runs, so no power is measured and nothing is capped."""
+
+    model_config = api_config(rules=[_THRESHOLD_ORDER])
+
+    node_selector: NodeSelector = Field(description="Nodes that form this power domain." + _NOT_ACTED_ON)
+    budget_watts: int = Field(gt=0, le=100_000_000, description="Power the domain may draw, in watts." + _NOT_ACTED_ON)
     cap_threshold_percent: int = Field(
-        default=90, gt=0, le=100, description="Above this share of the budget, cap the lowest-priority work."
+        default=90,
+        gt=0,
+        le=100,
+        description="Above this share of the budget, cap the lowest-priority work." + _NOT_ACTED_ON,
     )
     uncap_threshold_percent: int = Field(
-        default=80, ge=0, lt=100, description="Below this share, lift caps (hysteresis)."
+        default=80, ge=0, lt=100, description="Below this share, lift caps (hysteresis)." + _NOT_ACTED_ON
     )
-    hard_cap_threshold_percent: int = Field(default=97, gt=0, le=100, description="Above this share, cap everything.")
+    hard_cap_threshold_percent: int = Field(
+        default=97, gt=0, le=100, description="Above this share, cap everything." + _NOT_ACTED_ON
+    )
 
     @model_validator(mode="after")
     def _order(self) -> PowerBudgetSpec:
@@ -71,13 +83,23 @@ class PowerBudgetStatus(ApiModel):
         max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    nodes: int = Field(default=0, ge=0, description="Nodes the selector matches.")
-    drawn_watts: float | None = Field(default=None, ge=0, description="Latest measured draw of the domain.")
-    capped_pods: int = Field(default=0, ge=0, description="Engine pods currently power-capped.")
+    nodes: int = Field(
+        default=0, ge=0, description="Nodes the selector matches (not set yet: no PowerBudget controller runs)."
+    )
+    drawn_watts: float | None = Field(
+        default=None,
+        ge=0,
+        description="Latest measured draw of the domain (not set yet: no PowerBudget controller runs).",
+    )
+    capped_pods: int = Field(
+        default=0,
+        ge=0,
+        description="Engine pods currently power-capped (always 0 yet: no PowerBudget controller runs).",
+    )
 
 
 class PowerBudget(ApiModel):
-    model_config = ApiModel.model_config | {"extra": "ignore"}
+    model_config = api_config(extra="ignore")
 
     api_version: Literal["kubetier.io/v1alpha1"] = Field(default="kubetier.io/v1alpha1", alias="apiVersion")
     kind: Literal["PowerBudget"] = KIND

@@ -9,6 +9,7 @@ from typing import Any
 import pydantic
 
 from kubetier.api import openapi
+from kubetier.api.errors import describe
 from kubetier.api.modelservice import ModelService
 from kubetier.api.powerbudget import PowerBudget
 
@@ -28,20 +29,10 @@ def _schemas() -> dict[str, dict[str, Any]]:
     return {crd["spec"]["names"]["kind"]: crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"] for crd in all_crds()}
 
 
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def admit(obj: dict[str, Any]) -> ModelService | PowerBudget:
     """Default, check and parse a ModelService or PowerBudget dict; raise InvalidObject."""
     kind = obj.get("kind")
-    models = {"ModelService": ModelService, "PowerBudget": PowerBudget}
+    models = ("ModelService", "PowerBudget")
     name = (obj.get("metadata") or {}).get("name", "")
     if kind not in models:
         raise InvalidObject(
@@ -53,10 +44,8 @@ def admit(obj: dict[str, Any]) -> ModelService | PowerBudget:
     if errors:
         raise InvalidObject(kind, name, errors)
     try:
-        return models[kind].model_validate(defaulted)
+        if kind == "ModelService":
+            return ModelService.model_validate(defaulted)
+        return PowerBudget.model_validate(defaulted)
     except pydantic.ValidationError as exc:
-        messages = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            messages.append(f"{_path(err['loc'])}: {msg}" if err["loc"] else msg)
-        raise InvalidObject(kind, name, messages) from None
+        raise InvalidObject(kind, name, describe(exc)) from None

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-LOCAL_ENDPOINT_ANNOTATION = "kubetier.io/local-endpoint"
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=kubetier"
+from kubetier.api.labels import LOCAL_ENDPOINT_ANNOTATION as LOCAL_ENDPOINT_ANNOTATION
+from kubetier.api.labels import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 DEFAULT_PROFILE = "llama-3.1-8b-h100"  # same default as kubetier.policy.latency
 DEFAULT_MODEL = "local-model"
 # A pod whose engine process keeps exiting is not restarted forever.

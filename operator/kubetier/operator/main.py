@@ -1,4 +1,14 @@
-"""``kubetier operator``: run the ModelService operator (kopf).
+"""``kubetier operator``: run the kubetier operator (kopf): the ModelService controller.
+
+Layout: one package per controller under ``kubetier.operator``, each registering its
+kopf handlers from ``register`` below:
+
+- ``modelservice/``: ModelService -> Deployments, Services, PDBs, routing ConfigMap, status;
+- ``powerbudget/`` (next): the PowerBudget controller;
+- ``spot/`` (next): the spot-interruption handler.
+
+Shared: ``runtime`` (kopf settings, login, the one KubeClient), ``identity`` (field
+manager), and the Kubernetes access layer ``kubetier.kube``.
 
     kubetier operator --kubeconfig ~/.kube/config --all-namespaces
     kubetier operator --namespace team-a --standalone
@@ -12,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from typing import Any
 
 
 def main(argv: list[str]) -> int:
@@ -62,12 +73,12 @@ def main(argv: list[str]) -> int:
 
     import kopf
 
-    import kubetier.operator.handlers  # noqa: F401  (registers the handlers)
-    from kubetier.operator.model import OperatorConfig
+    from kubetier.operator.modelservice.model import OperatorConfig
 
     config = OperatorConfig.from_env()
     if args.router_status_url:
         config = dataclasses.replace(config, router_status_url=args.router_status_url)
+    register(kopf.get_default_registry())
     kopf.configure(verbose=args.verbose)
     kopf.run(
         standalone=args.standalone,
@@ -76,6 +87,19 @@ def main(argv: list[str]) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(config=config),
+        memo=kopf.Memo(config=config, namespaces=list(args.namespace or ())),
     )
     return 0
+
+
+def register(registry: Any, modelservice_resync_seconds: float | None = None) -> None:
+    """Every controller's handlers into ``registry`` (tests pass their own registry and a
+    short resync)."""
+    from kubetier.operator import runtime
+    from kubetier.operator.modelservice import handlers as modelservice
+
+    runtime.register(registry)
+    if modelservice_resync_seconds is None:
+        modelservice.register(registry)
+    else:
+        modelservice.register(registry, resync_seconds=modelservice_resync_seconds)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-CHILD_WRITE_VERBS = ["get", "list", "create", "patch", "delete"]
+from kubetier.api.labels import MANAGED_BY_VALUE, PART_OF_LABEL
+
+# list + watch: the controller keeps its children in a watch cache (modelservice/watches.py).
+CHILD_WRITE_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 
 RULES: list[dict[str, Any]] = [
     # --- kopf itself
@@ -36,8 +39,11 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": CHILD_WRITE_VERBS},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHILD_WRITE_VERBS},
     # Status: pods of each tier (ready, spot placement) and nodes (GPU allocatable,
-    # capacity type) — read only.
-    {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list"]},
+    # capacity type): read only, through watches.
+    {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list", "watch"]},
+    # Every router replica's status endpoint (router_feed.py): the router Service's
+    # EndpointSlices, read only.
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
 ]
 
 
@@ -45,6 +51,6 @@ def cluster_role(name: str = "kubetier-operator") -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "kubetier"}},
+        "metadata": {"name": name, "labels": {PART_OF_LABEL: MANAGED_BY_VALUE}},
         "rules": [dict(rule) for rule in RULES],
     }

@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 
 from kubetier.api import InvalidObject, ModelService, admit
-from kubetier.operator.desired import desired
-from kubetier.operator.model import Observed, OperatorConfig
-from kubetier.operator.profile import Unsatisfiable
+from kubetier.operator.modelservice.desired import desired
+from kubetier.operator.modelservice.model import Observed, OperatorConfig
+from kubetier.operator.modelservice.profile import Unsatisfiable
 
 
 class _NoAliases(yaml.SafeDumper):

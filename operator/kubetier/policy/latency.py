@@ -2,7 +2,9 @@
 
 Every part of kubetier that predicts latency (router, operator, fleet simulator,
 engine simulator) asks this module, so they all agree. A *profile* (YAML, format in
-docs/contracts.md) holds profiled points; :class:`LatencyModel` interpolates them.
+docs/contracts.md, validated by its one pydantic definition
+``kubetier.api.profile.LatencyProfile``) holds profiled points; :class:`LatencyModel`
+interpolates them.
 
 Semantics (all times in seconds, returned as floats):
 
@@ -56,108 +58,25 @@ by the fleet simulator, so the grids are precomputed into tuples and looked up w
 
 from __future__ import annotations
 
-import math
 import os
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
+from kubetier.api.errors import describe
+from kubetier.api.profile import LatencyProfile
 
 DEFAULT_PROFILE = "llama-3.1-8b-h100"
-
-# Sanity bounds that catch unit mistakes (seconds written as ms, bytes as tokens).
-_MAX_ITERATION_MS = 60_000.0
-_MAX_KV_TOKENS = 1_000_000_000
-_MAX_SEQS = 1_000_000
-_MAX_WATTS = 100_000.0
-
-# In document order, so a profile missing several fields is told about the first one.
-_TOP_LEVEL_KEYS = (
-    "name",
-    "model",
-    "gpu",
-    "kvCapacityTokens",
-    "maxNumSeqs",
-    "maxNumBatchedTokens",
-    "decode",
-    "prefill",
-    "power",
-    "sources",
-)
-_REQUIRED_TOP_LEVEL = tuple(k for k in _TOP_LEVEL_KEYS if k not in ("model", "gpu", "sources"))
 
 
 class ProfileError(ValueError):
     """A latency profile is malformed or out of range; the message names the field."""
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _mapping(d: Any, path: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
-    if not isinstance(d, dict):
-        raise ProfileError(f"{path or 'profile'}: must be a mapping, got {type(d).__name__}")
-    unknown = sorted(str(k) for k in d if k not in allowed)
-    if unknown:
-        raise ProfileError(f"{_join(path, unknown[0])}: unknown field (allowed: {', '.join(allowed)})")
-    for key in required:
-        if key not in d:
-            raise ProfileError(f"{_join(path, key)}: required field is missing")
-    return d
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _int(v: Any, path: str, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ProfileError(f"{path}: must be an integer, got {v!r}")
-    if not lo <= v <= hi:
-        raise ProfileError(f"{path}: {v} is out of range [{lo}, {hi}]")
-    return v
-
-
-def _num(v: Any, path: str, lo: float, hi: float, lo_open: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ProfileError(f"{path}: must be a number, got {v!r}")
-    x = float(v)
-    if not math.isfinite(x) or x > hi or x < lo or (lo_open and x == lo):
-        bracket = "(" if lo_open else "["
-        raise ProfileError(f"{path}: {v} is out of range {bracket}{lo:g}, {hi:g}]")
-    return x
-
-
-def _str(v: Any, path: str) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise ProfileError(f"{path}: must be a non-empty string, got {v!r}")
-    return v
-
-
-def _list(v: Any, path: str, min_len: int) -> list:
-    if not isinstance(v, list):
-        raise ProfileError(f"{path}: must be a list, got {type(v).__name__}")
-    if len(v) < min_len:
-        raise ProfileError(f"{path}: needs at least {min_len} entries, got {len(v)}")
-    return v
-
-
-def _increasing_ints(v: Any, path: str, lo: int, hi: int, min_len: int) -> tuple[int, ...]:
-    items = _list(v, path, min_len)
-    out = tuple(_int(x, f"{path}[{i}]", lo, hi) for i, x in enumerate(items))
-    for i in range(1, len(out)):
-        if out[i] <= out[i - 1]:
-            raise ProfileError(f"{path}[{i}]: must be strictly increasing ({out[i]} after {out[i - 1]})")
-    return out
-
-
-def _non_decreasing(values: tuple[float, ...], path: str, what: str) -> None:
-    for i in range(1, len(values)):
-        if values[i] < values[i - 1]:
-            raise ProfileError(f"{path}[{i}]: {values[i]:g} is below {values[i - 1]:g}; {what}")
 
 
 # --------------------------------------------------------------------------- the model
@@ -184,122 +103,58 @@ class LatencyModel:
     _w_batch: tuple[float, ...] = field(default=(), repr=False, compare=False)
     _w_watts: tuple[float, ...] = field(default=(), repr=False, compare=False)
     _prefill_watts: float = field(default=0.0, repr=False, compare=False)
-    _raw: dict = field(default_factory=dict, repr=False, compare=False)
+    _raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_dict(cls, d: dict) -> LatencyModel:
+    def from_dict(cls, d: dict[str, Any]) -> LatencyModel:
         """Validate a profile (contract shape, camelCase keys) and build the model."""
-        _mapping(d, "", _TOP_LEVEL_KEYS, _REQUIRED_TOP_LEVEL)
-        name = _str(d["name"], "name")
-        model = _str(d["model"], "model") if "model" in d else ""
-        gpu_product, gpu_count = "", 1
-        if "gpu" in d:
-            gpu = _mapping(d["gpu"], "gpu", ("product", "count"), ("product", "count"))
-            gpu_product = _str(gpu["product"], "gpu.product")
-            gpu_count = _int(gpu["count"], "gpu.count", 1, 1024)
-        kv_cap = _int(d["kvCapacityTokens"], "kvCapacityTokens", 1, _MAX_KV_TOKENS)
-        max_seqs = _int(d["maxNumSeqs"], "maxNumSeqs", 1, _MAX_SEQS)
-        max_batched = _int(d["maxNumBatchedTokens"], "maxNumBatchedTokens", 1, _MAX_KV_TOKENS)
-        if max_batched < max_seqs:
-            # vLLM refuses this too: every running sequence needs a token slot per step.
-            raise ProfileError(f"maxNumBatchedTokens: {max_batched} is below maxNumSeqs ({max_seqs})")
+        if not isinstance(d, dict):
+            raise ProfileError(f"profile: must be a mapping, got {type(d).__name__}")
+        try:
+            profile = LatencyProfile.model_validate(d)
+        except ValidationError as exc:
+            raise ProfileError("; ".join(describe(exc))) from None
+        return cls.from_api(profile, raw=d)
 
-        dec = _mapping(
-            d["decode"], "decode", ("batchSizes", "kvTokens", "iterationMs"), ("batchSizes", "kvTokens", "iterationMs")
-        )
-        batches = _increasing_ints(dec["batchSizes"], "decode.batchSizes", 1, _MAX_SEQS, 2)
-        if batches[0] != 1:
-            raise ProfileError(f"decode.batchSizes[0]: must be 1 (the grid starts at batch 1), got {batches[0]}")
-        kvs = _increasing_ints(dec["kvTokens"], "decode.kvTokens", 0, _MAX_KV_TOKENS, 2)
-        if kvs[0] != 0:
-            raise ProfileError(f"decode.kvTokens[0]: must be 0 (the grid starts at an empty cache), got {kvs[0]}")
-        rows = _list(dec["iterationMs"], "decode.iterationMs", len(batches))
-        if len(rows) != len(batches):
-            raise ProfileError(f"decode.iterationMs: has {len(rows)} rows, decode.batchSizes has {len(batches)}")
-        grid: list[tuple[float, ...]] = []
-        for i, row in enumerate(rows):
-            rp = f"decode.iterationMs[{i}]"
-            row = _list(row, rp, len(kvs))
-            if len(row) != len(kvs):
-                raise ProfileError(f"{rp}: has {len(row)} columns, decode.kvTokens has {len(kvs)}")
-            vals = tuple(_num(x, f"{rp}[{j}]", 0.0, _MAX_ITERATION_MS, lo_open=True) for j, x in enumerate(row))
-            _non_decreasing(vals, rp, "iteration time cannot fall as the KV cache grows")
-            grid.append(vals)
-        for j in range(len(kvs)):
-            col = tuple(r[j] for r in grid)
-            for i in range(1, len(col)):
-                if col[i] < col[i - 1]:
-                    raise ProfileError(
-                        f"decode.iterationMs[{i}][{j}]: {col[i]:g} is below "
-                        f"decode.iterationMs[{i - 1}][{j}] ({col[i - 1]:g}); "
-                        "iteration time cannot fall as the batch grows"
-                    )
-
-        pre = _mapping(d["prefill"], "prefill", ("tokens", "ms"), ("tokens", "ms"))
-        ptok = _increasing_ints(pre["tokens"], "prefill.tokens", 1, _MAX_KV_TOKENS, 1)
-        pms_list = _list(pre["ms"], "prefill.ms", 1)
-        if len(pms_list) != len(ptok):
-            raise ProfileError(f"prefill.ms: has {len(pms_list)} entries, prefill.tokens has {len(ptok)}")
-        pms = tuple(_num(x, f"prefill.ms[{i}]", 0.0, _MAX_ITERATION_MS, lo_open=True) for i, x in enumerate(pms_list))
-        _non_decreasing(pms, "prefill.ms", "more prompt tokens cannot take less time")
-        if pms[0] < grid[0][0]:
-            raise ProfileError(
-                f"prefill.ms[0]: {pms[0]:g} is below decode.iterationMs[0][0] ({grid[0][0]:g}); "
-                "an iteration carrying prompt tokens cannot beat a one-token decode step"
-            )
-
-        pw = _mapping(
-            d["power"],
-            "power",
-            ("idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"),
-            ("idleWatts", "tdpWatts", "decodeWatts", "prefillWatts"),
-        )
-        idle = _num(pw["idleWatts"], "power.idleWatts", 0.0, _MAX_WATTS, lo_open=True)
-        tdp = _num(pw["tdpWatts"], "power.tdpWatts", idle, _MAX_WATTS)
-        dw = _mapping(pw["decodeWatts"], "power.decodeWatts", ("batchSizes", "watts"), ("batchSizes", "watts"))
-        wb = _increasing_ints(dw["batchSizes"], "power.decodeWatts.batchSizes", 1, _MAX_SEQS, 1)
-        ww_list = _list(dw["watts"], "power.decodeWatts.watts", 1)
-        if len(ww_list) != len(wb):
-            raise ProfileError(
-                f"power.decodeWatts.watts: has {len(ww_list)} entries, power.decodeWatts.batchSizes has {len(wb)}"
-            )
-        ww = tuple(_num(x, f"power.decodeWatts.watts[{i}]", idle, tdp) for i, x in enumerate(ww_list))
-        _non_decreasing(ww, "power.decodeWatts.watts", "a larger batch cannot draw less power")
-        pwatts = _num(pw["prefillWatts"], "power.prefillWatts", idle, tdp)
-
-        sources: tuple[str, ...] = ()
-        if "sources" in d:
-            src = _list(d["sources"], "sources", 0)
-            sources = tuple(_str(s, f"sources[{i}]") for i, s in enumerate(src))
-
+    @classmethod
+    def from_api(cls, profile: LatencyProfile, raw: dict[str, Any] | None = None) -> LatencyModel:
+        """The model of an already validated profile (``raw``: the document it came from,
+        kept for ``to_dict``; default: the profile's wire form)."""
+        dec, pre, pw = profile.decode, profile.prefill, profile.power
+        grid = dec.iteration_ms
         return cls(
-            name=name,
-            kv_capacity_tokens=kv_cap,
-            max_num_seqs=max_seqs,
-            max_num_batched_tokens=max_batched,
-            idle_watts=idle,
-            tdp_watts=tdp,
-            model=model,
-            gpu_product=gpu_product,
-            gpu_count=gpu_count,
-            sources=sources,
-            _d_batch=tuple(float(b) for b in batches),
-            _d_kv=tuple(float(k) for k in kvs),
+            name=profile.name,
+            kv_capacity_tokens=profile.kv_capacity_tokens,
+            max_num_seqs=profile.max_num_seqs,
+            max_num_batched_tokens=profile.max_num_batched_tokens,
+            idle_watts=float(pw.idle_watts),
+            tdp_watts=float(pw.tdp_watts),
+            model=profile.model or "",
+            gpu_product=profile.gpu.product if profile.gpu else "",
+            gpu_count=profile.gpu.count if profile.gpu else 1,
+            sources=tuple(profile.sources),
+            _d_batch=tuple(float(b) for b in dec.batch_sizes),
+            _d_kv=tuple(float(k) for k in dec.kv_tokens),
             _d_s=tuple(tuple(v / 1000.0 for v in row) for row in grid),
             # The prefill table is anchored at (0 tokens, one batch-1 decode step).
-            _p_tokens=(0.0,) + tuple(float(t) for t in ptok),
-            _p_s=(grid[0][0] / 1000.0,) + tuple(v / 1000.0 for v in pms),
-            _w_batch=tuple(float(b) for b in wb),
-            _w_watts=ww,
-            _prefill_watts=pwatts,
-            _raw=_plain_copy(d),
+            _p_tokens=(0.0,) + tuple(float(t) for t in pre.tokens),
+            _p_s=(grid[0][0] / 1000.0,) + tuple(v / 1000.0 for v in pre.ms),
+            _w_batch=tuple(float(b) for b in pw.decode_watts.batch_sizes),
+            _w_watts=tuple(float(w) for w in pw.decode_watts.watts),
+            _prefill_watts=float(pw.prefill_watts),
+            _raw=_plain_copy(raw if raw is not None else profile.wire()),
         )
 
-    def to_dict(self) -> dict:
+    def to_api(self) -> LatencyProfile:
+        """The validated profile as the API model."""
+        return LatencyProfile.model_validate(self._raw)
+
+    def to_dict(self) -> dict[str, Any]:
         """The validated profile in its contract shape (a deep copy)."""
-        return _plain_copy(self._raw)
+        copy: dict[str, Any] = _plain_copy(self._raw)
+        return copy
 
     # ------------------------------------------------------------------ hot paths
 
@@ -394,7 +249,7 @@ def _plain_copy(d: Any) -> Any:
 # --------------------------------------------------------------------------- loading
 
 
-def _profiles_dir():
+def _profiles_dir() -> Traversable:
     return resources.files("kubetier.profiles")
 
 

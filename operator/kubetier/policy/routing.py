@@ -88,6 +88,7 @@ from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
 from typing import Literal
 
+from kubetier.api.tier import SLOTier
 from kubetier.policy.latency import LatencyModel
 
 __all__ = ["HOST_PROBE_PROMPT_TOKENS", "KINDS", "Decision", "RoutingPolicy", "ServerLoad", "TierSLO"]
@@ -124,12 +125,30 @@ HOST_PROBE_PROMPT_TOKENS = 1024
 
 @dataclass(frozen=True)
 class TierSLO:
+    """The routing policy's view of an SLO tier: a plain frozen dataclass, read on every
+    decision. The one definition of a tier, and its validation with field-naming
+    messages, is ``kubetier.api.tier.SLOTier``; build this with :meth:`from_api` from
+    anything that came from outside (a ModelService, a routing document, a config file,
+    a scenario). ``__post_init__`` only guards direct construction in code against
+    values the policy cannot work with."""
+
     name: str
     ttft_ms: float
     tpot_ms: float
     priority: int
     mean_output_tokens: int = 256
     on_late: Literal["reject", "queue"] = "reject"
+
+    @classmethod
+    def from_api(cls, tier: SLOTier) -> TierSLO:
+        return cls(
+            name=tier.name,
+            ttft_ms=float(tier.ttft_ms),
+            tpot_ms=float(tier.tpot_ms),
+            priority=tier.priority,
+            mean_output_tokens=tier.mean_output_tokens,
+            on_late=tier.on_late,
+        )
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -31,6 +31,7 @@ import math
 import time
 from typing import Any
 
+from kubetier.api.router_status import RouterStatus
 from kubetier.lean_http import Request, Response, error_body
 from kubetier.lean_http.client import UpstreamError, UpstreamResponse
 from kubetier.router.config import RouterConfig
@@ -189,7 +190,10 @@ class Router:
 
     def status(self) -> dict:
         tallies = self.metrics.aggregated_tallies()  # every worker's, in multiprocess mode
-        return {"worker": self.metrics.worker, "models": {name: f.status(tallies) for name, f in self.fleets.items()}}
+        doc = RouterStatus(
+            worker=self.metrics.worker, models={name: f.model_status(tallies) for name, f in self.fleets.items()}
+        )
+        return doc.wire()
 
     # ------------------------------------------------------------------ classification
 

@@ -93,7 +93,8 @@ def _set_token_ms(token_ms: float) -> None:
     FLAT_PROFILE = flat_profile(token_ms)
     STREAM_S = (OUTPUT_TOKENS + 1.5) * token_ms / 1000.0
     f = token_ms / 25.0
-    TIERS = [dict(t, ttftMs=t["ttftMs"] * f, tpotMs=t["tpotMs"] * f) for t in _BASE_TIERS]
+    # Whole milliseconds: tier targets are integers (kubetier.api.tier.SLOTier).
+    TIERS = [dict(t, ttftMs=round(t["ttftMs"] * f), tpotMs=round(t["tpotMs"] * f)) for t in _BASE_TIERS]
 
 
 TOKEN_MARK = b'"choices":[{'

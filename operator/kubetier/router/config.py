@@ -20,7 +20,10 @@ FILE (YAML)::
       - {keyEnv: TEAM_B_KEY, tiers: [batch], models: [llama-3.1-8b]}
 
 Errors name the offending field (``models[0].tiers[1].tpotMs: ...``); unknown fields
-are refused.
+are refused. The file's shape is the pydantic model :class:`RouterConfigFile`; a tier is
+the API's ``SLOTier`` and an inline profile the API's ``LatencyProfile`` (one definition
+each, ``kubetier.api``); :func:`parse_config` adds the cross-references (server tiers,
+duplicate names, API-key environment variables, built-in profile names).
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
+from kubetier.api.errors import describe
+from kubetier.api.tier import SLOTier
 from kubetier.policy.latency import LatencyModel, ProfileError, load_profile
 from kubetier.policy.routing import KINDS, TierSLO
 
@@ -69,69 +76,16 @@ class RouterConfig:
     scale_up_s: float = 0.0
 
 
-def _req(d: dict, key: str, where: str) -> Any:
-    if key not in d:
-        raise ConfigError(f"{where}.{key}: required field is missing")
-    return d[key]
+# --------------------------------------------------------------------------- the file's shape
 
 
-def _mapping(v: Any, where: str) -> dict:
-    if not isinstance(v, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {type(v).__name__}")
-    return v
+class _FileModel(BaseModel):
+    # A typo (`onlate`, `maxPromptToken`) would otherwise fall back to the default
+    # without a word: unknown fields are refused.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-def _known_fields(d: dict, allowed: tuple[str, ...], where: str) -> None:
-    # Static files only: a typo (`onlate`, `maxPromptToken`) would otherwise fall back to
-    # the default without a word. Discovery stays lenient, so the operator can add
-    # routing.json fields without breaking older routers.
-    unknown = sorted(set(d) - set(allowed), key=str)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown field (allowed: {', '.join(allowed)})")
-
-
-def _list(v: Any, where: str) -> list:
-    if not isinstance(v, list):
-        raise ConfigError(f"{where}: must be a list, got {type(v).__name__}")
-    return v
-
-
-def _number(v: Any, where: str, lo: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo:
-        raise ConfigError(f"{where}: must be a number >= {lo:g}, got {v!r}")
-    return float(v)
-
-
-def _int(v: Any, where: str, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConfigError(f"{where}: must be an integer >= {lo}, got {v!r}")
-    return v
-
-
-TIER_FIELDS = ("name", "ttftMs", "tpotMs", "priority", "meanOutputTokens", "onLate")
-
-
-def parse_tier(d: Any, where: str) -> TierSLO:
-    d = _mapping(d, where)
-    name = _req(d, "name", where)
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}.name: must be a non-empty string")
-    on_late = d.get("onLate", "reject")
-    if on_late not in ("reject", "queue"):
-        raise ConfigError(f"{where}.onLate: must be 'reject' or 'queue', got {on_late!r}")
-    return TierSLO(
-        name=name,
-        ttft_ms=_number(_req(d, "ttftMs", where), f"{where}.ttftMs", 1),
-        tpot_ms=_number(_req(d, "tpotMs", where), f"{where}.tpotMs", 1),
-        priority=_int(d.get("priority", 0), f"{where}.priority", 0),
-        mean_output_tokens=_int(d.get("meanOutputTokens", 256), f"{where}.meanOutputTokens", 1),
-        on_late=on_late,
-    )
-
-
-def parse_url(url: Any, where: str) -> tuple[str, int]:
-    if not isinstance(url, str):
-        raise ConfigError(f"{where}: must be a string like http://127.0.0.1:8001")
+def parse_url(url: str, where: str) -> tuple[str, int]:
     parts = urlsplit(url if "://" in url else "http://" + url)
     if parts.scheme != "http" or not parts.hostname:
         raise ConfigError(f"{where}: {url!r} must be http://host:port (TLS to engines is not supported)")
@@ -140,6 +94,79 @@ def parse_url(url: Any, where: str) -> tuple[str, int]:
     except ValueError:
         raise ConfigError(f"{where}: {url!r} has an invalid port") from None
     return parts.hostname, port
+
+
+class RoutingSection(_FileModel):
+    kind: str = Field(default="slo", description=f"Routing policy: {', '.join(KINDS)}.")
+    scale_up_seconds: float = Field(default=0.0, ge=0, description="Expected time for a scale-up to land.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"{kind!r} is not one of {', '.join(KINDS)}")
+        return kind
+
+
+class ServerEntry(_FileModel):
+    url: str = Field(description="http://host:port of an engine serving this model.")
+    tier: str
+    id: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        try:
+            parse_url(url, "url")
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("url: ")) from None
+        return url
+
+
+class ModelEntry(_FileModel):
+    name: str = Field(min_length=1, description="The `model` clients send.")
+    profile: str | dict[str, Any] = Field(description="Built-in profile name, YAML path, or inline profile.")
+    max_prompt_tokens: int | None = Field(default=None, ge=1, description="Longer prompts get 400.")
+    tiers: list[SLOTier] = Field(min_length=1)
+    servers: list[ServerEntry] = Field(default_factory=list)
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _name_or_mapping(cls, v: Any) -> Any:
+        if not isinstance(v, (str, dict)):
+            raise ValueError("must be a profile name, a YAML path or an inline profile mapping")
+        return v
+
+
+class ApiKeyEntry(_FileModel):
+    key: str | None = Field(default=None, min_length=1)
+    key_env: str | None = Field(default=None, min_length=1, description="Environment variable holding the key.")
+    tiers: list[str] = Field(min_length=1, description="Tier names the key may use.")
+    models: list[str] = Field(default_factory=lambda: ["*"], description="Models the grant applies to; * = any.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKeyEntry:
+        if self.key is None and self.key_env is None:
+            raise ValueError("needs 'key' or 'keyEnv'")
+        return self
+
+
+class RouterConfigFile(_FileModel):
+    """The router's static configuration file (module docstring)."""
+
+    models: list[ModelEntry]
+    api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+    routing: RoutingSection = Field(default_factory=RoutingSection)
+
+    @field_validator("api_keys", "routing", mode="before")
+    @classmethod
+    def _null_is_default(cls, v: Any, info: Any) -> Any:
+        if v is None:
+            return [] if info.field_name == "api_keys" else {}
+        return v
+
+
+# --------------------------------------------------------------------------- to the router's view
 
 
 def parse_profile(v: Any, where: str) -> LatencyModel:
@@ -153,85 +180,59 @@ def parse_profile(v: Any, where: str) -> LatencyModel:
     raise ConfigError(f"{where}: must be a profile name, a YAML path or an inline profile mapping")
 
 
+def _model_spec(i: int, m: ModelEntry) -> ModelSpec:
+    where = f"models[{i}]"
+    profile = parse_profile(m.profile, f"{where}.profile")
+    names = [t.name for t in m.tiers]
+    for j, n in enumerate(names):
+        if names.index(n) != j:
+            raise ConfigError(f"{where}.tiers[{j}].name: tier {n!r} is listed twice")
+    servers = []
+    seen_ids: set[str] = set()
+    for j, s in enumerate(m.servers):
+        sw = f"{where}.servers[{j}]"
+        host, port = parse_url(s.url, f"{sw}.url")
+        if s.tier not in names:
+            raise ConfigError(f"{sw}.tier: {s.tier!r} is not a tier of model {m.name!r} ({', '.join(names)})")
+        sid = s.id if s.id is not None else f"{host}:{port}"
+        if sid in seen_ids:
+            raise ConfigError(f"{sw}.id: server {sid!r} is listed twice")
+        seen_ids.add(sid)
+        servers.append(ServerSpec(sid, host, port, s.tier))
+    max_prompt = m.max_prompt_tokens if m.max_prompt_tokens is not None else min(131072, profile.kv_capacity_tokens)
+    return ModelSpec(m.name, profile, [TierSLO.from_api(t) for t in m.tiers], servers, max_prompt)
+
+
 def parse_config(data: Any) -> RouterConfig:
-    data = _mapping(data, "config")
-    unknown = set(data) - {"models", "apiKeys", "routing"}
-    if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown field (allowed: apiKeys, models, routing)")
-    routing = _mapping(data.get("routing", {}) or {}, "routing")
-    _known_fields(routing, ("kind", "scaleUpSeconds"), "routing")
-    kind = routing.get("kind", "slo")
-    if kind not in KINDS:
-        raise ConfigError(f"routing.kind: {kind!r} is not one of {', '.join(KINDS)}")
-    scale_up_s = _number(routing.get("scaleUpSeconds", 0), "routing.scaleUpSeconds", 0)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: must be a mapping, got {type(data).__name__}")
+    try:
+        doc = RouterConfigFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(describe(exc))) from None
     models: dict[str, ModelSpec] = {}
-    for i, m in enumerate(_list(_req(data, "models", "config"), "models")):
-        where = f"models[{i}]"
-        m = _mapping(m, where)
-        _known_fields(m, ("name", "profile", "maxPromptTokens", "tiers", "servers"), where)
-        name = _req(m, "name", where)
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{where}.name: must be a non-empty string")
-        if name in models:
-            raise ConfigError(f"{where}.name: model {name!r} is listed twice")
-        profile = parse_profile(_req(m, "profile", where), f"{where}.profile")
-        tier_docs = _list(_req(m, "tiers", where), f"{where}.tiers")
-        for j, t in enumerate(tier_docs):
-            if isinstance(t, dict):
-                _known_fields(t, TIER_FIELDS, f"{where}.tiers[{j}]")
-        tiers = [parse_tier(t, f"{where}.tiers[{j}]") for j, t in enumerate(tier_docs)]
-        if not tiers:
-            raise ConfigError(f"{where}.tiers: needs at least one tier")
-        names = [t.name for t in tiers]
-        for j, n in enumerate(names):
-            if names.index(n) != j:
-                raise ConfigError(f"{where}.tiers[{j}].name: tier {n!r} is listed twice")
-        servers = []
-        seen_ids: set[str] = set()
-        for j, s in enumerate(_list(m.get("servers", []), f"{where}.servers")):
-            sw = f"{where}.servers[{j}]"
-            s = _mapping(s, sw)
-            _known_fields(s, ("url", "tier", "id"), sw)
-            host, port = parse_url(_req(s, "url", sw), f"{sw}.url")
-            tier = _req(s, "tier", sw)
-            if tier not in names:
-                raise ConfigError(f"{sw}.tier: {tier!r} is not a tier of model {name!r} ({', '.join(names)})")
-            sid = str(s.get("id", f"{host}:{port}"))
-            if sid in seen_ids:
-                raise ConfigError(f"{sw}.id: server {sid!r} is listed twice")
-            seen_ids.add(sid)
-            servers.append(ServerSpec(sid, host, port, tier))
-        max_prompt = _int(
-            m.get("maxPromptTokens", min(131072, profile.kv_capacity_tokens)), f"{where}.maxPromptTokens", 1
-        )
-        models[name] = ModelSpec(name, profile, tiers, servers, max_prompt)
+    for i, m in enumerate(doc.models):
+        if m.name in models:
+            raise ConfigError(f"models[{i}].name: model {m.name!r} is listed twice")
+        models[m.name] = _model_spec(i, m)
     keys: dict[str, dict[str, frozenset[str]]] = {}
-    for i, k in enumerate(_list(data.get("apiKeys", []) or [], "apiKeys")):
+    for i, k in enumerate(doc.api_keys):
         where = f"apiKeys[{i}]"
-        k = _mapping(k, where)
-        _known_fields(k, ("key", "keyEnv", "tiers", "models"), where)
-        if "key" in k:
-            key = k["key"]
-        elif "keyEnv" in k:
-            key = os.environ.get(str(k["keyEnv"]))
-            if not key:
-                raise ConfigError(f"{where}.keyEnv: environment variable {k['keyEnv']!r} is not set")
+        if k.key is not None:
+            key = k.key
         else:
-            raise ConfigError(f"{where}: needs 'key' or 'keyEnv'")
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"{where}.key: must be a non-empty string")
-        tiers = _list(_req(k, "tiers", where), f"{where}.tiers")
-        if not tiers or not all(isinstance(t, str) for t in tiers):
-            raise ConfigError(f"{where}.tiers: must be a non-empty list of tier names")
-        for mname in _list(k.get("models", ["*"]), f"{where}.models"):
+            key = os.environ.get(str(k.key_env), "")
+            if not key:
+                raise ConfigError(f"{where}.keyEnv: environment variable {k.key_env!r} is not set")
+        for mname in k.models:
             if mname != "*" and mname not in models:
                 raise ConfigError(f"{where}.models: {mname!r} is not a configured model")
             grant = keys.setdefault(key, {})
-            grant[mname] = grant.get(mname, frozenset()) | frozenset(tiers)
+            grant[mname] = grant.get(mname, frozenset()) | frozenset(k.tiers)
     if not keys:
         for spec in models.values():
             spec.public = True
-    return RouterConfig(models, keys, kind, scale_up_s)
+    return RouterConfig(models, keys, doc.routing.kind, doc.routing.scale_up_seconds)
 
 
 def load_config(path: str) -> RouterConfig:

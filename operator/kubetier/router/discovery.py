@@ -1,6 +1,7 @@
 """Cluster discovery: the router's configuration from the objects the operator writes.
 
-Every ``interval_s`` the router lists (kubernetes client, in a thread):
+The router watches (``kubetier.kube``: list once, then watch) and rebuilds its
+configuration on every change:
 
 - ConfigMaps labelled ``kubetier.io/routing-config=true``, key ``routing.json``
   (docs/contracts.md): model name, tiers, latency profile, access entries, engine port;
@@ -20,17 +21,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import contextlib
 import logging
-from typing import Any
 
-from kubetier.router.config import ConfigError, ModelSpec, RouterConfig, ServerSpec, parse_profile, parse_tier
+from pydantic import ValidationError
+
+from kubetier.api.errors import describe
+from kubetier.api.labels import (
+    LOCAL_ENDPOINT_ANNOTATION,
+    ROUTING_CONFIG_SELECTOR,
+    SERVICE_LABEL,
+    SERVING_POD_SELECTOR,
+    TIER_LABEL,
+)
+from kubetier.api.routing import API_KEY_SECRET_KEY, ROUTING_CONFIGMAP_SUFFIX, ROUTING_KEY, RoutingDocument
+from kubetier.kube import KubeClient, KubeError
+from kubetier.kube.informer import Informer, wait_synced
+from kubetier.policy.latency import LatencyModel
+from kubetier.policy.routing import TierSLO
+from kubetier.router.config import ConfigError, ModelSpec, RouterConfig, ServerSpec
 
 log = logging.getLogger("kubetier.router.discovery")
 
-ROUTING_LABEL = "kubetier.io/routing-config=true"
-POD_SELECTOR = "app.kubernetes.io/managed-by=kubetier,kubetier.io/role=serving"
-LOCAL_ENDPOINT = "kubetier.io/local-endpoint"
+ROUTING_LABEL = ROUTING_CONFIG_SELECTOR
+POD_SELECTOR = SERVING_POD_SELECTOR
+LOCAL_ENDPOINT = LOCAL_ENDPOINT_ANNOTATION
 
 
 def _meta(obj: dict) -> dict:
@@ -70,47 +85,40 @@ def build_config(
         meta = _meta(cm)
         where = f"ConfigMap {meta.get('namespace')}/{meta.get('name')}"
         try:
-            raw = (cm.get("data") or {}).get("routing.json")
+            raw = (cm.get("data") or {}).get(ROUTING_KEY)
             if raw is None:
-                raise ConfigError("has no key routing.json")
-            d = json.loads(raw)
-            if not isinstance(d, dict):
-                raise ConfigError("routing.json must be a JSON object")
-            name = d.get("model")
-            if not isinstance(name, str) or not name:
-                raise ConfigError("routing.json: model: must be a non-empty string")
-            tiers = [parse_tier(t, f"routing.json: tiers[{i}]") for i, t in enumerate(d.get("tiers") or [])]
-            if not tiers:
-                raise ConfigError("routing.json: tiers: needs at least one tier")
-            profile = parse_profile(d.get("profile"), "routing.json: profile")
-            port = d.get("port", 8000)
-            if not isinstance(port, int) or not 0 < port < 65536:
-                raise ConfigError(f"routing.json: port: must be a TCP port, got {port!r}")
-            ns = d.get("namespace") or meta.get("namespace") or "default"
-            service = d.get("service") or str(meta.get("name", "")).removesuffix("-routing")
+                raise ConfigError(f"has no key {ROUTING_KEY}")
+            try:
+                doc = RoutingDocument.from_json(raw)
+            except ValidationError as exc:
+                raise ConfigError(f"{ROUTING_KEY}: " + "; ".join(describe(exc))) from None
+            name = doc.model
+            tiers = [TierSLO.from_api(t) for t in doc.tiers]
+            profile = LatencyModel.from_api(doc.profile)
+            port = doc.port
+            ns = doc.namespace or meta.get("namespace") or "default"
+            service = doc.service or str(meta.get("name", "")).removesuffix(ROUTING_CONFIGMAP_SUFFIX)
         except (ConfigError, ValueError) as exc:
             log.warning("%s skipped: %s", where, exc)
             continue
         if name in models:
             log.warning("%s skipped: model %r is already served by another ModelService", where, name)
             continue
-        access = d.get("access") or []
+        access = doc.access
         spec = ModelSpec(name, profile, tiers, [], min(131072, profile.kv_capacity_tokens), public=not access)
         tier_names = {t.name for t in tiers}
         for entry in access:
-            if not isinstance(entry, dict):
-                continue
-            secret = secrets.get((ns, str(entry.get("secretName"))))
+            secret = secrets.get((ns, entry.secret_name))
             key = _secret_key(secret)
             if key is None:
                 log.warning(
                     "%s: access secret %s/%s has no usable api-key; its tiers stay closed",
                     where,
                     ns,
-                    entry.get("secretName"),
+                    entry.secret_name,
                 )
                 continue
-            granted = frozenset(t for t in entry.get("tiers") or [] if t in tier_names)
+            granted = frozenset(t for t in entry.tiers if t in tier_names)
             grant = keys.setdefault(key, {})
             grant[name] = grant.get(name, frozenset()) | granted
         models[name] = spec
@@ -118,11 +126,11 @@ def build_config(
     for pod in pods:
         meta = _meta(pod)
         labels = meta.get("labels") or {}
-        found = by_service.get((meta.get("namespace"), labels.get("kubetier.io/service")))
+        found = by_service.get((str(meta.get("namespace")), str(labels.get(SERVICE_LABEL))))
         if found is None:
             continue
         spec, port = found
-        tier = labels.get("kubetier.io/tier")
+        tier = labels.get(TIER_LABEL)
         if tier not in {t.name for t in spec.tiers}:
             continue
         ep = pod_endpoint(pod, port, local_endpoints)
@@ -147,58 +155,72 @@ def _secret_key(secret: dict | None) -> str | None:
     if not secret:
         return None
     data = secret.get("data") or {}
-    if "api-key" in data:
+    if API_KEY_SECRET_KEY in data:
         try:
-            return base64.b64decode(data["api-key"]).decode().strip() or None
+            return base64.b64decode(data[API_KEY_SECRET_KEY]).decode().strip() or None
         except (ValueError, UnicodeDecodeError):
             return None
-    v = (secret.get("stringData") or {}).get("api-key")
+    v = (secret.get("stringData") or {}).get(API_KEY_SECRET_KEY)
     return v.strip() if isinstance(v, str) and v.strip() else None
 
 
 class ClusterSource:
-    """Lists the objects through the kubernetes client (sync, called in a thread)."""
+    """The cluster as the router sees it, through kubetier's Kubernetes layer: routing
+    ConfigMaps and serving pods kept current by watches (list once, then watch), the
+    access Secrets read one by one."""
 
-    def __init__(self, namespace: str | None = None) -> None:
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        self.api = client.CoreV1Api()
-        self.serializer = client.ApiClient()
+    def __init__(self, namespace: str | None = None, api: KubeClient | None = None) -> None:
+        self.api = api or KubeClient.connect(field_manager="kubetier-router")
         self.namespace = namespace
+        self.configmaps = Informer(self.api, "ConfigMap", namespace, ROUTING_LABEL)
+        self.pods = Informer(self.api, "Pod", namespace, POD_SELECTOR)
+        self._secrets: dict[tuple[str, str], dict] = {}
+        self._secrets_read_at = -1.0
+        self._secret_names: set[tuple[str, str]] = set()
 
-    def _plain(self, obj: Any) -> dict:
-        return self.serializer.sanitize_for_serialization(obj)
+    async def snapshot(self) -> tuple[list[dict], list[dict], dict[tuple[str, str], dict]]:
+        """One listing of everything (no watch): for tools and tests."""
+        cms = await self.api.list("ConfigMap", self.namespace, ROUTING_LABEL)
+        pods = await self.api.list("Pod", self.namespace, POD_SELECTOR)
+        return cms, pods, await self._read_secrets(_secret_refs(cms))
 
-    def snapshot(self) -> tuple[list[dict], list[dict], dict[tuple[str, str], dict]]:
-        from kubernetes.client.exceptions import ApiException
+    async def cached(self, secret_refresh_s: float) -> tuple[list[dict], list[dict], dict[tuple[str, str], dict]]:
+        """The watched ConfigMaps and pods; Secrets re-read when the set named changes or
+        every ``secret_refresh_s`` (a rotated API key takes effect within that time)."""
+        cms = self.configmaps.items()
+        names = _secret_refs(cms)
+        now = asyncio.get_running_loop().time()
+        if names != self._secret_names or now - self._secrets_read_at >= secret_refresh_s:
+            self._secrets = await self._read_secrets(names)
+            self._secret_names, self._secrets_read_at = names, now
+        return cms, self.pods.items(), self._secrets
 
-        if self.namespace:
-            cms = self.api.list_namespaced_config_map(self.namespace, label_selector=ROUTING_LABEL).items
-            pods = self.api.list_namespaced_pod(self.namespace, label_selector=POD_SELECTOR).items
-        else:
-            cms = self.api.list_config_map_for_all_namespaces(label_selector=ROUTING_LABEL).items
-            pods = self.api.list_pod_for_all_namespaces(label_selector=POD_SELECTOR).items
-        cms = [self._plain(c) for c in cms]
+    async def _read_secrets(self, names: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
         secrets: dict[tuple[str, str], dict] = {}
-        for cm in cms:
-            ns = _meta(cm).get("namespace")
+        for ns, name in sorted(names):
             try:
-                d = json.loads((cm.get("data") or {}).get("routing.json") or "{}")
-            except ValueError:
+                secret = await self.api.get("Secret", ns, name)
+            except KubeError as exc:
+                log.warning("cannot read Secret %s/%s: %s", ns, name, exc)
                 continue
-            for entry in d.get("access") or []:
-                name = entry.get("secretName") if isinstance(entry, dict) else None
-                if not name or (ns, name) in secrets:
-                    continue
-                try:
-                    secrets[(ns, name)] = self._plain(self.api.read_namespaced_secret(name, ns))
-                except ApiException as exc:
-                    log.warning("cannot read Secret %s/%s: %s", ns, name, exc.reason)
-        return cms, [self._plain(p) for p in pods], secrets
+            if secret is None:
+                log.warning("cannot read Secret %s/%s: not found", ns, name)
+                continue
+            secrets[(ns, name)] = secret
+        return secrets
+
+
+def _secret_refs(cms: list[dict]) -> set[tuple[str, str]]:
+    out = set()
+    for cm in cms:
+        ns = str(_meta(cm).get("namespace") or "")
+        try:
+            doc = RoutingDocument.from_json((cm.get("data") or {}).get(ROUTING_KEY) or "{}")
+        except ValueError:
+            continue  # build_config logs why
+        for entry in doc.access:
+            out.add((ns, entry.secret_name))
+    return out
 
 
 async def run_discovery(
@@ -208,15 +230,34 @@ async def run_discovery(
     local_endpoints: bool,
     interval_s: float = 2.0,
     source: ClusterSource | None = None,
+    debounce_s: float = 0.05,
 ) -> None:
-    src = source or await asyncio.to_thread(ClusterSource, namespace)
-    while True:
-        try:
-            cms, pods, secrets = await asyncio.to_thread(src.snapshot)
-            cfg = build_config(cms, pods, secrets, local_endpoints)
-            router.update_models(cfg)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the API may be briefly unreachable: keep the last view
-            log.warning("discovery failed, keeping the last view: %s", exc)
-        await asyncio.sleep(interval_s)
+    """Keep ``router`` configured from the cluster: rebuild on every change the watches
+    report (batched over ``debounce_s``), and at least every ``interval_s`` x 15 (the
+    Secret refresh; default 30 s)."""
+    src = source or ClusterSource(namespace)
+    changed = asyncio.Event()
+    for informer in (src.configmaps, src.pods):
+        informer.on_change(lambda *_: changed.set())
+    tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in (src.configmaps, src.pods)]
+    refresh_s = interval_s * 15
+    try:
+        await wait_synced([src.configmaps, src.pods])
+        while True:
+            changed.clear()
+            try:
+                cms, pods, secrets = await src.cached(refresh_s)
+                router.update_models(build_config(cms, pods, secrets, local_endpoints))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the last view
+                log.warning("discovery failed, keeping the last view: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), refresh_s)
+            await asyncio.sleep(debounce_s)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise RuntimeError(f"discovery watch stopped: {task.exception()}")
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -23,6 +23,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from kubetier.api.router_status import ModelStatus, ServerState
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.router.config import ModelSpec, ServerSpec
@@ -291,25 +292,29 @@ class ModelFleet:
         return self.metrics.tally(self.name, tier)
 
     def status(self, tallies: dict | None = None) -> dict:
+        return self.model_status(tallies).wire()
+
+    def model_status(self, tallies: dict | None = None) -> ModelStatus:
+        """This model's part of the router's status document (``kubetier.api.router_status``)."""
         servers = []
         for sid, up in self.upstreams.items():
             ld = self.policy.server(sid)
             servers.append(
-                {
-                    "id": sid,
-                    "tier": up.spec.tier,
-                    "endpoint": f"{up.spec.host}:{up.spec.port}",
-                    "ready": bool(ld and ld.ready),
-                    "draining": bool(ld and ld.draining),
-                    "running": ld.running if ld else 0,
-                    "kvTokens": ld.kv_tokens if ld else 0,
-                }
+                ServerState(
+                    id=sid,
+                    tier=up.spec.tier,
+                    endpoint=f"{up.spec.host}:{up.spec.port}",
+                    ready=bool(ld and ld.ready),
+                    draining=bool(ld and ld.draining),
+                    running=ld.running if ld else 0,
+                    kv_tokens=ld.kv_tokens if ld else 0,
+                )
             )
-        return {
-            "tiers": {t: self._tally(tallies, t).as_dict() for t in self.tiers},
-            "servers": servers,
-            "queueLength": sum(1 for w in self._queue if not w.cancelled),
-        }
+        return ModelStatus(
+            tiers={t: self._tally(tallies, t).counts() for t in self.tiers},
+            servers=servers,
+            queue_length=sum(1 for w in self._queue if not w.cancelled),
+        )
 
 
 def _wake_one(w: _Waiter) -> None:

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
+from kubetier.api.router_status import TierCounts
+from kubetier.policy.attainment import attainment_percent
+
 # The *_created series double the exposition for no use here.
 disable_created_metrics()
 
@@ -42,22 +45,31 @@ class TierTally:
     retries: int = 0
     migrations: int = 0
 
+    def counts(self) -> TierCounts:
+        """This tally in the status document's shape (``kubetier.api.router_status``);
+        attainment as ``kubetier.policy.attainment`` defines it: refused (429) and failed
+        requests are misses."""
+        # min(): with --workers, counters are read from several files one after another,
+        # so a read may catch sloMet already incremented and completed not yet.
+        met = min(self.slo_met, self.completed)
+        pct = attainment_percent(met, self.completed, self.rejected, self.failed)
+        return TierCounts(
+            requests=self.requests,
+            completed=self.completed,
+            slo_met=self.slo_met,
+            attainment_percent=None if pct is None else round(pct, 2),
+            rejected=self.rejected,
+            failed=self.failed,
+            spilled=self.spilled,
+            waiting=self.waiting,
+            inflight=self.inflight,
+            demand=self.waiting + self.inflight,
+            retries=self.retries,
+            migrations=self.migrations,
+        )
+
     def as_dict(self) -> dict:
-        done = self.completed + self.failed
-        return {
-            "requests": self.requests,
-            "completed": self.completed,
-            "sloMet": self.slo_met,
-            "attainmentPercent": round(100.0 * self.slo_met / done, 2) if done else None,
-            "rejected": self.rejected,
-            "failed": self.failed,
-            "spilled": self.spilled,
-            "waiting": self.waiting,
-            "inflight": self.inflight,
-            "demand": self.waiting + self.inflight,
-            "retries": self.retries,
-            "migrations": self.migrations,
-        }
+        return self.counts().wire()
 
 
 class RouterMetrics:

@@ -8,7 +8,8 @@ Two attainment definitions are computed for every tier:
 * **ttft+tpot**: the simpler DistServe-style form, TTFT <= target and mean TPOT (time
   after the first token divided by the remaining tokens) <= target.
 
-Rejected requests count as misses in both. Storage is 4-byte floats and 1-byte flags per
+Rejected requests count as misses in both: attainment is defined once, in
+``kubetier.policy.attainment`` (the router and the operator use the same function). Storage is 4-byte floats and 1-byte flags per
 request (10 M requests ~ 120 MB), not Python objects.
 """
 
@@ -18,6 +19,8 @@ from array import array
 from dataclasses import dataclass
 
 import numpy as np
+
+from kubetier.policy.attainment import attainment_percent
 
 
 class Collector:
@@ -114,6 +117,12 @@ def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) * 1000.0
 
 
+def _percent(met: int, completed: int, refused: int) -> float:
+    # A tier that received no request is reported at 100 % (nothing was missed), as before.
+    pct = attainment_percent(met, completed, refused, failed=0)
+    return 100.0 if pct is None else pct
+
+
 def summarize(
     col: Collector, names: list[str], ttft_ms: list[float], tpot_ms: list[float], targets: list[float]
 ) -> list[TierStats]:
@@ -129,16 +138,18 @@ def summarize(
         m = tier == i
         n = int(m.sum())
         served = m & (rej == 0)
+        refused = int((m & (rej == 1)).sum())
+        completed = n - refused
         t1, t2 = ttft[served], tpot[served]
         simple = served & (ttft <= ttft_ms[i] / 1000.0 + 1e-6) & (tpot <= tpot_ms[i] / 1000.0 + 1e-6)
         out.append(
             TierStats(
                 name=name,
                 requests=n,
-                rejected=int((m & (rej == 1)).sum()),
+                rejected=refused,
                 spilled=int((m & (spl == 1)).sum()),
-                attainment_deadline=100.0 * float((m & (ok == 1)).sum()) / n if n else 100.0,
-                attainment_ttft_tpot=100.0 * float(simple.sum()) / n if n else 100.0,
+                attainment_deadline=_percent(int((served & (ok == 1)).sum()), completed, refused),
+                attainment_ttft_tpot=_percent(int(simple.sum()), completed, refused),
                 target_percent=targets[i],
                 ttft_p50_ms=_pct(t1, 50),
                 ttft_p90_ms=_pct(t1, 90),

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kubetier.policy.latency import LatencyModel
-from kubetier.policy.routing import KINDS
+from kubetier.policy.routing import KINDS, TierSLO
 
 from . import workload as wl
 from .bound import TierCapacity, fluid_bound
@@ -174,7 +174,7 @@ def run_once(
     stops as soon as some tier has missed more than its target allows (``aborted``):
     the goodput search only needs the verdict, and overloaded runs are the slow ones."""
     cfg = SimConfig(
-        tiers=[t.slo() for t in sc.tiers],
+        tiers=[TierSLO.from_api(t) for t in sc.tiers],
         server_tiers=server_tiers_for(sc, policy),
         model=model,
         policy_kind=POLICY_KINDS[policy],

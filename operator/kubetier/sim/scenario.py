@@ -53,7 +53,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from kubetier.policy.routing import TierSLO
+from kubetier.api.tier import SLOTier
 
 POLICY_NAMES = ("kubetier", "round-robin", "least-loaded", "static-partition", "two-class")
 
@@ -66,24 +66,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-class Tier(_Model):
-    name: str = Field(min_length=1)
-    ttft_ms: float = Field(gt=0)
-    tpot_ms: float = Field(gt=0)
-    attainment_percent: float = Field(default=90.0, gt=0, le=100)
-    priority: int = 0
-    mean_output_tokens: int = Field(default=256, ge=1)
-    on_late: Literal["reject", "queue"] = "reject"
-
-    def slo(self) -> TierSLO:
-        return TierSLO(
-            name=self.name,
-            ttft_ms=self.ttft_ms,
-            tpot_ms=self.tpot_ms,
-            priority=self.priority,
-            mean_output_tokens=self.mean_output_tokens,
-            on_late=self.on_late,
-        )
+# A scenario's tier is the API's SLO tier (the same block as a ModelService's tier,
+# without replicas/capacity/prewarm): one definition, one validation.
+Tier = SLOTier
 
 
 class Length(_Model):

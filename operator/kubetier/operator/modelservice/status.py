@@ -8,28 +8,33 @@ Conditions follow ``metav1.Condition``; ``Ready`` rolls up the others:
 * ``SLOAtRisk``: a tier's observed attainment is below its target, or a tier that
   should serve has no ready replica; ``Unknown`` until the router reports attainment.
 * ``Ready``: not Degraded and every tier has all its serving replicas ready.
+* ``FieldsNotActedOn``: the spec sets fields the operator accepts but does not act on
+  yet (``not_acted_on.NOT_ACTED_ON_YET``; reason ``NotActedOnYet``, a Warning Event on
+  the transition); it does not affect Ready.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from kubetier.api.modelservice import ModelService
-from kubetier.operator.desired import pools, required_gpus, serving_replicas, tier_object_name
-from kubetier.operator.model import (
+from kubetier.operator.modelservice.desired import pools, serving_replicas, tier_object_name
+from kubetier.operator.modelservice.model import (
     CAPACITY_TYPE_LABEL,
-    GPU_PRODUCT_LABEL,
-    GPU_RESOURCE,
     ROLE_LABEL,
     SERVICE_LABEL,
     TIER_LABEL,
     Observed,
     OperatorConfig,
+    node_capacity,
+    tier_sizing,
 )
-from kubetier.operator.profile import Unsatisfiable
+from kubetier.operator.modelservice.profile import Unsatisfiable
+from kubetier.policy import sizing
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "SLOAtRisk")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "SLOAtRisk", "FieldsNotActedOn")
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:
@@ -43,16 +48,8 @@ def _pod_ready(pod: dict[str, Any]) -> bool:
     )
 
 
-def _gpus(node: dict[str, Any]) -> int:
-    raw = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
-    try:
-        return int(str(raw))
-    except ValueError:
-        return 0
-
-
 def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
-    node_capacity = {n["metadata"]["name"]: _labels(n).get(CAPACITY_TYPE_LABEL) for n in observed.nodes}
+    capacity_of = {n["metadata"]["name"]: _labels(n).get(CAPACITY_TYPE_LABEL) for n in observed.nodes}
     out = []
     for tier in ms.spec.tiers:
         pods = [
@@ -69,9 +66,7 @@ def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
             "replicas": len(serving),
             "readyReplicas": sum(_pod_ready(p) for p in serving),
             "standbyReplicas": sum(_pod_ready(p) for p in standby),
-            "spotReplicas": sum(
-                node_capacity.get((p.get("spec") or {}).get("nodeName", "")) == "spot" for p in serving
-            ),
+            "spotReplicas": sum(capacity_of.get((p.get("spec") or {}).get("nodeName", "")) == "spot" for p in serving),
         }
         if tier.name in observed.attainment:
             entry["attainmentPercent"] = round(float(observed.attainment[tier.name]), 2)
@@ -79,40 +74,18 @@ def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
     return out
 
 
-def capacity_problem(ms: ModelService, observed: Observed) -> Unsatisfiable | None:
-    """Whether the cluster's nodes can hold the spec at all (allocatable, not free, GPUs)."""
-    per = ms.spec.resources.gpus_per_replica
-    if per == 0:
-        return None
-    product = ms.spec.resources.gpu_product
-    what = f"nvidia.com/gpu ({product})" if product else "nvidia.com/gpu"
-    nodes = [
-        n
-        for n in observed.nodes
-        if not (n.get("spec") or {}).get("unschedulable")
-        and (product is None or _labels(n).get(GPU_PRODUCT_LABEL) == product)
-    ]
-    if not any(_gpus(n) >= per for n in nodes):
-        return Unsatisfiable(
-            "NoNodeFitsReplica",
-            f"spec.resources.gpusPerReplica: no schedulable node has {per} allocatable {what}",
-        )
-    need = required_gpus(ms, observed)
-    usable = sum(_gpus(n) // per * per for n in nodes)
-    if need["total"] > usable:
-        return Unsatisfiable(
-            "InsufficientGPUs",
-            f"spec.tiers: replicas and standby need {need['total']} {what}, "
-            f"schedulable nodes have {usable} allocatable",
-        )
-    on_demand = sum(_gpus(n) // per * per for n in nodes if _labels(n).get(CAPACITY_TYPE_LABEL) == "on-demand")
-    if need["onDemand"] > on_demand:
-        return Unsatisfiable(
-            "InsufficientOnDemandGPUs",
-            f"spec.tiers: on-demand replicas (spot: never, onDemandFloor) need {need['onDemand']} {what}, "
-            f"on-demand nodes have {on_demand} allocatable",
-        )
-    return None
+def capacity_problem(
+    ms: ModelService, observed: Observed, replicas: Mapping[str, int] | None = None
+) -> Unsatisfiable | None:
+    """Whether the cluster's nodes can hold the spec at all (kubetier.policy.sizing)."""
+    found = sizing.capacity_problem(
+        [tier_sizing(t) for t in ms.spec.tiers],
+        ms.spec.resources.gpus_per_replica,
+        ms.spec.resources.gpu_product,
+        [node_capacity(n) for n in observed.nodes],
+        replicas,
+    )
+    return Unsatisfiable(found.reason, found.message) if found else None
 
 
 def _rollout_incomplete(ms: ModelService, observed: Observed) -> list[str]:
@@ -162,25 +135,29 @@ def compute_status(
     config: OperatorConfig | None = None,
     spec_problem: Unsatisfiable | None = None,
     current: dict[str, Any] | None = None,
+    replicas: Mapping[str, int] | None = None,
+    not_acted_on: list[str] | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` in wire form. ``spec_problem`` is what rendering raised;
-    ``current`` the status as stored (its lastTransitionTimes are kept when unchanged)."""
+    ``current`` the status as stored (its lastTransitionTimes are kept when unchanged);
+    ``replicas`` the serving replicas per tier as decided (absent: min);
+    ``not_acted_on`` the spec fields the operator does not act on yet (one line each)."""
     config = config or OperatorConfig()
     generation = ms.metadata.get("generation", 0)
     tiers = tier_statuses(ms, observed)
     by_name = {t["name"]: t for t in tiers}
-    problem = spec_problem or capacity_problem(ms, observed)
+    problem = spec_problem or capacity_problem(ms, observed, replicas)
 
     short: list[str] = []  # tiers below their expected serving replicas
     for tier in ms.spec.tiers:
-        want = serving_replicas(tier, observed)
+        want = serving_replicas(tier, replicas)
         have = by_name[tier.name]
         if have["readyReplicas"] < want or have["replicas"] != want or have["standbyReplicas"] < tier.prewarm.standby:
             short.append(f"{tier.name} {have['readyReplicas']}/{want} ready")
     missing = [
         name
         for tier in ms.spec.tiers
-        for pool, _n, _p in pools(tier, serving_replicas(tier, observed))
+        for pool, _n, _p in pools(tier, serving_replicas(tier, replicas))
         if ("Deployment", name := tier_object_name(ms, tier, pool)) not in observed.children
     ]
     late = _rollout_incomplete(ms, observed)
@@ -207,7 +184,7 @@ def compute_status(
         if "attainmentPercent" in by_name[t.name] and by_name[t.name]["attainmentPercent"] < t.attainment_percent
     ]
     dark = [
-        t.name for t in ms.spec.tiers if serving_replicas(t, observed) > 0 and by_name[t.name]["readyReplicas"] == 0
+        t.name for t in ms.spec.tiers if serving_replicas(t, replicas) > 0 and by_name[t.name]["readyReplicas"] == 0
     ]
     if below:
         conds["SLOAtRisk"] = ("True", "AttainmentBelowTarget", "; ".join(below))
@@ -224,6 +201,11 @@ def compute_status(
         conds["Ready"] = ("False", "TiersNotReady", "; ".join(short) or "children are being created")
     else:
         conds["Ready"] = ("True", "AllTiersReady", "every tier has all its serving replicas ready")
+
+    if not_acted_on:
+        conds["FieldsNotActedOn"] = ("True", "NotActedOnYet", "; ".join(not_acted_on)[:32768])
+    else:
+        conds["FieldsNotActedOn"] = ("False", "AllFieldsActedOn", "the operator acts on every field the spec sets")
 
     if current is None and ms.status is not None:
         current = ms.status.wire()
@@ -244,7 +226,7 @@ def compute_status(
             }
         )
     router_ns = config.router_namespace or ms.namespace
-    desired_total = sum(serving_replicas(t, observed) for t in ms.spec.tiers)
+    desired_total = sum(serving_replicas(t, replicas) for t in ms.spec.tiers)
     return {
         "observedGeneration": generation,
         "conditions": conditions,
@@ -271,7 +253,9 @@ def transitions(current: dict[str, Any] | None, new: dict[str, Any]) -> list[dic
         old = before.get(cond["type"])
         if old and (old.get("status"), old.get("reason")) == (cond["status"], cond["reason"]):
             continue
-        bad = (cond["type"] in ("Degraded", "SLOAtRisk") and cond["status"] == "True") or (
+        if cond["type"] == "FieldsNotActedOn" and cond["status"] == "False" and old is None:
+            continue  # nothing to say about a spec that only uses what works
+        bad = (cond["type"] in ("Degraded", "SLOAtRisk", "FieldsNotActedOn") and cond["status"] == "True") or (
             cond["type"] == "Ready" and cond["status"] == "False" and cond["reason"] == "Degraded"
         )
         events.append(

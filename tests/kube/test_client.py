@@ -6,7 +6,8 @@ import base64
 import os
 import types
 
-from kubetier.operator.kube import RESOURCES, KubeApi, _material, _pem
+from kubetier.kube import RESOURCES, KubeClient
+from kubetier.kube.connection import _material, _pem
 
 
 def test_paths():
@@ -46,7 +47,7 @@ async def test_token_from_connection_info_is_sent():
         username=None,
         password=None,
     )
-    api = KubeApi.from_connection_info(info)
+    api = KubeClient.from_connection(info)
     try:
         assert api._client.headers["Authorization"] == "Bearer t0k"
     finally:

@@ -28,11 +28,17 @@ Per service: the routing ConfigMap ``<ms>-routing`` (docs/contracts.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
+from kubetier.api.labels import MANAGED_BY_VALUE
 from kubetier.api.modelservice import GROUP, KIND, VERSION, ModelService, ModelServiceSpec, Tier
-from kubetier.operator import engines
-from kubetier.operator.model import (
+from kubetier.api.profile import LatencyProfile
+from kubetier.api.routing import ROUTING_KEY as ROUTING_KEY
+from kubetier.api.routing import AccessEntry, RoutingDocument, RoutingTier
+from kubetier.api.routing import routing_configmap_name as _routing_configmap_name
+from kubetier.operator.modelservice import engines
+from kubetier.operator.modelservice.model import (
     CAPACITY_TYPE_LABEL,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -45,19 +51,27 @@ from kubetier.operator.model import (
     ZONE_LABEL,
     Observed,
     OperatorConfig,
+    tier_sizing,
 )
-from kubetier.operator.profile import resolve_profile
+from kubetier.operator.modelservice.profile import resolve_profile
+from kubetier.policy import sizing
 
-ROUTING_KEY = "routing.json"
 
+def desired(
+    ms: ModelService,
+    observed: Observed,
+    config: OperatorConfig | None = None,
+    replicas: Mapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """All children of ``ms``; raises ``Unsatisfiable`` when the profile cannot be resolved.
 
-def desired(ms: ModelService, observed: Observed, config: OperatorConfig | None = None) -> list[dict[str, Any]]:
-    """All children of ``ms``; raises ``Unsatisfiable`` when the profile cannot be resolved."""
+    ``replicas``: serving replicas per tier as decided (by the autoscaler); a tier that
+    is absent runs ``replicas.min``."""
     config = config or OperatorConfig()
     profile = resolve_profile(ms.spec, observed.profile_configmap)
     objects: list[dict[str, Any]] = [routing_configmap(ms, profile)]
     for tier in ms.spec.tiers:
-        objects += tier_deployments(ms, tier, serving_replicas(tier, observed), config)
+        objects += tier_deployments(ms, tier, serving_replicas(tier, replicas), config)
         objects.append(tier_service(ms, tier))
         objects.append(tier_pdb(ms, tier))
     return objects
@@ -66,26 +80,14 @@ def desired(ms: ModelService, observed: Observed, config: OperatorConfig | None 
 # --------------------------------------------------------------------------- sizing
 
 
-def serving_replicas(tier: Tier, observed: Observed) -> int:
-    wanted = observed.tier_replicas.get(tier.name, tier.replicas.min)
-    return max(tier.replicas.min, min(tier.replicas.max, wanted))
+def serving_replicas(tier: Tier, replicas: Mapping[str, int] | None = None) -> int:
+    """Serving replicas of ``tier``: ``replicas`` (chosen by the autoscaler) clamped to
+    [min, max], else min (kubetier.policy.sizing)."""
+    return sizing.serving_replicas(tier_sizing(tier), replicas)
 
 
-def pools(tier: Tier, total: int) -> list[tuple[str, int, str]]:
-    """(pool, replicas, placement) of a tier's serving Deployments.
-
-    placement is ``on-demand`` (required), ``either`` (spot or on-demand) or
-    ``prefer-spot``. The floor is on-demand whatever the policy; ``never`` is all floor.
-    """
-    policy = tier.capacity.spot
-    if policy == "never":
-        return [("main", total, "on-demand")]
-    placement = "either" if policy == "allowed" else "prefer-spot"
-    floor = tier.capacity.on_demand_floor
-    if floor == 0:
-        return [("main", total, placement)]
-    on_demand = min(floor, total)
-    return [("floor", on_demand, "on-demand"), ("main", total - on_demand, placement)]
+def pools(tier: Tier, total: int) -> list[sizing.Pool]:
+    return sizing.pools(tier_sizing(tier), total)
 
 
 # --------------------------------------------------------------------------- naming and metadata
@@ -97,7 +99,7 @@ def tier_object_name(ms: ModelService, tier: Tier, pool: str = "main") -> str:
 
 
 def routing_configmap_name(ms: ModelService) -> str:
-    return f"{ms.name}-routing"
+    return _routing_configmap_name(ms.name)
 
 
 def owner_reference(ms: ModelService) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def owner_reference(ms: ModelService) -> dict[str, Any]:
 
 
 def labels(ms: ModelService, tier: Tier | None = None, role: str | None = None) -> dict[str, str]:
-    out = {MANAGED_BY: "kubetier", SERVICE_LABEL: ms.name}
+    out = {MANAGED_BY: MANAGED_BY_VALUE, SERVICE_LABEL: ms.name}
     if tier is not None:
         out[TIER_LABEL] = tier.name
     if role is not None:
@@ -132,27 +134,18 @@ def _metadata(ms: ModelService, name: str, object_labels: dict[str, str]) -> dic
 # --------------------------------------------------------------------------- routing config
 
 
-def routing_document(ms: ModelService, profile: dict[str, Any]) -> dict[str, Any]:
+def routing_document(ms: ModelService, profile: dict[str, Any]) -> RoutingDocument:
+    """The routing document (``kubetier.api.routing``) for ``ms`` with its resolved profile."""
     spec = ms.spec
-    return {
-        "model": spec.model.name,
-        "namespace": ms.namespace,
-        "service": ms.name,
-        "tiers": [
-            {
-                "name": t.name,
-                "ttftMs": t.ttft_ms,
-                "tpotMs": t.tpot_ms,
-                "priority": t.priority,
-                "meanOutputTokens": t.mean_output_tokens,
-                "onLate": t.on_late,
-            }
-            for t in spec.tiers
-        ],
-        "profile": profile,
-        "access": [{"secretName": a.secret_ref.name, "tiers": list(a.tiers)} for a in spec.access],
-        "port": spec.engine.port,
-    }
+    return RoutingDocument(
+        model=spec.model.name,
+        namespace=ms.namespace,
+        service=ms.name,
+        tiers=[RoutingTier.model_validate(t.as_slo_tier().model_dump()) for t in spec.tiers],
+        profile=LatencyProfile.model_validate(profile),
+        access=[AccessEntry(secret_name=a.secret_ref.name, tiers=list(a.tiers)) for a in spec.access],
+        port=spec.engine.port,
+    )
 
 
 def routing_configmap(ms: ModelService, profile: dict[str, Any]) -> dict[str, Any]:
@@ -161,9 +154,7 @@ def routing_configmap(ms: ModelService, profile: dict[str, Any]) -> dict[str, An
         "kind": "ConfigMap",
         "metadata": _metadata(ms, routing_configmap_name(ms), {**labels(ms), ROUTING_CONFIG_LABEL: "true"}),
         "data": {
-            # sort_keys: the same spec always renders byte-identical data, so an
-            # unchanged service never looks changed.
-            ROUTING_KEY: json.dumps(routing_document(ms, profile), sort_keys=True, indent=2),
+            ROUTING_KEY: routing_document(ms, profile).to_json(),
             # The simulator engine reads its profile from here (JSON is valid YAML).
             engines.PROFILE_FILE: json.dumps(profile, sort_keys=True, indent=2),
         },
@@ -337,15 +328,3 @@ def tier_pdb(ms: ModelService, tier: Tier) -> dict[str, Any]:
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
-
-
-def required_gpus(ms: ModelService, observed: Observed) -> dict[str, int]:
-    """GPUs the spec asks for: total, and on on-demand capacity only."""
-    per = ms.spec.resources.gpus_per_replica
-    total = on_demand = 0
-    for tier in ms.spec.tiers:
-        for _pool, n, placement in pools(tier, serving_replicas(tier, observed)):
-            total += n * per
-            on_demand += n * per if placement == "on-demand" else 0
-        total += tier.prewarm.standby * per
-    return {"total": total, "onDemand": on_demand}

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from kubetier.api.modelservice import ModelServiceSpec
-from kubetier.operator.model import OperatorConfig
+from kubetier.api.routing import PROFILE_KEY
+from kubetier.operator.modelservice.model import OperatorConfig
 
 # Where the simulator finds the latency profile (a key of the routing ConfigMap).
 PROFILE_MOUNT_DIR = "/etc/kubetier/profile"
-PROFILE_FILE = "profile.yaml"
+PROFILE_FILE = PROFILE_KEY  # the routing ConfigMap key holding the resolved profile
 # In-cluster only: an engine container must accept the router's connections on its pod
 # IP, and the pod's network namespace is its boundary. Every process kubetier starts on
 # a developer's machine (tests, demo, `kubetier engine-sim` defaults, the chart's

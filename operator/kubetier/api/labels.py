@@ -1,0 +1,54 @@
+"""Every label, annotation and resource name two parts of kubetier agree on.
+
+The operator writes these keys; the router's discovery, the node agent and the local
+development tools read them. They are written here once (docs/contracts.md lists them).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+DOMAIN: Final = "kubetier.io"
+
+# --------------------------------------------------------------------------- kubetier's own keys
+
+# Which ModelService an object belongs to (every child, the routing ConfigMap, the pods).
+SERVICE_LABEL: Final = "kubetier.io/service"
+# Which SLO tier a Deployment, Service, PodDisruptionBudget or pod serves.
+TIER_LABEL: Final = "kubetier.io/tier"
+# serving (the router routes to it) or standby (warm, not routed to).
+ROLE_LABEL: Final = "kubetier.io/role"
+ROLE_SERVING: Final = "serving"
+ROLE_STANDBY: Final = "standby"
+# Which of a tier's Deployments a pod belongs to (main, floor, standby): keeps the
+# selectors of a tier's Deployments disjoint.
+POOL_LABEL: Final = "kubetier.io/pool"
+# "true" on the routing ConfigMap the router discovers (docs/contracts.md).
+ROUTING_CONFIG_LABEL: Final = "kubetier.io/routing-config"
+# Local development only (KWOK pods run no containers): "127.0.0.1:<port>" of the
+# simulator process standing in for the pod, used by a router started with
+# --local-endpoints.
+LOCAL_ENDPOINT_ANNOTATION: Final = "kubetier.io/local-endpoint"
+
+# --------------------------------------------------------------------------- well-known keys
+
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE: Final = "kubetier"
+# On objects that belong to kubetier's installation rather than to a ModelService (RBAC).
+PART_OF_LABEL: Final = "app.kubernetes.io/part-of"
+# Karpenter's capacity type (on-demand | spot); also what the local cluster's fake nodes carry.
+CAPACITY_TYPE_LABEL: Final = "karpenter.sh/capacity-type"
+CAPACITY_ON_DEMAND: Final = "on-demand"
+CAPACITY_SPOT: Final = "spot"
+ZONE_LABEL: Final = "topology.kubernetes.io/zone"
+# The NVIDIA device plugin's extended resource and GPU feature discovery's product label.
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+# ReplicaSets delete the pod with the lowest cost first on scale-in.
+POD_DELETION_COST_ANNOTATION: Final = "controller.kubernetes.io/pod-deletion-cost"
+
+# --------------------------------------------------------------------------- selectors
+
+# Label selectors as the Kubernetes API takes them.
+ROUTING_CONFIG_SELECTOR: Final = f"{ROUTING_CONFIG_LABEL}=true"
+SERVING_POD_SELECTOR: Final = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{ROLE_LABEL}={ROLE_SERVING}"

@@ -1,0 +1,60 @@
+"""The router's status document, ``GET /kubetier/status``: per model, per tier, what the
+router counted (the operator reads it for ``status.tiers[].attainmentPercent`` and the
+``SLOAtRisk`` condition; the autoscaler will read the demand).
+
+The router builds it with these models and serves :meth:`RouterStatus.wire`; the
+operator parses it with :meth:`RouterStatus.model_validate`. Unknown fields are ignored
+(version skew between router and operator). Attainment is defined once, in
+``kubetier.policy.attainment``: a refused (429) or failed request counts as a miss.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pydantic import Field
+
+from kubetier.api.common import DocumentModel
+
+STATUS_PATH: Final = "/kubetier/status"
+
+
+class TierCounts(DocumentModel):
+    requests: int = Field(default=0, ge=0, description="Requests received (finished, refused, failed or running).")
+    completed: int = Field(default=0, ge=0, description="Requests answered in full.")
+    slo_met: int = Field(default=0, ge=0, description="Completed requests whose every token met its deadline.")
+    attainment_percent: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="sloMet over completed + rejected + failed (kubetier.policy.attainment); null before any.",
+    )
+    rejected: int = Field(default=0, ge=0, description="Requests refused with 429.")
+    failed: int = Field(default=0, ge=0, description="Requests that failed (5xx, broken upstream).")
+    spilled: int = Field(default=0, ge=0, description="Requests served by a tighter tier's server.")
+    waiting: int = Field(default=0, description="Requests waiting for a server now.")
+    inflight: int = Field(default=0, description="Requests being served now.")
+    demand: int = Field(default=0, description="waiting + inflight.")
+    retries: int = Field(default=0, ge=0)
+    migrations: int = Field(default=0, ge=0)
+
+
+class ServerState(DocumentModel):
+    id: str
+    tier: str
+    endpoint: str = Field(description="host:port the router sends to.")
+    ready: bool = False
+    draining: bool = False
+    running: int = Field(default=0, description="Sequences the router believes the server runs.")
+    kv_tokens: int = Field(default=0, description="KV tokens the router believes the server holds.")
+
+
+class ModelStatus(DocumentModel):
+    tiers: dict[str, TierCounts] = Field(default_factory=dict)
+    servers: list[ServerState] = Field(default_factory=list)
+    queue_length: int = 0
+
+
+class RouterStatus(DocumentModel):
+    worker: str = Field(default="", description="The router worker that answered.")
+    models: dict[str, ModelStatus] = Field(default_factory=dict)

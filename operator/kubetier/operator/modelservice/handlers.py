@@ -1,0 +1,68 @@
+"""kopf wiring of the ModelService controller: thin handlers that call ``reconcile``
+(``register`` adds them to a registry; ``kubetier.operator.main`` does so).
+
+A ModelService is reconciled when it is created, when its spec changes, when the
+operator resumes (kopf), when one of its children or pods, the nodes or its router
+attainment change (``controller``: watches), and every ``RESYNC_SECONDS`` by a timer as a
+safety net. A reconcile reads from the watch cache, so one with nothing to change makes
+no API request at all. One lock per object keeps two triggers from reconciling the same
+object at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import httpx
+import kopf
+
+from kubetier.api.modelservice import GROUP, PLURAL, VERSION
+from kubetier.kube import KubeError
+from kubetier.operator import runtime
+from kubetier.operator.modelservice.controller import ModelServiceController
+from kubetier.operator.modelservice.model import OperatorConfig
+
+# A safety net only: children, pods, nodes and router attainment reach the controller
+# through watches and the status feed (controller.py) as they change.
+RESYNC_SECONDS = 60.0
+
+
+def controller(memo: kopf.Memo) -> ModelServiceController:
+    """The operator's one ModelService controller (built on first use, after login)."""
+    state = runtime.shared(memo)
+    if state.get("modelservice") is None:
+        config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
+        built = ModelServiceController(runtime.client(memo), config, runtime.watched_namespaces(memo))
+        state["modelservice"] = built
+        runtime.stop_on_cleanup(memo, built.stop)
+    found: ModelServiceController = state["modelservice"]
+    return found
+
+
+async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    try:
+        outcome = await controller(memo).reconcile(dict(body), dt.datetime.now(dt.UTC))
+    except KubeError as exc:
+        # Conflicts and transient API errors: retry with kopf's backoff, not a crash.
+        raise kopf.TemporaryError(str(exc), delay=5 if exc.status == 409 else 15) from exc
+    except httpx.HTTPError as exc:  # the API server is unreachable or restarting
+        raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc!r}", delay=15) from exc
+    except TimeoutError as exc:  # the watches did not sync
+        raise kopf.TemporaryError(f"watches not synced: {exc!r}", delay=15) from exc
+    if outcome.applied or outcome.deleted:
+        logger.info(f"applied {outcome.applied}, deleted {outcome.deleted}")
+    if outcome.problem:
+        logger.warning(f"{outcome.problem.reason}: {outcome.problem.message}")
+
+
+def register(registry: kopf.OperatorRegistry, resync_seconds: float = RESYNC_SECONDS) -> None:
+    """Register the ModelService handlers into ``registry`` (``kubetier.operator.main``
+    registers the shared runtime handlers beside them)."""
+    # Distinct ids: kopf keeps each handler's progress under its id.
+    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-on-resume")(_reconcile)
+    kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-on-create")(_reconcile)
+    kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry, id="reconcile-on-update")(_reconcile)
+    kopf.timer(
+        GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry, id="resync"
+    )(_reconcile)
