@@ -88,7 +88,10 @@ def install() -> None:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--python"]:
         if not installed():
-            print(f"vLLM is not installed: run python3 {Path(__file__).relative_to(Path.cwd()) if Path(__file__).is_relative_to(Path.cwd()) else __file__}", file=sys.stderr)
+            print(
+                f"vLLM is not installed: run python3 {Path(__file__).relative_to(Path.cwd()) if Path(__file__).is_relative_to(Path.cwd()) else __file__}",
+                file=sys.stderr,
+            )
             return 1
         print(PY)
         return 0
