@@ -102,6 +102,7 @@ generate: install ## regenerate CRDs, chart CRDs and other generated files
 	$(KUBETIER) crds --write crds/
 	$(KUBETIER) crds --write charts/kubetier/crds/
 	$(PY) charts/kubetier/hack/crd_reference.py --write
+	$(KUBETIER) observability write charts/kubetier/files
 
 .PHONY: verify
 verify: install ## fail when anything generated has drifted from its source
@@ -109,7 +110,9 @@ verify: install ## fail when anything generated has drifted from its source
 	$(KUBETIER) crds --write $$tmp/crds; \
 	diff -ru --exclude=samples crds $$tmp/crds || { echo "crds/ drifted: run make generate" >&2; exit 1; }; \
 	diff -ru charts/kubetier/crds $$tmp/crds --exclude=samples || { echo "charts/kubetier/crds drifted: run make generate" >&2; exit 1; }; \
-	$(PY) charts/kubetier/hack/crd_reference.py | diff -u docs/crd-reference.md - || { echo "docs/crd-reference.md drifted: run make generate" >&2; exit 1; }
+	$(PY) charts/kubetier/hack/crd_reference.py | diff -u docs/crd-reference.md - || { echo "docs/crd-reference.md drifted: run make generate" >&2; exit 1; }; \
+	$(KUBETIER) observability write $$tmp/obs >/dev/null; \
+	diff -ru $$tmp/obs charts/kubetier/files || { echo "charts/kubetier/files drifted: run make generate" >&2; exit 1; }
 	@echo "generated files are up to date"
 
 .PHONY: bench

@@ -308,7 +308,9 @@ def _deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
             "template": {
-                "metadata": {"labels": pod_labels},
+                # Annotation-based Prometheus discovery (the chart's PodMonitor selects the
+                # same pods by label where the Prometheus Operator runs).
+                "metadata": {"labels": pod_labels, "annotations": engines.scrape_annotations(ms.spec)},
                 "spec": pod_spec(ms, tier, placement, pod_labels, config, profile),
             },
         },

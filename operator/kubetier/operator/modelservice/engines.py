@@ -184,6 +184,16 @@ def engine_env_from(spec: ModelServiceSpec) -> list[dict[str, Any]]:
     return out
 
 
+def scrape_annotations(spec: ModelServiceSpec) -> dict[str, str]:
+    """Every engine kind serves Prometheus metrics on its HTTP port at /metrics (SGLang with
+    --enable-metrics, rendered above)."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(spec.engine.port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
 MODEL_CACHE_VOLUME = "model-cache"
 
 
