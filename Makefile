@@ -74,6 +74,7 @@ e2e: install ## e2e on the local cluster (brings it up, runs, brings it down eve
 
 .PHONY: test
 test: install ## everything: unit, then e2e on the local cluster (the README's test command; .ci/run calls it)
+	@t=$$(date +%s); $(PY) image/gotools.py install; echo "[phase] go tools (crane, promtool, prometheus; cached) took $$(( $$(date +%s) - t ))s"
 	@t=$$(date +%s); $(MAKE) --no-print-directory unit; echo "[phase] unit took $$(( $$(date +%s) - t ))s"
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory verify
@@ -88,6 +89,10 @@ image: install ## the container image without Docker: OCI layout + tarball under
 image-test: image ## run the built image's root (read-only, non-root) and check the Dockerfile matches
 	$(PY) image/gotools.py install crane
 	@$(call pytest_strict,image/tests)
+
+.PHONY: tools
+tools: ## build crane, promtool and prometheus from the Go module proxy (cached in ~/.cache/kubetier)
+	python3 image/gotools.py install
 
 .PHONY: cluster-up
 cluster-up: install ## build/install the cluster ingredients (cached) and start a local KWOK GPU cluster
