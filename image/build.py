@@ -275,10 +275,13 @@ def build_app_wheel(workdir: Path) -> Path:
         dest = src / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / rel, dest)
-    run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(workdir / "wheel"), str(src)],
-        env={**os.environ, "SOURCE_DATE_EPOCH": str(max(EPOCH, 315532800))},
-    )
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(workdir / "wheel"), str(src)]
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(max(EPOCH, 315532800))}
+    # pip fetches the pinned build backend (pyproject's build-system) from PyPI: one retry
+    # for a transient index failure.
+    if subprocess.run(cmd, env=env).returncode != 0:
+        log("pip wheel failed; retrying once")
+        run(cmd, env=env)
     return next((workdir / "wheel").glob("kubetier-*.whl"))
 
 

@@ -147,14 +147,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 6
 
 
 def live_flags(vllm_python: str) -> list[str]:
-    code = (
-        "from vllm.entrypoints.openai.cli_args import make_arg_parser\n"
-        "try:\n    from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
-        "except ImportError:\n    from vllm.utils import FlexibleArgumentParser\n"
-        "p = make_arg_parser(FlexibleArgumentParser())\n"
-        "print('\\n'.join(sorted({o for a in p._actions for o in a.option_strings if o.startswith('--')})))\n"
-    )
-    res = subprocess.run([vllm_python, "-c", code], capture_output=True, text=True, timeout=600)
+    res = subprocess.run([vllm_python, str(HERE / "cli_flags.py")], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return [ln for ln in res.stdout.splitlines() if ln.startswith("--")]
 
