@@ -336,20 +336,36 @@ def add_user(root: Path) -> None:
 
 
 def compile_pyc(root: Path, subdir: str) -> None:
-    """Byte-compile with source-hash invalidation: reproducible, and nothing to write at run time."""
-    import compileall
-    import py_compile
+    """Byte-compile with source-hash invalidation: reproducible, and nothing to write at run time.
 
-    base = root / subdir
-    ok = compileall.compile_dir(
-        str(base),
-        quiet=2,
-        ddir="/" + subdir,
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-        workers=1,
+    In a child with PYTHONHASHSEED=0: set and frozenset constants are marshalled in hash
+    order, which differs between processes under hash randomisation (two builds of the same
+    layer differed until this was fixed)."""
+    code = (
+        "import compileall, py_compile, sys\n"
+        "ok = compileall.compile_dir(sys.argv[1], quiet=2, ddir=sys.argv[2], workers=1,\n"
+        "    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n"
+        "sys.exit(0 if ok else 3)\n"
     )
-    if not ok:
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(root / subdir), "/" + subdir], env={**os.environ, "PYTHONHASHSEED": "0"}
+    )
+    if res.returncode == 3:
         log(f"warning: some files under /{subdir} did not compile (kept as source)")
+    elif res.returncode != 0:
+        raise SystemExit(f"image: byte-compiling /{subdir} failed")
+
+
+def _drop_direct_url(site: Path) -> None:
+    """pip records the wheel's temporary path in direct_url.json (and its hash in RECORD):
+    a different path every build. Neither is needed at run time."""
+    for direct in site.glob("kubetier-*.dist-info/direct_url.json"):
+        record = direct.parent / "RECORD"
+        lines = [
+            ln for ln in record.read_text().splitlines() if not ln.startswith(f"{direct.parent.name}/direct_url.json,")
+        ]
+        record.write_text("\n".join(lines) + "\n")
+        direct.unlink()
 
 
 def write_entrypoint(root: Path) -> None:
@@ -569,6 +585,7 @@ def assemble(tmp: Path, only: tuple[str, ...] = ("base", "wheels", "app")) -> di
             + [str(app / SITE), str(wheel)]
         )
         shutil.rmtree(app / SITE / "bin", ignore_errors=True)
+        _drop_direct_url(app / SITE)
         write_entrypoint(app)
         compile_pyc(app, SITE)
         log(f"app layer assembled ({time.monotonic() - t0:.0f}s)")
