@@ -50,7 +50,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CACHE = Path(os.environ.get("KUBETIER_CACHE") or Path.home() / ".cache" / "kubetier").expanduser()
 FLAGS_SNAPSHOT = HERE / "vllm-cli-flags.txt"
 
-pytestmark = pytest.mark.slow
+# Two real engines start in about a minute each on an idle 2-core machine, several under load.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def need(ok: bool, why: str) -> None:

@@ -25,7 +25,8 @@ import yaml
 
 from kubetier.observability.main import RULES_FILE, rules_yaml
 
-pytestmark = pytest.mark.slow
+# Two real engines start in about a minute each on an idle 2-core machine, several under load.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def free_port() -> int:
