@@ -233,8 +233,13 @@ def test_live_metrics_use_the_current_names_and_the_router_reads_them(stack):
     assert not re.search(rb"^vllm:gpu_cache_usage_perc", text, re.M)
     parsed = parse_engine_metrics(text)
     assert parsed is not None and 0.0 <= parsed[1] <= 1.0
-    status = httpx.get(stack["router"] + "/kubetier/status", timeout=5).json()
-    servers = status["models"]["tiny"]["servers"]
+    # The router re-probes an engine it saw down every few seconds: wait for both.
+    deadline = time.monotonic() + 60
+    while True:
+        servers = httpx.get(stack["router"] + "/kubetier/status", timeout=5).json()["models"]["tiny"]["servers"]
+        if (len(servers) == 2 and all(s["ready"] for s in servers)) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert len(servers) == 2 and all(s["ready"] for s in servers), servers
 
 
