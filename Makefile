@@ -43,8 +43,8 @@ unit: install ## fast tests only (no cluster)
 
 .PHONY: lint
 lint: install ## ruff (lint + format check) and the import contracts
-	$(VENV)/bin/ruff check operator tests e2e charts image
-	$(VENV)/bin/ruff format --check operator tests e2e charts image
+	$(VENV)/bin/ruff check operator tests e2e charts image conftest.py
+	$(VENV)/bin/ruff format --check operator tests e2e charts image conftest.py
 	$(VENV)/bin/lint-imports
 
 .PHONY: typecheck
@@ -53,8 +53,8 @@ typecheck: install ## mypy: strict for kubetier.api and kubetier.policy, checked
 
 .PHONY: fmt
 fmt: install ## apply ruff's fixes and formatting
-	$(VENV)/bin/ruff check --fix operator tests e2e charts image
-	$(VENV)/bin/ruff format operator tests e2e charts image
+	$(VENV)/bin/ruff check --fix operator tests e2e charts image conftest.py
+	$(VENV)/bin/ruff format operator tests e2e charts image conftest.py
 
 .PHONY: lint-imports
 lint-imports: install ## layer contract: api/policy import no Kubernetes, HTTP or metrics library
@@ -73,10 +73,11 @@ e2e: install ## e2e on the local cluster (brings it up, runs, brings it down eve
 	exit $$rc
 
 .PHONY: test
-test: install ## everything: unit, then e2e on the local cluster (the README's test command; .ci/run calls it)
+test: install ## everything, in order: cluster ingredients, go tools, lint, unit, verify, image, e2e, real vLLM (the README's test command; .ci/run calls it)
+	@t=$$(date +%s); $(MAKE) --no-print-directory ingredients; echo "[phase] ingredients took $$(( $$(date +%s) - t ))s"
 	@t=$$(date +%s); $(PY) image/gotools.py install; echo "[phase] go tools (crane, promtool, prometheus; cached) took $$(( $$(date +%s) - t ))s"
-	@t=$$(date +%s); $(MAKE) --no-print-directory unit; echo "[phase] unit took $$(( $$(date +%s) - t ))s"
 	@$(MAKE) --no-print-directory lint
+	@t=$$(date +%s); $(MAKE) --no-print-directory unit; echo "[phase] unit took $$(( $$(date +%s) - t ))s"
 	@$(MAKE) --no-print-directory verify
 	@t=$$(date +%s); $(MAKE) --no-print-directory image-test; echo "[phase] image-test took $$(( $$(date +%s) - t ))s"
 	@$(MAKE) --no-print-directory e2e
@@ -99,6 +100,10 @@ e2e-vllm: install ## real vLLM (CPU build, cached venv ~6 GB) behind the router:
 .PHONY: tools
 tools: ## build crane, promtool and prometheus from the Go module proxy (cached in ~/.cache/kubetier)
 	python3 image/gotools.py install
+
+.PHONY: ingredients
+ingredients: install ## build/unpack the cluster ingredients into the cache (helm and kubectl for the chart tests, the local cluster's binaries)
+	$(CLUSTER) install
 
 .PHONY: cluster-up
 cluster-up: install ## build/install the cluster ingredients (cached) and start a local KWOK GPU cluster

@@ -2,7 +2,7 @@
 running under its own ServiceAccount, and a fresh namespace per test.
 
 Outside CI a missing prerequisite skips the suite with the command that provides it;
-with CI=true it fails (docs: local-cluster.md, "CI shape").
+with CI=true it fails (e2e/README.md).
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ from e2e_support import (
     CLUSTER_UP,
     GPU,
     IN_CI,
+    OPERATOR_NAMESPACE,
+    OPERATOR_ROLE,
+    OPERATOR_SA,
     REPO,
     SESSION_OPERATORS,
     Kubectl,
     OperatorProcess,
     find_kubectl,
     need,
+    operator_rbac_objects,
     wait_until,
 )
-from kubetier.localdev.access import service_account_objects, token_kubeconfig
-
-OPERATOR_NAMESPACE = "kubetier-system"
-OPERATOR_SA = "kubetier-operator"
-OPERATOR_ROLE = "kubetier-operator-e2e"
+from kubetier.localdev.access import token_kubeconfig
 
 
 @pytest.hookimpl(wrapper=True)
@@ -117,16 +117,6 @@ def crds(kubectl: Kubectl, crd_files: list[Path]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- operator identity
-
-
-def operator_rbac_objects(namespace: str, sa: str, role_name: str) -> list[dict]:
-    """ServiceAccount, ClusterRole and binding, the role built from the rules the operator
-    module exports (the same rules the Helm chart ships)."""
-    from kubetier.operator import rbac
-
-    role = rbac.cluster_role(role_name)
-    assert role["rules"], "kubetier.operator.rbac declares no rules"
-    return service_account_objects(namespace, sa, role)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 
 from kubetier.localdev import access
 from kubetier.localdev.access import Kubectl, KubectlError  # noqa: F401  (re-exported for the tests)
+from kubetier.localdev.processes import kill_process, kubetier_command, start_process, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KUBETIER_CACHE") or Path.home() / ".cache" / "kubetier").expanduser()
@@ -38,6 +37,23 @@ CAPACITY_LABEL = "karpenter.sh/capacity-type"
 
 T = TypeVar("T")
 RBAC_DENIED = re.compile(r'forbidden: User \\?"[^"\\]+\\?" cannot ')
+
+
+# The operator's identity in the suite: its own ServiceAccount, bound to a ClusterRole
+# built from kubetier.operator.rbac (what the Helm chart ships).
+OPERATOR_NAMESPACE = "kubetier-system"
+OPERATOR_SA = "kubetier-operator"
+OPERATOR_ROLE = "kubetier-operator-e2e"
+
+
+def operator_rbac_objects(namespace: str, sa: str, role_name: str) -> list[dict]:
+    """ServiceAccount, ClusterRole and binding, the role built from the rules the operator
+    module exports (the same rules the Helm chart ships)."""
+    from kubetier.operator import rbac
+
+    role = rbac.cluster_role(role_name)
+    assert role["rules"], "kubetier.operator.rbac declares no rules"
+    return access.service_account_objects(namespace, sa, role)
 
 
 def need(ok: Any, missing: str, how: str) -> None:
@@ -190,22 +206,15 @@ class OperatorProcess:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "operator already running"
-        env = dict(os.environ)
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        env["PYTHONUNBUFFERED"] = "1"
-        # never fall back to an in-cluster identity or the admin kubeconfig
-        env.pop("KUBERNETES_SERVICE_HOST", None)
         self.starts += 1
         with open(self.log_path, "a") as out:
             out.write(f"\n===== operator start #{self.starts} {time.strftime('%H:%M:%S')} =====\n")
             out.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig", str(self.kubeconfig), *self.args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
+            self.proc = start_process(
+                kubetier_command("operator", "--kubeconfig", str(self.kubeconfig), *self.args),
+                out,
+                env={"KUBECONFIG": str(self.kubeconfig)},
+                unset=["KUBERNETES_SERVICE_HOST"],  # never an in-cluster identity or the admin kubeconfig
             )
 
     def alive(self) -> bool:
@@ -213,20 +222,12 @@ class OperatorProcess:
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, as a crash or an OOM kill would be."""
-        if self.alive():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            kill_process(self.proc)
 
     def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def log_tail(self, chars: int = 4000) -> str:
         try:

@@ -13,10 +13,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -24,21 +21,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from chart_support import find_helm, load_run_local
 
-from e2e_support import CACHE, REPO, Kubectl, condition, model_service, need, session_operator_paused, tier, wait_until
+from e2e_support import REPO, Kubectl, condition, model_service, need, session_operator_paused, tier, wait_until
 
 CHART = REPO / "charts" / "kubetier"
 
 
-def _load_run_local():
-    """charts/kubetier/hack/run_local.py: what docs/install.md tells users to run on KWOK."""
-    spec = importlib.util.spec_from_file_location("kubetier_chart_run_local", CHART / "hack" / "run_local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_local = _load_run_local()
+run_local = load_run_local()
 VALUES_DIR = REPO / "tests" / "chart" / "values"
 SAMPLE = REPO / "crds" / "samples" / "modelservice-three-tier.yaml"
 # Unique per run: the suite may run from several checkouts against one cluster.
@@ -57,13 +47,6 @@ CLUSTER_KINDS = "clusterroles,clusterrolebindings"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def find_helm() -> str | None:
-    for candidate in (os.environ.get("HELM"), str(CACHE / "bin" / "helm"), shutil.which("helm")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 class Helm:
@@ -87,7 +70,7 @@ def helm(kubeconfig: str, kubectl: Kubectl) -> Helm:
     need(
         binary,
         "helm not found ($HELM, the cluster cache or PATH)",
-        "run: .venv/bin/python e2e/cluster/cluster.py install",
+        "run: make ingredients",
     )
     return Helm(binary, kubeconfig)
 

@@ -26,6 +26,7 @@ from e2e_support import (
     tier_status,
     wait_until,
 )
+from kubetier.localdev.processes import kill_process
 from test_reconcile import EXPECTED, describe, ready_with_counts
 
 OWNED_KINDS = "deployments,statefulsets,services,configmaps,poddisruptionbudgets"
@@ -75,8 +76,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
         first = watcher.stdout.readline() if watcher.stdout else ""
         operator.kill()
     finally:
-        watcher.kill()
-        watcher.wait()
+        kill_process(watcher)
     assert first, "no child object appeared"
     children_at_kill = len(kubectl.items(OWNED_KINDS, namespace, f"{SERVICE_LABEL}=restart"))
     # change the spec while the operator is down: the restart must pick it up too

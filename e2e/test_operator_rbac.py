@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import time
 
-from conftest import OPERATOR_NAMESPACE, operator_rbac_objects, token_kubeconfig
-from e2e_support import Kubectl, OperatorProcess, condition, three_tier_service, wait_until
+from e2e_support import (
+    OPERATOR_NAMESPACE,
+    Kubectl,
+    OperatorProcess,
+    condition,
+    operator_rbac_objects,
+    three_tier_service,
+    wait_until,
+)
+from kubetier.localdev.access import token_kubeconfig
 
 
 def test_operator_identity_is_its_service_account(kubectl: Kubectl, operator_identity):

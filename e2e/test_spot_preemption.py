@@ -27,7 +27,13 @@ def recreatable(node: dict) -> dict:
             "labels": meta.get("labels", {}),
             "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("kwok.x-k8s.io/")},
         },
-        "spec": {"taints": [t for t in node["spec"].get("taints", []) if t["key"] != INTERRUPTION_TAINT["key"]]},
+        "spec": {
+            "taints": [
+                t
+                for t in node["spec"].get("taints", [])
+                if t["key"] not in (INTERRUPTION_TAINT["key"], "karpenter.sh/disrupted")
+            ]
+        },
         "status": {"capacity": node["status"]["capacity"], "allocatable": node["status"]["allocatable"]},
     }
 
@@ -82,6 +88,79 @@ def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, cr
         assert operator.alive(), operator.log_tail()
     finally:
         if victim_name not in nodes_by_name(kubectl):
+            kubectl.apply(recreatable(victim))
+        wait_until(
+            lambda: any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in kubectl.json("get", "node", victim_name).get("status", {}).get("conditions", [])
+            ),
+            f"{victim_name} back and Ready",
+            timeout=60,
+        )
+
+
+# Karpenter taints a node it is about to disrupt (spot interruption, consolidation).
+NOTICE_TAINT = {"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}
+
+
+def test_preemption_notice_drains_and_replaces_before_the_node_goes(
+    kubectl: Kubectl, crds, operator, gpu_nodes, namespace
+):
+    """A notice (taint) alone, with the node still up: the operator marks the service's pods
+    on it with the deadline, Events say so, the pods are replaced elsewhere at once, and the
+    service stays Ready; only then does the node go."""
+    import time
+
+    if not all((n["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake" for n in gpu_nodes):
+        pytest.skip("needs KWOK fake GPU nodes (a reclaimed kind node cannot be recreated)")
+    apply_and_wait_ready(kubectl, three_tier_service("notice", namespace), EXPECTED)
+    nodes = nodes_by_name(kubectl)
+    pods = running(serving_pods(kubectl, namespace, "notice"))
+    on_spot = [p for p in pods if nodes[p["spec"]["nodeName"]]["metadata"]["labels"].get(CAPACITY_LABEL) == "spot"]
+    assert on_spot, "three-tier service has nothing on spot"
+    victim_name = on_spot[0]["spec"]["nodeName"]
+    victim = copy.deepcopy(nodes[victim_name])
+    doomed = {p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == victim_name}
+    try:
+        t0 = time.monotonic()
+        taints = victim["spec"].get("taints", []) + [NOTICE_TAINT]
+        kubectl("patch", "node", victim_name, "--type=merge", "-p", json.dumps({"spec": {"taints": taints}}))
+
+        def replaced():
+            now = running(serving_pods(kubectl, namespace, "notice"))
+            names = {p["metadata"]["name"] for p in now}
+            if names & doomed or len(now) != sum(EXPECTED.values()):
+                return None
+            if any(p["spec"]["nodeName"] == victim_name for p in now):
+                return None
+            return now
+
+        wait_until(
+            replaced,
+            f"pods on {victim_name} replaced elsewhere while the node is still up",
+            timeout=60,
+            describe=lambda: describe(kubectl, namespace, "notice"),
+        )
+        drained_s = time.monotonic() - t0
+        assert victim_name in nodes_by_name(kubectl), "the node must still exist: the drain ran on the notice"
+        events = kubectl.json("get", "events", "-n", namespace)["items"]
+        notices = [e for e in events if e.get("reason") == "PreemptionNotice"]
+        assert any(e["involvedObject"]["kind"] == "ModelService" for e in notices), notices
+        assert {e["involvedObject"]["name"] for e in notices if e["involvedObject"]["kind"] == "Pod"} >= doomed
+        assert any(victim_name in e["message"] for e in notices)
+        kubectl("delete", "node", victim_name, "--wait=true", "--timeout=60s")
+        wait_until(
+            lambda: ready_with_counts(kubectl, namespace, "notice", EXPECTED),
+            "service Ready after the node went",
+            timeout=60,
+        )
+        print(f"notice -> {len(doomed)} pod(s) replaced in {drained_s:.1f}s")
+        assert operator.alive(), operator.log_tail()
+    finally:
+        if victim_name in nodes_by_name(kubectl):  # drop the notice taint (a merge patch replaces the list)
+            taints = recreatable(victim)["spec"]["taints"]
+            kubectl("patch", "node", victim_name, "--type=merge", "-p", json.dumps({"spec": {"taints": taints}}))
+        else:
             kubectl.apply(recreatable(victim))
         wait_until(
             lambda: any(

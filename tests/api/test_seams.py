@@ -112,6 +112,13 @@ def test_inline_profile_in_a_modelservice_is_the_same_model():
     assert LatencyModel.from_dict(inline.wire()).name == inline.name
 
 
+def test_an_inconsistent_inline_profile_is_refused_naming_the_field():
+    body = yaml.safe_load((SAMPLES / "modelservice-inline-profile.yaml").read_text())
+    body["spec"]["latencyProfile"]["inline"]["prefill"]["tokens"].reverse()
+    message = errors_of(ModelService, body)
+    assert "spec.latencyProfile.inline: prefill.tokens[1]: must be strictly increasing" in message
+
+
 def test_profile_consistency_is_checked_by_the_one_model():
     bad = load_profile("llama-3.1-8b-h100").to_dict()
     bad["decode"]["batchSizes"][1] = 1  # not strictly increasing
@@ -194,11 +201,13 @@ def test_router_status_document_round_trips_and_the_operator_reads_it():
             )
         },
     )
-    wire = json.loads(json.dumps(doc.wire()))
+    wire = json.loads(json.dumps(doc.document()))
     assert RouterStatus.model_validate(wire) == doc
     assert wire["models"]["llama"]["tiers"]["interactive"]["attainmentPercent"] == 75.0  # 9 / (10 + 2)
     assert wire["models"]["llama"]["servers"][0]["kvTokens"] == 0
     assert attainment_from_status(wire, "llama") == {"interactive": 75.0}
+    # Unset values are sent as null, not left out.
+    assert TierCounts().document()["attainmentPercent"] is None
 
 
 def test_router_status_refuses_nonsense_naming_the_field():
@@ -258,3 +267,32 @@ def test_label_keys_are_defined_once():
             ):
                 offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_router_config_example_in_its_docstring_parses(monkeypatch):
+    import kubetier.router.config as config_module
+
+    doc = config_module.__doc__ or ""
+    example = doc[doc.index("FILE (YAML)::") + len("FILE (YAML)::") : doc.index("Errors name")]
+    monkeypatch.setenv("TEAM_B_KEY", "sk-team-b")
+    config = parse_config(yaml.safe_load(example))
+    assert [t.name for t in config.models["llama-3.1-8b"].tiers] == ["interactive", "batch"]
+    assert config.keys["sk-team-b"] == {"llama-3.1-8b": frozenset({"batch"})}
+
+
+def test_the_status_the_operator_writes_is_the_apis_status_shape():
+    import datetime as dt
+
+    from kubetier.api.modelservice import ModelServiceStatus
+    from kubetier.operator.modelservice.status import compute_status
+
+    ms = sample("modelservice-three-tier").model_copy(update={"metadata": {"name": "llama-8b", "namespace": "ns"}})
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for attainment in ({}, {"interactive": 97.5, "standard": 80.0}):
+        status = compute_status(ms, Observed(attainment=attainment), now)
+        parsed = ModelServiceStatus.model_validate(status)
+        assert ModelServiceStatus.model_validate_json(json.dumps(parsed.wire())) == parsed
+        assert [t.attainment_percent for t in parsed.tiers][:2] == [
+            attainment.get("interactive"),
+            attainment.get("standard"),
+        ]

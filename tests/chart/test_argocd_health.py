@@ -7,8 +7,7 @@ import re
 
 import pytest
 import yaml
-
-from conftest import REPO
+from chart_support import REPO
 
 DOC = REPO / "docs" / "argocd-health.md"
 KEY = "resource.customizations.health.kubetier.io_ModelService"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
-from conftest import CHART, VALUES_DIR
+from chart_support import CHART, VALUES_DIR
 
 OK_VALUES = sorted(VALUES_DIR.glob("ok-*.yaml"))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import REPO, VALUES_DIR, by_kind, one
+from chart_support import REPO, VALUES_DIR, by_kind, one
 
 CLUSTER_SCOPED = {
     ("", "nodes"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from conftest import CHART, REPO
+from chart_support import CHART, REPO
 
 
 def test_crd_reference_is_up_to_date():

@@ -3,19 +3,9 @@ becomes a local process's (loopback, free ports, Kubernetes `$(VAR)` expansion).
 
 from __future__ import annotations
 
-import importlib.util
+from chart_support import load_run_local
 
-from conftest import CHART
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("kubetier_chart_run_local", CHART / "hack" / "run_local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_local = load()
+run_local = load_run_local()
 
 
 def test_operator_args_rebound_to_loopback_and_index_expanded():

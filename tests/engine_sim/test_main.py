@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import signal
-import socket
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
 from kubetier.engine_sim.main import build_parser, main
+from kubetier.localdev.processes import free_loopback_port, kubetier_command, start_process, stop_process
 
 
 def test_defaults_match_the_contract():
@@ -51,12 +49,9 @@ def test_max_num_seqs_above_token_budget_is_refused(capsys):
 
 
 def test_process_serves_and_stops_on_sigterm():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubetier.cli", "engine-sim", "--port", str(port), "--model-load-seconds", "0.5"],
-        stderr=subprocess.PIPE,
+    port = free_loopback_port()
+    proc = start_process(
+        kubetier_command("engine-sim", "--port", str(port), "--model-load-seconds", "0.5"), stderr=subprocess.PIPE
     )
     try:
         codes = []
@@ -70,7 +65,6 @@ def test_process_serves_and_stops_on_sigterm():
             time.sleep(0.05)
         assert 503 in codes and codes[-1] == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(10)
+        rc = stop_process(proc, timeout=10)
     assert rc == 0
     assert b"127.0.0.1" in proc.stderr.read()  # the startup line says where it listens

@@ -5,59 +5,32 @@ same arrivals (the scheduler replayed on a virtual clock)."""
 from __future__ import annotations
 
 import contextlib
-import signal
-import socket
 import statistics
 import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
 from kubetier.engine_sim.loadgen import run_concurrent
 from kubetier.engine_sim.virtual import predict
+from kubetier.localdev.processes import free_loopback_port, kubetier_command, start_process, stop_process, wait_http_ok
 from kubetier.policy.latency import load_profile
 
 PROFILE = "llama-3.1-8b-h100"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def engine_process(*flags: str):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubetier.cli", "engine-sim", "--port", str(port), "--profile", PROFILE, *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    port = free_loopback_port()
+    proc = start_process(
+        kubetier_command("engine-sim", "--port", str(port), "--profile", PROFILE, *flags), subprocess.PIPE
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "engine-sim did not become healthy"
-            time.sleep(0.05)
+        wait_http_ok(url + "/health", timeout=20, proc=proc)
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=10)
 
 
 async def measure(url: str, prompts: list[int], max_tokens: int) -> list[tuple[float, float, float]]:

@@ -114,3 +114,30 @@ async def test_relist_reports_what_changed_while_not_watching(fake):
         assert sorted(seen) == [("ADDED", "c"), ("DELETED", "a"), ("MODIFIED", "b")]
     finally:
         await api.aclose()
+
+
+def test_remember_never_replaces_a_newer_version():
+    informer = Informer(KubeClient.for_url("http://127.0.0.1:1"), "Pod")
+    newer = pod("a", "chat")
+    newer["metadata"]["resourceVersion"] = "20"
+    older = pod("a", "chat")
+    older["metadata"]["resourceVersion"] = "10"
+    informer.remember(newer)
+    informer.remember(older)
+    assert informer.get("default", "a")["metadata"]["resourceVersion"] == "20"
+    # A stale watch event (our own write was remembered first) is ignored too.
+    informer._apply_event("MODIFIED", older)
+    assert informer.get("default", "a")["metadata"]["resourceVersion"] == "20"
+    informer._apply_event("DELETED", older)
+    assert informer.get("default", "a") is None
+
+
+def test_node_heartbeats_are_not_changes_but_capacity_is():
+    from kubetier.operator.modelservice.watches import node_changed
+
+    node = {"metadata": {"name": "n", "labels": {"a": "b"}}, "status": {"allocatable": {"nvidia.com/gpu": "8"}}}
+    beat = {**node, "status": {**node["status"], "conditions": [{"type": "Ready", "lastHeartbeatTime": "t"}]}}
+    assert not node_changed(node, beat)
+    assert node_changed(node, {**node, "spec": {"unschedulable": True}})
+    assert node_changed(node, {**node, "status": {"allocatable": {"nvidia.com/gpu": "4"}}})
+    assert node_changed(None, node) and node_changed(node, None)

@@ -302,23 +302,34 @@ async def test_stalled_reader_is_cut_off(serve):
 
 async def test_write_buffer_cap_cuts_off_a_client_that_never_reads(serve):
     finished = asyncio.Event()
+    outcome: dict[str, object] = {}
+    cap = 1 << 20
+    chunk = 65536
+    offered = 1000 * chunk  # 64 MiB: far beyond the cap plus what the kernel buffers
 
     async def no_drain(request: Request, response: Response) -> None:
         # A handler that never awaits drain() (the per-token path) still cannot make
         # the server buffer without bound.
         response.start_stream(content_type="application/octet-stream")
-        for _ in range(1000):
-            response.write(b"z" * 65536)
-            if response.disconnected:
-                break
+        written = 0
+        while written < offered and not response.disconnected:
+            response.write(b"z" * chunk)
+            written += chunk
             await asyncio.sleep(0)
+        outcome.update(written=written, disconnected=response.disconnected)
         finished.set()
 
-    port = await serve(no_drain, Limits(max_write_buffer_bytes=1 << 20))
+    port = await serve(no_drain, Limits(max_write_buffer_bytes=cap))
     sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     sock.sendall(get())
     await asyncio.wait_for(finished.wait(), 5)
     sock.close()
+    # The server gave up on the client (with no cap the handler writes all 64 MiB into
+    # memory and the connection stays up) ...
+    assert outcome["disconnected"] is True
+    # ... once the cap, plus what the kernel's socket buffers took, was exceeded.
+    assert cap < outcome["written"] < offered // 4, outcome
 
 
 async def test_exception_mid_stream_truncates_the_stream(serve):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
+from modelservice_builders import parse, sample_body
 
-from conftest import parse, sample_body
 from kubetier.operator.modelservice.desired import desired
 from kubetier.operator.modelservice.model import Observed, OperatorConfig
 from kubetier.operator.modelservice.profile import Unsatisfiable
@@ -16,8 +16,8 @@ from kubetier.policy.latency import load_profile
 SERVICE, TIER, ROLE = "kubetier.io/service", "kubetier.io/tier", "kubetier.io/role"
 
 
-def render(body=None, observed=None, replicas=None):
-    objs = desired(parse(body or sample_body()), observed or Observed(), OperatorConfig(), replicas)
+def render(body=None, observed=None, replicas=None, config=None):
+    objs = desired(parse(body or sample_body()), observed or Observed(), config or OperatorConfig(), replicas)
     return {(o["kind"], o["metadata"]["name"]): o for o in objs}
 
 
@@ -87,25 +87,60 @@ def test_gpu_requests_and_tolerations():
         assert required_terms(obj)["nvidia.com/gpu.product"] == ["NVIDIA-H100-80GB-HBM3"]
 
 
+def required_capacity(deploy, label="karpenter.sh/capacity-type"):
+    """The required capacity-type requirement (operator, values), or None."""
+    aff = pod(deploy).get("affinity", {}).get("nodeAffinity", {})
+    terms = aff.get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
+    for term in terms:
+        for e in term["matchExpressions"]:
+            if e["key"] == label:
+                return e["operator"], e["values"]
+    return None
+
+
 def test_capacity_type_affinity_follows_the_spot_policy():
     objs = render()
     interactive = objs[("Deployment", "llama-8b-interactive")]
-    assert required_terms(interactive)["karpenter.sh/capacity-type"] == ["on-demand"]
+    # on-demand is "not spot": nodes without any capacity label qualify too
+    assert required_capacity(interactive) == ("NotIn", ["spot"])
     assert preferred_spot_weight(interactive) == 0
     assert all(t["key"] != "karpenter.sh/capacity-type" for t in pod(interactive)["tolerations"])
     # allowed: the on-demand floor is its own Deployment; the rest may go either way
     floor, rest = objs[("Deployment", "llama-8b-standard-floor")], objs[("Deployment", "llama-8b-standard")]
     assert floor["spec"]["replicas"] == 1 and rest["spec"]["replicas"] == 1  # min 2 = floor 1 + 1
-    assert required_terms(floor)["karpenter.sh/capacity-type"] == ["on-demand"]
-    assert sorted(required_terms(rest)["karpenter.sh/capacity-type"]) == ["on-demand", "spot"]
+    assert required_capacity(floor) == ("NotIn", ["spot"])
+    assert required_capacity(rest) is None
     assert preferred_spot_weight(rest) == 0
+    assert {"key": "karpenter.sh/capacity-type", "operator": "Equal", "value": "spot", "effect": "NoSchedule"} in pod(
+        rest
+    )["tolerations"]
     # preferred: either is allowed, spot is preferred
     batch = objs[("Deployment", "llama-8b-batch")]
-    assert sorted(required_terms(batch)["karpenter.sh/capacity-type"]) == ["on-demand", "spot"]
+    assert required_capacity(batch) is None
     assert preferred_spot_weight(batch) == 100
 
 
-def test_replicas_follow_min_and_the_autoscalers_choice_within_bounds():
+def test_capacity_labels_follow_the_platform_preset():
+    eks = render(config=OperatorConfig.from_env({"KUBETIER_CAPACITY_SCHEME": "eks"}))
+    assert required_capacity(eks[("Deployment", "llama-8b-interactive")], "eks.amazonaws.com/capacityType") == (
+        "NotIn",
+        ["SPOT"],
+    )
+    custom = render(
+        config=OperatorConfig.from_env(
+            {"KUBETIER_CAPACITY_LABEL": "example.com/lifecycle", "KUBETIER_CAPACITY_SPOT_VALUE": "preemptible"}
+        )
+    )
+    assert required_capacity(custom[("Deployment", "llama-8b-interactive")], "example.com/lifecycle") == (
+        "NotIn",
+        ["preemptible"],
+    )
+    assert required_capacity(custom[("Deployment", "llama-8b-interactive")]) is None
+
+
+def test_replicas_default_to_min_and_a_requested_count_is_clamped_to_the_bounds():
+    # Observed.tier_replicas is the slot a replica decision fills (no autoscaler sets it
+    # yet): whatever it asks for, each tier stays within replicas.min..replicas.max.
     objs = render()
     assert objs[("Deployment", "llama-8b-interactive")]["spec"]["replicas"] == 2
     scaled = render(replicas={"interactive": 99, "standard": 0, "batch": 3})

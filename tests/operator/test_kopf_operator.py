@@ -10,9 +10,9 @@ import time
 import kopf
 import pytest
 import yaml
+from modelservice_builders import cluster_nodes, sample_body
 from test_reconcile_http import run_controllers
 
-from conftest import cluster_nodes, sample_body
 from kubetier.operator import main as operator_main
 from kubetier.operator.modelservice.model import OperatorConfig
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from urllib.parse import urlsplit
 
-from conftest import cluster_nodes, sample_body
+from modelservice_builders import cluster_nodes, sample_body
+
 from kubetier.kube import KubeClient
 from kubetier.operator.identity import FIELD_MANAGER
 from kubetier.operator.modelservice.model import OperatorConfig
@@ -97,7 +98,10 @@ def test_least_privilege():
         # the operator never reads or writes Secrets (the router does), nor escalates RBAC
         assert "secrets" not in rule["resources"]
         assert not {"rbac.authorization.k8s.io"} & set(rule["apiGroups"])
-    assert not allowed("", "pods", "delete") and not allowed("", "nodes", "patch")
+    # Nodes are never written; pods are deleted only by the spot controller, on a noticed
+    # node (a replacement starts at once), and Secrets are never touched.
+    assert not allowed("", "nodes", "patch") and not allowed("", "nodes", "delete")
+    assert allowed("", "pods", "delete") and not allowed("", "pods", "create")
     # kopf's own needs
     assert allowed("kubetier.io", "modelservices", "watch") and allowed("kubetier.io", "modelservices", "patch")
     assert allowed("apiextensions.k8s.io", "customresourcedefinitions", "watch")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from modelservice_builders import cluster_nodes, gpu_node, sample_body
 
-from conftest import cluster_nodes, gpu_node, sample_body
 from kubetier.kube import KubeClient
 from kubetier.operator.identity import FIELD_MANAGER
 from kubetier.operator.modelservice.model import OperatorConfig
@@ -28,11 +28,8 @@ def run_controllers(fake):
         fake.remove("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
     for d in fake.of_kind("Deployment"):
         spec = d["spec"]
-        terms = spec["template"]["spec"]["affinity"]["nodeAffinity"]
-        allowed = terms["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][
-            0
-        ]["values"]
-        node = "spot-a" if "spot" in allowed and "preferredDuringSchedulingIgnoredDuringExecution" in terms else "od-a"
+        terms = spec["template"]["spec"].get("affinity", {}).get("nodeAffinity", {})
+        node = "spot-a" if "preferredDuringSchedulingIgnoredDuringExecution" in terms else "od-a"
         for i in range(spec["replicas"]):
             fake.put(
                 {

@@ -99,6 +99,17 @@ def test_replicas_are_summed_and_attainment_recomputed_over_all_requests():
     assert aggregate_status([_replica(0, 0, 0)])["models"]["llama"]["tiers"]["interactive"]["attainmentPercent"] is None
 
 
+def test_a_replica_whose_document_does_not_parse_is_left_out():
+    broken = {"models": {"llama": {"tiers": {"interactive": {"completed": "lots"}}}}}
+    merged = aggregate_status([_replica(10, 9, 10), broken])
+    assert merged["replicas"] == 2
+    assert merged["models"]["llama"]["tiers"]["interactive"]["attainmentPercent"] == 90.0
+    # Refusals summed over replicas are misses too.
+    shedding = {"models": {"llama": {"tiers": {"interactive": {"requests": 10, "rejected": 10}}}}}
+    merged = aggregate_status([_replica(10, 10, 10), shedding])
+    assert merged["models"]["llama"]["tiers"]["interactive"]["attainmentPercent"] == 50.0
+
+
 def test_router_service_urls_resolve_to_every_ready_endpoint():
     url = "http://kubetier-router.kubetier-system.svc:8080/kubetier/status"
     assert router_service(url) == ("kubetier-router", "kubetier-system")

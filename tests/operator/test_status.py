@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from conftest import cluster_nodes, gpu_node, parse, sample_body
+from modelservice_builders import cluster_nodes, gpu_node, parse, sample_body
+
 from kubetier.operator.modelservice.desired import desired
 from kubetier.operator.modelservice.model import Observed
 from kubetier.operator.modelservice.status import capacity_problem, compute_status, status_changed, transitions

@@ -39,7 +39,10 @@ QUEUEING_LOOSE = TierSLO("loose", ttft_ms=2000, tpot_ms=120, priority=10, mean_o
 
 
 def policy(*servers: tuple[str, str, int], tiers=(TIGHT, MID, LOOSE), kind="slo", **kw) -> RoutingPolicy:
-    """servers: (id, tier, running); kv and queued prefill default to 0."""
+    """servers: (id, tier, running); kv and queued prefill default to 0. The tiers'
+    prompt prior is 500 tokens (the hand checks' steady refill: 500 / 100 = 5 prompt
+    tokens per iteration per running sequence) unless a test says otherwise."""
+    kw.setdefault("host_probe_prompt_tokens", 500)
     p = RoutingPolicy(list(tiers), kind=kind, rng=random.Random(1), **kw)
     for sid, tier, running in servers:
         p.upsert_server(ServerLoad(sid, tier, MODEL, running=running))
@@ -71,7 +74,7 @@ def test_most_loaded_feasible_server_wins_and_prefill_chunks_count():
 
 def test_turnover_zero_would_reproduce_the_pitfall():
     # Leaving the future prefill chunks out (turnover 0) makes r35 look feasible: the
-    # packing that design.md measured collapsing tight-tier attainment.
+    # packing that docs/architecture.md records collapsing tight-tier attainment.
     p = policy(("idle", "tight", 0), ("r30", "tight", 30), ("r35", "tight", 35), turnover=0.0)
     assert p.decide("tight", 500, 0.0).server_id == "r35"
 
@@ -111,12 +114,14 @@ def test_spill_must_leave_the_host_tier_room_for_its_next_request():
     # 30 ms) because the loose bin is full. Prompt 4,000 passes every check of its own:
     #   TPOT on the host: D(1, 4,100 -> 4,608) = 10.46 ms + 5 chunks of 999 * 99.9 ms / 100
     #   = 15.46 ms <= 30; its first token 4 * 110 = 440 ms <= 2,000.
+    # (Every first-token figure below also carries half a decode step in flight when the
+    # host is busy, ~5 ms, which changes no verdict.)
     # But a new tight request with the probe prompt (1,024) behind it: batch 1, KV 4,000
     # (-> 4,096), D = 10.41 ms, chunks of 999 tokens (99.9 ms): 5,024 pending =
     # 5 full + 29 -> 5 * 110.31 + 10.41 + 2.9 = 564.9 ms > 500 -> the spill is refused.
     full = MODEL.max_num_seqs
-    p = policy(("t", "tight", 0), ("l", "loose", full), tiers=(TIGHT, LOOSE))
-    assert p.host_probe_prompt_tokens == 1024
+    p = policy(("t", "tight", 0), ("l", "loose", full), tiers=(TIGHT, LOOSE), host_probe_prompt_tokens=1024)
+    assert p.traffic["tight"].probe_prompt() == 1024  # the prior, before any traffic
     d = p.decide("loose", 4000, 0.0)
     assert (d.action, d.server_id) == ("wait", None)
     # A short spill leaves room: 1,124 pending -> (10.05 + 99.9) + (10.05 + 12.5) = 132.5 ms.
@@ -127,7 +132,7 @@ def test_spill_must_leave_the_host_tier_room_for_its_next_request():
     # probe behind it waits 5,024 tokens in chunks of 998: 5 * 110.31 + 10.51 + 3.4 =
     # 565.5 ms > 500 -> refused. The idle one: 4,024 pending, D(1, 3,072) = 10.31 ms,
     # 4 * 110.21 + 10.31 + 2.8 = 453.9 ms <= 500 -> it takes the spill.
-    p = policy(("idle", "tight", 0), ("l", "loose", full), tiers=(TIGHT, LOOSE))
+    p = policy(("idle", "tight", 0), ("l", "loose", full), tiers=(TIGHT, LOOSE), host_probe_prompt_tokens=1024)
     p.upsert_server(ServerLoad("busy", "tight", MODEL, running=1, kv_tokens=1000, queued_prefill_tokens=1000))
     d = p.decide("loose", 3000, 0.0)
     assert (d.action, d.server_id, d.spilled) == ("route", "idle", True)

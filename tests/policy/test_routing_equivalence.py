@@ -38,7 +38,7 @@ def chunk_extra(m: LatencyModel, tokens: int) -> float:
     return max(0.0, m.iteration_s(0, 0, tokens) - m.decode_iteration_s(1, 0))
 
 
-def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: float, turnover: float) -> bool:
+def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: float, refill: float) -> bool:
     m = s.model
     B = s.running + 1
     kv_end = s.kv_tokens + prompt + B * H
@@ -46,10 +46,12 @@ def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: 
     if m.max_num_seqs < B or kv_end > m.kv_capacity_tokens or chunk_b < 1:
         return False
     per_token = decode(m, B, kv_end)
-    future = s.queued_prefill_tokens + prompt + int(s.running * prompt * turnover)
-    if future > 0:
-        size = prompt if 0 < prompt < chunk_b else chunk_b
-        per_token += -(-future // size) * chunk_extra(m, size) / H
+    # pending prompts (queued + ours) once, in full chunks and a remainder, over H tokens
+    pending = s.queued_prefill_tokens + prompt
+    n_full, rest = divmod(pending, chunk_b)
+    per_token += (n_full * chunk_extra(m, chunk_b) + (chunk_extra(m, rest) if rest else 0.0)) / H
+    # steady refill: each running sequence replaced as it finishes
+    per_token += s.running * refill * chunk_extra(m, chunk_b) / chunk_b
     if per_token > tpot:
         return False
     if budget == float("inf"):
@@ -61,6 +63,7 @@ def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: 
         n_full, rest = divmod(pending, chunk)
         d_now = decode(m, s.running, s.kv_tokens) if s.running else m.decode_iteration_s(1, 0)
         t1 = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
+        t1 += 0.5 * d_now if s.running else 0.0  # the iteration in flight
     if t1 > budget:
         return False
     return t1 + decode(m, B, s.kv_tokens + prompt) <= budget + tpot
@@ -72,7 +75,8 @@ def reference_first_token(m: LatencyModel, running: int, kv: int, pending: int) 
     chunk = m.max_num_batched_tokens - running
     n_full, rest = divmod(pending, chunk)
     d_now = decode(m, running, kv) if running else m.decode_iteration_s(1, 0)
-    return n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
+    t = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
+    return t + (0.5 * d_now if running else 0.0)
 
 
 def reference_host_keeps_room(s: ServerLoad, prompt: int, host: TierSLO, probe: int) -> bool:
@@ -89,13 +93,15 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
     models = {id(s.model): s.model for s in p.servers()}
     # Fastest idle first token over the models of the bins the request may use.
     usable = [t] + sorted((u for u in TIERS if u.tpot_ms < t.tpot_ms), key=lambda u: -u.tpot_ms)
-    bin_models = {id(s.model): s.model for s in p.servers() if s.tier in {u.name for u in usable}}
+    # A bin remembers every model it has held (removed servers included), so the
+    # idle-prefill floor stays optimistic: the reference reads those from the bins.
+    bin_models = {id(c.model): c.model for u in usable for c in p._bins[u.name].costs}
     pool = bin_models or models
     idle = min((m.prefill_s(prompt) for m in pool.values()), default=0.0)
     late = waited + idle > t.ttft_ms / 1000.0
     if late and t.on_late == "reject":
         return ("reject", None, False)
-    budget = float("inf") if late else t.ttft_ms / 1000.0 - waited
+    budget = float("inf") if late else t.ttft_ms / 1000.0 * (1.0 - p.ttft_headroom) - waited
     for k, host in enumerate(usable):
         own = sorted(
             (s for s in routable if s.tier == host.name),
@@ -103,8 +109,10 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
             reverse=True,
         )
         for s in own:
-            if reference_feasible(s, prompt, t.mean_output_tokens, budget, host.tpot_ms / 1000.0, p.turnover) and (
-                k == 0 or reference_host_keeps_room(s, prompt, host, p.host_probe_prompt_tokens)
+            H = p.traffic[t.name].horizon()
+            refill = p.traffic[host.name].refill()[1] * p.turnover
+            if reference_feasible(s, prompt, H, budget, host.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom), refill) and (
+                k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())
             ):
                 return ("route", s.server_id, k > 0)
     return ("wait", None, False)
@@ -114,7 +122,13 @@ def random_walk(seed: int, steps: int) -> int:
     rng = random.Random(seed)
     models = [load_profile("llama-3.1-8b-h100"), load_profile(sorted(list_profiles())[-1])]
     p = RoutingPolicy(
-        TIERS, "slo", max_checks=UNBOUNDED, max_checks_per_level=UNBOUNDED, turnover=rng.choice([1.0, 0.5, 0.0])
+        TIERS,
+        "slo",
+        max_checks=UNBOUNDED,
+        max_checks_per_level=UNBOUNDED,
+        turnover=rng.choice([1.0, 0.5, 0.0]),
+        tpot_headroom=rng.choice([0.0, 0.1]),
+        ttft_headroom=rng.choice([0.0, 0.25]),
     )
     n = rng.choice([2, 10, 60, 300])
     ids: list[str] = []
@@ -145,8 +159,10 @@ def random_walk(seed: int, steps: int) -> int:
             assert (d.action, d.server_id, d.spilled) == want, (seed, step, tier, prompt, waited)
             compared += 1
             if d.server_id is not None:
-                p.on_admit(d.server_id, prompt, 256)
+                p.on_admit(d.server_id, prompt, 256, tier=tier)  # also teaches the tier's prompt mean
                 inflight.append((d.server_id, prompt))
+                if rng.random() < 0.5:
+                    p.on_request_done(tier, rng.choice([1, 30, 300, 3000]))  # and its output mean
         elif op < 0.72 and inflight:
             p.on_prefill_done(*inflight[rng.randrange(len(inflight))])
         elif op < 0.88 and inflight:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,28 +12,12 @@ import httpx
 import pytest
 import yaml
 
+from kubetier.localdev.processes import free_loopback_port, kubetier_command, start_process, stop_process, wait_http_ok
 from kubetier.policy.latency import load_profile
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(url, timeout=1.0)
-            if r.status_code == 200:
-                return
-            last = r.status_code
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not up: {last}")
+# Process start/stop, free ports and readiness: the one helper (kubetier.localdev.processes).
+free_port = free_loopback_port
+wait_http = wait_http_ok
 
 
 class Procs:
@@ -44,12 +25,7 @@ class Procs:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *args: str) -> subprocess.Popen:
-        p = subprocess.Popen(
-            [sys.executable, "-m", "kubetier.cli", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        p = start_process(kubetier_command(*args), subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.procs.append(p)
         return p
 
@@ -61,14 +37,7 @@ class Procs:
 
     def stop_all(self) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop_process(p, timeout=5)
 
 
 @pytest.fixture

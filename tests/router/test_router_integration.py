@@ -130,7 +130,10 @@ def test_tight_tier_meets_slo_while_loose_tier_spills_and_escalation_is_refused(
     assert r.status_code == 403
     assert "may not use tier 'tight'" in r.json()["error"]["message"]
     # Bad input gets a 4xx naming the problem, never a 500.
-    r = httpx.post(url, headers={"authorization": "Bearer k-all"}, content=b'{"model": "m", "prompt": ')
+    r = httpx.post(url, headers={"authorization": "Bearer k-all"}, content=b'{"model": "m", "prompt": "x"}')
+    assert r.status_code == 415 and "Content-Type" in r.json()["error"]["message"]  # enforced
+    js = {"authorization": "Bearer k-all", "content-type": "application/json"}
+    r = httpx.post(url, headers=js, content=b'{"model": "m", "prompt": ')
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     r = httpx.post(url, headers={"authorization": "Bearer k-all"}, json={"model": "nope", "prompt": "x"})
     assert r.status_code == 404
@@ -298,3 +301,56 @@ def test_stock_openai_client_through_the_router(procs, tmp_path):
         client.completions.create(model="o", prompt="x", max_tokens=2, extra_headers={"X-Kubetier-Tier": "fast"})
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x", max_tokens=2)
+
+
+def test_completions_stream_resumes_by_token_ids_on_real_engine_simulators(procs, tmp_path):
+    """An engine that cuts every stream after 10 tokens: the router resumes on the other
+    from the prompt's ids plus the generated ids (vLLM's return_token_ids, which the engine
+    simulator implements), and the client reads exactly the tokens an unbroken stream has:
+    the simulator's words depend on the absolute position when token ids are returned."""
+    victim, spare = free_port(), free_port()
+    procs.engine(victim, "k", "llama-3.1-8b-h100", "--abort-after-tokens", "10")
+    procs.engine(spare, "k", "llama-3.1-8b-h100")
+    rport = free_port()
+    tier = [{"name": "std", "ttftMs": 2000, "tpotMs": 100}]
+    cfg = {
+        "models": [
+            {
+                "name": "k",
+                "profile": "llama-3.1-8b-h100",
+                "tiers": tier,
+                "servers": [
+                    {"url": f"http://127.0.0.1:{spare}", "tier": "std", "id": "a-spare"},
+                    {"url": f"http://127.0.0.1:{victim}", "tier": "std", "id": "z-victim"},  # tried first
+                ],
+            }
+        ]
+    }
+    procs.start("router", "--port", str(rport), "--config", write_config(tmp_path, cfg), "--log-level", "WARNING")
+    for p in (victim, spare, rport):
+        wait_http(f"http://127.0.0.1:{p}/health")
+    base = f"http://127.0.0.1:{rport}"
+    wait_servers_ready(base)
+    body = {
+        "model": "k",
+        "prompt": "tell me a story about routers",
+        "max_tokens": 40,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    through = httpx.post(base + "/v1/completions", json=body, timeout=30)
+    direct = httpx.post(f"http://127.0.0.1:{spare}/v1/completions", json={**body, "return_token_ids": True}, timeout=30)
+
+    def parse(text):
+        evs = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+        words = "".join(e["choices"][0]["text"] for e in evs if e.get("choices"))
+        return evs, words
+
+    evs, words = parse(through.text)
+    devs, dwords = parse(direct.text)
+    assert "error" not in through.text and through.text.rstrip().endswith("data: [DONE]")
+    assert words == dwords and len(words.split()) == 40  # no token twice, none lost
+    assert len({e["id"] for e in evs}) == 1  # one chunk id throughout
+    assert evs[-1]["usage"] == devs[-1]["usage"]  # the original prompt plus all 40 tokens
+    st = httpx.get(base + "/kubetier/status").json()["models"]["k"]["tiers"]["std"]
+    assert st["migrations"] == 1 and st["completed"] == 1, st

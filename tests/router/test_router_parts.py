@@ -115,7 +115,7 @@ def test_resume_body_for_chat_continues_the_assistant_message():
 def test_prompt_estimate_and_errors():
     assert estimate_prompt_tokens({"prompt": "abcdefgh"}, False) == 2
     assert estimate_prompt_tokens({"prompt": [1, 2, 3]}, False) == 3
-    assert estimate_prompt_tokens({"prompt": "x", "prompt_tokens": 500}, False) == 500
+    assert estimate_prompt_tokens({"prompt": "x", "prompt_tokens": 500}, False) == 1  # a client's figure is ignored
     assert estimate_prompt_tokens({"messages": [{"role": "user", "content": "abcd"}]}, True) == 5
     with pytest.raises(Exception, match="'prompt' is required"):
         estimate_prompt_tokens({}, False)
@@ -591,3 +591,11 @@ async def test_a_waiting_request_whose_client_left_gives_up_its_place():
     assert fleet.metrics.tally("m", "t").waiting == 0
     fleet.release("s", 100, 1, prefilled=True)
     assert fleet.policy.server("s").running == 0  # the departed request never took the slot
+
+
+def test_router_help_explains_tier_selection():
+    from kubetier.router.main import build_parser
+
+    text = build_parser().format_help()
+    for needle in ("X-Kubetier-Tier", "loosest tier", "403", "429", "503", "--admin-port", "--key-rpm"):
+        assert needle in text, needle

@@ -125,6 +125,8 @@ SYNTH = {
     ],
     "workload": {
         "durationS": 20,
+        "warmupS": 0,
+        "cooldownS": 0,
         "sources": [
             {
                 "synthetic": {
@@ -254,12 +256,14 @@ def test_every_shipped_scenario_validates_and_uses_known_traces():
             assert src.trace is None or src.trace in KNOWN_TRACES
 
 
-def test_shipped_trace_scenario_runs_when_traces_are_present():
+def test_shipped_trace_scenario_runs_on_the_shipped_traces(monkeypatch):
+    # The traces ship inside the package: this test never skips, anywhere.
     from kubetier.sim.scenario import load_scenario
-    from kubetier.sim.workload import default_traces_dir
+    from kubetier.sim.workload import PACKAGED_TRACES_DIR, TRACES_ENV, default_traces_dir
 
-    if not (default_traces_dir() / "azure_llm_2023_code.csv").is_file():
-        pytest.skip(f"public traces not found in {default_traces_dir()} (see ../shared/traces/README.md)")
+    monkeypatch.delenv(TRACES_ENV, raising=False)
+    assert default_traces_dir() == PACKAGED_TRACES_DIR
+    assert (PACKAGED_TRACES_DIR / "azure_llm_2023_code.csv.gz").is_file()
     sc = load_scenario("azure-by-source")
     sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"duration_s": 60.0})})
     r = runner.run_once(sc, "kubetier", 1.0, load_profile(sc.profile), None)

@@ -21,23 +21,17 @@ import argparse
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from kubetier.localdev.processes import free_loopback_port, kubetier_command, start_process, stop_process
+
 COMPONENTS = ("operator", "router")
 
 
 # --------------------------------------------------------------------------- pure
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def loopback_args(args: list[str], ports: dict[str, int]) -> list[str]:
@@ -89,17 +83,13 @@ class LocalProcess:
     """A `kubetier ...` subprocess with its own kubeconfig and log file."""
 
     def __init__(self, argv: list[str], kubeconfig: Path, log_path: Path, env: dict[str, str]) -> None:
-        full_env = dict(os.environ, **env, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1")
-        full_env.pop("KUBERNETES_SERVICE_HOST", None)  # never an in-cluster identity
         self.argv, self.log_path = argv, log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetier.cli", *argv],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            start_new_session=True,
+        self.proc = start_process(
+            kubetier_command(*argv),
+            self._log,
+            env={**env, "KUBECONFIG": str(kubeconfig)},
+            unset=["KUBERNETES_SERVICE_HOST"],  # never an in-cluster identity
         )
 
     def alive(self) -> bool:
@@ -115,13 +105,7 @@ class LocalProcess:
         return [ln for ln in self.tail(5_000_000).splitlines() if " 403" in ln or "forbidden" in ln.lower()]
 
     def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         if not self._log.closed:
             self._log.close()
 
@@ -134,7 +118,7 @@ class ChartOnLocalProcesses:
     ) -> None:
         self.kubectl, self.admin_kubeconfig = kubectl, admin_kubeconfig
         self.release, self.namespace, self.workdir = release, namespace, workdir
-        self.router_port = router_port or free_port()
+        self.router_port = router_port or free_loopback_port()
         self.procs: dict[str, LocalProcess] = {}
 
     def workload(self, component: str) -> dict:
@@ -161,7 +145,7 @@ class ChartOnLocalProcesses:
         token = self.kubectl("create", "token", sa, "-n", self.namespace, "--duration=2h").strip()
         name = f"{component}-{index}"
         kc = token_kubeconfig(self.admin_kubeconfig, token, self.workdir / f"{name}.kubeconfig", user=sa)
-        ports = {"liveness": free_port()} if component == "operator" else {"port": self.router_port}
+        ports = {"liveness": free_loopback_port()} if component == "operator" else {"port": self.router_port}
         container = pod["containers"][0]
         pod_name = f"{workload['metadata']['name']}-{index}"
         env = {

@@ -18,7 +18,8 @@ from its discovery code).
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings, kopfpeerings]
   verbs: [get, list, watch, patch]
-# GPU allocatable and capacity type, for status and placement (a watch cache).
+# GPU allocatable and capacity type, for status and placement (a watch cache); the spot
+# controller watches the same Nodes for preemption notices.
 - apiGroups: [""]
   resources: [nodes]
   verbs: [list, watch]
@@ -54,6 +55,11 @@ from its discovery code).
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [list, watch]
+# The spot controller marks pods on a noticed node with the deadline and deletes them
+# with a grace period so their replacements start at once.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch, delete]
 {{- end -}}
 
 {{/* Router discovery (kubetier.router.discovery) lists once, then watches; it never writes. */}}

@@ -76,6 +76,11 @@ class DocumentModel(ApiModel):
 
     model_config = api_config(extra="ignore")
 
+    def document(self) -> dict[str, Any]:
+        """The JSON form, camelCase, with unset optional fields kept as ``null`` (a reader
+        sees every field, whether or not it has a value yet)."""
+        return self.model_dump(by_alias=True, mode="json")
+
 
 class Condition(ApiModel):
     """The ``metav1.Condition`` shape."""

@@ -52,3 +52,25 @@ POD_DELETION_COST_ANNOTATION: Final = "controller.kubernetes.io/pod-deletion-cos
 # Label selectors as the Kubernetes API takes them.
 ROUTING_CONFIG_SELECTOR: Final = f"{ROUTING_CONFIG_LABEL}=true"
 SERVING_POD_SELECTOR: Final = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{ROLE_LABEL}={ROLE_SERVING}"
+
+# --------------------------------------------------------------------------- spot capacity and notices
+
+# The spot controller (and the node agent, from the cloud metadata endpoint) write the
+# expected end of a node, RFC 3339, and who said so (aws | gcp | azure | a taint's source),
+# on the Node and on each kubetier pod it drains there.
+PREEMPTION_DEADLINE_ANNOTATION: Final = "kubetier.io/preemption-deadline"
+PREEMPTION_SOURCE_ANNOTATION: Final = "kubetier.io/preemption-source"
+# Taints that announce a node's end: Karpenter v1 (and its older value-carrying key),
+# AWS Node Termination Handler (with TAINT_NODE=true), GKE graceful node shutdown.
+KARPENTER_DISRUPTED_TAINT: Final = "karpenter.sh/disrupted"
+KARPENTER_DISRUPTION_TAINT: Final = "karpenter.sh/disruption"
+NTH_SPOT_INTERRUPTION_TAINT: Final = "aws-node-termination-handler/spot-itn"
+NTH_REBALANCE_TAINT: Final = "aws-node-termination-handler/rebalance-recommendation"
+NTH_ASG_TERMINATION_TAINT: Final = "aws-node-termination-handler/asg-lifecycle-termination"
+NTH_MAINTENANCE_TAINT: Final = "aws-node-termination-handler/scheduled-maintenance"
+GKE_TERMINATION_TAINT: Final = "cloud.google.com/impending-node-termination"
+# Capacity-type node labels per platform (CAPACITY_TYPE_LABEL above is Karpenter's).
+EKS_CAPACITY_TYPE_LABEL: Final = "eks.amazonaws.com/capacityType"
+GKE_SPOT_LABEL: Final = "cloud.google.com/gke-spot"
+GKE_PREEMPTIBLE_LABEL: Final = "cloud.google.com/gke-preemptible"
+AKS_PRIORITY_LABEL: Final = "kubernetes.azure.com/scalesetpriority"

@@ -245,7 +245,13 @@ class LatencyProfileSpec(ApiModel):
     config_map_ref: ConfigMapKeyRef | None = Field(
         default=None, description="A ConfigMap key holding the profile YAML."
     )
-    inline: LatencyProfile | None = Field(default=None, description="The profile itself.")
+    inline: LatencyProfile | None = Field(
+        default=None,
+        description=(
+            "The profile itself. Rules across fields (increasing grids, matching lengths) are checked by "
+            "the operator, which reports Degraded with the field named."
+        ),
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LatencyProfileSpec:

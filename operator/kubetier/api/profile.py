@@ -12,8 +12,9 @@ Field checks (types, ranges) are per field; the consistency rules that span fiel
 that never fall as batch or KV grow, power between idle and TDP) are one model
 validator whose messages name the offending field. The CRD carries the field checks;
 the consistency rules have no CEL twin (they iterate over nested grids, beyond CEL's
-cost budget), so an inline profile that breaks one is accepted by the apiserver and
-reported by the operator as ``Degraded`` with reason ``ProfileInvalid``.
+cost budget), so an inline profile that breaks one is accepted by the apiserver, refused
+by ``kubetier render`` and reported by the operator as ``Degraded`` with reason
+``InvalidSpec`` (``ProfileInvalid`` for a profile in a ConfigMap), the field named.
 
 Bounds are sanity checks that catch unit mistakes (seconds written as milliseconds,
 bytes as tokens), not hardware limits.

@@ -211,6 +211,10 @@ class EngineSimulator:
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}{self._next_id:08x}"
         created = int(time.time())
         offset = self._next_id % len(FILLER_WORDS)
+        if params.prompt_token_ids is not None:
+            # Token i of the whole sequence is word i: a stream resumed from its prompt and
+            # generated ids continues with exactly the tokens the broken one would have sent.
+            offset = len(params.prompt_token_ids) % len(FILLER_WORDS)
         state = _RequestState(asyncio.get_running_loop().create_future(), finish_reason)
         seq = Sequence(params.prompt_tokens, output_tokens, ctx=state)
 
@@ -222,7 +226,10 @@ class EngineSimulator:
                 model=params.model,
                 include_usage=params.include_usage,
             )
-            seq.on_token = _stream_emitter(response, fmt, offset, abort_at, finish_reason, params.prompt_tokens)
+            if params.prompt_token_ids is not None:
+                seq.on_token = _token_id_emitter(response, fmt, offset, abort_at, finish_reason, params)
+            else:
+                seq.on_token = _stream_emitter(response, fmt, offset, abort_at, finish_reason, params.prompt_tokens)
             response.start_stream()
         elif abort_at is not None:
             seq.on_token = _abort_emitter(response, abort_at)
@@ -290,6 +297,54 @@ def _stream_emitter(
             closing = fmt.closing(last, finish_reason, prompt_tokens, g)
             write(opening + closing if g == 1 else closing)
             response.end()
+
+    return on_token
+
+
+def _token_id_emitter(
+    response: Response, fmt: StreamFormat, offset: int, abort_at: int | None, finish_reason: str, params
+):
+    """``return_token_ids`` streams (completions): each chunk carries its token's id (the
+    word's index), the first one the prompt's ids too. Encoded per token: test traffic."""
+    import json
+
+    n_words = len(FILLER_WORDS)
+    cut = abort_at or 0
+    base = fmt.head[len(b"data: ") :] + b'"}]}'  # a parsable chunk: read id/object/created/model from it
+    meta = {k: v for k, v in json.loads(base).items() if k in ("id", "object", "created", "model")}
+
+    def on_token(seq: Sequence) -> None:
+        g = seq.generated
+        w = (offset + g - 1) % n_words
+        last = g >= seq.output_tokens
+        choice = {
+            "index": 0,
+            "text": FILLER_WORDS[w],
+            "logprobs": None,
+            "finish_reason": finish_reason if last else None,
+        }
+        choice["stop_reason"] = None
+        if g == 1:
+            choice["prompt_token_ids"] = list(params.prompt_token_ids)
+        choice["token_ids"] = [w]
+        chunk = dict(meta, choices=[choice])
+        if params.include_usage:
+            chunk["usage"] = None
+        out = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        if last:
+            if params.include_usage:
+                u = {
+                    "prompt_tokens": params.prompt_tokens,
+                    "total_tokens": params.prompt_tokens + g,
+                    "completion_tokens": g,
+                }
+                out += b"data: " + json.dumps(dict(meta, choices=[], usage=u), separators=(",", ":")).encode() + b"\n\n"
+            out += b"data: [DONE]\n\n"
+        response.write(out)
+        if last:
+            response.end()
+        elif g == cut:
+            response.abort()
 
     return on_token
 

@@ -41,6 +41,9 @@ class GenerationRequest:
     max_tokens: int | None  # None: the engine draws a length (stops as if at EOS)
     stream: bool
     include_usage: bool
+    # vLLM's ``return_token_ids`` (completions): the prompt's ids on the first chunk and each
+    # token's id on its chunk, so a router can resume a broken stream by token ids.
+    prompt_token_ids: tuple[int, ...] | None = None
 
 
 def _bad(message: str, param: str) -> ApiError:
@@ -198,7 +201,12 @@ def parse_request(raw: bytes, *, chat: bool, served_model: str, max_model_len: i
             f"{max_tokens} in the completion). Please reduce the length of the {prompt_field} or completion.",
             "max_tokens",
         )
-    return GenerationRequest(chat, model, prompt_tokens, max_tokens, stream, include_usage)
+    prompt_ids = None
+    if _opt_bool(body, "return_token_ids") and not chat:
+        given = body["prompt"][0] if isinstance(body["prompt"], list) and len(body["prompt"]) == 1 else body["prompt"]
+        # Text prompts get stand-in ids (no tokenizer here), one per counted token.
+        prompt_ids = tuple(given) if _is_token_ids(given) else tuple(1000 + i % 20000 for i in range(prompt_tokens))
+    return GenerationRequest(chat, model, prompt_tokens, max_tokens, stream, include_usage, prompt_ids)
 
 
 # --------------------------------------------------------------------------- shapes

@@ -72,10 +72,13 @@ class KubeClient:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         auth = httpx.BasicAuth(info.username, info.password) if info.username and info.password else None
         verify = ssl_context(info)
-        # Watches hold a connection each; leave room for them beside the reconcile's requests.
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        # Watches hold a connection each; leave room for them beside the requests of the
+        # callers' (bounded) concurrent work, and keep them open: a TLS handshake per
+        # request costs both ends CPU.
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        timeout = httpx.Timeout(30, pool=120)
         http = httpx.AsyncClient(
-            base_url=info.server, headers=headers, verify=verify, auth=auth, timeout=30, limits=limits
+            base_url=info.server, headers=headers, verify=verify, auth=auth, timeout=timeout, limits=limits
         )
         return cls(http, field_manager)
 
@@ -100,11 +103,24 @@ class KubeClient:
         response = await self._request("get", kind, "GET", resource(kind).path(namespace, name))
         return None if response.status_code == 404 else response.json()
 
+    async def get_raw(self, path: str) -> str:
+        """A non-resource path as text (``/metrics``, ``/readyz``)."""
+        response = await self._request("get", "raw", "GET", path)
+        if response.status_code == 404:
+            raise KubeError(404, "GET", path, response.text)
+        return response.text
+
     async def list_versioned(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> tuple[list[dict[str, Any]], str]:
         """Items and the list's resourceVersion (where a watch continues from)."""
         params = {"labelSelector": label_selector} if label_selector else {}
+        if field_selector:
+            params["fieldSelector"] = field_selector
         response = await self._request("list", kind, "GET", resource(kind).path(namespace), params=params)
         if response.status_code == 404:
             return [], ""
@@ -118,9 +134,13 @@ class KubeClient:
         return items, str((listing.get("metadata") or {}).get("resourceVersion") or "")
 
     async def list(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[dict[str, Any]]:
-        return (await self.list_versioned(kind, namespace, label_selector))[0]
+        return (await self.list_versioned(kind, namespace, label_selector, field_selector))[0]
 
     async def watch(
         self,
@@ -178,14 +198,11 @@ class KubeClient:
         )
         return response.json()
 
-    async def delete(self, kind: str, namespace: str | None, name: str) -> None:
-        await self._request(
-            "delete",
-            kind,
-            "DELETE",
-            resource(kind).path(namespace, name),
-            json={"propagationPolicy": "Background"},
-        )
+    async def delete(self, kind: str, namespace: str | None, name: str, grace_period_s: int | None = None) -> None:
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if grace_period_s is not None:
+            options["gracePeriodSeconds"] = grace_period_s
+        await self._request("delete", kind, "DELETE", resource(kind).path(namespace, name), json=options)
 
     async def patch(
         self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], subresource: str | None = None

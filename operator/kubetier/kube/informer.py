@@ -95,7 +95,7 @@ class Informer:
 
     async def run(self) -> None:
         """Forever: list, watch, resume; re-list on 410 Gone or after an error."""
-        first = True
+        first = not self.synced.is_set()
         backoff = self.retry_s
         while True:
             try:

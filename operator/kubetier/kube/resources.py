@@ -37,6 +37,7 @@ RESOURCES: dict[str, Resource] = {
     "Pod": Resource("/api/v1", "pods"),
     "Event": Resource("/api/v1", "events"),
     "Node": Resource("/api/v1", "nodes", namespaced=False),
+    "Namespace": Resource("/api/v1", "namespaces", namespaced=False),
     "Deployment": Resource("/apis/apps/v1", "deployments"),
     "EndpointSlice": Resource("/apis/discovery.k8s.io/v1", "endpointslices"),
     "PodDisruptionBudget": Resource("/apis/policy/v1", "poddisruptionbudgets"),

@@ -1,7 +1,8 @@
 """A lean HTTP/1.1 upstream client: pooled keep-alive connections, httptools parsing.
 
-The router relays token streams from engines; design.md measured that a client layer
-with heavy per-chunk bookkeeping (httpx/httpcore) collapses at a few hundred streams.
+The router relays token streams from engines; a client layer with heavy per-chunk
+bookkeeping (httpx/httpcore) was measured on a 2-core machine to collapse at a few
+hundred streams (see docs/router.md, "Data path").
 Here one asyncio Protocol per connection feeds body bytes into a list and wakes the
 reader at most once per batch of arrivals, so a busy stream costs one future wake-up
 per event-loop turn, not per chunk.
@@ -41,10 +42,11 @@ class UpstreamError(Exception):
     have been closed by the server before it saw the request: safe to retry once).
     """
 
-    def __init__(self, message: str, phase: str, reused: bool = False) -> None:
+    def __init__(self, message: str, phase: str, reused: bool = False, timeout: bool = False) -> None:
         super().__init__(message)
         self.phase = phase
         self.reused = reused
+        self.timeout = timeout  # no bytes for the allowed time (slow, not necessarily broken)
 
 
 class _Conn(asyncio.Protocol):
@@ -106,9 +108,15 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
+        self.last_activity = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = -1.0  # "since the stall timer last looked": it reads the clock lazily
+        # Stall detection is measured from the last byte: one clock read per read (not per
+        # token), so a stall is seen stall_timeout after the last byte, not up to twice that.
+        loop = self.loop
+        if loop is not None:
+            self.last_activity = loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -207,8 +215,10 @@ class _Conn(asyncio.Protocol):
         if self.stall_handle is None or self.stall_timeout != timeout:
             self._cancel_stall()
             self.stall_timeout = timeout
-            self.last_activity = loop.time()
-            self.stall_handle = loop.call_later(timeout, self._check_stall)
+            if self.last_activity <= 0.0:
+                self.last_activity = loop.time()
+            idle = loop.time() - self.last_activity
+            self.stall_handle = loop.call_later(max(timeout - idle, 0.001), self._check_stall)
         return w
 
     async def _wait(self, timeout: float) -> None:
@@ -219,8 +229,6 @@ class _Conn(asyncio.Protocol):
         w = self.waiter
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self.last_activity < 0:  # bytes arrived since the last look: start a new window
-            self.last_activity = now
         idle = now - self.last_activity
         if w is not None and not w.done() and idle >= self.stall_timeout:
             self.waiter = None
@@ -233,6 +241,10 @@ class _Conn(asyncio.Protocol):
         if self.stall_handle is not None:
             self.stall_handle.cancel()
             self.stall_handle = None
+
+    def cancel(self, reason: str) -> None:
+        if not self.complete and not self.closed:
+            self._fail(reason)
 
     def reusable(self) -> bool:
         return not self.closed and self.complete and self.keep_alive and self.error is None
@@ -299,7 +311,7 @@ class UpstreamResponse:
     def stalled(self, timeout: float) -> UpstreamError:
         """Fail the connection after a stall of ``timeout`` seconds; the error to raise."""
         self._conn._fail("upstream sent nothing for %.1f s" % timeout)
-        return UpstreamError(f"upstream stalled: no bytes for {timeout:.1f} s", "body")
+        return UpstreamError(f"upstream stalled: no bytes for {timeout:.1f} s", "body", timeout=True)
 
     async def read_all(self, timeout: float = 60.0, limit: int = 64 * 1024 * 1024) -> bytes:
         parts: list[bytes] = []
@@ -313,6 +325,14 @@ class UpstreamResponse:
             if size > limit:
                 self._conn._fail("upstream body too large")
                 raise UpstreamError(f"upstream body exceeds {limit} bytes", "body")
+
+    def fail(self, reason: str) -> None:
+        """Cut the connection now (the engine sees the request cancelled); a reader
+        waiting on it gets ``UpstreamError(reason)``. Used when the client left, and when
+        the engine is marked unready so that its streams move elsewhere at once."""
+        c = self._conn
+        if not c.complete:
+            c._fail(reason)
 
     @property
     def complete(self) -> bool:
@@ -374,8 +394,12 @@ class UpstreamPool:
                 loop.create_connection(lambda: _Conn(self), self.host, self.port), self.connect_timeout_s
             )
         except (TimeoutError, OSError) as exc:
-            raise UpstreamError(f"cannot connect to {self._host_header}: {exc or 'timeout'}", "connect") from None
-        return proto  # type: ignore[return-value]
+            raise UpstreamError(
+                f"cannot connect to {self._host_header}: {exc or 'timeout'}",
+                "connect",
+                timeout=isinstance(exc, TimeoutError),
+            ) from None
+        return proto
 
     async def request(
         self,
@@ -385,8 +409,14 @@ class UpstreamPool:
         headers: Iterable[tuple[str, str]] = (),
         *,
         header_timeout_s: float | None = None,
+        on_sent: Callable[[Callable[[str], None]], None] | None = None,
     ) -> UpstreamResponse:
-        """Send one request; return once the response head arrived."""
+        """Send one request; return once the response head arrived.
+
+        ``on_sent(cancel)``: called once the request is on a connection, with a function
+        that cuts that connection (``cancel(reason)``; the wait then raises
+        ``UpstreamError``). The router hands it to the client's disconnect callbacks, so a
+        client that leaves while an engine computes a whole answer frees the engine."""
         if self.closed:
             raise UpstreamError("pool closed", "connect")
         head = [f"{method} {path} HTTP/1.1\r\nhost: {self._host_header}\r\n"]
@@ -398,22 +428,31 @@ class UpstreamPool:
         for attempt in (0, 1):
             reused = False
             c = None
-            while self._idle:
+            while self._idle and attempt == 0:  # a retry after a stale connection opens a fresh one
                 cand = self._idle.pop()
-                if not cand.closed:
+                if not cand.closed and cand.transport is not None and not cand.transport.is_closing():
                     c = cand
                     reused = True
                     break
             if c is None:
                 c = await self._connect()
-            c.transport.write(data)  # type: ignore[union-attr]
+            try:
+                c.transport.write(data)  # type: ignore[union-attr]
+            except (RuntimeError, OSError) as exc:  # closed under us between checks
+                c._fail(f"connection closed: {exc}")
+                if reused and attempt == 0:
+                    continue
+                raise UpstreamError(f"{self._host_header}: {exc}", "connect") from None
+            c.last_activity = c.loop.time() if c.loop is not None else 0.0  # the stall clock starts now
+            if on_sent is not None:
+                on_sent(c.cancel)
             while not c.head_done and c.error is None:
                 try:
                     await c._wait(timeout)
                 except TimeoutError:
                     c._fail("no response head")
                     raise UpstreamError(
-                        f"{self._host_header} sent no response within {timeout:.1f} s", "headers"
+                        f"{self._host_header} sent no response within {timeout:.1f} s", "headers", timeout=True
                     ) from None
             if c.error is not None and not c.head_done:
                 if reused and attempt == 0:

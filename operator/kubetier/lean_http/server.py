@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 server core: one asyncio Protocol per connection, httptools parsing.
 
-Why not aiohttp or uvicorn: design.md ("Router data path") measured that only a
-minimal asyncio/uvloop path with a real parser holds ~1,000 token streams per core;
-framework layers cost 2-3x per relayed token. This module keeps the per-token path to
+Why not aiohttp or uvicorn: on a 2-core machine only a minimal asyncio/uvloop path
+with a real parser held ~1,000 token streams per core; framework layers cost 2-3x per
+relayed token (docs/router.md, "Data path"). This module keeps the per-token path to
 one ``transport.write`` and everything else (parsing, limits, timers) per request.
 
 Behaviour:
@@ -17,8 +17,9 @@ Behaviour:
 - Responses: full (Content-Length) or streamed (chunked transfer encoding; on HTTP/1.0
   close-delimited). ``write()`` never awaits; ``drain()`` waits only while the transport
   has paused writing (``writing_paused`` says so without a coroutine). Client
-  disconnects set ``Response.disconnected`` and fire the
-  callbacks added with ``add_disconnect_callback``; the handler is not cancelled.
+  disconnects (including EOF: a client that closes while its answer is computed) set
+  ``Response.disconnected`` and fire the callbacks added with ``add_disconnect_callback``;
+  the handler is not cancelled.
 - A handler exception becomes a 500 with a JSON error body, or, when a stream had
   already started, an aborted connection (a truncated chunked stream, so the client
   sees an error rather than a stream that looks complete). Malformed HTTP gets 400.
@@ -46,9 +47,12 @@ import httptools
 from kubetier.lean_http.errors import error_body
 
 __all__ = [
+    "EarlyAnswer",
     "Handler",
+    "HeadCheck",
     "Limits",
     "Request",
+    "RequestHead",
     "Response",
     "close_connections",
     "error_body",
@@ -70,9 +74,25 @@ class Limits:
     # Parsed requests queued behind the one being answered before reading pauses. Soft:
     # httptools cannot stop mid-buffer, so one read's worth more may be parsed.
     max_pipelined: int = 32
+    # Open connections: per process, and per client address (one client cannot take them
+    # all). Over either, a new connection gets 503 and is closed.
+    max_connections: int = 10_000
+    max_connections_per_client: int = 4_096
+    # A request refused from its head (``head_check``) has its body read and dropped, not
+    # kept, up to this many bytes (so the client sees the answer, not a reset); beyond it
+    # the answer goes out at once and the connection closes.
+    max_discard_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_headers", "max_body_bytes", "max_write_buffer_bytes", "max_pipelined"):
+        for name in (
+            "max_header_bytes",
+            "max_headers",
+            "max_body_bytes",
+            "max_write_buffer_bytes",
+            "max_pipelined",
+            "max_connections",
+            "max_connections_per_client",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("request_timeout_s", "keepalive_timeout_s", "write_stall_timeout_s"):
@@ -96,6 +116,30 @@ class Request:
 
 
 Handler = Callable[[Request, "Response"], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A request before its body: what ``head_check`` sees."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    client: tuple[str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyAnswer:
+    """``head_check``'s refusal: answered without keeping the body, then the connection closes."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+# Decide from the head alone (authentication, content type, throttling): None = go on.
+HeadCheck = Callable[[RequestHead], EarlyAnswer | None]
+ErrorBody = Callable[[int, str], bytes]
 
 _STATUS_LINES: dict[int, bytes] = {}
 
@@ -124,12 +168,14 @@ def _header_block(headers: Iterable[tuple[str, str]]) -> bytes:
 
 
 class _Rejected(Exception):
-    """Raised inside a parser callback to stop parsing and answer with ``status``."""
+    """Raised inside a parser callback to stop parsing and answer with ``status``
+    (``answer``: a ready-made body and headers from ``head_check``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, answer: EarlyAnswer | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.answer = answer
 
 
 class Response:
@@ -140,6 +186,7 @@ class Response:
         "_chunked",
         "_conn",
         "_disconnected",
+        "_extra",
         "_finished",
         "_head_only",
         "_keep_alive",
@@ -156,7 +203,16 @@ class Response:
         self._finished = False
         self._disconnected = False
         self._callbacks: list[Callable[[], Any]] | None = None
+        self._extra: list[tuple[str, str]] | None = None
         self.status = 0
+
+    def add_header(self, name: str, value: str) -> None:
+        """A header for whichever answer this response gives (request id, CORS)."""
+        if self._started:
+            raise RuntimeError("add_header() after the response started")
+        if self._extra is None:
+            self._extra = []
+        self._extra.append((name, value))
 
     # --- full responses -------------------------------------------------------------
 
@@ -174,7 +230,7 @@ class Response:
             return
         head = [_status_line(status), b"content-type: ", content_type.encode("latin-1"), b"\r\n"]
         head.append(b"content-length: %d\r\n" % len(body))
-        extra = _header_block(headers)
+        extra = _header_block(headers if self._extra is None else [*self._extra, *headers])
         if b"connection: close" in extra.lower():
             self._keep_alive = False
         if not self._keep_alive:
@@ -204,7 +260,7 @@ class Response:
         head = [_status_line(status), b"content-type: ", content_type.encode("latin-1"), b"\r\n"]
         if content_type.startswith("text/event-stream"):
             head.append(b"cache-control: no-cache\r\n")
-        extra = _header_block(headers)
+        extra = _header_block(headers if self._extra is None else [*self._extra, *headers])
         if b"connection: close" in extra.lower():
             self._keep_alive = False
         if self._chunked:
@@ -222,19 +278,29 @@ class Response:
             self._finished = True
             self._conn._response_finished(self)
 
-    def write(self, chunk: bytes) -> None:
-        """Send one chunk of a stream; no await. A no-op once the client is gone."""
+    def write(self, chunk: bytes) -> bool:
+        """Send one chunk of a stream; no await. A no-op once the client is gone.
+
+        Returns whether the client keeps up: False when it is gone or slow to read (then
+        ``drain()``), so a relay needs no second look per chunk."""
         if not self._started:
             raise RuntimeError("write() before start_stream()")
-        if self._finished or self._disconnected or not chunk:
-            return
+        if self._finished or self._disconnected:
+            return False
+        if not chunk:
+            return True
         conn = self._conn
+        if conn._closed or conn._aborted:
+            return False
         if self._chunked:
-            conn._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            # One buffer: uvloop sends it at once (one syscall), no join in Python.
+            conn._transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))  # type: ignore[union-attr]
         else:
-            conn._write(chunk)
+            conn._transport.write(chunk)  # type: ignore[union-attr]
         if conn._write_paused:
             conn._check_write_buffer()
+            return False
+        return not self._disconnected
 
     async def drain(self) -> None:
         """Wait while the transport is paused (client slow to read); return at once otherwise.
@@ -319,12 +385,21 @@ class Response:
 
 
 class _ServerState:
-    __slots__ = ("connections", "handler", "limits")
+    __slots__ = ("connections", "error_body", "handler", "head_check", "limits", "per_client")
 
-    def __init__(self, handler: Handler, limits: Limits) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        limits: Limits,
+        head_check: HeadCheck | None = None,
+        error_body_fn: ErrorBody = error_body,
+    ) -> None:
         self.handler = handler
         self.limits = limits
+        self.head_check = head_check
+        self.error_body = error_body_fn
         self.connections: set[_Connection] = set()
+        self.per_client: dict[str, int] = {}
 
 
 # asyncio.Server (and uvloop's Server) take no attributes; keep our side state here.
@@ -340,10 +415,13 @@ class _Connection(asyncio.Protocol):
         "_close_when_idle",
         "_closed",
         "_current",
+        "_discard",
+        "_discarded",
         "_failed",
         "_header_bytes",
         "_headers",
         "_in_request",
+        "_ip",
         "_limits",
         "_loop",
         "_parser",
@@ -381,6 +459,9 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._writable: asyncio.Future | None = None
+        self._discard: EarlyAnswer | None = None  # refused from its head: drop the body, then answer
+        self._discarded = 0
+        self._ip: str | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -388,8 +469,29 @@ class _Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self._client = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
-        self._state.connections.add(self)
+        state = self._state
+        limits = self._limits
+        ip = self._client[0] if self._client else ""
+        if len(state.connections) >= limits.max_connections:
+            self._refuse_connection(f"the server has {limits.max_connections} connections open")
+            return
+        if state.per_client.get(ip, 0) >= limits.max_connections_per_client:
+            self._refuse_connection(f"this address has {limits.max_connections_per_client} connections open")
+            return
+        self._ip = ip
+        state.per_client[ip] = state.per_client.get(ip, 0) + 1
+        state.connections.add(self)
         self._set_timer(self._limits.keepalive_timeout_s, self._on_idle_timeout)
+
+    def _refuse_connection(self, why: str) -> None:
+        self._failed = True
+        self._closed = True
+        body = self._state.error_body(503, f"too many connections: {why}")
+        self._transport.write(  # type: ignore[union-attr]
+            _status_line(503) + b"content-type: application/json\r\nretry-after: 1\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % len(body) + body
+        )
+        self._transport.close()  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         if self._failed or self._closed:
@@ -397,27 +499,36 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrade is not supported")
+            self._fail(_Rejected(400, "protocol upgrade is not supported"))
         except httptools.HttpParserCallbackError as exc:
             rejected = exc.__context__
             if isinstance(rejected, _Rejected):
-                self._fail(rejected.status, rejected.message)
+                self._fail(rejected)
             else:
                 log.error("HTTP parser callback failed", exc_info=rejected or exc)
-                self._fail(400, "malformed HTTP request")
+                self._fail(_Rejected(400, "malformed HTTP request"))
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+            self._fail(_Rejected(400, f"malformed HTTP request: {exc}"))
 
     def eof_received(self) -> bool | None:
-        # A client may half-close after its last request and still read the answers.
-        if self._current is None and not self._pending:
-            return None  # close now
-        self._close_when_idle = True
-        return True
+        # EOF from the client means it left, as uvicorn and nginx read it: a client that
+        # closes its socket while its answer is computed sends exactly this, and without
+        # it the engine would keep working for nobody (a half-closing client that still
+        # reads is rare enough to lose its answer). Returning None closes the transport;
+        # connection_lost then marks the response in progress disconnected.
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._state.connections.discard(self)
+        state = self._state
+        state.connections.discard(self)
+        if self._ip is not None:
+            left = state.per_client.get(self._ip, 1) - 1
+            if left > 0:
+                state.per_client[self._ip] = left
+            else:
+                state.per_client.pop(self._ip, None)
+            self._ip = None
         self._cancel_timer()
         if self._current is not None:
             self._current._mark_disconnected()
@@ -440,6 +551,8 @@ class _Connection(asyncio.Protocol):
         self._header_bytes = 0
         self._body = []
         self._body_bytes = 0
+        self._discard = None
+        self._discarded = 0
         self._set_timer(self._limits.request_timeout_s, self._on_request_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -466,11 +579,25 @@ class _Connection(asyncio.Protocol):
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
             raise _Rejected(413, f"request body exceeds {self._limits.max_body_bytes} bytes")
+        check = self._state.head_check
+        if check is not None:
+            url = b"".join(self._url).decode("latin-1")
+            method = self._parser.get_method().decode("ascii", "replace")
+            answer = check(RequestHead(method, url.split("?", 1)[0], self._headers, self._client))
+            if answer is not None:
+                if length is not None and length.isdigit() and int(length) > self._limits.max_discard_bytes:
+                    raise _Rejected(answer.status, "", answer)  # answer now; the body is never read
+                self._discard = answer  # read the (small) body past, keeping none of it
         if self._headers.get("expect", "").lower() == "100-continue" and self._current is None and not self._pending:
             # Nothing else is being written, so the interim answer cannot interleave.
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        if self._discard is not None:
+            self._discarded += len(body)
+            if self._discarded > self._limits.max_discard_bytes:
+                raise _Rejected(self._discard.status, "", self._discard)
+            return
         self._body_bytes += len(body)
         if self._body_bytes > self._limits.max_body_bytes:
             raise _Rejected(413, f"request body exceeds {self._limits.max_body_bytes} bytes")
@@ -479,6 +606,10 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._in_request = False
         self._cancel_timer()
+        if self._discard is not None:
+            answer, self._discard = self._discard, None
+            self._fail(_Rejected(answer.status, "", answer))
+            return
         parser = self._parser
         url = b"".join(self._url)
         if url[:1] == b"/" or url == b"*":
@@ -506,14 +637,14 @@ class _Connection(asyncio.Protocol):
             self._start_next()
         elif len(self._pending) >= self._limits.max_pipelined and not self._reading_paused:
             self._reading_paused = True
-            self._transport.pause_reading()
+            self._transport.pause_reading()  # type: ignore[union-attr]
 
     # --- request dispatch -----------------------------------------------------------
 
     def _start_next(self) -> None:
         item = self._pending.popleft()
         if isinstance(item, _Rejected):
-            self._write_error_and_close(item.status, item.message)
+            self._write_error_and_close(item)
             return
         request, keep_alive = item
         if self._close_when_idle and not self._pending:
@@ -528,7 +659,7 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:
             if not response._started:
                 log.exception("handler failed: %s %s", request.method, request.path)
-                response.send(500, error_body(500, f"internal server error: {type(exc).__name__}"))
+                response.send(500, self._state.error_body(500, f"internal server error: {type(exc).__name__}"))
             elif not response._finished:
                 log.exception("handler failed mid-stream: %s %s", request.method, request.path)
                 # Leave the stream truncated so the client sees an error, not a clean end.
@@ -538,7 +669,7 @@ class _Connection(asyncio.Protocol):
                 log.exception("handler failed after its response: %s %s", request.method, request.path)
         else:
             if not response._started:
-                response.send(500, error_body(500, "handler returned without a response"))
+                response.send(500, self._state.error_body(500, "handler returned without a response"))
             elif not response._finished:
                 response.end()
         if self._current is response:
@@ -560,7 +691,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._reading_paused and len(self._pending) < self._limits.max_pipelined:
             self._reading_paused = False
-            self._transport.resume_reading()
+            self._transport.resume_reading()  # type: ignore[union-attr]
         if self._pending:
             self._start_next()
         elif self._close_when_idle:
@@ -570,23 +701,29 @@ class _Connection(asyncio.Protocol):
 
     # --- failures and timers --------------------------------------------------------
 
-    def _fail(self, status: int, message: str) -> None:
-        """Stop parsing; answer ``status`` after the requests already queued, then close."""
+    def _fail(self, rejected: _Rejected) -> None:
+        """Stop parsing; answer after the requests already queued, then close."""
         self._failed = True
         self._cancel_timer()
         if not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
         if self._current is None and not self._pending:
-            self._write_error_and_close(status, message)
+            self._write_error_and_close(rejected)
         else:
-            self._pending.append(_Rejected(status, message))
+            self._pending.append(rejected)
 
-    def _write_error_and_close(self, status: int, message: str) -> None:
-        body = error_body(status, message)
+    def _write_error_and_close(self, rejected: _Rejected) -> None:
+        answer = rejected.answer
+        if answer is not None:
+            status, body, extra = answer.status, answer.body, _header_block(answer.headers)
+        else:
+            status, body, extra = rejected.status, self._state.error_body(rejected.status, rejected.message), b""
         self._write(
             _status_line(status)
-            + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n" % len(body)
+            + extra
+            + b"\r\n"
             + body
         )
         self._close()
@@ -595,7 +732,7 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if self._closed:
             return
-        self._fail(408, f"request not received within {self._limits.request_timeout_s:g} s")
+        self._fail(_Rejected(408, f"request not received within {self._limits.request_timeout_s:g} s"))
 
     def _on_idle_timeout(self) -> None:
         self._timer = None
@@ -616,10 +753,10 @@ class _Connection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if not self._closed and not self._aborted:
-            self._transport.write(data)
+            self._transport.write(data)  # type: ignore[union-attr]
 
     def _check_write_buffer(self) -> None:
-        if self._transport.get_write_buffer_size() > self._limits.max_write_buffer_bytes:
+        if self._transport.get_write_buffer_size() > self._limits.max_write_buffer_bytes:  # type: ignore[union-attr]
             log.warning("client %s does not read its response; aborting the connection", self._client)
             self._abort()
 
@@ -665,14 +802,16 @@ async def start_server(
     reuse_port: bool = False,
     limits: Limits | None = None,
     backlog: int = 4096,
+    head_check: HeadCheck | None = None,
+    error_body_fn: ErrorBody = error_body,
 ) -> asyncio.AbstractServer:
     """Listen on ``host:port`` and answer each request with ``await handler(request, response)``.
 
     Runs on whatever loop is running; install uvloop (``uvloop.run(main())``) for the
-    throughput design.md measured. ``port=0`` picks a free port: read it back from
+    throughput docs/router.md reports. ``port=0`` picks a free port: read it back from
     ``server.sockets[0].getsockname()[1]``.
     """
-    state = _ServerState(handler, limits or Limits())
+    state = _ServerState(handler, limits or Limits(), head_check, error_body_fn)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: _Connection(state), host, port, reuse_port=reuse_port or None, backlog=backlog
@@ -695,7 +834,7 @@ def close_connections(server: asyncio.AbstractServer) -> int:
 
 def port_of(server: asyncio.AbstractServer) -> int:
     """The TCP port the server listens on (useful with ``port=0``)."""
-    return server.sockets[0].getsockname()[1]
+    return server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
 
 async def serve_until_signalled(server: asyncio.AbstractServer) -> None:

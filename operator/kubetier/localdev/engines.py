@@ -18,8 +18,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from typing import Any
 
 from kubetier.api.labels import LOCAL_ENDPOINT_ANNOTATION as LOCAL_ENDPOINT_ANNOTATION
 from kubetier.api.labels import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from kubetier.localdev.processes import accepts_connections, free_loopback_port, start_process, stop_process
 
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 DEFAULT_PROFILE = "llama-3.1-8b-h100"  # same default as kubetier.policy.latency
@@ -161,20 +160,6 @@ def engine_sim_command(time_scale: float = 1.0, python: str = sys.executable) ->
 # --------------------------------------------------------------------------- I/O
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 @dataclass
 class _Engine:
     uid: str
@@ -287,12 +272,12 @@ class LocalEngines:
     # -- the loop
 
     def _list(self) -> tuple[list[dict], str]:
-        kwargs = {"label_selector": self._selector, "_preload_content": False}
+        kwargs: dict[str, Any] = {"label_selector": self._selector, "_preload_content": False}
         if self._namespace:
             resp = self._core.list_namespaced_pod(self._namespace, **kwargs)
         else:
             resp = self._core.list_pod_for_all_namespaces(**kwargs)
-        body = json.loads(resp.data)
+        body = json.loads(resp.data)  # type: ignore[attr-defined]  # _preload_content=False: a raw HTTP response
         return body.get("items", []), body["metadata"].get("resourceVersion", "")
 
     def sync_once(self) -> str:
@@ -354,10 +339,7 @@ class LocalEngines:
         port = free_loopback_port()
         cmd = self._command(args, port)
         log_path = self._log_dir / f"{meta['namespace']}_{meta['name']}.log"
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+        proc = start_process(cmd, log_path)
         engine = _Engine(
             uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], port=port, proc=proc, log_path=log_path
         )
@@ -380,7 +362,7 @@ class LocalEngines:
     def _annotate_when_serving(self, engine: _Engine) -> None:
         deadline = time.monotonic() + self._ready_timeout_s
         while not self._stop.is_set() and engine.proc.poll() is None:
-            if _accepts(engine.port):
+            if accepts_connections(engine.port):
                 try:
                     self._set_annotation(engine, engine.endpoint)
                     engine.annotated.set()
@@ -417,19 +399,7 @@ class LocalEngines:
             pass
 
     def _stop_engine(self, engine: _Engine, remove_annotation: bool) -> None:
-        if engine.proc.poll() is None:
-            try:
-                os.killpg(engine.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                engine.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(engine.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                engine.proc.wait(timeout=5)
+        stop_process(engine.proc, timeout=5)
         if remove_annotation and engine.annotated.is_set():
             self._remove_annotation_quietly(engine)
         log.info("stopped engine for %s/%s", engine.namespace, engine.name)

@@ -5,7 +5,7 @@ kopf handlers from ``register`` below:
 
 - ``modelservice/``: ModelService -> Deployments, Services, PDBs, routing ConfigMap, status;
 - ``powerbudget/`` (next): the PowerBudget controller;
-- ``spot/`` (next): the spot-interruption handler.
+- ``spot/``: preemption notices on Nodes -> drained pods, replacements, Events.
 
 Shared: ``runtime`` (kopf settings, login, the one KubeClient), ``identity`` (field
 manager), and the Kubernetes access layer ``kubetier.kube``.
@@ -97,9 +97,11 @@ def register(registry: Any, modelservice_resync_seconds: float | None = None) ->
     short resync)."""
     from kubetier.operator import runtime
     from kubetier.operator.modelservice import handlers as modelservice
+    from kubetier.operator.spot import handlers as spot
 
     runtime.register(registry)
     if modelservice_resync_seconds is None:
         modelservice.register(registry)
     else:
         modelservice.register(registry, resync_seconds=modelservice_resync_seconds)
+    spot.register(registry)

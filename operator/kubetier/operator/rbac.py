@@ -44,6 +44,9 @@ RULES: list[dict[str, Any]] = [
     # Every router replica's status endpoint (router_feed.py): the router Service's
     # EndpointSlices, read only.
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+    # --- the spot controller: watches Nodes (above) for preemption notices; marks the pods
+    # on a noticed node with the deadline and deletes them with a grace period (replacement).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch", "delete"]},
 ]
 
 

@@ -10,9 +10,8 @@ Rig (2 cores here): the router is pinned to core 0 (1 worker) or cores 0-1 (2
 workers); the engines and the load generator (this process) are pinned to core 1.
 Every process's CPU share is reported, so a saturated load generator or engine core
 shows up in the table instead of being blamed on the router. The engines use a flat
-profile (one token every 25 ms at any batch, short prefills nearly free), close to
-design.md's data path measurement, so added latency is the router's and the rig's,
-not batching's.
+profile (one token every 25 ms at any batch, short prefills nearly free), so added
+latency is the router's and the rig's, not batching's.
 
 The benchmark prints figures and writes JSON; it asserts nothing about time.
 """
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from kubetier.policy.attainment import attainment_percent
 from kubetier.router import bench_routing
 from kubetier.stats import percentile
 
@@ -224,14 +224,16 @@ async def _drive(
     weights = [t["share"] for t in TIERS]
     tiers = rng.choices(names, weights, k=len(offsets))
     pools = {tier: UpstreamPool(h, p, max_idle=20000, connect_timeout_s=10.0) for tier, (h, p) in targets.items()}
+    # Token ids: an exact prompt length that the router counts itself (it ignores a
+    # client's prompt_tokens figure) and the engines count alike.
     body = json.dumps(
         {
             "model": model,
-            "prompt": "x" * 16,
-            "prompt_tokens": PROMPT_TOKENS,
+            "prompt": [1000 + i for i in range(PROMPT_TOKENS)],
             "max_tokens": OUTPUT_TOKENS,
             "stream": True,
-        }
+        },
+        separators=(",", ":"),
     ).encode()
     results = [Result(t) for t in tiers]
     tasks = []
@@ -447,6 +449,9 @@ def _measure(rig: Rig, label: str, targets: dict, concurrency: int, duration_s: 
     return row
 
 
+_STATUS_COUNTS = ("requests", "completed", "sloMet", "spilled", "rejected", "failed", "retries")
+
+
 def _status_delta(before: dict | None, after: dict | None) -> dict | None:
     """This run's share of the router's cumulative per-tier tallies."""
     if after is None:
@@ -454,8 +459,10 @@ def _status_delta(before: dict | None, after: dict | None) -> dict | None:
     out = {}
     for tier, a in after.items():
         b = (before or {}).get(tier, {})
-        d = {k: a[k] - b.get(k, 0) for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
-        d["attainmentPercent"] = round(100.0 * d["sloMet"] / d["requests"], 2) if d["requests"] else None
+        d = {k: a[k] - b.get(k, 0) for k in _STATUS_COUNTS}
+        # One definition of attainment (kubetier.policy.attainment): 429s and failures are misses.
+        pct = attainment_percent(min(d["sloMet"], d["completed"]), d["completed"], d["rejected"], d["failed"])
+        d["attainmentPercent"] = None if pct is None else round(pct, 2)
         out[tier] = d
     return out
 
@@ -469,17 +476,21 @@ def _router_status(port: int, model: str) -> dict | None:
             while chunk := s.recv(65536):
                 data += chunk
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        return {
-            t: {k: v[k] for k in ("requests", "sloMet", "spilled", "rejected", "retries")}
-            for t, v in body["models"][model]["tiers"].items()
-        }
+        return {t: {k: v[k] for k in _STATUS_COUNTS} for t, v in body["models"][model]["tiers"].items()}
     except (OSError, ValueError, KeyError, IndexError):
         return None
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "compare":
+        from kubetier.router.bench_compare import main as compare_main
+
+        return compare_main(argv[1:])
     ap = argparse.ArgumentParser(
-        prog="kubetier router bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="kubetier router bench",
+        description=__doc__,
+        epilog="`kubetier router bench compare --help`: side by side with the Rust vllm-router.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--output", default=None, help="write the results as JSON here")
     ap.add_argument(

@@ -55,6 +55,9 @@ class ServerSpec:
     tier: str
     ready: bool = True
     draining: bool = False
+    # A preemption notice's deadline (epoch seconds): streams still running shortly
+    # before it move to another server at token level (kubetier.policy.spot).
+    leave_by: float | None = None
 
 
 @dataclass

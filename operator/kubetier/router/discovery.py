@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import logging
 
 from pydantic import ValidationError
@@ -29,6 +30,7 @@ from pydantic import ValidationError
 from kubetier.api.errors import describe
 from kubetier.api.labels import (
     LOCAL_ENDPOINT_ANNOTATION,
+    PREEMPTION_DEADLINE_ANNOTATION,
     ROUTING_CONFIG_SELECTOR,
     SERVICE_LABEL,
     SERVING_POD_SELECTOR,
@@ -136,6 +138,7 @@ def build_config(
         ep = pod_endpoint(pod, port, local_endpoints)
         if ep is None:
             continue
+        leave_by = preemption_deadline(meta.get("annotations") or {})
         spec.servers.append(
             ServerSpec(
                 server_id=f"{meta.get('namespace')}/{meta.get('name')}",
@@ -143,12 +146,25 @@ def build_config(
                 port=ep[1],
                 tier=tier,
                 ready=pod_ready(pod),
-                draining=bool(meta.get("deletionTimestamp")),
+                draining=bool(meta.get("deletionTimestamp")) or leave_by is not None,
+                leave_by=leave_by,
             )
         )
     for spec in models.values():
         spec.servers.sort(key=lambda s: s.server_id)
     return RouterConfig(models, keys)
+
+
+def preemption_deadline(annotations: dict) -> float | None:
+    """The deadline the spot controller wrote on a pod of a node under notice, or None."""
+    text = annotations.get(PREEMPTION_DEADLINE_ANNOTATION)
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        log.warning("unreadable %s %r: ignored", PREEMPTION_DEADLINE_ANNOTATION, text)
+        return None
 
 
 def _secret_key(secret: dict | None) -> str | None:
@@ -233,14 +249,15 @@ async def run_discovery(
     debounce_s: float = 0.05,
 ) -> None:
     """Keep ``router`` configured from the cluster: rebuild on every change the watches
-    report (batched over ``debounce_s``), and at least every ``interval_s`` x 15 (the
-    Secret refresh; default 30 s)."""
+    report (pods, routing ConfigMaps; batched over ``debounce_s``), and every
+    ``interval_s`` re-read the access Secrets and rebuild (a rotated key takes effect
+    within that time; Secrets are not watched: the router may only get them by name)."""
     src = source or ClusterSource(namespace)
     changed = asyncio.Event()
     for informer in (src.configmaps, src.pods):
         informer.on_change(lambda *_: changed.set())
     tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in (src.configmaps, src.pods)]
-    refresh_s = interval_s * 15
+    refresh_s = interval_s
     try:
         await wait_synced([src.configmaps, src.pods])
         while True:

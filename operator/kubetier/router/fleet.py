@@ -7,7 +7,8 @@ usage), which is also how several workers or router replicas see each other's lo
 A server that fails a health check or a request is marked not ready until its next
 successful scrape; discovery marks servers draining or gone.
 
-Waiting requests sit in one queue per model ordered by (tier priority, arrival). When
+Waiting requests sit in one queue per model in the policy's waiting order
+(kubetier.policy.waiting.waiting_key, the fleet simulator's too). When
 capacity frees, the head of the queue is woken to decide again; each waiter also wakes
 on its own at the end of its wait budget (the policy then rejects it, or routes it late
 if its tier queues), and a slow tick wakes the head in case no event comes.
@@ -26,12 +27,19 @@ from dataclasses import dataclass
 from kubetier.api.router_status import ModelStatus, ServerState
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
 from kubetier.router.metrics import RouterMetrics
+
+# Streams on a server under a preemption notice move this long before its deadline: one
+# re-prefill on the target plus a margin for the notice's own lateness.
+LEAVE_MARGIN_S = 5.0
 
 log = logging.getLogger("kubetier.router")
 
 _WAKE_BATCH = 4  # waiters woken per capacity change
+SLOW_CHECKS_UNREADY = 3  # health checks timing out in a row before a server is marked unready
+_INF = float("inf")
 _TICK_S = 0.05
 
 
@@ -54,11 +62,30 @@ class NoAlternative(Exception):
     """A retry found no other server free now; waiting would only delay the error."""
 
 
+class NoServer(Exception):
+    """No ready server can take the tier and none became ready in time: an outage (503),
+    not load shedding."""
+
+    def __init__(self, waited_s: float, retry_after_s: float) -> None:
+        super().__init__(f"no ready server within {waited_s:.1f} s")
+        self.waited_s = waited_s
+        self.retry_after_s = retry_after_s
+
+
+class QueueTimeout(Exception):
+    """A queueing tier's request waited its whole deadline without getting a server."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(f"waited {waited_s:.1f} s for a server")
+        self.waited_s = waited_s
+
+
 @dataclass
 class Upstream:
     spec: ServerSpec
     pool: UpstreamPool
     healthy: bool = True  # last health check / request outcome
+    slow_checks: int = 0  # health checks in a row that timed out
 
 
 class _Waiter:
@@ -83,6 +110,7 @@ class ModelFleet:
         scale_up_s: float = 0.0,
         max_queue: int = 10_000,
         scrape_interval_s: float = 1.0,
+        queue_timeout_s: float = 60.0,
         clock=time.monotonic,
     ) -> None:
         self.spec = spec
@@ -94,6 +122,12 @@ class ModelFleet:
         self.upstreams: dict[str, Upstream] = {}
         self.max_queue = max_queue
         self.scrape_interval_s = scrape_interval_s
+        self.queue_timeout_s = queue_timeout_s
+        self.scale_up_s = scale_up_s
+        # In-flight streams per server: cut at once when the server is marked unready, so
+        # they resume elsewhere instead of waiting out a stall timeout.
+        self._streams: dict[str, set] = {}
+        self._leaving: dict[str, asyncio.TimerHandle] = {}  # sid -> move at its preemption deadline
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
@@ -107,19 +141,24 @@ class ModelFleet:
         for sid in list(self.upstreams):
             if sid not in wanted:
                 up = self.upstreams.pop(sid)
+                leaving = self._leaving.pop(sid, None)
+                if leaving is not None:
+                    leaving.cancel()
                 self.policy.remove_server(sid)
                 up.pool.close()
+                self._move_streams(sid, "server left the fleet")
         for sid, s in wanted.items():
-            up = self.upstreams.get(sid)
-            if up is None or (up.spec.host, up.spec.port, up.spec.tier) != (s.host, s.port, s.tier):
-                if up is not None:
-                    up.pool.close()
+            cur = self.upstreams.get(sid)
+            if cur is None or (cur.spec.host, cur.spec.port, cur.spec.tier) != (s.host, s.port, s.tier):
+                if cur is not None:
+                    cur.pool.close()
                     self.policy.remove_server(sid)
-                up = self.upstreams[sid] = Upstream(s, UpstreamPool(s.host, s.port))
+                self.upstreams[sid] = Upstream(s, UpstreamPool(s.host, s.port))
                 self.policy.upsert_server(ServerLoad(sid, s.tier, self.spec.profile))
             else:
-                up.spec = s
+                cur.spec = s
             self._apply_state(sid)
+            self._plan_leave(sid)
         self.pump()
 
     def _apply_state(self, sid: str) -> None:
@@ -128,6 +167,62 @@ class ModelFleet:
         self.policy.set_state(sid, ready=ready, draining=up.spec.draining)
         labels = (self.name, sid, up.spec.tier, self.metrics.worker)
         self.metrics.server_ready.labels(*labels).set(1 if ready and not up.spec.draining else 0)
+        if not ready:
+            self._move_streams(sid, "server marked unready")
+
+    def _plan_leave(self, sid: str) -> None:
+        """A server under a preemption notice (already draining: no new requests) keeps
+        its streams until shortly before the deadline; whatever still runs then resumes on
+        another server from the tokens already sent (the client sees one stream)."""
+        leave_by = self.upstreams[sid].spec.leave_by
+        if leave_by is None or sid in self._leaving:
+            return
+        delay = max(0.0, leave_by - LEAVE_MARGIN_S - time.time())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside the event loop (tests): nothing in flight yet
+            return
+        self._leaving[sid] = loop.call_later(delay, self._move_streams, sid, "preemption deadline")
+        log.warning("server %s: preemption notice; streams still running in %.0fs move elsewhere", sid, delay)
+
+    # ------------------------------------------------------------------ in-flight streams
+
+    def track_stream(self, sid: str, cut) -> None:
+        """Register ``cut(reason)`` for a stream relayed from ``sid``."""
+        self._streams.setdefault(sid, set()).add(cut)
+
+    def untrack_stream(self, sid: str, cut) -> None:
+        streams = self._streams.get(sid)
+        if streams is not None:
+            streams.discard(cut)
+            if not streams:
+                del self._streams[sid]
+
+    def _move_streams(self, sid: str, reason: str) -> None:
+        streams = self._streams.pop(sid, None)
+        if streams:
+            log.warning("server %s: %s; moving %d in-flight streams", sid, reason, len(streams))
+            for cut in list(streams):
+                cut(reason)
+
+    def can_serve(self, tier: str) -> bool:
+        """Some ready, non-draining server could take ``tier`` (its own servers, or a
+        tighter tier's, which the policy may spill onto)."""
+        t = self.tiers[tier]
+        for up in self.upstreams.values():
+            if not (up.healthy and up.spec.ready) or up.spec.draining:
+                continue
+            host = self.tiers.get(up.spec.tier)
+            if host is not None and (host.name == tier or host.tpot_ms <= t.tpot_ms):
+                return True
+        return False
+
+    def no_server_grace_s(self, tier: str) -> float:
+        """How long a request waits for a server to become ready when none can take its
+        tier: a scale-up (``scale_up_s``) or two health checks (an engine coming back),
+        and never longer than the tier's first-token target plus that."""
+        t = self.tiers[tier]
+        return max(self.scale_up_s, 2 * self.scrape_interval_s) + t.ttft_ms / 1000.0
 
     def mark_unhealthy(self, sid: str) -> None:
         up = self.upstreams.get(sid)
@@ -162,6 +257,9 @@ class ModelFleet:
             raise Rejected(d.reason, d.retry_after_s or 1.0)
         if exclude:
             raise NoAlternative()
+        grace = self.no_server_grace_s(tier)
+        # A queueing tier waits until its deadline, never forever.
+        deadline = arrival + (self.queue_timeout_s if t.on_late == "queue" else _INF)
         if len(self._queue) >= self.max_queue:
             raise QueueFull()
         tally = self.metrics.tally(self.name, tier)
@@ -169,11 +267,17 @@ class ModelFleet:
         tally.waiting += 1
         gauge.inc()
         loop = asyncio.get_running_loop()
-        waiter = _Waiter((-t.priority, arrival, next(self._seq)), loop.create_future())
+        waiter = _Waiter(waiting_key(t.priority, arrival, next(self._seq)), loop.create_future())
         heapq.heappush(self._queue, waiter)
         try:
             while True:
+                now = self.clock()
+                if now - arrival >= grace and not self.can_serve(tier):
+                    raise NoServer(now - arrival, max(1.0, self.scale_up_s))
+                if now >= deadline:
+                    raise QueueTimeout(now - arrival)
                 budget = d.retry_after_s if d.retry_after_s else _TICK_S * 4
+                budget = min(budget, deadline - now, max(arrival + grace - now, _TICK_S))
                 handle = loop.call_later(max(budget, 0.001), _wake_one, waiter)
                 try:
                     await waiter.future
@@ -195,14 +299,20 @@ class ModelFleet:
             self.metrics.queue_wait.labels(self.name, tier, self.metrics.worker).observe(self.clock() - arrival)
 
     def _admit(self, sid: str, prompt_tokens: int, t: TierSLO) -> Upstream:
-        self.policy.on_admit(sid, prompt_tokens, t.mean_output_tokens)
+        self.policy.on_admit(sid, prompt_tokens, t.mean_output_tokens, t.name)
         return self.upstreams[sid]
 
     def prefill_done(self, sid: str, prompt_tokens: int) -> None:
         self.policy.on_prefill_done(sid, prompt_tokens)
         self.pump()
 
-    def release(self, sid: str, prompt_tokens: int, output_tokens: int, prefilled: bool) -> None:
+    def release(
+        self, sid: str, prompt_tokens: int, output_tokens: int, prefilled: bool, tier: str | None = None
+    ) -> None:
+        """The request left ``sid``; with ``tier`` (a completed stream) its output length
+        also teaches the policy the tier's horizon."""
+        if tier is not None:
+            self.policy.on_request_done(tier, output_tokens)
         if not prefilled:
             self.policy.on_prefill_done(sid, prompt_tokens)
         self.policy.on_finish(sid, prompt_tokens, output_tokens)
@@ -260,10 +370,19 @@ class ModelFleet:
             text = await r.read_all(timeout=2.0)
             r.close()
         except UpstreamError as exc:
+            # A refused connection or a bad answer is definite; a check that only timed out
+            # may be a starved CPU (seen on a loaded 2-core machine, where marking the
+            # engine unready at once cut hundreds of healthy streams): that takes
+            # SLOW_CHECKS_UNREADY in a row, since unready moves every in-flight stream.
+            if exc.timeout:
+                up.slow_checks += 1
+                if up.slow_checks < SLOW_CHECKS_UNREADY:
+                    return
             if up.healthy:
                 log.warning("server %s (%s:%d) unhealthy: %s", sid, up.spec.host, up.spec.port, exc)
             self.mark_unhealthy(sid)
             return
+        up.slow_checks = 0
         if sid not in self.upstreams:
             return
         if not up.healthy:
@@ -292,7 +411,7 @@ class ModelFleet:
         return self.metrics.tally(self.name, tier)
 
     def status(self, tallies: dict | None = None) -> dict:
-        return self.model_status(tallies).wire()
+        return self.model_status(tallies).document()
 
     def model_status(self, tallies: dict | None = None) -> ModelStatus:
         """This model's part of the router's status document (``kubetier.api.router_status``)."""

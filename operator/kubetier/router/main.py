@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -23,11 +24,30 @@ from kubetier.router import config as config_mod
 log = logging.getLogger("kubetier.router")
 
 
+TIER_SELECTION = """\
+How a request gets its tier:
+  1. The API key (Authorization: Bearer <key>) decides which tiers it may use (apiKeys
+     in --config, or the ModelService's spec.access in cluster mode). Models without keys
+     are open: every tier, no key needed.
+  2. The header X-Kubetier-Tier: <name> asks for one of them: an unknown tier is 400, a
+     tier the key may not use is 403 (the message lists the allowed ones).
+  3. Without the header: the loosest tier the key may use (largest TPOT target, then
+     lowest priority).
+  The answer names the tier in the X-Kubetier-Tier response header (streamed and whole).
+  Within the tier, requests go to the tier's own servers, may spill onto a tighter tier's
+  servers when those keep their own targets, wait when no server can meet the tier's
+  time-to-first-token target yet, and are refused when they can no longer meet it:
+  429 (load shedding) for tiers with onLate: reject, or after --queue-timeout for tiers
+  with onLate: queue; 503 + Retry-After when no server for the tier is ready at all.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kubetier router",
         description="The SLO-tier router: OpenAI-compatible front, PolyServe routing over engine servers.",
-        epilog="--config FILE format:\n"
+        epilog=TIER_SELECTION
+        + "\n--config FILE format:\n"
         + (config_mod.__doc__ or "").split("FILE (YAML)::", 1)[-1]
         + "\n`kubetier router bench --help`: the router benchmark.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,14 +66,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between engine /metrics scrapes")
     p.add_argument("--max-queue", type=int, default=10_000, help="waiting requests per model before 429")
     p.add_argument(
-        "--stall-timeout", type=float, default=30.0, help="seconds without bytes before a stream is resumed elsewhere"
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="seconds without a byte (from the last one) before a stream is resumed elsewhere",
     )
+    p.add_argument(
+        "--timeout-slack",
+        type=float,
+        default=4.0,
+        help="timeouts are FLOOR + SLACK x (tier TTFT + max_tokens x tier TPOT) for whole answers, "
+        "FLOOR + SLACK x TTFT for a stream's first token (default: %(default)s)",
+    )
+    p.add_argument("--timeout-floor", type=float, default=10.0, help="seconds added to every derived timeout")
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=60.0,
+        help="longest wait for a server in a tier with onLate: queue, then 429 (default: %(default)s)",
+    )
+    g = p.add_argument_group("hostile clients (limits per router process)")
+    g.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request body (413 above)")
+    g.add_argument("--max-header-bytes", type=int, default=32 * 1024, help="request line + headers (431 above)")
+    g.add_argument("--max-headers", type=int, default=100, help="request headers (431 above)")
+    g.add_argument("--max-pipelined", type=int, default=4, help="parsed requests queued per connection")
+    g.add_argument("--max-connections", type=int, default=10_000, help="open client connections (503 above)")
+    g.add_argument("--max-connections-per-client", type=int, default=256, help="open connections per client address")
+    g.add_argument("--idle-timeout", type=float, default=75.0, help="seconds an idle keep-alive connection stays")
+    g.add_argument("--request-timeout", type=float, default=30.0, help="seconds to receive one whole request (408)")
+    g.add_argument("--bad-key-limit", type=int, default=10, help="invalid keys per address per minute before a block")
+    g.add_argument("--bad-key-block", type=float, default=60.0, help="seconds an address stays blocked")
+    g.add_argument("--key-rpm", type=int, default=0, help="requests per minute per API key and tier (0: no limit)")
+    g.add_argument(
+        "--key-tpm",
+        type=int,
+        default=0,
+        help="tokens per minute per API key and tier: prompt tokens counted by the router + max_tokens (0: no limit)",
+    )
+    g.add_argument(
+        "--key-concurrency", type=int, default=0, help="requests in flight per API key and tier (0: no limit)"
+    )
+    g.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        help="allow browser requests from this origin (repeat; '*' = any). Default: CORS off",
+    )
+    a = p.add_argument_group("admin endpoints (/metrics, /kubetier/status)")
+    a.add_argument("--admin-port", type=tcp_port, default=None, help="serve them on this port only (no key)")
+    a.add_argument(
+        "--admin-key-env",
+        default="KUBETIER_ROUTER_ADMIN_KEY",
+        help="environment variable holding a key the client port asks for on them (default: %(default)s; unset: open)",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="no per-request JSON access log lines")
     p.add_argument("--log-level", default="INFO")
     return p
 
 
 async def _serve(args: argparse.Namespace) -> int:
     from kubetier.lean_http import Limits, start_server
+    from kubetier.lean_http.errors import openai_error_body
+    from kubetier.router.access import BadKeyThrottle, KeyLimits
     from kubetier.router.app import Router
     from kubetier.router.config import RouterConfig
 
@@ -62,7 +136,19 @@ async def _serve(args: argparse.Namespace) -> int:
     else:
         cfg = RouterConfig(models={})
     router = Router(
-        cfg, max_queue=args.max_queue, scrape_interval_s=args.scrape_interval, stall_timeout_s=args.stall_timeout
+        cfg,
+        max_queue=args.max_queue,
+        scrape_interval_s=args.scrape_interval,
+        stall_timeout_s=args.stall_timeout,
+        timeout_slack=args.timeout_slack,
+        timeout_floor_s=args.timeout_floor,
+        queue_timeout_s=args.queue_timeout,
+        key_limits=KeyLimits(args.key_rpm, args.key_tpm, args.key_concurrency),
+        bad_key_throttle=BadKeyThrottle(max_failures=args.bad_key_limit, block_s=args.bad_key_block),
+        admin_key=os.environ.get(args.admin_key_env) or None,
+        admin_port_separate=args.admin_port is not None,
+        cors_origins=tuple(args.cors_origin),
+        access_log=not args.no_access_log,
     )
     router.start()
     discovery_task = None
@@ -78,13 +164,45 @@ async def _serve(args: argparse.Namespace) -> int:
             )
         )
     limits = Limits(
-        max_body_bytes=8 * 1024 * 1024, request_timeout_s=30.0, keepalive_timeout_s=75.0, write_stall_timeout_s=60.0
+        max_body_bytes=args.max_body_bytes,
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        max_pipelined=args.max_pipelined,
+        max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
+        request_timeout_s=args.request_timeout,
+        keepalive_timeout_s=args.idle_timeout,
+        write_stall_timeout_s=60.0,
     )
+    reuse = args.workers > 1 or args.reuse_port
     server = await start_server(
-        router.handle, args.host, args.port, reuse_port=args.workers > 1 or args.reuse_port, limits=limits
+        router.handle,
+        args.host,
+        args.port,
+        reuse_port=reuse,
+        limits=limits,
+        head_check=router.head_check,
+        error_body_fn=openai_error_body,
     )
+    admin = None
+    if args.admin_port is not None:
+        admin = await start_server(router.handle_admin, args.host, args.admin_port, reuse_port=reuse)
+        log.info("admin endpoints on %s:%d", args.host, args.admin_port)
+    elif router._admin_digest is None:
+        log.warning(
+            "/metrics and /kubetier/status are open on the client port: set --admin-port or $%s", args.admin_key_env
+        )
+    # Everything allocated so far lives as long as the process: keep it out of the
+    # collector's way, and collect the young generation less often (per-stream objects
+    # are short-lived and acyclic; a young collection per 700 allocations showed up in
+    # profiles of the relay).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     log.info("router listening on %s:%d (%d models)", args.host, args.port, len(router.fleets))
     await serve_until_signalled(server)
+    if admin is not None:
+        admin.close()
     if discovery_task:
         discovery_task.cancel()
     await router.stop()
@@ -127,10 +245,7 @@ def _run_workers(argv: list[str], workers: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "bench":
-        from kubetier.router.bench import main as bench_main
-
-        return bench_main(argv[1:])
+    # `kubetier router bench` is dispatched by kubetier.cli: the router never imports it.
     parser = build_parser()
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -69,7 +69,7 @@ class TierTally:
         )
 
     def as_dict(self) -> dict:
-        return self.counts().wire()
+        return self.counts().document()
 
 
 class RouterMetrics:
@@ -195,7 +195,7 @@ class RouterMetrics:
                         tl.completed += v
                     elif o == "rejected":
                         tl.rejected += v
-                    elif o in ("error", "upstream_error"):
+                    elif o in ("error", "upstream_error", "timeout", "unavailable"):
                         tl.failed += v
                 elif n == "kubetier_router_slo_met_total":
                     t(lb).slo_met += v

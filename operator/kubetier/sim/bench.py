@@ -1,7 +1,7 @@
 """`kubetier simulate bench`: simulated requests per wall-second, and where the time goes.
 
 A synthetic three-tier workload (Poisson arrivals, conversation-like lengths) offered at
-a fraction of the fleet's fluid bound, run through the kubetier policy on one core.
+a fraction of the fleet's fluid estimate, run through the kubetier policy on one core.
 Prints the rate, the peak memory and the top cProfile entries; writes JSON. It is a
 benchmark: it asserts nothing about wall-clock time.
 """
@@ -37,7 +37,9 @@ def bench_scenario(servers: int, requests: int, load: float, profile: str) -> tu
         "profile": profile,
         "tiers": tiers,
         "workload": {
-            "maxRequests": requests,
+            "durationS": 1.0,  # replaced below once the offered rate is known
+            "warmupS": 0,
+            "cooldownS": 0,
             "sources": [
                 {
                     "synthetic": {
@@ -52,17 +54,20 @@ def bench_scenario(servers: int, requests: int, load: float, profile: str) -> tu
         },
         "fleet": {"servers": {"interactive": per, "standard": per, "batch": servers - 2 * per}},
     }
-    sc = parse_scenario(doc, "bench")
     model = load_profile(profile)
-    # Offered rate: `load` times the fluid bound (the bound of the mix's mean lengths).
+    # Offered rate: `load` times the fluid estimate (the bound of the mix's mean lengths).
     rows = [
         (t["name"], share, 1100.0, 220.0, t["tpotMs"] / 1000.0, t["ttftMs"] / 1000.0)
         for t, share in zip(tiers, (0.3, 0.4, 0.3))
     ]
-    from .bound import fluid_bound
+    from .bound import fluid_estimate
 
-    bound, _ = fluid_bound(model, servers, rows)
-    return sc, model, max(0.01, load * bound), bound
+    bound = fluid_estimate(model, servers, rows)
+    rate = max(0.01, load * bound)
+    # The offered rate is the source's own rate (scale 1), over the time `requests` take.
+    doc["workload"]["durationS"] = requests / rate
+    doc["workload"]["sources"][0]["synthetic"]["rate"] = rate
+    return parse_scenario(doc, "bench"), model, rate, bound
 
 
 def main(argv: list[str]) -> int:
@@ -71,7 +76,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--servers", type=int, default=64)
     p.add_argument("--requests", type=int, default=200_000)
-    p.add_argument("--load", type=float, default=0.6, help="offered rate as a fraction of the fluid bound")
+    p.add_argument("--load", type=float, default=0.6, help="offered rate as a fraction of the fluid estimate")
     p.add_argument("--profile", default="llama-3.1-8b-h100")
     p.add_argument("--policy", default="kubetier")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile pass")
@@ -81,7 +86,7 @@ def main(argv: list[str]) -> int:
     sc, model, rate, bound = bench_scenario(args.servers, args.requests, args.load, args.profile)
     print(
         f"bench: {args.servers} servers, {args.requests:,} requests, policy {args.policy}, "
-        f"offered {rate:.1f} req/s ({args.load:.0%} of the fluid bound {bound:.1f})",
+        f"offered {rate:.1f} req/s ({args.load:.0%} of the fluid estimate {bound:.1f})",
         file=sys.stderr,
     )
 
@@ -90,7 +95,7 @@ def main(argv: list[str]) -> int:
 
     t0 = time.perf_counter()
     c0 = time.process_time()
-    r = runner.run_once(sc, args.policy, rate, model, None, progress=progress)
+    r = runner.run_once(sc, args.policy, 1.0, model, None, progress=progress)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     print(file=sys.stderr)
@@ -118,10 +123,10 @@ def main(argv: list[str]) -> int:
     print("attainment: " + ", ".join(f"{k} {v:.1f}%" for k, v in result["attainment"].items()))
     if not args.no_profile:
         n = min(args.requests, 50_000)
-        sc2, model2, rate2, _ = bench_scenario(args.servers, n, args.load, args.profile)
+        sc2, model2, _rate2, _ = bench_scenario(args.servers, n, args.load, args.profile)
         prof = cProfile.Profile()
         prof.enable()
-        runner.run_once(sc2, args.policy, rate2, model2, None)
+        runner.run_once(sc2, args.policy, 1.0, model2, None)
         prof.disable()
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)

@@ -9,12 +9,13 @@ from pathlib import Path
 from kubetier.policy.latency import load_profile
 
 from . import report
+from .partition import best_partition
 from .runner import (
     RunResult,
     available_policies,
+    bound_scale,
     run_once,
     search_goodput,
-    upper_bound,
     workload_shape,
 )
 from .scenario import Scenario
@@ -27,6 +28,7 @@ def compare(
     out: Path | None,
     plots: bool = True,
     quiet: bool = False,
+    partition: bool = True,
 ) -> dict:
     def say(msg: str) -> None:
         if not quiet:
@@ -34,10 +36,11 @@ def compare(
 
     model = load_profile(sc.profile)
     shape = workload_shape(sc, traces_dir)
-    bound_rps, caps = upper_bound(sc, model, shape)
+    b_scale = bound_scale(sc, model, traces_dir)
+    bound_rps = b_scale * shape.rate_rps
     say(
-        f"{sc.name}: {shape.requests} requests over {shape.duration_s:.0f} s of source time "
-        f"({shape.rate_rps:.2f} req/s at scale 1); fluid bound {bound_rps:.2f} req/s"
+        f"{sc.name}: {shape.requests} measured requests in [{shape.measure_from_s:.0f}, {shape.measure_until_s:.0f}) s "
+        f"of a {shape.duration_s:.0f} s window ({shape.rate_rps:.2f} req/s at scale 1); upper bound {bound_rps:.2f} req/s"
     )
     policies, missing = available_policies(policies)
     for p in missing:
@@ -45,7 +48,7 @@ def compare(
     tier_requests = [t["requests"] for t in shape.per_tier]
     names = [t.name for t in sc.tiers]
     targets = [t.attainment_percent for t in sc.tiers]
-    start = 0.5 * bound_rps / shape.rate_rps if bound_rps > 0 and shape.rate_rps > 0 else 1.0
+    start = 0.25 * b_scale if b_scale > 0 else 1.0
 
     results = {}
     for p in policies:
@@ -80,7 +83,15 @@ def compare(
             runs.append(r)
         curves[p] = runs
 
-    table = report.summary_table(sc.name, bound_rps, results, common, common_scale * shape.rate_rps, names, targets)
+    part = None
+    if partition:
+        hi = max([g.goodput_scale for g in results.values()] + [sc.goodput.min_scale]) * 2.0
+        part = best_partition(sc, model, traces_dir, hi_scale=min(hi, b_scale or hi), lo_scale=sc.goodput.min_scale / 4)
+        say(f"[best static partition] {part.scale * shape.rate_rps:.2f} req/s with {part.servers} ({part.runs} runs)")
+    part_rps = part.scale * shape.rate_rps if part is not None else None
+    table = report.summary_table(
+        sc.name, bound_rps, results, common, common_scale * shape.rate_rps, names, targets, part_rps
+    )
     print(table)
     print()
     print(report.tier_table(common[ref.policy]))
@@ -89,7 +100,16 @@ def compare(
     doc = {
         "scenario": sc.model_dump(by_alias=True),
         "workload": asdict(shape),
-        "upperBound": {"rps": bound_rps, "kind": "fluid", "tiers": [asdict(c) for c in caps]},
+        "upperBound": {
+            "rps": bound_rps,
+            "scale": b_scale,
+            "kind": "work-conserving necessary condition (sim/bound.py)",
+        },
+        "bestPartition": (
+            {"rps": part_rps, "scale": part.scale, "servers": part.servers, "runs": part.runs}
+            if part is not None
+            else None
+        ),
         "policies": {
             p: {
                 "goodputRps": g.goodput_rps,
@@ -100,6 +120,10 @@ def compare(
                     else None
                 ),
                 "fractionOfBound": g.goodput_rps / bound_rps if bound_rps > 0 else None,
+                "aboveBestPartition": (g.goodput_rps / part_rps - 1.0 if part_rps else None),
+                "simulatedDurationS": next(
+                    (r.duration_s for r in g.runs if r.rate_scale == round(g.goodput_scale, 6)), None
+                ),
                 "searchRuns": [r.to_json() for r in g.runs],
                 "atCommonRate": common[p].to_json(),
             }

@@ -8,7 +8,7 @@ sequence slot is free and its prompt plus output fit in the KV cache (reserved u
 so the engine never preempts; vLLM would instead preempt and recompute, which only makes
 an overloaded server slower).
 
-Speed (design.md, "Fleet simulator speed"): no Python work per token. An iteration that
+Speed (docs/architecture.md, "Fleet simulator speed"): no Python work per token. An iteration that
 carries prompt tokens is one event; a stretch of decode-only iterations between two
 changes of the batch (a sequence finishing, or a new request that can start prefilling)
 is ONE event. Within a stretch the batch is fixed and the KV cache grows by ``batch``
@@ -35,11 +35,12 @@ import gc
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.policy.waiting import waiting_key
 
 from .workload import Arrival
 
@@ -103,6 +104,7 @@ class Server:
         "busy_s",
         "decode_s",
         "draining",
+        "ended_at",
         "energy_j",
         "idx",
         "iter_s",
@@ -122,6 +124,7 @@ class Server:
         "sid",
         "slowdown",
         "spilled_in",
+        "started_at",
         "step_B",
         "step_a",
         "step_b",
@@ -146,6 +149,8 @@ class Server:
         self.slowdown = 1.0  # power capping multiplies iteration times
         self.ready_at = ready_at
         self.up_since = ready_at
+        self.started_at = 0.0  # when the server was asked for (model loading is paid for too)
+        self.ended_at = math.inf  # when it was removed
         self.removed = False
         self.draining = False
         self.waiting: deque[Request] = deque()  # routed, not yet admitted into the engine
@@ -223,6 +228,10 @@ class SimConfig:
     track_power: bool = False
     hooks: list[Hook] = field(default_factory=list)
     rebin_idle: bool = False  # shared pool: the policy may move idle servers between bins
+    # Requests arriving outside [measure_from_s, measure_until_s) are simulated but not
+    # recorded (warm-up and cool-down are left out of every figure).
+    measure_from_s: float = 0.0
+    measure_until_s: float = math.inf
 
 
 class Simulator:
@@ -241,19 +250,24 @@ class Simulator:
             policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng, **extra)
         self.policy = policy
         self.sink = sink
+        self._m_from = cfg.measure_from_s
+        self._m_until = cfg.measure_until_s
         self.servers: list[Server] = []
         self.by_sid: dict[str, Server] = {}
         self.events: list = []  # (t, seq, kind, payload)
         self._seq = 0
         self.now = 0.0
-        # Requests the policy told to wait, FIFO per tier (the router holds them).
-        self.waitq: list[deque[Request]] = [deque() for _ in cfg.tiers]
+        # Requests the policy told to wait (the router holds them), in the router's order
+        # (kubetier.policy.waiting.waiting_key): a heap of (key, request).
+        self.waitq: list[tuple[tuple[int, float, int], Request]] = []
+        self._prio = [t.priority for t in cfg.tiers]
         self.n_waiting = 0
         self._wait_timer_at = math.inf
         self.n_arrived = 0
         self.n_done = 0
         self.n_rejected = 0
         self.n_waits = 0
+        self.n_broken = 0  # streams cut by a server removed without migration
         self.steps = 0
         self._track_power = cfg.track_power
         self.stop = False  # set by the outcome sink to end a run early
@@ -262,6 +276,7 @@ class Simulator:
         self._on_prefill_done = self.policy.on_prefill_done
         self._on_finish = self.policy.on_finish
         self._observe = self.policy.observe
+        self._on_request_done = self.policy.on_request_done
         for tier in cfg.server_tiers:
             self.add_server(tier, ready_after_s=0.0)
         for hook in cfg.hooks:
@@ -277,6 +292,7 @@ class Simulator:
         delay = self.cfg.model_load_s if ready_after_s is None else ready_after_s
         idx = len(self.servers)
         srv = Server(idx, f"s{idx}-{tier}", tier, self.cfg.model, ready_at=self.now + delay)
+        srv.started_at = self.now
         self.servers.append(srv)
         self.by_sid[srv.sid] = srv
         self.policy.upsert_server(ServerLoad(server_id=srv.sid, tier=tier, model=self.cfg.model, ready=delay <= 0))
@@ -300,13 +316,19 @@ class Simulator:
             )
         )
 
-    def remove_server(self, srv: Server) -> None:
-        """The server disappears (spot preemption). Its unfinished requests go back to the
-        router as continuations: prompt plus the tokens already streamed, the rest of the
-        output, same arrival time and per-token deadlines (the client sees one stream)."""
+    def remove_server(self, srv: Server, migrate: bool = True) -> None:
+        """The server disappears (spot preemption, or a drained server given back).
+
+        ``migrate``: its unfinished requests go back to the router as continuations: prompt
+        plus the tokens already streamed, the rest of the output, same arrival time and
+        per-token deadlines (the client sees one stream). Without it a started stream breaks:
+        the client retries from scratch (the whole prompt and output again, same deadlines),
+        the request counts as missed and ``n_broken`` counts it.
+        """
         if srv.removed:
             return
         srv.removed = True
+        srv.ended_at = self.now
         srv.busy = False
         srv.version += 1
         srv.up_since = self.now - srv.up_since  # becomes the server's lifetime (see gpu_seconds)
@@ -317,7 +339,13 @@ class Simulator:
         srv.running_heap.clear()
         srv.tier_heaps.clear()
         for req in orphans:
-            if req.t_first >= 0:
+            if not migrate and (req.t_first >= 0 or req.base):
+                self.n_broken += 1
+                req.failed = True
+                req.prompt -= req.base
+                req.output += req.base
+                req.base = 0
+            elif req.t_first >= 0:
                 streamed = 1 + srv.G - (req.finish_iter - req.output + 1)  # tokens out so far
                 streamed = max(1, min(req.output - 1, streamed))
                 req.prompt += streamed
@@ -326,6 +354,15 @@ class Simulator:
             req.prefill_left = req.prompt
             req.server = None
             self._route(req, self.now)
+
+    def call_at(self, t: float, callback: Callable[[Simulator, float], None]) -> None:
+        """Run ``callback(sim, t)`` at simulated time ``t`` (hooks' timed actions)."""
+        self._push(max(t, self.now), 3, callback)
+
+    def server_lifetimes(self) -> Iterator[tuple[float, float, Server]]:
+        """(asked for, removed or now, server) for every server ever started."""
+        for srv in self.servers:
+            yield srv.started_at, min(srv.ended_at, self.now), srv
 
     def set_slowdown(self, srv: Server, factor: float) -> None:
         """Power capping: iterations take ``factor`` (>= 1) times longer from the next step on."""
@@ -420,13 +457,13 @@ class Simulator:
             if d.spilled:
                 req.spilled = True
                 srv.spilled_in += 1
-            self._on_admit(srv.sid, req.prompt, self.exp_out[tier])
+            self._on_admit(srv.sid, req.prompt, self.exp_out[tier], self.tier_names[tier])
             self._enqueue(srv, req, now)
             return True
         if action == "reject":
             req.state = _REJECTED
             self.n_rejected += 1
-            if self.sink is not None:
+            if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
                 self.sink.record(tier, math.inf, math.inf, False, True, req.spilled, now - req.t_arr, -1)
             return True
         # wait: the router holds it and asks again when a server frees capacity, or when
@@ -434,7 +471,8 @@ class Simulator:
         self.n_waits += 1
         if not req.waiting:
             req.waiting = True
-            self.waitq[tier].append(req)
+            self._seq += 1
+            heapq.heappush(self.waitq, (waiting_key(self._prio[tier], req.t_arr, self._seq), req))
             self.n_waiting += 1
         # Ask again when the policy's hint says it turns late (to reject or queue it), at
         # least every DEFAULT_RETRY_S, and never at the same instant (no progress then).
@@ -446,16 +484,27 @@ class Simulator:
         return False
 
     def _retry_waiting(self, now: float) -> None:
-        # Oldest first within each tier, and stop a tier at its first "wait": the ones
-        # behind it would get the same answer (bounded work per freed slot).
-        for q in self.waitq:
-            while q:
-                req = q[0]  # still marked waiting, so a new "wait" does not queue it twice
-                if not self._route(req, now):
-                    break
-                q.popleft()
+        # In the router's waiting order; once a tier gets "wait", its later requests are
+        # not asked again in this pass (they would get the same answer), and the pass
+        # ends when every tier has waited (bounded work per freed slot).
+        q = self.waitq
+        held = []
+        waited: set[int] = set()
+        n_tiers = len(self.tiers)
+        while q and len(waited) < n_tiers:
+            item = heapq.heappop(q)
+            req = item[1]
+            if req.tier in waited:
+                held.append(item)
+                continue
+            if self._route(req, now):  # still marked waiting, so a "wait" does not queue it twice
                 req.waiting = False
                 self.n_waiting -= 1
+            else:
+                held.append(item)
+                waited.add(req.tier)
+        for item in held:
+            heapq.heappush(q, item)
         if self.n_waiting and self._wait_timer_at == math.inf:
             self._wait_timer_at = now + DEFAULT_RETRY_S
             self._push(self._wait_timer_at, 1, None)
@@ -521,7 +570,7 @@ class Simulator:
                         self._on_finish(srv.sid, req.prompt, 0)
                         req.state = _REJECTED
                         self.n_rejected += 1
-                        if self.sink is not None:
+                        if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
                             self.sink.record(
                                 req.tier, math.inf, math.inf, False, True, req.spilled, now - req.t_arr, srv.idx
                             )
@@ -682,9 +731,10 @@ class Simulator:
         srv.reserved -= need
         srv.served += 1
         self.n_done += 1
+        self._on_request_done(self.tier_names[req.tier], req.output + req.base)
         # No policy.on_finish: _finish runs only inside _step_end, whose closing observe()
         # sets the exact state.
-        if self.sink is not None:
+        if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
             tpot = (t - req.t_first) / (req.output + req.base - 1) if req.output + req.base > 1 else 0.0
             queue = req.t_start - req.t_arr if req.t_start >= 0 else 0.0
             self.sink.record(

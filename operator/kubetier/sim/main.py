@@ -22,12 +22,14 @@ kubetier.sim.scenario as s; print(s.__doc__)"`). In short:
   policies: [kubetier, round-robin, least-loaded, static-partition, two-class]
   goodput:  {minScale, maxScale, iterations, curveScales}
 
-Traces: known names are read from --traces-dir (default ../shared/traces beside the
-checkout, or $KUBETIER_TRACES_DIR): azure_llm_2023_code, azure_llm_2023_conv,
-mooncake_conversation.
+Traces: known names ship with kubetier (gzip-compressed, in kubetier/sim/traces/ with
+their licences); --traces-dir or $KUBETIER_TRACES_DIR reads them from another folder
+(plain or .gz): azure_llm_2023_code, azure_llm_2023_conv, mooncake_conversation.
 
 Commands: `kubetier simulate --scenario NAME_OR_PATH --output DIR`,
-`kubetier simulate list`, `kubetier simulate bench --output FILE`.
+`kubetier simulate list`, `kubetier simulate bench --output FILE`,
+`kubetier simulate generate --seed N [--output FILE]` (a random realistic scenario),
+`kubetier simulate spot --help` (spot policies: cost and attainment).
 """
 
 
@@ -36,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="kubetier simulate",
         description="Fleet simulator: replay a scenario (traces or synthetic load) through kubetier's "
         "SLO routing policy and the baselines; report per-tier attainment, goodput, the ratio to the "
-        "best baseline and the fraction of a fluid upper bound.",
+        "best baseline and the fraction of a provable upper bound and the gain over the best static partition.",
         epilog=_FORMAT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,10 +48,18 @@ def _parser() -> argparse.ArgumentParser:
         help="shipped scenario name or YAML path (default: azure-by-source; `kubetier simulate list`)",
     )
     p.add_argument("--output", type=Path, default=None, help="directory for result.json and the PNG plots")
-    p.add_argument("--traces-dir", type=Path, default=None, help="folder holding the public traces")
+    p.add_argument(
+        "--traces-dir",
+        type=Path,
+        default=None,
+        help="folder holding the public traces (default: the ones shipped with kubetier)",
+    )
     p.add_argument("--policies", default=None, help="comma-separated subset of the scenario's policies")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--no-partition", action="store_true", help="skip the best-static-partition search (many short runs)"
+    )
     return p
 
 
@@ -58,6 +68,14 @@ def main(argv: list[str]) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "generate":
+        from .generate import main as generate_main
+
+        return generate_main(argv[1:])
+    if argv and argv[0] == "spot":
+        from .spot_compare import main as spot_main
+
+        return spot_main(argv[1:])
     if argv and argv[0] == "list":
         for name in shipped_scenarios():
             sc = load_scenario(name)
@@ -85,7 +103,15 @@ def main(argv: list[str]) -> int:
         policies = wanted
     t0 = time.perf_counter()
     try:
-        compare(sc, policies, args.traces_dir, args.output, plots=not args.no_plots, quiet=args.quiet)
+        compare(
+            sc,
+            policies,
+            args.traces_dir,
+            args.output,
+            plots=not args.no_plots,
+            quiet=args.quiet,
+            partition=not args.no_partition,
+        )
     except TraceMissingError as exc:
         print(f"kubetier simulate: {exc}", file=sys.stderr)
         return 2

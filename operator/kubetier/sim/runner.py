@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing import KINDS, TierSLO
 
 from . import workload as wl
-from .bound import TierCapacity, fluid_bound
+from .bound import WorkModel, necessary_condition, work_models
 from .engine import Hook, SimConfig, Simulator
 from .metrics import Collector, TierStats, summarize
 from .scenario import Scenario
@@ -30,6 +32,11 @@ POLICY_KINDS = {
 }
 
 
+# kubetier may move idle servers between bins in a per-tier fleet too (the fleet's
+# split is then its starting point, as the tier-blind baselines ignore it entirely).
+REBIN_PARTITIONS = True
+
+
 def available_policies(requested: list[str]) -> tuple[list[str], list[str]]:
     ok, missing = [], []
     for p in requested:
@@ -37,89 +44,198 @@ def available_policies(requested: list[str]) -> tuple[list[str], list[str]]:
     return ok, missing
 
 
+_BASE_CACHE: dict[tuple[str, str], tuple] = {}
+_BASE_CACHE_MAX = 8
+
+
+def _source_rows(sc: Scenario, i: int, traces_dir: Path | None, rate_scale: float):
+    src = sc.workload.sources[i]
+    if src.trace is not None:
+        return wl.read_trace(wl.resolve_trace(src.trace, traces_dir))
+    s = src.synthetic
+    if sc.workload.duration_s is None and sc.workload.max_requests is None:
+        raise ValueError(f"workload.sources.{i}: a synthetic source needs workload.durationS or workload.maxRequests")
+    pl = wl.LengthDist(s.prompt.dist, s.prompt.mean, s.prompt.sd, s.prompt.min, s.prompt.max)
+    ol = wl.LengthDist(s.output.dist, s.output.mean, s.output.sd, s.output.min, s.output.max)
+    # Synthetic sources are resampled at the scaled rate (same process, same CV, same
+    # diurnal period in seconds); the seed depends on the scale so scales differ.
+    seed = sc.seed * 1_000_003 + i + 1 + (0 if rate_scale == 1.0 else int(rate_scale * 1_000_000) * 7919)
+    return wl.synthetic(
+        s.arrival, s.rate * rate_scale, pl, ol, seed, cv=s.cv, amplitude=s.amplitude, period_s=s.period_s
+    )
+
+
+def _weights(sc: Scenario, i: int) -> list[tuple[int, float]]:
+    src = sc.workload.sources[i]
+    if src.tier is not None:
+        return [(sc.tier_index(src.tier), 1.0)]
+    return [(sc.tier_index(name), w) for name, w in (src.mix or {}).items()]
+
+
+def _base(sc: Scenario, traces_dir: Path | None) -> tuple:
+    """Per source, the rows of the window at scale 1 (arrays), and the window length."""
+    key = (sc.model_dump_json(), str(traces_dir))
+    hit = _BASE_CACHE.get(key)
+    if hit is not None:
+        return hit
+    w = sc.workload
+    per_source = []
+    for i in range(len(w.sources)):
+        rng = random.Random(sc.seed * 1_000_003 + i)
+        per_source.append(
+            wl.window_rows(
+                _source_rows(sc, i, traces_dir, 1.0), _weights(sc, i), rng, w.start_s, w.duration_s, w.max_requests
+            )
+        )
+    if w.duration_s is not None:
+        duration = w.duration_s
+    else:
+        # maxRequests alone: the window is the time the first maxRequests arrivals span
+        t_all = np.sort(np.concatenate([a[0] for a in per_source]))[: w.max_requests]
+        duration = float(t_all[-1]) + 1e-6 if len(t_all) else 1.0
+        per_source = [tuple(x[a[0] < duration] for x in a) for a in per_source]
+    out = (per_source, duration)
+    if len(_BASE_CACHE) >= _BASE_CACHE_MAX:
+        _BASE_CACHE.clear()
+    _BASE_CACHE[key] = out
+    return out
+
+
+def measure_window(sc: Scenario, duration_s: float) -> tuple[float, float]:
+    w = sc.workload
+    warm = w.warmup_s if w.warmup_s is not None else 0.1 * duration_s
+    cool = w.cooldown_s if w.cooldown_s is not None else 0.1 * duration_s
+    if warm + cool >= duration_s:
+        raise ValueError(
+            f"workload: warmupS ({warm:g}) + cooldownS ({cool:g}) leave nothing of the {duration_s:g} s window to measure"
+        )
+    return warm, duration_s - cool
+
+
+def build_window(sc: Scenario, rate_scale: float, traces_dir: Path | None) -> wl.Window:
+    """The run's arrivals at ``rate_scale`` times the sources' rate, over the scenario's
+    measured duration (trace sources: superposed time-shifted copies, see
+    :func:`workload.superpose`; synthetic sources: the same process at the scaled rate)."""
+    per_source, duration = _base(sc, traces_dir)
+    parts = []
+    for i, src in enumerate(sc.workload.sources):
+        if src.trace is not None:
+            t, p, o, k = per_source[i]
+            parts.append(wl.superpose(t, p, o, k, duration, rate_scale, sc.seed * 1_000_003 + i))
+        elif rate_scale == 1.0:
+            parts.append(per_source[i])
+        else:
+            rng = random.Random(sc.seed * 1_000_003 + i)
+            parts.append(
+                wl.window_rows(
+                    _source_rows(sc, i, traces_dir, rate_scale), _weights(sc, i), rng, sc.workload.start_s, duration
+                )
+            )
+    t = np.concatenate([x[0] for x in parts])
+    order = np.argsort(t, kind="stable")
+    warm, until = measure_window(sc, duration)
+    return wl.Window(
+        t[order],
+        np.concatenate([x[1] for x in parts])[order],
+        np.concatenate([x[2] for x in parts])[order],
+        np.concatenate([x[3] for x in parts])[order],
+        duration,
+        warm,
+        until,
+    )
+
+
 def arrivals(sc: Scenario, rate_scale: float, traces_dir: Path | None) -> Iterator[wl.Arrival]:
     """The scenario's requests at ``rate_scale`` times the sources' own rate, by time."""
-    streams = []
-    for i, src in enumerate(sc.workload.sources):
-        # One random stream per source, derived from the seed: tier draws and synthetic
-        # arrivals do not depend on the rate scale or on the other sources.
-        rng = random.Random(sc.seed * 1_000_003 + i)
-        if src.trace is not None:
-            rows = wl.read_trace(wl.resolve_trace(src.trace, traces_dir))
-        else:
-            s = src.synthetic
-            pl = wl.LengthDist(s.prompt.dist, s.prompt.mean, s.prompt.sd, s.prompt.min, s.prompt.max)
-            ol = wl.LengthDist(s.output.dist, s.output.mean, s.output.sd, s.output.min, s.output.max)
-            rows = wl.synthetic(
-                s.arrival,
-                s.rate,
-                pl,
-                ol,
-                sc.seed * 1_000_003 + i + 1,
-                cv=s.cv,
-                amplitude=s.amplitude,
-                period_s=s.period_s,
-            )
-            if sc.workload.duration_s is None and sc.workload.max_requests is None:
-                raise ValueError(
-                    f"workload.sources.{i}: a synthetic source needs workload.durationS or workload.maxRequests"
-                )
-        if src.tier is not None:
-            weights = [(sc.tier_index(src.tier), 1.0)]
-        else:
-            weights = [(sc.tier_index(name), w) for name, w in src.mix.items()]
-        streams.append(wl.tag_and_window(rows, weights, rng, rate_scale, sc.workload.start_s, sc.workload.duration_s))
-    return wl.limit(wl.merge(streams), sc.workload.max_requests)
+    return build_window(sc, rate_scale, traces_dir).arrivals()
 
 
 @dataclass
 class WorkloadShape:
-    requests: int
-    duration_s: float
-    rate_rps: float  # at rate scale 1
+    requests: int  # measured requests at rate scale 1
+    duration_s: float  # the simulated window (fixed at every rate scale)
+    rate_rps: float  # measured requests per measured second at rate scale 1
     per_tier: list[dict]
+    measure_from_s: float = 0.0
+    measure_until_s: float = 0.0
 
 
 def workload_shape(sc: Scenario, traces_dir: Path | None) -> WorkloadShape:
-    n = [0] * len(sc.tiers)
-    p = [0] * len(sc.tiers)
-    o = [0] * len(sc.tiers)
-    last = 0.0
-    total = 0
-    for a in arrivals(sc, 1.0, traces_dir):
-        n[a.tier] += 1
-        p[a.tier] += a.prompt_tokens
-        o[a.tier] += a.output_tokens
-        last = a.t
-        total += 1
-    dur = sc.workload.duration_s if sc.workload.duration_s and sc.workload.max_requests is None else max(last, 1e-9)
-    per = [
-        {
-            "tier": t.name,
-            "requests": n[i],
-            "share": n[i] / total if total else 0.0,
-            "meanPrompt": p[i] / n[i] if n[i] else 0.0,
-            "meanOutput": o[i] / n[i] if n[i] else 0.0,
-        }
-        for i, t in enumerate(sc.tiers)
-    ]
-    return WorkloadShape(total, dur, total / dur if dur > 0 else 0.0, per)
-
-
-def upper_bound(sc: Scenario, model: LatencyModel, shape: WorkloadShape) -> tuple[float, list[TierCapacity]]:
-    n = sum(sc.fleet.servers.values()) if sc.fleet.servers is not None else sc.fleet.pool
-    rows = [
-        (
-            t.name,
-            shape.per_tier[i]["share"],
-            shape.per_tier[i]["meanPrompt"],
-            shape.per_tier[i]["meanOutput"],
-            t.tpot_ms / 1000.0,
-            t.ttft_ms / 1000.0,
+    win = build_window(sc, 1.0, traces_dir)
+    m = win.measured()
+    k = win.tier[m]
+    total = int(m.sum())
+    per = []
+    for i, t in enumerate(sc.tiers):
+        sel = k == i
+        n = int(sel.sum())
+        per.append(
+            {
+                "tier": t.name,
+                "requests": n,
+                "share": n / total if total else 0.0,
+                "meanPrompt": float(win.prompt[m][sel].mean()) if n else 0.0,
+                "meanOutput": float(win.output[m][sel].mean()) if n else 0.0,
+            }
         )
-        for i, t in enumerate(sc.tiers)
-    ]
-    return fluid_bound(model, n, rows)
+    span = win.measure_until_s - win.measure_from_s
+    return WorkloadShape(
+        total, win.duration_s, total / span if span > 0 else 0.0, per, win.measure_from_s, win.measure_until_s
+    )
+
+
+def load_ratio(
+    sc: Scenario, model: LatencyModel, rate_scale: float, traces_dir: Path | None, wms: list[WorkModel] | None = None
+) -> float:
+    """Needed / available server time at this scale (:func:`bound.necessary_condition`):
+    no policy can pass where it exceeds 1."""
+    win = build_window(sc, rate_scale, traces_dir)
+    tiers = [(t.ttft_ms / 1000.0, t.tpot_ms / 1000.0, t.attainment_percent) for t in sc.tiers]
+    return necessary_condition(
+        win.t,
+        win.prompt,
+        win.output,
+        win.tier,
+        win.measure_from_s,
+        win.measure_until_s,
+        tiers,
+        wms or work_models(model),
+        n_servers(sc),
+    )
+
+
+def n_servers(sc: Scenario) -> int:
+    return sum(sc.fleet.servers.values()) if sc.fleet.servers is not None else (sc.fleet.pool or 0)
+
+
+def bound_scale(sc: Scenario, model: LatencyModel, traces_dir: Path | None, iterations: int = 12) -> float:
+    """The largest rate scale at which the necessary condition holds (bracket by
+    doubling, then log bisection; ``inf`` capped at 4096x)."""
+    wms = work_models(model)
+
+    def ok(s: float) -> bool:
+        return load_ratio(sc, model, s, traces_dir, wms) <= 1.0
+
+    lo, hi = 1.0, 1.0
+    if ok(1.0):
+        while ok(hi * 2.0):
+            hi *= 2.0
+            if hi >= 4096:
+                return hi
+        lo, hi = hi, hi * 2.0
+    else:
+        while not ok(lo / 2.0):
+            lo /= 2.0
+            if lo < 1e-4:
+                return 0.0
+        lo, hi = lo / 2.0, lo
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 @dataclass
@@ -139,6 +255,8 @@ class RunResult:
     server_tier: list[str] = field(default_factory=list)
     energy_j: float = 0.0
     aborted: bool = False  # stopped early: a tier was already past its miss budget
+    duration_s: float = 0.0  # arrivals span this much simulated time (fixed at every scale)
+    measured_requests: int = 0  # arrivals inside the measurement window (the figures' population)
 
     @property
     def meets_targets(self) -> bool:
@@ -173,6 +291,7 @@ def run_once(
     """One simulation. With ``tier_requests`` (requests per tier of the whole run) the run
     stops as soon as some tier has missed more than its target allows (``aborted``):
     the goodput search only needs the verdict, and overloaded runs are the slow ones."""
+    win = build_window(sc, rate_scale, traces_dir)
     cfg = SimConfig(
         tiers=[TierSLO.from_api(t) for t in sc.tiers],
         server_tiers=server_tiers_for(sc, policy),
@@ -182,17 +301,21 @@ def run_once(
         model_load_s=sc.fleet.model_load_s,
         track_power=track_power,
         hooks=list(hooks or []),
-        rebin_idle=policy == "kubetier" and sc.fleet.pool is not None,
+        rebin_idle=policy == "kubetier" and (sc.fleet.pool is not None or REBIN_PARTITIONS),
+        measure_from_s=win.measure_from_s,
+        measure_until_s=win.measure_until_s,
     )
+    measured = win.tier_counts(len(sc.tiers))
     budget = None
     if tier_requests is not None:
-        budget = [int(n * (1.0 - t.attainment_percent / 100.0) + 1e-9) for n, t in zip(tier_requests, sc.tiers)]
+        # the miss budget of the requests measured at this scale (the count grows with it)
+        budget = [int(n * (1.0 - t.attainment_percent / 100.0) + 1e-9) for n, t in zip(measured, sc.tiers)]
     col = Collector(len(sc.tiers), budget)
     sim = Simulator(cfg, sink=col)
     if budget is not None:
         col.on_settled = lambda: setattr(sim, "stop", True)
     t0 = time.perf_counter()
-    sim.run(arrivals(sc, rate_scale, traces_dir), progress=progress)
+    sim.run(win.arrivals(), progress=progress)
     wall = time.perf_counter() - t0
     stats = summarize(
         col,
@@ -218,6 +341,8 @@ def run_once(
         server_tier=[_current_tier(sim, s) for s in sim.servers],
         energy_j=sum(s.energy_j for s in sim.servers),
         aborted=col.settled,
+        duration_s=win.duration_s,
+        measured_requests=sum(measured),
     )
 
 

@@ -2,9 +2,10 @@
 
 A scenario says who sends what (workload sources, each tagged with a tier or a tier
 mix), what serves it (a fleet of servers per tier, or one shared pool, all with one
-latency profile), the SLO tiers, and which policies to compare. Keys are camelCase like
-the ModelService CRD (``ttftMs``, ``tpotMs``), so a tier block can be pasted from one to
-the other. Example (the shipped ones are in ``kubetier/sim/scenarios/``)::
+latency profile), the SLO tiers, and which policies to compare. A tier is the API's
+``kubetier.api.tier.SLOTier``, the same definition as a ModelService tier's SLO fields
+(``ttftMs``, ``tpotMs``, ...), so a tier block can be pasted from one to the other. Example (the shipped ones are in
+``kubetier/sim/scenarios/``)::
 
     name: azure-three-tier
     seed: 7
@@ -17,6 +18,8 @@ the other. Example (the shipped ones are in ``kubetier/sim/scenarios/``)::
       startS: 0                         # window of the sources' own time
       durationS: 600
       maxRequests: 100000
+      warmupS: 60                       # arrivals left out of the figures (default 10%)
+      cooldownS: 60
       sources:
         - trace: azure_llm_2023_code    # known trace name (in --traces-dir) or a file path
           tier: interactive             # every request of this source -> one tier
@@ -113,6 +116,11 @@ class Workload(_Model):
     start_s: float = Field(default=0.0, ge=0)
     duration_s: float | None = Field(default=None, gt=0)
     max_requests: int | None = Field(default=None, ge=1)
+    # Left out of every figure: the first warmupS (an empty fleet fills) and the last
+    # cooldownS of arrivals (load falls off while the last measured requests finish).
+    # Default: 10% of the window each.
+    warmup_s: float | None = Field(default=None, ge=0)
+    cooldown_s: float | None = Field(default=None, ge=0)
 
 
 class Fleet(_Model):

@@ -9,6 +9,7 @@ arrival time, i.e. doubles the rate while keeping the trace's burst shape).
 from __future__ import annotations
 
 import csv
+import gzip
 import heapq
 import itertools
 import json
@@ -18,12 +19,15 @@ import random
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 
-# Where the shared public traces live by default: ../shared/traces beside the checkout.
+# The public traces ship inside the package, gzip-compressed (licences, attribution and
+# measured shapes: traces/README.md beside this module). $KUBETIER_TRACES_DIR or
+# --traces-dir points at another folder holding the same names, plain or .gz.
 TRACES_ENV = "KUBETIER_TRACES_DIR"
+PACKAGED_TRACES_DIR = Path(__file__).resolve().parent / "traces"
 KNOWN_TRACES = {
     "azure_llm_2023_code": "azure_llm_2023_code.csv",
     "azure_llm_2023_conv": "azure_llm_2023_conv.csv",
@@ -45,36 +49,51 @@ class TraceMissingError(FileNotFoundError):
 def default_traces_dir() -> Path:
     if os.environ.get(TRACES_ENV):
         return Path(os.environ[TRACES_ENV])
-    # operator/kubetier/sim/workload.py -> repository root is parents[3]; traces sit beside it.
-    repo = Path(__file__).resolve().parents[3]
-    for candidate in (repo.parent / "shared" / "traces", repo / "shared" / "traces"):
-        if candidate.is_dir():
-            return candidate
-    return repo.parent / "shared" / "traces"
+    return PACKAGED_TRACES_DIR
+
+
+def _plain_or_gz(path: Path) -> Path:
+    """``path`` if it exists, else ``path.gz`` if that exists (else ``path``, for the error)."""
+    if path.is_file() or path.suffix == ".gz":
+        return path
+    gz = path.with_name(path.name + ".gz")
+    return gz if gz.is_file() else path
 
 
 def resolve_trace(name_or_path: str, traces_dir: Path | None) -> Path:
-    """A known trace name (looked up in the traces folder) or a file path."""
+    """A known trace name (looked up in the traces folder, plain or .gz) or a file path."""
     if name_or_path in KNOWN_TRACES:
         folder = traces_dir or default_traces_dir()
-        path = folder / KNOWN_TRACES[name_or_path]
+        path = _plain_or_gz(folder / KNOWN_TRACES[name_or_path])
     else:
         path = Path(name_or_path)
         if not path.is_absolute() and traces_dir is not None and (traces_dir / path).exists():
             path = traces_dir / path
     if not path.is_file():
         raise TraceMissingError(
-            f"trace {name_or_path!r} not found at {path}; the public traces live in "
-            f"../shared/traces beside the checkout (see its README). Point "
-            f"--traces-dir (or ${TRACES_ENV}) at a folder holding {sorted(KNOWN_TRACES.values())}, "
-            f"or give the trace as a file path"
+            f"trace {name_or_path!r} not found at {path}; the public traces ship in "
+            f"{PACKAGED_TRACES_DIR}. Point --traces-dir (or ${TRACES_ENV}) at a folder holding "
+            f"{sorted(KNOWN_TRACES.values())} (plain or .gz), or give the trace as a file path"
         )
     return path
 
 
+def open_trace_text(path: Path) -> IO[str]:
+    """Open a trace file as text, decompressing on the fly when its name ends in .gz."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return path.open(newline="", encoding="utf-8")
+
+
+def trace_format(path: Path) -> str:
+    """``jsonl`` (Mooncake) or ``csv`` (Azure), from the name with any .gz left off."""
+    name = path.name[:-3] if path.suffix == ".gz" else path.name
+    return "jsonl" if name.endswith(".jsonl") else "csv"
+
+
 def _azure_rows(path: Path) -> Iterator[tuple[float, int, int]]:
     # TIMESTAMP is wall clock with 7 fractional digits; datetime wants at most 6.
-    with path.open(newline="") as f:
+    with open_trace_text(path) as f:
         reader = csv.reader(f)
         header = next(reader)
         cols = {name.strip(): i for i, name in enumerate(header)}
@@ -97,7 +116,7 @@ def _azure_rows(path: Path) -> Iterator[tuple[float, int, int]]:
 
 
 def _mooncake_rows(path: Path) -> Iterator[tuple[float, int, int]]:
-    with path.open() as f:
+    with open_trace_text(path) as f:
         for line in f:
             if not line.strip():
                 continue
@@ -106,12 +125,13 @@ def _mooncake_rows(path: Path) -> Iterator[tuple[float, int, int]]:
 
 
 def read_trace(path: Path) -> Iterator[tuple[float, int, int]]:
-    """Stream (t_seconds_from_first, prompt_tokens, output_tokens) rows of a trace file.
+    """Stream (t_seconds_from_first, prompt_tokens, output_tokens) rows of a trace file
+    (Azure CSV or Mooncake JSONL, plain or gzip-compressed).
 
     Rows are not assumed sorted (the Azure files are, to sub-second precision); a
     bounded reorder buffer of 1 s would be needed otherwise, so we check and complain.
     """
-    rows = _mooncake_rows(path) if path.suffix == ".jsonl" else _azure_rows(path)
+    rows = _mooncake_rows(path) if trace_format(path) == "jsonl" else _azure_rows(path)
     last = -math.inf
     for t, p, o in rows:
         if t < last - 1e-6:
@@ -247,3 +267,96 @@ def merge(streams: list[Iterator[Arrival]]) -> Iterator[Arrival]:
 
 def limit(stream: Iterator[Arrival], max_requests: int | None) -> Iterator[Arrival]:
     return stream if max_requests is None else itertools.islice(stream, max_requests)
+
+
+# --- rate scaling with the measured duration fixed ---------------------------------------
+
+
+class Window(NamedTuple):
+    """The arrivals of one run, as arrays sorted by time, plus the measurement window.
+
+    ``t`` (seconds from the run's start), ``prompt``, ``output``, ``tier`` (int index).
+    Requests arriving in ``[measure_from_s, measure_until_s)`` are the measured ones;
+    the rest load the fleet (warm-up fills it, cool-down keeps it loaded while the last
+    measured requests finish) but are left out of every figure.
+    """
+
+    t: np.ndarray
+    prompt: np.ndarray
+    output: np.ndarray
+    tier: np.ndarray
+    duration_s: float
+    measure_from_s: float
+    measure_until_s: float
+
+    def measured(self) -> np.ndarray:
+        return (self.t >= self.measure_from_s) & (self.t < self.measure_until_s)
+
+    def tier_counts(self, n_tiers: int) -> list[int]:
+        return np.bincount(self.tier[self.measured()], minlength=n_tiers).astype(int).tolist()
+
+    def arrivals(self) -> Iterator[Arrival]:
+        return map(Arrival._make, zip(self.t.tolist(), self.prompt.tolist(), self.output.tolist(), self.tier.tolist()))
+
+
+def superpose(
+    t: np.ndarray, prompt: np.ndarray, output: np.ndarray, tier: np.ndarray, duration_s: float, scale: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``scale`` times the rate over the same ``duration_s``: superpose time-shifted copies.
+
+    Copy 0 is the window itself; copy j >= 1 is the window rotated by a random offset
+    (``(t + offset_j) mod duration_s``), i.e. another independent stretch of the same
+    traffic. ``floor(scale)`` copies are whole; the last is thinned to ``scale -
+    floor(scale)`` of its rows (below scale 1, the window itself is thinned). Each copy
+    keeps the source's burst shape and length distributions, and the simulated time stays
+    the measured duration, unlike compressing time (a 900 s window at 25x lasting 36 s
+    lets a 10 s TTFT tier absorb a burst and drain it after arrivals stop). Draws depend
+    only on the seed and the copy index, so the rows kept at a scale are a subset of those
+    kept at any larger scale (the goodput search compares nested workloads).
+    """
+    if scale <= 0:
+        raise ValueError(f"rate scale must be > 0, got {scale}")
+    n = len(t)
+    whole = int(math.floor(scale + 1e-12))
+    frac = scale - whole
+    copies = whole + (1 if frac > 1e-9 else 0)
+    ts, ps, os_, ks = [], [], [], []
+    for j in range(copies):
+        g = np.random.default_rng([seed, j])
+        offset = 0.0 if j == 0 else float(g.uniform(0.0, duration_s))
+        keep_u = g.random(n)
+        sel = slice(None) if j < whole else keep_u < frac
+        tj = t[sel]
+        if offset:
+            tj = np.mod(tj + offset, duration_s)
+        ts.append(tj)
+        ps.append(prompt[sel])
+        os_.append(output[sel])
+        ks.append(tier[sel])
+    tt = np.concatenate(ts) if ts else np.zeros(0)
+    order = np.argsort(tt, kind="stable")
+    return tt[order], np.concatenate(ps)[order], np.concatenate(os_)[order], np.concatenate(ks)[order]
+
+
+def window_rows(
+    rows: Iterator[tuple[float, int, int]],
+    tier_weights: list[tuple[int, float]],
+    rng: random.Random,
+    start_s: float,
+    duration_s: float | None,
+    max_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of source time ``[start_s, start_s + duration_s)`` as arrays (time relative to
+    ``start_s``), each tagged with a tier (fixed, or drawn from the mix)."""
+    return _arrays(tag_and_window(rows, tier_weights, rng, 1.0, start_s, duration_s), max_rows)
+
+
+def _arrays(stream: Iterator[Arrival], max_rows: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if max_rows is not None:
+        stream = itertools.islice(stream, max_rows)
+    rows = list(stream)
+    if not rows:
+        z = np.zeros(0, dtype=np.int64)
+        return np.zeros(0), z, z, z
+    a = np.array(rows, dtype=np.float64)
+    return a[:, 0], a[:, 1].astype(np.int64), a[:, 2].astype(np.int64), a[:, 3].astype(np.int64)

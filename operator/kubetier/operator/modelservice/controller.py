@@ -39,6 +39,7 @@ class ModelServiceController:
         namespaces: Sequence[str] | None = None,
         workers: int = 8,
         router_poll_s: float = 10.0,
+        max_concurrent_reconciles: int = 16,
     ) -> None:
         self.api = api
         self.config = config
@@ -46,12 +47,22 @@ class ModelServiceController:
         self.feed = RouterStatusFeed(config.router_status_url, api, router_poll_s) if config.router_status_url else None
         self.workers = workers
         self.locks: dict[Key, asyncio.Lock] = {}
+        # However many ModelServices kopf hands over at once (1,000 created together, or
+        # all of them on resume), at most this many reconcile at a time: unbounded, they
+        # queued for HTTP connections until the pool timed out (seen at 1,000 services).
+        self._slots = asyncio.Semaphore(max_concurrent_reconciles)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = asyncio.Event()
         self._starting = asyncio.Lock()
         self.reconciles = 0  # for tests and the benchmark
+        # ModelServices kopf currently handles (its per-object daemon runs): kopf stops
+        # every daemon while peering pauses this replica, so a passive replica's queue
+        # reconciles nothing, however many child events its watches see.
+        self.active: set[Key] = set()
+        self.watches.on_service_change(self.enqueue)
+        self.watches.on_nodes_change(self.enqueue_all)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -61,8 +72,6 @@ class ModelServiceController:
         async with self._starting:
             if self._started.is_set():
                 return
-            self.watches.on_service_change(self.enqueue)
-            self.watches.on_nodes_change(self.enqueue_all)
             await self.watches.start()
             self._tasks = [asyncio.create_task(self._work(), name=f"ms-worker-{i}") for i in range(self.workers)]
             if self.feed is not None:
@@ -106,7 +115,7 @@ class ModelServiceController:
         await self.ensure_started()
         meta = body["metadata"]
         key = (str(meta.get("namespace") or ""), str(meta["name"]))
-        async with self.locks.setdefault(key, asyncio.Lock()):
+        async with self.locks.setdefault(key, asyncio.Lock()), self._slots:
             # The cache may hold a newer body than kopf delivered (our own status write).
             cached = self.watches.modelservice(*key)
             if cached is not None and _newer(cached, body):
@@ -125,6 +134,8 @@ class ModelServiceController:
         while True:
             key = await self._queue.get()
             self._queued.discard(key)
+            if key not in self.active:
+                continue  # kopf does not handle it here (paused by peering, or not yet seen)
             body = self.watches.modelservice(*key)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 continue

@@ -39,7 +39,6 @@ from kubetier.api.routing import AccessEntry, RoutingDocument, RoutingTier
 from kubetier.api.routing import routing_configmap_name as _routing_configmap_name
 from kubetier.operator.modelservice import engines
 from kubetier.operator.modelservice.model import (
-    CAPACITY_TYPE_LABEL,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     MANAGED_BY,
@@ -55,6 +54,7 @@ from kubetier.operator.modelservice.model import (
 )
 from kubetier.operator.modelservice.profile import resolve_profile
 from kubetier.policy import sizing
+from kubetier.policy.spot import CapacityScheme
 
 
 def desired(
@@ -165,33 +165,34 @@ def routing_configmap(ms: ModelService, profile: dict[str, Any]) -> dict[str, An
 # --------------------------------------------------------------------------- workloads
 
 
-def node_affinity(spec: ModelServiceSpec, placement: str) -> dict[str, Any]:
-    capacity_types = ["on-demand"] if placement == "on-demand" else ["on-demand", "spot"]
-    required = [{"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": capacity_types}]
+def node_affinity(spec: ModelServiceSpec, placement: str, scheme: CapacityScheme) -> dict[str, Any]:
+    """Placement by capacity type in the platform's own labels (``scheme``). On-demand is
+    "not a spot value", which also matches nodes with no capacity label at all, so a
+    cluster without spot tooling schedules every tier."""
+    required: list[dict[str, Any]] = []
+    if placement == "on-demand":
+        required.append(scheme.on_demand_requirement())
     if spec.resources.gpu_product:
         required.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [spec.resources.gpu_product]})
-    affinity: dict[str, Any] = {
-        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": required}]}
-    }
+    affinity: dict[str, Any] = {}
+    if required:
+        affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {
+            "nodeSelectorTerms": [{"matchExpressions": required}]
+        }
     if placement == "prefer-spot":
         affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
-            {
-                "weight": 100,
-                "preference": {
-                    "matchExpressions": [{"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": ["spot"]}]
-                },
-            }
+            {"weight": 100, "preference": {"matchExpressions": [scheme.spot_requirement()]}}
         ]
     return affinity
 
 
-def tolerations(spec: ModelServiceSpec, placement: str) -> list[dict[str, Any]]:
+def tolerations(spec: ModelServiceSpec, placement: str, scheme: CapacityScheme) -> list[dict[str, Any]]:
     out = []
     if spec.resources.gpus_per_replica > 0:
         out.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     if placement != "on-demand":
         # Some clusters taint spot nodes so that only workloads that accept preemption land there.
-        out.append({"key": CAPACITY_TYPE_LABEL, "operator": "Equal", "value": "spot", "effect": "NoSchedule"})
+        out.append(scheme.spot_toleration())
     return out
 
 
@@ -265,7 +266,6 @@ def pod_spec(
     result: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
-        "affinity": {"nodeAffinity": node_affinity(spec, placement)},
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,
@@ -280,8 +280,12 @@ def pod_spec(
         "terminationGracePeriodSeconds": config.pre_stop_sleep_seconds + config.termination_grace_seconds,
         "enableServiceLinks": False,
     }
-    if tolerations(spec, placement):
-        result["tolerations"] = tolerations(spec, placement)
+    affinity = node_affinity(spec, placement, config.capacity())
+    if affinity:  # an empty affinity would come back from the API server dropped: a write each time
+        result["affinity"] = {"nodeAffinity": affinity}
+    pod_tolerations = tolerations(spec, placement, config.capacity())
+    if pod_tolerations:
+        result["tolerations"] = pod_tolerations
     return result
 
 

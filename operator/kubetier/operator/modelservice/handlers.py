@@ -56,6 +56,19 @@ async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_:
         logger.warning(f"{outcome.problem.reason}: {outcome.problem.message}")
 
 
+async def _active(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Mark the ModelService as handled by this replica while kopf runs this daemon:
+    kopf stops every daemon when peering pauses the replica (another one is active) and
+    starts them again when it resumes; the controller's queue reconciles only these."""
+    key = (str(body.metadata.namespace or ""), str(body.metadata.name))
+    active = controller(memo).active
+    active.add(key)
+    try:
+        await stopped.wait()
+    finally:
+        active.discard(key)
+
+
 def register(registry: kopf.OperatorRegistry, resync_seconds: float = RESYNC_SECONDS) -> None:
     """Register the ModelService handlers into ``registry`` (``kubetier.operator.main``
     registers the shared runtime handlers beside them)."""
@@ -66,3 +79,4 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = RESYNC_SEC
     kopf.timer(
         GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry, id="resync"
     )(_reconcile)
+    kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, id="active", cancellation_timeout=1.0)(_active)

@@ -21,6 +21,7 @@ from kubetier.api.labels import ZONE_LABEL as ZONE_LABEL
 from kubetier.api.modelservice import Tier
 from kubetier.operator.identity import DOMAIN, FIELD_MANAGER
 from kubetier.policy.sizing import NodeCapacity, TierSizing
+from kubetier.policy.spot import DEFAULT_SCHEME, CapacityScheme, capacity_scheme
 
 __all__ = [
     "CAPACITY_TYPE_LABEL",
@@ -64,6 +65,14 @@ class OperatorConfig:
     pre_stop_sleep_seconds: int = 15
     # After SIGTERM, vLLM finishes in-flight requests; long generations need minutes.
     termination_grace_seconds: int = 180
+    # How nodes say spot or on-demand: a preset (karpenter, eks, gke, gke-preemptible,
+    # aks) or, with capacity_label, a custom label and its spot value.
+    capacity_scheme: str = DEFAULT_SCHEME
+    capacity_label: str | None = None
+    capacity_spot_value: str | None = None
+
+    def capacity(self) -> CapacityScheme:
+        return capacity_scheme(self.capacity_scheme, self.capacity_label, self.capacity_spot_value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -77,6 +86,9 @@ class OperatorConfig:
             router_namespace=env.get("KUBETIER_ROUTER_NAMESPACE") or None,
             router_port=int(env.get("KUBETIER_ROUTER_PORT", base.router_port)),
             router_status_url=env.get("KUBETIER_ROUTER_STATUS_URL") or None,
+            capacity_scheme=env.get("KUBETIER_CAPACITY_SCHEME") or base.capacity_scheme,
+            capacity_label=env.get("KUBETIER_CAPACITY_LABEL") or None,
+            capacity_spot_value=env.get("KUBETIER_CAPACITY_SPOT_VALUE") or None,
         )
 
 
@@ -92,6 +104,8 @@ class Observed:
     profile_configmap: dict[str, str] | None = None
     # Observed SLO attainment per tier in percent, from the router (a later issue).
     attainment: dict[str, float] = field(default_factory=dict)
+    # How this cluster's nodes say spot or on-demand (OperatorConfig.capacity()).
+    capacity: CapacityScheme = field(default_factory=lambda: capacity_scheme(DEFAULT_SCHEME))
 
 
 def tier_sizing(tier: Tier) -> TierSizing:
@@ -106,8 +120,8 @@ def tier_sizing(tier: Tier) -> TierSizing:
     )
 
 
-def node_capacity(node: dict[str, Any]) -> NodeCapacity:
-    """The policy's view of a Node object."""
+def node_capacity(node: dict[str, Any], scheme: CapacityScheme | None = None) -> NodeCapacity:
+    """The policy's view of a Node object (capacity type read with ``scheme``, default Karpenter's)."""
     labels = (node.get("metadata") or {}).get("labels") or {}
     raw = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
     try:
@@ -117,7 +131,7 @@ def node_capacity(node: dict[str, Any]) -> NodeCapacity:
     return NodeCapacity(
         name=str((node.get("metadata") or {}).get("name", "")),
         gpus=gpus,
-        capacity_type=labels.get(CAPACITY_TYPE_LABEL),
+        capacity_type=(scheme or capacity_scheme(DEFAULT_SCHEME)).capacity_type(labels),
         gpu_product=labels.get(GPU_PRODUCT_LABEL),
         schedulable=not (node.get("spec") or {}).get("unschedulable"),
     )

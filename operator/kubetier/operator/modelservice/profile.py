@@ -25,7 +25,7 @@ def resolve_profile(spec: ModelServiceSpec, configmap_data: dict[str, str] | Non
         if source.builtin is not None:
             return load_profile(source.builtin).to_dict()
         if source.inline is not None:
-            return LatencyModel.from_dict(source.inline.wire()).to_dict()
+            return LatencyModel.from_api(source.inline).to_dict()
         ref = source.config_map_ref
         assert ref is not None  # the API guarantees exactly one source
         if configmap_data is None:

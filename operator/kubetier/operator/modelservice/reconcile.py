@@ -8,6 +8,7 @@ reconcile with nothing to change makes reads only.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 import pydantic
 
+from kubetier.api.errors import describe
 from kubetier.api.modelservice import GROUP, KIND, VERSION, ModelService
 from kubetier.kube import KubeClient
 from kubetier.kube.events import event_body
@@ -106,9 +108,9 @@ async def _write_status(
     if view is not None and isinstance(written, dict) and written.get("metadata"):
         view.remember({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, **written})
     outcome.status_written = True
-    for event in transitions(current, new):
-        await api.create("Event", meta.get("namespace"), _event(body, event, now))
-        outcome.events.append(f"{event['type']}/{event['reason']}")
+    events = transitions(current, new)
+    await asyncio.gather(*(api.create("Event", meta.get("namespace"), _event(body, e, now)) for e in events))
+    outcome.events += [f"{e['type']}/{e['reason']}" for e in events]
 
 
 def invalid_spec_status(body: dict[str, Any], error: str, now: dt.datetime) -> dict[str, Any]:
@@ -162,14 +164,14 @@ async def reconcile(
         # blocking the reconcile.
         ms = ModelService.model_validate({k: v for k, v in body.items() if k != "status"})
     except pydantic.ValidationError as exc:
-        message = "spec is invalid: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        message = "spec is invalid: " + "; ".join(describe(exc))
         outcome.problem = Unsatisfiable("InvalidSpec", message)
         await _write_status(api, body, invalid_spec_status(body, message, now), now, outcome, view)
         return outcome
 
     if view is None:
         view = await ListedView().load(api, ms)
-    observed = view.observe(ms, await profile_configmap(api, ms))
+    observed = replace(view.observe(ms, await profile_configmap(api, ms)), capacity=config.capacity())
     if attainment is not None:
         observed = replace(observed, attainment=attainment(ms.spec.model.name))
     elif config.router_status_url:
@@ -184,6 +186,7 @@ async def reconcile(
 
     if objects is not None:
         wanted = set()
+        stale = []
         for obj in objects:
             key = (obj["kind"], obj["metadata"]["name"])
             wanted.add(key)
@@ -192,10 +195,19 @@ async def reconcile(
                 continue
             why = "missing" if live is None else f"differs at {first_difference(live, obj)}"
             log.info("applying %s/%s (%s)", *key, why)
+            stale.append(obj)
+
+        async def apply(obj: dict[str, Any]) -> None:
             applied = await api.apply(obj)
             if isinstance(applied, dict) and applied.get("metadata"):
                 view.remember({"kind": obj["kind"], "apiVersion": obj["apiVersion"], **applied})
-            outcome.applied.append(f"{key[0]}/{key[1]}")
+
+        # The routing ConfigMap first (the simulator's pods mount it), then the rest at
+        # once: independent objects, and one round trip instead of one per child.
+        first = [o for o in stale if o["kind"] == "ConfigMap"]
+        for batch in (first, [o for o in stale if o["kind"] != "ConfigMap"]):
+            await asyncio.gather(*(apply(o) for o in batch))
+        outcome.applied += [f"{o['kind']}/{o['metadata']['name']}" for o in stale]
         for key in sorted(set(observed.children) - wanted):
             log.info("deleting %s/%s (no longer desired)", *key)
             await api.delete(key[0], ms.namespace, key[1])

@@ -29,7 +29,7 @@ import httpx
 from pydantic import ValidationError
 
 from kubetier.api.errors import describe
-from kubetier.api.router_status import RouterStatus
+from kubetier.api.router_status import ModelStatus, RouterStatus, TierCounts
 from kubetier.kube import KubeClient, KubeError
 from kubetier.kube.informer import Informer
 from kubetier.policy.attainment import MIN_JUDGED_REQUESTS, attainment_percent, judged_requests
@@ -39,7 +39,8 @@ log = logging.getLogger("kubetier.operator")
 # Kept for callers; the threshold is defined in kubetier.policy.attainment.
 MIN_REQUESTS = MIN_JUDGED_REQUESTS
 # Counters summed over replicas (the router's TierTally.as_dict fields).
-_SUMMED = ("requests", "completed", "sloMet", "rejected", "failed", "spilled", "waiting", "inflight", "demand")
+# TierCounts fields summed over router replicas.
+_SUMMED = ("requests", "completed", "slo_met", "rejected", "failed", "spilled", "waiting", "inflight", "demand")
 _SERVICE_HOST = re.compile(r"^(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?\.?$")
 
 
@@ -70,21 +71,31 @@ def attainment_from_status(status: dict[str, Any], model: str, min_requests: int
 
 
 def aggregate_status(documents: list[dict[str, Any]]) -> dict[str, Any]:
-    """One status document from several replicas': counts summed per model and tier,
-    attainment recomputed over the summed requests."""
-    models: dict[str, dict[str, Any]] = {}
-    for doc in documents:
-        for model, entry in (doc.get("models") or {}).items():
-            tiers = models.setdefault(model, {"tiers": {}})["tiers"]
-            for tier, tally in (entry.get("tiers") or {}).items():
-                into = tiers.setdefault(tier, {k: 0 for k in _SUMMED})
+    """One status document (``kubetier.api.router_status``) from several replicas':
+    counts summed per model and tier, attainment recomputed over the summed requests
+    (``kubetier.policy.attainment``). A replica's document that does not parse is left
+    out, with a log line naming the field."""
+    summed: dict[str, dict[str, dict[str, int]]] = {}
+    for raw in documents:
+        try:
+            doc = RouterStatus.model_validate(raw)
+        except ValidationError as exc:
+            log.info("router status document not understood, left out: %s", "; ".join(describe(exc)))
+            continue
+        for model, entry in doc.models.items():
+            tiers = summed.setdefault(model, {})
+            for tier, counts in entry.tiers.items():
+                into = tiers.setdefault(tier, dict.fromkeys(_SUMMED, 0))
                 for key in _SUMMED:
-                    into[key] += tally.get(key) or 0
-    for entry in models.values():
-        for t in entry["tiers"].values():
-            pct = attainment_percent(min(t["sloMet"], t["completed"]), t["completed"], t["rejected"], t["failed"])
-            t["attainmentPercent"] = None if pct is None else round(pct, 2)
-    return {"models": models, "replicas": len(documents)}
+                    into[key] += getattr(counts, key)
+    models = {}
+    for model, tiers in summed.items():
+        merged = {}
+        for tier, c in tiers.items():
+            pct = attainment_percent(min(c["slo_met"], c["completed"]), c["completed"], c["rejected"], c["failed"])
+            merged[tier] = TierCounts(**c, attainment_percent=None if pct is None else round(pct, 2))
+        models[model] = ModelStatus(tiers=merged)
+    return {**RouterStatus(models=models).document(), "replicas": len(documents)}
 
 
 async def fetch_attainment(url: str, model: str, timeout_s: float = 2.0) -> dict[str, float]:

@@ -22,7 +22,6 @@ from typing import Any
 from kubetier.api.modelservice import ModelService
 from kubetier.operator.modelservice.desired import pools, serving_replicas, tier_object_name
 from kubetier.operator.modelservice.model import (
-    CAPACITY_TYPE_LABEL,
     ROLE_LABEL,
     SERVICE_LABEL,
     TIER_LABEL,
@@ -49,7 +48,7 @@ def _pod_ready(pod: dict[str, Any]) -> bool:
 
 
 def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
-    capacity_of = {n["metadata"]["name"]: _labels(n).get(CAPACITY_TYPE_LABEL) for n in observed.nodes}
+    capacity_of = {n["metadata"]["name"]: observed.capacity.capacity_type(_labels(n)) for n in observed.nodes}
     out = []
     for tier in ms.spec.tiers:
         pods = [
@@ -82,7 +81,7 @@ def capacity_problem(
         [tier_sizing(t) for t in ms.spec.tiers],
         ms.spec.resources.gpus_per_replica,
         ms.spec.resources.gpu_product,
-        [node_capacity(n) for n in observed.nodes],
+        [node_capacity(n, observed.capacity) for n in observed.nodes],
         replicas,
     )
     return Unsatisfiable(found.reason, found.message) if found else None

@@ -91,8 +91,22 @@ class ModelServiceWatches:
         self.nodes.on_change(lambda _t, old, new: callback() if node_changed(old, new) else None)
 
     async def start(self, timeout_s: float = 60.0) -> None:
+        """Start every informer and wait until each has listed; an informer that fails
+        (e.g. RBAC forbids the list: 403) fails the start with its error."""
         self._tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in self.all()]
-        await wait_synced(self.all(), timeout_s)
+        synced = asyncio.ensure_future(wait_synced(self.all(), timeout_s))
+        try:
+            await asyncio.wait([synced, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+            failed = [t for t in self._tasks if t.done()]
+            if failed:
+                await self.stop()
+                failed[0].result()  # raises the informer's error
+                raise RuntimeError(f"{failed[0].get_name()} stopped")
+            await synced
+        except BaseException:
+            synced.cancel()
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -1,0 +1,1 @@
+"""The spot-interruption controller: preemption notices on Nodes -> drained servers and Events."""

@@ -1,0 +1,181 @@
+"""The feasibility rule of the SLO policy, written once.
+
+Request (prompt P, horizon H) of a tier on server S (batch ``running``, ``kv`` KV tokens,
+``queued`` prompt tokens admitted and not yet prefilled), judged against the host's
+TPOT (S's tier) and the request's remaining TTFT budget, with S's latency model scaled
+by its learned correction (``IterationCosts.scale``):
+
+* **capacity**: ``running + 1 <= maxNumSeqs``, ``kv + P + (running + 1) * H <= KV
+  capacity`` and a prompt chunk still fits next to the batch.
+* **first token** (:func:`first_token_s`): the iteration in flight (on average half of
+  one decode step of the current batch; an idle server has none) plus the queued
+  prompts and ours, prefilled in chunks of ``maxNumBatchedTokens - running`` next to the
+  running batch, each chunk iteration a decode step plus the chunk's extra cost;
+  ``<=`` the TTFT budget.
+* **second token**: first token + one decode step of the grown batch ``<=`` TTFT + TPOT.
+* **worst future iteration** (:func:`prefill_share_s`): per output token over the
+  request's life, the decode step at the end of its horizon (batch ``running + 1``, KV
+  grown by H tokens per sequence) plus the prefill the server will interleave, spread
+  over the H tokens: the pending prompts (queued + ours) once, and a *steady refill*:
+  each running sequence is replaced when it finishes, so the server prefills on average
+  ``running * refill`` prompt tokens per iteration, ``refill`` being the host tier's
+  observed mean prompt over its observed mean output (learned online, decayed:
+  :class:`kubetier.policy.traffic.TierTraffic`). Leaving the chunks out packs the tight
+  tier until its attainment collapses (PolyServe's observation, reproduced in the
+  fleet simulator); using the *new* request's prompt for every running sequence (the
+  v1 rule) over-reserves for long prompts and under-reserves for short ones.
+
+The per-token check is the deadline form (token i due at arrival + TTFT + i * TPOT):
+slack from fast decode steps absorbs an occasional slow chunk iteration, so chunks are
+spread over the horizon rather than each required to fit one TPOT.
+
+:func:`feasible` is the full check (capacity, first token, TPOT, second token);
+:func:`tpot_kv_ok` is its capacity and TPOT part, which the SLO policy's pre-filters
+use with an empty cache and nothing queued. Both call :func:`prefill_share_s`, so the
+rule exists once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kubetier.policy.routing_costs import INF, KV_QUANTUM, IterationCosts
+
+if TYPE_CHECKING:
+    from kubetier.policy.routing_index import ServerEntry
+
+__all__ = ["feasible", "first_token_s", "host_keeps_room", "prefill_share_s", "tpot_kv_ok"]
+
+# The iteration in flight when a request arrives has, on average, half of a decode step
+# left (arrivals are independent of the engine's step clock).
+IN_FLIGHT_SHARE = 0.5
+
+
+def prefill_share_s(c: IterationCosts, running: int, pending: int, H: int, refill: float) -> float:
+    """Per-output-token time the server's prefill work adds over the request's life
+    (profile seconds, unscaled): ``pending`` prompt tokens once (full chunks and a
+    remainder next to the grown batch), plus the steady refill of ``running`` sequences."""
+    chunk_b = c.mbt - running - 1
+    ce = c.ce
+    share = 0.0
+    if pending > 0:
+        n_full, rest = divmod(pending, chunk_b)
+        x = ce[chunk_b]
+        if x is None:
+            x = c.chunk_extra(chunk_b)
+        t = n_full * x
+        if rest:
+            y = ce[rest]
+            if y is None:
+                y = c.chunk_extra(rest)
+            t += y
+        share = t / H
+    if refill > 0.0 and running:
+        x = ce[chunk_b]
+        if x is None:
+            x = c.chunk_extra(chunk_b)
+        share += running * refill * x / chunk_b
+    return share
+
+
+def tpot_kv_ok(
+    c: IterationCosts, running: int, kv: int, queued: int, prompt: int, H: int, tpot_s: float, refill: float
+) -> bool:
+    """Capacity and the worst-future-iteration check (see the module docstring)."""
+    B = running + 1
+    if c.max_seqs < B:
+        return False
+    kv_end = kv + prompt + B * H
+    if kv_end > c.kv_cap or c.mbt - B < 1:
+        return False
+    per_token = c.decode(B, kv_end) + prefill_share_s(c, running, queued + prompt, H, refill)
+    return per_token * c.scale <= tpot_s
+
+
+def first_token_s(c: IterationCosts, running: int, kv: int, pending: int) -> float:
+    """First-token estimate (scaled): the in-flight iteration's remainder, then
+    ``pending`` prompt tokens in chunks of ``maxNumBatchedTokens - running`` next to a
+    batch of ``running`` holding ``kv`` tokens. :func:`feasible` inlines the same
+    arithmetic with a per-server cache; keep the two in step."""
+    if pending <= 0:
+        return 0.0
+    d_now = c.decode(running, kv) if running else c.p0
+    chunk = c.mbt - running
+    n_full, rest = divmod(pending, chunk)
+    t = n_full * (d_now + c.chunk_extra(chunk))
+    if rest:
+        t += d_now + c.chunk_extra(rest)
+    if running:
+        t += IN_FLIGHT_SHARE * d_now
+    return t * c.scale
+
+
+def host_keeps_room(e: ServerEntry, prompt: int, host_ttft_s: float, probe_prompt: int) -> bool:
+    """After spilling ``prompt`` onto ``e``, could a new host-tier request with a typical
+    (``probe_prompt``: the host tier's observed mean) prompt still meet the host's TTFT?"""
+    ld = e.load
+    return (
+        first_token_s(e.costs, ld.running + 1, ld.kv_tokens + prompt, ld.queued_prefill_tokens + prompt + probe_prompt)
+        <= host_ttft_s
+    )
+
+
+def feasible(e: ServerEntry, prompt: int, H: int, ttft_budget_s: float, tpot_s: float, refill: float) -> bool:
+    """The full check of request (prompt, horizon H) on server ``e``: capacity, first
+    token, worst future iteration, second token (module docstring). The first-token part
+    runs first (most candidates of a busy fleet fail it) with the decode-step terms of
+    (running, kv) cached on the entry until its load changes."""
+    ld = e.load
+    c = e.costs
+    running = ld.running
+    B = running + 1
+    if c.max_seqs < B:
+        return False
+    kv = ld.kv_tokens
+    kv_end = kv + prompt + B * H
+    if kv_end > c.kv_cap or c.mbt - B < 1:
+        return False
+    queued = ld.queued_prefill_tokens
+    scale = c.scale
+    t1 = 0.0
+    if ttft_budget_s != INF:
+        pending = queued + prompt
+        if pending > 0:
+            st = e.step
+            if st is None:
+                dec = c._dec
+                if running:
+                    d_now = dec.get((running << 32) | -(-kv // KV_QUANTUM))
+                    if d_now is None:
+                        d_now = c.decode(running, kv)
+                    lead = IN_FLIGHT_SHARE * d_now
+                else:
+                    d_now = c.p0
+                    lead = 0.0
+                chunk = c.mbt - running
+                x = c.ce[chunk]
+                if x is None:
+                    x = c.chunk_extra(chunk)
+                st = e.step = (d_now, chunk, x, lead)
+            d_now, chunk, x, lead = st
+            n_full, rest = divmod(pending, chunk)
+            t1 = lead + n_full * (d_now + x)
+            if rest:
+                y = c.ce[rest]
+                if y is None:
+                    y = c.chunk_extra(rest)
+                t1 += d_now + y
+            t1 *= scale
+        if t1 > ttft_budget_s:
+            return False
+    per_token = c._dec.get((B << 32) | -(-kv_end // KV_QUANTUM))
+    if per_token is None:
+        per_token = c.decode(B, kv_end)
+    per_token += prefill_share_s(c, running, queued + prompt, H, refill)
+    if per_token * scale > tpot_s:
+        return False
+    if ttft_budget_s == INF:
+        return True  # a late request of a queueing tier: only others' TPOT matters
+    # Second token, due TPOT after the first (the host's TPOT is never looser).
+    d2 = c.decode(B, kv + prompt) * scale
+    return t1 + d2 <= ttft_budget_s + tpot_s

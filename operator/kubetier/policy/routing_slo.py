@@ -1,0 +1,198 @@
+"""The SLO policy (kind ``"slo"``): own bin, most loaded feasible, spill upward, rebin.
+
+For a request of tier T (see :mod:`kubetier.policy.routing` for the rules): the servers
+of T's bin, then of strictly tighter-TPOT bins (nearest first), each scanned from the
+most loaded down; the first that passes :func:`~kubetier.policy.routing_feasibility.feasible`
+(and, for a spill, leaves the host tier room for a typical request of its own) wins.
+The scan jumps level by level (running batch) to the most loaded server whose KV is
+under the level's threshold (pre-filters memoised per bin, see :func:`level_bound` and
+:func:`kv_bound`): every candidate still gets the full check, and a full scan in the
+same order returns the same decision (tests/policy/test_routing_equivalence.py).
+
+Never "wait" while an idle server could serve: when the check budget
+(``max_checks``) runs out, the least loaded server of each usable bin is checked too.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from typing import TYPE_CHECKING
+
+from kubetier.policy.routing_costs import KV_QUANTUM, MEMO_LIMIT, prompt_class
+from kubetier.policy.routing_feasibility import feasible, host_keeps_room, prefill_share_s, tpot_kv_ok
+from kubetier.policy.routing_index import KV_MASK, KV_SHIFT, RANK_MASK, RUN_SHIFT, Bin, ServerEntry
+
+if TYPE_CHECKING:
+    from kubetier.policy.routing import Decision, RoutingPolicy, TierSLO
+
+__all__ = ["decide_slo", "kv_bound", "level_bound", "rebin_idle_server"]
+
+
+def _route_of(e: ServerEntry, own: bool) -> Decision:
+    from kubetier.policy.routing import Decision
+
+    routes = e.routes
+    if routes is None:
+        sid = e.load.server_id
+        routes = e.routes = (
+            Decision("route", sid, spilled=False, reason="own-bin"),
+            Decision("route", sid, spilled=True, reason="spill"),
+        )
+    return routes[0] if own else routes[1]
+
+
+def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
+    checks = p.max_checks
+    per_level = p.max_checks_per_level
+    by_rank = p._by_rank
+    traffic = p.traffic
+    own = True
+    H = traffic[t.name].horizon()
+    pc, p_lb = prompt_class(prompt)
+    for b in p._route_bins[t.name]:
+        keys = b.keys
+        if not keys:
+            own = False
+            continue
+        tpot_s = b.tpot_s
+        host = traffic[b.tier.name]
+        r_class, refill = host.refill()
+        refill *= p.turnover
+        memo_key = (r_class << 40) | (H << 16) | pc
+        lm = b.level_memo.get(memo_key)
+        if lm is None:
+            if len(b.level_memo) > MEMO_LIMIT:
+                b.level_memo.clear()
+            cap = level_bound(b, H, p_lb, tpot_s, refill)
+            empty: list[int | None] = [None] * (cap + 1) if cap >= 0 else []
+            lm = b.level_memo[memo_key] = (cap, empty)
+        cap, thresholds = lm
+        probe = 0 if own else host.probe_prompt()
+        hi = bisect_left(keys, (cap + 1) << RUN_SHIFT)  # keys[:hi] have running <= cap
+        while hi > 0:
+            k = keys[hi - 1]
+            level = k >> RUN_SHIFT
+            thr = thresholds[level]
+            if thr is None:
+                thr = thresholds[level] = level_threshold(b, level, H, p_lb, tpot_s, refill)
+            if k <= thr:
+                j = hi  # the most loaded server of the level passes the pre-filter
+            else:
+                j = bisect_right(keys, thr, 0, hi)
+                if j == 0 or keys[j - 1] >> RUN_SHIFT != level:
+                    hi = j  # no candidate at this level: on to the next lower one
+                    continue
+            n = per_level
+            while True:
+                j -= 1
+                e = by_rank[keys[j] & RANK_MASK]
+                if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill) and (
+                    own or host_keeps_room(e, prompt, b.ttft_s, probe)
+                ):
+                    return _route_of(e, own)
+                checks -= 1
+                if checks <= 0:
+                    return _least_loaded_fallback(p, t, prompt, H, ttft_budget_s)
+                n -= 1
+                if n <= 0:
+                    hi = bisect_left(keys, level << RUN_SHIFT, 0, j)  # skip the rest of the level
+                    break
+                if j == 0 or keys[j - 1] >> RUN_SHIFT != level:
+                    hi = j
+                    break
+        own = False
+    return None
+
+
+def _least_loaded_fallback(p: RoutingPolicy, t: TierSLO, prompt: int, H: int, ttft_budget_s: float) -> Decision | None:
+    """The check budget ran out: before answering "wait", try the least loaded server of
+    each usable bin (an idle server that could serve must not be left idle)."""
+    own = True
+    for b in p._route_bins[t.name]:
+        if b.keys:
+            e = p._by_rank[b.keys[0] & RANK_MASK]
+            host = p.traffic[b.tier.name]
+            refill = host.refill()[1] * p.turnover
+            if feasible(e, prompt, H, ttft_budget_s, b.tpot_s, refill) and (
+                own or host_keeps_room(e, prompt, b.ttft_s, host.probe_prompt())
+            ):
+                return _route_of(e, own)
+        own = False
+    return None
+
+
+def level_threshold(b: Bin, level: int, H: int, prompt: int, tpot_s: float, refill: float) -> int:
+    """The largest packed key of this level that passes the KV pre-filter
+    (:func:`kv_bound`); below the level's first key when none can."""
+    kv_max = kv_bound(b, level, H, prompt, tpot_s, refill)
+    if kv_max < 0:
+        return (level << RUN_SHIFT) - 1
+    kv = KV_MASK if kv_max >= KV_MASK else int(kv_max)  # kv <= kv_max  <=>  kv <= floor(kv_max)
+    return (level << RUN_SHIFT) | (kv << KV_SHIFT) | RANK_MASK
+
+
+def level_bound(b: Bin, H: int, prompt: int, tpot_s: float, refill: float) -> int:
+    """Highest running batch at which some server of the bin could pass the TPOT and
+    KV checks (empty cache, nothing queued, prompt rounded down): levels above it
+    cannot hold a feasible server. The check is monotone in the batch: binary search."""
+    best = -1
+    for c in b.costs:
+        lo, hi = -1, c.max_seqs - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if tpot_kv_ok(c, mid, 0, 0, prompt, H, tpot_s, refill):
+                lo = mid
+            else:
+                hi = mid - 1
+        best = max(best, lo)
+    return best
+
+
+def kv_bound(b: Bin, running: int, H: int, prompt: int, tpot_s: float, refill: float) -> float:
+    """Most KV a server at this batch may hold and still pass the TPOT and KV checks
+    (nothing queued, prompt rounded down); -1 if none. The TPOT check solved for KV:
+    D(B, kv + P + B*H) <= tpot / scale - prefill share, with D linear in KV between grid
+    points. Only a pre-filter: the full check runs on the candidate it selects."""
+    best = -1.0
+    B = running + 1
+    for c in b.costs:
+        if c.max_seqs < B or c.mbt - B < 1:
+            continue
+        budget = tpot_s / c.scale - prefill_share_s(c, running, prompt, H, refill)
+        grow = prompt + B * H
+        kv = min(c.max_kv(B, budget) - grow, c.kv_cap - grow)
+        if kv >= 0:
+            best = max(best, kv + KV_QUANTUM)  # the full check rounds KV up to a quantum
+    return best
+
+
+def rebin_idle_server(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
+    """Shared pool (PolyServe's server reassignment): when no server of the request's own
+    or tighter bins is feasible, an idle server of another bin that keeps at least one
+    other idle server moves to the request's bin."""
+    own = p._bins[t.name]
+    best: Bin | None = None
+    best_idle = 1
+    for b in p._bins.values():
+        if b is own:
+            continue
+        idle = bisect_left(b.keys, 1 << KV_SHIFT)  # running 0 and no KV held
+        if idle > best_idle or (
+            idle == best_idle and best is not None and idle > 1 and b.tier.tpot_ms > best.tier.tpot_ms
+        ):
+            best, best_idle = b, idle
+    if best is None:
+        return None
+    sid = p._by_rank[best.keys[0] & RANK_MASK].load.server_id
+    e = p._servers[sid]
+    if e.load.queued_prefill_tokens:
+        return None
+    ld = e.load
+    p.remove_server(sid)
+    ld.tier = t.name
+    p.upsert_server(ld)
+    e = p._servers[sid]
+    refill = p.traffic[t.name].refill()[1] * p.turnover
+    if not feasible(e, prompt, p.traffic[t.name].horizon(), ttft_budget_s, p._bins[t.name].tpot_s, refill):
+        return None
+    return p._route(sid, "rebin")

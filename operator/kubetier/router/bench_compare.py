@@ -1,0 +1,426 @@
+"""``kubetier router bench compare``: kubetier's router and the Rust ``vllm-router`` side by
+side in one run: same engines, same arrival schedule, same pinning, runs alternated.
+
+``vllm-router`` (PyPI ``vllm-router``, a Rust router with a Python launcher) is never a
+kubetier dependency: install it into a separate environment and pass its executable,
+e.g. ``python -m venv .bench-venv && .bench-venv/bin/pip install vllm-router==0.1.17``,
+then ``--vllm-router .bench-venv/bin/vllm-router``.
+
+Variants (all started once and kept running; each run drives one of them):
+
+- ``direct``: the load generator talks to the engines (the floor);
+- ``kubetier-1w`` / ``vllm-router-1c``: one kubetier worker / vllm-router, pinned to core 0;
+- ``kubetier-2w`` / ``vllm-router-2c``: two kubetier workers (SO_REUSEPORT, shared metrics)
+  / vllm-router, pinned to cores 0-1;
+- ``kubetier-2r``: two independent kubetier routers (replicas: no shared state, each sees
+  the fleet through its own accounting and the engines' metrics) behind one port
+  (SO_REUSEPORT, as a Service spreads connections), pinned to cores 0-1.
+
+Engines and the load generator share the last core. Per run: CPU per relayed token
+(user and system apart, every process and thread of the router), syscalls per token
+(``perf stat -e raw_syscalls:sys_enter`` on the router's processes, when perf works),
+client-side TTFT/TPOT p50/p99 and per-tier attainment (deadline-based, 429s and errors
+are misses), and the 1-minute load average. The machine may be shared: the order of
+variants is alternated between repeats, and ratios are taken within one repeat.
+
+Prints figures and writes JSON; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+from kubetier.router import bench
+from kubetier.stats import percentile
+
+
+def _proc_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (all its threads) and its live children."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    user = system = 0.0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            user += int(parts[11]) / tick
+            system += int(parts[12]) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return user, system
+
+
+def _all_pids(pid: int) -> list[int]:
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return pids
+
+
+class SyscallCounter:
+    """``perf stat`` counting syscalls of some processes while a run lasts (None if perf fails)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.proc: subprocess.Popen | None = None
+        perf = shutil.which("perf")
+        if perf is None or not pids:
+            return
+        self.proc = subprocess.Popen(
+            [perf, "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", ",".join(map(str, pids))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+        for line in err.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and "raw_syscalls:sys_enter" in line and fields[0].strip().isdigit():
+                return int(fields[0])
+        return None
+
+
+class Variant:
+    def __init__(self, name: str, procs: list[subprocess.Popen], port: int) -> None:
+        self.name = name
+        self.procs = procs
+        self.port = port
+
+    def pids(self) -> list[int]:
+        out: list[int] = []
+        for p in self.procs:
+            out += _all_pids(p.pid)
+        return out
+
+    def times(self) -> tuple[float, float]:
+        u = s = 0.0
+        for p in self.procs:
+            a, b = _proc_times(p.pid)
+            u += a
+            s += b
+        return u, s
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def _kubetier_router(
+    cfg_path: str, port: int, cores: set[int], workers: int = 1, reuse: bool = False
+) -> subprocess.Popen:
+    args = [sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--config", cfg_path]
+    # One load generator is one client address: lift the per-address connection cap.
+    args += ["--workers", str(workers), "--log-level", "WARNING", "--no-access-log"]
+    args += ["--max-connections-per-client", "100000", "--max-connections", "100000"]
+    if reuse:
+        args.append("--reuse-port")
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # replicas share nothing
+    return subprocess.Popen(
+        args,
+        preexec_fn=bench._pin(cores),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+
+
+def _vllm_router(exe: str, port: int, engine_ports: list[int], cores: set[int]) -> subprocess.Popen:
+    args = [exe, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin"]
+    args += ["--worker-urls", *[f"http://127.0.0.1:{p}" for p in engine_ports]]
+    args += ["--prometheus-port", str(bench._free_port()), "--log-level", "warning"]
+    args += ["--max-concurrent-requests", "100000", "--queue-size", "10000", "--disable-retries"]
+    return subprocess.Popen(
+        args,
+        preexec_fn=bench._pin(cores),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _summary(results: list, elapsed: float) -> dict:
+    """Client-side figures of one run; attainment counts 429s and errors as misses."""
+    ok = [r for r in results if not r.error and r.tokens >= 1]
+    ttft = [(r.first_at - r.sent_at) * 1000 for r in ok]
+    tpot = [(r.last_at - r.first_at) / (r.tokens - 1) * 1000 for r in ok if r.tokens > 1]
+    tiers = {}
+    for t in bench.TIERS:
+        rs = [r for r in results if r.tier == t["name"]]
+        met = sum(
+            1
+            for r in rs
+            if not r.error
+            and r.tokens
+            and (r.first_at - r.sent_at) * 1000 <= t["ttftMs"]
+            and (r.last_at - r.sent_at) * 1000 <= t["ttftMs"] + (r.tokens - 1) * t["tpotMs"]
+        )
+        tiers[t["name"]] = round(100.0 * met / len(rs), 2) if rs else None
+    return {
+        "requests": len(results),
+        "rejected_429": sum(1 for r in results if r.status == 429),
+        "unavailable_503": sum(1 for r in results if r.status == 503),
+        "errors": sum(1 for r in results if r.error and r.status not in (429, 503)),
+        "tokens": sum(r.tokens for r in results),
+        "ttft_ms_p50": _r(percentile(ttft, 0.5)),
+        "ttft_ms_p99": _r(percentile(ttft, 0.99)),
+        "tpot_ms_p50": _r(percentile(tpot, 0.5)),
+        "tpot_ms_p99": _r(percentile(tpot, 0.99)),
+        "attainment": tiers,
+        "error_examples": sorted({r.error for r in results if r.error})[:4],
+        "duration_s": round(elapsed, 2),
+    }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def _run(variant: Variant | None, targets: dict, concurrency: int, duration: float, seed: int, model: str) -> dict:
+    import uvloop
+
+    load_before = os.getloadavg()[0]
+    t0 = variant.times() if variant else (0.0, 0.0)
+    counter = SyscallCounter(variant.pids()) if variant else None
+    results, elapsed = uvloop.run(bench._drive(targets, concurrency, duration, "poisson", seed, model))
+    syscalls = counter.stop() if counter else None
+    t1 = variant.times() if variant else (0.0, 0.0)
+    row = _summary(results, elapsed)
+    row["variant"] = variant.name if variant else "direct"
+    row["concurrency"] = concurrency
+    row["load_average_1m"] = round((load_before + os.getloadavg()[0]) / 2, 2)
+    tok = row["tokens"]
+    if variant and tok:
+        row["cpu_user_us_per_token"] = round((t1[0] - t0[0]) / tok * 1e6, 2)
+        row["cpu_sys_us_per_token"] = round((t1[1] - t0[1]) / tok * 1e6, 2)
+        row["cpu_us_per_token"] = round(row["cpu_user_us_per_token"] + row["cpu_sys_us_per_token"], 2)
+        row["router_cpu_percent"] = round(100.0 * ((t1[0] - t0[0]) + (t1[1] - t0[1])) / elapsed, 1)
+        row["syscalls_per_token"] = round(syscalls / tok, 2) if syscalls is not None else None
+    return row
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="kubetier router bench compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--vllm-router", default=None, help="the vllm-router executable (from its own venv)")
+    ap.add_argument("--concurrency", default="100,1000", help="stream counts (default: %(default)s)")
+    ap.add_argument("--duration", type=float, default=6.0, help="seconds of arrivals per run")
+    ap.add_argument("--repeat", type=int, default=2, help="alternating repeats per level")
+    ap.add_argument(
+        "--variants",
+        default="kubetier-1w,vllm-router-1c,kubetier-2w,vllm-router-2c,kubetier-2r",
+        help="which routers (default: %(default)s); direct always runs",
+    )
+    ap.add_argument("--token-ms", type=float, default=25.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args(argv)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    bench._TOKEN_MS = args.token_ms
+    bench._set_token_ms(args.token_ms)
+    names = [v for v in args.variants.split(",") if v]
+    if any(v.startswith("vllm-router") for v in names) and not args.vllm_router:
+        ap.error("--vllm-router EXE is needed for the vllm-router variants (or leave them out of --variants)")
+    ncpu = os.cpu_count() or 1
+    core0, both, last = {0}, set(range(min(2, ncpu))), {ncpu - 1 if ncpu > 1 else 0}
+    bench._pin(last)()  # the load generator shares the last core with the engines
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    out: dict = {
+        "rig": {
+            "cpus": ncpu,
+            "token_ms": args.token_ms,
+            "output_tokens": bench.OUTPUT_TOKENS,
+            "prompt_tokens": bench.PROMPT_TOKENS,
+            "duration_s": args.duration,
+            "pinning": "1w/1c: core 0; 2w/2c/2r: cores 0-1; engines + load generator: last core",
+            "vllm_router": args.vllm_router,
+        },
+        "runs": [],
+    }
+    variants: dict[str, Variant] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = bench.Rig(tmp)
+        try:
+            rig.start_engines()
+            engine_ports = [port for _, port in rig.engines.values()]
+            cfg = {
+                "models": [
+                    {
+                        "name": rig.model,
+                        "profile": rig.profile_path,
+                        "tiers": [{k: v for k, v in t.items() if k != "share"} for t in bench.TIERS],
+                        "servers": [
+                            {"url": f"http://127.0.0.1:{port}", "tier": name, "id": name}
+                            for name, (_, port) in rig.engines.items()
+                        ],
+                    }
+                ]
+            }
+            cfg_path = os.path.join(tmp, "router.yaml")
+            with open(cfg_path, "w") as f:
+                yaml.safe_dump(cfg, f)
+            for name in names:
+                port = bench._free_port()
+                if name == "kubetier-1w":
+                    procs = [_kubetier_router(cfg_path, port, core0)]
+                elif name == "kubetier-2w":
+                    procs = [_kubetier_router(cfg_path, port, both, workers=2)]
+                elif name == "kubetier-2r":
+                    procs = [_kubetier_router(cfg_path, port, both, reuse=True) for _ in range(2)]
+                elif name == "vllm-router-1c":
+                    procs = [_vllm_router(args.vllm_router, port, engine_ports, core0)]
+                elif name == "vllm-router-2c":
+                    procs = [_vllm_router(args.vllm_router, port, engine_ports, both)]
+                else:
+                    ap.error(f"unknown variant {name!r}")
+                variants[name] = Variant(name, procs, port)
+            for v in variants.values():
+                bench._wait_up(v.port)
+            time.sleep(2.0)  # first health checks: every server ready
+            direct = {name: ("127.0.0.1", port) for name, (_, port) in rig.engines.items()}
+            for c in levels:
+                for rep in range(args.repeat):
+                    order: list[str | None] = [None, *names]
+                    if rep % 2:
+                        order.reverse()
+                    for name in order:
+                        if name is None:
+                            row = _run(None, direct, c, args.duration, args.seed + rep, rig.model)
+                        else:
+                            v = variants[name]
+                            tgt = {t["name"]: ("127.0.0.1", v.port) for t in bench.TIERS}
+                            row = _run(v, tgt, c, args.duration, args.seed + rep, rig.model)
+                        row["repeat"] = rep
+                        out["runs"].append(row)
+                        _print_row(row)
+        finally:
+            for v in variants.values():
+                v.stop()
+            rig.stop()
+    out["comparison"] = compare(out["runs"])
+    print()
+    print_table(out["comparison"])
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"\nwrote {args.output}")
+    return 0
+
+
+def compare(runs: list[dict]) -> list[dict]:
+    """Per repeat and level: each router against direct (added latency, attainment) and
+    each kubetier variant's CPU per token as a ratio of vllm-router's with the same cores."""
+    rows = []
+    keys = sorted({(r["concurrency"], r["repeat"]) for r in runs})
+    for c, rep in keys:
+        group = {r["variant"]: r for r in runs if r["concurrency"] == c and r["repeat"] == rep}
+        d = group.get("direct")
+        for name, r in group.items():
+            if name == "direct" or d is None:
+                continue
+
+            def diff(k, r=r, d=d):
+                return None if r.get(k) is None or d.get(k) is None else round(r[k] - d[k], 2)
+
+            peer = group.get("vllm-router-1c" if name.endswith("1w") else "vllm-router-2c")
+            ratio = None
+            if name.startswith("kubetier") and peer and peer.get("cpu_us_per_token") and r.get("cpu_us_per_token"):
+                ratio = round(r["cpu_us_per_token"] / peer["cpu_us_per_token"], 3)
+            rows.append(
+                {
+                    "concurrency": c,
+                    "repeat": rep,
+                    "variant": name,
+                    "cpu_user_us_per_token": r.get("cpu_user_us_per_token"),
+                    "cpu_sys_us_per_token": r.get("cpu_sys_us_per_token"),
+                    "cpu_ratio_vs_vllm_router": ratio,
+                    "syscalls_per_token": r.get("syscalls_per_token"),
+                    "added_ttft_ms_p50": diff("ttft_ms_p50"),
+                    "added_ttft_ms_p99": diff("ttft_ms_p99"),
+                    "added_tpot_ms_p50": diff("tpot_ms_p50"),
+                    "added_tpot_ms_p99": diff("tpot_ms_p99"),
+                    "attainment": r["attainment"],
+                    "attainment_direct": d["attainment"],
+                    "errors": r["errors"],
+                    "rejected_429": r["rejected_429"],
+                    "router_cpu_percent": r.get("router_cpu_percent"),
+                    "load_average_1m": r["load_average_1m"],
+                }
+            )
+    return rows
+
+
+def _print_row(r: dict) -> None:
+    att = "/".join(str(v) for v in r["attainment"].values())
+    cpu = ""
+    if "cpu_us_per_token" in r:
+        cpu = (
+            f" cpu/token {r['cpu_user_us_per_token']}u+{r['cpu_sys_us_per_token']}s us "
+            f"syscalls/token {r['syscalls_per_token']} router {r['router_cpu_percent']}%"
+        )
+    print(
+        f"  c={r['concurrency']:<5} rep={r['repeat']} {r['variant']:>15} n={r['requests']:<5} err={r['errors']:<3} "
+        f"429={r['rejected_429']:<4} "
+        f"ttft p50/p99 {r['ttft_ms_p50']}/{r['ttft_ms_p99']} tpot p50/p99 {r['tpot_ms_p50']}/{r['tpot_ms_p99']} ms "
+        f"attainment {att}{cpu} load {r['load_average_1m']}",
+        flush=True,
+    )
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"{'streams':>7} {'rep':>3} {'variant':>15} {'us/tok u+s':>12} {'vs vllm':>7} {'sys/tok':>7} "
+        f"{'+TTFT p50/p99':>15} {'+TPOT p50/p99':>15} {'attain (direct)':>28} {'err':>4} {'load':>5}"
+    )
+    for o in rows:
+        cpu = f"{o['cpu_user_us_per_token']}+{o['cpu_sys_us_per_token']}"
+        att = "/".join(str(v) for v in o["attainment"].values())
+        att_d = "/".join(str(v) for v in o["attainment_direct"].values())
+        print(
+            f"{o['concurrency']:>7} {o['repeat']:>3} {o['variant']:>15} {cpu:>12} {o['cpu_ratio_vs_vllm_router']!s:>7} "
+            f"{o['syscalls_per_token']!s:>7} {o['added_ttft_ms_p50']!s:>7}/{o['added_ttft_ms_p99']!s:<7} "
+            f"{o['added_tpot_ms_p50']!s:>7}/{o['added_tpot_ms_p99']!s:<7} {att + ' (' + att_d + ')':>28} "
+            f"{o['errors']:>4} {o['load_average_1m']:>5}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

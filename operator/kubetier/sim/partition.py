@@ -1,0 +1,130 @@
+"""The achievable reference: the best static partition, found by search.
+
+A static partition gives tier k its own ``n_k`` servers (least-loaded within the tier,
+no spill, the ``static-partition`` routing kind), so the tiers do not interact and a
+partition passes at a rate scale exactly when every tier passes alone on its servers.
+For a scale s, ``n_k(s)`` = the fewest servers on which tier k alone passes (binary
+search; more servers never hurt a tier alone); s is reachable by some partition of N
+servers iff ``sum_k n_k(s) <= N``. The search bisects s in log space between a passing
+and a failing scale. Unlike the bound, this is a real policy's result (its runs are
+ordinary simulator runs), so "x% above the best partition" compares kubetier with
+something that could actually be deployed, chosen with hindsight of the whole workload.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubetier.policy.latency import LatencyModel
+from kubetier.policy.routing import TierSLO
+
+from .engine import SimConfig, Simulator
+from .metrics import Collector
+from .runner import build_window, n_servers
+from .scenario import Scenario
+
+
+@dataclass
+class PartitionResult:
+    scale: float  # highest passing rate scale found (0 if none)
+    servers: dict[str, int] = field(default_factory=dict)  # the partition at that scale
+    runs: int = 0
+
+
+def tier_alone_passes(
+    sc: Scenario, model: LatencyModel, tier: int, servers: int, scale: float, traces_dir: Path | None
+) -> bool:
+    win = build_window(sc, scale, traces_dir)
+    sel = win.tier == tier
+    m = sel & win.measured()
+    n = int(m.sum())
+    if n == 0:
+        return True
+    if servers <= 0:
+        return False
+    t = sc.tiers[tier]
+    budget = [0] * len(sc.tiers)
+    budget[tier] = int(n * (1.0 - t.attainment_percent / 100.0) + 1e-9)
+    cfg = SimConfig(
+        tiers=[TierSLO.from_api(x) for x in sc.tiers],
+        server_tiers=[t.name] * servers,
+        model=model,
+        policy_kind="static-partition",
+        seed=sc.seed,
+        model_load_s=sc.fleet.model_load_s,
+        measure_from_s=win.measure_from_s,
+        measure_until_s=win.measure_until_s,
+    )
+    col = Collector(len(sc.tiers), budget)
+    sim = Simulator(cfg, sink=col)
+    col.on_settled = lambda: setattr(sim, "stop", True)
+    arr = (a for a in win.arrivals() if a.tier == tier)
+    sim.run(arr)
+    return not col.settled and col.misses[tier] <= budget[tier]
+
+
+def best_partition(
+    sc: Scenario,
+    model: LatencyModel,
+    traces_dir: Path | None,
+    hi_scale: float,
+    lo_scale: float = 0.05,
+    iterations: int = 6,
+) -> PartitionResult:
+    """Highest scale (within [lo_scale, hi_scale]) some static partition passes at."""
+    N = n_servers(sc)
+    k_tiers = len(sc.tiers)
+    runs = 0
+    floor = [0] * k_tiers  # n_k is non-decreasing in the scale: search above the last answer
+
+    def need(k: int, s: float, lo: int) -> int:
+        nonlocal runs
+        hi = N
+        runs += 1
+        if not tier_alone_passes(sc, model, k, hi, s, traces_dir):
+            return N + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            runs += 1
+            if tier_alone_passes(sc, model, k, mid, s, traces_dir):
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
+
+    def feasible(s: float) -> list[int] | None:
+        counts = []
+        for k in range(k_tiers):
+            n = need(k, s, floor[k])
+            counts.append(n)
+            if sum(counts) > N:
+                return None
+        return counts
+
+    best = feasible(lo_scale)
+    if best is None:
+        return PartitionResult(0.0, {}, runs)
+    lo, hi = lo_scale, hi_scale
+    top = feasible(hi)
+    if top is not None:
+        return PartitionResult(hi, _named(sc, top, N), runs)
+    floor = list(best)
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        c = feasible(mid)
+        if c is not None:
+            lo, best, floor = mid, c, list(c)
+        else:
+            hi = mid
+    return PartitionResult(lo, _named(sc, best, N), runs)
+
+
+def _named(sc: Scenario, counts: list[int], total: int) -> dict[str, int]:
+    out = {t.name: n for t, n in zip(sc.tiers, counts)}
+    spare = total - sum(counts)
+    if spare > 0 and sc.tiers:  # leftover servers go to the tier that needed most
+        k = max(range(len(counts)), key=lambda i: counts[i])
+        out[sc.tiers[k].name] += spare
+    return out
