@@ -8,8 +8,7 @@ import re
 
 import pytest
 import yaml
-
-from conftest import CHART, REPO, RenderError
+from chart_support import CHART, REPO, RenderError
 
 _spec = importlib.util.spec_from_file_location("kubetier_image_build", REPO / "image" / "build.py")
 assert _spec and _spec.loader
@@ -33,13 +32,13 @@ def pod_specs(objs: list[dict]) -> list[dict]:
 
 
 def test_defaults_render_only_the_image_make_image_builds(render):
-    objs = render(None, "nodeAgent.enabled=true")
+    objs = render(None)
     images = {c["image"] for c in containers(objs)}
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     version = re.search(r'__version__ = "([^"]+)"', (REPO / "operator/kubetier/__init__.py").read_text())
     assert version and version.group(1) == app_version, "the chart's appVersion is the image's version"
     assert images == {f"{image_build.REPOSITORY}:{app_version}"}, images
-    assert len(containers(objs)) >= 3  # operator, router, node agent
+    assert len(containers(objs)) >= 2  # operator, router (the node agent is not enabled yet)
     # The operator's default simulator engine image is that same image.
     env = {e["name"]: e.get("value") for c in containers(objs) for e in c.get("env", [])}
     assert env["KUBETIER_SIMULATOR_IMAGE"] == f"{image_build.REPOSITORY}:{app_version}"

@@ -6,8 +6,7 @@ from __future__ import annotations
 import subprocess
 
 import yaml
-
-from conftest import CHART, NAMESPACE, RELEASE
+from chart_support import CHART, NAMESPACE, RELEASE
 
 MONITORING = [f"monitoring.coreos.com/v1/{k}" for k in ("ServiceMonitor", "PodMonitor", "PrometheusRule")]
 

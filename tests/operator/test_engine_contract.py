@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from modelservice_builders import parse, sample_body
 
-from conftest import parse, sample_body
 from kubetier.api import InvalidObject, admit
 from kubetier.operator.modelservice import engines
 from kubetier.operator.modelservice.desired import desired
