@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("kubetier.api.crdgen", "print or write the generated CRD YAML"),
     "render": ("kubetier.operator.render_cli", "render a ModelService into the objects the operator would apply"),
     "profiles": ("kubetier.policy.latency_cli", "list and inspect latency profiles"),
+    "observability": ("kubetier.observability.main", "print/write the Prometheus alert rules and Grafana dashboard"),
     "demo": ("kubetier.demo", "the end-to-end demo (local cluster + operator + router + engines + traffic)"),
 }
 

@@ -205,8 +205,14 @@ def test_readiness_and_graceful_termination():
 def test_vllm_command_line():
     [c] = pod(render()[("Deployment", "llama-8b-interactive")])["containers"]
     cmd = c["command"]
-    assert cmd[:3] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
-    flags = dict(zip(cmd[3::2], cmd[4::2]))
+    assert cmd[:5] == [
+        "python3",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "meta-llama/Llama-3.1-8B-Instruct",
+    ]
+    flags = dict(zip(cmd[5::2], cmd[6::2]))
     assert flags["--served-model-name"] == "llama-3.1-8b" and flags["--port"] == "8000"
     assert flags["--max-num-seqs"] == "256" and flags["--tensor-parallel-size"] == "1"
     assert c["image"].startswith("vllm/vllm-openai:")

@@ -38,6 +38,22 @@ DEFAULT_BUILTIN_PROFILE = "llama-3.1-8b-h100"
 # --------------------------------------------------------------------------- model
 
 
+class ModelCache(ApiModel):
+    claim_name: str = Field(
+        min_length=1,
+        max_length=253,
+        description=(
+            "PersistentVolumeClaim (ReadOnlyMany or ReadWriteMany) in the ModelService's namespace holding the "
+            "weights; every replica mounts it read-only at mountPath. For hf:// sources it is the Hugging Face hub "
+            "cache (HF_HUB_CACHE, filled once, e.g. by `huggingface-cli download --cache-dir`) and the engine runs "
+            "with HF_HUB_OFFLINE=1; for path sources, point source at a path under mountPath."
+        ),
+    )
+    mount_path: str = Field(
+        default="/models", min_length=2, max_length=256, pattern=r"^/[^:]*$", description="Where replicas mount it."
+    )
+
+
 class ModelRef(ApiModel):
     name: str = Field(
         min_length=1,
@@ -49,14 +65,86 @@ class ModelRef(ApiModel):
         max_length=1024,
         description='Where the engine loads weights from: "hf://<org>/<repo>" or a path/URI the engine understands.',
     )
+    cache: ModelCache | None = Field(
+        default=None,
+        description="A volume holding the weights, mounted read-only by every replica instead of each one downloading them.",
+    )
 
 
 # --------------------------------------------------------------------------- engine
 
 
+class KeyRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, description="Secret or ConfigMap name in the same namespace.")
+    key: str = Field(min_length=1, max_length=253, description="Key within it.")
+    optional: bool = Field(default=False, description="Start the engine even when the key does not exist.")
+
+
+_ONE_VALUE_SOURCE = cel(
+    "(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) == 1",
+    "env[].valueFrom: set exactly one of secretKeyRef, configMapKeyRef",
+)
+
+
+class EnvVarSource(ApiModel):
+    model_config = api_config(rules=[_ONE_VALUE_SOURCE])
+
+    secret_key_ref: KeyRef | None = Field(default=None, description="A key of a Secret (e.g. HF_TOKEN).")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError(_ONE_VALUE_SOURCE["message"])
+        return self
+
+
+_VALUE_OR_VALUE_FROM = cel(
+    "!(has(self.valueFrom) && has(self.value) && self.value != '')",
+    "env[]: set value or valueFrom, not both",
+)
+
+
 class EnvVar(ApiModel):
+    model_config = api_config(rules=[_VALUE_OR_VALUE_FROM])
+
     name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     value: str = Field(default="", max_length=32768)
+    value_from: EnvVarSource | None = Field(
+        default=None,
+        description="Read the value from a Secret or ConfigMap key instead (keeps tokens out of the spec).",
+    )
+
+    @model_validator(mode="after")
+    def _value_or_value_from(self) -> EnvVar:
+        if self.value_from is not None and self.value:
+            raise ValueError(_VALUE_OR_VALUE_FROM["message"])
+        return self
+
+
+class NamedRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253)
+    optional: bool = Field(default=False)
+
+
+_ONE_ENV_FROM_SOURCE = cel(
+    "(has(self.secretRef) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) == 1",
+    "envFrom[]: set exactly one of secretRef, configMapRef",
+)
+
+
+class EnvFromSource(ApiModel):
+    model_config = api_config(rules=[_ONE_ENV_FROM_SOURCE])
+
+    secret_ref: NamedRef | None = Field(default=None, description="Every key of a Secret becomes a variable.")
+    config_map_ref: NamedRef | None = Field(default=None, description="Every key of a ConfigMap becomes a variable.")
+    prefix: str = Field(default="", max_length=253, pattern=r"^([-._a-zA-Z][-._a-zA-Z0-9]*)?$")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError(_ONE_ENV_FROM_SOURCE["message"])
+        return self
 
 
 class Engine(ApiModel):
@@ -75,6 +163,9 @@ class Engine(ApiModel):
         description="Extra engine arguments, appended after the ones kubetier renders.",
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, max_length=16, description="Secrets/ConfigMaps whose keys become environment variables."
+    )
     max_num_seqs: int = Field(
         default=256, ge=1, le=4096, description="Most sequences in one batch (vLLM --max-num-seqs)."
     )
@@ -82,7 +173,28 @@ class Engine(ApiModel):
         default=None,
         ge=1,
         le=1_048_576,
-        description="Chunked-prefill token budget per iteration (vLLM --max-num-batched-tokens); empty = engine default.",
+        description=(
+            "Chunked-prefill token budget per iteration (vLLM --max-num-batched-tokens); empty = the latency "
+            "profile's maxNumBatchedTokens. Always rendered, so the engine batches as the router predicts."
+        ),
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=10_485_760, description="Longest prompt+output in tokens (vLLM --max-model-len)."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description=(
+            "Share of GPU memory for weights and KV cache (vLLM --gpu-memory-utilization); the built-in "
+            "profiles' kvCapacityTokens assume 0.9."
+        ),
+    )
+    startup_timeout_seconds: int = Field(
+        default=1800,
+        ge=30,
+        le=21600,
+        description="How long loading the weights may take before the startup probe gives up and the pod restarts.",
     )
 
 

@@ -108,10 +108,12 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 and "properties" in sub
                 and not sub.get("required")
             ):
-                sub["default"] = {
-                    k: copy.deepcopy(v["default"]) for k, v in sub["properties"].items() if "default" in v
-                }
-                out["properties"][name] = _ordered(sub)
+                filled = {k: copy.deepcopy(v["default"]) for k, v in sub["properties"].items() if "default" in v}
+                # Nothing to fill in (e.g. a one-of like env[].valueFrom): no default, or
+                # `{}` would appear on every object and fail its one-of rule.
+                if filled:
+                    sub["default"] = filled
+                    out["properties"][name] = _ordered(sub)
         if not out.get("required"):
             out.pop("required", None)
     return _ordered(out)

@@ -106,8 +106,9 @@ def engine_args_from_pod(
     load = _flag_value(argv, "--model-load-seconds")
     return EngineArgs(
         profile=_flag_value(argv, "--profile") or default_profile,
-        # vLLM pods name the model clients use with --served-model-name.
-        model=_flag_value(argv, "--model") or _flag_value(argv, "--served-model-name") or default_model,
+        # vLLM pods name the model clients use with --served-model-name (their --model is
+        # the weights' source); the simulator has only --model.
+        model=_flag_value(argv, "--served-model-name") or _flag_value(argv, "--model") or default_model,
         model_load_seconds=float(load) if load is not None else None,
     )
 

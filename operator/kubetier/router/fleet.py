@@ -441,27 +441,40 @@ def _wake_one(w: _Waiter) -> None:
         w.future.set_result(None)
 
 
+# Engine metric names the router reads: (running, waiting, KV-cache usage fraction).
+# vLLM renamed gpu_cache_usage_perc to kv_cache_usage_perc (the CPU build of vLLM 0.32 has
+# only the new name); the old one is read only when the new one is absent. SGLang's
+# token_usage is the share of KV-cache tokens in use.
+_RUNNING = {b"vllm:num_requests_running", b"sglang:num_running_reqs"}
+_WAITING = {b"vllm:num_requests_waiting", b"sglang:num_queue_reqs"}
+_KV = {b"vllm:kv_cache_usage_perc", b"sglang:token_usage"}
+_KV_DEPRECATED = b"vllm:gpu_cache_usage_perc"
+
+
 def parse_engine_metrics(text: bytes) -> tuple[int, float] | None:
-    """(running + waiting requests, KV-cache usage fraction) from vLLM-style metrics."""
+    """(running + waiting requests, KV-cache usage fraction) from vLLM's or SGLang's /metrics."""
     running = waiting = 0.0
-    kv = 0.0
+    kv: float | None = None
+    kv_deprecated: float | None = None
     found = False
     for line in text.split(b"\n"):
-        if not line.startswith(b"vllm:"):
+        if not (line.startswith(b"vllm:") or line.startswith(b"sglang:")):
             continue
-        name, _, _rest = line.partition(b"{")
+        name = line.split(b"{", 1)[0].split(b" ", 1)[0]
         value = line.rsplit(b" ", 1)[-1]
         try:
             v = float(value)
         except ValueError:
             continue
-        if name == b"vllm:num_requests_running":
+        if name in _RUNNING:
             running += v
             found = True
-        elif name == b"vllm:num_requests_waiting":
+        elif name in _WAITING:
             waiting += v
-        elif name == b"vllm:gpu_cache_usage_perc":
-            kv = v
+        elif name in _KV:
+            kv = max(kv or 0.0, v)
+        elif name == _KV_DEPRECATED:
+            kv_deprecated = max(kv_deprecated or 0.0, v)
     if not found:
         return None
-    return int(running + waiting), kv
+    return int(running + waiting), kv if kv is not None else (kv_deprecated or 0.0)

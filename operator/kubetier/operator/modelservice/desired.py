@@ -68,10 +68,11 @@ def desired(
     ``replicas``: serving replicas per tier as decided (by the autoscaler); a tier that
     is absent runs ``replicas.min``."""
     config = config or OperatorConfig()
-    profile = resolve_profile(ms.spec, observed.profile_configmap)
+    # The engine's batching flags and the router's prediction come from this one profile.
+    profile = engines.batching_profile(ms.spec, resolve_profile(ms.spec, observed.profile_configmap))
     objects: list[dict[str, Any]] = [routing_configmap(ms, profile)]
     for tier in ms.spec.tiers:
-        objects += tier_deployments(ms, tier, serving_replicas(tier, replicas), config)
+        objects += tier_deployments(ms, tier, serving_replicas(tier, replicas), config, profile)
         objects.append(tier_service(ms, tier))
         objects.append(tier_pdb(ms, tier))
     return objects
@@ -208,7 +209,12 @@ def container_resources(spec: ModelServiceSpec) -> dict[str, Any]:
 
 
 def pod_spec(
-    ms: ModelService, tier: Tier, placement: str, pod_labels: dict[str, str], config: OperatorConfig
+    ms: ModelService,
+    tier: Tier,
+    placement: str,
+    pod_labels: dict[str, str],
+    config: OperatorConfig,
+    profile: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     spec = ms.spec
     port = spec.engine.port
@@ -216,12 +222,16 @@ def pod_spec(
     container: dict[str, Any] = {
         "name": "engine",
         "image": engines.engine_image(spec, config),
-        "command": engines.engine_command(spec),
+        "command": engines.engine_command(spec, profile),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": container_resources(spec),
-        # Loading weights takes minutes: the startup probe covers it (up to 30 min) so
-        # liveness never kills a pod that is still loading.
-        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
+        # Loading weights takes minutes: the startup probe covers spec.engine.startupTimeoutSeconds
+        # (default 30 min) so liveness never kills a pod that is still loading.
+        "startupProbe": {
+            **health,
+            "periodSeconds": engines.STARTUP_PERIOD_SECONDS,
+            "failureThreshold": engines.startup_failure_threshold(spec),
+        },
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**health, "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 5},
         # Stay up while the endpoint removal propagates, so no new request is routed to
@@ -231,11 +241,16 @@ def pod_spec(
     }
     # Empty lists are left out: the apiserver omits them, and a field we send but the
     # live object lacks would make every reconcile look like a change.
-    if spec.engine.env:
-        container["env"] = engines.engine_env(spec)
+    if env := engines.engine_env(spec):
+        container["env"] = env
+    if env_from := engines.engine_env_from(spec):
+        container["envFrom"] = env_from
     # Tensor-parallel workers exchange tensors through shared memory; the container
     # default of 64 MiB is far too small.
     volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    if cache := engines.model_cache_volume(spec):
+        volumes.append(cache[0])
+        container["volumeMounts"].append(cache[1])
     if spec.engine.kind == "simulator":
         container["volumeMounts"].append({"name": "profile", "mountPath": engines.PROFILE_MOUNT_DIR, "readOnly": True})
         volumes.append(
@@ -275,7 +290,14 @@ def pod_spec(
 
 
 def _deployment(
-    ms: ModelService, tier: Tier, pool: str, role: str, replicas: int, placement: str, config: OperatorConfig
+    ms: ModelService,
+    tier: Tier,
+    pool: str,
+    role: str,
+    replicas: int,
+    placement: str,
+    config: OperatorConfig,
+    profile: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     pod_labels = {**labels(ms, tier, role), POOL_LABEL: pool}
     return {
@@ -290,19 +312,26 @@ def _deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
             "template": {
-                "metadata": {"labels": pod_labels},
-                "spec": pod_spec(ms, tier, placement, pod_labels, config),
+                # Annotation-based Prometheus discovery (the chart's PodMonitor selects the
+                # same pods by label where the Prometheus Operator runs).
+                "metadata": {"labels": pod_labels, "annotations": engines.scrape_annotations(ms.spec)},
+                "spec": pod_spec(ms, tier, placement, pod_labels, config, profile),
             },
         },
     }
 
 
-def tier_deployments(ms: ModelService, tier: Tier, total: int, config: OperatorConfig) -> list[dict[str, Any]]:
-    out = [_deployment(ms, tier, pool, "serving", n, placement, config) for pool, n, placement in pools(tier, total)]
+def tier_deployments(
+    ms: ModelService, tier: Tier, total: int, config: OperatorConfig, profile: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    out = [
+        _deployment(ms, tier, pool, "serving", n, placement, config, profile)
+        for pool, n, placement in pools(tier, total)
+    ]
     if tier.prewarm.standby > 0:
         # Standby capacity is spare: it goes where the tier's main pool may go.
         placement = pools(tier, total)[-1][2]
-        out.append(_deployment(ms, tier, "standby", "standby", tier.prewarm.standby, placement, config))
+        out.append(_deployment(ms, tier, "standby", "standby", tier.prewarm.standby, placement, config, profile))
     return out
 
 
