@@ -155,10 +155,27 @@ def test_prometheus_scrapes_router_and_engines_and_rules_fire(prometheus, tmp_pa
 
         wait_until(targets_up, "router and both engines scraped", timeout=90)
 
-        # Bounded traffic: 40 requests per tier, 4 tokens each.
+        # Bounded traffic: 40 requests per tier, 4 tokens each. Counters with labels appear
+        # on their first increment, and rate() needs an increase between two scrapes: send a
+        # first request per tier, wait until Prometheus has those series, then the rest.
         outcomes: dict[str, list[int]] = {"impossible": [], "relaxed": []}
         with httpx.Client(timeout=60) as client:
-            for _ in range(40):
+            for tier in outcomes:
+                r = client.post(
+                    base + "/v1/completions",
+                    json={"model": "m", "prompt": "hello there", "max_tokens": 4},
+                    headers={"x-kubetier-tier": tier},
+                )
+                outcomes[tier].append(r.status_code)
+
+            def series_for_both_tiers() -> bool:
+                res = httpx.get(f"{api}/query", params={"query": "kubetier_router_requests_total"}, timeout=5).json()[
+                    "data"
+                ]["result"]
+                return {s["metric"].get("tier") for s in res} >= set(outcomes)
+
+            wait_until(series_for_both_tiers, "request counters scraped before the main traffic", timeout=60)
+            for _ in range(39):
                 for tier in outcomes:
                     r = client.post(
                         base + "/v1/completions",

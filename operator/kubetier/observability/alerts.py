@@ -55,7 +55,9 @@ class AlertSettings:
 def _error_ratio(window: str) -> str:
     good = f"sum by (model, tier) (rate(kubetier_router_slo_met_total[{window}]))"
     total = f'sum by (model, tier) (rate(kubetier_router_requests_total{{outcome=~"{COUNTED_OUTCOMES}"}}[{window}]))'
-    return f"1 - ({good} / {total})"
+    # A tier none of whose requests met its SLO has no slo_met series at all (a labelled
+    # counter appears on its first increment): count it as zero good requests, not as absent.
+    return f"1 - (({good} or 0 * {total}) / {total})"
 
 
 def recording_rules() -> list[dict[str, Any]]:
