@@ -59,7 +59,8 @@ def test_demo_serves_every_tier_through_the_router_and_cleans_up(kubeconfig: str
     # status carried the router's attainment into `kubectl get ms` before cleanup: the
     # service's last row (the demo also prints one before any traffic, with -/-/-; the
     # header is always printed) shows one measured percentage per tier.
-    rows = re.findall(r"^\S+\s+\S+\s+interactive,standard,batch\s+True\s+\S+\s+(\S+)\s+\S+$", proc.stdout, re.M)
+    # ATTAINMENT is the column before AGE (SCALE before it holds spaces: "1/1 1/1 1/1").
+    rows = re.findall(r"^\S+\s+\S+\s+interactive,standard,batch\s+True\s+.*\s(\S+)\s+\S+$", proc.stdout, re.M)
     assert rows, log
     assert re.fullmatch(r"\d+(\.\d+)?/\d+(\.\d+)?/\d+(\.\d+)?", rows[-1]), (rows, log)
     # the closing line counts what went wrong: nothing was lost
