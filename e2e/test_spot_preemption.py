@@ -38,18 +38,40 @@ def recreatable(node: dict) -> dict:
     }
 
 
-def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, crds, operator, gpu_nodes, namespace):
+def service_with_a_spot_victim(kubectl: Kubectl, gpu_nodes: list[dict], namespace: str, name: str):
+    """Apply the three-tier service and pick a spot node serving it: (node body, pods on it)."""
     if not all((n["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake" for n in gpu_nodes):
         pytest.skip("needs KWOK fake GPU nodes (a reclaimed kind node cannot be recreated)")
-    apply_and_wait_ready(kubectl, three_tier_service("spot", namespace), EXPECTED)
-
+    apply_and_wait_ready(kubectl, three_tier_service(name, namespace), EXPECTED)
     nodes = nodes_by_name(kubectl)
-    pods = running(serving_pods(kubectl, namespace, "spot"))
+    pods = running(serving_pods(kubectl, namespace, name))
     on_spot = [p for p in pods if nodes[p["spec"]["nodeName"]]["metadata"]["labels"].get(CAPACITY_LABEL) == "spot"]
     assert on_spot, "three-tier service has nothing on spot to reclaim"
-    victim_name = on_spot[0]["spec"]["nodeName"]
-    victim = copy.deepcopy(nodes[victim_name])
-    moved = {p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == victim_name}
+    victim = copy.deepcopy(nodes[on_spot[0]["spec"]["nodeName"]])
+    return victim, {p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == victim["metadata"]["name"]}
+
+
+def restore(kubectl: Kubectl, victim: dict) -> None:
+    """Put a reclaimed node back, or drop the taints the test added (a merge patch replaces the list)."""
+    name = victim["metadata"]["name"]
+    if name in nodes_by_name(kubectl):
+        taints = recreatable(victim)["spec"]["taints"]
+        kubectl("patch", "node", name, "--type=merge", "-p", json.dumps({"spec": {"taints": taints}}))
+    else:
+        kubectl.apply(recreatable(victim))
+    wait_until(
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in kubectl.json("get", "node", name).get("status", {}).get("conditions", [])
+        ),
+        f"{name} back and Ready",
+        timeout=60,
+    )
+
+
+def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, crds, operator, gpu_nodes, namespace):
+    victim, moved = service_with_a_spot_victim(kubectl, gpu_nodes, namespace, "spot")
+    victim_name = victim["metadata"]["name"]
 
     try:
         # interruption notice: cordon + NoExecute taint evicts the pods ...
@@ -87,16 +109,7 @@ def test_spot_node_reclaimed_pods_move_and_service_recovers(kubectl: Kubectl, cr
                 assert remaining[p["spec"]["nodeName"]]["metadata"]["labels"][CAPACITY_LABEL] == "on-demand"
         assert operator.alive(), operator.log_tail()
     finally:
-        if victim_name not in nodes_by_name(kubectl):
-            kubectl.apply(recreatable(victim))
-        wait_until(
-            lambda: any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in kubectl.json("get", "node", victim_name).get("status", {}).get("conditions", [])
-            ),
-            f"{victim_name} back and Ready",
-            timeout=60,
-        )
+        restore(kubectl, victim)
 
 
 # Karpenter taints a node it is about to disrupt (spot interruption, consolidation).
@@ -111,16 +124,8 @@ def test_preemption_notice_drains_and_replaces_before_the_node_goes(
     service stays Ready; only then does the node go."""
     import time
 
-    if not all((n["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake" for n in gpu_nodes):
-        pytest.skip("needs KWOK fake GPU nodes (a reclaimed kind node cannot be recreated)")
-    apply_and_wait_ready(kubectl, three_tier_service("notice", namespace), EXPECTED)
-    nodes = nodes_by_name(kubectl)
-    pods = running(serving_pods(kubectl, namespace, "notice"))
-    on_spot = [p for p in pods if nodes[p["spec"]["nodeName"]]["metadata"]["labels"].get(CAPACITY_LABEL) == "spot"]
-    assert on_spot, "three-tier service has nothing on spot"
-    victim_name = on_spot[0]["spec"]["nodeName"]
-    victim = copy.deepcopy(nodes[victim_name])
-    doomed = {p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == victim_name}
+    victim, doomed = service_with_a_spot_victim(kubectl, gpu_nodes, namespace, "notice")
+    victim_name = victim["metadata"]["name"]
     try:
         t0 = time.monotonic()
         taints = victim["spec"].get("taints", []) + [NOTICE_TAINT]
@@ -157,16 +162,4 @@ def test_preemption_notice_drains_and_replaces_before_the_node_goes(
         print(f"notice -> {len(doomed)} pod(s) replaced in {drained_s:.1f}s")
         assert operator.alive(), operator.log_tail()
     finally:
-        if victim_name in nodes_by_name(kubectl):  # drop the notice taint (a merge patch replaces the list)
-            taints = recreatable(victim)["spec"]["taints"]
-            kubectl("patch", "node", victim_name, "--type=merge", "-p", json.dumps({"spec": {"taints": taints}}))
-        else:
-            kubectl.apply(recreatable(victim))
-        wait_until(
-            lambda: any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in kubectl.json("get", "node", victim_name).get("status", {}).get("conditions", [])
-            ),
-            f"{victim_name} back and Ready",
-            timeout=60,
-        )
+        restore(kubectl, victim)
