@@ -358,13 +358,19 @@ def compile_pyc(root: Path, subdir: str) -> None:
 
 def _drop_direct_url(site: Path) -> None:
     """pip records the wheel's temporary path in direct_url.json (and its hash in RECORD):
-    a different path every build. Neither is needed at run time."""
-    for direct in site.glob("kubetier-*.dist-info/direct_url.json"):
-        record = direct.parent / "RECORD"
+    a different path every build. Neither is needed at run time. The console scripts pip
+    wrote under ``bin/`` are not shipped either (the image has its own entrypoint), and their
+    RECORD hashes depend on the installing interpreter's path (the shebang): drop those
+    lines too, so the layer is the same whatever folder it is built from."""
+    for record in site.glob("*.dist-info/RECORD"):
+        dist = record.parent.name
         lines = [
-            ln for ln in record.read_text().splitlines() if not ln.startswith(f"{direct.parent.name}/direct_url.json,")
+            ln
+            for ln in record.read_text().splitlines()
+            if not ln.startswith((f"{dist}/direct_url.json,", "../../bin/", "bin/"))
         ]
         record.write_text("\n".join(lines) + "\n")
+    for direct in site.glob("*.dist-info/direct_url.json"):
         direct.unlink()
 
 
