@@ -204,7 +204,43 @@ def test_each_valid_sample_becomes_ready_on_gpu_nodes(kubectl: Kubectl, crds, op
     (ms,) = [d for d in yaml.safe_load_all(sample.read_text()) if d and d.get("kind") == "ModelService"]
     ms["metadata"]["namespace"] = namespace
     expected = {t["name"]: t.get("replicas", {}).get("min", 1) for t in ms["spec"]["tiers"]}
-    apply_and_wait_ready(kubectl, ms, expected, timeout=120)
+    claim = ((ms["spec"].get("model") or {}).get("cache") or {}).get("claimName")
+    if claim:
+        # The sample mounts a model cache PVC: give it a statically bound volume (the local
+        # cluster has no provisioner; KWOK pods never mount it), as an admin would.
+        pv = f"{namespace}-{claim}"
+        kubectl.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv},
+                "spec": {
+                    "capacity": {"storage": "100Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "hostPath": {"path": "/var/lib/kubetier-test-models"},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            }
+        )
+        kubectl.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "100Gi"}},
+                },
+            }
+        )
+    try:
+        apply_and_wait_ready(kubectl, ms, expected, timeout=120)
+    finally:
+        if claim:
+            kubectl("delete", "pv", f"{namespace}-{claim}", "--wait=false", check=False)
     gpus = ms["spec"].get("resources", {}).get("gpusPerReplica", 1)
     nodes = nodes_by_name(kubectl)
     pods = running(serving_pods(kubectl, namespace, ms["metadata"]["name"]))
