@@ -171,6 +171,35 @@ class LengthDist(NamedTuple):
         return np.clip(v, self.min, self.max)
 
 
+def _arrival_block(
+    gen: np.random.Generator,
+    arrival: str,
+    t: float,
+    rate: float,
+    cv: float,
+    amplitude: float,
+    period_s: float,
+    block: int,
+) -> tuple[np.ndarray, float]:
+    """The next ``block`` candidate arrivals after ``t`` (diurnal: thinned), and the time the
+    block reached: one definition of the arrival processes for both synthetic readers."""
+    peak = rate * (1.0 + amplitude)
+    if arrival == "poisson":
+        times = t + np.cumsum(gen.exponential(1.0 / rate, block))
+    elif arrival == "gamma":
+        shape = 1.0 / (cv * cv)
+        times = t + np.cumsum(gen.gamma(shape, 1.0 / (rate * shape), block))
+    elif arrival == "diurnal":
+        times = t + np.cumsum(gen.exponential(1.0 / peak, block))
+    else:
+        raise ValueError(f"unknown arrival process {arrival!r}")
+    reached = float(times[-1])
+    if arrival == "diurnal":
+        keep = gen.random(block) * peak <= rate * (1.0 + amplitude * np.sin(2.0 * math.pi * times / period_s))
+        times = times[keep]
+    return times, reached
+
+
 def synthetic(
     arrival: str,
     rate: float,
@@ -191,21 +220,8 @@ def synthetic(
     """
     gen = np.random.default_rng(seed)
     t = 0.0
-    peak = rate * (1.0 + amplitude)
     while True:
-        if arrival == "poisson":
-            times = t + np.cumsum(gen.exponential(1.0 / rate, block))
-        elif arrival == "gamma":
-            shape = 1.0 / (cv * cv)
-            times = t + np.cumsum(gen.gamma(shape, 1.0 / (rate * shape), block))
-        elif arrival == "diurnal":
-            times = t + np.cumsum(gen.exponential(1.0 / peak, block))
-        else:
-            raise ValueError(f"unknown arrival process {arrival!r}")
-        t = float(times[-1])
-        if arrival == "diurnal":
-            keep = gen.random(block) * peak <= rate * (1.0 + amplitude * np.sin(2.0 * math.pi * times / period_s))
-            times = times[keep]
+        times, t = _arrival_block(gen, arrival, t, rate, cv, amplitude, period_s, block)
         n = len(times)
         yield from zip(times.tolist(), prompt.sample(gen, n).tolist(), output.sample(gen, n).tolist())
 
@@ -383,19 +399,7 @@ def synthetic_window(
     peak = rate * (1.0 + amplitude)
     block = max(1024, min(1 << 20, int(peak * duration_s * 1.1) + 64))
     while t < duration_s:
-        if arrival == "poisson":
-            times = t + np.cumsum(gen.exponential(1.0 / rate, block))
-        elif arrival == "gamma":
-            shape = 1.0 / (cv * cv)
-            times = t + np.cumsum(gen.gamma(shape, 1.0 / (rate * shape), block))
-        elif arrival == "diurnal":
-            times = t + np.cumsum(gen.exponential(1.0 / peak, block))
-        else:
-            raise ValueError(f"unknown arrival process {arrival!r}")
-        t = float(times[-1])
-        if arrival == "diurnal":
-            keep = gen.random(block) * peak <= rate * (1.0 + amplitude * np.sin(2.0 * math.pi * times / period_s))
-            times = times[keep]
+        times, t = _arrival_block(gen, arrival, t, rate, cv, amplitude, period_s, block)
         parts.append(times[times < duration_s])
     tt = np.concatenate(parts) if parts else np.zeros(0)
     n = len(tt)
