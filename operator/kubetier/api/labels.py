@@ -23,6 +23,9 @@ ROLE_STANDBY: Final = "standby"
 # Which of a tier's Deployments a pod belongs to (main, floor, standby): keeps the
 # selectors of a tier's Deployments disjoint.
 POOL_LABEL: Final = "kubetier.io/pool"
+# Its value on the pods of a ModelService's shared pool (spec.sharedPool): they carry no
+# tier label; the router puts each in one tier's bin and moves it as load shifts.
+SHARED_POOL: Final = "shared"
 # "true" on the routing ConfigMap the router discovers (docs/contracts.md).
 ROUTING_CONFIG_LABEL: Final = "kubetier.io/routing-config"
 # Local development only (KWOK pods run no containers): "127.0.0.1:<port>" of the

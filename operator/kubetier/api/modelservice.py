@@ -367,6 +367,48 @@ class Tier(SLOTier):
         return self
 
 
+# --------------------------------------------------------------------------- shared pool
+
+
+_POOL_REPLICAS_ORDER = cel(
+    "self.min <= self.max", "sharedPool.replicas.min must be less than or equal to sharedPool.replicas.max"
+)
+
+
+class PoolReplicas(ApiModel):
+    model_config = api_config(rules=[_POOL_REPLICAS_ORDER])
+
+    min: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Fewest servers the pool runs; at least the sum of the tiers' replicas.min.",
+    )
+    max: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description=(
+            "Most servers the pool runs. The pool runs the sum of the tiers' serving replicas (replicas.min, "
+            "or the autoscaler's choice per tier) clamped to [min, max]."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> PoolReplicas:
+        if self.min > self.max:
+            raise ValueError(_POOL_REPLICAS_ORDER["message"])
+        return self
+
+
+class SharedPool(ApiModel):
+    """One workload whose servers every tier shares; the router puts each server in one
+    tier's bin and moves idle servers to the bin that needs them (docs/routing.md,
+    "Shared pool")."""
+
+    replicas: PoolReplicas = Field(default_factory=PoolReplicas)
+
+
 # --------------------------------------------------------------------------- access
 
 
@@ -397,6 +439,15 @@ _DISTINCT_TPOT = cel(
     "self.tiers.all(t, self.tiers.exists_one(u, u.tpotMs == t.tpotMs))",
     "tiers[].tpotMs must differ between tiers (tiers are bins by per-token latency)",
 )
+_POOL_HOLDS_MINIMUMS = cel(
+    "!has(self.sharedPool) || self.tiers.map(t, t.replicas.min).sum() <= self.sharedPool.replicas.min",
+    "sharedPool.replicas.min must be at least the sum of tiers[].replicas.min (each tier's bin keeps its minimum)",
+)
+_POOL_PER_TIER_ONLY = cel(
+    "!has(self.sharedPool) || self.tiers.all(t, t.prewarm.standby == 0 && t.capacity.spot == 'never')",
+    "with sharedPool, tiers[].prewarm.standby must be 0 and tiers[].capacity.spot must be never "
+    "(standby and spot placement are per-tier workloads)",
+)
 _ACCESS_NAMES_TIERS = cel(
     "!has(self.access) || self.access.all(a, a.tiers.all(n, self.tiers.exists(t, t.name == n)))",
     "access[].tiers must name tiers listed in spec.tiers",
@@ -404,7 +455,9 @@ _ACCESS_NAMES_TIERS = cel(
 
 
 class ModelServiceSpec(ApiModel):
-    model_config = api_config(rules=[_UNIQUE_TIER_NAMES, _DISTINCT_TPOT, _ACCESS_NAMES_TIERS])
+    model_config = api_config(
+        rules=[_UNIQUE_TIER_NAMES, _DISTINCT_TPOT, _ACCESS_NAMES_TIERS, _POOL_HOLDS_MINIMUMS, _POOL_PER_TIER_ONLY]
+    )
 
     model: ModelRef
     engine: Engine = Field(default_factory=Engine)
@@ -420,6 +473,14 @@ class ModelServiceSpec(ApiModel):
         max_length=MAX_ACCESS_ENTRIES,
         description="Which API-key Secrets may use which tiers.",
     )
+    shared_pool: SharedPool | None = Field(
+        default=None,
+        description=(
+            "Serve every tier from one shared pool of servers (Deployment <name>-pool) instead of one workload "
+            "per tier: the router keeps each pool server in one tier's bin and moves idle servers to the bin "
+            "whose requests find no feasible server; tiers[].replicas.min/max then bound each bin's servers."
+        ),
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
@@ -432,6 +493,11 @@ class ModelServiceSpec(ApiModel):
         for rule in self.access:
             if any(n not in names for n in rule.tiers):
                 raise ValueError(_ACCESS_NAMES_TIERS["message"])
+        if self.shared_pool is not None:
+            if sum(t.replicas.min for t in self.tiers) > self.shared_pool.replicas.min:
+                raise ValueError(_POOL_HOLDS_MINIMUMS["message"])
+            if any(t.prewarm.standby or t.capacity.spot != "never" for t in self.tiers):
+                raise ValueError(_POOL_PER_TIER_ONLY["message"])
         return self
 
     def tier(self, name: str) -> Tier:

@@ -45,6 +45,20 @@ class AccessEntry(DocumentModel):
     tiers: list[str] = Field(default_factory=list, max_length=MAX_TIERS, description="Tiers its key may use.")
 
 
+class PoolBin(DocumentModel):
+    tier: str = Field(min_length=1, description="A tier whose bin the pool's servers may serve.")
+    min_servers: int = Field(default=0, ge=0, description="Fewest pool servers in the tier's bin.")
+    max_servers: int | None = Field(default=None, ge=1, description="Most pool servers in the tier's bin.")
+
+
+class RoutingPool(DocumentModel):
+    """The service's serving pods form one shared pool (pod label ``kubetier.io/pool:
+    shared``, no tier label): the router puts each in one tier's bin and moves idle
+    servers between bins (``kubetier.policy.bins``) within these per-tier limits."""
+
+    bins: list[PoolBin] = Field(min_length=1, max_length=MAX_TIERS)
+
+
 class RoutingDocument(DocumentModel):
     model: str = Field(min_length=1, max_length=256, description="The `model` clients send.")
     namespace: str | None = Field(default=None, description="The ModelService's namespace.")
@@ -57,6 +71,9 @@ class RoutingDocument(DocumentModel):
         description="Which Secrets' keys may use which tiers; empty: no authentication, every tier open.",
     )
     port: int = Field(default=8000, ge=1, le=65535, description="Port the engines serve HTTP on.")
+    shared_pool: RoutingPool | None = Field(
+        default=None, description="Set when the servers are one shared pool with dynamic bins (spec.sharedPool)."
+    )
 
     def to_json(self) -> str:
         # sort_keys: the same spec always renders byte-identical data, so an unchanged

@@ -56,11 +56,12 @@ Baselines: :mod:`routing_baselines`. Policies are chosen by kind from ``POLICIES
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from kubetier.api.tier import SLOTier
+from kubetier.policy.bins import BinLimits
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing_baselines import decide_least_loaded, decide_pool, decide_round_robin
 from kubetier.policy.routing_costs import INF, MEMO_LIMIT
@@ -188,6 +189,7 @@ class RoutingPolicy(ServerIndex):
         max_checks_per_level: int = 8,
         turnover: float = 1.0,
         rebin_idle: bool = False,
+        bin_limits: Mapping[str, BinLimits] | None = None,
         host_probe_prompt_tokens: int = HOST_PROBE_PROMPT_TOKENS,
         learn_traffic: bool = True,
         tpot_headroom: float = TPOT_HEADROOM,
@@ -219,6 +221,8 @@ class RoutingPolicy(ServerIndex):
         # keeps at least one other idle server moves to the request's bin. The load
         # gradient (most-loaded-first) is what leaves servers idle to move.
         self.rebin_idle = rebin_idle
+        # Per-tier fewest/most servers of a shared pool's bins (kubetier.policy.bins).
+        self.bin_limits: dict[str, BinLimits] = dict(bin_limits or {})
         if kind == "slo" and not rebin_idle:
             self._decide_fn = decide_slo  # the registry's entry without the rebin step: one call less
         self.rng = rng if rng is not None else random.Random(0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING
 
+from kubetier.policy.bins import BinCount, donor_bin
 from kubetier.policy.routing_costs import KV_QUANTUM, MEMO_LIMIT, prompt_class
 from kubetier.policy.routing_feasibility import feasible, host_keeps_room, prefill_share_s, tpot_kv_ok
 from kubetier.policy.routing_index import KV_MASK, KV_SHIFT, RANK_MASK, RUN_SHIFT, Bin, ServerEntry
@@ -168,20 +169,15 @@ def kv_bound(b: Bin, running: int, H: int, prompt: int, tpot_s: float, refill: f
 def rebin_idle_server(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
     """Shared pool (PolyServe's server reassignment): when no server of the request's own
     or tighter bins is feasible, an idle server of another bin that keeps at least one
-    other idle server moves to the request's bin."""
-    own = p._bins[t.name]
-    best: Bin | None = None
-    best_idle = 1
-    for b in p._bins.values():
-        if b is own:
-            continue
-        idle = bisect_left(b.keys, 1 << KV_SHIFT)  # running 0 and no KV held
-        if idle > best_idle or (
-            idle == best_idle and best is not None and idle > 1 and b.tier.tpot_ms > best.tier.tpot_ms
-        ):
-            best, best_idle = b, idle
-    if best is None:
+    other idle server moves to the request's bin (the donor, and the per-tier limits, are
+    :func:`kubetier.policy.bins.donor_bin`'s choice)."""
+    rows = [
+        BinCount(name, len(b.keys), bisect_left(b.keys, 1 << KV_SHIFT), b.tier.tpot_ms) for name, b in p._bins.items()
+    ]
+    donor = donor_bin(t.name, rows, p.bin_limits)  # running 0 and no KV held = idle
+    if donor is None:
         return None
+    best = p._bins[donor]
     sid = p._by_rank[best.keys[0] & RANK_MASK].load.server_id
     e = p._servers[sid]
     if e.load.queued_prefill_tokens:

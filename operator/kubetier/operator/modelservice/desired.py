@@ -23,6 +23,12 @@ Per tier:
   consolidation) take at most one serving pod of a tier at a time.
 
 Per service: the routing ConfigMap ``<ms>-routing`` (docs/contracts.md).
+
+With ``spec.sharedPool`` the tiers share one pool instead: one Deployment, Service and
+PodDisruptionBudget ``<ms>-pool`` whose pods carry ``kubetier.io/pool: shared`` and no
+tier label, and a routing document whose ``sharedPool`` lists each tier's bin limits
+(``tiers[].replicas.min/max``); the router assigns the pool's servers to tier bins and
+moves idle ones as load shifts (kubetier.policy.bins).
 """
 
 from __future__ import annotations
@@ -31,11 +37,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kubetier.api.labels import MANAGED_BY_VALUE
+from kubetier.api.labels import MANAGED_BY_VALUE, SHARED_POOL
 from kubetier.api.modelservice import GROUP, KIND, VERSION, ModelService, ModelServiceSpec, Tier
 from kubetier.api.profile import LatencyProfile
 from kubetier.api.routing import ROUTING_KEY as ROUTING_KEY
-from kubetier.api.routing import AccessEntry, RoutingDocument, RoutingTier
+from kubetier.api.routing import AccessEntry, PoolBin, RoutingDocument, RoutingPool, RoutingTier
 from kubetier.api.routing import routing_configmap_name as _routing_configmap_name
 from kubetier.operator.modelservice import engines
 from kubetier.operator.modelservice.model import (
@@ -71,6 +77,8 @@ def desired(
     # The engine's batching flags and the router's prediction come from this one profile.
     profile = engines.batching_profile(ms.spec, resolve_profile(ms.spec, observed.profile_configmap))
     objects: list[dict[str, Any]] = [routing_configmap(ms, profile)]
+    if ms.spec.shared_pool is not None:
+        return objects + pool_objects(ms, pool_replicas(ms.spec, replicas), config, profile)
     for tier in ms.spec.tiers:
         objects += tier_deployments(ms, tier, serving_replicas(tier, replicas), config, profile)
         objects.append(tier_service(ms, tier))
@@ -146,6 +154,16 @@ def routing_document(ms: ModelService, profile: dict[str, Any]) -> RoutingDocume
         profile=LatencyProfile.model_validate(profile),
         access=[AccessEntry(secret_name=a.secret_ref.name, tiers=list(a.tiers)) for a in spec.access],
         port=spec.engine.port,
+        shared_pool=routing_pool(spec),
+    )
+
+
+def routing_pool(spec: ModelServiceSpec) -> RoutingPool | None:
+    """Each tier's bin limits in the shared pool: its replicas.min and replicas.max."""
+    if spec.shared_pool is None:
+        return None
+    return RoutingPool(
+        bins=[PoolBin(tier=t.name, min_servers=t.replicas.min, max_servers=t.replicas.max) for t in spec.tiers]
     )
 
 
@@ -210,7 +228,7 @@ def container_resources(spec: ModelServiceSpec) -> dict[str, Any]:
 
 def pod_spec(
     ms: ModelService,
-    tier: Tier,
+    tier: Tier | None,
     placement: str,
     pod_labels: dict[str, str],
     config: OperatorConfig,
@@ -262,7 +280,9 @@ def pod_spec(
                 },
             }
         )
-    selector_labels = {k: pod_labels[k] for k in (SERVICE_LABEL, TIER_LABEL, ROLE_LABEL)}
+    selector_labels = {k: pod_labels[k] for k in (SERVICE_LABEL, TIER_LABEL, ROLE_LABEL, POOL_LABEL) if k in pod_labels}
+    if TIER_LABEL in pod_labels:
+        selector_labels.pop(POOL_LABEL, None)  # a tier's pods spread as one group, whatever their pool
     result: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
@@ -361,3 +381,69 @@ def tier_pdb(ms: ModelService, tier: Tier) -> dict[str, Any]:
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
+
+
+# --------------------------------------------------------------------------- shared pool
+
+
+def pool_object_name(ms: ModelService) -> str:
+    return f"{ms.name}-pool"
+
+
+def pool_replicas(spec: ModelServiceSpec, replicas: Mapping[str, int] | None = None) -> int:
+    """Servers of the shared pool: the sum of the tiers' serving replicas (min, or the
+    autoscaler's choice) clamped to sharedPool.replicas [min, max]."""
+    assert spec.shared_pool is not None
+    want = sum(serving_replicas(t, replicas) for t in spec.tiers)
+    r = spec.shared_pool.replicas
+    return max(r.min, min(r.max, want))
+
+
+def pool_labels(ms: ModelService) -> dict[str, str]:
+    return {**labels(ms, None, "serving"), POOL_LABEL: SHARED_POOL}
+
+
+def pool_objects(
+    ms: ModelService, total: int, config: OperatorConfig, profile: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The shared pool's Deployment, headless Service and PodDisruptionBudget
+    ``<ms>-pool``: on-demand placement (spot is per tier, refused with sharedPool)."""
+    pod_labels = pool_labels(ms)
+    selector = {k: v for k, v in pod_labels.items() if k != MANAGED_BY}
+    name = pool_object_name(ms)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(ms, name, pod_labels),
+        "spec": {
+            "replicas": total,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": engines.scrape_annotations(ms.spec)},
+                "spec": pod_spec(ms, None, "on-demand", pod_labels, config, profile),
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(ms, name, pod_labels),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            "ports": [{"name": "http", "port": ms.spec.engine.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(ms, name, pod_labels),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+    return [deployment, service, pdb]

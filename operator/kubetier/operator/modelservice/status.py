@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubetier.api.modelservice import ModelService
-from kubetier.operator.modelservice.desired import pools, serving_replicas, tier_object_name
+from kubetier.operator.modelservice.desired import (
+    pool_labels,
+    pool_object_name,
+    pool_replicas,
+    pools,
+    serving_replicas,
+    tier_object_name,
+)
 from kubetier.operator.modelservice.model import (
     ROLE_LABEL,
     SERVICE_LABEL,
@@ -71,6 +78,16 @@ def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
             entry["attainmentPercent"] = round(float(observed.attainment[tier.name]), 2)
         out.append(entry)
     return out
+
+
+def _shared_pool_ready(ms: ModelService, observed: Observed) -> int:
+    """Ready serving pods of the service's shared pool (spec.sharedPool)."""
+    want = pool_labels(ms)
+    return sum(
+        _pod_ready(p)
+        for p in observed.pods
+        if all(_labels(p).get(k) == v for k, v in want.items()) and not p["metadata"].get("deletionTimestamp")
+    )
 
 
 def capacity_problem(
@@ -154,17 +171,30 @@ def compute_status(
     problem = spec_problem or capacity_problem(ms, observed, replicas)
 
     short: list[str] = []  # tiers below their expected serving replicas
-    for tier in ms.spec.tiers:
-        want = serving_replicas(tier, replicas)
-        have = by_name[tier.name]
-        if have["readyReplicas"] < want or have["replicas"] != want or have["standbyReplicas"] < tier.prewarm.standby:
-            short.append(f"{tier.name} {have['readyReplicas']}/{want} ready")
-    missing = [
-        name
-        for tier in ms.spec.tiers
-        for pool, _n, _p in pools(tier, serving_replicas(tier, replicas))
-        if ("Deployment", name := tier_object_name(ms, tier, pool)) not in observed.children
-    ]
+    if ms.spec.shared_pool is not None:
+        # One pool serves every tier (the router decides the bins): its pods count.
+        pool_want = pool_replicas(ms.spec, replicas)
+        pool_ready = _shared_pool_ready(ms, observed)
+        if pool_ready < pool_want:
+            short.append(f"pool {pool_ready}/{pool_want} ready")
+        missing = [n for n in [pool_object_name(ms)] if ("Deployment", n) not in observed.children]
+    else:
+        pool_want = pool_ready = 0
+        for tier in ms.spec.tiers:
+            want = serving_replicas(tier, replicas)
+            have = by_name[tier.name]
+            if (
+                have["readyReplicas"] < want
+                or have["replicas"] != want
+                or have["standbyReplicas"] < tier.prewarm.standby
+            ):
+                short.append(f"{tier.name} {have['readyReplicas']}/{want} ready")
+        missing = [
+            name
+            for tier in ms.spec.tiers
+            for pool, _n, _p in pools(tier, serving_replicas(tier, replicas))
+            if ("Deployment", name := tier_object_name(ms, tier, pool)) not in observed.children
+        ]
     late = _rollout_incomplete(ms, observed)
     unschedulable = _unschedulable(ms, observed)
 
@@ -189,7 +219,11 @@ def compute_status(
         if "attainmentPercent" in by_name[t.name] and by_name[t.name]["attainmentPercent"] < t.attainment_percent
     ]
     dark = [
-        t.name for t in ms.spec.tiers if serving_replicas(t, replicas) > 0 and by_name[t.name]["readyReplicas"] == 0
+        t.name
+        for t in ms.spec.tiers
+        if serving_replicas(t, replicas) > 0
+        and by_name[t.name]["readyReplicas"] == 0
+        and not (ms.spec.shared_pool is not None and pool_ready > 0)
     ]
     if below:
         conds["SLOAtRisk"] = ("True", "AttainmentBelowTarget", "; ".join(below))
@@ -212,7 +246,11 @@ def compute_status(
     else:
         conds["FieldsNotActedOn"] = ("False", "AllFieldsActedOn", "the operator acts on every field the spec sets")
 
-    at_zero = [t.name for t in ms.spec.tiers if serving_replicas(t, replicas) == 0 and by_name[t.name]["replicas"] == 0]
+    at_zero = [
+        t.name
+        for t in ms.spec.tiers
+        if serving_replicas(t, replicas) == 0 and by_name[t.name]["replicas"] == 0 and ms.spec.shared_pool is None
+    ]
     if at_zero:
         conds["ScaledToZero"] = (
             "True",
@@ -242,13 +280,16 @@ def compute_status(
         )
     router_ns = config.router_namespace or ms.namespace
     desired_total = sum(serving_replicas(t, replicas) for t in ms.spec.tiers)
+    ready_total = sum(t["readyReplicas"] for t in tiers)
+    if ms.spec.shared_pool is not None:
+        desired_total, ready_total = pool_want, pool_ready
     return {
         "observedGeneration": generation,
         "conditions": conditions,
         "tiers": tiers,
         "endpoint": f"http://{config.router_service}.{router_ns}.svc:{config.router_port}/v1",
         "tierSummary": ",".join(t.name for t in ms.spec.tiers),
-        "replicaSummary": f"{sum(t['readyReplicas'] for t in tiers)}/{desired_total}",
+        "replicaSummary": f"{ready_total}/{desired_total}",
         "scaleSummary": " ".join(f"{t['desiredReplicas']}/{t['replicas']}" for t in tiers),
         "attainmentSummary": "/".join(
             f"{t['attainmentPercent']:g}" if "attainmentPercent" in t else "-" for t in tiers
