@@ -406,7 +406,8 @@ class SharedPool(ApiModel):
     tier's bin and moves idle servers to the bin that needs them (docs/routing.md,
     "Shared pool")."""
 
-    replicas: PoolReplicas = Field(default_factory=PoolReplicas)
+    # Required: sharedPool's presence is the choice, so it must never be defaulted in.
+    replicas: PoolReplicas = Field(description="How many servers the pool runs.")
 
 
 # --------------------------------------------------------------------------- access

@@ -41,18 +41,23 @@ class TierCounts(DocumentModel):
 
 class ServerState(DocumentModel):
     id: str
-    tier: str
+    tier: str = Field(description="The tier whose bin the server serves (for a pool server: its bin now).")
     endpoint: str = Field(description="host:port the router sends to.")
     ready: bool = False
     draining: bool = False
     running: int = Field(default=0, description="Sequences the router believes the server runs.")
     kv_tokens: int = Field(default=0, description="KV tokens the router believes the server holds.")
+    pooled: bool = Field(default=False, description="A shared-pool server: the router moves it between tier bins.")
 
 
 class ModelStatus(DocumentModel):
     tiers: dict[str, TierCounts] = Field(default_factory=dict)
     servers: list[ServerState] = Field(default_factory=list)
     queue_length: int = 0
+    shared_pool: bool = Field(default=False, description="The servers are a shared pool with dynamic bins.")
+    bin_moves: int = Field(
+        default=0, ge=0, description="Pool servers this router worker moved from one tier's bin to another."
+    )
 
 
 class RouterStatus(DocumentModel):

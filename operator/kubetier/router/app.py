@@ -133,7 +133,12 @@ class Router:
         self.config.keys = config.keys
         for name, spec in config.models.items():
             f = self.fleets.get(name)
-            if f is None or f.spec.tiers != spec.tiers or f.spec.profile != spec.profile:
+            if (
+                f is None
+                or f.spec.tiers != spec.tiers
+                or f.spec.profile != spec.profile
+                or f.spec.bin_limits != spec.bin_limits
+            ):
                 if f is not None:
                     asyncio.ensure_future(f.stop())  # noqa: RUF006 - stop() ends on its own; nothing awaits it
                 f = self.fleets[name] = self._new_fleet(spec)

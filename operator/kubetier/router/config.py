@@ -39,6 +39,7 @@ from pydantic.alias_generators import to_camel
 
 from kubetier.api.errors import describe
 from kubetier.api.tier import SLOTier
+from kubetier.policy.bins import BinLimits
 from kubetier.policy.latency import LatencyModel, ProfileError, load_profile
 from kubetier.policy.routing import KINDS, TierSLO
 
@@ -58,6 +59,9 @@ class ServerSpec:
     # A preemption notice's deadline (epoch seconds): streams still running shortly
     # before it move to another server at token level (kubetier.policy.spot).
     leave_by: float | None = None
+    # A server of a shared pool (spec.sharedPool): ``tier`` is the bin the router put it
+    # in, and the router moves it between bins (kubetier.policy.bins).
+    pooled: bool = False
 
 
 @dataclass
@@ -68,6 +72,9 @@ class ModelSpec:
     servers: list[ServerSpec] = field(default_factory=list)
     max_prompt_tokens: int = 131072
     public: bool = False  # no API key needed, every tier open (no keys configured for it)
+    # A shared pool's per-tier bin limits (routing document ``sharedPool``); None: the
+    # servers are tied to their tiers.
+    bin_limits: dict[str, BinLimits] | None = None
 
 
 @dataclass

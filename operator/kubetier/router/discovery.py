@@ -6,7 +6,8 @@ configuration on every change:
 - ConfigMaps labelled ``kubetier.io/routing-config=true``, key ``routing.json``
   (docs/contracts.md): model name, tiers, latency profile, access entries, engine port;
 - Pods labelled ``app.kubernetes.io/managed-by=kubetier`` and ``kubetier.io/role=serving``,
-  matched to a service by ``kubetier.io/service`` and to a tier by ``kubetier.io/tier``.
+  matched to a service by ``kubetier.io/service`` and to a tier by ``kubetier.io/tier``
+  (a shared pool's pods, ``kubetier.io/pool=shared``, have no tier: the fleet bins them).
   A pod is ready when its ``Ready`` condition is True, draining once it has a
   ``deletionTimestamp``; its endpoint is ``<pod IP>:<port>``, or with
   ``--local-endpoints`` its ``kubetier.io/local-endpoint`` annotation;
@@ -30,15 +31,18 @@ from pydantic import ValidationError
 from kubetier.api.errors import describe
 from kubetier.api.labels import (
     LOCAL_ENDPOINT_ANNOTATION,
+    POOL_LABEL,
     PREEMPTION_DEADLINE_ANNOTATION,
     ROUTING_CONFIG_SELECTOR,
     SERVICE_LABEL,
     SERVING_POD_SELECTOR,
+    SHARED_POOL,
     TIER_LABEL,
 )
 from kubetier.api.routing import API_KEY_SECRET_KEY, ROUTING_CONFIGMAP_SUFFIX, ROUTING_KEY, RoutingDocument
 from kubetier.kube import KubeClient, KubeError
 from kubetier.kube.informer import Informer, wait_synced
+from kubetier.policy.bins import BinLimits
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing import TierSLO
 from kubetier.router.config import ConfigError, ModelSpec, RouterConfig, ServerSpec
@@ -108,6 +112,8 @@ def build_config(
             continue
         access = doc.access
         spec = ModelSpec(name, profile, tiers, [], min(131072, profile.kv_capacity_tokens), public=not access)
+        if doc.shared_pool is not None:
+            spec.bin_limits = {b.tier: BinLimits(b.min_servers, b.max_servers) for b in doc.shared_pool.bins}
         tier_names = {t.name for t in tiers}
         for entry in access:
             secret = secrets.get((ns, entry.secret_name))
@@ -133,7 +139,10 @@ def build_config(
             continue
         spec, port = found
         tier = labels.get(TIER_LABEL)
-        if tier not in {t.name for t in spec.tiers}:
+        pooled = spec.bin_limits is not None and labels.get(POOL_LABEL) == SHARED_POOL
+        if pooled:
+            tier = ""  # the router's fleet chooses the bin (kubetier.policy.bins.join_bin)
+        elif tier not in {t.name for t in spec.tiers}:
             continue
         ep = pod_endpoint(pod, port, local_endpoints)
         if ep is None:
@@ -144,10 +153,11 @@ def build_config(
                 server_id=f"{meta.get('namespace')}/{meta.get('name')}",
                 host=ep[0],
                 port=ep[1],
-                tier=tier,
+                tier=str(tier),
                 ready=pod_ready(pod),
                 draining=bool(meta.get("deletionTimestamp")) or leave_by is not None,
                 leave_by=leave_by,
+                pooled=pooled,
             )
         )
     for spec in models.values():

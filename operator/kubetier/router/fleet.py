@@ -22,10 +22,11 @@ import itertools
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubetier.api.router_status import ModelStatus, ServerState
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
+from kubetier.policy.bins import BinCount, join_bin, refill_move
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
@@ -118,7 +119,17 @@ class ModelFleet:
         self.metrics = metrics
         self.clock = clock
         self.tiers: dict[str, TierSLO] = {t.name: t for t in spec.tiers}
-        self.policy = RoutingPolicy(spec.tiers, kind=kind, rng=random.Random(0), scale_up_s=scale_up_s)
+        # A shared pool (spec.bin_limits): the policy moves idle pool servers to the bin
+        # of a tier that finds no feasible server (kubetier.policy.bins), within limits.
+        self.policy = RoutingPolicy(
+            spec.tiers,
+            kind=kind,
+            rng=random.Random(0),
+            scale_up_s=scale_up_s,
+            rebin_idle=spec.bin_limits is not None,
+            bin_limits=spec.bin_limits,
+        )
+        self.bin_moves = 0  # pool servers moved between bins (by requests or to restore a minimum)
         self.upstreams: dict[str, Upstream] = {}
         self.max_queue = max_queue
         self.scrape_interval_s = scrape_interval_s
@@ -149,6 +160,10 @@ class ModelFleet:
                 self._move_streams(sid, "server left the fleet")
         for sid, s in wanted.items():
             cur = self.upstreams.get(sid)
+            if s.pooled:
+                # A pool server keeps the bin it is in; a new one joins the bin that needs it.
+                keep = cur is not None and cur.spec.pooled and (cur.spec.host, cur.spec.port) == (s.host, s.port)
+                s = replace(s, tier=cur.spec.tier if keep and cur is not None else self._joining_bin())
             if cur is None or (cur.spec.host, cur.spec.port, cur.spec.tier) != (s.host, s.port, s.tier):
                 if cur is not None:
                     cur.pool.close()
@@ -159,7 +174,68 @@ class ModelFleet:
                 cur.spec = s
             self._apply_state(sid)
             self._plan_leave(sid)
+        self.restore_bin_minimums()
         self.pump()
+
+    # ------------------------------------------------------------------ shared-pool bins
+
+    def _pool_bins(self) -> list[BinCount]:
+        """Each tier's routable pool servers and how many of them are idle."""
+        servers = dict.fromkeys(self.tiers, 0)
+        idle = dict.fromkeys(self.tiers, 0)
+        for ld in self.policy.servers():
+            up = self.upstreams.get(ld.server_id)
+            if up is None or not up.spec.pooled or not ld.ready or ld.draining or ld.tier not in servers:
+                continue
+            servers[ld.tier] += 1
+            idle[ld.tier] += ld.running == 0 and ld.kv_tokens == 0 and ld.queued_prefill_tokens == 0
+        return [BinCount(t, servers[t], idle[t], self.tiers[t].tpot_ms) for t in self.tiers]
+
+    def _joining_bin(self) -> str:
+        counts: dict[str, int] = {}
+        for up in self.upstreams.values():
+            if up.spec.pooled:
+                counts[up.spec.tier] = counts.get(up.spec.tier, 0) + 1
+        return join_bin(counts, list(self.tiers), self.spec.bin_limits)
+
+    def _moved(self, sid: str) -> None:
+        """The policy put pool server ``sid`` in another bin: follow it."""
+        up = self.upstreams.get(sid)
+        ld = self.policy.server(sid)
+        if up is None or ld is None or up.spec.tier == ld.tier:
+            return
+        log.info("pool server %s moved from bin %s to bin %s", sid, up.spec.tier, ld.tier)
+        up.spec = replace(up.spec, tier=ld.tier)
+        self.bin_moves += 1
+        self._apply_state(sid)
+
+    def restore_bin_minimums(self) -> None:
+        """Move idle pool servers into bins below their minimum (a server left, or the
+        pool started small) while some bin above its minimum has one idle."""
+        if self.spec.bin_limits is None:
+            return
+        for _ in range(len(self.upstreams)):
+            move = refill_move(self._pool_bins(), self.spec.bin_limits)
+            if move is None:
+                return
+            src, dst = move
+            sid = next(
+                ld.server_id
+                for ld in self.policy.servers()
+                if ld.tier == src
+                and ld.ready
+                and not ld.draining
+                and ld.running == 0
+                and ld.kv_tokens == 0
+                and ld.queued_prefill_tokens == 0
+                and self.upstreams[ld.server_id].spec.pooled
+            )
+            ld = self.policy.server(sid)
+            assert ld is not None
+            self.policy.remove_server(sid)
+            ld.tier = dst
+            self.policy.upsert_server(ld)
+            self._moved(sid)
 
     def _apply_state(self, sid: str) -> None:
         up = self.upstreams[sid]
@@ -233,6 +309,15 @@ class ModelFleet:
     # ------------------------------------------------------------------ admission
 
     def _decide(self, tier: str, prompt_tokens: int, arrival: float, exclude: frozenset[str]):
+        d = self._decide_once(tier, prompt_tokens, arrival, exclude)
+        if self.spec.bin_limits is not None and (d.reason == "rebin" or d.action != "route"):
+            # The policy moves a pool server on a "rebin" route, and also when the moved
+            # server then turned out not to fit this request (the answer is "wait").
+            for sid in list(self.upstreams):
+                self._moved(sid)
+        return d
+
+    def _decide_once(self, tier: str, prompt_tokens: int, arrival: float, exclude: frozenset[str]):
         if not exclude:
             return self.policy.decide(tier, prompt_tokens, self.clock() - arrival)
         # Servers that already failed this request sit out this one decision.
@@ -427,12 +512,15 @@ class ModelFleet:
                     draining=bool(ld and ld.draining),
                     running=ld.running if ld else 0,
                     kv_tokens=ld.kv_tokens if ld else 0,
+                    pooled=up.spec.pooled,
                 )
             )
         return ModelStatus(
             tiers={t: self._tally(tallies, t).counts() for t in self.tiers},
             servers=servers,
             queue_length=sum(1 for w in self._queue if not w.cancelled),
+            shared_pool=self.spec.bin_limits is not None,
+            bin_moves=self.bin_moves,
         )
 
 
