@@ -1,0 +1,124 @@
+"""Dynamic bins of a shared pool (kubetier.policy.bins): which bin gives a server, which
+bin a joining server starts in, how minimums are restored; and the routing policy
+moving a server only within the per-tier limits."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import kubetier.policy.routing_slo as routing_slo
+from kubetier.policy import bins
+from kubetier.policy.bins import BinCount, BinLimits, donor_bin, join_bin, refill_move
+from kubetier.policy.latency import LatencyModel
+from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+
+# The linear model of tests/policy/test_routing.py: maxNumSeqs 100, so a server running
+# 100 sequences is full whatever the tier.
+MODEL = LatencyModel.from_dict(
+    {
+        "name": "linear-test",
+        "kvCapacityTokens": 100_000,
+        "maxNumSeqs": 100,
+        "maxNumBatchedTokens": 1000,
+        "decode": {"batchSizes": [1, 101], "kvTokens": [0, 100_000], "iterationMs": [[10, 20], [20, 30]]},
+        "prefill": {"tokens": [1000], "ms": [110]},
+        "power": {
+            "idleWatts": 90,
+            "tdpWatts": 700,
+            "decodeWatts": {"batchSizes": [1], "watts": [300]},
+            "prefillWatts": 600,
+        },
+    }
+)
+
+TIGHT = TierSLO("tight", ttft_ms=500, tpot_ms=30, priority=100, mean_output_tokens=100)
+LOOSE = TierSLO("loose", ttft_ms=2000, tpot_ms=120, priority=10, mean_output_tokens=100)
+
+
+def test_donor_is_the_bin_with_most_idle_servers_keeping_one_idle():
+    rows = [BinCount("tight", 2, 0, 30), BinCount("mid", 3, 2, 60), BinCount("loose", 4, 3, 120)]
+    assert donor_bin("tight", rows) == "loose"
+    # one idle server is kept for the donor's own next burst: no donor with a single idle
+    assert donor_bin("tight", [BinCount("tight", 2, 0, 30), BinCount("loose", 4, 1, 120)]) is None
+    # equal idle counts: the looser TPOT gives (the tighter capacity is scarcer)
+    rows = [BinCount("tight", 1, 0, 30), BinCount("mid", 3, 2, 60), BinCount("loose", 3, 2, 120)]
+    assert donor_bin("tight", rows) == "loose"
+    # the target itself never donates
+    assert donor_bin("loose", rows) == "mid"
+
+
+def test_donor_respects_minimum_and_target_maximum():
+    rows = [BinCount("tight", 2, 0, 30), BinCount("loose", 3, 3, 120)]
+    assert donor_bin("tight", rows, {"loose": BinLimits(min_servers=3)}) is None
+    assert donor_bin("tight", rows, {"loose": BinLimits(min_servers=2)}) == "loose"
+    assert donor_bin("tight", rows, {"tight": BinLimits(max_servers=2)}) is None
+    assert donor_bin("tight", rows, {"tight": BinLimits(max_servers=3)}) == "loose"
+
+
+def test_join_fills_minimums_first_then_the_emptiest_bin_below_its_maximum():
+    order = ["tight", "loose"]
+    lim = {"tight": BinLimits(1, 3), "loose": BinLimits(2, 3)}
+    assert join_bin({}, order, lim) == "loose"  # furthest below its minimum (2 short)
+    assert join_bin({"loose": 1}, order, lim) == "tight"  # both 1 short: first listed
+    assert join_bin({"tight": 1, "loose": 2}, order, lim) == "tight"  # fewest
+    assert join_bin({"tight": 3, "loose": 2}, order, lim) == "loose"  # tight is full
+    assert join_bin({"tight": 3, "loose": 3}, order, lim) == "tight"  # all full: first tier
+    with pytest.raises(ValueError):
+        join_bin({}, [], lim)
+
+
+def test_refill_moves_an_idle_server_into_a_bin_below_its_minimum():
+    lim = {"tight": BinLimits(2), "loose": BinLimits(1)}
+    assert refill_move([BinCount("tight", 1, 0, 30), BinCount("loose", 3, 1, 120)], lim) == ("loose", "tight")
+    # the donor must stay at or above its own minimum and have an idle server
+    assert refill_move([BinCount("tight", 1, 0, 30), BinCount("loose", 1, 1, 120)], lim) is None
+    assert refill_move([BinCount("tight", 1, 0, 30), BinCount("loose", 3, 0, 120)], lim) is None
+    assert refill_move([BinCount("tight", 2, 0, 30), BinCount("loose", 1, 1, 120)], lim) is None
+
+
+def test_limits_are_checked():
+    with pytest.raises(ValueError):
+        BinLimits(min_servers=-1)
+    with pytest.raises(ValueError):
+        BinLimits(min_servers=3, max_servers=2)
+
+
+def _pool(limits=None) -> RoutingPolicy:
+    p = RoutingPolicy(
+        [TIGHT, LOOSE], rng=random.Random(1), rebin_idle=True, bin_limits=limits, host_probe_prompt_tokens=500
+    )
+    p.upsert_server(ServerLoad("t1", "tight", MODEL, running=100))  # full (maxNumSeqs 100)
+    for sid in ("l1", "l2", "l3"):
+        p.upsert_server(ServerLoad(sid, "loose", MODEL))
+    return p
+
+
+def test_policy_moves_an_idle_server_to_the_bin_that_needs_it():
+    p = _pool()
+    d = p.decide("tight", 100, 0.0)
+    assert (d.action, d.reason) == ("route", "rebin")
+    moved = p.server(d.server_id)
+    assert moved is not None and moved.tier == "tight"
+    assert sorted(s.tier for s in p.servers()) == ["loose", "loose", "tight", "tight"]
+
+
+def test_policy_keeps_the_donor_minimum_and_the_target_maximum():
+    d = _pool({"loose": BinLimits(min_servers=3)}).decide("tight", 100, 0.0)
+    assert d.action == "wait"
+    d = _pool({"tight": BinLimits(max_servers=1)}).decide("tight", 100, 0.0)
+    assert d.action == "wait"
+    p = _pool({"loose": BinLimits(min_servers=2), "tight": BinLimits(max_servers=2)})
+    d = p.decide("tight", 100, 0.0)
+    assert d.reason == "rebin" and d.server_id is not None
+    p.observe(d.server_id, 100, 0, 0)
+    # the moved server is full now; loose is at its minimum and tight at its maximum
+    assert p.decide("tight", 100, 0.0).action == "wait"
+    assert [s.tier for s in p.servers()].count("loose") == 2
+
+
+def test_simulator_and_router_share_the_move_rule():
+    # The simulator's and the router's routing policy rebin through routing_slo, which
+    # asks kubetier.policy.bins: one function, not a copy.
+    assert routing_slo.donor_bin is bins.donor_bin
