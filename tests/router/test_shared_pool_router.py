@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -79,9 +80,7 @@ def pod(i: int, port: int, tier: str | None) -> dict:
 async def stream(client: httpx.AsyncClient, base: str, tier: str) -> tuple[int, int]:
     body = {"model": "m", "prompt": "hello " * 50, "max_tokens": TOKENS, "stream": True}
     tokens = 0
-    async with client.stream(
-        "POST", f"{base}/v1/completions", json=body, headers={"X-Kubetier-Tier": tier}
-    ) as r:
+    async with client.stream("POST", f"{base}/v1/completions", json=body, headers={"X-Kubetier-Tier": tier}) as r:
         if r.status_code != 200:
             await r.aread()
             return r.status_code, 0
@@ -121,7 +120,7 @@ def bins_of(status: dict) -> dict[str, int]:
 
 
 def test_pool_servers_move_to_the_bin_that_needs_them(procs, small_profile):
-    profile = yaml.safe_load(open(small_profile).read())
+    profile = yaml.safe_load(Path(small_profile).read_text())
     ports = [free_port() for _ in range(4)]
     for p in ports:
         procs.engine(p, "m", small_profile)
