@@ -403,8 +403,7 @@ class PoolReplicas(ApiModel):
 
 class SharedPool(ApiModel):
     """One workload whose servers every tier shares; the router puts each server in one
-    tier's bin and moves idle servers to the bin that needs them (docs/routing.md,
-    "Shared pool")."""
+    tier's bin and moves idle servers to the bin that needs them (docs/shared-pool.md)."""
 
     # Required: sharedPool's presence is the choice, so it must never be defaulted in.
     replicas: PoolReplicas = Field(description="How many servers the pool runs.")
