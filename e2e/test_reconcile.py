@@ -204,6 +204,11 @@ def test_each_valid_sample_becomes_ready_on_gpu_nodes(kubectl: Kubectl, crds, op
     (ms,) = [d for d in yaml.safe_load_all(sample.read_text()) if d and d.get("kind") == "ModelService"]
     ms["metadata"]["namespace"] = namespace
     expected = {t["name"]: t.get("replicas", {}).get("min", 1) for t in ms["spec"]["tiers"]}
+    pool = ms["spec"].get("sharedPool")
+    if pool:
+        # A shared pool has no per-tier pods (the router bins them): its size is the pool's.
+        expected = {}
+        pool_size = max(pool["replicas"]["min"], sum(t.get("replicas", {}).get("min", 1) for t in ms["spec"]["tiers"]))
     claim = ((ms["spec"].get("model") or {}).get("cache") or {}).get("claimName")
     if claim:
         # The sample mounts a model cache PVC: give it a statically bound volume (the local
@@ -237,14 +242,16 @@ def test_each_valid_sample_becomes_ready_on_gpu_nodes(kubectl: Kubectl, crds, op
             }
         )
     try:
-        apply_and_wait_ready(kubectl, ms, expected, timeout=120)
+        got = apply_and_wait_ready(kubectl, ms, expected, timeout=120)
+        if pool:
+            assert got["status"]["replicaSummary"] == f"{pool_size}/{pool_size}", got["status"]
     finally:
         if claim:
             kubectl("delete", "pv", f"{namespace}-{claim}", "--wait=false", check=False)
     gpus = ms["spec"].get("resources", {}).get("gpusPerReplica", 1)
     nodes = nodes_by_name(kubectl)
     pods = running(serving_pods(kubectl, namespace, ms["metadata"]["name"]))
-    assert len(pods) == sum(expected.values())
+    assert len(pods) == (pool_size if pool else sum(expected.values()))
     for pod in pods:
         assert int(nodes[pod["spec"]["nodeName"]]["status"]["allocatable"].get(GPU, 0)) > 0
         assert gpu_request(pod) == gpus
