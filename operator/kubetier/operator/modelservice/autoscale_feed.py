@@ -18,7 +18,7 @@ from kubetier.api.labels import POD_DELETION_COST_ANNOTATION as DELETION_COST
 from kubetier.api.labels import ROLE_LABEL, ROLE_SERVING, ROLE_STANDBY, TIER_LABEL
 from kubetier.policy.autoscale import ServerState, TierDemand, merge_demand
 
-__all__ = ["DELETION_COST", "RouterCounters", "router_load", "server_states", "tier_demands"]
+__all__ = ["DELETION_COST", "RouterCounters", "router_bins", "router_load", "server_states", "tier_demands"]
 
 
 @dataclass
@@ -80,6 +80,17 @@ def router_load(docs: Mapping[str, dict[str, Any]], model: str) -> dict[str, tup
     return out
 
 
+def router_bins(docs: Mapping[str, dict[str, Any]], model: str) -> dict[str, str]:
+    """The tier bin of each shared-pool server (``pooled``) as a router puts it
+    (docs/shared-pool.md); the first router that lists a server decides."""
+    out: dict[str, str] = {}
+    for doc in docs.values():
+        for s in ((doc.get("models") or {}).get(model) or {}).get("servers") or ():
+            if s.get("pooled") and s.get("tier"):
+                out.setdefault(str(s.get("id", "")), str(s["tier"]))
+    return out
+
+
 def _ready(pod: dict[str, Any]) -> bool:
     return any(
         c.get("type") == "Ready" and c.get("status") == "True"
@@ -97,9 +108,14 @@ def _created_s(pod: dict[str, Any]) -> float:
 
 
 def server_states(
-    pods: Iterable[dict[str, Any]], load: Mapping[str, tuple[int, int]], kv_capacity_tokens: int
+    pods: Iterable[dict[str, Any]],
+    load: Mapping[str, tuple[int, int]],
+    kv_capacity_tokens: int,
+    bins: Mapping[str, str] | None = None,
 ) -> list[ServerState]:
-    """A ServerState per serving or standby pod (terminating pods count as draining)."""
+    """A ServerState per serving or standby pod (terminating pods count as draining). A
+    shared-pool pod has no tier label: its tier is its bin in ``bins`` (:func:`router_bins`),
+    so the autoscaler decides each tier over the servers its bin holds now."""
     out = []
     for pod in pods:
         meta = pod.get("metadata") or {}
@@ -115,7 +131,7 @@ def server_states(
         out.append(
             ServerState(
                 server_id=sid,
-                tier=labels.get(TIER_LABEL, ""),
+                tier=labels.get(TIER_LABEL) or (bins or {}).get(sid, ""),
                 ready=_ready(pod),
                 draining=bool(meta.get("deletionTimestamp")),
                 standby=role == ROLE_STANDBY,

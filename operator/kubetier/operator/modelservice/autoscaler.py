@@ -38,6 +38,7 @@ from kubetier.kube.events import event_body
 from kubetier.operator.modelservice.autoscale_feed import (
     DELETION_COST,
     RouterCounters,
+    router_bins,
     router_load,
     server_states,
     tier_demands,
@@ -229,7 +230,12 @@ async def autoscale_once(
         nodes = await api.list("Node")
     else:
         pods, all_pods, nodes = cluster
-    states = [s for s in server_states(pods, router_load(docs, ms.spec.model.name), st.kv_capacity) if not s.standby]
+    model = ms.spec.model.name
+    states = [
+        s
+        for s in server_states(pods, router_load(docs, model), st.kv_capacity, router_bins(docs, model))
+        if not s.standby
+    ]
     keep: dict[str, float] = {}
     warm: dict[str, int] = {}
     for t in st.scaler.tiers.values():

@@ -29,6 +29,7 @@ from kubetier.operator.modelservice.desired import (
     tier_object_name,
 )
 from kubetier.operator.modelservice.model import (
+    POOL_LABEL,
     ROLE_LABEL,
     SERVICE_LABEL,
     TIER_LABEL,
@@ -82,7 +83,7 @@ def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
 
 def _shared_pool_ready(ms: ModelService, observed: Observed) -> int:
     """Ready serving pods of the service's shared pool (spec.sharedPool)."""
-    want = pool_labels(ms)
+    want = {k: v for k, v in pool_labels(ms).items() if k in (SERVICE_LABEL, ROLE_LABEL, POOL_LABEL)}
     return sum(
         _pod_ready(p)
         for p in observed.pods
