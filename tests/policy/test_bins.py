@@ -122,3 +122,29 @@ def test_simulator_and_router_share_the_move_rule():
     # The simulator's and the router's routing policy rebin through routing_slo, which
     # asks kubetier.policy.bins: one function, not a copy.
     assert routing_slo.donor_bin is bins.donor_bin
+
+
+def _first_wave_donor(target: str, rows: list[BinCount]) -> str | None:
+    """The simulator's donor rule before kubetier.policy.bins (no limits), as it was
+    written in routing_slo.rebin_idle_server: the reference the new function must match."""
+    best: BinCount | None = None
+    best_idle = 1
+    for b in rows:
+        if b.tier == target:
+            continue
+        if b.idle > best_idle or (b.idle == best_idle and best is not None and b.idle > 1 and b.tpot_ms > best.tpot_ms):
+            best, best_idle = b, b.idle
+    return best.tier if best is not None else None
+
+
+def test_without_limits_the_donor_is_the_simulators_first_wave_choice():
+    rng = random.Random(7)
+    for _ in range(5000):
+        n = rng.randint(1, 5)
+        tpots = rng.sample([20.0, 30.0, 60.0, 100.0, 120.0, 200.0], n)
+        rows = []
+        for i in range(n):
+            servers = rng.randint(0, 6)
+            rows.append(BinCount(f"t{i}", servers, rng.randint(0, servers), tpots[i]))
+        target = f"t{rng.randrange(n)}"
+        assert donor_bin(target, rows) == _first_wave_donor(target, rows), (target, rows)
