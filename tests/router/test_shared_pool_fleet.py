@@ -77,3 +77,14 @@ def test_servers_join_bins_keep_them_and_minimums_are_restored():
     fleet.set_servers(build_config([pool_cm(BINS)], pods[1:], {}).models["llama"].servers)
     assert sorted(bins(fleet).values()) == ["batch", "interactive"]
     assert fleet.model_status().bin_moves == 2
+
+
+def test_a_bin_whose_server_turns_unready_gets_an_idle_one():
+    fleet, _pods = fleet_of(["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+    assert bins(fleet)["team-a/p1"] == "batch"
+    fleet.mark_unhealthy("team-a/p1")
+    fleet.restore_bin_minimums()  # what every scrape round does
+    after = bins(fleet)
+    assert after["team-a/p1"] == "batch"  # it stays in its bin, unready
+    assert sorted(after[s] for s in ("team-a/p0", "team-a/p2")) == ["batch", "interactive"]
+    assert fleet.model_status().bin_moves == 1

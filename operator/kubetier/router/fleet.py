@@ -439,6 +439,7 @@ class ModelFleet:
         while True:
             await asyncio.gather(*(self._scrape(sid) for sid in list(self.upstreams)), return_exceptions=True)
             self._export_loads()
+            self.restore_bin_minimums()  # a pool server that turned unready may leave a bin short
             await asyncio.sleep(self.scrape_interval_s)
 
     async def _scrape(self, sid: str) -> None:
