@@ -88,3 +88,16 @@ def test_a_bin_whose_server_turns_unready_gets_an_idle_one():
     assert after["team-a/p1"] == "batch"  # it stays in its bin, unready
     assert sorted(after[s] for s in ("team-a/p0", "team-a/p2")) == ["batch", "interactive"]
     assert fleet.model_status().bin_moves == 1
+
+
+def test_a_moved_server_s_metrics_follow_its_bin():
+    fleet, _pods = fleet_of(["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+    fleet.mark_unhealthy("team-a/p1")
+    fleet.restore_bin_minimums()
+    moved = next(s.id for s in fleet.model_status().servers if s.id != "team-a/p1" and s.tier == "batch")
+    series = {
+        tuple(sample.labels.get(k) for k in ("server", "tier"))
+        for metric in fleet.metrics.server_ready.collect()
+        for sample in metric.samples
+    }
+    assert (moved, "batch") in series and (moved, "interactive") not in series, series

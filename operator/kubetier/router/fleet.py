@@ -17,6 +17,7 @@ if its tier queues), and a slow tick wakes the head in case no event comes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -205,6 +206,10 @@ class ModelFleet:
         if up is None or ld is None or up.spec.tier == ld.tier:
             return
         log.info("pool server %s moved from bin %s to bin %s", sid, up.spec.tier, ld.tier)
+        old = (self.name, sid, up.spec.tier, self.metrics.worker)
+        for gauge in (self.metrics.server_ready, self.metrics.server_running, self.metrics.server_kv):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*old)  # the series under the old bin's label would stay stale
         up.spec = replace(up.spec, tier=ld.tier)
         self.bin_moves += 1
         self._apply_state(sid)
