@@ -148,3 +148,11 @@ def test_without_limits_the_donor_is_the_simulators_first_wave_choice():
             rows.append(BinCount(f"t{i}", servers, rng.randint(0, servers), tpots[i]))
         target = f"t{rng.randrange(n)}"
         assert donor_bin(target, rows) == _first_wave_donor(target, rows), (target, rows)
+
+
+def test_may_move_checks_both_limits():
+    lim = {"tight": BinLimits(0, 2), "loose": BinLimits(1)}
+    assert bins.may_move("loose", 2, "tight", 1, lim)
+    assert not bins.may_move("loose", 1, "tight", 1, lim)  # loose at its minimum
+    assert not bins.may_move("loose", 2, "tight", 2, lim)  # tight at its maximum
+    assert bins.may_move("loose", 1, "tight", 5)  # no limits

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["NO_LIMITS", "BinCount", "BinLimits", "donor_bin", "join_bin", "refill_move"]
+__all__ = ["NO_LIMITS", "BinCount", "BinLimits", "donor_bin", "join_bin", "may_move", "refill_move"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,16 @@ def donor_bin(target: str, bins: Iterable[BinCount], limits: Mapping[str, BinLim
         if best is None or b.idle > best.idle or (b.idle == best.idle and b.tpot_ms > best.tpot_ms):
             best = b
     return best.tier if best is not None else None
+
+
+def may_move(
+    src: str, src_servers: int, dst: str, dst_servers: int, limits: Mapping[str, BinLimits] | None = None
+) -> bool:
+    """Whether one server may leave bin ``src`` (holding ``src_servers``) for bin ``dst``
+    (holding ``dst_servers``) within the per-tier limits: the check for any other move
+    rule (for example one that moves a busy server)."""
+    lim = limits or {}
+    return lim.get(src, NO_LIMITS).spare(src_servers) and lim.get(dst, NO_LIMITS).room(dst_servers)
 
 
 def join_bin(counts: Mapping[str, int], tiers: Sequence[str], limits: Mapping[str, BinLimits] | None = None) -> str:
