@@ -156,3 +156,34 @@ def test_may_move_checks_both_limits():
     assert not bins.may_move("loose", 1, "tight", 1, lim)  # loose at its minimum
     assert not bins.may_move("loose", 2, "tight", 2, lim)  # tight at its maximum
     assert bins.may_move("loose", 1, "tight", 5)  # no limits
+
+
+MID = TierSLO("mid", ttft_ms=1000, tpot_ms=60, priority=50, mean_output_tokens=100)
+
+
+def test_no_decision_takes_a_bin_outside_its_limits():
+    """Whatever rule moves a server (the idle rebin, or any later one that calls
+    may_move), a long random run of decisions keeps every bin within its limits."""
+    limits = {"tight": BinLimits(0, 3), "mid": BinLimits(1, 3), "loose": BinLimits(2)}
+    rng = random.Random(3)
+    p = RoutingPolicy([TIGHT, MID, LOOSE], rng=random.Random(1), rebin_idle=True, bin_limits=limits)
+    start = ["tight", "tight", "mid", "mid", "loose", "loose", "loose"]
+    for i, tier in enumerate(start):
+        p.upsert_server(ServerLoad(f"s{i}", tier, MODEL))
+    moves = 0
+    for _ in range(2000):
+        sid = f"s{rng.randrange(len(start))}"
+        if rng.random() < 0.5:
+            p.observe(sid, rng.choice([0, 0, 0, 5, 50, 100]), 0, 0)
+            continue
+        before = {s.server_id: s.tier for s in p.servers()}
+        d = p.decide(rng.choice(["tight", "mid", "loose"]), rng.choice([10, 200, 2000]), 0.0)
+        if d.action == "route" and d.server_id is not None:
+            p.on_admit(d.server_id, 10, 100)
+        moves += sum(before[s.server_id] != s.tier for s in p.servers())
+        counts = {t: 0 for t in limits}
+        for s in p.servers():
+            counts[s.tier] += 1
+        for t, lim in limits.items():
+            assert lim.min_servers <= counts[t] and (lim.max_servers is None or counts[t] <= lim.max_servers), counts
+    assert moves > 0  # the run did exercise moves
