@@ -125,9 +125,11 @@ async def test_503_loading_from_a_healthy_engine_requeues_until_it_serves():
     try:
         tiers = [{"name": "t", "ttftMs": 2000, "tpotMs": 100, "onLate": "queue"}]
         url = f"http://127.0.0.1:{port_of(server)}"
-        async with router([url], tiers, startup_s=10, scrape_interval_s=0.2) as (_r, base):
-            async with httpx.AsyncClient(timeout=30) as c:
-                resp = await c.post(base + "/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 1})
+        async with (
+            router([url], tiers, startup_s=10, scrape_interval_s=0.2) as (_r, base),
+            httpx.AsyncClient(timeout=30) as c,
+        ):
+            resp = await c.post(base + "/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 1})
     finally:
         server.close()
     assert resp.status_code == 200, resp.text
@@ -139,7 +141,7 @@ async def test_reject_tier_at_zero_is_held_for_the_start_up_then_429_with_retry_
     # TTFT + start-up (0.3 + 1.0 s), is pushed as demand, then gets 429 + Retry-After.
     async with engine(model_name="m", model_load_seconds=600) as (_sim, url):
         tiers = [{"name": "t", "ttftMs": 300, "tpotMs": 100, "onLate": "reject"}]
-        async with router([url], tiers, startup_s=1.0, scrape_interval_s=0.05) as (r, base):
+        async with router([url], tiers, startup_s=1.0, scrape_interval_s=0.05) as (_r, base):
             await asyncio.sleep(0.3)  # the health check marks the loading server unready
             async with httpx.AsyncClient(timeout=30) as c:
                 poll = asyncio.ensure_future(c.get(base + "/kubetier/demand", params={"since": 0, "timeout": 5}))
