@@ -8,9 +8,9 @@ the expected start-up (``KUBETIER_EXPECTED_START_SECONDS``, the operator reads t
 variable and the chart sets both from ``autoscaling.expectedStartSeconds``, 60 s: vLLM's
 8B engine start of about 14 s before weights to about 48 s for a full load). Unset or 0
 (a router with a static server list, no autoscaler behind it): no hold beyond the
-plain no-server grace, an outage is a 503 as before. Past the bound a ``queue`` tier keeps waiting until its queue
-deadline (whichever is later) and a ``reject`` tier gets 429 with ``Retry-After``. The
-time spent waiting for the start-up is not charged to the request's TTFT when it is
+plain no-server grace, an outage is a 503 as before. Within the bound both kinds of
+tier wait; past it a ``reject`` tier gets 429 with ``Retry-After`` and a ``queue`` tier
+503 (no server came: an outage). The time spent waiting for the start-up is not charged to the request's TTFT when it is
 routed: the client asked a tier that was at zero and accepted a start-up.
 
 Demand push. Every request held at zero bumps a version number; the operator long-polls
