@@ -21,8 +21,8 @@ The hybrid histogram policy of Shahrad et al., "Serverless in the Wild" (USENIX 
   range; a tier idle for hours gains little from a forecast here, so it is not used.)
 
 For **busy tiers** (they are rarely idle, so the histogram says nothing) a short-horizon
-rate forecast (Holt's linear exponential smoothing of the concurrency) looks one model
-load ahead: the standby count covers the forecast growth beyond what the serving servers
+rate forecast (Holt's linear exponential smoothing of the concurrency averaged over the
+stable window, fed once per window) looks one model load ahead: the standby count covers the forecast growth beyond what the serving servers
 target, so a ramp meets servers that are already loaded.
 
 Pure: callers pass ``now`` and observations; no I/O, no randomness.
