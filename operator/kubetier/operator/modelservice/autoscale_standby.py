@@ -76,17 +76,25 @@ def _ready(pod: dict[str, Any]) -> bool:
     )
 
 
+def awake_standbys(pods: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ready standby pods not yet put to sleep (most ticks: none, and no HTTP client)."""
+    return [
+        p
+        for p in pods
+        if pod_labels(p).get(ROLE_LABEL) == ROLE_STANDBY
+        and pod_live(p)
+        and _ready(p)
+        and not (pod_meta(p).get("annotations") or {}).get(ASLEEP_ANNOTATION)
+    ]
+
+
 async def sleep_standbys(
     api: KubeClient, pods: Iterable[dict[str, Any]], spec: ModelServiceSpec, client: httpx.AsyncClient
 ) -> list[str]:
     """Put every loaded, not yet annotated standby engine to sleep; the pods annotated."""
     done = []
-    for pod in pods:
+    for pod in awake_standbys(pods):
         meta = pod_meta(pod)
-        if pod_labels(pod).get(ROLE_LABEL) != ROLE_STANDBY or not pod_live(pod) or not _ready(pod):
-            continue
-        if (meta.get("annotations") or {}).get(ASLEEP_ANNOTATION):
-            continue
         base = engine_url(pod, spec.engine.port)
         if base is None:
             continue

@@ -42,7 +42,7 @@ from kubetier.operator.modelservice.autoscale_feed import (
     server_states,
     tier_demands,
 )
-from kubetier.operator.modelservice.autoscale_standby import Promotion, promote, sleep_standbys
+from kubetier.operator.modelservice.autoscale_standby import Promotion, awake_standbys, promote, sleep_standbys
 from kubetier.operator.modelservice.autoscale_standby_spec import is_promoted
 from kubetier.operator.modelservice.desired import owner_reference
 from kubetier.operator.modelservice.model import FIELD_MANAGER, GPU_RESOURCE, SERVICE_LABEL, OperatorConfig
@@ -241,9 +241,10 @@ async def autoscale_once(
     else:
         pods, all_pods, nodes = cluster
     states = server_states(pods, router_load(docs, ms.spec.model.name), st.kv_capacity)
-    async with httpx.AsyncClient(timeout=5.0) as engine_client:
-        for sid in await sleep_standbys(api, pods, ms.spec, engine_client):
-            log.info("standby %s loaded and put to sleep", sid)
+    if awake := awake_standbys(pods):
+        async with httpx.AsyncClient(timeout=5.0) as engine_client:
+            for sid in await sleep_standbys(api, awake, ms.spec, engine_client):
+                log.info("standby %s loaded and put to sleep", sid)
     keep: dict[str, float] = {}
     warm: dict[str, int] = {}
     for t in st.scaler.tiers.values():
