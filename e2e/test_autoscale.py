@@ -39,15 +39,21 @@ SERVICE = "as-e2e"
 MODEL = "llama-3.1-8b"
 ZERO_SERVICE = "as-zero"
 ZERO_MODEL = "llama-3.1-8b-batch"
+WARM_SERVICE = "as-warm"
+WARM_MODEL = "llama-3.1-8b-warm"
 OPERATOR_SA = "kubetier-operator"
-# The simulator's model load (--model-load-seconds). 0 here: KWOK marks a pod Ready
-# before its loopback engine has loaded (no readiness probe runs), and the router then
-# sends the held request to an engine answering 503 "loading" (seen: a 502 to the
-# client). In a real cluster the readiness probe on /health gates this.
-ENGINE_LOAD_S = 0
+# The simulator's model load (--model-load-seconds) and level-1 wake (--wake-seconds).
+# KWOK marks a pod Ready before its loopback engine has loaded (no readiness probe
+# runs), so a request routed to a new server meets 503 "model is loading": the router
+# must hold it again (kubetier.router.scale_from_zero), not fail it.
+ENGINE_LOAD_S = 8
+WAKE_S = 1
+# The routers' hold bound for a tier at zero is TTFT + this; the operator's pre-warm lead.
+EXPECTED_START_S = 40
 
 
 def _service(ns: str, name: str, model: str, tier: dict) -> dict:
+    args = ["--model-load-seconds", str(ENGINE_LOAD_S), "--wake-seconds", str(WAKE_S)]
     return {
         "apiVersion": "kubetier.io/v1alpha1",
         "kind": "ModelService",
@@ -55,7 +61,7 @@ def _service(ns: str, name: str, model: str, tier: dict) -> dict:
         "spec": {
             "model": {"name": model, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
             # maxNumSeqs 4: a handful of streams is a burst (target 2.8 per server)
-            "engine": {"kind": "simulator", "maxNumSeqs": 4, "args": ["--model-load-seconds", str(ENGINE_LOAD_S)]},
+            "engine": {"kind": "simulator", "maxNumSeqs": 4, "args": args},
             "resources": {"gpusPerReplica": 1, "cpu": "500m", "memory": "512Mi"},
             "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
             "tiers": [tier],
@@ -86,7 +92,14 @@ def services(ns: str) -> list[dict]:
         "replicas": {"min": 0, "max": 2},
         "prewarm": {"scaleToZero": True, "keepAliveSeconds": 20},
     }
-    return [_service(ns, SERVICE, MODEL, interactive), _service(ns, ZERO_SERVICE, ZERO_MODEL, batch)]
+    # the same tier with one warm standby (engine loaded, asleep): its scale-from-zero
+    # is a promotion, not a cold start
+    warm = {**batch, "prewarm": {**batch["prewarm"], "standby": 1}}
+    return [
+        _service(ns, SERVICE, MODEL, interactive),
+        _service(ns, ZERO_SERVICE, ZERO_MODEL, batch),
+        _service(ns, WARM_SERVICE, WARM_MODEL, warm),
+    ]
 
 
 def tier_status(ms: dict, name: str) -> dict:
@@ -149,7 +162,10 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
                 [sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig", str(op_kc), "--namespace", ns,
                  "--standalone"],
                 workdir / "operator.log",
-                env={"KUBETIER_ROUTER_STATUS_URLS": ",".join(f"{b}/kubetier/status" for b in bases)},
+                env={
+                    "KUBETIER_ROUTER_STATUS_URLS": ",".join(f"{b}/kubetier/status" for b in bases),
+                    "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S),
+                },
             )
         )  # fmt: skip
         for i, port in enumerate(ports):
@@ -158,7 +174,7 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
                     [sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--namespace", ns,
                      "--local-endpoints", "--discovery-interval", "1"],
                     workdir / f"router{i}.log",
-                    env={"KUBECONFIG": kubeconfig},
+                    env={"KUBECONFIG": kubeconfig, "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S)},
                 )
             )  # fmt: skip
         (workdir / "engines").mkdir(exist_ok=True)
@@ -189,11 +205,26 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
                 except (httpx.HTTPError, ValueError):
                     return None
                 servers = (doc.get("models") or {}).get(MODEL, {}).get("servers", [])
-                if not any(s.get("ready") for s in servers) or ZERO_MODEL not in (doc.get("models") or {}):
+                known = doc.get("models") or {}
+                if not any(s.get("ready") for s in servers) or not {ZERO_MODEL, WARM_MODEL} <= set(known):
                     return None
             return True
 
         wait_until(routers_ready, "both routers to see the interactive server", timeout=90)
+
+        def standby_pods() -> list[dict]:
+            return [
+                p
+                for p in kubectl.items("pods", ns, f"kubetier.io/service={WARM_SERVICE},kubetier.io/role=standby")
+                if not p["metadata"].get("deletionTimestamp")
+            ]
+
+        asleep = "kubetier.io/standby-asleep"
+        wait_until(
+            lambda: any((p["metadata"].get("annotations") or {}).get(asleep) for p in standby_pods()) or None,
+            "the warm service's standby loaded and put to sleep",
+            timeout=120,
+        )
 
         # 1. scale from zero: the router holds the request, the operator starts a server
         status, first, total, tokens = asyncio.run(stream_one(bases[0], "batch", 16, ZERO_MODEL))
@@ -203,7 +234,57 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
         assert events(kubectl, ns, "ScaledFromZero"), "no ScaledFromZero Event"
         assert events(kubectl, ns, "ScaledFromZero"), "no ScaledFromZero Event"
         assert tier_status(ms(ZERO_SERVICE), "batch").get("desiredReplicas") == 1
-        (workdir / "timings.json").write_text(json.dumps({"scaleFromZeroFirstTokenS": first, "doneS": total}))
+
+        # 1b. the same from zero with a standby: promoted (woken, relabelled), not started
+        before_standby = {p["metadata"]["name"] for p in standby_pods()}
+        status, wfirst, wtotal, wtokens = asyncio.run(stream_one(bases[1], "batch", 16, WARM_MODEL))
+        print(
+            f"[autoscale e2e] scale-from-zero by promotion: first token after {wfirst:.2f} s, done after {wtotal:.2f} s; "
+            f"cold start / promotion first-token ratio {first / wfirst:.1f}x"
+        )
+        assert status == 200 and wtokens == 16, (status, wtokens)
+        promoted_ev = wait_until(
+            lambda: [e for e in events(kubectl, ns, "PromotedStandby") if e["involvedObject"]["name"] == WARM_SERVICE],
+            "a PromotedStandby Event",
+            timeout=30,
+        )
+        msg = promoted_ev[0]["message"]
+        print(f"[autoscale e2e] {msg}")
+        promoted = msg.split("standby ")[1].split(" ")[0].split("/")[-1]
+        assert promoted in before_standby, (promoted, before_standby)
+        pod = kubectl.json("get", "pod", promoted, "-n", ns)
+        labels = pod["metadata"]["labels"]
+        assert labels["kubetier.io/role"] == "serving" and labels["kubetier.io/pool"] == "promoted", labels
+        owners = pod["metadata"]["ownerReferences"]
+        assert [o["kind"] for o in owners] == ["ModelService"], owners
+        # the standby Deployment starts a replacement; the serving Deployment runs
+        # desired (1) minus promoted (1) pods: no cold start behind the promotion
+        wait_until(
+            lambda: {p["metadata"]["name"] for p in standby_pods()} - before_standby or None,
+            "a replacement standby",
+            timeout=60,
+        )
+        dep = kubectl.json("get", "deployment", f"{WARM_SERVICE}-batch", "-n", ns)
+        assert dep["spec"]["replicas"] == 0, dep["spec"]
+        assert not events(kubectl, ns, "PromotionFailed")
+        # a promotion is timed from the wake to the relabel (Event); a cold start from
+        # the pod's creation to its engine's first token (the cold first token above)
+        promote_s = float(msg.split("promoted into serving in ")[1].split(" s")[0])
+        assert wfirst < first, f"promotion ({wfirst:.2f} s) not faster than a cold start ({first:.2f} s)"
+        pushed = (workdir / "operator.log").read_text()
+        assert "holds requests at zero" in pushed, "no demand push from a router reached the operator"
+        (workdir / "timings.json").write_text(
+            json.dumps(
+                {
+                    "scaleFromZeroFirstTokenS": first,
+                    "doneS": total,
+                    "promotionFirstTokenS": wfirst,
+                    "promotionS": promote_s,
+                    "engineLoadS": ENGINE_LOAD_S,
+                    "wakeS": WAKE_S,
+                }
+            )
+        )
 
         # 2. a burst of interactive streams over both routers: scale out
         async def burst() -> list[tuple[int, float, float, int]]:
@@ -266,9 +347,18 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
             lambda: tier_status(ms(ZERO_SERVICE), "batch").get("replicas") == 0 or None, "batch pods gone", timeout=240
         )
         print(f"[autoscale e2e] batch back at zero {time.perf_counter() - t0:.1f} s after the check began")
+        # the promoted server goes too (deleted by the operator: no ReplicaSet owns it);
+        # the standby stays
+        wait_until(
+            lambda: tier_status(ms(WARM_SERVICE), "batch").get("replicas") == 0 or None,
+            "the promoted server gone at zero",
+            timeout=240,
+        )
+        assert promoted not in {p["metadata"]["name"] for p in kubectl.items("pods", ns)}
+        assert tier_status(ms(WARM_SERVICE), "batch").get("standbyReplicas") == 1
         print(kubectl("get", "modelservice", "-n", ns, check=False))
     finally:
-        kubectl("delete", "modelservice", SERVICE, ZERO_SERVICE, "-n", ns, "--ignore-not-found", "--wait=true", "--timeout=60s",
+        kubectl("delete", "modelservice", SERVICE, ZERO_SERVICE, WARM_SERVICE, "-n", ns, "--ignore-not-found", "--wait=true", "--timeout=60s",
                 check=False, timeout=90)  # fmt: skip
         for p in procs:
             stop_process(p)

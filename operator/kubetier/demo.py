@@ -230,6 +230,9 @@ async def drive_traffic(base_url: str, phase: Phase, duration_s: float, seed: in
     return stats
 
 
+# Expected seconds from a new pod to a loaded engine (scale from zero): the router's hold
+# bound is a tier's TTFT plus this; the operator's pre-warm lead.
+EXPECTED_START_S = 30
 NOTICE_WINDOW_S = 10
 NOTICE_TAINT = {"key": KARPENTER_DISRUPTED_TAINT, "effect": "NoSchedule"}
 
@@ -557,7 +560,10 @@ def run(args: argparse.Namespace) -> int:
                 workdir / "operator.log",
                 # A short notice window (Karpenter's default here is 30 s) so that phase 3's
                 # long streams outlive it and move to another server mid-stream.
-                env={"KUBETIER_NOTICE_WINDOW_KARPENTER": str(NOTICE_WINDOW_S)},
+                env={
+                    "KUBETIER_NOTICE_WINDOW_KARPENTER": str(NOTICE_WINDOW_S),
+                    "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S),
+                },
             )
             cleanup.callback(stop_process, operator)
         with Step("applying a three-tier ModelService (engine: simulator) and its API-key Secrets"):
@@ -622,7 +628,8 @@ def run(args: argparse.Namespace) -> int:
                     "1",
                 ],
                 workdir / "router.log",
-                env={"KUBECONFIG": kubeconfig},
+                # a tier at zero is held for its TTFT plus this, and pushed to the operator
+                env={"KUBECONFIG": kubeconfig, "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S)},
             )
             cleanup.callback(stop_process, router)
             try:

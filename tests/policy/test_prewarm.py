@@ -36,9 +36,17 @@ def test_histogram_percentiles_and_range() -> None:
 def test_not_representative_cases() -> None:
     cfg = PrewarmConfig()
     few = IdleHistogram(cfg)
-    for _ in range(3):
-        few.add(60)
+    few.add(60)
     assert not few.representative()[0]
+    # a few idle periods predict only when they are regular (within 3 adjacent bins)
+    regular, irregular = IdleHistogram(cfg), IdleHistogram(cfg)
+    for gap in (13 * 60 + 10, 14 * 60 + 5, 12 * 60 + 50):
+        regular.add(gap)
+    for gap in (60, 10 * 60, 100 * 60):
+        irregular.add(gap)
+    ok, why = regular.representative()
+    assert ok and "regular" in why
+    assert not irregular.representative()[0]
     spread = IdleHistogram(cfg)
     for i in range(240):  # one in every bin: CV 0
         spread.add(i * 60 + 1)
@@ -71,9 +79,12 @@ def test_short_gaps_keep_loaded_to_the_tail() -> None:
     p = TierPrewarmer(["chat"])
     t = feed_idle_periods(p, "chat", [30.0] * 15)  # gaps in the first bin: head 0
     p.observe(t + 5, "chat", 0.0, 0)
-    d = p.decide(t + 10, "chat", 600, 60, 8, 1, 0, 2)
+    d = p.decide(t + 10, "chat", 30, 60, 8, 1, 0, 2)
     assert d.mode == "histogram" and d.warm_floor == 0
     assert d.keep_alive_s == pytest.approx(66.0)  # bin edge 60 s * 1.1
+    # kept loaded, never shorter than the spec's keep-alive (a longer gap than the few
+    # seen would be a cold start the fixed keep-alive avoids)
+    assert p.decide(t + 10, "chat", 600, 60, 8, 1, 0, 2).keep_alive_s == 600
 
 
 def test_falls_back_to_fixed_keep_alive() -> None:
@@ -92,8 +103,11 @@ def test_holt_forecast_follows_a_ramp_and_sizes_standby() -> None:
     p = TierPrewarmer(["chat"])
     for i in range(60):
         p.observe(i * 2.0, "chat", i * 1.0, 5)
-    d = p.decide(120.0, "chat", 600, 60, target_per_server=10, serving=6, spec_standby=0, max_standby=3)
-    assert d.standby == 3 and d.forecast_concurrency > 60
+    for i in range(60, 150):
+        p.observe(i * 2.0, "chat", i * 1.0, 5)
+    # fed the 60 s averages once a window: it lags the ramp but still looks one load ahead
+    d = p.decide(300.0, "chat", 600, 60, target_per_server=10, serving=8, spec_standby=0, max_standby=3)
+    assert d.standby == 3 and d.forecast_concurrency > 100, d
     d = p.decide(120.0, "chat", 600, 60, target_per_server=10, serving=20, spec_standby=1, max_standby=3)
     assert d.standby == 1  # the spec's standby is the floor
 
@@ -111,3 +125,17 @@ def test_pauses_shorter_than_min_idle_are_not_idle_periods() -> None:
     assert p.histogram("chat").count == 0
     feed_idle_periods(p, "chat", [45.0] * 2)
     assert p.histogram("chat").count == 2
+
+
+def test_a_burst_shorter_than_a_load_gets_no_standby() -> None:
+    p = TierPrewarmer(["chat"])
+    for i in range(60):
+        p.observe(i * 2.0, "chat", 2.0, 1)
+    for i in range(60, 63):  # 6 s at 20x the level
+        p.observe(i * 2.0, "chat", 40.0, 20)
+    d = p.decide(126.0, "chat", 600, 60, target_per_server=10, serving=1, spec_standby=0, max_standby=3)
+    assert d.standby == 0, d
+    raw = HoltForecaster(0.5, 0.3)  # what following each sample would have said
+    for i in range(63):
+        raw.observe(i * 2.0, 2.0 if i < 60 else 40.0)
+    assert raw.forecast(60) > 30

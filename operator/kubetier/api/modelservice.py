@@ -314,8 +314,10 @@ class Prewarm(ApiModel):
         ge=0,
         le=100,
         description=(
-            "Warm replicas with the model loaded but not routed to (a Deployment <name>-<tier>-standby). "
-            "Promotion of a standby replica to serving is not implemented yet: they stay warm and idle."
+            "Warm replicas with the model loaded but not routed to (a Deployment <name>-<tier>-standby), "
+            "their engines put to sleep once loaded (vLLM sleep mode). When the tier scales out (or from "
+            "zero) a standby is woken and moved into serving without a restart, and the Deployment starts "
+            "a replacement (docs/autoscaling.md)."
         ),
     )
     scale_to_zero: bool = Field(
@@ -524,7 +526,7 @@ class TierStatus(ApiModel):
     standby_replicas: int = Field(
         default=0,
         ge=0,
-        description="Ready standby pods (warm, not routed to; promotion to serving is not implemented yet).",
+        description="Ready standby pods (warm, not routed to; promoted to serving on scale-out).",
     )
     spot_replicas: int = Field(default=0, ge=0, description="Serving pods on spot capacity.")
     attainment_percent: float | None = Field(

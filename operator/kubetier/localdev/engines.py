@@ -48,6 +48,9 @@ class EngineArgs:
     profile: str = DEFAULT_PROFILE
     model: str = DEFAULT_MODEL
     model_load_seconds: float | None = None
+    # a standby pod's engine runs with sleep mode (operator: autoscale_standby.py)
+    enable_sleep_mode: bool = False
+    wake_seconds: float | None = None
 
 
 CommandFactory = Callable[[EngineArgs, int], list[str]]
@@ -110,6 +113,8 @@ def engine_args_from_pod(
         # the weights' source); the simulator has only --model.
         model=_flag_value(argv, "--served-model-name") or _flag_value(argv, "--model") or default_model,
         model_load_seconds=float(load) if load is not None else None,
+        enable_sleep_mode="--enable-sleep-mode" in argv,
+        wake_seconds=float(wake) if (wake := _flag_value(argv, "--wake-seconds")) is not None else None,
     )
 
 
@@ -152,6 +157,10 @@ def engine_sim_command(time_scale: float = 1.0, python: str = sys.executable) ->
         ]
         if args.model_load_seconds is not None:
             cmd += ["--model-load-seconds", str(args.model_load_seconds)]
+        if args.enable_sleep_mode:
+            cmd.append("--enable-sleep-mode")
+        if args.wake_seconds is not None:
+            cmd += ["--wake-seconds", str(args.wake_seconds)]
         return cmd
 
     return build

@@ -44,12 +44,13 @@ from kubetier.router.front import GENERATION_PATHS, AccessRecord, Cors, HeadGate
 from kubetier.router.metrics import RouterMetrics
 from kubetier.router.parsing import check_generation_fields, count_prompt_tokens, estimate_prompt_tokens, parse_body
 from kubetier.router.resume import build_resume_body, streamed_text
+from kubetier.router.scale_from_zero import DEMAND_PATH, DemandBoard, poll_args
 
 log = logging.getLogger("kubetier.router")
 
 # Outcomes that count as failed requests (the others: ok, rejected, client_disconnected).
 FAILED_OUTCOMES = frozenset({"error", "upstream_error", "timeout", "unavailable"})
-ADMIN_PATHS = frozenset({"/metrics", "/kubetier/status"})
+ADMIN_PATHS = frozenset({"/metrics", "/kubetier/status", DEMAND_PATH})
 HEALTH_PATHS = frozenset({"/health", "/healthz", "/readyz"})
 
 __all__ = ["BadRequest", "Router", "build_resume_body", "estimate_prompt_tokens", "streamed_text"]
@@ -99,6 +100,7 @@ class Router:
         self.cors = Cors(tuple(cors_origins))
         self.access_log = access_log
         self.head_check = HeadGate(lambda: self.keys, self._all_need_keys, self.throttle)
+        self.demand = DemandBoard()  # requests held at zero; the operator long-polls it
         self.fleets: dict[str, ModelFleet] = {name: self._new_fleet(spec) for name, spec in config.models.items()}
         self.created = int(time.time())
 
@@ -121,6 +123,7 @@ class Router:
             max_queue=self.max_queue,
             scrape_interval_s=self.scrape_interval_s,
             queue_timeout_s=self.queue_timeout_s,
+            demand=self.demand,
         )
 
     def _all_need_keys(self) -> bool:
@@ -186,7 +189,7 @@ class Router:
                 res.send(200, b"ok", content_type="text/plain")
             elif path in ADMIN_PATHS and not self.admin_port_separate:
                 self._check_admin(req)
-                self._admin(path, res)
+                await self._admin(req, path, res)
             else:
                 raise ClientError(404, f"no route for {req.method} {path[:128]}")
         except ClientError as exc:
@@ -205,7 +208,7 @@ class Router:
         """The admin port (``--admin-port``): metrics, status, health; no key."""
         path = req.path.split("?", 1)[0]
         if req.method in ("GET", "HEAD") and path in ADMIN_PATHS:
-            self._admin(path, res)
+            await self._admin(req, path, res)
         elif req.method in ("GET", "HEAD") and path in ("/health", "/healthz", "/readyz"):
             res.send(200, b"ok", content_type="text/plain")
         else:
@@ -218,8 +221,10 @@ class Router:
         if key is None or not hmac.compare_digest(key_digest(key), self._admin_digest):
             raise ClientError(401, "this endpoint needs the admin key: 'Authorization: Bearer <admin key>'")
 
-    def _admin(self, path: str, res: Response) -> None:
-        if path == "/metrics":
+    async def _admin(self, req: Request, path: str, res: Response) -> None:
+        if path == DEMAND_PATH:
+            res.send_json(200, await self.demand.wait(*poll_args(req.path)))
+        elif path == "/metrics":
             res.send(200, self.metrics.render(), content_type="text/plain; version=0.0.4")
         else:
             res.send_json(200, self.status())

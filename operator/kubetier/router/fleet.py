@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from kubetier.api.router_status import ModelStatus, ServerState
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
@@ -32,6 +33,7 @@ from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
 from kubetier.router.metrics import RouterMetrics
+from kubetier.router.scale_from_zero import SCALE_FROM_ZERO_LATE, DemandBoard, hold_bound_s
 
 # Streams on a server under a preemption notice move this long before its deadline: one
 # re-prefill on the target plus a margin for the notice's own lateness.
@@ -114,6 +116,7 @@ class ModelFleet:
         scrape_interval_s: float = 1.0,
         queue_timeout_s: float = 60.0,
         clock=time.monotonic,
+        demand: DemandBoard | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -136,6 +139,9 @@ class ModelFleet:
         self.scrape_interval_s = scrape_interval_s
         self.queue_timeout_s = queue_timeout_s
         self.scale_up_s = scale_up_s
+        # A tier at zero (kubetier.router.scale_from_zero): held up to TTFT + start-up,
+        # and the operator told at once. None: the plain no-server grace.
+        self.demand = demand
         # In-flight streams per server: cut at once when the server is marked unready, so
         # they resume elsewhere instead of waiting out a stall timeout.
         self._streams: dict[str, set] = {}
@@ -340,18 +346,32 @@ class ModelFleet:
     ) -> tuple[Upstream, bool]:
         """A server for the request, waiting if the policy says so. Raises Rejected/QueueFull."""
         t = self.tiers[tier]
-        d = self._decide(tier, prompt_tokens, arrival, exclude)
-        if d.action == "route":
-            return self._admit(d.server_id, prompt_tokens, t), d.spilled
-        if d.action == "reject":
-            raise Rejected(d.reason, d.retry_after_s or 1.0)
-        if exclude:
-            raise NoAlternative()
-        grace = self.no_server_grace_s(tier)
+        # At zero: no ready server could take the tier (none yet, or the only one still
+        # loading). Hold it for the start-up instead of judging it against its TTFT now.
+        zero = self.demand if self.demand and self.demand.startup_s > 0 and not exclude else None
+        if zero is not None and self.can_serve(tier):
+            zero = None
+        d: Any = None  # the policy's Decision once one is taken
+        if zero is not None:
+            grace = max(self.no_server_grace_s(tier), hold_bound_s(t.ttft_ms / 1000.0, zero.startup_s))
+        else:
+            d = self._decide(tier, prompt_tokens, arrival, exclude)
+            if d.action == "route":
+                return self._admit(d.server_id, prompt_tokens, t), d.spilled
+            if d.action == "reject":
+                raise Rejected(d.reason, d.retry_after_s or 1.0)
+            if exclude:
+                raise NoAlternative()
+            grace = self.no_server_grace_s(tier)
         # A queueing tier waits until its deadline, never forever.
         deadline = arrival + (self.queue_timeout_s if t.on_late == "queue" else _INF)
+        if zero is not None and t.on_late == "queue":
+            deadline = max(deadline, arrival + grace)
         if len(self._queue) >= self.max_queue:
             raise QueueFull()
+        if zero is not None:
+            zero.held(self.name, tier)
+        excused = 0.0  # seconds held for a start-up: not charged to the TTFT
         tally = self.metrics.tally(self.name, tier)
         gauge = self.metrics.queue_length.labels(self.name, tier, self.metrics.worker)
         tally.waiting += 1
@@ -363,10 +383,12 @@ class ModelFleet:
             while True:
                 now = self.clock()
                 if now - arrival >= grace and not self.can_serve(tier):
+                    if zero is not None and t.on_late == "reject":
+                        raise Rejected(SCALE_FROM_ZERO_LATE, max(1.0, zero.startup_s / 2))
                     raise NoServer(now - arrival, max(1.0, self.scale_up_s))
                 if now >= deadline:
                     raise QueueTimeout(now - arrival)
-                budget = d.retry_after_s if d.retry_after_s else _TICK_S * 4
+                budget = d.retry_after_s if d is not None and d.retry_after_s else _TICK_S * 4
                 budget = min(budget, deadline - now, max(arrival + grace - now, _TICK_S))
                 handle = loop.call_later(max(budget, 0.001), _wake_one, waiter)
                 try:
@@ -376,13 +398,19 @@ class ModelFleet:
                 waiter.future = loop.create_future()
                 if gone is not None and gone():
                     raise ClientGone()  # checked at every wake-up: no capacity for a closed socket
-                d = self._decide(tier, prompt_tokens, arrival, exclude)
+                if zero is not None and d is None:
+                    if not self.can_serve(tier):
+                        continue  # still starting: nothing to decide yet
+                    excused = self.clock() - arrival
+                d = self._decide(tier, prompt_tokens, arrival + excused, exclude)
                 if d.action == "route":
                     self.pump()  # chain: the next waiter may fit too
                     return self._admit(d.server_id, prompt_tokens, t), d.spilled
                 if d.action == "reject":
                     raise Rejected(d.reason, d.retry_after_s or 1.0)
         finally:
+            if zero is not None:
+                zero.released(self.name, tier)
             waiter.cancelled = True
             tally.waiting -= 1
             gauge.dec()

@@ -31,6 +31,7 @@ from kubetier.router.context import RequestContext, ServeSettings
 from kubetier.router.fleet import ClientGone, NoAlternative, NoServer, QueueFull, QueueTimeout, Rejected
 from kubetier.router.metrics import RouterMetrics
 from kubetier.router.relay import relay_stream, relay_whole
+from kubetier.router.scale_from_zero import MAX_REQUEUES, SCALE_FROM_ZERO_LATE, engine_not_serving_yet
 
 JSON_HEADERS = [("content-type", "application/json")]
 _ASK_TOKEN_IDS = b'{"return_token_ids":true,'
@@ -101,6 +102,7 @@ class Forwarder:
         last_error = "no server answered"
         engine_5xx = False
         tried: frozenset[str] = frozenset()
+        requeues = 0
         while attempts < max_attempts:
             attempts += 1
             try:
@@ -108,7 +110,7 @@ class Forwarder:
                     ctx.tier, ctx.prompt_tokens, ctx.arrival, tried, gone=lambda: res.disconnected
                 )
             except Rejected as exc:
-                if not fleet.can_serve(ctx.tier):
+                if not fleet.can_serve(ctx.tier) and exc.reason != SCALE_FROM_ZERO_LATE:
                     return self._refuse(
                         res, ctx, 503, "no-server", f"no server for tier '{ctx.tier}' is ready", exc.retry_after_s
                     )
@@ -173,11 +175,19 @@ class Forwarder:
             if upr.status >= 500:
                 # An engine error before any token: another server may do better.
                 try:
-                    await upr.read_all(timeout=5.0)
+                    err = await upr.read_all(timeout=5.0)
                 except UpstreamError:
-                    pass
+                    err = b""
                 upr.close()
                 ctx.release()
+                if requeues < MAX_REQUEUES and engine_not_serving_yet(upr.status, err):
+                    # Ready to Kubernetes, still loading (or asleep) to the engine: hold the
+                    # request again until the engine's /health passes, not an error.
+                    requeues += 1
+                    attempts -= 1
+                    tried = tried - {up.spec.server_id}
+                    fleet.mark_unhealthy(up.spec.server_id)
+                    continue
                 engine_5xx = True
                 last_error = f"server {up.spec.server_id} answered {upr.status}"
                 self._count_retry(ctx, attempts)

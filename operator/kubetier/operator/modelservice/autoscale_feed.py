@@ -16,6 +16,7 @@ from typing import Any
 
 from kubetier.api.labels import POD_DELETION_COST_ANNOTATION as DELETION_COST
 from kubetier.api.labels import ROLE_LABEL, ROLE_SERVING, ROLE_STANDBY, TIER_LABEL
+from kubetier.operator.modelservice.autoscale_standby_spec import ASLEEP_ANNOTATION
 from kubetier.policy.autoscale import ServerState, TierDemand, merge_demand
 
 __all__ = ["DELETION_COST", "RouterCounters", "router_bins", "router_load", "server_states", "tier_demands"]
@@ -128,13 +129,15 @@ def server_states(
             continue
         sid = f"{meta.get('namespace')}/{meta.get('name')}"
         running, kv = load.get(sid, (0, 0))
+        standby = role == ROLE_STANDBY
         out.append(
             ServerState(
                 server_id=sid,
                 tier=labels.get(TIER_LABEL) or (bins or {}).get(sid, ""),
-                ready=_ready(pod),
+                # a standby is promotable once its engine loaded and went to sleep
+                ready=_ready(pod) and (not standby or bool((meta.get("annotations") or {}).get(ASLEEP_ANNOTATION))),
                 draining=bool(meta.get("deletionTimestamp")),
-                standby=role == ROLE_STANDBY,
+                standby=standby,
                 running=running,
                 kv_usage=kv / kv_capacity_tokens if kv_capacity_tokens else 0.0,
                 started_s=_created_s(pod),

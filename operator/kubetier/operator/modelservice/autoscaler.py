@@ -43,6 +43,9 @@ from kubetier.operator.modelservice.autoscale_feed import (
     server_states,
     tier_demands,
 )
+from kubetier.operator.modelservice.autoscale_standby import Promotion, awake_standbys, promote, sleep_standbys
+from kubetier.operator.modelservice.autoscale_standby_spec import is_promoted
+from kubetier.operator.modelservice.desired import owner_reference
 from kubetier.operator.modelservice.model import FIELD_MANAGER, GPU_RESOURCE, SERVICE_LABEL, OperatorConfig
 from kubetier.policy.autoscale import TierAutoscaler, TierScaling, target_concurrency
 from kubetier.policy.latency import LatencyModel, load_profile
@@ -68,6 +71,8 @@ class ServiceScaler:
     desired: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     kv_capacity: int = 0
+    # one tick at a time: the 2 s timer and a router's demand push may both call
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _model(ms: ModelService) -> LatencyModel:
@@ -94,7 +99,9 @@ def tier_scalings(ms: ModelService, model: LatencyModel) -> list[TierScaling]:
                 min_replicas=t.replicas.min,
                 max_replicas=t.replicas.max,
                 on_demand_floor=t.capacity.on_demand_floor,
-                standby=0,  # standby pods are the spec's Deployment; promotion is not implemented
+                # the standby Deployment holds prewarm.standby pods; the policy promotes
+                # them (autoscale_standby.py) and the Deployment starts replacements
+                standby=t.prewarm.standby,
                 scale_to_zero=t.prewarm.scale_to_zero,
                 keep_alive_s=float(t.prewarm.keep_alive_seconds),
                 attainment_target_percent=t.attainment_percent,
@@ -202,6 +209,10 @@ def free_gpus(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> int:
 class TickOutcome:
     changed: dict[str, tuple[int, int]] = field(default_factory=dict)  # tier -> (before, after)
     events: list[str] = field(default_factory=list)
+    promotions: list[Promotion] = field(default_factory=list)
+    # pods relabelled (promoted) or deleted this tick: the reconcile after it must see
+    # them in the watch cache, or it would size the Deployments from stale pods
+    pods_changed: list[str] = field(default_factory=list)
 
 
 async def autoscale_once(
@@ -231,15 +242,15 @@ async def autoscale_once(
     else:
         pods, all_pods, nodes = cluster
     model = ms.spec.model.name
-    states = [
-        s
-        for s in server_states(pods, router_load(docs, model), st.kv_capacity, router_bins(docs, model))
-        if not s.standby
-    ]
+    states = server_states(pods, router_load(docs, model), st.kv_capacity, router_bins(docs, model))
+    if awake := awake_standbys(pods):
+        async with httpx.AsyncClient(timeout=5.0) as engine_client:
+            for sid in await sleep_standbys(api, awake, ms.spec, engine_client):
+                log.info("standby %s loaded and put to sleep", sid)
     keep: dict[str, float] = {}
     warm: dict[str, int] = {}
     for t in st.scaler.tiers.values():
-        serving = [s for s in states if s.tier == t.name and not s.draining]
+        serving = [s for s in states if s.tier == t.name and not s.draining and not s.standby]
         conc = float(sum(s.running for s in serving) + demand[t.name].waiting)
         st.prewarmer.observe(now_s, t.name, conc, demand[t.name].arrivals)
         p = st.prewarmer.decide(
@@ -248,7 +259,23 @@ async def autoscale_once(
         keep[t.name], warm[t.name] = p.keep_alive_s, p.warm_floor
     decision = st.scaler.decide(now_s, demand, states, free_gpus(nodes, all_pods), keep_alive_s=keep, warm_floor=warm)
     out = TickOutcome()
+    by_id = {f"{(p.get('metadata') or {}).get('namespace')}/{(p.get('metadata') or {}).get('name')}": p for p in pods}
+    involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": body["metadata"]}
     for d in decision.tiers:
+        if d.promote:
+            async with httpx.AsyncClient(timeout=5.0) as engine_client:
+                for sid in d.promote:
+                    pr = await promote(api, by_id[sid], ms.spec, owner_reference(ms), engine_client)
+                    out.promotions.append(pr)
+                    if pr.ok:
+                        out.pods_changed.append(sid)
+                        msg = (f"tier {d.tier}: standby {sid} promoted into serving in {pr.total_s:.2f} s "
+                               f"(wake_up {pr.wake_s:.2f} s); the standby Deployment starts a replacement")  # fmt: skip
+                        await _event(api, ms, involved, "Normal", "PromotedStandby", msg, out)
+                    else:
+                        # the serving Deployment covers the tier's count with a cold start
+                        msg = f"tier {d.tier}: standby {sid} not promoted ({pr.error}); a new server starts instead"
+                        await _event(api, ms, involved, "Warning", "PromotionFailed", msg, out)
         if d.concurrency > 0:
             log.info("%s/%s tier %s: concurrency %.0f, desired %d: %s", ms.namespace, ms.name, d.tier,
                       d.concurrency, d.desired, d.reason)  # fmt: skip
@@ -256,7 +283,12 @@ async def autoscale_once(
         for sid in d.drain:
             ns, _, pod = sid.partition("/")
             try:
-                await api.patch("Pod", ns, pod, {"metadata": {"annotations": {DELETION_COST: "-1000"}}})
+                if sid in by_id and is_promoted(by_id[sid]):
+                    # owned by no ReplicaSet: deleted here, drained like the others
+                    await api.delete("Pod", ns, pod)
+                    out.pods_changed.append(sid)
+                else:
+                    await api.patch("Pod", ns, pod, {"metadata": {"annotations": {DELETION_COST: "-1000"}}})
             except Exception as exc:
                 log.warning("could not mark %s for scale-in: %s", sid, exc)
         if d.desired != before:
@@ -273,17 +305,20 @@ async def autoscale_once(
                 else "ScaledIn"
             )
             msg = f"tier {d.tier}: {before} -> {d.desired} serving replicas: {d.reason}"
-            involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": body["metadata"]}
-            try:
-                await api.create(
-                    "Event", ms.namespace, event_body(involved, "Normal", reason, msg, FIELD_MANAGER, _utc())
-                )
-                out.events.append(f"{reason}: {msg}")
-            except Exception as exc:
-                log.warning("event not posted: %s", exc)
-            log.info("%s/%s %s", ms.namespace, ms.name, msg)
+            await _event(api, ms, involved, "Normal", reason, msg, out)
         st.desired.setdefault(d.tier, d.desired)
     return out
+
+
+async def _event(
+    api: KubeClient, ms: ModelService, involved: dict[str, Any], kind: str, reason: str, msg: str, out: TickOutcome
+) -> None:
+    try:
+        await api.create("Event", ms.namespace, event_body(involved, kind, reason, msg, FIELD_MANAGER, _utc()))
+        out.events.append(f"{reason}: {msg}")
+    except Exception as exc:
+        log.warning("event not posted: %s", exc)
+    log.info("%s/%s %s", ms.namespace, ms.name, msg)
 
 
 def _utc() -> dt.datetime:

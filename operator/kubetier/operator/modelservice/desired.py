@@ -44,6 +44,11 @@ from kubetier.api.routing import ROUTING_KEY as ROUTING_KEY
 from kubetier.api.routing import AccessEntry, PoolBin, RoutingDocument, RoutingPool, RoutingTier
 from kubetier.api.routing import routing_configmap_name as _routing_configmap_name
 from kubetier.operator.modelservice import engines
+from kubetier.operator.modelservice.autoscale_standby_spec import (
+    promoted_serving,
+    standby_engine_args,
+    standby_engine_env,
+)
 from kubetier.operator.modelservice.model import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -80,7 +85,8 @@ def desired(
     if ms.spec.shared_pool is not None:
         return objects + pool_objects(ms, pool_replicas(ms.spec, replicas), config, profile)
     for tier in ms.spec.tiers:
-        objects += tier_deployments(ms, tier, serving_replicas(tier, replicas), config, profile)
+        promoted = promoted_serving(observed.pods, tier.name)
+        objects += tier_deployments(ms, tier, serving_replicas(tier, replicas), config, profile, promoted)
         objects.append(tier_service(ms, tier))
         objects.append(tier_pdb(ms, tier))
     return objects
@@ -342,16 +348,32 @@ def _deployment(
 
 
 def tier_deployments(
-    ms: ModelService, tier: Tier, total: int, config: OperatorConfig, profile: dict[str, Any] | None = None
+    ms: ModelService,
+    tier: Tier,
+    total: int,
+    config: OperatorConfig,
+    profile: dict[str, Any] | None = None,
+    promoted: int = 0,
 ) -> list[dict[str, Any]]:
+    """``promoted``: serving pods of the tier promoted from standby (owned by no
+    Deployment, autoscale_standby.py); the main pool runs that many fewer."""
     out = [
-        _deployment(ms, tier, pool, "serving", n, placement, config, profile)
+        _deployment(
+            ms, tier, pool, "serving", n - min(n, promoted) if pool == "main" else n, placement, config, profile
+        )
         for pool, n, placement in pools(tier, total)
     ]
     if tier.prewarm.standby > 0:
         # Standby capacity is spare: it goes where the tier's main pool may go.
         placement = pools(tier, total)[-1][2]
-        out.append(_deployment(ms, tier, "standby", "standby", tier.prewarm.standby, placement, config, profile))
+        standby = _deployment(ms, tier, "standby", "standby", tier.prewarm.standby, placement, config, profile)
+        # Started with sleep mode: the operator puts a loaded standby to sleep and wakes
+        # it on promotion (autoscale_standby.py).
+        engine = standby["spec"]["template"]["spec"]["containers"][0]
+        engine["command"] = engine["command"] + standby_engine_args(ms.spec)
+        if env := standby_engine_env(ms.spec):
+            engine["env"] = [*engine.get("env", []), *env]
+        out.append(standby)
     return out
 
 

@@ -11,7 +11,10 @@ object at once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import logging
 from typing import Any
 
 import httpx
@@ -21,9 +24,11 @@ import pydantic
 from kubetier.api.modelservice import GROUP, PLURAL, VERSION, ModelService
 from kubetier.kube import KubeError
 from kubetier.operator import runtime
-from kubetier.operator.modelservice import autoscaler
+from kubetier.operator.modelservice import autoscale_push, autoscale_standby_spec, autoscaler
 from kubetier.operator.modelservice.controller import ModelServiceController
 from kubetier.operator.modelservice.model import OperatorConfig
+
+log = logging.getLogger("kubetier.operator.autoscaler")
 
 # A safety net only: children, pods, nodes and router attainment reach the controller
 # through watches and the status feed (controller.py) as they change.
@@ -54,7 +59,11 @@ def _scale(memo: kopf.Memo, key: tuple[Any, Any], body: dict[str, Any]) -> tuple
 async def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """The autoscaler's tick (kubetier.operator.modelservice.autoscaler); reconciles at
     once when a tier's desired replicas change."""
-    raw = dict(body)
+    _follow_router_demand(memo)
+    await _autoscale_tick(memo, dict(body), logger)
+
+
+async def _autoscale_tick(memo: kopf.Memo, raw: dict[str, Any], logger: Any) -> None:
     try:
         ms = ModelService.model_validate({k: v for k, v in raw.items() if k != "status"})
     except pydantic.ValidationError:
@@ -63,13 +72,16 @@ async def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_:
     try:
         await ctl.ensure_started()
         st = autoscaler.service_scaler(runtime.shared(memo), raw, ms)
-        seen = ctl.watches.observe(ms, None)
-        # GPUs in use: every kubetier pod the watches cache (other workloads' pods are not
-        # watched; the scheduler leaves an extra pod Pending if they hold the GPUs)
-        managed = [p for informer in ctl.watches.pods.values() for p in informer.items()]
-        out = await autoscaler.autoscale_once(
-            ctl.api, raw, st, ms, ctl.config, urls=_router_urls(ctl), cluster=(seen.pods, managed, seen.nodes)
-        )
+        async with st.lock:
+            seen = ctl.watches.observe(ms, None)
+            # GPUs in use: every kubetier pod the watches cache (other workloads' pods are not
+            # watched; the scheduler leaves an extra pod Pending if they hold the GPUs)
+            managed = [p for informer in ctl.watches.pods.values() for p in informer.items()]
+            out = await autoscaler.autoscale_once(
+                ctl.api, raw, st, ms, ctl.config, urls=_router_urls(ctl), cluster=(seen.pods, managed, seen.nodes)
+            )
+            if out.pods_changed:
+                await _cache_shows(ctl, ms, set(out.pods_changed))
     except (KubeError, httpx.HTTPError, TimeoutError) as exc:
         logger.info(f"autoscale tick skipped: {exc}")
         return
@@ -79,6 +91,52 @@ async def _autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_:
         await ctl.reconcile(raw)
     except (KubeError, httpx.HTTPError, TimeoutError) as exc:
         logger.info(f"reconcile after scaling deferred: {exc}")
+
+
+async def _cache_shows(
+    ctl: ModelServiceController, ms: ModelService, changed: set[str], timeout_s: float = 3.0
+) -> None:
+    """Wait (bounded) until the watch cache shows the pods promoted or deleted this tick:
+    the reconcile sizes the serving Deployment as desired minus promoted pods."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        pods = {f"{ms.namespace}/{p['metadata']['name']}": p for p in ctl.watches.observe(ms, None).pods}
+        if all(
+            sid not in pods
+            or autoscale_standby_spec.is_promoted(pods[sid])
+            or pods[sid]["metadata"].get("deletionTimestamp")
+            for sid in changed
+        ):
+            return
+        await asyncio.sleep(0.05)
+
+
+def _follow_router_demand(memo: kopf.Memo) -> None:
+    """Start (once) the long-polls of every router's demand push (autoscale_push.py)."""
+    state = runtime.shared(memo)
+    if state.get("autoscale_push") is not None:
+        return
+    ctl = controller(memo)
+
+    async def on_demand(models: set[str]) -> None:
+        for key in ctl.watches.modelservice_keys():
+            body = ctl.watches.modelservice(*key)
+            if key not in ctl.active or body is None:
+                continue
+            if ((body.get("spec") or {}).get("model") or {}).get("name") in models:
+                await _autoscale_tick(memo, dict(body), log)
+
+    follower = autoscale_push.DemandFollower(lambda: _router_urls(ctl), on_demand)
+    task = asyncio.create_task(follower.run(), name="router-demand-push")
+    state["autoscale_push"] = follower
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    runtime.stop_on_cleanup(memo, stop)
 
 
 def _router_urls(ctl: ModelServiceController) -> list[str]:

@@ -24,13 +24,8 @@ class NotActedOn:
     instead: str  # what the operator does today
 
 
-NOT_ACTED_ON_YET: tuple[NotActedOn, ...] = (
-    NotActedOn(
-        "prewarm.standby",
-        lambda t: t.prewarm.standby > 0,
-        "standby replicas run warm but are never promoted to serving",
-    ),
-)
+# Empty today: prewarm.standby was the last entry (promoted since: autoscale_standby.py).
+NOT_ACTED_ON_YET: tuple[NotActedOn, ...] = ()
 
 
 def fields_not_acted_on(ms: ModelService, table: tuple[NotActedOn, ...] = NOT_ACTED_ON_YET) -> list[str]:
