@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
@@ -49,6 +49,9 @@ class CapacityScheme:
     name: str
     label: str
     spot_values: tuple[str, ...]
+    # The zone label nodes carry: every managed Kubernetes of the four presets sets the
+    # well-known topology.kubernetes.io/zone; a custom scheme may name another.
+    zone_label: str = labels.ZONE_LABEL
 
     def capacity_type(self, node_labels: Mapping[str, str]) -> CapacityType:
         return "spot" if node_labels.get(self.label) in self.spot_values else "on-demand"
@@ -80,15 +83,20 @@ CAPACITY_SCHEMES: dict[str, CapacityScheme] = {
 DEFAULT_SCHEME = "karpenter"
 
 
-def capacity_scheme(name: str, label: str | None = None, spot_value: str | None = None) -> CapacityScheme:
-    """A preset by name, or a custom scheme when ``label`` is given (``spot_value`` defaults to "spot")."""
+def capacity_scheme(
+    name: str, label: str | None = None, spot_value: str | None = None, zone_label: str | None = None
+) -> CapacityScheme:
+    """A preset by name, or a custom scheme when ``label`` is given (``spot_value`` defaults
+    to "spot"); ``zone_label`` overrides the zone label either way."""
     if label:
-        return CapacityScheme("custom", label, (spot_value or "spot",))
-    try:
-        return CAPACITY_SCHEMES[name]
-    except KeyError:
-        known = ", ".join(sorted(CAPACITY_SCHEMES))
-        raise ValueError(f"unknown capacity scheme {name!r} (known: {known}, or give a label)") from None
+        scheme = CapacityScheme("custom", label, (spot_value or "spot",))
+    else:
+        try:
+            scheme = CAPACITY_SCHEMES[name]
+        except KeyError:
+            known = ", ".join(sorted(CAPACITY_SCHEMES))
+            raise ValueError(f"unknown capacity scheme {name!r} (known: {known}, or give a label)") from None
+    return replace(scheme, zone_label=zone_label) if zone_label else scheme
 
 
 # --------------------------------------------------------------------------- preemption notices

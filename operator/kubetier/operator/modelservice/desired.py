@@ -47,7 +47,6 @@ from kubetier.operator.modelservice.model import (
     ROUTING_CONFIG_LABEL,
     SERVICE_LABEL,
     TIER_LABEL,
-    ZONE_LABEL,
     Observed,
     OperatorConfig,
     tier_sizing,
@@ -62,17 +61,21 @@ def desired(
     observed: Observed,
     config: OperatorConfig | None = None,
     replicas: Mapping[str, int] | None = None,
+    fallback: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """All children of ``ms``; raises ``Unsatisfiable`` when the profile cannot be resolved.
 
     ``replicas``: serving replicas per tier as decided (by the autoscaler); a tier that
-    is absent runs ``replicas.min``."""
+    is absent runs ``replicas.min``. ``fallback``: on-demand fallback replicas per tier
+    (kubetier.operator.spot.fallback; absent: none)."""
     config = config or OperatorConfig()
     # The engine's batching flags and the router's prediction come from this one profile.
     profile = engines.batching_profile(ms.spec, resolve_profile(ms.spec, observed.profile_configmap))
     objects: list[dict[str, Any]] = [routing_configmap(ms, profile)]
     for tier in ms.spec.tiers:
-        objects += tier_deployments(ms, tier, serving_replicas(tier, replicas), config, profile)
+        objects += tier_deployments(
+            ms, tier, serving_replicas(tier, replicas), config, profile, (fallback or {}).get(tier.name, 0)
+        )
         objects.append(tier_service(ms, tier))
         objects.append(tier_pdb(ms, tier))
     return objects
@@ -87,8 +90,8 @@ def serving_replicas(tier: Tier, replicas: Mapping[str, int] | None = None) -> i
     return sizing.serving_replicas(tier_sizing(tier), replicas)
 
 
-def pools(tier: Tier, total: int) -> list[sizing.Pool]:
-    return sizing.pools(tier_sizing(tier), total)
+def pools(tier: Tier, total: int, fallback: int = 0) -> list[sizing.Pool]:
+    return sizing.pools(tier_sizing(tier, fallback), total)
 
 
 # --------------------------------------------------------------------------- naming and metadata
@@ -172,6 +175,8 @@ def node_affinity(spec: ModelServiceSpec, placement: str, scheme: CapacityScheme
     required: list[dict[str, Any]] = []
     if placement == "on-demand":
         required.append(scheme.on_demand_requirement())
+    elif placement == "spot":
+        required.append(scheme.spot_requirement())
     if spec.resources.gpu_product:
         required.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [spec.resources.gpu_product]})
     affinity: dict[str, Any] = {}
@@ -194,6 +199,25 @@ def tolerations(spec: ModelServiceSpec, placement: str, scheme: CapacityScheme) 
         # Some clusters taint spot nodes so that only workloads that accept preemption land there.
         out.append(scheme.spot_toleration())
     return out
+
+
+def zone_spread(tier: Tier, scheme: CapacityScheme, selector_labels: dict[str, str]) -> list[dict[str, Any]]:
+    """capacity.zoneSpread as a topology spread constraint over the preset's zone label.
+    ``preferred`` (the default): GPUs are scarce and unevenly spread over zones, so a hard
+    constraint would leave replicas Pending while another zone has free GPUs; the
+    scheduler still scores for an even spread. ``required`` trades that for never having
+    more than maxSkew extra replicas in the one zone a spot preemption wave hits."""
+    cap = tier.capacity
+    if cap.zone_spread == "off":
+        return []
+    return [
+        {
+            "maxSkew": cap.zone_max_skew,
+            "topologyKey": scheme.zone_label,
+            "whenUnsatisfiable": "DoNotSchedule" if cap.zone_spread == "required" else "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels},
+        }
+    ]
 
 
 def container_resources(spec: ModelServiceSpec) -> dict[str, Any]:
@@ -266,20 +290,11 @@ def pod_spec(
     result: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
-        "topologySpreadConstraints": [
-            {
-                "maxSkew": 1,
-                "topologyKey": ZONE_LABEL,
-                # GPUs are scarce and unevenly spread over zones: a hard constraint would
-                # leave replicas Pending while another zone has free GPUs. The scheduler
-                # still scores for an even spread.
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": selector_labels},
-            }
-        ],
         "terminationGracePeriodSeconds": config.pre_stop_sleep_seconds + config.termination_grace_seconds,
         "enableServiceLinks": False,
     }
+    if spread := zone_spread(tier, config.capacity(), selector_labels):
+        result["topologySpreadConstraints"] = spread
     affinity = node_affinity(spec, placement, config.capacity())
     if affinity:  # an empty affinity would come back from the API server dropped: a write each time
         result["affinity"] = {"nodeAffinity": affinity}
@@ -322,15 +337,18 @@ def _deployment(
 
 
 def tier_deployments(
-    ms: ModelService, tier: Tier, total: int, config: OperatorConfig, profile: dict[str, Any] | None = None
+    ms: ModelService,
+    tier: Tier,
+    total: int,
+    config: OperatorConfig,
+    profile: dict[str, Any] | None = None,
+    fallback: int = 0,
 ) -> list[dict[str, Any]]:
-    out = [
-        _deployment(ms, tier, pool, "serving", n, placement, config, profile)
-        for pool, n, placement in pools(tier, total)
-    ]
+    tier_pools = pools(tier, total, fallback)
+    out = [_deployment(ms, tier, pool, "serving", n, placement, config, profile) for pool, n, placement in tier_pools]
     if tier.prewarm.standby > 0:
         # Standby capacity is spare: it goes where the tier's main pool may go.
-        placement = pools(tier, total)[-1][2]
+        placement = next(p.placement for p in tier_pools if p.pool == "main")
         out.append(_deployment(ms, tier, "standby", "standby", tier.prewarm.standby, placement, config, profile))
     return out
 

@@ -16,14 +16,18 @@ import os
 import time
 from typing import Any
 
+import httpx
 import kopf
+import pydantic
 
 from kubetier.api.labels import SERVICE_LABEL
-from kubetier.api.modelservice import GROUP, PLURAL, VERSION
+from kubetier.api.modelservice import GROUP, PLURAL, VERSION, ModelService
 from kubetier.kube import KubeError
 from kubetier.kube.events import event_body
 from kubetier.operator import runtime
+from kubetier.operator.modelservice.handlers import controller
 from kubetier.operator.modelservice.model import OperatorConfig
+from kubetier.operator.spot.fallback import uses_operator_fallback
 from kubetier.operator.spot.notices import MANAGED_SERVING, grace_period_s, mark_patch, node_notice, pods_on
 from kubetier.operator.spot.rebalance import return_to_spot
 from kubetier.policy.spot import NoticeWindows, SpotConfig
@@ -100,6 +104,9 @@ async def on_node(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
 
 
 RETURN_INTERVAL_S = 30.0
+# How often a tier with capacity.fallbackAfterSeconds is re-checked: nothing changes on the
+# objects when a Pending pod's wait crosses the bound, so a timer has to notice.
+FALLBACK_INTERVAL_S = 5.0
 
 
 def spot_config_from_env(env: dict[str, str] | None = None) -> SpotConfig:
@@ -119,6 +126,27 @@ async def on_return_timer(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
         logger.info(f"spot: moving {', '.join(moved)} back to spot")
 
 
+async def on_fallback_timer(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Reconcile a ModelService whose tiers use the operator's on-demand fallback, so the
+    fallback starts within FALLBACK_INTERVAL_S of the bound and goes after the return period
+    (the decision itself is made in the reconcile: kubetier.operator.spot.fallback)."""
+    raw = dict(body)
+    try:
+        ms = ModelService.model_validate({k: v for k, v in raw.items() if k != "status"})
+    except pydantic.ValidationError:
+        return
+    if not any(uses_operator_fallback(t) for t in ms.spec.tiers):
+        return
+    try:
+        outcome = await controller(memo).reconcile(raw)
+    except (KubeError, httpx.HTTPError, TimeoutError) as exc:
+        logger.info(f"spot: fallback check deferred: {exc}")
+        return
+    for event in outcome.events:
+        if event.endswith(("SpotFallback", "ReturnToSpot")):
+            logger.info(f"spot: {event} for {ms.name}")
+
+
 def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.event("", "v1", "nodes", registry=registry, id="spot-notice")(on_node)
     kopf.timer(
@@ -130,3 +158,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
         registry=registry,
         id="spot-return",
     )(on_return_timer)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=FALLBACK_INTERVAL_S,
+        initial_delay=FALLBACK_INTERVAL_S,
+        registry=registry,
+        id="spot-fallback",
+    )(on_fallback_timer)
