@@ -66,14 +66,15 @@ def _rows(output_tokens: int, notice_s: float):
 def test_long_streams_migrate_under_kubetier_and_break_without_it():
     # 3,000-token answers run ~30 s or more: they outlive a 5 s notice.
     rows = _rows(output_tokens=3000, notice_s=5.0)
-    assert set(rows) == {"on-demand", "naive-spot", "skyserve", "kubetier"}
+    assert set(rows) == {"on-demand", "naive-spot", "skyserve", "kubetier-drain", "kubetier"}
     assert rows["on-demand"].outcome.preemptions == 0
-    for policy in ("naive-spot", "skyserve", "kubetier"):
+    for policy in ("naive-spot", "skyserve", "kubetier-drain", "kubetier"):
         assert rows[policy].outcome.preemptions >= 1
     assert rows["naive-spot"].outcome.broken_streams > 0
     assert rows["skyserve"].outcome.broken_streams > 0  # drained, but the node went before they ended
     assert rows["kubetier"].outcome.broken_streams == 0
     assert rows["kubetier"].outcome.migrated_streams > 0
+    assert rows["kubetier-drain"].outcome.broken_streams == 0
     # Every request is accounted for under every policy (nothing lost silently).
     counts = {p: r.run.requests for p, r in rows.items()}
     assert len(set(counts.values())) == 1, counts

@@ -17,7 +17,9 @@ Four questions, one function each:
 - *What happens to the streams on that node?* :func:`plan_drain`: a stream that finishes
   before the deadline (minus a safety margin) finishes where it is; every other stream is
   migrated at once at token level (prompt plus the tokens already generated, resubmitted as
-  token ids), while the most slack is left.
+  token ids), while the most slack is left. New requests still go to the noticed server
+  while they are predicted to finish in time (:func:`admit_until`,
+  :func:`finishes_before_deadline`: deadline-aware draining).
 - *Where does the replacement go?* :func:`plan_capacity`: spot first in a zone that was not
   just preempted; on-demand fallback when spot capacity is not obtained within a bound;
   back to spot once spot has been steady for a while (SkyServe's fallback and return), plus
@@ -273,6 +275,43 @@ def plan_drain(streams: Sequence[StreamView], now: float, deadline: float, margi
         DrainStep(s.request_id, "finish" if s.tokens_left * s.tpot_s <= budget else "migrate")
         for s in sorted(streams, key=lambda s: s.request_id)
     ]
+
+
+def predicted_request_s(ttft_s: float, tpot_s: float, output_tokens: float) -> float:
+    """How long a request is predicted to occupy a server: its first token plus one
+    inter-token time per further token (the router's own TTFT/TPOT prediction)."""
+    return max(0.0, ttft_s) + max(0.0, tpot_s) * max(0.0, output_tokens - 1)
+
+
+def finishes_before_deadline(now: float, deadline: float, predicted_s: float, margin_s: float = 5.0) -> bool:
+    """Route a new request to a server under notice? Yes when it is predicted to finish
+    ``margin_s`` before the node goes: it then never needs a migration."""
+    return now + predicted_s <= deadline - margin_s
+
+
+def admit_until(
+    notice_at: float,
+    deadline: float,
+    predicted_s: float,
+    margin_s: float = 5.0,
+    cap_s: float | None = None,
+) -> float:
+    """Until when a server under notice keeps taking new requests (deadline-aware
+    draining). Stopping at the notice throws away the whole window: with a 2-minute AWS
+    notice and a storm that takes half of the spot servers at once, the fleet loses that
+    capacity two minutes early while the replacements are still loading, and the tight
+    tier's attainment drops (kubetier simulate spot --availability storm --notice-s 120).
+    A request predicted (``predicted_s``: :func:`predicted_request_s` of a tier's long
+    request) to finish by ``deadline - margin_s`` is still served where it is; one that
+    runs longer than predicted is migrated at token level like any other stream.
+
+    ``cap_s``: the most the server can keep accepting after the notice whatever the
+    prediction (on Kubernetes the pod is deleted at the notice, so that its replacement
+    starts at once, and its engine accepts requests until its preStop sleep ends)."""
+    until = deadline - margin_s - max(0.0, predicted_s)
+    if cap_s is not None:
+        until = min(until, notice_at + cap_s)
+    return max(notice_at, until)
 
 
 # --------------------------------------------------------------------------- replacement, fallback, return

@@ -58,6 +58,9 @@ class ServerSpec:
     # A preemption notice's deadline (epoch seconds): streams still running shortly
     # before it move to another server at token level (kubetier.policy.spot).
     leave_by: float | None = None
+    # Deadline-aware draining: a server under notice still takes new requests until
+    # then (epoch seconds; kubetier.policy.spot.admit_until, written by the operator).
+    admit_until: float | None = None
 
 
 @dataclass

@@ -37,6 +37,15 @@ LEAVE_MARGIN_S = 5.0
 
 log = logging.getLogger("kubetier.router")
 
+
+def _draining(spec: ServerSpec) -> bool:
+    """No new requests: marked draining, unless a server under notice still admits the
+    requests predicted to finish before its deadline (``admit_until``)."""
+    if not spec.draining:
+        return False
+    return spec.admit_until is None or time.time() >= spec.admit_until
+
+
 _WAKE_BATCH = 4  # waiters woken per capacity change
 SLOW_CHECKS_UNREADY = 3  # health checks timing out in a row before a server is marked unready
 _INF = float("inf")
@@ -164,16 +173,18 @@ class ModelFleet:
     def _apply_state(self, sid: str) -> None:
         up = self.upstreams[sid]
         ready = up.spec.ready and up.healthy
-        self.policy.set_state(sid, ready=ready, draining=up.spec.draining)
+        draining = _draining(up.spec)
+        self.policy.set_state(sid, ready=ready, draining=draining)
         labels = (self.name, sid, up.spec.tier, self.metrics.worker)
-        self.metrics.server_ready.labels(*labels).set(1 if ready and not up.spec.draining else 0)
+        self.metrics.server_ready.labels(*labels).set(1 if ready and not draining else 0)
         if not ready:
             self._move_streams(sid, "server marked unready")
 
     def _plan_leave(self, sid: str) -> None:
-        """A server under a preemption notice (already draining: no new requests) keeps
-        its streams until shortly before the deadline; whatever still runs then resumes on
-        another server from the tokens already sent (the client sees one stream)."""
+        """A server under a preemption notice keeps its streams until shortly before the
+        deadline; whatever still runs then resumes on another server from the tokens
+        already sent (the client sees one stream). It takes new requests only until its
+        ``admit_until`` (deadline-aware draining; none at all when that is unset)."""
         leave_by = self.upstreams[sid].spec.leave_by
         if leave_by is None or sid in self._leaving:
             return
@@ -183,7 +194,16 @@ class ModelFleet:
         except RuntimeError:  # built outside the event loop (tests): nothing in flight yet
             return
         self._leaving[sid] = loop.call_later(delay, self._move_streams, sid, "preemption deadline")
+        admit_until = self.upstreams[sid].spec.admit_until
+        if admit_until is not None and admit_until > time.time():
+            # Deadline-aware draining: new requests until admit_until, then none.
+            loop.call_later(admit_until - time.time(), self._stop_admitting, sid)
         log.warning("server %s: preemption notice; streams still running in %.0fs move elsewhere", sid, delay)
+
+    def _stop_admitting(self, sid: str) -> None:
+        if sid in self.upstreams:
+            self._apply_state(sid)
+            log.warning("server %s: preemption notice; no new requests from now on", sid)
 
     # ------------------------------------------------------------------ in-flight streams
 
@@ -210,7 +230,7 @@ class ModelFleet:
         tighter tier's, which the policy may spill onto)."""
         t = self.tiers[tier]
         for up in self.upstreams.values():
-            if not (up.healthy and up.spec.ready) or up.spec.draining:
+            if not (up.healthy and up.spec.ready) or _draining(up.spec):
                 continue
             host = self.tiers.get(up.spec.tier)
             if host is not None and (host.name == tier or host.tpot_ms <= t.tpot_ms):

@@ -12,8 +12,12 @@ preemption storm. Four policies are compared on one workload, side by side:
   zone first, on-demand fallback when spot does not come within the bound, back to spot when
   it is steady, one spot replica over-provisioned), but in-flight streams that do not finish
   before the node goes are retried from scratch (no migration);
-- ``kubetier``: the same fallback policy plus token-level migration: streams that do not
-  finish in the window continue on another server from the tokens already streamed.
+- ``kubetier-drain``: the same fallback policy plus token-level migration: the noticed
+  server takes no new request from the notice on, and streams that do not finish in the
+  window continue on another server from the tokens already streamed;
+- ``kubetier``: the same, with deadline-aware draining (``kubetier.policy.spot.admit_until``):
+  the noticed server keeps taking the requests predicted to finish before the deadline, so
+  a storm does not remove the capacity a whole notice window early.
 
 Cost is GPU-hours by capacity type times a price table (:class:`Prices`, a parameter).
 """
@@ -27,11 +31,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kubetier.policy.spot import SpotConfig, TierCapacity, plan_capacity
+from kubetier.policy.spot import SpotConfig, TierCapacity, admit_until, plan_capacity, predicted_request_s
 
 from .engine import Hook, Server, Simulator
 
-SPOT_POLICIES = ("on-demand", "naive-spot", "skyserve", "kubetier")
+SPOT_POLICIES = ("on-demand", "naive-spot", "skyserve", "kubetier-drain", "kubetier")
+# A noticed server keeps taking requests predicted to finish in time, for a request of
+# this many times its tier's mean output (outputs vary; a longer one is migrated).
+PREDICTED_OUTPUT_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,7 @@ class SpotFleet(Hook):
         cfg: SpotConfig,
         margin_s: float = 5.0,
         gpus_per_server: int = 1,
+        admit_cap_s: float | None = None,
     ) -> None:
         if policy not in SPOT_POLICIES:
             raise ValueError(f"unknown spot policy {policy!r} (known: {', '.join(SPOT_POLICIES)})")
@@ -151,6 +159,7 @@ class SpotFleet(Hook):
         self.notice_s = notice_s
         self.cfg = cfg
         self.margin_s = margin_s
+        self.admit_cap_s = admit_cap_s  # kubetier: most seconds a noticed server still admits
         self.gpus = gpus_per_server
         self.free_nodes: list[str] = []
         self.members: list[_SpotServer] = []
@@ -188,14 +197,29 @@ class SpotFleet(Hook):
                 return  # naive: nobody listens to the notice
             for m in self._on(nodes):
                 self.noticed.add(m.server.idx)
-                sim.drain_server(m.server)
-            if self.policy == "kubetier":
+                if self.policy == "kubetier":
+                    sim.call_at(self._admit_until(sim, m, now, gone_at), self._drainer(m.server))
+                else:
+                    sim.drain_server(m.server)
+            if self.policy in ("kubetier", "kubetier-drain"):
                 # Streams still running near the deadline continue elsewhere at token level.
                 leave_at = max(now, gone_at - self.margin_s)
                 sim.call_at(leave_at, lambda s, t: self._migrate_off(s, t, nodes))
             self.on_tick(sim, now)
 
         return notice
+
+    def _admit_until(self, sim: Simulator, m: _SpotServer, now: float, gone_at: float) -> float:
+        k = sim.tier_names.index(m.tier)
+        predicted = predicted_request_s(sim.ttft_s[k], sim.tpot_s[k], PREDICTED_OUTPUT_FACTOR * sim.exp_out[k])
+        return admit_until(now, gone_at, predicted, self.margin_s, self.admit_cap_s)
+
+    def _drainer(self, srv: Server) -> Callable[[Simulator, float], None]:
+        def drain(sim: Simulator, now: float) -> None:
+            if not srv.removed:
+                sim.drain_server(srv)
+
+        return drain
 
     def _migrate_off(self, sim: Simulator, now: float, nodes: tuple[str, ...]) -> None:
         for m in self._on(nodes):

@@ -20,7 +20,7 @@ import httpx
 import kopf
 import pydantic
 
-from kubetier.api.labels import SERVICE_LABEL
+from kubetier.api.labels import SERVICE_LABEL, TIER_LABEL
 from kubetier.api.modelservice import GROUP, PLURAL, VERSION, ModelService
 from kubetier.kube import KubeError
 from kubetier.kube.events import event_body
@@ -28,7 +28,14 @@ from kubetier.operator import runtime
 from kubetier.operator.modelservice.handlers import controller
 from kubetier.operator.modelservice.model import OperatorConfig
 from kubetier.operator.spot.fallback import uses_operator_fallback
-from kubetier.operator.spot.notices import MANAGED_SERVING, grace_period_s, mark_patch, node_notice, pods_on
+from kubetier.operator.spot.notices import (
+    MANAGED_SERVING,
+    grace_period_s,
+    mark_patch,
+    node_notice,
+    pods_on,
+    tier_admit_until,
+)
 from kubetier.operator.spot.rebalance import return_to_spot
 from kubetier.policy.spot import NoticeWindows, SpotConfig
 
@@ -57,12 +64,21 @@ async def on_node(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
     if not pods:
         return
     stamp = dt.datetime.now(dt.UTC)
+    config: OperatorConfig = memo.setdefault("config", OperatorConfig.from_env())
     services: dict[tuple[str, str], int] = {}
+    specs: dict[tuple[str, str], ModelService | None] = {}
     for pod in pods:
         meta = pod["metadata"]
         ns, name = meta["namespace"], meta["name"]
+        labels = meta.get("labels") or {}
+        key = (ns, str(labels.get(SERVICE_LABEL, "")))
+        if key not in specs:
+            specs[key] = await _model_service(api, *key)
+        found = specs[key]
+        tier = next((t for t in found.spec.tiers if t.name == labels.get(TIER_LABEL)), None) if found else None
+        until = tier_admit_until(notice, tier, DRAIN_MARGIN_S, float(config.pre_stop_sleep_seconds)) if tier else None
         try:
-            await api.patch("Pod", ns, name, mark_patch(notice))
+            await api.patch("Pod", ns, name, mark_patch(notice, until))
             await api.create(
                 "Event",
                 ns,
@@ -101,6 +117,16 @@ async def on_node(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
             ),
         )
     logger.info(f"spot: notice on {notice.node} ({notice.source}); drained {len(pods)} pod(s)")
+
+
+async def _model_service(api: Any, namespace: str, name: str) -> ModelService | None:
+    body = await api.get("ModelService", namespace, name) if name else None
+    if not body:
+        return None
+    try:
+        return ModelService.model_validate({k: v for k, v in body.items() if k != "status"})
+    except pydantic.ValidationError:
+        return None
 
 
 RETURN_INTERVAL_S = 30.0
