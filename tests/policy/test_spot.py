@@ -193,3 +193,13 @@ def test_deadline_aware_draining_admits_what_finishes_in_time():
     # capped (the pod's preStop sleep), and never before the notice itself
     assert admit_until(0.0, 120.0, predicted, margin_s=5.0, cap_s=15.0) == 15.0
     assert admit_until(50.0, 55.0, predicted, margin_s=5.0) == 50.0
+
+
+def test_longest_request_counts_the_looser_tiers_that_spill_onto_a_server():
+    from kubetier.policy.spot import longest_request_s
+
+    tiers = [(0.5, 0.025, 56), (1.5, 0.05, 520), (8.0, 0.15, 708)]
+    assert longest_request_s(tiers, 0.15) == pytest.approx(8.0 + 0.15 * 707)
+    assert longest_request_s(tiers, 0.025) == longest_request_s(tiers, 0.15)  # batch may spill onto it
+    assert longest_request_s([(0.5, 0.025, 56)], 0.025) == pytest.approx(0.5 + 0.025 * 55)
+    assert longest_request_s([], 0.025) == 0.0

@@ -283,6 +283,16 @@ def predicted_request_s(ttft_s: float, tpot_s: float, output_tokens: float) -> f
     return max(0.0, ttft_s) + max(0.0, tpot_s) * max(0.0, output_tokens - 1)
 
 
+def longest_request_s(tiers: Sequence[tuple[float, float, float]], own_tpot_s: float) -> float:
+    """The longest request a server of a tier whose TPOT target is ``own_tpot_s`` may be
+    given: requests of looser tiers spill onto tighter servers, so every tier with a TPOT
+    target at least as loose counts. ``tiers``: (TTFT s, TPOT s, output tokens) each."""
+    return max(
+        (predicted_request_s(ttft, tpot, out) for ttft, tpot, out in tiers if tpot >= own_tpot_s),
+        default=0.0,
+    )
+
+
 def finishes_before_deadline(now: float, deadline: float, predicted_s: float, margin_s: float = 5.0) -> bool:
     """Route a new request to a server under notice? Yes when it is predicted to finish
     ``margin_s`` before the node goes: it then never needs a migration."""

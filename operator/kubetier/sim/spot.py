@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kubetier.policy.spot import SpotConfig, TierCapacity, admit_until, plan_capacity, predicted_request_s
+from kubetier.policy.spot import SpotConfig, TierCapacity, admit_until, longest_request_s, plan_capacity
 
 from .engine import Hook, Server, Simulator
 
@@ -211,7 +211,11 @@ class SpotFleet(Hook):
 
     def _admit_until(self, sim: Simulator, m: _SpotServer, now: float, gone_at: float) -> float:
         k = sim.tier_names.index(m.tier)
-        predicted = predicted_request_s(sim.ttft_s[k], sim.tpot_s[k], PREDICTED_OUTPUT_FACTOR * sim.exp_out[k])
+        # Looser tiers' requests spill onto tighter servers: predict the longest it may get.
+        tiers = [
+            (sim.ttft_s[j], sim.tpot_s[j], PREDICTED_OUTPUT_FACTOR * sim.exp_out[j]) for j in range(len(sim.tier_names))
+        ]
+        predicted = longest_request_s(tiers, sim.tpot_s[k])
         return admit_until(now, gone_at, predicted, self.margin_s, self.admit_cap_s)
 
     def _drainer(self, srv: Server) -> Callable[[Simulator, float], None]:
