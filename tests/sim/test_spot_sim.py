@@ -8,16 +8,19 @@ from kubetier.sim.spot import AvailabilityEvent, Prices, preemption_storm, read_
 from kubetier.sim.spot_compare import compare_spot
 
 
-def _scenario(output_tokens: int) -> object:
+def _scenario(output_tokens: int, mean_output_tokens: int | None = None) -> object:
+    tiers = [
+        {"name": "tight", "ttftMs": 1000, "tpotMs": 40, "attainmentPercent": 90, "priority": 100},
+        {"name": "loose", "ttftMs": 5000, "tpotMs": 150, "attainmentPercent": 90, "priority": 10},
+    ]
+    if mean_output_tokens is not None:
+        tiers = [{**t, "meanOutputTokens": mean_output_tokens} for t in tiers]
     return parse_scenario(
         {
             "name": "spot-test",
             "seed": 3,
             "profile": "llama-3.1-8b-h100",
-            "tiers": [
-                {"name": "tight", "ttftMs": 1000, "tpotMs": 40, "attainmentPercent": 90, "priority": 100},
-                {"name": "loose", "ttftMs": 5000, "tpotMs": 150, "attainmentPercent": 90, "priority": 10},
-            ],
+            "tiers": tiers,
             "workload": {
                 "durationS": 240,
                 "sources": [
@@ -105,3 +108,40 @@ def test_availability_helpers(tmp_path):
     storm = preemption_storm(10, 3600, storms=2, lost_fraction=0.5, recover_s=300, seed=1)
     assert sum(1 for e in storm if e.kind == "remove") == 2
     assert all(len(e.nodes) == 5 for e in storm if e.kind == "remove")
+
+
+def test_deadline_aware_draining_keeps_admitting_only_what_finishes_in_time():
+    # 50-token answers: the tight tier's longest request (1 s + 99 x 40 ms, and the loose
+    # tier's that may spill onto it: 5 s + 99 x 150 ms = 19.85 s) fits a 60 s notice.
+    sc = _scenario(50, mean_output_tokens=50)
+    rows = compare_spot(
+        sc,
+        AVAILABILITY,
+        floors={"tight": 1},
+        rate_scale=1.0,
+        notice_s=60.0,
+        prices=Prices(4.0, 1.6),
+        cfg=SpotConfig(fallback_after_s=30, return_after_s=60, over_provision=0),
+        traces_dir=None,
+        policies=("kubetier-drain", "kubetier"),
+    )
+    by = {r.outcome.policy: r.outcome for r in rows}
+    assert by["kubetier-drain"].admitted_after_notice_s and set(by["kubetier-drain"].admitted_after_notice_s) == {0.0}
+    # 60 - 5 (margin) - 19.85 (the longest request it may get) = 35.15 s more of admission
+    assert by["kubetier"].admitted_after_notice_s == [pytest.approx(35.15, abs=0.01)] * len(
+        by["kubetier"].admitted_after_notice_s
+    )
+    assert by["kubetier"].broken_streams == 0
+    # a short notice leaves no room: drained at once
+    short = compare_spot(
+        sc,
+        AVAILABILITY,
+        floors={"tight": 1},
+        rate_scale=1.0,
+        notice_s=20.0,
+        prices=Prices(4.0, 1.6),
+        cfg=SpotConfig(fallback_after_s=30, return_after_s=60, over_provision=0),
+        traces_dir=None,
+        policies=("kubetier",),
+    )
+    assert set(short[0].outcome.admitted_after_notice_s) == {0.0}

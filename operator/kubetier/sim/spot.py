@@ -132,6 +132,8 @@ class SpotOutcome:
     migrated_streams: int
     fallback_starts: int
     timeline: list[dict] = field(default_factory=list)  # capacity by type over time
+    # Seconds each noticed server still took new requests after its notice (0: drained at once).
+    admitted_after_notice_s: list[float] = field(default_factory=list)
 
 
 class SpotFleet(Hook):
@@ -169,6 +171,7 @@ class SpotFleet(Hook):
         self.preemptions = 0
         self.migrated = 0
         self.fallback_starts = 0
+        self.admitted_after_notice_s: list[float] = []
         self.timeline: list[dict] = []
         self.spot_idx: set[int] = set()  # every server ever started on spot
         self.sim: Simulator | None = None  # the run this hook is part of (set on its first call)
@@ -198,8 +201,11 @@ class SpotFleet(Hook):
             for m in self._on(nodes):
                 self.noticed.add(m.server.idx)
                 if self.policy == "kubetier":
-                    sim.call_at(self._admit_until(sim, m, now, gone_at), self._drainer(m.server))
+                    until = self._admit_until(sim, m, now, gone_at)
+                    self.admitted_after_notice_s.append(until - now)
+                    sim.call_at(until, self._drainer(m.server))
                 else:
+                    self.admitted_after_notice_s.append(0.0)
                     sim.drain_server(m.server)
             if self.policy in ("kubetier", "kubetier-drain"):
                 # Streams still running near the deadline continue elsewhere at token level.
@@ -363,6 +369,7 @@ def outcome_row(policy: str, fleet: SpotFleet, sim: Simulator, prices: Prices, h
         migrated_streams=fleet.migrated,
         fallback_starts=fleet.fallback_starts,
         timeline=fleet.timeline,
+        admitted_after_notice_s=list(fleet.admitted_after_notice_s),
     )
 
 

@@ -45,6 +45,7 @@ class SpotRow:
             "brokenStreams": self.outcome.broken_streams,
             "migratedStreams": self.outcome.migrated_streams,
             "fallbackStarts": self.outcome.fallback_starts,
+            "admittedAfterNoticeS": [round(x, 1) for x in self.outcome.admitted_after_notice_s],
             "attainmentPercent": {t.name: round(t.attainment_deadline, 2) for t in self.run.tiers},
             "requests": self.run.requests,
             "timeline": self.outcome.timeline,
