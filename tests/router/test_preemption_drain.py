@@ -76,3 +76,22 @@ async def test_deadline_aware_draining_admits_until_admit_until_then_stops():
     # without admit_until a noticed server takes nothing from the notice on
     fleet.set_servers([ServerSpec("s1", "127.0.0.1", 9, "t", draining=True, leave_by=now + 30)])
     assert not fleet.can_serve("t")
+
+
+def test_a_long_request_of_a_looser_tier_skips_a_noticed_server_a_short_one_uses_it():
+    tiers = [
+        TierSLO("tight", ttft_ms=400, tpot_ms=20, priority=2, mean_output_tokens=16),  # long request 1.0 s
+        TierSLO("loose", ttft_ms=2000, tpot_ms=200, priority=1, mean_output_tokens=100),  # 41.8 s
+    ]
+    spec = ModelSpec("m", load_profile("llama-3.1-8b-h100"), tiers, [])
+    fleet = ModelFleet(spec, RouterMetrics("test"))
+    now = time.time()
+    fleet.set_servers(
+        [ServerSpec("s1", "127.0.0.1", 9, "tight", draining=True, leave_by=now + 30, admit_until=now + 20)]
+    )
+    assert fleet._too_long_for_notice("tight") == []
+    assert fleet._too_long_for_notice("loose") == ["s1"]
+    assert fleet._decide("tight", 100, fleet.clock(), frozenset()).server_id == "s1"
+    assert fleet._decide("loose", 100, fleet.clock(), frozenset()).action != "route"
+    # the hidden server is back for the next decision
+    assert fleet._decide("tight", 100, fleet.clock(), frozenset()).server_id == "s1"

@@ -111,37 +111,29 @@ def test_availability_helpers(tmp_path):
 
 
 def test_deadline_aware_draining_keeps_admitting_only_what_finishes_in_time():
-    # 50-token answers: the tight tier's longest request (1 s + 99 x 40 ms, and the loose
-    # tier's that may spill onto it: 5 s + 99 x 150 ms = 19.85 s) fits a 60 s notice.
+    # 50-token answers: the noticed server (the tight tier's) keeps taking new requests
+    # while a long one of its tier (1 s + 99 x 40 ms = 4.96 s) ends 5 s before the node goes.
     sc = _scenario(50, mean_output_tokens=50)
-    rows = compare_spot(
-        sc,
-        AVAILABILITY,
-        floors={"tight": 1},
-        rate_scale=1.0,
-        notice_s=60.0,
-        prices=Prices(4.0, 1.6),
-        cfg=SpotConfig(fallback_after_s=30, return_after_s=60, over_provision=0),
-        traces_dir=None,
-        policies=("kubetier-drain", "kubetier"),
-    )
-    by = {r.outcome.policy: r.outcome for r in rows}
+
+    def run(notice_s, policies):
+        rows = compare_spot(
+            sc,
+            AVAILABILITY,
+            floors={"tight": 1},
+            rate_scale=1.0,
+            notice_s=notice_s,
+            prices=Prices(4.0, 1.6),
+            cfg=SpotConfig(fallback_after_s=30, return_after_s=60, over_provision=0),
+            traces_dir=None,
+            policies=policies,
+        )
+        return {r.outcome.policy: r.outcome for r in rows}
+
+    by = run(60.0, ("kubetier-drain", "kubetier"))
     assert by["kubetier-drain"].admitted_after_notice_s and set(by["kubetier-drain"].admitted_after_notice_s) == {0.0}
-    # 60 - 5 (margin) - 19.85 (the longest request it may get) = 35.15 s more of admission
-    assert by["kubetier"].admitted_after_notice_s == [pytest.approx(35.15, abs=0.01)] * len(
-        by["kubetier"].admitted_after_notice_s
-    )
+    # 60 - 5 (margin) - 4.96 = 50.04 s more of admission
+    admitted = by["kubetier"].admitted_after_notice_s
+    assert admitted and admitted == [pytest.approx(50.04, abs=0.01)] * len(admitted)
     assert by["kubetier"].broken_streams == 0
-    # a short notice leaves no room: drained at once
-    short = compare_spot(
-        sc,
-        AVAILABILITY,
-        floors={"tight": 1},
-        rate_scale=1.0,
-        notice_s=20.0,
-        prices=Prices(4.0, 1.6),
-        cfg=SpotConfig(fallback_after_s=30, return_after_s=60, over_provision=0),
-        traces_dir=None,
-        policies=("kubetier",),
-    )
-    assert set(short[0].outcome.admitted_after_notice_s) == {0.0}
+    # a notice shorter than margin plus a long request leaves no room: drained at once
+    assert set(run(9.0, ("kubetier",))["kubetier"].admitted_after_notice_s) == {0.0}

@@ -283,6 +283,16 @@ def predicted_request_s(ttft_s: float, tpot_s: float, output_tokens: float) -> f
     return max(0.0, ttft_s) + max(0.0, tpot_s) * max(0.0, output_tokens - 1)
 
 
+# A "long" request of a tier for deadline-aware admission: twice its mean output (outputs
+# vary; a request that runs longer than predicted is migrated like any other stream).
+LONG_REQUEST_OUTPUT_FACTOR = 2.0
+
+
+def tier_long_request_s(ttft_ms: float, tpot_ms: float, mean_output_tokens: float) -> float:
+    """How long a long request of a tier takes at its TTFT and TPOT targets."""
+    return predicted_request_s(ttft_ms / 1000.0, tpot_ms / 1000.0, LONG_REQUEST_OUTPUT_FACTOR * mean_output_tokens)
+
+
 def longest_request_s(tiers: Sequence[tuple[float, float, float]], own_tpot_s: float) -> float:
     """The longest request a server of a tier whose TPOT target is ``own_tpot_s`` may be
     given: requests of looser tiers spill onto tighter servers, so every tier with a TPOT

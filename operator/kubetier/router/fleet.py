@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from kubetier.api.router_status import ModelStatus, ServerState
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.policy.spot import finishes_before_deadline, tier_long_request_s
 from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
 from kubetier.router.metrics import RouterMetrics
@@ -137,6 +138,7 @@ class ModelFleet:
         # they resume elsewhere instead of waiting out a stall timeout.
         self._streams: dict[str, set] = {}
         self._leaving: dict[str, asyncio.TimerHandle] = {}  # sid -> move at its preemption deadline
+        self._noticed: set[str] = set()  # servers under a preemption notice
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
@@ -151,6 +153,7 @@ class ModelFleet:
             if sid not in wanted:
                 up = self.upstreams.pop(sid)
                 leaving = self._leaving.pop(sid, None)
+                self._noticed.discard(sid)
                 if leaving is not None:
                     leaving.cancel()
                 self.policy.remove_server(sid)
@@ -186,7 +189,11 @@ class ModelFleet:
         already sent (the client sees one stream). It takes new requests only until its
         ``admit_until`` (deadline-aware draining; none at all when that is unset)."""
         leave_by = self.upstreams[sid].spec.leave_by
-        if leave_by is None or sid in self._leaving:
+        if leave_by is None:
+            self._noticed.discard(sid)
+            return
+        self._noticed.add(sid)
+        if sid in self._leaving:
             return
         delay = max(0.0, leave_by - LEAVE_MARGIN_S - time.time())
         try:
@@ -252,11 +259,30 @@ class ModelFleet:
 
     # ------------------------------------------------------------------ admission
 
+    def _too_long_for_notice(self, tier: str) -> list[str]:
+        """Servers under a notice that still take new requests, but on which a long request
+        of ``tier`` would not finish before the deadline (deadline-aware draining: it goes
+        elsewhere, and shorter tiers' requests still use the server)."""
+        if not self._noticed:
+            return []
+        t = self.tiers[tier]
+        long_s = tier_long_request_s(t.ttft_ms, t.tpot_ms, t.mean_output_tokens)
+        now = time.time()
+        out = []
+        for sid in self._noticed:
+            up = self.upstreams.get(sid)
+            if up is None or up.spec.leave_by is None or _draining(up.spec):
+                continue
+            if not finishes_before_deadline(now, up.spec.leave_by, long_s, LEAVE_MARGIN_S):
+                out.append(sid)
+        return out
+
     def _decide(self, tier: str, prompt_tokens: int, arrival: float, exclude: frozenset[str]):
-        if not exclude:
+        too_long = self._too_long_for_notice(tier)
+        if not exclude and not too_long:
             return self.policy.decide(tier, prompt_tokens, self.clock() - arrival)
         # Servers that already failed this request sit out this one decision.
-        hidden = [sid for sid in exclude if sid in self.upstreams]
+        hidden = [sid for sid in exclude if sid in self.upstreams] + too_long
         for sid in hidden:
             self.policy.set_state(sid, ready=False)
         try:

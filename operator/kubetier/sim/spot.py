@@ -31,14 +31,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kubetier.policy.spot import SpotConfig, TierCapacity, admit_until, longest_request_s, plan_capacity
+from kubetier.policy.routing import Decision
+from kubetier.policy.spot import (
+    SpotConfig,
+    TierCapacity,
+    admit_until,
+    finishes_before_deadline,
+    plan_capacity,
+    tier_long_request_s,
+)
 
 from .engine import Hook, Server, Simulator
 
 SPOT_POLICIES = ("on-demand", "naive-spot", "skyserve", "kubetier-drain", "kubetier")
-# A noticed server keeps taking requests predicted to finish in time, for a request of
-# this many times its tier's mean output (outputs vary; a longer one is migrated).
-PREDICTED_OUTPUT_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,8 @@ class SpotFleet(Hook):
         self.migrated = 0
         self.fallback_starts = 0
         self.admitted_after_notice_s: list[float] = []
+        self._admitting: dict[str, tuple[Server, float]] = {}  # sid -> (server, deadline) while admitting
+        self._filtering = False
         self.timeline: list[dict] = []
         self.spot_idx: set[int] = set()  # every server ever started on spot
         self.sim: Simulator | None = None  # the run this hook is part of (set on its first call)
@@ -203,6 +210,9 @@ class SpotFleet(Hook):
                 if self.policy == "kubetier":
                     until = self._admit_until(sim, m, now, gone_at)
                     self.admitted_after_notice_s.append(until - now)
+                    if until > now:
+                        self._admitting[m.server.sid] = (m.server, gone_at)
+                        self._filter_requests(sim)
                     sim.call_at(until, self._drainer(m.server))
                 else:
                     self.admitted_after_notice_s.append(0.0)
@@ -215,17 +225,47 @@ class SpotFleet(Hook):
 
         return notice
 
+    def _predicted_s(self, sim: Simulator, tier: str) -> float:
+        k = sim.tier_names.index(tier)
+        return tier_long_request_s(sim.ttft_s[k] * 1000.0, sim.tpot_s[k] * 1000.0, sim.exp_out[k])
+
     def _admit_until(self, sim: Simulator, m: _SpotServer, now: float, gone_at: float) -> float:
-        k = sim.tier_names.index(m.tier)
-        # Looser tiers' requests spill onto tighter servers: predict the longest it may get.
-        tiers = [
-            (sim.ttft_s[j], sim.tpot_s[j], PREDICTED_OUTPUT_FACTOR * sim.exp_out[j]) for j in range(len(sim.tier_names))
-        ]
-        predicted = longest_request_s(tiers, sim.tpot_s[k])
-        return admit_until(now, gone_at, predicted, self.margin_s, self.admit_cap_s)
+        # The server stays useful while its own tier's requests fit; requests of looser
+        # tiers (which spill onto tighter servers) are checked one by one (_filter_requests).
+        return admit_until(now, gone_at, self._predicted_s(sim, m.tier), self.margin_s, self.admit_cap_s)
+
+    def _filter_requests(self, sim: Simulator) -> None:
+        """Route each request as the router does under a notice: a server still admitting
+        sits out the decision for a request of a tier that would not finish before its
+        deadline (kubetier.policy.spot.finishes_before_deadline)."""
+        if self._filtering:
+            return
+        self._filtering = True
+        decide = sim._decide
+        predicted = {name: self._predicted_s(sim, name) for name in sim.tier_names}
+
+        def filtered(tier: str, prompt_tokens: int, waited_s: float) -> Decision:
+            if not self._admitting:
+                return decide(tier, prompt_tokens, waited_s)
+            now = sim.now
+            hidden = [
+                srv
+                for srv, deadline in self._admitting.values()
+                if not srv.removed and not finishes_before_deadline(now, deadline, predicted[tier], self.margin_s)
+            ]
+            for srv in hidden:
+                sim.policy.set_state(srv.sid, ready=False)
+            try:
+                return decide(tier, prompt_tokens, waited_s)
+            finally:
+                for srv in hidden:
+                    sim.policy.set_state(srv.sid, ready=now >= srv.ready_at)
+
+        sim._decide = filtered
 
     def _drainer(self, srv: Server) -> Callable[[Simulator, float], None]:
         def drain(sim: Simulator, now: float) -> None:
+            self._admitting.pop(srv.sid, None)
             if not srv.removed:
                 sim.drain_server(srv)
 

@@ -76,11 +76,7 @@ async def on_node(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
             specs[key] = await _model_service(api, *key)
         found = specs[key]
         tier = next((t for t in found.spec.tiers if t.name == labels.get(TIER_LABEL)), None) if found else None
-        until = (
-            tier_admit_until(notice, tier, found.spec.tiers, DRAIN_MARGIN_S, float(config.pre_stop_sleep_seconds))
-            if found and tier
-            else None
-        )
+        until = tier_admit_until(notice, tier, DRAIN_MARGIN_S, float(config.pre_stop_sleep_seconds)) if tier else None
         try:
             await api.patch("Pod", ns, name, mark_patch(notice, until))
             await api.create(

@@ -11,7 +11,7 @@ drained.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kubetier.api.labels import ADMIT_UNTIL_ANNOTATION, SERVING_POD_SELECTOR
@@ -23,9 +23,9 @@ from kubetier.policy.spot import (
     PreemptionNotice,
     Taint,
     admit_until,
-    longest_request_s,
     notice_from_node,
     rfc3339,
+    tier_long_request_s,
 )
 
 # On a pod: the same deadline as on the node, and which notice source said so.
@@ -68,17 +68,14 @@ def mark_patch(notice: PreemptionNotice, admit_until: float | None = None) -> di
     return {"metadata": {"annotations": annotations}}
 
 
-def tier_admit_until(
-    notice: PreemptionNotice, tier: SLOTier, tiers: Sequence[SLOTier], margin_s: float, cap_s: float
-) -> float:
-    """Until when a server of ``tier`` under ``notice`` still takes new requests: while
-    the longest request it may be given (its own tier's or a looser tier's, which spill
-    onto it: twice the tier's mean output at its TTFT and TPOT targets) is predicted to
-    finish by the deadline less ``margin_s``, and at most ``cap_s`` after the notice (the
-    pod is deleted at the notice and its engine accepts requests until its preStop sleep
-    ends)."""
-    shapes = [(t.ttft_ms / 1000.0, t.tpot_ms / 1000.0, 2.0 * t.mean_output_tokens) for t in tiers]
-    predicted = longest_request_s(shapes, tier.tpot_ms / 1000.0)
+def tier_admit_until(notice: PreemptionNotice, tier: SLOTier, margin_s: float, cap_s: float) -> float:
+    """Until when a server of ``tier`` under ``notice`` still takes new requests: while a
+    long request of its own tier (twice its mean output at its TTFT and TPOT targets) is
+    predicted to finish by the deadline less ``margin_s`` (the router checks each request
+    of a looser tier, which may spill onto it, against the deadline itself), and at most
+    ``cap_s`` after the notice (the pod is deleted at the notice and its engine accepts
+    requests until its preStop sleep ends)."""
+    predicted = tier_long_request_s(tier.ttft_ms, tier.tpot_ms, tier.mean_output_tokens)
     return admit_until(notice.received_at, notice.deadline, predicted, margin_s, cap_s)
 
 
