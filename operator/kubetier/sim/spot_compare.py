@@ -143,7 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spot-discount", type=float, default=0.60, help="spot price = on-demand x (1 - discount)")
     p.add_argument("--fallback-after-s", type=float, default=SpotConfig.fallback_after_s)
     p.add_argument("--return-after-s", type=float, default=SpotConfig.return_after_s)
-    p.add_argument("--over-provision", type=int, default=1, help="extra spot replicas per tier (skyserve, kubetier-drain, kubetier)")
+    p.add_argument(
+        "--over-provision",
+        type=int,
+        default=1,
+        help="extra spot replicas per tier (skyserve, kubetier-drain, kubetier)",
+    )
     p.add_argument(
         "--admit-cap-s",
         type=float,
