@@ -161,7 +161,8 @@ def test_every_spot_node_gone_falls_back_to_on_demand_then_returns(
             ms = kubectl.json("get", "modelservice", name, "-n", namespace)
             fb = [p for p in pool_pods(kubectl, namespace, name, "fallback") if ready(p)]
             st = tier_status(ms, "batch") or {}
-            if len(fb) < 2 or st.get("fallbackReplicas") != 2:
+            # status follows the pods: the fallback pods counted on on-demand
+            if len(fb) < 2 or st.get("fallbackReplicas") != 2 or st.get("onDemandReplicas", 0) < 2:
                 return None
             return ms, fb
 
