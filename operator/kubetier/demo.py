@@ -730,6 +730,21 @@ def run(args: argparse.Namespace) -> int:
                 f"status.attainmentSummary to read {expected}",
                 timeout=40,
             )
+            # The routers' mid-stream migrations (phase 3's token-level moves) in status too.
+            counted = (router_status.get("models", {}).get(MODEL, {}) or {}).get("tiers", {}) or {}
+            want_migrations = {t: int(c.get("migrations", 0)) for t, c in counted.items()}
+
+            def status_migrations() -> dict[str, int]:
+                tiers = kubectl.json("get", "modelservice", SERVICE, "-n", ns).get("status", {}).get("tiers", [])
+                return {t["name"]: int(t.get("migrations", 0)) for t in tiers if t["name"] in want_migrations}
+
+            wait_for(
+                lambda: status_migrations() == want_migrations,
+                f"status.tiers[].migrations to read {want_migrations}",
+                timeout=40,
+            )
+            print(f"[demo]   status.tiers[].migrations: {status_migrations()}")
+            results["preemption notice"]["statusMigrations"] = status_migrations()
         with Step(f"scale from zero: a one-tier ModelService with replicas.min 0 ({ZERO_SERVICE})"):
             zero_first_token_s = scale_from_zero(kubectl, ns, base_url, cleanup)
             results["scaleFromZero"] = {"firstTokenSeconds": round(zero_first_token_s, 2)}

@@ -75,7 +75,13 @@ def test_defaults_live_in_the_schema():
     tier = spec["tiers"]["items"]["properties"]
     assert spec["engine"]["default"]["kind"] == "vllm" and spec["engine"]["properties"]["kind"]["default"] == "vllm"
     assert spec["latencyProfile"]["default"] == {"builtin": "llama-3.1-8b-h100"}
-    assert tier["capacity"]["default"] == {"spot": "never", "onDemandFloor": 0}
+    assert tier["capacity"]["default"] == {
+        "spot": "never",
+        "onDemandFloor": 0,
+        "overProvision": 0,
+        "zoneSpread": "preferred",
+        "zoneMaxSkew": 1,
+    }
     assert tier["capacity"]["properties"]["spot"]["default"] == "never"
     # a defaulted object with a CEL rule must satisfy it (the apiserver checks defaults)
     assert tier["replicas"]["default"] == {"min": 1, "max": 4}

@@ -103,6 +103,9 @@ async def test_create_apply_status_then_steady_state_makes_no_writes(fake_kube, 
         "readyReplicas": 2,
         "standbyReplicas": 1,
         "spotReplicas": 0,
+        "onDemandReplicas": 2,
+        "fallbackReplicas": 0,
+        "migrations": 0,
     }
     assert tiers["batch"]["spotReplicas"] == 1 and tiers["standard"]["spotReplicas"] == 0
     ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")

@@ -1,5 +1,7 @@
 """The spot controller's pure half: node notices -> marked pods, grace periods, windows."""
 
+import pytest
+
 from kubetier.operator.spot.handlers import windows_from_env
 from kubetier.operator.spot.notices import (
     POD_DEADLINE_ANNOTATION,
@@ -56,3 +58,19 @@ def test_mark_patch_and_grace_period():
 def test_windows_are_parameters():
     w = windows_from_env({"KUBETIER_NOTICE_WINDOW_AWS": "90", "KUBETIER_NOTICE_WINDOW_GCP": "25"})
     assert (w.aws, w.gcp, w.azure) == (90.0, 25.0, 30.0)
+
+
+def test_noticed_pods_admit_requests_predicted_to_finish_in_time():
+    from kubetier.api.labels import ADMIT_UNTIL_ANNOTATION
+    from kubetier.api.tier import SLOTier
+    from kubetier.operator.spot.notices import tier_admit_until
+    from kubetier.policy.spot import PreemptionNotice
+
+    notice = PreemptionNotice("n1", "aws-nth", received_at=1_800_000_000.0, deadline=1_800_000_120.0)
+    tight = SLOTier(name="interactive", ttft_ms=300, tpot_ms=30, mean_output_tokens=256)
+    # 0.3 s + 511 x 30 ms = 15.63 s: until 120 - 5 - 15.63 s after the notice, capped by the preStop sleep
+    assert tier_admit_until(notice, tight, 5.0, cap_s=1000.0) == pytest.approx(1_800_000_099.37)
+    assert tier_admit_until(notice, tight, 5.0, cap_s=15.0) == 1_800_000_015.0
+    patch = mark_patch(notice, 1_800_000_015.0)
+    assert patch["metadata"]["annotations"][ADMIT_UNTIL_ANNOTATION] == "2027-01-15T08:00:15Z"
+    assert ADMIT_UNTIL_ANNOTATION not in mark_patch(notice)["metadata"]["annotations"]

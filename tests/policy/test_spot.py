@@ -178,3 +178,28 @@ def test_return_to_spot_one_replica_when_spot_is_steady_and_has_room():
     assert not should_return_to_spot(**{**ok, "ready_replicas": 1}, cfg=cfg)  # never restart the last one
     assert not should_return_to_spot(**{**ok, "prefers_spot": False}, cfg=cfg)
     assert not should_return_to_spot(**{**ok, "on_demand_pods": 0}, cfg=cfg)
+
+
+def test_deadline_aware_draining_admits_what_finishes_in_time():
+    from kubetier.policy.spot import admit_until, finishes_before_deadline, predicted_request_s
+
+    # 1 s to the first token, 99 more tokens at 50 ms: 5.95 s
+    predicted = predicted_request_s(1.0, 0.05, 100)
+    assert predicted == pytest.approx(5.95)
+    assert finishes_before_deadline(now=0.0, deadline=11.0, predicted_s=predicted, margin_s=5.0)
+    assert not finishes_before_deadline(now=0.1, deadline=11.0, predicted_s=predicted, margin_s=5.0)
+    # a 120 s notice keeps the server taking such requests for 109 s, not 0
+    assert admit_until(0.0, 120.0, predicted, margin_s=5.0) == pytest.approx(109.05)
+    # capped (the pod's preStop sleep), and never before the notice itself
+    assert admit_until(0.0, 120.0, predicted, margin_s=5.0, cap_s=15.0) == 15.0
+    assert admit_until(50.0, 55.0, predicted, margin_s=5.0) == 50.0
+
+
+def test_longest_request_counts_the_looser_tiers_that_spill_onto_a_server():
+    from kubetier.policy.spot import longest_request_s
+
+    tiers = [(0.5, 0.025, 56), (1.5, 0.05, 520), (8.0, 0.15, 708)]
+    assert longest_request_s(tiers, 0.15) == pytest.approx(8.0 + 0.15 * 707)
+    assert longest_request_s(tiers, 0.025) == longest_request_s(tiers, 0.15)  # batch may spill onto it
+    assert longest_request_s([(0.5, 0.025, 56)], 0.025) == pytest.approx(0.5 + 0.025 * 55)
+    assert longest_request_s([], 0.025) == 0.0

@@ -50,3 +50,48 @@ async def test_streams_move_shortly_before_the_deadline_and_not_before():
         [ServerSpec("s1", "127.0.0.1", 9, "t", draining=True, leave_by=deadline), ServerSpec("s2", "127.0.0.1", 9, "t")]
     )
     assert len(fleet._leaving) == 1
+
+
+async def test_deadline_aware_draining_admits_until_admit_until_then_stops():
+    from kubetier.api.labels import ADMIT_UNTIL_ANNOTATION
+
+    noticed = _pod("p1", "interactive")
+    noticed["metadata"]["annotations"][PREEMPTION_DEADLINE_ANNOTATION] = rfc3339(1_800_000_030)
+    noticed["metadata"]["annotations"][ADMIT_UNTIL_ANNOTATION] = rfc3339(1_800_000_010)
+    [server] = [s for s in build_config([_routing_cm()], [noticed], {}).models["llama"].servers]
+    assert server.draining and server.admit_until == 1_800_000_010
+
+    spec = ModelSpec(
+        "m",
+        load_profile("llama-3.1-8b-h100"),
+        [TierSLO("t", ttft_ms=400, tpot_ms=100, priority=1, mean_output_tokens=16)],
+        [ServerSpec("s1", "127.0.0.1", 9, "t")],
+    )
+    fleet = ModelFleet(spec, RouterMetrics("test"))
+    now = time.time()
+    fleet.set_servers([ServerSpec("s1", "127.0.0.1", 9, "t", draining=True, leave_by=now + 30, admit_until=now + 0.3)])
+    assert fleet.can_serve("t")  # still admitting: its requests finish before the deadline
+    await asyncio.sleep(0.5)
+    assert not fleet.can_serve("t")  # admit_until passed: no new requests
+    # without admit_until a noticed server takes nothing from the notice on
+    fleet.set_servers([ServerSpec("s1", "127.0.0.1", 9, "t", draining=True, leave_by=now + 30)])
+    assert not fleet.can_serve("t")
+
+
+def test_a_long_request_of_a_looser_tier_skips_a_noticed_server_a_short_one_uses_it():
+    tiers = [
+        TierSLO("tight", ttft_ms=400, tpot_ms=20, priority=2, mean_output_tokens=16),  # long request 1.0 s
+        TierSLO("loose", ttft_ms=2000, tpot_ms=200, priority=1, mean_output_tokens=100),  # 41.8 s
+    ]
+    spec = ModelSpec("m", load_profile("llama-3.1-8b-h100"), tiers, [])
+    fleet = ModelFleet(spec, RouterMetrics("test"))
+    now = time.time()
+    fleet.set_servers(
+        [ServerSpec("s1", "127.0.0.1", 9, "tight", draining=True, leave_by=now + 30, admit_until=now + 20)]
+    )
+    assert fleet._too_long_for_notice("tight") == []
+    assert fleet._too_long_for_notice("loose") == ["s1"]
+    assert fleet._decide("tight", 100, fleet.clock(), frozenset()).server_id == "s1"
+    assert fleet._decide("loose", 100, fleet.clock(), frozenset()).action != "route"
+    # the hidden server is back for the next decision
+    assert fleet._decide("tight", 100, fleet.clock(), frozenset()).server_id == "s1"

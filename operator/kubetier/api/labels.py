@@ -63,6 +63,9 @@ SERVING_POD_SELECTOR: Final = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{ROLE_LABE
 # on the Node and on each kubetier pod it drains there.
 PREEMPTION_DEADLINE_ANNOTATION: Final = "kubetier.io/preemption-deadline"
 PREEMPTION_SOURCE_ANNOTATION: Final = "kubetier.io/preemption-source"
+# On a pod under notice: until when the router still sends it new requests (those of its
+# tier predicted to finish before the deadline: kubetier.policy.spot.admit_until).
+ADMIT_UNTIL_ANNOTATION: Final = "kubetier.io/admit-until"
 # Taints that announce a node's end: Karpenter v1 (and its older value-carrying key),
 # AWS Node Termination Handler (with TAINT_NODE=true), GKE graceful node shutdown.
 KARPENTER_DISRUPTED_TAINT: Final = "karpenter.sh/disrupted"

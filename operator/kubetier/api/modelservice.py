@@ -306,6 +306,44 @@ class Capacity(ApiModel):
         le=1000,
         description="Replicas kept on on-demand capacity whatever the spot policy.",
     )
+    over_provision: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description=(
+            "Extra serving replicas on spot capacity beyond what the tier needs (a Deployment <name>-<tier>-spare, "
+            "spot required), so that a preemption leaves the tier with enough servers while the replacement "
+            "starts (SkyServe's over-provisioning). Requires spot: allowed or preferred."
+        ),
+    )
+    zone_spread: Literal["off", "preferred", "required"] = Field(
+        default="preferred",
+        description=(
+            "Spread a tier's serving pods over zones (topologySpreadConstraints on the zone label of the "
+            "operator's capacity preset, topology.kubernetes.io/zone unless configured): preferred "
+            "(ScheduleAnyway: the scheduler scores for spread but never leaves a pod Pending for it), required "
+            "(DoNotSchedule: a pod waits rather than skew more than zoneMaxSkew; spot preemptions often hit one "
+            "zone at a time), or off."
+        ),
+    )
+    zone_max_skew: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Most serving pods one zone may have beyond the least-used zone (topologySpreadConstraints maxSkew).",
+    )
+    fallback_after_seconds: int | None = Field(
+        default=None,
+        ge=10,
+        le=86400,
+        description=(
+            "With spot: preferred, the operator places the tier's main pool on spot only and itself starts "
+            "on-demand fallback replicas (a Deployment <name>-<tier>-fallback) for spot replicas that stay "
+            "Pending or unready longer than this, with a SpotFallback Event; once spot has been steady for the "
+            "return period the fallback goes back to zero (ReturnToSpot Event). Unset: the scheduler's spot "
+            "preference alone decides (a spot-eligible pod lands on on-demand at once when spot is short)."
+        ),
+    )
 
 
 class Prewarm(ApiModel):
@@ -344,6 +382,14 @@ _FLOOR_WITHIN_MAX = cel(
     "self.capacity.onDemandFloor <= self.replicas.max",
     "capacity.onDemandFloor must be less than or equal to replicas.max",
 )
+_SPARE_NEEDS_SPOT = cel(
+    "self.capacity.spot != 'never' || self.capacity.overProvision == 0",
+    "capacity.overProvision requires capacity.spot: allowed or preferred (over-provisioning is on spot)",
+)
+_FALLBACK_NEEDS_PREFERRED = cel(
+    "!has(self.capacity.fallbackAfterSeconds) || self.capacity.spot == 'preferred'",
+    "capacity.fallbackAfterSeconds requires capacity.spot: preferred",
+)
 _ZERO_NEEDS_SCALE_TO_ZERO = cel(
     "self.replicas.min > 0 || self.prewarm.scaleToZero",
     "replicas.min: 0 requires prewarm.scaleToZero: true",
@@ -354,7 +400,9 @@ class Tier(SLOTier):
     """An SLO tier and the replicas, capacity and pre-warm settings that serve it."""
 
     # The SLO fields come from kubetier.api.tier.SLOTier, the shape every part shares.
-    model_config = api_config(rules=[_FLOOR_WITHIN_MAX, _ZERO_NEEDS_SCALE_TO_ZERO])
+    model_config = api_config(
+        rules=[_FLOOR_WITHIN_MAX, _ZERO_NEEDS_SCALE_TO_ZERO, _SPARE_NEEDS_SPOT, _FALLBACK_NEEDS_PREFERRED]
+    )
 
     replicas: Replicas = Field(default_factory=Replicas)
     capacity: Capacity = Field(default_factory=Capacity)
@@ -366,6 +414,10 @@ class Tier(SLOTier):
             raise ValueError(_FLOOR_WITHIN_MAX["message"])
         if self.replicas.min == 0 and not self.prewarm.scale_to_zero:
             raise ValueError(_ZERO_NEEDS_SCALE_TO_ZERO["message"])
+        if self.capacity.spot == "never" and self.capacity.over_provision > 0:
+            raise ValueError(_SPARE_NEEDS_SPOT["message"])
+        if self.capacity.fallback_after_seconds is not None and self.capacity.spot != "preferred":
+            raise ValueError(_FALLBACK_NEEDS_PREFERRED["message"])
         return self
 
 
@@ -529,6 +581,21 @@ class TierStatus(ApiModel):
         description="Ready standby pods (warm, not routed to; promoted to serving on scale-out).",
     )
     spot_replicas: int = Field(default=0, ge=0, description="Serving pods on spot capacity.")
+    on_demand_replicas: int = Field(
+        default=0, ge=0, description="Serving pods on on-demand capacity (floor, fallback and scheduler fallback)."
+    )
+    fallback_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="On-demand fallback replicas the operator runs because spot replicas stayed Pending "
+        "(capacity.fallbackAfterSeconds).",
+    )
+    migrations: int = Field(
+        default=0,
+        ge=0,
+        description="Streams the routers moved to another server mid-stream (token-level resumption after a "
+        "preemption notice or a broken stream), summed over router replicas since they started.",
+    )
     attainment_percent: float | None = Field(
         default=None,
         ge=0,

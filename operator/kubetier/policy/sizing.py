@@ -16,8 +16,10 @@ from typing import Literal, NamedTuple
 from kubetier.api.labels import GPU_RESOURCE
 
 SpotPolicy = Literal["never", "allowed", "preferred"]
-# on-demand: required; either: spot or on-demand; prefer-spot: either, spot preferred.
-Placement = Literal["on-demand", "either", "prefer-spot"]
+# on-demand: required; either: spot or on-demand; prefer-spot: either, spot preferred;
+# spot: required (over-provisioned spares, and the main pool when the operator itself
+# handles the on-demand fallback: capacity.fallbackAfterSeconds).
+Placement = Literal["on-demand", "either", "prefer-spot", "spot"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class TierSizing:
     spot: SpotPolicy = "never"
     on_demand_floor: int = 0
     standby: int = 0
+    over_provision: int = 0  # extra replicas on spot (pool "spare")
+    operator_fallback: bool = False  # main pool spot-only; the operator runs pool "fallback"
+    fallback: int = 0  # on-demand fallback replicas decided now (kubetier.policy.spot.plan_capacity)
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class NodeCapacity:
 
 
 class Pool(NamedTuple):
-    pool: str  # "main" or "floor"
+    pool: str  # "main", "floor", "spare" or "fallback"
     replicas: int
     placement: Placement
 
@@ -78,10 +83,19 @@ def pools(tier: TierSizing, total: int) -> list[Pool]:
     if tier.spot == "never":
         return [Pool("main", total, "on-demand")]
     placement: Placement = "either" if tier.spot == "allowed" else "prefer-spot"
-    if tier.on_demand_floor == 0:
-        return [Pool("main", total, placement)]
+    if tier.operator_fallback:
+        placement = "spot"
+    out: list[Pool] = []
     on_demand = min(tier.on_demand_floor, total)
-    return [Pool("floor", on_demand, "on-demand"), Pool("main", total - on_demand, placement)]
+    if on_demand:
+        out.append(Pool("floor", on_demand, "on-demand"))
+    out.append(Pool("main", total - on_demand, placement))
+    if tier.over_provision:
+        out.append(Pool("spare", tier.over_provision, "spot"))
+    if tier.operator_fallback:
+        # Always rendered (0 replicas when spot is fine): the Deployment exists before it is needed.
+        out.append(Pool("fallback", tier.fallback, "on-demand"))
+    return out
 
 
 def required_gpus(

@@ -17,7 +17,9 @@ Four questions, one function each:
 - *What happens to the streams on that node?* :func:`plan_drain`: a stream that finishes
   before the deadline (minus a safety margin) finishes where it is; every other stream is
   migrated at once at token level (prompt plus the tokens already generated, resubmitted as
-  token ids), while the most slack is left.
+  token ids), while the most slack is left. New requests still go to the noticed server
+  while they are predicted to finish in time (:func:`admit_until`,
+  :func:`finishes_before_deadline`: deadline-aware draining).
 - *Where does the replacement go?* :func:`plan_capacity`: spot first in a zone that was not
   just preempted; on-demand fallback when spot capacity is not obtained within a bound;
   back to spot once spot has been steady for a while (SkyServe's fallback and return), plus
@@ -29,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
@@ -49,6 +51,9 @@ class CapacityScheme:
     name: str
     label: str
     spot_values: tuple[str, ...]
+    # The zone label nodes carry: every managed Kubernetes of the four presets sets the
+    # well-known topology.kubernetes.io/zone; a custom scheme may name another.
+    zone_label: str = labels.ZONE_LABEL
 
     def capacity_type(self, node_labels: Mapping[str, str]) -> CapacityType:
         return "spot" if node_labels.get(self.label) in self.spot_values else "on-demand"
@@ -80,15 +85,20 @@ CAPACITY_SCHEMES: dict[str, CapacityScheme] = {
 DEFAULT_SCHEME = "karpenter"
 
 
-def capacity_scheme(name: str, label: str | None = None, spot_value: str | None = None) -> CapacityScheme:
-    """A preset by name, or a custom scheme when ``label`` is given (``spot_value`` defaults to "spot")."""
+def capacity_scheme(
+    name: str, label: str | None = None, spot_value: str | None = None, zone_label: str | None = None
+) -> CapacityScheme:
+    """A preset by name, or a custom scheme when ``label`` is given (``spot_value`` defaults
+    to "spot"); ``zone_label`` overrides the zone label either way."""
     if label:
-        return CapacityScheme("custom", label, (spot_value or "spot",))
-    try:
-        return CAPACITY_SCHEMES[name]
-    except KeyError:
-        known = ", ".join(sorted(CAPACITY_SCHEMES))
-        raise ValueError(f"unknown capacity scheme {name!r} (known: {known}, or give a label)") from None
+        scheme = CapacityScheme("custom", label, (spot_value or "spot",))
+    else:
+        try:
+            scheme = CAPACITY_SCHEMES[name]
+        except KeyError:
+            known = ", ".join(sorted(CAPACITY_SCHEMES))
+            raise ValueError(f"unknown capacity scheme {name!r} (known: {known}, or give a label)") from None
+    return replace(scheme, zone_label=zone_label) if zone_label else scheme
 
 
 # --------------------------------------------------------------------------- preemption notices
@@ -265,6 +275,63 @@ def plan_drain(streams: Sequence[StreamView], now: float, deadline: float, margi
         DrainStep(s.request_id, "finish" if s.tokens_left * s.tpot_s <= budget else "migrate")
         for s in sorted(streams, key=lambda s: s.request_id)
     ]
+
+
+def predicted_request_s(ttft_s: float, tpot_s: float, output_tokens: float) -> float:
+    """How long a request is predicted to occupy a server: its first token plus one
+    inter-token time per further token (the router's own TTFT/TPOT prediction)."""
+    return max(0.0, ttft_s) + max(0.0, tpot_s) * max(0.0, output_tokens - 1)
+
+
+# A "long" request of a tier for deadline-aware admission: twice its mean output (outputs
+# vary; a request that runs longer than predicted is migrated like any other stream).
+LONG_REQUEST_OUTPUT_FACTOR = 2.0
+
+
+def tier_long_request_s(ttft_ms: float, tpot_ms: float, mean_output_tokens: float) -> float:
+    """How long a long request of a tier takes at its TTFT and TPOT targets."""
+    return predicted_request_s(ttft_ms / 1000.0, tpot_ms / 1000.0, LONG_REQUEST_OUTPUT_FACTOR * mean_output_tokens)
+
+
+def longest_request_s(tiers: Sequence[tuple[float, float, float]], own_tpot_s: float) -> float:
+    """The longest request a server of a tier whose TPOT target is ``own_tpot_s`` may be
+    given: requests of looser tiers spill onto tighter servers, so every tier with a TPOT
+    target at least as loose counts. ``tiers``: (TTFT s, TPOT s, output tokens) each."""
+    return max(
+        (predicted_request_s(ttft, tpot, out) for ttft, tpot, out in tiers if tpot >= own_tpot_s),
+        default=0.0,
+    )
+
+
+def finishes_before_deadline(now: float, deadline: float, predicted_s: float, margin_s: float = 5.0) -> bool:
+    """Route a new request to a server under notice? Yes when it is predicted to finish
+    ``margin_s`` before the node goes: it then never needs a migration."""
+    return now + predicted_s <= deadline - margin_s
+
+
+def admit_until(
+    notice_at: float,
+    deadline: float,
+    predicted_s: float,
+    margin_s: float = 5.0,
+    cap_s: float | None = None,
+) -> float:
+    """Until when a server under notice keeps taking new requests (deadline-aware
+    draining). Stopping at the notice throws away the whole window: with a 2-minute AWS
+    notice and a storm that takes half of the spot servers at once, the fleet loses that
+    capacity two minutes early while the replacements are still loading, and the tight
+    tier's attainment drops (kubetier simulate spot --availability storm --notice-s 120).
+    A request predicted (``predicted_s``: :func:`predicted_request_s` of a tier's long
+    request) to finish by ``deadline - margin_s`` is still served where it is; one that
+    runs longer than predicted is migrated at token level like any other stream.
+
+    ``cap_s``: the most the server can keep accepting after the notice whatever the
+    prediction (on Kubernetes the pod is deleted at the notice, so that its replacement
+    starts at once, and its engine accepts requests until its preStop sleep ends)."""
+    until = deadline - margin_s - max(0.0, predicted_s)
+    if cap_s is not None:
+        until = min(until, notice_at + cap_s)
+    return max(notice_at, until)
 
 
 # --------------------------------------------------------------------------- replacement, fallback, return

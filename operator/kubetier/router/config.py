@@ -62,6 +62,9 @@ class ServerSpec:
     # A server of a shared pool (spec.sharedPool): ``tier`` is the bin the router put it
     # in, and the router moves it between bins (kubetier.policy.bins).
     pooled: bool = False
+    # Deadline-aware draining: a server under notice still takes new requests until
+    # then (epoch seconds; kubetier.policy.spot.admit_until, written by the operator).
+    admit_until: float | None = None
 
 
 @dataclass

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from kubetier.api.errors import describe
 from kubetier.api.labels import (
+    ADMIT_UNTIL_ANNOTATION,
     LOCAL_ENDPOINT_ANNOTATION,
     POOL_LABEL,
     PREEMPTION_DEADLINE_ANNOTATION,
@@ -148,6 +149,7 @@ def build_config(
         if ep is None:
             continue
         leave_by = preemption_deadline(meta.get("annotations") or {})
+        admit_until = preemption_deadline(meta.get("annotations") or {}, ADMIT_UNTIL_ANNOTATION) if leave_by else None
         spec.servers.append(
             ServerSpec(
                 server_id=f"{meta.get('namespace')}/{meta.get('name')}",
@@ -158,6 +160,7 @@ def build_config(
                 draining=bool(meta.get("deletionTimestamp")) or leave_by is not None,
                 leave_by=leave_by,
                 pooled=pooled,
+                admit_until=admit_until,
             )
         )
     for spec in models.values():
@@ -165,15 +168,16 @@ def build_config(
     return RouterConfig(models, keys)
 
 
-def preemption_deadline(annotations: dict) -> float | None:
-    """The deadline the spot controller wrote on a pod of a node under notice, or None."""
-    text = annotations.get(PREEMPTION_DEADLINE_ANNOTATION)
+def preemption_deadline(annotations: dict, key: str = PREEMPTION_DEADLINE_ANNOTATION) -> float | None:
+    """The deadline (or, with ``key``, another time) the spot controller wrote on a pod of
+    a node under notice, or None."""
+    text = annotations.get(key)
     if not text:
         return None
     try:
         return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
     except ValueError:
-        log.warning("unreadable %s %r: ignored", PREEMPTION_DEADLINE_ANNOTATION, text)
+        log.warning("unreadable %s %r: ignored", key, text)
         return None
 
 

@@ -30,6 +30,7 @@ from kubetier.api.router_status import ModelStatus, ServerState
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
 from kubetier.policy.bins import BinCount, join_bin, refill_move
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.policy.spot import finishes_before_deadline, tier_long_request_s
 from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
 from kubetier.router.metrics import RouterMetrics
@@ -40,6 +41,15 @@ from kubetier.router.scale_from_zero import SCALE_FROM_ZERO_LATE, DemandBoard, h
 LEAVE_MARGIN_S = 5.0
 
 log = logging.getLogger("kubetier.router")
+
+
+def _draining(spec: ServerSpec) -> bool:
+    """No new requests: marked draining, unless a server under notice still admits the
+    requests predicted to finish before its deadline (``admit_until``)."""
+    if not spec.draining:
+        return False
+    return spec.admit_until is None or time.time() >= spec.admit_until
+
 
 _WAKE_BATCH = 4  # waiters woken per capacity change
 SLOW_CHECKS_UNREADY = 3  # health checks timing out in a row before a server is marked unready
@@ -146,6 +156,7 @@ class ModelFleet:
         # they resume elsewhere instead of waiting out a stall timeout.
         self._streams: dict[str, set] = {}
         self._leaving: dict[str, asyncio.TimerHandle] = {}  # sid -> move at its preemption deadline
+        self._noticed: set[str] = set()  # servers under a preemption notice
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
@@ -160,6 +171,7 @@ class ModelFleet:
             if sid not in wanted:
                 up = self.upstreams.pop(sid)
                 leaving = self._leaving.pop(sid, None)
+                self._noticed.discard(sid)
                 if leaving is not None:
                     leaving.cancel()
                 self.policy.remove_server(sid)
@@ -251,18 +263,24 @@ class ModelFleet:
     def _apply_state(self, sid: str) -> None:
         up = self.upstreams[sid]
         ready = up.spec.ready and up.healthy
-        self.policy.set_state(sid, ready=ready, draining=up.spec.draining)
+        draining = _draining(up.spec)
+        self.policy.set_state(sid, ready=ready, draining=draining)
         labels = (self.name, sid, up.spec.tier, self.metrics.worker)
-        self.metrics.server_ready.labels(*labels).set(1 if ready and not up.spec.draining else 0)
+        self.metrics.server_ready.labels(*labels).set(1 if ready and not draining else 0)
         if not ready:
             self._move_streams(sid, "server marked unready")
 
     def _plan_leave(self, sid: str) -> None:
-        """A server under a preemption notice (already draining: no new requests) keeps
-        its streams until shortly before the deadline; whatever still runs then resumes on
-        another server from the tokens already sent (the client sees one stream)."""
+        """A server under a preemption notice keeps its streams until shortly before the
+        deadline; whatever still runs then resumes on another server from the tokens
+        already sent (the client sees one stream). It takes new requests only until its
+        ``admit_until`` (deadline-aware draining; none at all when that is unset)."""
         leave_by = self.upstreams[sid].spec.leave_by
-        if leave_by is None or sid in self._leaving:
+        if leave_by is None:
+            self._noticed.discard(sid)
+            return
+        self._noticed.add(sid)
+        if sid in self._leaving:
             return
         delay = max(0.0, leave_by - LEAVE_MARGIN_S - time.time())
         try:
@@ -270,7 +288,16 @@ class ModelFleet:
         except RuntimeError:  # built outside the event loop (tests): nothing in flight yet
             return
         self._leaving[sid] = loop.call_later(delay, self._move_streams, sid, "preemption deadline")
+        admit_until = self.upstreams[sid].spec.admit_until
+        if admit_until is not None and admit_until > time.time():
+            # Deadline-aware draining: new requests until admit_until, then none.
+            loop.call_later(admit_until - time.time(), self._stop_admitting, sid)
         log.warning("server %s: preemption notice; streams still running in %.0fs move elsewhere", sid, delay)
+
+    def _stop_admitting(self, sid: str) -> None:
+        if sid in self.upstreams:
+            self._apply_state(sid)
+            log.warning("server %s: preemption notice; no new requests from now on", sid)
 
     # ------------------------------------------------------------------ in-flight streams
 
@@ -297,7 +324,7 @@ class ModelFleet:
         tighter tier's, which the policy may spill onto)."""
         t = self.tiers[tier]
         for up in self.upstreams.values():
-            if not (up.healthy and up.spec.ready) or up.spec.draining:
+            if not (up.healthy and up.spec.ready) or _draining(up.spec):
                 continue
             host = self.tiers.get(up.spec.tier)
             if host is not None and (host.name == tier or host.tpot_ms <= t.tpot_ms):
@@ -319,6 +346,24 @@ class ModelFleet:
 
     # ------------------------------------------------------------------ admission
 
+    def _too_long_for_notice(self, tier: str) -> list[str]:
+        """Servers under a notice that still take new requests, but on which a long request
+        of ``tier`` would not finish before the deadline (deadline-aware draining: it goes
+        elsewhere, and shorter tiers' requests still use the server)."""
+        if not self._noticed:
+            return []
+        t = self.tiers[tier]
+        long_s = tier_long_request_s(t.ttft_ms, t.tpot_ms, t.mean_output_tokens)
+        now = time.time()
+        out = []
+        for sid in self._noticed:
+            up = self.upstreams.get(sid)
+            if up is None or up.spec.leave_by is None or _draining(up.spec):
+                continue
+            if not finishes_before_deadline(now, up.spec.leave_by, long_s, LEAVE_MARGIN_S):
+                out.append(sid)
+        return out
+
     def _decide(self, tier: str, prompt_tokens: int, arrival: float, exclude: frozenset[str]):
         d = self._decide_once(tier, prompt_tokens, arrival, exclude)
         if self.spec.bin_limits is not None and (d.reason == "rebin" or d.action != "route"):
@@ -329,10 +374,11 @@ class ModelFleet:
         return d
 
     def _decide_once(self, tier: str, prompt_tokens: int, arrival: float, exclude: frozenset[str]):
-        if not exclude:
+        too_long = self._too_long_for_notice(tier)
+        if not exclude and not too_long:
             return self.policy.decide(tier, prompt_tokens, self.clock() - arrival)
         # Servers that already failed this request sit out this one decision.
-        hidden = [sid for sid in exclude if sid in self.upstreams]
+        hidden = [sid for sid in exclude if sid in self.upstreams] + too_long
         for sid in hidden:
             self.policy.set_state(sid, ready=False)
         try:

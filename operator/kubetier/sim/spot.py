@@ -12,8 +12,12 @@ preemption storm. Four policies are compared on one workload, side by side:
   zone first, on-demand fallback when spot does not come within the bound, back to spot when
   it is steady, one spot replica over-provisioned), but in-flight streams that do not finish
   before the node goes are retried from scratch (no migration);
-- ``kubetier``: the same fallback policy plus token-level migration: streams that do not
-  finish in the window continue on another server from the tokens already streamed.
+- ``kubetier-drain``: the same fallback policy plus token-level migration: the noticed
+  server takes no new request from the notice on, and streams that do not finish in the
+  window continue on another server from the tokens already streamed;
+- ``kubetier``: the same, with deadline-aware draining (``kubetier.policy.spot.admit_until``):
+  the noticed server keeps taking the requests predicted to finish before the deadline, so
+  a storm does not remove the capacity a whole notice window early.
 
 Cost is GPU-hours by capacity type times a price table (:class:`Prices`, a parameter).
 """
@@ -27,11 +31,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kubetier.policy.spot import SpotConfig, TierCapacity, plan_capacity
+from kubetier.policy.routing import Decision
+from kubetier.policy.spot import (
+    SpotConfig,
+    TierCapacity,
+    admit_until,
+    finishes_before_deadline,
+    plan_capacity,
+    tier_long_request_s,
+)
 
 from .engine import Hook, Server, Simulator
 
-SPOT_POLICIES = ("on-demand", "naive-spot", "skyserve", "kubetier")
+SPOT_POLICIES = ("on-demand", "naive-spot", "skyserve", "kubetier-drain", "kubetier")
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,8 @@ class SpotOutcome:
     migrated_streams: int
     fallback_starts: int
     timeline: list[dict] = field(default_factory=list)  # capacity by type over time
+    # Seconds each noticed server still took new requests after its notice (0: drained at once).
+    admitted_after_notice_s: list[float] = field(default_factory=list)
 
 
 class SpotFleet(Hook):
@@ -142,6 +156,7 @@ class SpotFleet(Hook):
         cfg: SpotConfig,
         margin_s: float = 5.0,
         gpus_per_server: int = 1,
+        admit_cap_s: float | None = None,
     ) -> None:
         if policy not in SPOT_POLICIES:
             raise ValueError(f"unknown spot policy {policy!r} (known: {', '.join(SPOT_POLICIES)})")
@@ -151,6 +166,7 @@ class SpotFleet(Hook):
         self.notice_s = notice_s
         self.cfg = cfg
         self.margin_s = margin_s
+        self.admit_cap_s = admit_cap_s  # kubetier: most seconds a noticed server still admits
         self.gpus = gpus_per_server
         self.free_nodes: list[str] = []
         self.members: list[_SpotServer] = []
@@ -160,6 +176,9 @@ class SpotFleet(Hook):
         self.preemptions = 0
         self.migrated = 0
         self.fallback_starts = 0
+        self.admitted_after_notice_s: list[float] = []
+        self._admitting: dict[str, tuple[Server, float]] = {}  # sid -> (server, deadline) while admitting
+        self._filtering = False
         self.timeline: list[dict] = []
         self.spot_idx: set[int] = set()  # every server ever started on spot
         self.sim: Simulator | None = None  # the run this hook is part of (set on its first call)
@@ -188,14 +207,69 @@ class SpotFleet(Hook):
                 return  # naive: nobody listens to the notice
             for m in self._on(nodes):
                 self.noticed.add(m.server.idx)
-                sim.drain_server(m.server)
-            if self.policy == "kubetier":
+                if self.policy == "kubetier":
+                    until = self._admit_until(sim, m, now, gone_at)
+                    self.admitted_after_notice_s.append(until - now)
+                    if until > now:
+                        self._admitting[m.server.sid] = (m.server, gone_at)
+                        self._filter_requests(sim)
+                    sim.call_at(until, self._drainer(m.server))
+                else:
+                    self.admitted_after_notice_s.append(0.0)
+                    sim.drain_server(m.server)
+            if self.policy in ("kubetier", "kubetier-drain"):
                 # Streams still running near the deadline continue elsewhere at token level.
                 leave_at = max(now, gone_at - self.margin_s)
                 sim.call_at(leave_at, lambda s, t: self._migrate_off(s, t, nodes))
             self.on_tick(sim, now)
 
         return notice
+
+    def _predicted_s(self, sim: Simulator, tier: str) -> float:
+        k = sim.tier_names.index(tier)
+        return tier_long_request_s(sim.ttft_s[k] * 1000.0, sim.tpot_s[k] * 1000.0, sim.exp_out[k])
+
+    def _admit_until(self, sim: Simulator, m: _SpotServer, now: float, gone_at: float) -> float:
+        # The server stays useful while its own tier's requests fit; requests of looser
+        # tiers (which spill onto tighter servers) are checked one by one (_filter_requests).
+        return admit_until(now, gone_at, self._predicted_s(sim, m.tier), self.margin_s, self.admit_cap_s)
+
+    def _filter_requests(self, sim: Simulator) -> None:
+        """Route each request as the router does under a notice: a server still admitting
+        sits out the decision for a request of a tier that would not finish before its
+        deadline (kubetier.policy.spot.finishes_before_deadline)."""
+        if self._filtering:
+            return
+        self._filtering = True
+        decide = sim._decide
+        predicted = {name: self._predicted_s(sim, name) for name in sim.tier_names}
+
+        def filtered(tier: str, prompt_tokens: int, waited_s: float) -> Decision:
+            if not self._admitting:
+                return decide(tier, prompt_tokens, waited_s)
+            now = sim.now
+            hidden = [
+                srv
+                for srv, deadline in self._admitting.values()
+                if not srv.removed and not finishes_before_deadline(now, deadline, predicted[tier], self.margin_s)
+            ]
+            for srv in hidden:
+                sim.policy.set_state(srv.sid, ready=False)
+            try:
+                return decide(tier, prompt_tokens, waited_s)
+            finally:
+                for srv in hidden:
+                    sim.policy.set_state(srv.sid, ready=now >= srv.ready_at)
+
+        sim._decide = filtered
+
+    def _drainer(self, srv: Server) -> Callable[[Simulator, float], None]:
+        def drain(sim: Simulator, now: float) -> None:
+            self._admitting.pop(srv.sid, None)
+            if not srv.removed:
+                sim.drain_server(srv)
+
+        return drain
 
     def _migrate_off(self, sim: Simulator, now: float, nodes: tuple[str, ...]) -> None:
         for m in self._on(nodes):
@@ -335,6 +409,7 @@ def outcome_row(policy: str, fleet: SpotFleet, sim: Simulator, prices: Prices, h
         migrated_streams=fleet.migrated,
         fallback_starts=fleet.fallback_starts,
         timeline=fleet.timeline,
+        admitted_after_notice_s=list(fleet.admitted_after_notice_s),
     )
 
 

@@ -45,6 +45,7 @@ class SpotRow:
             "brokenStreams": self.outcome.broken_streams,
             "migratedStreams": self.outcome.migrated_streams,
             "fallbackStarts": self.outcome.fallback_starts,
+            "admittedAfterNoticeS": [round(x, 1) for x in self.outcome.admitted_after_notice_s],
             "attainmentPercent": {t.name: round(t.attainment_deadline, 2) for t in self.run.tiers},
             "requests": self.run.requests,
             "timeline": self.outcome.timeline,
@@ -70,6 +71,7 @@ def compare_spot(
     traces_dir: Path | None,
     policies: tuple[str, ...] = SPOT_POLICIES,
     duration_s: float | None = None,
+    admit_cap_s: float | None = None,
 ) -> list[SpotRow]:
     if sc.fleet.servers is None:
         raise ValueError("the spot comparison needs a scenario with fleet.servers (per tier), not a pool")
@@ -88,7 +90,9 @@ def compare_spot(
             hook = SpotFleet(policy, {}, [], notice_s, cfg, gpus_per_server=model.gpu_count)
             run = run_once(full, "kubetier", rate_scale, model, traces_dir, hooks=[hook])
         else:
-            hook = SpotFleet(policy, spot, events, notice_s, cfg, gpus_per_server=model.gpu_count)
+            hook = SpotFleet(
+                policy, spot, events, notice_s, cfg, gpus_per_server=model.gpu_count, admit_cap_s=admit_cap_s
+            )
             floor_sc = _with_fleet(sc, {t: max(0, n) for t, n in on_demand.items()}, duration_s)
             run = run_once(floor_sc, "kubetier", rate_scale, model, traces_dir, hooks=[hook])
         assert hook.sim is not None, "the spot hook never ran"
@@ -100,7 +104,7 @@ def _print(rows: list[SpotRow], tight: str) -> None:
     ref = next((r for r in rows if r.outcome.policy == "on-demand"), None)
     tiers = [t.name for t in rows[0].run.tiers]
     head = (
-        f"{'policy':<12} {'cost $':>9} {'vs OD':>7} {'spot h':>7} {'OD h':>6} {'preempt':>7} {'broken':>6} {'migr':>5}"
+        f"{'policy':<14} {'cost $':>9} {'vs OD':>7} {'spot h':>7} {'OD h':>6} {'preempt':>7} {'broken':>6} {'migr':>5}"
     )
     print(head + "".join(f" {t[:11]:>11}" for t in tiers))
     for r in rows:
@@ -110,7 +114,7 @@ def _print(rows: list[SpotRow], tight: str) -> None:
         )
         att = "".join(f" {t.attainment_deadline:>10.1f}%" for t in r.run.tiers)
         print(
-            f"{o.policy:<12} {o.cost_usd:>9.2f} {saving:>7} {o.gpu_hours_spot:>7.2f} {o.gpu_hours_on_demand:>6.2f}"
+            f"{o.policy:<14} {o.cost_usd:>9.2f} {saving:>7} {o.gpu_hours_spot:>7.2f} {o.gpu_hours_on_demand:>6.2f}"
             f" {o.preemptions:>7} {o.broken_streams:>6} {o.migrated_streams:>5}{att}"
         )
     print(f"(cost saving is against all on-demand; the tight tier is {tight!r}; attainment = per-token deadlines met)")
@@ -119,7 +123,7 @@ def _print(rows: list[SpotRow], tight: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kubetier simulate spot",
-        description="Compare spot policies (on-demand, naive-spot, skyserve, kubetier) on one workload: "
+        description="Compare spot policies (on-demand, naive-spot, skyserve, kubetier-drain, kubetier) on one workload: "
         "cost by capacity type, per-tier attainment, preemptions, broken and migrated streams.",
     )
     p.add_argument("--scenario", default="azure-by-source", help="shipped scenario name or YAML path (fleet.servers)")
@@ -139,7 +143,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spot-discount", type=float, default=0.60, help="spot price = on-demand x (1 - discount)")
     p.add_argument("--fallback-after-s", type=float, default=SpotConfig.fallback_after_s)
     p.add_argument("--return-after-s", type=float, default=SpotConfig.return_after_s)
-    p.add_argument("--over-provision", type=int, default=1, help="extra spot replicas per tier (skyserve, kubetier)")
+    p.add_argument(
+        "--over-provision",
+        type=int,
+        default=1,
+        help="extra spot replicas per tier (skyserve, kubetier-drain, kubetier)",
+    )
+    p.add_argument(
+        "--admit-cap-s",
+        type=float,
+        default=None,
+        help="kubetier: most seconds a noticed server still takes new requests (on Kubernetes: the pod's "
+        "preStop sleep, 15 by default); default: as long as they are predicted to finish before the deadline",
+    )
+    p.add_argument(
+        "--policies",
+        default=",".join(SPOT_POLICIES),
+        help=f"comma-separated subset of {','.join(SPOT_POLICIES)}",
+    )
     p.add_argument("--traces-dir", type=Path, default=None, help="folder holding the public traces")
     p.add_argument("--output", type=Path, default=None, help="write the table as JSON here")
     return p
@@ -186,6 +207,14 @@ def main(argv: list[str]) -> int:
     if not floors:
         tight = min(sc.tiers, key=lambda t: t.tpot_ms).name
         floors = {tight: 1}
+    policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+    unknown = [p for p in policies if p not in SPOT_POLICIES]
+    if unknown or not policies:
+        print(
+            f"kubetier simulate spot: --policies: unknown {unknown} (known: {', '.join(SPOT_POLICIES)})",
+            file=sys.stderr,
+        )
+        return 2
     prices = Prices(args.on_demand_price, args.on_demand_price * (1.0 - args.spot_discount))
     cfg = SpotConfig(
         fallback_after_s=args.fallback_after_s, return_after_s=args.return_after_s, over_provision=args.over_provision
@@ -206,6 +235,8 @@ def main(argv: list[str]) -> int:
         cfg,
         args.traces_dir,
         duration_s=args.duration_s,
+        admit_cap_s=args.admit_cap_s,
+        policies=policies,
     )
     _print(rows, min(sc.tiers, key=lambda t: t.tpot_ms).name)
     if args.output:
@@ -214,6 +245,7 @@ def main(argv: list[str]) -> int:
             "scenario": sc.name,
             "availability": args.availability,
             "noticeS": args.notice_s,
+            "admitCapS": args.admit_cap_s,
             "rateScale": args.rate_scale,
             "floors": floors,
             "prices": {"onDemandGpuHour": prices.on_demand_gpu_hour, "spotGpuHour": prices.spot_gpu_hour},

@@ -132,6 +132,7 @@ class ModelServiceController:
                 now or dt.datetime.now(dt.UTC),
                 view=self.watches,
                 attainment=self.feed.attainment if self.feed else None,
+                migrations=self.feed.migrations if self.feed else None,
                 replicas=replicas,
                 scale_reasons=reasons,
             )

@@ -58,7 +58,6 @@ from kubetier.operator.modelservice.model import (
     ROUTING_CONFIG_LABEL,
     SERVICE_LABEL,
     TIER_LABEL,
-    ZONE_LABEL,
     Observed,
     OperatorConfig,
     tier_sizing,
@@ -73,11 +72,13 @@ def desired(
     observed: Observed,
     config: OperatorConfig | None = None,
     replicas: Mapping[str, int] | None = None,
+    fallback: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """All children of ``ms``; raises ``Unsatisfiable`` when the profile cannot be resolved.
 
     ``replicas``: serving replicas per tier as decided (by the autoscaler); a tier that
-    is absent runs ``replicas.min``."""
+    is absent runs ``replicas.min``. ``fallback``: on-demand fallback replicas per tier
+    (kubetier.operator.spot.fallback; absent: none)."""
     config = config or OperatorConfig()
     # The engine's batching flags and the router's prediction come from this one profile.
     profile = engines.batching_profile(ms.spec, resolve_profile(ms.spec, observed.profile_configmap))
@@ -86,7 +87,9 @@ def desired(
         return objects + pool_objects(ms, pool_replicas(ms.spec, replicas), config, profile)
     for tier in ms.spec.tiers:
         promoted = promoted_serving(observed.pods, tier.name)
-        objects += tier_deployments(ms, tier, serving_replicas(tier, replicas), config, profile, promoted)
+        objects += tier_deployments(
+            ms, tier, serving_replicas(tier, replicas), config, profile, promoted, (fallback or {}).get(tier.name, 0)
+        )
         objects.append(tier_service(ms, tier))
         objects.append(tier_pdb(ms, tier))
     return objects
@@ -101,8 +104,8 @@ def serving_replicas(tier: Tier, replicas: Mapping[str, int] | None = None) -> i
     return sizing.serving_replicas(tier_sizing(tier), replicas)
 
 
-def pools(tier: Tier, total: int) -> list[sizing.Pool]:
-    return sizing.pools(tier_sizing(tier), total)
+def pools(tier: Tier, total: int, fallback: int = 0) -> list[sizing.Pool]:
+    return sizing.pools(tier_sizing(tier, fallback), total)
 
 
 # --------------------------------------------------------------------------- naming and metadata
@@ -196,6 +199,8 @@ def node_affinity(spec: ModelServiceSpec, placement: str, scheme: CapacityScheme
     required: list[dict[str, Any]] = []
     if placement == "on-demand":
         required.append(scheme.on_demand_requirement())
+    elif placement == "spot":
+        required.append(scheme.spot_requirement())
     if spec.resources.gpu_product:
         required.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [spec.resources.gpu_product]})
     affinity: dict[str, Any] = {}
@@ -218,6 +223,25 @@ def tolerations(spec: ModelServiceSpec, placement: str, scheme: CapacityScheme) 
         # Some clusters taint spot nodes so that only workloads that accept preemption land there.
         out.append(scheme.spot_toleration())
     return out
+
+
+def zone_spread(tier: Tier, scheme: CapacityScheme, selector_labels: dict[str, str]) -> list[dict[str, Any]]:
+    """capacity.zoneSpread as a topology spread constraint over the preset's zone label.
+    ``preferred`` (the default): GPUs are scarce and unevenly spread over zones, so a hard
+    constraint would leave replicas Pending while another zone has free GPUs; the
+    scheduler still scores for an even spread. ``required`` trades that for never having
+    more than maxSkew extra replicas in the one zone a spot preemption wave hits."""
+    cap = tier.capacity
+    if cap.zone_spread == "off":
+        return []
+    return [
+        {
+            "maxSkew": cap.zone_max_skew,
+            "topologyKey": scheme.zone_label,
+            "whenUnsatisfiable": "DoNotSchedule" if cap.zone_spread == "required" else "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels},
+        }
+    ]
 
 
 def container_resources(spec: ModelServiceSpec) -> dict[str, Any]:
@@ -292,20 +316,11 @@ def pod_spec(
     result: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
-        "topologySpreadConstraints": [
-            {
-                "maxSkew": 1,
-                "topologyKey": ZONE_LABEL,
-                # GPUs are scarce and unevenly spread over zones: a hard constraint would
-                # leave replicas Pending while another zone has free GPUs. The scheduler
-                # still scores for an even spread.
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": selector_labels},
-            }
-        ],
         "terminationGracePeriodSeconds": config.pre_stop_sleep_seconds + config.termination_grace_seconds,
         "enableServiceLinks": False,
     }
+    if spread := zone_spread(tier, config.capacity(), selector_labels):
+        result["topologySpreadConstraints"] = spread
     affinity = node_affinity(spec, placement, config.capacity())
     if affinity:  # an empty affinity would come back from the API server dropped: a write each time
         result["affinity"] = {"nodeAffinity": affinity}
@@ -354,18 +369,21 @@ def tier_deployments(
     config: OperatorConfig,
     profile: dict[str, Any] | None = None,
     promoted: int = 0,
+    fallback: int = 0,
 ) -> list[dict[str, Any]]:
     """``promoted``: serving pods of the tier promoted from standby (owned by no
-    Deployment, autoscale_standby.py); the main pool runs that many fewer."""
+    Deployment, autoscale_standby.py); the main pool runs that many fewer. ``fallback``:
+    on-demand replicas covering spot pods that stayed Pending (spot.fallbackAfterSeconds)."""
+    tier_pools = pools(tier, total, fallback)
     out = [
         _deployment(
             ms, tier, pool, "serving", n - min(n, promoted) if pool == "main" else n, placement, config, profile
         )
-        for pool, n, placement in pools(tier, total)
+        for pool, n, placement in tier_pools
     ]
     if tier.prewarm.standby > 0:
         # Standby capacity is spare: it goes where the tier's main pool may go.
-        placement = pools(tier, total)[-1][2]
+        placement = next(p.placement for p in tier_pools if p.pool == "main")
         standby = _deployment(ms, tier, "standby", "standby", tier.prewarm.standby, placement, config, profile)
         # Started with sleep mode: the operator puts a loaded standby to sleep and wakes
         # it on promotion (autoscale_standby.py).

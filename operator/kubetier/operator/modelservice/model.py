@@ -70,9 +70,12 @@ class OperatorConfig:
     capacity_scheme: str = DEFAULT_SCHEME
     capacity_label: str | None = None
     capacity_spot_value: str | None = None
+    zone_label: str | None = None  # None: the preset's (topology.kubernetes.io/zone)
+    # Spot steady this long before on-demand fallback replicas go (SkyServe-style return).
+    spot_return_after_s: float = 300.0
 
     def capacity(self) -> CapacityScheme:
-        return capacity_scheme(self.capacity_scheme, self.capacity_label, self.capacity_spot_value)
+        return capacity_scheme(self.capacity_scheme, self.capacity_label, self.capacity_spot_value, self.zone_label)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -89,6 +92,8 @@ class OperatorConfig:
             capacity_scheme=env.get("KUBETIER_CAPACITY_SCHEME") or base.capacity_scheme,
             capacity_label=env.get("KUBETIER_CAPACITY_LABEL") or None,
             capacity_spot_value=env.get("KUBETIER_CAPACITY_SPOT_VALUE") or None,
+            zone_label=env.get("KUBETIER_ZONE_LABEL") or None,
+            spot_return_after_s=float(env.get("KUBETIER_SPOT_RETURN_AFTER_S") or base.spot_return_after_s),
         )
 
 
@@ -104,12 +109,15 @@ class Observed:
     profile_configmap: dict[str, str] | None = None
     # Observed SLO attainment per tier in percent, from the router (a later issue).
     attainment: dict[str, float] = field(default_factory=dict)
+    # Streams migrated mid-stream per tier, summed over router replicas (router status).
+    migrations: dict[str, int] = field(default_factory=dict)
     # How this cluster's nodes say spot or on-demand (OperatorConfig.capacity()).
     capacity: CapacityScheme = field(default_factory=lambda: capacity_scheme(DEFAULT_SCHEME))
 
 
-def tier_sizing(tier: Tier) -> TierSizing:
-    """The policy's view of a tier (kubetier.policy.sizing)."""
+def tier_sizing(tier: Tier, fallback: int = 0) -> TierSizing:
+    """The policy's view of a tier (kubetier.policy.sizing); ``fallback``: on-demand
+    fallback replicas the spot controller decided (kubetier.operator.spot.fallback)."""
     return TierSizing(
         name=tier.name,
         min_replicas=tier.replicas.min,
@@ -117,6 +125,9 @@ def tier_sizing(tier: Tier) -> TierSizing:
         spot=tier.capacity.spot,
         on_demand_floor=tier.capacity.on_demand_floor,
         standby=tier.prewarm.standby,
+        over_provision=tier.capacity.over_provision if tier.capacity.spot != "never" else 0,
+        operator_fallback=tier.capacity.spot == "preferred" and tier.capacity.fallback_after_seconds is not None,
+        fallback=fallback,
     )
 
 

@@ -29,6 +29,8 @@ from kubetier.operator.modelservice.profile import Unsatisfiable
 from kubetier.operator.modelservice.router_feed import fetch_attainment
 from kubetier.operator.modelservice.status import capacity_problem, compute_status, status_changed, transitions
 from kubetier.operator.modelservice.watches import CHILD_KINDS, owned_by
+from kubetier.operator.spot import fallback as spot_fallback
+from kubetier.policy.spot import SpotConfig
 
 log = logging.getLogger("kubetier.operator")
 
@@ -152,13 +154,15 @@ async def reconcile(
     *,
     view: ClusterView | None = None,
     attainment: Callable[[str], dict[str, float]] | None = None,
+    migrations: Callable[[str], dict[str, int]] | None = None,
     replicas: Mapping[str, int] | None = None,
     scale_reasons: Mapping[str, str] | None = None,
 ) -> Outcome:
     """One reconcile of ``body``. ``view``: the cluster as cached (default: list it);
     ``attainment``: the router's per-tier attainment of a model (default: read
     ``config.router_status_url`` once); ``replicas``: serving replicas per tier as
-    decided by the autoscaler (absent: replicas.min); ``scale_reasons``: why, per tier."""
+    decided by the autoscaler (absent: replicas.min); ``scale_reasons``: why, per tier;
+    ``migrations``: the routers' mid-stream migrations per tier of a model."""
     outcome = Outcome()
     try:
         # Status is ours and recomputed; parsing only the spec keeps an odd status from
@@ -177,8 +181,20 @@ async def reconcile(
         observed = replace(observed, attainment=attainment(ms.spec.model.name))
     elif config.router_status_url:
         observed = replace(observed, attainment=await fetch_attainment(config.router_status_url, ms.spec.model.name))
+    if migrations is not None:
+        observed = replace(observed, migrations=migrations(ms.spec.model.name))
+    # On-demand fallback for spot tiers whose spot replicas stay unready (kubetier.operator.spot.fallback).
+    fallback = spot_fallback.decide(
+        ms,
+        observed.pods,
+        observed.children,
+        spot_fallback.main_wanted(ms, replicas),
+        now.timestamp(),
+        SpotConfig(return_after_s=config.spot_return_after_s),
+    )
+    fallback_replicas = {name: d.replicas for name, d in fallback.items()}
     try:
-        objects = desired(ms, observed, config, replicas)
+        objects = desired(ms, observed, config, replicas, fallback_replicas)
     except Unsatisfiable as exc:
         # Keep what runs (a missing profile ConfigMap must not tear serving pods down);
         # report it and try again on the next reconcile.
@@ -209,6 +225,17 @@ async def reconcile(
         for batch in (first, [o for o in stale if o["kind"] != "ConfigMap"]):
             await asyncio.gather(*(apply(o) for o in batch))
         outcome.applied += [f"{o['kind']}/{o['metadata']['name']}" for o in stale]
+        for decision in fallback.values():
+            tier = ms.spec.tier(decision.tier)
+            found = decision.event(
+                SpotConfig(return_after_s=config.spot_return_after_s), float(tier.capacity.fallback_after_seconds or 0)
+            )
+            if found is not None:
+                kind, reason, message = found
+                await api.create(
+                    "Event", ms.namespace, _event(body, {"type": kind, "reason": reason, "message": message}, now)
+                )
+                outcome.events.append(f"{kind}/{reason}")
         for key in sorted(set(observed.children) - wanted):
             log.info("deleting %s/%s (no longer desired)", *key)
             await api.delete(key[0], ms.namespace, key[1])
@@ -225,6 +252,7 @@ async def reconcile(
         replicas=replicas,
         not_acted_on=fields_not_acted_on(ms),
         scale_reasons=scale_reasons,
+        fallback=fallback_replicas,
     )
     await _write_status(api, body, new_status, now, outcome, view)
     return outcome

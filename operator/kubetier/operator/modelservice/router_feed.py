@@ -40,7 +40,18 @@ log = logging.getLogger("kubetier.operator")
 MIN_REQUESTS = MIN_JUDGED_REQUESTS
 # Counters summed over replicas (the router's TierTally.as_dict fields).
 # TierCounts fields summed over router replicas.
-_SUMMED = ("requests", "completed", "slo_met", "rejected", "failed", "spilled", "waiting", "inflight", "demand")
+_SUMMED = (
+    "requests",
+    "completed",
+    "slo_met",
+    "rejected",
+    "failed",
+    "spilled",
+    "waiting",
+    "inflight",
+    "demand",
+    "migrations",
+)
 _SERVICE_HOST = re.compile(r"^(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?\.?$")
 
 
@@ -96,6 +107,16 @@ def aggregate_status(documents: list[dict[str, Any]]) -> dict[str, Any]:
             merged[tier] = TierCounts(**c, attainment_percent=None if pct is None else round(pct, 2))
         models[model] = ModelStatus(tiers=merged)
     return {**RouterStatus(models=models).document(), "replicas": len(documents)}
+
+
+def migrations_from_status(status: dict[str, Any], model: str) -> dict[str, int]:
+    """Streams migrated mid-stream per tier of ``model`` (``status.tiers[].migrations``)."""
+    try:
+        doc = RouterStatus.model_validate(status)
+    except ValidationError:
+        return {}
+    found = doc.models.get(model)
+    return {name: c.migrations for name, c in found.tiers.items()} if found else {}
 
 
 async def fetch_attainment(url: str, model: str, timeout_s: float = 2.0) -> dict[str, float]:
@@ -164,6 +185,9 @@ class RouterStatusFeed:
     def attainment(self, model: str) -> dict[str, float]:
         return attainment_from_status(self._status, model)
 
+    def migrations(self, model: str) -> dict[str, int]:
+        return migrations_from_status(self._status, model)
+
     async def poll_once(self) -> set[str]:
         """Read every replica; returns the models whose attainment changed."""
         urls = self.targets()
@@ -173,7 +197,12 @@ class RouterStatusFeed:
             return set()
         merged = aggregate_status(documents)
         models = set(merged["models"]) | set(self._status.get("models") or {})
-        changed = {m for m in models if attainment_from_status(merged, m) != self.attainment(m)}
+        changed = {
+            m
+            for m in models
+            if attainment_from_status(merged, m) != self.attainment(m)
+            or migrations_from_status(merged, m) != self.migrations(m)
+        }
         self._status = merged
         return changed
 

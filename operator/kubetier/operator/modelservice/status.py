@@ -55,7 +55,9 @@ def _pod_ready(pod: dict[str, Any]) -> bool:
     )
 
 
-def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
+def tier_statuses(
+    ms: ModelService, observed: Observed, fallback: Mapping[str, int] | None = None
+) -> list[dict[str, Any]]:
     capacity_of = {n["metadata"]["name"]: observed.capacity.capacity_type(_labels(n)) for n in observed.nodes}
     out = []
     for tier in ms.spec.tiers:
@@ -74,6 +76,11 @@ def tier_statuses(ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
             "readyReplicas": sum(_pod_ready(p) for p in serving),
             "standbyReplicas": sum(_pod_ready(p) for p in standby),
             "spotReplicas": sum(capacity_of.get((p.get("spec") or {}).get("nodeName", "")) == "spot" for p in serving),
+            "onDemandReplicas": sum(
+                capacity_of.get((p.get("spec") or {}).get("nodeName", "")) == "on-demand" for p in serving
+            ),
+            "fallbackReplicas": (fallback or {}).get(tier.name, 0),
+            "migrations": observed.migrations.get(tier.name, 0),
         }
         if tier.name in observed.attainment:
             entry["attainmentPercent"] = round(float(observed.attainment[tier.name]), 2)
@@ -155,6 +162,7 @@ def compute_status(
     replicas: Mapping[str, int] | None = None,
     not_acted_on: list[str] | None = None,
     scale_reasons: Mapping[str, str] | None = None,
+    fallback: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` in wire form. ``spec_problem`` is what rendering raised;
     ``current`` the status as stored (its lastTransitionTimes are kept when unchanged);
@@ -162,7 +170,7 @@ def compute_status(
     ``not_acted_on`` the spec fields the operator does not act on yet (one line each)."""
     config = config or OperatorConfig()
     generation = ms.metadata.get("generation", 0)
-    tiers = tier_statuses(ms, observed)
+    tiers = tier_statuses(ms, observed, fallback)
     for entry, tier in zip(tiers, ms.spec.tiers):
         # the autoscaler's decision and why (kubetier.operator.modelservice.autoscaler)
         entry["desiredReplicas"] = serving_replicas(tier, replicas)
@@ -184,9 +192,15 @@ def compute_status(
         for tier in ms.spec.tiers:
             want = serving_replicas(tier, replicas)
             have = by_name[tier.name]
+            # Spot spares and on-demand fallback replicas are pods beyond the need; while a
+            # fallback covers the spot pool, the need alone has to be ready.
+            spares = tier.capacity.over_provision if tier.capacity.spot != "never" else 0
+            covering = (fallback or {}).get(tier.name, 0)
+            pods_expected = want + spares + covering
+            ready_needed = want if covering else want + spares
             if (
-                have["readyReplicas"] < want
-                or have["replicas"] != want
+                have["readyReplicas"] < ready_needed
+                or have["replicas"] != pods_expected
                 or have["standbyReplicas"] < tier.prewarm.standby
             ):
                 short.append(f"{tier.name} {have['readyReplicas']}/{want} ready")

@@ -16,15 +16,26 @@ import os
 import time
 from typing import Any
 
+import httpx
 import kopf
+import pydantic
 
-from kubetier.api.labels import SERVICE_LABEL
-from kubetier.api.modelservice import GROUP, PLURAL, VERSION
+from kubetier.api.labels import SERVICE_LABEL, TIER_LABEL
+from kubetier.api.modelservice import GROUP, PLURAL, VERSION, ModelService
 from kubetier.kube import KubeError
 from kubetier.kube.events import event_body
 from kubetier.operator import runtime
+from kubetier.operator.modelservice.handlers import controller
 from kubetier.operator.modelservice.model import OperatorConfig
-from kubetier.operator.spot.notices import MANAGED_SERVING, grace_period_s, mark_patch, node_notice, pods_on
+from kubetier.operator.spot.fallback import uses_operator_fallback
+from kubetier.operator.spot.notices import (
+    MANAGED_SERVING,
+    grace_period_s,
+    mark_patch,
+    node_notice,
+    pods_on,
+    tier_admit_until,
+)
 from kubetier.operator.spot.rebalance import return_to_spot
 from kubetier.policy.spot import NoticeWindows, SpotConfig
 
@@ -53,12 +64,21 @@ async def on_node(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
     if not pods:
         return
     stamp = dt.datetime.now(dt.UTC)
+    config: OperatorConfig = memo.setdefault("config", OperatorConfig.from_env())
     services: dict[tuple[str, str], int] = {}
+    specs: dict[tuple[str, str], ModelService | None] = {}
     for pod in pods:
         meta = pod["metadata"]
         ns, name = meta["namespace"], meta["name"]
+        labels = meta.get("labels") or {}
+        key = (ns, str(labels.get(SERVICE_LABEL, "")))
+        if key not in specs:
+            specs[key] = await _model_service(api, *key)
+        found = specs[key]
+        tier = next((t for t in found.spec.tiers if t.name == labels.get(TIER_LABEL)), None) if found else None
+        until = tier_admit_until(notice, tier, DRAIN_MARGIN_S, float(config.pre_stop_sleep_seconds)) if tier else None
         try:
-            await api.patch("Pod", ns, name, mark_patch(notice))
+            await api.patch("Pod", ns, name, mark_patch(notice, until))
             await api.create(
                 "Event",
                 ns,
@@ -99,7 +119,20 @@ async def on_node(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
     logger.info(f"spot: notice on {notice.node} ({notice.source}); drained {len(pods)} pod(s)")
 
 
+async def _model_service(api: Any, namespace: str, name: str) -> ModelService | None:
+    body = await api.get("ModelService", namespace, name) if name else None
+    if not body:
+        return None
+    try:
+        return ModelService.model_validate({k: v for k, v in body.items() if k != "status"})
+    except pydantic.ValidationError:
+        return None
+
+
 RETURN_INTERVAL_S = 30.0
+# How often a tier with capacity.fallbackAfterSeconds is re-checked: nothing changes on the
+# objects when a Pending pod's wait crosses the bound, so a timer has to notice.
+FALLBACK_INTERVAL_S = 5.0
 
 
 def spot_config_from_env(env: dict[str, str] | None = None) -> SpotConfig:
@@ -119,6 +152,27 @@ async def on_return_timer(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
         logger.info(f"spot: moving {', '.join(moved)} back to spot")
 
 
+async def on_fallback_timer(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Reconcile a ModelService whose tiers use the operator's on-demand fallback, so the
+    fallback starts within FALLBACK_INTERVAL_S of the bound and goes after the return period
+    (the decision itself is made in the reconcile: kubetier.operator.spot.fallback)."""
+    raw = dict(body)
+    try:
+        ms = ModelService.model_validate({k: v for k, v in raw.items() if k != "status"})
+    except pydantic.ValidationError:
+        return
+    if not any(uses_operator_fallback(t) for t in ms.spec.tiers):
+        return
+    try:
+        outcome = await controller(memo).reconcile(raw)
+    except (KubeError, httpx.HTTPError, TimeoutError) as exc:
+        logger.info(f"spot: fallback check deferred: {exc}")
+        return
+    for event in outcome.events:
+        if event.endswith(("SpotFallback", "ReturnToSpot")):
+            logger.info(f"spot: {event} for {ms.name}")
+
+
 def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.event("", "v1", "nodes", registry=registry, id="spot-notice")(on_node)
     kopf.timer(
@@ -130,3 +184,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
         registry=registry,
         id="spot-return",
     )(on_return_timer)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=FALLBACK_INTERVAL_S,
+        initial_delay=FALLBACK_INTERVAL_S,
+        registry=registry,
+        id="spot-fallback",
+    )(on_fallback_timer)

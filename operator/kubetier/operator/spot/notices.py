@@ -14,15 +14,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kubetier.api.labels import SERVING_POD_SELECTOR
+from kubetier.api.labels import ADMIT_UNTIL_ANNOTATION, SERVING_POD_SELECTOR
+from kubetier.api.tier import SLOTier
 from kubetier.policy.spot import (
     DEADLINE_ANNOTATION,
     SOURCE_ANNOTATION,
     NoticeWindows,
     PreemptionNotice,
     Taint,
+    admit_until,
     notice_from_node,
     rfc3339,
+    tier_long_request_s,
 )
 
 # On a pod: the same deadline as on the node, and which notice source said so.
@@ -56,13 +59,24 @@ def pods_on(node_name: str, pods: Iterable[Mapping[str, Any]]) -> list[Mapping[s
     return out
 
 
-def mark_patch(notice: PreemptionNotice) -> dict[str, Any]:
-    """Merge patch that tells the router a pod is going away and when."""
-    return {
-        "metadata": {
-            "annotations": {POD_DEADLINE_ANNOTATION: rfc3339(notice.deadline), POD_SOURCE_ANNOTATION: notice.source}
-        }
-    }
+def mark_patch(notice: PreemptionNotice, admit_until: float | None = None) -> dict[str, Any]:
+    """Merge patch that tells the router a pod is going away and when, and until when it
+    may still take new requests (deadline-aware draining; None: from now on, none)."""
+    annotations = {POD_DEADLINE_ANNOTATION: rfc3339(notice.deadline), POD_SOURCE_ANNOTATION: notice.source}
+    if admit_until is not None and admit_until > notice.received_at:
+        annotations[ADMIT_UNTIL_ANNOTATION] = rfc3339(admit_until)
+    return {"metadata": {"annotations": annotations}}
+
+
+def tier_admit_until(notice: PreemptionNotice, tier: SLOTier, margin_s: float, cap_s: float) -> float:
+    """Until when a server of ``tier`` under ``notice`` still takes new requests: while a
+    long request of its own tier (twice its mean output at its TTFT and TPOT targets) is
+    predicted to finish by the deadline less ``margin_s`` (the router checks each request
+    of a looser tier, which may spill onto it, against the deadline itself), and at most
+    ``cap_s`` after the notice (the pod is deleted at the notice and its engine accepts
+    requests until its preStop sleep ends)."""
+    predicted = tier_long_request_s(tier.ttft_ms, tier.tpot_ms, tier.mean_output_tokens)
+    return admit_until(notice.received_at, notice.deadline, predicted, margin_s, cap_s)
 
 
 def grace_period_s(notice: PreemptionNotice, now: float, margin_s: float) -> int:
