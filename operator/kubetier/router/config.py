@@ -58,6 +58,10 @@ class ServerSpec:
     # A preemption notice's deadline (epoch seconds): streams still running shortly
     # before it move to another server at token level (kubetier.policy.spot).
     leave_by: float | None = None
+    # The share of its maximum draw the server's node is power-capped at (the Node's
+    # kubetier.io/power-cap and power-report annotations; None: uncapped). The fleet
+    # routes it with the profile's capped latency model (kubetier.policy.power_cap).
+    power_cap_fraction: float | None = None
 
 
 @dataclass
