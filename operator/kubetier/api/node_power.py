@@ -18,6 +18,9 @@ from kubetier.api.common import ApiModel
 
 POWER_REPORT_ANNOTATION = "kubetier.io/power-report"
 POWER_CAP_ANNOTATION = "kubetier.io/power-cap"
+# NoSchedule taint the PowerBudget controller puts on a domain's idle GPU nodes while the
+# domain holds all the GPU servers its oversubscriptionRatio allows (value: the PowerBudget).
+PLACEMENT_TAINT_KEY = "kubetier.io/power-budget"
 
 _MAX_WATTS = 1_000_000.0
 
