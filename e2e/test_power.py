@@ -245,6 +245,10 @@ def placement_phase(kubectl, namespace, procs, start_agent, node_of, cordoned, d
     )
     taints = kubectl.json("get", "node", idle)["spec"].get("taints") or []
     assert {"key": PLACEMENT_TAINT_KEY, "value": pb_name, "effect": "NoSchedule"} in taints, taints
+    # A first run placed the replica on the just-tainted node 2 s after the taint was
+    # written (load average 12 on 2 cores): the scheduler's node cache had not caught up.
+    # Give it time; in a cluster the taint is in place long before a replica is added.
+    time.sleep(5)
     ms = kubectl.json("get", "modelservice", SERVICE, "-n", namespace)
     tiers = ms["spec"]["tiers"]
     for t in tiers:
@@ -254,6 +258,12 @@ def placement_phase(kubectl, namespace, procs, start_agent, node_of, cordoned, d
             json.dumps({"spec": {"tiers": tiers}}))  # fmt: skip
 
     def held():
+        placed_on_idle = [
+            p["metadata"]["name"]
+            for p in kubectl.items("pods", namespace, f"{SERVICE_LABEL}={SERVICE}")
+            if p["spec"].get("nodeName") == idle
+        ]
+        assert not placed_on_idle, f"scheduled onto the closed node {idle}: {placed_on_idle}"
         st = pb_status(kubectl, pb_name)
         return st if st.get("heldPods") else None
 

@@ -310,12 +310,41 @@ async def test_placement_closes_idle_nodes_at_the_allowed_count_judged_on_measur
         ],
     }
     fake.put(pending)
+    # kube-scheduler 1.34 does not name the taint: counted while this domain is closed.
+    unnamed = pod("batch-3", "", "batch")
+    unnamed["spec"] = {}
+    unnamed["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/8 nodes are available: 1 node(s) had untolerated taint(s), 7 node(s) were unschedulable.",
+            }
+        ],
+    }
+    fake.put(unnamed)
+    # Another budget's taint, named: not ours.
+    other = pod("batch-4", "", "batch")
+    other["spec"] = {}
+    other["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "message": "0/5 nodes are available: 2 node(s) had untolerated taint {kubetier.io/power-budget: rack-b}.",
+            }
+        ],
+    }
+    fake.put(other)
     reports(101, 266.0)  # measured: 3 x 266 W = 800 W placed
     await run_tick(fake, memory, 101)
     st = fake.get("PowerBudget", None, "rack-a")["status"]
-    assert st["heldPods"] == ["team/batch-1"]
+    assert st["heldPods"] == ["team/batch-1", "team/batch-3"]
     pod_events = [e for e in fake.of_kind("Event") if e["involvedObject"]["kind"] == "Pod"]
-    assert [e["reason"] for e in pod_events] == ["HeldByPowerBudget"]
+    assert [e["reason"] for e in pod_events] == ["HeldByPowerBudget", "HeldByPowerBudget"]
     assert "3 GPU servers placed, 3 allowed" in pod_events[0]["message"]
     # ratio 1.3: at most floor(2000/700 x 1.3) = 3; the measured p99 (958 W incl. idle nodes) would allow 5.
     assert st["serversAllowed"] == 3 and st["closedNodes"] == ["n-idle-1", "n-idle-2"]
@@ -326,7 +355,7 @@ async def test_placement_closes_idle_nodes_at_the_allowed_count_judged_on_measur
     fake.store(pb)
     await run_tick(fake, memory, 102)
     st = fake.get("PowerBudget", None, "rack-a")["status"]
-    assert st["serversAllowed"] == 5 and st["closedNodes"] == []
+    assert st["serversAllowed"] == 5 and st["closedNodes"] == [] and st["heldPods"] == []
     assert taints_of(fake, "n-idle-1") == [gpu_taint] and taints_of(fake, "n-idle-2") == [gpu_taint]
     assert ("Normal", "PlacementOpened") in events(fake)
 

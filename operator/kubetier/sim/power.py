@@ -92,6 +92,7 @@ class PowerSimSpec:
     duration_s: float | None = None
     bucket_s: float = 30.0
     p99_window_s: float = 300.0
+    trend_lookahead_s: float = 0.0
 
     def policy_config(self, budget_watts: float, uniform: bool) -> PowerPolicyConfig:
         return PowerPolicyConfig(
@@ -106,6 +107,7 @@ class PowerSimSpec:
             lift_after_s=self.lift_after_s,
             stale_after_s=max(5.0, 3 * self.report_s + self.telemetry_delay_s),
             uniform=uniform,
+            trend_lookahead_s=self.trend_lookahead_s,
         )
 
 

@@ -84,7 +84,13 @@ def _row(name: str, scale: float, setting: str, arm: dict, tight: str, nominal: 
         "peakPercent": arm["peak_percent"],
         "brakeEvents": arm["brake_events"],
         "capChanges": arm["cap_changes"],
+        # The issue's goal, with "time above the budget" on 1 s means (what a rack meter or
+        # breaker integrates; `kubetier simulate power`'s verdict) and on 0.1 s samples.
         "meetsGoal": arm["arm"] in ("uniform", "polca")
+        and arm["servers"] >= 1.3 * nominal["servers"]
+        and delta >= -0.5
+        and arm["above_budget_1s_s"] == 0.0,
+        "meetsGoalSampled": arm["arm"] in ("uniform", "polca")
         and arm["servers"] >= 1.3 * nominal["servers"]
         and delta >= -0.5
         and arm["above_budget_s"] == 0.0,
@@ -99,11 +105,13 @@ def table(rows: list[dict]) -> str:
     lines = [
         "tight = the tier with the tightest TPOT; dpp = its attainment minus nominal's (pp); seconds above the "
         "thresholds on the true draw sampled every 0.1 s (>bud1s: its 1 s means); goal: >= +30% servers, "
-        "dpp >= -0.5, 0 s above budget (sampled)",
+        "dpp >= -0.5, 0 s above budget on 1 s means / on 0.1 s samples",
         head,
     ]
     for r in rows:
-        goal = ("met" if r["meetsGoal"] else "NOT met") if r["arm"] in ("uniform", "polca") else ""
+        goal = ""
+        if r["arm"] in ("uniform", "polca"):
+            goal = ("met" if r["meetsGoal"] else "NOT") + "/" + ("met" if r["meetsGoalSampled"] else "NOT")
         lines.append(
             f"{r['scenario']:<17}{r['rateScale']:>6g} {r['thresholds']:<11}{r['arm']:<24}{r['servers']:>4}"
             f"{r['tightTier'][:6]:>7}{r['tightAttainment']:>8.2f}{r['tightDeltaPp']:>7.2f}{r['aboveCapS']:>7.1f}"
@@ -126,6 +134,9 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--thresholds", default=DEFAULT_THRESHOLDS, help="comma-separated CAP/UNCAP/HARD percent settings")
     p.add_argument("--duration-s", type=float, default=None, help="shorten every scenario's window (smoke runs)")
+    p.add_argument(
+        "--trend-lookahead-s", type=float, default=0.0, help="the policy's trend lookahead (default: %(default)s)"
+    )
     p.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
     try:
@@ -138,7 +149,7 @@ def main(argv: list[str]) -> int:
         settings = [t.strip() for t in args.thresholds.split(",") if t.strip()]
         for t in settings:
             _thresholds(t)
-        base = dataclasses.replace(PowerSimSpec(), duration_s=args.duration_s)
+        base = dataclasses.replace(PowerSimSpec(), duration_s=args.duration_s, trend_lookahead_s=args.trend_lookahead_s)
         with tempfile.TemporaryDirectory(prefix="kubetier-power-sweep-") as tmp:
             rows = sweep(cases, settings, base, Path(tmp))
     except (ValueError, FileNotFoundError) as exc:

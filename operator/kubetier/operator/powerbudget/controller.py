@@ -147,7 +147,7 @@ async def tick(
             if exc.status != 409:
                 raise
             log.info("node %s changed while its placement taint was written; next tick", name)
-    held = domain.held_pods(pods, pb.metadata["name"])
+    held = domain.held_pods(pods, pb.metadata["name"], bool(close))
     p99_text = "unknown (no measurement without stale nodes yet)" if p99 is None else f"{p99:.0f} W"
     placement = (
         f"{placed} GPU servers placed, {allowed} allowed (oversubscriptionRatio {spec.oversubscription_ratio:g} x "

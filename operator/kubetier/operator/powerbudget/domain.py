@@ -264,9 +264,13 @@ def taint_patches(nodes: Iterable[DomainNode], close: set[str], budget_name: str
     return out
 
 
-def held_pods(pods: Iterable[Mapping[str, Any]], budget_name: str) -> list[str]:
-    """Engine pods (namespace/name) the scheduler could not place because of this
-    budget's placement taint (its PodScheduled condition names the taint)."""
+def held_pods(pods: Iterable[Mapping[str, Any]], budget_name: str, closing: bool) -> list[str]:
+    """Engine pods (namespace/name) left Pending by an untolerated taint while this
+    domain keeps idle nodes closed. kube-scheduler 1.34 says "had untolerated taint(s)"
+    without naming the taint (older versions name it; then it must be this budget's), so
+    a pod held by some other taint while this domain is full may be counted too."""
+    if not closing:
+        return []
     out = []
     for pod in pods:
         if (pod.get("spec") or {}).get("nodeName"):
@@ -274,7 +278,8 @@ def held_pods(pods: Iterable[Mapping[str, Any]], budget_name: str) -> list[str]:
         for c in (pod.get("status") or {}).get("conditions") or []:
             if c.get("type") == "PodScheduled" and c.get("status") == "False":
                 message = str(c.get("message") or "")
-                if PLACEMENT_TAINT_KEY in message and budget_name in message:
+                named = PLACEMENT_TAINT_KEY in message and budget_name in message
+                if named or ("untolerated taint" in message and "{" not in message):
                     meta = pod.get("metadata") or {}
                     out.append(f"{meta.get('namespace')}/{meta.get('name')}")
     return sorted(out)
