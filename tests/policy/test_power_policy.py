@@ -237,9 +237,12 @@ def test_trend_lookahead_acts_on_a_rising_draw_before_it_crosses():
     # 9 x 80 W = 72 %, then 0.5 s later 9 x 95 W = 85.5 %: rising 27 %/s.
     s0 = decide(fleet(80, now=100), PowerState(), ahead, now=100).state
     assert s0.last_watts == pytest.approx(720) and s0.last_at == 100
-    d = decide(fleet(95, now=100.5), s0, ahead, now=100.5)
-    # Projected 85.5 % + 27 % = 112.5 %: above the hard threshold: brake now.
+    d = decide(fleet(95, now=100.5), s0, replace(ahead, trend_brakes=True), now=100.5)
+    # Projected 85.5 % + 27 % = 112.5 %: with trend_brakes, above the hard threshold: brake now.
     assert d.level == "braking" and d.state.brake_events == 1 and "rising to" in d.reason
+    # Without trend_brakes the projection only adds a group cap (the brake waits for the draw).
+    d = decide(fleet(95, now=100.5), s0, ahead, now=100.5)
+    assert d.level == "capping" and capped_tiers(d) == {"batch"} and d.state.brake_events == 0
     # Without the lookahead the same readings do nothing (below the cap threshold).
     plain = decide(fleet(95, now=100.5), decide(fleet(80, now=100), PowerState(), CFG, now=100).state, CFG, now=100.5)
     assert plain.level == "normal"

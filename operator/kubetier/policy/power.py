@@ -72,10 +72,12 @@ class PowerPolicyConfig:
     uniform: bool = False
     """Baseline for comparison: every server is in one group, capped alike."""
     trend_lookahead_s: float = 0.0
-    """Judge the cap and hard thresholds on the draw projected this far ahead along its
-    rising trend (the change since the previous tick, never a falling one), so the loop
-    acts before a ramp lands rather than one telemetry-plus-actuation delay after it.
+    """Judge the cap threshold on the draw projected this far ahead along its rising
+    trend (the change since the previous tick, never a falling one), so group caps land
+    before a ramp does rather than one telemetry-plus-actuation delay after it.
     0: the latest reading alone. Lifting always uses the latest reading."""
+    trend_brakes: bool = False
+    """Judge the hard threshold (the brake) on the projected draw too."""
 
     def __post_init__(self) -> None:
         if self.budget_watts <= 0:
@@ -186,7 +188,7 @@ def decide(
         return changed_at is None or now - changed_at >= hold
 
     trend = f" (rising to {ahead:.1%} within {config.trend_lookahead_s:g} s)" if ahead > share else ""
-    if ahead > config.hard_threshold:
+    if (ahead if config.trend_brakes else share) > config.hard_threshold:
         below_since = None
         if not braking:
             braking = True

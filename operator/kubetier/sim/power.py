@@ -93,6 +93,7 @@ class PowerSimSpec:
     bucket_s: float = 30.0
     p99_window_s: float = 300.0
     trend_lookahead_s: float = 0.0
+    trend_brakes: bool = False
 
     def policy_config(self, budget_watts: float, uniform: bool) -> PowerPolicyConfig:
         return PowerPolicyConfig(
@@ -108,6 +109,7 @@ class PowerSimSpec:
             stale_after_s=max(5.0, 3 * self.report_s + self.telemetry_delay_s),
             uniform=uniform,
             trend_lookahead_s=self.trend_lookahead_s,
+            trend_brakes=self.trend_brakes,
         )
 
 

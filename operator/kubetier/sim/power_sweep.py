@@ -45,12 +45,14 @@ def _thresholds(text: str) -> tuple[float, float, float]:
     return cap, uncap, hard
 
 
-def sweep(cases: list[tuple[str, float]], settings: list[str], base: PowerSimSpec, workdir: Path) -> list[dict]:
+def sweep(
+    cases: list[tuple[str, float]], settings: list[str], base: PowerSimSpec, workdir: Path, capped_only: bool = False
+) -> list[dict]:
     rows: list[dict[str, Any]] = []
     for name, scale in cases:
         path = _scenario_path(name, workdir)
         spec = dataclasses.replace(base, scenario=path, rate_scale=scale)
-        watch = compare_power(spec, None, ("nominal", "oversubscribed-uncapped"))
+        watch = compare_power(spec, None, ("nominal",) if capped_only else ("nominal", "oversubscribed-uncapped"))
         tight = watch["verdict"]["tightTier"]
         nominal = watch["arms"][0]
         for arm in watch["arms"]:
@@ -137,6 +139,8 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--trend-lookahead-s", type=float, default=0.0, help="the policy's trend lookahead (default: %(default)s)"
     )
+    p.add_argument("--trend-brakes", action="store_true", help="the brake also judged on the projected draw")
+    p.add_argument("--capped-only", action="store_true", help="skip the uncapped arm")
     p.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
     try:
@@ -149,9 +153,14 @@ def main(argv: list[str]) -> int:
         settings = [t.strip() for t in args.thresholds.split(",") if t.strip()]
         for t in settings:
             _thresholds(t)
-        base = dataclasses.replace(PowerSimSpec(), duration_s=args.duration_s, trend_lookahead_s=args.trend_lookahead_s)
+        base = dataclasses.replace(
+            PowerSimSpec(),
+            duration_s=args.duration_s,
+            trend_lookahead_s=args.trend_lookahead_s,
+            trend_brakes=args.trend_brakes,
+        )
         with tempfile.TemporaryDirectory(prefix="kubetier-power-sweep-") as tmp:
-            rows = sweep(cases, settings, base, Path(tmp))
+            rows = sweep(cases, settings, base, Path(tmp), args.capped_only)
     except (ValueError, FileNotFoundError) as exc:
         print(f"kubetier simulate power sweep: {exc}", file=sys.stderr)
         return 2
