@@ -398,3 +398,13 @@ def test_nodes_to_close_keeps_exactly_the_room_open():
     assert domain.nodes_to_close(dnodes, 2) == {"c", "d"}  # one more server may land: one idle node open
     assert domain.nodes_to_close(dnodes, 0) == {"b", "c", "d"}  # over the limit: nothing evicted, all idle closed
     assert domain.nodes_to_close(dnodes, 9) == set()
+
+
+def test_the_trend_lookahead_reaches_the_policy():
+    from kubetier.api.powerbudget import PowerBudgetSpec
+
+    spec = PowerBudgetSpec.model_validate(BUDGET["spec"])
+    assert spec.trend_lookahead_seconds == 1.0  # the default (docs/power.md: the sweep behind it)
+    assert domain.policy_config(spec).trend_lookahead_s == 1.0
+    off = PowerBudgetSpec.model_validate({**BUDGET["spec"], "trendLookaheadSeconds": 0})
+    assert domain.policy_config(off).trend_lookahead_s == 0.0

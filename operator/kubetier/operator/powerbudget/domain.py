@@ -66,6 +66,7 @@ def policy_config(spec: PowerBudgetSpec) -> PowerPolicyConfig:
         stale_after_s=float(spec.stale_after_seconds),
         escalate_every_s=float(spec.escalate_after_seconds),
         lift_after_s=float(spec.lift_after_seconds),
+        trend_lookahead_s=float(spec.trend_lookahead_seconds),
     )
 
 
