@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         if f.name == "scenario":
             continue
         flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", help="(default: off)")
+            continue
         kind = int if f.type in ("int", int) else float
         p.add_argument(flag, type=kind, default=getattr(d, f.name), help="(default: %(default)s)")
     return p

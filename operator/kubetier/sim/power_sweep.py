@@ -137,7 +137,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--thresholds", default=DEFAULT_THRESHOLDS, help="comma-separated CAP/UNCAP/HARD percent settings")
     p.add_argument("--duration-s", type=float, default=None, help="shorten every scenario's window (smoke runs)")
     p.add_argument(
-        "--trend-lookahead-s", type=float, default=0.0, help="the policy's trend lookahead (default: %(default)s)"
+        "--trend-lookahead-s",
+        type=float,
+        default=PowerSimSpec().trend_lookahead_s,
+        help="the policy's trend lookahead (default: %(default)s, the PowerBudget default)",
     )
     p.add_argument("--trend-brakes", action="store_true", help="the brake also judged on the projected draw")
     p.add_argument("--capped-only", action="store_true", help="skip the uncapped arm")
