@@ -27,7 +27,12 @@ import pytest
 
 from e2e_support import GPU, ROLE_LABEL, SERVICE_LABEL, TIER_LABEL, Kubectl, condition, wait_until
 from kubetier.agent import rbac as agent_rbac
-from kubetier.api.node_power import POWER_CAP_ANNOTATION, POWER_REPORT_ANNOTATION, NodePowerReport
+from kubetier.api.node_power import (
+    PLACEMENT_TAINT_KEY,
+    POWER_CAP_ANNOTATION,
+    POWER_REPORT_ANNOTATION,
+    NodePowerReport,
+)
 from kubetier.localdev import LocalEngines
 from kubetier.localdev.access import service_account_objects, token_kubeconfig
 from kubetier.localdev.processes import free_loopback_port, start_process, stop_process
@@ -195,6 +200,104 @@ class CapWatcher:
         self.thread.join(timeout=5)
 
 
+def placement_phase(kubectl, namespace, procs, start_agent, node_of, cordoned, domain_nodes) -> dict[str, float]:
+    """A domain of three 8-GPU nodes (the two engine nodes and an idle one, each with an
+    agent) and a budget of two servers (2 x 8 x 700 W), ratio 1.0: the idle node is
+    tainted, a third replica stays Pending and is reported held; ratio 1.5 with a low
+    measured p99: the node opens and the replica is scheduled there."""
+    pb_name = f"e2e-power-{namespace[-5:]}-place"
+    start_agent("batch")  # stopped by the fail-safe phase
+    gpu_nodes = sorted(
+        n["metadata"]["name"] for n in kubectl.items("nodes") if n["status"].get("allocatable", {}).get(GPU)
+    )
+    idle = next(n for n in gpu_nodes if n not in node_of.values() and n.startswith("gpu-od"))
+    # The third replica can only land on the domain's idle node (the engine nodes are full).
+    for n in gpu_nodes:
+        if n not in (*node_of.values(), idle):
+            kubectl("cordon", n)
+            cordoned.append(n)
+    kubectl("label", "node", idle, f"{DOMAIN_LABEL}={pb_name}", "--overwrite")
+    domain_nodes.append(idle)
+    for n in node_of.values():
+        kubectl("label", "node", n, f"{DOMAIN_LABEL}={pb_name}", "--overwrite")
+    # The idle node's agent reads an idle engine simulator (its GPUs' telemetry).
+    eport = free_loopback_port()
+    procs.start("idle-engine", [sys.executable, "-m", "kubetier.cli", "engine-sim", "--port", str(eport),
+                                "--profile", "llama-3.1-8b-h100", "--log-level", "WARNING"])  # fmt: skip
+    node_of = {**node_of, "idle": idle}
+    start_agent("idle", f"127.0.0.1:{eport}", idle)
+    wait_until(lambda: node_annotation(kubectl, idle, POWER_REPORT_ANNOTATION), "the idle node's agent", 60)
+    kubectl.apply(
+        {
+            "apiVersion": "kubetier.io/v1alpha1",
+            "kind": "PowerBudget",
+            "metadata": {"name": pb_name},
+            "spec": {
+                "nodeSelector": {"matchLabels": {DOMAIN_LABEL: pb_name}},
+                "budgetWatts": 2 * 8 * 700,
+                "oversubscriptionRatio": 1.0,
+                "windowSeconds": 10,
+            },
+        }
+    )
+    wait_until(
+        lambda: (s := pb_status(kubectl, pb_name)).get("closedNodes") == [idle] and s, "the idle node closed", 60
+    )
+    taints = kubectl.json("get", "node", idle)["spec"].get("taints") or []
+    assert {"key": PLACEMENT_TAINT_KEY, "value": pb_name, "effect": "NoSchedule"} in taints, taints
+    # A first run placed the replica on the just-tainted node 2 s after the taint was
+    # written (load average 12 on 2 cores): the scheduler's node cache had not caught up.
+    # Give it time; in a cluster the taint is in place long before a replica is added.
+    time.sleep(5)
+    ms = kubectl.json("get", "modelservice", SERVICE, "-n", namespace)
+    tiers = ms["spec"]["tiers"]
+    for t in tiers:
+        if t["name"] == "batch":
+            t["replicas"] = {"min": 2, "max": 2}
+    kubectl("patch", "modelservice", SERVICE, "-n", namespace, "--type=merge", "-p",
+            json.dumps({"spec": {"tiers": tiers}}))  # fmt: skip
+
+    def held():
+        placed_on_idle = [
+            p["metadata"]["name"]
+            for p in kubectl.items("pods", namespace, f"{SERVICE_LABEL}={SERVICE}")
+            if p["spec"].get("nodeName") == idle
+        ]
+        assert not placed_on_idle, f"scheduled onto the closed node {idle}: {placed_on_idle}"
+        st = pb_status(kubectl, pb_name)
+        return st if st.get("heldPods") else None
+
+    st = wait_until(held, "the third replica reported held back", 90)
+    (held_pod,) = st["heldPods"]
+    pod_ns, pod_name = held_pod.split("/")
+    pod = kubectl.json("get", "pod", pod_name, "-n", pod_ns)
+    assert not pod["spec"].get("nodeName"), pod["spec"].get("nodeName")
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["PlacementHeld"]["status"] == "True" and held_pod in conds["PlacementHeld"]["message"]
+    assert st["servers"] == 2 and st["serversAllowed"] == 2
+    ev = kubectl.json("get", "events", "-n", pod_ns, "--field-selector", f"involvedObject.name={pod_name}")
+    reasons = [e["reason"] for e in ev.get("items", [])]
+    assert "HeldByPowerBudget" in reasons, reasons
+    print(f"\n[power] placement held: {conds['PlacementHeld']['message']}", flush=True)
+    print(kubectl("get", "powerbudget", pb_name, "-o", "wide", check=False), flush=True)
+
+    # More room: ratio 1.5 allows 3 servers (the measured p99 of idle engines fits easily).
+    t_open = time.monotonic()
+    kubectl("patch", "powerbudget", pb_name, "--type=merge", "-p", json.dumps({"spec": {"oversubscriptionRatio": 1.5}}))
+
+    def scheduled():
+        p = kubectl.json("get", "pod", pod_name, "-n", pod_ns)
+        return p["spec"].get("nodeName")
+
+    where = wait_until(scheduled, "the held replica scheduled", 90)
+    opened_s = round(time.monotonic() - t_open, 2)
+    assert where == idle, where
+    st = wait_until(lambda: (s := pb_status(kubectl, pb_name)).get("servers") == 3 and s, "3 servers placed", 60)
+    assert st["serversAllowed"] == 3 and st["closedNodes"] == [] and not st["heldPods"]
+    print(f"[power] ratio 1.5: the replica was scheduled on {idle} {opened_s} s after the patch", flush=True)
+    return {"placement_ratio_raised_to_replica_scheduled_s": opened_s}
+
+
 def say(kubectl: Kubectl, pb_name: str, what: str) -> None:
     """One line of narrative and `kubectl get powerbudget` (what `make demo-power` shows)."""
     print(f"\n[power] {what}\n{kubectl('get', 'powerbudget', pb_name, '-o', 'wide', check=False)}", flush=True)
@@ -218,6 +321,7 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
     domain_nodes: list[str] = []
     pb_name = f"e2e-power-{namespace[-5:]}"
     latencies: dict[str, float | list[float]] = {}
+    cordoned: list[str] = []
     try:
         kubectl.apply(power_service(namespace))
         wait_until(
@@ -288,7 +392,7 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
         token = kubectl("create", "token", AGENT_SA, "-n", namespace, "--duration=1h").strip()
         agent_kubeconfig = token_kubeconfig(kubeconfig, token, workdir / "agent.kubeconfig", "kubetier-agent")
 
-        def start_agent(tier: str) -> None:
+        def start_agent(tier: str, endpoint: str | None = None, node_name: str | None = None) -> None:
             procs.start(
                 f"agent-{tier}",
                 [
@@ -299,9 +403,9 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
                     "--backend",
                     "simulated",
                     "--engine",
-                    f"http://{endpoint_of[tier]}",
+                    f"http://{endpoint or endpoint_of[tier]}",
                     "--node",
-                    node_of[tier],
+                    node_name or node_of[tier],
                     "--kubeconfig",
                     str(agent_kubeconfig),
                     "--report-interval",
@@ -373,6 +477,16 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
             latencies["load_to_engine_capped_s"] = round(t_engine_capped - t_load, 2)
             assert st["cappedByTier"].get("batch") == 1 and st["cappedByTier"].get("interactive") == 0, st
             assert st["cappedSummary"].startswith("batch 1/1"), st["cappedSummary"]
+
+            # The router watches the Nodes: the batch server is routed with its capped model.
+            def router_sees_cap():
+                servers = httpx.get(f"{base_url}/kubetier/status", timeout=2).json()["models"][MODEL]["servers"]
+                by_tier = {s["tier"]: s.get("powerCapWatts") for s in servers}
+                return by_tier if by_tier.get("batch") == 420.0 else None
+
+            by_tier = wait_until(router_sees_cap, "the router to see the batch server's cap", 30, 0.1)
+            latencies["engine_capped_to_router_sees_cap_s"] = round(time.monotonic() - t_engine_capped, 2)
+            assert by_tier.get("interactive") is None, by_tier
             say(kubectl, pb_name, "traffic through the router: above the cap threshold, the batch node is capped")
             # Keep the load on: the interactive node must stay uncapped while the batch node holds its cap.
             t_hold = time.monotonic() + 12
@@ -459,6 +573,9 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
             "caps lifted on delete",
             timeout=30,
         )
+
+        # --- placement (oversubscriptionRatio): a third GPU server is held back, then admitted
+        latencies.update(placement_phase(kubectl, namespace, procs, start_agent, node_of, cordoned, domain_nodes))
     finally:
         artifacts = Path(os.environ.get("KUBETIER_E2E_ARTIFACTS") or workdir)
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -471,7 +588,11 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
         if engines is not None:
             engines.close()
         kubectl("delete", "powerbudget", pb_name, "--ignore-not-found", "--wait=false", check=False)
+        kubectl("delete", "powerbudget", f"{pb_name}-place", "--ignore-not-found", "--wait=true", check=False)
+        for n in cordoned:
+            kubectl("uncordon", n, check=False)
         for n in domain_nodes:
             kubectl("label", "node", n, f"{DOMAIN_LABEL}-", check=False)
             kubectl("annotate", "node", n, f"{POWER_CAP_ANNOTATION}-", f"{POWER_REPORT_ANNOTATION}-", check=False)
+            kubectl("taint", "node", n, f"{PLACEMENT_TAINT_KEY}-", check=False)
         kubectl("delete", "clusterrolebinding,clusterrole", f"kubetier-e2e-node-agent-{namespace[-5:]}", check=False)

@@ -27,6 +27,10 @@ def test_node_agent_runs_kubetier_agent_with_flags_it_accepts_and_the_code_rbac(
     assert not c["securityContext"].get("privileged")
     role = one(objs, "ClusterRole", "kt-kubetier-node-agent")
     assert role["rules"] == rbac.RULES
+    # The PowerBudget's placement taint on idle GPU nodes must not keep the agent away.
+    tolerations = ds["spec"]["template"]["spec"]["tolerations"]
+    assert {"key": "kubetier.io/power-budget", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations  # values kept
 
 
 def test_applying_caps_runs_privileged_without_dry_run(render):

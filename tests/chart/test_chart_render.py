@@ -169,8 +169,14 @@ def test_one_namespace_scopes_the_router_too(render):
         ("team-a", "kt-kubetier-operator"),
         ("team-a", "kt-kubetier-router"),
     ]
-    # The router needs nothing cluster-wide in namespaced mode.
-    assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == ["kt-kubetier-operator"]
+    # Cluster-wide, the router needs only to read Nodes (power caps), in namespaced mode too.
+    assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == [
+        "kt-kubetier-operator",
+        "kt-kubetier-router",
+    ]
+    assert one(objs, "ClusterRole", "kt-kubetier-router")["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}
+    ]
     router = one(objs, "Deployment", "kt-kubetier-router")
     args = router["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--log-level=DEBUG" in args

@@ -257,3 +257,154 @@ async def test_p99_window_holds_measured_draw_only(cluster):
     await run_tick(fake, memory, 101)
     st = fake.get("PowerBudget", None, "rack-a")["status"]
     assert st["p99Watts"] == 800 and st["serversAllowed"] == 3
+
+
+def taints_of(fake: FakeKube, name: str) -> list[dict]:
+    return (fake.get("Node", None, name).get("spec") or {}).get("taints") or []
+
+
+async def test_placement_closes_idle_nodes_at_the_allowed_count_judged_on_measured_p99(cluster):
+    """oversubscriptionRatio on placement: 1-GPU nodes of 700 W, budget 2000 W: 2 servers
+    nominal; 3 are placed. Idle GPU nodes are tainted while placed >= allowed, opened
+    (exactly as many as allowed) when the ratio and the measured p99 allow more, closed
+    again when the measured p99 rises; a replica the taint kept Pending gets an Event."""
+    fake, memory = cluster, DomainMemory()
+    gpu_taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    for name in ("n-idle-1", "n-idle-2"):
+        fake.put({**node(name), "spec": {"taints": [gpu_taint]}})
+    all_nodes = ("n-int", "n-std", "n-batch", "n-idle-1", "n-idle-2")
+
+    def reports(at: float, watts: float) -> None:
+        for name in all_nodes:
+            report(fake, name, watts if not name.startswith("n-idle") else 80, at=at)
+
+    # No measurement yet (one node never reported): only budget/TDP = 2 servers; 3 are placed.
+    await run_tick(fake, memory, 100)
+    st = fake.get("PowerBudget", None, "rack-a")["status"]
+    assert st["servers"] == 3 and st["serversAllowed"] == 2
+    assert st["closedNodes"] == ["n-idle-1", "n-idle-2"]
+    for name in ("n-idle-1", "n-idle-2"):
+        assert taints_of(fake, name) == [
+            gpu_taint,
+            {"key": "kubetier.io/power-budget", "value": "rack-a", "effect": "NoSchedule"},
+        ]
+    assert all(taints_of(fake, n) == [] for n in ("n-int", "n-std", "n-batch"))  # placed servers: never tainted
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["PlacementHeld"]["status"] == "True" and "n-idle-1" in conds["PlacementHeld"]["message"]
+    assert conds["Oversubscribed"]["status"] == "True"
+    assert ("Normal", "PlacementHeld") in events(fake)
+
+    # A replica the scheduler could not place because of the taint: said on the pod and in status.
+    pending = pod("batch-1", "", "batch")
+    pending["spec"] = {}
+    pending["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/5 nodes are available: 2 node(s) had untolerated taint "
+                "{kubetier.io/power-budget: rack-a}, 3 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    }
+    fake.put(pending)
+    # kube-scheduler 1.34 does not name the taint: counted while this domain is closed.
+    unnamed = pod("batch-3", "", "batch")
+    unnamed["spec"] = {}
+    unnamed["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/8 nodes are available: 1 node(s) had untolerated taint(s), 7 node(s) were unschedulable.",
+            }
+        ],
+    }
+    fake.put(unnamed)
+    # Another budget's taint, named: not ours.
+    other = pod("batch-4", "", "batch")
+    other["spec"] = {}
+    other["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "message": "0/5 nodes are available: 2 node(s) had untolerated taint {kubetier.io/power-budget: rack-b}.",
+            }
+        ],
+    }
+    fake.put(other)
+    reports(101, 266.0)  # measured: 3 x 266 W = 800 W placed
+    await run_tick(fake, memory, 101)
+    st = fake.get("PowerBudget", None, "rack-a")["status"]
+    assert st["heldPods"] == ["team/batch-1", "team/batch-3"]
+    pod_events = [e for e in fake.of_kind("Event") if e["involvedObject"]["kind"] == "Pod"]
+    assert [e["reason"] for e in pod_events] == ["HeldByPowerBudget", "HeldByPowerBudget"]
+    assert "3 GPU servers placed, 3 allowed" in pod_events[0]["message"]
+    # ratio 1.3: at most floor(2000/700 x 1.3) = 3; the measured p99 (958 W incl. idle nodes) would allow 5.
+    assert st["serversAllowed"] == 3 and st["closedNodes"] == ["n-idle-1", "n-idle-2"]
+
+    # Ratio 2.0: up to 5; the measured p99 allows them: exactly 2 idle nodes open.
+    pb = fake.get("PowerBudget", None, "rack-a")
+    pb["spec"]["oversubscriptionRatio"] = 2.0
+    fake.store(pb)
+    await run_tick(fake, memory, 102)
+    st = fake.get("PowerBudget", None, "rack-a")["status"]
+    assert st["serversAllowed"] == 5 and st["closedNodes"] == [] and st["heldPods"] == []
+    assert taints_of(fake, "n-idle-1") == [gpu_taint] and taints_of(fake, "n-idle-2") == [gpu_taint]
+    assert ("Normal", "PlacementOpened") in events(fake)
+
+    # The measured p99 rises to 600 W per placed server (3 x 600 + 2 x 80 = 1960 W):
+    # 0.9 x 2000 / (1960 / 3) = 2.8 -> only the 2 nominal servers: closed again.
+    reports(103, 600.0)
+    await run_tick(fake, memory, 103)
+    st = fake.get("PowerBudget", None, "rack-a")["status"]
+    assert st["p99Watts"] == 1960 and st["serversAllowed"] == 2 and st["closedNodes"] == ["n-idle-1", "n-idle-2"]
+
+    # One idle node gets a server: it is never tainted; with room for one more, one idle node opens.
+    pb["spec"]["oversubscriptionRatio"] = 2.0
+    memory2 = DomainMemory()  # a fresh window: measured 266 W per server again
+    fake.put(pod("batch-2", "n-idle-1", "batch"))
+    reports(104, 266.0)
+    await run_tick(fake, memory2, 104)
+    st = fake.get("PowerBudget", None, "rack-a")["status"]
+    assert st["servers"] == 4 and st["serversAllowed"] == 5 and st["closedNodes"] == []
+
+    # Deleting the budget removes its taints (and only its taints).
+    memory3 = DomainMemory()
+    reports(105, 266.0)
+    pb["spec"]["oversubscriptionRatio"] = 1.0
+    fake.store(pb)
+    await run_tick(fake, memory3, 105)
+    assert taints_of(fake, "n-idle-2")[-1]["key"] == "kubetier.io/power-budget"
+    api = KubeClient.for_url(fake.url)
+    try:
+        await lift_all(api, fake.get("PowerBudget", None, "rack-a"))
+    finally:
+        await api.aclose()
+    assert taints_of(fake, "n-idle-2") == [gpu_taint]
+
+
+def test_nodes_to_close_keeps_exactly_the_room_open():
+    tiers = {("team", "chat"): {"batch": (10, 150.0)}}
+    nodes = [node(n) for n in ("a", "b", "c", "d")]
+    dnodes = domain.domain_nodes(nodes, [pod("p", "a", "batch")], tiers)
+    assert domain.nodes_to_close(dnodes, 1) == {"b", "c", "d"}
+    assert domain.nodes_to_close(dnodes, 2) == {"c", "d"}  # one more server may land: one idle node open
+    assert domain.nodes_to_close(dnodes, 0) == {"b", "c", "d"}  # over the limit: nothing evicted, all idle closed
+    assert domain.nodes_to_close(dnodes, 9) == set()
+
+
+def test_the_trend_lookahead_reaches_the_policy():
+    from kubetier.api.powerbudget import PowerBudgetSpec
+
+    spec = PowerBudgetSpec.model_validate(BUDGET["spec"])
+    assert spec.trend_lookahead_seconds == 1.0  # the default (docs/power.md: the sweep behind it)
+    assert domain.policy_config(spec).trend_lookahead_s == 1.0
+    off = PowerBudgetSpec.model_validate({**BUDGET["spec"], "trendLookaheadSeconds": 0})
+    assert domain.policy_config(off).trend_lookahead_s == 0.0

@@ -228,3 +228,32 @@ def test_oversubscription_nominal_and_ratio_ceiling():
     assert servers_allowed(7000, 700, 1.3, servers_now=10, p99_domain_watts=6900, cap_threshold=0.9) == 10
     with pytest.raises(ValueError, match="ratio"):
         servers_allowed(7000, 700, 0.9, servers_now=10, p99_domain_watts=3000, cap_threshold=0.9)
+
+
+def test_trend_lookahead_acts_on_a_rising_draw_before_it_crosses():
+    from dataclasses import replace
+
+    ahead = replace(CFG, trend_lookahead_s=1.0)
+    # 9 x 80 W = 72 %, then 0.5 s later 9 x 95 W = 85.5 %: rising 27 %/s.
+    s0 = decide(fleet(80, now=100), PowerState(), ahead, now=100).state
+    assert s0.last_watts == pytest.approx(720) and s0.last_at == 100
+    d = decide(fleet(95, now=100.5), s0, replace(ahead, trend_brakes=True), now=100.5)
+    # Projected 85.5 % + 27 % = 112.5 %: with trend_brakes, above the hard threshold: brake now.
+    assert d.level == "braking" and d.state.brake_events == 1 and "rising to" in d.reason
+    # Without trend_brakes the projection only adds a group cap (the brake waits for the draw).
+    d = decide(fleet(95, now=100.5), s0, ahead, now=100.5)
+    assert d.level == "capping" and capped_tiers(d) == {"batch"} and d.state.brake_events == 0
+    # Without the lookahead the same readings do nothing (below the cap threshold).
+    plain = decide(fleet(95, now=100.5), decide(fleet(80, now=100), PowerState(), CFG, now=100).state, CFG, now=100.5)
+    assert plain.level == "normal"
+    # A falling draw projects nothing: 85.5 % after 88.2 % stays below the cap threshold.
+    s1 = decide(fleet(98, now=200), PowerState(), replace(ahead, cap_threshold=0.9), now=200).state
+    s1 = PowerState(last_watts=s1.last_watts, last_at=s1.last_at)
+    d = decide(fleet(95, now=200.5), s1, ahead, now=200.5)
+    assert d.level == "normal"
+    # A small rise caps the low group instead of braking: 85.5 % -> 86.4 % in 0.5 s, 3 s ahead 91.8 %.
+    s2 = PowerState(last_watts=855.0, last_at=300.0)
+    d = decide(fleet(96, now=300.5), s2, replace(ahead, trend_lookahead_s=3.0), now=300.5)
+    assert d.level == "capping" and capped_tiers(d) == {"batch"}
+    with pytest.raises(ValueError):
+        replace(CFG, trend_lookahead_s=-1)

@@ -129,3 +129,38 @@ def test_cli_prints_table_and_json(scenario_path, capsys, tmp_path):
     assert [a["arm"] for a in doc["arms"]] == ["nominal", "polca"]
     assert (tmp_path / "power-result.json").is_file() and (tmp_path / "power-domain.png").is_file()
     assert power_main(["--scenario", scenario_path, "--arms", "nope"]) == 2
+
+
+def test_sweep_runs_every_arm_per_case_and_threshold_setting(scenario_path, capsys, tmp_path):
+    out_json = tmp_path / "sweep.json"
+    rc = power_main(
+        [
+            "sweep",
+            "--cases",
+            f"{scenario_path}@1",
+            "--thresholds",
+            "90/80/97,85/75/92",
+            "--duration-s",
+            "20",
+            "--output",
+            str(out_json),
+        ]
+    )
+    assert rc == 0
+    rows = json.loads(out_json.read_text())
+    # nominal and uncapped once, uniform and polca once per setting
+    assert [(r["arm"], r["thresholds"]) for r in rows] == [
+        ("nominal", "-"),
+        ("oversubscribed-uncapped", "-"),
+        ("uniform", "90/80/97"),
+        ("polca", "90/80/97"),
+        ("uniform", "85/75/92"),
+        ("polca", "85/75/92"),
+    ]
+    nominal = rows[0]
+    assert nominal["tightTier"] == "interactive" and nominal["tightDeltaPp"] == 0
+    for r in rows[2:]:
+        assert r["servers"] == 12 and r["meetsGoalSampled"] == (r["tightDeltaPp"] >= -0.5 and r["aboveBudgetS"] == 0.0)
+    assert "polca" in capsys.readouterr().out
+    assert power_main(["sweep", "--thresholds", "90-80-97"]) == 2
+    assert power_main(["sweep", "--cases", "no-at-sign"]) == 2

@@ -86,3 +86,12 @@ from its discovery code).
   resources: [secrets]
   verbs: [get]
 {{- end -}}
+
+{{/* Router rules on cluster-scoped resources: always a ClusterRole. */}}
+{{- define "kubetier.router.clusterScopedRules" -}}
+# Nodes, for their power caps (kubetier.io/power-cap, kubetier.io/power-report): a server
+# on a capped node is routed with its slower, capped latency model (docs/power.md).
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list, watch]
+{{- end -}}

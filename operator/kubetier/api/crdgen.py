@@ -137,6 +137,8 @@ def powerbudget_crd() -> dict[str, Any]:
                 "description": "Capped nodes per tier",
             },
             {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes"},
+            {"name": "Servers", "type": "integer", "jsonPath": ".status.servers", "priority": 1},
+            {"name": "Allowed", "type": "integer", "jsonPath": ".status.serversAllowed", "priority": 1},
             {"name": "Brakes", "type": "integer", "jsonPath": ".status.brakeEvents", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],

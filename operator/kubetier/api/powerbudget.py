@@ -72,9 +72,11 @@ class PowerBudgetSpec(ApiModel):
         default=1.3,
         ge=1.0,
         le=3.0,
-        description="GPU servers the domain may host, as a multiple of budgetWatts / gpuMaxWatts; the controller "
-        "reports servers allowed at the measured p99 draw (status.serversAllowed) and sets the Oversubscribed "
-        "condition when the domain holds more. It does not place or evict pods.",
+        description="GPU servers (GPU nodes with engine pods) the domain may host, at most this multiple of "
+        "budgetWatts / (gpuMaxWatts x GPUs per node), and beyond budget/TDP only as far as the measured p99 draw "
+        "fits under capThresholdPercent (status.serversAllowed). Enforced on placement: while the domain holds "
+        "that many, its idle GPU nodes carry the NoSchedule taint kubetier.io/power-budget=<name> (status."
+        "closedNodes, condition PlacementHeld, Events on the held pods); running servers are never evicted.",
     )
     gpu_max_watts: int = Field(
         default=700,
@@ -110,6 +112,15 @@ class PowerBudgetSpec(ApiModel):
     )
     window_seconds: int = Field(
         default=300, ge=10, le=86_400, description="Window of status.p99Watts (the oversubscription judgement)."
+    )
+    trend_lookahead_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Judge capThresholdPercent on the draw projected this far ahead along its rising trend (0: the "
+        "latest reading alone), so group caps land before a ramp does rather than one telemetry-plus-actuation delay "
+        "after it. 1 s, about that delay: in the fleet simulator it kept five scenarios' 1 s means under the budget "
+        "without a brake (docs/power.md). The brake still waits for the draw itself.",
     )
 
     @model_validator(mode="after")
@@ -147,9 +158,20 @@ class PowerBudgetStatus(ApiModel):
     stale_nodes: list[str] = Field(
         default_factory=list, max_length=1024, description="Nodes counted at their maximum (no fresh agent report)."
     )
-    servers: int = Field(default=0, ge=0, description="GPU servers (nodes with GPUs) in the domain.")
+    servers: int = Field(default=0, ge=0, description="GPU servers placed: GPU nodes of the domain with engine pods.")
     servers_allowed: int | None = Field(
         default=None, ge=0, description="GPU servers the domain may host (oversubscriptionRatio, measured p99)."
+    )
+    closed_nodes: list[str] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="Idle GPU nodes closed to new GPU servers (taint kubetier.io/power-budget) while servers = "
+        "serversAllowed.",
+    )
+    held_pods: list[str] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="Engine pods (namespace/name) the scheduler left Pending because of that taint.",
     )
     seconds_above_cap: float = Field(default=0, ge=0, description="Time the draw spent above capThresholdPercent.")
     seconds_above_hard_cap: float = Field(

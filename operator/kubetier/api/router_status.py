@@ -48,6 +48,9 @@ class ServerState(DocumentModel):
     running: int = Field(default=0, description="Sequences the router believes the server runs.")
     kv_tokens: int = Field(default=0, description="KV tokens the router believes the server holds.")
     pooled: bool = Field(default=False, description="A shared-pool server: the router moves it between tier bins.")
+    power_cap_watts: float | None = Field(
+        default=None, description="The power cap the server is routed under (its capped latency model); null: none."
+    )
 
 
 class ModelStatus(DocumentModel):

@@ -71,6 +71,13 @@ class PowerPolicyConfig:
     lift_after_s: float = 30.0
     uniform: bool = False
     """Baseline for comparison: every server is in one group, capped alike."""
+    trend_lookahead_s: float = 0.0
+    """Judge the cap threshold on the draw projected this far ahead along its rising
+    trend (the change since the previous tick, never a falling one), so group caps land
+    before a ramp does rather than one telemetry-plus-actuation delay after it.
+    0: the latest reading alone. Lifting always uses the latest reading."""
+    trend_brakes: bool = False
+    """Judge the hard threshold (the brake) on the projected draw too."""
 
     def __post_init__(self) -> None:
         if self.budget_watts <= 0:
@@ -86,7 +93,7 @@ class PowerPolicyConfig:
                 raise ValueError(f"{name} must be in (0, 1], got {v}")
         if self.brake_fraction > self.cap_fraction:
             raise ValueError("brake_fraction must not exceed cap_fraction (the brake is the deeper cap)")
-        for name in ("stale_after_s", "escalate_every_s", "lift_after_s"):
+        for name in ("stale_after_s", "escalate_every_s", "lift_after_s", "trend_lookahead_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
@@ -100,6 +107,9 @@ class PowerState:
     changed_at: float | None = None
     below_uncap_since: float | None = None
     brake_events: int = 0
+    last_watts: float | None = None
+    """Domain draw at the previous tick (for the trend)."""
+    last_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,13 @@ def decide(
     groups = cap_order(readings, config.uniform)
     watts, stale = domain_watts(readings, now, config.stale_after_s)
     share = watts / config.budget_watts
+    rising = 0.0
+    if config.trend_lookahead_s > 0 and state.last_watts is not None and state.last_at is not None:
+        dt = now - state.last_at
+        if dt > 0:
+            rising = max(0.0, (watts - state.last_watts) / dt) * config.trend_lookahead_s
+    # The thresholds that add caps see the projected draw; lifting sees the latest one.
+    ahead = (watts + rising) / config.budget_watts
     n = len(groups)
     limit = _max_groups_below_hard(n)
     capped = min(state.capped_groups, limit)
@@ -170,25 +187,26 @@ def decide(
     def settled(hold: float) -> bool:
         return changed_at is None or now - changed_at >= hold
 
-    if share > config.hard_threshold:
+    trend = f" (rising to {ahead:.1%} within {config.trend_lookahead_s:g} s)" if ahead > share else ""
+    if (ahead if config.trend_brakes else share) > config.hard_threshold:
         below_since = None
         if not braking:
             braking = True
             brake_events += 1
             changed_at = now
-            reason = f"domain at {share:.1%} of budget, above the hard threshold: brake, cap every server"
+            reason = f"domain at {share:.1%} of budget{trend}, above the hard threshold: brake, cap every server"
         else:
             reason = f"domain at {share:.1%} of budget, still above the hard threshold: braking"
         # Once the brake releases, the group caps must already hold the domain.
         capped = limit
-    elif share > config.cap_threshold:
+    elif ahead > config.cap_threshold:
         below_since = None
         if braking:
-            reason = f"domain at {share:.1%}, above the cap threshold: keep braking"
+            reason = f"domain at {share:.1%}{trend}, above the cap threshold: keep braking"
         elif capped < limit and settled(config.escalate_every_s):
             capped += 1
             changed_at = now
-            reason = f"domain at {share:.1%}, above the cap threshold: cap group {capped} of {n}"
+            reason = f"domain at {share:.1%}{trend}, above the cap threshold: cap group {capped} of {n}"
         else:
             reason = f"domain at {share:.1%}, above the cap threshold: waiting for caps to take effect"
     else:
@@ -226,6 +244,8 @@ def decide(
         changed_at=changed_at,
         below_uncap_since=below_since,
         brake_events=brake_events,
+        last_watts=watts,
+        last_at=now,
     )
     return PowerDecision(
         state=new_state, level=level, domain_watts=watts, caps=caps, stale=stale, groups=groups, reason=reason

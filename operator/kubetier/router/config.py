@@ -65,6 +65,10 @@ class ServerSpec:
     # Deadline-aware draining: a server under notice still takes new requests until
     # then (epoch seconds; kubetier.policy.spot.admit_until, written by the operator).
     admit_until: float | None = None
+    # The share of its maximum draw the server's node is power-capped at (the Node's
+    # kubetier.io/power-cap and power-report annotations; None: uncapped). The fleet
+    # routes it with the profile's capped latency model (kubetier.policy.power_cap).
+    power_cap_fraction: float | None = None
 
 
 @dataclass

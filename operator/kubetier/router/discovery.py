@@ -11,7 +11,13 @@ configuration on every change:
   A pod is ready when its ``Ready`` condition is True, draining once it has a
   ``deletionTimestamp``; its endpoint is ``<pod IP>:<port>``, or with
   ``--local-endpoints`` its ``kubetier.io/local-endpoint`` annotation;
-- the Secrets named by the access entries (key ``api-key``).
+- the Secrets named by the access entries (key ``api-key``);
+- Nodes, for their power caps (``kubetier.io/power-cap`` and ``kubetier.io/power-report``,
+  written by the PowerBudget controller and ``kubetier agent``): a serving pod on a capped
+  node is routed with the capped latency model (a capped server is a slower server).
+  The agent reports what NVML applied on real GPUs, so this works for any engine
+  (vLLM included), not only the simulator. Without RBAC on nodes the router routes
+  as if uncapped and says so once.
 
 ``build_config`` turns plain dicts of those objects into a ``RouterConfig``: pure, so
 it is tested without a cluster. A ConfigMap that fails to parse is skipped with a
@@ -40,6 +46,7 @@ from kubetier.api.labels import (
     SHARED_POOL,
     TIER_LABEL,
 )
+from kubetier.api.node_power import POWER_CAP_ANNOTATION, POWER_REPORT_ANNOTATION, node_cap_fraction
 from kubetier.api.routing import API_KEY_SECRET_KEY, ROUTING_CONFIGMAP_SUFFIX, ROUTING_KEY, RoutingDocument
 from kubetier.kube import KubeClient, KubeError
 from kubetier.kube.informer import Informer, wait_synced
@@ -82,9 +89,15 @@ def pod_ready(pod: dict) -> bool:
 
 
 def build_config(
-    configmaps: list[dict], pods: list[dict], secrets: dict[tuple[str, str], dict], local_endpoints: bool = False
+    configmaps: list[dict],
+    pods: list[dict],
+    secrets: dict[tuple[str, str], dict],
+    local_endpoints: bool = False,
+    node_caps: dict[str, float] | None = None,
 ) -> RouterConfig:
-    """RouterConfig from ConfigMaps, Pods and Secrets given as plain (API-shaped) dicts."""
+    """RouterConfig from ConfigMaps, Pods and Secrets given as plain (API-shaped) dicts;
+    ``node_caps``: node name -> cap share (:func:`node_caps`) for the pods' nodes."""
+    node_caps = node_caps or {}
     models: dict[str, ModelSpec] = {}
     keys: dict[str, dict[str, frozenset[str]]] = {}
     by_service: dict[tuple[str, str], tuple[ModelSpec, int]] = {}
@@ -161,11 +174,36 @@ def build_config(
                 leave_by=leave_by,
                 pooled=pooled,
                 admit_until=admit_until,
+                power_cap_fraction=node_caps.get(str((pod.get("spec") or {}).get("nodeName") or "")),
             )
         )
     for spec in models.values():
         spec.servers.sort(key=lambda s: s.server_id)
     return RouterConfig(models, keys)
+
+
+def node_caps(nodes: list[dict]) -> dict[str, float]:
+    """Node name -> the share of its maximum draw it is capped at, for the capped nodes."""
+    out = {}
+    for node in nodes:
+        share = node_cap_fraction(_meta(node).get("annotations") or {})
+        if share is not None:
+            out[str(_meta(node).get("name"))] = share
+    return out
+
+
+def _cap_view(node: dict | None) -> tuple[str | None, str | None]:
+    ann = _meta(node or {}).get("annotations") or {}
+    return ann.get(POWER_CAP_ANNOTATION), _report_caps(ann.get(POWER_REPORT_ANNOTATION))
+
+
+def _report_caps(raw: str | None) -> str | None:
+    # The agent rewrites its report every 0.5-1 s with a new draw; only the caps in it
+    # matter here, so a change of draw alone must not rebuild the router's view.
+    if not raw:
+        return None
+    share = node_cap_fraction({POWER_REPORT_ANNOTATION: raw})
+    return None if share is None else f"{share:.4f}"
 
 
 def preemption_deadline(annotations: dict, key: str = PREEMPTION_DEADLINE_ANNOTATION) -> float | None:
@@ -199,11 +237,13 @@ class ClusterSource:
     ConfigMaps and serving pods kept current by watches (list once, then watch), the
     access Secrets read one by one."""
 
-    def __init__(self, namespace: str | None = None, api: KubeClient | None = None) -> None:
+    def __init__(self, namespace: str | None = None, api: KubeClient | None = None, watch_nodes: bool = True) -> None:
         self.api = api or KubeClient.connect(field_manager="kubetier-router")
         self.namespace = namespace
         self.configmaps = Informer(self.api, "ConfigMap", namespace, ROUTING_LABEL)
         self.pods = Informer(self.api, "Pod", namespace, POD_SELECTOR)
+        # Cluster-scoped; optional (power caps): a router without RBAC on nodes still routes.
+        self.nodes: Informer | None = Informer(self.api, "Node") if watch_nodes else None
         self._secrets: dict[tuple[str, str], dict] = {}
         self._secrets_read_at = -1.0
         self._secret_names: set[tuple[str, str]] = set()
@@ -213,6 +253,9 @@ class ClusterSource:
         cms = await self.api.list("ConfigMap", self.namespace, ROUTING_LABEL)
         pods = await self.api.list("Pod", self.namespace, POD_SELECTOR)
         return cms, pods, await self._read_secrets(_secret_refs(cms))
+
+    def node_caps(self) -> dict[str, float]:
+        return node_caps(self.nodes.items()) if self.nodes is not None else {}
 
     async def cached(self, secret_refresh_s: float) -> tuple[list[dict], list[dict], dict[tuple[str, str], dict]]:
         """The watched ConfigMaps and pods; Secrets re-read when the set named changes or
@@ -271,6 +314,15 @@ async def run_discovery(
     for informer in (src.configmaps, src.pods):
         informer.on_change(lambda *_: changed.set())
     tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in (src.configmaps, src.pods)]
+    node_task = None
+    if src.nodes is not None:
+
+        def node_changed(_type: str, old: dict | None, new: dict | None) -> None:
+            if _cap_view(old) != _cap_view(new):
+                changed.set()
+
+        src.nodes.on_change(node_changed)
+        node_task = asyncio.create_task(src.nodes.run(), name=repr(src.nodes))
     refresh_s = interval_s
     try:
         await wait_synced([src.configmaps, src.pods])
@@ -278,7 +330,7 @@ async def run_discovery(
             changed.clear()
             try:
                 cms, pods, secrets = await src.cached(refresh_s)
-                router.update_models(build_config(cms, pods, secrets, local_endpoints))
+                router.update_models(build_config(cms, pods, secrets, local_endpoints, src.node_caps()))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep the last view
@@ -289,6 +341,15 @@ async def run_discovery(
             for task in tasks:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise RuntimeError(f"discovery watch stopped: {task.exception()}")
+            if node_task is not None and node_task.done() and not node_task.cancelled():
+                log.warning(
+                    "cannot watch Nodes (%s): power caps are not seen, capped servers are routed as uncapped "
+                    "(grant the router list/watch on nodes)",
+                    node_task.exception(),
+                )
+                node_task = None
+                src.nodes = None
+                changed.set()
     finally:
-        for task in tasks:
+        for task in tasks + ([node_task] if node_task is not None else []):
             task.cancel()

@@ -29,6 +29,8 @@ from typing import Any
 from kubetier.api.router_status import ModelStatus, ServerState
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
 from kubetier.policy.bins import BinCount, join_bin, refill_move
+from kubetier.policy.latency import LatencyModel
+from kubetier.policy.power_cap import capped_model
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.spot import finishes_before_deadline, tier_long_request_s
 from kubetier.policy.waiting import waiting_key
@@ -188,8 +190,10 @@ class ModelFleet:
                     cur.pool.close()
                     self.policy.remove_server(sid)
                 self.upstreams[sid] = Upstream(s, UpstreamPool(s.host, s.port))
-                self.policy.upsert_server(ServerLoad(sid, s.tier, self.spec.profile))
+                self.policy.upsert_server(ServerLoad(sid, s.tier, self.server_model(s)))
             else:
+                if cur.spec.power_cap_fraction != s.power_cap_fraction:
+                    self._set_model(sid, self.server_model(s))
                 cur.spec = s
             self._apply_state(sid)
             self._plan_leave(sid)
@@ -259,6 +263,37 @@ class ModelFleet:
             ld.tier = dst
             self.policy.upsert_server(ld)
             self._moved(sid)
+
+    def server_model(self, s: ServerSpec) -> LatencyModel:
+        """The latency model ``s`` is routed with: the profile's, or under a power cap its
+        capped model (kubetier.policy.power_cap), so the ordinary feasibility check keeps
+        tight-tier requests off capped servers that can no longer meet their TPOT."""
+        share = s.power_cap_fraction
+        profile = self.spec.profile
+        if share is None:
+            return profile
+        # A cap at or below the idle draw cannot be modelled (the clock would be 0): the
+        # server is then taken as 1% of its dynamic range above idle, i.e. very slow.
+        floor = profile.idle_watts + 0.01 * (profile.tdp_watts - profile.idle_watts)
+        return capped_model(profile, max(floor, share * profile.tdp_watts))
+
+    def _set_model(self, sid: str, model: LatencyModel) -> None:
+        cur = self.policy.server(sid)
+        if cur is None or cur.model is model:
+            return
+        self.policy.upsert_server(
+            ServerLoad(
+                sid,
+                cur.tier,
+                model,
+                ready=cur.ready,
+                draining=cur.draining,
+                running=cur.running,
+                kv_tokens=cur.kv_tokens,
+                queued_prefill_tokens=cur.queued_prefill_tokens,
+            )
+        )
+        log.info("server %s: routed as %s", sid, model.name)
 
     def _apply_state(self, sid: str) -> None:
         up = self.upstreams[sid]
@@ -593,6 +628,9 @@ class ModelFleet:
                     running=ld.running if ld else 0,
                     kv_tokens=ld.kv_tokens if ld else 0,
                     pooled=up.spec.pooled,
+                    power_cap_watts=None
+                    if up.spec.power_cap_fraction is None
+                    else round(up.spec.power_cap_fraction * self.spec.profile.tdp_watts, 1),
                 )
             )
         return ModelStatus(

@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="kubetier simulate power",
         description="One power domain, four arms on the same trace scenario: nominal (budget/TDP servers), "
         "oversubscribed without capping, oversubscribed with uniform capping, oversubscribed with POLCA "
-        "(lowest priority / loosest TPOT capped first). Prints the table, then the JSON result.",
+        "(lowest priority / loosest TPOT capped first). Prints the table, then the JSON result. "
+        "`kubetier simulate power sweep --help`: several scenarios and threshold settings in one table.",
     )
     p.add_argument("--scenario", default=d.scenario, help="shipped scenario name or YAML path (default: %(default)s)")
     p.add_argument("--traces-dir", type=Path, default=None, help="folder holding the public traces")
@@ -29,12 +30,19 @@ def _parser() -> argparse.ArgumentParser:
         if f.name == "scenario":
             continue
         flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", help="(default: off)")
+            continue
         kind = int if f.type in ("int", int) else float
         p.add_argument(flag, type=kind, default=getattr(d, f.name), help="(default: %(default)s)")
     return p
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "sweep":
+        from .power_sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     args = _parser().parse_args(argv)
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
     unknown = [a for a in arms if a not in ARMS]

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kubetier.api.node_power import POWER_CAP_ANNOTATION
+from kubetier.api.node_power import PLACEMENT_TAINT_KEY, POWER_CAP_ANNOTATION
 from kubetier.api.powerbudget import PowerBudget
-from kubetier.kube import KubeClient
+from kubetier.kube import KubeClient, KubeError
 from kubetier.kube.events import event_body
 from kubetier.operator.modelservice.model import SERVICE_LABEL
 from kubetier.operator.powerbudget import domain
@@ -56,6 +56,8 @@ class DomainMemory:
     restored: bool = False
     restore_groups: bool = False  # first tick after a restart while caps were on
     carried: dict[str, float] = field(default_factory=dict)  # counters found in status at start
+    closed: frozenset[str] = frozenset()  # idle nodes closed to new GPU servers (placement taint)
+    held: frozenset[str] = frozenset()  # engine pods the placement taint kept from scheduling
 
 
 @dataclass(frozen=True)
@@ -127,13 +129,29 @@ async def tick(
     by_tier, summary = domain.capped_summary(dnodes, decision)
     capped_nodes = {n.name for n in dnodes if decision.caps.get(n.name) is not None}
     capped_pods = sum(n.engine_pods for n in dnodes if n.name in capped_nodes)
+    placed = sum(1 for n in dnodes if n.placed)
     allowed = servers_allowed(
         float(spec.budget_watts),
         float(spec.gpu_max_watts) * max(1, max((n.gpus for n in dnodes), default=1)),
         spec.oversubscription_ratio,
-        len(dnodes),
+        placed,
         p99,
         config.cap_threshold,
+    )
+    # Placement: idle GPU nodes closed (NoSchedule taint) while the domain holds what it may.
+    close = domain.nodes_to_close(dnodes, allowed)
+    for name, taint_patch in domain.taint_patches(dnodes, close, pb.metadata["name"]).items():
+        try:
+            await api.patch("Node", None, name, taint_patch)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            log.info("node %s changed while its placement taint was written; next tick", name)
+    held = domain.held_pods(pods, pb.metadata["name"], bool(close))
+    p99_text = "unknown (no measurement without stale nodes yet)" if p99 is None else f"{p99:.0f} W"
+    placement = (
+        f"{placed} GPU servers placed, {allowed} allowed (oversubscriptionRatio {spec.oversubscription_ratio:g} x "
+        f"budget/TDP, judged on the measured p99 draw {p99_text})"
     )
     level = LEVELS[decision.level]
     stale = frozenset(decision.stale)
@@ -170,18 +188,31 @@ async def tick(
         condition("Capping", decision.level != "normal", level, decision.reason),
         condition(
             "Oversubscribed",
-            len(dnodes) > allowed,
-            "AboveAllowed" if len(dnodes) > allowed else "WithinAllowed",
-            f"{len(dnodes)} GPU servers, {allowed} allowed (ratio {spec.oversubscription_ratio:g} of "
-            f"budget/TDP, judged on p99 draw {'unknown' if p99 is None else f'{p99:.0f} W'})",
+            placed > allowed,
+            "AboveAllowed" if placed > allowed else "WithinAllowed",
+            placement + ("; running servers are never evicted" if placed > allowed else ""),
+        ),
+        condition(
+            "PlacementHeld",
+            bool(close),
+            "DomainFull" if close else "RoomForServers",
+            (
+                f"{placement}: idle GPU nodes closed to new GPU servers (taint {PLACEMENT_TAINT_KEY}="
+                f"{pb.metadata['name']}:NoSchedule): {', '.join(sorted(close))}"
+                + (f"; replicas held back: {', '.join(held)}" if held else "")
+            )
+            if close
+            else f"{placement}: new GPU servers may be placed",
         ),
     ]
     status = {
         "observedGeneration": int((body.get("metadata") or {}).get("generation") or 0),
         "conditions": conditions,
         "nodes": len(nodes),
-        "servers": len(dnodes),
+        "servers": placed,
         "serversAllowed": allowed,
+        "closedNodes": sorted(close),
+        "heldPods": held,
         "budgetWatts": spec.budget_watts,
         "drawnWatts": round(decision.domain_watts, 1),
         "p99Watts": None if p99 is None else round(p99, 1),
@@ -216,14 +247,36 @@ async def tick(
                 "no fresh report from " + ", ".join(sorted(stale - memory.stale)) + ": counted at their maximum draw",
             )
         )
+    if close and not memory.closed:
+        events.append(("Normal", "PlacementHeld", f"{placement}: idle GPU nodes closed: {', '.join(sorted(close))}"))
+    elif memory.closed and not close:
+        events.append(("Normal", "PlacementOpened", f"{placement}: new GPU servers may be placed"))
     if memory.stale - stale:
         events.append(("Normal", "TelemetryRestored", "reporting again: " + ", ".join(sorted(memory.stale - stale))))
     for kind, reason, message in events:
         await api.create(
             "Event", "default", event_body(body, kind, reason, message, COMPONENT, dt.datetime.now(dt.UTC))
         )
+    by_id = {f"{(p.get('metadata') or {}).get('namespace')}/{(p.get('metadata') or {}).get('name')}": p for p in pods}
+    for pod_id in sorted(set(held) - memory.held):
+        # On the pod too: `kubectl describe pod` says why the replica is Pending.
+        await api.create(
+            "Event",
+            pod_id.split("/")[0],
+            event_body(
+                by_id[pod_id],
+                "Warning",
+                "HeldByPowerBudget",
+                f"PowerBudget {pb.metadata['name']}: {placement}; this replica waits until the domain may host "
+                "another GPU server",
+                COMPONENT,
+                dt.datetime.now(dt.UTC),
+            ),
+        )
     memory.level = decision.level
     memory.stale = stale
+    memory.closed = frozenset(close)
+    memory.held = frozenset(held)
     return TickResult(decision, patched, status, events)
 
 
@@ -236,14 +289,21 @@ def domain_decide(
 
 
 async def lift_all(api: KubeClient, body: dict[str, Any]) -> list[str]:
-    """Remove this domain's caps (the PowerBudget is being deleted)."""
+    """Remove this domain's caps and placement taints (the PowerBudget is being deleted)."""
     pb = PowerBudget.model_validate(body)
     nodes = await api.list("Node", None, domain.label_selector(pb.spec.node_selector) or None)
     lifted = []
     for node in nodes:
         ann = (node.get("metadata") or {}).get("annotations") or {}
+        name = node["metadata"]["name"]
         if POWER_CAP_ANNOTATION in ann:
-            name = node["metadata"]["name"]
             await api.patch("Node", None, name, {"metadata": {"annotations": {POWER_CAP_ANNOTATION: None}}})
             lifted.append(name)
+        taints = (node.get("spec") or {}).get("taints") or []
+        if any(t.get("key") == PLACEMENT_TAINT_KEY for t in taints):
+            kept = [t for t in taints if t.get("key") != PLACEMENT_TAINT_KEY]
+            meta = {"resourceVersion": node["metadata"].get("resourceVersion")}
+            await api.patch("Node", None, name, {"metadata": meta, "spec": {"taints": kept}})
+            if name not in lifted:
+                lifted.append(name)
     return lifted

@@ -5,6 +5,15 @@ every GPU of the node alike, and the controller writes one cap per node. A node 
 the tier of the engine pods scheduled on it; with several, the most protected one
 (highest priority, then tightest TPOT) so a node is never capped for its least
 important tenant. A GPU node without engine pods is its own group, capped first.
+
+Placement (``oversubscriptionRatio``): a *placed server* is a GPU node with engine pods.
+While the domain holds as many as it may (:func:`kubetier.policy.power.servers_allowed`,
+judged on the measured p99 draw), its idle GPU nodes carry the NoSchedule taint
+``kubetier.io/power-budget=<PowerBudget>``, so the scheduler places no further GPU
+server there; when more are allowed, that many idle nodes are opened (name order), no
+more, so a burst of pending replicas cannot overshoot. Running servers are never
+evicted, and a node with engine pods is never tainted (a replacement pod of the same
+server must be able to land).
 """
 
 from __future__ import annotations
@@ -16,7 +25,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetier.api.node_power import POWER_CAP_ANNOTATION, POWER_REPORT_ANNOTATION, NodePowerReport
+from kubetier.api.node_power import (
+    PLACEMENT_TAINT_KEY,
+    POWER_CAP_ANNOTATION,
+    POWER_REPORT_ANNOTATION,
+    NodePowerReport,
+)
 from kubetier.api.powerbudget import NodeSelector, PowerBudgetSpec
 from kubetier.operator.modelservice.model import GPU_RESOURCE, SERVICE_LABEL, TIER_LABEL
 from kubetier.policy.power import PowerDecision, PowerPolicyConfig, ServerReading
@@ -52,6 +66,7 @@ def policy_config(spec: PowerBudgetSpec) -> PowerPolicyConfig:
         stale_after_s=float(spec.stale_after_seconds),
         escalate_every_s=float(spec.escalate_after_seconds),
         lift_after_s=float(spec.lift_after_seconds),
+        trend_lookahead_s=float(spec.trend_lookahead_seconds),
     )
 
 
@@ -90,6 +105,17 @@ class DomainNode:
     report: NodePowerReport | None
     problem: str | None
     current_cap: str | None  # the kubetier.io/power-cap annotation as it is now
+    taints: tuple[dict[str, Any], ...] = ()
+    resource_version: str | None = None
+
+    @property
+    def placed(self) -> bool:
+        """A GPU server is placed here (engine pods scheduled on the node)."""
+        return self.engine_pods > 0
+
+    @property
+    def closed(self) -> bool:
+        return any(t.get("key") == PLACEMENT_TAINT_KEY for t in self.taints)
 
     def reading(self, gpu_max_watts: float) -> ServerReading:
         r = self.report
@@ -169,6 +195,8 @@ def domain_nodes(
                 report=report,
                 problem=problem,
                 current_cap=_annotations(node).get(POWER_CAP_ANNOTATION),
+                taints=tuple((node.get("spec") or {}).get("taints") or ()),
+                resource_version=(node.get("metadata") or {}).get("resourceVersion"),
             )
         )
     return sorted(out, key=lambda n: n.name)
@@ -204,3 +232,55 @@ def capped_summary(nodes: Iterable[DomainNode], decision: PowerDecision) -> tupl
     tiers = sorted(total, key=lambda t: order[t])
     summary = ", ".join(f"{t} {capped.get(t, 0)}/{total[t]}" for t in tiers)
     return {t: capped.get(t, 0) for t in tiers}, summary
+
+
+def nodes_to_close(nodes: Iterable[DomainNode], allowed: int) -> set[str]:
+    """The idle GPU nodes to close to new GPU servers: all idle ones beyond the
+    ``allowed - placed`` that may still take one (kept open in name order, so the open
+    ones stay the same tick after tick)."""
+    nodes = list(nodes)
+    placed = sum(1 for n in nodes if n.placed)
+    idle = sorted(n.name for n in nodes if not n.placed)
+    room = max(0, allowed - placed)
+    return set(idle[room:])
+
+
+def taint_patches(nodes: Iterable[DomainNode], close: set[str], budget_name: str) -> dict[str, dict[str, Any]]:
+    """Node -> merge patch of ``spec.taints`` for the nodes whose placement taint changes.
+
+    The whole list is written (a merge patch replaces lists) with the node's
+    resourceVersion, so a taint another controller added in between is never lost: the
+    write fails with a conflict and the next tick tries again.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for n in nodes:
+        want = n.name in close
+        if want == n.closed:
+            continue
+        kept = [t for t in n.taints if t.get("key") != PLACEMENT_TAINT_KEY]
+        if want:
+            kept.append({"key": PLACEMENT_TAINT_KEY, "value": budget_name, "effect": "NoSchedule"})
+        meta: dict[str, Any] = {"resourceVersion": n.resource_version} if n.resource_version else {}
+        out[n.name] = {"metadata": meta, "spec": {"taints": kept}}
+    return out
+
+
+def held_pods(pods: Iterable[Mapping[str, Any]], budget_name: str, closing: bool) -> list[str]:
+    """Engine pods (namespace/name) left Pending by an untolerated taint while this
+    domain keeps idle nodes closed. kube-scheduler 1.34 says "had untolerated taint(s)"
+    without naming the taint (older versions name it; then it must be this budget's), so
+    a pod held by some other taint while this domain is full may be counted too."""
+    if not closing:
+        return []
+    out = []
+    for pod in pods:
+        if (pod.get("spec") or {}).get("nodeName"):
+            continue
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                message = str(c.get("message") or "")
+                named = PLACEMENT_TAINT_KEY in message and budget_name in message
+                if named or ("untolerated taint" in message and "{" not in message):
+                    meta = pod.get("metadata") or {}
+                    out.append(f"{meta.get('namespace')}/{meta.get('name')}")
+    return sorted(out)
