@@ -22,7 +22,7 @@ from kubetier.api.labels import SERVICE_LABEL
 from kubetier.api.modelservice import GROUP, PLURAL, VERSION
 from kubetier.kube import KubeError
 from kubetier.kube.events import event_body
-from kubetier.operator import runtime
+from kubetier.operator import metrics, runtime
 from kubetier.operator.modelservice.model import OperatorConfig
 from kubetier.operator.spot.notices import MANAGED_SERVING, grace_period_s, mark_patch, node_notice, pods_on
 from kubetier.operator.spot.rebalance import return_to_spot
@@ -96,6 +96,7 @@ async def on_node(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
                 stamp,
             ),
         )
+    metrics.record_spot_notice(notice.source, len(pods))
     logger.info(f"spot: notice on {notice.node} ({notice.source}); drained {len(pods)} pod(s)")
 
 
@@ -116,6 +117,7 @@ async def on_return_timer(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
         logger.warning(f"spot: return-to-spot check failed: {exc}")
         return
     if moved:
+        metrics.SPOT_RETURNS.inc(len(moved))
         logger.info(f"spot: moving {', '.join(moved)} back to spot")
 
 
