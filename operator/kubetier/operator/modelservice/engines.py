@@ -199,14 +199,16 @@ MODEL_CACHE_VOLUME = "model-cache"
 
 def model_cache_volume(spec: ModelServiceSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(volume, volumeMount) of the shared weights cache: the claim mounted read-only, so
-    replicas share one copy and none can corrupt it."""
+    replicas share one copy and none can corrupt it; or an OCI image volume (Kubernetes
+    ImageVolume), pulled once per node by the kubelet and always read-only."""
     cache = spec.model.cache
     if cache is None:
         return None
-    volume = {
-        "name": MODEL_CACHE_VOLUME,
-        "persistentVolumeClaim": {"claimName": cache.claim_name, "readOnly": True},
-    }
+    volume: dict[str, Any] = {"name": MODEL_CACHE_VOLUME}
+    if cache.image is not None:
+        volume["image"] = {"reference": cache.image.reference, "pullPolicy": cache.image.pull_policy}
+    else:
+        volume["persistentVolumeClaim"] = {"claimName": cache.claim_name, "readOnly": True}
     return volume, {"name": MODEL_CACHE_VOLUME, "mountPath": cache.mount_path, "readOnly": True}
 
 
