@@ -55,6 +55,9 @@ def test_image_volume_model_cache_is_rendered_and_kept_by_the_api_server(
     # The ReplicaSet's pods as the API server stored them still carry the volume.
     pods = wait_until(lambda: serving_pods(kubectl, namespace, "cached"), "the engine pod", timeout=90)
     assert all(volume in p["spec"]["volumes"] for p in pods), [p["spec"]["volumes"] for p in pods]
+    # The operator saw the volume kept (it reports ImageVolumeUnsupported when it is dropped).
+    conds = kubectl.json("get", "modelservice", "cached", "-n", namespace).get("status", {}).get("conditions", [])
+    assert not [c for c in conds if c.get("reason") == "ImageVolumeUnsupported"], conds
 
 
 def test_api_server_refuses_both_or_neither_cache_source(kubectl: Kubectl, crds, namespace):
