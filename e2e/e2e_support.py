@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -201,6 +202,9 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, log_path: Path, extra_args: list[str] | None = None) -> None:
         self.kubeconfig, self.log_path = kubeconfig, log_path
         self.args = extra_args if extra_args is not None else operator_args()
+        # Its Prometheus metrics on loopback (a fixed port across restarts of this process).
+        self.metrics_port = free_port()
+        self.args = [*self.args, "--metrics-port", str(self.metrics_port), "--metrics-bind-address", "127.0.0.1"]
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -259,6 +263,13 @@ def session_operator_paused(why: str):
     finally:
         for op in stopped:
             op.start()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def operator_args() -> list[str]:

@@ -356,12 +356,17 @@ def compile_pyc(root: Path, subdir: str) -> None:
         raise SystemExit(f"image: byte-compiling /{subdir} failed")
 
 
-def _drop_direct_url(site: Path) -> None:
-    """pip records the wheel's temporary path in direct_url.json (and its hash in RECORD):
-    a different path every build. Neither is needed at run time. The console scripts pip
-    wrote under ``bin/`` are not shipped either (the image has its own entrypoint), and their
-    RECORD hashes depend on the installing interpreter's path (the shebang): drop those
-    lines too, so the layer is the same whatever folder it is built from."""
+def _drop_install_traces(site: Path) -> None:
+    """Remove what ties an installed layer to the folder and interpreter it was built with.
+
+    pip records the wheel's temporary path in direct_url.json (and its hash in RECORD): a
+    different path every build. The console scripts pip wrote under ``bin/`` are not
+    shipped (the image has its own entrypoint), but every RECORD still lists them with a
+    hash of their shebang, which names the installing interpreter: a build from another
+    venv (a fresh clone elsewhere) gave another digest, for the app layer and for seven
+    dists of the wheels layer (charset_normalizer, httpx, idna, jsonpatch, jsonpointer,
+    kopf, websocket_client). Neither is needed at run time; both go, in every layer pip
+    installs."""
     for record in site.glob("*.dist-info/RECORD"):
         dist = record.parent.name
         lines = [
@@ -581,6 +586,7 @@ def assemble(tmp: Path, only: tuple[str, ...] = ("base", "wheels", "app")) -> di
     if "wheels" in roots:
         install_wheels(roots["wheels"] / SITE)
         shutil.rmtree(roots["wheels"] / SITE / "bin", ignore_errors=True)
+        _drop_install_traces(roots["wheels"] / SITE)
         compile_pyc(roots["wheels"], SITE)
         log(f"wheels layer assembled ({time.monotonic() - t0:.0f}s)")
     if "app" in roots:
@@ -591,7 +597,7 @@ def assemble(tmp: Path, only: tuple[str, ...] = ("base", "wheels", "app")) -> di
             + [str(app / SITE), str(wheel)]
         )
         shutil.rmtree(app / SITE / "bin", ignore_errors=True)
-        _drop_direct_url(app / SITE)
+        _drop_install_traces(app / SITE)
         write_entrypoint(app)
         compile_pyc(app, SITE)
         log(f"app layer assembled ({time.monotonic() - t0:.0f}s)")

@@ -334,6 +334,10 @@ def _config_file() -> Path:
             "kubectlBinary": str(BIN / "kubectl"),
             "kubeAuthorization": True,
             "kubeAdmission": True,
+            # Pod volumes[].image (an OCI image as a read-only volume: model.cache.image) is
+            # beta and off by default in 1.33-1.34: without the gate the API server drops the
+            # volume and its mounts silently. On by default from 1.35.
+            "kubeFeatureGates": "ImageVolume=true",
             # the versions of the binaries above, so kwokctl renders flags for them
             "kubeVersion": K8S_VERSION,
             "etcdVersion": ETCD_VERSION,

@@ -12,10 +12,10 @@ every local process here binds loopback). The model is a tiny random Llama built
   vllm:gpu_cache_usage_perc, and the router's metric reader parses it;
 - non-streaming and streaming chat and completions through the router with the OpenAI
   client, with usage;
-- a stream whose engine is killed mid-stream is resumed by the router on the second real
-  engine. The router resumes from the streamed *text* today (prompt + text so far); a
-  token-id resume (`prompt` as token ids, `return_token_ids`) is the router work of
-  another issue and is not tested here.
+- a completions stream whose engine is killed (SIGKILL) on its first relayed token is
+  resumed by the router on the second real engine by token ids (the router asks vLLM for
+  `return_token_ids` and resumes with the original prompt's ids plus the relayed ids):
+  the client sees one stream of exactly max_tokens tokens, none repeated or missing.
 
 Run by `make e2e-vllm` (part of `make test`), which installs vLLM into the cache first.
 Outside CI a missing install skips with the command that provides it; in CI it fails.
@@ -269,57 +269,77 @@ def test_streaming_through_the_router(stack):
 
 
 def engine_running(port: int) -> float:
+    """Requests the engine is running now, read from its own /metrics (the router's view
+    is a scrape behind); -1 when the engine does not answer."""
     with contextlib.suppress(httpx.HTTPError):
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
         return sum(float(m) for m in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)", text, re.M))
     return -1.0
 
 
-@pytest.mark.xfail(
-    reason=(
-        "not passing yet: the tiny model finishes its stream before the test can find and kill the engine "
-        "(router status shows no running request after 3 chunks); needs a slower stream or the router's "
-        "token-id resume hooks (docs/engines.md)"
-    ),
-    strict=False,
-)
-def test_stream_resumes_on_the_second_real_engine_after_the_first_is_killed(stack):
-    """Kill (SIGKILL) the engine serving a stream after its first tokens; the client's
-    stream still completes all its tokens, finished by the other real engine."""
+def test_stream_resumes_by_token_ids_on_the_second_real_engine_after_the_first_is_killed(stack):
+    """SIGKILL the engine serving a completions stream as soon as its first token reaches
+    the client; the client still sees one uninterrupted stream (one chunk id, no error
+    event) of exactly max_tokens tokens, the second real engine continuing from the exact
+    token ids the client has: its prompt is the original prompt's ids plus every id
+    already relayed (no token repeated, none missing, no re-tokenisation).
+
+    Deterministic: ignore_eos + min_tokens make the engine generate all max_tokens (it
+    cannot stop early on a sampled EOS), so it is still generating when it is killed."""
     c = client(stack)
-    max_tokens = 1800  # long enough that the engine is still generating when it is killed
+    max_tokens = 1500  # prompt + 1500 < maxModelLen 2048, on the first engine and the resumed one
     stream = c.completions.create(
         model="tiny",
         prompt="import os\nimport sys\n",
         max_tokens=max_tokens,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
+        extra_body={"ignore_eos": True, "min_tokens": max_tokens},
     )
     killed: list[int] = []
-    pieces: list[str] = []
-    finish = None
+    ids: list[int] = []  # token ids in the order the client got them
+    prompts: list[tuple[int, list[int]]] = []  # (ids received before it, prompt_token_ids) per engine stream
+    chunk_ids: set[str] = set()
+    finishes: list[str] = []
+    usage = None
     for chunk in stream:
-        if chunk.choices:
-            pieces.append(chunk.choices[0].text or "")
-            finish = chunk.choices[0].finish_reason or finish
-        if len(pieces) == 3 and not killed:
-            # The router's own bookkeeping names the engine holding the stream.
-            servers = httpx.get(stack["router"] + "/kubetier/status", timeout=5).json()["models"]["tiny"]["servers"]
-            busy = [i for i, srv in enumerate(servers) if srv["running"] > 0]
-            assert len(busy) == 1, f"expected one engine serving the stream, saw {servers}"
-            index = int(servers[busy[0]]["id"].removeprefix("vllm-"))
-            os.killpg(stack["procs"][index].pid, signal.SIGKILL)
-            killed.append(index)
-    assert killed, "the stream ended before an engine could be killed"
-    assert finish == "length"
+        chunk_ids.add(chunk.id)
+        if chunk.usage:
+            usage = chunk.usage
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        extra = choice.model_extra or {}
+        if extra.get("prompt_token_ids") is not None:
+            prompts.append((len(ids), list(extra["prompt_token_ids"])))
+        assert extra.get("token_ids") is not None, f"a token event without token ids: {chunk}"
+        ids.extend(extra["token_ids"])
+        if choice.finish_reason:
+            finishes.append(choice.finish_reason)
+        if ids and not killed:
+            running = [engine_running(port) for port in stack["ports"]]
+            busy = [i for i, r in enumerate(running) if r > 0]
+            assert len(busy) == 1, f"expected exactly one engine running the stream, saw {running}"
+            os.killpg(stack["procs"][busy[0]].pid, signal.SIGKILL)
+            killed.append(busy[0])
+    assert killed, "the stream produced no token"
+    assert stack["procs"][killed[0]].wait(30) == -signal.SIGKILL
+    # One stream, as if from one engine.
+    assert len(chunk_ids) == 1, chunk_ids
+    assert finishes == ["length"], finishes
+    assert usage is not None and usage.completion_tokens == max_tokens, usage
+    assert len(ids) == max_tokens, f"the client got {len(ids)} tokens, asked for {max_tokens}"
+    # Two engine streams: the first engine's, and the survivor's that starts where the
+    # client was: its prompt = original prompt ids + exactly the ids relayed so far.
+    assert len(prompts) == 2, [(n, len(p)) for n, p in prompts]
+    (n0, original), (n1, resumed) = prompts
+    assert n0 == 0 and 1 <= n1 < max_tokens, (n0, n1)
+    assert resumed == original + ids[:n1], "the resumed prompt is not the original prompt plus the relayed ids"
+    assert usage.prompt_tokens == len(original), usage
     survivor = 1 - killed[0]
     metrics = httpx.get(stack["router"] + "/metrics", timeout=5).text
     migrations = sum(float(v) for v in re.findall(r"^kubetier_router_migrations_total\{[^}]*\} (\S+)", metrics, re.M))
-    assert migrations >= 1, "the router did not record a mid-stream migration"
+    assert migrations == 1, f"the router recorded {migrations} mid-stream migrations, expected 1"
     text = httpx.get(f"http://127.0.0.1:{stack['ports'][survivor]}/metrics", timeout=5).text
     served = sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)", text, re.M))
     assert served >= 1, "the surviving engine finished no request"
-    # Tokens: the client received the whole budget across the two engines (the resumed
-    # request asks only for what was left).
-    assert len("".join(pieces)) > 0

@@ -304,3 +304,31 @@ def test_app_layer_rebuilds_bit_for_bit(info: dict, tmp_path: Path) -> None:
     raw = image_build.layer_tar(roots["app"])
     app = next(layer for layer in info["layers"] if layer["name"] == "app")
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == app["diff_id"]
+
+
+def test_wheels_layer_is_the_same_from_another_folder_and_interpreter(
+    info: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reproducibility across checkouts: the wheels layer assembled by another interpreter
+    path (a venv created elsewhere, running this venv's pip, so only the path differs) in
+    another temporary folder has the digest of the image's own wheels layer. It did not
+    before RECORD's console-script lines (hashes of shebangs naming the interpreter) were
+    dropped."""
+    import sysconfig
+
+    elsewhere = tmp_path / "another" / "checkout" / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(elsewhere)], check=True)
+    other_python = elsewhere / "bin" / "python"
+    assert other_python.is_file() and str(other_python) != sys.executable
+    # This venv's pip (same version, same output) imported by the other interpreter.
+    monkeypatch.setenv("PYTHONPATH", sysconfig.get_paths()["purelib"])
+    monkeypatch.setattr(image_build.sys, "executable", str(other_python))
+    work = tmp_path / "work"
+    work.mkdir()
+    roots = image_build.assemble(work, ("wheels",))
+    records = list((roots["wheels"] / image_build.SITE).glob("*.dist-info/RECORD"))
+    scripts = [r for r in records if any(ln.startswith("../../bin/") for ln in r.read_text().splitlines())]
+    assert records and not scripts, f"RECORD still lists console scripts: {scripts}"
+    raw = image_build.layer_tar(roots["wheels"])
+    wheels = next(layer for layer in info["layers"] if layer["name"] == "wheels")
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == wheels["diff_id"]

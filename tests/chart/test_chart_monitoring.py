@@ -35,7 +35,7 @@ def test_auto_with_prometheus_operator_renders_monitors_and_rules(helm):
     args = [a for v in MONITORING for a in ("--api-versions", v)]
     objs = template(helm, *args)
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds(objs)
-    [pm] = [o for o in objs if o["kind"] == "PodMonitor"]
+    [pm] = [o for o in objs if o["kind"] == "PodMonitor" and o["metadata"]["name"].endswith("engines")]
     exprs = {e["key"]: e["operator"] for e in pm["spec"]["selector"]["matchExpressions"]}
     assert exprs == {"kubetier.io/service": "Exists", "kubetier.io/role": "Exists"}
     assert pm["spec"]["podMetricsEndpoints"][0] == {"port": "http", "path": "/metrics", "interval": "15s"}
@@ -50,6 +50,8 @@ def test_auto_with_prometheus_operator_renders_monitors_and_rules(helm):
         "KubetierStandbyExhausted",
         "KubetierPowerOverThreshold",
         "KubetierSpotInterruptionNotice",
+        "KubetierOperatorReconcileErrors",
+        "KubetierOperatorAbsent",
     } <= alerts
 
 
@@ -70,3 +72,37 @@ def test_dashboard_configmap(helm):
     assert cm["data"]["kubetier-dashboard.json"] == (CHART / "files" / "kubetier-dashboard.json").read_text().rstrip(
         "\n"
     )
+
+
+def operator_workload(objs: list[dict]) -> dict:
+    [op] = [
+        o for o in objs if o["kind"] in ("Deployment", "StatefulSet") and o["metadata"]["name"].endswith("operator")
+    ]
+    return op
+
+
+def test_operator_metrics_port_podmonitor_and_networkpolicy(helm):
+    args = [a for v in MONITORING for a in ("--api-versions", v)]
+    objs = template(helm, *args, "--set", "networkPolicy.enabled=true", "--set", "operator.metrics.port=9102")
+    op = operator_workload(objs)
+    pod = op["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert "--metrics-port=9102" in container["args"] and "--metrics-bind-address=0.0.0.0" in container["args"]
+    assert {"name": "metrics", "containerPort": 9102} in container["ports"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9102"
+    [pm] = [o for o in objs if o["kind"] == "PodMonitor" and o["metadata"]["name"].endswith("operator")]
+    assert pm["spec"]["selector"]["matchLabels"] == op["spec"]["selector"]["matchLabels"]
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    [np] = [o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("operator")]
+    assert np["spec"]["ingress"] == [{"ports": [{"port": 9102, "protocol": "TCP"}]}]
+
+
+def test_operator_metrics_off(helm):
+    args = [a for v in MONITORING for a in ("--api-versions", v)]
+    objs = template(helm, *args, "--set", "networkPolicy.enabled=true", "--set", "operator.metrics.enabled=false")
+    [container] = operator_workload(objs)["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in container["args"] if a.startswith("--metrics")]
+    assert not [o for o in objs if o["kind"] == "PodMonitor" and o["metadata"]["name"].endswith("operator")]
+    [np] = [o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("operator")]
+    assert "ingress" not in np["spec"]

@@ -91,7 +91,13 @@ def test_defaults(render):
     c = op["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "ghcr.io/kubetier/kubetier:0.1.0"
     assert c["command"] == ["kubetier", "operator"]
-    assert c["args"] == ["--all-namespaces", "--standalone", "--liveness=http://0.0.0.0:8081/healthz"]
+    assert c["args"] == [
+        "--all-namespaces",
+        "--standalone",
+        "--liveness=http://0.0.0.0:8081/healthz",
+        "--metrics-port=8082",
+        "--metrics-bind-address=0.0.0.0",
+    ]
     assert "POD_INDEX" not in {e["name"] for e in c["env"]}
     env = {e["name"]: e.get("value") for e in c["env"]}
     # status.endpoint = http://<service>.<namespace>.svc:<port>/v1
@@ -198,7 +204,14 @@ def test_observability_and_network_policy(render):
     assert {"namespaceSelector": {"matchLabels": {"kubetier.io/clients": "true"}}} in peers
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in peers
     op_np = one(objs, "NetworkPolicy", "kt-kubetier-operator")
-    assert op_np["spec"]["policyTypes"] == ["Ingress"] and not op_np["spec"].get("ingress")
+    # The operator admits only Prometheus (metricsClients), only on its metrics port.
+    assert op_np["spec"]["policyTypes"] == ["Ingress"]
+    assert op_np["spec"]["ingress"] == [
+        {
+            "ports": [{"port": 8082, "protocol": "TCP"}],
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        }
+    ]
     assert not by_kind(objs, "DaemonSet")  # the node agent stays off until it exists
 
 

@@ -16,15 +16,21 @@ def test_operator_args_rebound_to_loopback_and_index_expanded():
             "--peering=kubetier",
             "--priority=$(POD_INDEX)",
             "--liveness=http://0.0.0.0:8081/healthz",
+            "--metrics-port=8082",
+            "--metrics-bind-address=0.0.0.0",
         ],
     }
-    argv = run_local.local_command("operator", container, {"liveness": 40001}, {"POD_INDEX": "1"})
+    argv = run_local.local_command(
+        "operator", container, {"liveness": 40001, "metrics-port": 40002}, {"POD_INDEX": "1"}
+    )
     assert argv == [
         "operator",
         "--all-namespaces",
         "--peering=kubetier",
         "--priority=1",
         "--liveness=http://127.0.0.1:40001/healthz",
+        "--metrics-port=40002",
+        "--metrics-bind-address=127.0.0.1",
     ]
 
 

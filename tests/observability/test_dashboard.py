@@ -31,6 +31,10 @@ def test_dashboard_is_valid_and_complete():
         "kubetier_router_queue_length",
         "kube_node_labels",
         "kubetier_engine_power_watts",
+        "kubetier_operator_reconciles_total",
+        "kubetier_operator_reconcile_duration_seconds_bucket",
+        "kubetier_operator_desired_replicas",
+        "kubetier_operator_power_level",
     ):
         assert metric in exprs, metric
 

@@ -5,7 +5,8 @@ stopped engine activates KubetierEngineNotReady.
 
 Alerts with a `for:` duration are checked in state pending-or-firing: the expression is
 true on live data (waiting out `for: 2m` would only test Prometheus' clock). The operator
-exports no metrics yet, so it is not a scrape target here."""
+is scraped by a real Prometheus on the local cluster, where it has an API server to
+reconcile against: e2e/test_operator_metrics.py."""
 
 from __future__ import annotations
 

@@ -254,3 +254,85 @@ def test_a_wrong_expectation_fails(promtool, tmp_path):
 def test_objectives_must_be_ratios(bad):
     with pytest.raises(ValueError, match="between 0 and 1"):
         alerts.AlertSettings(default_objective=bad)
+
+
+def operator_series(info: bool = True) -> list[dict]:
+    """A modelservice controller failing half its reconciles (API errors) and slow (every
+    reconcile between 5 and 10 s); a powerbudget controller with only conflicts and fast."""
+    out = [
+        series("kubetier_operator_reconciles_total", "0+10x60", controller="modelservice", result="ok"),
+        series("kubetier_operator_reconciles_total", "0+10x60", controller="modelservice", result="error"),
+        series("kubetier_operator_reconcile_errors_total", "0+10x60", controller="modelservice", kind="api"),
+        series("kubetier_operator_reconciles_total", "0+100x60", controller="powerbudget", result="ok"),
+        series("kubetier_operator_reconciles_total", "0+50x60", controller="powerbudget", result="error"),
+        series("kubetier_operator_reconcile_errors_total", "0+50x60", controller="powerbudget", kind="conflict"),
+        series("kubetier_operator_power_level", "1x60", powerbudget="rack-a", level="braking"),
+        series("kubetier_operator_power_level", "0x60", powerbudget="rack-b", level="braking"),
+        series("kubetier_operator_power_level", "1x60", powerbudget="rack-b", level="capping"),
+    ]
+    for le, ms_rate, pb_rate in (("0.01", 0, 150), ("5", 0, 150), ("10", 20, 150), ("+Inf", 20, 150)):
+        out.append(
+            series(
+                "kubetier_operator_reconcile_duration_seconds_bucket",
+                f"0+{ms_rate}x60",
+                controller="modelservice",
+                le=le,
+            )
+        )
+        out.append(
+            series(
+                "kubetier_operator_reconcile_duration_seconds_bucket",
+                f"0+{pb_rate}x60",
+                controller="powerbudget",
+                le=le,
+            )
+        )
+    if info:
+        out.append(series("kubetier_operator_info", "1x60", version="0.1.0"))
+    return out
+
+
+def test_operator_alerts(promtool, tmp_path):
+    check(
+        promtool,
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": operator_series(),
+                "alert_rule_test": [
+                    # 50% of the modelservice controller's reconciles fail; the powerbudget
+                    # controller's failures are all conflicts (retried, not alerted on).
+                    {
+                        "eval_time": "30m",
+                        "alertname": "KubetierOperatorReconcileErrors",
+                        "exp_alerts": [{"exp_labels": {"controller": "modelservice", "severity": "warning"}}],
+                    },
+                    {"eval_time": "10m", "alertname": "KubetierOperatorReconcileErrors", "exp_alerts": []},
+                    {
+                        "eval_time": "30m",
+                        "alertname": "KubetierOperatorReconcileSlow",
+                        "exp_alerts": [{"exp_labels": {"controller": "modelservice", "severity": "warning"}}],
+                    },
+                    {"eval_time": "30m", "alertname": "KubetierOperatorAbsent", "exp_alerts": []},
+                    {
+                        "eval_time": "5m",
+                        "alertname": "KubetierPowerBraking",
+                        "exp_alerts": [{"exp_labels": {"powerbudget": "rack-a", "severity": "critical"}}],
+                    },
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": operator_series(info=False),
+                "alert_rule_test": [
+                    {"eval_time": "5m", "alertname": "KubetierOperatorAbsent", "exp_alerts": []},
+                    {
+                        "eval_time": "15m",
+                        "alertname": "KubetierOperatorAbsent",
+                        "exp_alerts": [{"exp_labels": {"severity": "critical"}}],
+                    },
+                ],
+            },
+        ],
+    )

@@ -139,8 +139,21 @@ def _server_defaults(obj: dict[str, Any]) -> None:
         spec["clusterIPs"] = [spec.get("clusterIP", "10.0.0.1")]
 
 
+def _drop_image_volumes(obj: dict[str, Any]) -> None:
+    """What a Kubernetes 1.33-1.34 API server with the ImageVolume gate off does (seen on the
+    local 1.34.4 one): drop ``volumes[].image`` and the mounts of those volumes, no error."""
+    pod = ((obj.get("spec") or {}).get("template") or {}).get("spec")
+    if not isinstance(pod, dict):
+        return
+    gone = {v["name"] for v in pod.get("volumes") or () if "image" in v}
+    pod["volumes"] = [v for v in pod.get("volumes") or () if v["name"] not in gone]
+    for c in pod.get("containers") or ():
+        c["volumeMounts"] = [m for m in c.get("volumeMounts") or () if m["name"] not in gone]
+
+
 class FakeKube:
     def __init__(self) -> None:
+        self.image_volume_gate = True  # False: behave like an API server with ImageVolume off
         self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -362,6 +375,8 @@ class FakeKube:
                     return self._send(200, merged)
                 applied = copy.deepcopy(body)
                 _server_defaults(applied)
+                if not fake.image_volume_gate:
+                    _drop_image_volumes(applied)
                 if current is None:
                     return self._send(201, fake.put(applied))
                 merged = copy.deepcopy(current)

@@ -171,3 +171,48 @@ def test_rendered_vllm_flags_are_vllm_cli_names(vllm_objs):
     assert len(known) > 100, "the snapshot should hold vLLM's whole CLI"
     rendered = {a for a in engine_container(vllm_objs, "llama-8b-vllm-interactive")["command"] if a.startswith("--")}
     assert rendered <= known, f"not vLLM CLI flags: {sorted(rendered - known)}"
+
+
+def test_model_cache_as_an_oci_image_volume():
+    """model.cache.image: Kubernetes ImageVolume (volumes[].image), read-only at mountPath,
+    the same HF cache env as a claim."""
+    body = sample_body("modelservice-vllm.yaml")
+    body["spec"]["model"]["cache"] = {
+        "image": {"reference": "registry.example.com/models/llama-3.1-8b@sha256:" + "a" * 64},
+        "mountPath": "/weights",
+    }
+    objs = render(body)
+    pod = objs[("Deployment", "llama-8b-vllm-interactive")]["spec"]["template"]["spec"]
+    [vol] = [v for v in pod["volumes"] if v["name"] == engines.MODEL_CACHE_VOLUME]
+    assert vol == {
+        "name": "model-cache",
+        "image": {
+            "reference": "registry.example.com/models/llama-3.1-8b@sha256:" + "a" * 64,
+            "pullPolicy": "IfNotPresent",
+        },
+    }
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == engines.MODEL_CACHE_VOLUME]
+    assert mount == {"name": "model-cache", "mountPath": "/weights", "readOnly": True}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["HF_HUB_CACHE"] == "/weights" and env["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize(
+    "cache",
+    [
+        {"claimName": "w", "image": {"reference": "r.example/m:v1"}},
+        {"mountPath": "/models"},
+    ],
+)
+def test_model_cache_needs_exactly_one_source(cache):
+    body = yaml.safe_load((REPO / "crds/samples/modelservice-three-tier.yaml").read_text())
+    body["spec"]["model"]["cache"] = cache
+    with pytest.raises(InvalidObject, match=r"model\.cache: set exactly one of claimName, image"):
+        admit(body)
+
+
+def test_model_cache_image_pull_policy_is_checked():
+    body = yaml.safe_load((REPO / "crds/samples/modelservice-three-tier.yaml").read_text())
+    body["spec"]["model"]["cache"] = {"image": {"reference": "r.example/m:v1", "pullPolicy": "Sometimes"}}
+    with pytest.raises(InvalidObject, match="pullPolicy"):
+        admit(body)

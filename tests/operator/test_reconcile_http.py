@@ -197,3 +197,27 @@ async def test_spec_the_models_refuse_degrades_as_invalid_spec(fake_kube, api):
     assert outcome.problem.reason == "InvalidSpec" and "tpotMs" in outcome.problem.message
     assert conditions(fake_kube.get("ModelService", "default", "llama-8b"))["Degraded"] == ("True", "InvalidSpec")
     assert fake_kube.of_kind("Deployment") == []
+
+
+async def test_image_volume_dropped_by_the_api_server_degrades_the_service(fake_kube, api):
+    """model.cache.image on an API server with the ImageVolume gate off: the Deployment is
+    stored without the volume (no error from the server), so the reconcile reports it
+    (Degraded=True, ImageVolumeUnsupported) instead of running engines without weights."""
+    for node in cluster_nodes():
+        fake_kube.put(node)
+    body = sample_body("modelservice-vllm.yaml")
+    body["metadata"]["name"] = "llama-8b"
+    body["spec"]["model"]["cache"] = {"image": {"reference": "registry.example.com/m:v1", "pullPolicy": "IfNotPresent"}}
+    fake_kube.put(body)
+    fake_kube.image_volume_gate = False
+    out = await tick(fake_kube, api)
+    assert out.problem is not None and out.problem.reason == "ImageVolumeUnsupported", out.problem
+    ms = fake_kube.get("ModelService", "default", "llama-8b")
+    assert conditions(ms)["Degraded"] == ("True", "ImageVolumeUnsupported")
+    assert "model.cache.image" in next(c["message"] for c in ms["status"]["conditions"] if c["type"] == "Degraded")
+    # With the gate on, the same spec applies cleanly.
+    fake_kube.image_volume_gate = True
+    out = await tick(fake_kube, api)
+    assert out.problem is None or out.problem.reason != "ImageVolumeUnsupported"
+    deps = [d for d in fake_kube.of_kind("Deployment") if d["metadata"]["name"].startswith("llama-8b")]
+    assert deps and all(any("image" in v for v in d["spec"]["template"]["spec"]["volumes"]) for d in deps)

@@ -100,6 +100,15 @@ def test_resume_body_for_completions_appends_streamed_text():
     assert build_resume_body({"model": "m", "prompt": [1, 2]}, False, sent) is None
 
 
+def test_resume_body_lowers_min_tokens_with_max_tokens():
+    # vLLM refuses min_tokens > max_tokens: a resumed long stream must ask for what is left.
+    sent = _events(" a", " b", " c")
+    body, _ = build_resume_body({"model": "m", "prompt": "P", "max_tokens": 10, "min_tokens": 10}, False, sent)
+    assert json.loads(body)["min_tokens"] == 7 and json.loads(body)["max_tokens"] == 7
+    body, _ = build_resume_body({"model": "m", "prompt": "P", "max_tokens": 10, "min_tokens": 2}, False, sent)
+    assert json.loads(body)["min_tokens"] == 0
+
+
 def test_resume_body_for_chat_continues_the_assistant_message():
     sent = _events(" x", " y", chat=True)
     assert streamed_text(sent) == (" x y", 2)  # the role chunk is no token

@@ -145,7 +145,11 @@ class ChartOnLocalProcesses:
         token = self.kubectl("create", "token", sa, "-n", self.namespace, "--duration=2h").strip()
         name = f"{component}-{index}"
         kc = token_kubeconfig(self.admin_kubeconfig, token, self.workdir / f"{name}.kubeconfig", user=sa)
-        ports = {"liveness": free_loopback_port()} if component == "operator" else {"port": self.router_port}
+        ports = (
+            {"liveness": free_loopback_port(), "metrics-port": free_loopback_port()}
+            if component == "operator"
+            else {"port": self.router_port}
+        )
         container = pod["containers"][0]
         pod_name = f"{workload['metadata']['name']}-{index}"
         env = {

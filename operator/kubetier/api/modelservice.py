@@ -38,8 +38,33 @@ DEFAULT_BUILTIN_PROFILE = "llama-3.1-8b-h100"
 # --------------------------------------------------------------------------- model
 
 
+class ModelImage(ApiModel):
+    reference: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[^\s]+$",
+        description=(
+            "OCI image or artifact holding the weights (e.g. registry.example.com/models/llama-3.1-8b:v1, or "
+            "pinned @sha256:...). The kubelet pulls it once per node and mounts its files read-only "
+            "(Kubernetes ImageVolume)."
+        ),
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="When the kubelet pulls the image (as for container images)."
+    )
+
+
+_ONE_CACHE_SOURCE = cel(
+    "(has(self.claimName) ? 1 : 0) + (has(self.image) ? 1 : 0) == 1",
+    "model.cache: set exactly one of claimName, image",
+)
+
+
 class ModelCache(ApiModel):
-    claim_name: str = Field(
+    model_config = api_config(rules=[_ONE_CACHE_SOURCE])
+
+    claim_name: str | None = Field(
+        default=None,
         min_length=1,
         max_length=253,
         description=(
@@ -49,9 +74,25 @@ class ModelCache(ApiModel):
             "with HF_HUB_OFFLINE=1; for path sources, point source at a path under mountPath."
         ),
     )
+    image: ModelImage | None = Field(
+        default=None,
+        description=(
+            "Instead of claimName: an OCI image volume holding the weights, mounted read-only at mountPath "
+            "(the same layout rules as claimName). Needs the ImageVolume feature: Kubernetes 1.33+ with the "
+            "ImageVolume feature gate on the API server and kubelet (beta, off by default before 1.35) and a "
+            "runtime that supports it (containerd 2.1+, CRI-O 1.31+). An API server with the gate off drops "
+            "the volume and its mount silently (docs/engines.md)."
+        ),
+    )
     mount_path: str = Field(
         default="/models", min_length=2, max_length=256, pattern=r"^/[^:]*$", description="Where replicas mount it."
     )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelCache:
+        if (self.claim_name is None) == (self.image is None):
+            raise ValueError(_ONE_CACHE_SOURCE["message"])
+        return self
 
 
 class ModelRef(ApiModel):

@@ -107,6 +107,9 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 and sub.get("type") == "object"
                 and "properties" in sub
                 and not sub.get("required")
+                # A one-of (`has(self.a) ... has(self.b)`, e.g. model.cache: claimName or
+                # image): defaulting the object would make it present with neither set.
+                and not any("has(self." in r.get("rule", "") for r in sub.get("x-kubernetes-validations", ()))
             ):
                 filled = {k: copy.deepcopy(v["default"]) for k, v in sub["properties"].items() if "default" in v}
                 # Nothing to fill in (e.g. a one-of like env[].valueFrom): no default, or

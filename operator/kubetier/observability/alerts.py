@@ -8,7 +8,8 @@ that did not meet its tier's TTFT and every token deadline, including refused (4
 failed ones. The objective per tier (the ModelService's ``attainmentPercent``) is not a
 metric the router exports, so it is a parameter here (default 90%, per-tier overrides).
 
-Other alerts read the router's own metrics, except standby (kube-state-metrics'
+Other alerts read the router's own metrics or the operator's (reconcile errors and
+duration, PowerBudget braking, an operator that is not scraped at all), except standby (kube-state-metrics'
 Deployment gauges), spot notices (kube-state-metrics' node taints) and power
 (``kubetier_engine_power_watts`` from the engine simulator and node agent, or NVIDIA DCGM's
 ``DCGM_FI_DEV_POWER_USAGE`` on real GPUs).
@@ -45,6 +46,8 @@ class AlertSettings:
     tier_objectives: dict[str, float] = field(default_factory=dict)
     rejecting_ratio: float = 0.05
     power_watts: float = 650.0
+    operator_error_ratio: float = 0.1
+    operator_slow_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         for name, value in [("default", self.default_objective), *self.tier_objectives.items()]:
@@ -182,6 +185,60 @@ def operational_alerts(settings: AlertSettings) -> list[dict[str, Any]]:
     ]
 
 
+def operator_alerts(settings: AlertSettings) -> list[dict[str, Any]]:
+    """Alerts on the operator's own metrics (kubetier.operator.metrics). Conflicts (HTTP
+    409) are left out of the error ratio: kopf retries them and they are expected when two
+    writers touch one object."""
+    errors = 'sum by (controller) (rate(kubetier_operator_reconcile_errors_total{kind!="conflict"}[10m]))'
+    total = "sum by (controller) (rate(kubetier_operator_reconciles_total[10m]))"
+    return [
+        {
+            "alert": "KubetierOperatorReconcileErrors",
+            "expr": f"{errors}\n/\n{total}\n> {settings.operator_error_ratio}",
+            "for": "15m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $value | humanizePercentage }} of the {{ $labels.controller }} controller's reconciles fail",
+                "description": "The operator cannot apply changes (API errors, unreachable API server, unsynced watches); see its log.",
+            },
+        },
+        {
+            "alert": "KubetierOperatorReconcileSlow",
+            "expr": (
+                "histogram_quantile(0.99, sum by (controller, le) "
+                "(rate(kubetier_operator_reconcile_duration_seconds_bucket[10m])))\n"
+                f"> {settings.operator_slow_seconds:g}"
+            ),
+            "for": "15m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "The {{ $labels.controller }} controller's p99 reconcile takes {{ $value | humanizeDuration }}",
+                "description": "Scale-ups and spot replacements wait this long; the API server may be overloaded.",
+            },
+        },
+        {
+            "alert": "KubetierOperatorAbsent",
+            "expr": "absent(kubetier_operator_info)",
+            "for": "10m",
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "No kubetier operator is scraped",
+                "description": "Nothing reconciles ModelServices or PowerBudgets; check the operator pod and its PodMonitor.",
+            },
+        },
+        {
+            "alert": "KubetierPowerBraking",
+            "expr": 'max by (powerbudget) (kubetier_operator_power_level{level="braking"}) == 1',
+            "for": "1m",
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "PowerBudget {{ $labels.powerbudget }} is braking",
+                "description": "The domain drew above its hard cap: every serving pod is capped hard until the draw falls.",
+            },
+        },
+    ]
+
+
 def rule_groups(settings: AlertSettings | None = None) -> dict[str, Any]:
     """The ``groups`` document (a rules file for Prometheus/promtool and a PrometheusRule spec)."""
     settings = settings or AlertSettings()
@@ -190,5 +247,6 @@ def rule_groups(settings: AlertSettings | None = None) -> dict[str, Any]:
             {"name": "kubetier.slo.recording", "interval": "30s", "rules": recording_rules()},
             {"name": "kubetier.slo.alerts", "rules": burn_rate_alerts(settings)},
             {"name": "kubetier.operations", "rules": operational_alerts(settings)},
+            {"name": "kubetier.operator", "rules": operator_alerts(settings)},
         ]
     }

@@ -2,8 +2,10 @@
 
 Rows: per-tier SLO attainment (what the burn-rate alerts watch), TTFT and TPOT percentiles
 as the router saw them, spills/rejections/migrations, queue, replicas by capacity type
-(kube-state-metrics pod and node labels), GPU power. Every query reads a metric the router,
-the engines (engine simulator, node agent) or kube-state-metrics export; ``validate``
+(kube-state-metrics pod and node labels), GPU power, and the operator's own metrics
+(desired replicas and scale decisions, PowerBudget levels, reconcile rate, errors and
+duration, spot drains). Every query reads a metric the router, the engines (engine
+simulator, node agent), the operator or kube-state-metrics export; ``validate``
 checks the structure Grafana needs and tests parse every query with promtool.
 """
 
@@ -119,9 +121,72 @@ def panels() -> list[dict[str, Any]]:
             [
                 ("sum by (pod) (kubetier_engine_power_watts)", "{{pod}}"),
                 ("sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE)", "{{Hostname}} (DCGM)"),
+                ("max by (powerbudget) (kubetier_operator_power_drawn_watts)", "{{powerbudget}} drawn (operator)"),
+                ("max by (powerbudget) (kubetier_operator_power_budget_watts)", "{{powerbudget}} budget"),
             ],
             "watt",
-            "Power drawn per engine (engine simulator / node agent) or per node (NVIDIA DCGM exporter).",
+            "Power drawn per engine (engine simulator / node agent) or per node (NVIDIA DCGM exporter), and each "
+            "PowerBudget's domain draw against its budget (operator).",
+        ),
+        _panel(
+            "Desired replicas (autoscaler)",
+            [
+                (
+                    'sum by (modelservice, tier) (kubetier_operator_desired_replicas{tier=~"$tier"})',
+                    "{{modelservice}}/{{tier}}",
+                ),
+                (
+                    'sum by (tier, direction) (increase(kubetier_operator_scale_decisions_total{tier=~"$tier"}'
+                    "[$__rate_interval]))",
+                    "scaled {{direction}} {{tier}}",
+                ),
+            ],
+            "short",
+            "Serving replicas the operator's autoscaler wants per tier, and its scale-up/down decisions.",
+        ),
+        _panel(
+            "PowerBudget level and capped pods",
+            [
+                (
+                    'max by (powerbudget) (kubetier_operator_power_level{level="capping"})'
+                    ' + 2 * max by (powerbudget) (kubetier_operator_power_level{level="braking"})',
+                    "{{powerbudget}} level (0 normal, 1 capping, 2 braking)",
+                ),
+                ("max by (powerbudget) (kubetier_operator_power_capped_pods)", "{{powerbudget}} capped pods"),
+            ],
+            "short",
+            "Each PowerBudget's control level as the operator decided it, and the serving pods under a cap.",
+        ),
+        _panel(
+            "Operator reconciles",
+            [
+                (
+                    "sum by (controller, result) (rate(kubetier_operator_reconciles_total[$__rate_interval]))",
+                    "{{controller}} {{result}}",
+                ),
+                (
+                    "sum by (controller, kind) (rate(kubetier_operator_reconcile_errors_total[$__rate_interval]))",
+                    "{{controller}} error ({{kind}})",
+                ),
+            ],
+            "ops",
+            "Reconciles (ModelService) and control ticks (PowerBudget) per second by result; errors by kind.",
+        ),
+        _panel(
+            "Operator reconcile duration, spot notices",
+            [
+                (
+                    "histogram_quantile(0.99, sum by (controller, le) "
+                    "(rate(kubetier_operator_reconcile_duration_seconds_bucket[$__rate_interval])))",
+                    "{{controller}} p99",
+                ),
+                (
+                    "sum by (source) (increase(kubetier_operator_spot_drained_pods_total[$__rate_interval]))",
+                    "pods drained ({{source}} notice)",
+                ),
+            ],
+            "s",
+            "99th percentile of reconcile time per controller; serving pods drained ahead of spot preemptions.",
         ),
     ]
     for i, panel in enumerate(specs):

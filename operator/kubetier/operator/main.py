@@ -61,8 +61,23 @@ def main(argv: list[str]) -> int:
         help="the router's status endpoint (http://…/kubetier/status), read for per-tier "
         "attainment (default: $KUBETIER_ROUTER_STATUS_URL; unset: attainment unknown)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        default=None,
+        help="serve the operator's Prometheus metrics (/metrics) on this port (0: any free port; default: none)",
+    )
+    parser.add_argument(
+        "--metrics-bind-address",
+        metavar="ADDR",
+        default="127.0.0.1",
+        help="address the metrics port binds (default 127.0.0.1; the chart sets 0.0.0.0 for Prometheus)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port: {args.metrics_port} is not a port number (0-65535)")
     if args.standalone and args.peering:
         parser.error("--standalone and --peering exclude each other")
 
@@ -80,6 +95,11 @@ def main(argv: list[str]) -> int:
         config = dataclasses.replace(config, router_status_url=args.router_status_url)
     register(kopf.get_default_registry())
     kopf.configure(verbose=args.verbose)
+    if args.metrics_port is not None:
+        from kubetier.operator import metrics
+
+        bound = metrics.serve(args.metrics_port, args.metrics_bind_address)
+        print(f"kubetier operator: metrics on http://{args.metrics_bind_address}:{bound}/metrics", flush=True)
     kopf.run(
         standalone=args.standalone,
         peering_name=args.peering,

@@ -95,6 +95,8 @@ def build_resume_body(body: dict[str, Any], chat: bool, sent: Sent) -> tuple[byt
             if left < 1:
                 return None, n
             new[key] = left
+    if isinstance(new.get("min_tokens"), int):  # vLLM refuses min_tokens > max_tokens
+        new["min_tokens"] = max(new["min_tokens"] - n, 0)
     if isinstance(new.get("prompt_tokens"), int):
         new["prompt_tokens"] = new["prompt_tokens"] + n
     if chat:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from kubetier.kube import KubeClient, KubeError
+from kubetier.operator import metrics
 from kubetier.operator.modelservice.model import OperatorConfig
 from kubetier.operator.modelservice.reconcile import Outcome, reconcile
 from kubetier.operator.modelservice.router_feed import RouterStatusFeed
@@ -125,17 +126,20 @@ class ModelServiceController:
                 body = cached
             self.reconciles += 1
             replicas, reasons = self.scale_state(key, body) if self.scale_state else (None, None)
-            return await reconcile(
-                self.api,
-                body,
-                self.config,
-                now or dt.datetime.now(dt.UTC),
-                view=self.watches,
-                attainment=self.feed.attainment if self.feed else None,
-                migrations=self.feed.migrations if self.feed else None,
-                replicas=replicas,
-                scale_reasons=reasons,
-            )
+            with metrics.reconciling("modelservice") as measured:
+                outcome = await reconcile(
+                    self.api,
+                    body,
+                    self.config,
+                    now or dt.datetime.now(dt.UTC),
+                    view=self.watches,
+                    attainment=self.feed.attainment if self.feed else None,
+                    migrations=self.feed.migrations if self.feed else None,
+                    replicas=replicas,
+                    scale_reasons=reasons,
+                )
+                measured.problem = outcome.problem is not None
+            return outcome
 
     async def _work(self) -> None:
         while True:

@@ -199,15 +199,36 @@ MODEL_CACHE_VOLUME = "model-cache"
 
 def model_cache_volume(spec: ModelServiceSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(volume, volumeMount) of the shared weights cache: the claim mounted read-only, so
-    replicas share one copy and none can corrupt it."""
+    replicas share one copy and none can corrupt it; or an OCI image volume (Kubernetes
+    ImageVolume), pulled once per node by the kubelet and always read-only."""
     cache = spec.model.cache
     if cache is None:
         return None
-    volume = {
-        "name": MODEL_CACHE_VOLUME,
-        "persistentVolumeClaim": {"claimName": cache.claim_name, "readOnly": True},
-    }
+    volume: dict[str, Any] = {"name": MODEL_CACHE_VOLUME}
+    if cache.image is not None:
+        volume["image"] = {"reference": cache.image.reference, "pullPolicy": cache.image.pull_policy}
+    else:
+        volume["persistentVolumeClaim"] = {"claimName": cache.claim_name, "readOnly": True}
     return volume, {"name": MODEL_CACHE_VOLUME, "mountPath": cache.mount_path, "readOnly": True}
+
+
+def _image_volumes(obj: dict[str, Any]) -> set[str]:
+    pod = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return {str(v.get("name")) for v in pod.get("volumes") or () if isinstance(v, dict) and "image" in v}
+
+
+def image_volume_dropped(wanted: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """True when the API server stored ``wanted`` (a Deployment) without one of its image
+    volumes: an API server with the ImageVolume feature gate off (beta, off by default in
+    Kubernetes 1.33-1.34) drops ``volumes[].image`` and its mounts without an error."""
+    return bool(_image_volumes(wanted) - _image_volumes(stored))
+
+
+IMAGE_VOLUME_UNSUPPORTED = (
+    "model.cache.image: the API server dropped the image volume from the engine Deployment (the "
+    "ImageVolume feature gate is off: Kubernetes 1.33+ with the gate on the API server and kubelets, "
+    "on by default from 1.35); engines would start without their weights: use model.cache.claimName"
+)
 
 
 def startup_failure_threshold(spec: ModelServiceSpec) -> int:

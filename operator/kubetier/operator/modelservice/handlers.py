@@ -23,7 +23,7 @@ import pydantic
 
 from kubetier.api.modelservice import GROUP, PLURAL, VERSION, ModelService
 from kubetier.kube import KubeError
-from kubetier.operator import runtime
+from kubetier.operator import metrics, runtime
 from kubetier.operator.modelservice import autoscale_push, autoscale_standby_spec, autoscaler
 from kubetier.operator.modelservice.controller import ModelServiceController
 from kubetier.operator.modelservice.model import OperatorConfig
@@ -85,6 +85,7 @@ async def _autoscale_tick(memo: kopf.Memo, raw: dict[str, Any], logger: Any) -> 
     except (KubeError, httpx.HTTPError, TimeoutError) as exc:
         logger.info(f"autoscale tick skipped: {exc}")
         return
+    metrics.record_desired(ms.namespace, ms.name, st.desired, out.changed)
     if not out.changed:
         return
     try:
@@ -175,6 +176,7 @@ async def _active(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped,
         await stopped.wait()
     finally:
         active.discard(key)
+        metrics.forget_modelservice(*key)  # deleted, or another replica handles it now
 
 
 def register(registry: kopf.OperatorRegistry, resync_seconds: float = RESYNC_SECONDS) -> None:

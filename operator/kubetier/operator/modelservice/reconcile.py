@@ -21,6 +21,7 @@ from kubetier.api.errors import describe
 from kubetier.api.modelservice import GROUP, KIND, VERSION, ModelService
 from kubetier.kube import KubeClient
 from kubetier.kube.events import event_body
+from kubetier.operator.modelservice import engines
 from kubetier.operator.modelservice.desired import desired
 from kubetier.operator.modelservice.diff import covers, first_difference
 from kubetier.operator.modelservice.model import FIELD_MANAGER, SERVICE_LABEL, Observed, OperatorConfig
@@ -214,10 +215,14 @@ async def reconcile(
             log.info("applying %s/%s (%s)", *key, why)
             stale.append(obj)
 
+        dropped: list[str] = []
+
         async def apply(obj: dict[str, Any]) -> None:
             applied = await api.apply(obj)
             if isinstance(applied, dict) and applied.get("metadata"):
                 view.remember({"kind": obj["kind"], "apiVersion": obj["apiVersion"], **applied})
+                if obj["kind"] == "Deployment" and engines.image_volume_dropped(obj, applied):
+                    dropped.append(obj["metadata"]["name"])
 
         # The routing ConfigMap first (the simulator's pods mount it), then the rest at
         # once: independent objects, and one round trip instead of one per child.
@@ -236,6 +241,8 @@ async def reconcile(
                     "Event", ms.namespace, _event(body, {"type": kind, "reason": reason, "message": message}, now)
                 )
                 outcome.events.append(f"{kind}/{reason}")
+        if dropped and outcome.problem is None:
+            outcome.problem = Unsatisfiable("ImageVolumeUnsupported", engines.IMAGE_VOLUME_UNSUPPORTED)
         for key in sorted(set(observed.children) - wanted):
             log.info("deleting %s/%s (no longer desired)", *key)
             await api.delete(key[0], ms.namespace, key[1])

@@ -14,7 +14,7 @@ import kopf
 from kubetier.api.modelservice import GROUP, VERSION
 from kubetier.api.powerbudget import PLURAL
 from kubetier.kube import KubeError
-from kubetier.operator import runtime
+from kubetier.operator import metrics, runtime
 from kubetier.operator.powerbudget.controller import DomainMemory, lift_all, tick
 
 # Half a second: the agents report every 0.5-1 s; a tick costs three list calls and a status patch.
@@ -33,11 +33,13 @@ async def _tick(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any)
     memory, lock = _memory(memo, name)
     async with lock:
         try:
-            result = await tick(runtime.client(memo), dict(body), memory)
+            with metrics.reconciling("powerbudget"):
+                result = await tick(runtime.client(memo), dict(body), memory)
         except KubeError as exc:
             raise kopf.TemporaryError(str(exc), delay=2) from exc
         except httpx.HTTPError as exc:
             raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc!r}", delay=5) from exc
+    metrics.record_power(name, result.status)
     if result.patched:
         logger.info(f"caps: {result.patched} ({result.decision.reason})")
 
@@ -45,6 +47,7 @@ async def _tick(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any)
 async def _delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     lifted = await lift_all(runtime.client(memo), dict(body))
     memo.get("power_domains", {}).pop(body.metadata.name or "", None)
+    metrics.forget_powerbudget(body.metadata.name or "")
     if lifted:
         logger.info(f"PowerBudget deleted: caps lifted on {lifted}")
 

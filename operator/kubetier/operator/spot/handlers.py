@@ -24,7 +24,7 @@ from kubetier.api.labels import SERVICE_LABEL, TIER_LABEL
 from kubetier.api.modelservice import GROUP, PLURAL, VERSION, ModelService
 from kubetier.kube import KubeError
 from kubetier.kube.events import event_body
-from kubetier.operator import runtime
+from kubetier.operator import metrics, runtime
 from kubetier.operator.modelservice.handlers import controller
 from kubetier.operator.modelservice.model import OperatorConfig
 from kubetier.operator.spot.fallback import uses_operator_fallback
@@ -116,6 +116,7 @@ async def on_node(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
                 stamp,
             ),
         )
+    metrics.record_spot_notice(notice.source, len(pods))
     logger.info(f"spot: notice on {notice.node} ({notice.source}); drained {len(pods)} pod(s)")
 
 
@@ -149,6 +150,7 @@ async def on_return_timer(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
         logger.warning(f"spot: return-to-spot check failed: {exc}")
         return
     if moved:
+        metrics.SPOT_RETURNS.inc(len(moved))
         logger.info(f"spot: moving {', '.join(moved)} back to spot")
 
 
