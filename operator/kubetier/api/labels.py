@@ -80,3 +80,9 @@ EKS_CAPACITY_TYPE_LABEL: Final = "eks.amazonaws.com/capacityType"
 GKE_SPOT_LABEL: Final = "cloud.google.com/gke-spot"
 GKE_PREEMPTIBLE_LABEL: Final = "cloud.google.com/gke-preemptible"
 AKS_PRIORITY_LABEL: Final = "kubernetes.azure.com/scalesetpriority"
+
+# Standby servers (operator/modelservice/autoscale_standby*.py): a standby whose engine
+# loaded and went to sleep ("level1", or "awake" for an engine without sleep mode), and
+# when a standby was promoted into serving.
+STANDBY_ASLEEP_ANNOTATION: Final = "kubetier.io/standby-asleep"
+PROMOTED_AT_ANNOTATION: Final = "kubetier.io/promoted-at"
