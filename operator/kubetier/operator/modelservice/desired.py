@@ -225,20 +225,21 @@ def tolerations(spec: ModelServiceSpec, placement: str, scheme: CapacityScheme) 
     return out
 
 
-def zone_spread(tier: Tier, scheme: CapacityScheme, selector_labels: dict[str, str]) -> list[dict[str, Any]]:
+def zone_spread(tier: Tier | None, scheme: CapacityScheme, selector_labels: dict[str, str]) -> list[dict[str, Any]]:
     """capacity.zoneSpread as a topology spread constraint over the preset's zone label.
     ``preferred`` (the default): GPUs are scarce and unevenly spread over zones, so a hard
     constraint would leave replicas Pending while another zone has free GPUs; the
     scheduler still scores for an even spread. ``required`` trades that for never having
-    more than maxSkew extra replicas in the one zone a spot preemption wave hits."""
-    cap = tier.capacity
-    if cap.zone_spread == "off":
+    more than maxSkew extra replicas in the one zone a spot preemption wave hits. A
+    shared-pool server (no tier) is spread the default way."""
+    mode, skew = ("preferred", 1) if tier is None else (tier.capacity.zone_spread, tier.capacity.zone_max_skew)
+    if mode == "off":
         return []
     return [
         {
-            "maxSkew": cap.zone_max_skew,
+            "maxSkew": skew,
             "topologyKey": scheme.zone_label,
-            "whenUnsatisfiable": "DoNotSchedule" if cap.zone_spread == "required" else "ScheduleAnyway",
+            "whenUnsatisfiable": "DoNotSchedule" if mode == "required" else "ScheduleAnyway",
             "labelSelector": {"matchLabels": selector_labels},
         }
     ]
