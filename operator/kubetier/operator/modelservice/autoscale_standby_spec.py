@@ -7,12 +7,20 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from kubetier.api.labels import POOL_LABEL, ROLE_LABEL, ROLE_SERVING, ROLE_STANDBY, TIER_LABEL
+from kubetier.api.labels import (
+    POOL_LABEL,
+    POOL_PROMOTED,
+    PROMOTED_AT_ANNOTATION,
+    ROLE_LABEL,
+    ROLE_SERVING,
+    ROLE_STANDBY,
+    STANDBY_ASLEEP_ANNOTATION,
+    TIER_LABEL,
+)
 from kubetier.api.modelservice import ModelServiceSpec
 
-ASLEEP_ANNOTATION = "kubetier.io/standby-asleep"  # "level1", or "awake" (engine without sleep mode)
-PROMOTED_AT_ANNOTATION = "kubetier.io/promoted-at"
-PROMOTED_POOL = "promoted"
+ASLEEP_ANNOTATION = STANDBY_ASLEEP_ANNOTATION  # "level1", or "awake" (engine without sleep mode)
+PROMOTED_POOL = POOL_PROMOTED
 
 
 def sleep_mode_supported(spec: ModelServiceSpec) -> bool:
