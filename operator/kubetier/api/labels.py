@@ -32,6 +32,12 @@ ROUTING_CONFIG_LABEL: Final = "kubetier.io/routing-config"
 # simulator process standing in for the pod, used by a router started with
 # --local-endpoints.
 LOCAL_ENDPOINT_ANNOTATION: Final = "kubetier.io/local-endpoint"
+# On a standby pod whose engine loaded and was put to sleep ("level1"; "awake" for an
+# engine without sleep mode): only such standbys are promoted (docs/autoscaling.md).
+STANDBY_ASLEEP_ANNOTATION: Final = "kubetier.io/standby-asleep"
+# When a standby pod was promoted into serving (RFC 3339); its pool label is then "promoted".
+PROMOTED_AT_ANNOTATION: Final = "kubetier.io/promoted-at"
+POOL_PROMOTED: Final = "promoted"
 
 # --------------------------------------------------------------------------- well-known keys
 
@@ -80,9 +86,3 @@ EKS_CAPACITY_TYPE_LABEL: Final = "eks.amazonaws.com/capacityType"
 GKE_SPOT_LABEL: Final = "cloud.google.com/gke-spot"
 GKE_PREEMPTIBLE_LABEL: Final = "cloud.google.com/gke-preemptible"
 AKS_PRIORITY_LABEL: Final = "kubernetes.azure.com/scalesetpriority"
-
-# Standby servers (operator/modelservice/autoscale_standby*.py): a standby whose engine
-# loaded and went to sleep ("level1", or "awake" for an engine without sleep mode), and
-# when a standby was promoted into serving.
-STANDBY_ASLEEP_ANNOTATION: Final = "kubetier.io/standby-asleep"
-PROMOTED_AT_ANNOTATION: Final = "kubetier.io/promoted-at"

@@ -9,6 +9,7 @@ from typing import Any
 
 from kubetier.api.labels import (
     POOL_LABEL,
+    POOL_PROMOTED,
     PROMOTED_AT_ANNOTATION,
     ROLE_LABEL,
     ROLE_SERVING,
@@ -19,7 +20,7 @@ from kubetier.api.labels import (
 from kubetier.api.modelservice import ModelServiceSpec
 
 ASLEEP_ANNOTATION = STANDBY_ASLEEP_ANNOTATION  # "level1", or "awake" (engine without sleep mode)
-PROMOTED_POOL = "promoted"
+PROMOTED_POOL = POOL_PROMOTED
 
 
 def sleep_mode_supported(spec: ModelServiceSpec) -> bool:
