@@ -311,7 +311,9 @@ def pod_spec(
                 },
             }
         )
-    selector_labels = {k: pod_labels[k] for k in (SERVICE_LABEL, TIER_LABEL, ROLE_LABEL, POOL_LABEL) if k in pod_labels}
+    selector_labels: dict[str, str] = {
+        k: pod_labels[k] for k in (SERVICE_LABEL, TIER_LABEL, ROLE_LABEL, POOL_LABEL) if k in pod_labels
+    }
     if TIER_LABEL in pod_labels:
         selector_labels.pop(POOL_LABEL, None)  # a tier's pods spread as one group, whatever their pool
     result: dict[str, Any] = {
