@@ -404,7 +404,7 @@ def test_the_trend_lookahead_reaches_the_policy():
     from kubetier.api.powerbudget import PowerBudgetSpec
 
     spec = PowerBudgetSpec.model_validate(BUDGET["spec"])
-    assert spec.trend_lookahead_seconds == 1.0  # the default (docs/power.md: the sweep behind it)
-    assert domain.policy_config(spec).trend_lookahead_s == 1.0
+    assert spec.trend_lookahead_seconds == 2.0  # the default (docs/power.md: the sweep behind it)
+    assert domain.policy_config(spec).trend_lookahead_s == 2.0
     off = PowerBudgetSpec.model_validate({**BUDGET["spec"], "trendLookaheadSeconds": 0})
     assert domain.policy_config(off).trend_lookahead_s == 0.0

@@ -66,7 +66,7 @@ class PowerSimSpec:
     servers, the scenario's own 4 + 4 + 4 fleet, so every tier gets exactly 4/3 of its
     nominal servers for 4/3 of the load. Rate scale 3 is the highest of 3 / 3.5 / 4 at
     which the nominal fleet met every tier's target (before the routing policy's v2 knobs;
-    after them the standard tier sits at 89.9 %). Thresholds 90/80/97 % with a 1 s trend
+    after them the standard tier sits at 89.9 %). Thresholds 90/80/97 % with a 2 s trend
     lookahead: the PowerBudget defaults. Without the trend a trace burst took the domain
     from below 90 % to 106 % within one loop; 85/75/92 % without a trend, or the trend at
     90/80/97 %, absorbs it (docs/power.md, the sweep). Caps at 60 %, brake at 45 % of a
@@ -93,7 +93,7 @@ class PowerSimSpec:
     duration_s: float | None = None
     bucket_s: float = 30.0
     p99_window_s: float = 300.0
-    trend_lookahead_s: float = 1.0
+    trend_lookahead_s: float = 2.0
     trend_brakes: bool = False
 
     def policy_config(self, budget_watts: float, uniform: bool) -> PowerPolicyConfig:
