@@ -86,7 +86,8 @@ def test_cli_list_show_validate(capsys, tmp_path):
     for name in list_profiles():
         assert name in out
     assert latency_cli.main(["show", DEFAULT_PROFILE]) == 0
-    assert "KV capacity" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "KV capacity" in shown and "vllm 0.21.0" in shown and "request overhead 7.5 ms" in shown
     assert latency_cli.main(["show", DEFAULT_PROFILE, "-o", "json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["kvCapacityTokens"] == load_profile(DEFAULT_PROFILE).kv_capacity_tokens
