@@ -107,47 +107,35 @@ _HARNESS = "throughput flat from 16 to 64 streams (1,384 -> 1,312 tok/s): the ha
 
 H100_8B, H100_70B, A100_8B = "llama-3.1-8b-h100", "llama-3.1-70b-h100-tp4", "llama-3.1-8b-a100"
 
+
+def _vidur(
+    profile: str, what: str, tokens: int, t1_ms: float, tn_ms: float, tol: float, role: Role, src: str
+) -> PublishedPoint:
+    """A kernel-level point: Vidur's measured linear-layer time at ``tokens`` rows over
+    that at one row (``mlp.csv``, ms per layer)."""
+    return PublishedPoint(
+        profile, f"{what}, {tokens} tokens / 1 token", tn_ms / t1_ms, "x", tol, role, src, _linear_growth(tokens)
+    )
+
+
+_VIDUR_H100_7B = "Vidur h100 Llama-2-7b mlp.csv (kernel times)"
+_VIDUR_H100_70B = "Vidur h100 Llama-2-70b mlp.csv TP4 (kernel times)"
+_VIDUR_A100_8B = "Vidur a100 Meta-Llama-3-8B mlp.csv (kernel times)"
+
 PUBLISHED_POINTS: tuple[PublishedPoint, ...] = (
     PublishedPoint(H100_8B, "TPOT p50, 1 stream", 6.48, "ms", 0.05, "fitted", _IB, _tpot_ms(1, 45, 128)),
     PublishedPoint(H100_8B, "TPOT p50, 4 streams", 6.59, "ms", 0.05, "fitted", _IB, _tpot_ms(4, 45, 128)),
     PublishedPoint(H100_8B, "TTFT p50, 1 stream", 13.98, "ms", 0.05, "fitted", _IB, _ttft_ms(1, 45, 128)),
     PublishedPoint(H100_8B, "TTFT p50, 4 streams", 22.75, "ms", 0.30, "checked", _IB, _ttft_ms(4, 45, 128)),
     PublishedPoint(
-        H100_8B, "TPOT p50, 16 streams", 10.94, "ms", 0.0, "not asserted", _IB, _tpot_ms(16, 45, 128), why_not=_HARNESS
+        H100_8B, "TPOT p50, 16 streams", 10.94, "ms", 0, "not asserted", _IB, _tpot_ms(16, 45, 128), None, _HARNESS
     ),
     PublishedPoint(
-        H100_8B, "TPOT p50, 64 streams", 46.91, "ms", 0.0, "not asserted", _IB, _tpot_ms(64, 45, 128), why_not=_HARNESS
+        H100_8B, "TPOT p50, 64 streams", 46.91, "ms", 0, "not asserted", _IB, _tpot_ms(64, 45, 128), None, _HARNESS
     ),
-    PublishedPoint(
-        H100_8B,
-        "linear layers, 128 tokens / 1 token",
-        0.199 / 0.175,
-        "x",
-        0.05,
-        "fitted",
-        "Vidur h100 Llama-2-7b mlp.csv (kernel times)",
-        _linear_growth(128),
-    ),
-    PublishedPoint(
-        H100_70B,
-        "linear layers TP4, 128 tokens / 1 token",
-        0.199 / 0.179,
-        "x",
-        0.05,
-        "fitted",
-        "Vidur h100 Llama-2-70b mlp.csv TP4 (kernel times)",
-        _linear_growth(128),
-    ),
-    PublishedPoint(
-        H100_70B,
-        "linear layers TP4, 256 tokens / 1 token",
-        0.240 / 0.179,
-        "x",
-        0.10,
-        "checked",
-        "Vidur h100 Llama-2-70b mlp.csv TP4 (kernel times)",
-        _linear_growth(256),
-    ),
+    _vidur(H100_8B, "linear layers", 128, 0.175, 0.199, 0.05, "fitted", _VIDUR_H100_7B),
+    _vidur(H100_70B, "linear layers TP4", 128, 0.179, 0.199, 0.05, "fitted", _VIDUR_H100_70B),
+    _vidur(H100_70B, "linear layers TP4", 256, 0.179, 0.240, 0.10, "checked", _VIDUR_H100_70B),
     PublishedPoint(
         H100_70B,
         "ms per output token, batch 1, 2035 in / 300 out",
@@ -159,7 +147,7 @@ PUBLISHED_POINTS: tuple[PublishedPoint, ...] = (
         _ms_per_token_with_prefill(2035, 300),
     ),
     PublishedPoint(
-        A100_8B, "TPOT, 1 stream", 1000 / 75, "ms", 0.05, "fitted", _MUSGRAVE, _tpot_ms(1, 1024, 128), gpu=A100_40GB
+        A100_8B, "TPOT, 1 stream", 1000 / 75, "ms", 0.05, "fitted", _MUSGRAVE, _tpot_ms(1, 1024, 128), A100_40GB
     ),
     PublishedPoint(
         A100_8B,
@@ -170,28 +158,10 @@ PUBLISHED_POINTS: tuple[PublishedPoint, ...] = (
         "checked",
         _MUSGRAVE,
         _throughput_gain(8, 1024, 128),
-        gpu=A100_40GB,
+        A100_40GB,
     ),
-    PublishedPoint(
-        A100_8B,
-        "linear layers, 128 tokens / 1 token",
-        0.412 / 0.303,
-        "x",
-        0.05,
-        "fitted",
-        "Vidur a100 Meta-Llama-3-8B mlp.csv (kernel times)",
-        _linear_growth(128),
-    ),
-    PublishedPoint(
-        A100_8B,
-        "linear layers, 256 tokens / 1 token",
-        0.609 / 0.303,
-        "x",
-        0.15,
-        "checked",
-        "Vidur a100 Meta-Llama-3-8B mlp.csv (kernel times)",
-        _linear_growth(256),
-    ),
+    _vidur(A100_8B, "linear layers", 128, 0.303, 0.412, 0.05, "fitted", _VIDUR_A100_8B),
+    _vidur(A100_8B, "linear layers", 256, 0.303, 0.609, 0.15, "checked", _VIDUR_A100_8B),
     PublishedPoint(
         H100_8B, "decode power, batch 1", 300.0, "W", 0.05, "fitted", "ML.ENERGY v3.0", lambda s: s.decode_watts(1)
     ),
