@@ -25,7 +25,7 @@ BF16 tensor throughput:
   (tile shapes, more activation traffic; Vidur's kernel profiles), and every running
   sequence costs ``per_seq`` of sampling, attention-kernel and input-preparation work
   per step (fitted to a published vLLM concurrency sweep). Together they make the
-  per-sequence cost of a decode step 2.6-5x what the first derivation assumed (a flat
+  per-sequence cost of a decode step 2.7-7x what the first derivation assumed (a flat
   roofline plus 8 us).
 * prefill iteration of ``N`` prompt tokens, no decode (logits only for the last token,
   so the LM head drops out of ``P``; causal attention within the chunk adds
