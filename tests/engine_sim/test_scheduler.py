@@ -109,7 +109,7 @@ def test_refuses_more_seqs_than_token_budget():
 def test_virtual_run_matches_the_latency_model_for_one_request():
     model = load_profile("llama-3.1-8b-h100")
     (p,) = predict(model, [(0.0, 5000, 11)])
-    assert p.ttft_s == pytest.approx(model.prefill_s(5000))
+    assert p.ttft_s == pytest.approx(model.first_token_s(5000))  # request overhead, then the prompt
     # Decode iterations at batch 1 with KV from 5001 to 5010 tokens.
     expected = sum(model.decode_iteration_s(1, 5001 + i) for i in range(10)) / 10
     assert p.tpot_s == pytest.approx(expected)

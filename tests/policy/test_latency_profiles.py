@@ -86,7 +86,8 @@ def test_cli_list_show_validate(capsys, tmp_path):
     for name in list_profiles():
         assert name in out
     assert latency_cli.main(["show", DEFAULT_PROFILE]) == 0
-    assert "KV capacity" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "KV capacity" in shown and "vllm 0.21.0" in shown and "request overhead 7.5 ms" in shown
     assert latency_cli.main(["show", DEFAULT_PROFILE, "-o", "json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["kvCapacityTokens"] == load_profile(DEFAULT_PROFILE).kv_capacity_tokens
@@ -135,9 +136,3 @@ def test_derivation_cli_check_detects_drift(tmp_path, monkeypatch, capsys):
     f.write_text(f.read_text().replace("maxNumSeqs: 256", "maxNumSeqs: 255"))
     assert profile_derivation.main(["--check", DEFAULT_PROFILE]) == 1
     assert profile_derivation.main(["no-such-setup"]) == 2
-
-
-@pytest.mark.parametrize("anchor", profile_derivation.calibration_anchors(), ids=lambda a: f"{a[0]}: {a[1]}")
-def test_derivation_reproduces_the_measurements_it_cites(anchor):
-    setup, what, derived, measured, source = anchor
-    assert derived == pytest.approx(measured, rel=0.05), f"{setup} {what}: {derived} vs {measured} ({source})"

@@ -98,7 +98,7 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
     # idle-prefill floor stays optimistic: the reference reads those from the bins.
     bin_models = {id(c.model): c.model for u in usable for c in p._bins[u.name].costs}
     pool = bin_models or models
-    idle = min((m.prefill_s(prompt) for m in pool.values()), default=0.0)
+    idle = min((m.first_token_s(prompt) for m in pool.values()), default=0.0)
     late = waited + idle > t.ttft_ms / 1000.0
     if late and t.on_late == "reject":
         return ("reject", None, False)

@@ -37,6 +37,10 @@ MAX_GPUS = 64
 # Profiles are tables of profiled points: a handful to a few dozen per axis.
 MAX_GRID = 64
 MAX_SOURCES = 32
+# A pair costs well under a nanosecond on any datacenter GPU (4 x hidden x layers FLOPs);
+# 1,000 ns per pair would be a unit slip (ms or us written as ns).
+MAX_CONTEXT_NS_PER_PAIR = 1_000.0
+MAX_REQUEST_OVERHEAD_MS = 10_000.0
 
 BatchSize = Annotated[int, Field(ge=1, le=MAX_SEQS)]
 TokenCount = Annotated[int, Field(ge=1, le=MAX_KV_TOKENS)]
@@ -49,6 +53,15 @@ class ProfileModel(ApiModel):
     """Strict types: ``1.5`` is no token count and ``true`` no number (a YAML slip)."""
 
     model_config = api_config(strict=True)
+
+
+class ProfileEngine(ProfileModel):
+    name: str = Field(
+        max_length=64, pattern=_NOT_BLANK, description="Serving engine the profile describes (vllm, sglang)."
+    )
+    version: str = Field(
+        max_length=64, pattern=_NOT_BLANK, description="Engine version the calibrating measurements were taken with."
+    )
 
 
 class ProfileGpu(ProfileModel):
@@ -79,6 +92,16 @@ class PrefillTable(ProfileModel):
     ms: list[IterationMs] = Field(
         min_length=1, max_length=MAX_GRID, description="Time of an iteration carrying that many prompt tokens."
     )
+    context_ns_per_token_pair: float = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_CONTEXT_NS_PER_PAIR,
+        description=(
+            "Attention of a prompt chunk to the earlier chunks of its prompt: nanoseconds per "
+            "(chunk token x earlier prompt token) pair, added to the iteration that carries the chunk. "
+            "0 leaves it out (profiles written before it existed)."
+        ),
+    )
 
 
 class DecodeWatts(ProfileModel):
@@ -105,6 +128,16 @@ class LatencyProfile(ProfileModel):
         ge=1,
         le=MAX_KV_TOKENS,
         description="Chunked-prefill token budget per iteration (vLLM --max-num-batched-tokens).",
+    )
+    engine: ProfileEngine | None = Field(default=None, description="Engine and version the profile describes.")
+    request_overhead_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_REQUEST_OVERHEAD_MS,
+        description=(
+            "Per-request serving cost outside the engine iterations (HTTP, chat template, tokenization, "
+            "hand-off to the engine loop, first-token detokenization): added once to every time to first token."
+        ),
     )
     decode: DecodeTable
     prefill: PrefillTable

@@ -56,6 +56,7 @@ class SimConfig:
     seed: int = 0
     mean_output_tokens: float = 256.0
     slowdown: float = 1.0
+    request_overhead_ms: float | None = None  # None: the profile's requestOverheadMs
     fail_fraction: float = 0.0
     abort_after_tokens: int | None = None
     abort_fraction: float | None = None
@@ -115,6 +116,8 @@ class EngineSimulator:
             max_num_seqs=config.max_num_seqs,
             time_scale=config.time_scale,
             slowdown=config.slowdown,
+            rng=random.Random(config.seed + 2),
+            request_overhead_s=None if config.request_overhead_ms is None else config.request_overhead_ms / 1000.0,
         )
         self.loaded = False
         self.created = int(time.time())

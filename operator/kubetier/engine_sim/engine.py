@@ -1,6 +1,9 @@
 """The engine simulator's iteration loop: one asyncio task driving the scheduler in time.
 
-Each iteration sleeps until ``start + model.iteration_s(...) * slowdown / time_scale``
+A request reaches the scheduler ``requestOverheadMs / time_scale`` (on average; drawn
+uniformly from zero to twice that) after it arrived: the serving work outside the
+iterations. Each iteration sleeps until
+``start + model.iteration_s(...) * slowdown / time_scale``
 on an absolute schedule: the next iteration starts at the previous one's *planned*
 end, not at whenever the loop got round to it, so per-iteration overhead (writing a
 thousand chunks) and timer rounding do not accumulate into drift. If the loop falls
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -38,6 +42,8 @@ class Engine:
         slowdown: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         max_lag_s: float = 0.25,
+        rng: random.Random | None = None,
+        request_overhead_s: float | None = None,
     ) -> None:
         if not time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
@@ -52,6 +58,11 @@ class Engine:
         self.slowdown = slowdown
         self.clock = clock
         self.max_lag_s = max_lag_s
+        self._rng = rng or random.Random(0)
+        # Default: the profile's requestOverheadMs; 0 times the iterations alone.
+        self.request_overhead_s = model.request_overhead_s if request_overhead_s is None else request_overhead_s
+        if not self.request_overhead_s >= 0:
+            raise ValueError(f"request_overhead_s must be >= 0, got {request_overhead_s}")
         self.power_watts = model.idle_watts
         # Power cap (node agent, POLCA): the loop runs the capped model, a slower server.
         self.power_cap_watts: float | None = None
@@ -82,9 +93,25 @@ class Engine:
     # --- requests ---------------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> None:
+        """Accept a request. It reaches the scheduler after the profile's request overhead
+        (HTTP, chat template, tokenization, hand-off to the engine loop: vLLM's API server
+        does that work before the engine core sees the request), so time to first token
+        includes it and no iteration is slowed by it."""
         if self.error is not None:
             raise RuntimeError(f"engine loop crashed: {self.error!r}")
         seq.arrival = self.clock()
+        # Serving work varies request to request (prompt length, parser, GC): drawn
+        # uniformly around the profile's mean. A fixed delay would lock closed-loop
+        # streams that finish together into waves that re-enter together forever.
+        delay = self.request_overhead_s * 2.0 * self._rng.random() / self.time_scale
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._hand_off, seq)
+        else:
+            self._hand_off(seq)
+
+    def _hand_off(self, seq: Sequence) -> None:
+        if seq.aborted or self.error is not None:
+            return  # gone before it reached the engine loop (abort resolved it)
         self.scheduler.add(seq)
         self._wake.set()
 
@@ -142,7 +169,10 @@ class Engine:
                 await asyncio.sleep(0)
                 continue
             active = self._capped_model or model  # the capped model while a power cap is set
-            model_s = active.iteration_s(step.decode_batch, step.kv_tokens, step.prefill_tokens) * self.slowdown
+            model_s = (
+                active.iteration_s(step.decode_batch, step.kv_tokens, step.prefill_tokens, step.context_pairs)
+                * self.slowdown
+            )
             watts = active.power_watts(step.decode_batch, step.prefill_tokens)
             self.power_watts = watts
             metrics.energy_joules += watts * model_s

@@ -6,33 +6,16 @@ lengths), measures TTFT and TPOT from the client side over real HTTP, and compar
 them with what the latency model predicts for that steady state. It prints the error
 per point and the median absolute error, and runs a 1,000-stream sustain check.
 
-The prediction (:func:`predict_closed_loop`) is worked out from the latency model and
-vLLM's iteration semantics alone, not by replaying the simulator's scheduler, so a
-mismatch in either timing or scheduling shows up as error. With ``C`` closed-loop
-streams, prompt ``P``, output ``O`` and the streams' phases spread evenly:
+The simulator runs without its request overhead here (``--request-overhead-ms 0``;
+with it, requests land at random phases and the prediction is rougher), so the
+benchmark measures the iteration timing; the overhead itself is an additive term
+checked by a single-request test.
 
-* one stream's cycle, in engine iterations: its request arrives while an iteration
-  runs (the engine plans the next one the moment it commits the last, before the
-  client can answer), waits that iteration out, is prefilled in ``n_p`` iterations
-  (1 when the prompt fits the token budget left by the decodes) whose last one also
-  yields the first token, then decodes ``O - 1`` tokens: ``L = 1 + n_p + O - 1``;
-* so every iteration carries ``d = C (O - 1) / L`` decodes holding ``P + O/2`` KV
-  tokens each, and ``C n_p / L`` prompts in prefill (evenly spread: the floor or
-  the ceiling of that mean);
-* TPOT is the mean iteration time ``tau``; TTFT is the iteration waited out plus the
-  prefill iteration(s): ``tau_waited + n_p tau_prefill`` (``tau_prefill`` the mean
-  time of an iteration that carries a given prompt, weighted by how many prompts it
-  holds; ``tau_waited`` is ``tau`` when every iteration carries prompts, and with
-  fewer than one per iteration the slot before a prompt's own is prompt-free unless
-  the even spread puts two prompts in adjacent slots, a share ``2 - 1/c``);
-* one stream alone (``C = 1``) finds the engine idle: TTFT = ``prefill_s(P)``;
-* when ``C`` would need more than ``max_num_seqs`` (or the KV cache) running, the
-  engine runs full and the rest queue: throughput ``X = M / (O' tau)`` requests/s
-  with ``M`` running and ``O' = n_p + O - 1`` iterations each, a stream's cycle is
-  ``C / X``, and TTFT = cycle - ``(O - 1) tau`` (Little's law). This case is rough:
-  fixed-length streams through a full engine fall into waves (admitted together,
-  finished together) that an even spread does not describe, so the benchmark keeps
-  its points unsaturated (the sustain check raises ``--max-num-seqs``).
+The prediction (:func:`kubetier.policy.closed_loop.predict_closed_loop`, whose
+docstring derives it) is worked out from the latency model and vLLM's iteration
+semantics alone, not by replaying the simulator's scheduler, so a mismatch in either
+timing or scheduling shows up as error. Saturated points are rough there, so the
+benchmark keeps its points unsaturated (the sustain check raises ``--max-num-seqs``).
 
 Times are model seconds; with ``--time-scale F`` the simulator runs ``F`` times faster
 and the measured times are multiplied by ``F`` before comparing.
@@ -42,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -56,125 +40,13 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 
+from kubetier.policy.closed_loop import predict_closed_loop
 from kubetier.policy.latency import DEFAULT_PROFILE, LatencyModel, ProfileError, load_profile
 
 DEFAULT_CONCURRENCIES = (1, 8, 32, 64, 128, 256)
 
 
-# --------------------------------------------------------------------------- prediction
-
-
-@dataclass(frozen=True)
-class Prediction:
-    ttft_s: float
-    tpot_s: float
-    iteration_s: float  # mean iteration time (= TPOT)
-    decode_batch: float  # mean sequences decoding per iteration
-    running: float  # mean sequences admitted (prefilling or decoding)
-    prefills_per_iteration: float
-    cycle_s: float  # one stream: request sent to next request sent
-    regime: str  # "alone", "unsaturated" or "saturated"
-
-
-def _even_spread(mean: float, g) -> tuple[float, float]:
-    """(iteration-weighted, prompt-weighted) means of ``g(k)`` when ``k`` prompts per
-    iteration are spread as evenly as possible: ``floor(mean)`` or ``floor(mean) + 1``."""
-    f = math.floor(mean)
-    r = mean - f
-    lo, hi = g(f), g(f + 1)
-    per_iteration = (1 - r) * lo + r * hi
-    if f == 0 or mean <= 0:
-        return per_iteration, hi
-    return per_iteration, ((1 - r) * f * lo + r * (f + 1) * hi) / mean
-
-
-def predict_closed_loop(
-    model: LatencyModel,
-    concurrency: int,
-    prompt_tokens: int,
-    output_tokens: int,
-    max_num_seqs: int | None = None,
-) -> Prediction:
-    """Steady-state TTFT/TPOT of ``concurrency`` closed-loop streams (see module doc)."""
-    C, P, O = concurrency, prompt_tokens, output_tokens
-    if C < 1 or P < 1 or O < 2:
-        raise ValueError("need concurrency >= 1, prompt_tokens >= 1 and output_tokens >= 2")
-    budget = model.max_num_batched_tokens
-    seq_cap = min(max_num_seqs or model.max_num_seqs, model.kv_capacity_tokens // (P + O))
-    if seq_cap < 1:
-        raise ValueError(f"one sequence of {P + O} tokens does not fit the KV cache")
-    kv_per_decode = P + O / 2  # a decoding sequence holds P + (tokens so far): O/2 on average
-
-    if C == 1:
-        tpot = model.decode_iteration_s(1, round(kv_per_decode))
-        ttft = model.prefill_s(P)
-        return Prediction(ttft, tpot, tpot, 1.0, 1.0, 0.0, ttft + (O - 1) * tpot, "alone")
-
-    def iteration(decodes: float, prompts_in_prefill: float, tokens_each: float):
-        kv = decodes * kv_per_decode
-        room = budget - decodes
-
-        def tau(k: int) -> float:
-            return model.iteration_s(decodes, kv, min(k * tokens_each, room))
-
-        return _even_spread(prompts_in_prefill, tau)
-
-    def prefill_iterations(decodes: float) -> int:
-        return max(1, math.ceil(P / max(1.0, budget - decodes)))
-
-    # Unsaturated: every stream is admitted as soon as it arrives. n_p depends on the
-    # decode batch, which depends on n_p: a few rounds settle it.
-    n_p = 1
-    for _ in range(4):
-        n_p = prefill_iterations(C * (O - 1) / (1 + n_p + O - 1))
-    cycle_iters = 1 + n_p + O - 1
-    decodes = C * (O - 1) / cycle_iters
-    running = C * (n_p + O - 1) / cycle_iters
-    if running <= seq_cap:
-        prompts = C * n_p / cycle_iters
-        tau, tau_prefill = iteration(decodes, prompts, P / n_p)
-        # The iteration waited out is the slot just before the prompt's own. Spread
-        # evenly, fewer than one prompt per iteration leaves gaps of 1 or 2 slots, and
-        # a share 2 - 1/c of them are 1 (the slot before carries a prompt too).
-        if prompts < 1.0:
-            tau_idle = model.iteration_s(decodes, decodes * kv_per_decode, 0)
-            busy_before = max(0.0, 2.0 - 1.0 / prompts) if prompts > 0 else 0.0
-            tau_waited = tau_idle + busy_before * (tau_prefill - tau_idle)
-        else:
-            tau_waited = tau
-        return Prediction(
-            ttft_s=tau_waited + n_p * tau_prefill,
-            tpot_s=tau,
-            iteration_s=tau,
-            decode_batch=decodes,
-            running=running,
-            prefills_per_iteration=prompts,
-            cycle_s=cycle_iters * tau,
-            regime="unsaturated",
-        )
-
-    # Saturated: seq_cap sequences run, the others queue (FIFO); a finished sequence's
-    # slot is refilled at the next iteration, so no iteration is waited out.
-    M = seq_cap
-    n_p = 1
-    for _ in range(4):
-        n_p = prefill_iterations(M * (O - 1) / (n_p + O - 1))
-    per_seq_iters = n_p + O - 1
-    decodes = M * (O - 1) / per_seq_iters
-    prompts = M * n_p / per_seq_iters
-    tau, _ = iteration(decodes, prompts, P / n_p)
-    throughput = M / (per_seq_iters * tau)  # requests per second
-    cycle = C / throughput
-    return Prediction(
-        ttft_s=cycle - (O - 1) * tau,
-        tpot_s=tau,
-        iteration_s=tau,
-        decode_batch=decodes,
-        running=M,
-        prefills_per_iteration=prompts,
-        cycle_s=cycle,
-        regime="saturated",
-    )
+# The prediction lives in kubetier.policy.closed_loop (shared with the profile calibration).
 
 
 # --------------------------------------------------------------------------- client
@@ -560,6 +432,10 @@ class SimulatorProcess:
             repr(time_scale),
             "--log-level",
             "WARNING",
+            # The benchmark times the iterations: requests reach the scheduler at once
+            # (the request overhead is a separate, additive term, checked on its own).
+            "--request-overhead-ms",
+            "0",
         ]
         if max_num_seqs is not None:
             cmd += ["--max-num-seqs", str(max_num_seqs)]
@@ -639,7 +515,11 @@ async def run_sweep(
     """One point per concurrency. With ``repeat > 1`` each point is measured that many
     times and the run with the median client-side TTFT error is kept (a neighbour
     stealing the CPU for a moment spoils one run, not the figure); the others' errors
-    are listed in its notes."""
+    are listed in its notes.
+
+    The server is expected to run without request overhead (``--request-overhead-ms 0``,
+    as :class:`SimulatorProcess` starts it): the prediction leaves it out too."""
+    model = dataclasses.replace(model, request_overhead_s=0.0)
     points = []
     for c in concurrencies:
         runs = []
@@ -750,7 +630,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sustain-prompt-tokens", type=int, default=128)
     ap.add_argument("--sustain-output-tokens", type=int, default=256)
     ap.add_argument(
-        "--server", default=None, help="HOST:PORT of a running simulator (sweep only; default: start one on loopback)"
+        "--server",
+        default=None,
+        help="HOST:PORT of a running simulator started with --request-overhead-ms 0 (sweep only; default: start one on loopback)",
     )
     ap.add_argument(
         "--pin",

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=256.0,
         help="mean output length of requests without max_tokens (default: %(default)s)",
     )
+    parser.add_argument(
+        "--request-overhead-ms",
+        type=_non_negative_float,
+        default=None,
+        help="mean serving time before a request reaches the scheduler (HTTP, tokenization); "
+        "default: the profile's requestOverheadMs; 0 times the engine iterations alone",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (output lengths, faults)")
     parser.add_argument(
         "--enable-sleep-mode",
@@ -140,6 +147,7 @@ async def _serve(args: argparse.Namespace, model: LatencyModel) -> int:
         seed=args.seed,
         mean_output_tokens=args.mean_output_tokens,
         slowdown=args.slowdown,
+        request_overhead_ms=args.request_overhead_ms,
         fail_fraction=args.fail_fraction,
         abort_after_tokens=args.abort_after_tokens,
         abort_fraction=args.abort_fraction,

@@ -61,6 +61,9 @@ class Step:
     decode_batch: int
     prefill_tokens: int
     kv_tokens: int
+    # Sum over the chunks of chunk tokens x prompt tokens prefilled before the chunk: the
+    # attention of each chunk to its prompt's earlier chunks (LatencyModel.iteration_s).
+    context_pairs: int = 0
 
 
 @dataclass(slots=True)
@@ -141,6 +144,7 @@ class BatchScheduler:
         budget = self.max_num_batched_tokens - len(decode)
         chunks: list[tuple[Sequence, int]] = []
         prefill_tokens = 0
+        context_pairs = 0
         for seq in self.prefilling:
             if budget <= 0:
                 break
@@ -149,8 +153,9 @@ class BatchScheduler:
                 n = budget
             chunks.append((seq, n))
             prefill_tokens += n
+            context_pairs += n * seq.prefilled
             budget -= n
-        return Step(decode, chunks, len(decode), prefill_tokens, self.kv_held)
+        return Step(decode, chunks, len(decode), prefill_tokens, self.kv_held, context_pairs)
 
     def commit(self, step: Step, now: float) -> StepResult:
         """Apply a planned iteration that ended at ``now``; emit its tokens."""

@@ -36,18 +36,20 @@ def predict(
     seqs = [Sequence(p, o, arrival=a) for a, p, o in reqs]
     sched = BatchScheduler(max_num_seqs or model.max_num_seqs, model.max_num_batched_tokens, model.kv_capacity_tokens)
     factor = slowdown / time_scale
+    # A request reaches the scheduler after the request overhead (Engine.submit).
+    overhead = model.request_overhead_s / time_scale
     now = 0.0
     nxt = 0
     done = 0
     while done < len(seqs):
-        while nxt < len(order) and seqs[order[nxt]].arrival <= now:
+        while nxt < len(order) and seqs[order[nxt]].arrival + overhead <= now:
             sched.add(seqs[order[nxt]])
             nxt += 1
         if not sched.has_work:
-            now = seqs[order[nxt]].arrival
+            now = seqs[order[nxt]].arrival + overhead
             continue
         step = sched.plan(now)
-        now += model.iteration_s(step.decode_batch, step.kv_tokens, step.prefill_tokens) * factor
+        now += model.iteration_s(step.decode_batch, step.kv_tokens, step.prefill_tokens, step.context_pairs) * factor
         done += len(sched.commit(step, now).finished)
     out = []
     for s in seqs:

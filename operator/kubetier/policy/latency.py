@@ -21,29 +21,40 @@ Semantics (all times in seconds, returned as floats):
       non-decreasing rows and columns the extrapolation never decreases.
     * The grid must start at batch 1 and KV 0, so there is nothing below it.
 
-``iteration_s(decode_batch, kv_tokens, prefill_tokens)``
+``iteration_s(decode_batch, kv_tokens, prefill_tokens, context_pairs=0)``
     One chunked-prefill iteration (Sarathi-Serve): the decode tokens of the running
     batch plus up to ``max_num_batched_tokens - decode_batch`` prompt tokens share a
     single forward pass. With ``P(n)`` the prefill table (an iteration carrying ``n``
-    prompt tokens and no decode) and ``D(b, k)`` the decode table::
+    prompt tokens and no decode), ``D(b, k)`` the decode table and ``a`` the profile's
+    ``prefill.contextNsPerTokenPair``::
 
         P(0) := D(1, 0)        (an iteration that reads the weights once)
         iteration_s(b, k, 0) = D(b, k)
-        iteration_s(0, k, n) = P(n)
-        iteration_s(b, k, n) = D(b, k) + P(n) - P(0)
+        iteration_s(0, k, n, x) = P(n) + a * x
+        iteration_s(b, k, n, x) = D(b, k) + P(n) - P(0) + a * x
 
     i.e. the prompt chunk adds its cost beyond the one weight read that the decode
     part already pays. Small chunks ride almost free on a memory-bound decode step;
     large chunks add their compute. ``P`` interpolates piecewise-linearly from the
     anchor ``(0, D(1, 0))`` through ``prefill.tokens``/``prefill.ms`` and extrapolates
-    linearly past the last point. Prompt chunks are costed independently of earlier
-    chunks of the same prompt (attention to the already-prefilled context is left out:
-    under 10% of prefill FLOPs below 8k tokens for the shipped models).
+    linearly past the last point. ``P(n)`` holds the attention of the chunk's tokens to
+    each other; ``x`` (``context_pairs``) is the sum over the iteration's chunks of
+    ``chunk tokens x prompt tokens prefilled before the chunk``: causal attention to the
+    earlier chunks costs ``4 * hidden * layers`` FLOPs per such pair, which is the
+    dominant cost of the last chunks of a long prompt (a 32k prompt in 2k chunks of
+    Llama-3.1-8B spends two thirds as much on it as on the chunks themselves).
 
 ``prefill_s(prompt_tokens)``
-    The prompt alone on an idle server, split into ``max_num_batched_tokens`` chunks:
-    ``q * P(C) + P(r)`` with ``C = max_num_batched_tokens``, ``q, r = divmod(n, C)``.
-    This is exactly the sum of the ``iteration_s(0, ., chunk)`` calls an engine makes.
+    The prompt alone on an idle server, split into ``max_num_batched_tokens`` chunks
+    ``c_1 .. c_m``: ``sum P(c_i) + a * c_i * (c_1 + .. + c_{i-1})``. This is exactly
+    the sum of the ``iteration_s(0, ., c_i, x_i)`` calls an engine makes.
+
+``first_token_s(prompt_tokens)``
+    Time to first token on an idle server as a client sees it:
+    ``requestOverheadMs + prefill_s(prompt_tokens)``. The per-request overhead (HTTP,
+    chat template, tokenization, hand-off to the engine loop, detokenizing the first
+    token) runs outside the engine iterations, so it delays a request's admission and
+    never an iteration.
 
 ``power_watts(decode_batch, prefill_tokens)``
     Board power during such an iteration: ``idleWatts`` with no work; decode power
@@ -94,6 +105,9 @@ class LatencyModel:
     gpu_product: str = ""
     gpu_count: int = 1
     sources: tuple[str, ...] = ()
+    engine: str = ""  # "vllm 0.21.0"; empty when the profile does not say
+    request_overhead_s: float = 0.0
+    context_s_per_pair: float = 0.0
     # Precomputed grids (seconds / watts); private, compared by the public fields only.
     _d_batch: tuple[float, ...] = field(default=(), repr=False, compare=False)
     _d_kv: tuple[float, ...] = field(default=(), repr=False, compare=False)
@@ -135,6 +149,9 @@ class LatencyModel:
             gpu_product=profile.gpu.product if profile.gpu else "",
             gpu_count=profile.gpu.count if profile.gpu else 1,
             sources=tuple(profile.sources),
+            engine=f"{profile.engine.name} {profile.engine.version}" if profile.engine else "",
+            request_overhead_s=profile.request_overhead_ms / 1000.0,
+            context_s_per_pair=pre.context_ns_per_token_pair * 1e-9,
             _d_batch=tuple(float(b) for b in dec.batch_sizes),
             _d_kv=tuple(float(k) for k in dec.kv_tokens),
             _d_s=tuple(tuple(v / 1000.0 for v in row) for row in grid),
@@ -158,7 +175,7 @@ class LatencyModel:
 
     # ------------------------------------------------------------------ hot paths
 
-    def decode_iteration_s(self, batch: int, kv_tokens: int) -> float:
+    def decode_iteration_s(self, batch: float, kv_tokens: float) -> float:
         if batch < 1 or kv_tokens < 0:
             if batch == 0 and kv_tokens >= 0:
                 return 0.0
@@ -180,7 +197,7 @@ class LatencyModel:
         hi = r1[j] + (r1[j + 1] - r1[j]) * v
         return lo + (hi - lo) * u
 
-    def _prefill_iteration_s(self, tokens: int) -> float:
+    def _prefill_iteration_s(self, tokens: float) -> float:
         ts, ps = self._p_tokens, self._p_s
         i = bisect_right(ts, tokens) - 1
         if i > len(ts) - 2:
@@ -188,7 +205,9 @@ class LatencyModel:
         t0 = ts[i]
         return ps[i] + (ps[i + 1] - ps[i]) * (tokens - t0) / (ts[i + 1] - t0)
 
-    def iteration_s(self, decode_batch: int, kv_tokens: int, prefill_tokens: int) -> float:
+    def iteration_s(
+        self, decode_batch: float, kv_tokens: float, prefill_tokens: float, context_pairs: float = 0
+    ) -> float:
         if prefill_tokens <= 0:
             if prefill_tokens < 0:
                 raise ValueError(f"prefill_tokens ({prefill_tokens}) must be >= 0")
@@ -199,6 +218,10 @@ class LatencyModel:
                 f"max_num_batched_tokens ({self.max_num_batched_tokens})"
             )
         p = self._prefill_iteration_s(prefill_tokens)
+        if context_pairs:
+            if context_pairs < 0:
+                raise ValueError(f"context_pairs ({context_pairs}) must be >= 0")
+            p += self.context_s_per_pair * context_pairs
         if decode_batch == 0:
             return p
         return self.decode_iteration_s(decode_batch, kv_tokens) + p - self._p_s[0]
@@ -208,11 +231,18 @@ class LatencyModel:
             if prompt_tokens < 0:
                 raise ValueError(f"prompt_tokens ({prompt_tokens}) must be >= 0")
             return 0.0
-        q, r = divmod(prompt_tokens, self.max_num_batched_tokens)
-        t = q * self._prefill_iteration_s(self.max_num_batched_tokens) if q else 0.0
+        C = self.max_num_batched_tokens
+        q, r = divmod(prompt_tokens, C)
+        t = q * self._prefill_iteration_s(C) if q else 0.0
         if r:
             t += self._prefill_iteration_s(r)
-        return t
+        # Chunk i (0-based) of C tokens sees i * C earlier tokens; the remainder sees q * C:
+        # sum = C * C * q (q - 1) / 2 + r * q * C pairs.
+        return t + self.context_s_per_pair * (C * C * q * (q - 1) // 2 + r * q * C)
+
+    def first_token_s(self, prompt_tokens: int) -> float:
+        """Time to first token on an idle server, as the client sees it."""
+        return self.request_overhead_s + self.prefill_s(prompt_tokens)
 
     def power_watts(self, decode_batch: int, prefill_tokens: int) -> float:
         if decode_batch < 0 or prefill_tokens < 0:

@@ -23,6 +23,8 @@ def summary(m: LatencyModel) -> dict[str, Any]:
         "name": m.name,
         "model": m.model,
         "gpu": f"{m.gpu_count} x {m.gpu_product}" if m.gpu_product else "",
+        "engine": m.engine,
+        "requestOverheadMs": round(m.request_overhead_s * 1e3, 3),
         "kvCapacityTokens": m.kv_capacity_tokens,
         "maxNumSeqs": m.max_num_seqs,
         "maxNumBatchedTokens": m.max_num_batched_tokens,
@@ -31,6 +33,7 @@ def summary(m: LatencyModel) -> dict[str, Any]:
             for b in _SUMMARY_BATCHES
         },
         "prefillMs": {f"{n} tokens": round(m.prefill_s(n) * 1e3, 1) for n in _SUMMARY_PROMPTS},
+        "contextNsPerTokenPair": round(m.context_s_per_pair * 1e9, 4),
         "watts": {
             "idle": m.idle_watts,
             "decode batch 1": round(m.power_watts(1, 0), 1),
@@ -44,7 +47,7 @@ def summary(m: LatencyModel) -> dict[str, Any]:
 
 def _print_summary(m: LatencyModel) -> None:
     s = summary(m)
-    print(f"{s['name']}: {s['model']} on {s['gpu']}")
+    print(f"{s['name']}: {s['model']} on {s['gpu']}" + (f", {s['engine']}" if s["engine"] else ""))
     print(
         f"  KV capacity {s['kvCapacityTokens']} tokens, maxNumSeqs {s['maxNumSeqs']}, "
         f"maxNumBatchedTokens {s['maxNumBatchedTokens']}"
@@ -56,6 +59,10 @@ def _print_summary(m: LatencyModel) -> None:
     print(
         "  prefill on an idle server (ms): "
         + ", ".join(f"{n} tok {v}" for n, v in ((n, s["prefillMs"][f"{n} tokens"]) for n in _SUMMARY_PROMPTS))
+    )
+    print(
+        f"  request overhead {s['requestOverheadMs']} ms per request; attention to earlier prompt chunks "
+        f"{s['contextNsPerTokenPair']} ns per token pair"
     )
     print("  power (W): " + ", ".join(f"{k} {v:g}" for k, v in s["watts"].items()))
     if s["sources"]:

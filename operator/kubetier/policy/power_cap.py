@@ -84,6 +84,9 @@ def _build_capped(model: LatencyModel, cap: float) -> LatencyModel:
     pre["ms"] = [
         round(ms * slow(model.power_watts(0, min(int(n), chunk))), 6) for n, ms in zip(pre["tokens"], pre["ms"])
     ]
+    if pre.get("contextNsPerTokenPair"):
+        # attention to earlier prompt chunks is compute-bound like a full chunk
+        pre["contextNsPerTokenPair"] = round(pre["contextNsPerTokenPair"] * slow(model.power_watts(0, chunk)), 6)
     pw = d["power"]
     pw["decodeWatts"]["watts"] = [min(float(w), cap) for w in pw["decodeWatts"]["watts"]]
     pw["prefillWatts"] = min(float(pw["prefillWatts"]), cap)

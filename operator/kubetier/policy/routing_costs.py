@@ -118,7 +118,8 @@ class IterationCosts:
         if v is None:
             if len(self._prefill_s) > MEMO_LIMIT:
                 self._prefill_s.clear()
-            v = self._prefill_s[tokens] = self.model.prefill_s(tokens)
+            # what a client waits on an idle server: request overhead + the prompt's chunks
+            v = self._prefill_s[tokens] = self.model.first_token_s(tokens)
         return v
 
 

@@ -246,7 +246,10 @@ class Simulator:
 
         self.cfg = cfg
         self.tiers = cfg.tiers
-        self.ttft_s = [t.ttft_ms / 1000.0 for t in cfg.tiers]
+        # The profile's request overhead (HTTP, tokenization) delays every token a client
+        # sees by the same amount: it comes off each tier's first-token budget.
+        self.overhead_s = cfg.model.request_overhead_s
+        self.ttft_s = [t.ttft_ms / 1000.0 - self.overhead_s for t in cfg.tiers]
         self.tpot_s = [t.tpot_ms / 1000.0 for t in cfg.tiers]
         self.exp_out = [t.mean_output_tokens for t in cfg.tiers]
         self.tier_names = [t.name for t in cfg.tiers]
@@ -585,6 +588,7 @@ class Simulator:
         budget = srv.budget - B
         chunks = None
         p = 0
+        pairs = 0  # attention of each chunk to its prompt's earlier chunks
         if budget > 0 and (srv.prefilling or srv.waiting):
             chunks = []
             for req in srv.prefilling:
@@ -621,15 +625,16 @@ class Simulator:
                 chunks.append((req, c))
                 budget -= c
             if chunks:
-                for _, c in chunks:
+                for r, c in chunks:
                     p += c
+                    pairs += c * (r.prompt - r.prefill_left)
             else:
                 chunks = None
         srv.step_t0 = now
         srv.step_B = B
         slow = srv.slowdown
         if chunks is not None:
-            dt = srv.iter_s(B, srv.kv, p) * slow
+            dt = srv.iter_s(B, srv.kv, p, pairs) * slow
             srv.step_chunks = chunks
             srv.step_p = p
             srv.step_n = 1
@@ -778,5 +783,12 @@ class Simulator:
             tpot = (t - req.t_first) / (req.output + req.base - 1) if req.output + req.base > 1 else 0.0
             queue = req.t_start - req.t_arr if req.t_start >= 0 else 0.0
             self.sink.record(
-                req.tier, req.t_first - req.t_arr, tpot, not req.failed, False, req.spilled, queue, srv.idx
+                req.tier,
+                req.t_first - req.t_arr + self.overhead_s,
+                tpot,
+                not req.failed,
+                False,
+                req.spilled,
+                queue,
+                srv.idx,
             )
