@@ -92,6 +92,8 @@ class Forwarder:
             raw = with_token_ids(raw)
         path = req.path
         head_timeout = self.first_token_timeout_s(ctx) if stream else self.whole_answer_timeout_s(ctx, max_tokens)
+        # A stream to an HTTP/1.1 client: the engine's chunks are relayed as received (relay.py).
+        passthrough = stream and res.chunked
 
         def watch(cancel) -> None:
             res.add_disconnect_callback(lambda: cancel("the client went away"))
@@ -153,7 +155,13 @@ class Forwarder:
             tried = tried | {up.spec.server_id}
             try:
                 upr = await up.pool.request(
-                    "POST", path, raw, JSON_HEADERS, header_timeout_s=head_timeout, on_sent=watch
+                    "POST",
+                    path,
+                    raw,
+                    JSON_HEADERS,
+                    header_timeout_s=head_timeout,
+                    on_sent=watch,
+                    passthrough=passthrough,
                 )
             except UpstreamError as exc:
                 ctx.release()
