@@ -29,6 +29,7 @@ from kubetier.lean_http.client import UpstreamError, UpstreamPool
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
+from kubetier.router.latency_feed import LatencyFeed
 from kubetier.router.metrics import RouterMetrics
 
 # Streams on a server under a preemption notice move this long before its deadline: one
@@ -119,6 +120,7 @@ class ModelFleet:
         self.clock = clock
         self.tiers: dict[str, TierSLO] = {t.name: t for t in spec.tiers}
         self.policy = RoutingPolicy(spec.tiers, kind=kind, rng=random.Random(0), scale_up_s=scale_up_s)
+        self.latency = LatencyFeed(self.policy, spec.profile)  # the online correction, fed by relayed streams
         self.upstreams: dict[str, Upstream] = {}
         self.max_queue = max_queue
         self.scrape_interval_s = scrape_interval_s
@@ -145,6 +147,7 @@ class ModelFleet:
                 if leaving is not None:
                     leaving.cancel()
                 self.policy.remove_server(sid)
+                self.latency.forget_server(sid)
                 up.pool.close()
                 self._move_streams(sid, "server left the fleet")
         for sid, s in wanted.items():

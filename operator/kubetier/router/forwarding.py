@@ -149,9 +149,7 @@ class Forwarder:
             if spilled and attempts == 1:
                 m.spills.labels(*labels).inc()
                 m.tally(fleet.name, ctx.tier).spilled += 1
-            ctx.server = up
-            ctx.prefilled = False
-            ctx.prompt_tokens_on_server = ctx.prompt_tokens
+            ctx.on_server(up, ctx.prompt_tokens)
             tried = tried | {up.spec.server_id}
             try:
                 upr = await up.pool.request(
@@ -220,9 +218,7 @@ class Forwarder:
                 up, _spilled = await fleet.acquire(ctx.tier, prompt_tokens, time.monotonic(), tried)
             except (Rejected, QueueFull, NoAlternative, NoServer, QueueTimeout):
                 return None
-            ctx.server = up
-            ctx.prefilled = False
-            ctx.prompt_tokens_on_server = prompt_tokens
+            ctx.on_server(up, prompt_tokens)
             tried = tried | {up.spec.server_id}
             try:
                 cand = await up.pool.request("POST", path, new_body, JSON_HEADERS, header_timeout_s=timeout)

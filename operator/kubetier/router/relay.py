@@ -78,7 +78,8 @@ async def relay_whole(res: Response, upr: UpstreamResponse, ctx: RequestContext,
         ctx.tokens = ctx.tokens_on_server = n
         # Deadline of the last token: arrival + TTFT + (n - 1) x TPOT.
         ctx.missed = now > ctx.arrival + ctx.ttft_s + max(0, n - 1) * ctx.tpot_s
-    ctx.release()
+    ctx.at_admit = None  # a whole answer's timing is not a first token's: nothing to learn
+    ctx.release(done=ok)
     ctype = upr.headers.get("content-type", "application/json")
     res.send(upr.status, data, [("x-kubetier-tier", ctx.tier)], content_type=ctype)
     return "ok" if ok else f"upstream_{upr.status}"
@@ -111,7 +112,7 @@ async def relay_stream(
             fleet.untrack_stream(sid, cut)
         upr.close()
         if failure is None:
-            ctx.release()
+            ctx.release(done=True)
             res.end()
             return "ok"
         if failure == "client-gone" or res.disconnected:
