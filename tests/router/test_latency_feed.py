@@ -64,10 +64,10 @@ async def stream_once(client: httpx.AsyncClient, base: str, tokens: int) -> int:
 
 @pytest.mark.parametrize("slowdown", [1.5, 0.7])
 async def test_learned_scale_converges_to_the_engines_true_speed(procs, tmp_path, slowdown):
-    # Iterations of 40 ms (at the profile): the router's own few milliseconds of HTTP are
+    # Iterations of 80 ms (at the profile): the router's own few milliseconds of HTTP are
     # small beside them, so what the router observes is mostly the engine.
-    profile = tmp_path / "flat40.yaml"
-    profile.write_text(yaml.safe_dump(flat_profile(40.0)))
+    profile = tmp_path / "flat80.yaml"
+    profile.write_text(yaml.safe_dump(flat_profile(80.0)))
     port = free_port()
     procs.engine(port, "m", str(profile), "--slowdown", str(slowdown))
     wait_http(f"http://127.0.0.1:{port}/health", 30)
