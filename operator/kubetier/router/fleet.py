@@ -120,7 +120,6 @@ class ModelFleet:
         self.clock = clock
         self.tiers: dict[str, TierSLO] = {t.name: t for t in spec.tiers}
         self.policy = RoutingPolicy(spec.tiers, kind=kind, rng=random.Random(0), scale_up_s=scale_up_s)
-        self.latency = LatencyFeed(self.policy, spec.profile)  # the online correction, fed by relayed streams
         self.upstreams: dict[str, Upstream] = {}
         self.max_queue = max_queue
         self.scrape_interval_s = scrape_interval_s
@@ -133,6 +132,7 @@ class ModelFleet:
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
+        self.latency = LatencyFeed(self.policy, spec.profile)  # the online correction, fed by relayed streams
         self.set_servers(spec.servers)
 
     # ------------------------------------------------------------------ membership
