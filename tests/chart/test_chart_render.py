@@ -107,12 +107,20 @@ def test_defaults(render):
         "8080",
     )
     assert env["KUBETIER_SIMULATOR_IMAGE"] == c["image"]
-    assert env["KUBETIER_ROUTER_STATUS_URL"] == f"http://kubetier-router.{NAMESPACE}.svc:8080/kubetier/status"
+    # The router's admin endpoints are on their own port by default: the operator reads status there.
+    assert env["KUBETIER_ROUTER_STATUS_URL"] == f"http://kubetier-router.{NAMESPACE}.svc:9090/kubetier/status"
     assert c["livenessProbe"]["httpGet"]["port"] == "health" and c["ports"][0]["containerPort"] == 8081
     svc = one(objs, "Service", "kubetier-router")
-    assert svc["spec"]["ports"][0]["port"] == 8080
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+        ("http", 8080, "http"),
+        ("admin", 9090, "admin"),
+    ]
     router = one(objs, "Deployment", "kt-kubetier-router")
     assert router["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    rc = router["spec"]["template"]["spec"]["containers"][0]
+    assert "--admin-port=9090" in rc["args"]
+    assert {p["name"]: p["containerPort"] for p in rc["ports"]} == {"http": 8080, "admin": 9090}
+    assert router["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9090"
     assert not by_kind(objs, "DaemonSet") and not by_kind(objs, "NetworkPolicy")
     assert not by_kind(objs, "CustomResourceDefinition"), "kubetier CRDs belong in crds/, not templates/"
 
@@ -200,9 +208,17 @@ def test_observability_and_network_policy(render):
     for d in by_kind(objs, "Deployment"):
         assert "prometheus.io/scrape" not in (d["spec"]["template"]["metadata"].get("annotations") or {})
     router_np = one(objs, "NetworkPolicy", "kt-kubetier-router")
-    peers = router_np["spec"]["ingress"][0]["from"]
-    assert {"namespaceSelector": {"matchLabels": {"kubetier.io/clients": "true"}}} in peers
-    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in peers
+    client_rule, admin_rule = router_np["spec"]["ingress"]
+    assert client_rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert client_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubetier.io/clients": "true"}}}]
+    # The admin port: Prometheus and the operator only (not the router's clients).
+    assert admin_rule["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in admin_rule["from"]
+    operator_peer = [p for p in admin_rule["from"] if "podSelector" in p]
+    assert operator_peer and operator_peer[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert {"namespaceSelector": {"matchLabels": {"kubetier.io/clients": "true"}}} not in admin_rule["from"]
+    headless = one(objs, "Service", "kt-kubetier-router-metrics")
+    assert (headless["spec"]["ports"][0]["port"], headless["spec"]["ports"][0]["targetPort"]) == (9090, "admin")
     op_np = one(objs, "NetworkPolicy", "kt-kubetier-operator")
     # The operator admits only Prometheus (metricsClients), only on its metrics port.
     assert op_np["spec"]["policyTypes"] == ["Ingress"]
@@ -213,6 +229,19 @@ def test_observability_and_network_policy(render):
         }
     ]
     assert not by_kind(objs, "DaemonSet")  # the node agent stays off until it exists
+
+
+def test_admin_port_zero_keeps_the_admin_endpoints_on_the_client_port(render):
+    """router.adminPort=0: the old wiring (status and scrapes on the client port)."""
+    objs = render(None, "router.adminPort=0", "networkPolicy.enabled=true")
+    op = one(objs, "Deployment", "kt-kubetier-operator")
+    env = {e["name"]: e.get("value") for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBETIER_ROUTER_STATUS_URL"] == f"http://kubetier-router.{NAMESPACE}.svc:8080/kubetier/status"
+    router = one(objs, "Deployment", "kt-kubetier-router")
+    rc = router["spec"]["template"]["spec"]["containers"][0]
+    assert not any(a.startswith("--admin-port") for a in rc["args"])
+    assert [p["name"] for p in one(objs, "Service", "kubetier-router")["spec"]["ports"]] == ["http"]
+    assert len(one(objs, "NetworkPolicy", "kt-kubetier-router")["spec"]["ingress"]) == 1
 
 
 def test_network_policy_without_clients_admits_any_source(render):

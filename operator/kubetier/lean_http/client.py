@@ -22,6 +22,16 @@ per event-loop turn, not per chunk.
 
 Back-pressure: when more than ``max_buffer_bytes`` are buffered unread, reading from
 the upstream socket pauses until the consumer catches up.
+
+Passthrough (``request(..., passthrough=True)``): a ``200`` answer in the chunked
+transfer coding is handed over *as received*, framing included, so a relay whose own
+client speaks chunked HTTP/1.1 forwards the engine's bytes with one ``write`` and
+neither decodes nor re-frames them. The connection only tracks where chunks end (one
+``find`` and one ``int`` per chunk, no parser callback per chunk): the terminating
+chunk ends the body, and ``resp.chunk_aligned`` says whether the bytes handed over so
+far end on a chunk boundary (a relay switching engines mid-stream must stop there).
+The sink gets ``sink(data, aligned)``. Any other answer (an error with a length, a
+non-chunked body) is decoded as usual (``resp.passthrough`` is False).
 """
 
 from __future__ import annotations
@@ -54,9 +64,11 @@ class _Conn(asyncio.Protocol):
         "_hname",
         "buf",
         "buffered",
+        "chunk_left",
         "closed",
         "complete",
         "error",
+        "head_buf",
         "head_done",
         "headers",
         "keep_alive",
@@ -64,7 +76,10 @@ class _Conn(asyncio.Protocol):
         "loop",
         "max_buffer",
         "parser",
+        "passthrough",
+        "passthrough_wanted",
         "pool",
+        "raw_pending",
         "reading_paused",
         "sink",
         "sink_error",
@@ -90,6 +105,14 @@ class _Conn(asyncio.Protocol):
     def _reset(self) -> None:
         if getattr(self, "stall_handle", None) is not None:
             self._cancel_stall()
+        if getattr(self, "passthrough", False):
+            # The parser saw only the last answer's head: a fresh one for the next answer.
+            self.parser = httptools.HttpResponseParser(self)
+        self.passthrough_wanted = False  # the request asked for the chunked body as received
+        self.passthrough = False  # this answer's body is handed over as received
+        self.head_buf = b""  # a response head split across reads (passthrough requests)
+        self.chunk_left = 0  # bytes of the current chunk (data + CRLF) still to come
+        self.raw_pending = b""  # an incomplete chunk-size line, held back to the next read
         self.status = 0
         self.headers: dict[str, str] = {}
         self._hname = ""
@@ -101,7 +124,7 @@ class _Conn(asyncio.Protocol):
         self.error: str | None = None
         self.waiter: asyncio.Future | None = None
         self.reading_paused = False
-        self.sink: Callable[[bytes], bool] | None = None
+        self.sink: Callable[..., bool] | None = None
         self.sink_error: Exception | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------------
@@ -117,6 +140,36 @@ class _Conn(asyncio.Protocol):
         loop = self.loop
         if loop is not None:
             self.last_activity = loop.time()
+        if self.passthrough:
+            # The common read, inline: exactly one whole chunk (size >= 2), nothing held,
+            # the reader waiting: straight to the sink.
+            sink = self.sink
+            if sink is not None and not self.chunk_left and self.waiter is not None and not self.buf:
+                eol = data.find(b"\r\n", 0, 18)
+                try:
+                    size = int(data[:eol], 16) if eol > 0 else 0
+                except ValueError:
+                    size = 0
+                if size > 1 and eol + size + 4 == len(data) and not self.raw_pending:
+                    try:
+                        keep = sink(data, True)
+                    except Exception as exc:  # re-raised in the reader
+                        self.sink = None
+                        self.sink_error = exc
+                        keep = False
+                    if not keep:
+                        self._wake()
+                    return
+            self._chunks(data)
+            return
+        if self.passthrough_wanted and not self.head_done:
+            data = self._head(data)
+            if self.passthrough:
+                if data:
+                    self._chunks(data)
+                return
+            if not data:
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -134,6 +187,127 @@ class _Conn(asyncio.Protocol):
                 self._fail("upstream closed the connection before answering")
             else:
                 self._fail("upstream closed the connection mid-response")
+
+    # --- passthrough ------------------------------------------------------------------
+
+    def _head(self, data: bytes) -> bytes:
+        """Feed the parser the response head only; return the body bytes after it (b""
+        while the head is incomplete). A ``200`` in the chunked coding turns passthrough on."""
+        if self.head_buf:
+            data = self.head_buf + data
+            self.head_buf = b""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > MAX_HEAD_BYTES:
+                self._fail("upstream response head too large")
+            else:
+                self.head_buf = data
+            return b""
+        end += 4
+        try:
+            self.parser.feed_data(data[:end])
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(f"malformed upstream response: {exc}")
+            return b""
+        if (
+            self.head_done
+            and self.error is None
+            and self.status == 200
+            and self.headers.get("transfer-encoding", "").lower() == "chunked"
+        ):
+            self.passthrough = True
+        elif self.head_done and self.status >= 200:
+            self.passthrough_wanted = False  # decoded as usual from here on
+        return data[end:]
+
+    def _chunks(self, data: bytes) -> None:
+        """A passthrough body read: find where chunks end (the common read is exactly one
+        whole chunk: one ``find``, one ``int``), hand the bytes over unchanged, and end the
+        body at the terminating chunk (which is not handed over)."""
+        if self.raw_pending:
+            data = self.raw_pending + data
+            self.raw_pending = b""
+        left = self.chunk_left
+        n = len(data)
+        end = False
+        if left >= n:  # all of it inside the current chunk
+            self.chunk_left = left - n
+        else:
+            eol = data.find(b"\r\n", left)
+            try:
+                size = int(data[left:eol], 16) if eol > left else -1
+            except ValueError:
+                size = -1
+            if size > 0 and eol + size + 4 == n:  # exactly one whole chunk (the common read)
+                self.chunk_left = 0
+            else:
+                data, end = self._scan(data, left)
+                if self.error is not None:
+                    return
+        if data:
+            sink = self.sink
+            if sink is not None and self.waiter is not None:
+                if self.buf:  # bytes from before the sink was set come first
+                    self.buf.append(data)
+                    data = b"".join(self.buf)
+                    self.buf.clear()
+                    self.buffered = 0
+                try:
+                    keep = sink(data, self.chunk_left == 0)
+                except Exception as exc:  # re-raised in the reader
+                    self.sink = None
+                    self.sink_error = exc
+                    keep = False
+                if not keep:
+                    self._wake()
+            else:
+                self.on_body(data)
+        if end:
+            self.complete = True
+            self._wake()
+
+    def _scan(self, data: bytes, pos: int) -> tuple[bytes, bool]:
+        """The general case of ``_chunks``: several chunks, a chunk-size line split across
+        reads, chunk extensions, the terminating chunk and its trailers. Returns the bytes
+        to hand over and whether the body ended."""
+        n = len(data)
+        while True:
+            if pos >= n:
+                self.chunk_left = pos - n
+                return data, False
+            eol = data.find(b"\r\n", pos)
+            if eol < 0:
+                if n - pos > MAX_CHUNK_LINE:
+                    self._fail("malformed upstream chunk size line")
+                    return b"", False
+                self.raw_pending = data[pos:]  # completed by the next read
+                self.chunk_left = 0
+                return data[:pos], False
+            try:
+                size = int(data[pos:eol], 16)
+            except ValueError:
+                size = _chunk_size(data[pos:eol])  # extensions, or malformed (-1)
+            if size < 0:
+                self._fail("malformed upstream chunk size")
+                return b"", False
+            if size == 0:  # the terminating chunk: trailers (if any), then an empty line
+                if data.startswith(b"\r\n", eol + 2):
+                    stop = eol + 4
+                else:
+                    stop = data.find(b"\r\n\r\n", eol)
+                    if stop < 0:
+                        if n - pos > MAX_HEAD_BYTES:
+                            self._fail("upstream trailers too large")
+                            return b"", False
+                        self.raw_pending = data[pos:]
+                        self.chunk_left = 0
+                        return data[:pos], False
+                    stop += 4
+                if stop < n:
+                    self.keep_alive = False  # bytes after the answer: never reuse this connection
+                self.chunk_left = 0
+                return data[:pos], True
+            pos = eol + 2 + size + 2
 
     # --- httptools callbacks --------------------------------------------------------
 
@@ -250,13 +424,26 @@ class _Conn(asyncio.Protocol):
         return not self.closed and self.complete and self.keep_alive and self.error is None
 
 
+def _chunk_size(line: bytes) -> int:
+    """A chunk-size line with extensions (``1a;name=value``); -1 when malformed."""
+    text = line.split(b";", 1)[0].strip()
+    if not text or text.strip(b"0123456789abcdefABCDEF") or len(text) > 15:
+        return -1
+    return int(text, 16)
+
+
+MAX_HEAD_BYTES = 64 * 1024  # an upstream response head (or trailers) larger than this is malformed
+MAX_CHUNK_LINE = 1024  # a chunk-size line (with extensions) longer than this is malformed
+
+
 class UpstreamResponse:
-    __slots__ = ("_conn", "_released", "headers", "status")
+    __slots__ = ("_conn", "_released", "headers", "passthrough", "status")
 
     def __init__(self, conn: _Conn) -> None:
         self._conn = conn
         self.status = conn.status
         self.headers = conn.headers
+        self.passthrough = conn.passthrough  # body bytes come framed as received (see module doc)
         self._released = False
 
     async def read_some(self, timeout: float = 60.0) -> bytes:
@@ -293,12 +480,18 @@ class UpstreamResponse:
             return b""
         return None
 
-    def set_sink(self, sink: Callable[[bytes], bool] | None) -> None:
+    @property
+    def chunk_aligned(self) -> bool:
+        """Passthrough: the bytes received so far end on a chunk boundary."""
+        return self._conn.chunk_left == 0
+
+    def set_sink(self, sink: Callable[..., bool] | None) -> None:
         """While the reader awaits ``wait_readable``, pass each read's body bytes straight
         to ``sink(data)`` from the protocol callback instead of waking the reader; the
         reader wakes only at the end of the body, on failure, on a stall, when ``sink``
         returns False (e.g. the consumer must wait for its own client) or raises (the
-        exception comes out of ``read_nowait``). ``None`` stops it. Bytes that arrive while
+        exception comes out of ``read_nowait``). ``None`` stops it. A passthrough answer
+        calls ``sink(data, aligned)`` (``aligned``: as ``chunk_aligned``). Bytes that arrive while
         the reader is not waiting are buffered as usual (back-pressure unchanged)."""
         self._conn.sink = sink
 
@@ -410,13 +603,15 @@ class UpstreamPool:
         *,
         header_timeout_s: float | None = None,
         on_sent: Callable[[Callable[[str], None]], None] | None = None,
+        passthrough: bool = False,
     ) -> UpstreamResponse:
         """Send one request; return once the response head arrived.
 
         ``on_sent(cancel)``: called once the request is on a connection, with a function
         that cuts that connection (``cancel(reason)``; the wait then raises
         ``UpstreamError``). The router hands it to the client's disconnect callbacks, so a
-        client that leaves while an engine computes a whole answer frees the engine."""
+        client that leaves while an engine computes a whole answer frees the engine.
+        ``passthrough``: hand a chunked ``200`` body over as received (module doc)."""
         if self.closed:
             raise UpstreamError("pool closed", "connect")
         head = [f"{method} {path} HTTP/1.1\r\nhost: {self._host_header}\r\n"]
@@ -436,6 +631,7 @@ class UpstreamPool:
                     break
             if c is None:
                 c = await self._connect()
+            c.passthrough_wanted = passthrough
             try:
                 c.transport.write(data)  # type: ignore[union-attr]
             except (RuntimeError, OSError) as exc:  # closed under us between checks

@@ -302,6 +302,25 @@ class Response:
             return False
         return not self._disconnected
 
+    def write_framed(self, data: bytes) -> bool:
+        """Send bytes already in the chunked framing (whole chunks, e.g. an engine's, as a
+        passthrough relay received them); only when ``chunked``. Returns as ``write``."""
+        if self._finished or self._disconnected:
+            return False
+        conn = self._conn
+        if conn._closed or conn._aborted:
+            return False
+        conn._transport.write(data)  # type: ignore[union-attr]
+        if conn._write_paused:
+            conn._check_write_buffer()
+            return False
+        return not self._disconnected
+
+    @property
+    def chunked(self) -> bool:
+        """The stream goes out in the chunked transfer coding (HTTP/1.1; not for HTTP/1.0)."""
+        return self._chunked
+
     async def drain(self) -> None:
         """Wait while the transport is paused (client slow to read); return at once otherwise.
 

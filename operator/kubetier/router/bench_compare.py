@@ -17,7 +17,9 @@ Variants (all started once and kept running; each run drives one of them):
   (SO_REUSEPORT, as a Service spreads connections), pinned to cores 0-1.
 
 Engines and the load generator share the last core. Per run: CPU per relayed token
-(user and system apart, every process and thread of the router), syscalls per token
+(exact on-CPU time from the scheduler, every thread of the router's processes; user and
+system apart as the kernel samples them at the clock tick), the ratio to vllm-router on
+the exact figure, syscalls per token
 (``perf stat -e raw_syscalls:sys_enter`` on the router's processes, when perf works),
 client-side TTFT/TPOT p50/p99 and per-tier attainment (deadline-based, 429s and errors
 are misses), and the 1-minute load average. The machine may be shared: the order of
@@ -64,6 +66,25 @@ def _proc_times(pid: int) -> tuple[float, float]:
         except (OSError, IndexError, ValueError):
             pass
     return user, system
+
+
+def _on_cpu_s(pids: list[int]) -> float:
+    """Exact on-CPU seconds of processes (every thread: /proc/PID/task/TID/schedstat, in ns).
+    /proc/PID/stat's user/system split is sampled at the clock tick (a few hundred ticks
+    per run here), so the total that decides a comparison comes from the scheduler."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total / 1e9
 
 
 def _all_pids(pid: int) -> list[int]:
@@ -216,10 +237,12 @@ def _run(variant: Variant | None, targets: dict, concurrency: int, duration: flo
 
     load_before = os.getloadavg()[0]
     t0 = variant.times() if variant else (0.0, 0.0)
+    c0 = _on_cpu_s(variant.pids()) if variant else 0.0
     counter = SyscallCounter(variant.pids()) if variant else None
     results, elapsed = uvloop.run(bench._drive(targets, concurrency, duration, "poisson", seed, model))
     syscalls = counter.stop() if counter else None
     t1 = variant.times() if variant else (0.0, 0.0)
+    c1 = _on_cpu_s(variant.pids()) if variant else 0.0
     row = _summary(results, elapsed)
     row["variant"] = variant.name if variant else "direct"
     row["concurrency"] = concurrency
@@ -229,6 +252,7 @@ def _run(variant: Variant | None, targets: dict, concurrency: int, duration: flo
         row["cpu_user_us_per_token"] = round((t1[0] - t0[0]) / tok * 1e6, 2)
         row["cpu_sys_us_per_token"] = round((t1[1] - t0[1]) / tok * 1e6, 2)
         row["cpu_us_per_token"] = round(row["cpu_user_us_per_token"] + row["cpu_sys_us_per_token"], 2)
+        row["cpu_exact_us_per_token"] = round((c1 - c0) / tok * 1e6, 2)
         row["router_cpu_percent"] = round(100.0 * ((t1[0] - t0[0]) + (t1[1] - t0[1])) / elapsed, 1)
         row["syscalls_per_token"] = round(syscalls / tok, 2) if syscalls is not None else None
     return row
@@ -362,8 +386,9 @@ def compare(runs: list[dict]) -> list[dict]:
 
             peer = group.get("vllm-router-1c" if name.endswith("1w") else "vllm-router-2c")
             ratio = None
-            if name.startswith("kubetier") and peer and peer.get("cpu_us_per_token") and r.get("cpu_us_per_token"):
-                ratio = round(r["cpu_us_per_token"] / peer["cpu_us_per_token"], 3)
+            key = "cpu_exact_us_per_token"  # the scheduler's exact figure (the tick-sampled sum is noisier)
+            if name.startswith("kubetier") and peer and peer.get(key) and r.get(key):
+                ratio = round(r[key] / peer[key], 3)
             rows.append(
                 {
                     "concurrency": c,
@@ -371,6 +396,7 @@ def compare(runs: list[dict]) -> list[dict]:
                     "variant": name,
                     "cpu_user_us_per_token": r.get("cpu_user_us_per_token"),
                     "cpu_sys_us_per_token": r.get("cpu_sys_us_per_token"),
+                    "cpu_exact_us_per_token": r.get("cpu_exact_us_per_token"),
                     "cpu_ratio_vs_vllm_router": ratio,
                     "syscalls_per_token": r.get("syscalls_per_token"),
                     "added_ttft_ms_p50": diff("ttft_ms_p50"),
@@ -393,7 +419,7 @@ def _print_row(r: dict) -> None:
     cpu = ""
     if "cpu_us_per_token" in r:
         cpu = (
-            f" cpu/token {r['cpu_user_us_per_token']}u+{r['cpu_sys_us_per_token']}s us "
+            f" cpu/token {r['cpu_exact_us_per_token']} us ({r['cpu_user_us_per_token']}u+{r['cpu_sys_us_per_token']}s) "
             f"syscalls/token {r['syscalls_per_token']} router {r['router_cpu_percent']}%"
         )
     print(
@@ -407,7 +433,7 @@ def _print_row(r: dict) -> None:
 
 def print_table(rows: list[dict]) -> None:
     print(
-        f"{'streams':>7} {'rep':>3} {'variant':>15} {'us/tok u+s':>12} {'vs vllm':>7} {'sys/tok':>7} "
+        f"{'streams':>7} {'rep':>3} {'variant':>15} {'us/tok':>7} {'(u+s)':>12} {'vs vllm':>7} {'sc/tok':>7} "
         f"{'+TTFT p50/p99':>15} {'+TPOT p50/p99':>15} {'attain (direct)':>28} {'err':>4} {'load':>5}"
     )
     for o in rows:
@@ -415,7 +441,8 @@ def print_table(rows: list[dict]) -> None:
         att = "/".join(str(v) for v in o["attainment"].values())
         att_d = "/".join(str(v) for v in o["attainment_direct"].values())
         print(
-            f"{o['concurrency']:>7} {o['repeat']:>3} {o['variant']:>15} {cpu:>12} {o['cpu_ratio_vs_vllm_router']!s:>7} "
+            f"{o['concurrency']:>7} {o['repeat']:>3} {o['variant']:>15} {o['cpu_exact_us_per_token']!s:>7} {cpu:>12} "
+            f"{o['cpu_ratio_vs_vllm_router']!s:>7} "
             f"{o['syscalls_per_token']!s:>7} {o['added_ttft_ms_p50']!s:>7}/{o['added_ttft_ms_p99']!s:<7} "
             f"{o['added_tpot_ms_p50']!s:>7}/{o['added_tpot_ms_p99']!s:<7} {att + ' (' + att_d + ')':>28} "
             f"{o['errors']:>4} {o['load_average_1m']:>5}"

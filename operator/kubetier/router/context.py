@@ -3,6 +3,7 @@ for serving it (attempts, resumptions, timeouts)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from kubetier.router.fleet import ModelFleet, Upstream
@@ -25,6 +26,7 @@ class RequestContext:
 
     __slots__ = (
         "arrival",
+        "at_admit",
         "first_at",
         "fleet",
         "last_at",
@@ -32,6 +34,7 @@ class RequestContext:
         "prefilled",
         "prompt_tokens",
         "prompt_tokens_on_server",
+        "sent_at",
         "server",
         "tier",
         "tokens",
@@ -57,12 +60,31 @@ class RequestContext:
         self.first_at = 0.0
         self.last_at = 0.0
         self.missed = False
+        self.sent_at = 0.0  # when the request went to the current server
+        self.at_admit: tuple[int, int, int] | None = None  # that server's load just after admission
 
-    def release(self) -> None:
-        """Give the server's capacity back to the routing policy (a no-op when none is held)."""
+    def on_server(self, server: Upstream, prompt_tokens: int) -> None:
+        """The request was admitted to ``server`` and is about to be sent there."""
+        self.server = server
+        self.prefilled = False
+        self.prompt_tokens_on_server = prompt_tokens
+        self.at_admit = self.fleet.latency.snapshot(server.spec.server_id)
+        self.sent_at = time.monotonic()
+
+    def release(self, done: bool = False) -> None:
+        """Give the server's capacity back to the routing policy (a no-op when none is held).
+
+        ``done``: the answer completed. Then the policy also learns the tier's output
+        length, and a stream served by one server start to end feeds the latency
+        correction (``router.latency_feed``)."""
         if self.server is not None:
+            sid = self.server.spec.server_id
             self.fleet.release(
-                self.server.spec.server_id, self.prompt_tokens_on_server, self.tokens_on_server, self.prefilled
+                sid, self.prompt_tokens_on_server, self.tokens_on_server, self.prefilled, self.tier if done else None
             )
+            if done and self.at_admit is not None and self.tokens_on_server == self.tokens and self.first_at:
+                self.fleet.latency.stream_done(
+                    sid, self.at_admit, self.prompt_tokens, self.sent_at, self.first_at, self.last_at, self.tokens
+                )
             self.server = None
             self.tokens_on_server = 0

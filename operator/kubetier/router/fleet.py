@@ -35,6 +35,7 @@ from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.spot import finishes_before_deadline, tier_long_request_s
 from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
+from kubetier.router.latency_feed import LatencyFeed
 from kubetier.router.metrics import RouterMetrics
 from kubetier.router.scale_from_zero import SCALE_FROM_ZERO_LATE, DemandBoard, hold_bound_s
 
@@ -162,6 +163,7 @@ class ModelFleet:
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
+        self.latency = LatencyFeed(self.policy, spec.profile)  # the online correction, fed by relayed streams
         self.set_servers(spec.servers)
 
     # ------------------------------------------------------------------ membership
@@ -177,6 +179,7 @@ class ModelFleet:
                 if leaving is not None:
                     leaving.cancel()
                 self.policy.remove_server(sid)
+                self.latency.forget_server(sid)
                 up.pool.close()
                 self._move_streams(sid, "server left the fleet")
         for sid, s in wanted.items():

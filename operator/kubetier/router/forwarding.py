@@ -93,6 +93,8 @@ class Forwarder:
             raw = with_token_ids(raw)
         path = req.path
         head_timeout = self.first_token_timeout_s(ctx) if stream else self.whole_answer_timeout_s(ctx, max_tokens)
+        # A stream to an HTTP/1.1 client: the engine's chunks are relayed as received (relay.py).
+        passthrough = stream and res.chunked
 
         def watch(cancel) -> None:
             res.add_disconnect_callback(lambda: cancel("the client went away"))
@@ -149,13 +151,17 @@ class Forwarder:
             if spilled and attempts == 1:
                 m.spills.labels(*labels).inc()
                 m.tally(fleet.name, ctx.tier).spilled += 1
-            ctx.server = up
-            ctx.prefilled = False
-            ctx.prompt_tokens_on_server = ctx.prompt_tokens
+            ctx.on_server(up, ctx.prompt_tokens)
             tried = tried | {up.spec.server_id}
             try:
                 upr = await up.pool.request(
-                    "POST", path, raw, JSON_HEADERS, header_timeout_s=head_timeout, on_sent=watch
+                    "POST",
+                    path,
+                    raw,
+                    JSON_HEADERS,
+                    header_timeout_s=head_timeout,
+                    on_sent=watch,
+                    passthrough=passthrough,
                 )
             except UpstreamError as exc:
                 ctx.release()
@@ -222,9 +228,7 @@ class Forwarder:
                 up, _spilled = await fleet.acquire(ctx.tier, prompt_tokens, time.monotonic(), tried)
             except (Rejected, QueueFull, NoAlternative, NoServer, QueueTimeout):
                 return None
-            ctx.server = up
-            ctx.prefilled = False
-            ctx.prompt_tokens_on_server = prompt_tokens
+            ctx.on_server(up, prompt_tokens)
             tried = tried | {up.spec.server_id}
             try:
                 cand = await up.pool.request("POST", path, new_body, JSON_HEADERS, header_timeout_s=timeout)

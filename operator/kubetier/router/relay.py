@@ -1,9 +1,21 @@
 """Relaying an engine's answer to the client: whole answers and server-sent event streams.
 
-The relay forwards complete server-sent events as they arrive (one ``rfind`` and one
-``count`` per batch of bytes, no JSON per token), straight from the upstream
-connection's read callback while the request's task waits (``EventRelay.feed`` as the
-client's sink): a token costs no task wake-up, future or coroutine.
+The relay forwards complete server-sent events as they arrive, straight from the
+upstream connection's read callback while the request's task waits (the relay is the
+connection's sink): a token costs no task wake-up, future or coroutine, and no JSON.
+
+Two relays, one accounting:
+
+- ``FramedRelay`` (the common case: an engine answering in the chunked coding, a client
+  on HTTP/1.1): the engine's bytes go to the client *as received*, chunk framing
+  included: no parsing into events, no re-framing, one ``write`` per read. A read is
+  passed on when it ends on both a chunk and an event boundary (``...\n\n\r\n``);
+  otherwise it waits for the rest, so the client only ever holds whole events (a
+  resumption can continue from there). Per read: one ``endswith``, one ``count``.
+- ``EventRelay``: decoded body bytes (an HTTP/1.0 client, an engine without chunked
+  framing, and every resumed stream, whose chunk ids and usage are rewritten):
+  complete events are re-framed by ``Response.write`` (one ``rfind`` and one ``count``
+  per read).
 
 A stream that breaks mid-way is resumed on another server (``Forwarder.reopen``) with
 what the client already has, and the resumed stream's opening role chunk dropped, so
@@ -33,6 +45,8 @@ TOKEN_MARK = b'"choices":[{'  # one per token event (the usage event has "choice
 ROLE_MARK = b'"role":"assistant"'
 DONE = b"data: [DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
+EVENT_CHUNK_END = b"\n\n\r\n"  # an event's blank line, then the chunk's CRLF
+DONE_CHUNK_END = b"data: [DONE]\n\n\r\n"
 
 
 async def relay_whole(res: Response, upr: UpstreamResponse, ctx: RequestContext, timeout_s: float) -> str:
@@ -64,7 +78,8 @@ async def relay_whole(res: Response, upr: UpstreamResponse, ctx: RequestContext,
         ctx.tokens = ctx.tokens_on_server = n
         # Deadline of the last token: arrival + TTFT + (n - 1) x TPOT.
         ctx.missed = now > ctx.arrival + ctx.ttft_s + max(0, n - 1) * ctx.tpot_s
-    ctx.release()
+    ctx.at_admit = None  # a whole answer's timing is not a first token's: nothing to learn
+    ctx.release(done=ok)
     ctype = upr.headers.get("content-type", "application/json")
     res.send(upr.status, data, [("x-kubetier-tier", ctx.tier)], content_type=ctype)
     return "ok" if ok else f"upstream_{upr.status}"
@@ -97,7 +112,7 @@ async def relay_stream(
             fleet.untrack_stream(sid, cut)
         upr.close()
         if failure is None:
-            ctx.release()
+            ctx.release(done=True)
             res.end()
             return "ok"
         if failure == "client-gone" or res.disconnected:
@@ -113,7 +128,7 @@ async def relay_stream(
             return stream_error(
                 res, f"stream failed ({failure}) and {settings.max_migrations} resumptions were used up"
             )
-        resume = build_resume_body(body, chat, state.sent)
+        resume = build_resume_body(body, chat, state.relayed_events())
         if resume is None:
             return stream_error(res, f"stream failed ({failure}) and cannot be resumed (token-id prompt)")
         new_body, done_tokens = resume
@@ -141,7 +156,8 @@ async def pump_events(
     end, on failure or stall, and when the client is slow (to drain) or gone.
     Stalls are measured from the last byte: ``first_stall`` until this upstream's first
     token (queueing and prefill), ``stall`` after it."""
-    relay = EventRelay(res, ctx, state)
+    framed = upr.passthrough and res.chunked and not state.resumed
+    relay: EventRelay | FramedRelay = FramedRelay(res, ctx, state) if framed else EventRelay(res, ctx, state)
     read = upr.read_nowait
     upr.set_sink(relay.feed)
     try:
@@ -156,12 +172,17 @@ async def pump_events(
                         raise upr.stalled(wait) from None
                     data = b""  # the sink may have relayed while we waited
                 elif not data:
+                    if isinstance(relay, FramedRelay):
+                        relay.finish()
                     return None if relay.done else "upstream ended without [DONE]"
             except UpstreamError as exc:
                 # Lost after [DONE]: the client already has the whole stream.
                 return None if relay.done else str(exc)
             if data:
-                relay.feed(data)
+                if isinstance(relay, FramedRelay):
+                    relay.feed(data, upr.chunk_aligned)
+                else:
+                    relay.feed(data)
             if res.writing_paused:  # drain() only when it would wait: no coroutine per chunk
                 await res.drain()
             if res.disconnected:
@@ -179,19 +200,25 @@ def stream_error(res: Response, message: str) -> str:
 
 
 class StreamState:
-    """One client stream across resumptions: the events it got (one growing buffer,
-    read back only to resume), its chunk id, and the correction a resumed engine's
+    """One client stream across resumptions: the events it got (read back only to
+    resume: the first engine's reads as relayed, framing included, then the decoded
+    events of resumed engines), its chunk id, and the correction a resumed engine's
     usage needs."""
 
-    __slots__ = ("chunk_id", "done_tokens", "drop_role", "engine_id", "resumed", "sent")
+    __slots__ = ("chunk_id", "done_tokens", "drop_role", "engine_id", "framed", "resumed", "sent")
 
     def __init__(self) -> None:
-        self.sent = bytearray()
+        self.framed: list[bytes] = []  # FramedRelay: the reads as relayed (kept, not copied)
+        self.sent = bytearray()  # EventRelay: the events as relayed
         self.chunk_id: bytes | None = None  # b'"id":"..."' of the first engine's chunks
         self.engine_id: bytes | None = None  # the same for the engine now streaming
         self.resumed = False
         self.done_tokens = 0  # tokens the client had when the current engine started
         self.drop_role = False  # a resumed chat stream: drop its opening role chunk
+
+    def relayed_events(self) -> bytes:
+        """Every event the client got so far, without chunk framing (read on resumption)."""
+        return unchunk(b"".join(self.framed)) + bytes(self.sent)
 
     def begin_resume(self, done_tokens: int, drop_role: bool) -> None:
         self.resumed = True
@@ -214,6 +241,26 @@ class StreamState:
                     events[i] = _fix_usage(e, self.done_tokens)
             out = b"\n\n".join(events)
         return out
+
+
+def unchunk(data: bytes) -> bytes:
+    """The payload of whole chunks in the chunked transfer coding (what FramedRelay passed
+    on always ends on a chunk boundary)."""
+    out = []
+    pos, n = 0, len(data)
+    while pos < n:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            break
+        try:
+            size = int(data[pos:eol].split(b";", 1)[0], 16)
+        except ValueError:
+            break
+        if size <= 0:
+            break
+        out.append(data[eol + 2 : eol + 2 + size])
+        pos = eol + 4 + size
+    return b"".join(out)
 
 
 def _chunk_id(out: bytes) -> bytes | None:
@@ -303,3 +350,92 @@ class EventRelay:
         state.sent += out
         # write() says whether the client keeps up (False: slow to read, or gone).
         return self.res.write(out) and not wake
+
+
+class FramedRelay:
+    """Passthrough: the engine's chunked bytes go to the client unchanged (see the module
+    doc). The same accounting as ``EventRelay``, on the framed bytes (the framing itself
+    never contains the markers counted), with the per-read work cut to the bone: the
+    first token's bookkeeping runs once (``fresh``), the next token's deadline is kept
+    ready (``deadline``), the client's write and the kept-reads list are bound once."""
+
+    __slots__ = ("ctx", "deadline", "done", "fresh", "keep", "res", "state", "tail", "tpot", "write")
+
+    def __init__(self, res: Response, ctx: RequestContext, state: StreamState) -> None:
+        self.res = res
+        self.ctx = ctx
+        self.state = state
+        self.write = res.write_framed
+        self.keep = state.framed.append
+        self.tail = b""  # reads that did not end on a chunk and event boundary yet
+        self.done = False  # [DONE] relayed
+        self.fresh = True  # no token from this engine yet
+        self.tpot = ctx.tpot_s
+        # Deadline of the next token (index ctx.tokens, from 0): arrival + TTFT + index x TPOT.
+        self.deadline = ctx.arrival + ctx.ttft_s + ctx.tokens * ctx.tpot_s
+
+    def feed(self, data: bytes, aligned: bool) -> bool:
+        """Relay ``data`` (framed) if it ends on a chunk and event boundary, else keep it.
+        False when the pump must act (the client is slow to read or gone, or the first
+        token came: the stall timer is re-armed)."""
+        if self.tail:
+            data = self.tail + data
+            self.tail = b""
+        # ``[-5] != CR``: a 1-byte "\n" chunk's size line would look like an event end.
+        if not aligned or not data.endswith(EVENT_CHUNK_END) or data[-5] == 13:
+            self.tail = data
+            return True
+        n = data.count(TOKEN_MARK)
+        if n:
+            now = time.monotonic()
+            ctx = self.ctx
+            if self.fresh:
+                n = self._first(data, n, now)
+                if n == 0:
+                    self.keep(data)
+                    return self.write(data)
+                wake = True  # the pump re-arms the stall timer (first token -> next)
+            else:
+                wake = False
+            if now > self.deadline:
+                ctx.missed = True
+            self.deadline += n * self.tpot
+            ctx.tokens += n
+            ctx.tokens_on_server += n
+            ctx.last_at = now
+            if data.endswith(DONE_CHUNK_END):
+                self.done = True
+            self.keep(data)
+            return self.write(data) and not wake
+        if DONE in data:
+            self.done = True
+        self.keep(data)
+        return self.write(data)
+
+    def _first(self, data: bytes, n: int, now: float) -> int:
+        """The first read with token marks from this engine: the tokens in it (a chat
+        stream's opening role chunk carries none), first-token time, prefill done."""
+        ctx = self.ctx
+        state = self.state
+        if state.chunk_id is None:
+            state.chunk_id = _chunk_id(data)
+        if ctx.tokens == 0 and ROLE_MARK in data:
+            n -= 1
+        if n <= 0:
+            return 0
+        self.fresh = False
+        if ctx.first_at == 0.0:
+            ctx.first_at = now
+        if not ctx.prefilled and ctx.server is not None:
+            ctx.prefilled = True
+            ctx.fleet.prefill_done(ctx.server.spec.server_id, ctx.prompt_tokens_on_server)
+        return n
+
+    def finish(self) -> None:
+        """The body ended: complete events still held (the last read did not end on an
+        event boundary) go out re-framed, as ``EventRelay`` would send them."""
+        if self.tail:
+            tail, self.tail = unchunk(self.tail), b""
+            rest = EventRelay(self.res, self.ctx, self.state)
+            rest.feed(tail)
+            self.done = self.done or rest.done
