@@ -84,6 +84,8 @@ _INF = INF
 # standard tier at 80.5% with TTFT p90 at 95% of its target; half of it gave 100%.
 TPOT_HEADROOM = 0.0
 TTFT_HEADROOM = 0.5
+PROTECTED_SLACK = 0.25
+PULL_LOADED = True
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ class RoutingPolicy(ServerIndex):
         learn_traffic: bool = True,
         tpot_headroom: float = TPOT_HEADROOM,
         ttft_headroom: float = TTFT_HEADROOM,
+        protected_slack: float = PROTECTED_SLACK,
+        pull_loaded: bool = PULL_LOADED,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"routing kind {kind!r} is unknown (known: {', '.join(KINDS)})")
@@ -205,6 +209,10 @@ class RoutingPolicy(ServerIndex):
             raise ValueError("scale_up_s >= 0, reject_retry_after_s > 0, max_checks >= 1, turnover >= 0 required")
         if not (0.0 <= tpot_headroom < 1.0 and 0.0 <= ttft_headroom < 1.0):
             raise ValueError("tpot_headroom and ttft_headroom must be in [0, 1)")
+        if protected_slack < 0:
+            raise ValueError(f"protected_slack must be >= 0, got {protected_slack!r}")
+        self.protected_slack = protected_slack
+        self.pull_loaded = pull_loaded
         self.tpot_headroom = tpot_headroom
         self.ttft_headroom = ttft_headroom
         self._ttft_factor = 1.0 - ttft_headroom
