@@ -118,6 +118,12 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--target-requests", type=int, default=1000, help="arrivals per run near the estimated capacity (default 1000)"
     )
+    p.add_argument(
+        "--min-duration-s",
+        type=float,
+        default=300.0,
+        help="shortest generated window in seconds (default 300; shorter runs are cheaper)",
+    )
     p.add_argument("--iterations", type=int, default=3, help="bisection steps of each goodput search (default 3)")
     p.add_argument(
         "--baselines",
@@ -133,7 +139,9 @@ def main(argv: list[str]) -> int:
     if not args.no_shipped:
         scenarios += [load_scenario(n) for n in shipped_scenarios()]
     for s in range(args.first_seed, args.first_seed + args.generated):
-        scenarios.append(parse_scenario(generate(s, args.max_servers, args.target_requests), f"seed {s}"))
+        scenarios.append(
+            parse_scenario(generate(s, args.max_servers, args.target_requests, args.min_duration_s), f"seed {s}")
+        )
     rows = []
     head = f"{'scenario':<24}{'n':>5}{'fleet':>7}{'k':>3}{'x best base':>12}{'best base':>18}{'% bound':>9}{'% > part.':>10}{'dur s':>7}{'wall s':>8}"
     print(head)
