@@ -121,8 +121,9 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--min-duration-s",
         type=float,
-        default=300.0,
-        help="shortest generated window in seconds (default 300; shorter runs are cheaper)",
+        default=60.0,
+        help="shortest generated window in seconds (default 60, never below 5x the loosest TTFT; "
+        "`kubetier simulate generate` draws 300: runs cost in proportion to their arrivals)",
     )
     p.add_argument("--iterations", type=int, default=3, help="bisection steps of each goodput search (default 3)")
     p.add_argument(
