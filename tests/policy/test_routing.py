@@ -310,3 +310,53 @@ def test_real_profile_tight_tier_stays_bounded():
         p.on_prefill_done("s", 1000)
         n += 1
     assert 1 <= n < model.max_num_seqs
+
+
+# ---------------------------------------------------------------- per-token deadline slack
+
+LONG_TTFT = TierSLO("fast", ttft_ms=10_000, tpot_ms=15, priority=100, mean_output_tokens=100)
+
+
+def _first_running_refused(**kw) -> int:
+    """Smallest running batch at which a 500-token request of LONG_TTFT is refused."""
+    for running in range(0, 100):
+        if policy(("s", "fast", running), tiers=(LONG_TTFT,), **kw).decide("fast", 500, 0.0).action != "route":
+            return running
+    return 100
+
+
+def test_ttft_slack_lets_per_token_deadlines_pack_past_the_bare_tpot():
+    # Token j is due at TTFT + (j-1) * TPOT: with a 10 s TTFT and 100 tokens of 15 ms, a
+    # request that gets its first token early may spend the rest on slower iterations,
+    # and so may the requests already running. The v1 rule (every iteration within the
+    # bare TPOT, protected_slack=0) refused batches that meet every deadline; the pooled
+    # least-loaded baseline packed them and won (generated scenarios).
+    strict = _first_running_refused(protected_slack=0.0)
+    slack = _first_running_refused()
+    assert slack > strict + 5
+
+
+def test_slack_is_bounded_by_the_requests_own_ttft_left():
+    # Half the slack is given to the running requests; the new request's own deadlines
+    # still hold: having waited almost its whole TTFT it gets no extra per-token budget.
+    running = _first_running_refused() - 1
+    p = policy(("s", "fast", running), tiers=(LONG_TTFT,))
+    assert p.decide("fast", 500, 0.0).action == "route"
+    assert p.decide("fast", 500, 9.9).action == "wait"
+
+
+def test_a_busy_looser_server_moves_to_a_tight_bin_that_has_no_room():
+    # Shared pool split evenly over skewed traffic: the tight bin is full, the loose bin's
+    # servers are lightly loaded but none is idle. v1 (pull_loaded=False) answered "wait"
+    # beside them; now the least loaded one moves to the tight bin (its loose requests are
+    # then protected by the tighter TPOT), and the loose bin keeps a server.
+    servers = (("t", "tight", 100), ("l1", "loose", 2), ("l2", "loose", 3))
+    old = policy(*servers, tiers=(TIGHT, LOOSE), rebin_idle=True, pull_loaded=False)
+    assert old.decide("tight", 200, 0.0).action == "wait"
+    p = policy(*servers, tiers=(TIGHT, LOOSE), rebin_idle=True)
+    d = p.decide("tight", 200, 0.0)
+    assert (d.action, d.server_id, d.reason) == ("route", "l1", "rebin")
+    assert p.server("l1").tier == "tight" and p.server("l2").tier == "loose"
+    # the last loose server stays
+    p2 = policy(("t", "tight", 100), ("l1", "loose", 2), tiers=(TIGHT, LOOSE), rebin_idle=True)
+    assert p2.decide("tight", 200, 0.0).action == "wait"

@@ -38,7 +38,12 @@ def chunk_extra(m: LatencyModel, tokens: int) -> float:
     return max(0.0, m.iteration_s(0, 0, tokens) - m.decode_iteration_s(1, 0))
 
 
-def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: float, refill: float) -> bool:
+def reference_feasible(
+    s: ServerLoad, prompt: int, H: int, budget: float, tpot: float, refill: float, own_tpot: float = float("inf")
+) -> bool:
+    """``tpot``: the host's per-token budget (its TPOT plus the slack its running
+    requests have); ``own_tpot``: the request's own TPOT, which may also spend the TTFT
+    budget its first token leaves unused, spread over its H tokens."""
     m = s.model
     B = s.running + 1
     kv_end = s.kv_tokens + prompt + B * H
@@ -66,6 +71,8 @@ def reference_feasible(s: ServerLoad, prompt: int, H: int, budget: float, tpot: 
         t1 = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
         t1 += 0.5 * d_now if s.running else 0.0  # the iteration in flight
     if t1 > budget:
+        return False
+    if per_token > own_tpot + (budget - t1) / H:
         return False
     return t1 + decode(m, B, s.kv_tokens + prompt) <= budget + tpot
 
@@ -112,7 +119,10 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
         for s in own:
             H = p.traffic[t.name].horizon()
             refill = p.traffic[host.name].refill()[1] * p.turnover
-            if reference_feasible(s, prompt, H, budget, host.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom), refill) and (
+            host_tpot = host.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
+            own_tpot = t.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
+            host_budget = host_tpot + p.protected_slack * host.ttft_ms / 1000.0 / p.traffic[host.name].horizon()
+            if reference_feasible(s, prompt, H, budget, host_budget, refill, own_tpot) and (
                 k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())
             ):
                 return ("route", s.server_id, k > 0)
@@ -130,6 +140,7 @@ def random_walk(seed: int, steps: int) -> int:
         turnover=rng.choice([1.0, 0.5, 0.0]),
         tpot_headroom=rng.choice([0.0, 0.1]),
         ttft_headroom=rng.choice([0.0, 0.25]),
+        protected_slack=rng.choice([0.0, 0.25, 1.0]),
     )
     n = rng.choice([2, 10, 60, 300])
     ids: list[str] = []

@@ -70,3 +70,15 @@ def test_no_policy_passes_where_the_bound_says_impossible(seed):
                 assert runner.load_ratio(sc, model, r.rate_scale, None) <= 1.0, (policy, r.rate_scale, bound)
         assert g.goodput_scale <= bound * 1.0001, (policy, g.goodput_scale, bound)
     assert passed > 0  # the check ran on real passing runs
+
+
+def test_generator_min_duration_shortens_windows_but_keeps_the_draw():
+    for seed in (3, 2002):
+        long = generate(seed, max_servers=16, target_requests=600)
+        short = generate(seed, max_servers=16, target_requests=600, min_duration_s=60.0)
+        assert long["workload"]["durationS"] >= 300.0
+        loosest_ttft_s = max(t["ttftMs"] for t in short["tiers"]) / 1000.0
+        assert max(60.0, 5.0 * loosest_ttft_s) <= short["workload"]["durationS"] < long["workload"]["durationS"]
+        # same tiers, fleet and sources: only the window (and the diurnal period with it) differs
+        assert short["tiers"] == long["tiers"] and short["fleet"] == long["fleet"]
+        assert [s.keys() for s in short["workload"]["sources"]] == [s.keys() for s in long["workload"]["sources"]]

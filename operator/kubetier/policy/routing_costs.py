@@ -139,15 +139,17 @@ def costs_for(model: LatencyModel) -> IterationCosts:
     return c
 
 
-# (the bin's models, their learned scales, its TPOT, turnover) -> that bin's level memo (see _Bin.level_memo),
+# (the bin's models, their learned scales, its TPOT, turnover, slack) -> that bin's level memo (see _Bin.level_memo),
 # shared the same way: the bounds are pure functions of this key. The key holds the
 # IterationCosts objects themselves (identity hash), so it cannot match a later model.
 _SHARED_LEVELS: dict[tuple[Any, ...], dict[int, Any]] = {}
 _SHARED_LEVELS_MAX = 32  # each can hold thousands of level lists: keep few
 
 
-def level_memo_for(costs: list[IterationCosts], tpot_s: float, turnover: float) -> dict[int, Any]:
-    key = (tuple(costs), tuple(c.scale for c in costs), tpot_s, turnover)
+def level_memo_for(costs: list[IterationCosts], tpot_s: float, turnover: float, slack_s: float = 0.0) -> dict[int, Any]:
+    """``slack_s``: the bin's TTFT times the policy's protected slack share (the per-token
+    budget the bounds use is ``tpot_s + slack_s / horizon``, the horizon in the inner key)."""
+    key = (tuple(costs), tuple(c.scale for c in costs), tpot_s, turnover, slack_s)
     m = _SHARED_LEVELS.get(key)
     if m is None:
         if len(_SHARED_LEVELS) >= _SHARED_LEVELS_MAX:

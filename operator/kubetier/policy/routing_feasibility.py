@@ -125,7 +125,9 @@ def host_keeps_room(e: ServerEntry, prompt: int, host_ttft_s: float, probe_promp
     )
 
 
-def feasible(e: ServerEntry, prompt: int, H: int, ttft_budget_s: float, tpot_s: float, refill: float) -> bool:
+def feasible(
+    e: ServerEntry, prompt: int, H: int, ttft_budget_s: float, tpot_s: float, refill: float, own_tpot_s: float = INF
+) -> bool:
     """The full check of request (prompt, horizon H) on server ``e``: capacity, first
     token, worst future iteration, second token (module docstring). The first-token part
     runs first (most candidates of a busy fleet fail it) with the decode-step terms of
@@ -177,10 +179,15 @@ def feasible(e: ServerEntry, prompt: int, H: int, ttft_budget_s: float, tpot_s: 
     if per_token is None:
         per_token = c.decode(B, kv_end)
     per_token += prefill_share_s(c, running, queued + prompt, H, refill)
-    if per_token * scale > tpot_s:
+    per_token *= scale
+    if per_token > tpot_s:
         return False
     if ttft_budget_s == INF:
         return True  # a late request of a queueing tier: only others' TPOT matters
+    # The new request's own deadlines: the TTFT budget its first token leaves unused is
+    # slack its H tokens may spend (token j is due at TTFT + (j-1) * TPOT).
+    if per_token > own_tpot_s + (ttft_budget_s - t1) / H:
+        return False
     # Second token, due TPOT after the first (the host's TPOT is never looser).
     d2 = c.decode(B, kv + prompt) * scale
     return t1 + d2 <= ttft_budget_s + tpot_s

@@ -90,13 +90,14 @@ class Bin:
 class ServerIndex:
     """Servers by id, bins by tier, ranks of ids; the load-state half of the policy.
 
-    Subclasses (the routing policy) set ``tiers``, ``turnover`` and ``_bins`` before
+    Subclasses (the routing policy) set ``tiers``, ``turnover``, ``protected_slack`` and ``_bins`` before
     adding servers; the index owns ``_servers``, ``_ids``, ``_rank``, ``_by_rank``,
     ``_costs`` and ``_idle_memo``.
     """
 
     tiers: dict[str, TierSLO]
     turnover: float
+    protected_slack: float
     _bins: dict[str, Bin]
 
     def _init_index(self) -> None:
@@ -113,7 +114,7 @@ class ServerIndex:
     def refresh_level_memos(self) -> None:
         """Re-key every bin's level memo (after a model's learned scale changed)."""
         for b in self._bins.values():
-            b.level_memo = level_memo_for(b.costs, b.tpot_s, self.turnover)
+            b.level_memo = level_memo_for(b.costs, b.tpot_s, self.turnover, b.ttft_s * self.protected_slack)
         for m in self._idle_memo.values():
             m.clear()
 
@@ -141,7 +142,7 @@ class ServerIndex:
         self._by_rank[rank] = e
         if costs not in b.costs:
             b.costs.append(costs)
-            b.level_memo = level_memo_for(b.costs, b.tpot_s, self.turnover)
+            b.level_memo = level_memo_for(b.costs, b.tpot_s, self.turnover, b.ttft_s * self.protected_slack)
             for m in self._idle_memo.values():
                 m.clear()
         self._rebucket(sid, e)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING
 
-from kubetier.policy.bins import BinCount, donor_bin
+from kubetier.policy.bins import BinCount, donor_bin, may_move
 from kubetier.policy.routing_costs import KV_QUANTUM, MEMO_LIMIT, prompt_class
 from kubetier.policy.routing_feasibility import feasible, host_keeps_room, prefill_share_s, tpot_kv_ok
 from kubetier.policy.routing_index import KV_MASK, KV_SHIFT, RANK_MASK, RUN_SHIFT, Bin, ServerEntry
@@ -50,15 +50,17 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
     own = True
     H = traffic[t.name].h
     pc, p_lb = prompt_class(prompt)
+    own_tpot_s = p._bins[t.name].tpot_s
+    slack = p.protected_slack
     for b in p._route_bins[t.name]:
         keys = b.keys
         if not keys:
             own = False
             continue
-        tpot_s = b.tpot_s
         host = traffic[b.tier.name]
+        tpot_s = b.tpot_s + slack * b.ttft_s / host.h
         refill = host.r_value * p.turnover
-        memo_key = (host.r_class << 40) | (H << 16) | pc
+        memo_key = (host.h << 64) | (host.r_class << 40) | (H << 16) | pc
         lm = b.level_memo.get(memo_key)
         if lm is None:
             if len(b.level_memo) > MEMO_LIMIT:
@@ -86,7 +88,7 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
             while True:
                 j -= 1
                 e = by_rank[keys[j] & RANK_MASK]
-                if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill) and (
+                if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s) and (
                     own or host_keeps_room(e, prompt, b.ttft_s, probe)
                 ):
                     return _route_of(e, own)
@@ -108,12 +110,14 @@ def _least_loaded_fallback(p: RoutingPolicy, t: TierSLO, prompt: int, H: int, tt
     """The check budget ran out: before answering "wait", try the least loaded server of
     each usable bin (an idle server that could serve must not be left idle)."""
     own = True
+    own_tpot_s = p._bins[t.name].tpot_s
     for b in p._route_bins[t.name]:
         if b.keys:
             e = p._by_rank[b.keys[0] & RANK_MASK]
             host = p.traffic[b.tier.name]
             refill = host.refill()[1] * p.turnover
-            if feasible(e, prompt, H, ttft_budget_s, b.tpot_s, refill) and (
+            tpot_s = b.tpot_s + p.protected_slack * b.ttft_s / host.h
+            if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s) and (
                 own or host_keeps_room(e, prompt, b.ttft_s, host.probe_prompt())
             ):
                 return _route_of(e, own)
@@ -170,7 +174,46 @@ def rebin_idle_server(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: 
     """Shared pool (PolyServe's server reassignment): when no server of the request's own
     or tighter bins is feasible, an idle server of another bin that keeps at least one
     other idle server moves to the request's bin (the donor, and the per-tier limits, are
-    :func:`kubetier.policy.bins.donor_bin`'s choice)."""
+    :func:`kubetier.policy.bins.donor_bin`'s choice); failing that (``pull_loaded``), the
+    least loaded server of a looser bin that can take the request under this bin's
+    tighter TPOT moves here (:func:`pull_looser_server`)."""
+    d = _rebin_idle(p, t, prompt, ttft_budget_s)
+    if d is None and p.pull_loaded:
+        d = pull_looser_server(p, t, prompt, ttft_budget_s)
+    return d
+
+
+def pull_looser_server(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
+    """Move a busy server from a looser-TPOT bin into the request's bin when it passes
+    the full check there. Safe for the requests already on it: from now on it is judged
+    against the tighter TPOT, and their own (looser) tier may still spill onto it. The
+    donor bin keeps at least one server. Without this a shared pool split evenly over
+    skewed traffic leaves the busy tight tier waiting beside half-empty loose servers
+    (generated scenarios where the pooled least-loaded baseline won)."""
+    own = p._bins[t.name]
+    host = p.traffic[t.name]
+    H = host.h
+    tpot_s = own.tpot_s + p.protected_slack * own.ttft_s / H
+    refill = host.r_value * p.turnover
+    cands = sorted(
+        b.keys[0]
+        for b in p._bins.values()
+        if b.tier.tpot_ms > t.tpot_ms
+        and len(b.keys) > 1
+        and may_move(b.tier.name, len(b.keys), t.name, len(own.keys), p.bin_limits)
+    )
+    for key in cands[:4]:
+        e = p._by_rank[key & RANK_MASK]
+        if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own.tpot_s):
+            ld = e.load
+            p.remove_server(ld.server_id)
+            ld.tier = t.name
+            p.upsert_server(ld)
+            return p._route(ld.server_id, "rebin")
+    return None
+
+
+def _rebin_idle(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
     rows = [
         BinCount(name, len(b.keys), bisect_left(b.keys, 1 << KV_SHIFT), b.tier.tpot_ms) for name, b in p._bins.items()
     ]

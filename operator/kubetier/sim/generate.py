@@ -69,7 +69,17 @@ def _lengths(rng: random.Random, kind: str, heavy: bool, cap: int) -> tuple[dict
     return out[0], out[1]
 
 
-def generate(seed: int, max_servers: int = 1000, target_requests: int = 20_000) -> dict:
+# Shortest window a draw gets by default: long enough that a tier has tens of measured
+# requests even at low rate scales. A benchmark may ask for shorter windows
+# (``min_duration_s``): the run's cost grows with its arrivals, and a fleet whose
+# capacity times 300 s is far above ``target_requests`` (seed 2002 at 16 servers: ~36k
+# arrivals per run) is what made the 30-scenario benchmark unaffordable.
+MIN_DURATION_S = 300.0
+
+
+def generate(
+    seed: int, max_servers: int = 1000, target_requests: int = 20_000, min_duration_s: float = MIN_DURATION_S
+) -> dict:
     rng = random.Random(seed)
     profile = rng.choice(sorted(list_profiles()))
     model = load_profile(profile)
@@ -171,7 +181,10 @@ def generate(seed: int, max_servers: int = 1000, target_requests: int = 20_000) 
         for i in range(k)
     ]
     capacity = max(1.0, fluid_estimate(model, n, rows))
-    duration = float(min(600.0, max(300.0, round(target_requests / capacity))))
+    # never shorter than a few of the loosest TTFT (a request must be able to finish
+    # inside the window it is measured in)
+    floor = max(min_duration_s, 5.0 * max(t["ttftMs"] for t in tiers) / 1000.0)
+    duration = float(min(600.0, max(floor, round(target_requests / capacity))))
     n_syn = sum(1 for s_ in sources if s_[1] is not None)
     n_trace = len(sources) - n_syn
     out_sources = []
@@ -214,11 +227,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, required=True, help="the draw (same seed, same scenario)")
     p.add_argument("--max-servers", type=int, default=1000, help="largest fleet drawn (default 1000)")
     p.add_argument("--target-requests", type=int, default=20_000, help="arrivals per run near the goodput point")
+    p.add_argument(
+        "--min-duration-s",
+        type=float,
+        default=MIN_DURATION_S,
+        help=f"shortest window (default {MIN_DURATION_S:g}; never below 5x the loosest TTFT)",
+    )
     p.add_argument("--output", default=None, help="write the YAML here (default: stdout)")
     args = p.parse_args(argv)
     if args.max_servers < 8:
         p.error("--max-servers must be >= 8")
-    doc = generate(args.seed, args.max_servers, args.target_requests)
+    doc = generate(args.seed, args.max_servers, args.target_requests, args.min_duration_s)
     text = yaml.safe_dump(doc, sort_keys=False)
     if args.output:
         with open(args.output, "w") as f:

@@ -72,8 +72,11 @@ def best_partition(
     hi_scale: float,
     lo_scale: float = 0.05,
     iterations: int = 6,
+    ceiling: float = math.inf,
 ) -> PartitionResult:
-    """Highest scale (within [lo_scale, hi_scale]) some static partition passes at."""
+    """Highest scale some static partition passes at: bracketed from [lo_scale, hi_scale]
+    (the top raised by doubling while it passes, up to ``ceiling``), then bisected.
+    0 when no partition passes even at ``lo_scale``."""
     N = n_servers(sc)
     k_tiers = len(sc.tiers)
     runs = 0
@@ -107,10 +110,15 @@ def best_partition(
     if best is None:
         return PartitionResult(0.0, {}, runs)
     lo, hi = lo_scale, hi_scale
-    top = feasible(hi)
-    if top is not None:
-        return PartitionResult(hi, _named(sc, top, N), runs)
     floor = list(best)
+    top = feasible(hi)
+    while top is not None:
+        # the bracket's top passes: raise it (never past ``ceiling``, the provable bound)
+        lo, best, floor = hi, top, list(top)
+        if hi >= ceiling:
+            return PartitionResult(hi, _named(sc, top, N), runs)
+        hi = min(hi * 2.0, ceiling)
+        top = feasible(hi)
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
         c = feasible(mid)
