@@ -7,6 +7,7 @@ the stable window is 60 s and the panic window 6 s (the Knative constants), tick
 from __future__ import annotations
 
 import pytest
+from linear_model import MODEL
 
 from kubetier.policy.autoscale import (
     AutoscalerConfig,
@@ -17,24 +18,6 @@ from kubetier.policy.autoscale import (
     merge_demand,
     pod_deletion_costs,
     target_concurrency,
-)
-from kubetier.policy.latency import LatencyModel
-
-MODEL = LatencyModel.from_dict(
-    {
-        "name": "linear-test",
-        "kvCapacityTokens": 100_000,
-        "maxNumSeqs": 100,
-        "maxNumBatchedTokens": 1000,
-        "decode": {"batchSizes": [1, 101], "kvTokens": [0, 100_000], "iterationMs": [[10, 20], [20, 30]]},
-        "prefill": {"tokens": [1000], "ms": [110]},
-        "power": {
-            "idleWatts": 90,
-            "tdpWatts": 700,
-            "decodeWatts": {"batchSizes": [1], "watts": [300]},
-            "prefillWatts": 600,
-        },
-    }
 )
 
 

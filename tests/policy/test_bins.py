@@ -7,31 +7,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from linear_model import MODEL
 
 import kubetier.policy.routing_slo as routing_slo
 from kubetier.policy import bins
 from kubetier.policy.bins import BinCount, BinLimits, donor_bin, join_bin, refill_move
-from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
-
-# The linear model of tests/policy/test_routing.py: maxNumSeqs 100, so a server running
-# 100 sequences is full whatever the tier.
-MODEL = LatencyModel.from_dict(
-    {
-        "name": "linear-test",
-        "kvCapacityTokens": 100_000,
-        "maxNumSeqs": 100,
-        "maxNumBatchedTokens": 1000,
-        "decode": {"batchSizes": [1, 101], "kvTokens": [0, 100_000], "iterationMs": [[10, 20], [20, 30]]},
-        "prefill": {"tokens": [1000], "ms": [110]},
-        "power": {
-            "idleWatts": 90,
-            "tdpWatts": 700,
-            "decodeWatts": {"batchSizes": [1], "watts": [300]},
-            "prefillWatts": 600,
-        },
-    }
-)
 
 TIGHT = TierSLO("tight", ttft_ms=500, tpot_ms=30, priority=100, mean_output_tokens=100)
 LOOSE = TierSLO("loose", ttft_ms=2000, tpot_ms=120, priority=10, mean_output_tokens=100)

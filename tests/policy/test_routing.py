@@ -11,27 +11,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from linear_model import MODEL
 
 import kubetier.policy.routing as routing
-from kubetier.policy.latency import LatencyModel, load_profile
+from kubetier.policy.latency import load_profile
 from kubetier.policy.routing import Decision, RoutingPolicy, ServerLoad, TierSLO
-
-MODEL = LatencyModel.from_dict(
-    {
-        "name": "linear-test",
-        "kvCapacityTokens": 100_000,
-        "maxNumSeqs": 100,
-        "maxNumBatchedTokens": 1000,
-        "decode": {"batchSizes": [1, 101], "kvTokens": [0, 100_000], "iterationMs": [[10, 20], [20, 30]]},
-        "prefill": {"tokens": [1000], "ms": [110]},
-        "power": {
-            "idleWatts": 90,
-            "tdpWatts": 700,
-            "decodeWatts": {"batchSizes": [1], "watts": [300]},
-            "prefillWatts": 600,
-        },
-    }
-)
 
 TIGHT = TierSLO("tight", ttft_ms=500, tpot_ms=30, priority=100, mean_output_tokens=100)
 MID = TierSLO("mid", ttft_ms=1000, tpot_ms=60, priority=50, mean_output_tokens=100)
