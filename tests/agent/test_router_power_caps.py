@@ -50,6 +50,12 @@ NS = "team-a"
 # decode draws less than that (303-372 W up to batch 16).
 TPOT_MS = 9
 DEEP_CAP_SHARE = 0.2
+# Admission gives a request the TTFT its first token leaves unused, spread over its output
+# (per-token deadlines, kubetier.policy.routing_feasibility): with a 2 s TTFT even the
+# capped server meets every deadline of a short answer. A tight TTFT and longer answers
+# leave about 1 ms of slack per token, so the per-token target decides.
+TTFT_MS = 60
+OUTPUT_TOKENS = 32
 
 
 def report(node: str, max_watts: float, cap_watts: float | None) -> str:
@@ -94,7 +100,13 @@ def routing_configmap() -> dict:
             "port": 8000,
             "profile": load_profile(PROFILE).to_dict(),
             "tiers": [
-                {"name": "interactive", "ttftMs": 2000, "tpotMs": TPOT_MS, "priority": 100, "meanOutputTokens": 16}
+                {
+                    "name": "interactive",
+                    "ttftMs": TTFT_MS,
+                    "tpotMs": TPOT_MS,
+                    "priority": 100,
+                    "meanOutputTokens": OUTPUT_TOKENS,
+                }
             ],
         }
     )
@@ -137,7 +149,7 @@ def test_discovery_marks_servers_on_capped_nodes():
 
 def test_fleet_routes_a_capped_server_with_the_capped_model_and_keeps_its_load():
     profile = load_profile(PROFILE)
-    tier = TierSLO("interactive", ttft_ms=2000, tpot_ms=TPOT_MS, priority=100, mean_output_tokens=16)
+    tier = TierSLO("interactive", ttft_ms=TTFT_MS, tpot_ms=TPOT_MS, priority=100, mean_output_tokens=OUTPUT_TOKENS)
     spec = ModelSpec(MODEL, profile, [tier], [ServerSpec("a", "127.0.0.1", 9, "interactive")])
     fleet = ModelFleet(spec, RouterMetrics("test"))
     fleet.policy.on_admit("a", 100, 16)
@@ -244,7 +256,7 @@ def test_router_sends_interactive_requests_to_the_uncapped_engine(tmp_path: Path
                     for _ in range(n):
                         r = client.post(
                             "/v1/completions",
-                            json={"model": MODEL, "prompt": "hello " * 8, "max_tokens": 8},
+                            json={"model": MODEL, "prompt": "hello " * 8, "max_tokens": OUTPUT_TOKENS},
                             headers={"X-Kubetier-Tier": "interactive"},
                         )
                         assert r.status_code == 200, r.text
@@ -253,7 +265,7 @@ def test_router_sends_interactive_requests_to_the_uncapped_engine(tmp_path: Path
             first = send(6)
             preferred = max(first, key=lambda k: first[k])
             other = "b" if preferred == "a" else "a"
-            assert first[preferred] == 48 and first[other] == 0, first
+            assert first[preferred] == 6 * OUTPUT_TOKENS and first[other] == 0, first
 
             # The controller caps the preferred engine's node; its agent applies the cap.
             cap_w = DEEP_CAP_SHARE * 700.0
@@ -263,14 +275,14 @@ def test_router_sends_interactive_requests_to_the_uncapped_engine(tmp_path: Path
             wait_for(lambda: servers()[preferred].get("powerCapWatts") == pytest.approx(140.0), "router sees the cap")
             assert servers()[other].get("powerCapWatts") is None
             capped = send(6)
-            assert capped == {preferred: 0, other: 48}, capped
+            assert capped == {preferred: 0, other: 6 * OUTPUT_TOKENS}, capped
 
             # Lifted (controller and agent): the preferred engine takes the requests again.
             httpx.put(f"http://127.0.0.1:{ports[preferred]}/admin/power-cap", json={"capWatts": None}, timeout=5)
             fake.put(node(f"node-{preferred}"))
             wait_for(lambda: servers()[preferred].get("powerCapWatts") is None, "router sees the cap lifted")
             lifted = send(6)
-            assert lifted == {preferred: 48, other: 0}, lifted
+            assert lifted == {preferred: 6 * OUTPUT_TOKENS, other: 0}, lifted
             # The router read the caps from Node watch events (one list of Nodes, the rest watched).
             assert "routed as" in (tmp_path / "router.log").read_text()
         finally:
