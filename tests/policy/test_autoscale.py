@@ -7,7 +7,6 @@ the stable window is 60 s and the panic window 6 s (the Knative constants), tick
 from __future__ import annotations
 
 import pytest
-from linear_model import MODEL
 
 from kubetier.policy.autoscale import (
     AutoscalerConfig,
@@ -19,6 +18,7 @@ from kubetier.policy.autoscale import (
     pod_deletion_costs,
     target_concurrency,
 )
+from linear_latency_model import MODEL
 
 
 def tier(**kw: object) -> TierScaling:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from linear_model import MODEL
 
 import kubetier.policy.routing_slo as routing_slo
 from kubetier.policy import bins
 from kubetier.policy.bins import BinCount, BinLimits, donor_bin, join_bin, refill_move
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from linear_latency_model import MODEL
 
 TIGHT = TierSLO("tight", ttft_ms=500, tpot_ms=30, priority=100, mean_output_tokens=100)
 LOOSE = TierSLO("loose", ttft_ms=2000, tpot_ms=120, priority=10, mean_output_tokens=100)

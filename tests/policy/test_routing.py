@@ -11,11 +11,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from linear_model import MODEL
 
 import kubetier.policy.routing as routing
 from kubetier.policy.latency import load_profile
 from kubetier.policy.routing import Decision, RoutingPolicy, ServerLoad, TierSLO
+from linear_latency_model import MODEL
 
 TIGHT = TierSLO("tight", ttft_ms=500, tpot_ms=30, priority=100, mean_output_tokens=100)
 MID = TierSLO("mid", ttft_ms=1000, tpot_ms=60, priority=50, mean_output_tokens=100)
