@@ -400,3 +400,27 @@ def test_a_short_prefill_burst_still_packs_the_busy_server():
 def test_burst_slack_must_not_be_negative():
     with pytest.raises(ValueError, match="burst_slack"):
         policy(burst_slack=-0.1)
+
+
+# ---------------------------------------------------------------- long-prompt context cost
+
+
+def _with_context(ns_per_pair: float) -> LatencyModel:
+    d = MODEL.to_dict()
+    d["prefill"]["contextNsPerTokenPair"] = ns_per_pair
+    return LatencyModel.from_dict(d)
+
+
+def test_first_token_estimate_counts_attention_to_earlier_chunks():
+    # A 15,000-token prompt next to 50 decoding sequences: 16 chunk iterations of
+    # ~110 ms, 1.77 s. Its chunks also attend to the earlier ones: 15 full chunks of
+    # 1,000 see 1,000 x 1,000 x 15 x 14 / 2 = 105M earlier-token pairs, at 5 ns each
+    # 0.525 s more (the profile's prefill.contextNsPerTokenPair; llama-3.1-8b-a100
+    # measures 3.4 ns). 2.29 s is past the 2.2 s TTFT, so the idle server (2.175 s)
+    # must take it; the policy used to leave the context term out and packed the busy one.
+    tier = TierSLO("t", ttft_ms=2200, tpot_ms=100, priority=100, mean_output_tokens=100)
+    for model, want in ((MODEL, "busy"), (_with_context(5.0), "idle")):
+        p = policy(tiers=(tier,))
+        p.upsert_server(ServerLoad("busy", "t", model, running=50))
+        p.upsert_server(ServerLoad("idle", "t", model, running=0))
+        assert p.decide("t", 15_000, 0.0).server_id == want

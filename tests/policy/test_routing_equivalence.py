@@ -38,6 +38,13 @@ def chunk_extra(m: LatencyModel, tokens: int) -> float:
     return max(0.0, m.iteration_s(0, 0, tokens) - m.decode_iteration_s(1, 0))
 
 
+def context(m: LatencyModel, tokens: int) -> float:
+    """A prompt's attention to its own earlier chunks of maxNumBatchedTokens."""
+    C = m.max_num_batched_tokens
+    q, r = divmod(max(tokens, 0), C)
+    return m.context_s_per_pair * (C * C * q * (q - 1) // 2 + r * q * C)
+
+
 def reference_feasible(
     s: ServerLoad,
     prompt: int,
@@ -78,6 +85,7 @@ def reference_feasible(
         n_full, rest = divmod(pending, chunk)
         d_now = decode(m, s.running, s.kv_tokens) if s.running else m.decode_iteration_s(1, 0)
         t1 = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
+        t1 += context(m, s.queued_prefill_tokens) + context(m, prompt)  # queued counted as one prompt
         if s.running and t1 - (n_full + (1 if rest else 0)) * tpot > burst:
             return False  # the running requests would lag more than their slack
         t1 += 0.5 * d_now if s.running else 0.0  # the iteration in flight
@@ -88,20 +96,22 @@ def reference_feasible(
     return t1 + decode(m, B, s.kv_tokens + prompt) <= budget + tpot
 
 
-def reference_first_token(m: LatencyModel, running: int, kv: int, pending: int) -> float:
+def reference_first_token(m: LatencyModel, running: int, kv: int, pending: int, ctx: float = 0.0) -> float:
     if pending <= 0:
         return 0.0
     chunk = m.max_num_batched_tokens - running
     n_full, rest = divmod(pending, chunk)
     d_now = decode(m, running, kv) if running else m.decode_iteration_s(1, 0)
     t = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
-    return t + (0.5 * d_now if running else 0.0)
+    return t + (0.5 * d_now if running else 0.0) + ctx
 
 
 def reference_host_keeps_room(s: ServerLoad, prompt: int, host: TierSLO, probe: int) -> bool:
     """A spill is refused when a new host-tier request with a ``probe``-token prompt
     could no longer meet the host's TTFT behind the spilled prompt."""
-    t1 = reference_first_token(s.model, s.running + 1, s.kv_tokens + prompt, s.queued_prefill_tokens + prompt + probe)
+    m = s.model
+    ctx = context(m, s.queued_prefill_tokens) + context(m, prompt) + context(m, probe)
+    t1 = reference_first_token(m, s.running + 1, s.kv_tokens + prompt, s.queued_prefill_tokens + prompt + probe, ctx)
     return t1 <= host.ttft_ms / 1000.0
 
 
