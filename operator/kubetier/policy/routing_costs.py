@@ -33,12 +33,12 @@ class IterationCosts:
     """Memoised iteration costs of one latency model (seconds)."""
 
     __slots__ = (
+        "_ctx",
+        "_ctx_per_pair",
         "_dec",
         "_dec_limit",
         "_dvals",
         "_kv_grid",
-        "_ctx",
-        "_ctx_per_pair",
         "_pre",
         "_prefill_s",
         "ce",
