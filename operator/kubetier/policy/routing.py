@@ -56,6 +56,12 @@ unused, spread over its horizon, and the host's running requests are credited
 ``ttft_headroom`` of their TTFT unused, so a share of it is left when they decode). With
 the bare TPOT the policy refused batches that meet every deadline while the pooled
 least-loaded baseline packed them and won (generated scenarios with TTFT >> TPOT x output).
+The pending prompts' chunks run back to back, not spread over anyone's horizon, so the
+lag they push the host's running requests behind their deadlines is bounded on its own
+(``burst_slack`` of the host's TTFT), and prefill estimates include each prompt's
+attention to its earlier chunks (``IterationCosts.context_s``): without either the policy
+packed 10-20k-token prompts onto one busy server beside an idle one (held-out seeds
+2023, 4001; kubetier/sim/README.md).
 Iteration costs are scaled by each model's learned correction
 (:mod:`latency_learning`), so router and simulator admit by what they observe, not only
 by the profile.
