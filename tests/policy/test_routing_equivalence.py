@@ -38,12 +38,28 @@ def chunk_extra(m: LatencyModel, tokens: int) -> float:
     return max(0.0, m.iteration_s(0, 0, tokens) - m.decode_iteration_s(1, 0))
 
 
+def context(m: LatencyModel, tokens: int) -> float:
+    """A prompt's attention to its own earlier chunks of maxNumBatchedTokens."""
+    C = m.max_num_batched_tokens
+    q, r = divmod(max(tokens, 0), C)
+    return m.context_s_per_pair * (C * C * q * (q - 1) // 2 + r * q * C)
+
+
 def reference_feasible(
-    s: ServerLoad, prompt: int, H: int, budget: float, tpot: float, refill: float, own_tpot: float = float("inf")
+    s: ServerLoad,
+    prompt: int,
+    H: int,
+    budget: float,
+    tpot: float,
+    refill: float,
+    own_tpot: float = float("inf"),
+    burst: float = float("inf"),
 ) -> bool:
     """``tpot``: the host's per-token budget (its TPOT plus the slack its running
     requests have); ``own_tpot``: the request's own TPOT, which may also spend the TTFT
-    budget its first token leaves unused, spread over its H tokens."""
+    budget its first token leaves unused, spread over its H tokens; ``burst``: how far
+    the back-to-back chunk iterations of the pending prompts may push the running
+    requests behind ``tpot`` per iteration."""
     m = s.model
     B = s.running + 1
     kv_end = s.kv_tokens + prompt + B * H
@@ -69,6 +85,9 @@ def reference_feasible(
         n_full, rest = divmod(pending, chunk)
         d_now = decode(m, s.running, s.kv_tokens) if s.running else m.decode_iteration_s(1, 0)
         t1 = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
+        t1 += context(m, s.queued_prefill_tokens) + context(m, prompt)  # queued counted as one prompt
+        if s.running and t1 - (n_full + (1 if rest else 0)) * tpot > burst:
+            return False  # the running requests would lag more than their slack
         t1 += 0.5 * d_now if s.running else 0.0  # the iteration in flight
     if t1 > budget:
         return False
@@ -77,20 +96,22 @@ def reference_feasible(
     return t1 + decode(m, B, s.kv_tokens + prompt) <= budget + tpot
 
 
-def reference_first_token(m: LatencyModel, running: int, kv: int, pending: int) -> float:
+def reference_first_token(m: LatencyModel, running: int, kv: int, pending: int, ctx: float = 0.0) -> float:
     if pending <= 0:
         return 0.0
     chunk = m.max_num_batched_tokens - running
     n_full, rest = divmod(pending, chunk)
     d_now = decode(m, running, kv) if running else m.decode_iteration_s(1, 0)
     t = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
-    return t + (0.5 * d_now if running else 0.0)
+    return t + (0.5 * d_now if running else 0.0) + ctx
 
 
 def reference_host_keeps_room(s: ServerLoad, prompt: int, host: TierSLO, probe: int) -> bool:
     """A spill is refused when a new host-tier request with a ``probe``-token prompt
     could no longer meet the host's TTFT behind the spilled prompt."""
-    t1 = reference_first_token(s.model, s.running + 1, s.kv_tokens + prompt, s.queued_prefill_tokens + prompt + probe)
+    m = s.model
+    ctx = context(m, s.queued_prefill_tokens) + context(m, prompt) + context(m, probe)
+    t1 = reference_first_token(m, s.running + 1, s.kv_tokens + prompt, s.queued_prefill_tokens + prompt + probe, ctx)
     return t1 <= host.ttft_ms / 1000.0
 
 
@@ -122,7 +143,8 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
             host_tpot = host.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
             own_tpot = t.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
             host_budget = host_tpot + p.protected_slack * host.ttft_ms / 1000.0 / p.traffic[host.name].horizon()
-            if reference_feasible(s, prompt, H, budget, host_budget, refill, own_tpot) and (
+            burst = p.burst_slack * host.ttft_ms / 1000.0
+            if reference_feasible(s, prompt, H, budget, host_budget, refill, own_tpot, burst) and (
                 k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())
             ):
                 return ("route", s.server_id, k > 0)
@@ -141,6 +163,7 @@ def random_walk(seed: int, steps: int) -> int:
         tpot_headroom=rng.choice([0.0, 0.1]),
         ttft_headroom=rng.choice([0.0, 0.25]),
         protected_slack=rng.choice([0.0, 0.25, 1.0]),
+        burst_slack=(0.0, 0.1, 0.25)[seed % 3],  # not drawn: keeps the walks of earlier versions
     )
     n = rng.choice([2, 10, 60, 300])
     ids: list[str] = []

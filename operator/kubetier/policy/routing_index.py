@@ -98,6 +98,7 @@ class ServerIndex:
     tiers: dict[str, TierSLO]
     turnover: float
     protected_slack: float
+    burst_slack: float
     _bins: dict[str, Bin]
 
     def _init_index(self) -> None:

@@ -59,6 +59,7 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
             continue
         host = traffic[b.tier.name]
         tpot_s = b.tpot_s + slack * b.ttft_s / host.h
+        burst_s = p.burst_slack * b.ttft_s
         refill = host.r_value * p.turnover
         memo_key = (host.h << 64) | (host.r_class << 40) | (H << 16) | pc
         lm = b.level_memo.get(memo_key)
@@ -88,7 +89,7 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
             while True:
                 j -= 1
                 e = by_rank[keys[j] & RANK_MASK]
-                if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s) and (
+                if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s, burst_s) and (
                     own or host_keeps_room(e, prompt, b.ttft_s, probe)
                 ):
                     return _route_of(e, own)
@@ -117,7 +118,7 @@ def _least_loaded_fallback(p: RoutingPolicy, t: TierSLO, prompt: int, H: int, tt
             host = p.traffic[b.tier.name]
             refill = host.refill()[1] * p.turnover
             tpot_s = b.tpot_s + p.protected_slack * b.ttft_s / host.h
-            if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s) and (
+            if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s, p.burst_slack * b.ttft_s) and (
                 own or host_keeps_room(e, prompt, b.ttft_s, host.probe_prompt())
             ):
                 return _route_of(e, own)
@@ -204,7 +205,7 @@ def pull_looser_server(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s:
     )
     for key in cands[:4]:
         e = p._by_rank[key & RANK_MASK]
-        if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own.tpot_s):
+        if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own.tpot_s, p.burst_slack * own.ttft_s):
             ld = e.load
             p.remove_server(ld.server_id)
             ld.tier = t.name
