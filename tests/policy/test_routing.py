@@ -13,7 +13,7 @@ import random
 import pytest
 
 import kubetier.policy.routing as routing
-from kubetier.policy.latency import load_profile
+from kubetier.policy.latency import LatencyModel, load_profile
 from kubetier.policy.routing import Decision, RoutingPolicy, ServerLoad, TierSLO
 from linear_latency_model import MODEL
 
