@@ -165,6 +165,14 @@ def test_pending_spot_replica_waits_for_the_bound_then_falls_back():
     assert (kind, reason) == ("Warning", "SpotFallback") and "0 -> 1" in message and "batch" in message
 
 
+def test_a_replica_loading_on_a_spot_node_is_capacity_obtained_not_a_fallback():
+    loading = pod("b-1", age=600)
+    loading["spec"] = {"nodeName": "spot-1"}  # scheduled, model still loading (not Ready)
+    assert decide_batch([loading]).replicas == 0
+    # and an existing fallback stays until that replica is Ready and steady
+    assert decide_batch([loading], live_fallback=1).replicas == 1
+
+
 def test_a_replica_the_deployment_has_not_created_yet_is_not_spot_that_never_came():
     assert decide_batch([]).replicas == 0
 

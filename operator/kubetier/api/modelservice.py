@@ -380,9 +380,10 @@ class Capacity(ApiModel):
         description=(
             "With spot: preferred, the operator places the tier's main pool on spot only and itself starts "
             "on-demand fallback replicas (a Deployment <name>-<tier>-fallback) for spot replicas that stay "
-            "Pending or unready longer than this, with a SpotFallback Event; once spot has been steady for the "
-            "return period the fallback goes back to zero (ReturnToSpot Event). Unset: the scheduler's spot "
-            "preference alone decides (a spot-eligible pod lands on on-demand at once when spot is short)."
+            "Pending (unscheduled: no spot capacity) longer than this, with a SpotFallback Event; once the spot "
+            "replicas have been Ready for the return period the fallback goes back to zero (ReturnToSpot Event). "
+            "Unset: the scheduler's spot preference alone decides (a spot-eligible pod lands on on-demand at once "
+            "when spot is short)."
         ),
     )
 

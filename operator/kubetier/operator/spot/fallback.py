@@ -5,8 +5,9 @@ A tier with ``spot: preferred`` and ``fallbackAfterSeconds`` runs its main pool 
 only, and a Deployment ``<ms>-<tier>-fallback`` on on-demand whose replicas this module
 decides with :func:`kubetier.policy.spot.plan_capacity` (SkyServe's fallback and return):
 
-* a main-pool replica that is not Ready (Pending for lack of spot, or still starting)
-  for longer than the bound is covered by one on-demand replica;
+* a main-pool replica that stays unscheduled (Pending: no spot capacity obtained) for
+  longer than the bound is covered by one on-demand replica (a replica that got a spot
+  node and is still loading its model is capacity obtained: no fallback for it);
 * once the main pool has been Ready on spot for the return period (the latest of the
   needed replicas' Ready times), the fallback goes back to zero; the router drains the
   fallback pods first (they get a deletionTimestamp and a preStop sleep).
@@ -102,19 +103,22 @@ def tier_view(
         and not p["metadata"].get("deletionTimestamp")
     ]
     ready_times = sorted(t for p in main if (t := _ready_since(p)) is not None)
-    unready = [p for p in main if _ready_since(p) is None]
+    scheduled = [p for p in main if (p.get("spec") or {}).get("nodeName")]
+    unscheduled = [p for p in main if not (p.get("spec") or {}).get("nodeName")]
     # A replica the Deployment has not created yet counts as pending since now: a
     # scale-up must not look like spot that never came.
-    created = [_time(p["metadata"].get("creationTimestamp")) or now for p in unready]
+    created = [_time(p["metadata"].get("creationTimestamp")) or now for p in unscheduled]
     missing = max(0, wanted - len(main))
-    pending = len(unready) + missing
+    pending = len(unscheduled) + missing
     pending_since = min(created) if created else (now if missing else None)
     steady_since = ready_times[wanted - 1] if wanted and len(ready_times) >= wanted else None
     live = children.get(("Deployment", fallback_name(ms, tier)))
     current = int(((live or {}).get("spec") or {}).get("replicas") or 0)
     return TierCapacity(
         wanted=wanted,
-        spot_ready=len(ready_times),
+        # Spot capacity obtained: scheduled replicas (Ready or still loading). The return
+        # waits for them to be Ready and steady (spot_steady_since).
+        spot_ready=len(scheduled),
         spot_pending=pending,
         noticed=0,
         pending_since=pending_since,
