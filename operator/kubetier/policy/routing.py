@@ -41,6 +41,11 @@ Rules of kind ``"slo"`` (PolyServe, 2025), for a request of tier T:
 4. **Wait** when no server is feasible but the request could still meet its TTFT once
    capacity frees or a scale-up lands (``scale_up_s``); ``retry_after_s`` then says how
    long it can wait before it is late. A "wait" is the demand signal for the tier.
+   Except (``rescue``): a request of a rejecting tier whose wait budget is shorter than
+   a running sequence of its tier takes to finish (mean output x TPOT) would only wait
+   to be rejected; it goes to the least loaded server running at most one sequence that
+   passes every check but the prefill burst (one possible miss for one certain one;
+   :func:`~kubetier.policy.routing_slo.rescue_route`).
 5. **Late.** When even an idle server could no longer deliver the first token in time
    (waited + scale_up_s + prefill of the prompt > TTFT): tier ``on_late="reject"`` ->
    ``reject`` with ``retry_after_s``; ``on_late="queue"`` -> route ignoring the
@@ -61,7 +66,9 @@ lag they push the host's running requests behind their deadlines is bounded on i
 (``burst_slack`` of the host's TTFT), and prefill estimates include each prompt's
 attention to its earlier chunks (``IterationCosts.context_s``): without either the policy
 packed 10-20k-token prompts onto one busy server beside an idle one (held-out seeds
-2023, 4001; kubetier/sim/README.md).
+2023, 4001; kubetier/sim/README.md). The burst lag and the per-token credit draw on the
+same slack (``shared_slack``): the lag a burst takes lowers the per-token limit by
+lag / (host tier's mean output), so the two allowances are not both spent in full.
 Iteration costs are scaled by each model's learned correction
 (:mod:`latency_learning`), so router and simulator admit by what they observe, not only
 by the profile.
