@@ -271,3 +271,34 @@ def test_negative_load_is_refused_naming_the_field():
         RoutingPolicy(TIERS).upsert_server(
             ServerLoad("x", "interactive", load_profile("llama-3.1-8b-h100"), kv_tokens=-1)
         )
+
+
+def test_rescue_equals_full_scan_on_lightly_loaded_fleets_with_long_prompts():
+    # The random walks above rarely reach the rescue (a request refused everywhere whose
+    # wait is too short for a batch to drain, next to a server running at most one
+    # sequence): fleets of servers running 0-2 sequences with long queued prompts, and
+    # long prompts, reach it often; the optimised decision must still equal the plain scan.
+    model = load_profile("llama-3.1-8b-h100")
+    reasons: dict[str, int] = {}
+    for seed in range(40):
+        rng = random.Random(seed)
+        p = RoutingPolicy(TIERS, "slo", max_checks=UNBOUNDED, max_checks_per_level=UNBOUNDED, ttft_headroom=0.5)
+        for k in range(rng.randint(1, 6)):
+            r = rng.choice([1, 1, 2, 0])
+            p.upsert_server(
+                ServerLoad(
+                    f"s{k}",
+                    rng.choice(TIERS).name,
+                    model,
+                    running=r,
+                    kv_tokens=r * rng.randint(0, 4000),
+                    queued_prefill_tokens=rng.choice([0, 3000, 8000, 16000]),
+                )
+            )
+        for _ in range(20):
+            tier = rng.choice(TIERS).name
+            prompt = rng.choice([2000, 6000, 12000, 20000])
+            d = p.decide(tier, prompt, 0.0)
+            assert (d.action, d.server_id, d.spilled) == reference_decide(p, tier, prompt, 0.0), (seed, tier, prompt)
+            reasons[d.reason] = reasons.get(d.reason, 0) + 1
+    assert reasons.get("rescue", 0) >= 5, reasons
