@@ -11,16 +11,21 @@ import os
 import re
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import pytest
 
 from kubetier.localdev import access
 from kubetier.localdev.access import Kubectl, KubectlError  # noqa: F401  (re-exported for the tests)
 from kubetier.localdev.processes import kill_process, kubetier_command, start_process, stop_process
+
+if TYPE_CHECKING:
+    from kubetier.localdev import LocalEngines
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KUBETIER_CACHE") or Path.home() / ".cache" / "kubetier").expanduser()
@@ -55,6 +60,26 @@ def operator_rbac_objects(namespace: str, sa: str, role_name: str) -> list[dict]
     role = rbac.cluster_role(role_name)
     assert role["rules"], "kubetier.operator.rbac declares no rules"
     return access.service_account_objects(namespace, sa, role)
+
+
+def service_account_kubeconfig(
+    kubectl: Kubectl,
+    admin_kubeconfig: str,
+    namespace: str,
+    sa: str,
+    path: Path,
+    *,
+    user: str = "kubetier",
+    duration: str = "1h",
+    cluster_role: dict | None = None,
+) -> Path:
+    """A kubeconfig at ``path`` that authenticates as ServiceAccount ``namespace/sa`` only
+    (a fresh token); with ``cluster_role``, the ServiceAccount, that role and its binding
+    are applied first."""
+    if cluster_role is not None:
+        kubectl.apply(access.service_account_objects(namespace, sa, cluster_role))
+    token = kubectl("create", "token", sa, "-n", namespace, f"--duration={duration}").strip()
+    return access.token_kubeconfig(admin_kubeconfig, token, path, user)
 
 
 def need(ok: Any, missing: str, how: str) -> None:
@@ -270,6 +295,92 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def artifacts_dir(prefix: str) -> Path:
+    """Where a test keeps its logs: ``$KUBETIER_E2E_ARTIFACTS`` (CI collects it), else a
+    fresh temporary folder named ``prefix...``."""
+    path = Path(os.environ.get("KUBETIER_E2E_ARTIFACTS") or tempfile.mkdtemp(prefix=prefix))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- a namespaced stack
+# Tests that need their own operator (environment of its own, one namespace) start it
+# with a router and loopback engines for the KWOK pods: the helpers below.
+
+
+def namespaced_operator_command(kubeconfig: Path, namespace: str) -> list[str]:
+    """`kubetier operator` watching one namespace, without leader election."""
+    return kubetier_command("operator", "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--standalone")
+
+
+def namespaced_operator_identity(
+    kubectl: Kubectl, admin_kubeconfig: str, namespace: str, role_name: str, workdir: Path
+) -> tuple[dict, Path]:
+    """The operator's ClusterRole (kubetier.operator.rbac) named ``role_name``, bound to
+    ServiceAccount ``namespace/kubetier-operator``, and a token kubeconfig for it in
+    ``workdir``: the role (for :func:`tear_down_namespaced`) and the kubeconfig's path."""
+    from kubetier.operator import rbac
+
+    role = rbac.cluster_role(role_name)
+    path = service_account_kubeconfig(
+        kubectl,
+        admin_kubeconfig,
+        namespace,
+        OPERATOR_SA,
+        workdir / "operator.kubeconfig",
+        user="kubetier-operator",
+        cluster_role=role,
+    )
+    return role, path
+
+
+def local_router_command(port: int, namespace: str) -> list[str]:
+    """`kubetier router` on loopback ``port``, its endpoints the loopback engines of
+    ``namespace``'s pods (kubetier.localdev.LocalEngines), rediscovered every second."""
+    return kubetier_command(
+        "router", "--port", str(port), "--namespace", namespace, "--local-endpoints", "--discovery-interval", "1"
+    )
+
+
+def router_status(base_url: str) -> dict:
+    """The router's ``/kubetier/status`` document; {} while it does not answer."""
+    try:
+        doc: dict = httpx.get(f"{base_url}/kubetier/status", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return doc
+
+
+def start_local_engines(api_client: Any, namespace: str, workdir: Path) -> LocalEngines:
+    """Loopback engine simulators for ``namespace``'s KWOK pods, logs in ``workdir/engines``."""
+    from kubetier.localdev import LocalEngines
+
+    (workdir / "engines").mkdir(exist_ok=True)
+    engines = LocalEngines(api_client, namespace=namespace, log_dir=workdir / "engines")
+    engines.start()
+    return engines
+
+
+def tear_down_namespaced(
+    kubectl: Kubectl,
+    namespace: str,
+    services: list[str],
+    procs: list[subprocess.Popen],
+    engines: LocalEngines | None,
+    cluster_role: dict,
+) -> None:
+    """Delete ``services`` while the operator still runs (its finalizers), then stop the
+    processes and engines and delete the operator's ClusterRole and binding."""
+    kubectl("delete", "modelservice", *services, "-n", namespace, "--ignore-not-found", "--wait=true",
+            "--timeout=60s", check=False, timeout=90)  # fmt: skip
+    for p in procs:
+        stop_process(p)
+    if engines is not None:
+        engines.close()
+    kubectl("delete", "clusterrolebinding,clusterrole", cluster_role["metadata"]["name"], "--ignore-not-found",
+            check=False)  # fmt: skip
 
 
 def operator_args() -> list[str]:

@@ -20,20 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from e2e_support import Kubectl, wait_until
-from kubetier.localdev.access import service_account_objects, token_kubeconfig
+from e2e_support import (
+    Kubectl,
+    artifacts_dir,
+    local_router_command,
+    namespaced_operator_command,
+    namespaced_operator_identity,
+    router_status,
+    start_local_engines,
+    tear_down_namespaced,
+    wait_until,
+)
 from kubetier.localdev.processes import free_loopback_port as free_port
-from kubetier.localdev.processes import start_process, stop_process
+from kubetier.localdev.processes import start_process
 
 SERVICE = "as-e2e"
 MODEL = "llama-3.1-8b"
@@ -41,7 +46,6 @@ ZERO_SERVICE = "as-zero"
 ZERO_MODEL = "llama-3.1-8b-batch"
 WARM_SERVICE = "as-warm"
 WARM_MODEL = "llama-3.1-8b-warm"
-OPERATOR_SA = "kubetier-operator"
 # The simulator's model load (--model-load-seconds) and level-1 wake (--wake-seconds).
 # KWOK marks a pod Ready before its loopback engine has loaded (no readiness probe
 # runs), so a request routed to a new server meets 503 "model is loading": the router
@@ -142,44 +146,33 @@ async def stream_one(base: str, tier: str, max_tokens: int, model: str = MODEL) 
 
 @pytest.mark.timeout(600)
 def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: str, crds, api_client, namespace):
-    from kubetier.localdev import LocalEngines
-    from kubetier.operator import rbac
-
     ns = namespace
-    workdir = Path(os.environ.get("KUBETIER_E2E_ARTIFACTS") or tempfile.mkdtemp(prefix="kubetier-autoscale-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = artifacts_dir("kubetier-autoscale-")
     ports = [free_port(), free_port()]
     bases = [f"http://127.0.0.1:{p}" for p in ports]
-    role = rbac.cluster_role(f"kubetier-as-operator-{ns}")
-    kubectl.apply(service_account_objects(ns, OPERATOR_SA, role))
-    token = kubectl("create", "token", OPERATOR_SA, "-n", ns, "--duration=1h").strip()
-    op_kc = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig", "kubetier-operator")
+    role, op_kc = namespaced_operator_identity(kubectl, kubeconfig, ns, f"kubetier-as-operator-{ns}", workdir)
     procs = []
     engines = None
     try:
         procs.append(
             start_process(
-                [sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig", str(op_kc), "--namespace", ns,
-                 "--standalone"],
+                namespaced_operator_command(op_kc, ns),
                 workdir / "operator.log",
                 env={
                     "KUBETIER_ROUTER_STATUS_URLS": ",".join(f"{b}/kubetier/status" for b in bases),
                     "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S),
                 },
             )
-        )  # fmt: skip
+        )
         for i, port in enumerate(ports):
             procs.append(
                 start_process(
-                    [sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--namespace", ns,
-                     "--local-endpoints", "--discovery-interval", "1"],
+                    local_router_command(port, ns),
                     workdir / f"router{i}.log",
                     env={"KUBECONFIG": kubeconfig, "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S)},
                 )
-            )  # fmt: skip
-        (workdir / "engines").mkdir(exist_ok=True)
-        engines = LocalEngines(api_client, namespace=ns, log_dir=workdir / "engines")
-        engines.start()
+            )
+        engines = start_local_engines(api_client, ns, workdir)
         kubectl.apply(services(ns))
 
         def ms(name: str = SERVICE) -> dict:
@@ -200,10 +193,7 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
 
         def routers_ready():
             for b in bases:
-                try:
-                    doc = httpx.get(f"{b}/kubetier/status", timeout=2).json()
-                except (httpx.HTTPError, ValueError):
-                    return None
+                doc = router_status(b)
                 servers = (doc.get("models") or {}).get(MODEL, {}).get("servers", [])
                 known = doc.get("models") or {}
                 if not any(s.get("ready") for s in servers) or not {ZERO_MODEL, WARM_MODEL} <= set(known):
@@ -358,11 +348,4 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
         assert tier_status(ms(WARM_SERVICE), "batch").get("standbyReplicas") == 1
         print(kubectl("get", "modelservice", "-n", ns, check=False))
     finally:
-        kubectl("delete", "modelservice", SERVICE, ZERO_SERVICE, WARM_SERVICE, "-n", ns, "--ignore-not-found", "--wait=true", "--timeout=60s",
-                check=False, timeout=90)  # fmt: skip
-        for p in procs:
-            stop_process(p)
-        if engines is not None:
-            engines.close()
-        kubectl("delete", "clusterrolebinding,clusterrole", role["metadata"]["name"], "--ignore-not-found",
-                check=False)  # fmt: skip
+        tear_down_namespaced(kubectl, ns, [SERVICE, ZERO_SERVICE, WARM_SERVICE], procs, engines, role)

@@ -21,22 +21,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 
-from e2e_support import Kubectl, wait_until
-from kubetier.localdev.access import service_account_objects, token_kubeconfig
+from e2e_support import (
+    Kubectl,
+    artifacts_dir,
+    local_router_command,
+    namespaced_operator_command,
+    namespaced_operator_identity,
+    router_status,
+    start_local_engines,
+    tear_down_namespaced,
+    wait_until,
+)
 from kubetier.localdev.processes import free_loopback_port as free_port
-from kubetier.localdev.processes import start_process, stop_process
+from kubetier.localdev.processes import start_process
+from openai_stream import count_streamed_tokens
 
 SERVICE = "pool-e2e"
 MODEL = "llama-3.1-8b-pool"
-OPERATOR_SA = "kubetier-operator"
 ENGINE_LOAD_S = 0  # see e2e/test_autoscale.py: KWOK marks pods Ready before a loopback engine loads
 TOKENS = 200
 INTERACTIVE = {
@@ -78,15 +83,7 @@ def service(ns: str) -> dict:
 
 async def stream_one(client: httpx.AsyncClient, base: str, tier: str) -> tuple[int, int]:
     body = {"model": MODEL, "prompt": "hello " * 40, "max_tokens": TOKENS, "stream": True}
-    tokens = 0
-    async with client.stream("POST", f"{base}/v1/completions", json=body, headers={"X-Kubetier-Tier": tier}) as r:
-        if r.status_code != 200:
-            await r.aread()
-            return r.status_code, 0
-        async for line in r.aiter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:]).get("choices"):
-                tokens += 1
-    return 200, tokens
+    return await count_streamed_tokens(client, base, tier, body)
 
 
 async def traffic(base: str, tier: str, n: int) -> list[tuple[int, int]]:
@@ -103,43 +100,28 @@ def bins(model_status: dict) -> dict[str, int]:
 
 @pytest.mark.timeout(420)
 def test_shared_pool_bins_move_with_traffic(kubectl: Kubectl, kubeconfig: str, crds, api_client, namespace):
-    from kubetier.localdev import LocalEngines
-    from kubetier.operator import rbac
-
     ns = namespace
-    workdir = Path(os.environ.get("KUBETIER_E2E_ARTIFACTS") or tempfile.mkdtemp(prefix="kubetier-pool-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = artifacts_dir("kubetier-pool-")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    role = rbac.cluster_role(f"kubetier-pool-operator-{ns}")
-    kubectl.apply(service_account_objects(ns, OPERATOR_SA, role))
-    token = kubectl("create", "token", OPERATOR_SA, "-n", ns, "--duration=1h").strip()
-    op_kc = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig", "kubetier-operator")
+    role, op_kc = namespaced_operator_identity(kubectl, kubeconfig, ns, f"kubetier-pool-operator-{ns}", workdir)
     procs = []
     engines = None
     try:
         procs.append(
             start_process(
-                [sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig", str(op_kc), "--namespace", ns,
-                 "--standalone"],
+                namespaced_operator_command(op_kc, ns),
                 workdir / "operator.log",
                 env={
                     "KUBETIER_ROUTER_STATUS_URLS": f"{base}/kubetier/status",  # the autoscaler's
                     "KUBETIER_ROUTER_STATUS_URL": f"{base}/kubetier/status",  # the attainment feed's
                 },
             )
-        )  # fmt: skip
+        )
         procs.append(
-            start_process(
-                [sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--namespace", ns,
-                 "--local-endpoints", "--discovery-interval", "1"],
-                workdir / "router.log",
-                env={"KUBECONFIG": kubeconfig},
-            )
-        )  # fmt: skip
-        (workdir / "engines").mkdir(exist_ok=True)
-        engines = LocalEngines(api_client, namespace=ns, log_dir=workdir / "engines")
-        engines.start()
+            start_process(local_router_command(port, ns), workdir / "router.log", env={"KUBECONFIG": kubeconfig})
+        )
+        engines = start_local_engines(api_client, ns, workdir)
         kubectl.apply(service(ns))
 
         def ms() -> dict:
@@ -172,11 +154,7 @@ def test_shared_pool_bins_move_with_traffic(kubectl: Kubectl, kubeconfig: str, c
 
         # 2. the router bins the four pool servers two per tier
         def router_model() -> dict:
-            try:
-                doc = httpx.get(f"{base}/kubetier/status", timeout=2).json()
-            except (httpx.HTTPError, ValueError):
-                return {}
-            return (doc.get("models") or {}).get(MODEL) or {}
+            return (router_status(base).get("models") or {}).get(MODEL) or {}
 
         def pool_ready():
             st = router_model()
@@ -220,11 +198,4 @@ def test_shared_pool_bins_move_with_traffic(kubectl: Kubectl, kubeconfig: str, c
         assert seen >= INTERACTIVE["attainmentPercent"], seen
         print(kubectl("get", "modelservice", "-n", ns, check=False))
     finally:
-        kubectl("delete", "modelservice", SERVICE, "-n", ns, "--ignore-not-found", "--wait=true", "--timeout=60s",
-                check=False, timeout=90)  # fmt: skip
-        for p in procs:
-            stop_process(p)
-        if engines is not None:
-            engines.close()
-        kubectl("delete", "clusterrolebinding,clusterrole", role["metadata"]["name"], "--ignore-not-found",
-                check=False)  # fmt: skip
+        tear_down_namespaced(kubectl, ns, [SERVICE], procs, engines, role)
