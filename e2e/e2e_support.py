@@ -306,34 +306,8 @@ def artifacts_dir(prefix: str) -> Path:
 
 
 # --------------------------------------------------------------------------- a namespaced stack
-# Tests that need their own operator (environment of its own, one namespace) start it
-# with a router and loopback engines for the KWOK pods: the helpers below.
-
-
-def namespaced_operator_command(kubeconfig: Path, namespace: str) -> list[str]:
-    """`kubetier operator` watching one namespace, without leader election."""
-    return kubetier_command("operator", "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--standalone")
-
-
-def namespaced_operator_identity(
-    kubectl: Kubectl, admin_kubeconfig: str, namespace: str, role_name: str, workdir: Path
-) -> tuple[dict, Path]:
-    """The operator's ClusterRole (kubetier.operator.rbac) named ``role_name``, bound to
-    ServiceAccount ``namespace/kubetier-operator``, and a token kubeconfig for it in
-    ``workdir``: the role (for :func:`tear_down_namespaced`) and the kubeconfig's path."""
-    from kubetier.operator import rbac
-
-    role = rbac.cluster_role(role_name)
-    path = service_account_kubeconfig(
-        kubectl,
-        admin_kubeconfig,
-        namespace,
-        OPERATOR_SA,
-        workdir / "operator.kubeconfig",
-        user="kubetier-operator",
-        cluster_role=role,
-    )
-    return role, path
+# Tests that need their own operator (an environment of its own, one namespace) start it
+# with routers and loopback engines for the KWOK pods: NamespacedStack and its parts.
 
 
 def local_router_command(port: int, namespace: str) -> list[str]:
@@ -363,24 +337,63 @@ def start_local_engines(api_client: Any, namespace: str, workdir: Path) -> Local
     return engines
 
 
-def tear_down_namespaced(
-    kubectl: Kubectl,
-    namespace: str,
-    services: list[str],
-    procs: list[subprocess.Popen],
-    engines: LocalEngines | None,
-    cluster_role: dict,
-) -> None:
-    """Delete ``services`` while the operator still runs (its finalizers), then stop the
-    processes and engines and delete the operator's ClusterRole and binding."""
-    kubectl("delete", "modelservice", *services, "-n", namespace, "--ignore-not-found", "--wait=true",
-            "--timeout=60s", check=False, timeout=90)  # fmt: skip
-    for p in procs:
-        stop_process(p)
-    if engines is not None:
-        engines.close()
-    kubectl("delete", "clusterrolebinding,clusterrole", cluster_role["metadata"]["name"], "--ignore-not-found",
-            check=False)  # fmt: skip
+class NamespacedStack:
+    """A test's own operator, watching one namespace under its own ServiceAccount (bound to
+    a ClusterRole ``role_name`` built from kubetier.operator.rbac), with routers on loopback
+    and loopback engines for the namespace's KWOK pods; logs in :attr:`workdir`.
+
+    Built before the test's ``try``; :meth:`close` in its ``finally`` deletes the test's
+    ModelServices while the operator still runs (its finalizers), then stops the
+    processes and engines and deletes the ClusterRole and its binding."""
+
+    def __init__(self, kubectl: Kubectl, admin_kubeconfig: str, namespace: str, role_name: str, prefix: str) -> None:
+        from kubetier.operator import rbac
+
+        self.kubectl, self.admin_kubeconfig, self.namespace = kubectl, admin_kubeconfig, namespace
+        self.workdir = artifacts_dir(prefix)
+        self.role = rbac.cluster_role(role_name)
+        self.operator_kubeconfig = service_account_kubeconfig(
+            kubectl,
+            admin_kubeconfig,
+            namespace,
+            OPERATOR_SA,
+            self.workdir / "operator.kubeconfig",
+            user="kubetier-operator",
+            cluster_role=self.role,
+        )
+        self.procs: list[subprocess.Popen] = []
+        self.engines: LocalEngines | None = None
+
+    def start_operator(self, env: dict[str, str]) -> None:
+        """`kubetier operator --namespace <ns> --standalone`, log ``operator.log``."""
+        argv = kubetier_command(
+            "operator", "--kubeconfig", str(self.operator_kubeconfig), "--namespace", self.namespace, "--standalone"
+        )
+        self.procs.append(start_process(argv, self.workdir / "operator.log", env=env))
+
+    def start_router(self, port: int, log_name: str, env: dict[str, str] | None = None) -> None:
+        """A router on loopback ``port`` (:func:`local_router_command`), log ``log_name``."""
+        self.procs.append(
+            start_process(
+                local_router_command(port, self.namespace),
+                self.workdir / log_name,
+                env={"KUBECONFIG": self.admin_kubeconfig, **(env or {})},
+            )
+        )
+
+    def start_engines(self, api_client: Any) -> None:
+        self.engines = start_local_engines(api_client, self.namespace, self.workdir)
+
+    def close(self, services: list[str]) -> None:
+        kubectl, ns = self.kubectl, self.namespace
+        kubectl("delete", "modelservice", *services, "-n", ns, "--ignore-not-found", "--wait=true",
+                "--timeout=60s", check=False, timeout=90)  # fmt: skip
+        for p in self.procs:
+            stop_process(p)
+        if self.engines is not None:
+            self.engines.close()
+        kubectl("delete", "clusterrolebinding,clusterrole", self.role["metadata"]["name"], "--ignore-not-found",
+                check=False)  # fmt: skip
 
 
 def operator_args() -> list[str]:

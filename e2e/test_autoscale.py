@@ -26,19 +26,8 @@ import time
 import httpx
 import pytest
 
-from e2e_support import (
-    Kubectl,
-    artifacts_dir,
-    local_router_command,
-    namespaced_operator_command,
-    namespaced_operator_identity,
-    router_status,
-    start_local_engines,
-    tear_down_namespaced,
-    wait_until,
-)
+from e2e_support import Kubectl, NamespacedStack, router_status, wait_until
 from kubetier.localdev.processes import free_loopback_port as free_port
-from kubetier.localdev.processes import start_process
 
 SERVICE = "as-e2e"
 MODEL = "llama-3.1-8b"
@@ -147,32 +136,20 @@ async def stream_one(base: str, tier: str, max_tokens: int, model: str = MODEL) 
 @pytest.mark.timeout(600)
 def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: str, crds, api_client, namespace):
     ns = namespace
-    workdir = artifacts_dir("kubetier-autoscale-")
     ports = [free_port(), free_port()]
     bases = [f"http://127.0.0.1:{p}" for p in ports]
-    role, op_kc = namespaced_operator_identity(kubectl, kubeconfig, ns, f"kubetier-as-operator-{ns}", workdir)
-    procs = []
-    engines = None
+    stack = NamespacedStack(kubectl, kubeconfig, ns, f"kubetier-as-operator-{ns}", "kubetier-autoscale-")
+    workdir = stack.workdir
     try:
-        procs.append(
-            start_process(
-                namespaced_operator_command(op_kc, ns),
-                workdir / "operator.log",
-                env={
-                    "KUBETIER_ROUTER_STATUS_URLS": ",".join(f"{b}/kubetier/status" for b in bases),
-                    "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S),
-                },
-            )
+        stack.start_operator(
+            env={
+                "KUBETIER_ROUTER_STATUS_URLS": ",".join(f"{b}/kubetier/status" for b in bases),
+                "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S),
+            }
         )
         for i, port in enumerate(ports):
-            procs.append(
-                start_process(
-                    local_router_command(port, ns),
-                    workdir / f"router{i}.log",
-                    env={"KUBECONFIG": kubeconfig, "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S)},
-                )
-            )
-        engines = start_local_engines(api_client, ns, workdir)
+            stack.start_router(port, f"router{i}.log", env={"KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S)})
+        stack.start_engines(api_client)
         kubectl.apply(services(ns))
 
         def ms(name: str = SERVICE) -> dict:
@@ -348,4 +325,4 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
         assert tier_status(ms(WARM_SERVICE), "batch").get("standbyReplicas") == 1
         print(kubectl("get", "modelservice", "-n", ns, check=False))
     finally:
-        tear_down_namespaced(kubectl, ns, [SERVICE, ZERO_SERVICE, WARM_SERVICE], procs, engines, role)
+        stack.close([SERVICE, ZERO_SERVICE, WARM_SERVICE])

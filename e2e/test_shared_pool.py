@@ -25,19 +25,8 @@ import json
 import httpx
 import pytest
 
-from e2e_support import (
-    Kubectl,
-    artifacts_dir,
-    local_router_command,
-    namespaced_operator_command,
-    namespaced_operator_identity,
-    router_status,
-    start_local_engines,
-    tear_down_namespaced,
-    wait_until,
-)
+from e2e_support import Kubectl, NamespacedStack, router_status, wait_until
 from kubetier.localdev.processes import free_loopback_port as free_port
-from kubetier.localdev.processes import start_process
 from openai_stream import count_streamed_tokens
 
 SERVICE = "pool-e2e"
@@ -101,27 +90,19 @@ def bins(model_status: dict) -> dict[str, int]:
 @pytest.mark.timeout(420)
 def test_shared_pool_bins_move_with_traffic(kubectl: Kubectl, kubeconfig: str, crds, api_client, namespace):
     ns = namespace
-    workdir = artifacts_dir("kubetier-pool-")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    role, op_kc = namespaced_operator_identity(kubectl, kubeconfig, ns, f"kubetier-pool-operator-{ns}", workdir)
-    procs = []
-    engines = None
+    stack = NamespacedStack(kubectl, kubeconfig, ns, f"kubetier-pool-operator-{ns}", "kubetier-pool-")
+    workdir = stack.workdir
     try:
-        procs.append(
-            start_process(
-                namespaced_operator_command(op_kc, ns),
-                workdir / "operator.log",
-                env={
-                    "KUBETIER_ROUTER_STATUS_URLS": f"{base}/kubetier/status",  # the autoscaler's
-                    "KUBETIER_ROUTER_STATUS_URL": f"{base}/kubetier/status",  # the attainment feed's
-                },
-            )
+        stack.start_operator(
+            env={
+                "KUBETIER_ROUTER_STATUS_URLS": f"{base}/kubetier/status",  # the autoscaler's
+                "KUBETIER_ROUTER_STATUS_URL": f"{base}/kubetier/status",  # the attainment feed's
+            }
         )
-        procs.append(
-            start_process(local_router_command(port, ns), workdir / "router.log", env={"KUBECONFIG": kubeconfig})
-        )
-        engines = start_local_engines(api_client, ns, workdir)
+        stack.start_router(port, "router.log")
+        stack.start_engines(api_client)
         kubectl.apply(service(ns))
 
         def ms() -> dict:
@@ -198,4 +179,4 @@ def test_shared_pool_bins_move_with_traffic(kubectl: Kubectl, kubeconfig: str, c
         assert seen >= INTERACTIVE["attainmentPercent"], seen
         print(kubectl("get", "modelservice", "-n", ns, check=False))
     finally:
-        tear_down_namespaced(kubectl, ns, [SERVICE], procs, engines, role)
+        stack.close([SERVICE])
