@@ -169,6 +169,38 @@ def model_service(
     }
 
 
+def simulator_service(
+    name: str,
+    namespace: str,
+    model: str,
+    tiers: list[dict],
+    engine_args: list[str],
+    *,
+    max_num_seqs: int | None = None,
+    gpus_per_replica: int = 1,
+    **spec: Any,
+) -> dict:
+    """A ModelService of engine simulators for the loopback engines (kubetier.localdev
+    .LocalEngines): small CPU and memory requests, the built-in llama-3.1-8b-h100 profile;
+    ``spec`` adds fields (e.g. ``sharedPool``)."""
+    engine: dict[str, Any] = {"kind": "simulator", "args": engine_args}
+    if max_num_seqs is not None:
+        engine["maxNumSeqs"] = max_num_seqs
+    return {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": model, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+            "engine": engine,
+            "resources": {"gpusPerReplica": gpus_per_replica, "cpu": "500m", "memory": "512Mi"},
+            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
+            **spec,
+            "tiers": tiers,
+        },
+    }
+
+
 def three_tier_service(name: str, namespace: str) -> dict:
     """interactive on on-demand only, standard may use spot, batch prefers spot."""
     return model_service(

@@ -26,7 +26,7 @@ import time
 import httpx
 import pytest
 
-from e2e_support import Kubectl, NamespacedStack, router_status, wait_until
+from e2e_support import Kubectl, NamespacedStack, router_status, simulator_service, wait_until
 from kubetier.localdev.processes import free_loopback_port as free_port
 
 SERVICE = "as-e2e"
@@ -47,19 +47,8 @@ EXPECTED_START_S = 40
 
 def _service(ns: str, name: str, model: str, tier: dict) -> dict:
     args = ["--model-load-seconds", str(ENGINE_LOAD_S), "--wake-seconds", str(WAKE_S)]
-    return {
-        "apiVersion": "kubetier.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "model": {"name": model, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
-            # maxNumSeqs 4: a handful of streams is a burst (target 2.8 per server)
-            "engine": {"kind": "simulator", "maxNumSeqs": 4, "args": args},
-            "resources": {"gpusPerReplica": 1, "cpu": "500m", "memory": "512Mi"},
-            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
-            "tiers": [tier],
-        },
-    }
+    # maxNumSeqs 4: a handful of streams is a burst (target 2.8 per server)
+    return simulator_service(name, ns, model, [tier], args, max_num_seqs=4)
 
 
 def services(ns: str) -> list[dict]:

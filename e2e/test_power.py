@@ -35,6 +35,7 @@ from e2e_support import (
     local_router_command,
     router_status,
     service_account_kubeconfig,
+    simulator_service,
     start_local_engines,
     wait_until,
 )
@@ -73,22 +74,15 @@ def power_service(namespace: str) -> dict:
             **extra,
         }
 
-    return {
-        "apiVersion": "kubetier.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": SERVICE, "namespace": namespace},
-        "spec": {
-            "model": {"name": MODEL, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
-            "engine": {"kind": "simulator", "args": ["--model-load-seconds", "1"]},
-            # A whole 8-GPU node per replica: the two tiers land on different nodes.
-            "resources": {"gpusPerReplica": 8, "cpu": "500m", "memory": "512Mi"},
-            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
-            "tiers": [
-                tier("interactive", 2000, 60, 100),
-                tier("batch", 60000, 400, 10, onLate="queue"),
-            ],
-        },
-    }
+    # A whole 8-GPU node per replica: the two tiers land on different nodes.
+    return simulator_service(
+        SERVICE,
+        namespace,
+        MODEL,
+        [tier("interactive", 2000, 60, 100), tier("batch", 60000, 400, 10, onLate="queue")],
+        ["--model-load-seconds", "1"],
+        gpus_per_replica=8,
+    )
 
 
 class Procs:

@@ -25,7 +25,7 @@ import json
 import httpx
 import pytest
 
-from e2e_support import Kubectl, NamespacedStack, router_status, wait_until
+from e2e_support import Kubectl, NamespacedStack, router_status, simulator_service, wait_until
 from kubetier.localdev.processes import free_loopback_port as free_port
 from openai_stream import count_streamed_tokens
 
@@ -54,20 +54,16 @@ BATCH = {
 
 
 def service(ns: str) -> dict:
-    return {
-        "apiVersion": "kubetier.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": SERVICE, "namespace": ns},
-        "spec": {
-            "model": {"name": MODEL, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
-            # maxNumSeqs 4: a dozen streams are more than two servers hold
-            "engine": {"kind": "simulator", "maxNumSeqs": 4, "args": ["--model-load-seconds", str(ENGINE_LOAD_S)]},
-            "resources": {"gpusPerReplica": 1, "cpu": "500m", "memory": "512Mi"},
-            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
-            "sharedPool": {"replicas": {"min": 4, "max": 4}},
-            "tiers": [INTERACTIVE, BATCH],
-        },
-    }
+    # maxNumSeqs 4: a dozen streams are more than two servers hold
+    return simulator_service(
+        SERVICE,
+        ns,
+        MODEL,
+        [INTERACTIVE, BATCH],
+        ["--model-load-seconds", str(ENGINE_LOAD_S)],
+        max_num_seqs=4,
+        sharedPool={"replicas": {"min": 4, "max": 4}},
+    )
 
 
 async def stream_one(client: httpx.AsyncClient, base: str, tier: str) -> tuple[int, int]:
