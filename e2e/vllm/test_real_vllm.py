@@ -42,6 +42,7 @@ import pytest
 import yaml
 
 from kubetier.api.modelservice import ModelService
+from kubetier.localdev.processes import started_process
 from kubetier.operator.modelservice import engines
 from kubetier.policy.latency import load_profile
 from kubetier.router.fleet import parse_engine_metrics
@@ -120,22 +121,10 @@ def rendered_command(vllm_python: str, model_dir: Path, port: int) -> list[str]:
     return cmd
 
 
-@contextlib.contextmanager
-def started(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    with log.open("wb") as out:
-        p = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
-        )
-    try:
-        yield p
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
+def started(argv: list[str], log: Path, env: dict[str, str] | None = None) -> contextlib.AbstractContextManager:
+    """The engine or router in its own session, stopped with its children at the end
+    (vLLM forks an engine core; SIGTERM first, 30 s to shut down)."""
+    return started_process(argv, log, env=env, stop_timeout=30)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
