@@ -167,6 +167,12 @@ def _header_block(headers: Iterable[tuple[str, str]]) -> bytes:
     return "".join(parts).encode("latin-1")
 
 
+# Header names as received -> lower-case str: clients send the same dozen names on every
+# request (one decode and lower() fewer per header); bounded, so odd names cannot grow it.
+_HEADER_NAMES: dict[bytes, str] = {}
+_MAX_HEADER_NAMES = 512
+
+
 class _Rejected(Exception):
     """Raised inside a parser callback to stop parsing and answer with ``status``
     (``answer``: a ready-made body and headers from ``head_check``)."""
@@ -590,7 +596,11 @@ class _Connection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._limits.max_header_bytes:
             raise _Rejected(431, f"request headers exceed {self._limits.max_header_bytes} bytes")
-        key = name.decode("latin-1").lower()
+        key = _HEADER_NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_HEADER_NAMES) < _MAX_HEADER_NAMES:
+                _HEADER_NAMES[name] = key
         text = value.decode("latin-1")
         headers = self._headers
         if key in headers:
