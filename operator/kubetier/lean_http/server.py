@@ -167,6 +167,12 @@ def _header_block(headers: Iterable[tuple[str, str]]) -> bytes:
     return "".join(parts).encode("latin-1")
 
 
+# Header names as received -> lower-case str: clients send the same dozen names on every
+# request (one decode and lower() fewer per header); bounded, so odd names cannot grow it.
+_HEADER_NAMES: dict[bytes, str] = {}
+_MAX_HEADER_NAMES = 512
+
+
 class _Rejected(Exception):
     """Raised inside a parser callback to stop parsing and answer with ``status``
     (``answer``: a ready-made body and headers from ``head_check``)."""
@@ -448,6 +454,9 @@ class _Connection(asyncio.Protocol):
         "_reading_paused",
         "_state",
         "_timer",
+        "_timer_at",
+        "_timer_callback",
+        "_timer_deadline",
         "_transport",
         "_url",
         "_writable",
@@ -470,7 +479,10 @@ class _Connection(asyncio.Protocol):
         # Parsed requests not yet answered: (Request, keep_alive, method) or a rejection.
         self._pending: collections.deque = collections.deque()
         self._current: Response | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # see _set_timer
+        self._timer_at = 0.0  # when that handle fires (loop time)
+        self._timer_deadline = 0.0  # when the callback is due
+        self._timer_callback: Callable[[], None] | None = None
         self._closed = False
         self._failed = False
         self._aborted = False
@@ -548,7 +560,7 @@ class _Connection(asyncio.Protocol):
             else:
                 state.per_client.pop(self._ip, None)
             self._ip = None
-        self._cancel_timer()
+        self._drop_timer()
         if self._current is not None:
             self._current._mark_disconnected()
         self._pending.clear()
@@ -584,7 +596,11 @@ class _Connection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._limits.max_header_bytes:
             raise _Rejected(431, f"request headers exceed {self._limits.max_header_bytes} bytes")
-        key = name.decode("latin-1").lower()
+        key = _HEADER_NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_HEADER_NAMES) < _MAX_HEADER_NAMES:
+                _HEADER_NAMES[name] = key
         text = value.decode("latin-1")
         headers = self._headers
         if key in headers:
@@ -748,22 +764,53 @@ class _Connection(asyncio.Protocol):
         self._close()
 
     def _on_request_timeout(self) -> None:
-        self._timer = None
         if self._closed:
             return
         self._fail(_Rejected(408, f"request not received within {self._limits.request_timeout_s:g} s"))
 
     def _on_idle_timeout(self) -> None:
-        self._timer = None
         if self._current is None and not self._pending and not self._in_request:
             self._close()
 
     def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(delay, callback)
+        """Run ``callback`` after ``delay`` seconds unless re-set or cancelled first.
+
+        One timer handle per connection, re-armed only when it fires early: a request
+        sets a deadline twice (its own timeout, then the keep-alive idle time) and
+        cancels once, and a timer created and cancelled each time cost a heap insert,
+        a cancel and a handle close per request. The handle fires at least every
+        ``request_timeout_s`` and checks the deadline then; a deadline earlier than the
+        armed handle re-arms it. Never late by more than the loop's own lag."""
+        loop = self._loop
+        now = loop.time()
+        deadline = now + delay
+        self._timer_deadline = deadline
+        self._timer_callback = callback
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = now + min(delay, self._limits.request_timeout_s)
+            self._timer = loop.call_at(self._timer_at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        callback = self._timer_callback
+        if callback is None or self._closed:
+            return
+        now = self._loop.time()
+        if now < self._timer_deadline:
+            self._timer_at = min(self._timer_deadline, now + self._limits.request_timeout_s)
+            self._timer = self._loop.call_at(self._timer_at, self._on_timer)
+            return
+        self._timer_callback = None
+        callback()
 
     def _cancel_timer(self) -> None:
+        """No callback is due; the handle (if any) stays armed and finds nothing to do."""
+        self._timer_callback = None
+
+    def _drop_timer(self) -> None:
+        self._timer_callback = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

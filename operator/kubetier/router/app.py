@@ -285,13 +285,13 @@ class Router:
         ):
             res.add_header(name, value)
         m = self.metrics
-        w = m.worker
+        series = m.series(fleet.name, tier_name)
         tally = m.tally(fleet.name, tier_name)
         tally.requests += 1
         stream = bool(body.get("stream"))
         rec.stream = stream
         ctx = RequestContext(fleet, tier_name, tier.ttft_ms / 1000.0, tier.tpot_ms / 1000.0, arrival, prompt_tokens)
-        inflight = m.inflight.labels(fleet.name, tier_name, w)
+        inflight = series.inflight
         tally.inflight += 1
         inflight.inc()
         outcome = "error"
@@ -304,16 +304,16 @@ class Router:
             ctx.release()  # no-op unless an unexpected error skipped it: keep the load honest
             tally.inflight -= 1
             inflight.dec()
-            m.requests.labels(fleet.name, tier_name, w, outcome).inc()
+            series.requests(outcome).inc()
             if outcome == "ok":
                 tally.completed += 1
                 if ctx.first_at:
-                    m.ttft.labels(fleet.name, tier_name, w).observe(ctx.first_at - arrival)
+                    series.ttft.observe(ctx.first_at - arrival)
                 if ctx.tokens > 1:
-                    m.tpot.labels(fleet.name, tier_name, w).observe((ctx.last_at - ctx.first_at) / (ctx.tokens - 1))
+                    series.tpot.observe((ctx.last_at - ctx.first_at) / (ctx.tokens - 1))
                 if not ctx.missed:
                     tally.slo_met += 1
-                    m.slo_met.labels(fleet.name, tier_name, w).inc()
+                    series.slo_met.inc()
             elif outcome in FAILED_OUTCOMES:
                 tally.failed += 1
         return ctx

@@ -253,6 +253,7 @@ def _run(variant: Variant | None, targets: dict, concurrency: int, duration: flo
         row["cpu_sys_us_per_token"] = round((t1[1] - t0[1]) / tok * 1e6, 2)
         row["cpu_us_per_token"] = round(row["cpu_user_us_per_token"] + row["cpu_sys_us_per_token"], 2)
         row["cpu_exact_us_per_token"] = round((c1 - c0) / tok * 1e6, 2)
+        row["cpu_exact_us_per_request"] = round((c1 - c0) / len(results) * 1e6, 1)
         row["router_cpu_percent"] = round(100.0 * ((t1[0] - t0[0]) + (t1[1] - t0[1])) / elapsed, 1)
         row["syscalls_per_token"] = round(syscalls / tok, 2) if syscalls is not None else None
     return row
@@ -272,12 +273,22 @@ def main(argv: list[str]) -> int:
         help="which routers (default: %(default)s); direct always runs",
     )
     ap.add_argument("--token-ms", type=float, default=25.0)
+    ap.add_argument(
+        "--output-tokens",
+        type=int,
+        default=bench.OUTPUT_TOKENS,
+        help="tokens per stream (default: %(default)s); two runs at, e.g., 4 and 64 split CPU per "
+        "request from CPU per token: per request = a + b x tokens",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.output_tokens < 2:
+        ap.error("--output-tokens must be at least 2")
     bench._TOKEN_MS = args.token_ms
+    bench.OUTPUT_TOKENS = args.output_tokens
     bench._set_token_ms(args.token_ms)
     names = [v for v in args.variants.split(",") if v]
     if any(v.startswith("vllm-router") for v in names) and not args.vllm_router:
@@ -397,6 +408,7 @@ def compare(runs: list[dict]) -> list[dict]:
                     "cpu_user_us_per_token": r.get("cpu_user_us_per_token"),
                     "cpu_sys_us_per_token": r.get("cpu_sys_us_per_token"),
                     "cpu_exact_us_per_token": r.get("cpu_exact_us_per_token"),
+                    "cpu_exact_us_per_request": r.get("cpu_exact_us_per_request"),
                     "cpu_ratio_vs_vllm_router": ratio,
                     "syscalls_per_token": r.get("syscalls_per_token"),
                     "added_ttft_ms_p50": diff("ttft_ms_p50"),
@@ -420,6 +432,7 @@ def _print_row(r: dict) -> None:
     if "cpu_us_per_token" in r:
         cpu = (
             f" cpu/token {r['cpu_exact_us_per_token']} us ({r['cpu_user_us_per_token']}u+{r['cpu_sys_us_per_token']}s) "
+            f"cpu/request {r['cpu_exact_us_per_request']} us "
             f"syscalls/token {r['syscalls_per_token']} router {r['router_cpu_percent']}%"
         )
     print(

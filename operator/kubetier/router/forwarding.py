@@ -33,7 +33,7 @@ from kubetier.router.metrics import RouterMetrics
 from kubetier.router.relay import relay_stream, relay_whole
 from kubetier.router.scale_from_zero import MAX_REQUEUES, SCALE_FROM_ZERO_LATE, engine_not_serving_yet
 
-JSON_HEADERS = [("content-type", "application/json")]
+JSON_HEADERS = (("content-type", "application/json"),)  # a tuple: the pool caches the request head
 _ASK_TOKEN_IDS = b'{"return_token_ids":true,'
 
 

@@ -158,6 +158,10 @@ async def pump_events(
     token (queueing and prefill), ``stall`` after it."""
     framed = upr.passthrough and res.chunked and not state.resumed
     relay: EventRelay | FramedRelay = FramedRelay(res, ctx, state) if framed else EventRelay(res, ctx, state)
+    # The first token switches the stall timeout from ``first_stall`` to ``stall``: only
+    # when they differ must the relay wake this task to re-arm it (one task step through
+    # the request's coroutines per stream, measured among its per-request costs).
+    relay.rearm = first_stall != stall
     read = upr.read_nowait
     upr.set_sink(relay.feed)
     try:
@@ -289,7 +293,7 @@ class EventRelay:
     """One upstream stream's relay state: complete events out, SLO accounting per batch
     (one ``rfind`` and one ``count`` per read, no JSON per token)."""
 
-    __slots__ = ("ctx", "done", "res", "state", "tail")
+    __slots__ = ("ctx", "done", "rearm", "res", "state", "tail")
 
     def __init__(self, res: Response, ctx: RequestContext, state: StreamState) -> None:
         self.res = res
@@ -297,6 +301,7 @@ class EventRelay:
         self.state = state
         self.tail = b""  # an incomplete event, kept for the next read
         self.done = False  # [DONE] relayed
+        self.rearm = True  # wake the pump at the first token (its stall timeout changes)
 
     def feed(self, data: bytes) -> bool:
         """Relay the complete events in ``data``. False when the pump must act (the
@@ -335,7 +340,7 @@ class EventRelay:
                 if ctx.first_at == 0.0:
                     ctx.first_at = now
                 if ctx.tokens_on_server == 0:
-                    wake = True  # once per engine: the pump re-arms the stall timer (first token -> next)
+                    wake = self.rearm  # once per engine: the pump re-arms the stall timer (first token -> next)
                 if not ctx.prefilled and ctx.server is not None:
                     ctx.prefilled = True
                     ctx.fleet.prefill_done(ctx.server.spec.server_id, ctx.prompt_tokens_on_server)
@@ -359,7 +364,7 @@ class FramedRelay:
     first token's bookkeeping runs once (``fresh``), the next token's deadline is kept
     ready (``deadline``), the client's write and the kept-reads list are bound once."""
 
-    __slots__ = ("ctx", "deadline", "done", "fresh", "keep", "res", "state", "tail", "tpot", "write")
+    __slots__ = ("ctx", "deadline", "done", "fresh", "keep", "rearm", "res", "state", "tail", "tpot", "write")
 
     def __init__(self, res: Response, ctx: RequestContext, state: StreamState) -> None:
         self.res = res
@@ -370,6 +375,7 @@ class FramedRelay:
         self.tail = b""  # reads that did not end on a chunk and event boundary yet
         self.done = False  # [DONE] relayed
         self.fresh = True  # no token from this engine yet
+        self.rearm = True  # wake the pump at the first token (its stall timeout changes)
         self.tpot = ctx.tpot_s
         # Deadline of the next token (index ctx.tokens, from 0): arrival + TTFT + index x TPOT.
         self.deadline = ctx.arrival + ctx.ttft_s + ctx.tokens * ctx.tpot_s
@@ -394,7 +400,7 @@ class FramedRelay:
                 if n == 0:
                     self.keep(data)
                     return self.write(data)
-                wake = True  # the pump re-arms the stall timer (first token -> next)
+                wake = self.rearm  # the pump re-arms the stall timer (first token -> next)
             else:
                 wake = False
             if now > self.deadline:
