@@ -200,7 +200,12 @@ def workload_shape(sc: Scenario, traces_dir: Path | None) -> WorkloadShape:
 
 
 def load_ratio(
-    sc: Scenario, model: LatencyModel, rate_scale: float, traces_dir: Path | None, wms: list[WorkModel] | None = None
+    sc: Scenario,
+    model: LatencyModel,
+    rate_scale: float,
+    traces_dir: Path | None,
+    wms: list[WorkModel] | None = None,
+    stop_above: float = math.inf,
 ) -> float:
     """Needed / available server time at this scale (:func:`bound.necessary_condition`):
     no policy can pass where it exceeds 1."""
@@ -216,6 +221,7 @@ def load_ratio(
         tiers,
         wms or work_models(model),
         n_servers(sc),
+        stop_above=stop_above,
     )
 
 
@@ -229,7 +235,7 @@ def bound_scale(sc: Scenario, model: LatencyModel, traces_dir: Path | None, iter
     wms = work_models(model)
 
     def ok(s: float) -> bool:
-        return load_ratio(sc, model, s, traces_dir, wms) <= 1.0
+        return load_ratio(sc, model, s, traces_dir, wms, stop_above=1.0) <= 1.0
 
     lo, hi = 1.0, 1.0
     if ok(1.0):
