@@ -139,9 +139,14 @@ def best_partition(
         return counts
 
     best = feasible(lo_scale)
+    for _ in range(2):  # a bracket's floor that fails (runs are not strictly monotone): lower it
+        if best is not None:
+            break
+        hi_scale, lo_scale = lo_scale, lo_scale / 2.0
+        best = feasible(lo_scale)
     if best is None:
         return PartitionResult(0.0, {}, runs)
-    lo, hi = lo_scale, hi_scale
+    lo, hi = lo_scale, max(hi_scale, lo_scale)
     top = feasible(hi)
     while top is not None:
         # the bracket's top passes: raise it (never past ``ceiling``, the provable bound)
