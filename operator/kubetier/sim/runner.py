@@ -225,6 +225,18 @@ def load_ratio(
     )
 
 
+def window_arrivals(win: wl.Window, chunk: int = 1 << 16) -> Iterator[wl.Arrival]:
+    """The window's arrivals, converted to Python values a chunk at a time: converting
+    all four columns at once (``Window.arrivals``) held ~110 bytes per request in lists
+    for the whole run (1.8 GB RSS at 3.2M requests into a 10M-request run)."""
+    make = wl.Arrival._make
+    for i in range(0, len(win.t), chunk):
+        j = i + chunk
+        yield from map(
+            make, zip(win.t[i:j].tolist(), win.prompt[i:j].tolist(), win.output[i:j].tolist(), win.tier[i:j].tolist())
+        )
+
+
 def n_servers(sc: Scenario) -> int:
     return sum(sc.fleet.servers.values()) if sc.fleet.servers is not None else (sc.fleet.pool or 0)
 
@@ -336,7 +348,7 @@ def run_once(
     if budget is not None:
         col.on_settled = lambda: setattr(sim, "stop", True)
     t0 = time.perf_counter()
-    sim.run(win.arrivals(), progress=progress)
+    sim.run(window_arrivals(win), progress=progress)
     wall = time.perf_counter() - t0
     stats = summarize(
         col,
