@@ -120,3 +120,18 @@ def test_prefix_work_grows_with_the_tokens_due_and_matches_the_whole_request():
     # context attention is charged: a 20k prompt costs more than 10x a 2k one
     wp, _ = wm.prefill_parts(np.array([2048, 20480]))
     assert wp[1] > 10.0 * wp[0] * 1.05
+
+
+def test_best_partition_reports_a_split_that_passes_in_real_runs_and_stays_under_the_bound():
+    from kubetier.sim.partition import best_partition, tier_alone_passes
+
+    doc = generate(12, max_servers=8, target_requests=300, min_duration_s=60.0)
+    sc = parse_scenario(doc)
+    model = load_profile(sc.profile)
+    bound = runner.bound_scale(sc, model, None, iterations=4)
+    part = best_partition(sc, model, None, hi_scale=bound / 2, lo_scale=bound / 16, iterations=2, ceiling=bound)
+    assert 0 < part.scale <= bound
+    assert sum(part.servers.values()) == runner.n_servers(sc)
+    for k, t in enumerate(sc.tiers):
+        assert tier_alone_passes(sc, model, k, part.servers[t.name], part.scale, None)
+    assert part.runs > 0
