@@ -31,9 +31,9 @@ from e2e_support import (
     find_kubectl,
     need,
     operator_rbac_objects,
+    service_account_kubeconfig,
     wait_until,
 )
-from kubetier.localdev.access import token_kubeconfig
 
 
 @pytest.hookimpl(wrapper=True)
@@ -134,8 +134,9 @@ def operator_identity(kubectl: Kubectl, kubeconfig: str, crds, workdir: Path) ->
             *operator_rbac_objects(OPERATOR_NAMESPACE, OPERATOR_SA, OPERATOR_ROLE),
         ]
     )
-    token = kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE, "--duration=2h").strip()
-    path = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig")
+    path = service_account_kubeconfig(
+        kubectl, kubeconfig, OPERATOR_NAMESPACE, OPERATOR_SA, workdir / "operator.kubeconfig", duration="2h"
+    )
     return {"kubeconfig": path, "user": f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"}
 
 

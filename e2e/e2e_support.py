@@ -11,16 +11,21 @@ import os
 import re
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import pytest
 
 from kubetier.localdev import access
 from kubetier.localdev.access import Kubectl, KubectlError  # noqa: F401  (re-exported for the tests)
 from kubetier.localdev.processes import kill_process, kubetier_command, start_process, stop_process
+
+if TYPE_CHECKING:
+    from kubetier.localdev import LocalEngines
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KUBETIER_CACHE") or Path.home() / ".cache" / "kubetier").expanduser()
@@ -55,6 +60,26 @@ def operator_rbac_objects(namespace: str, sa: str, role_name: str) -> list[dict]
     role = rbac.cluster_role(role_name)
     assert role["rules"], "kubetier.operator.rbac declares no rules"
     return access.service_account_objects(namespace, sa, role)
+
+
+def service_account_kubeconfig(
+    kubectl: Kubectl,
+    admin_kubeconfig: str,
+    namespace: str,
+    sa: str,
+    path: Path,
+    *,
+    user: str = "kubetier",
+    duration: str = "1h",
+    cluster_role: dict | None = None,
+) -> Path:
+    """A kubeconfig at ``path`` that authenticates as ServiceAccount ``namespace/sa`` only
+    (a fresh token); with ``cluster_role``, the ServiceAccount, that role and its binding
+    are applied first."""
+    if cluster_role is not None:
+        kubectl.apply(access.service_account_objects(namespace, sa, cluster_role))
+    token = kubectl("create", "token", sa, "-n", namespace, f"--duration={duration}").strip()
+    return access.token_kubeconfig(admin_kubeconfig, token, path, user)
 
 
 def need(ok: Any, missing: str, how: str) -> None:
@@ -139,6 +164,38 @@ def model_service(
             "engine": {"kind": "simulator", "port": 8000},
             "resources": resources,
             "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
+            "tiers": tiers,
+        },
+    }
+
+
+def simulator_service(
+    name: str,
+    namespace: str,
+    model: str,
+    tiers: list[dict],
+    engine_args: list[str],
+    *,
+    max_num_seqs: int | None = None,
+    gpus_per_replica: int = 1,
+    **spec: Any,
+) -> dict:
+    """A ModelService of engine simulators for the loopback engines (kubetier.localdev
+    .LocalEngines): small CPU and memory requests, the built-in llama-3.1-8b-h100 profile;
+    ``spec`` adds fields (e.g. ``sharedPool``)."""
+    engine: dict[str, Any] = {"kind": "simulator", "args": engine_args}
+    if max_num_seqs is not None:
+        engine["maxNumSeqs"] = max_num_seqs
+    return {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": model, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+            "engine": engine,
+            "resources": {"gpusPerReplica": gpus_per_replica, "cpu": "500m", "memory": "512Mi"},
+            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
+            **spec,
             "tiers": tiers,
         },
     }
@@ -270,6 +327,105 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def artifacts_dir(prefix: str) -> Path:
+    """Where a test keeps its logs: ``$KUBETIER_E2E_ARTIFACTS`` (CI collects it), else a
+    fresh temporary folder named ``prefix...``."""
+    path = Path(os.environ.get("KUBETIER_E2E_ARTIFACTS") or tempfile.mkdtemp(prefix=prefix))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- a namespaced stack
+# Tests that need their own operator (an environment of its own, one namespace) start it
+# with routers and loopback engines for the KWOK pods: NamespacedStack and its parts.
+
+
+def local_router_command(port: int, namespace: str) -> list[str]:
+    """`kubetier router` on loopback ``port``, its endpoints the loopback engines of
+    ``namespace``'s pods (kubetier.localdev.LocalEngines), rediscovered every second."""
+    return kubetier_command(
+        "router", "--port", str(port), "--namespace", namespace, "--local-endpoints", "--discovery-interval", "1"
+    )
+
+
+def router_status(base_url: str) -> dict:
+    """The router's ``/kubetier/status`` document; {} while it does not answer."""
+    try:
+        doc: dict = httpx.get(f"{base_url}/kubetier/status", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return doc
+
+
+def start_local_engines(api_client: Any, namespace: str, workdir: Path) -> LocalEngines:
+    """Loopback engine simulators for ``namespace``'s KWOK pods, logs in ``workdir/engines``."""
+    from kubetier.localdev import LocalEngines
+
+    (workdir / "engines").mkdir(exist_ok=True)
+    engines = LocalEngines(api_client, namespace=namespace, log_dir=workdir / "engines")
+    engines.start()
+    return engines
+
+
+class NamespacedStack:
+    """A test's own operator, watching one namespace under its own ServiceAccount (bound to
+    a ClusterRole ``role_name`` built from kubetier.operator.rbac), with routers on loopback
+    and loopback engines for the namespace's KWOK pods; logs in :attr:`workdir`.
+
+    Built before the test's ``try``; :meth:`close` in its ``finally`` deletes the test's
+    ModelServices while the operator still runs (its finalizers), then stops the
+    processes and engines and deletes the ClusterRole and its binding."""
+
+    def __init__(self, kubectl: Kubectl, admin_kubeconfig: str, namespace: str, role_name: str, prefix: str) -> None:
+        from kubetier.operator import rbac
+
+        self.kubectl, self.admin_kubeconfig, self.namespace = kubectl, admin_kubeconfig, namespace
+        self.workdir = artifacts_dir(prefix)
+        self.role = rbac.cluster_role(role_name)
+        self.operator_kubeconfig = service_account_kubeconfig(
+            kubectl,
+            admin_kubeconfig,
+            namespace,
+            OPERATOR_SA,
+            self.workdir / "operator.kubeconfig",
+            user="kubetier-operator",
+            cluster_role=self.role,
+        )
+        self.procs: list[subprocess.Popen] = []
+        self.engines: LocalEngines | None = None
+
+    def start_operator(self, env: dict[str, str]) -> None:
+        """`kubetier operator --namespace <ns> --standalone`, log ``operator.log``."""
+        argv = kubetier_command(
+            "operator", "--kubeconfig", str(self.operator_kubeconfig), "--namespace", self.namespace, "--standalone"
+        )
+        self.procs.append(start_process(argv, self.workdir / "operator.log", env=env))
+
+    def start_router(self, port: int, log_name: str, env: dict[str, str] | None = None) -> None:
+        """A router on loopback ``port`` (:func:`local_router_command`), log ``log_name``."""
+        self.procs.append(
+            start_process(
+                local_router_command(port, self.namespace),
+                self.workdir / log_name,
+                env={"KUBECONFIG": self.admin_kubeconfig, **(env or {})},
+            )
+        )
+
+    def start_engines(self, api_client: Any) -> None:
+        self.engines = start_local_engines(api_client, self.namespace, self.workdir)
+
+    def close(self, services: list[str]) -> None:
+        kubectl, ns = self.kubectl, self.namespace
+        kubectl("delete", "modelservice", *services, "-n", ns, "--ignore-not-found", "--wait=true",
+                "--timeout=60s", check=False, timeout=90)  # fmt: skip
+        for p in self.procs:
+            stop_process(p)
+        if self.engines is not None:
+            self.engines.close()
+        kubectl("delete", "clusterrolebinding,clusterrole", self.role["metadata"]["name"], "--ignore-not-found",
+                check=False)  # fmt: skip
 
 
 def operator_args() -> list[str]:

@@ -20,20 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from e2e_support import Kubectl, wait_until
-from kubetier.localdev.access import service_account_objects, token_kubeconfig
+from e2e_support import Kubectl, NamespacedStack, router_status, simulator_service, wait_until
 from kubetier.localdev.processes import free_loopback_port as free_port
-from kubetier.localdev.processes import start_process, stop_process
 
 SERVICE = "as-e2e"
 MODEL = "llama-3.1-8b"
@@ -41,7 +35,6 @@ ZERO_SERVICE = "as-zero"
 ZERO_MODEL = "llama-3.1-8b-batch"
 WARM_SERVICE = "as-warm"
 WARM_MODEL = "llama-3.1-8b-warm"
-OPERATOR_SA = "kubetier-operator"
 # The simulator's model load (--model-load-seconds) and level-1 wake (--wake-seconds).
 # KWOK marks a pod Ready before its loopback engine has loaded (no readiness probe
 # runs), so a request routed to a new server meets 503 "model is loading": the router
@@ -54,19 +47,8 @@ EXPECTED_START_S = 40
 
 def _service(ns: str, name: str, model: str, tier: dict) -> dict:
     args = ["--model-load-seconds", str(ENGINE_LOAD_S), "--wake-seconds", str(WAKE_S)]
-    return {
-        "apiVersion": "kubetier.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "model": {"name": model, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
-            # maxNumSeqs 4: a handful of streams is a burst (target 2.8 per server)
-            "engine": {"kind": "simulator", "maxNumSeqs": 4, "args": args},
-            "resources": {"gpusPerReplica": 1, "cpu": "500m", "memory": "512Mi"},
-            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
-            "tiers": [tier],
-        },
-    }
+    # maxNumSeqs 4: a handful of streams is a burst (target 2.8 per server)
+    return simulator_service(name, ns, model, [tier], args, max_num_seqs=4)
 
 
 def services(ns: str) -> list[dict]:
@@ -142,44 +124,21 @@ async def stream_one(base: str, tier: str, max_tokens: int, model: str = MODEL) 
 
 @pytest.mark.timeout(600)
 def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: str, crds, api_client, namespace):
-    from kubetier.localdev import LocalEngines
-    from kubetier.operator import rbac
-
     ns = namespace
-    workdir = Path(os.environ.get("KUBETIER_E2E_ARTIFACTS") or tempfile.mkdtemp(prefix="kubetier-autoscale-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port(), free_port()]
     bases = [f"http://127.0.0.1:{p}" for p in ports]
-    role = rbac.cluster_role(f"kubetier-as-operator-{ns}")
-    kubectl.apply(service_account_objects(ns, OPERATOR_SA, role))
-    token = kubectl("create", "token", OPERATOR_SA, "-n", ns, "--duration=1h").strip()
-    op_kc = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig", "kubetier-operator")
-    procs = []
-    engines = None
+    stack = NamespacedStack(kubectl, kubeconfig, ns, f"kubetier-as-operator-{ns}", "kubetier-autoscale-")
+    workdir = stack.workdir
     try:
-        procs.append(
-            start_process(
-                [sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig", str(op_kc), "--namespace", ns,
-                 "--standalone"],
-                workdir / "operator.log",
-                env={
-                    "KUBETIER_ROUTER_STATUS_URLS": ",".join(f"{b}/kubetier/status" for b in bases),
-                    "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S),
-                },
-            )
-        )  # fmt: skip
+        stack.start_operator(
+            env={
+                "KUBETIER_ROUTER_STATUS_URLS": ",".join(f"{b}/kubetier/status" for b in bases),
+                "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S),
+            }
+        )
         for i, port in enumerate(ports):
-            procs.append(
-                start_process(
-                    [sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--namespace", ns,
-                     "--local-endpoints", "--discovery-interval", "1"],
-                    workdir / f"router{i}.log",
-                    env={"KUBECONFIG": kubeconfig, "KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S)},
-                )
-            )  # fmt: skip
-        (workdir / "engines").mkdir(exist_ok=True)
-        engines = LocalEngines(api_client, namespace=ns, log_dir=workdir / "engines")
-        engines.start()
+            stack.start_router(port, f"router{i}.log", env={"KUBETIER_EXPECTED_START_SECONDS": str(EXPECTED_START_S)})
+        stack.start_engines(api_client)
         kubectl.apply(services(ns))
 
         def ms(name: str = SERVICE) -> dict:
@@ -200,10 +159,7 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
 
         def routers_ready():
             for b in bases:
-                try:
-                    doc = httpx.get(f"{b}/kubetier/status", timeout=2).json()
-                except (httpx.HTTPError, ValueError):
-                    return None
+                doc = router_status(b)
                 servers = (doc.get("models") or {}).get(MODEL, {}).get("servers", [])
                 known = doc.get("models") or {}
                 if not any(s.get("ready") for s in servers) or not {ZERO_MODEL, WARM_MODEL} <= set(known):
@@ -358,11 +314,4 @@ def test_scale_from_zero_burst_and_back_to_zero(kubectl: Kubectl, kubeconfig: st
         assert tier_status(ms(WARM_SERVICE), "batch").get("standbyReplicas") == 1
         print(kubectl("get", "modelservice", "-n", ns, check=False))
     finally:
-        kubectl("delete", "modelservice", SERVICE, ZERO_SERVICE, WARM_SERVICE, "-n", ns, "--ignore-not-found", "--wait=true", "--timeout=60s",
-                check=False, timeout=90)  # fmt: skip
-        for p in procs:
-            stop_process(p)
-        if engines is not None:
-            engines.close()
-        kubectl("delete", "clusterrolebinding,clusterrole", role["metadata"]["name"], "--ignore-not-found",
-                check=False)  # fmt: skip
+        stack.close([SERVICE, ZERO_SERVICE, WARM_SERVICE])

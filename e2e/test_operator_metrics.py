@@ -11,10 +11,6 @@ real Prometheus: tests/observability/test_live_prometheus.py."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,23 +18,15 @@ import httpx
 import pytest
 import yaml
 
-from e2e_support import REPO, Kubectl, free_port, model_service, tier, wait_until
+from e2e_support import Kubectl, free_port, model_service, tier, wait_until
+from go_tool_binaries import go_tool
+from kubetier.localdev.processes import started_process
 from kubetier.observability.main import RULES_FILE, rules_yaml
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    res = subprocess.run(
-        [sys.executable, str(REPO / "image" / "gotools.py"), "path", "prometheus"], capture_output=True, text=True
-    )
-    if res.returncode != 0:
-        why = "prometheus is not built: run `python3 image/gotools.py install prometheus` (minutes, cached)"
-        if IN_CI:
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
-    return res.stdout.strip()
+    return go_tool("prometheus")
 
 
 @contextlib.contextmanager
@@ -56,19 +44,13 @@ def prometheus_scraping(binary: str, targets: list[str], tmp: Path) -> Iterator[
             }
         )
     )
-    with (tmp / "prometheus.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    argv = [
+        binary,
+        f"--config.file={tmp / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with started_process(argv, tmp / "prometheus.log", stop_timeout=10):
         wait_until(
             lambda: get_json(f"http://127.0.0.1:{port}/api/v1/status/buildinfo").get("status") == "success",
             "prometheus ready",
@@ -76,13 +58,6 @@ def prometheus_scraping(binary: str, targets: list[str], tmp: Path) -> Iterator[
             describe=lambda: (tmp / "prometheus.log").read_text()[-3000:],
         )
         yield f"http://127.0.0.1:{port}/api/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def get_json(url: str) -> dict:

@@ -25,7 +25,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e_support import GPU, ROLE_LABEL, SERVICE_LABEL, TIER_LABEL, Kubectl, condition, wait_until
+from e2e_support import (
+    GPU,
+    ROLE_LABEL,
+    SERVICE_LABEL,
+    TIER_LABEL,
+    Kubectl,
+    condition,
+    local_router_command,
+    router_status,
+    service_account_kubeconfig,
+    simulator_service,
+    start_local_engines,
+    wait_until,
+)
 from kubetier.agent import rbac as agent_rbac
 from kubetier.api.node_power import (
     PLACEMENT_TAINT_KEY,
@@ -33,8 +46,6 @@ from kubetier.api.node_power import (
     POWER_REPORT_ANNOTATION,
     NodePowerReport,
 )
-from kubetier.localdev import LocalEngines
-from kubetier.localdev.access import service_account_objects, token_kubeconfig
 from kubetier.localdev.processes import free_loopback_port, start_process, stop_process
 
 SERVICE = "pw"
@@ -63,22 +74,15 @@ def power_service(namespace: str) -> dict:
             **extra,
         }
 
-    return {
-        "apiVersion": "kubetier.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": SERVICE, "namespace": namespace},
-        "spec": {
-            "model": {"name": MODEL, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
-            "engine": {"kind": "simulator", "args": ["--model-load-seconds", "1"]},
-            # A whole 8-GPU node per replica: the two tiers land on different nodes.
-            "resources": {"gpusPerReplica": 8, "cpu": "500m", "memory": "512Mi"},
-            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
-            "tiers": [
-                tier("interactive", 2000, 60, 100),
-                tier("batch", 60000, 400, 10, onLate="queue"),
-            ],
-        },
-    }
+    # A whole 8-GPU node per replica: the two tiers land on different nodes.
+    return simulator_service(
+        SERVICE,
+        namespace,
+        MODEL,
+        [tier("interactive", 2000, 60, 100), tier("batch", 60000, 400, 10, onLate="queue")],
+        ["--model-load-seconds", "1"],
+        gpus_per_replica=8,
+    )
 
 
 class Procs:
@@ -343,40 +347,16 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
         for p in pods:
             assert int(p["spec"]["containers"][0]["resources"]["limits"][GPU]) == 8
 
-        (workdir / "engines").mkdir(exist_ok=True)
-        engines = LocalEngines(
-            kconfig.new_client_from_config(config_file=kubeconfig), namespace=namespace, log_dir=workdir / "engines"
-        )
-        engines.start()
+        engines = start_local_engines(kconfig.new_client_from_config(config_file=kubeconfig), namespace, workdir)
         eps = engines.wait_for(lambda e: {f"{namespace}/{p['metadata']['name']}" for p in pods} <= set(e), 90)
         endpoint_of = {p["metadata"]["labels"][TIER_LABEL]: eps[f"{namespace}/{p['metadata']['name']}"] for p in pods}
 
         port = free_loopback_port()
         base_url = f"http://127.0.0.1:{port}"
-        procs.start(
-            "router",
-            [
-                sys.executable,
-                "-m",
-                "kubetier.cli",
-                "router",
-                "--port",
-                str(port),
-                "--namespace",
-                namespace,
-                "--local-endpoints",
-                "--discovery-interval",
-                "1",
-            ],
-            env={"KUBECONFIG": kubeconfig},
-        )
+        procs.start("router", local_router_command(port, namespace), env={"KUBECONFIG": kubeconfig})
 
         def router_ready():
-            try:
-                st = httpx.get(f"{base_url}/kubetier/status", timeout=2).json()
-            except (httpx.HTTPError, ValueError):
-                return None
-            servers = st.get("models", {}).get(MODEL, {}).get("servers", [])
+            servers = router_status(base_url).get("models", {}).get(MODEL, {}).get("servers", [])
             return servers if sum(1 for s in servers if s.get("ready")) >= 2 else None
 
         wait_until(router_ready, "the router to see both engines", timeout=60)
@@ -388,9 +368,15 @@ def test_power_capping_end_to_end(kubectl: Kubectl, kubeconfig: str, operator, n
 
         # Agents under their own ServiceAccount with the chart's rules (kubetier.agent.rbac).
         role = agent_rbac.cluster_role(f"kubetier-e2e-node-agent-{namespace[-5:]}")
-        kubectl.apply(service_account_objects(namespace, AGENT_SA, role))
-        token = kubectl("create", "token", AGENT_SA, "-n", namespace, "--duration=1h").strip()
-        agent_kubeconfig = token_kubeconfig(kubeconfig, token, workdir / "agent.kubeconfig", "kubetier-agent")
+        agent_kubeconfig = service_account_kubeconfig(
+            kubectl,
+            kubeconfig,
+            namespace,
+            AGENT_SA,
+            workdir / "agent.kubeconfig",
+            user="kubetier-agent",
+            cluster_role=role,
+        )
 
         def start_agent(tier: str, endpoint: str | None = None, node_name: str | None = None) -> None:
             procs.start(

@@ -21,22 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 
-from e2e_support import Kubectl, wait_until
-from kubetier.localdev.access import service_account_objects, token_kubeconfig
+from e2e_support import Kubectl, NamespacedStack, router_status, simulator_service, wait_until
 from kubetier.localdev.processes import free_loopback_port as free_port
-from kubetier.localdev.processes import start_process, stop_process
+from openai_stream import count_streamed_tokens
 
 SERVICE = "pool-e2e"
 MODEL = "llama-3.1-8b-pool"
-OPERATOR_SA = "kubetier-operator"
 ENGINE_LOAD_S = 0  # see e2e/test_autoscale.py: KWOK marks pods Ready before a loopback engine loads
 TOKENS = 200
 INTERACTIVE = {
@@ -60,33 +54,21 @@ BATCH = {
 
 
 def service(ns: str) -> dict:
-    return {
-        "apiVersion": "kubetier.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": SERVICE, "namespace": ns},
-        "spec": {
-            "model": {"name": MODEL, "source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
-            # maxNumSeqs 4: a dozen streams are more than two servers hold
-            "engine": {"kind": "simulator", "maxNumSeqs": 4, "args": ["--model-load-seconds", str(ENGINE_LOAD_S)]},
-            "resources": {"gpusPerReplica": 1, "cpu": "500m", "memory": "512Mi"},
-            "latencyProfile": {"builtin": "llama-3.1-8b-h100"},
-            "sharedPool": {"replicas": {"min": 4, "max": 4}},
-            "tiers": [INTERACTIVE, BATCH],
-        },
-    }
+    # maxNumSeqs 4: a dozen streams are more than two servers hold
+    return simulator_service(
+        SERVICE,
+        ns,
+        MODEL,
+        [INTERACTIVE, BATCH],
+        ["--model-load-seconds", str(ENGINE_LOAD_S)],
+        max_num_seqs=4,
+        sharedPool={"replicas": {"min": 4, "max": 4}},
+    )
 
 
 async def stream_one(client: httpx.AsyncClient, base: str, tier: str) -> tuple[int, int]:
     body = {"model": MODEL, "prompt": "hello " * 40, "max_tokens": TOKENS, "stream": True}
-    tokens = 0
-    async with client.stream("POST", f"{base}/v1/completions", json=body, headers={"X-Kubetier-Tier": tier}) as r:
-        if r.status_code != 200:
-            await r.aread()
-            return r.status_code, 0
-        async for line in r.aiter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:]).get("choices"):
-                tokens += 1
-    return 200, tokens
+    return await count_streamed_tokens(client, base, tier, body)
 
 
 async def traffic(base: str, tier: str, n: int) -> list[tuple[int, int]]:
@@ -103,43 +85,20 @@ def bins(model_status: dict) -> dict[str, int]:
 
 @pytest.mark.timeout(420)
 def test_shared_pool_bins_move_with_traffic(kubectl: Kubectl, kubeconfig: str, crds, api_client, namespace):
-    from kubetier.localdev import LocalEngines
-    from kubetier.operator import rbac
-
     ns = namespace
-    workdir = Path(os.environ.get("KUBETIER_E2E_ARTIFACTS") or tempfile.mkdtemp(prefix="kubetier-pool-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    role = rbac.cluster_role(f"kubetier-pool-operator-{ns}")
-    kubectl.apply(service_account_objects(ns, OPERATOR_SA, role))
-    token = kubectl("create", "token", OPERATOR_SA, "-n", ns, "--duration=1h").strip()
-    op_kc = token_kubeconfig(kubeconfig, token, workdir / "operator.kubeconfig", "kubetier-operator")
-    procs = []
-    engines = None
+    stack = NamespacedStack(kubectl, kubeconfig, ns, f"kubetier-pool-operator-{ns}", "kubetier-pool-")
+    workdir = stack.workdir
     try:
-        procs.append(
-            start_process(
-                [sys.executable, "-m", "kubetier.cli", "operator", "--kubeconfig", str(op_kc), "--namespace", ns,
-                 "--standalone"],
-                workdir / "operator.log",
-                env={
-                    "KUBETIER_ROUTER_STATUS_URLS": f"{base}/kubetier/status",  # the autoscaler's
-                    "KUBETIER_ROUTER_STATUS_URL": f"{base}/kubetier/status",  # the attainment feed's
-                },
-            )
-        )  # fmt: skip
-        procs.append(
-            start_process(
-                [sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--namespace", ns,
-                 "--local-endpoints", "--discovery-interval", "1"],
-                workdir / "router.log",
-                env={"KUBECONFIG": kubeconfig},
-            )
-        )  # fmt: skip
-        (workdir / "engines").mkdir(exist_ok=True)
-        engines = LocalEngines(api_client, namespace=ns, log_dir=workdir / "engines")
-        engines.start()
+        stack.start_operator(
+            env={
+                "KUBETIER_ROUTER_STATUS_URLS": f"{base}/kubetier/status",  # the autoscaler's
+                "KUBETIER_ROUTER_STATUS_URL": f"{base}/kubetier/status",  # the attainment feed's
+            }
+        )
+        stack.start_router(port, "router.log")
+        stack.start_engines(api_client)
         kubectl.apply(service(ns))
 
         def ms() -> dict:
@@ -172,11 +131,7 @@ def test_shared_pool_bins_move_with_traffic(kubectl: Kubectl, kubeconfig: str, c
 
         # 2. the router bins the four pool servers two per tier
         def router_model() -> dict:
-            try:
-                doc = httpx.get(f"{base}/kubetier/status", timeout=2).json()
-            except (httpx.HTTPError, ValueError):
-                return {}
-            return (doc.get("models") or {}).get(MODEL) or {}
+            return (router_status(base).get("models") or {}).get(MODEL) or {}
 
         def pool_ready():
             st = router_model()
@@ -220,11 +175,4 @@ def test_shared_pool_bins_move_with_traffic(kubectl: Kubectl, kubeconfig: str, c
         assert seen >= INTERACTIVE["attainmentPercent"], seen
         print(kubectl("get", "modelservice", "-n", ns, check=False))
     finally:
-        kubectl("delete", "modelservice", SERVICE, "-n", ns, "--ignore-not-found", "--wait=true", "--timeout=60s",
-                check=False, timeout=90)  # fmt: skip
-        for p in procs:
-            stop_process(p)
-        if engines is not None:
-            engines.close()
-        kubectl("delete", "clusterrolebinding,clusterrole", role["metadata"]["name"], "--ignore-not-found",
-                check=False)  # fmt: skip
+        stack.close([SERVICE])

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from e2e_support import CAPACITY_LABEL, TIER_LABEL, Kubectl, running, serving_pods, three_tier_service, wait_until
+from kubetier.localdev.fake_nodes import recreatable_node
 from test_reconcile import EXPECTED, apply_and_wait_ready, describe, nodes_by_name, ready_with_counts
 
 # What AWS node-termination-handler puts on a node after a spot interruption notice.
@@ -18,24 +19,7 @@ INTERRUPTION_TAINT = {"key": "aws-node-termination-handler/spot-itn", "value": "
 
 def recreatable(node: dict) -> dict:
     """The node as it was created (labels, taints, capacity), for putting it back."""
-    meta = node["metadata"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": meta["name"],
-            "labels": meta.get("labels", {}),
-            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("kwok.x-k8s.io/")},
-        },
-        "spec": {
-            "taints": [
-                t
-                for t in node["spec"].get("taints", [])
-                if t["key"] not in (INTERRUPTION_TAINT["key"], "karpenter.sh/disrupted")
-            ]
-        },
-        "status": {"capacity": node["status"]["capacity"], "allocatable": node["status"]["allocatable"]},
-    }
+    return recreatable_node(node, (INTERRUPTION_TAINT["key"], "karpenter.sh/disrupted"))
 
 
 def service_with_a_spot_victim(kubectl: Kubectl, gpu_nodes: list[dict], namespace: str, name: str):

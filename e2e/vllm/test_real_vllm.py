@@ -15,7 +15,9 @@ every local process here binds loopback). The model is a tiny random Llama built
 - a completions stream whose engine is killed (SIGKILL) on its first relayed token is
   resumed by the router on the second real engine by token ids (the router asks vLLM for
   `return_token_ids` and resumes with the original prompt's ids plus the relayed ids):
-  the client sees one stream of exactly max_tokens tokens, none repeated or missing.
+  the client sees one stream of exactly max_tokens tokens, none repeated or missing. The
+  engine to kill is the one whose access log shows the stream's response started; the
+  stream is 4,000 tokens long, so the kill lands well inside it.
 
 Run by `make e2e-vllm` (part of `make test`), which installs vLLM into the cache first.
 Outside CI a missing install skips with the command that provides it; in CI it fails.
@@ -40,6 +42,7 @@ import pytest
 import yaml
 
 from kubetier.api.modelservice import ModelService
+from kubetier.localdev.processes import started_process
 from kubetier.operator.modelservice import engines
 from kubetier.policy.latency import load_profile
 from kubetier.router.fleet import parse_engine_metrics
@@ -49,6 +52,7 @@ REPO = HERE.parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CACHE = Path(os.environ.get("KUBETIER_CACHE") or Path.home() / ".cache" / "kubetier").expanduser()
 FLAGS_SNAPSHOT = HERE / "vllm-cli-flags.txt"
+MAX_MODEL_LEN = 8192  # the tiny model's positions (e2e/vllm/tiny_model.py MAX_POSITIONS)
 
 # Two real engines start in about a minute each on an idle 2-core machine, several under load.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -70,7 +74,7 @@ def vllm_python() -> str:
 
 @pytest.fixture(scope="module")
 def tiny_model(vllm_python: str) -> Path:
-    out = CACHE / "vllm-tiny-model"
+    out = CACHE / "vllm-tiny-model-8k"  # 8,192 positions (tiny_model.MAX_POSITIONS); the 2,048 one was vllm-tiny-model
     subprocess.run([vllm_python, str(HERE / "tiny_model.py"), str(out)], check=True, timeout=900)
     return out
 
@@ -94,7 +98,7 @@ def model_service(model_dir: Path, port: int) -> ModelService:
                     "port": port,
                     "maxNumSeqs": 8,
                     "maxNumBatchedTokens": 512,
-                    "maxModelLen": 2048,
+                    "maxModelLen": MAX_MODEL_LEN,
                     # vLLM's CPU backend reads this as the share of host memory to reserve.
                     "gpuMemoryUtilization": 0.15,
                     "args": ["--dtype", "bfloat16"],
@@ -117,22 +121,10 @@ def rendered_command(vllm_python: str, model_dir: Path, port: int) -> list[str]:
     return cmd
 
 
-@contextlib.contextmanager
-def started(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    with log.open("wb") as out:
-        p = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
-        )
-    try:
-        yield p
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
+def started(argv: list[str], log: Path, env: dict[str, str] | None = None) -> contextlib.AbstractContextManager:
+    """The engine or router in its own session, stopped with its children at the end
+    (vLLM forks an engine core; SIGTERM first, 30 s to shut down)."""
+    return started_process(argv, log, env=env, stop_timeout=30)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
@@ -218,7 +210,13 @@ def stack(vllm_python, tiny_model, tmp_path_factory) -> Iterator[dict]:
         for (p, log), port in zip(procs, ports):
             wait_healthy(f"http://127.0.0.1:{port}/health", p, log)
         wait_healthy(f"http://127.0.0.1:{router_port}/health", router, tmp / "router.log", timeout=60)
-        yield {"ports": ports, "procs": [p for p, _ in procs], "router": f"http://127.0.0.1:{router_port}", "tmp": tmp}
+        yield {
+            "ports": ports,
+            "procs": [p for p, _ in procs],
+            "logs": [log for _, log in procs],
+            "router": f"http://127.0.0.1:{router_port}",
+            "tmp": tmp,
+        }
 
 
 def client(stack) -> openai.OpenAI:
@@ -268,41 +266,35 @@ def test_streaming_through_the_router(stack):
     assert any(ch.choices and ch.choices[0].finish_reason == "length" for ch in chunks)
 
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) of every process in process group ``pgid`` (an engine's
-    API server, its EngineCore and worker processes), from /proc."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:  # field 5, pgrp (fields here start at field 3, state)
-                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / os.sysconf("SC_CLK_TCK")
+# uvicorn's access line, which vLLM's API server writes (unless --disable-uvicorn-access-log,
+# which the operator does not render) when a response starts: uvicorn 0.55 logs it in
+# send() on http.response.start, before it writes the status line. So by the time the router
+# has the engine's response headers, and long before the client has a token, the serving
+# engine's log has the line; the other engine's has not.
+COMPLETIONS_STARTED = re.compile(rb'"POST /v1/completions HTTP/1\.[01]" 200\b')
 
 
-def busy_engine(procs: list[subprocess.Popen], window_s: float = 0.5) -> tuple[list[int], list[float]]:
-    """The engine generating the stream: the one whose processes burn CPU. vLLM's
-    vllm:num_requests_running gauge is refreshed by its periodic stats logger, so on a quiet
-    machine a 1,500-token answer (3.7 s here) can start and end without the gauge ever
-    showing it (a fresh-clone run saw [0.0, 0.0]); the decoding engine's CPU time is never
-    behind. Busy: more than 3x the other's CPU and at least a fifth of a core."""
-    before = [group_cpu_s(p.pid) for p in procs]
-    time.sleep(window_s)
-    used = [group_cpu_s(p.pid) - b for p, b in zip(procs, before, strict=True)]
-    top = max(range(len(used)), key=lambda i: used[i])
-    rest = max(u for i, u in enumerate(used) if i != top)
-    busy = [top] if used[top] >= 0.2 * window_s and used[top] > 3 * rest else []
-    return busy, used
+def completions_started(log: Path) -> int:
+    """How many /v1/completions responses this engine has started (its access-log lines)."""
+    return len(COMPLETIONS_STARTED.findall(log.read_bytes()))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "not yet deterministic on a quiet machine: the tiny model generates 1,500 tokens in about 3.7 s "
-        "and the test can kill the wrong engine or kill too late (one stream, no resume); passes under load "
-        "and passed twice alone"
-    ),
-)
+def serving_engine(logs: list[Path], before: list[int]) -> int:
+    """The one engine whose log gained a started /v1/completions response since ``before``."""
+    now = [completions_started(log) for log in logs]
+    new = [i for i, (b, n) in enumerate(zip(before, now, strict=True)) if n > b]
+    assert len(new) == 1 and now[new[0]] == before[new[0]] + 1, (
+        f"expected exactly one engine to have started the stream: /v1/completions access lines before {before}, now {now}"
+    )
+    return new[0]
+
+
+# Long enough that the kill lands well inside the first engine's stream: 1,500 tokens took
+# 3.7 s on a quiet 2-core machine, and a kill that came after the last token passed nothing
+# to resume. prompt + MAX_TOKENS < MAX_MODEL_LEN, on the first engine and on the resumed one.
+MAX_TOKENS = 4000
+
+
 def test_stream_resumes_by_token_ids_on_the_second_real_engine_after_the_first_is_killed(stack):
     """SIGKILL the engine serving a completions stream as soon as its first token reaches
     the client; the client still sees one uninterrupted stream (one chunk id, no error
@@ -310,19 +302,32 @@ def test_stream_resumes_by_token_ids_on_the_second_real_engine_after_the_first_i
     token ids the client has: its prompt is the original prompt's ids plus every id
     already relayed (no token repeated, none missing, no re-tokenisation).
 
-    Deterministic: ignore_eos + min_tokens make the engine generate all max_tokens (it
-    cannot stop early on a sampled EOS), so it is still generating when it is killed."""
+    Deterministic: the engine to kill is read from the engines' own access logs (not from
+    a metric a stats logger refreshes, nor from CPU time); ignore_eos + min_tokens make the
+    engine generate all max_tokens (it cannot stop early on a sampled EOS); and the
+    preconditions are asserted, each with its own message: exactly one engine started the
+    stream, the killed one; it died of the kill; less than half the tokens had been relayed
+    when its stream broke; the survivor started the resumed stream."""
     c = client(stack)
-    max_tokens = 1500  # prompt + 1500 < maxModelLen 2048, on the first engine and the resumed one
+    # A short stream first, so the client's own first-use costs (the OpenAI client builds
+    # its stream and chunk types lazily) are paid before the timed one: without it the first
+    # token reached the client 0.97 s after the request on a loaded 2-core machine, by when
+    # the engine had streamed 276 tokens.
+    warm = c.completions.create(model="tiny", prompt="x", max_tokens=2, stream=True, extra_body={"ignore_eos": True})
+    assert [ch.choices[0].finish_reason for ch in warm if ch.choices and ch.choices[0].finish_reason] == ["length"]
+    logs: list[Path] = stack["logs"]
+    before = [completions_started(log) for log in logs]
+    t0 = time.monotonic()
     stream = c.completions.create(
         model="tiny",
         prompt="import os\nimport sys\n",
-        max_tokens=max_tokens,
+        max_tokens=MAX_TOKENS,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True, "min_tokens": max_tokens},
+        extra_body={"ignore_eos": True, "min_tokens": MAX_TOKENS},
     )
     killed: list[int] = []
+    kill_at: dict[str, float] = {}
     ids: list[int] = []  # token ids in the order the client got them
     prompts: list[tuple[int, list[int]]] = []  # (ids received before it, prompt_token_ids) per engine stream
     chunk_ids: set[str] = set()
@@ -343,25 +348,42 @@ def test_stream_resumes_by_token_ids_on_the_second_real_engine_after_the_first_i
         if choice.finish_reason:
             finishes.append(choice.finish_reason)
         if ids and not killed:
-            busy, cpu = busy_engine(stack["procs"])
-            assert len(busy) == 1, f"expected exactly one engine generating the stream, CPU seconds {cpu}"
-            os.killpg(stack["procs"][busy[0]].pid, signal.SIGKILL)
-            killed.append(busy[0])
+            first_token_s = time.monotonic() - t0
+            serving = serving_engine(logs, before)
+            os.killpg(stack["procs"][serving].pid, signal.SIGKILL)
+            killed.append(serving)
+            kill_at = {"first_token_s": first_token_s, "kill_s": time.monotonic() - t0, "client_tokens": len(ids)}
+    total_s = time.monotonic() - t0
     assert killed, "the stream produced no token"
-    assert stack["procs"][killed[0]].wait(30) == -signal.SIGKILL
+    assert stack["procs"][killed[0]].wait(30) == -signal.SIGKILL, "the serving engine did not die of the SIGKILL"
+    survivor = 1 - killed[0]
+    assert len(prompts) >= 1, "the first engine's stream carried no prompt_token_ids"
+    relayed_before_break = prompts[1][0] if len(prompts) > 1 else len(ids)
+    print(
+        f"[kill-resume] engine vllm-{killed[0]} killed: first token at {kill_at['first_token_s']:.3f}s, "
+        f"SIGKILL at {kill_at['kill_s']:.3f}s with {kill_at['client_tokens']} token(s) at the client; "
+        f"the first engine's stream broke after {relayed_before_break} of {MAX_TOKENS} tokens; "
+        f"vllm-{survivor} finished the stream at {total_s:.2f}s"
+    )
+    assert relayed_before_break <= MAX_TOKENS // 2, (
+        f"the kill landed late: {relayed_before_break} of {MAX_TOKENS} tokens were relayed before the first "
+        f"engine's stream broke (SIGKILL {kill_at['kill_s'] - kill_at['first_token_s']:.3f}s after the first token)"
+    )
+    assert completions_started(logs[survivor]) == before[survivor] + 1, (
+        "the surviving engine did not start exactly one /v1/completions response (the resumed stream)"
+    )
     # One stream, as if from one engine.
     assert len(chunk_ids) == 1, chunk_ids
     assert finishes == ["length"], finishes
-    assert usage is not None and usage.completion_tokens == max_tokens, usage
-    assert len(ids) == max_tokens, f"the client got {len(ids)} tokens, asked for {max_tokens}"
+    assert usage is not None and usage.completion_tokens == MAX_TOKENS, usage
+    assert len(ids) == MAX_TOKENS, f"the client got {len(ids)} tokens, asked for {MAX_TOKENS}"
     # Two engine streams: the first engine's, and the survivor's that starts where the
     # client was: its prompt = original prompt ids + exactly the ids relayed so far.
     assert len(prompts) == 2, [(n, len(p)) for n, p in prompts]
     (n0, original), (n1, resumed) = prompts
-    assert n0 == 0 and 1 <= n1 < max_tokens, (n0, n1)
+    assert n0 == 0 and 1 <= n1 < MAX_TOKENS, (n0, n1)
     assert resumed == original + ids[:n1], "the resumed prompt is not the original prompt plus the relayed ids"
     assert usage.prompt_tokens == len(original), usage
-    survivor = 1 - killed[0]
     metrics = httpx.get(stack["router"] + "/metrics", timeout=5).text
     migrations = sum(float(v) for v in re.findall(r"^kubetier_router_migrations_total\{[^}]*\} (\S+)", metrics, re.M))
     assert migrations == 1, f"the router recorded {migrations} mid-stream migrations, expected 1"

@@ -6,25 +6,36 @@
 A byte-level BPE tokenizer (vocabulary 2,000) trained on the Python standard library's
 own sources, wrapped with a chat template, and a LlamaConfig model: hidden 256, 4 heads
 (head_dim 64: vLLM's CPU attention kernels refuse head_dim 16 on AVX2), 2 KV heads,
-intermediate 512, 2 layers, random weights (about 2.2 M parameters). It generates
-nonsense, quickly: enough to exercise vLLM's real server, scheduler, streaming, token-id
-prompts and metrics. Idempotent: an existing complete DIR is kept.
+intermediate 512, 2 layers, random weights (about 2.2 M parameters), 8,192 positions.
+It generates nonsense, quickly: enough to exercise vLLM's real server, scheduler,
+streaming, token-id prompts and metrics. The positions are there so one answer can be long
+enough to kill its engine well inside the stream (the kill-and-resume test: 4,000 tokens;
+with 2,048 positions 1,500 tokens took 3.7 s). Idempotent: an existing complete DIR built
+with the same positions is kept.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import sysconfig
 from pathlib import Path
 
+MAX_POSITIONS = 8192
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
 
+def complete(out: Path) -> bool:
+    if not ((out / "config.json").is_file() and (out / "tokenizer.json").is_file() and any(out.glob("*.safetensors"))):
+        return False
+    return json.loads((out / "config.json").read_text()).get("max_position_embeddings") == MAX_POSITIONS
+
+
 def build(out: Path) -> None:
-    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file() and any(out.glob("*.safetensors")):
+    if complete(out):
         print(f"tiny model: cached at {out}")
         return
     import torch
@@ -56,7 +67,7 @@ def build(out: Path) -> None:
         num_key_value_heads=2,
         intermediate_size=512,
         num_hidden_layers=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=MAX_POSITIONS,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         torch_dtype="bfloat16",

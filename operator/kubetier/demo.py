@@ -53,6 +53,7 @@ from kubetier.api.labels import (
 )
 from kubetier.api.modelservice import API_VERSION
 from kubetier.localdev.access import Kubectl, find_kubectl, service_account_objects, token_kubeconfig
+from kubetier.localdev.fake_nodes import recreatable_node
 from kubetier.localdev.processes import free_loopback_port, start_process, stop_process
 from kubetier.stats import percentile
 
@@ -300,18 +301,8 @@ def preemption_notice(kubectl: Kubectl, ns: str, base_url: str, delay_s: float, 
 def restore_node(kubectl: Kubectl, node: dict) -> None:
     """Put a deleted fake node back as it was (labels, taints without the notice, capacity)."""
     meta = node["metadata"]
-    taints = [t for t in (node.get("spec") or {}).get("taints", []) if t["key"] != NOTICE_TAINT["key"]]
-    body = {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": meta["name"],
-            "labels": meta.get("labels", {}),
-            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("kwok.x-k8s.io/")},
-        },
-        "spec": {"taints": taints},
-        "status": {"capacity": node["status"]["capacity"], "allocatable": node["status"]["allocatable"]},
-    }
+    body = recreatable_node(node, {NOTICE_TAINT["key"]})
+    taints = body["spec"]["taints"]
     if kubectl("get", "node", meta["name"], "--ignore-not-found", check=False).strip():
         kubectl(
             "patch", "node", meta["name"], "--type=merge", "-p", json.dumps({"spec": {"taints": taints}}), check=False

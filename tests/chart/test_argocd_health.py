@@ -53,6 +53,11 @@ def ms(generation: int = 2, status: dict | None = None) -> dict:
     return obj
 
 
+def health_with(*conditions: dict) -> tuple[str, str]:
+    """The health of a ModelService whose status is current (generation 2) with ``conditions``."""
+    return health(ms(status={"observedGeneration": 2, "conditions": list(conditions)}))
+
+
 def test_no_status_is_progressing():
     assert health(ms(status=None))[0] == "Progressing"
     assert health(ms(status={}))[0] == "Progressing"
@@ -64,61 +69,33 @@ def test_stale_generation_is_progressing_even_if_ready():
 
 
 def test_ready_is_healthy():
-    status, message = health(
-        ms(
-            status={
-                "observedGeneration": 2,
-                "conditions": [
-                    cond("Ready", "True", "AllTiersReady", "3 tiers ready"),
-                    cond("Degraded", "False"),
-                    cond("SLOAtRisk", "Unknown"),
-                ],
-            }
-        )
+    status, message = health_with(
+        cond("Ready", "True", "AllTiersReady", "3 tiers ready"),
+        cond("Degraded", "False"),
+        cond("SLOAtRisk", "Unknown"),
     )
     assert (status, message) == ("Healthy", "3 tiers ready")
 
 
 def test_slo_at_risk_stays_healthy_with_a_message():
-    status, message = health(
-        ms(
-            status={
-                "observedGeneration": 2,
-                "conditions": [
-                    cond("Ready", "True"),
-                    cond("SLOAtRisk", "True", "AttainmentLow", "interactive at 71% < 95%"),
-                ],
-            }
-        )
+    status, message = health_with(
+        cond("Ready", "True"),
+        cond("SLOAtRisk", "True", "AttainmentLow", "interactive at 71% < 95%"),
     )
     assert status == "Healthy" and "interactive at 71%" in message
 
 
 def test_degraded_wins():
-    status, message = health(
-        ms(
-            status={
-                "observedGeneration": 2,
-                "conditions": [
-                    cond("Ready", "False"),
-                    cond("Degraded", "True", "InsufficientGPUs", "needs 16 NVIDIA-H100, 8 schedulable"),
-                ],
-            }
-        )
+    status, message = health_with(
+        cond("Ready", "False"),
+        cond("Degraded", "True", "InsufficientGPUs", "needs 16 NVIDIA-H100, 8 schedulable"),
     )
     assert status == "Degraded" and message == "InsufficientGPUs: needs 16 NVIDIA-H100, 8 schedulable"
 
 
 def test_not_ready_is_progressing():
-    status, message = health(
-        ms(
-            status={
-                "observedGeneration": 2,
-                "conditions": [
-                    cond("Ready", "False", "TiersNotReady", "batch: 1/3 ready"),
-                    cond("Progressing", "True"),
-                ],
-            }
-        )
+    status, message = health_with(
+        cond("Ready", "False", "TiersNotReady", "batch: 1/3 ready"),
+        cond("Progressing", "True"),
     )
     assert (status, message) == ("Progressing", "TiersNotReady: batch: 1/3 ready")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import uvloop
 
-from kubetier.engine_sim.app import EngineSimulator, SimConfig
-from kubetier.lean_http import close_connections, port_of
-from kubetier.policy.latency import load_profile
+from engine_sim_servers import InProcessEngines
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -19,16 +17,6 @@ def pytest_asyncio_loop_factories(config, item):
 @pytest.fixture
 async def sim_server():
     """``sim, base_url = await sim_server(time_scale=..., ...)`` (SimConfig fields)."""
-    started = []
-
-    async def _start(profile: str = "llama-3.1-8b-h100", **config):
-        sim = EngineSimulator(load_profile(profile), SimConfig(**config))
-        server = await sim.serve("127.0.0.1", 0)
-        started.append((sim, server))
-        return sim, f"http://127.0.0.1:{port_of(server)}"
-
-    yield _start
-    for sim, server in started:
-        server.close()
-        close_connections(server)
-        await sim.stop()
+    engines = InProcessEngines()
+    yield engines.start
+    await engines.close()

@@ -13,27 +13,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
 import yaml
 
+from kubetier.localdev.processes import free_loopback_port, kubetier_command, started_process
 from kubetier.observability.main import RULES_FILE, rules_yaml
 
 # Two real engines start in about a minute each on an idle 2-core machine, several under load.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(check: Callable[[], object], what: str, timeout: float = 60.0) -> object:
@@ -48,28 +39,8 @@ def wait_until(check: Callable[[], object], what: str, timeout: float = 60.0) ->
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
-@contextlib.contextmanager
-def started(argv: list[str], log: Path) -> Iterator[subprocess.Popen]:
-    with log.open("wb") as out:
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield p
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
-
-
-def kubetier(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kubetier.cli", *args]
-
-
 def test_prometheus_scrapes_router_and_engines_and_rules_fire(prometheus, tmp_path):
-    e1, e2, router, prom = free_port(), free_port(), free_port(), free_port()
+    e1, e2, router, prom = free_loopback_port(), free_loopback_port(), free_loopback_port(), free_loopback_port()
     (tmp_path / "router.yaml").write_text(
         yaml.safe_dump(
             {
@@ -110,18 +81,20 @@ def test_prometheus_scrapes_router_and_engines_and_rules_fire(prometheus, tmp_pa
     api = f"http://127.0.0.1:{prom}/api/v1"
     with contextlib.ExitStack() as stack:
         engine1 = stack.enter_context(
-            started(
-                kubetier("engine-sim", "--port", str(e1), "--model", "m", "--time-scale", "10"), tmp_path / "e1.log"
+            started_process(
+                kubetier_command("engine-sim", "--port", str(e1), "--model", "m", "--time-scale", "10"),
+                tmp_path / "e1.log",
             )
         )
         stack.enter_context(
-            started(
-                kubetier("engine-sim", "--port", str(e2), "--model", "m", "--time-scale", "10"), tmp_path / "e2.log"
+            started_process(
+                kubetier_command("engine-sim", "--port", str(e2), "--model", "m", "--time-scale", "10"),
+                tmp_path / "e2.log",
             )
         )
         stack.enter_context(
-            started(
-                kubetier(
+            started_process(
+                kubetier_command(
                     "router",
                     "--port",
                     str(router),
@@ -134,7 +107,7 @@ def test_prometheus_scrapes_router_and_engines_and_rules_fire(prometheus, tmp_pa
             )
         )
         stack.enter_context(
-            started(
+            started_process(
                 [
                     prometheus,
                     f"--config.file={tmp_path / 'prometheus.yml'}",

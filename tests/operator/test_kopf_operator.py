@@ -5,7 +5,9 @@ the cluster has settled its resync timer makes no writes at all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import kopf
 import pytest
@@ -41,33 +43,17 @@ def write_kubeconfig(path, url):
     )
 
 
-def ready(fake) -> str | None:
-    body = fake.get("ModelService", "default", "llama-8b") or {}
-    return next((c["status"] for c in (body.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), None)
-
-
-@pytest.mark.timeout(60)
-async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeypatch):
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "fake",
-                "clusters": [{"name": "fake", "cluster": {"server": fake_kube.url}}],
-                "users": [{"name": "u", "user": {"token": "test-token"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": "default"}}],
-            }
-        )
-    )
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+@contextlib.asynccontextmanager
+async def operator_running(fake_kube, tmp_path, monkeypatch, resync_seconds: float) -> AsyncIterator[kopf.Memo]:
+    """The kopf operator in this event loop, logged in to ``fake_kube`` from a kubeconfig,
+    the cluster's nodes in place; yields its memo once it is ready, stops it on leaving."""
+    write_kubeconfig(tmp_path / "kubeconfig", fake_kube.url)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     for node in cluster_nodes():
         fake_kube.put(node)
-
     registry = kopf.OperatorRegistry()
-    operator_main.register(registry, modelservice_resync_seconds=0.3)
+    operator_main.register(registry, modelservice_resync_seconds=resync_seconds)
     stop, started = asyncio.Event(), asyncio.Event()
     memo = kopf.Memo(config=OperatorConfig())
     operator = asyncio.create_task(
@@ -77,6 +63,20 @@ async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeyp
     )
     try:
         await asyncio.wait_for(started.wait(), 15)
+        yield memo
+    finally:
+        stop.set()
+        await asyncio.wait_for(operator, 20)
+
+
+def ready(fake) -> str | None:
+    body = fake.get("ModelService", "default", "llama-8b") or {}
+    return next((c["status"] for c in (body.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), None)
+
+
+@pytest.mark.timeout(60)
+async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeypatch):
+    async with operator_running(fake_kube, tmp_path, monkeypatch, resync_seconds=0.3) as memo:
         fake_kube.put(sample_body())
 
         await wait_for(lambda: len(fake_kube.of_kind("Deployment")) == 5, what="Deployments applied")
@@ -113,31 +113,13 @@ async def test_operator_end_to_end_against_fake_api(fake_kube, tmp_path, monkeyp
             lambda: fake_kube.get("Deployment", "default", "llama-8b-batch")["spec"]["replicas"] == 2,
             what="batch scaled to 2",
         )
-    finally:
-        stop.set()
-        await asyncio.wait_for(operator, 20)
 
 
 @pytest.mark.timeout(60)
 async def test_child_and_pod_changes_reconcile_without_waiting_for_the_resync(fake_kube, tmp_path, monkeypatch):
     """With the resync timer out of the way (300 s), only the watches can make the
     operator notice pods becoming ready or a child deleted behind its back."""
-    write_kubeconfig(tmp_path / "kubeconfig", fake_kube.url)
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    for node in cluster_nodes():
-        fake_kube.put(node)
-    registry = kopf.OperatorRegistry()
-    operator_main.register(registry, modelservice_resync_seconds=300)
-    stop, started = asyncio.Event(), asyncio.Event()
-    memo = kopf.Memo(config=OperatorConfig())
-    operator = asyncio.create_task(
-        kopf.operator(
-            registry=registry, clusterwide=True, standalone=True, memo=memo, stop_flag=stop, ready_flag=started
-        )
-    )
-    try:
-        await asyncio.wait_for(started.wait(), 15)
+    async with operator_running(fake_kube, tmp_path, monkeypatch, resync_seconds=300) as memo:
         fake_kube.put(sample_body())
         await wait_for(lambda: ready(fake_kube) == "False", what="first status")
         run_controllers(fake_kube)  # pods appear and turn ready: watch events, not a resync
@@ -162,6 +144,3 @@ async def test_child_and_pod_changes_reconcile_without_waiting_for_the_resync(fa
         node["spec"] = {"unschedulable": True}
         fake_kube.store(node)
         await wait_for(lambda: controller.reconciles > before, timeout=5, what="reconcile after cordon")
-    finally:
-        stop.set()
-        await asyncio.wait_for(operator, 20)

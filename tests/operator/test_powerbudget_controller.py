@@ -83,6 +83,12 @@ def report(fake: FakeKube, name: str, watts: float, at: float, cap: float | None
     fake.store(n)
 
 
+def report_all(fake: FakeKube, watts: float, at: float) -> None:
+    """Every engine node of the domain reports ``watts`` at ``at``."""
+    for name in ("n-int", "n-std", "n-batch"):
+        report(fake, name, watts, at=at)
+
+
 @pytest.fixture
 def cluster():
     with FakeKube() as fake:
@@ -103,6 +109,17 @@ def events(fake: FakeKube) -> list[tuple[str, str]]:
     return [(e["type"], e["reason"]) for e in fake.of_kind("Event")]
 
 
+async def run_lift_all(fake: FakeKube) -> list[str]:
+    """The controller's clean-up when the budget is deleted: every cap and taint lifted."""
+    budget = fake.get("PowerBudget", None, "rack-a")
+    assert budget is not None
+    api = KubeClient.for_url(fake.url)
+    try:
+        return await lift_all(api, budget)
+    finally:
+        await api.aclose()
+
+
 async def run_tick(fake: FakeKube, memory: DomainMemory, now: float):
     api = KubeClient.for_url(fake.url)
     try:
@@ -113,8 +130,7 @@ async def run_tick(fake: FakeKube, memory: DomainMemory, now: float):
 
 async def test_above_the_cap_threshold_the_low_tier_is_capped_first(cluster):
     fake, memory = cluster, DomainMemory()
-    for name in ("n-int", "n-std", "n-batch"):
-        report(fake, name, 620, at=100)  # 1860 W = 93 % of 2000 W
+    report_all(fake, 620, at=100)  # 1860 W = 93 % of 2000 W
     r = await run_tick(fake, memory, 100)
     assert cap_of(fake, "n-batch") == "420"  # 60 % of 700 W
     assert cap_of(fake, "n-std") is None and cap_of(fake, "n-int") is None
@@ -128,29 +144,24 @@ async def test_above_the_cap_threshold_the_low_tier_is_capped_first(cluster):
     assert r.events == [] or r.events[0][1] == "CapsApplied"
 
     # Still hot 2 s later (escalateAfterSeconds): standard next, interactive never below the hard threshold.
-    for name in ("n-int", "n-std", "n-batch"):
-        report(fake, name, 620, at=102)
+    report_all(fake, 620, at=102)
     await run_tick(fake, memory, 102)
     assert cap_of(fake, "n-std") == "420" and cap_of(fake, "n-int") is None
-    for name in ("n-int", "n-std", "n-batch"):
-        report(fake, name, 620, at=110)
+    report_all(fake, 620, at=110)
     await run_tick(fake, memory, 110)
     assert cap_of(fake, "n-int") is None
 
 
 async def test_caps_lift_with_hysteresis_and_events_tell_the_story(cluster):
     fake, memory = cluster, DomainMemory()
-    for name in ("n-int", "n-std", "n-batch"):
-        report(fake, name, 500, at=100)  # 75 %: normal
+    report_all(fake, 500, at=100)  # 75 %: normal
     await run_tick(fake, memory, 100)
-    for name in ("n-int", "n-std", "n-batch"):
-        report(fake, name, 620, at=101)
+    report_all(fake, 620, at=101)
     await run_tick(fake, memory, 101)
     assert cap_of(fake, "n-batch") == "420"
     assert ("Normal", "CapsApplied") in events(fake)
     for t in (102, 104, 107):
-        for name in ("n-int", "n-std", "n-batch"):
-            report(fake, name, 300, at=t)  # 45 %: below the uncap threshold
+        report_all(fake, 300, at=t)  # 45 %: below the uncap threshold
         await run_tick(fake, memory, t)
     assert cap_of(fake, "n-batch") is None  # 5 s below the uncap threshold: lifted
     st = fake.get("PowerBudget", None, "rack-a")["status"]
@@ -161,8 +172,7 @@ async def test_caps_lift_with_hysteresis_and_events_tell_the_story(cluster):
 
 async def test_hard_threshold_brakes_every_node_and_counts_the_event(cluster):
     fake, memory = cluster, DomainMemory()
-    for name in ("n-int", "n-std", "n-batch"):
-        report(fake, name, 660, at=100)  # 99 %
+    report_all(fake, 660, at=100)  # 99 %
     await run_tick(fake, memory, 100)
     assert {cap_of(fake, n) for n in ("n-int", "n-std", "n-batch")} == {"315"}  # 45 % of 700 W
     st = fake.get("PowerBudget", None, "rack-a")["status"]
@@ -188,8 +198,7 @@ async def test_a_missing_agent_counts_at_its_maximum_and_makes_the_controller_ca
 
 async def test_status_counters_survive_a_controller_restart(cluster):
     fake = cluster
-    for name in ("n-int", "n-std", "n-batch"):
-        report(fake, name, 660, at=100)
+    report_all(fake, 660, at=100)
     memory = DomainMemory()
     await run_tick(fake, memory, 100)
     await run_tick(fake, memory, 104)
@@ -205,14 +214,9 @@ async def test_status_counters_survive_a_controller_restart(cluster):
 
 async def test_deleting_the_budget_lifts_its_caps(cluster):
     fake, memory = cluster, DomainMemory()
-    for name in ("n-int", "n-std", "n-batch"):
-        report(fake, name, 660, at=100)
+    report_all(fake, 660, at=100)
     await run_tick(fake, memory, 100)
-    api = KubeClient.for_url(fake.url)
-    try:
-        lifted = await lift_all(api, fake.get("PowerBudget", None, "rack-a"))
-    finally:
-        await api.aclose()
+    lifted = await run_lift_all(fake)
     assert sorted(lifted) == ["n-batch", "n-int", "n-std"]
     assert all(cap_of(fake, n) is None for n in lifted)
 
@@ -259,6 +263,20 @@ async def test_p99_window_holds_measured_draw_only(cluster):
     assert st["p99Watts"] == 800 and st["serversAllowed"] == 3
 
 
+def unschedulable(name: str, message: str, reason: str | None = "Unschedulable") -> dict:
+    """A batch replica the scheduler left Pending (PodScheduled False), saying ``message``."""
+    p = pod(name, "", "batch")
+    p["spec"] = {}
+    scheduled = {
+        "type": "PodScheduled",
+        "status": "False",
+        **({"reason": reason} if reason else {}),
+        "message": message,
+    }
+    p["status"] = {"phase": "Pending", "conditions": [scheduled]}
+    return p
+
+
 def taints_of(fake: FakeKube, name: str) -> list[dict]:
     return (fake.get("Node", None, name).get("spec") or {}).get("taints") or []
 
@@ -295,50 +313,27 @@ async def test_placement_closes_idle_nodes_at_the_allowed_count_judged_on_measur
     assert ("Normal", "PlacementHeld") in events(fake)
 
     # A replica the scheduler could not place because of the taint: said on the pod and in status.
-    pending = pod("batch-1", "", "batch")
-    pending["spec"] = {}
-    pending["status"] = {
-        "phase": "Pending",
-        "conditions": [
-            {
-                "type": "PodScheduled",
-                "status": "False",
-                "reason": "Unschedulable",
-                "message": "0/5 nodes are available: 2 node(s) had untolerated taint "
-                "{kubetier.io/power-budget: rack-a}, 3 Insufficient nvidia.com/gpu.",
-            }
-        ],
-    }
-    fake.put(pending)
+    fake.put(
+        unschedulable(
+            "batch-1",
+            "0/5 nodes are available: 2 node(s) had untolerated taint "
+            "{kubetier.io/power-budget: rack-a}, 3 Insufficient nvidia.com/gpu.",
+        )
+    )
     # kube-scheduler 1.34 does not name the taint: counted while this domain is closed.
-    unnamed = pod("batch-3", "", "batch")
-    unnamed["spec"] = {}
-    unnamed["status"] = {
-        "phase": "Pending",
-        "conditions": [
-            {
-                "type": "PodScheduled",
-                "status": "False",
-                "reason": "Unschedulable",
-                "message": "0/8 nodes are available: 1 node(s) had untolerated taint(s), 7 node(s) were unschedulable.",
-            }
-        ],
-    }
-    fake.put(unnamed)
+    fake.put(
+        unschedulable(
+            "batch-3", "0/8 nodes are available: 1 node(s) had untolerated taint(s), 7 node(s) were unschedulable."
+        )
+    )
     # Another budget's taint, named: not ours.
-    other = pod("batch-4", "", "batch")
-    other["spec"] = {}
-    other["status"] = {
-        "phase": "Pending",
-        "conditions": [
-            {
-                "type": "PodScheduled",
-                "status": "False",
-                "message": "0/5 nodes are available: 2 node(s) had untolerated taint {kubetier.io/power-budget: rack-b}.",
-            }
-        ],
-    }
-    fake.put(other)
+    fake.put(
+        unschedulable(
+            "batch-4",
+            "0/5 nodes are available: 2 node(s) had untolerated taint {kubetier.io/power-budget: rack-b}.",
+            reason=None,
+        )
+    )
     reports(101, 266.0)  # measured: 3 x 266 W = 800 W placed
     await run_tick(fake, memory, 101)
     st = fake.get("PowerBudget", None, "rack-a")["status"]
@@ -382,11 +377,7 @@ async def test_placement_closes_idle_nodes_at_the_allowed_count_judged_on_measur
     fake.store(pb)
     await run_tick(fake, memory3, 105)
     assert taints_of(fake, "n-idle-2")[-1]["key"] == "kubetier.io/power-budget"
-    api = KubeClient.for_url(fake.url)
-    try:
-        await lift_all(api, fake.get("PowerBudget", None, "rack-a"))
-    finally:
-        await api.aclose()
+    await run_lift_all(fake)
     assert taints_of(fake, "n-idle-2") == [gpu_taint]
 
 

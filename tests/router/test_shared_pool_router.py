@@ -16,7 +16,6 @@ servers mostly stay where the tight tier needs them; the figures are printed).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from kubetier.api.routing import PoolBin, RoutingDocument, RoutingPool, RoutingT
 from kubetier.lean_http import port_of, start_server
 from kubetier.router.app import Router
 from kubetier.router.discovery import build_config
+from openai_stream import count_streamed_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -86,15 +86,7 @@ async def stream(
     client: httpx.AsyncClient, base: str, tier: str, prompt_words: int = 50, tokens: int = TOKENS
 ) -> tuple[int, int]:
     body = {"model": "m", "prompt": "hello " * prompt_words, "max_tokens": tokens, "stream": True}
-    tokens = 0
-    async with client.stream("POST", f"{base}/v1/completions", json=body, headers={"X-Kubetier-Tier": tier}) as r:
-        if r.status_code != 200:
-            await r.aread()
-            return r.status_code, 0
-        async for line in r.aiter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:]).get("choices"):
-                tokens += 1
-    return 200, tokens
+    return await count_streamed_tokens(client, base, tier, body)
 
 
 async def burst(profile: dict, ports: list[int], pool: bool) -> dict:

@@ -49,10 +49,9 @@ AVAILABILITY = [
 ]
 
 
-def _rows(output_tokens: int, notice_s: float):
-    sc = _scenario(output_tokens)
+def _compare(sc, notice_s: float, **options):
     # availability as absolute times: a stretch to the window would move the events
-    rows = compare_spot(
+    return compare_spot(
         sc,
         AVAILABILITY,
         floors={"tight": 1},
@@ -61,7 +60,12 @@ def _rows(output_tokens: int, notice_s: float):
         prices=Prices(4.0, 1.6),
         cfg=SpotConfig(fallback_after_s=30, return_after_s=60, over_provision=0),
         traces_dir=None,
+        **options,
     )
+
+
+def _rows(output_tokens: int, notice_s: float):
+    rows = _compare(_scenario(output_tokens), notice_s)
     return {r.outcome.policy: r for r in rows}
 
 
@@ -116,17 +120,7 @@ def test_deadline_aware_draining_keeps_admitting_only_what_finishes_in_time():
     sc = _scenario(50, mean_output_tokens=50)
 
     def run(notice_s, policies):
-        rows = compare_spot(
-            sc,
-            AVAILABILITY,
-            floors={"tight": 1},
-            rate_scale=1.0,
-            notice_s=notice_s,
-            prices=Prices(4.0, 1.6),
-            cfg=SpotConfig(fallback_after_s=30, return_after_s=60, over_provision=0),
-            traces_dir=None,
-            policies=policies,
-        )
+        rows = _compare(sc, notice_s, policies=policies)
         return {r.outcome.policy: r.outcome for r in rows}
 
     by = run(60.0, ("kubetier-drain", "kubetier"))

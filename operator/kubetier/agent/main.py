@@ -14,13 +14,7 @@ from typing import Any
 from kubetier.agent.backend import BackendError, PowerBackend
 from kubetier.agent.loop import Agent, AgentConfig
 from kubetier.api.node_power import NodePowerReport
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+from kubetier.argtypes import positive_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="simulated backend: an engine simulator's base URL on loopback, one per simulated GPU (repeat)",
     )
-    p.add_argument("--report-interval", type=_positive_float, default=1.0, help="seconds between reports (default: 1)")
+    p.add_argument("--report-interval", type=positive_float, default=1.0, help="seconds between reports (default: 1)")
     p.add_argument(
-        "--sample-interval", type=_positive_float, default=0.25, help="seconds between power samples (default: 0.25)"
+        "--sample-interval", type=positive_float, default=0.25, help="seconds between power samples (default: 0.25)"
     )
     p.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, else $KUBECONFIG)")
     p.add_argument(
@@ -71,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata-url", default=None, help="metadata endpoint base URL (default: the cloud's own)")
     p.add_argument("--vm-name", default="", help="Azure: this VM's name in scheduled events")
     p.add_argument(
-        "--preemption-interval", type=_positive_float, default=2.0, help="seconds between metadata polls (default: 2)"
+        "--preemption-interval", type=positive_float, default=2.0, help="seconds between metadata polls (default: 2)"
     )
     p.add_argument("--once", action="store_true", help="sample, print one report and exit (implies --no-kube)")
     p.add_argument("--log-level", default="INFO", help="(default: %(default)s)")

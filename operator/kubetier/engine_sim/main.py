@@ -6,36 +6,9 @@ import argparse
 import logging
 import sys
 
+from kubetier.argtypes import fraction, non_negative_float, positive_float, positive_int
 from kubetier.lean_http.server import serve_until_signalled, tcp_port
 from kubetier.policy.latency import DEFAULT_PROFILE, LatencyModel, ProfileError, load_profile
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,37 +27,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="", help="served model name (default: the profile's model)")
     parser.add_argument(
         "--model-load-seconds",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.0,
         help="simulated model load: /health answers 503 until it ends (default: 0)",
     )
     parser.add_argument(
         "--time-scale",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         help="speed-up: every duration is divided by this (default: 1 = real time)",
     )
     parser.add_argument(
         "--max-num-seqs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="running sequences at most (default: the profile's maxNumSeqs)",
     )
     parser.add_argument(
         "--max-model-len",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="prompt + output tokens at most (default: min(131072, KV capacity))",
     )
     parser.add_argument(
         "--mean-output-tokens",
-        type=_positive_float,
+        type=positive_float,
         default=256.0,
         help="mean output length of requests without max_tokens (default: %(default)s)",
     )
     parser.add_argument(
         "--request-overhead-ms",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=None,
         help="mean serving time before a request reaches the scheduler (HTTP, tokenization); "
         "default: the profile's requestOverheadMs; 0 times the engine iterations alone",
@@ -97,30 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--wake-seconds",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=1.0,
         help="time a level-1 /wake_up takes (vLLM: 0.26-0.82 s small models, 3-6 s large; default: %(default)s); "
         "a level-2 wake takes --model-load-seconds",
     )
     faults = parser.add_argument_group("fault injection")
     faults.add_argument(
-        "--slowdown", type=_positive_float, default=1.0, help="multiply every iteration's duration by F (default: 1)"
+        "--slowdown", type=positive_float, default=1.0, help="multiply every iteration's duration by F (default: 1)"
     )
     faults.add_argument(
         "--fail-fraction",
-        type=_fraction,
+        type=fraction,
         default=0.0,
         help="answer this fraction of generation requests with 500 (default: 0)",
     )
     faults.add_argument(
         "--abort-after-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="cut the connection after N tokens (all requests, or --abort-fraction of them)",
     )
     faults.add_argument(
         "--abort-fraction",
-        type=_fraction,
+        type=fraction,
         default=None,
         help="cut this fraction of requests mid-stream (at N tokens, or at a random token)",
     )

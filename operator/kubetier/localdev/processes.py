@@ -8,6 +8,7 @@ Standard library only, so it works before anything else is imported.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -76,6 +77,23 @@ def start_process(
     finally:
         if isinstance(log, Path) and out is not None and not isinstance(out, int):
             out.close()
+
+
+@contextlib.contextmanager
+def started_process(
+    argv: Sequence[str],
+    log: Path | IO[Any] | int | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    stop_timeout: float = 15.0,
+) -> Iterator[subprocess.Popen]:
+    """:func:`start_process` for a ``with`` block: the process (and its children) is
+    stopped with :func:`stop_process` when the block ends, also when it fails."""
+    proc = start_process(argv, log, env=env)
+    try:
+        yield proc
+    finally:
+        stop_process(proc, timeout=stop_timeout)
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:

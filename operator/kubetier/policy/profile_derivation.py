@@ -308,17 +308,9 @@ A100_SXM_80GB = Gpu(
     link_latency_s=15e-6,
 )
 
-# The 40GB part, only to hold the derivation to a measurement taken on it.
-A100_40GB = Gpu(
-    product="NVIDIA-A100-SXM4-40GB",
-    hbm_bytes_per_s=1.555e12,
-    bf16_flops=312e12,
-    memory_bytes=40960 * MIB,
-    tdp_watts=400.0,
-    idle_watts=55.0,
-    link_bytes_per_s=300e9 * 0.7,
-    link_latency_s=15e-6,
-)
+# The 40GB part, only to hold the derivation to a measurement taken on it: the 80GB part's
+# compute, power and NVLink, with less and slower HBM.
+A100_40GB = replace(A100_SXM_80GB, product="NVIDIA-A100-SXM4-40GB", hbm_bytes_per_s=1.555e12, memory_bytes=40960 * MIB)
 
 LLAMA_31_8B = Model(
     "meta-llama/Llama-3.1-8B-Instruct", params=8.03e9, layers=32, hidden=4096, kv_heads=8, head_dim=128, vocab=128256

@@ -41,6 +41,11 @@ Rules of kind ``"slo"`` (PolyServe, 2025), for a request of tier T:
 4. **Wait** when no server is feasible but the request could still meet its TTFT once
    capacity frees or a scale-up lands (``scale_up_s``); ``retry_after_s`` then says how
    long it can wait before it is late. A "wait" is the demand signal for the tier.
+   Except (``rescue``): a request of a rejecting tier whose wait budget is shorter than
+   a running sequence of its tier takes to finish (mean output x TPOT) would only wait
+   to be rejected; it goes to the least loaded server running at most one sequence that
+   passes every check but the prefill burst (one possible miss for one certain one;
+   :func:`~kubetier.policy.routing_slo.rescue_route`).
 5. **Late.** When even an idle server could no longer deliver the first token in time
    (waited + scale_up_s + prefill of the prompt > TTFT): tier ``on_late="reject"`` ->
    ``reject`` with ``retry_after_s``; ``on_late="queue"`` -> route ignoring the
@@ -61,7 +66,9 @@ lag they push the host's running requests behind their deadlines is bounded on i
 (``burst_slack`` of the host's TTFT), and prefill estimates include each prompt's
 attention to its earlier chunks (``IterationCosts.context_s``): without either the policy
 packed 10-20k-token prompts onto one busy server beside an idle one (held-out seeds
-2023, 4001; kubetier/sim/README.md).
+2023, 4001; kubetier/sim/README.md). The burst lag and the per-token credit draw on the
+same slack (``shared_slack``): the lag a burst takes lowers the per-token limit by
+lag / (host tier's mean output), so the two allowances are not both spent in full.
 Iteration costs are scaled by each model's learned correction
 (:mod:`latency_learning`), so router and simulator admit by what they observe, not only
 by the profile.
@@ -82,7 +89,7 @@ from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing_baselines import decide_least_loaded, decide_pool, decide_round_robin
 from kubetier.policy.routing_costs import INF, MEMO_LIMIT
 from kubetier.policy.routing_index import Bin, ServerIndex
-from kubetier.policy.routing_slo import decide_slo, rebin_idle_server
+from kubetier.policy.routing_slo import decide_slo, rebin_idle_server, rescue_route
 from kubetier.policy.traffic import PRIOR_PROMPT_TOKENS, TierTraffic
 
 __all__ = ["HOST_PROBE_PROMPT_TOKENS", "KINDS", "POLICIES", "Decision", "RoutingPolicy", "ServerLoad", "TierSLO"]
@@ -110,6 +117,14 @@ PROTECTED_SLACK = 0.25
 # Equal to PROTECTED_SLACK, the credit those requests are assumed to hold; 0 = off.
 # From held-out seed 2023 (0.59x -> see kubetier/sim/README.md), no sweep.
 BURST_SLACK = 0.25
+# The burst lag and the per-token credit share one slack: the lag a burst takes lowers
+# the per-token limit by lag / (host tier's mean output) (routing_feasibility.feasible;
+# held-out seed 4011, kubetier/sim/README.md). False checks them apart (the earlier rule).
+SHARED_SLACK = True
+# A request that found no feasible server and cannot wait for a batch to drain goes to a
+# server running at most one sequence that passes every check but the prefill burst
+# (routing_slo.rescue_route; held-out seeds 2019, 5003). False: it waits (the earlier rule).
+RESCUE = True
 # Busy looser-bin servers may move to a tight bin that has no room (rule 3).
 PULL_LOADED = True
 
@@ -224,6 +239,8 @@ class RoutingPolicy(ServerIndex):
         protected_slack: float = PROTECTED_SLACK,
         pull_loaded: bool = PULL_LOADED,
         burst_slack: float = BURST_SLACK,
+        shared_slack: bool = SHARED_SLACK,
+        rescue: bool = RESCUE,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"routing kind {kind!r} is unknown (known: {', '.join(KINDS)})")
@@ -245,6 +262,8 @@ class RoutingPolicy(ServerIndex):
         # INF disables the check (feasible's default); 0 would forbid any lag at all
         self.burst_slack = burst_slack if burst_slack > 0 else _INF
         self.pull_loaded = pull_loaded
+        self.shared_slack = shared_slack
+        self.rescue = rescue
         self.tpot_headroom = tpot_headroom
         self.ttft_headroom = ttft_headroom
         self._ttft_factor = 1.0 - ttft_headroom
@@ -330,16 +349,26 @@ class RoutingPolicy(ServerIndex):
         # A late request of a queueing tier only needs to leave others unharmed.
         # The headroom applies to the slack beyond the prompt's own (fastest) prefill:
         # a long prompt that an idle server can still serve in time is not refused.
-        d = self._decide_fn(
-            self, t, prompt_tokens, _INF if late else idle + (ttft_s - waited_s - idle) * self._ttft_factor
-        )
+        budget = _INF if late else idle + (ttft_s - waited_s - idle) * self._ttft_factor
+        d = self._decide_fn(self, t, prompt_tokens, budget)
         if d is not None:
             return d
         if late:
             return Decision("wait", None, reason="late-queued", retry_after_s=0.0)
-        return Decision(
-            "wait", None, reason="no-feasible-server", retry_after_s=self._wait_budget(t, prompt_tokens, waited_s)
-        )
+        wait_s = self._wait_budget(t, prompt_tokens, waited_s)
+        # Rule 4's exception: a rejecting tier's request whose wait budget is shorter than
+        # a running sequence of its tier takes to finish (mean output x TPOT) would only
+        # wait to be rejected (routing_slo.rescue_route).
+        if (
+            self.rescue
+            and self.kind == "slo"
+            and t.on_late == "reject"
+            and wait_s < self.traffic[t.name].h * self._bins[t.name].tpot_s
+        ):
+            d = rescue_route(self, t, prompt_tokens, budget)
+            if d is not None:
+                return d
+        return Decision("wait", None, reason="no-feasible-server", retry_after_s=wait_s)
 
     def _route(self, sid: str, reason: str) -> Decision:
         d = self._route_cache.get((sid, reason))
