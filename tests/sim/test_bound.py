@@ -7,7 +7,7 @@ import pytest
 
 from kubetier.policy.latency import load_profile
 from kubetier.sim import runner
-from kubetier.sim.bound import WorkModel, work_models
+from kubetier.sim.bound import WorkModel, necessary_condition, work_models
 from kubetier.sim.generate import generate
 from kubetier.sim.scenario import parse_scenario
 from kubetier.sim.workload import superpose
@@ -53,7 +53,7 @@ def test_work_model_charges_are_lower_bounds_of_the_profile():
     assert not np.isfinite(w[1])  # a million-token prompt cannot get a first token in 2 s
 
 
-@pytest.mark.parametrize("seed", [11, 12, 13])
+@pytest.mark.parametrize("seed", [11, 12, 13, 14, 15])
 def test_no_policy_passes_where_the_bound_says_impossible(seed):
     doc = generate(seed, max_servers=10, target_requests=600)
     doc["goodput"] = {"minScale": 1 / 256, "maxScale": 4096, "iterations": 3}
@@ -82,3 +82,56 @@ def test_generator_min_duration_shortens_windows_but_keeps_the_draw():
         # same tiers, fleet and sources: only the window (and the diurnal period with it) differs
         assert short["tiers"] == long["tiers"] and short["fleet"] == long["fleet"]
         assert [s.keys() for s in short["workload"]["sources"]] == [s.keys() for s in long["workload"]["sources"]]
+
+
+def test_a_burst_is_charged_inside_its_own_interval_not_averaged_over_the_window():
+    model = load_profile("llama-3.1-8b-h100")
+    wms = work_models(model)
+    tiers = [(1.0, 0.05, 100.0)]  # TTFT 1 s, TPOT 50 ms, every request on time
+    n = 200
+    prompt = np.full(n, 2000)
+    output = np.full(n, 20)
+    tier = np.zeros(n, dtype=np.int64)
+    spread = np.linspace(0.0, 99.0, n)  # 2 requests/s over the whole window
+    burst = np.linspace(0.0, 0.5, n)  # the same requests within half a second
+    args = (prompt, output, tier, 0.0, 100.0, tiers, wms)
+    calm = necessary_condition(spread, *args, n_servers=1)
+    bursty = necessary_condition(burst, *args, n_servers=1)
+    assert calm < 1.0 < bursty  # one server: fine when spread, impossible as a burst
+    # the burst needs at least its 200 prompts' prefill charge within ~1.5 s (TTFT + 19 TPOT)
+    wp, _ = wms[0].prefill_parts(prompt)
+    assert bursty >= float(wp.sum()) / (1.0 + 19 * 0.05 + 0.5) * 0.99
+    # a miss budget lets the fleet drop the most expensive: a 50% target halves the need
+    half = necessary_condition(burst, prompt, output, tier, 0.0, 100.0, [(1.0, 0.05, 50.0)], wms, n_servers=1)
+    assert half <= 0.51 * bursty
+
+
+def test_prefix_work_grows_with_the_tokens_due_and_matches_the_whole_request():
+    model = load_profile("llama-3.1-8b-h100")
+    wm = WorkModel.of(model, 0.5)
+    p = np.array([500.0, 500.0, 500.0])
+    _, pf = wm.prefill_parts(p)
+    ttft = 1.0 - wm.overhead_s
+    q = np.array([0.0, 10.0, 99.0])
+    w = wm.decode_prefix_work(q, p, pf, ttft, 0.04)
+    assert w[0] == 0.0 and 0.0 < w[1] < w[2]
+    whole, _ = wm.request_work(np.array([500]), np.array([100]), 1.0, 0.04)
+    assert whole[0] == pytest.approx(wm.prefill_parts(np.array([500]))[0][0] + w[2])
+    # context attention is charged: a 20k prompt costs more than 10x a 2k one
+    wp, _ = wm.prefill_parts(np.array([2048, 20480]))
+    assert wp[1] > 10.0 * wp[0] * 1.05
+
+
+def test_best_partition_reports_a_split_that_passes_in_real_runs_and_stays_under_the_bound():
+    from kubetier.sim.partition import best_partition, tier_alone_passes
+
+    doc = generate(12, max_servers=8, target_requests=300, min_duration_s=60.0)
+    sc = parse_scenario(doc)
+    model = load_profile(sc.profile)
+    bound = runner.bound_scale(sc, model, None, iterations=4)
+    part = best_partition(sc, model, None, hi_scale=bound / 2, lo_scale=bound / 16, iterations=2, ceiling=bound)
+    assert 0 < part.scale <= bound
+    assert sum(part.servers.values()) == runner.n_servers(sc)
+    for k, t in enumerate(sc.tiers):
+        assert tier_alone_passes(sc, model, k, part.servers[t.name], part.scale, None)
+    assert part.runs > 0

@@ -4,6 +4,12 @@ A synthetic three-tier workload (Poisson arrivals, conversation-like lengths) of
 a fraction of the fleet's fluid estimate, run through the kubetier policy on one core.
 Prints the rate, the peak memory and the top cProfile entries; writes JSON. It is a
 benchmark: it asserts nothing about wall-clock time.
+
+``--compare least-loaded`` (the default) runs the same arrivals through that baseline in
+the same process right after, and reports both rates, their ratio (absolute rates vary
+2x between machines and with other tenants; the ratio much less) and every tier's
+attainment under both policies side by side (at 1,000 servers this is the "every tier at
+least least-loaded's attainment, from an empty fleet" check).
 """
 
 from __future__ import annotations
@@ -80,6 +86,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--profile", default="llama-3.1-8b-h100")
     p.add_argument("--policy", default="kubetier")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile pass")
+    p.add_argument(
+        "--compare",
+        default="least-loaded",
+        help="baseline run on the same arrivals after the policy, for ratios (default least-loaded; 'none' skips it)",
+    )
     p.add_argument("--output", type=Path, default=None, help="JSON result file")
     args = p.parse_args(argv)
 
@@ -93,34 +104,50 @@ def main(argv: list[str]) -> int:
     def progress(n: int) -> None:
         print(f"\r  {n:,} requests", end="", file=sys.stderr, flush=True)
 
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    r = runner.run_once(sc, args.policy, 1.0, model, None, progress=progress)
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - c0
-    print(file=sys.stderr)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    result = {
-        "servers": args.servers,
-        "requests": r.requests,
-        "policy": args.policy,
-        "offeredRps": rate,
-        "wallS": wall,
-        "cpuS": cpu,
-        "simRequestsPerWallS": r.requests / wall,
-        "simRequestsPerCpuS": r.requests / cpu,
-        "serverSteps": r.steps,
-        "stepsPerRequest": r.steps / max(1, r.requests),
-        "peakRssMb": rss_mb,
-        "simulatedS": r.makespan_s,
-        "attainment": {t.name: t.attainment_deadline for t in r.tiers},
-    }
-    print(
-        f"simulated {r.requests:,} requests in {wall:.2f} s wall / {cpu:.2f} s CPU: "
-        f"{r.requests / wall:,.0f} req/s wall, {r.requests / cpu:,.0f} req/s CPU "
-        f"({r.steps / max(1, r.requests):.2f} server steps per request, peak RSS {rss_mb:.0f} MB)"
-    )
-    print("attainment: " + ", ".join(f"{k} {v:.1f}%" for k, v in result["attainment"].items()))
+    def one(policy: str) -> dict:
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        r = runner.run_once(sc, policy, 1.0, model, None, progress=progress)
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        print(file=sys.stderr)
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        out = {
+            "servers": args.servers,
+            "requests": r.requests,
+            "policy": policy,
+            "offeredRps": rate,
+            "wallS": wall,
+            "cpuS": cpu,
+            "simRequestsPerWallS": r.requests / wall,
+            "simRequestsPerCpuS": r.requests / cpu,
+            "serverSteps": r.steps,
+            "stepsPerRequest": r.steps / max(1, r.requests),
+            "peakRssMb": rss_mb,
+            "simulatedS": r.makespan_s,
+            "attainment": {t.name: t.attainment_deadline for t in r.tiers},
+        }
+        print(
+            f"{policy}: simulated {r.requests:,} requests in {wall:.2f} s wall / {cpu:.2f} s CPU: "
+            f"{r.requests / wall:,.0f} req/s wall, {r.requests / cpu:,.0f} req/s CPU "
+            f"({r.steps / max(1, r.requests):.2f} server steps per request, peak RSS {rss_mb:.0f} MB)"
+        )
+        print("  attainment: " + ", ".join(f"{k} {v:.1f}%" for k, v in out["attainment"].items()))
+        return out
+
+    result = one(args.policy)
+    if args.compare and args.compare != "none" and args.compare != args.policy:
+        base = one(args.compare)
+        result["baseline"] = base
+        result["cpuRateRatioToBaseline"] = result["simRequestsPerCpuS"] / base["simRequestsPerCpuS"]
+        result["attainmentMinusBaseline"] = {
+            k: result["attainment"][k] - base["attainment"][k] for k in result["attainment"]
+        }
+        print(
+            f"{args.policy} / {args.compare}: simulated req/s per CPU-s ratio {result['cpuRateRatioToBaseline']:.2f}; "
+            "attainment difference per tier: "
+            + ", ".join(f"{k} {v:+.1f} pts" for k, v in result["attainmentMinusBaseline"].items())
+        )
     if not args.no_profile:
         n = min(args.requests, 50_000)
         sc2, model2, _rate2, _ = bench_scenario(args.servers, n, args.load, args.profile)

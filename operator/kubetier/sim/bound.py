@@ -73,6 +73,8 @@ class WorkModel:
     kappa: float  # least decode-time slope per KV token
     hull_u: np.ndarray  # decreasing part of conv h: iteration times ...
     hull_h: np.ndarray  # ... and per-sequence charges (non-increasing)
+    ctx_a: float = 0.0  # the profile's cost of one (chunk token, earlier prompt token) pair
+    overhead_s: float = 0.0  # the profile's per-request overhead, spent before admission
 
     @classmethod
     def of(cls, model: LatencyModel, theta: float = 0.0) -> WorkModel:
@@ -100,24 +102,67 @@ class WorkModel:
             vals = [model.decode_iteration_s(b, k) for k in kv_grid]
             for a, c, ka, kc in zip(vals, vals[1:], kv_grid, kv_grid[1:]):
                 kappa = min(kappa, (c - a) / (kc - ka))
-        return cls(c_min, c_time, p0, mbt, max(0.0, kappa), hu[: j + 1], hh[: j + 1])
+        return cls(
+            c_min,
+            c_time,
+            p0,
+            mbt,
+            max(0.0, kappa),
+            hu[: j + 1],
+            hh[: j + 1],
+            max(0.0, model.context_s_per_pair),
+            max(0.0, model.request_overhead_s),
+        )
+
+    def prefill_parts(self, prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(least charge, least time) of each prompt's own prefill iterations.
+
+        Attention to earlier chunks: a prompt of p tokens cut into chunks of at most
+        ``mbt`` has ``(p^2 - sum c_i^2) / 2`` (chunk token, earlier token) pairs, least when
+        the chunks are as large as possible; each costs ``ctx_a`` in the iteration that
+        carries the chunk (``iteration_s``'s ``a * x`` term), so it is the prompt's own."""
+        p = prompt.astype(np.float64)
+        full = np.floor(p / self.mbt)
+        rest = p - full * self.mbt
+        pairs = np.maximum(0.0, (p * p - full * self.mbt * self.mbt - rest * rest) / 2.0)
+        ctx = self.ctx_a * pairs
+        return self.c_min * p + ctx, np.ceil(p / self.mbt) * self.p0 + self.c_time * p + ctx
+
+    def decode_prefix_work(
+        self, q: np.ndarray, p: np.ndarray, pf: np.ndarray, ttft_s: float, tpot_s: float
+    ) -> np.ndarray:
+        """Least charge of a request's first ``q`` decode iterations (tokens 2..q+1, the
+        last due ``ttft + q*tpot`` after arrival), given its prompt ``p`` and least prefill
+        time ``pf``. The q iterations run after its prefill, so they take at most
+        ``ttft + q*tpot - pf`` together; each is at least ``D(B, 0) + kappa * own KV``
+        (own KV ``p + j`` at the j-th), so their ``D(B, 0)`` parts sum to at most
+        ``x*q`` with ``x = (ttft + q*tpot - pf - kappa*(q*p + q(q+1)/2)) / q``, and Jensen
+        gives a charge of at least ``q * H(x) + kappa * (q*p + q(q+1)/2)``. Where x is
+        below the single-sequence iteration, the tokens cannot be on time: inf."""
+        q = q.astype(np.float64)
+        kv = q * p + q * (q + 1.0) / 2.0
+        has = q > 0
+        qs = np.maximum(q, 1.0)
+        x = (ttft_s + q * tpot_s - pf - self.kappa * kv) / qs
+        ok = ~has | (x >= self.hull_u[0] - 1e-15)
+        per_tok = np.interp(np.clip(x, self.hull_u[0], self.hull_u[-1]), self.hull_u, self.hull_h)
+        work = np.where(has, q * per_tok + self.kappa * kv, 0.0)
+        return np.where(ok, work, np.inf)
 
     def request_work(
         self, prompt: np.ndarray, output: np.ndarray, ttft_s: float, tpot_s: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Least server-seconds each request needs if served on time (inf: cannot be)."""
+        """Least server-seconds each request needs if served on time (inf: cannot be),
+        and its life (last deadline after arrival). ``ttft_s`` is the tier's TTFT; the
+        profile's per-request overhead is spent before admission (as the simulator
+        and a real router see it), so the prefill has ``ttft_s - overhead_s``."""
+        ttft = ttft_s - self.overhead_s
         p = prompt.astype(np.float64)
         m = np.maximum(output.astype(np.float64) - 1.0, 0.0)
-        pf = np.ceil(p / self.mbt) * self.p0 + self.c_time * p
-        work = self.c_min * p + self.kappa * (m * p + m * (m + 1.0) / 2.0)
-        budget = ttft_s + m * tpot_s - pf
-        feasible = pf <= ttft_s + 1e-12
-        has_dec = m > 0
-        x = np.where(has_dec, budget / np.maximum(m, 1.0), np.inf)
-        feasible &= ~has_dec | (x >= self.hull_u[0] - 1e-15)
-        per_tok = np.interp(np.clip(x, self.hull_u[0], self.hull_u[-1]), self.hull_u, self.hull_h)
-        work = work + np.where(has_dec, m * per_tok, 0.0)
-        return np.where(feasible, work, np.inf), ttft_s + m * tpot_s
+        wp, pf = self.prefill_parts(prompt)
+        work = wp + self.decode_prefix_work(m, p, pf, ttft, tpot_s)
+        work = np.where(pf <= ttft + 1e-12, work, np.inf)
+        return work, ttft_s + m * tpot_s
 
 
 def _lower_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,56 +188,118 @@ def necessary_condition(
     tiers: list[tuple[float, float, float]],
     wms: list[WorkModel],
     n_servers: int,
-    grid: int = 40,
+    grid: int = 16,
+    stop_above: float = math.inf,
 ) -> float:
-    """``tiers``: per tier (ttft_s, tpot_s, attainment_percent). Returns the smallest
-    ratio of needed to available server time, ``sum w_i / (N * (D - measure_from))``,
-    over the grid of D: a run can pass only if it is <= 1 (inf when some tier cannot
-    meet its target at all). Every weight-read split ``wms`` gives a valid condition;
-    the largest ratio is returned."""
-    return max(
-        _ratio(t, prompt, output, tier, measure_from_s, measure_until_s, tiers, wm, n_servers, grid) for wm in wms
-    )
+    """``tiers``: per tier (ttft_s, tpot_s, attainment_percent). Returns the largest
+    ratio of needed to available server time over the checked intervals ``[a, b)``
+    (:func:`_ratio`): a run can pass only if it is <= 1 (inf when some tier cannot meet
+    its target at all). Every weight-read split ``wms`` gives a valid condition; the
+    largest ratio is returned (or the first above ``stop_above``: a caller that only
+    asks whether the ratio exceeds it need not compute the rest)."""
+    worst = 0.0
+    for wm in wms:
+        worst = max(worst, _ratio(t, prompt, output, tier, measure_from_s, measure_until_s, tiers, wm, n_servers, grid))
+        if worst > stop_above:
+            break
+    return worst
 
 
 def work_models(model: LatencyModel) -> list[WorkModel]:
     return [WorkModel.of(model, th) for th in (0.0, 0.25, 0.5, 0.75, 1.0)]
 
 
+@dataclass
+class _TierWork:
+    arrival: np.ndarray  # sorted
+    p: np.ndarray
+    m: np.ndarray
+    wp: np.ndarray  # least prefill charge
+    pf: np.ndarray  # least prefill time
+    ok: np.ndarray  # can be served on time at all
+    ttft_s: float  # after the per-request overhead
+    tpot_s: float
+    budget: int  # misses allowed over the whole measured tier
+
+
 def _ratio(t, prompt, output, tier, measure_from_s, measure_until_s, tiers, wm, n_servers, grid) -> float:
-    m = (t >= measure_from_s) & (t < measure_until_s)
-    works, deadlines, needs = [], [], []
+    """Demand over supply, maximised over intervals ``[a, b)`` of the measured window.
+
+    For an interval, the requests of tier k arriving in it number ``n``; at most the
+    tier's whole miss budget ``B_k`` of them are missed, so at least ``n - B_k`` are
+    served, and each served one needs, inside the interval, its prefill charge (if its
+    first token is due by b) plus the charge of its decode tokens due by b
+    (:meth:`WorkModel.decode_prefix_work`): the cheapest ``n - B_k`` of these
+    contributions lower-bound the work the fleet does in ``[a, b)``, which is at most
+    ``N * (b - a)``. Requests that cannot be served at all count as misses first. Every
+    interval gives a necessary condition on its own, so checking a grid of them (a at
+    quantiles of the arrivals, b at quantiles of the first-token and last deadlines,
+    plus the last deadline) keeps the result a bound; the whole window (a = first
+    measured arrival, b = last deadline) is the previous condition's last grid point."""
+    meas = (t >= measure_from_s) & (t < measure_until_s)
+    tws: list[_TierWork] = []
     for k, (ttft_s, tpot_s, att) in enumerate(tiers):
-        sel = m & (tier == k)
+        sel = meas & (tier == k)
         n = int(sel.sum())
         if n == 0:
             continue
-        need = n - int(n * (1.0 - att / 100.0) + 1e-9)
-        w, life = wm.request_work(prompt[sel], output[sel], ttft_s, tpot_s)
-        works.append(w)
-        deadlines.append(t[sel] + life)
-        needs.append(need)
-    if not works:
+        order = np.argsort(t[sel], kind="stable")
+        ta = t[sel][order]
+        p = prompt[sel][order].astype(np.float64)
+        o = output[sel][order]
+        ttft = ttft_s - wm.overhead_s
+        w, _ = wm.request_work(prompt[sel][order], o, ttft_s, tpot_s)
+        wp, pf = wm.prefill_parts(prompt[sel][order])
+        budget = int(n * (1.0 - att / 100.0) + 1e-9)
+        ok = np.isfinite(w)
+        if int((~ok).sum()) > budget:
+            return math.inf  # more requests that cannot be on time than the tier may miss
+        tws.append(_TierWork(ta, p, np.maximum(o.astype(np.float64) - 1.0, 0.0), wp, pf, ok, ttft, tpot_s, budget))
+    if not tws:
         return 0.0
-    all_d = np.concatenate(deadlines)
-    lo = max(measure_from_s + 1e-9, float(all_d.min()))
-    cands = np.unique(np.concatenate([np.quantile(all_d, np.linspace(0.0, 1.0, grid)), [all_d.max()]]))
-    best = math.inf
-    for dmax in cands:
-        if dmax < lo:
+    arr = np.concatenate([tw.arrival for tw in tws])
+    firsts = np.concatenate([tw.arrival + tw.ttft_s for tw in tws])
+    lasts = np.concatenate([tw.arrival + tw.ttft_s + tw.m * tw.tpot_s for tw in tws])
+    qs = np.linspace(0.0, 1.0, grid)
+    a_grid = np.unique(np.quantile(arr, qs))
+    b_grid = np.unique(np.concatenate([np.quantile(firsts, qs), np.quantile(lasts, qs), [lasts.max()]]))
+    # every tier's contribution at every b at once: shape (len(b_grid), n)
+    contribs = []
+    for tw in tws:
+        due = b_grid[:, None] - tw.arrival[None, :] - tw.ttft_s
+        if tw.tpot_s > 0:
+            q = np.clip(np.floor(due / tw.tpot_s + 1e-9), 0.0, tw.m[None, :])
+        else:
+            q = np.where(due >= 0, tw.m[None, :], 0.0)
+        c = np.where(due >= -1e-12, tw.wp[None, :], 0.0) + wm.decode_prefix_work(q, tw.p, tw.pf, tw.ttft_s, tw.tpot_s)
+        contribs.append(np.where(tw.ok[None, :], c, np.inf))
+    los = [np.searchsorted(tw.arrival, a_grid, "left") for tw in tws]
+    worst = 0.0
+    for i, b in enumerate(b_grid):
+        n_a = int(np.searchsorted(a_grid, b, "left"))  # intervals [a, b) with a < b
+        if n_a == 0:
             continue
-        total = 0.0
-        for w, d, need in zip(works, deadlines, needs):
-            ok = w[(d <= dmax) & np.isfinite(w)]
-            if len(ok) < need:
-                total = math.inf
-                break
-            if need:
-                total += float(np.partition(ok, need - 1)[:need].sum())
-        avail = n_servers * (dmax - measure_from_s)
-        if avail > 0:
-            best = min(best, total / avail)
-    return best
+        need = np.zeros(n_a)
+        for tw, c_all, lo_all in zip(tws, contribs, los):
+            hi = int(np.searchsorted(tw.arrival, b, "left"))
+            lo = lo_all[:n_a]
+            cnt = hi - lo
+            if hi == 0 or not (cnt > tw.budget).any():
+                continue
+            c = c_all[i, :hi]
+            cf = np.where(np.isfinite(c), c, 0.0)
+            cs = np.concatenate(([0.0], np.cumsum(cf)))
+            total = cs[hi] - cs[lo]
+            if tw.budget > 0:
+                # the budget most expensive of the suffix [lo, hi) are the misses the
+                # fleet chooses (infinite ones first: they cannot be on time)
+                order = np.argsort(-c, kind="stable")
+                inside = order[None, :] >= lo[:, None]
+                chosen = inside & (np.cumsum(inside, axis=1) <= tw.budget)
+                total = total - (chosen * cf[order][None, :]).sum(axis=1)
+            need += np.where(cnt > tw.budget, total, 0.0)
+        worst = max(worst, float((need / (n_servers * (b - a_grid[:n_a]))).max()))
+    return worst
 
 
 def fluid_estimate(

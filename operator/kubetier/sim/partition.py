@@ -76,45 +76,81 @@ def best_partition(
 ) -> PartitionResult:
     """Highest scale some static partition passes at: bracketed from [lo_scale, hi_scale]
     (the top raised by doubling while it passes, up to ``ceiling``), then bisected.
-    0 when no partition passes even at ``lo_scale``."""
+    0 when no partition passes even at ``lo_scale``.
+
+    What keeps it affordable (each check is a simulator run of one tier alone):
+
+    * every (tier, servers, scale) verdict is cached, and verdicts are reused by
+      monotonicity: a tier that passes on n servers at scale s is taken to pass on more
+      servers and at lower scales (the workloads at a lower scale are a subset, see
+      ``workload.superpose``), one that fails, to fail on fewer servers and at higher
+      scales; runs are only made where neither is known;
+    * ``n_k(s)`` is searched between the counts found at the nearest lower scale (a
+      floor) and at the nearest higher scale (a cap), not over 1..N;
+    * a scale is given up as soon as the counts found so far plus the floors of the
+      tiers not yet searched exceed N.
+
+    The monotonicity is the simulator's usual behaviour, not a theorem (attainment is not
+    strictly monotone in the rate), so the result is what the search found, and every
+    partition it reports passed in a real run at its scale."""
     N = n_servers(sc)
     k_tiers = len(sc.tiers)
     runs = 0
-    floor = [0] * k_tiers  # n_k is non-decreasing in the scale: search above the last answer
+    passed: dict[int, list[tuple[int, float]]] = {k: [] for k in range(k_tiers)}
+    failed: dict[int, list[tuple[int, float]]] = {k: [] for k in range(k_tiers)}
+    counts_at: dict[float, list[int]] = {}  # n_k(s) of every tier, at scales fully searched
 
-    def need(k: int, s: float, lo: int) -> int:
+    def passes(k: int, n: int, s: float) -> bool:
         nonlocal runs
-        hi = N
+        if any(n >= n2 and s <= s2 * (1 + 1e-9) for n2, s2 in passed[k]):
+            return True
+        if any(n <= n2 and s >= s2 * (1 - 1e-9) for n2, s2 in failed[k]):
+            return False
         runs += 1
-        if not tier_alone_passes(sc, model, k, hi, s, traces_dir):
+        ok = tier_alone_passes(sc, model, k, n, s, traces_dir)
+        (passed if ok else failed)[k].append((n, s))
+        return ok
+
+    def bounds(k: int, s: float) -> tuple[int, int]:
+        lower = [c[k] for s2, c in counts_at.items() if s2 <= s]
+        upper = [c[k] for s2, c in counts_at.items() if s2 >= s]
+        return (max(lower) if lower else 0), (min(upper) if upper else N)
+
+    def need(k: int, s: float, lo: int, hi: int) -> int:
+        if not passes(k, hi, s):
             return N + 1
         while lo < hi:
             mid = (lo + hi) // 2
-            runs += 1
-            if tier_alone_passes(sc, model, k, mid, s, traces_dir):
+            if passes(k, mid, s):
                 hi = mid
             else:
                 lo = mid + 1
         return hi
 
     def feasible(s: float) -> list[int] | None:
-        counts = []
+        floors = [bounds(k, s)[0] for k in range(k_tiers)]
+        counts: list[int] = []
         for k in range(k_tiers):
-            n = need(k, s, floor[k])
-            counts.append(n)
-            if sum(counts) > N:
+            lo, hi = bounds(k, s)
+            counts.append(need(k, s, lo, max(0, min(hi, N - sum(counts) - sum(floors[k + 1 :])))))
+            if sum(counts) + sum(floors[k + 1 :]) > N:
                 return None
+        counts_at[s] = counts
         return counts
 
     best = feasible(lo_scale)
+    for _ in range(2):  # a bracket's floor that fails (runs are not strictly monotone): lower it
+        if best is not None:
+            break
+        hi_scale, lo_scale = lo_scale, lo_scale / 2.0
+        best = feasible(lo_scale)
     if best is None:
         return PartitionResult(0.0, {}, runs)
-    lo, hi = lo_scale, hi_scale
-    floor = list(best)
+    lo, hi = lo_scale, max(hi_scale, lo_scale)
     top = feasible(hi)
     while top is not None:
         # the bracket's top passes: raise it (never past ``ceiling``, the provable bound)
-        lo, best, floor = hi, top, list(top)
+        lo, best = hi, top
         if hi >= ceiling:
             return PartitionResult(hi, _named(sc, top, N), runs)
         hi = min(hi * 2.0, ceiling)
@@ -123,7 +159,7 @@ def best_partition(
         mid = math.sqrt(lo * hi)
         c = feasible(mid)
         if c is not None:
-            lo, best, floor = mid, c, list(c)
+            lo, best = mid, c
         else:
             hi = mid
     return PartitionResult(lo, _named(sc, best, N), runs)

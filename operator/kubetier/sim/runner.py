@@ -200,7 +200,12 @@ def workload_shape(sc: Scenario, traces_dir: Path | None) -> WorkloadShape:
 
 
 def load_ratio(
-    sc: Scenario, model: LatencyModel, rate_scale: float, traces_dir: Path | None, wms: list[WorkModel] | None = None
+    sc: Scenario,
+    model: LatencyModel,
+    rate_scale: float,
+    traces_dir: Path | None,
+    wms: list[WorkModel] | None = None,
+    stop_above: float = math.inf,
 ) -> float:
     """Needed / available server time at this scale (:func:`bound.necessary_condition`):
     no policy can pass where it exceeds 1."""
@@ -216,7 +221,20 @@ def load_ratio(
         tiers,
         wms or work_models(model),
         n_servers(sc),
+        stop_above=stop_above,
     )
+
+
+def window_arrivals(win: wl.Window, chunk: int = 1 << 16) -> Iterator[wl.Arrival]:
+    """The window's arrivals, converted to Python values a chunk at a time: converting
+    all four columns at once (``Window.arrivals``) held ~110 bytes per request in lists
+    for the whole run (1.8 GB RSS at 3.2M requests into a 10M-request run)."""
+    make = wl.Arrival._make
+    for i in range(0, len(win.t), chunk):
+        j = i + chunk
+        yield from map(
+            make, zip(win.t[i:j].tolist(), win.prompt[i:j].tolist(), win.output[i:j].tolist(), win.tier[i:j].tolist())
+        )
 
 
 def n_servers(sc: Scenario) -> int:
@@ -229,7 +247,7 @@ def bound_scale(sc: Scenario, model: LatencyModel, traces_dir: Path | None, iter
     wms = work_models(model)
 
     def ok(s: float) -> bool:
-        return load_ratio(sc, model, s, traces_dir, wms) <= 1.0
+        return load_ratio(sc, model, s, traces_dir, wms, stop_above=1.0) <= 1.0
 
     lo, hi = 1.0, 1.0
     if ok(1.0):
@@ -330,7 +348,7 @@ def run_once(
     if budget is not None:
         col.on_settled = lambda: setattr(sim, "stop", True)
     t0 = time.perf_counter()
-    sim.run(win.arrivals(), progress=progress)
+    sim.run(window_arrivals(win), progress=progress)
     wall = time.perf_counter() - t0
     stats = summarize(
         col,
