@@ -35,7 +35,7 @@ RANK_GAP = 1 << 16  # spacing of ids appended in sorted order
 
 
 class ServerEntry:
-    __slots__ = ("bin", "costs", "in_order", "key", "load", "rank", "routes", "step")
+    __slots__ = ("bin", "burst_admitted", "costs", "in_order", "key", "load", "rank", "routes", "step")
 
     def __init__(self, load: ServerLoad, costs: IterationCosts, rank: int, b: Bin) -> None:
         self.load = load
@@ -48,6 +48,39 @@ class ServerEntry:
         self.key: int | None = None  # packed (running, kv, id rank) in its bin; None = not routable
         self.in_order = False  # listed in its bin's round-robin order
         self.rank = rank  # the id's position in sorted-id order (spread out, see RANK_BITS)
+        # Prompt tokens admitted since the server's prefill queue was last seen empty: the
+        # current prefill burst, whose chunks run back to back. Its part already prefilled
+        # (burst_admitted - queued) has pushed the running sequences behind their deadlines
+        # too, and the burst check counts it (routing_feasibility.feasible).
+        self.burst_admitted = 0
+
+
+def burst_left(e: ServerEntry, running: int, kv_grown: int) -> int:
+    """The burst's prompt tokens still counted against the running sequences after a
+    decode-only stretch: a decode step faster than the host's TPOT gives back
+    ``tpot - decode`` of the lag the burst's chunk iterations took (``decode + chunk
+    - tpot`` each), so ``kv_grown / running`` decode steps (the KV the batch grew by; a
+    finished sequence makes it shrink and then nothing is given back: the safe side)
+    repay that many chunks' worth of prompt tokens. A queue that merely emptied is not
+    the end of the burst: two decode steps between four-chunk bursts left the running
+    interactive sequences (25 ms TPOT) ever further behind (1,000-server bench)."""
+    if running <= 0:
+        return 0
+    if kv_grown <= 0:
+        return e.burst_admitted
+    c = e.costs
+    d = c.decode(running, e.load.kv_tokens) * c.scale
+    give = e.bin.tpot_s - d
+    if give <= 0.0:
+        return e.burst_admitted
+    chunk = c.mbt - running
+    if chunk < 1:
+        return e.burst_admitted
+    take = d + c.chunk_extra(chunk) * c.scale - e.bin.tpot_s
+    if take <= 0.0:
+        return 0
+    left = e.burst_admitted - int(kv_grown / running * give / take * chunk)
+    return left if left > 0 else 0
 
 
 class Bin:
@@ -214,6 +247,10 @@ class ServerIndex:
         ld = e.load
         ld.running += 1
         ld.kv_tokens += prompt_tokens
+        if ld.queued_prefill_tokens > 0:
+            e.burst_admitted += prompt_tokens
+        else:
+            e.burst_admitted = prompt_tokens  # the queue was empty: a new burst
         ld.queued_prefill_tokens += prompt_tokens
         self._rebucket(server_id, e)
 
@@ -223,6 +260,8 @@ class ServerIndex:
             return
         q = e.load.queued_prefill_tokens - prompt_tokens
         e.load.queued_prefill_tokens = q if q > 0 else 0
+        if q <= 0:
+            e.burst_admitted = 0
 
     def on_finish(self, server_id: str, prompt_tokens: int, output_tokens: int) -> None:
         e = self._servers.get(server_id)
@@ -234,6 +273,7 @@ class ServerIndex:
         ld.kv_tokens = kv if kv > 0 else 0
         if ld.running == 0:
             ld.queued_prefill_tokens = 0
+            e.burst_admitted = 0
         self._rebucket(server_id, e)
 
     def observe(self, server_id: str, running: int, kv_tokens: int, queued_prefill_tokens: int) -> None:
@@ -241,6 +281,8 @@ class ServerIndex:
         if e is None:
             return
         ld = e.load
+        if e.burst_admitted > 0 and queued_prefill_tokens <= 0:
+            e.burst_admitted = burst_left(e, running, kv_tokens - ld.kv_tokens)
         ld.running = running if running > 0 else 0
         ld.kv_tokens = kv_tokens if kv_tokens > 0 else 0
         ld.queued_prefill_tokens = queued_prefill_tokens if queued_prefill_tokens > 0 else 0
