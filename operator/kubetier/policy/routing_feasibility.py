@@ -210,12 +210,8 @@ def feasible(
             if running and burst_slack_s != INF:
                 n_iter = n_full + (1 if rest else 0)
                 lag = (t1 - lead) * scale - n_iter * tpot_s
-                # the burst's chunks already prefilled (admitted since the queue was
-                # last empty, no longer queued) delayed the same running sequences
-                done = e.burst_admitted - queued
-                if done > 0:
-                    n_done = -(-done // chunk)
-                    lag += n_done * ((d_now + x) * scale - tpot_s)
+                # plus the lag the chunks it already ran left them with (lag_after)
+                lag += e.lag_s
                 if lag > burst_slack_s:
                     return False
                 if host_h and lag > 0.0:

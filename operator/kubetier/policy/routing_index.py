@@ -35,7 +35,7 @@ RANK_GAP = 1 << 16  # spacing of ids appended in sorted order
 
 
 class ServerEntry:
-    __slots__ = ("bin", "burst_admitted", "costs", "in_order", "key", "load", "rank", "routes", "step")
+    __slots__ = ("bin", "costs", "in_order", "key", "lag_s", "load", "rank", "routes", "step")
 
     def __init__(self, load: ServerLoad, costs: IterationCosts, rank: int, b: Bin) -> None:
         self.load = load
@@ -48,39 +48,44 @@ class ServerEntry:
         self.key: int | None = None  # packed (running, kv, id rank) in its bin; None = not routable
         self.in_order = False  # listed in its bin's round-robin order
         self.rank = rank  # the id's position in sorted-id order (spread out, see RANK_BITS)
-        # Prompt tokens admitted since the server's prefill queue was last seen empty: the
-        # current prefill burst, whose chunks run back to back. Its part already prefilled
-        # (burst_admitted - queued) has pushed the running sequences behind their deadlines
-        # too, and the burst check counts it (routing_feasibility.feasible).
-        self.burst_admitted = 0
+        # Seconds the server's running sequences are behind their per-token deadlines
+        # from the prefill chunks it already ran (estimated from its load reports, see
+        # lag_after): the burst check adds the pending chunks' lag to it.
+        self.lag_s = 0.0
 
 
-def burst_left(e: ServerEntry, running: int, kv_grown: int) -> int:
-    """The burst's prompt tokens still counted against the running sequences after a
-    decode-only stretch: a decode step faster than the host's TPOT gives back
-    ``tpot - decode`` of the lag the burst's chunk iterations took (``decode + chunk
-    - tpot`` each), so ``kv_grown / running`` decode steps (the KV the batch grew by; a
-    finished sequence makes it shrink and then nothing is given back: the safe side)
-    repay that many chunks' worth of prompt tokens. A queue that merely emptied is not
-    the end of the burst: two decode steps between four-chunk bursts left the running
-    interactive sequences (25 ms TPOT) ever further behind (1,000-server bench)."""
+def lag_after(e: ServerEntry, running: int, kv_tokens: int, queued: int) -> float:
+    """The running sequences' lag once the server reports (running, kv, queued), from
+    what changed since its last report: every iteration gives each running sequence a
+    token and costs ``decode``, ``tpot - decode`` below the host's TPOT; the prompt
+    tokens prefilled since (queued fell by them) cost a chunk's extra time per chunk on
+    top. Iterations = tokens decoded / batch, tokens decoded = committed KV growth plus
+    what finished sequences released (their mean KV each). Floored at zero: slack
+    banked by fast steps is not credited.
+
+    Without it the burst check saw only the chunks still queued: under most-loaded
+    packing the queue of a filling server is refilled by every arrival, its chunks run
+    back to back (51 ms iterations against a 25 ms TPOT) and each new check allowed one
+    more burst's lag (1,000-server bench from an empty fleet, interactive tier at 86%)."""
+    ld = e.load
     if running <= 0:
-        return 0
-    if kv_grown <= 0:
-        return e.burst_admitted
+        return 0.0
+    prefilled = ld.queued_prefill_tokens - queued
+    finished = ld.running - running
+    decoded = kv_tokens - ld.kv_tokens
+    if finished > 0 and ld.running > 0:
+        decoded += finished * ld.kv_tokens // ld.running
     c = e.costs
-    d = c.decode(running, e.load.kv_tokens) * c.scale
-    give = e.bin.tpot_s - d
-    if give <= 0.0:
-        return e.burst_admitted
-    chunk = c.mbt - running
-    if chunk < 1:
-        return e.burst_admitted
-    take = d + c.chunk_extra(chunk) * c.scale - e.bin.tpot_s
-    if take <= 0.0:
-        return 0
-    left = e.burst_admitted - int(kv_grown / running * give / take * chunk)
-    return left if left > 0 else 0
+    scale = c.scale
+    lag = e.lag_s
+    if decoded > 0:
+        give = e.bin.tpot_s - c.decode(running, kv_tokens) * scale
+        lag -= decoded / running * give
+    if prefilled > 0:
+        chunk = c.mbt - running
+        if chunk >= 1:
+            lag += -(-prefilled // chunk) * c.chunk_extra(chunk) * scale
+    return lag if lag > 0.0 else 0.0
 
 
 class Bin:
@@ -247,10 +252,6 @@ class ServerIndex:
         ld = e.load
         ld.running += 1
         ld.kv_tokens += prompt_tokens
-        if ld.queued_prefill_tokens > 0:
-            e.burst_admitted += prompt_tokens
-        else:
-            e.burst_admitted = prompt_tokens  # the queue was empty: a new burst
         ld.queued_prefill_tokens += prompt_tokens
         self._rebucket(server_id, e)
 
@@ -260,8 +261,6 @@ class ServerIndex:
             return
         q = e.load.queued_prefill_tokens - prompt_tokens
         e.load.queued_prefill_tokens = q if q > 0 else 0
-        if q <= 0:
-            e.burst_admitted = 0
 
     def on_finish(self, server_id: str, prompt_tokens: int, output_tokens: int) -> None:
         e = self._servers.get(server_id)
@@ -273,7 +272,7 @@ class ServerIndex:
         ld.kv_tokens = kv if kv > 0 else 0
         if ld.running == 0:
             ld.queued_prefill_tokens = 0
-            e.burst_admitted = 0
+            e.lag_s = 0.0
         self._rebucket(server_id, e)
 
     def observe(self, server_id: str, running: int, kv_tokens: int, queued_prefill_tokens: int) -> None:
@@ -281,8 +280,7 @@ class ServerIndex:
         if e is None:
             return
         ld = e.load
-        if e.burst_admitted > 0 and queued_prefill_tokens <= 0:
-            e.burst_admitted = burst_left(e, running, kv_tokens - ld.kv_tokens)
+        e.lag_s = lag_after(e, running, kv_tokens, queued_prefill_tokens)
         ld.running = running if running > 0 else 0
         ld.kv_tokens = kv_tokens if kv_tokens > 0 else 0
         ld.queued_prefill_tokens = queued_prefill_tokens if queued_prefill_tokens > 0 else 0
