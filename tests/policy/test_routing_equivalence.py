@@ -55,8 +55,11 @@ def reference_feasible(
     own_tpot: float = float("inf"),
     burst: float = float("inf"),
     host_h: int = 0,
+    lag_before: float = 0.0,
 ) -> bool:
-    """``tpot``: the host's per-token budget (its TPOT plus the slack its running
+    """``lag_before``: how far the server's running requests already are behind their
+    deadlines (the policy's estimate from the server's load reports, ``lag_s``; its own
+    rule is tested in test_routing.py); ``tpot``: the host's per-token budget (its TPOT plus the slack its running
     requests have); ``own_tpot``: the request's own TPOT, which may also spend the TTFT
     budget its first token leaves unused, spread over its H tokens; ``burst``: how far
     the back-to-back chunk iterations of the pending prompts may push the running
@@ -87,7 +90,7 @@ def reference_feasible(
         d_now = decode(m, s.running, s.kv_tokens) if s.running else m.decode_iteration_s(1, 0)
         t1 = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
         t1 += context(m, s.queued_prefill_tokens) + context(m, prompt)  # queued counted as one prompt
-        lag = t1 - (n_full + (1 if rest else 0)) * tpot
+        lag = t1 - (n_full + (1 if rest else 0)) * tpot + lag_before
         if s.running and lag > burst:
             return False  # the running requests would lag more than their slack
         if s.running and burst != float("inf") and host_h and lag > 0:
@@ -149,7 +152,8 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
             host_budget = host_tpot + p.protected_slack * host.ttft_ms / 1000.0 / p.traffic[host.name].horizon()
             burst = p.burst_slack * host.ttft_ms / 1000.0
             host_h = p.traffic[host.name].horizon() if p.shared_slack else 0
-            if reference_feasible(s, prompt, H, budget, host_budget, refill, own_tpot, burst, host_h) and (
+            lag_before = p._servers[s.server_id].lag_s
+            if reference_feasible(s, prompt, H, budget, host_budget, refill, own_tpot, burst, host_h, lag_before) and (
                 k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())
             ):
                 return ("route", s.server_id, k > 0)
