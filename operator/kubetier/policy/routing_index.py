@@ -54,6 +54,9 @@ class ServerEntry:
         self.lag_s = 0.0
 
 
+FINISHED_KV_FACTOR = 2
+
+
 def lag_after(e: ServerEntry, running: int, kv_tokens: int, queued: int) -> float:
     """The running sequences' lag once the server reports (running, kv, queued), from
     what changed since its last report: every iteration gives each running sequence a
@@ -74,17 +77,19 @@ def lag_after(e: ServerEntry, running: int, kv_tokens: int, queued: int) -> floa
     finished = ld.running - running
     decoded = kv_tokens - ld.kv_tokens
     if finished > 0 and ld.running > 0:
-        decoded += finished * ld.kv_tokens // ld.running
+        decoded += FINISHED_KV_FACTOR * finished * ld.kv_tokens // ld.running
     c = e.costs
     scale = c.scale
     lag = e.lag_s
     if decoded > 0:
         give = e.bin.tpot_s - c.decode(running, kv_tokens) * scale
         lag -= decoded / running * give
-    if prefilled > 0:
+    # only sequences that were decoding fall behind (the one whose prompt is prefilled
+    # does not; at least one sequence is prefilling while anything is queued)
+    if prefilled > 0 and ld.running > 1:
         chunk = c.mbt - running
         if chunk >= 1:
-            lag += -(-prefilled // chunk) * c.chunk_extra(chunk) * scale
+            lag += prefilled * c.chunk_extra(chunk) * scale / chunk
     return lag if lag > 0.0 else 0.0
 
 
