@@ -54,9 +54,6 @@ class ServerEntry:
         self.lag_s = 0.0
 
 
-FINISHED_KV_FACTOR = 2
-
-
 def lag_after(e: ServerEntry, running: int, kv_tokens: int, queued: int) -> float:
     """The running sequences' lag once the server reports (running, kv, queued), from
     what changed since its last report: every iteration gives each running sequence a
@@ -77,7 +74,7 @@ def lag_after(e: ServerEntry, running: int, kv_tokens: int, queued: int) -> floa
     finished = ld.running - running
     decoded = kv_tokens - ld.kv_tokens
     if finished > 0 and ld.running > 0:
-        decoded += FINISHED_KV_FACTOR * finished * ld.kv_tokens // ld.running
+        decoded += finished * ld.kv_tokens // ld.running
     c = e.costs
     scale = c.scale
     lag = e.lag_s
