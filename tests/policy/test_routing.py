@@ -479,7 +479,7 @@ def test_no_rescue_when_waiting_can_still_help_or_the_tier_queues():
 # ---------------------------------------------------------------- lag of the chunks already run
 
 
-def _after_a_burst(decoded_after: int) -> str | None:
+def _after_a_burst(decoded_after: int, lag_s: float | None = None) -> str | None:
     """busy: two sequences (one decoding, one whose 4,000-token prompt is queued), then a
     report that the prompt was prefilled while the KV grew by 6 tokens (3 iterations'
     worth at batch 2), then ``decoded_after`` more tokens decoded with nothing queued."""
@@ -489,24 +489,26 @@ def _after_a_burst(decoded_after: int) -> str | None:
     p.observe("busy", 2, 4106, 0)
     if decoded_after:
         p.observe("busy", 2, 4106 + decoded_after, 0)
+    if lag_s is not None:
+        assert p._servers["busy"].lag_s == pytest.approx(lag_s, abs=0.005)
     return p.decide("t", 3000, 0.0).server_id
 
 
 def test_the_burst_check_counts_the_lag_of_chunks_already_run():
-    # The 4,000 queued tokens ran as 5 chunk iterations next to the batch (chunk extra
-    # 0.1 x 998 = 99.8 ms each, 499 ms), while the decoding sequence is due a token
-    # every 30 ms and each of the ~3 iterations the KV growth shows gave back
-    # 30 - D(2, 4,106) = 19.5 ms: it is ~440 ms behind. Our 3,000 tokens add 4 more
-    # iterations (3 x (10.5 + 99.7) + 11.4 = 342 ms against 4 x 35 ms due): 202 ms more,
-    # 643 ms in all, past the 500 ms (0.25 x TTFT) credit: the idle server takes it.
-    # The old rule saw only the (now empty) queue: busy, 202 ms of lag, "fits", and
-    # under most-loaded packing every arrival refilled the queue of the same filling
-    # server, so its chunks ran back to back (51 ms iterations against a 25 ms TPOT;
-    # 1,000-server bench from an empty fleet, interactive tier 86% vs least-loaded 100%).
-    assert _after_a_burst(0) == "idle"
+    # The 4,000 queued tokens ran next to the decoding sequence at a chunk's extra cost
+    # per token (0.1 ms: 400 ms), while it is due a token every 30 ms and each of the ~3
+    # iterations the KV growth shows gave back 30 - D(2, 4,106) = 19.5 ms: it is ~340 ms
+    # behind. Our 3,000 tokens add 4 more iterations (3 x (10.5 + 99.7) + 11.4 = 342 ms
+    # against 4 x 35 ms due): 202 ms more, ~540 ms in all, past the 500 ms (0.25 x TTFT)
+    # credit: the idle server takes it. The old rule saw only the (now empty) queue:
+    # busy, 202 ms of lag, "fits", and under most-loaded packing every arrival refilled
+    # the queue of the same filling server, so its chunks ran back to back (51 ms
+    # iterations against a 25 ms TPOT; 1,000-server bench from an empty fleet,
+    # interactive tier 86% vs least-loaded's 100%).
+    assert _after_a_burst(0, lag_s=0.400 - 3 * (0.030 - MODEL.decode_iteration_s(2, 4106))) == "idle"
 
 
 def test_decode_steps_below_tpot_give_the_lag_back():
     # 100 more tokens at batch 2: 50 decode steps x ~19.5 ms = 975 ms given back, so
     # the lag is gone and most-loaded packing takes the busy server again.
-    assert _after_a_burst(100) == "busy"
+    assert _after_a_burst(100, lag_s=0.0) == "busy"
