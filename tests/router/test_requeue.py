@@ -59,7 +59,7 @@ async def test_a_capacity_change_decides_only_for_tiers_that_may_use_the_server(
     waiting_fast = [asyncio.ensure_future(fleet.acquire("fast", 100, time.monotonic())) for _ in range(3)]
     waiting_slow = [asyncio.ensure_future(fleet.acquire("slow", 100, time.monotonic())) for _ in range(3)]
     await _settle()
-    assert fleet._waiting == 6
+    assert fleet.metrics.tally("m", "fast").waiting == 3 and fleet.metrics.tally("m", "slow").waiting == 3
     rec = _Recorder(fleet)
     fleet.release("s", 100, 16, prefilled=False)  # the slow server frees: no fast request can use it
     await _settle()
@@ -81,7 +81,7 @@ async def test_a_capacity_change_decides_only_for_tiers_that_may_use_the_server(
     for w in waiting_fast[1:] + waiting_slow[1:]:
         w.cancel()
     await asyncio.gather(*waiting_fast[1:], *waiting_slow[1:], return_exceptions=True)
-    assert fleet._waiting == 0
+    assert fleet.metrics.tally("m", "fast").waiting == 0 and fleet.metrics.tally("m", "slow").waiting == 0
 
 
 async def test_every_freed_slot_is_taken_at_once_in_waiting_order():
