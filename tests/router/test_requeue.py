@@ -139,3 +139,29 @@ async def test_a_late_request_of_a_queueing_tier_waits_without_polling():
     for w in waiters[1:]:
         w.cancel()
     await asyncio.gather(*waiters[1:], return_exceptions=True)
+
+
+async def test_a_waiter_whose_client_left_leaves_the_queue_without_a_capacity_change():
+    fleet = _fleet([("s", "slow")], queue_timeout_s=30.0)
+    fleet.start()
+    try:
+        await fleet.acquire("slow", 100, time.monotonic())
+        ahead = asyncio.ensure_future(fleet.acquire("slow", 100, time.monotonic()))  # the head: the tick asks it
+        left = [False]
+        waiter = asyncio.ensure_future(fleet.acquire("slow", 100, time.monotonic() + 1e-3, gone=lambda: left[0]))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        left[0] = True  # the client disconnects; nothing frees capacity
+        from kubetier.router.fleet import ClientGone
+
+        try:
+            await asyncio.wait_for(waiter, 2.0)
+        except ClientGone:
+            pass
+        else:
+            raise AssertionError("a waiter whose client left was admitted")
+        assert fleet.metrics.tally("m", "slow").waiting == 1 and not ahead.done()
+        ahead.cancel()
+        await asyncio.gather(ahead, return_exceptions=True)
+    finally:
+        await fleet.stop()

@@ -67,6 +67,7 @@ def _draining(spec: ServerSpec) -> bool:
 SLOW_CHECKS_UNREADY = 3  # health checks timing out in a row before a server is marked unready
 _INF = float("inf")
 _TICK_S = 0.05
+_GONE_SWEEP_TICKS = 10  # every 0.5 s: waiters whose client left answer and leave the queue
 
 
 class Rejected(Exception):
@@ -639,15 +640,23 @@ class ModelFleet:
         for w in held:
             heapq.heappush(self._queues[w.tier], w)
 
-    def _wake_stranded(self) -> None:
+    def _wake_stranded(self, sweep_gone: bool = False) -> None:
         """Waiters of a tier no server can take any more whose grace is over: wake them
-        to answer 503 (an outage after they began waiting; the tick's job)."""
+        to answer 503 (an outage after they began waiting; the tick's job). With
+        ``sweep_gone``, also waiters whose client left (a waiter is no longer woken every
+        0.2 s to notice it; a pass skips them anyway, this frees their queue slots)."""
         now = self.clock()
         for tier, q in self._queues.items():
-            if q and not self.can_serve(tier):
+            if not q:
+                continue
+            if not self.can_serve(tier):
                 grace = self.no_server_grace_s(tier)
                 for w in q:
                     if not w.cancelled and not w.zero and now - w.arrival >= grace:
+                        _wake_one(w)
+            if sweep_gone:
+                for w in q:
+                    if not w.cancelled and w.gone is not None and w.gone():
                         _wake_one(w)
 
     # ------------------------------------------------------------------ background
@@ -671,13 +680,15 @@ class ModelFleet:
         # Ticks only while requests wait: 20 wake-ups a second of an idle router were
         # measured at ~3 ms of CPU per second (a Rust peer idles at 0), ~1 us per relayed
         # token at 100 streams.
+        ticks = 0
         while True:
             if not self._waiting:
                 self._queued.clear()
                 await self._queued.wait()
             await asyncio.sleep(_TICK_S)
             self.pump()  # the safety net: every tier's head, in case no event came
-            self._wake_stranded()
+            ticks += 1
+            self._wake_stranded(sweep_gone=ticks % _GONE_SWEEP_TICKS == 0)
 
     async def _scrape_loop(self) -> None:
         while True:
