@@ -106,16 +106,21 @@ def test_three_tier_service_is_scheduled_on_gpu_nodes(kubectl: Kubectl, crds, op
         on_spot = sum(capacity(p) == "spot" for p in by_tier["batch"])
         assert on_spot * 2 > len(by_tier["batch"]), [capacity(p) for p in by_tier["batch"]]
 
-    # zones: a tier's replicas use as many zones as they can (one per replica, up to
-    # the zones that hold nodes the tier may use)
+    # zones: the default zoneSpread is "preferred", a ScheduleAnyway topology spread over
+    # the zone label per tier (the scheduler scores for spread; it is no guarantee: another
+    # test's pods still holding zone-b's GPUs, or the capacity-type preferences, can put a
+    # tier's replicas in one zone, as one CI run did). What the operator promises is the
+    # constraint itself; the hard spread ("required") is scheduled and checked in
+    # e2e/test_spot_fallback.py.
     for tier_name, tier_pods in by_tier.items():
+        for p in tier_pods:
+            (spread,) = p["spec"].get("topologySpreadConstraints", [{}])
+            assert spread.get("topologyKey") == ZONE_LABEL, (p["metadata"]["name"], spread)
+            assert spread.get("whenUnsatisfiable") == "ScheduleAnyway", (p["metadata"]["name"], spread)
+            assert spread.get("maxSkew") == 1, (p["metadata"]["name"], spread)
+            assert spread["labelSelector"]["matchLabels"].get(TIER_LABEL) == tier_name, spread
         zones = Counter(nodes[p["spec"]["nodeName"]]["metadata"]["labels"][ZONE_LABEL] for p in tier_pods)
-        allowed = {
-            n["metadata"]["labels"][ZONE_LABEL]
-            for n in gpu_nodes
-            if tier_name != "interactive" or n["metadata"]["labels"].get(CAPACITY_LABEL) != "spot"
-        }
-        assert len(zones) >= min(len(allowed), len(tier_pods)), f"tier {tier_name} not spread over zones: {dict(zones)}"
+        print(f"tier {tier_name} zones: {dict(zones)}")
 
     # status: per-tier spot counts agree with where the pods are
     ms_obj = get_ms(kubectl, namespace, "llama")

@@ -122,6 +122,16 @@ def reference_host_keeps_room(s: ServerLoad, prompt: int, host: TierSLO, probe: 
     return t1 <= host.ttft_ms / 1000.0
 
 
+def reference_host_terms(p: RoutingPolicy, t, host) -> tuple[int, float, float, float]:
+    """(request horizon, host refill, host per-token budget with its running requests'
+    slack, the request's own TPOT limit) for tier ``t`` on a server of bin ``host``."""
+    refill = p.traffic[host.name].refill()[1] * p.turnover
+    host_tpot = host.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
+    host_budget = host_tpot + p.protected_slack * host.ttft_ms / 1000.0 / p.traffic[host.name].horizon()
+    own_tpot = t.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
+    return p.traffic[t.name].horizon(), refill, host_budget, own_tpot
+
+
 def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) -> tuple:
     """(action, server id, spilled) by full scan; lateness as the policy's own rule."""
     t = p.tiers[tier]
@@ -144,14 +154,10 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
             key=lambda s: (s.running, s.kv_tokens, s.server_id),
             reverse=True,
         )
+        H, refill, host_budget, own_tpot = reference_host_terms(p, t, host)
+        burst = p.burst_slack * host.ttft_ms / 1000.0
+        host_h = p.traffic[host.name].horizon() if p.shared_slack else 0
         for s in own:
-            H = p.traffic[t.name].horizon()
-            refill = p.traffic[host.name].refill()[1] * p.turnover
-            host_tpot = host.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
-            own_tpot = t.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
-            host_budget = host_tpot + p.protected_slack * host.ttft_ms / 1000.0 / p.traffic[host.name].horizon()
-            burst = p.burst_slack * host.ttft_ms / 1000.0
-            host_h = p.traffic[host.name].horizon() if p.shared_slack else 0
             lag_before = p._servers[s.server_id].lag_s
             if reference_feasible(s, prompt, H, budget, host_budget, refill, own_tpot, burst, host_h, lag_before) and (
                 k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())
@@ -168,12 +174,8 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
             (s for s in routable if s.tier == host.name and s.running <= 1),
             key=lambda s: (s.running, s.kv_tokens, s.server_id),
         )[:8]
+        H, refill, host_budget, own_tpot = reference_host_terms(p, t, host)
         for s in light:
-            H = p.traffic[t.name].horizon()
-            refill = p.traffic[host.name].refill()[1] * p.turnover
-            host_tpot = host.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
-            own_tpot = t.tpot_ms / 1000.0 * (1.0 - p.tpot_headroom)
-            host_budget = host_tpot + p.protected_slack * host.ttft_ms / 1000.0 / p.traffic[host.name].horizon()
             if reference_feasible(s, prompt, H, budget, host_budget, refill, own_tpot) and (
                 k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())
             ):

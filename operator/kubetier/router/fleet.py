@@ -7,11 +7,21 @@ usage), which is also how several workers or router replicas see each other's lo
 A server that fails a health check or a request is marked not ready until its next
 successful scrape; discovery marks servers draining or gone.
 
-Waiting requests sit in one queue per model in the policy's waiting order
-(kubetier.policy.waiting.waiting_key, the fleet simulator's too). When
-capacity frees, the head of the queue is woken to decide again; each waiter also wakes
-on its own at the end of its wait budget (the policy then rejects it, or routes it late
-if its tier queues), and a slow tick wakes the head in case no event comes.
+Waiting requests sit in one heap per tier, served in the policy's waiting order
+(kubetier.policy.waiting.waiting_key, the fleet simulator's too). When capacity frees on
+a server, only the tiers that may use that server (its own tier, and looser tiers that
+may spill onto it; every tier in a shared pool or under a baseline policy) are asked
+again, in waiting order, one request at a time, in the capacity change itself: a routed
+request is admitted at once and the next one asked; a tier whose head gets "wait" is not
+asked again in that pass (its later requests would get the same answer), as in the
+simulator (kubetier.sim.engine ``_retry_waiting``). A waiter wakes on its own only for
+time events (the end of its wait budget, its queue deadline, its no-server grace), and a
+slow tick asks every tier's head in case no event comes. Before this (December 2026),
+every capacity change woke the first 4 heap slots and a late waiter of a queueing tier
+re-decided every 0.2 s on its own; in an in-process saturated queue that was several
+decisions per admitted request, while in the HTTP benchmark at 1,000 streams it was only
+1.24-1.36 decisions per completed request before and 1.3 after (docs/router.md, "Waking
+only the waiters that can be admitted").
 """
 
 from __future__ import annotations
@@ -54,10 +64,10 @@ def _draining(spec: ServerSpec) -> bool:
     return spec.admit_until is None or time.time() >= spec.admit_until
 
 
-_WAKE_BATCH = 4  # waiters woken per capacity change
 SLOW_CHECKS_UNREADY = 3  # health checks timing out in a row before a server is marked unready
 _INF = float("inf")
 _TICK_S = 0.05
+_GONE_SWEEP_TICKS = 10  # every 0.5 s: waiters whose client left answer and leave the queue
 
 
 class Rejected(Exception):
@@ -106,12 +116,24 @@ class Upstream:
 
 
 class _Waiter:
-    __slots__ = ("cancelled", "future", "key")
+    """One waiting request. ``pump`` decides for it in place: its future then carries the
+    outcome (``(Upstream, spilled)`` admitted, a reject ``Decision``), or ``None`` when
+    the waiter must look for itself (a time event, a gone client, a server outage)."""
 
-    def __init__(self, key: tuple, future: asyncio.Future) -> None:
+    __slots__ = ("arrival", "cancelled", "d", "future", "gone", "key", "prompt_tokens", "tier", "zero")
+
+    def __init__(
+        self, key: tuple, future: asyncio.Future, tier: str, prompt_tokens: int, arrival: float, gone, zero: bool
+    ) -> None:
         self.key = key
         self.future = future
         self.cancelled = False
+        self.tier = tier
+        self.prompt_tokens = prompt_tokens
+        self.arrival = arrival  # start of its TTFT clock (moved on by a start-up hold's excused time)
+        self.gone = gone
+        self.zero = zero  # held for a start-up and not yet decided
+        self.d: Any = None  # its last decision
 
     def __lt__(self, other: _Waiter) -> bool:
         return self.key < other.key
@@ -160,7 +182,20 @@ class ModelFleet:
         self._streams: dict[str, set] = {}
         self._leaving: dict[str, asyncio.TimerHandle] = {}  # sid -> move at its preemption deadline
         self._noticed: set[str] = set()  # servers under a preemption notice
-        self._queue: list[_Waiter] = []
+        self._queues: dict[str, list[_Waiter]] = {t: [] for t in self.tiers}  # per tier, waiting order
+        self._waiting = 0  # waiters in all queues (not counting cancelled heap entries)
+        self.decisions = 0  # routing decisions taken (first ones and re-decisions): the CPU measure
+        # Server tier -> the waiting tiers that may use such a server (own + looser tiers
+        # that spill upward onto it, kubetier.policy.routing rule 2); a shared pool or a
+        # baseline policy may put any tier anywhere: every tier.
+        self._admits_on: dict[str, tuple[str, ...]] = {}
+        for x in self.tiers.values():
+            if kind != "slo" or spec.bin_limits is not None:
+                self._admits_on[x.name] = tuple(self.tiers)
+            else:
+                self._admits_on[x.name] = tuple(
+                    t.name for t in self.tiers.values() if t.name == x.name or x.tpot_ms < t.tpot_ms
+                )
         self._queued = asyncio.Event()  # set when a waiter joins: the tick loop sleeps while nobody waits
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
@@ -404,6 +439,7 @@ class ModelFleet:
         return out
 
     def _decide(self, tier: str, prompt_tokens: int, arrival: float, exclude: frozenset[str]):
+        self.decisions += 1
         d = self._decide_once(tier, prompt_tokens, arrival, exclude)
         if self.spec.bin_limits is not None and (d.reason == "rebin" or d.action != "route"):
             # The policy moves a pool server on a "rebin" route, and also when the moved
@@ -452,19 +488,29 @@ class ModelFleet:
         deadline = arrival + (self.queue_timeout_s if t.on_late == "queue" else _INF)
         if zero is not None and t.on_late == "queue":
             deadline = max(deadline, arrival + grace)
-        if len(self._queue) >= self.max_queue:
+        if self._waiting >= self.max_queue:
             raise QueueFull()
         if zero is not None:
             zero.held(self.name, tier)
-        excused = 0.0  # seconds held for a start-up: not charged to the TTFT
         tally = self.metrics.tally(self.name, tier)
         gauge = self.metrics.queue_length.labels(self.name, tier, self.metrics.worker)
         tally.waiting += 1
         gauge.inc()
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(waiting_key(t.priority, arrival, next(self._seq)), loop.create_future())
-        heapq.heappush(self._queue, waiter)
+        waiter = _Waiter(
+            waiting_key(t.priority, arrival, next(self._seq)),
+            loop.create_future(),
+            tier,
+            prompt_tokens,
+            arrival,
+            gone,
+            zero is not None,
+        )
+        waiter.d = d
+        heapq.heappush(self._queues[tier], waiter)
+        self._waiting += 1
         self._queued.set()
+        outcome: Any = None
         try:
             while True:
                 now = self.clock()
@@ -474,30 +520,51 @@ class ModelFleet:
                     raise NoServer(now - arrival, max(1.0, self.scale_up_s))
                 if now >= deadline:
                     raise QueueTimeout(now - arrival)
-                budget = d.retry_after_s if d is not None and d.retry_after_s else _TICK_S * 4
-                budget = min(budget, deadline - now, max(arrival + grace - now, _TICK_S))
-                handle = loop.call_later(max(budget, 0.001), _wake_one, waiter)
+                # Time events only (capacity changes come through pump): the end of the
+                # wait budget (then late: rejected, or queued late), the queue deadline,
+                # the no-server grace while it is ahead.
+                d = waiter.d
+                budget = d.retry_after_s if d is not None and d.retry_after_s else _INF
+                budget = min(budget, deadline - now)
+                if arrival + grace > now:
+                    budget = min(budget, arrival + grace - now)
+                handle = loop.call_later(max(budget, 0.001), _wake_one, waiter) if budget < _INF else None
                 try:
-                    await waiter.future
+                    outcome = await waiter.future
                 finally:
-                    handle.cancel()
+                    if handle is not None:
+                        handle.cancel()
+                if outcome is not None:
+                    if isinstance(outcome, tuple):
+                        return outcome  # admitted by pump
+                    raise Rejected(outcome.reason, outcome.retry_after_s or 1.0)
                 waiter.future = loop.create_future()
                 if gone is not None and gone():
                     raise ClientGone()  # checked at every wake-up: no capacity for a closed socket
-                if zero is not None and d is None:
+                if waiter.zero:
                     if not self.can_serve(tier):
                         continue  # still starting: nothing to decide yet
-                    excused = self.clock() - arrival
-                d = self._decide(tier, prompt_tokens, arrival + excused, exclude)
+                    waiter.zero = False
+                    waiter.arrival = self.clock()  # the start-up hold is not charged to the TTFT
+                d = waiter.d = self._decide(tier, prompt_tokens, waiter.arrival, exclude)
                 if d.action == "route":
-                    self.pump()  # chain: the next waiter may fit too
                     return self._admit(d.server_id, prompt_tokens, t), d.spilled
                 if d.action == "reject":
                     raise Rejected(d.reason, d.retry_after_s or 1.0)
+        except BaseException:
+            # Cancelled after pump admitted it but before this coroutine ran again: give
+            # the capacity back (and pass it on) instead of leaking it.
+            if outcome is None and waiter.future.done() and not waiter.future.cancelled():
+                got = waiter.future.result()
+                if isinstance(got, tuple):
+                    self.release(got[0].spec.server_id, prompt_tokens, 0, prefilled=False)
+            raise
         finally:
             if zero is not None:
                 zero.released(self.name, tier)
-            waiter.cancelled = True
+            if not waiter.cancelled:
+                waiter.cancelled = True
+                self._waiting -= 1
             tally.waiting -= 1
             gauge.dec()
             self.metrics.queue_wait.labels(self.name, tier, self.metrics.worker).observe(self.clock() - arrival)
@@ -508,7 +575,7 @@ class ModelFleet:
 
     def prefill_done(self, sid: str, prompt_tokens: int) -> None:
         self.policy.on_prefill_done(sid, prompt_tokens)
-        self.pump()
+        self._pump_for(sid)
 
     def release(
         self, sid: str, prompt_tokens: int, output_tokens: int, prefilled: bool, tier: str | None = None
@@ -520,17 +587,77 @@ class ModelFleet:
         if not prefilled:
             self.policy.on_prefill_done(sid, prompt_tokens)
         self.policy.on_finish(sid, prompt_tokens, output_tokens)
-        self.pump()
+        self._pump_for(sid)
 
-    def pump(self) -> None:
-        """Capacity changed: wake the head of the wait queue (the first heap slots are
-        the most urgent waiters, close enough to exact order for a wake-up)."""
-        q = self._queue
-        while q and q[0].cancelled:
-            heapq.heappop(q)
-        for w in q[:_WAKE_BATCH]:
-            if not w.cancelled and not w.future.done():
-                w.future.set_result(None)
+    def _pump_for(self, sid: str) -> None:
+        """Capacity freed on ``sid``: ask only the tiers that may use it."""
+        if self._waiting:
+            up = self.upstreams.get(sid)
+            self.pump(up.spec.tier if up is not None else None)
+
+    def pump(self, server_tier: str | None = None) -> None:
+        """Capacity changed on a server of ``server_tier`` (None: anywhere, or state
+        changed): ask the waiting requests that may use it, in waiting order, one at a
+        time. A route is admitted here and then (next loop iteration) picked up by the
+        waiter; a tier whose head gets "wait" is done for this pass."""
+        if not self._waiting:
+            return
+        tiers = self._admits_on.get(server_tier, tuple(self.tiers)) if server_tier is not None else tuple(self.tiers)
+        open_tiers = []
+        for tier in tiers:
+            q = self._queues[tier]
+            while q and q[0].cancelled:
+                heapq.heappop(q)
+            if q:
+                open_tiers.append(tier)
+        held: list[_Waiter] = []  # skipped in this pass, back into their heaps after it
+        while open_tiers:
+            tier = min(open_tiers, key=lambda x: self._queues[x][0].key)
+            q = self._queues[tier]
+            w = q[0]
+            if w.future.done() or (w.gone is not None and w.gone()) or w.zero:
+                # Already woken (its coroutine decides next), its client left, or still held
+                # for a start-up: it looks for itself; the pass goes on behind it.
+                if not w.future.done():
+                    w.future.set_result(None)
+                held.append(heapq.heappop(q))
+            else:
+                d = w.d = self._decide(tier, w.prompt_tokens, w.arrival, frozenset())
+                if d.action == "wait":
+                    open_tiers.remove(tier)
+                    continue
+                heapq.heappop(q)
+                w.cancelled = True
+                self._waiting -= 1
+                if d.action == "route":
+                    w.future.set_result((self._admit(d.server_id, w.prompt_tokens, self.tiers[tier]), d.spilled))
+                else:
+                    w.future.set_result(d)
+            while q and q[0].cancelled:
+                heapq.heappop(q)
+            if not q:
+                open_tiers.remove(tier)
+        for w in held:
+            heapq.heappush(self._queues[w.tier], w)
+
+    def _wake_stranded(self, sweep_gone: bool = False) -> None:
+        """Waiters of a tier no server can take any more whose grace is over: wake them
+        to answer 503 (an outage after they began waiting; the tick's job). With
+        ``sweep_gone``, also waiters whose client left (a waiter is no longer woken every
+        0.2 s to notice it; a pass skips them anyway, this frees their queue slots)."""
+        now = self.clock()
+        for tier, q in self._queues.items():
+            if not q:
+                continue
+            if not self.can_serve(tier):
+                grace = self.no_server_grace_s(tier)
+                for w in q:
+                    if not w.cancelled and not w.zero and now - w.arrival >= grace:
+                        _wake_one(w)
+            if sweep_gone:
+                for w in q:
+                    if not w.cancelled and w.gone is not None and w.gone():
+                        _wake_one(w)
 
     # ------------------------------------------------------------------ background
 
@@ -553,12 +680,15 @@ class ModelFleet:
         # Ticks only while requests wait: 20 wake-ups a second of an idle router were
         # measured at ~3 ms of CPU per second (a Rust peer idles at 0), ~1 us per relayed
         # token at 100 streams.
+        ticks = 0
         while True:
-            if not self._queue:
+            if not self._waiting:
                 self._queued.clear()
                 await self._queued.wait()
             await asyncio.sleep(_TICK_S)
-            self.pump()
+            self.pump()  # the safety net: every tier's head, in case no event came
+            ticks += 1
+            self._wake_stranded(sweep_gone=ticks % _GONE_SWEEP_TICKS == 0)
 
     async def _scrape_loop(self) -> None:
         while True:
@@ -647,7 +777,7 @@ class ModelFleet:
         return ModelStatus(
             tiers={t: self._tally(tallies, t).counts() for t in self.tiers},
             servers=servers,
-            queue_length=sum(1 for w in self._queue if not w.cancelled),
+            queue_length=self._waiting,
             shared_pool=self.spec.bin_limits is not None,
             bin_moves=self.bin_moves,
         )
