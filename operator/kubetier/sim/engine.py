@@ -754,7 +754,7 @@ class Simulator:
         # num_requests_running + num_requests_waiting), KV committed (held now plus the
         # prompts still to prefill, as the policy's own on_admit accounting counts it),
         # prompt tokens still to prefill
-        self._observe(srv.sid, srv.n_active + len(srv.waiting), srv.kv + srv.queued_prefill, srv.queued_prefill)
+        self._observe(srv.sid, srv.n_active + len(srv.waiting), srv.kv + srv.queued_prefill, srv.queued_prefill, n)
         if srv.removed:
             srv.busy = False
             return
