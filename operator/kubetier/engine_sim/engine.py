@@ -187,6 +187,7 @@ class Engine:
             end = clock()
             result = scheduler.commit(step, end)
             self.iterations += 1
+            metrics.iteration_tokens.observe(step.decode_batch + step.prefill_tokens)
             if result.decode_tokens:
                 metrics.tpot.observe(end - self._last_step_end, result.decode_tokens)
             self._last_step_end = end

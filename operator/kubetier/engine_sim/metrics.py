@@ -61,6 +61,8 @@ TPOT_BUCKETS = (
     40.0,
     80.0,
 )
+# vLLM's buckets for vllm:iteration_tokens_total (tokens per engine step)
+ITERATION_TOKEN_BUCKETS = (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0)
 E2E_BUCKETS = (
     0.3,
     0.5,
@@ -144,6 +146,9 @@ class EngineMetrics:
         self.ttft = Histogram(TTFT_BUCKETS)
         self.tpot = Histogram(TPOT_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
+        # tokens per engine step, as vLLM's vllm:iteration_tokens_total; its count is the
+        # number of steps, which the router's lag estimate reads (router/engine_progress.py)
+        self.iteration_tokens = Histogram(ITERATION_TOKEN_BUCKETS)
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.success = {"length": 0, "stop": 0, "abort": 0}
@@ -195,6 +200,9 @@ class EngineMetrics:
         histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.ttft)
         histogram("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", self.tpot)
         histogram("vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", self.e2e)
+        histogram(
+            "vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", self.iteration_tokens
+        )
         gauge(
             "kubetier_engine_power_watts",
             "Simulated board power of the current iteration (idle when no work).",

@@ -45,6 +45,7 @@ from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.spot import finishes_before_deadline, tier_long_request_s
 from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
+from kubetier.router.engine_progress import EngineProgress
 from kubetier.router.latency_feed import LatencyFeed
 from kubetier.router.metrics import RouterMetrics
 from kubetier.router.scale_from_zero import SCALE_FROM_ZERO_LATE, DemandBoard, hold_bound_s
@@ -200,6 +201,7 @@ class ModelFleet:
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task] = []
         self.latency = LatencyFeed(self.policy, spec.profile)  # the online correction, fed by relayed streams
+        self.progress = EngineProgress()  # engine steps between scrapes: the policy's lag give-back
         self.set_servers(spec.servers)
 
     # ------------------------------------------------------------------ membership
@@ -736,7 +738,7 @@ class ModelFleet:
             cur = self.policy.server(sid)
             if cur is not None:
                 kv = int(kv_frac * self.spec.profile.kv_capacity_tokens)
-                self.policy.observe(sid, running, kv, cur.queued_prefill_tokens)
+                self.policy.observe(sid, running, kv, cur.queued_prefill_tokens, self.progress.iterations(sid, text))
 
     def _export_loads(self) -> None:
         w = self.metrics.worker
