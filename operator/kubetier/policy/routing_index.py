@@ -36,7 +36,7 @@ RANK_GAP = 1 << 16  # spacing of ids appended in sorted order
 
 
 class ServerEntry:
-    __slots__ = ("bin", "costs", "in_order", "key", "lag", "lag_iters", "lag_s", "load", "rank", "routes", "step")
+    __slots__ = ("bin", "costs", "in_order", "key", "lag", "lag_prefilled", "lag_s", "load", "rank", "routes", "step")
 
     def __init__(self, load: ServerLoad, costs: IterationCosts, rank: int, b: Bin) -> None:
         self.load = load
@@ -54,8 +54,9 @@ class ServerEntry:
         # ServerLag): the burst check adds the pending chunks' lag to it.
         self.lag_s = 0.0
         self.lag = ServerLag()
-        # iterations on_prefill_done already gave back since the last load report
-        self.lag_iters = 0.0
+        # prompt tokens whose first token the router saw since the last load report
+        # (on_prefill_done): charged with the report's iteration count
+        self.lag_prefilled = 0
 
 
 class ServerLag:
@@ -181,9 +182,11 @@ def lag_after(e: ServerEntry, running: int, kv_tokens: int, queued: int, iterati
     tokens prefilled since (queued fell by them) and the iterations run
     (:meth:`ServerLag.charge`). Without an iteration count (an engine that exports
     none), iterations = tokens decoded / decoding sequences, tokens decoded = committed
-    KV growth plus what finished sequences released (their mean KV each). Iterations the
-    router already charged at first tokens (``on_prefill_done``) are not given back
-    twice.
+    KV growth plus what finished sequences released (their mean KV each). The prompts
+    whose first token the router saw since the last report (``on_prefill_done``, its
+    queue already down by them) count as prefilled in this report, with its iterations,
+    so the router's policy reaches the simulator's lag at every report; between reports
+    it is not raised by guesses of how many iterations ran.
 
     Without the lag the burst check saw only the chunks still queued: under
     most-loaded packing the queue of a filling server is refilled by every arrival,
@@ -192,14 +195,15 @@ def lag_after(e: ServerEntry, running: int, kv_tokens: int, queued: int, iterati
     interactive tier at 86%)."""
     ld = e.load
     lag = e.lag
-    credited = e.lag_iters
-    e.lag_iters = 0.0
+    relayed = e.lag_prefilled
+    e.lag_prefilled = 0
     if running <= 0:
         lag.reset()
         e.lag_s = 0.0
         return
     finished = ld.running - running
     prefilled = ld.queued_prefill_tokens - queued
+    prefilled = (prefilled if prefilled > 0 else 0) + relayed
     if iterations is None:
         dec = lag.decoding()
         decoded = kv_tokens - ld.kv_tokens
@@ -208,8 +212,7 @@ def lag_after(e: ServerEntry, running: int, kv_tokens: int, queued: int, iterati
         iters = decoded / dec if dec > 0 and decoded > 0 else 0.0
     else:
         iters = float(iterations)
-    iters -= credited
-    lag.charge(e, prefilled if prefilled > 0 else 0, iters if iters > 0.0 else 0.0, running, kv_tokens)
+    lag.charge(e, prefilled, iters, running, kv_tokens)
     if finished > 0:
         lag.leave(finished)
     lag.sync(running, queued)
@@ -387,21 +390,18 @@ class ServerIndex:
 
     def on_prefill_done(self, server_id: str, prompt_tokens: int) -> None:
         """The prompt's first token came out (the router sees it in the stream it
-        relays): its chunks ran next to the decoding sequences, charged as a load report
-        whose queue fell by the same tokens charges them (the fleet simulator's path),
-        with the chunk iterations (at least one) given back here, not again at the next
-        report."""
+        relays): its chunks ran next to the decoding sequences. They are charged at the
+        next load report, with the iterations the engine counted (:func:`lag_after`),
+        as a report whose queue fell by the same tokens charges them (the fleet
+        simulator's path)."""
         e = self._servers.get(server_id)
         if e is None:
             return
         ld = e.load
         q = ld.queued_prefill_tokens
         done = prompt_tokens if prompt_tokens < q else q
-        chunk = e.costs.mbt - ld.running
-        iters = float(-(-done // chunk)) if done > 0 and chunk >= 1 else 0.0
-        e.lag.charge(e, done, iters, ld.running, ld.kv_tokens)
-        e.lag_iters += iters
-        e.lag_s = e.lag.lag_s()
+        if done > 0:
+            e.lag_prefilled += done
         ld.queued_prefill_tokens = q - done
 
     def on_finish(self, server_id: str, prompt_tokens: int, output_tokens: int) -> None:
@@ -415,7 +415,7 @@ class ServerIndex:
         if ld.running == 0:
             ld.queued_prefill_tokens = 0
             e.lag.reset()
-            e.lag_iters = 0.0
+            e.lag_prefilled = 0
         else:
             e.lag.leave(1)
         e.lag_s = e.lag.lag_s()
