@@ -57,10 +57,11 @@ def reference_feasible(
     host_h: int = 0,
     lag_before: float = 0.0,
 ) -> bool:
-    """``lag_before``: how far the server's running requests already are behind their
-    deadlines (the policy's estimate from the server's load reports, ``lag_s``; its own
-    rule is tested in test_routing.py); ``tpot``: the host's per-token budget (its TPOT plus the slack its running
-    requests have); ``own_tpot``: the request's own TPOT, which may also spend the TTFT
+    """``lag_before``: how far the server's worst decoding sequence already is behind its
+    deadlines (negative: ahead), the policy's estimate from the server's load reports
+    (``lag_s``; that estimate is checked against a per-sequence reference in
+    test_routing_lag.py); ``tpot``: the host's per-token budget (its TPOT plus the slack
+    its running requests have); ``own_tpot``: the request's own TPOT, which may also spend the TTFT
     budget its first token leaves unused, spread over its H tokens; ``burst``: how far
     the back-to-back chunk iterations of the pending prompts may push the running
     requests behind ``tpot`` per iteration; ``host_h`` > 0: that lag also comes off the
@@ -237,7 +238,9 @@ def random_walk(seed: int, steps: int) -> int:
             p.on_finish(sid, pr, rng.randint(0, 400))
         elif op < 0.94 and ids:
             r = rng.randint(0, 256)
-            p.observe(rng.choice(ids), r, r * rng.randint(0, 2000), rng.choice([0, 300, 5000]))
+            # iterations: counted by the engine, or (None) estimated from the KV growth
+            its = rng.choice([None, 1, 10, 200])
+            p.observe(rng.choice(ids), r, r * rng.randint(0, 2000), rng.choice([0, 300, 5000]), its)
         elif op < 0.96 and ids:
             p.set_state(rng.choice(ids), ready=rng.random() < 0.8, draining=rng.random() < 0.1)
         elif op < 0.98:
