@@ -483,7 +483,7 @@ def _after_a_burst(decoded_after: int, lag_s: float | None = None) -> str | None
     """busy: two sequences (one decoding, one whose 4,000-token prompt is queued), then a
     report that the prompt was prefilled in 5 iterations (chunks of 998 next to the
     batch), then ``decoded_after`` more iterations with nothing queued."""
-    p = policy(tiers=(BURST_TIER,))
+    p = policy(tiers=(BURST_TIER,), track_lag=True)
     p.upsert_server(ServerLoad("busy", "t", MODEL, running=2, kv_tokens=4100, queued_prefill_tokens=4000))
     p.upsert_server(ServerLoad("idle", "t", MODEL, running=0))
     p.observe("busy", 2, 4106, 0, iterations=5)
@@ -538,7 +538,7 @@ def test_the_lag_leaves_with_the_sequences_that_carried_it():
     # the request to the idle server; on a small fleet of long prompts and short
     # outputs (generated seed 2004) it refused servers whose sequences were all on time
     # and requests waited past their TTFT (goodput 2.38x -> 1.00x the best baseline).
-    p = policy(tiers=(BURST_TIER,))
+    p = policy(tiers=(BURST_TIER,), track_lag=True)
     _burst_then(p)
     assert p._servers["busy"].lag_s == pytest.approx(0.400 - 5 * _give(2, 4106), abs=0.002)
     p.observe("busy", 1, 4006, 0, iterations=1)
@@ -550,7 +550,7 @@ def test_a_sequence_is_not_charged_for_the_chunks_before_its_first_token():
     # Only the sequence decoding through the burst is behind; the one whose prompt ran
     # joins at the clock's reading after it: when the old one has left, a second burst
     # charges only what runs from then on.
-    p = policy(tiers=(BURST_TIER,))
+    p = policy(tiers=(BURST_TIER,), track_lag=True)
     _burst_then(p)
     lag = p._servers["busy"].lag
     assert lag.decoding() == 2 and len(lag.pending) == 0
@@ -565,7 +565,7 @@ def test_slack_banked_by_fast_decode_steps_is_spent_by_a_burst():
     # banked slack covers it: its tokens stay on time, so the busy server takes it and
     # the idle one stays free. A rule floored at zero lag (and main's, which ignores
     # the past) sends it to the idle server.
-    p = policy(tiers=(BURST_TIER,))
+    p = policy(tiers=(BURST_TIER,), track_lag=True)
     p.upsert_server(ServerLoad("busy", "t", MODEL, running=1, kv_tokens=100))
     p.upsert_server(ServerLoad("idle", "t", MODEL, running=0))
     assert p.decide("t", 8000, 0.0).server_id == "idle"
@@ -580,8 +580,8 @@ def test_the_router_and_the_simulator_charge_the_same_lag_for_the_same_events():
     # stream it relays (on_prefill_done) and the iterations from the engine's
     # vllm:iteration_tokens_total count at its next scrape, with its queue already
     # down. Both give the policy the same lag, event for event.
-    sim = policy(tiers=(BURST_TIER,))
-    live = policy(tiers=(BURST_TIER,))
+    sim = policy(tiers=(BURST_TIER,), track_lag=True)
+    live = policy(tiers=(BURST_TIER,), track_lag=True)
     for p in (sim, live):
         p.upsert_server(ServerLoad("s", "t", MODEL, running=1, kv_tokens=100))
         p.on_admit("s", 2500, 100)
@@ -603,3 +603,16 @@ def test_the_router_and_the_simulator_charge_the_same_lag_for_the_same_events():
     live.on_finish("s", 100, 66)
     live.observe("s", 2, 4000, 0, iterations=1)
     assert live._servers["s"].lag_s == pytest.approx(sim._servers["s"].lag_s, abs=1e-9)
+
+
+def test_without_the_flag_the_policy_keeps_main_s_rule():
+    # routing.TRACK_LAG off (the default until seed 6003's regression is gone): no lag is
+    # tracked, the burst check sees only the chunks still queued, and the busy server
+    # of the first lag test takes the request.
+    p = policy(tiers=(BURST_TIER,))
+    assert not p.track_lag
+    p.upsert_server(ServerLoad("busy", "t", MODEL, running=2, kv_tokens=4100, queued_prefill_tokens=4000))
+    p.upsert_server(ServerLoad("idle", "t", MODEL, running=0))
+    p.observe("busy", 2, 4106, 0, iterations=5)
+    assert p._servers["busy"].lag_s == 0.0
+    assert p.decide("t", 3000, 0.0).server_id == "busy"

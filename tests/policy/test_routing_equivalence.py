@@ -197,6 +197,7 @@ def random_walk(seed: int, steps: int) -> int:
         ttft_headroom=rng.choice([0.0, 0.25]),
         protected_slack=rng.choice([0.0, 0.25, 1.0]),
         burst_slack=(0.0, 0.1, 0.25)[seed % 3],  # not drawn: keeps the walks of earlier versions
+        track_lag=seed % 2 == 0,  # not drawn either
     )
     n = rng.choice([2, 10, 60, 300])
     ids: list[str] = []

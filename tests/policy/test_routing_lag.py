@@ -43,7 +43,7 @@ class ReferenceLag:
 @pytest.mark.parametrize("seed", range(20))
 def test_the_lag_is_the_worst_decoding_sequence_s(seed: int):
     rng = random.Random(seed)
-    p = RoutingPolicy([TIER], rng=random.Random(0))
+    p = RoutingPolicy([TIER], rng=random.Random(0), track_lag=True)
     p.upsert_server(ServerLoad("s", "t", MODEL))
     e = p._servers["s"]
     ref = ReferenceLag()

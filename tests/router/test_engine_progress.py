@@ -102,10 +102,11 @@ async def test_the_router_s_scrapes_give_the_policy_the_simulator_s_lag():
         tiers = [{"name": "t", "ttftMs": 500, "tpotMs": 25}]
         async with _router(router_config([eng], tiers=tiers)) as router:
             f = router.fleets["m"]
+            f.policy.track_lag = True  # routing.TRACK_LAG is off by default (see there)
             (sid,) = f.upstreams
             cap = load_profile("llama-3.1-8b-h100").kv_capacity_tokens
             # the simulator's policy, fed through load reports as the fleet simulator does
-            sim = RoutingPolicy(list(f.tiers.values()))
+            sim = RoutingPolicy(list(f.tiers.values()), track_lag=True)
             sim.upsert_server(ServerLoad(sid, "t", load_profile("llama-3.1-8b-h100")))
 
             def both_report(running: int, kv: int, count: int, iterations: int | None, queued: int) -> None:

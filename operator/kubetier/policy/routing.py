@@ -127,6 +127,14 @@ SHARED_SLACK = True
 RESCUE = True
 # Busy looser-bin servers may move to a tight bin that has no room (rule 3).
 PULL_LOADED = True
+# Track how far each server's decoding sequences are behind their per-token deadlines
+# from the chunks already run (routing_index.ServerLag) and add it to the burst check.
+# On: the 1,000-server bench from an empty fleet reaches least-loaded's attainment
+# (interactive 86.3 -> 99.99%, standard 96.2 -> 100%), generated scenarios 2000-2029 /
+# 7000-7011 / 6000-6019 gain x1.09 / x1.09 / x1.17 in goodput (geomean), but seeds
+# 6003 (-4% at the edge, full runs) and 6008 (search noise) fall one step on the coarse
+# grid (kubetier/sim/README.md). Off until that regression is gone: main's rule.
+TRACK_LAG = False
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,7 @@ class RoutingPolicy(ServerIndex):
         burst_slack: float = BURST_SLACK,
         shared_slack: bool = SHARED_SLACK,
         rescue: bool = RESCUE,
+        track_lag: bool = TRACK_LAG,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"routing kind {kind!r} is unknown (known: {', '.join(KINDS)})")
@@ -262,6 +271,7 @@ class RoutingPolicy(ServerIndex):
         # INF disables the check (feasible's default); 0 would forbid any lag at all
         self.burst_slack = burst_slack if burst_slack > 0 else _INF
         self.pull_loaded = pull_loaded
+        self.track_lag = track_lag
         self.shared_slack = shared_slack
         self.rescue = rescue
         self.tpot_headroom = tpot_headroom

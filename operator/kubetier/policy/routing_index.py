@@ -266,6 +266,7 @@ class ServerIndex:
 
     tiers: dict[str, TierSLO]
     turnover: float
+    track_lag: bool
     protected_slack: float
     burst_slack: float
     _bins: dict[str, Bin]
@@ -308,7 +309,8 @@ class ServerIndex:
             rank = self._new_rank(sid)
         b = self._bins[load.tier]
         e = ServerEntry(load, costs, rank, b)
-        e.lag.sync(load.running, load.queued_prefill_tokens)
+        if self.track_lag:
+            e.lag.sync(load.running, load.queued_prefill_tokens)
         self._servers[sid] = e
         self._by_rank[rank] = e
         if costs not in b.costs:
@@ -385,7 +387,8 @@ class ServerIndex:
         ld.running += 1
         ld.kv_tokens += prompt_tokens
         ld.queued_prefill_tokens += prompt_tokens
-        e.lag.admit(prompt_tokens)
+        if self.track_lag:
+            e.lag.admit(prompt_tokens)
         self._rebucket(server_id, e)
 
     def on_prefill_done(self, server_id: str, prompt_tokens: int) -> None:
@@ -400,7 +403,7 @@ class ServerIndex:
         ld = e.load
         q = ld.queued_prefill_tokens
         done = prompt_tokens if prompt_tokens < q else q
-        if done > 0:
+        if done > 0 and self.track_lag:
             e.lag_prefilled += done
         ld.queued_prefill_tokens = q - done
 
@@ -414,11 +417,13 @@ class ServerIndex:
         ld.kv_tokens = kv if kv > 0 else 0
         if ld.running == 0:
             ld.queued_prefill_tokens = 0
-            e.lag.reset()
-            e.lag_prefilled = 0
-        else:
-            e.lag.leave(1)
-        e.lag_s = e.lag.lag_s()
+        if self.track_lag:
+            if ld.running == 0:
+                e.lag.reset()
+                e.lag_prefilled = 0
+            else:
+                e.lag.leave(1)
+            e.lag_s = e.lag.lag_s()
         self._rebucket(server_id, e)
 
     def observe(
@@ -431,7 +436,8 @@ class ServerIndex:
         if e is None:
             return
         ld = e.load
-        lag_after(e, running, kv_tokens, queued_prefill_tokens, iterations)
+        if self.track_lag:
+            lag_after(e, running, kv_tokens, queued_prefill_tokens, iterations)
         ld.running = running if running > 0 else 0
         ld.kv_tokens = kv_tokens if kv_tokens > 0 else 0
         ld.queued_prefill_tokens = queued_prefill_tokens if queued_prefill_tokens > 0 else 0
