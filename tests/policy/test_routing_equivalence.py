@@ -91,8 +91,8 @@ def reference_feasible(
         d_now = decode(m, s.running, s.kv_tokens) if s.running else m.decode_iteration_s(1, 0)
         t1 = n_full * (d_now + chunk_extra(m, chunk)) + (d_now + chunk_extra(m, rest) if rest else 0.0)
         t1 += context(m, s.queued_prefill_tokens) + context(m, prompt)  # queued counted as one prompt
-        lag = t1 - (n_full + (1 if rest else 0)) * tpot + lag_before
-        if s.running and lag > burst:
+        lag = t1 - (n_full + (1 if rest else 0)) * tpot
+        if s.running and lag + lag_before > burst:
             return False  # the running requests would lag more than their slack
         if s.running and burst != float("inf") and host_h and lag > 0:
             limit = tpot - lag / host_h  # the lag spent part of the per-token credit
