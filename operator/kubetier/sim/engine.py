@@ -37,11 +37,14 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.latency_learning import LatencyCorrection
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.waiting import waiting_key
+
+from .hooks import Hook, OutcomeSink
 
 _heappush = heapq.heappush
 _heappop = heapq.heappop
@@ -53,7 +56,7 @@ MIN_RETRY_S = 0.01
 RETRY_COALESCE_S = 0.01
 
 # What the event loop needs of an arrival: (t, prompt_tokens, output_tokens, tier), which
-# an :class:`Arrival` is; the runner feeds plain tuples (no named tuple built per request).
+# a :class:`kubetier.sim.workload.Arrival` is; the runner feeds plain tuples (no named tuple built per request).
 ArrivalRow = tuple[float, int, int, int]
 
 # Superseded step-end entries (a cut decode stretch leaves its old entry behind) are
@@ -88,7 +91,7 @@ class Request:
         self.rid = rid
         # one unpack instead of four named-field reads (this runs once per request)
         self.t_arr, self.prompt, self.output, self.tier = a
-        self.server = None
+        self.server: Server | None = None
         self.prefill_left = self.prompt
         self.t_first = -1.0
         self.failed = False  # some token missed its deadline
@@ -189,43 +192,6 @@ class Server:
         self.iter_s = model.iteration_s
 
 
-class OutcomeSink:
-    """Receives one call per request when it completes or is rejected."""
-
-    def record(
-        self,
-        tier: int,
-        ttft_s: float,
-        tpot_s: float,
-        deadline_ok: bool,
-        rejected: bool,
-        spilled: bool,
-        queue_s: float,
-        server: int,
-    ) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class Hook:
-    """Base of the control-loop plug-ins (autoscaling, pre-warm, power, spot).
-
-    ``interval_s`` > 0 makes the simulator call :meth:`on_tick` every interval with the
-    :class:`Simulator`; hooks act only through its public methods (``add_server``,
-    ``drain_server``, ``remove_server``, ``set_slowdown``, ``set_model``, ``call_at``, ``servers``,
-    ``now``).
-    ``schedule()`` may return one-off ``(time, callback(sim, now))`` pairs, e.g. a spot
-    preemption schedule (notice = drain, then remove).
-    """
-
-    interval_s: float = 0.0
-
-    def schedule(self) -> Iterable[tuple[float, Callable[[Simulator, float], None]]]:
-        return ()
-
-    def on_tick(self, sim: Simulator, now: float) -> None:
-        pass
-
-
 @dataclass
 class SimConfig:
     tiers: list[TierSLO]
@@ -262,8 +228,10 @@ class Simulator:
         self.tier_names = [t.name for t in cfg.tiers]
         self.rng = random.Random(cfg.seed)
         if policy is None:
-            extra = {"rebin_idle": True} if cfg.rebin_idle else {}
-            policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng, **extra)
+            if cfg.rebin_idle:
+                policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng, rebin_idle=True)
+            else:
+                policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng)
         self.policy = policy
         self.sink = sink
         self._m_from = cfg.measure_from_s
@@ -506,7 +474,7 @@ class Simulator:
         d = self._decide(self.tier_names[tier], req.prompt, now - req.t_arr)
         action = d.action
         if action == "route":
-            srv = self.by_sid[d.server_id]
+            srv = self.by_sid[cast(str, d.server_id)]  # a "route" always names its server
             if d.spilled:
                 req.spilled = True
                 srv.spilled_in += 1
@@ -627,7 +595,7 @@ class Simulator:
         """Choose the next step of ``srv`` at time ``now`` and schedule its end."""
         B = srv.n_running
         budget = srv.budget - B
-        chunks = None
+        chunks: list[tuple[Request, int]] | None = None
         p = 0
         pairs = 0  # attention of each chunk to its prompt's earlier chunks
         if budget > 0 and (srv.prefilling or srv.waiting):
