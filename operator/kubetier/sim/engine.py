@@ -241,6 +241,7 @@ class Simulator:
         self.events: list = []  # (t, seq, kind, payload)
         self._seq = 0
         self._stale = 0  # superseded step-end entries still in the heap
+        self.heap_compactions = 0  # times _drop_stale ran (a benchmark figure)
         self._stale_max_t = -math.inf  # latest time of a superseded entry dropped unpopped
         self.now = 0.0
         # Requests the policy told to wait (the router holds them), in the router's order
@@ -590,6 +591,7 @@ class Simulator:
         events[:] = live
         self._stale_max_t = latest
         self._stale = 0
+        self.heap_compactions += 1
 
     def _plan(self, srv: Server, now: float) -> None:
         """Choose the next step of ``srv`` at time ``now`` and schedule its end."""
