@@ -16,7 +16,7 @@ Use::
 
 ``KUBETIER_SIM_NATIVE``: unset or ``0`` never (the default); ``1`` require a build of the
 current sources (a clear error otherwise); ``auto`` use one if present. The build lives
-in ``$KUBETIER_SIM_NATIVE_DIR`` (default ``~/.cache/kubetier/sim-native``) under a digest
+in ``$KUBETIER_SIM_NATIVE_DIR`` (default ``~/.cache/kubetier/sim-native``; :func:`cache_root`) under a digest
 of the compiled sources and of the mypy and Python versions, so an edited source is never
 shadowed by an old build: it simply has no build until it is rebuilt. Compiled and pure
 modules are never mixed: if any of the modules is already imported as Python, the
@@ -99,8 +99,13 @@ def sources_digest(root: Path | None = None) -> str:
 
 
 def cache_root() -> Path:
+    """``$KUBETIER_SIM_NATIVE_DIR``, else ``sim-native`` in ``$KUBETIER_CACHE`` (the Makefile's
+    cache of cluster tooling), else in ``~/.cache/kubetier``."""
     env = os.environ.get(DIR_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "kubetier" / "sim-native"
+    if env:
+        return Path(env)
+    cache = os.environ.get("KUBETIER_CACHE")
+    return (Path(cache) if cache else Path.home() / ".cache" / "kubetier") / "sim-native"
 
 
 def build_dir(digest: str | None = None) -> Path:
