@@ -19,6 +19,10 @@ exactly without looking at every token: within a stretch a sequence's slack is c
 in the iteration index, so its worst token is the first or last one of the stretch, and
 among the sequences of one tier on one server the one with the smallest deadline key is
 the worst at every iteration, so one heap per (server, tier) finds every miss.
+The module is also compiled with mypyc, with the policy's hot modules, when asked for
+(``kubetier.sim.native``: 2.0-2.7x faster, same results bit for bit, sim/README.md
+"Simulator speed, round 4"), so it stays type-clean; ``tests/sim/test_engine_equivalence.py``
+holds every outcome to a frozen copy of the engine from before the speed work.
 
 Routing goes through :class:`kubetier.policy.routing.RoutingPolicy`, called the same way
 the router calls it: ``decide`` on arrival (and on retries of a ``wait``), ``on_admit``,
