@@ -151,7 +151,9 @@ def main(argv: list[str]) -> int:
             "attainment difference per tier: "
             + ", ".join(f"{k} {v:+.1f} pts" for k, v in result["attainmentMinusBaseline"].items())
         )
-    if not args.no_profile:
+    if not args.no_profile and build is not None:
+        print("\n(no cProfile pass: the compiled modules are invisible to it; profile the pure-Python run)")
+    elif not args.no_profile:
         n = min(args.requests, 50_000)
         sc2, model2, _rate2, _ = bench_scenario(args.servers, n, args.load, args.profile)
         prof = cProfile.Profile()
