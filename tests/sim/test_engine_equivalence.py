@@ -1,7 +1,8 @@
-"""The fleet simulator's speed work changes no result: every run here goes through the
-current engine and through a frozen copy of the engine as it was before that work
-(``sim_reference_engine.py``, main at commit af1b284), with the same policy code, and
-every per-request outcome (first-token time, mean TPOT, queueing time, deadline verdict,
+"""Dropping superseded step-end entries from the event heap (the simulator's speed work)
+changes no result: every run here goes through the engine twice, once as it runs and once
+with the drop switched off (every superseded entry stays in the heap and is popped and
+skipped, as the engine did before; the speed work itself was checked against a frozen
+copy of that engine, main at af1b284, before the copy was removed), and every per-request outcome (first-token time, mean TPOT, queueing time, deadline verdict,
 rejection, spill, server: as the full-precision floats the sink receives), every server's
 counters and the run's totals must be equal, not close.
 
@@ -17,12 +18,14 @@ import hashlib
 import math
 
 import pytest
-import sim_reference_engine as reference
 
 from kubetier.policy.latency import load_profile
 from kubetier.policy.routing import TierSLO
-from kubetier.sim import bench, engine, runner
+from kubetier.sim import bench, engine, native, runner
 from kubetier.sim.workload import Arrival
+
+# The switch below is a module constant of the engine; a compiled engine has it folded in.
+pytestmark = pytest.mark.skipif(native.active_build() is not None, reason="this process runs the compiled simulator")
 
 
 class RecordingSink:
@@ -73,12 +76,24 @@ def _bench_arrivals(servers: int, requests: int, load: float) -> tuple[list[Tier
     return [TierSLO.from_api(t) for t in sc.tiers], sc.server_tiers(), model, list(win.arrivals())
 
 
-def _run(module, cfg_kwargs: dict, arrivals: list, hook_factory=None) -> dict:
+def _simulate(cfg_kwargs: dict, arrivals: list, hooks: list, compact: bool, sink=None) -> engine.Simulator:
+    """One run; ``compact`` False: superseded step-end entries are never dropped."""
+    saved = engine._STALE_COMPACT_MIN
+    engine._STALE_COMPACT_MIN = saved if compact else 1 << 62
+    try:
+        sim = engine.Simulator(engine.SimConfig(**cfg_kwargs, hooks=hooks), sink=sink or RecordingSink())
+        sim.run(iter(arrivals))
+    finally:
+        engine._STALE_COMPACT_MIN = saved
+    if not compact:
+        assert sim.heap_compactions == 0
+    return sim
+
+
+def _run(cfg_kwargs: dict, arrivals: list, hook_factory=None, compact: bool = True) -> dict:
     hooks = [hook_factory()] if hook_factory is not None else []
-    cfg = module.SimConfig(**cfg_kwargs, hooks=hooks)
     sink = RecordingSink()
-    sim = module.Simulator(cfg, sink=sink)
-    sim.run(iter(arrivals))
+    sim = _simulate(cfg_kwargs, arrivals, hooks, compact, sink)
     servers = [
         (s.sid, s.served, s.busy_s, s.energy_j, s.tokens_out, s.spilled_in, s.G, s.kv, s.removed, s.ended_at)
         for s in sim.servers
@@ -115,7 +130,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_same_outcomes_as_the_reference_engine(case: str) -> None:
+def test_same_outcomes_with_and_without_dropping_superseded_steps(case: str) -> None:
     servers, requests, load, kind, rebin = CASES[case]
     tiers, server_tiers, model, arrivals = _bench_arrivals(servers, requests, load)
     cfg = dict(
@@ -127,8 +142,8 @@ def test_same_outcomes_as_the_reference_engine(case: str) -> None:
         rebin_idle=rebin,
         model_load_s=2.0,
     )
-    new = _run(engine, cfg, arrivals)
-    ref = _run(reference, cfg, arrivals)
+    new = _run(cfg, arrivals)
+    ref = _run(cfg, arrivals, compact=False)
     assert len(new["rows"]) == len(ref["rows"]) > 0
     for i, (a, b) in enumerate(zip(new["rows"], ref["rows"])):
         assert a == b, f"request outcome {i} differs: {a} != {b}"
@@ -157,8 +172,8 @@ def test_same_outcomes_with_fleet_changes_learning_and_power(kind: str) -> None:
         measure_from_s=0.5,
         measure_until_s=arrivals[-1].t * 0.9,
     )
-    new = _run(engine, cfg, arrivals, lambda: FleetChanges(other))
-    ref = _run(reference, cfg, arrivals, lambda: FleetChanges(other))
+    new = _run(cfg, arrivals, lambda: FleetChanges(other))
+    ref = _run(cfg, arrivals, lambda: FleetChanges(other), compact=False)
     assert new["totals"][5] > 0, "the scenario must break some streams (removal without migration)"
     assert any(s[8] for s in new["servers"]), "the scenario must remove servers"
     assert len(new["servers"]) == 10, "two servers added (a cold start and one from a tick)"
@@ -171,19 +186,12 @@ def test_same_outcomes_with_fleet_changes_learning_and_power(kind: str) -> None:
 
 def test_superseded_steps_are_dropped_without_moving_the_end_of_the_run() -> None:
     # Many cut stretches (least-loaded spreads every arrival onto a decoding server): the
-    # heap is compacted several times, and the run still ends at the reference's time.
+    # heap is compacted several times, and the run still ends where it ends without that.
     tiers, server_tiers, model, arrivals = _bench_arrivals(64, 3000, 0.6)
-    cfg = engine.SimConfig(tiers=tiers, server_tiers=server_tiers, model=model, policy_kind="pool-least-loaded", seed=5)
-    sim = engine.Simulator(cfg, sink=RecordingSink())
-    sim.run(iter(arrivals))
+    cfg = dict(tiers=tiers, server_tiers=server_tiers, model=model, policy_kind="pool-least-loaded", seed=5)
+    sim = _simulate(cfg, arrivals, [], compact=True)
     assert sim.heap_compactions >= 3
-    ref = reference.Simulator(
-        reference.SimConfig(
-            tiers=tiers, server_tiers=server_tiers, model=model, policy_kind="pool-least-loaded", seed=5
-        ),
-        sink=RecordingSink(),
-    )
-    ref.run(iter(arrivals))
+    ref = _simulate(cfg, arrivals, [], compact=False)
     assert sim.now == ref.now and math.isfinite(sim.now)
     assert sim.gpu_seconds() == ref.gpu_seconds()
 
@@ -202,8 +210,8 @@ def test_the_equivalence_check_can_fail() -> None:
         def on_tick(self, sim, now):
             pass
 
-    new = _run(engine, cfg, arrivals, Nudged)
-    ref = _run(reference, cfg, arrivals)
+    new = _run(cfg, arrivals, Nudged)
+    ref = _run(cfg, arrivals, compact=False)
     assert new["rows"] != ref["rows"] or new["servers"] != ref["servers"]
 
 
@@ -218,7 +226,7 @@ def test_runner_feeds_the_window_as_plain_rows() -> None:
 
 def test_dropped_superseded_step_still_ends_the_run_where_the_reference_does() -> None:
     # A model swap to a faster model cuts a long decode stretch: its old end (at the slow
-    # model's pace) lies after the request's real finish, so in the reference engine that
+    # model's pace) lies after the request's real finish, so without the drop that
     # superseded entry is the last event popped and sets the run's end (``now``, which
     # gpu_seconds and the busy fractions divide by). Dropping it must not move the end.
     slow, fast = load_profile("llama-3.1-8b-a100"), load_profile("llama-3.1-8b-h100")
@@ -227,12 +235,15 @@ def test_dropped_superseded_step_still_ends_the_run_where_the_reference_does() -
     class SwapThenCompact:
         interval_s = 0.0
 
+        def __init__(self, compact: bool) -> None:
+            self.compact = compact
+
         def schedule(self):
             def swap(sim, now):
                 sim.set_model(sim.servers[0], fast)
 
             def compact(sim, now):
-                if hasattr(sim, "_drop_stale"):
+                if self.compact:
                     sim._drop_stale()
 
             return [(1.0, swap), (1.2, compact)]
@@ -241,13 +252,10 @@ def test_dropped_superseded_step_still_ends_the_run_where_the_reference_does() -
             pass
 
     results = {}
-    for name, module in (("new", engine), ("reference", reference)):
-        cfg = module.SimConfig(
-            tiers=tiers, server_tiers=["only"], model=slow, policy_kind="static-partition", hooks=[SwapThenCompact()]
-        )
+    for name, compact in (("new", True), ("reference", False)):
+        cfg = dict(tiers=tiers, server_tiers=["only"], model=slow, policy_kind="static-partition")
         sink = RecordingSink()
-        sim = module.Simulator(cfg, sink=sink)
-        sim.run(iter([Arrival(0.0, 100, 2000, 0)]))
+        sim = _simulate(cfg, [Arrival(0.0, 100, 2000, 0)], [SwapThenCompact(compact)], compact, sink)
         (row,) = sink.rows
         finished_at = row[1] - slow.request_overhead_s + row[2] * 1999  # first token + 1999 more
         results[name] = (sim.now, sim.gpu_seconds(), sim.servers[0].busy_s, finished_at)
