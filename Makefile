@@ -145,8 +145,17 @@ bench: install ## benchmarks: print figures, write JSON under bench-results/
 	$(KUBETIER) router bench --output bench-results/router.json
 	$(KUBETIER) simulate bench --output bench-results/sim.json
 	$(KUBETIER) simulate bench --servers 1000 --requests 200000 --no-profile --output bench-results/sim-1000.json
+	@# the same two runs on the mypyc-compiled simulator (same results; skipped without a C compiler)
+	if $(PY) -m kubetier.sim.native build; then \
+	  KUBETIER_SIM_NATIVE=1 $(KUBETIER) simulate bench --no-profile --output bench-results/sim-compiled.json; \
+	  KUBETIER_SIM_NATIVE=1 $(KUBETIER) simulate bench --servers 1000 --requests 200000 --no-profile --output bench-results/sim-1000-compiled.json; \
+	else echo "compiled simulator not built: skipped its bench lines" >&2; fi
 	$(KUBETIER) simulate learning-bench --output bench-results/sim-learning.json
 	$(KUBETIER) simulate scenario-bench --output bench-results/sim-scenarios.json
+
+.PHONY: sim-native
+sim-native: install ## compile the fleet simulator's hot modules with mypyc (optional; then KUBETIER_SIM_NATIVE=1)
+	$(PY) -m kubetier.sim.native build
 
 .PHONY: clean
 clean: ## remove the venv and local results (not the cluster cache)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kubetier.policy.latency import load_profile
 
-from . import runner
+from . import native, runner
 from .scenario import parse_scenario
 
 
@@ -95,9 +95,11 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     sc, model, rate, bound = bench_scenario(args.servers, args.requests, args.load, args.profile)
+    build = native.active_build()
     print(
         f"bench: {args.servers} servers, {args.requests:,} requests, policy {args.policy}, "
-        f"offered {rate:.1f} req/s ({args.load:.0%} of the fluid estimate {bound:.1f})",
+        f"offered {rate:.1f} req/s ({args.load:.0%} of the fluid estimate {bound:.1f}); "
+        + (f"compiled simulator ({native.ENV}=1, {build})" if build else f"pure Python (compiled: {native.ENV}=1)"),
         file=sys.stderr,
     )
 
@@ -124,6 +126,7 @@ def main(argv: list[str]) -> int:
             "serverSteps": r.steps,
             "stepsPerRequest": r.steps / max(1, r.requests),
             "peakRssMb": rss_mb,
+            "compiled": build is not None,
             "simulatedS": r.makespan_s,
             "attainment": {t.name: t.attainment_deadline for t in r.tiers},
         }
@@ -148,7 +151,9 @@ def main(argv: list[str]) -> int:
             "attainment difference per tier: "
             + ", ".join(f"{k} {v:+.1f} pts" for k, v in result["attainmentMinusBaseline"].items())
         )
-    if not args.no_profile:
+    if not args.no_profile and build is not None:
+        print("\n(no cProfile pass: the compiled modules are invisible to it; profile the pure-Python run)")
+    elif not args.no_profile:
         n = min(args.requests, 50_000)
         sc2, model2, _rate2, _ = bench_scenario(args.servers, n, args.load, args.profile)
         prof = cProfile.Profile()

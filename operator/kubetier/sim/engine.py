@@ -19,6 +19,10 @@ exactly without looking at every token: within a stretch a sequence's slack is c
 in the iteration index, so its worst token is the first or last one of the stretch, and
 among the sequences of one tier on one server the one with the smallest deadline key is
 the worst at every iteration, so one heap per (server, tier) finds every miss.
+The module is also compiled with mypyc, with the policy's hot modules, when asked for
+(``kubetier.sim.native``: 2.0-2.7x faster, same results bit for bit, sim/README.md
+"Simulator speed, round 4"), so it stays type-clean; ``tests/sim/test_engine_equivalence.py``
+holds every outcome to a frozen copy of the engine from before the speed work.
 
 Routing goes through :class:`kubetier.policy.routing.RoutingPolicy`, called the same way
 the router calls it: ``decide`` on arrival (and on retries of a ``wait``), ``on_admit``,
@@ -37,13 +41,14 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.latency_learning import LatencyCorrection
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.waiting import waiting_key
 
-from .workload import Arrival
+from .hooks import Hook, OutcomeSink
 
 _heappush = heapq.heappush
 _heappop = heapq.heappop
@@ -53,6 +58,15 @@ _heappop = heapq.heappop
 DEFAULT_RETRY_S = 0.1
 MIN_RETRY_S = 0.01
 RETRY_COALESCE_S = 0.01
+
+# What the event loop needs of an arrival: (t, prompt_tokens, output_tokens, tier), which
+# a :class:`kubetier.sim.workload.Arrival` is; the runner feeds plain tuples (no named tuple built per request).
+ArrivalRow = tuple[float, int, int, int]
+
+# Superseded step-end entries (a cut decode stretch leaves its old entry behind) are
+# dropped from the event heap in one pass once they are this many and half of it: at
+# 1,000 servers they had made the heap ~5x the number of servers.
+_STALE_COMPACT_MIN = 64
 
 _REJECTED = 2  # Request.state values
 _DONE = 1
@@ -77,14 +91,12 @@ class Request:
         "waiting",
     )
 
-    def __init__(self, rid: int, a: Arrival):
+    def __init__(self, rid: int, a: ArrivalRow):
         self.rid = rid
-        self.t_arr = a.t
-        self.prompt = a.prompt_tokens
-        self.output = a.output_tokens
-        self.tier = a.tier
-        self.server = None
-        self.prefill_left = a.prompt_tokens
+        # one unpack instead of four named-field reads (this runs once per request)
+        self.t_arr, self.prompt, self.output, self.tier = a
+        self.server: Server | None = None
+        self.prefill_left = self.prompt
         self.t_first = -1.0
         self.failed = False  # some token missed its deadline
         self.finish_iter = 0
@@ -133,6 +145,7 @@ class Server:
         "step_end",
         "step_n",
         "step_p",
+        "step_seq",
         "step_t0",
         "tier",
         "tier_heaps",
@@ -166,6 +179,7 @@ class Server:
         self.queued_prefill = 0  # prompt tokens routed here and not yet prefilled
         self.busy = False
         self.version = 0
+        self.step_seq = 0  # seq of the live step-end event (0: none); older entries are stale
         self.step_t0 = self.step_a = self.step_b = self.step_end = 0.0
         self.step_n = self.step_B = 0
         self.step_chunks: list | None = None
@@ -180,43 +194,6 @@ class Server:
         self.budget = model.max_num_batched_tokens
         self.decode_s = model.decode_iteration_s
         self.iter_s = model.iteration_s
-
-
-class OutcomeSink:
-    """Receives one call per request when it completes or is rejected."""
-
-    def record(
-        self,
-        tier: int,
-        ttft_s: float,
-        tpot_s: float,
-        deadline_ok: bool,
-        rejected: bool,
-        spilled: bool,
-        queue_s: float,
-        server: int,
-    ) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class Hook:
-    """Base of the control-loop plug-ins (autoscaling, pre-warm, power, spot).
-
-    ``interval_s`` > 0 makes the simulator call :meth:`on_tick` every interval with the
-    :class:`Simulator`; hooks act only through its public methods (``add_server``,
-    ``drain_server``, ``remove_server``, ``set_slowdown``, ``set_model``, ``call_at``, ``servers``,
-    ``now``).
-    ``schedule()`` may return one-off ``(time, callback(sim, now))`` pairs, e.g. a spot
-    preemption schedule (notice = drain, then remove).
-    """
-
-    interval_s: float = 0.0
-
-    def schedule(self) -> Iterable[tuple[float, Callable[[Simulator, float], None]]]:
-        return ()
-
-    def on_tick(self, sim: Simulator, now: float) -> None:
-        pass
 
 
 @dataclass
@@ -255,8 +232,10 @@ class Simulator:
         self.tier_names = [t.name for t in cfg.tiers]
         self.rng = random.Random(cfg.seed)
         if policy is None:
-            extra = {"rebin_idle": True} if cfg.rebin_idle else {}
-            policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng, **extra)
+            if cfg.rebin_idle:
+                policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng, rebin_idle=True)
+            else:
+                policy = RoutingPolicy(list(cfg.tiers), kind=cfg.policy_kind, rng=self.rng)
         self.policy = policy
         self.sink = sink
         self._m_from = cfg.measure_from_s
@@ -265,6 +244,9 @@ class Simulator:
         self.by_sid: dict[str, Server] = {}
         self.events: list = []  # (t, seq, kind, payload)
         self._seq = 0
+        self._stale = 0  # superseded step-end entries still in the heap
+        self.heap_compactions = 0  # times _drop_stale ran (a benchmark figure)
+        self._stale_max_t = -math.inf  # latest time of a superseded entry dropped unpopped
         self.now = 0.0
         # Requests the policy told to wait (the router holds them), in the router's order
         # (kubetier.policy.waiting.waiting_key): a heap of (key, request).
@@ -343,8 +325,11 @@ class Simulator:
             return
         srv.removed = True
         srv.ended_at = self.now
+        if srv.busy:
+            self._stale += 1
         srv.busy = False
         srv.version += 1
+        srv.step_seq = 0
         srv.up_since = self.now - srv.up_since  # becomes the server's lifetime (see gpu_seconds)
         self.policy.remove_server(srv.sid)
         orphans = list(srv.waiting) + list(srv.prefilling) + [e[2] for e in srv.running_heap if not e[2].state]
@@ -419,7 +404,7 @@ class Simulator:
         self._seq += 1
         heapq.heappush(self.events, (t, self._seq, kind, payload))
 
-    def run(self, arrivals: Iterable[Arrival], progress: Callable[[int], None] | None = None) -> None:
+    def run(self, arrivals: Iterable[ArrivalRow], progress: Callable[[int], None] | None = None) -> None:
         # The loop allocates a few short-lived objects per request and frees them by
         # reference counting; the cyclic collector would repeatedly scan every live
         # request and heap entry for nothing (measured: a large share of the run time).
@@ -431,24 +416,24 @@ class Simulator:
             if gc_was_enabled:
                 gc.enable()
 
-    def _run(self, arrivals: Iterable[Arrival], progress: Callable[[int], None] | None) -> None:
+    def _run(self, arrivals: Iterable[ArrivalRow], progress: Callable[[int], None] | None) -> None:
         events = self.events
         heappop = heapq.heappop
         it = iter(arrivals)
         nxt = next(it, None)
+        t_next = math.inf if nxt is None else nxt[0]
         rid = 0
         step_end = self._step_end
         route = self._route
-        while True:
-            if self.stop:
-                break  # the sink decided the outcome is settled (goodput search)
-            if events and (nxt is None or events[0][0] <= nxt[0]):
-                t, _, kind, payload = heappop(events)
+        while not self.stop:  # stop: the sink decided the outcome is settled (goodput search)
+            if events and events[0][0] <= t_next:
+                t, seq, kind, payload = heappop(events)
                 self.now = t
-                if kind == 0:  # a server's step ends: payload = (server, version)
-                    srv, ver = payload
-                    if ver == srv.version:
-                        step_end(srv, t)
+                if kind == 0:  # a server's step ends: payload = the server
+                    if seq == payload.step_seq:
+                        step_end(payload, t)
+                    else:  # superseded (a cut stretch, a removed server)
+                        self._stale -= 1
                 elif kind == 1:  # retry the requests the router holds
                     if t == self._wait_timer_at:  # else superseded by an earlier timer
                         self._wait_timer_at = math.inf
@@ -469,15 +454,18 @@ class Simulator:
                         if self.n_waiting:
                             self._retry_waiting(t)
             elif nxt is not None:
-                t = nxt[0]
-                self.now = t
+                self.now = t_next
                 req = Request(rid, nxt)
                 rid += 1
-                route(req, t)
+                route(req, t_next)
                 nxt = next(it, None)
+                t_next = math.inf if nxt is None else nxt[0]
                 if progress is not None and not (rid & 0x3FFF):
                     progress(rid)
             else:
+                # ran dry: end where popping the dropped superseded entries would have
+                if self._stale_max_t > self.now:
+                    self.now = self._stale_max_t
                 break
         self.n_arrived = rid
         if progress is not None:
@@ -491,7 +479,7 @@ class Simulator:
         d = self._decide(self.tier_names[tier], req.prompt, now - req.t_arr)
         action = d.action
         if action == "route":
-            srv = self.by_sid[d.server_id]
+            srv = self.by_sid[cast(str, d.server_id)]  # a "route" always names its server
             if d.spilled:
                 req.spilled = True
                 srv.spilled_in += 1
@@ -579,14 +567,41 @@ class Simulator:
         srv.step_n = i
         srv.step_end = srv.step_t0 + i * a + b * i * (i - 1) / 2.0
         srv.version += 1
-        self._seq += 1
-        heapq.heappush(self.events, (srv.step_end, self._seq, 0, (srv, srv.version)))
+        self._seq = seq = self._seq + 1
+        srv.step_seq = seq
+        _heappush(self.events, (srv.step_end, seq, 0, srv))
+        self._stale = stale = self._stale + 1  # the stretch's old entry
+        if stale >= _STALE_COMPACT_MIN and 2 * stale > len(self.events):
+            self._drop_stale()
+
+    def _drop_stale(self) -> None:
+        """Remove superseded step-end entries from the event heap, in place.
+
+        Live entries keep their (time, seq) keys, which are unique, so they still pop in
+        exactly the same order. A superseded entry did nothing when popped except set
+        ``now``, so the latest dropped time is kept: when the loop runs dry, ``now`` (the
+        makespan) is what it would have been had those entries been popped.
+        """
+        events = self.events
+        live = []
+        latest = self._stale_max_t
+        for e in events:
+            if e[2] == 0 and e[1] != e[3].step_seq:
+                if e[0] > latest:
+                    latest = e[0]
+            else:
+                live.append(e)
+        heapq.heapify(live)
+        events[:] = live
+        self._stale_max_t = latest
+        self._stale = 0
+        self.heap_compactions += 1
 
     def _plan(self, srv: Server, now: float) -> None:
         """Choose the next step of ``srv`` at time ``now`` and schedule its end."""
         B = srv.n_running
         budget = srv.budget - B
-        chunks = None
+        chunks: list[tuple[Request, int]] | None = None
         p = 0
         pairs = 0  # attention of each chunk to its prompt's earlier chunks
         if budget > 0 and (srv.prefilling or srv.waiting):
@@ -661,8 +676,9 @@ class Simulator:
         srv.busy = True
         srv.step_end = end
         srv.version += 1
-        self._seq += 1
-        heapq.heappush(self.events, (end, self._seq, 0, (srv, srv.version)))
+        self._seq = seq = self._seq + 1
+        srv.step_seq = seq
+        _heappush(self.events, (end, seq, 0, srv))
 
     def _step_end(self, srv: Server, t: float) -> None:
         self.steps += 1

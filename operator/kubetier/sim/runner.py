@@ -225,16 +225,16 @@ def load_ratio(
     )
 
 
-def window_arrivals(win: wl.Window, chunk: int = 1 << 16) -> Iterator[wl.Arrival]:
-    """The window's arrivals, converted to Python values a chunk at a time: converting
-    all four columns at once (``Window.arrivals``) held ~110 bytes per request in lists
-    for the whole run (1.8 GB RSS at 3.2M requests into a 10M-request run)."""
-    make = wl.Arrival._make
+def window_arrivals(win: wl.Window, chunk: int = 1 << 16) -> Iterator[tuple[float, int, int, int]]:
+    """The window's arrivals as plain ``(t, prompt, output, tier)`` tuples (the field
+    order of :class:`workload.Arrival`), converted to Python values a chunk at a time:
+    converting all four columns at once (``Window.arrivals``) held ~110 bytes per request
+    in lists for the whole run (1.8 GB RSS at 3.2M requests into a 10M-request run).
+    Plain tuples, not ``Arrival``: building a named tuple cost ~0.27 µs per request
+    (``timeit``: 380 ns per ``Arrival._make`` against 114 ns per ``zip`` tuple)."""
     for i in range(0, len(win.t), chunk):
         j = i + chunk
-        yield from map(
-            make, zip(win.t[i:j].tolist(), win.prompt[i:j].tolist(), win.output[i:j].tolist(), win.tier[i:j].tolist())
-        )
+        yield from zip(win.t[i:j].tolist(), win.prompt[i:j].tolist(), win.output[i:j].tolist(), win.tier[i:j].tolist())
 
 
 def n_servers(sc: Scenario) -> int:
