@@ -181,9 +181,9 @@ class Variant:
 
 
 def _kubetier_router(
-    cfg_path: str, port: int, cores: set[int], workers: int = 1, reuse: bool = False
+    cfg_path: str, port: int, cores: set[int], workers: int = 1, reuse: bool = False, python: str | None = None
 ) -> subprocess.Popen:
-    args = [sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--config", cfg_path]
+    args = [python or sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--config", cfg_path]
     # One load generator is one client address: lift the per-address connection cap.
     args += ["--workers", str(workers), "--log-level", "WARNING", "--no-access-log"]
     args += ["--max-connections-per-client", "100000", "--max-connections", "100000"]
@@ -515,6 +515,13 @@ def main(argv: list[str]) -> int:
         help="tokens per stream (default: %(default)s); two runs at, e.g., 4 and 64 split CPU per "
         "request from CPU per token: per request = a + b x tokens",
     )
+    ap.add_argument(
+        "--baseline-python",
+        default=None,
+        help="an interpreter whose environment holds another kubetier build (e.g. an older checkout's "
+        ".venv/bin/python): adds the variant kubetier-1w-baseline, that build's router with 1 worker on "
+        "core 0, for a before/after comparison in one run",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
@@ -526,6 +533,8 @@ def main(argv: list[str]) -> int:
     bench.OUTPUT_TOKENS = args.output_tokens
     bench._set_token_ms(args.token_ms)
     names = [v for v in args.variants.split(",") if v]
+    if args.baseline_python and "kubetier-1w-baseline" not in names:
+        names.append("kubetier-1w-baseline")
     if any(v.startswith("vllm-router") for v in names) and not args.vllm_router:
         ap.error("--vllm-router EXE is needed for the vllm-router variants (or leave them out of --variants)")
     ncpu = os.cpu_count() or 1
@@ -570,6 +579,10 @@ def main(argv: list[str]) -> int:
                 port = bench._free_port()
                 if name == "kubetier-1w":
                     procs = [_kubetier_router(cfg_path, port, core0)]
+                elif name == "kubetier-1w-baseline":
+                    if not args.baseline_python:
+                        ap.error("kubetier-1w-baseline needs --baseline-python")
+                    procs = [_kubetier_router(cfg_path, port, core0, python=args.baseline_python)]
                 elif name == "kubetier-2w":
                     procs = [_kubetier_router(cfg_path, port, both, workers=2)]
                 elif name == "kubetier-2r":

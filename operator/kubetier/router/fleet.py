@@ -4,6 +4,9 @@ Load comes from the router's own in-flight accounting (``on_admit`` / ``on_prefi
 / ``on_finish`` through the shared policy) and is corrected every ``scrape_interval_s``
 from each engine's ``/metrics`` (vLLM names: running + waiting requests, KV-cache
 usage), which is also how several workers or router replicas see each other's load.
+The same scrape feeds the online latency correction from the engine's own per-token
+timing (``_learn_from_engine``); the router's timing of the streams it relays is used
+only for engines that export none, since it carries the router's own lag.
 A server that fails a health check or a request is marked not ready until its next
 successful scrape; discovery marks servers draining or gone.
 
