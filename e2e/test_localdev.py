@@ -76,7 +76,8 @@ def annotations(kubectl: Kubectl, namespace: str) -> dict[str, str | None]:
     }
 
 
-def exercise(kubectl: Kubectl, api_client, namespace: str, command, probe_path: str) -> None:
+def exercise(kubectl: Kubectl, api_client, namespace: str, command, probe_path: str) -> int:
+    """Scale a managed Deployment 2 -> 1 under LocalEngines; returns how many engines were stopped."""
     kubectl.apply(managed_deployment("local", namespace, 2))
     with LocalEngines(api_client, namespace=namespace, command=command, ready_timeout_s=60) as engines:
         eps = engines.wait_for(lambda e: len(e) == 2, timeout_s=90)
@@ -104,14 +105,15 @@ def exercise(kubectl: Kubectl, api_client, namespace: str, command, probe_path: 
         "local-endpoint annotations removed on close",
         timeout=15,
     )
+    return len(gone) + len(still)
 
 
 def test_local_engines_with_a_stand_in_command(kubectl: Kubectl, api_client, gpu_nodes, namespace):
-    exercise(kubectl, api_client, namespace, http_server, "/")
+    assert exercise(kubectl, api_client, namespace, http_server, "/") == 2
 
 
 def test_local_engines_run_the_engine_simulator(kubectl: Kubectl, api_client, gpu_nodes, namespace):
     if importlib.util.find_spec("kubetier.engine_sim.main") is None:
         msg = "kubetier.engine_sim.main is missing (the engine simulator has not landed)"
         pytest.fail(msg) if IN_CI else pytest.skip(msg)
-    exercise(kubectl, api_client, namespace, engine_sim_command(time_scale=0.1), "/v1/models")
+    assert exercise(kubectl, api_client, namespace, engine_sim_command(time_scale=0.1), "/v1/models") == 2

@@ -74,5 +74,7 @@ def test_free_loopback_port_is_bindable():
     import socket
 
     port = free_loopback_port()
+    assert 1024 <= port <= 65535
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+        assert s.getsockname() == ("127.0.0.1", port)
