@@ -394,6 +394,16 @@ async def _drive_watched(
             view["router_runqueue_percent_arrivals"] = round(100.0 * (inside[-1][2] - inside[0][2]) / span, 1)
         steps = [100.0 * (b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(cpu, cpu[1:]) if b[0] > a[0]]
         view["router_cpu_percent_max_0_5s"] = round(max(steps), 1)
+        # per sample interval: (end, running %, runnable-but-waiting %) of the router
+        view["router_cpu_timeline"] = [
+            (
+                round(y[0], 2),
+                round(100.0 * (y[1] - x[1]) / (y[0] - x[0]), 1),
+                round(100.0 * (y[2] - x[2]) / (y[0] - x[0]), 1),
+            )
+            for x, y in zip(cpu, cpu[1:])
+            if y[0] > x[0]
+        ]
     view["ttft_split"] = {
         "engine": _ttft_in_run(engines0, engines1, "vllm:time_to_first_token_seconds"),
         "router": _ttft_in_run(router0, router1, "kubetier_router_ttft_seconds"),
