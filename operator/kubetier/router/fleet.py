@@ -778,7 +778,7 @@ class ModelFleet:
         Why not the router's own timing of the streams it relays: on a router short of
         CPU those timings carry the router's own event-loop lag and upstream connection
         set-up. At 1,000 streams on the shared 2-core rig the first tokens timed at the
-        router were 5-25x the engines' own (router mean 909 ms, engines 63 ms), the
+        router were 14x the engines' own on average (router 909 ms, engines 63 ms), the
         correction climbed to its 2.0 bound within a few seconds, the interactive tier
         (40 ms TPOT on a 25 ms engine) had no feasible server left and 189 of its
         requests waited and were refused (429) while the engines, driven directly in the
