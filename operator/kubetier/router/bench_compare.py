@@ -23,7 +23,7 @@ the exact figure, syscalls per token
 (``perf stat -e raw_syscalls:sys_enter`` on the router's processes, when perf works),
 client-side TTFT/TPOT p50/p99 and per-tier attainment (deadline-based, 429s and errors
 are misses), and the 1-minute load average. The machine may be shared: the order of
-variants is alternated between repeats, and ratios are taken within one repeat.
+variants is rotated between repeats (each takes each slot once per N repeats), and ratios are taken within one repeat.
 
 Prints figures and writes JSON; asserts nothing about time.
 """
@@ -610,9 +610,13 @@ def main(argv: list[str]) -> int:
             direct = {name: ("127.0.0.1", port) for name, (_, port) in rig.engines.items()}
             for c in levels:
                 for rep in range(args.repeat):
+                    # Rotated, not reversed: with three or more runs per repeat, reversing
+                    # kept the middle one in the middle every time, and the same build run
+                    # in two slots (an A/A test at 1,000 streams) differed by 5-27 points
+                    # on the tightest tier by slot alone (docs/router.md, issue 18 section).
                     order: list[str | None] = [None, *names]
-                    if rep % 2:
-                        order.reverse()
+                    k = rep % len(order)
+                    order = order[k:] + order[:k]
                     for name in order:
                         if name is None:
                             row = _run(None, direct, c, args.duration, args.seed + rep, rig.model, None, engine_ports)
