@@ -51,6 +51,28 @@ class ServerState(DocumentModel):
     power_cap_watts: float | None = Field(
         default=None, description="The power cap the server is routed under (its capped latency model); null: none."
     )
+    engine_running: int | None = Field(
+        default=None,
+        description="Running + waiting requests the engine itself reported at the last scrape of its /metrics; "
+        "null before one.",
+    )
+    router_running_at_scrape: int | None = Field(
+        default=None,
+        description="The router's own in-flight count for the server just before that scrape replaced it "
+        "(compare with engineRunning: how far the router's accounting drifted in one scrape interval).",
+    )
+
+
+class TierDecisions(DocumentModel):
+    """What the routing policy answered for one tier's requests, and how long they waited."""
+
+    outcomes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Routing decisions by 'action/reason' (route/own, route/spill, wait/no-feasible-server, "
+        "reject/ttft-unreachable, ...), first decisions and re-decisions of waiting requests alike.",
+    )
+    queued: int = Field(default=0, ge=0, description="Requests that waited in the queue (left it since start).")
+    queue_wait_seconds: float = Field(default=0.0, ge=0, description="Their total time in the queue.")
 
 
 class ModelStatus(DocumentModel):
@@ -60,6 +82,22 @@ class ModelStatus(DocumentModel):
     shared_pool: bool = Field(default=False, description="The servers are a shared pool with dynamic bins.")
     bin_moves: int = Field(
         default=0, ge=0, description="Pool servers this router worker moved from one tier's bin to another."
+    )
+    latency_scale: float = Field(
+        default=1.0,
+        description="The learned latency correction the policy admits with (observed / profile iteration time; "
+        "1 = the profile), this worker's.",
+    )
+    latency_observations: int = Field(default=0, ge=0, description="Observations that fed the correction.")
+    latency_engine_observations: int = Field(
+        default=0,
+        ge=0,
+        description="Of them, scrape intervals timed by the engines themselves (their per-token histograms); "
+        "the router's own timing of relayed streams is used only for engines that export none.",
+    )
+    decisions: dict[str, TierDecisions] = Field(
+        default_factory=dict,
+        description="Per tier: the policy's decisions by outcome and the queue waits, this worker's.",
     )
 
 

@@ -23,7 +23,7 @@ the exact figure, syscalls per token
 (``perf stat -e raw_syscalls:sys_enter`` on the router's processes, when perf works),
 client-side TTFT/TPOT p50/p99 and per-tier attainment (deadline-based, 429s and errors
 are misses), and the 1-minute load average. The machine may be shared: the order of
-variants is alternated between repeats, and ratios are taken within one repeat.
+variants is rotated between repeats (each takes each slot once per N repeats), and ratios are taken within one repeat.
 
 Prints figures and writes JSON; asserts nothing about time.
 """
@@ -31,6 +31,8 @@ Prints figures and writes JSON; asserts nothing about time.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -82,6 +84,24 @@ def _on_cpu_s(pids: list[int]) -> float:
             try:
                 with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                     total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total / 1e9
+
+
+def _run_delay_s(pids: list[int]) -> float:
+    """Seconds the threads of processes spent runnable but waiting for a CPU (schedstat's
+    second field): a router short of CPU because others use its core shows here."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
             except (OSError, ValueError, IndexError):
                 pass
     return total / 1e9
@@ -161,9 +181,9 @@ class Variant:
 
 
 def _kubetier_router(
-    cfg_path: str, port: int, cores: set[int], workers: int = 1, reuse: bool = False
+    cfg_path: str, port: int, cores: set[int], workers: int = 1, reuse: bool = False, python: str | None = None
 ) -> subprocess.Popen:
-    args = [sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--config", cfg_path]
+    args = [python or sys.executable, "-m", "kubetier.cli", "router", "--port", str(port), "--config", cfg_path]
     # One load generator is one client address: lift the per-address connection cap.
     args += ["--workers", str(workers), "--log-level", "WARNING", "--no-access-log"]
     args += ["--max-connections-per-client", "100000", "--max-connections", "100000"]
@@ -232,14 +252,234 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
-def _run(variant: Variant | None, targets: dict, concurrency: int, duration: float, seed: int, model: str) -> dict:
+async def _get_status(pool, model: str) -> dict | None:
+    """One model's part of a kubetier router's ``/kubetier/status`` (None if unreadable)."""
+    from kubetier.lean_http.client import UpstreamError
+
+    try:
+        r = await pool.request("GET", "/kubetier/status", header_timeout_s=5.0)
+        body = await r.read_all(timeout=5.0)
+        r.close()
+        return json.loads(body)["models"][model]
+    except (UpstreamError, ValueError, KeyError, OSError):
+        return None
+
+
+async def _get_metrics(ports: list[int]) -> list[bytes]:
+    from kubetier.lean_http.client import UpstreamError, UpstreamPool
+
+    out = []
+    for port in ports:
+        pool = UpstreamPool("127.0.0.1", port)
+        try:
+            r = await pool.request("GET", "/metrics", header_timeout_s=5.0)
+            out.append(await r.read_all(timeout=5.0))
+            r.close()
+        except (UpstreamError, OSError):
+            out.append(b"")
+        finally:
+            pool.close()
+    return out
+
+
+def _histogram(texts: list[bytes], name: str) -> tuple[dict[float, float], float, float]:
+    """(cumulative buckets by upper bound, sum, count) of a Prometheus histogram, summed
+    over every label set and every text."""
+    buckets: dict[float, float] = {}
+    total = count = 0.0
+    prefix = name.encode()
+    for text in texts:
+        for line in text.split(b"\n"):
+            if not line.startswith(prefix):
+                continue
+            rest = line[len(prefix) :]
+            try:
+                value = float(line.rsplit(b" ", 1)[1])
+                if rest.startswith(b"_bucket"):
+                    le = float(line.split(b'le="', 1)[1].split(b'"', 1)[0])
+                    buckets[le] = buckets.get(le, 0.0) + value
+                elif rest.startswith(b"_sum"):
+                    total += value
+                elif rest.startswith(b"_count"):
+                    count += value
+            except (IndexError, ValueError):
+                continue
+    return buckets, total, count
+
+
+def _ttft_in_run(before: list[bytes], after: list[bytes], name: str) -> dict | None:
+    """Mean (exact) and p50/p90 (interpolated in the buckets) of a TTFT histogram over
+    one run: where along the path the first token's time went."""
+    b0, s0, n0 = _histogram(before, name)
+    b1, s1, n1 = _histogram(after, name)
+    n = n1 - n0
+    if n <= 0:
+        return None
+    out: dict[str, float | None] = {"n": int(n), "mean_ms": round((s1 - s0) / n * 1000, 1)}
+    bounds = sorted(b1)
+    for q in (0.5, 0.9):
+        target, prev_b, prev_c = q * n, 0.0, 0.0
+        for ub in bounds:
+            c = b1[ub] - b0.get(ub, 0.0)
+            if c >= target:
+                if ub == float("inf"):
+                    out[f"p{int(q * 100)}_ms"] = None
+                else:
+                    frac = (target - prev_c) / (c - prev_c) if c > prev_c else 1.0
+                    out[f"p{int(q * 100)}_ms"] = round((prev_b + frac * (ub - prev_b)) * 1000, 1)
+                break
+            prev_b, prev_c = ub, c
+    return out
+
+
+async def _drive_watched(
+    targets: dict,
+    concurrency: int,
+    duration: float,
+    seed: int,
+    model: str,
+    status_port: int | None,
+    engine_ports: list[int] | None = None,
+    cpu_s=None,
+) -> tuple[list, float, dict | None]:
+    """The load generator's run; for a kubetier router also its status before, every
+    ``_SAMPLE_S`` during and after the run (the policy's view: see :func:`router_view`),
+    and the time to first token as the engines and the router saw it (their histograms)."""
+    from kubetier.lean_http.client import UpstreamPool
+
+    engines0 = await _get_metrics(engine_ports or [])
+    if status_port is None:
+        results, elapsed = await bench._drive(targets, concurrency, duration, "poisson", seed, model)
+        engines1 = await _get_metrics(engine_ports or [])
+        split = {"engine": _ttft_in_run(engines0, engines1, "vllm:time_to_first_token_seconds")}
+        return results, elapsed, {"ttft_split": split}
+    router0 = await _get_metrics([status_port])
+    pool = UpstreamPool("127.0.0.1", status_port)
+    before = await _get_status(pool, model)
+    samples: list[dict] = []
+    stop = asyncio.Event()
+
+    cpu: list[tuple[float, float, float]] = []  # (seconds since start, router on-CPU s, runnable-waiting s)
+
+    async def sample() -> None:
+        t0 = time.monotonic()
+        while not stop.is_set():
+            if cpu_s is not None:
+                cpu.append((time.monotonic() - t0, *cpu_s()))
+            st = await _get_status(pool, model)
+            if st is not None:
+                samples.append({"t": round(time.monotonic() - t0, 2), **st})
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), _SAMPLE_S)
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        results, elapsed = await bench._drive(targets, concurrency, duration, "poisson", seed, model)
+    finally:
+        stop.set()
+        await sampler
+    after = await _get_status(pool, model)
+    pool.close()
+    engines1 = await _get_metrics(engine_ports or [])
+    router1 = await _get_metrics([status_port])
+    view = router_view(before, samples, after) or {}
+    if len(cpu) > 2:
+        # The router's CPU while arrivals last (the whole run's average also counts the
+        # drain, when few streams are left: it understates how busy the router was).
+        inside = [x for x in cpu if x[0] <= duration]
+        if len(inside) > 1:
+            span = inside[-1][0] - inside[0][0]
+            view["router_cpu_percent_arrivals"] = round(100.0 * (inside[-1][1] - inside[0][1]) / span, 1)
+            # share of that time the router was runnable but another process had its core
+            view["router_runqueue_percent_arrivals"] = round(100.0 * (inside[-1][2] - inside[0][2]) / span, 1)
+        steps = [100.0 * (b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(cpu, cpu[1:]) if b[0] > a[0]]
+        view["router_cpu_percent_max_0_5s"] = round(max(steps), 1)
+        # per sample interval: (end, running %, runnable-but-waiting %) of the router
+        view["router_cpu_timeline"] = [
+            (
+                round(y[0], 2),
+                round(100.0 * (y[1] - x[1]) / (y[0] - x[0]), 1),
+                round(100.0 * (y[2] - x[2]) / (y[0] - x[0]), 1),
+            )
+            for x, y in zip(cpu, cpu[1:])
+            if y[0] > x[0]
+        ]
+    view["ttft_split"] = {
+        "engine": _ttft_in_run(engines0, engines1, "vllm:time_to_first_token_seconds"),
+        "router": _ttft_in_run(router0, router1, "kubetier_router_ttft_seconds"),
+    }
+    return results, elapsed, view
+
+
+_SAMPLE_S = 0.5
+
+
+def router_view(before: dict | None, samples: list[dict], after: dict | None) -> dict | None:
+    """What the router's policy did in one run, from its status document: decisions by
+    tier and outcome (this run's share), queue waits, the learned latency scale over the
+    run, and its in-flight count per server against the engine's own (router's count
+    just before each scrape minus what the engine reported). None for a router that does
+    not report them (an older build)."""
+    if after is None or "decisions" not in after:
+        return None
+    b = (before or {}).get("decisions") or {}
+    decisions: dict[str, dict[str, int]] = {}
+    waits: dict[str, dict] = {}
+    for tier, d in after["decisions"].items():
+        bo = (b.get(tier) or {}).get("outcomes", {})
+        decisions[tier] = {k: v - bo.get(k, 0) for k, v in d["outcomes"].items() if v - bo.get(k, 0)}
+        n = d["queued"] - (b.get(tier) or {}).get("queued", 0)
+        w = d["queueWaitSeconds"] - (b.get(tier) or {}).get("queueWaitSeconds", 0.0)
+        waits[tier] = {"queued": n, "mean_wait_s": round(w / n, 3) if n else None}
+    scales = [s["latencyScale"] for s in samples if "latencyScale" in s]
+    drift: dict[str, list[int]] = {}
+    seen: set[tuple[str, int, int]] = set()
+    running: dict[str, list[int]] = {}
+    for s in samples:
+        for srv in s.get("servers", []):
+            running.setdefault(srv["id"], []).append(srv["running"])
+            er, rr = srv.get("engineRunning"), srv.get("routerRunningAtScrape")
+            if er is None or rr is None or (srv["id"], er, rr) in seen:
+                continue
+            seen.add((srv["id"], er, rr))
+            drift.setdefault(srv["id"], []).append(rr - er)
+    return {
+        "decisions": decisions,
+        "queue": waits,
+        "latency_scale": {
+            "start": (before or {}).get("latencyScale"),
+            "max": max(scales) if scales else None,
+            "end": after.get("latencyScale"),
+            "samples": scales,
+        },
+        "running_router_minus_engine": {
+            sid: {"mean": round(sum(v) / len(v), 1), "min": min(v), "max": max(v), "n": len(v)}
+            for sid, v in drift.items()
+        },
+        "running_router_mean": {sid: round(sum(v) / len(v), 1) for sid, v in running.items()},
+    }
+
+
+def _run(
+    variant: Variant | None,
+    targets: dict,
+    concurrency: int,
+    duration: float,
+    seed: int,
+    model: str,
+    status_port: int | None = None,
+    engine_ports: list[int] | None = None,
+) -> dict:
     import uvloop
 
     load_before = os.getloadavg()[0]
     t0 = variant.times() if variant else (0.0, 0.0)
     c0 = _on_cpu_s(variant.pids()) if variant else 0.0
     counter = SyscallCounter(variant.pids()) if variant else None
-    results, elapsed = uvloop.run(bench._drive(targets, concurrency, duration, "poisson", seed, model))
+    cpu_s = (lambda: (_on_cpu_s(variant.pids()), _run_delay_s(variant.pids()))) if variant else None
+    results, elapsed, view = uvloop.run(
+        _drive_watched(targets, concurrency, duration, seed, model, status_port, engine_ports, cpu_s)
+    )
     syscalls = counter.stop() if counter else None
     t1 = variant.times() if variant else (0.0, 0.0)
     c1 = _on_cpu_s(variant.pids()) if variant else 0.0
@@ -247,6 +487,11 @@ def _run(variant: Variant | None, targets: dict, concurrency: int, duration: flo
     row["variant"] = variant.name if variant else "direct"
     row["concurrency"] = concurrency
     row["load_average_1m"] = round((load_before + os.getloadavg()[0]) / 2, 2)
+    if view:
+        ttft = [(r.first_at - r.sent_at) * 1000 for r in results if not r.error and r.tokens]
+        if ttft:
+            view.setdefault("ttft_split", {})["client"] = {"n": len(ttft), "mean_ms": round(sum(ttft) / len(ttft), 1)}
+        row["router_view"] = view
     tok = row["tokens"]
     if variant and tok:
         row["cpu_user_us_per_token"] = round((t1[0] - t0[0]) / tok * 1e6, 2)
@@ -280,6 +525,13 @@ def main(argv: list[str]) -> int:
         help="tokens per stream (default: %(default)s); two runs at, e.g., 4 and 64 split CPU per "
         "request from CPU per token: per request = a + b x tokens",
     )
+    ap.add_argument(
+        "--baseline-python",
+        default=None,
+        help="an interpreter whose environment holds another kubetier build (e.g. an older checkout's "
+        ".venv/bin/python): adds the variant kubetier-1w-baseline, that build's router with 1 worker on "
+        "core 0, for a before/after comparison in one run",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
@@ -291,6 +543,8 @@ def main(argv: list[str]) -> int:
     bench.OUTPUT_TOKENS = args.output_tokens
     bench._set_token_ms(args.token_ms)
     names = [v for v in args.variants.split(",") if v]
+    if args.baseline_python and "kubetier-1w-baseline" not in names:
+        names.append("kubetier-1w-baseline")
     if any(v.startswith("vllm-router") for v in names) and not args.vllm_router:
         ap.error("--vllm-router EXE is needed for the vllm-router variants (or leave them out of --variants)")
     ncpu = os.cpu_count() or 1
@@ -335,6 +589,10 @@ def main(argv: list[str]) -> int:
                 port = bench._free_port()
                 if name == "kubetier-1w":
                     procs = [_kubetier_router(cfg_path, port, core0)]
+                elif name == "kubetier-1w-baseline":
+                    if not args.baseline_python:
+                        ap.error("kubetier-1w-baseline needs --baseline-python")
+                    procs = [_kubetier_router(cfg_path, port, core0, python=args.baseline_python)]
                 elif name == "kubetier-2w":
                     procs = [_kubetier_router(cfg_path, port, both, workers=2)]
                 elif name == "kubetier-2r":
@@ -352,16 +610,22 @@ def main(argv: list[str]) -> int:
             direct = {name: ("127.0.0.1", port) for name, (_, port) in rig.engines.items()}
             for c in levels:
                 for rep in range(args.repeat):
+                    # Rotated, not reversed: with three or more runs per repeat, reversing
+                    # kept the middle one in the middle every time, and the same build run
+                    # in two slots (an A/A test at 1,000 streams) differed by 5-27 points
+                    # on the tightest tier by slot alone (docs/router.md, issue 18 section).
                     order: list[str | None] = [None, *names]
-                    if rep % 2:
-                        order.reverse()
+                    k = rep % len(order)
+                    order = order[k:] + order[:k]
                     for name in order:
                         if name is None:
-                            row = _run(None, direct, c, args.duration, args.seed + rep, rig.model)
+                            row = _run(None, direct, c, args.duration, args.seed + rep, rig.model, None, engine_ports)
                         else:
                             v = variants[name]
                             tgt = {t["name"]: ("127.0.0.1", v.port) for t in bench.TIERS}
-                            row = _run(v, tgt, c, args.duration, args.seed + rep, rig.model)
+                            # one status port per variant: replicas each have their own view
+                            watch = v.port if name.startswith("kubetier") else None
+                            row = _run(v, tgt, c, args.duration, args.seed + rep, rig.model, watch, engine_ports)
                         row["repeat"] = rep
                         out["runs"].append(row)
                         _print_row(row)
@@ -442,6 +706,22 @@ def _print_row(r: dict) -> None:
         f"attainment {att}{cpu} load {r['load_average_1m']}",
         flush=True,
     )
+    view = r.get("router_view") or {}
+    if view.get("ttft_split"):
+        print(f"      ttft split (ms): {view['ttft_split']}", flush=True)
+    if "latency_scale" in view:
+        sc = view["latency_scale"]
+        print(
+            f"      router CPU while arrivals last {view.get('router_cpu_percent_arrivals')}% "
+            f"runnable but waiting for its core {view.get('router_runqueue_percent_arrivals')}% "
+            f"(max over 0.5 s {view.get('router_cpu_percent_max_0_5s')}%)",
+            flush=True,
+        )
+        print(
+            f"      policy: scale {sc['start']}->{sc['end']} (max {sc['max']}) decisions {view['decisions']} "
+            f"queue {view['queue']} running router-engine {view['running_router_minus_engine']}",
+            flush=True,
+        )
 
 
 def print_table(rows: list[dict]) -> None:

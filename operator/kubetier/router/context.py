@@ -83,7 +83,7 @@ class RequestContext:
                 sid, self.prompt_tokens_on_server, self.tokens_on_server, self.prefilled, self.tier if done else None
             )
             if done and self.at_admit is not None and self.tokens_on_server == self.tokens and self.first_at:
-                self.fleet.latency.stream_done(
+                self.fleet.stream_timed(
                     sid, self.at_admit, self.prompt_tokens, self.sent_at, self.first_at, self.last_at, self.tokens
                 )
             self.server = None

@@ -167,6 +167,26 @@ class RouterMetrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.decisions = Counter(
+            "kubetier_router_decisions",
+            "Routing decisions (first ones and re-decisions of waiting requests), by action and reason.",
+            mt + ["action", "reason"],
+            registry=r,
+        )
+        self.latency_scale = Gauge(
+            "kubetier_router_latency_scale",
+            "The learned latency correction the policy admits with (observed / profile; 1 = the profile).",
+            ["model", "worker"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.server_engine_running = Gauge(
+            "kubetier_router_server_engine_running",
+            "Running + waiting requests the engine reported at the router's last scrape.",
+            st,
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.tallies: dict[tuple[str, str], TierTally] = {}
         self._series: dict[tuple[str, str], TierSeries] = {}
 
