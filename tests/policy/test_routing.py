@@ -605,11 +605,12 @@ def test_the_router_and_the_simulator_charge_the_same_lag_for_the_same_events():
     assert live._servers["s"].lag_s == pytest.approx(sim._servers["s"].lag_s, abs=1e-9)
 
 
-def test_without_the_flag_the_policy_keeps_main_s_rule():
-    # routing.TRACK_LAG off (the default until seed 6003's regression is gone): no lag is
-    # tracked, the burst check sees only the chunks still queued, and the busy server
-    # of the first lag test takes the request.
-    p = policy(tiers=(BURST_TIER,))
+def test_without_the_flag_the_policy_keeps_the_earlier_rule():
+    # track_lag off (routing.TRACK_LAG is on by default): no lag is tracked, the burst
+    # check sees only the chunks still queued, and the busy server of the first lag test
+    # takes the request.
+    assert policy(tiers=(BURST_TIER,)).track_lag
+    p = policy(tiers=(BURST_TIER,), track_lag=False)
     assert not p.track_lag
     p.upsert_server(ServerLoad("busy", "t", MODEL, running=2, kv_tokens=4100, queued_prefill_tokens=4000))
     p.upsert_server(ServerLoad("idle", "t", MODEL, running=0))
