@@ -459,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--repeat", type=int, default=4, help="repeats; the order of variants alternates (default: %(default)s)"
     )
-    ap.add_argument("--rate", type=float, default=14.0, help="arrivals per second (default: %(default)s)")
-    ap.add_argument("--duration", type=float, default=40.0, help="seconds of arrivals per run (default: %(default)s)")
+    ap.add_argument("--rate", type=float, default=12.0, help="arrivals per second (default: %(default)s)")
+    ap.add_argument("--duration", type=float, default=45.0, help="seconds of arrivals per run (default: %(default)s)")
     ap.add_argument("--engines-per-tier", type=int, default=3, help="engine simulators per tier (default: %(default)s)")
     ap.add_argument(
         "--token-ms", type=float, default=100.0, help="engine time per token at batch 1 (default: %(default)s)"
