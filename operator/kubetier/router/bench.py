@@ -486,10 +486,15 @@ def main(argv: list[str]) -> int:
         from kubetier.router.bench_compare import main as compare_main
 
         return compare_main(argv[1:])
+    if argv and argv[0] == "replicas":
+        from kubetier.router.bench_replicas import main as replicas_main
+
+        return replicas_main(argv[1:])
     ap = argparse.ArgumentParser(
         prog="kubetier router bench",
         description=__doc__,
-        epilog="`kubetier router bench compare --help`: side by side with the Rust vllm-router.",
+        epilog="`kubetier router bench compare --help`: side by side with the Rust vllm-router; "
+        "`kubetier router bench replicas --help`: N router replicas against one router.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--output", default=None, help="write the results as JSON here")
