@@ -81,3 +81,15 @@ def wait_servers_ready(base: str, timeout: float = 20.0) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{base}: servers not all ready")
+
+
+async def stream_once(client: httpx.AsyncClient, base: str, tokens: int) -> int:
+    """Stream one completion of ``tokens`` tokens through the router; returns the token chunks seen."""
+    body = {"model": "m", "prompt": list(range(1000, 1064)), "max_tokens": tokens, "stream": True}
+    n = 0
+    async with client.stream("POST", f"{base}/v1/completions", json=body) as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            if line.startswith('data: {"id"') and '"choices":[{' in line:
+                n += 1
+    return n

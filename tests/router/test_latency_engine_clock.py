@@ -26,7 +26,7 @@ import httpx
 import pytest
 import uvloop
 import yaml
-from router_procs import free_port, wait_http
+from router_procs import free_port, stream_once, wait_http
 
 from kubetier.lean_http import port_of, start_server
 from kubetier.router.app import Router
@@ -75,17 +75,6 @@ async def lagging_router(engine_port: int, profile_path: str, lag_s: float):
     finally:
         front.close()
         await router.stop()
-
-
-async def stream_once(client: httpx.AsyncClient, base: str, tokens: int) -> int:
-    body = {"model": "m", "prompt": list(range(1000, 1064)), "max_tokens": tokens, "stream": True}
-    n = 0
-    async with client.stream("POST", f"{base}/v1/completions", json=body) as resp:
-        assert resp.status_code == 200
-        async for line in resp.aiter_lines():
-            if line.startswith('data: {"id"') and '"choices":[{' in line:
-                n += 1
-    return n
 
 
 async def test_a_lagging_router_does_not_learn_its_own_lag_as_slow_engines(procs, tmp_path):

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvloop
 import yaml
-from router_procs import free_port, wait_http
+from router_procs import free_port, stream_once, wait_http
 
 from kubetier.lean_http import port_of, start_server
 from kubetier.policy.routing_costs import costs_for
@@ -49,17 +49,6 @@ async def router_for(engine_port: int, profile_path: str):
     finally:
         front.close()
         await router.stop()
-
-
-async def stream_once(client: httpx.AsyncClient, base: str, tokens: int) -> int:
-    body = {"model": "m", "prompt": list(range(1000, 1064)), "max_tokens": tokens, "stream": True}
-    n = 0
-    async with client.stream("POST", f"{base}/v1/completions", json=body) as resp:
-        assert resp.status_code == 200
-        async for line in resp.aiter_lines():
-            if line.startswith('data: {"id"') and '"choices":[{' in line:
-                n += 1
-    return n
 
 
 @pytest.mark.parametrize("slowdown", [1.5, 0.7])

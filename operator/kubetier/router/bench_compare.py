@@ -70,10 +70,9 @@ def _proc_times(pid: int) -> tuple[float, float]:
     return user, system
 
 
-def _on_cpu_s(pids: list[int]) -> float:
-    """Exact on-CPU seconds of processes (every thread: /proc/PID/task/TID/schedstat, in ns).
-    /proc/PID/stat's user/system split is sampled at the clock tick (a few hundred ticks
-    per run here), so the total that decides a comparison comes from the scheduler."""
+def _schedstat_s(pids: list[int], field: int) -> float:
+    """One /proc/PID/task/TID/schedstat field summed over every thread of processes, in
+    seconds: 0 = time on a CPU, 1 = time runnable but waiting for one."""
     total = 0
     for pid in pids:
         try:
@@ -83,28 +82,23 @@ def _on_cpu_s(pids: list[int]) -> float:
         for tid in tids:
             try:
                 with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
+                    total += int(f.read().split()[field])
             except (OSError, ValueError, IndexError):
                 pass
     return total / 1e9
+
+
+def _on_cpu_s(pids: list[int]) -> float:
+    """Exact on-CPU seconds of processes (scheduler accounting, in ns). /proc/PID/stat's
+    user/system split is sampled at the clock tick (a few hundred ticks per run here), so
+    the total that decides a comparison comes from the scheduler."""
+    return _schedstat_s(pids, 0)
 
 
 def _run_delay_s(pids: list[int]) -> float:
-    """Seconds the threads of processes spent runnable but waiting for a CPU (schedstat's
-    second field): a router short of CPU because others use its core shows here."""
-    total = 0
-    for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    return total / 1e9
+    """Seconds the threads of processes spent runnable but waiting for a CPU: a router
+    short of CPU because others use its core shows here."""
+    return _schedstat_s(pids, 1)
 
 
 def _all_pids(pid: int) -> list[int]:
