@@ -220,6 +220,8 @@ def test_tight_tier_threshold_is_the_policy_variable(kubectl: Kubectl, policy_ns
         "the 25 ms threshold to be back",
         timeout=15,
     )
+    back = create(kubectl, ms("tight", ns, tight_tiers()))
+    assert back.returncode != 0 and "below 25 ms" in back.stderr, back.stderr
 
 
 # --------------------------------------------------------------------------- spot only
@@ -296,6 +298,8 @@ def test_required_labels_exempt_namespace(kubectl: Kubectl, policy_ns):
         "an exempt namespace to admit an unlabelled ModelService",
         timeout=15,
     )
+    admitted = create(kubectl, ms("sandbox", ns, labels={}))
+    assert admitted.returncode == 0, admitted.stderr
 
 
 def test_removing_a_required_label_is_rejected(kubectl: Kubectl, policy_ns):
