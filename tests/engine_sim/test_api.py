@@ -160,9 +160,15 @@ async def test_max_num_seqs_makes_extra_requests_wait(sim_server):
         tasks = [
             asyncio.create_task(client.completions.create(model=MODEL, prompt="go", max_tokens=40)) for _ in range(5)
         ]
-        await asyncio.sleep(0.1)  # ~15 decode iterations in: two run, three wait
+        # Read the gauges once all five have arrived (the client's first requests can take
+        # longer than a fixed 0.1 s to reach the engine on a loaded machine) and before the
+        # first two finish (40 tokens): two run, three wait.
         async with httpx.AsyncClient() as http:
-            values = metric_values((await http.get(url + "/metrics")).text)
+            for _ in range(250):
+                values = metric_values((await http.get(url + "/metrics")).text)
+                if values[("vllm:num_requests_running", ())] + values[("vllm:num_requests_waiting", ())] >= 5:
+                    break
+                await asyncio.sleep(0.02)
         results = await asyncio.gather(*tasks)
     assert values[("vllm:num_requests_running", ())] == 2
     assert values[("vllm:num_requests_waiting", ())] == 3
