@@ -141,7 +141,7 @@ PULL_LOADED = True
 TRACK_LAG = True
 # A request the steady-refill forecast alone refuses everywhere, and that cannot wait for
 # a batch to drain (rule 4's rescue condition), goes to the least loaded usable server
-# that passes every check with the forecast left out (routing_rescue.forecast_rescue_route;
+# that passes every check with half the forecast (routing_rescue.forecast_rescue_route;
 # generated seed 8015, kubetier/sim/README.md "Forecast rescue"). False: it waits (the
 # earlier rule). $KUBETIER_FORECAST_RESCUE=0/1 overrides it, for side-by-side runs.
 FORECAST_RESCUE = os.environ.get("KUBETIER_FORECAST_RESCUE", "1") != "0"
