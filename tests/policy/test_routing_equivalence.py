@@ -195,7 +195,16 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
             for s in light:
                 lag_before = p._servers[s.server_id].lag_s
                 if reference_feasible(
-                    s, prompt, H, budget, host_budget, refill * FORECAST_RESCUE_REFILL, own_tpot, burst, host_h, lag_before
+                    s,
+                    prompt,
+                    H,
+                    budget,
+                    host_budget,
+                    refill * FORECAST_RESCUE_REFILL,
+                    own_tpot,
+                    burst,
+                    host_h,
+                    lag_before,
                 ) and (k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())):
                     return ("route", s.server_id, k > 0)
     return ("wait", None, False)
