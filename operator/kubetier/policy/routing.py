@@ -45,7 +45,9 @@ Rules of kind ``"slo"`` (PolyServe, 2025), for a request of tier T:
    a running sequence of its tier takes to finish (mean output x TPOT) would only wait
    to be rejected; it goes to the least loaded server running at most one sequence that
    passes every check but the prefill burst (one possible miss for one certain one;
-   :func:`~kubetier.policy.routing_slo.rescue_route`).
+   :func:`~kubetier.policy.routing_slo.rescue_route`). Failing that (``forecast_rescue``),
+   it goes to the least loaded usable server that passes every check with half the
+   steady-refill forecast (:func:`~kubetier.policy.routing_rescue.forecast_rescue_route`).
 5. **Late.** When even an idle server could no longer deliver the first token in time
    (waited + scale_up_s + prefill of the prompt > TTFT): tier ``on_late="reject"`` ->
    ``reject`` with ``retry_after_s``; ``on_late="queue"`` -> route ignoring the
