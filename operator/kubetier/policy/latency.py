@@ -197,6 +197,12 @@ class LatencyModel:
         hi = r1[j] + (r1[j + 1] - r1[j]) * v
         return lo + (hi - lo) * u
 
+    def prefill_nondecreasing(self) -> bool:
+        """Whether a prompt chunk never costs less than a shorter one (the prefill table
+        is non-decreasing, so its interpolation and extrapolation are too)."""
+        ps = self._p_s
+        return all(a <= b for a, b in zip(ps, ps[1:], strict=False))
+
     def _prefill_iteration_s(self, tokens: float) -> float:
         ts, ps = self._p_tokens, self._p_s
         i = bisect_right(ts, tokens) - 1

@@ -42,6 +42,7 @@ class IterationCosts:
         "_pre",
         "_prefill_s",
         "ce",
+        "chunks_monotone",
         "kv_cap",
         "max_seqs",
         "mbt",
@@ -75,6 +76,10 @@ class IterationCosts:
         # chunk_extra(n) for 0 <= n <= maxNumBatchedTokens (every chunk a check sees),
         # filled on first use: a list index is cheaper than a dict lookup in the hot loop.
         self.ce: list[float | None] = [None] * (self.mbt + 1)
+        # Chunk costs never fall as a chunk grows (the prefill table is non-decreasing),
+        # so a first-token estimate only grows with the pending tokens: what the
+        # feasibility rule's first-token floor rests on (routing_feasibility.server_step).
+        self.chunks_monotone = model.prefill_nondecreasing()
 
     def max_kv(self, batch: int, budget_s: float) -> float:
         """Largest KV with decode_iteration_s(batch, KV) <= budget_s (exact, unquantised);

@@ -45,7 +45,9 @@ class ServerEntry:
         self.routes: tuple[Decision, Decision] | None = None  # its own-bin and spill decisions
         # (decode step now, prefill room next to the batch, cost of a full chunk): what
         # the first-token estimate needs from (running, kv); None after they change.
-        self.step: tuple[float, int, float, float] | None = None
+        # (routing_feasibility.server_step: also the queued prompts' context cost and the
+        # first-token floor, so on_prefill_done clears it too)
+        self.step: tuple[float, int, float, float, float, float, int] | None = None
         self.key: int | None = None  # packed (running, kv, id rank) in its bin; None = not routable
         self.in_order = False  # listed in its bin's round-robin order
         self.rank = rank  # the id's position in sorted-id order (spread out, see RANK_BITS)
@@ -406,6 +408,7 @@ class ServerIndex:
         if done > 0 and self.track_lag:
             e.lag_prefilled += done
         ld.queued_prefill_tokens = q - done
+        e.step = None  # its queued part changed
 
     def on_finish(self, server_id: str, prompt_tokens: int, output_tokens: int) -> None:
         e = self._servers.get(server_id)

@@ -19,8 +19,16 @@ from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING
 
 from kubetier.policy.bins import BinCount, donor_bin, may_move
-from kubetier.policy.routing_costs import KV_QUANTUM, MEMO_LIMIT, prompt_class
-from kubetier.policy.routing_feasibility import feasible, host_keeps_room, prefill_share_s, tpot_kv_ok
+from kubetier.policy.routing_costs import INF, KV_QUANTUM, MEMO_LIMIT, IterationCosts, prompt_class
+from kubetier.policy.routing_feasibility import (
+    FLOOR_MARGIN_S,
+    burst_floor_fails,
+    feasible,
+    host_keeps_room,
+    prefill_share_s,
+    server_step,
+    tpot_kv_ok,
+)
 from kubetier.policy.routing_index import KV_MASK, KV_SHIFT, RANK_MASK, RUN_SHIFT, Bin, ServerEntry
 
 if TYPE_CHECKING:
@@ -55,6 +63,13 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
     pc, p_lb = prompt_class(prompt)
     own_tpot_s = p._bins[t.name].tpot_s
     slack = p.protected_slack
+    # the prompt's context cost (IterationCosts.context_s), once per model met
+    ctx_p = -1.0
+    ctx_c: IterationCosts | None = None
+    # servers whose first-token floor is beyond this fail the check (server_step)
+    floor_limit = ttft_budget_s + FLOOR_MARGIN_S
+    # the burst check runs only with a finite budget and pending tokens (feasible)
+    burst_floor = ttft_budget_s != INF and p.burst_slack != INF
     for b in p._route_bins[t.name]:
         keys = b.keys
         if not keys:
@@ -93,10 +108,23 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
             while True:
                 j -= 1
                 e = by_rank[keys[j] & RANK_MASK]
-                if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s, burst_s, host_h) and (
-                    own or host_keeps_room(e, prompt, b.ttft_s, probe)
+                c = e.costs
+                st = e.step
+                if st is None:
+                    st = server_step(e)
+                if st[5] * c.scale <= floor_limit and not (
+                    burst_floor
+                    and e.load.running
+                    and (prompt or e.load.queued_prefill_tokens)
+                    and burst_floor_fails(st, c.scale, tpot_s, e.lag_s, burst_s)
                 ):
-                    return _route_of(e, own)
+                    if c is not ctx_c:
+                        ctx_c = c
+                        ctx_p = c.context_s(prompt)
+                    if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s, burst_s, host_h, ctx_p) and (
+                        own or host_keeps_room(e, prompt, b.ttft_s, probe)
+                    ):
+                        return _route_of(e, own)
                 checks -= 1
                 if checks <= 0:
                     return _least_loaded_fallback(p, t, prompt, H, ttft_budget_s)
