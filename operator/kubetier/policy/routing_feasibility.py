@@ -62,9 +62,9 @@ __all__ = [
 IN_FLIGHT_SHARE = 0.5
 
 
-def server_step(e: ServerEntry) -> tuple[float, int, float, float, float, float, int]:
+def server_step(e: ServerEntry) -> None:
     """What the first-token estimate needs from the server's state (running, KV, queued),
-    unscaled, cached on the entry until its load changes (``ServerEntry.step``):
+    unscaled, cached on the entry until its load changes (``ServerEntry.stepped``):
     (decode step now, prefill room next to the batch, extra cost of a full chunk, the
     in-flight iteration's remainder, the queued prompts' attention to their earlier
     chunks, the **first-token floor**: the estimate with the queued prompts alone, and
@@ -105,19 +105,19 @@ def server_step(e: ServerEntry) -> tuple[float, int, float, float, float, float,
                 y = c.chunk_extra(rest)
             floor += d_now + y
         floor += ctx_q
-    st = e.step = (d_now, chunk, x, lead, ctx_q, floor, n_full)
-    return st
+    e.d_now = d_now
+    e.chunk = chunk
+    e.x_full = x
+    e.lead = lead
+    e.ctx_q = ctx_q
+    e.floor_s = floor
+    e.q_full = n_full
+    e.stepped = True
 
 
-def burst_floor_fails(
-    st: tuple[float, int, float, float, float, float, int],
-    scale: float,
-    tpot_s: float,
-    lag_s: float,
-    burst_slack_s: float,
-) -> bool:
+def burst_floor_fails(e: ServerEntry, scale: float, tpot_s: float, burst_slack_s: float) -> bool:
     """True when the prefill-burst check of :func:`feasible` fails for any prompt on a
-    server with this :func:`server_step` (decoding sequences, a finite TTFT budget and
+    server after :func:`server_step` (decoding sequences, a finite TTFT budget and
     pending tokens: the caller checks those). The burst's lag is at least the queued
     prompts' full chunks, each ``(d + x) * scale - tpot_s`` behind, when a full chunk
     iteration is slower than the per-token budget (otherwise no floor is claimed), plus
@@ -125,14 +125,14 @@ def burst_floor_fails(
     context; the prompt's own chunks and context only add. Half of the checks the scan
     still made at 1,000 servers after the first-token floor failed here: interactive
     servers whose sequences already lag (``lag_s``) by about the whole slack."""
-    ds = st[0] * scale - tpot_s
-    full = ds + st[2] * scale
+    ds = e.d_now * scale - tpot_s
+    full = ds + e.x_full * scale
     if full < 0.0:
         return False
-    lb = st[6] * full + st[4] * scale
+    lb = e.q_full * full + e.ctx_q * scale
     if ds < 0.0:
         lb += ds
-    return lb + lag_s > burst_slack_s + FLOOR_MARGIN_S
+    return lb + e.lag_s > burst_slack_s + FLOOR_MARGIN_S
 
 
 # Absolute margin (seconds) of the floor test: the floor and the full estimate add the
@@ -269,10 +269,13 @@ def feasible(
     if ttft_budget_s != INF:
         pending = queued + prompt
         if pending > 0:
-            st = e.step
-            if st is None:
-                st = server_step(e)
-            d_now, chunk, x, lead, ctx_q, _floor, _nq = st
+            if not e.stepped:
+                server_step(e)
+            d_now = e.d_now
+            chunk = e.chunk
+            x = e.x_full
+            lead = e.lead
+            ctx_q = e.ctx_q
             n_full, rest = divmod(pending, chunk)
             t1 = lead + n_full * (d_now + x)
             if rest:

@@ -109,14 +109,13 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
                 j -= 1
                 e = by_rank[keys[j] & RANK_MASK]
                 c = e.costs
-                st = e.step
-                if st is None:
-                    st = server_step(e)
-                if st[5] * c.scale <= floor_limit and not (
+                if not e.stepped:
+                    server_step(e)
+                if e.floor_s * c.scale <= floor_limit and not (
                     burst_floor
                     and e.load.running
                     and (prompt or e.load.queued_prefill_tokens)
-                    and burst_floor_fails(st, c.scale, tpot_s, e.lag_s, burst_s)
+                    and burst_floor_fails(e, c.scale, tpot_s, burst_s)
                 ):
                     if c is not ctx_c:
                         ctx_c = c
