@@ -81,7 +81,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from kubetier.api.tier import SLOTier
 from kubetier.policy.bins import BinLimits
@@ -98,7 +98,7 @@ __all__ = ["HOST_PROBE_PROMPT_TOKENS", "KINDS", "POLICIES", "Decision", "Routing
 # The v1 name of the prompt prior a spill protects the host tier with (rule 2); the
 # policy now learns each tier's mean prompt and uses this only before any traffic.
 HOST_PROBE_PROMPT_TOKENS = PRIOR_PROMPT_TOKENS
-_INF = INF
+_INF: Final = INF
 # Headroom the SLO policy keeps below each tier's targets when it admits: the share of
 # the TPOT (and of the TTFT still left) not allocated, for what the estimate cannot see
 # (burst-aligned prefill chunks, output lengths above the mean, a slower server).

@@ -12,7 +12,7 @@ profile's own values and the scale is applied where a check uses them.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Any
+from typing import Any, Final
 
 from kubetier.policy.latency import LatencyModel
 
@@ -21,12 +21,12 @@ __all__ = ["INF", "KV_QUANTUM", "MEMO_LIMIT", "IterationCosts", "costs_for", "le
 # KV tokens are rounded up to this many for the memoised decode cost: the decode table
 # is linear in KV between grid points, so the error is under one quantum's worth of
 # time (microseconds), and rounding up keeps it on the safe side.
-KV_QUANTUM = 512
+KV_QUANTUM: Final = 512
 # Memo tables are cleared when they grow past this many entries (bounded memory).
-MEMO_LIMIT = 200_000
-_DEC_MEMO_MAX = 2_000_000  # the decode memo's bound (it holds a model's whole grid when it fits)
-_SHARED_COSTS_MAX = 32  # latency models whose memos are kept across policy instances
-INF = float("inf")
+MEMO_LIMIT: Final = 200_000
+_DEC_MEMO_MAX: Final = 2_000_000  # the decode memo's bound (it holds a model's whole grid when it fits)
+_SHARED_COSTS_MAX: Final = 32  # latency models whose memos are kept across policy instances
+INF: Final = float("inf")
 
 
 class IterationCosts:
@@ -168,7 +168,7 @@ def costs_for(model: LatencyModel) -> IterationCosts:
 # shared the same way: the bounds are pure functions of this key. The key holds the
 # IterationCosts objects themselves (identity hash), so it cannot match a later model.
 _SHARED_LEVELS: dict[tuple[Any, ...], dict[int, Any]] = {}
-_SHARED_LEVELS_MAX = 32  # each can hold thousands of level lists: keep few
+_SHARED_LEVELS_MAX: Final = 32  # each can hold thousands of level lists: keep few
 
 
 def level_memo_for(costs: list[IterationCosts], tpot_s: float, turnover: float, slack_s: float = 0.0) -> dict[int, Any]:

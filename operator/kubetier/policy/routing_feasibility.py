@@ -39,7 +39,7 @@ rule exists once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from kubetier.policy.routing_costs import INF, KV_QUANTUM, IterationCosts
 
@@ -59,7 +59,7 @@ __all__ = [
 
 # The iteration in flight when a request arrives has, on average, half of a decode step
 # left (arrivals are independent of the engine's step clock).
-IN_FLIGHT_SHARE = 0.5
+IN_FLIGHT_SHARE: Final = 0.5
 
 
 def server_step(e: ServerEntry) -> None:
@@ -138,7 +138,7 @@ def burst_floor_fails(e: ServerEntry, scale: float, tpot_s: float, burst_slack_s
 # Absolute margin (seconds) of the floor test: the floor and the full estimate add the
 # same kind of terms in a different grouping, so they may differ by a few ulps (values
 # of at most hours: errors far below a nanosecond); within the margin the full check decides.
-FLOOR_MARGIN_S = 1e-9
+FLOOR_MARGIN_S: Final = 1e-9
 
 
 def prefill_share_s(c: IterationCosts, running: int, pending: int, H: int, refill: float) -> float:

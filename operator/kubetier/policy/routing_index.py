@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kubetier.policy.routing_costs import IterationCosts, costs_for, level_memo_for
 
@@ -30,14 +30,14 @@ __all__ = ["KV_MASK", "KV_SHIFT", "RANK_MASK", "RUN_SHIFT", "Bin", "ServerEntry"
 # compiled simulator (kubetier.sim.native) keeps every key an unboxed machine int (a
 # key of 64+ bits made each shift, mask and compare of the scan a bignum operation);
 # a larger running batch still orders correctly, only as a longer int.
-RANK_BITS = 22  # 4M ranks: ids appended in order 1,024 apart, renumbered when full
-KV_BITS = 26
-KV_SHIFT = RANK_BITS
-RUN_SHIFT = RANK_BITS + KV_BITS
-RANK_MASK = (1 << RANK_BITS) - 1
-KV_MASK = (1 << KV_BITS) - 1
-RANK_SPACE = 1 << RANK_BITS
-RANK_GAP = 1 << 10  # spacing of ids appended in sorted order
+RANK_BITS: Final = 22  # 4M ranks: ids appended in order 1,024 apart, renumbered when full
+KV_BITS: Final = 26
+KV_SHIFT: Final = RANK_BITS
+RUN_SHIFT: Final = RANK_BITS + KV_BITS
+RANK_MASK: Final = (1 << RANK_BITS) - 1
+KV_MASK: Final = (1 << KV_BITS) - 1
+RANK_SPACE: Final = 1 << RANK_BITS
+RANK_GAP: Final = 1 << 10  # spacing of ids appended in sorted order
 
 
 class ServerEntry:

@@ -16,7 +16,7 @@ Never "wait" while an idle server could serve: when the check budget
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from kubetier.policy.bins import BinCount, donor_bin, may_move
 from kubetier.policy.routing_costs import INF, KV_QUANTUM, MEMO_LIMIT, IterationCosts, prompt_class
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["RESCUE_CHECKS", "decide_slo", "kv_bound", "level_bound", "rebin_idle_server", "rescue_route"]
 
 # Servers a rescue (rescue_route) checks per bin, least loaded first.
-RESCUE_CHECKS = 8
+RESCUE_CHECKS: Final = 8
 
 
 def _route_of(e: ServerEntry, own: bool) -> Decision:

@@ -41,7 +41,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
 
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.latency_learning import LatencyCorrection
@@ -55,9 +55,9 @@ _heappop = heapq.heappop
 
 # How long a request told to "wait" without a retry hint waits before it asks again; it
 # is also retried as soon as any server finishes work, so this only bounds the staleness.
-DEFAULT_RETRY_S = 0.1
-MIN_RETRY_S = 0.01
-RETRY_COALESCE_S = 0.01
+DEFAULT_RETRY_S: Final = 0.1
+MIN_RETRY_S: Final = 0.01
+RETRY_COALESCE_S: Final = 0.01
 
 # What the event loop needs of an arrival: (t, prompt_tokens, output_tokens, tier), which
 # a :class:`kubetier.sim.workload.Arrival` is; the runner feeds plain tuples (no named tuple built per request).
@@ -68,8 +68,8 @@ ArrivalRow = tuple[float, int, int, int]
 # 1,000 servers they had made the heap ~5x the number of servers.
 _STALE_COMPACT_MIN = 64
 
-_REJECTED = 2  # Request.state values
-_DONE = 1
+_REJECTED: Final = 2  # Request.state values
+_DONE: Final = 1
 
 
 class Request:
