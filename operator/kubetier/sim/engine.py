@@ -262,6 +262,9 @@ class Simulator:
         self.steps = 0
         self._track_power = cfg.track_power
         self.stop = False  # set by the outcome sink to end a run early
+        # The policy's methods are called through ``self.policy`` in the hot loop (a
+        # direct native call in the compiled simulator; a stored bound method is a
+        # generic Python call there); ``_decide`` stays an attribute (spot.py wraps it).
         self._decide = self.policy.decide
         self._on_admit = self.policy.on_admit
         self._on_prefill_done = self.policy.on_prefill_done
@@ -483,7 +486,7 @@ class Simulator:
             if d.spilled:
                 req.spilled = True
                 srv.spilled_in += 1
-            self._on_admit(srv.sid, req.prompt, self.exp_out[tier], self.tier_names[tier])
+            self.policy.on_admit(srv.sid, req.prompt, self.exp_out[tier], self.tier_names[tier])
             self._enqueue(srv, req, now)
             return True
         if action == "reject":
@@ -649,7 +652,7 @@ class Simulator:
         srv.step_B = B
         slow = srv.slowdown
         if chunks is not None:
-            dt = srv.iter_s(B, srv.kv, p, pairs) * slow
+            dt = srv.model.iteration_s(B, srv.kv, p, pairs) * slow
             srv.step_chunks = chunks
             srv.step_p = p
             srv.step_n = 1
@@ -660,9 +663,9 @@ class Simulator:
             n = srv.running_heap[0][0] - srv.G
             if n < 1:
                 n = 1
-            a = srv.decode_s(B, srv.kv) * slow
+            a = srv.model.decode_iteration_s(B, srv.kv) * slow
             if n > 1:
-                b = (srv.decode_s(B, srv.kv + B * (n - 1)) * slow - a) / (n - 1)
+                b = (srv.model.decode_iteration_s(B, srv.kv + B * (n - 1)) * slow - a) / (n - 1)
             else:
                 b = 0.0
             srv.step_chunks = None
@@ -770,7 +773,9 @@ class Simulator:
         # num_requests_running + num_requests_waiting), KV committed (held now plus the
         # prompts still to prefill, as the policy's own on_admit accounting counts it),
         # prompt tokens still to prefill
-        self._observe(srv.sid, srv.n_active + len(srv.waiting), srv.kv + srv.queued_prefill, srv.queued_prefill, n)
+        self.policy.observe(
+            srv.sid, srv.n_active + len(srv.waiting), srv.kv + srv.queued_prefill, srv.queued_prefill, n
+        )
         if srv.removed:
             srv.busy = False
             return
@@ -792,7 +797,7 @@ class Simulator:
         srv.reserved -= need
         srv.served += 1
         self.n_done += 1
-        self._on_request_done(self.tier_names[req.tier], req.output + req.base)
+        self.policy.on_request_done(self.tier_names[req.tier], req.output + req.base)
         # No policy.on_finish: _finish runs only inside _step_end, whose closing observe()
         # sets the exact state.
         if self.sink is not None and self._m_from <= req.t_arr < self._m_until:
