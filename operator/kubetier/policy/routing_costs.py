@@ -127,8 +127,8 @@ class IterationCosts:
         profile's ``contextNsPerTokenPair``; chunks of ``maxNumBatchedTokens``), which
         :meth:`chunk_extra` leaves out. Without it a 12k-token prompt's prefill is
         estimated ~20% short and a 60k one 2.3x short on llama-3.1-8b-a100."""
-        if tokens <= 0 or not self._ctx_per_pair:
-            return 0.0
+        if tokens <= self.mbt or not self._ctx_per_pair:
+            return 0.0  # one chunk or none: no earlier chunk to attend to (the formula's 0)
         v = self._ctx.get(tokens)
         if v is None:
             if len(self._ctx) > MEMO_LIMIT:

@@ -97,7 +97,8 @@ def server_step(e: ServerEntry) -> None:
     floor = 0.0
     n_full = 0
     if queued > 0 and c.chunks_monotone:
-        n_full, rest = divmod(queued, chunk)
+        n_full = queued // chunk
+        rest = queued - n_full * chunk  # divmod, without its tuple
         floor = lead + n_full * (d_now + x)
         if rest:
             y = c.ce[rest]
@@ -152,7 +153,8 @@ def prefill_share_s(c: IterationCosts, running: int, pending: int, H: int, refil
     ce = c.ce
     share = 0.0
     if pending > 0 and running:
-        n_full, rest = divmod(pending, chunk_b)
+        n_full = pending // chunk_b
+        rest = pending - n_full * chunk_b  # divmod, without its tuple
         x = ce[chunk_b]
         if x is None:
             x = c.chunk_extra(chunk_b)
@@ -196,7 +198,8 @@ def first_token_s(c: IterationCosts, running: int, kv: int, pending: int, contex
         return 0.0
     d_now = c.decode(running, kv) if running else c.p0
     chunk = c.mbt - running
-    n_full, rest = divmod(pending, chunk)
+    n_full = pending // chunk
+    rest = pending - n_full * chunk  # divmod, without its tuple
     t = n_full * (d_now + c.chunk_extra(chunk))
     if rest:
         t += d_now + c.chunk_extra(rest)
@@ -276,7 +279,8 @@ def feasible(
             x = e.x_full
             lead = e.lead
             ctx_q = e.ctx_q
-            n_full, rest = divmod(pending, chunk)
+            n_full = pending // chunk
+            rest = pending - n_full * chunk  # divmod, without its tuple
             t1 = lead + n_full * (d_now + x)
             if rest:
                 y = c.ce[rest]

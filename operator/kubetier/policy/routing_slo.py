@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = ["RESCUE_CHECKS", "decide_slo", "kv_bound", "level_bound", "rebin_idle_server", "rescue_route"]
 
+# Bounds of the level memo key's fields (decide_slo): horizons (quantised mean outputs)
+# under 2**19 tokens, refill and prompt classes (8 per octave) under 2**12.
+_H_LIMIT: Final = 1 << 19
+_CLASS_LIMIT: Final = 1 << 12
+
 # Servers a rescue (rescue_route) checks per bin, least loaded first.
 RESCUE_CHECKS: Final = 8
 
@@ -80,7 +85,12 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
         burst_s = p.burst_slack * b.ttft_s
         host_h = host.h if p.shared_slack else 0
         refill = host.r_value * p.turnover
-        memo_key = (host.h << 64) | (host.r_class << 40) | (H << 16) | pc
+        hh = host.h
+        rc = host.r_class
+        if hh < _H_LIMIT and H < _H_LIMIT and rc < _CLASS_LIMIT and pc < _CLASS_LIMIT:
+            memo_key = (hh << 43) | (rc << 31) | (H << 12) | pc  # 62 bits: an unboxed int compiled
+        else:  # (never in practice) the wide layout, at or above 2**64: no collision
+            memo_key = (hh << 64) | (rc << 40) | (H << 16) | pc
         lm = b.level_memo.get(memo_key)
         if lm is None:
             if len(b.level_memo) > MEMO_LIMIT:
@@ -100,7 +110,14 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
             if k <= thr:
                 j = hi  # the most loaded server of the level passes the pre-filter
             else:
-                j = bisect_right(keys, thr, 0, hi)
+                # the last key <= thr: a few steps down first (levels hold a few servers
+                # each), then a binary search
+                j = hi - 1  # keys[j:hi] > thr
+                stop = hi - 4 if hi > 4 else 0
+                while j > stop and keys[j - 1] > thr:
+                    j -= 1
+                if j > 0 and keys[j - 1] > thr:
+                    j = bisect_right(keys, thr, 0, j)
                 if j == 0 or keys[j - 1] >> RUN_SHIFT != level:
                     hi = j  # no candidate at this level: on to the next lower one
                     continue
