@@ -1,9 +1,10 @@
 """The SLO scan's floors skip only servers the full feasibility check would refuse.
 
 ``routing_feasibility.server_step`` caches, per server state, a first-token floor (the
-estimate with the queued prompts alone) and what the prefill-burst floor needs; the scan
-in ``routing_slo.decide_slo`` counts a server whose floor is beyond the request's budget
-as a failed check without calling ``feasible``. Two properties keep decisions exactly
+estimate with the queued prompts alone) and the terms of lower bounds on the first-token
+time and the prefill burst's lag with the request's prompt (``floors_refuse``); the scan
+in ``routing_slo.decide_slo`` counts a server they refuse as a failed check without
+calling ``feasible``. Two properties keep decisions exactly
 what they were before the floors:
 
 * a floor never refuses a server that ``feasible`` accepts (checked on random server
@@ -25,11 +26,11 @@ import pytest
 from kubetier.policy import routing_slo
 from kubetier.policy.latency import list_profiles, load_profile
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
-from kubetier.policy.routing_feasibility import FLOOR_MARGIN_S, burst_floor_fails, feasible, server_step
+from kubetier.policy.routing_feasibility import FLOOR_MARGIN_S, feasible, floors_refuse, server_step
 from kubetier.sim import native
 
 pytestmark = pytest.mark.skipif(
-    native.active_build() is not None, reason="switches the floors off through module globals (pure Python only)"
+    native.active_build() is not None, reason="switches the floors off through a module global (pure Python only)"
 )
 
 TIERS = [
@@ -79,14 +80,18 @@ def test_floors_never_refuse_a_server_the_full_check_accepts(seed: int) -> None:
         # budgets around the floor itself, where rounding could matter
         floor = e.floor_s * c.scale
         budget = rng.choice([0.05, 0.25, 0.75, 4.0, floor, math.nextafter(floor, 0.0), floor + FLOOR_MARGIN_S])
-        ok = feasible(e, prompt, rng.choice([1, 128, 300]), budget, tpot, rng.choice([0.0, 5.0]), 0.05, burst, 128)
+        H = rng.choice([1, 128, 300])
+        ok = feasible(e, prompt, H, budget, tpot, rng.choice([0.0, 5.0]), 0.05, burst, 128)
         accepted += ok
-        if floor > budget + FLOOR_MARGIN_S:
+        assert c.floors_hold  # every shipped profile: chunk costs grow with their tokens
+        if floors_refuse(e, prompt, budget + FLOOR_MARGIN_S, tpot, burst, False):
             refused += 1
             assert not ok, (sid, prompt, budget, floor)
-        if e.load.running and (prompt or e.load.queued_prefill_tokens) and burst_floor_fails(e, c.scale, tpot, burst):
+        elif floors_refuse(e, prompt, budget + FLOOR_MARGIN_S, tpot, burst, True):
             burst_refused += 1
             assert not ok, (sid, prompt, tpot, burst, e.lag_s)
+        # a late queueing request (no TTFT budget) is never refused by the floors
+        assert not floors_refuse(e, prompt, math.inf, tpot, burst, True)
     # the property was exercised on both floors and on servers that pass
     assert refused > 200 and burst_refused > 50 and accepted > 100, (refused, burst_refused, accepted)
 
@@ -97,8 +102,7 @@ def _never(*_args: object) -> bool:
 
 def _decide_without_floors(monkeypatch: pytest.MonkeyPatch, p: RoutingPolicy, tier: str, prompt: int, waited: float):
     with monkeypatch.context() as m:
-        m.setattr(routing_slo, "FLOOR_MARGIN_S", math.inf)  # no first-token floor refuses
-        m.setattr(routing_slo, "burst_floor_fails", _never)
+        m.setattr(routing_slo, "floors_refuse", _never)  # every candidate through feasible()
         return p.decide(tier, prompt, waited)
 
 

@@ -42,7 +42,7 @@ class IterationCosts:
         "_pre",
         "_prefill_s",
         "ce",
-        "chunks_monotone",
+        "floors_hold",
         "kv_cap",
         "max_seqs",
         "mbt",
@@ -76,10 +76,11 @@ class IterationCosts:
         # chunk_extra(n) for 0 <= n <= maxNumBatchedTokens (every chunk a check sees),
         # filled on first use: a list index is cheaper than a dict lookup in the hot loop.
         self.ce: list[float | None] = [None] * (self.mbt + 1)
-        # Chunk costs never fall as a chunk grows (the prefill table is non-decreasing),
-        # so a first-token estimate only grows with the pending tokens: what the
-        # feasibility rule's first-token floor rests on (routing_feasibility.server_step).
-        self.chunks_monotone = model.prefill_nondecreasing()
+        # Chunk costs never fall as a chunk grows (the prefill table is non-decreasing)
+        # and context costs are not negative, so a first-token estimate only grows with
+        # the pending tokens: what the feasibility rule's floors rest on
+        # (routing_feasibility.server_step, floors_refuse).
+        self.floors_hold = model.prefill_nondecreasing() and model.context_s_per_pair >= 0.0
 
     def max_kv(self, batch: int, budget_s: float) -> float:
         """Largest KV with decode_iteration_s(batch, KV) <= budget_s (exact, unquantised);

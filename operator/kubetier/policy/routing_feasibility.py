@@ -48,9 +48,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FLOOR_MARGIN_S",
-    "burst_floor_fails",
     "feasible",
     "first_token_s",
+    "floors_refuse",
     "host_keeps_room",
     "prefill_share_s",
     "server_step",
@@ -67,15 +67,12 @@ def server_step(e: ServerEntry) -> None:
     unscaled, cached on the entry until its load changes (``ServerEntry.stepped``):
     (decode step now, prefill room next to the batch, extra cost of a full chunk, the
     in-flight iteration's remainder, the queued prompts' attention to their earlier
-    chunks, the **first-token floor**: the estimate with the queued prompts alone, and
-    the queued prompts' full chunks, for the burst floor: :func:`burst_floor_fails`).
+    chunks, and the **first-token floor**: the estimate with the queued prompts alone).
 
     The floor is a lower bound of :func:`feasible`'s first-token estimate for any
-    prompt (it only grows with the pending tokens: more or longer chunks, more
-    context, when chunk costs grow with their tokens, ``IterationCosts.chunks_monotone``;
-    otherwise it is 0), so a server whose floor is beyond the request's TTFT budget
-    fails the check without it (the SLO policy's scan tests this first). At 1,000 servers seven of ten
-    failed checks of the bench are such servers, most holding 20k+ queued tokens."""
+    prompt: it only grows with the pending tokens (more or longer chunks, more context)
+    when chunk costs grow with their tokens and context costs are not negative
+    (``IterationCosts.floors_hold``; otherwise :func:`floors_refuse` claims nothing)."""
     ld = e.load
     c = e.costs
     running = ld.running
@@ -95,8 +92,7 @@ def server_step(e: ServerEntry) -> None:
     queued = ld.queued_prefill_tokens
     ctx_q = c.context_s(queued)
     floor = 0.0
-    n_full = 0
-    if queued > 0 and c.chunks_monotone:
+    if queued > 0:
         n_full = queued // chunk
         rest = queued - n_full * chunk  # divmod, without its tuple
         floor = lead + n_full * (d_now + x)
@@ -112,28 +108,53 @@ def server_step(e: ServerEntry) -> None:
     e.lead = lead
     e.ctx_q = ctx_q
     e.floor_s = floor
-    e.q_full = n_full
     e.stepped = True
 
 
-def burst_floor_fails(e: ServerEntry, scale: float, tpot_s: float, burst_slack_s: float) -> bool:
-    """True when the prefill-burst check of :func:`feasible` fails for any prompt on a
-    server after :func:`server_step` (decoding sequences, a finite TTFT budget and
-    pending tokens: the caller checks those). The burst's lag is at least the queued
-    prompts' full chunks, each ``(d + x) * scale - tpot_s`` behind, when a full chunk
-    iteration is slower than the per-token budget (otherwise no floor is claimed), plus
-    the last partial chunk, at least ``d * scale - tpot_s``, plus the queued prompts'
-    context; the prompt's own chunks and context only add. Half of the checks the scan
-    still made at 1,000 servers after the first-token floor failed here: interactive
-    servers whose sequences already lag (``lag_s``) by about the whole slack."""
-    ds = e.d_now * scale - tpot_s
-    full = ds + e.x_full * scale
-    if full < 0.0:
+def floors_refuse(
+    e: ServerEntry, prompt: int, ttft_limit_s: float, tpot_s: float, burst_slack_s: float, check_burst: bool
+) -> bool:
+    """True only when :func:`feasible` would refuse ``prompt`` on ``e`` (after
+    :func:`server_step`), from lower bounds that need no memo lookup: the SLO policy's
+    scan skips such a server as a failed check. ``ttft_limit_s``: the TTFT budget plus
+    :data:`FLOOR_MARGIN_S` (inf for a late queueing request, which has no TTFT or burst
+    check); ``check_burst``: the burst check is on (finite ``burst_slack_s``).
+
+    With the pending tokens ``queued + prompt`` in ``n`` full chunks and a remainder
+    ``r``, :func:`feasible`'s first-token estimate is ``lead + n (d + x) + [r > 0] (d +
+    chunk_extra(r)) + context(queued) + context(prompt)`` and the burst lag ``n ((d + x)
+    s - tpot) + [r > 0] ((d + chunk_extra(r)) s - tpot) + (context terms) s``: leaving
+    out ``chunk_extra(r)`` and the prompt's context (both >= 0, ``IterationCosts.floors_hold``)
+    gives lower bounds. The cached ``floor_s`` (queued prompts alone, remainder
+    included) is tested first. At 1,000 servers (bench, most-loaded-first packing) the
+    scan's failed checks were seven in ten servers whose queue alone misses the
+    first-token budget (most hold 20k+ queued tokens), the rest mostly interactive
+    servers whose sequences already lag by about the whole burst slack."""
+    c = e.costs
+    if not c.floors_hold:
         return False
-    lb = e.q_full * full + e.ctx_q * scale
-    if ds < 0.0:
-        lb += ds
-    return lb + e.lag_s > burst_slack_s + FLOOR_MARGIN_S
+    scale = c.scale
+    if e.floor_s * scale > ttft_limit_s:
+        return True
+    pending = e.load.queued_prefill_tokens + prompt
+    if pending <= 0 or ttft_limit_s == INF:
+        return False  # no first-token or burst check in feasible()
+    chunk = e.chunk
+    n_full = pending // chunk
+    d = e.d_now
+    t1 = e.lead + n_full * (d + e.x_full)
+    rest = pending != n_full * chunk
+    if rest:
+        t1 += d
+    if (t1 + e.ctx_q) * scale > ttft_limit_s:
+        return True
+    if not (check_burst and e.load.running):
+        return False
+    ds = d * scale - tpot_s
+    lag = n_full * (ds + e.x_full * scale) + e.ctx_q * scale
+    if rest:
+        lag += ds
+    return lag + e.lag_s > burst_slack_s + FLOOR_MARGIN_S
 
 
 # Absolute margin (seconds) of the floor test: the floor and the full estimate add the

@@ -55,7 +55,6 @@ class ServerEntry:
         "lag_s",
         "lead",
         "load",
-        "q_full",
         "rank",
         "routes",
         "stepped",
@@ -71,7 +70,7 @@ class ServerEntry:
         # (routing_feasibility.server_step), valid while ``stepped``: the decode step
         # now, the prefill room next to the batch, a full chunk's extra cost, the
         # in-flight iteration's remainder, the queued prompts' context cost, the
-        # first-token floor and the queued prompts' full chunks. Plain attributes, not a
+        # first-token floor. Plain attributes, not a
         # tuple: the compiled simulator keeps them unboxed.
         self.stepped = False
         self.d_now = 0.0
@@ -80,7 +79,6 @@ class ServerEntry:
         self.lead = 0.0
         self.ctx_q = 0.0
         self.floor_s = 0.0
-        self.q_full = 0
         self.key: int | None = None  # packed (running, kv, id rank) in its bin; None = not routable
         self.in_order = False  # listed in its bin's round-robin order
         self.rank = rank  # the id's position in sorted-id order (spread out, see RANK_BITS)

@@ -22,8 +22,8 @@ from kubetier.policy.bins import BinCount, donor_bin, may_move
 from kubetier.policy.routing_costs import INF, KV_QUANTUM, MEMO_LIMIT, IterationCosts, prompt_class
 from kubetier.policy.routing_feasibility import (
     FLOOR_MARGIN_S,
-    burst_floor_fails,
     feasible,
+    floors_refuse,
     host_keeps_room,
     prefill_share_s,
     server_step,
@@ -71,7 +71,7 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
     # the prompt's context cost (IterationCosts.context_s), once per model met
     ctx_p = -1.0
     ctx_c: IterationCosts | None = None
-    # servers whose first-token floor is beyond this fail the check (server_step)
+    # floors_refuse's TTFT limit (its floors beyond this: the full check would fail)
     floor_limit = ttft_budget_s + FLOOR_MARGIN_S
     # the burst check runs only with a finite budget and pending tokens (feasible)
     burst_floor = ttft_budget_s != INF and p.burst_slack != INF
@@ -128,12 +128,7 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
                 c = e.costs
                 if not e.stepped:
                     server_step(e)
-                if e.floor_s * c.scale <= floor_limit and not (
-                    burst_floor
-                    and e.load.running
-                    and (prompt or e.load.queued_prefill_tokens)
-                    and burst_floor_fails(e, c.scale, tpot_s, burst_s)
-                ):
+                if not floors_refuse(e, prompt, floor_limit, tpot_s, burst_s, burst_floor):
                     if c is not ctx_c:
                         ctx_c = c
                         ctx_p = c.context_s(prompt)
