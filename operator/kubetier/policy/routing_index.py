@@ -10,7 +10,7 @@ tokens past no neighbour and replace its key in place.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+import bisect as _bisect
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,6 +18,10 @@ from kubetier.policy.routing_costs import IterationCosts, costs_for, level_memo_
 
 if TYPE_CHECKING:
     from kubetier.policy.routing import Decision, ServerLoad, TierSLO
+
+# Final: the compiled simulator calls them from C statics, not a module-dict lookup per call
+bisect_left: Final = _bisect.bisect_left
+insort: Final = _bisect.insort
 
 __all__ = ["KV_MASK", "KV_SHIFT", "RANK_MASK", "RUN_SHIFT", "Bin", "ServerEntry", "ServerIndex", "ServerLag"]
 

@@ -15,7 +15,7 @@ Never "wait" while an idle server could serve: when the check budget
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+import bisect as _bisect
 from typing import TYPE_CHECKING, Final
 
 from kubetier.policy.bins import BinCount, donor_bin, may_move
@@ -33,6 +33,10 @@ from kubetier.policy.routing_index import KV_MASK, KV_SHIFT, RANK_MASK, RUN_SHIF
 
 if TYPE_CHECKING:
     from kubetier.policy.routing import Decision, RoutingPolicy, TierSLO
+
+# Final: the compiled simulator calls them from C statics, not a module-dict lookup per call
+bisect_left: Final = _bisect.bisect_left
+bisect_right: Final = _bisect.bisect_right
 
 __all__ = ["RESCUE_CHECKS", "decide_slo", "kv_bound", "level_bound", "rebin_idle_server", "rescue_route"]
 

@@ -50,8 +50,11 @@ from kubetier.policy.waiting import waiting_key
 
 from .hooks import Hook, OutcomeSink
 
-_heappush = heapq.heappush
-_heappop = heapq.heappop
+# Final: the compiled simulator keeps them in C statics (a module attribute or global
+# is a dictionary lookup per call there)
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+_heapify: Final = heapq.heapify
 
 # How long a request told to "wait" without a retry hint waits before it asks again; it
 # is also retried as soon as any server finishes work, so this only bounds the staleness.
@@ -405,7 +408,7 @@ class Simulator:
 
     def _push(self, t: float, kind: int, payload) -> None:
         self._seq += 1
-        heapq.heappush(self.events, (t, self._seq, kind, payload))
+        _heappush(self.events, (t, self._seq, kind, payload))
 
     def run(self, arrivals: Iterable[ArrivalRow], progress: Callable[[int], None] | None = None) -> None:
         # The loop allocates a few short-lived objects per request and frees them by
@@ -421,7 +424,7 @@ class Simulator:
 
     def _run(self, arrivals: Iterable[ArrivalRow], progress: Callable[[int], None] | None) -> None:
         events = self.events
-        heappop = heapq.heappop
+        heappop = _heappop
         it = iter(arrivals)
         nxt = next(it, None)
         t_next = math.inf if nxt is None else nxt[0]
@@ -501,7 +504,7 @@ class Simulator:
         if not req.waiting:
             req.waiting = True
             self._seq += 1
-            heapq.heappush(self.waitq, (waiting_key(self._prio[tier], req.t_arr, self._seq), req))
+            _heappush(self.waitq, (waiting_key(self._prio[tier], req.t_arr, self._seq), req))
             self.n_waiting += 1
         # Ask again when the policy's hint says it turns late (to reject or queue it), at
         # least every DEFAULT_RETRY_S, and never at the same instant (no progress then).
@@ -521,7 +524,7 @@ class Simulator:
         waited: set[int] = set()
         n_tiers = len(self.tiers)
         while q and len(waited) < n_tiers:
-            item = heapq.heappop(q)
+            item = _heappop(q)
             req = item[1]
             if req.tier in waited:
                 held.append(item)
@@ -533,7 +536,7 @@ class Simulator:
                 held.append(item)
                 waited.add(req.tier)
         for item in held:
-            heapq.heappush(q, item)
+            _heappush(q, item)
         if self.n_waiting and self._wait_timer_at == math.inf:
             self._wait_timer_at = now + DEFAULT_RETRY_S
             self._push(self._wait_timer_at, 1, None)
@@ -594,7 +597,7 @@ class Simulator:
                     latest = e[0]
             else:
                 live.append(e)
-        heapq.heapify(live)
+        _heapify(live)
         events[:] = live
         self._stale_max_t = latest
         self._stale = 0
@@ -756,7 +759,7 @@ class Simulator:
                 srv.kv += 1
                 req.finish_iter = G + req.output - 1
                 srv.n_running += 1
-                heapq.heappush(srv.running_heap, (req.finish_iter, req.rid, req))
+                _heappush(srv.running_heap, (req.finish_iter, req.rid, req))
                 if not req.failed:
                     # token k is out at iteration G + k - 1 - base and due at
                     # t_arr + ttft + (k-1)*tpot, i.e. at key + iteration*tpot
@@ -767,8 +770,8 @@ class Simulator:
                         # finished sequences leave their entries behind (lazy deletion);
                         # compact so memory stays O(running), not O(requests served)
                         th[:] = [e for e in th if not e[2].state and not e[2].failed]
-                        heapq.heapify(th)
-                    heapq.heappush(th, (req.t_arr + ttft[tier] + (req.base - G) * P, req.rid, req))
+                        _heapify(th)
+                    _heappush(th, (req.t_arr + ttft[tier] + (req.base - G) * P, req.rid, req))
         # what the engine reports: requests running or waiting in it (vLLM's
         # num_requests_running + num_requests_waiting), KV committed (held now plus the
         # prompts still to prefill, as the policy's own on_admit accounting counts it),
@@ -785,7 +788,7 @@ class Simulator:
             # an overloaded fleet costs one retry pass per RETRY_COALESCE_S, not per step)
             self._wait_timer_at = t + RETRY_COALESCE_S
             self._seq += 1
-            heapq.heappush(self.events, (self._wait_timer_at, self._seq, 1, None))
+            _heappush(self.events, (self._wait_timer_at, self._seq, 1, None))
 
     def _finish(self, srv: Server, req: Request, t: float) -> None:
         req.state = _DONE
