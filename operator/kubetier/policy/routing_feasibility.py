@@ -114,8 +114,7 @@ def server_step(e: ServerEntry) -> None:
 def floors_refuse(
     e: ServerEntry, prompt: int, ttft_limit_s: float, tpot_s: float, burst_slack_s: float, check_burst: bool
 ) -> bool:
-    """True only when :func:`feasible` would refuse ``prompt`` on ``e`` (after
-    :func:`server_step`), from lower bounds that need no memo lookup: the SLO policy's
+    """True only when :func:`feasible` would refuse ``prompt`` on ``e``, from lower bounds that need no memo lookup: the SLO policy's
     scan skips such a server as a failed check. ``ttft_limit_s``: the TTFT budget plus
     :data:`FLOOR_MARGIN_S` (inf for a late queueing request, which has no TTFT or burst
     check); ``check_burst``: the burst check is on (finite ``burst_slack_s``).
@@ -133,6 +132,8 @@ def floors_refuse(
     c = e.costs
     if not c.floors_hold:
         return False
+    if not e.stepped:
+        server_step(e)
     scale = c.scale
     if e.floor_s * scale > ttft_limit_s:
         return True

@@ -26,7 +26,6 @@ from kubetier.policy.routing_feasibility import (
     floors_refuse,
     host_keeps_room,
     prefill_share_s,
-    server_step,
     tpot_kv_ok,
 )
 from kubetier.policy.routing_index import KV_MASK, KV_SHIFT, RANK_MASK, RUN_SHIFT, Bin, ServerEntry
@@ -63,7 +62,7 @@ def _route_of(e: ServerEntry, own: bool) -> Decision:
 
 
 def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
-    checks = p.max_checks
+    checks = checks0 = p.max_checks
     per_level = p.max_checks_per_level
     by_rank = p._by_rank
     traffic = p.traffic
@@ -130,9 +129,10 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
                 j -= 1
                 e = by_rank[keys[j] & RANK_MASK]
                 c = e.costs
-                if not e.stepped:
-                    server_step(e)
-                if not floors_refuse(e, prompt, floor_limit, tpot_s, burst_s, burst_floor):
+                # The floors pay once the scan has met a refusal (a busy fleet: at 1,000
+                # servers two in three candidates); the first candidate, which usually
+                # passes, goes straight to the full check.
+                if checks == checks0 or not floors_refuse(e, prompt, floor_limit, tpot_s, burst_s, burst_floor):
                     if c is not ctx_c:
                         ctx_c = c
                         ctx_p = c.context_s(prompt)
