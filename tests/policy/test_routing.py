@@ -88,7 +88,9 @@ def test_spilled_request_is_judged_against_the_host_tpot():
     #           fits the loose 120 ms but not the host's 60 ms -> refused, request waits.
     #   r = 80: D(81, 8600) = 18.86 ms + 81 * 0.5 = 40.5 -> 59.4 ms <= 60 -> spilled there.
     full = MODEL.max_num_seqs
-    p = policy(("m90", "mid", 90), ("l", "loose", full))
+    # (without the forecast rescue: half the refill would let m90 take it as a rescue,
+    # tests/policy/test_routing_forecast_rescue.py; this test is about the host's TPOT)
+    p = policy(("m90", "mid", 90), ("l", "loose", full), forecast_rescue=False)
     assert p.decide("loose", 500, 0.0).action == "wait"
     p = policy(("m90", "mid", 90), ("m80", "mid", 80), ("l", "loose", full))
     d = p.decide("loose", 500, 0.0)

@@ -19,6 +19,7 @@ import pytest
 
 from kubetier.policy.latency import LatencyModel, list_profiles, load_profile
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
+from kubetier.policy.routing_rescue import FORECAST_RESCUE_REFILL
 
 KV_QUANTUM = 512  # the policy rounds KV up to this for the decode cost (conservative)
 UNBOUNDED = 10**9
@@ -181,6 +182,31 @@ def reference_decide(p: RoutingPolicy, tier: str, prompt: int, waited: float) ->
                 k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())
             ):
                 return ("route", s.server_id, k > 0)
+    if p.forecast_rescue:
+        # Forecast rescue (same condition): the least loaded servers of each usable bin (8
+        # per bin) that pass every check with half the host's steady refill.
+        for k, host in enumerate(usable):
+            light = sorted(
+                (s for s in routable if s.tier == host.name), key=lambda s: (s.running, s.kv_tokens, s.server_id)
+            )[:8]
+            H, refill, host_budget, own_tpot = reference_host_terms(p, t, host)
+            burst = p.burst_slack * host.ttft_ms / 1000.0
+            host_h = p.traffic[host.name].horizon() if p.shared_slack else 0
+            for s in light:
+                lag_before = p._servers[s.server_id].lag_s
+                if reference_feasible(
+                    s,
+                    prompt,
+                    H,
+                    budget,
+                    host_budget,
+                    refill * FORECAST_RESCUE_REFILL,
+                    own_tpot,
+                    burst,
+                    host_h,
+                    lag_before,
+                ) and (k == 0 or reference_host_keeps_room(s, prompt, host, p.traffic[host.name].probe_prompt())):
+                    return ("route", s.server_id, k > 0)
     return ("wait", None, False)
 
 

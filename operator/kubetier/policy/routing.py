@@ -45,7 +45,9 @@ Rules of kind ``"slo"`` (PolyServe, 2025), for a request of tier T:
    a running sequence of its tier takes to finish (mean output x TPOT) would only wait
    to be rejected; it goes to the least loaded server running at most one sequence that
    passes every check but the prefill burst (one possible miss for one certain one;
-   :func:`~kubetier.policy.routing_slo.rescue_route`).
+   :func:`~kubetier.policy.routing_slo.rescue_route`). Failing that (``forecast_rescue``),
+   it goes to the least loaded usable server that passes every check with half the
+   steady-refill forecast (:func:`~kubetier.policy.routing_rescue.forecast_rescue_route`).
 5. **Late.** When even an idle server could no longer deliver the first token in time
    (waited + scale_up_s + prefill of the prompt > TTFT): tier ``on_late="reject"`` ->
    ``reject`` with ``retry_after_s``; ``on_late="queue"`` -> route ignoring the
@@ -78,6 +80,7 @@ Baselines: :mod:`routing_baselines`. Policies are chosen by kind from ``POLICIES
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -89,6 +92,7 @@ from kubetier.policy.latency import LatencyModel
 from kubetier.policy.routing_baselines import decide_least_loaded, decide_pool, decide_round_robin
 from kubetier.policy.routing_costs import INF, MEMO_LIMIT
 from kubetier.policy.routing_index import Bin, ServerIndex
+from kubetier.policy.routing_rescue import forecast_rescue_route
 from kubetier.policy.routing_slo import decide_slo, rebin_idle_server, rescue_route
 from kubetier.policy.traffic import PRIOR_PROMPT_TOKENS, TierTraffic
 
@@ -137,6 +141,12 @@ PULL_LOADED = True
 # baseline 1 -> 0 and 5 -> 3). False: the earlier rule (kubetier/sim/README.md, "The lag
 # per decoding sequence").
 TRACK_LAG = True
+# A request the steady-refill forecast alone refuses everywhere, and that cannot wait for
+# a batch to drain (rule 4's rescue condition), goes to the least loaded usable server
+# that passes every check with half the forecast (routing_rescue.forecast_rescue_route;
+# generated seed 8015, kubetier/sim/README.md "Forecast rescue"). False: it waits (the
+# earlier rule). $KUBETIER_FORECAST_RESCUE=0/1 overrides it, for side-by-side runs.
+FORECAST_RESCUE = os.environ.get("KUBETIER_FORECAST_RESCUE", "1") != "0"
 
 
 @dataclass(frozen=True)
@@ -252,6 +262,7 @@ class RoutingPolicy(ServerIndex):
         shared_slack: bool = SHARED_SLACK,
         rescue: bool = RESCUE,
         track_lag: bool = TRACK_LAG,
+        forecast_rescue: bool | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"routing kind {kind!r} is unknown (known: {', '.join(KINDS)})")
@@ -276,6 +287,7 @@ class RoutingPolicy(ServerIndex):
         self.track_lag = track_lag
         self.shared_slack = shared_slack
         self.rescue = rescue
+        self.forecast_rescue = FORECAST_RESCUE if forecast_rescue is None else forecast_rescue
         self.tpot_headroom = tpot_headroom
         self.ttft_headroom = ttft_headroom
         self._ttft_factor = 1.0 - ttft_headroom
@@ -382,12 +394,14 @@ class RoutingPolicy(ServerIndex):
         # a running sequence of its tier takes to finish (mean output x TPOT) would only
         # wait to be rejected (routing_slo.rescue_route).
         if (
-            self.rescue
+            (self.rescue or self.forecast_rescue)
             and self.kind == "slo"
             and t.on_late == "reject"
             and wait_s < self.traffic[t.name].h * self._bins[t.name].tpot_s
         ):
-            d = rescue_route(self, t, prompt_tokens, budget)
+            d = rescue_route(self, t, prompt_tokens, budget) if self.rescue else None
+            if d is None and self.forecast_rescue:
+                d = forecast_rescue_route(self, t, prompt_tokens, budget)
             if d is not None:
                 return d
         return Decision("wait", None, reason="no-feasible-server", retry_after_s=wait_s)
