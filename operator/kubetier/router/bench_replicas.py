@@ -22,7 +22,10 @@ Variants (fresh processes for every run, so no run inherits another's learned st
 - ``2r``, ``3r`` (any ``Nr``): N independent ``kubetier router`` processes behind one port
   (SO_REUSEPORT: the kernel spreads connections as a Service does), nothing shared: each
   sees the fleet through its configuration (static discovery) and the engines' /metrics;
-- a suffix ``@S`` runs the variant with a scrape interval of S seconds (``2r@0.25``).
+- a suffix ``@S`` runs the variant with a scrape interval of S seconds (``2r@0.25``);
+- a suffix ``:fF`` runs it with ``--fresh-read-interval F`` (``3r:f0`` never re-reads an
+  engine before routing onto it: the router before that rule; without the suffix, the
+  router's default).
 
 Every run plays the same arrival schedule (``--seed``: Poisson arrivals at ``--rate``,
 tiers drawn by ``--shares``), variants alternate order between repeats (forward, then
@@ -125,29 +128,31 @@ class VariantSpec:
     processes: int  # independent router processes (replicas)
     workers: int  # workers per process
     scrape_s: float
+    fresh_read_s: float | None = None  # --fresh-read-interval; None: the router's default
 
 
-_VARIANT = re.compile(r"^(?:(\d+)w|(\d+)r)(?:@([0-9.]+))?$")
+_VARIANT = re.compile(r"^(?:(\d+)w|(\d+)r)(?:@([0-9.]+))?(?::f([0-9.]+))?$")
 
 
 def parse_variant(text: str, default_scrape_s: float) -> VariantSpec:
     m = _VARIANT.match(text)
     if m is None:
         raise ValueError(
-            f"unknown variant {text!r}: expected Kw (one router, K workers) or Nr (N replicas), @S optional"
+            f"unknown variant {text!r}: expected Kw (one router, K workers) or Nr (N replicas), @S and :fF optional"
         )
-    workers, replicas, scrape = m.groups()
+    workers, replicas, scrape, fresh = m.groups()
+    fresh_s = float(fresh) if fresh else None
     scrape_s = float(scrape) if scrape else default_scrape_s
     if scrape_s <= 0:
         raise ValueError(f"variant {text!r}: the scrape interval must be positive")
     if workers is not None:
         if int(workers) < 1:
             raise ValueError(f"variant {text!r}: at least 1 worker")
-        return VariantSpec(text, 1, int(workers), scrape_s)
+        return VariantSpec(text, 1, int(workers), scrape_s, fresh_s)
     assert replicas is not None
     if int(replicas) < 1:
         raise ValueError(f"variant {text!r}: at least 1 replica")
-    return VariantSpec(text, int(replicas), 1, scrape_s)
+    return VariantSpec(text, int(replicas), 1, scrape_s, fresh_s)
 
 
 # --------------------------------------------------------------------------- processes
@@ -196,6 +201,8 @@ class Routers:
             args = ["router", "--port", str(self.port), "--config", cfg_path, "--admin-port", str(admin)]
             args += ["--scrape-interval", str(spec.scrape_s), "--workers", str(spec.workers)]
             args += ["--log-level", "WARNING", "--no-access-log"]
+            if spec.fresh_read_s is not None:
+                args += ["--fresh-read-interval", str(spec.fresh_read_s)]
             # One load generator is one client address: lift the per-address connection cap.
             args += ["--max-connections-per-client", "100000", "--max-connections", "100000"]
             if spec.processes > 1:
@@ -226,11 +233,16 @@ def _status(port: int) -> dict | None:
             while chunk := s.recv(65536):
                 data += chunk
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        tiers = body["models"][MODEL]["tiers"]
-        return {
+        model = body["models"][MODEL]
+        out: dict = {
             t: {k: v.get(k) for k in ("requests", "completed", "rejected", "failed", "spilled")}
-            for t, v in tiers.items()
+            for t, v in model["tiers"].items()
         }
+        # Why requests waited or were refused, and how this replica's view held up.
+        out["_decisions"] = model.get("decisions")
+        out["_view_checks"] = model.get("viewChecks")
+        out["_latency_scale"] = model.get("latencyScale")
+        return out
     except (OSError, ValueError, KeyError, IndexError):
         return None
 
@@ -337,7 +349,7 @@ def summarize(results: list[bench.Result], tiers: list[dict], output_tokens: int
     per_tier = {}
     for t in tiers:
         rs = [r for r in results if r.tier == t["name"]]
-        met = 0
+        met = late_first = 0
         ttft = []
         for r in rs:
             if r.error or r.tokens < output_tokens:
@@ -346,11 +358,16 @@ def summarize(results: list[bench.Result], tiers: list[dict], output_tokens: int
             ttft.append(first_ms)
             if first_ms <= t["ttftMs"] and (r.last_at - r.sent_at) * 1000 <= t["ttftMs"] + (r.tokens - 1) * t["tpotMs"]:
                 met += 1
+            elif first_ms > t["ttftMs"]:
+                late_first += 1
         per_tier[t["name"]] = {
             "requests": len(rs),
             "met": met,
             "attainment_percent": round(100.0 * met / len(rs), 2) if rs else None,
             "rejected_429": sum(1 for r in rs if r.status == 429),
+            # Answered (or failed) but missed a deadline: not a refusal.
+            "late": len(rs) - met - sum(1 for r in rs if r.status in (429, 503)),
+            "late_first_token": late_first,  # of them: the first token already late
             "ttft_ms_p50": _r(percentile(ttft, 0.5)),
             "ttft_ms_p99": _r(percentile(ttft, 0.99)),
         }
@@ -642,8 +659,15 @@ def _one_run(spec: VariantSpec, cfg_path: str, engines, arrivals, args, timeout_
         "load_generator": round(100.0 * (g1 - g0) / elapsed, 1),
     }
     row["load_average_1m"] = load
-    row["requests_per_replica"] = [None if s is None else sum(v["requests"] or 0 for v in s.values()) for s in statuses]
+    row["requests_per_replica"] = [
+        None if s is None else sum(v["requests"] or 0 for k, v in s.items() if not k.startswith("_")) for s in statuses
+    ]
     row["replica_status"] = statuses
+    totals: dict[str, int] = {}
+    for st in statuses:
+        for k, v in ((st or {}).get("_view_checks") or {}).items():
+            totals[k] = totals.get(k, 0) + v
+    row["view_checks"] = totals
     return row
 
 
@@ -667,10 +691,12 @@ def _wait_idle(engines, timeout_s: float = 60.0) -> None:
 
 def _print_row(r: dict, tier_names: list[str]) -> None:
     att = "/".join(f"{r['tiers'][t]['attainment_percent']}" for t in tier_names)
+    late = "/".join(f"{r['tiers'][t]['late']}({r['tiers'][t].get('late_first_token')})" for t in tier_names)
     print(
         f"  rep={r['repeat']} {r['variant']:>8} n={r['requests']} answered={r['answered']} 429={r['rejected_429']} "
         f"503={r['unavailable_503']} lost={r['accepted_not_answered']} attainment {att} "
-        f"per replica {r['requests_per_replica']} cpu% {r['cpu_percent']} load {r['load_average_1m']}",
+        f"late {late} per replica {r['requests_per_replica']} cpu% {r['cpu_percent']} "
+        f"load {r['load_average_1m']} view {r.get('view_checks')}",
         flush=True,
     )
 
