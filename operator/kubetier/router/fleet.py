@@ -96,6 +96,7 @@ VIEW_CHECK_KEYS = (
     "route_kept",  # the decision after the read was the same server
     "route_changed",  # after the read: another server, a wait or a refusal
     "pump_deferred",  # routes found by a capacity change, held for a read first
+    "waiting_reads",  # reads of an engine a waiting request may use (releases other replicas made)
     "scrapes",  # periodic scrapes with a load report
     "view_over",  # over those scrapes: sequences the view had that the engine no longer ran (unseen releases)
     "view_under",  # sequences the engine ran that the view lacked (unseen admissions)
@@ -776,6 +777,7 @@ class ModelFleet:
                 await self._queued.wait()
             await asyncio.sleep(_TICK_S)
             self.pump()  # the safety net: every tier's head, in case no event came
+            self._read_for_waiters()
             ticks += 1
             self._wake_stranded(sweep_gone=ticks % _GONE_SWEEP_TICKS == 0)
 
@@ -868,6 +870,29 @@ class ModelFleet:
             return False
         now = self.clock()
         return now - self._others_seen_at < SHARED_MEMORY_S and now - up.read_at > self.fresh_read_s
+
+    def _read_for_waiters(self) -> None:
+        """Requests wait and other replicas share the engines: re-read the engines they
+        may use whose view is older than ``fresh_read_s``. A slot another replica's
+        stream freed is otherwise seen only at the next scrape: with reads before
+        routing alone (no reads for waiters), two replicas at a 1 s scrape answered no
+        request late but refused 16 interactive requests where one router refused 12
+        (docs/router.md, "N router replicas"). Each read that lands asks the waiting
+        requests again (``_read_fresh``)."""
+        if self.fresh_read_s <= 0 or self.clock() - self._others_seen_at >= SHARED_MEMORY_S:
+            return
+        usable: set[str] = set()  # server tiers some waiting request may use
+        for server_tier, tiers in self._admits_on.items():
+            if any(self._queues[t] for t in tiers):
+                usable.add(server_tier)
+        if not usable:
+            return
+        now = self.clock()
+        for sid, up in self.upstreams.items():
+            if up.spec.tier in usable and now - up.read_at > self.fresh_read_s and up.healthy:
+                if up.read_task is None or up.read_task.done():
+                    self.view_checks["waiting_reads"] += 1
+                    self._fresh_read(sid)
 
     def _fresh_read(self, sid: str) -> asyncio.Task | None:
         """Start (or join) a read of ``sid``'s /metrics; when it lands the view is

@@ -1,0 +1,135 @@
+"""Two router replicas that share nothing but the engines do not put a stream on a server
+the other replica filled since their last scrape.
+
+Each replica knows its own streams exactly and the other's only from the engines'
+/metrics. Between scrapes it does not see the slots the other replica filled, and both run
+the same most-loaded-feasible choice on the same old snapshot: in the replicas benchmark
+at a 1 s scrape, three replicas answered 2-15 interactive requests per run late (one
+router: 0) while their 429s were the same as one router's (docs/router.md, "N router
+replicas"). With the fresh read (``ModelFleet.fresh_read_s``) a replica that has seen
+other replicas' streams on the model's engines re-reads an engine's /metrics before
+routing onto it when its view is older than the interval, and decides again.
+
+Here: two real engine simulators whose batch slot binds (a second sequence makes every
+token slower than the tier's TPOT), two in-process routers on loopback, and scrapes
+taken by hand so the staleness is exact. Replica B fills both engines, one after the
+other; replica A scraped between the two, so its view says the second engine is free. A
+request to A must then wait (fresh read on) instead of landing on the full engine (the
+control, fresh read off, shows the collision: the test can fail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httpx
+import pytest
+import uvloop
+import yaml
+from router_procs import free_port, stream_once, wait_http
+
+from kubetier.lean_http import port_of, start_server
+from kubetier.router.app import Router
+from kubetier.router.bench_replicas import capacity_profile
+from kubetier.router.config import parse_config
+
+
+def pytest_asyncio_loop_factories(config, item):
+    return {"uvloop": uvloop.new_event_loop}
+
+
+TOKENS = 24  # 100 ms each at batch 1: a stream holds its engine about 2.5 s
+
+
+async def _engine_running(client: httpx.AsyncClient, port: int) -> int:
+    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[-1])
+            for line in text.splitlines()
+            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
+        )
+    )
+
+
+async def _until_running(client: httpx.AsyncClient, port: int, n: int, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await _engine_running(client, port) != n:
+        assert asyncio.get_running_loop().time() < deadline, f"engine :{port} never ran {n}"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def replica(cfg: dict, fresh_read_s: float):
+    """A router replica whose periodic scrapes are taken by hand (``scrape``); its tick
+    runs (it asks waiting requests again after a scrape)."""
+    router = Router(parse_config(cfg), scrape_interval_s=3600.0, fresh_read_s=fresh_read_s)
+    fleet = router.fleets["m"]
+    fleet._tasks.append(asyncio.ensure_future(fleet._tick_loop()))
+    front = await start_server(router.handle, "127.0.0.1", 0)
+    try:
+        yield router, f"http://127.0.0.1:{port_of(front)}"
+    finally:
+        front.close()
+        await router.stop()
+
+
+async def scrape(router: Router) -> None:
+    fleet = router.fleets["m"]
+    await asyncio.gather(*(fleet._scrape(sid) for sid in fleet.upstreams))
+
+
+@pytest.mark.parametrize("fresh_read_s", [0.1, 0.0], ids=["fresh-read", "control-no-fresh-read"])
+async def test_a_replica_does_not_fill_a_server_the_other_replica_filled_since_its_scrape(
+    procs, tmp_path, fresh_read_s
+):
+    profile = tmp_path / "slots.yaml"
+    # 100 ms per token at batch 1, 200 ms at 8: a second sequence makes it 114 ms.
+    profile.write_text(yaml.safe_dump(capacity_profile(100.0, 8, 1.0)))
+    ports = {"s1": free_port(), "s2": free_port()}
+    for port in ports.values():
+        procs.engine(port, "m", str(profile))
+    for port in ports.values():
+        wait_http(f"http://127.0.0.1:{port}/health", 30)
+    cfg = {
+        "models": [
+            {
+                "name": "m",
+                "profile": str(profile),
+                # TPOT 105 ms: one sequence per engine (two take 114 ms per token).
+                "tiers": [{"name": "t", "ttftMs": 600, "tpotMs": 105, "meanOutputTokens": TOKENS, "onLate": "queue"}],
+                "servers": [{"url": f"http://127.0.0.1:{p}", "tier": "t", "id": sid} for sid, p in ports.items()],
+            }
+        ]
+    }
+    async with (
+        replica(cfg, fresh_read_s) as (a, base_a),
+        replica(cfg, 0.1) as (b, base_b),
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        await asyncio.gather(scrape(a), scrape(b))  # both: every engine idle
+        # B's first stream: both engines idle, the tie goes to the id that sorts last.
+        x = asyncio.ensure_future(stream_once(client, base_b, TOKENS))
+        await _until_running(client, ports["s2"], 1)
+        await scrape(a)  # A now sees B's stream on s2: the model's engines are shared
+        # B's second stream goes to s1 (s2 is full for the tier); A's view of s1 is now old.
+        y = asyncio.ensure_future(stream_once(client, base_b, TOKENS))
+        await _until_running(client, ports["s1"], 1)
+        await asyncio.sleep(0.25)  # older than the fresh-read interval
+        z = asyncio.ensure_future(stream_once(client, base_a, TOKENS))
+        await asyncio.sleep(0.4)  # A decided (and with the fresh read, read s1 first)
+        running = {sid: await _engine_running(client, p) for sid, p in ports.items()}
+        checks = a.status()["models"]["m"]["viewChecks"]
+        if fresh_read_s == 0.0:
+            # Without the read A trusts its old view: s1 "free", and it runs two sequences.
+            assert running == {"s1": 2, "s2": 1}, running
+            assert checks["fresh_reads"] == 0
+        else:
+            assert running == {"s1": 1, "s2": 1}, running  # A's request waits, no engine overfilled
+            assert checks["fresh_reads"] >= 1 and checks["route_changed"] >= 1, checks
+            assert a.fleets["m"].metrics.tally("m", "t").waiting == 1
+        assert await x == TOKENS and await y == TOKENS
+        # B's streams ended; A learns it at its next scrape and its request is served in full.
+        await scrape(a)
+        assert await asyncio.wait_for(z, 15) == TOKENS
