@@ -14,8 +14,10 @@ Here: two real engine simulators whose batch slot binds (a second sequence makes
 token slower than the tier's TPOT), two in-process routers on loopback, and scrapes
 taken by hand so the staleness is exact. Replica B fills both engines, one after the
 other; replica A scraped between the two, so its view says the second engine is free. A
-request to A must then wait (fresh read on) instead of landing on the full engine (the
-control, fresh read off, shows the collision: the test can fail).
+request to A must then wait (fresh read on) instead of landing on the full engine, and
+start within a second of B's streams ending, with no scrape of A (it re-reads the
+engines its waiting request may use). The control, fresh read off, shows the collision
+and the waiting request left waiting until A's next scrape: the test can fail.
 """
 
 from __future__ import annotations
@@ -80,9 +82,13 @@ async def scrape(router: Router) -> None:
     await asyncio.gather(*(fleet._scrape(sid) for sid in fleet.upstreams))
 
 
-@pytest.mark.parametrize("fresh_read_s", [0.1, 0.0], ids=["fresh-read", "control-no-fresh-read"])
+@pytest.mark.parametrize(
+    "fresh_read_s, reads_for_waiters",
+    [(0.1, True), (0.0, False), (0.1, False)],
+    ids=["fresh-read", "control-no-fresh-read", "control-no-reads-for-waiters"],
+)
 async def test_a_replica_does_not_fill_a_server_the_other_replica_filled_since_its_scrape(
-    procs, tmp_path, fresh_read_s
+    procs, tmp_path, fresh_read_s, reads_for_waiters
 ):
     profile = tmp_path / "slots.yaml"
     # 100 ms per token at batch 1, 200 ms at 8: a second sequence makes it 114 ms.
@@ -108,6 +114,8 @@ async def test_a_replica_does_not_fill_a_server_the_other_replica_filled_since_i
         replica(cfg, 0.1) as (b, base_b),
         httpx.AsyncClient(timeout=30) as client,
     ):
+        if not reads_for_waiters:
+            a.fleets["m"]._read_for_waiters = lambda: None  # type: ignore[method-assign]
         await asyncio.gather(scrape(a), scrape(b))  # both: every engine idle
         # B's first stream: both engines idle, the tie goes to the id that sorts last.
         x = asyncio.ensure_future(stream_once(client, base_b, TOKENS))
@@ -130,6 +138,18 @@ async def test_a_replica_does_not_fill_a_server_the_other_replica_filled_since_i
             assert checks["fresh_reads"] >= 1 and checks["route_changed"] >= 1, checks
             assert a.fleets["m"].metrics.tally("m", "t").waiting == 1
         assert await x == TOKENS and await y == TOKENS
-        # B's streams ended; A learns it at its next scrape and its request is served in full.
-        await scrape(a)
+        if fresh_read_s == 0.0:
+            assert await asyncio.wait_for(z, 15) == TOKENS  # (it ran on the overfilled s1)
+            return
+        # B's streams ended and freed both engines. A's waiting request sees that within a
+        # few reads (every 0.1 s while it waits), with no scrape of A; without the reads
+        # for waiters, A learns it only at its next scrape (an hour away here).
+        loop = asyncio.get_running_loop()
+        freed_at = loop.time()
+        while sum([await _engine_running(client, p) for p in ports.values()]) == 0 and loop.time() - freed_at < 1.0:
+            await asyncio.sleep(0.02)
+        started = sum([await _engine_running(client, p) for p in ports.values()]) == 1
+        assert started == reads_for_waiters, f"A's request started within {loop.time() - freed_at:.2f} s: {started}"
+        if not started:
+            await scrape(a)
         assert await asyncio.wait_for(z, 15) == TOKENS
