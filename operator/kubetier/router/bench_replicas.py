@@ -25,7 +25,9 @@ Variants (fresh processes for every run, so no run inherits another's learned st
 - a suffix ``@S`` runs the variant with a scrape interval of S seconds (``2r@0.25``);
 - a suffix ``:fF`` runs it with ``--fresh-read-interval F`` (``3r:f0`` never re-reads an
   engine before routing onto it: the router before that rule; without the suffix, the
-  router's default).
+  router's default);
+- a suffix ``:base`` runs the variant's routers from another source tree
+  (``--baseline-src``, e.g. main's ``operator/`` directory): before/after in one run.
 
 Every run plays the same arrival schedule (``--seed``: Poisson arrivals at ``--rate``,
 tiers drawn by ``--shares``), variants alternate order between repeats (forward, then
@@ -129,9 +131,10 @@ class VariantSpec:
     workers: int  # workers per process
     scrape_s: float
     fresh_read_s: float | None = None  # --fresh-read-interval; None: the router's default
+    baseline: bool = False  # routers from --baseline-src
 
 
-_VARIANT = re.compile(r"^(?:(\d+)w|(\d+)r)(?:@([0-9.]+))?(?::f([0-9.]+))?$")
+_VARIANT = re.compile(r"^(?:(\d+)w|(\d+)r)(?:@([0-9.]+))?(?::f([0-9.]+))?(:base)?$")
 
 
 def parse_variant(text: str, default_scrape_s: float) -> VariantSpec:
@@ -140,7 +143,7 @@ def parse_variant(text: str, default_scrape_s: float) -> VariantSpec:
         raise ValueError(
             f"unknown variant {text!r}: expected Kw (one router, K workers) or Nr (N replicas), @S and :fF optional"
         )
-    workers, replicas, scrape, fresh = m.groups()
+    workers, replicas, scrape, fresh, base = m.groups()
     fresh_s = float(fresh) if fresh else None
     scrape_s = float(scrape) if scrape else default_scrape_s
     if scrape_s <= 0:
@@ -148,11 +151,11 @@ def parse_variant(text: str, default_scrape_s: float) -> VariantSpec:
     if workers is not None:
         if int(workers) < 1:
             raise ValueError(f"variant {text!r}: at least 1 worker")
-        return VariantSpec(text, 1, int(workers), scrape_s, fresh_s)
+        return VariantSpec(text, 1, int(workers), scrape_s, fresh_s, base is not None)
     assert replicas is not None
     if int(replicas) < 1:
         raise ValueError(f"variant {text!r}: at least 1 replica")
-    return VariantSpec(text, int(replicas), 1, scrape_s, fresh_s)
+    return VariantSpec(text, int(replicas), 1, scrape_s, fresh_s, base is not None)
 
 
 # --------------------------------------------------------------------------- processes
@@ -163,9 +166,11 @@ def _proc_cpu_s(pid: int) -> float:
     return bench._cpu_seconds(pid, with_children=True)
 
 
-def _start(args: list[str]) -> subprocess.Popen:
+def _start(args: list[str], src: str | None = None) -> subprocess.Popen:
     env = dict(os.environ)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # replicas share nothing
+    if src is not None:  # another build's kubetier package (a baseline) ahead of this one
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-m", "kubetier.cli", *args],
         stdout=subprocess.DEVNULL,
@@ -191,7 +196,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 class Routers:
     """One variant's router processes on one client port; each with its own admin port."""
 
-    def __init__(self, spec: VariantSpec, cfg_path: str) -> None:
+    def __init__(self, spec: VariantSpec, cfg_path: str, baseline_src: str | None = None) -> None:
         self.spec = spec
         self.port = bench._free_port()
         self.admin_ports: list[int] = []
@@ -207,7 +212,7 @@ class Routers:
             args += ["--max-connections-per-client", "100000", "--max-connections", "100000"]
             if spec.processes > 1:
                 args.append("--reuse-port")
-            self.procs.append(_start(args))
+            self.procs.append(_start(args, baseline_src if spec.baseline else None))
             self.admin_ports.append(admin)
 
     def wait_up(self) -> None:
@@ -497,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--scrape-interval", type=float, default=1.0, help="router /metrics scrape interval, s (default: %(default)s)"
     )
+    ap.add_argument(
+        "--baseline-src",
+        default=None,
+        help="source root (the directory holding the kubetier package, e.g. another checkout's operator/) "
+        "the :base variants' routers run from",
+    )
     ap.add_argument("--seed", type=int, default=1, help="the arrival schedule's seed, the same for every run")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after the routers answer, before a run")
     ap.add_argument(
@@ -518,6 +529,10 @@ def main(argv: list[str]) -> int:
         ap.error("--variants: at least one")
     if len({s.name for s in specs}) != len(specs):
         ap.error("--variants: each variant once")
+    if any(s.baseline for s in specs) and not (
+        args.baseline_src and os.path.isdir(os.path.join(args.baseline_src, "kubetier"))
+    ):
+        ap.error("a :base variant needs --baseline-src DIR with a kubetier package in DIR")
     shares = [float(x) for x in args.shares.split(",")]
     if len(shares) != len(TIER_SHAPES) or any(s < 0 for s in shares) or sum(shares) <= 0:
         ap.error(f"--shares: {len(TIER_SHAPES)} non-negative numbers")
@@ -556,6 +571,7 @@ def main(argv: list[str]) -> int:
             "output_tokens": args.output_tokens,
             "prompt_tokens": args.prompt_tokens,
             "seed": args.seed,
+            "baseline_src": args.baseline_src,
             "scrape_interval_s": args.scrape_interval,
             "pinning": "none (CPU is not meant to bind: router, engine and load-generator CPU shares are reported)",
         },
@@ -635,7 +651,7 @@ def _one_run(spec: VariantSpec, cfg_path: str, engines, arrivals, args, timeout_
     import uvloop
 
     _wait_idle(engines)
-    routers = Routers(spec, cfg_path)
+    routers = Routers(spec, cfg_path, args.baseline_src)
     try:
         routers.wait_up()
         time.sleep(max(args.settle, 2 * spec.scrape_s))  # every replica has scraped every engine
@@ -652,6 +668,7 @@ def _one_run(spec: VariantSpec, cfg_path: str, engines, arrivals, args, timeout_
     row["processes"] = spec.processes
     row["workers"] = spec.workers
     row["scrape_interval_s"] = spec.scrape_s
+    row["baseline_src"] = args.baseline_src if spec.baseline else None
     row["elapsed_s"] = round(elapsed, 2)
     row["cpu_percent"] = {
         "routers": round(100.0 * (r1 - r0) / elapsed, 1),
