@@ -49,7 +49,7 @@ from kubetier.policy.routing_costs import costs_for
 from kubetier.policy.spot import finishes_before_deadline, tier_long_request_s
 from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
-from kubetier.router.engine_progress import EngineProgress
+from kubetier.router.engine_progress import _ITERATIONS, EngineProgress
 from kubetier.router.latency_feed import LatencyFeed
 from kubetier.router.metrics import RouterMetrics
 from kubetier.router.scale_from_zero import SCALE_FROM_ZERO_LATE, DemandBoard, hold_bound_s
@@ -830,10 +830,10 @@ class ModelFleet:
         way (the engine may not have received them yet; counting one it had is corrected
         by the next read, missing one would put another stream on a full server)."""
         up.read_at = self.clock()
-        timing = parse_engine_timing(text)
-        if timing is not None:
-            self._learn_from_engine(sid, up, timing)
-        load = parse_engine_metrics(text)
+        scraped = parse_engine_scrape(text)
+        if scraped.timing is not None:
+            self._learn_from_engine(sid, up, scraped.timing)
+        load = scraped.load
         if load is None:
             return
         running, kv_frac = load
@@ -856,7 +856,7 @@ class ModelFleet:
                 vc["view_under"] += running - cur.running
         running += up.admit_seq - seq
         kv = int(kv_frac * self.spec.profile.kv_capacity_tokens)
-        self.policy.observe(sid, running, kv, cur.queued_prefill_tokens, self.progress.iterations(sid, text))
+        self.policy.observe(sid, running, kv, cur.queued_prefill_tokens, self.progress.steps(sid, scraped.iterations))
 
     # ------------------------------------------------------------------ fresh reads
 
@@ -1094,13 +1094,27 @@ class EngineTiming:
     kv_fraction: float  # KV-cache usage (gauge)
 
 
-def parse_engine_timing(text: bytes) -> EngineTiming | None:
-    """The engine's own per-token timing from its /metrics (vLLM or SGLang names), or
-    None when it exports no per-token latency histogram."""
-    found: dict[bytes, list[float]] = {}
-    prompt = 0.0
-    running = 0.0
-    kv = 0.0
+@dataclass(frozen=True)
+class EngineScrape:
+    """What the router reads from one engine's /metrics, in one pass over the text."""
+
+    load: tuple[int, float] | None  # (running + waiting, KV-cache usage fraction); None: no running gauge
+    timing: EngineTiming | None  # None: no per-token latency histogram
+    iterations: float | None  # the engine's step counter (kubetier.router.engine_progress); None: not exported
+
+
+def parse_engine_scrape(text: bytes) -> EngineScrape:
+    """One pass over an engine's /metrics (vLLM or SGLang names) for the load, the
+    per-token timing and the step counter. The scrape used to read the text three times
+    (load, timing, step counter); every scrape and fresh read (``fresh_read_s``) parses
+    one engine's text, so this is the router's CPU per read."""
+    running = waiting = prompt = 0.0
+    found = False
+    kv: float | None = None
+    kv_deprecated: float | None = None
+    kv_any = 0.0  # the timing's KV: the largest of the new and the deprecated name
+    hist: dict[bytes, list[float]] = {}
+    iterations: float | None = None
     for line in text.split(b"\n"):
         if not (line.startswith(b"vllm:") or line.startswith(b"sglang:")):
             continue
@@ -1109,39 +1123,8 @@ def parse_engine_timing(text: bytes) -> EngineTiming | None:
             v = float(line.rsplit(b" ", 1)[-1])
         except ValueError:
             continue
-        if name.endswith(b"_sum") or name.endswith(b"_count"):
-            base, _, part = name.rpartition(b"_")
-            if base in _TOKEN_HISTOGRAMS:
-                acc = found.setdefault(base, [0.0, 0.0])
-                acc[0 if part == b"sum" else 1] += v
-        elif name in _PROMPT_TOKENS:
-            prompt += v
-        elif name in _RUNNING:
-            running += v
-        elif name in _KV_ALL:
-            kv = max(kv, v)
-    for name in _TOKEN_HISTOGRAMS:
-        if name in found:
-            total, count = found[name]
-            return EngineTiming(total, count, prompt, int(running), kv)
-    return None
-
-
-def parse_engine_metrics(text: bytes) -> tuple[int, float] | None:
-    """(running + waiting requests, KV-cache usage fraction) from vLLM's or SGLang's /metrics."""
-    running = waiting = 0.0
-    kv: float | None = None
-    kv_deprecated: float | None = None
-    found = False
-    for line in text.split(b"\n"):
-        if not (line.startswith(b"vllm:") or line.startswith(b"sglang:")):
-            continue
-        name = line.split(b"{", 1)[0].split(b" ", 1)[0]
-        value = line.rsplit(b" ", 1)[-1]
-        try:
-            v = float(value)
-        except ValueError:
-            continue
+        if v != v or v in (_INF, -_INF):
+            continue  # NaN or infinite: no count (int() of it made the whole scrape fail)
         if name in _RUNNING:
             running += v
             found = True
@@ -1149,8 +1132,37 @@ def parse_engine_metrics(text: bytes) -> tuple[int, float] | None:
             waiting += v
         elif name in _KV:
             kv = max(kv or 0.0, v)
+            kv_any = max(kv_any, v)
         elif name == _KV_DEPRECATED:
             kv_deprecated = max(kv_deprecated or 0.0, v)
-    if not found:
-        return None
-    return int(running + waiting), kv if kv is not None else (kv_deprecated or 0.0)
+            kv_any = max(kv_any, v)
+        elif name in _PROMPT_TOKENS:
+            prompt += v
+        elif name == _ITERATIONS:
+            iterations = v if iterations is None else iterations + v
+        elif name.endswith(b"_sum") or name.endswith(b"_count"):
+            base, _, part = name.rpartition(b"_")
+            if base in _TOKEN_HISTOGRAMS:
+                acc = hist.setdefault(base, [0.0, 0.0])
+                acc[0 if part == b"sum" else 1] += v
+    timing = None
+    for hname in _TOKEN_HISTOGRAMS:
+        if hname in hist:
+            total, count = hist[hname]
+            timing = EngineTiming(total, count, prompt, int(running), kv_any)
+            break
+    load = None
+    if found:
+        load = (int(running + waiting), kv if kv is not None else (kv_deprecated or 0.0))
+    return EngineScrape(load, timing, iterations)
+
+
+def parse_engine_timing(text: bytes) -> EngineTiming | None:
+    """The engine's own per-token timing from its /metrics (vLLM or SGLang names), or
+    None when it exports no per-token latency histogram."""
+    return parse_engine_scrape(text).timing
+
+
+def parse_engine_metrics(text: bytes) -> tuple[int, float] | None:
+    """(running + waiting requests, KV-cache usage fraction) from vLLM's or SGLang's /metrics."""
+    return parse_engine_scrape(text).load
