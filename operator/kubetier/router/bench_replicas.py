@@ -78,6 +78,9 @@ TIER_SHAPES: list[dict] = [
 ]
 # Two-sided 95% Student t quantiles by degrees of freedom (the paired difference's interval).
 _T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+_T975.update({11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093})
+_T975.update({20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048})
+_T975.update({29: 2.045, 30: 2.042})  # beyond: 2.042 (slightly wide)
 CRITERION_PP = 1.0
 
 
@@ -452,7 +455,7 @@ def _interval(diffs: list[float]) -> tuple[float | None, float | None]:
         return None, None
     m = sum(diffs) / len(diffs)
     sd = _sd(diffs) or 0.0
-    half = _T975.get(len(diffs) - 1, 2.0) * sd / math.sqrt(len(diffs))
+    half = _T975.get(len(diffs) - 1, 2.042) * sd / math.sqrt(len(diffs))
     return m - half, m + half
 
 

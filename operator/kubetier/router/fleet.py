@@ -10,6 +10,14 @@ only for engines that export none, since it carries the router's own lag.
 A server that fails a health check or a request is marked not ready until its next
 successful scrape; discovery marks servers draining or gone.
 
+Router replicas share nothing but the engines. Once a read of any engine's /metrics shows
+streams this replica did not send (other replicas route to the same engines), two more
+reads keep its view fresh between scrapes (``fresh_read_s``, default 0.1 s; 0: off): a
+route onto an engine seen longer ago than that waits for a read of that engine and is
+decided again (other replicas' admissions), and while requests wait the engines they
+may use are re-read at that interval (other replicas' releases). One router never sees
+foreign streams and never reads outside its scrape.
+
 Waiting requests sit in one heap per tier, served in the policy's waiting order
 (kubetier.policy.waiting.waiting_key, the fleet simulator's too). When capacity frees on
 a server, only the tiers that may use that server (its own tier, and looser tiers that
