@@ -97,6 +97,9 @@ _GONE_SWEEP_TICKS = 10  # every 0.5 s: waiters whose client left answer and leav
 FRESH_READ_S = 0.1
 SHARED_MEMORY_S = 30.0  # a server counts as shared this long after a read last showed others' streams
 FRESH_READ_TIMEOUT_S = 0.5  # a fresh read that takes longer is given up (the decision stands)
+# A waiting request of a rejecting tier on shared engines wakes this long before its wait
+# budget ends, reads the engines it may use and decides on what they report.
+READ_AHEAD_S = 0.05
 FRESH_READS_PER_DECISION = 2  # reads one decision may wait for before it admits on what it knows
 VIEW_CHECK_KEYS = (
     "fresh_reads",  # reads of an engine's /metrics just before a route onto it
@@ -105,6 +108,7 @@ VIEW_CHECK_KEYS = (
     "route_changed",  # after the read: another server, a wait or a refusal
     "pump_deferred",  # routes found by a capacity change, held for a read first
     "waiting_reads",  # reads of an engine a waiting request may use (releases other replicas made)
+    "deadline_reads",  # reads for a request about to reach the end of its wait budget
     "scrapes",  # periodic scrapes with a load report
     "view_over",  # over those scrapes: sequences the view had that the engine no longer ran (unseen releases)
     "view_under",  # sequences the engine ran that the view lacked (unseen admissions)
@@ -603,6 +607,18 @@ class ModelFleet:
                 budget = min(budget, deadline - now)
                 if arrival + grace > now:
                     budget = min(budget, arrival + grace - now)
+                # Shared engines: wake READ_AHEAD_S before the wait budget ends, read the
+                # engines the tier may use and decide on that (a slot another replica
+                # freed since the last read would otherwise be missed and the request refused).
+                read_ahead = (
+                    d is not None
+                    and budget == d.retry_after_s
+                    and budget > READ_AHEAD_S
+                    and t.on_late == "reject"
+                    and self._shared()
+                )
+                if read_ahead:
+                    budget -= READ_AHEAD_S
                 handle = loop.call_later(max(budget, 0.001), _wake_one, waiter) if budget < _INF else None
                 try:
                     outcome = await waiter.future
@@ -621,6 +637,10 @@ class ModelFleet:
                         continue  # still starting: nothing to decide yet
                     waiter.zero = False
                     waiter.arrival = self.clock()  # the start-up hold is not charged to the TTFT
+                if read_ahead:
+                    await self._read_for_tier(tier)
+                    if waiter.future.done():
+                        continue  # a read's capacity-change pass admitted it
                 d = self._decide(tier, prompt_tokens, waiter.arrival, exclude)
                 if d.action == "route" and self._needs_fresh(d.server_id):
                     d = await self._decide_fresh(tier, prompt_tokens, waiter.arrival, exclude, d)
@@ -887,7 +907,7 @@ class ModelFleet:
         request late but refused 16 interactive requests where one router refused 12
         (docs/router.md, "N router replicas"). Each read that lands asks the waiting
         requests again (``_read_fresh``)."""
-        if self.fresh_read_s <= 0 or self.clock() - self._others_seen_at >= SHARED_MEMORY_S:
+        if not self._shared():
             return
         usable: set[str] = set()  # server tiers some waiting request may use
         for server_tier, tiers in self._admits_on.items():
@@ -901,6 +921,24 @@ class ModelFleet:
                 if up.read_task is None or up.read_task.done():
                     self.view_checks["waiting_reads"] += 1
                     self._fresh_read(sid)
+
+    def _shared(self) -> bool:
+        return self.fresh_read_s > 0 and self.clock() - self._others_seen_at < SHARED_MEMORY_S
+
+    async def _read_for_tier(self, tier: str) -> None:
+        """Read every engine a request of ``tier`` may use not read in the last
+        READ_AHEAD_S / 2 (a waiter about to be refused), within FRESH_READ_TIMEOUT_S."""
+        now = self.clock()
+        tasks = []
+        for up in list(self.upstreams.values()):
+            if tier in self._admits_on.get(up.spec.tier, ()) and up.healthy and now - up.read_at > READ_AHEAD_S / 2:
+                if up.read_task is None or up.read_task.done():
+                    self.view_checks["deadline_reads"] += 1
+                task = self._fresh_read(up.spec.server_id)
+                if task is not None:
+                    tasks.append(task)
+        if tasks:
+            await asyncio.wait([asyncio.shield(x) for x in tasks], timeout=FRESH_READ_TIMEOUT_S)
 
     def _fresh_read(self, sid: str) -> asyncio.Task | None:
         """Start (or join) a read of ``sid``'s /metrics; when it lands the view is
