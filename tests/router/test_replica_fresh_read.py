@@ -63,12 +63,13 @@ async def _until_running(client: httpx.AsyncClient, port: int, n: int, timeout: 
 
 
 @contextlib.asynccontextmanager
-async def replica(cfg: dict, fresh_read_s: float):
+async def replica(cfg: dict, fresh_read_s: float, tick: bool = True):
     """A router replica whose periodic scrapes are taken by hand (``scrape``); its tick
-    runs (it asks waiting requests again after a scrape)."""
+    runs unless ``tick`` is False (it asks waiting requests again after a scrape)."""
     router = Router(parse_config(cfg), scrape_interval_s=3600.0, fresh_read_s=fresh_read_s)
     fleet = router.fleets["m"]
-    fleet._tasks.append(asyncio.ensure_future(fleet._tick_loop()))
+    if tick:
+        fleet._tasks.append(asyncio.ensure_future(fleet._tick_loop()))
     front = await start_server(router.handle, "127.0.0.1", 0)
     try:
         yield router, f"http://127.0.0.1:{port_of(front)}"
@@ -153,3 +154,52 @@ async def test_a_replica_does_not_fill_a_server_the_other_replica_filled_since_i
         if not started:
             await scrape(a)
         assert await asyncio.wait_for(z, 15) == TOKENS
+
+
+@pytest.mark.parametrize("read_ahead", [True, False], ids=["read-ahead", "control-no-read-ahead"])
+async def test_a_request_about_to_be_refused_reads_the_engines_first(procs, tmp_path, read_ahead):
+    """Replica A's request waits for the one engine, which replica B's stream holds; B's
+    stream ends well before A's wait budget does. With no tick (no reads for waiters) the
+    only way A can learn of the freed slot before refusing is the read just before its
+    budget ends (``READ_AHEAD_S``): with it the request is served, without it refused (429)."""
+    profile = tmp_path / "slots.yaml"
+    # 100 ms per token at batch 1, 200 ms at batch 2: one sequence per engine for the tier.
+    profile.write_text(yaml.safe_dump(capacity_profile(100.0, 8, 7.0)))
+    port = free_port()
+    procs.engine(port, "m", str(profile))
+    wait_http(f"http://127.0.0.1:{port}/health", 30)
+    cfg = {
+        "models": [
+            {
+                "name": "m",
+                "profile": str(profile),
+                "tiers": [{"name": "t", "ttftMs": 2500, "tpotMs": 105, "meanOutputTokens": 8, "onLate": "reject"}],
+                "servers": [{"url": f"http://127.0.0.1:{port}", "tier": "t", "id": "s1"}],
+            }
+        ]
+    }
+    async with (
+        replica(cfg, 0.1, tick=False) as (a, base_a),
+        replica(cfg, 0.1) as (b, base_b),
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        if not read_ahead:
+
+            async def no_reads(tier: str) -> None:
+                return None
+
+            a.fleets["m"]._read_for_tier = no_reads  # type: ignore[method-assign]
+        await asyncio.gather(scrape(a), scrape(b))
+        x = asyncio.ensure_future(stream_once(client, base_b, 8))  # about 0.9 s on the engine
+        await _until_running(client, port, 1)
+        await scrape(a)  # A sees B's stream: shared, and the engine full
+        body = {"model": "m", "prompt": list(range(1000, 1064)), "max_tokens": 8, "stream": True}
+        resp = await client.post(f"{base_a}/v1/completions", json=body)  # waits, then served or refused
+        assert await x == 8
+        checks = a.status()["models"]["m"]["viewChecks"]
+        if read_ahead:
+            assert resp.status_code == 200, resp.text
+            assert resp.text.count('"choices":[{') >= 8
+            assert checks["deadline_reads"] >= 1, checks
+        else:
+            assert resp.status_code == 429, resp.text
