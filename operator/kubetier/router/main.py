@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh-read-interval",
         type=non_negative_float,
         default=None,
-        help="router replicas: before routing onto an engine other replicas also use, re-read its /metrics "
-        "if this router's view of it is older than this many seconds (0: never; default: 0.1)",
+        help="router replicas: once an engine's /metrics shows streams this router did not send, re-read "
+        "an engine whose view is older than this many seconds before routing onto it, while requests wait "
+        "for it, and before refusing a request (0: never; default: 0.1)",
     )
     p.add_argument("--max-queue", type=int, default=10_000, help="waiting requests per model before 429")
     p.add_argument(
