@@ -983,8 +983,9 @@ class ModelFleet:
             task = self._fresh_read(d.server_id)
             if task is None:
                 return d
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
+            # A decision waits at most FRESH_READ_TIMEOUT_S for the read (an engine that
+            # does not accept connections would otherwise hold it for the connect timeout).
+            await asyncio.wait([asyncio.shield(task)], timeout=FRESH_READ_TIMEOUT_S)
             before = d.server_id
             d = self._decide(tier, prompt_tokens, arrival, exclude)
             self.view_checks["route_kept" if d.action == "route" and d.server_id == before else "route_changed"] += 1
