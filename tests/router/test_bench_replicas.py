@@ -64,7 +64,10 @@ def test_variant_names():
     assert br.parse_variant("1w", 1.0) == br.VariantSpec("1w", 1, 1, 1.0)
     assert br.parse_variant("2w", 1.0) == br.VariantSpec("2w", 1, 2, 1.0)
     assert br.parse_variant("3r@0.25", 1.0) == br.VariantSpec("3r@0.25", 3, 1, 0.25)
-    for bad in ("2x", "r2", "0r", "2r@0", "2r@"):
+    assert br.parse_variant("3r:f0", 1.0) == br.VariantSpec("3r:f0", 3, 1, 1.0, 0.0)
+    assert br.parse_variant("2r@0.5:f0.05", 1.0) == br.VariantSpec("2r@0.5:f0.05", 2, 1, 0.5, 0.05)
+    assert br.parse_variant("1w:base", 1.0) == br.VariantSpec("1w:base", 1, 1, 1.0, None, True)
+    for bad in ("2x", "r2", "0r", "2r@0", "2r@", "2r:f", "2r:base:f0", "2r:old"):
         with pytest.raises(ValueError):
             br.parse_variant(bad, 1.0)
 

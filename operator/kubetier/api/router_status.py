@@ -99,6 +99,14 @@ class ModelStatus(DocumentModel):
         default_factory=dict,
         description="Per tier: the policy's decisions by outcome and the queue waits, this worker's.",
     )
+    view_checks: dict[str, int] = Field(
+        default_factory=dict,
+        description="How this worker's view of the engines held up, counts since start: fresh /metrics reads "
+        "before a route onto a server other replicas share (fresh_reads, fresh_read_failed, route_kept, "
+        "route_changed, pump_deferred) and, over the periodic scrapes (scrapes), the sequences the view had "
+        "that the engine no longer ran (view_over: releases not seen) and the ones the engine ran that it "
+        "lacked (view_under: admissions not seen).",
+    )
 
 
 class RouterStatus(DocumentModel):

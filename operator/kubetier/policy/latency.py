@@ -69,13 +69,13 @@ by the fleet simulator, so the grids are precomputed into tuples and looked up w
 
 from __future__ import annotations
 
+import bisect as _bisect
 import os
-from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Any
+from typing import Any, Final
 
 import yaml
 from pydantic import ValidationError
@@ -84,6 +84,8 @@ from kubetier.api.errors import describe
 from kubetier.api.profile import LatencyProfile
 
 DEFAULT_PROFILE = "llama-3.1-8b-h100"
+# Final: the compiled simulator calls it from a C static, not a module-dict lookup per call
+bisect_right: Final = _bisect.bisect_right
 
 
 class ProfileError(ValueError):
@@ -196,6 +198,12 @@ class LatencyModel:
         lo = r0[j] + (r0[j + 1] - r0[j]) * v
         hi = r1[j] + (r1[j + 1] - r1[j]) * v
         return lo + (hi - lo) * u
+
+    def prefill_nondecreasing(self) -> bool:
+        """Whether a prompt chunk never costs less than a shorter one (the prefill table
+        is non-decreasing, so its interpolation and extrapolation are too)."""
+        ps = self._p_s
+        return all(a <= b for a, b in zip(ps, ps[1:], strict=False))
 
     def _prefill_iteration_s(self, tokens: float) -> float:
         ts, ps = self._p_tokens, self._p_s

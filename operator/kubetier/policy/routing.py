@@ -84,7 +84,7 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from kubetier.api.tier import SLOTier
 from kubetier.policy.bins import BinLimits
@@ -102,7 +102,7 @@ __all__ = ["HOST_PROBE_PROMPT_TOKENS", "KINDS", "POLICIES", "Decision", "Routing
 # The v1 name of the prompt prior a spill protects the host tier with (rule 2); the
 # policy now learns each tier's mean prompt and uses this only before any traffic.
 HOST_PROBE_PROMPT_TOKENS = PRIOR_PROMPT_TOKENS
-_INF = INF
+_INF: Final = INF
 # Headroom the SLO policy keeps below each tier's targets when it admits: the share of
 # the TPOT (and of the TTFT still left) not allocated, for what the estimate cannot see
 # (burst-aligned prefill chunks, output lengths above the mean, a slower server).
@@ -306,6 +306,10 @@ class RoutingPolicy(ServerIndex):
         self.bin_limits: dict[str, BinLimits] = dict(bin_limits or {})
         if kind == "slo" and not rebin_idle:
             self._decide_fn = decide_slo  # the registry's entry without the rebin step: one call less
+        # The SLO kinds are called directly in decide() (a native call in the compiled
+        # simulator; the stored function is a generic Python call there): 1 decide_slo,
+        # 2 the registry's "slo" entry, 0 the stored function.
+        self._direct_slo = 1 if self._decide_fn is decide_slo else 2 if self._decide_fn is _slo else 0
         self.rng = rng if rng is not None else random.Random(0)
         self.scale_up_s = scale_up_s
         self.reject_retry_after_s = reject_retry_after_s
@@ -374,7 +378,13 @@ class RoutingPolicy(ServerIndex):
         # The headroom applies to the slack beyond the prompt's own (fastest) prefill:
         # a long prompt that an idle server can still serve in time is not refused.
         budget = _INF if late else idle + (ttft_s - waited_s - idle) * self._ttft_factor
-        d = self._decide_fn(self, t, prompt_tokens, budget)
+        direct = self._direct_slo
+        if direct == 1:
+            d = decide_slo(self, t, prompt_tokens, budget)
+        elif direct == 2:
+            d = _slo(self, t, prompt_tokens, budget)
+        else:
+            d = self._decide_fn(self, t, prompt_tokens, budget)
         if d is not None:
             return d
         if late:

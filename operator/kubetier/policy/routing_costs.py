@@ -12,7 +12,7 @@ profile's own values and the scale is applied where a check uses them.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Any
+from typing import Any, Final
 
 from kubetier.policy.latency import LatencyModel
 
@@ -21,12 +21,12 @@ __all__ = ["INF", "KV_QUANTUM", "MEMO_LIMIT", "IterationCosts", "costs_for", "le
 # KV tokens are rounded up to this many for the memoised decode cost: the decode table
 # is linear in KV between grid points, so the error is under one quantum's worth of
 # time (microseconds), and rounding up keeps it on the safe side.
-KV_QUANTUM = 512
+KV_QUANTUM: Final = 512
 # Memo tables are cleared when they grow past this many entries (bounded memory).
-MEMO_LIMIT = 200_000
-_DEC_MEMO_MAX = 2_000_000  # the decode memo's bound (it holds a model's whole grid when it fits)
-_SHARED_COSTS_MAX = 32  # latency models whose memos are kept across policy instances
-INF = float("inf")
+MEMO_LIMIT: Final = 200_000
+_DEC_MEMO_MAX: Final = 2_000_000  # the decode memo's bound (it holds a model's whole grid when it fits)
+_SHARED_COSTS_MAX: Final = 32  # latency models whose memos are kept across policy instances
+INF: Final = float("inf")
 
 
 class IterationCosts:
@@ -42,6 +42,7 @@ class IterationCosts:
         "_pre",
         "_prefill_s",
         "ce",
+        "floors_hold",
         "kv_cap",
         "max_seqs",
         "mbt",
@@ -75,6 +76,11 @@ class IterationCosts:
         # chunk_extra(n) for 0 <= n <= maxNumBatchedTokens (every chunk a check sees),
         # filled on first use: a list index is cheaper than a dict lookup in the hot loop.
         self.ce: list[float | None] = [None] * (self.mbt + 1)
+        # Chunk costs never fall as a chunk grows (the prefill table is non-decreasing)
+        # and context costs are not negative, so a first-token estimate only grows with
+        # the pending tokens: what the feasibility rule's floors rest on
+        # (routing_feasibility.server_step, floors_refuse).
+        self.floors_hold = model.prefill_nondecreasing() and model.context_s_per_pair >= 0.0
 
     def max_kv(self, batch: int, budget_s: float) -> float:
         """Largest KV with decode_iteration_s(batch, KV) <= budget_s (exact, unquantised);
@@ -122,8 +128,8 @@ class IterationCosts:
         profile's ``contextNsPerTokenPair``; chunks of ``maxNumBatchedTokens``), which
         :meth:`chunk_extra` leaves out. Without it a 12k-token prompt's prefill is
         estimated ~20% short and a 60k one 2.3x short on llama-3.1-8b-a100."""
-        if tokens <= 0 or not self._ctx_per_pair:
-            return 0.0
+        if tokens <= self.mbt or not self._ctx_per_pair:
+            return 0.0  # one chunk or none: no earlier chunk to attend to (the formula's 0)
         v = self._ctx.get(tokens)
         if v is None:
             if len(self._ctx) > MEMO_LIMIT:
@@ -163,7 +169,7 @@ def costs_for(model: LatencyModel) -> IterationCosts:
 # shared the same way: the bounds are pure functions of this key. The key holds the
 # IterationCosts objects themselves (identity hash), so it cannot match a later model.
 _SHARED_LEVELS: dict[tuple[Any, ...], dict[int, Any]] = {}
-_SHARED_LEVELS_MAX = 32  # each can hold thousands of level lists: keep few
+_SHARED_LEVELS_MAX: Final = 32  # each can hold thousands of level lists: keep few
 
 
 def level_memo_for(costs: list[IterationCosts], tpot_s: float, turnover: float, slack_s: float = 0.0) -> dict[int, Any]:

@@ -10,15 +10,18 @@ tokens past no neighbour and replace its key in place.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
-import os
+import bisect as _bisect
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kubetier.policy.routing_costs import IterationCosts, costs_for, level_memo_for
 
 if TYPE_CHECKING:
     from kubetier.policy.routing import Decision, ServerLoad, TierSLO
+
+# Final: the compiled simulator calls them from C statics, not a module-dict lookup per call
+bisect_left: Final = _bisect.bisect_left
+insort: Final = _bisect.insort
 
 __all__ = ["KV_MASK", "KV_SHIFT", "RANK_MASK", "RUN_SHIFT", "Bin", "ServerEntry", "ServerIndex", "ServerLag"]
 
@@ -26,33 +29,60 @@ __all__ = ["KV_MASK", "KV_SHIFT", "RANK_MASK", "RUN_SHIFT", "Bin", "ServerEntry"
 # bit fields, so bisect compares machine-size ints instead of tuples with strings.
 # The id rank preserves the order of the server ids (ties go to the id sorting last);
 # ranks are spread out so a new id usually fits between its neighbours without
-# renumbering. KV beyond 2**32 - 1 tokens (far beyond any real cache) ties at the cap.
-# ServerLag charges the decoding sequences for the prompt chunks' attention to their
-# own earlier chunks too (IterationCosts.context_s), not only the chunks' extra cost
-# (ServerLag._context_charge_s). $KUBETIER_LAG_CONTEXT=0/1 overrides it, for
-# side-by-side runs.
-LAG_CONTEXT = os.environ.get("KUBETIER_LAG_CONTEXT", "1") != "0"
-
-RANK_BITS = 32
-KV_SHIFT = RANK_BITS
-RUN_SHIFT = RANK_BITS + 32
-RANK_MASK = (1 << RANK_BITS) - 1
-KV_MASK = (1 << 32) - 1
-RANK_SPACE = 1 << RANK_BITS
-RANK_GAP = 1 << 16  # spacing of ids appended in sorted order
+# renumbering. KV beyond 2**26 - 1 tokens (67M: over 100x the largest shipped profile's
+# cache, 476k) ties at the cap. The fields fit 62 bits while running < 2**14, so the
+# compiled simulator (kubetier.sim.native) keeps every key an unboxed machine int (a
+# key of 64+ bits made each shift, mask and compare of the scan a bignum operation);
+# a larger running batch still orders correctly, only as a longer int.
+RANK_BITS: Final = 22  # 4M ranks: ids appended in order 1,024 apart, renumbered when full
+KV_BITS: Final = 26
+KV_SHIFT: Final = RANK_BITS
+RUN_SHIFT: Final = RANK_BITS + KV_BITS
+RANK_MASK: Final = (1 << RANK_BITS) - 1
+KV_MASK: Final = (1 << KV_BITS) - 1
+RANK_SPACE: Final = 1 << RANK_BITS
+RANK_GAP: Final = 1 << 10  # spacing of ids appended in sorted order
 
 
 class ServerEntry:
-    __slots__ = ("bin", "costs", "in_order", "key", "lag", "lag_prefilled", "lag_s", "load", "rank", "routes", "step")
+    __slots__ = (
+        "bin",
+        "chunk",
+        "costs",
+        "ctx_q",
+        "d_now",
+        "floor_s",
+        "in_order",
+        "key",
+        "lag",
+        "lag_prefilled",
+        "lag_s",
+        "lead",
+        "load",
+        "rank",
+        "routes",
+        "stepped",
+        "x_full",
+    )
 
     def __init__(self, load: ServerLoad, costs: IterationCosts, rank: int, b: Bin) -> None:
         self.load = load
         self.costs = costs
         self.bin = b  # the bin of load.tier (a server changes tier only through upsert_server)
         self.routes: tuple[Decision, Decision] | None = None  # its own-bin and spill decisions
-        # (decode step now, prefill room next to the batch, cost of a full chunk): what
-        # the first-token estimate needs from (running, kv); None after they change.
-        self.step: tuple[float, int, float, float] | None = None
+        # What the first-token estimate needs from (running, kv, queued), unscaled
+        # (routing_feasibility.server_step), valid while ``stepped``: the decode step
+        # now, the prefill room next to the batch, a full chunk's extra cost, the
+        # in-flight iteration's remainder, the queued prompts' context cost, the
+        # first-token floor. Plain attributes, not a
+        # tuple: the compiled simulator keeps them unboxed.
+        self.stepped = False
+        self.d_now = 0.0
+        self.chunk = 0
+        self.x_full = 0.0
+        self.lead = 0.0
+        self.ctx_q = 0.0
+        self.floor_s = 0.0
         self.key: int | None = None  # packed (running, kv, id rank) in its bin; None = not routable
         self.in_order = False  # listed in its bin's round-robin order
         self.rank = rank  # the id's position in sorted-id order (spread out, see RANK_BITS)
@@ -443,6 +473,7 @@ class ServerIndex:
         if done > 0 and self.track_lag:
             e.lag_prefilled += done
         ld.queued_prefill_tokens = q - done
+        e.stepped = False  # its queued part changed
 
     def on_finish(self, server_id: str, prompt_tokens: int, output_tokens: int) -> None:
         e = self._servers.get(server_id)
@@ -482,7 +513,7 @@ class ServerIndex:
 
     def _rebucket(self, sid: str, e: ServerEntry) -> None:
         ld = e.load
-        e.step = None  # running or KV may have changed
+        e.stepped = False  # running or KV may have changed
         if ld.ready and not ld.draining:
             kv = ld.kv_tokens
             key = (ld.running << RUN_SHIFT) | ((kv if kv <= KV_MASK else KV_MASK) << KV_SHIFT) | e.rank

@@ -15,21 +15,37 @@ Never "wait" while an idle server could serve: when the check budget
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-from typing import TYPE_CHECKING
+import bisect as _bisect
+from typing import TYPE_CHECKING, Final
 
 from kubetier.policy.bins import BinCount, donor_bin, may_move
-from kubetier.policy.routing_costs import KV_QUANTUM, MEMO_LIMIT, prompt_class
-from kubetier.policy.routing_feasibility import feasible, host_keeps_room, prefill_share_s, tpot_kv_ok
+from kubetier.policy.routing_costs import INF, KV_QUANTUM, MEMO_LIMIT, IterationCosts, prompt_class
+from kubetier.policy.routing_feasibility import (
+    FLOOR_MARGIN_S,
+    feasible,
+    floors_refuse,
+    host_keeps_room,
+    prefill_share_s,
+    tpot_kv_ok,
+)
 from kubetier.policy.routing_index import KV_MASK, KV_SHIFT, RANK_MASK, RUN_SHIFT, Bin, ServerEntry
 
 if TYPE_CHECKING:
     from kubetier.policy.routing import Decision, RoutingPolicy, TierSLO
 
+# Final: the compiled simulator calls them from C statics, not a module-dict lookup per call
+bisect_left: Final = _bisect.bisect_left
+bisect_right: Final = _bisect.bisect_right
+
 __all__ = ["RESCUE_CHECKS", "decide_slo", "kv_bound", "level_bound", "rebin_idle_server", "rescue_route"]
 
+# Bounds of the level memo key's fields (decide_slo): horizons (quantised mean outputs)
+# under 2**19 tokens, refill and prompt classes (8 per octave) under 2**12.
+_H_LIMIT: Final = 1 << 19
+_CLASS_LIMIT: Final = 1 << 12
+
 # Servers a rescue (rescue_route) checks per bin, least loaded first.
-RESCUE_CHECKS = 8
+RESCUE_CHECKS: Final = 8
 
 
 def _route_of(e: ServerEntry, own: bool) -> Decision:
@@ -46,7 +62,7 @@ def _route_of(e: ServerEntry, own: bool) -> Decision:
 
 
 def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) -> Decision | None:
-    checks = p.max_checks
+    checks = checks0 = p.max_checks
     per_level = p.max_checks_per_level
     by_rank = p._by_rank
     traffic = p.traffic
@@ -55,6 +71,13 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
     pc, p_lb = prompt_class(prompt)
     own_tpot_s = p._bins[t.name].tpot_s
     slack = p.protected_slack
+    # the prompt's context cost (IterationCosts.context_s), once per model met
+    ctx_p = -1.0
+    ctx_c: IterationCosts | None = None
+    # floors_refuse's TTFT limit (its floors beyond this: the full check would fail)
+    floor_limit = ttft_budget_s + FLOOR_MARGIN_S
+    # the burst check runs only with a finite budget and pending tokens (feasible)
+    burst_floor = ttft_budget_s != INF and p.burst_slack != INF
     for b in p._route_bins[t.name]:
         keys = b.keys
         if not keys:
@@ -65,7 +88,12 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
         burst_s = p.burst_slack * b.ttft_s
         host_h = host.h if p.shared_slack else 0
         refill = host.r_value * p.turnover
-        memo_key = (host.h << 64) | (host.r_class << 40) | (H << 16) | pc
+        hh = host.h
+        rc = host.r_class
+        if hh < _H_LIMIT and H < _H_LIMIT and rc < _CLASS_LIMIT and pc < _CLASS_LIMIT:
+            memo_key = (hh << 43) | (rc << 31) | (H << 12) | pc  # 62 bits: an unboxed int compiled
+        else:  # (never in practice) the wide layout, at or above 2**64: no collision
+            memo_key = (hh << 64) | (rc << 40) | (H << 16) | pc
         lm = b.level_memo.get(memo_key)
         if lm is None:
             if len(b.level_memo) > MEMO_LIMIT:
@@ -85,7 +113,14 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
             if k <= thr:
                 j = hi  # the most loaded server of the level passes the pre-filter
             else:
-                j = bisect_right(keys, thr, 0, hi)
+                # the last key <= thr: a few steps down first (levels hold a few servers
+                # each), then a binary search
+                j = hi - 1  # keys[j:hi] > thr
+                stop = hi - 4 if hi > 4 else 0
+                while j > stop and keys[j - 1] > thr:
+                    j -= 1
+                if j > 0 and keys[j - 1] > thr:
+                    j = bisect_right(keys, thr, 0, j)
                 if j == 0 or keys[j - 1] >> RUN_SHIFT != level:
                     hi = j  # no candidate at this level: on to the next lower one
                     continue
@@ -93,10 +128,18 @@ def decide_slo(p: RoutingPolicy, t: TierSLO, prompt: int, ttft_budget_s: float) 
             while True:
                 j -= 1
                 e = by_rank[keys[j] & RANK_MASK]
-                if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s, burst_s, host_h) and (
-                    own or host_keeps_room(e, prompt, b.ttft_s, probe)
-                ):
-                    return _route_of(e, own)
+                c = e.costs
+                # The floors pay once the scan has met a refusal (a busy fleet: at 1,000
+                # servers two in three candidates); the first candidate, which usually
+                # passes, goes straight to the full check.
+                if checks == checks0 or not floors_refuse(e, prompt, floor_limit, tpot_s, burst_s, burst_floor):
+                    if c is not ctx_c:
+                        ctx_c = c
+                        ctx_p = c.context_s(prompt)
+                    if feasible(e, prompt, H, ttft_budget_s, tpot_s, refill, own_tpot_s, burst_s, host_h, ctx_p) and (
+                        own or host_keeps_room(e, prompt, b.ttft_s, probe)
+                    ):
+                        return _route_of(e, own)
                 checks -= 1
                 if checks <= 0:
                     return _least_loaded_fallback(p, t, prompt, H, ttft_budget_s)

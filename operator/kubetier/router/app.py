@@ -68,6 +68,7 @@ class Router:
         timeout_slack: float = 4.0,
         timeout_floor_s: float = 10.0,
         scrape_interval_s: float = 1.0,
+        fresh_read_s: float | None = None,
         max_queue: int = 10_000,
         queue_timeout_s: float = 60.0,
         resume_by_token_ids: bool = True,
@@ -92,6 +93,7 @@ class Router:
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
         self.scrape_interval_s = scrape_interval_s
+        self.fresh_read_s = fresh_read_s  # None: the fleet's default (router.fleet.FRESH_READ_S)
         self.keys = KeyStore(config.keys)
         self.limiter = RateLimiter(key_limits or KeyLimits())
         self.throttle = bad_key_throttle or BadKeyThrottle()
@@ -124,6 +126,7 @@ class Router:
             scrape_interval_s=self.scrape_interval_s,
             queue_timeout_s=self.queue_timeout_s,
             demand=self.demand,
+            **({} if self.fresh_read_s is None else {"fresh_read_s": self.fresh_read_s}),
         )
 
     def _all_need_keys(self) -> bool:

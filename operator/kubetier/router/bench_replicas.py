@@ -22,7 +22,12 @@ Variants (fresh processes for every run, so no run inherits another's learned st
 - ``2r``, ``3r`` (any ``Nr``): N independent ``kubetier router`` processes behind one port
   (SO_REUSEPORT: the kernel spreads connections as a Service does), nothing shared: each
   sees the fleet through its configuration (static discovery) and the engines' /metrics;
-- a suffix ``@S`` runs the variant with a scrape interval of S seconds (``2r@0.25``).
+- a suffix ``@S`` runs the variant with a scrape interval of S seconds (``2r@0.25``);
+- a suffix ``:fF`` runs it with ``--fresh-read-interval F`` (``3r:f0`` never re-reads an
+  engine before routing onto it: the router before that rule; without the suffix, the
+  router's default);
+- a suffix ``:base`` runs the variant's routers from another source tree
+  (``--baseline-src``, e.g. main's ``operator/`` directory): before/after in one run.
 
 Every run plays the same arrival schedule (``--seed``: Poisson arrivals at ``--rate``,
 tiers drawn by ``--shares``), variants alternate order between repeats (forward, then
@@ -73,6 +78,9 @@ TIER_SHAPES: list[dict] = [
 ]
 # Two-sided 95% Student t quantiles by degrees of freedom (the paired difference's interval).
 _T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+_T975.update({11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093})
+_T975.update({20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048})
+_T975.update({29: 2.045, 30: 2.042})  # beyond: 2.042 (slightly wide)
 CRITERION_PP = 1.0
 
 
@@ -125,29 +133,32 @@ class VariantSpec:
     processes: int  # independent router processes (replicas)
     workers: int  # workers per process
     scrape_s: float
+    fresh_read_s: float | None = None  # --fresh-read-interval; None: the router's default
+    baseline: bool = False  # routers from --baseline-src
 
 
-_VARIANT = re.compile(r"^(?:(\d+)w|(\d+)r)(?:@([0-9.]+))?$")
+_VARIANT = re.compile(r"^(?:(\d+)w|(\d+)r)(?:@([0-9.]+))?(?::f([0-9.]+))?(:base)?$")
 
 
 def parse_variant(text: str, default_scrape_s: float) -> VariantSpec:
     m = _VARIANT.match(text)
     if m is None:
         raise ValueError(
-            f"unknown variant {text!r}: expected Kw (one router, K workers) or Nr (N replicas), @S optional"
+            f"unknown variant {text!r}: expected Kw (one router, K workers) or Nr (N replicas), @S and :fF optional"
         )
-    workers, replicas, scrape = m.groups()
+    workers, replicas, scrape, fresh, base = m.groups()
+    fresh_s = float(fresh) if fresh else None
     scrape_s = float(scrape) if scrape else default_scrape_s
     if scrape_s <= 0:
         raise ValueError(f"variant {text!r}: the scrape interval must be positive")
     if workers is not None:
         if int(workers) < 1:
             raise ValueError(f"variant {text!r}: at least 1 worker")
-        return VariantSpec(text, 1, int(workers), scrape_s)
+        return VariantSpec(text, 1, int(workers), scrape_s, fresh_s, base is not None)
     assert replicas is not None
     if int(replicas) < 1:
         raise ValueError(f"variant {text!r}: at least 1 replica")
-    return VariantSpec(text, int(replicas), 1, scrape_s)
+    return VariantSpec(text, int(replicas), 1, scrape_s, fresh_s, base is not None)
 
 
 # --------------------------------------------------------------------------- processes
@@ -158,9 +169,11 @@ def _proc_cpu_s(pid: int) -> float:
     return bench._cpu_seconds(pid, with_children=True)
 
 
-def _start(args: list[str]) -> subprocess.Popen:
+def _start(args: list[str], src: str | None = None) -> subprocess.Popen:
     env = dict(os.environ)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # replicas share nothing
+    if src is not None:  # another build's kubetier package (a baseline) ahead of this one
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-m", "kubetier.cli", *args],
         stdout=subprocess.DEVNULL,
@@ -186,7 +199,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 class Routers:
     """One variant's router processes on one client port; each with its own admin port."""
 
-    def __init__(self, spec: VariantSpec, cfg_path: str) -> None:
+    def __init__(self, spec: VariantSpec, cfg_path: str, baseline_src: str | None = None) -> None:
         self.spec = spec
         self.port = bench._free_port()
         self.admin_ports: list[int] = []
@@ -196,11 +209,13 @@ class Routers:
             args = ["router", "--port", str(self.port), "--config", cfg_path, "--admin-port", str(admin)]
             args += ["--scrape-interval", str(spec.scrape_s), "--workers", str(spec.workers)]
             args += ["--log-level", "WARNING", "--no-access-log"]
+            if spec.fresh_read_s is not None:
+                args += ["--fresh-read-interval", str(spec.fresh_read_s)]
             # One load generator is one client address: lift the per-address connection cap.
             args += ["--max-connections-per-client", "100000", "--max-connections", "100000"]
             if spec.processes > 1:
                 args.append("--reuse-port")
-            self.procs.append(_start(args))
+            self.procs.append(_start(args, baseline_src if spec.baseline else None))
             self.admin_ports.append(admin)
 
     def wait_up(self) -> None:
@@ -226,11 +241,16 @@ def _status(port: int) -> dict | None:
             while chunk := s.recv(65536):
                 data += chunk
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        tiers = body["models"][MODEL]["tiers"]
-        return {
+        model = body["models"][MODEL]
+        out: dict = {
             t: {k: v.get(k) for k in ("requests", "completed", "rejected", "failed", "spilled")}
-            for t, v in tiers.items()
+            for t, v in model["tiers"].items()
         }
+        # Why requests waited or were refused, and how this replica's view held up.
+        out["_decisions"] = model.get("decisions")
+        out["_view_checks"] = model.get("viewChecks")
+        out["_latency_scale"] = model.get("latencyScale")
+        return out
     except (OSError, ValueError, KeyError, IndexError):
         return None
 
@@ -337,7 +357,7 @@ def summarize(results: list[bench.Result], tiers: list[dict], output_tokens: int
     per_tier = {}
     for t in tiers:
         rs = [r for r in results if r.tier == t["name"]]
-        met = 0
+        met = late_first = 0
         ttft = []
         for r in rs:
             if r.error or r.tokens < output_tokens:
@@ -346,11 +366,16 @@ def summarize(results: list[bench.Result], tiers: list[dict], output_tokens: int
             ttft.append(first_ms)
             if first_ms <= t["ttftMs"] and (r.last_at - r.sent_at) * 1000 <= t["ttftMs"] + (r.tokens - 1) * t["tpotMs"]:
                 met += 1
+            elif first_ms > t["ttftMs"]:
+                late_first += 1
         per_tier[t["name"]] = {
             "requests": len(rs),
             "met": met,
             "attainment_percent": round(100.0 * met / len(rs), 2) if rs else None,
             "rejected_429": sum(1 for r in rs if r.status == 429),
+            # Answered (or failed) but missed a deadline: not a refusal.
+            "late": len(rs) - met - sum(1 for r in rs if r.status in (429, 503)),
+            "late_first_token": late_first,  # of them: the first token already late
             "ttft_ms_p50": _r(percentile(ttft, 0.5)),
             "ttft_ms_p99": _r(percentile(ttft, 0.99)),
         }
@@ -430,7 +455,7 @@ def _interval(diffs: list[float]) -> tuple[float | None, float | None]:
         return None, None
     m = sum(diffs) / len(diffs)
     sd = _sd(diffs) or 0.0
-    half = _T975.get(len(diffs) - 1, 2.0) * sd / math.sqrt(len(diffs))
+    half = _T975.get(len(diffs) - 1, 2.042) * sd / math.sqrt(len(diffs))
     return m - half, m + half
 
 
@@ -480,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--scrape-interval", type=float, default=1.0, help="router /metrics scrape interval, s (default: %(default)s)"
     )
+    ap.add_argument(
+        "--baseline-src",
+        default=None,
+        help="source root (the directory holding the kubetier package, e.g. another checkout's operator/) "
+        "the :base variants' routers run from",
+    )
     ap.add_argument("--seed", type=int, default=1, help="the arrival schedule's seed, the same for every run")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after the routers answer, before a run")
     ap.add_argument(
@@ -501,6 +532,10 @@ def main(argv: list[str]) -> int:
         ap.error("--variants: at least one")
     if len({s.name for s in specs}) != len(specs):
         ap.error("--variants: each variant once")
+    if any(s.baseline for s in specs) and not (
+        args.baseline_src and os.path.isdir(os.path.join(args.baseline_src, "kubetier"))
+    ):
+        ap.error("a :base variant needs --baseline-src DIR with a kubetier package in DIR")
     shares = [float(x) for x in args.shares.split(",")]
     if len(shares) != len(TIER_SHAPES) or any(s < 0 for s in shares) or sum(shares) <= 0:
         ap.error(f"--shares: {len(TIER_SHAPES)} non-negative numbers")
@@ -539,6 +574,7 @@ def main(argv: list[str]) -> int:
             "output_tokens": args.output_tokens,
             "prompt_tokens": args.prompt_tokens,
             "seed": args.seed,
+            "baseline_src": args.baseline_src,
             "scrape_interval_s": args.scrape_interval,
             "pinning": "none (CPU is not meant to bind: router, engine and load-generator CPU shares are reported)",
         },
@@ -618,7 +654,7 @@ def _one_run(spec: VariantSpec, cfg_path: str, engines, arrivals, args, timeout_
     import uvloop
 
     _wait_idle(engines)
-    routers = Routers(spec, cfg_path)
+    routers = Routers(spec, cfg_path, args.baseline_src)
     try:
         routers.wait_up()
         time.sleep(max(args.settle, 2 * spec.scrape_s))  # every replica has scraped every engine
@@ -635,6 +671,7 @@ def _one_run(spec: VariantSpec, cfg_path: str, engines, arrivals, args, timeout_
     row["processes"] = spec.processes
     row["workers"] = spec.workers
     row["scrape_interval_s"] = spec.scrape_s
+    row["baseline_src"] = args.baseline_src if spec.baseline else None
     row["elapsed_s"] = round(elapsed, 2)
     row["cpu_percent"] = {
         "routers": round(100.0 * (r1 - r0) / elapsed, 1),
@@ -642,8 +679,15 @@ def _one_run(spec: VariantSpec, cfg_path: str, engines, arrivals, args, timeout_
         "load_generator": round(100.0 * (g1 - g0) / elapsed, 1),
     }
     row["load_average_1m"] = load
-    row["requests_per_replica"] = [None if s is None else sum(v["requests"] or 0 for v in s.values()) for s in statuses]
+    row["requests_per_replica"] = [
+        None if s is None else sum(v["requests"] or 0 for k, v in s.items() if not k.startswith("_")) for s in statuses
+    ]
     row["replica_status"] = statuses
+    totals: dict[str, int] = {}
+    for st in statuses:
+        for k, v in ((st or {}).get("_view_checks") or {}).items():
+            totals[k] = totals.get(k, 0) + v
+    row["view_checks"] = totals
     return row
 
 
@@ -667,10 +711,12 @@ def _wait_idle(engines, timeout_s: float = 60.0) -> None:
 
 def _print_row(r: dict, tier_names: list[str]) -> None:
     att = "/".join(f"{r['tiers'][t]['attainment_percent']}" for t in tier_names)
+    late = "/".join(f"{r['tiers'][t]['late']}({r['tiers'][t].get('late_first_token')})" for t in tier_names)
     print(
         f"  rep={r['repeat']} {r['variant']:>8} n={r['requests']} answered={r['answered']} 429={r['rejected_429']} "
         f"503={r['unavailable_503']} lost={r['accepted_not_answered']} attainment {att} "
-        f"per replica {r['requests_per_replica']} cpu% {r['cpu_percent']} load {r['load_average_1m']}",
+        f"late {late} per replica {r['requests_per_replica']} cpu% {r['cpu_percent']} "
+        f"load {r['load_average_1m']} view {r.get('view_checks')}",
         flush=True,
     )
 

@@ -43,7 +43,10 @@ class EngineProgress:
         self._last: dict[str, float] = {}
 
     def iterations(self, server_id: str, text: bytes) -> int | None:
-        count = parse_iteration_count(text)
+        return self.steps(server_id, parse_iteration_count(text))
+
+    def steps(self, server_id: str, count: float | None) -> int | None:
+        """``iterations`` from a step counter already parsed (one pass over /metrics)."""
         if count is None:
             self._last.pop(server_id, None)
             return None

@@ -10,6 +10,18 @@ only for engines that export none, since it carries the router's own lag.
 A server that fails a health check or a request is marked not ready until its next
 successful scrape; discovery marks servers draining or gone.
 
+Router replicas share nothing but the engines. Once a read of any engine's /metrics shows
+streams this replica did not send (other replicas route to the same engines), two more
+reads keep its view fresh between scrapes (``fresh_read_s``, default 0.1 s; 0: off): a
+route onto an engine seen longer ago than that waits for a read of that engine and is
+decided again (other replicas' admissions), while requests wait the engines they may use
+are re-read at that interval (other replicas' releases), and a request about to be
+refused reads them first (``READ_AHEAD_S``). One router never sees foreign streams and
+never reads outside its scrape. Measured (docs/router.md, "Reading the engines before
+routing and while waiting"): late answers gone (three replicas 0-11 per run -> 0), three
+replicas -1.67 points on the interactive tier against one router (was -5.0), two -1.79
+(was -1.55): the rest are refusals with the engines really full, not stale views.
+
 Waiting requests sit in one heap per tier, served in the policy's waiting order
 (kubetier.policy.waiting.waiting_key, the fleet simulator's too). When capacity frees on
 a server, only the tiers that may use that server (its own tier, and looser tiers that
@@ -49,7 +61,7 @@ from kubetier.policy.routing_costs import costs_for
 from kubetier.policy.spot import finishes_before_deadline, tier_long_request_s
 from kubetier.policy.waiting import waiting_key
 from kubetier.router.config import ModelSpec, ServerSpec
-from kubetier.router.engine_progress import EngineProgress
+from kubetier.router.engine_progress import _ITERATIONS, EngineProgress
 from kubetier.router.latency_feed import LatencyFeed
 from kubetier.router.metrics import RouterMetrics
 from kubetier.router.scale_from_zero import SCALE_FROM_ZERO_LATE, DemandBoard, hold_bound_s
@@ -73,6 +85,38 @@ SLOW_CHECKS_UNREADY = 3  # health checks timing out in a row before a server is 
 _INF = float("inf")
 _TICK_S = 0.05
 _GONE_SWEEP_TICKS = 10  # every 0.5 s: waiters whose client left answer and leave the queue
+# Read before admitting (``ModelFleet.fresh_read_s``). Several router replicas share
+# nothing but the engines: each knows its own streams exactly and the others' only from
+# the engines' /metrics, so between two scrapes it does not see the slots the others
+# filled and, running the same most-loaded-feasible choice on the same old snapshot,
+# puts its request on a server that is already full for the tier. Measured in the
+# replicas benchmark at a 1 s scrape (docs/router.md, "N router replicas"): one router
+# answered 0 interactive requests late per run, two replicas 0-3, three 2-15, while the
+# 429s were the same 9-15 in every variant, so the loss was admissions onto servers
+# other replicas had filled, not releases seen late. A route onto a server other
+# replicas also send to (a read showed streams this replica did not send, within
+# SHARED_MEMORY_S, on any server of the model) whose view is older than this re-reads that engine's /metrics first
+# (one loopback request; concurrent decisions share it) and decides again on what it
+# reports. One router never re-reads (no other replica's streams on its engines).
+FRESH_READ_S = 0.1
+SHARED_MEMORY_S = 30.0  # a server counts as shared this long after a read last showed others' streams
+FRESH_READ_TIMEOUT_S = 0.5  # a fresh read that takes longer is given up (the decision stands)
+# A waiting request of a rejecting tier on shared engines wakes this long before its wait
+# budget ends, reads the engines it may use and decides on what they report.
+READ_AHEAD_S = 0.05
+FRESH_READS_PER_DECISION = 2  # reads one decision may wait for before it admits on what it knows
+VIEW_CHECK_KEYS = (
+    "fresh_reads",  # reads of an engine's /metrics just before a route onto it
+    "fresh_read_failed",  # of them: no answer in time (the decision stood)
+    "route_kept",  # the decision after the read was the same server
+    "route_changed",  # after the read: another server, a wait or a refusal
+    "pump_deferred",  # routes found by a capacity change, held for a read first
+    "waiting_reads",  # reads of an engine a waiting request may use (releases other replicas made)
+    "deadline_reads",  # reads for a request about to reach the end of its wait budget
+    "scrapes",  # periodic scrapes with a load report
+    "view_over",  # over those scrapes: sequences the view had that the engine no longer ran (unseen releases)
+    "view_under",  # sequences the engine ran that the view lacked (unseen admissions)
+)
 
 
 class Rejected(Exception):
@@ -123,6 +167,13 @@ class Upstream:
     # one: then the latency correction learns from it, not from the router's clock.
     engine_timing: EngineTiming | None = None
     router_running_at_scrape: int | None = None  # the router's own count just before that scrape
+    # Fresh reads (ModelFleet.fresh_read_s): when this replica last read the engine's
+    # /metrics, this replica's own streams on it, and its admissions so far (a read counts the
+    # ones made while it was under way, which the engine may not have received yet).
+    read_at: float = -_INF
+    own: int = 0
+    admit_seq: int = 0
+    read_task: asyncio.Task | None = None
 
 
 class _Waiter:
@@ -162,6 +213,7 @@ class ModelFleet:
         queue_timeout_s: float = 60.0,
         clock=time.monotonic,
         demand: DemandBoard | None = None,
+        fresh_read_s: float = FRESH_READ_S,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -182,6 +234,11 @@ class ModelFleet:
         self.upstreams: dict[str, Upstream] = {}
         self.max_queue = max_queue
         self.scrape_interval_s = scrape_interval_s
+        # Before admitting onto a server other replicas also send to, re-read its
+        # /metrics if this replica's view of it is older than this (0: never).
+        self.fresh_read_s = fresh_read_s
+        self.view_checks = dict.fromkeys(VIEW_CHECK_KEYS, 0)
+        self._others_seen_at = -_INF  # a read last showed streams this replica did not send
         self.queue_timeout_s = queue_timeout_s
         self.scale_up_s = scale_up_s
         # A tier at zero (kubetier.router.scale_from_zero): held up to TTFT + start-up,
@@ -501,6 +558,8 @@ class ModelFleet:
             grace = max(self.no_server_grace_s(tier), hold_bound_s(t.ttft_ms / 1000.0, zero.startup_s))
         else:
             d = self._decide(tier, prompt_tokens, arrival, exclude)
+            if d.action == "route" and self._needs_fresh(d.server_id):
+                d = await self._decide_fresh(tier, prompt_tokens, arrival, exclude, d)
             if d.action == "route":
                 return self._admit(d.server_id, prompt_tokens, t), d.spilled
             if d.action == "reject":
@@ -552,6 +611,18 @@ class ModelFleet:
                 budget = min(budget, deadline - now)
                 if arrival + grace > now:
                     budget = min(budget, arrival + grace - now)
+                # Shared engines: wake READ_AHEAD_S before the wait budget ends, read the
+                # engines the tier may use and decide on that (a slot another replica
+                # freed since the last read would otherwise be missed and the request refused).
+                read_ahead = (
+                    d is not None
+                    and budget == d.retry_after_s
+                    and budget > READ_AHEAD_S
+                    and t.on_late == "reject"
+                    and self._shared()
+                )
+                if read_ahead:
+                    budget -= READ_AHEAD_S
                 handle = loop.call_later(max(budget, 0.001), _wake_one, waiter) if budget < _INF else None
                 try:
                     outcome = await waiter.future
@@ -570,7 +641,16 @@ class ModelFleet:
                         continue  # still starting: nothing to decide yet
                     waiter.zero = False
                     waiter.arrival = self.clock()  # the start-up hold is not charged to the TTFT
-                d = waiter.d = self._decide(tier, prompt_tokens, waiter.arrival, exclude)
+                if read_ahead:
+                    await self._read_for_tier(tier)
+                    if waiter.future.done():
+                        continue  # a read's capacity-change pass admitted it
+                d = self._decide(tier, prompt_tokens, waiter.arrival, exclude)
+                if d.action == "route" and self._needs_fresh(d.server_id):
+                    d = await self._decide_fresh(tier, prompt_tokens, waiter.arrival, exclude, d)
+                    if waiter.future.done():
+                        continue  # a capacity change decided for it during the read
+                waiter.d = d
                 if d.action == "route":
                     return self._admit(d.server_id, prompt_tokens, t), d.spilled
                 if d.action == "reject":
@@ -599,7 +679,10 @@ class ModelFleet:
 
     def _admit(self, sid: str, prompt_tokens: int, t: TierSLO) -> Upstream:
         self.policy.on_admit(sid, prompt_tokens, t.mean_output_tokens, t.name)
-        return self.upstreams[sid]
+        up = self.upstreams[sid]
+        up.own += 1
+        up.admit_seq += 1
+        return up
 
     def prefill_done(self, sid: str, prompt_tokens: int) -> None:
         self.policy.on_prefill_done(sid, prompt_tokens)
@@ -615,6 +698,9 @@ class ModelFleet:
         if not prefilled:
             self.policy.on_prefill_done(sid, prompt_tokens)
         self.policy.on_finish(sid, prompt_tokens, output_tokens)
+        up = self.upstreams.get(sid)
+        if up is not None and up.own > 0:
+            up.own -= 1
         self._pump_for(sid)
 
     def _pump_for(self, sid: str) -> None:
@@ -650,7 +736,15 @@ class ModelFleet:
                     w.future.set_result(None)
                 held.append(heapq.heappop(q))
             else:
-                d = w.d = self._decide(tier, w.prompt_tokens, w.arrival, frozenset())
+                d = self._decide(tier, w.prompt_tokens, w.arrival, frozenset())
+                if d.action == "route" and self._needs_fresh(d.server_id):
+                    # Shared server, old view: read it first; when the read lands this
+                    # pass runs again for its tier and decides on what the engine said.
+                    self.view_checks["pump_deferred"] += 1
+                    self._fresh_read(d.server_id)
+                    open_tiers.remove(tier)
+                    continue
+                w.d = d
                 if d.action == "wait":
                     open_tiers.remove(tier)
                     continue
@@ -715,6 +809,7 @@ class ModelFleet:
                 await self._queued.wait()
             await asyncio.sleep(_TICK_S)
             self.pump()  # the safety net: every tier's head, in case no event came
+            self._read_for_waiters()
             ticks += 1
             self._wake_stranded(sweep_gone=ticks % _GONE_SWEEP_TICKS == 0)
 
@@ -735,6 +830,7 @@ class ModelFleet:
             r.close()
             if r.status != 200:
                 raise UpstreamError(f"/health answered {r.status}", "headers")
+            seq = up.admit_seq
             r = await up.pool.request("GET", "/metrics", header_timeout_s=2.0)
             text = await r.read_all(timeout=2.0)
             r.close()
@@ -758,18 +854,142 @@ class ModelFleet:
             up.healthy = True
             self._apply_state(sid)
             self.pump()
-        timing = parse_engine_timing(text)
-        if timing is not None:
-            self._learn_from_engine(sid, up, timing)
-        load = parse_engine_metrics(text)
-        if load is not None:
-            running, kv_frac = load
-            cur = self.policy.server(sid)
-            up.engine_running = running
-            if cur is not None:
-                up.router_running_at_scrape = cur.running
-                kv = int(kv_frac * self.spec.profile.kv_capacity_tokens)
-                self.policy.observe(sid, running, kv, cur.queued_prefill_tokens, self.progress.iterations(sid, text))
+        self._read_done(sid, up, text, seq, scrape=True)
+
+    def _read_done(self, sid: str, up: Upstream, text: bytes, seq: int, *, scrape: bool) -> None:
+        """An engine's /metrics, read when this replica had admitted ``seq`` requests onto
+        it: its load replaces the view, plus the admissions made while the read was under
+        way (the engine may not have received them yet; counting one it had is corrected
+        by the next read, missing one would put another stream on a full server)."""
+        up.read_at = self.clock()
+        scraped = parse_engine_scrape(text)
+        if scraped.timing is not None:
+            self._learn_from_engine(sid, up, scraped.timing)
+        load = scraped.load
+        if load is None:
+            return
+        running, kv_frac = load
+        up.engine_running = running
+        if running > up.own:
+            # Streams this replica did not send: other replicas route to this model's
+            # servers (each replica sends to all of them, so one server's evidence counts
+            # for every server: a server this replica has not yet seen shared is not safe).
+            self._others_seen_at = up.read_at
+        cur = self.policy.server(sid)
+        if cur is None:
+            return
+        if scrape:
+            up.router_running_at_scrape = cur.running
+            vc = self.view_checks
+            vc["scrapes"] += 1
+            if cur.running > running:
+                vc["view_over"] += cur.running - running
+            else:
+                vc["view_under"] += running - cur.running
+        running += up.admit_seq - seq
+        kv = int(kv_frac * self.spec.profile.kv_capacity_tokens)
+        self.policy.observe(sid, running, kv, cur.queued_prefill_tokens, self.progress.steps(sid, scraped.iterations))
+
+    # ------------------------------------------------------------------ fresh reads
+
+    def _needs_fresh(self, sid: str) -> bool:
+        """A route onto ``sid`` should wait for a fresh read: the server is shared with
+        other replicas and this replica's view of it is older than ``fresh_read_s``."""
+        if self.fresh_read_s <= 0:
+            return False
+        up = self.upstreams.get(sid)
+        if up is None:
+            return False
+        now = self.clock()
+        return now - self._others_seen_at < SHARED_MEMORY_S and now - up.read_at > self.fresh_read_s
+
+    def _read_for_waiters(self) -> None:
+        """Requests wait and other replicas share the engines: re-read the engines they
+        may use whose view is older than ``fresh_read_s``. A slot another replica's
+        stream freed is otherwise seen only at the next scrape: with reads before
+        routing alone (no reads for waiters), two replicas at a 1 s scrape answered no
+        request late but refused 16 interactive requests where one router refused 12
+        (docs/router.md, "N router replicas"). Each read that lands asks the waiting
+        requests again (``_read_fresh``)."""
+        if not self._shared():
+            return
+        usable: set[str] = set()  # server tiers some waiting request may use
+        for server_tier, tiers in self._admits_on.items():
+            if any(self._queues[t] for t in tiers):
+                usable.add(server_tier)
+        if not usable:
+            return
+        now = self.clock()
+        for sid, up in self.upstreams.items():
+            if up.spec.tier in usable and now - up.read_at > self.fresh_read_s and up.healthy:
+                if up.read_task is None or up.read_task.done():
+                    self.view_checks["waiting_reads"] += 1
+                    self._fresh_read(sid)
+
+    def _shared(self) -> bool:
+        return self.fresh_read_s > 0 and self.clock() - self._others_seen_at < SHARED_MEMORY_S
+
+    async def _read_for_tier(self, tier: str) -> None:
+        """Read every engine a request of ``tier`` may use not read in the last
+        READ_AHEAD_S / 2 (a waiter about to be refused), within FRESH_READ_TIMEOUT_S."""
+        now = self.clock()
+        tasks = []
+        for up in list(self.upstreams.values()):
+            if tier in self._admits_on.get(up.spec.tier, ()) and up.healthy and now - up.read_at > READ_AHEAD_S / 2:
+                if up.read_task is None or up.read_task.done():
+                    self.view_checks["deadline_reads"] += 1
+                task = self._fresh_read(up.spec.server_id)
+                if task is not None:
+                    tasks.append(task)
+        if tasks:
+            await asyncio.wait([asyncio.shield(x) for x in tasks], timeout=FRESH_READ_TIMEOUT_S)
+
+    def _fresh_read(self, sid: str) -> asyncio.Task | None:
+        """Start (or join) a read of ``sid``'s /metrics; when it lands the view is
+        updated and the waiting requests that may use the server are asked again."""
+        up = self.upstreams.get(sid)
+        if up is None:
+            return None
+        if up.read_task is None or up.read_task.done():
+            up.read_task = asyncio.ensure_future(self._read_fresh(sid, up))
+        return up.read_task
+
+    async def _read_fresh(self, sid: str, up: Upstream) -> None:
+        self.view_checks["fresh_reads"] += 1
+        seq = up.admit_seq
+        try:
+            r = await up.pool.request("GET", "/metrics", header_timeout_s=FRESH_READ_TIMEOUT_S)
+            text = await r.read_all(timeout=FRESH_READ_TIMEOUT_S)
+            r.close()
+            if r.status != 200:
+                raise UpstreamError(f"/metrics answered {r.status}", "headers")
+        except UpstreamError:
+            # Health is the periodic scrape's job; the decision stands on what it knew.
+            self.view_checks["fresh_read_failed"] += 1
+            up.read_at = self.clock()  # not again at once: the next try after fresh_read_s
+            self.pump(up.spec.tier)
+            return
+        if self.upstreams.get(sid) is not up:
+            return
+        self._read_done(sid, up, text, seq, scrape=False)
+        self.pump(up.spec.tier)
+
+    async def _decide_fresh(self, tier: str, prompt_tokens: int, arrival: float, exclude: frozenset[str], d):
+        """``d`` after fresh reads: while it routes onto a shared server seen too long
+        ago (at most FRESH_READS_PER_DECISION times), read that engine and decide again."""
+        for _ in range(FRESH_READS_PER_DECISION):
+            if d.action != "route" or not self._needs_fresh(d.server_id):
+                return d
+            task = self._fresh_read(d.server_id)
+            if task is None:
+                return d
+            # A decision waits at most FRESH_READ_TIMEOUT_S for the read (an engine that
+            # does not accept connections would otherwise hold it for the connect timeout).
+            await asyncio.wait([asyncio.shield(task)], timeout=FRESH_READ_TIMEOUT_S)
+            before = d.server_id
+            d = self._decide(tier, prompt_tokens, arrival, exclude)
+            self.view_checks["route_kept" if d.action == "route" and d.server_id == before else "route_changed"] += 1
+        return d
 
     def _learn_from_engine(self, sid: str, up: Upstream, now: EngineTiming) -> None:
         """Feed the latency correction one observation per scrape interval from the
@@ -880,6 +1100,7 @@ class ModelFleet:
             latency_observations=self.latency.learner.observations,
             latency_engine_observations=self.engine_timing_observations,
             decisions=decisions,
+            view_checks=dict(self.view_checks),
         )
 
 
@@ -924,13 +1145,27 @@ class EngineTiming:
     kv_fraction: float  # KV-cache usage (gauge)
 
 
-def parse_engine_timing(text: bytes) -> EngineTiming | None:
-    """The engine's own per-token timing from its /metrics (vLLM or SGLang names), or
-    None when it exports no per-token latency histogram."""
-    found: dict[bytes, list[float]] = {}
-    prompt = 0.0
-    running = 0.0
-    kv = 0.0
+@dataclass(frozen=True)
+class EngineScrape:
+    """What the router reads from one engine's /metrics, in one pass over the text."""
+
+    load: tuple[int, float] | None  # (running + waiting, KV-cache usage fraction); None: no running gauge
+    timing: EngineTiming | None  # None: no per-token latency histogram
+    iterations: float | None  # the engine's step counter (kubetier.router.engine_progress); None: not exported
+
+
+def parse_engine_scrape(text: bytes) -> EngineScrape:
+    """One pass over an engine's /metrics (vLLM or SGLang names) for the load, the
+    per-token timing and the step counter. The scrape used to read the text three times
+    (load, timing, step counter); every scrape and fresh read (``fresh_read_s``) parses
+    one engine's text, so this is the router's CPU per read."""
+    running = waiting = prompt = 0.0
+    found = False
+    kv: float | None = None
+    kv_deprecated: float | None = None
+    kv_any = 0.0  # the timing's KV: the largest of the new and the deprecated name
+    hist: dict[bytes, list[float]] = {}
+    iterations: float | None = None
     for line in text.split(b"\n"):
         if not (line.startswith(b"vllm:") or line.startswith(b"sglang:")):
             continue
@@ -939,39 +1174,8 @@ def parse_engine_timing(text: bytes) -> EngineTiming | None:
             v = float(line.rsplit(b" ", 1)[-1])
         except ValueError:
             continue
-        if name.endswith(b"_sum") or name.endswith(b"_count"):
-            base, _, part = name.rpartition(b"_")
-            if base in _TOKEN_HISTOGRAMS:
-                acc = found.setdefault(base, [0.0, 0.0])
-                acc[0 if part == b"sum" else 1] += v
-        elif name in _PROMPT_TOKENS:
-            prompt += v
-        elif name in _RUNNING:
-            running += v
-        elif name in _KV_ALL:
-            kv = max(kv, v)
-    for name in _TOKEN_HISTOGRAMS:
-        if name in found:
-            total, count = found[name]
-            return EngineTiming(total, count, prompt, int(running), kv)
-    return None
-
-
-def parse_engine_metrics(text: bytes) -> tuple[int, float] | None:
-    """(running + waiting requests, KV-cache usage fraction) from vLLM's or SGLang's /metrics."""
-    running = waiting = 0.0
-    kv: float | None = None
-    kv_deprecated: float | None = None
-    found = False
-    for line in text.split(b"\n"):
-        if not (line.startswith(b"vllm:") or line.startswith(b"sglang:")):
-            continue
-        name = line.split(b"{", 1)[0].split(b" ", 1)[0]
-        value = line.rsplit(b" ", 1)[-1]
-        try:
-            v = float(value)
-        except ValueError:
-            continue
+        if v != v or v in (_INF, -_INF):
+            continue  # NaN or infinite: no count (int() of it made the whole scrape fail)
         if name in _RUNNING:
             running += v
             found = True
@@ -979,8 +1183,37 @@ def parse_engine_metrics(text: bytes) -> tuple[int, float] | None:
             waiting += v
         elif name in _KV:
             kv = max(kv or 0.0, v)
+            kv_any = max(kv_any, v)
         elif name == _KV_DEPRECATED:
             kv_deprecated = max(kv_deprecated or 0.0, v)
-    if not found:
-        return None
-    return int(running + waiting), kv if kv is not None else (kv_deprecated or 0.0)
+            kv_any = max(kv_any, v)
+        elif name in _PROMPT_TOKENS:
+            prompt += v
+        elif name == _ITERATIONS:
+            iterations = v if iterations is None else iterations + v
+        elif name.endswith(b"_sum") or name.endswith(b"_count"):
+            base, _, part = name.rpartition(b"_")
+            if base in _TOKEN_HISTOGRAMS:
+                acc = hist.setdefault(base, [0.0, 0.0])
+                acc[0 if part == b"sum" else 1] += v
+    timing = None
+    for hname in _TOKEN_HISTOGRAMS:
+        if hname in hist:
+            total, count = hist[hname]
+            timing = EngineTiming(total, count, prompt, int(running), kv_any)
+            break
+    load = None
+    if found:
+        load = (int(running + waiting), kv if kv is not None else (kv_deprecated or 0.0))
+    return EngineScrape(load, timing, iterations)
+
+
+def parse_engine_timing(text: bytes) -> EngineTiming | None:
+    """The engine's own per-token timing from its /metrics (vLLM or SGLang names), or
+    None when it exports no per-token latency histogram."""
+    return parse_engine_scrape(text).timing
+
+
+def parse_engine_metrics(text: bytes) -> tuple[int, float] | None:
+    """(running + waiting requests, KV-cache usage fraction) from vLLM's or SGLang's /metrics."""
+    return parse_engine_scrape(text).load

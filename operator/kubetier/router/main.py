@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 
+from kubetier.argtypes import non_negative_float
 from kubetier.lean_http.server import serve_until_signalled, tcp_port
 from kubetier.router import config as config_mod
 
@@ -64,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discovery-interval", type=float, default=2.0, help="cluster mode: seconds between syncs")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default: 1)")
     p.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between engine /metrics scrapes")
+    p.add_argument(
+        "--fresh-read-interval",
+        type=non_negative_float,
+        default=None,
+        help="router replicas: once an engine's /metrics shows streams this router did not send, re-read "
+        "an engine whose view is older than this many seconds before routing onto it, while requests wait "
+        "for it, and before refusing a request (0: never; default: 0.1)",
+    )
     p.add_argument("--max-queue", type=int, default=10_000, help="waiting requests per model before 429")
     p.add_argument(
         "--stall-timeout",
@@ -139,6 +148,7 @@ async def _serve(args: argparse.Namespace) -> int:
         cfg,
         max_queue=args.max_queue,
         scrape_interval_s=args.scrape_interval,
+        fresh_read_s=args.fresh_read_interval,
         stall_timeout_s=args.stall_timeout,
         timeout_slack=args.timeout_slack,
         timeout_floor_s=args.timeout_floor,

@@ -41,7 +41,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
 
 from kubetier.policy.latency import LatencyModel
 from kubetier.policy.latency_learning import LatencyCorrection
@@ -50,14 +50,17 @@ from kubetier.policy.waiting import waiting_key
 
 from .hooks import Hook, OutcomeSink
 
-_heappush = heapq.heappush
-_heappop = heapq.heappop
+# Final: the compiled simulator keeps them in C statics (a module attribute or global
+# is a dictionary lookup per call there)
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+_heapify: Final = heapq.heapify
 
 # How long a request told to "wait" without a retry hint waits before it asks again; it
 # is also retried as soon as any server finishes work, so this only bounds the staleness.
-DEFAULT_RETRY_S = 0.1
-MIN_RETRY_S = 0.01
-RETRY_COALESCE_S = 0.01
+DEFAULT_RETRY_S: Final = 0.1
+MIN_RETRY_S: Final = 0.01
+RETRY_COALESCE_S: Final = 0.01
 
 # What the event loop needs of an arrival: (t, prompt_tokens, output_tokens, tier), which
 # a :class:`kubetier.sim.workload.Arrival` is; the runner feeds plain tuples (no named tuple built per request).
@@ -68,8 +71,8 @@ ArrivalRow = tuple[float, int, int, int]
 # 1,000 servers they had made the heap ~5x the number of servers.
 _STALE_COMPACT_MIN = 64
 
-_REJECTED = 2  # Request.state values
-_DONE = 1
+_REJECTED: Final = 2  # Request.state values
+_DONE: Final = 1
 
 
 class Request:
@@ -262,6 +265,9 @@ class Simulator:
         self.steps = 0
         self._track_power = cfg.track_power
         self.stop = False  # set by the outcome sink to end a run early
+        # The policy's methods are called through ``self.policy`` in the hot loop (a
+        # direct native call in the compiled simulator; a stored bound method is a
+        # generic Python call there); ``_decide`` stays an attribute (spot.py wraps it).
         self._decide = self.policy.decide
         self._on_admit = self.policy.on_admit
         self._on_prefill_done = self.policy.on_prefill_done
@@ -402,7 +408,7 @@ class Simulator:
 
     def _push(self, t: float, kind: int, payload) -> None:
         self._seq += 1
-        heapq.heappush(self.events, (t, self._seq, kind, payload))
+        _heappush(self.events, (t, self._seq, kind, payload))
 
     def run(self, arrivals: Iterable[ArrivalRow], progress: Callable[[int], None] | None = None) -> None:
         # The loop allocates a few short-lived objects per request and frees them by
@@ -418,7 +424,7 @@ class Simulator:
 
     def _run(self, arrivals: Iterable[ArrivalRow], progress: Callable[[int], None] | None) -> None:
         events = self.events
-        heappop = heapq.heappop
+        heappop = _heappop
         it = iter(arrivals)
         nxt = next(it, None)
         t_next = math.inf if nxt is None else nxt[0]
@@ -483,7 +489,7 @@ class Simulator:
             if d.spilled:
                 req.spilled = True
                 srv.spilled_in += 1
-            self._on_admit(srv.sid, req.prompt, self.exp_out[tier], self.tier_names[tier])
+            self.policy.on_admit(srv.sid, req.prompt, self.exp_out[tier], self.tier_names[tier])
             self._enqueue(srv, req, now)
             return True
         if action == "reject":
@@ -498,7 +504,7 @@ class Simulator:
         if not req.waiting:
             req.waiting = True
             self._seq += 1
-            heapq.heappush(self.waitq, (waiting_key(self._prio[tier], req.t_arr, self._seq), req))
+            _heappush(self.waitq, (waiting_key(self._prio[tier], req.t_arr, self._seq), req))
             self.n_waiting += 1
         # Ask again when the policy's hint says it turns late (to reject or queue it), at
         # least every DEFAULT_RETRY_S, and never at the same instant (no progress then).
@@ -518,7 +524,7 @@ class Simulator:
         waited: set[int] = set()
         n_tiers = len(self.tiers)
         while q and len(waited) < n_tiers:
-            item = heapq.heappop(q)
+            item = _heappop(q)
             req = item[1]
             if req.tier in waited:
                 held.append(item)
@@ -530,7 +536,7 @@ class Simulator:
                 held.append(item)
                 waited.add(req.tier)
         for item in held:
-            heapq.heappush(q, item)
+            _heappush(q, item)
         if self.n_waiting and self._wait_timer_at == math.inf:
             self._wait_timer_at = now + DEFAULT_RETRY_S
             self._push(self._wait_timer_at, 1, None)
@@ -591,7 +597,7 @@ class Simulator:
                     latest = e[0]
             else:
                 live.append(e)
-        heapq.heapify(live)
+        _heapify(live)
         events[:] = live
         self._stale_max_t = latest
         self._stale = 0
@@ -649,7 +655,7 @@ class Simulator:
         srv.step_B = B
         slow = srv.slowdown
         if chunks is not None:
-            dt = srv.iter_s(B, srv.kv, p, pairs) * slow
+            dt = srv.model.iteration_s(B, srv.kv, p, pairs) * slow
             srv.step_chunks = chunks
             srv.step_p = p
             srv.step_n = 1
@@ -660,9 +666,9 @@ class Simulator:
             n = srv.running_heap[0][0] - srv.G
             if n < 1:
                 n = 1
-            a = srv.decode_s(B, srv.kv) * slow
+            a = srv.model.decode_iteration_s(B, srv.kv) * slow
             if n > 1:
-                b = (srv.decode_s(B, srv.kv + B * (n - 1)) * slow - a) / (n - 1)
+                b = (srv.model.decode_iteration_s(B, srv.kv + B * (n - 1)) * slow - a) / (n - 1)
             else:
                 b = 0.0
             srv.step_chunks = None
@@ -753,7 +759,7 @@ class Simulator:
                 srv.kv += 1
                 req.finish_iter = G + req.output - 1
                 srv.n_running += 1
-                heapq.heappush(srv.running_heap, (req.finish_iter, req.rid, req))
+                _heappush(srv.running_heap, (req.finish_iter, req.rid, req))
                 if not req.failed:
                     # token k is out at iteration G + k - 1 - base and due at
                     # t_arr + ttft + (k-1)*tpot, i.e. at key + iteration*tpot
@@ -764,13 +770,15 @@ class Simulator:
                         # finished sequences leave their entries behind (lazy deletion);
                         # compact so memory stays O(running), not O(requests served)
                         th[:] = [e for e in th if not e[2].state and not e[2].failed]
-                        heapq.heapify(th)
-                    heapq.heappush(th, (req.t_arr + ttft[tier] + (req.base - G) * P, req.rid, req))
+                        _heapify(th)
+                    _heappush(th, (req.t_arr + ttft[tier] + (req.base - G) * P, req.rid, req))
         # what the engine reports: requests running or waiting in it (vLLM's
         # num_requests_running + num_requests_waiting), KV committed (held now plus the
         # prompts still to prefill, as the policy's own on_admit accounting counts it),
         # prompt tokens still to prefill
-        self._observe(srv.sid, srv.n_active + len(srv.waiting), srv.kv + srv.queued_prefill, srv.queued_prefill, n)
+        self.policy.observe(
+            srv.sid, srv.n_active + len(srv.waiting), srv.kv + srv.queued_prefill, srv.queued_prefill, n
+        )
         if srv.removed:
             srv.busy = False
             return
@@ -780,7 +788,7 @@ class Simulator:
             # an overloaded fleet costs one retry pass per RETRY_COALESCE_S, not per step)
             self._wait_timer_at = t + RETRY_COALESCE_S
             self._seq += 1
-            heapq.heappush(self.events, (self._wait_timer_at, self._seq, 1, None))
+            _heappush(self.events, (self._wait_timer_at, self._seq, 1, None))
 
     def _finish(self, srv: Server, req: Request, t: float) -> None:
         req.state = _DONE
@@ -792,7 +800,7 @@ class Simulator:
         srv.reserved -= need
         srv.served += 1
         self.n_done += 1
-        self._on_request_done(self.tier_names[req.tier], req.output + req.base)
+        self.policy.on_request_done(self.tier_names[req.tier], req.output + req.base)
         # No policy.on_finish: _finish runs only inside _step_end, whose closing observe()
         # sets the exact state.
         if self.sink is not None and self._m_from <= req.t_arr < self._m_until:

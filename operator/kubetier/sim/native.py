@@ -57,6 +57,7 @@ MODULES: tuple[str, ...] = (
     "policy/routing_index.py",
     "policy/routing_costs.py",
     "policy/routing_baselines.py",
+    "policy/routing_rescue.py",
     "policy/traffic.py",
     "policy/latency.py",
     "policy/bins.py",
