@@ -39,6 +39,7 @@ rule exists once.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Final
 
 from kubetier.policy.routing_costs import INF, KV_QUANTUM, IterationCosts
@@ -52,6 +53,7 @@ __all__ = [
     "first_token_s",
     "floors_refuse",
     "host_keeps_room",
+    "pending_context_share_s",
     "prefill_share_s",
     "server_step",
     "tpot_kv_ok",

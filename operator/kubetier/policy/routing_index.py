@@ -11,6 +11,7 @@ tokens past no neighbour and replace its key in place.
 from __future__ import annotations
 
 import bisect as _bisect
+import os
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,6 +19,12 @@ from kubetier.policy.routing_costs import IterationCosts, costs_for, level_memo_
 
 if TYPE_CHECKING:
     from kubetier.policy.routing import Decision, ServerLoad, TierSLO
+
+# ServerLag charges the decoding sequences for the prompt chunks' attention to their
+# own earlier chunks too (IterationCosts.context_s), not only the chunks' extra cost
+# (ServerLag._context_charge_s). $KUBETIER_LAG_CONTEXT=0/1 overrides it, for
+# side-by-side runs.
+LAG_CONTEXT = os.environ.get("KUBETIER_LAG_CONTEXT", "1") != "0"
 
 # Final: the compiled simulator calls them from C statics, not a module-dict lookup per call
 bisect_left: Final = _bisect.bisect_left
