@@ -168,8 +168,10 @@ FLOOR_MARGIN_S: Final = 1e-9
 # Per-token check: count the pending prompts' attention to their own earlier chunks
 # (:meth:`IterationCosts.context_s`) in what they cost the decoding sequences, as the
 # first-token and burst checks already do (see :func:`pending_context_share_s`).
-# $KUBETIER_PENDING_CONTEXT=0/1 overrides it, for side-by-side runs.
-PENDING_CONTEXT = os.environ.get("KUBETIER_PENDING_CONTEXT", "1") != "0"
+# Off by default: with routing_index.LAG_CONTEXT it was worse on held-out seeds
+# 10000-10029 (geomean 1.490 -> 1.447, 1 better / 6 worse; kubetier/sim/README.md
+# "Long prefills"). $KUBETIER_PENDING_CONTEXT=1 turns it on, for side-by-side runs.
+PENDING_CONTEXT = os.environ.get("KUBETIER_PENDING_CONTEXT", "0") != "0"
 
 
 def prefill_share_s(c: IterationCosts, running: int, pending: int, H: int, refill: float) -> float:

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 
 # ServerLag charges the decoding sequences for the prompt chunks' attention to their
 # own earlier chunks too (IterationCosts.context_s), not only the chunks' extra cost
-# (ServerLag._context_charge_s). $KUBETIER_LAG_CONTEXT=0/1 overrides it, for
-# side-by-side runs.
-LAG_CONTEXT = os.environ.get("KUBETIER_LAG_CONTEXT", "1") != "0"
+# (ServerLag._context_charge_s). Off by default: it removes generated seed 9009's loss
+# (0.42x -> 1.19x the best baseline) but on held-out seeds 10000-10029 it was worse
+# (geomean 1.490 -> 1.473, 1 better / 3 worse; kubetier/sim/README.md "Long prefills").
+# $KUBETIER_LAG_CONTEXT=1 turns it on, for side-by-side runs.
+LAG_CONTEXT = os.environ.get("KUBETIER_LAG_CONTEXT", "0") != "0"
 
 # Final: the compiled simulator calls them from C statics, not a module-dict lookup per call
 bisect_left: Final = _bisect.bisect_left
