@@ -17,6 +17,7 @@ import random
 
 import pytest
 
+from kubetier.policy import routing_feasibility
 from kubetier.policy.latency import LatencyModel, list_profiles, load_profile
 from kubetier.policy.routing import RoutingPolicy, ServerLoad, TierSLO
 from kubetier.policy.routing_rescue import FORECAST_RESCUE_REFILL
@@ -79,6 +80,8 @@ def reference_feasible(
     n_full, rest = divmod(pending, chunk_b)
     if s.running:  # only sequences that are decoding are delayed by the pending prompts
         per_token += (n_full * chunk_extra(m, chunk_b) + (chunk_extra(m, rest) if rest else 0.0)) / H
+        if routing_feasibility.PENDING_CONTEXT:  # and their attention to their earlier chunks
+            per_token += (context(m, s.queued_prefill_tokens) + context(m, prompt)) / H
     # steady refill: each running sequence replaced as it finishes
     per_token += s.running * refill * chunk_extra(m, chunk_b) / chunk_b
     if budget == float("inf"):

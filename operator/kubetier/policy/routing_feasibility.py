@@ -39,6 +39,7 @@ rule exists once.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Final
 
 from kubetier.policy.routing_costs import INF, KV_QUANTUM, IterationCosts
@@ -52,6 +53,7 @@ __all__ = [
     "first_token_s",
     "floors_refuse",
     "host_keeps_room",
+    "pending_context_share_s",
     "prefill_share_s",
     "server_step",
     "tpot_kv_ok",
@@ -163,6 +165,14 @@ def floors_refuse(
 # of at most hours: errors far below a nanosecond); within the margin the full check decides.
 FLOOR_MARGIN_S: Final = 1e-9
 
+# Per-token check: count the pending prompts' attention to their own earlier chunks
+# (:meth:`IterationCosts.context_s`) in what they cost the decoding sequences, as the
+# first-token and burst checks already do (see :func:`pending_context_share_s`).
+# Off by default: with routing_index.LAG_CONTEXT it was worse on held-out seeds
+# 10000-10029 (geomean 1.490 -> 1.447, 1 better / 6 worse; kubetier/sim/README.md
+# "Long prefills"). $KUBETIER_PENDING_CONTEXT=1 turns it on, for side-by-side runs.
+PENDING_CONTEXT = os.environ.get("KUBETIER_PENDING_CONTEXT", "0") != "0"
+
 
 def prefill_share_s(c: IterationCosts, running: int, pending: int, H: int, refill: float) -> float:
     """Per-output-token time the server's prefill work adds over the request's life
@@ -193,6 +203,22 @@ def prefill_share_s(c: IterationCosts, running: int, pending: int, H: int, refil
             x = c.chunk_extra(chunk_b)
         share += running * refill * x / chunk_b
     return share
+
+
+def pending_context_share_s(c: IterationCosts, running: int, queued: int, prompt: int, H: int) -> float:
+    """Per-output-token time (unscaled) the pending prompts' attention to their own
+    earlier chunks adds to the decoding sequences' iterations, spread over ``H`` tokens
+    like the chunks themselves in :func:`prefill_share_s` (which prices chunks by
+    :meth:`IterationCosts.chunk_extra` only). The engine runs every chunk next to the
+    decoding batch, so that attention delays their tokens too; the first-token and burst
+    checks already count it, the per-token check did not. On llama-3.1-8b-a100 it is
+    0.20 s beside 0.84 s of chunks for a 12k-token prompt and 5.8 s beside 4.2 s for a
+    60k one (zipf prompts of generated seed 9009 reach 112k). ``queued`` is counted as
+    one prompt, as in the first-token check (an upper bound). 0 on an idle server (the
+    pending prompts all precede the first token)."""
+    if not running:
+        return 0.0
+    return (c.context_s(queued) + c.context_s(prompt)) / H
 
 
 def tpot_kv_ok(
@@ -335,6 +361,8 @@ def feasible(
     if per_token is None:
         per_token = c.decode(B, kv_end)
     per_token += prefill_share_s(c, running, queued + prompt, H, refill)
+    if PENDING_CONTEXT:
+        per_token += pending_context_share_s(c, running, queued, prompt, H)
     per_token *= scale
     if per_token > limit:
         return False

@@ -11,6 +11,7 @@ tokens past no neighbour and replace its key in place.
 from __future__ import annotations
 
 import bisect as _bisect
+import os
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,6 +19,14 @@ from kubetier.policy.routing_costs import IterationCosts, costs_for, level_memo_
 
 if TYPE_CHECKING:
     from kubetier.policy.routing import Decision, ServerLoad, TierSLO
+
+# ServerLag charges the decoding sequences for the prompt chunks' attention to their
+# own earlier chunks too (IterationCosts.context_s), not only the chunks' extra cost
+# (ServerLag._context_charge_s). Off by default: it removes generated seed 9009's loss
+# (0.42x -> 1.19x the best baseline) but on held-out seeds 10000-10029 it was worse
+# (geomean 1.490 -> 1.473, 1 better / 3 worse; kubetier/sim/README.md "Long prefills").
+# $KUBETIER_LAG_CONTEXT=1 turns it on, for side-by-side runs.
+LAG_CONTEXT = os.environ.get("KUBETIER_LAG_CONTEXT", "0") != "0"
 
 # Final: the compiled simulator calls them from C statics, not a module-dict lookup per call
 bisect_left: Final = _bisect.bisect_left
@@ -120,12 +129,13 @@ class ServerLag:
     (generated seeds 2004 and 2005: 2.38x and 1.68x the best baseline -> 1.00x and
     1.41x; kubetier/sim/README.md). O(1) amortised per event."""
 
-    __slots__ = ("c", "joined", "left", "mins", "pending")
+    __slots__ = ("c", "joined", "left", "mins", "pending", "sizes")
 
     def __init__(self) -> None:
         self.c = 0.0
         self.mins: deque[tuple[float, int]] = deque()
         self.pending: deque[int] = deque()
+        self.sizes: deque[int] = deque()  # each pending prompt's full length (LAG_CONTEXT)
         self.joined = 0  # sequences that started decoding, ever (their join indices)
         self.left = 0  # of those, how many finished (the oldest first)
 
@@ -143,6 +153,25 @@ class ServerLag:
 
     def admit(self, prompt_tokens: int) -> None:
         self.pending.append(prompt_tokens)
+        self.sizes.append(prompt_tokens)
+
+    def _context_charge_s(self, c: IterationCosts, prefilled: int) -> float:
+        """Unscaled attention time of the next ``prefilled`` prompt tokens (in admission
+        order) to the earlier chunks of their own prompts: what the chunk iterations cost
+        beyond :meth:`IterationCosts.chunk_extra`, and so what the decoding sequences
+        beside them also fall behind by. On llama-3.1-8b-a100 it is 0.20 s for a 12k-token
+        prompt and 5.8 s for a 60k one (more than its 4.2 s of chunk extras); without it
+        the lag of a server prefilling long prompts is under-counted (generated seed
+        9009, kubetier/sim/README.md "Long prefills")."""
+        t = 0.0
+        for left, size in zip(self.pending, self.sizes):
+            if prefilled <= 0:
+                break
+            k = left if left < prefilled else prefilled
+            done = size - left
+            t += c.context_s(done + k) - c.context_s(done)
+            prefilled -= k
+        return t
 
     def charge(self, e: ServerEntry, prefilled: int, iterations: float, running: int, kv_tokens: int) -> None:
         """``prefilled`` prompt tokens and ``iterations`` iterations ran at batch
@@ -155,6 +184,8 @@ class ServerLag:
             chunk = c.mbt - running
             if prefilled > 0 and chunk >= 1:
                 dt += prefilled * c.chunk_extra(chunk) / chunk
+                if LAG_CONTEXT:
+                    dt += self._context_charge_s(c, prefilled)
             if iterations > 0.0:
                 dt -= iterations * (e.bin.tpot_s / c.scale - c.decode(running, kv_tokens))
             self.c += dt * c.scale
@@ -166,9 +197,13 @@ class ServerLag:
                 break
             prefilled -= head
             pend.popleft()
+            if self.sizes:
+                self.sizes.popleft()
             self._join()
         while pend and pend[0] <= 0:  # empty prompts decode at once
             pend.popleft()
+            if self.sizes:
+                self.sizes.popleft()
             self._join()
 
     def _join(self) -> None:
@@ -192,6 +227,8 @@ class ServerLag:
             if not self.pending:
                 break
             self.pending.pop()
+            if self.sizes:
+                self.sizes.pop()
 
     def sync(self, running: int, queued: int) -> None:
         """Sequences the engine reports beyond those seen admitted (a server's load
@@ -202,6 +239,7 @@ class ServerLag:
             return
         if queued > 0 and not self.pending:
             self.pending.append(queued)
+            self.sizes.append(queued)
             extra -= 1
         for _ in range(extra):
             self._join()
@@ -210,6 +248,7 @@ class ServerLag:
         self.c = 0.0
         self.mins.clear()
         self.pending.clear()
+        self.sizes.clear()
         self.joined = self.left = 0
 
 
