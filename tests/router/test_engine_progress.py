@@ -12,9 +12,9 @@ import contextlib
 import pytest
 import uvloop
 from fake_engines import FakeEngine, router_config
+from in_process import serving
 
 from kubetier.engine_sim.metrics import EngineMetrics
-from kubetier.lean_http import start_server
 from kubetier.policy.latency import load_profile
 from kubetier.policy.routing import RoutingPolicy, ServerLoad
 from kubetier.router.app import Router
@@ -87,13 +87,8 @@ def _metrics(running: int, kv_frac: float, iterations: int) -> bytes:
 @contextlib.asynccontextmanager
 async def _router(cfg: dict):
     router = Router(parse_config(cfg), scrape_interval_s=3600)  # the test drives the scrapes
-    router.start()
-    front = await start_server(router.handle, "127.0.0.1", 0)
-    try:
+    async with serving(router):
         yield router
-    finally:
-        front.close()
-        await router.stop()
 
 
 async def test_the_router_s_scrapes_give_the_policy_the_simulator_s_lag():

@@ -26,9 +26,9 @@ import httpx
 import pytest
 import uvloop
 import yaml
+from in_process import serving
 from router_procs import free_port, stream_once, wait_http
 
-from kubetier.lean_http import port_of, start_server
 from kubetier.router.app import Router
 from kubetier.router.bench import flat_profile
 from kubetier.router.config import parse_config
@@ -68,13 +68,8 @@ async def lagging_router(engine_port: int, profile_path: str, lag_s: float):
         return await send(method, path, *args, **kwargs)
 
     pool.request = late_request  # type: ignore[method-assign]
-    router.start()
-    front = await start_server(router.handle, "127.0.0.1", 0)
-    try:
-        yield router, f"http://127.0.0.1:{port_of(front)}"
-    finally:
-        front.close()
-        await router.stop()
+    async with serving(router) as base:
+        yield router, base
 
 
 async def test_a_lagging_router_does_not_learn_its_own_lag_as_slow_engines(procs, tmp_path):

@@ -15,9 +15,9 @@ import httpx
 import pytest
 import uvloop
 import yaml
+from in_process import serving
 from router_procs import free_port, stream_once, wait_http
 
-from kubetier.lean_http import port_of, start_server
 from kubetier.policy.routing_costs import costs_for
 from kubetier.router.app import Router
 from kubetier.router.bench import flat_profile
@@ -42,13 +42,8 @@ async def router_for(engine_port: int, profile_path: str):
         ]
     }
     router = Router(parse_config(cfg), scrape_interval_s=0.2)
-    router.start()
-    front = await start_server(router.handle, "127.0.0.1", 0)
-    try:
-        yield router, f"http://127.0.0.1:{port_of(front)}"
-    finally:
-        front.close()
-        await router.stop()
+    async with serving(router) as base:
+        yield router, base
 
 
 @pytest.mark.parametrize("slowdown", [1.5, 0.7])

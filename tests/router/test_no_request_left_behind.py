@@ -16,8 +16,8 @@ import httpx
 import pytest
 import uvloop
 from fake_engines import FakeEngine, Script, router_config
+from in_process import serving
 
-from kubetier.lean_http import port_of, start_server
 from kubetier.policy.latency import load_profile
 from kubetier.router.app import Router
 from kubetier.router.config import parse_config
@@ -31,13 +31,8 @@ def pytest_asyncio_loop_factories(config, item):
 async def running(cfg: dict, **kw):
     kw.setdefault("scrape_interval_s", 0.05)
     router = Router(parse_config(cfg), **kw)
-    router.start()
-    front = await start_server(router.handle, "127.0.0.1", 0)
-    try:
-        yield router, f"http://127.0.0.1:{port_of(front)}"
-    finally:
-        front.close()
-        await router.stop()
+    async with serving(router) as base:
+        yield router, base
 
 
 async def engines(*scripts: Script) -> list[FakeEngine]:

@@ -15,6 +15,7 @@ import json
 import httpx
 import pytest
 import uvloop
+from in_process import serving
 
 from kubetier.lean_http import port_of, start_server
 from kubetier.lean_http.client import UpstreamError, UpstreamPool
@@ -115,13 +116,10 @@ async def router_in_front_of(engine: RawEngine):
         ]
     }
     router = Router(parse_config(cfg), scrape_interval_s=0.05)
-    router.start()
-    front = await start_server(router.handle, "127.0.0.1", 0)
     try:
-        yield router, f"http://127.0.0.1:{port_of(front)}"
+        async with serving(router) as base:
+            yield router, base
     finally:
-        front.close()
-        await router.stop()
         engine.close()
 
 

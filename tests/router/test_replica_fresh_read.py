@@ -29,9 +29,9 @@ import httpx
 import pytest
 import uvloop
 import yaml
+from in_process import serving
 from router_procs import free_port, stream_once, wait_http
 
-from kubetier.lean_http import port_of, start_server
 from kubetier.router.app import Router
 from kubetier.router.bench_replicas import capacity_profile
 from kubetier.router.config import parse_config
@@ -70,12 +70,8 @@ async def replica(cfg: dict, fresh_read_s: float, tick: bool = True):
     fleet = router.fleets["m"]
     if tick:
         fleet._tasks.append(asyncio.ensure_future(fleet._tick_loop()))
-    front = await start_server(router.handle, "127.0.0.1", 0)
-    try:
-        yield router, f"http://127.0.0.1:{port_of(front)}"
-    finally:
-        front.close()
-        await router.stop()
+    async with serving(router, start=False) as base:
+        yield router, base
 
 
 async def scrape(router: Router) -> None:
