@@ -178,10 +178,19 @@ def test_every_spot_node_gone_falls_back_to_on_demand_then_returns(
         }
         assert all(p["spec"]["nodeName"] in on_demand for p in fallback)
         assert fell_back_s >= FALLBACK_AFTER_S - 1, "the fallback must wait for the bound"
+
         # the fallback serves: its pods are endpoints of the tier's Service
-        slices = kubectl.items("endpointslices", namespace, f"kubernetes.io/service-name={name}-batch")
-        addresses = {a for s in slices for e in s.get("endpoints") or [] for a in e.get("addresses") or []}
-        assert {p["status"]["podIP"] for p in fallback} <= addresses
+        # (the EndpointSlice controller adds a pod some time after it turns Ready: a
+        # fresh-clone CI read the slice while it held one of the two)
+        def endpoint_addresses():
+            slices = kubectl.items("endpointslices", namespace, f"kubernetes.io/service-name={name}-batch")
+            return {a for s in slices for e in s.get("endpoints") or [] for a in e.get("addresses") or []}
+
+        fallback_ips = {p["status"]["podIP"] for p in fallback}
+        addresses = wait_until(
+            lambda: (a := endpoint_addresses()) >= fallback_ips and a, "fallback pods in the tier's Service", timeout=30
+        )
+        assert fallback_ips <= addresses
         batch = tier_status(ms, "batch")
         assert batch["onDemandReplicas"] >= 2 and batch["spotReplicas"] == 0
         wait_until(
