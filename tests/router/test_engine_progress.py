@@ -19,7 +19,8 @@ from kubetier.policy.latency import load_profile
 from kubetier.policy.routing import RoutingPolicy, ServerLoad
 from kubetier.router.app import Router
 from kubetier.router.config import parse_config
-from kubetier.router.engine_progress import EngineProgress, parse_iteration_count
+from kubetier.router.engine_progress import EngineProgress
+from kubetier.router.fleet import parse_engine_scrape
 
 
 def pytest_asyncio_loop_factories(config, item):
@@ -34,6 +35,10 @@ vllm:iteration_tokens_total_sum{engine="0",model_name="m"} 9000.0
 vllm:iteration_tokens_total_count{engine="0",model_name="m"} 120.0
 vllm:iteration_tokens_total_count{engine="1",model_name="m"} 30.0
 """
+
+
+def parse_iteration_count(text: bytes) -> float | None:
+    return parse_engine_scrape(text).iterations
 
 
 def test_the_iteration_count_is_read_from_vllm_s_histogram():
@@ -60,10 +65,10 @@ def test_the_bundled_engine_simulator_exports_it():
 
 def test_iterations_are_counted_between_scrapes():
     p = EngineProgress()
-    assert p.iterations("a", VLLM) is None  # first scrape: nothing to difference
-    assert p.iterations("a", VLLM.replace(b"} 30.0", b"} 55.0")) == 25
-    assert p.iterations("a", VLLM) is None  # the counter went back: the engine restarted
-    assert p.iterations("a", b"") is None  # no counter exported
+    assert p.steps("a", parse_iteration_count(VLLM)) is None  # first scrape: nothing to difference
+    assert p.steps("a", parse_iteration_count(VLLM.replace(b"} 30.0", b"} 55.0"))) == 25
+    assert p.steps("a", parse_iteration_count(VLLM)) is None  # the counter went back: the engine restarted
+    assert p.steps("a", parse_iteration_count(b"")) is None  # no counter exported
 
 
 class ScriptedMetricsEngine(FakeEngine):

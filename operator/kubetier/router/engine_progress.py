@@ -18,35 +18,16 @@ from __future__ import annotations
 _ITERATIONS = b"vllm:iteration_tokens_total_count"
 
 
-def parse_iteration_count(text: bytes) -> float | None:
-    """The engine's step counter (summed over label sets), or None if not exported."""
-    total: float | None = None
-    for line in text.split(b"\n"):
-        if not line.startswith(_ITERATIONS):
-            continue
-        name = line.split(b"{", 1)[0].split(b" ", 1)[0]
-        if name != _ITERATIONS:
-            continue
-        try:
-            v = float(line.rsplit(b" ", 1)[-1])
-        except ValueError:
-            continue
-        total = v if total is None else total + v
-    return total
-
-
 class EngineProgress:
-    """Per server, the step counter at the last scrape; ``iterations`` returns the steps
+    """Per server, the step counter at the last scrape; ``steps`` returns the steps
     since then (None the first time, after a counter reset, or without a counter)."""
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
 
-    def iterations(self, server_id: str, text: bytes) -> int | None:
-        return self.steps(server_id, parse_iteration_count(text))
-
     def steps(self, server_id: str, count: float | None) -> int | None:
-        """``iterations`` from a step counter already parsed (one pass over /metrics)."""
+        """The steps since the last scrape, from the counter ``_ITERATIONS`` that
+        ``fleet.parse_engine_scrape`` read (one pass over /metrics)."""
         if count is None:
             self._last.pop(server_id, None)
             return None
